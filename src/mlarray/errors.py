@@ -1,0 +1,83 @@
+"""One error hierarchy for mlarray.
+
+Every error derives from :class:`MLArrayError` and also from the builtin a
+caller would naturally catch (``ValueError``, ``TypeError``, ...), so both
+``except MLArrayError`` and ``except ValueError`` work. Errors about a file
+name the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "InvalidModeError",
+    "InvalidPathError",
+    "MLArrayError",
+    "MLArrayFileNotFoundError",
+    "MLArrayFormatError",
+    "MetaValidationError",
+    "NoArrayError",
+    "ReadOnlyError",
+    "UnsafeRecordError",
+]
+
+
+class MLArrayError(Exception):
+    """Base class of every error raised by mlarray."""
+
+
+def _with_path(path: str | os.PathLike | None, message: str) -> str:
+    return f"{os.fspath(path)}: {message}" if path is not None else message
+
+
+class InvalidPathError(MLArrayError, RuntimeError):
+    """A path that cannot hold an ``.mla`` file (wrong suffix, a directory...)."""
+
+    def __init__(self, path: str | os.PathLike | None, message: str):
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(_with_path(path, message))
+
+
+class InvalidModeError(MLArrayError, RuntimeError):
+    """An open/create ``mode`` or ``mmap_mode`` that is not supported."""
+
+
+class MLArrayFileNotFoundError(MLArrayError, FileNotFoundError):
+    """The ``.mla`` file does not exist."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        super().__init__(_with_path(path, "no such .mla file"))
+
+
+class MLArrayFormatError(MLArrayError, ValueError):
+    """A file that is not a valid ``.mla`` file (bad container, bad record...)."""
+
+    def __init__(self, path: str | os.PathLike | None, message: str):
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(_with_path(path, message))
+
+
+class UnsafeRecordError(MLArrayFormatError):
+    """The metadata record asks for something a safe reader refuses.
+
+    Raised for pickled globals outside the allowed set, records that expand
+    beyond the size cap, or records nested deeper than the depth cap.
+    """
+
+
+class MetaValidationError(MLArrayError, ValueError):
+    """A metadata field has a value of the wrong type or shape."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class NoArrayError(MLArrayError, TypeError):
+    """An operation needs array data, but this MLArray holds none."""
+
+
+class ReadOnlyError(MLArrayError, PermissionError):
+    """A write to an array opened read-only."""

@@ -1,0 +1,339 @@
+"""Reading and writing ``.mla`` containers on disk.
+
+* :func:`open_store` checks a path and opens its Blosc2 frame safely.
+* :func:`read_meta` reads only the metadata record.
+* :func:`save_mla` streams any array-like into a new file chunk by chunk and
+  atomically replaces the destination, so a failed save never destroys the
+  file that was there, and saving over the file the data came from works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from mlarray.errors import (
+    InvalidModeError,
+    InvalidPathError,
+    MetaValidationError,
+    MLArrayError,
+    MLArrayFileNotFoundError,
+    MLArrayFormatError,
+)
+from mlarray.layout import StorageOptions, resolve_storage
+from mlarray.meta import Meta, MetaBlosc2
+from mlarray.record import decode_record, encode_record, meta_from_record, record_from_meta
+
+__all__ = [
+    "FRAME_MAGIC",
+    "check_dtype",
+    "check_path",
+    "iter_chunk_slices",
+    "open_store",
+    "read_meta",
+    "save_mla",
+]
+
+FRAME_MAGIC = b"\x9e\xa8b2frame\x00"
+SUFFIX = ".mla"
+VLMETA_KEY = "mlarray"
+
+Progress = Callable[[int, int], Any]
+
+
+def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
+    """Return ``path`` as a Path after checking its suffix (and existence when asked)."""
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        raise InvalidPathError(None, f"expected a file path, got {type(path).__name__}") from None
+    if p.suffix != SUFFIX:
+        raise InvalidPathError(p, f"an MLArray file must end with '{SUFFIX}'")
+    if must_exist:
+        if p.is_dir():
+            raise InvalidPathError(p, "is a directory, not an .mla file")
+        if not p.exists():
+            raise MLArrayFileNotFoundError(p)
+    return p
+
+
+def check_dtype(dtype: Any, where: Any = None) -> np.dtype:
+    """Return ``np.dtype(dtype)``; refuse dtypes an ``.mla`` file cannot hold."""
+    dt = np.dtype(dtype)
+    if dt.hasobject or dt.kind in "OUSVMm" or dt.fields is not None:
+        raise MetaValidationError(
+            "dtype", f"{dt} cannot be stored in an .mla file (use a numeric or bool dtype)"
+            + (f" [{where}]" if where else "")
+        )
+    return dt
+
+
+_OPEN_MMAP_MODES = {"r", "r+", "c", None}
+
+
+def open_store(
+    path: str | os.PathLike,
+    *,
+    mmap_mode: str | None = "r",
+    writable: bool = False,
+    dparams: dict | None = None,
+) -> tuple[blosc2.NDArray, Meta]:
+    """Open an existing ``.mla`` file; return its Blosc2 NDArray and its :class:`Meta`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An existing ``.mla`` file.
+    mmap_mode : {"r", "r+", "c", None}
+        Memory-map the file (``None`` uses plain file I/O).
+    writable : bool
+        With ``mmap_mode=None``, open for appending/modifying (mode ``"a"``).
+    dparams : dict, optional
+        Blosc2 decompression parameters.
+    """
+    p = check_path(path, must_exist=True)
+    if mmap_mode not in _OPEN_MMAP_MODES:
+        raise InvalidModeError(
+            f"{p}: mmap_mode must be one of 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
+        )
+    with open(p, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith(FRAME_MAGIC):
+        raise MLArrayFormatError(p, "not an .mla file (it does not start with a Blosc2 frame header)")
+    kwargs: dict[str, Any] = {"deserialize": "safe"}
+    if mmap_mode is not None:
+        kwargs["mmap_mode"] = mmap_mode
+    else:
+        kwargs["mode"] = "a" if writable else "r"
+    if dparams:
+        kwargs["dparams"] = dparams
+    try:
+        store = blosc2.open(os.fspath(p), **kwargs)
+    except MLArrayError:
+        raise
+    except Exception as exc:
+        raise MLArrayFormatError(p, f"cannot open the Blosc2 frame ({type(exc).__name__}: {exc})") from None
+    if not isinstance(store, blosc2.NDArray):
+        raise MLArrayFormatError(p, f"holds a {type(store).__name__}, not a b2nd NDArray")
+    return store, _meta_of(store, p)
+
+
+def _meta_of(store: blosc2.NDArray, path: Any) -> Meta:
+    try:
+        vlmeta = store.schunk.vlmeta
+        raw = vlmeta[VLMETA_KEY] if VLMETA_KEY in vlmeta else None
+    except Exception as exc:
+        raise MLArrayFormatError(path, f"cannot read the metadata layers ({exc})") from None
+    meta = Meta() if raw is None else meta_from_record(decode_record(raw, path), path)
+    empty_store = store.shape == (0,)
+    has_array = (not empty_store) if raw is None else meta._has_array.has_array
+    if has_array and empty_store and raw is not None and meta.spatial.shape not in (None, [0]):
+        raise MLArrayFormatError(path, "record says the file holds an array, but the array is empty")
+    meta._has_array.has_array = bool(has_array)
+    try:
+        meta.spatial.shape = list(store.shape) if has_array else None
+    except MetaValidationError as exc:
+        raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
+    return meta
+
+
+def read_meta(path: str | os.PathLike) -> Meta:
+    """Read only the metadata of an ``.mla`` file (no array data is decompressed)."""
+    return open_store(path, mmap_mode="r")[1]
+
+
+def iter_chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
+    """Yield the slices of a regular chunk grid over ``shape``, in C order."""
+    ranges = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
+    for starts in itertools.product(*ranges):
+        yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape, strict=True))
+
+
+def _temp_path(target: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.mla", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync_path(p: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _source_array(data: Any) -> Any:
+    """Unwrap an MLArray to its store; leave other array-likes alone."""
+    store = getattr(data, "_store", None)
+    return data if store is None else store
+
+
+def _prepare_meta(meta: Any, shape: tuple[int, ...] | None, dtype: np.dtype | None, path: Path) -> Meta:
+    meta = Meta.ensure(meta).copy()
+    try:
+        meta._has_array.has_array = shape is not None
+        meta.spatial.shape = None if shape is None else list(shape)
+    except MetaValidationError as exc:
+        raise MetaValidationError(exc.field, f"{exc} (saving {path})") from None
+    return meta
+
+
+def save_mla(
+    path: str | os.PathLike,
+    data: Any,
+    meta: Meta | dict | None = None,
+    *,
+    patch_size: Any = "default",
+    chunk_size: Any = None,
+    block_size: Any = None,
+    cparams: Any = None,
+    dparams: Any = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write ``data`` and ``meta`` to an ``.mla`` file, streaming and atomically.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination; must end with ``.mla``. It may be the very file ``data``
+        was opened from.
+    data : array-like or None
+        ``None`` writes a metadata-only file. Otherwise anything with
+        ``shape``, ``dtype`` and ``__getitem__`` (numpy array, Blosc2
+        NDArray, :class:`~mlarray.mlarray.MLArray`, a lazy view). It is read
+        one chunk at a time; the whole volume is never held in memory unless
+        it already is.
+    meta : Meta or mapping, optional
+        Metadata; ``spatial.shape``, ``_has_array`` and ``blosc2`` are filled
+        in from ``data`` and the storage options.
+    patch_size, chunk_size, block_size, cparams, dparams
+        Storage options, resolved by :func:`mlarray.layout.resolve_storage`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each chunk.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    target = check_path(path, must_exist=False)
+    if not target.parent.is_dir():
+        raise MLArrayFileNotFoundError(target.parent)
+    if target.is_dir():
+        raise InvalidPathError(target, "is a directory")
+    src = None if data is None else _source_array(data)
+    shape = None if src is None else tuple(int(n) for n in src.shape)
+    dtype = None if src is None else check_dtype(src.dtype, target)
+    meta = _prepare_meta(meta, shape, dtype, target)
+
+    if src is None:
+        opts = None
+        meta.blosc2 = MetaBlosc2()
+    else:
+        opts = resolve_storage(
+            shape,
+            dtype,
+            meta.spatial.spatial_axis_mask,
+            patch_size=patch_size,
+            chunk_size=chunk_size,
+            block_size=block_size,
+            cparams=cparams,
+            dparams=dparams,
+        )
+        meta.blosc2 = MetaBlosc2(
+            chunk_size=None if opts.chunk_size is None else list(opts.chunk_size),
+            block_size=None if opts.block_size is None else list(opts.block_size),
+            patch_size=None if opts.patch_size is None else list(opts.patch_size),
+            cparams=opts.cparams,
+            dparams=opts.dparams,
+        )
+    record = encode_record(record_from_meta(meta))
+
+    tmp = _temp_path(target)
+    try:
+        _write_frame(tmp, src, shape, dtype, opts, record, progress)
+        _fsync_path(tmp)
+        if target.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, target.stat().st_mode & 0o7777)
+        else:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+        _fsync_path(target.parent, directory=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_frame(
+    tmp: Path,
+    src: Any,
+    shape: tuple[int, ...] | None,
+    dtype: np.dtype | None,
+    opts: StorageOptions | None,
+    record: bytes,
+    progress: Progress | None,
+) -> None:
+    urlpath = os.fspath(tmp)
+    if src is None:
+        dst = blosc2.empty((0,), dtype=np.float64, urlpath=urlpath, contiguous=True, mode="w")
+        dst.schunk.vlmeta[VLMETA_KEY] = record
+        if progress is not None:
+            progress(1, 1)
+        del dst
+        return
+    kwargs: dict[str, Any] = {
+        "urlpath": urlpath,
+        "contiguous": True,
+        "mode": "w",
+        "cparams": opts.blosc2_cparams(dtype),
+        "dparams": opts.blosc2_dparams(),
+    }
+    if opts.chunk_size is not None:
+        kwargs["chunks"] = tuple(opts.chunk_size)
+    if opts.block_size is not None:
+        kwargs["blocks"] = tuple(opts.block_size)
+    if isinstance(src, np.ndarray):
+        dst = blosc2.asarray(np.ascontiguousarray(src), **kwargs)
+        if progress is not None:
+            progress(1, 1)
+    else:
+        dst = blosc2.empty(shape, dtype=dtype, **kwargs)
+        slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
+        for i, slc in enumerate(slices, 1):
+            block = np.asarray(src[slc])
+            if block.dtype != dtype:
+                block = block.astype(dtype)
+            if block.shape != tuple(s.stop - s.start for s in slc):
+                raise MLArrayFormatError(
+                    None, f"source returned shape {block.shape} for slice {slc}; cannot save"
+                )
+            dst[slc] = block
+            if progress is not None:
+                progress(i, len(slices))
+    dst.schunk.vlmeta[VLMETA_KEY] = record
+    del dst

@@ -1,0 +1,767 @@
+"""Metadata of an ``.mla`` file as small validated dataclasses.
+
+The record stored in a file (FORMAT.md section 3) maps one to one onto
+:class:`Meta` and its parts. Every field is parsed by a ``parse_*`` helper
+when the object is created *and* whenever a field is assigned later, so a
+``Meta`` never holds a value that could not be written. Errors are
+:class:`~mlarray.errors.MetaValidationError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, ClassVar, TypeVar, Union
+
+import numpy as np
+
+from mlarray.errors import MetaValidationError
+
+__all__ = [
+    "AxisLabel",
+    "AxisLabelEnum",
+    "BaseMeta",
+    "Meta",
+    "MetaBbox",
+    "MetaBlosc2",
+    "MetaExtra",
+    "MetaHasArray",
+    "MetaImageFormat",
+    "MetaIsSeg",
+    "MetaSource",
+    "MetaSpatial",
+    "MetaStatistics",
+    "MetaVersion",
+    "is_spatial_label",
+]
+
+FORMAT_VERSION = "v0"
+
+
+class AxisLabelEnum(str, Enum):
+    """Axis label/role identifiers used for spatial metadata.
+
+    ``spatial``, ``spatial_x``, ``spatial_y`` and ``spatial_z`` are spatial;
+    every other label (these enum members or any custom string) is not.
+    """
+
+    spatial = "spatial"
+    spatial_x = "spatial_x"
+    spatial_y = "spatial_y"
+    spatial_z = "spatial_z"
+    non_spatial = "non_spatial"
+    channel = "channel"
+    temporal = "temporal"
+    continuous = "continuous"
+    components = "components"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+AxisLabel = Union[str, AxisLabelEnum]  # noqa: UP007 - public alias, kept for the documented API
+
+_SPATIAL_LABELS = frozenset({"spatial", "spatial_x", "spatial_y", "spatial_z"})
+
+
+def is_spatial_label(label: AxisLabel) -> bool:
+    """Return whether an axis label names a spatial axis."""
+    return str(label) in _SPATIAL_LABELS
+
+
+# --------------------------------------------------------------------------- parsers
+# Each parser takes (name, value) and returns the narrowed value or raises
+# MetaValidationError naming the field.
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _as_list(name: str, value: Any) -> list:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise MetaValidationError(name, f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def parse_optional_float(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not _is_number(value):
+        raise MetaValidationError(name, f"expected a number or None, got {value!r}")
+    return float(value)
+
+
+def parse_optional_bool(name: str, value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, np.bool_):
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise MetaValidationError(name, f"expected True, False or None, got {value!r}")
+    return value
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    parsed = parse_optional_bool(name, value)
+    if parsed is None:
+        raise MetaValidationError(name, "expected True or False, got None")
+    return parsed
+
+
+def parse_optional_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Enum):
+        value = value.value
+    if not isinstance(value, str):
+        raise MetaValidationError(name, f"expected a string or None, got {value!r}")
+    return value
+
+
+def parse_optional_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MetaValidationError(name, f"expected an integer or None, got {value!r}")
+    return value
+
+
+def parse_float_list(name: str, value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    out = []
+    for i, v in enumerate(_as_list(name, value)):
+        f = parse_optional_float(f"{name}[{i}]", v)
+        if f is None or not math.isfinite(f):
+            raise MetaValidationError(name, f"entry {i} must be a finite number, got {v!r}")
+        out.append(f)
+    return out
+
+
+def parse_int_list(name: str, value: Any, minimum: int = 0) -> list[int] | None:
+    if value is None:
+        return None
+    out = []
+    for i, v in enumerate(_as_list(name, value)):
+        n = parse_optional_int(f"{name}[{i}]", v)
+        if n is None or n < minimum:
+            raise MetaValidationError(name, f"entry {i} must be an integer >= {minimum}, got {v!r}")
+        out.append(n)
+    return out
+
+
+def parse_matrix(name: str, value: Any) -> list[list[float]] | None:
+    if value is None:
+        return None
+    rows = [parse_float_list(f"{name}[{i}]", r) for i, r in enumerate(_as_list(name, value))]
+    if not rows or any(r is None or len(r) != len(rows[0]) for r in rows):
+        raise MetaValidationError(name, "expected a non-empty rectangular matrix")
+    return rows
+
+
+def parse_str_list(name: str, value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    out = []
+    for i, v in enumerate(_as_list(name, value)):
+        s = parse_optional_str(f"{name}[{i}]", v)
+        if s is None:
+            raise MetaValidationError(name, f"entry {i} must be a string, got None")
+        out.append(s)
+    return out
+
+
+_JSON_MAX_DEPTH = 64
+
+
+def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
+    """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only."""
+    if depth > _JSON_MAX_DEPTH:
+        raise MetaValidationError(name, f"nested deeper than {_JSON_MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return value
+    if isinstance(value, Enum):
+        return _to_json_like(name, value.value, depth)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MetaValidationError(name, f"keys must be strings, got {k!r}")
+            out[k] = _to_json_like(f"{name}.{k}", v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = value.tolist() if isinstance(value, np.ndarray) else value
+        return [_to_json_like(name, v, depth + 1) for v in items]
+    raise MetaValidationError(
+        name, f"value {value!r} of type {type(value).__name__} is not JSON-compatible"
+    )
+
+
+def parse_json_dict(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MetaValidationError(name, f"expected a dict, got {type(value).__name__}")
+    return _to_json_like(name, value)
+
+
+def parse_optional_json_dict(name: str, value: Any) -> dict[str, Any] | None:
+    return None if value is None else parse_json_dict(name, value)
+
+
+def parse_bboxes(name: str, value: Any) -> list[list[list[float | int]]] | None:
+    if value is None:
+        return None
+    boxes = []
+    for b, box in enumerate(_as_list(name, value)):
+        axes = []
+        for a, pair in enumerate(_as_list(f"{name}[{b}]", box)):
+            pair = _as_list(f"{name}[{b}][{a}]", pair)
+            if len(pair) != 2:
+                raise MetaValidationError(name, f"box {b} axis {a}: expected [min, max], got {pair!r}")
+            lo, hi = (v.item() if isinstance(v, np.generic) else v for v in pair)
+            if not (_is_number(lo) and _is_number(hi)) or not (
+                math.isfinite(lo) and math.isfinite(hi)
+            ):
+                raise MetaValidationError(name, f"box {b} axis {a}: bounds must be finite numbers")
+            if lo > hi:
+                raise MetaValidationError(name, f"box {b} axis {a}: min {lo} > max {hi}")
+            axes.append([lo, hi])
+        if boxes and len(axes) != len(boxes[0]):
+            raise MetaValidationError(name, f"box {b} has {len(axes)} axes, box 0 has {len(boxes[0])}")
+        boxes.append(axes)
+    return boxes
+
+
+def parse_scores(name: str, value: Any) -> list[float | int] | None:
+    if value is None:
+        return None
+    out = []
+    for i, v in enumerate(_as_list(name, value)):
+        v = v.item() if isinstance(v, np.generic) else v
+        if not _is_number(v):
+            raise MetaValidationError(name, f"entry {i} must be a number, got {v!r}")
+        out.append(v)
+    return out
+
+
+def parse_box_labels(name: str, value: Any) -> list[str | int | float] | None:
+    if value is None:
+        return None
+    out = []
+    for i, v in enumerate(_as_list(name, value)):
+        v = v.item() if isinstance(v, np.generic) else v
+        if not (isinstance(v, str) or _is_number(v)):
+            raise MetaValidationError(name, f"entry {i} must be a string or number, got {v!r}")
+        out.append(v)
+    return out
+
+
+# --------------------------------------------------------------------------- base classes
+
+T = TypeVar("T", bound="BaseMeta")
+
+
+def _parsed(parse: Callable[[str, Any], Any], default: Any = None, factory: Any = None) -> Any:
+    meta = {"parse": parse}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _is_unset(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (dict, list, tuple)) and len(value) == 0:
+        return True
+    return isinstance(value, BaseMeta) and value.is_default()
+
+
+@dataclass
+class BaseMeta:
+    """Base class for metadata containers.
+
+    Fields are parsed on creation and on every assignment; subclasses add
+    cross-field checks in ``_validate_and_cast``.
+    """
+
+    _prefix: ClassVar[str] = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = self.__dataclass_fields__.get(name)
+        if spec is None:
+            object.__setattr__(self, name, value)
+            return
+        parse = spec.metadata.get("parse")
+        if parse is not None:
+            value = parse(self._field_name(name), value)
+        if not getattr(self, "_initialised", False):
+            object.__setattr__(self, name, value)
+            return
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            self._validate_and_cast()
+        except MetaValidationError:
+            object.__setattr__(self, name, old)
+            raise
+
+    def __post_init__(self) -> None:
+        self._validate_and_cast()
+        object.__setattr__(self, "_initialised", True)
+
+    def _field_name(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def _validate_and_cast(self) -> None:
+        """Cross-field validation; fields are already parsed one by one."""
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_mapping(cls: type[T], d: Mapping[str, Any]) -> T:
+        """Construct an instance from a mapping.
+
+        Parameters
+        ----------
+        d : Mapping[str, Any]
+            Input mapping matching the dataclass field names.
+
+        Returns
+        -------
+        BaseMeta
+            A new instance of ``cls``.
+
+        Raises
+        ------
+        TypeError
+            If ``d`` is not a mapping.
+        KeyError
+            If unknown keys are present (all of them are named).
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{cls.__name__}.from_mapping expects a mapping, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise KeyError(f"{cls.__name__}: unknown key(s) {sorted(map(str, unknown))}")
+        return cls(**dict(d))
+
+    @classmethod
+    def ensure(cls: type[T], x: Any) -> T:
+        """Coerce ``x`` (None, an instance of ``cls`` or a mapping) into an instance of ``cls``."""
+        if x is None:
+            return cls()
+        if isinstance(x, cls):
+            return x
+        if isinstance(x, Mapping):
+            return cls.from_mapping(x)
+        raise TypeError(f"{cls.__name__}.ensure: expected None, {cls.__name__} or a mapping, got "
+                        f"{type(x).__name__}")
+
+    def copy_from(self: T, other: T, *, overwrite: bool = False) -> None:
+        """Copy fields from another instance of the same class.
+
+        Parameters
+        ----------
+        other : BaseMeta
+            Source instance, of exactly this class.
+        overwrite : bool
+            When True, overwrite every field. When False, only fill fields
+            that are unset (None or empty); nested metas are merged
+            recursively unless the destination sub-meta is entirely default,
+            in which case it is replaced.
+        """
+        if type(other) is not type(self):
+            raise TypeError(f"copy_from: expected {type(self).__name__}, got {type(other).__name__}")
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, BaseMeta):
+                if overwrite or mine.is_default():
+                    setattr(self, f.name, theirs.copy())
+                else:
+                    mine.copy_from(theirs, overwrite=False)
+            elif overwrite or _is_unset(mine):
+                setattr(self, f.name, _deepcopy_plain(theirs))
+
+    def copy(self: T) -> T:
+        """Return a deep copy."""
+        return type(self).from_mapping(self.to_mapping())
+
+    def is_default(self) -> bool:
+        """Return whether every field equals its default."""
+        return self == type(self)()
+
+    # -- serialisation ----------------------------------------------------
+    def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
+        """Serialize to a mapping, recursively expanding nested metas.
+
+        Parameters
+        ----------
+        include_none : bool
+            Include fields whose value is None.
+        """
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, BaseMeta):
+                v = v.to_mapping(include_none=include_none)
+            elif v is None and not include_none:
+                continue
+            else:
+                v = _deepcopy_plain(v)
+            out[f.name] = v
+        return out
+
+    def to_plain(self, *, include_none: bool = False) -> Any:
+        """Convert to plain Python objects recursively (nested metas expanded)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            v = v.to_plain(include_none=include_none) if isinstance(v, BaseMeta) else v
+            if v is None and not include_none:
+                continue
+            out[f.name] = _deepcopy_plain(v)
+        return out
+
+
+def _deepcopy_plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _deepcopy_plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_deepcopy_plain(x) for x in v]
+    return v
+
+
+SK = TypeVar("SK", bound="SingleKeyBaseMeta")
+
+
+@dataclass
+class SingleKeyBaseMeta(BaseMeta):
+    """A meta wrapping one field, accepted wrapped (``{"is_seg": True}``) or bare (``True``)."""
+
+    @classmethod
+    def _key(cls) -> str:
+        return fields(cls)[0].name
+
+    @classmethod
+    def from_mapping(cls: type[SK], d: Any) -> SK:
+        """Construct from a schema-shaped mapping (``{key: value}``) or from the raw value."""
+        if d is None:
+            return cls()
+        if isinstance(d, Mapping) and set(d) <= {cls._key()} and (
+            len(d) == 1 or not cls._wraps_mapping()
+        ):
+            return cls(**dict(d))
+        if isinstance(d, Mapping) and not cls._wraps_mapping():
+            unknown = sorted(map(str, set(d) - {cls._key()}))
+            raise KeyError(f"{cls.__name__}: unknown key(s) {unknown}")
+        return cls(d)
+
+    @classmethod
+    def _wraps_mapping(cls) -> bool:
+        return cls in (MetaSource, MetaExtra)
+
+    @classmethod
+    def ensure(cls: type[SK], x: Any) -> SK:
+        """Coerce None, an instance, a mapping or a raw value into an instance of ``cls``."""
+        if isinstance(x, cls):
+            return x
+        return cls.from_mapping(x)
+
+    @property
+    def value(self) -> Any:
+        """The wrapped value."""
+        return getattr(self, self._key())
+
+    def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
+        """Serialize to ``{key: value}`` (an empty dict for None unless ``include_none``)."""
+        v = self.value
+        if v is None and not include_none:
+            return {}
+        return {self._key(): _deepcopy_plain(v)}
+
+    def to_plain(self, *, include_none: bool = False) -> Any:
+        """Return the wrapped value (None when unset)."""
+        return _deepcopy_plain(self.value)
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+@dataclass
+class MetaSource(SingleKeyBaseMeta):
+    """Free-form, JSON-compatible metadata from the original image source."""
+
+    _prefix: ClassVar[str] = "source"
+    data: dict[str, Any] = _parsed(parse_json_dict, factory=dict)
+
+
+@dataclass
+class MetaExtra(SingleKeyBaseMeta):
+    """Free-form, JSON-compatible extra metadata (project-specific values go here)."""
+
+    _prefix: ClassVar[str] = "extra"
+    data: dict[str, Any] = _parsed(parse_json_dict, factory=dict)
+
+
+@dataclass
+class MetaSpatial(BaseMeta):
+    """Spatial metadata: geometry, axis labels and units.
+
+    Geometry is either ``spacing``/``origin``/``direction`` (one value per
+    spatial axis; ``direction`` is n x n with column j the world direction of
+    spatial axis j) or a homogeneous ``affine`` of shape (n+1, n+1), never
+    both. ``axis_labels`` and ``axis_units`` have one entry per array axis;
+    ``coord_system`` names the world frame (``"LPS"``, ``"RAS"``, ...).
+    """
+
+    _prefix: ClassVar[str] = "spatial"
+    spacing: list[float] | None = _parsed(parse_float_list)
+    origin: list[float] | None = _parsed(parse_float_list)
+    direction: list[list[float]] | None = _parsed(parse_matrix)
+    affine: list[list[float]] | None = _parsed(parse_matrix)
+    shape: list[int] | None = _parsed(parse_int_list)
+    axis_labels: list[str] | None = _parsed(parse_str_list)
+    coord_system: str | None = _parsed(parse_optional_str)
+    axis_units: list[str] | None = _parsed(parse_str_list)
+    _num_spatial_axes: int | None = _parsed(parse_optional_int)
+    _num_non_spatial_axes: int | None = _parsed(parse_optional_int)
+
+    def _validate_and_cast(self) -> None:
+        if self.axis_labels is not None:
+            n_sp = sum(is_spatial_label(a) for a in self.axis_labels)
+            object.__setattr__(self, "_num_spatial_axes", n_sp)
+            object.__setattr__(self, "_num_non_spatial_axes", len(self.axis_labels) - n_sp)
+        ndim = self.ndim
+        for name in ("axis_labels", "axis_units"):
+            v = getattr(self, name)
+            if v is not None and ndim is not None and len(v) != ndim:
+                raise MetaValidationError(
+                    f"spatial.{name}", f"has {len(v)} entries but the array has {ndim} axes"
+                )
+        n = self.spatial_ndim
+        lengths = {}
+        for name in ("spacing", "origin"):
+            v = getattr(self, name)
+            if v is not None:
+                lengths[name] = len(v)
+        if self.direction is not None:
+            if len(self.direction) != len(self.direction[0]):
+                raise MetaValidationError("spatial.direction", "must be a square matrix")
+            lengths["direction"] = len(self.direction)
+        if self.affine is not None:
+            a = self.affine
+            if len(a) != len(a[0]) or len(a) < 2:
+                raise MetaValidationError("spatial.affine", "must be a square (n+1) x (n+1) matrix")
+            if any(abs(x) > 1e-8 for x in a[-1][:-1]) or abs(a[-1][-1] - 1) > 1e-8:
+                raise MetaValidationError("spatial.affine", "last row must be [0, ..., 0, 1]")
+            lengths["affine"] = len(a) - 1
+        if len(set(lengths.values())) > 1:
+            raise MetaValidationError(
+                "spatial", f"geometry fields disagree on the number of spatial axes: {lengths}"
+            )
+        if n is not None and lengths and next(iter(lengths.values())) != n:
+            name, got = next(iter(lengths.items()))
+            raise MetaValidationError(
+                f"spatial.{name}", f"describes {got} spatial axes, but the array has {n}"
+            )
+
+    @property
+    def ndim(self) -> int | None:
+        """Number of array axes, from ``shape`` or ``axis_labels`` (None when unknown)."""
+        if self.shape is not None:
+            return len(self.shape)
+        if self.axis_labels is not None:
+            return len(self.axis_labels)
+        return None
+
+    @property
+    def spatial_axis_mask(self) -> list[bool] | None:
+        """Per array axis, whether it is spatial (None when the number of axes is unknown)."""
+        if self.axis_labels is not None:
+            return [is_spatial_label(a) for a in self.axis_labels]
+        if self.shape is not None:
+            return [True] * len(self.shape)
+        return None
+
+    @property
+    def spatial_ndim(self) -> int | None:
+        """Number of spatial axes (None when unknown)."""
+        mask = self.spatial_axis_mask
+        return None if mask is None else sum(mask)
+
+
+@dataclass
+class MetaStatistics(BaseMeta):
+    """Summary statistics of an array (see :meth:`MLArray.compute_stats`)."""
+
+    _prefix: ClassVar[str] = "stats"
+    min: float | None = _parsed(parse_optional_float)
+    max: float | None = _parsed(parse_optional_float)
+    mean: float | None = _parsed(parse_optional_float)
+    median: float | None = _parsed(parse_optional_float)
+    std: float | None = _parsed(parse_optional_float)
+    percentile_min: float | None = _parsed(parse_optional_float)
+    percentile_max: float | None = _parsed(parse_optional_float)
+    percentile_mean: float | None = _parsed(parse_optional_float)
+    percentile_median: float | None = _parsed(parse_optional_float)
+    percentile_std: float | None = _parsed(parse_optional_float)
+    percentile_min_key: float | None = _parsed(parse_optional_float)
+    percentile_max_key: float | None = _parsed(parse_optional_float)
+
+
+@dataclass
+class MetaBbox(BaseMeta):
+    """Bounding boxes ``[n_boxes][n_axes][min, max]`` in array index coordinates."""
+
+    _prefix: ClassVar[str] = "bbox"
+    bboxes: list[list[list[float | int]]] | None = _parsed(parse_bboxes)
+    scores: list[float | int] | None = _parsed(parse_scores)
+    labels: list[str | int | float] | None = _parsed(parse_box_labels)
+
+    def _validate_and_cast(self) -> None:
+        n = None if self.bboxes is None else len(self.bboxes)
+        for name in ("scores", "labels"):
+            v = getattr(self, name)
+            if v is not None and n is not None and len(v) != n:
+                raise MetaValidationError(f"bbox.{name}", f"has {len(v)} entries for {n} boxes")
+
+    def __len__(self) -> int:
+        return 0 if self.bboxes is None else len(self.bboxes)
+
+
+@dataclass
+class MetaIsSeg(SingleKeyBaseMeta):
+    """Whether the array is a segmentation (label map); None when unknown."""
+
+    is_seg: bool | None = _parsed(parse_optional_bool)
+
+
+def _parse_size_list(name: str, value: Any) -> list[int] | None:
+    return parse_int_list(name, value, minimum=0)
+
+
+@dataclass
+class MetaBlosc2(BaseMeta):
+    """Blosc2 layout and codec settings the writer asked for."""
+
+    _prefix: ClassVar[str] = "blosc2"
+    chunk_size: list[int] | None = _parsed(_parse_size_list)
+    block_size: list[int] | None = _parsed(_parse_size_list)
+    patch_size: list[int] | None = _parsed(_parse_size_list)
+    cparams: dict[str, Any] | None = _parsed(parse_optional_json_dict)
+    dparams: dict[str, Any] | None = _parsed(parse_optional_json_dict)
+
+
+@dataclass
+class MetaHasArray(SingleKeyBaseMeta):
+    """Whether the file holds array data (False for metadata-only files)."""
+
+    has_array: bool = _parsed(parse_bool, default=False)
+
+
+@dataclass
+class MetaImageFormat(SingleKeyBaseMeta):
+    """Identifier of the image metadata format, or None."""
+
+    image_meta_format: str | None = _parsed(parse_optional_str)
+
+
+@dataclass
+class MetaVersion(SingleKeyBaseMeta):
+    """Format version string (``"v0"``)."""
+
+    mlarray_version: str | None = _parsed(parse_optional_str)
+
+
+def _default_version() -> MetaVersion:
+    return MetaVersion(FORMAT_VERSION)
+
+
+@dataclass
+class Meta(BaseMeta):
+    """Top-level metadata of an ``.mla`` file.
+
+    Attributes
+    ----------
+    source, extra : MetaSource, MetaExtra
+        Free-form JSON-compatible dicts (``meta.source.data``).
+    spatial : MetaSpatial
+        Geometry, axis labels and units.
+    stats : MetaStatistics
+        Summary statistics.
+    bbox : MetaBbox
+        Bounding boxes with scores and labels.
+    is_seg : MetaIsSeg
+        Segmentation flag.
+    blosc2 : MetaBlosc2
+        Chunk/block/patch sizes and codec settings.
+    _has_array, _image_meta_format, _mlarray_version
+        Payload flag, image-format identifier and format version.
+    """
+
+    source: MetaSource = field(default_factory=MetaSource)
+    extra: MetaExtra = field(default_factory=MetaExtra)
+    spatial: MetaSpatial = field(default_factory=MetaSpatial)
+    stats: MetaStatistics = field(default_factory=MetaStatistics)
+    bbox: MetaBbox = field(default_factory=MetaBbox)
+    is_seg: MetaIsSeg = field(default_factory=MetaIsSeg)
+    blosc2: MetaBlosc2 = field(default_factory=MetaBlosc2)
+    _has_array: MetaHasArray = field(default_factory=MetaHasArray)
+    _image_meta_format: MetaImageFormat = field(default_factory=MetaImageFormat)
+    _mlarray_version: MetaVersion = field(default_factory=_default_version)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        sub = _SUBMETA_TYPES.get(("Meta", name))
+        if sub is not None:
+            value = sub.ensure(value)
+        object.__setattr__(self, name, value)
+
+    def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
+        """Serialize to the record layout of FORMAT.md (``_mlarray_version`` stored bare)."""
+        out = super().to_mapping(include_none=include_none)
+        out["_mlarray_version"] = self._mlarray_version.value
+        return out
+
+    def to_plain(self, *, include_none: bool = False) -> Any:
+        """Convert to plain values, leaving out sub-metas that are entirely default."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v.is_default() and f.name != "_mlarray_version":
+                continue
+            plain = v.to_plain(include_none=include_none)
+            if plain is None and not include_none:
+                continue
+            out[f.name] = plain
+        return out
+
+    def is_default(self) -> bool:  # noqa: D102 - inherited doc
+        return self == Meta()
+
+
+_SUBMETA_TYPES: dict[tuple[str, str], type[BaseMeta]] = {
+    ("Meta", "source"): MetaSource,
+    ("Meta", "extra"): MetaExtra,
+    ("Meta", "spatial"): MetaSpatial,
+    ("Meta", "stats"): MetaStatistics,
+    ("Meta", "bbox"): MetaBbox,
+    ("Meta", "is_seg"): MetaIsSeg,
+    ("Meta", "blosc2"): MetaBlosc2,
+    ("Meta", "_has_array"): MetaHasArray,
+    ("Meta", "_image_meta_format"): MetaImageFormat,
+    ("Meta", "_mlarray_version"): MetaVersion,
+}
+

@@ -1,0 +1,201 @@
+"""Encoding and safe decoding of the metadata record stored in ``vlmeta["mlarray"]``.
+
+The record is ``gzip(pickle(dict))`` (FORMAT.md section 2). This module is the
+only place that touches pickle: writing uses plain builtins only; reading uses
+a restricted unpickler that knows no global except the two container types
+the reference package emits, with caps on the decompressed size, the nesting
+depth and the number of nodes, so a crafted file can neither run code nor
+exhaust memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import warnings
+import zlib
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from mlarray.errors import MetaValidationError, MLArrayFormatError, UnsafeRecordError
+from mlarray.meta import FORMAT_VERSION, Meta, SingleKeyBaseMeta
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "MAX_RECORD_DEPTH",
+    "MAX_RECORD_NODES",
+    "decode_record",
+    "encode_record",
+    "meta_from_record",
+    "record_from_meta",
+]
+
+#: Cap on the decompressed size of a record (a 3 KB gzip can expand to GBs).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+#: Cap on the nesting depth of a record.
+MAX_RECORD_DEPTH = 32
+#: Cap on the number of containers and scalars visited in a record (shared
+#: references are counted each time, which defeats "billion laughs" records).
+MAX_RECORD_NODES = 2_000_000
+
+PICKLE_PROTOCOL = 4
+
+_ALLOWED_GLOBALS = {
+    ("mlarray.meta", "_FrozenList"): list,
+    ("mlarray.meta", "_FrozenDict"): dict,
+}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def _gunzip_capped(raw: bytes, path: Any) -> bytes:
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, MAX_RECORD_BYTES + 1)
+    except zlib.error as exc:
+        raise MLArrayFormatError(path, f"metadata record is not valid gzip data ({exc})") from None
+    if len(out) > MAX_RECORD_BYTES or d.unconsumed_tail:
+        raise UnsafeRecordError(
+            path, f"metadata record expands beyond {MAX_RECORD_BYTES} bytes; refusing to read it"
+        )
+    if not d.eof:
+        raise MLArrayFormatError(path, "metadata record is truncated (incomplete gzip stream)")
+    return out
+
+
+def _check_plain(obj: Any, path: Any) -> None:
+    """Walk ``obj`` iteratively; refuse anything but plain containers and scalars."""
+    stack = [(obj, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_RECORD_NODES:
+            raise UnsafeRecordError(path, f"metadata record has more than {MAX_RECORD_NODES} nodes")
+        if depth > MAX_RECORD_DEPTH:
+            raise UnsafeRecordError(
+                path, f"metadata record is nested deeper than {MAX_RECORD_DEPTH} levels"
+            )
+        if type(value) is dict:
+            for k, v in value.items():
+                if type(k) is not str:
+                    raise MLArrayFormatError(path, f"metadata record has a non-string key {k!r}")
+                stack.append((v, depth + 1))
+        elif type(value) is list:
+            stack.extend((v, depth + 1) for v in value)
+        elif type(value) not in _SCALARS:
+            raise MLArrayFormatError(
+                path, f"metadata record holds a {type(value).__name__}, which the format forbids"
+            )
+
+
+def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
+    """Decode the bytes of ``vlmeta["mlarray"]`` into a plain dict, safely.
+
+    Parameters
+    ----------
+    raw : bytes
+        The stored value.
+    path : str or PathLike, optional
+        The file it came from, named in error messages.
+
+    Raises
+    ------
+    UnsafeRecordError
+        For forbidden pickle globals and records beyond the size, depth or
+        node caps.
+    MLArrayFormatError
+        For anything else that is not a valid record.
+    """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MLArrayFormatError(
+            path, f"metadata record must be bytes, found {type(raw).__name__}"
+        )
+    data = _gunzip_capped(bytes(raw), path)
+    try:
+        record = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        if "forbidden global" in str(exc) or "persistent" in str(exc):
+            raise UnsafeRecordError(path, f"metadata record refused: {exc}") from None
+        raise MLArrayFormatError(path, f"metadata record is not a valid pickle ({exc})") from None
+    except RecursionError:
+        raise UnsafeRecordError(path, "metadata record is nested too deeply") from None
+    except Exception as exc:  # any other unpickling failure is a malformed record
+        raise MLArrayFormatError(
+            path, f"metadata record is not a valid pickle ({type(exc).__name__}: {exc})"
+        ) from None
+    _check_plain(record, path)
+    if type(record) is not dict:
+        raise MLArrayFormatError(
+            path, f"metadata record must be a dict, found {type(record).__name__}"
+        )
+    return record
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """Encode a plain record as ``gzip(pickle(record))`` (protocol 4, gzip mtime 0).
+
+    The same record always gives the same bytes.
+    """
+    plain = dict(record)
+    _check_plain(plain, None)
+    payload = pickle.dumps(plain, protocol=PICKLE_PROTOCOL)
+    return gzip.compress(payload, compresslevel=9, mtime=0)
+
+
+def record_from_meta(meta: Meta) -> dict[str, Any]:
+    """The record to store for ``meta``: the full key set of FORMAT.md section 3, nothing more."""
+    record = meta.to_mapping(include_none=True)
+    record["_mlarray_version"] = meta._mlarray_version.value or FORMAT_VERSION
+    return record
+
+
+def _known_keys(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
+    """Build a :class:`Meta` from a decoded record, following FORMAT.md's reading rules.
+
+    Missing keys take their defaults; single-key parts may be wrapped or
+    bare; keys this version does not know are dropped with a warning (the
+    file stays readable); invalid values raise :class:`MLArrayFormatError`.
+    """
+    parts: dict[str, Any] = {}
+    unknown: list[str] = []
+    types = {f.name: f.default_factory for f in fields(Meta)}
+    for key, value in record.items():
+        factory = types.get(key)
+        if factory is None:
+            unknown.append(key)
+            continue
+        cls = type(factory())
+        if not issubclass(cls, SingleKeyBaseMeta) and isinstance(value, Mapping):
+            extra = sorted(set(value) - _known_keys(cls))
+            unknown += [f"{key}.{k}" for k in extra]
+            value = {k: v for k, v in value.items() if k not in extra}
+        parts[key] = value
+    if unknown:
+        where = f"{os.fspath(path)}: " if path is not None else ""
+        warnings.warn(
+            f"{where}ignoring metadata keys unknown to this version of mlarray: {unknown}",
+            UserWarning,
+            stacklevel=3,
+        )
+    try:
+        return Meta(**{k: type(types[k]()).ensure(v) for k, v in parts.items()})
+    except (MetaValidationError, KeyError, TypeError) as exc:
+        raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None

@@ -1,0 +1,319 @@
+"""Files on disk: FORMAT.md writing rules, atomic saves, safe reading of bad files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import (
+    InvalidPathError,
+    MLArrayFileNotFoundError,
+    MLArrayFormatError,
+    UnsafeRecordError,
+)
+from mlarray.io import FRAME_MAGIC, read_meta, save_mla
+from mlarray.meta import Meta
+
+FORMAT_KEYS = {
+    "source": {"data"},
+    "extra": {"data"},
+    "spatial": {"spacing", "origin", "direction", "affine", "shape", "axis_labels",
+                "coord_system", "axis_units", "_num_spatial_axes", "_num_non_spatial_axes"},
+    "stats": {"min", "max", "mean", "median", "std", "percentile_min", "percentile_max",
+              "percentile_mean", "percentile_median", "percentile_std", "percentile_min_key",
+              "percentile_max_key"},
+    "bbox": {"bboxes", "scores", "labels"},
+    "is_seg": {"is_seg"},
+    "blosc2": {"chunk_size", "block_size", "patch_size", "cparams", "dparams"},
+    "_has_array": {"has_array"},
+    "_image_meta_format": {"image_meta_format"},
+    "_mlarray_version": None,
+}
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module, name):  # our files must not need any global
+        raise AssertionError(f"record uses a global: {module}.{name}")
+
+
+def _stored_record(path: Path) -> dict:
+    """Decode the record with blosc2, gzip and a no-globals unpickler only (not our code)."""
+    arr = blosc2.open(str(path), mode="r")
+    raw = arr.schunk.vlmeta["mlarray"]
+    assert isinstance(raw, bytes)
+    assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\x00\x00\x00\x00", "gzip with mtime=0"
+    payload = gzip.decompress(raw)
+    assert payload[0] == 0x80 and payload[1] in (4, 5), "pickle protocol 4 or 5"
+    import io as _io
+
+    return _NoGlobals(_io.BytesIO(payload)).load()
+
+
+def _check_key_set(rec: dict) -> None:
+    assert list(rec) == list(FORMAT_KEYS), "top-level keys, in the reference order"
+    for k, sub in FORMAT_KEYS.items():
+        if sub is None:
+            assert rec[k] == "v0"
+        else:
+            assert set(rec[k]) == sub, k
+
+
+def test_written_files_follow_the_writing_rules(tmp_path):
+    p = tmp_path / "img.mla"
+    data = np.arange(2 * 10 * 12, dtype=np.uint16).reshape(2, 10, 12)
+    meta = Meta(
+        source={"dicom": {"PatientID": "anon"}},
+        extra={"note": "x"},
+        spatial={"axis_labels": ["channel", "spatial_y", "spatial_x"], "spacing": [0.5, 0.5],
+                 "coord_system": "LPS", "axis_units": ["", "mm", "mm"]},
+        bbox={"bboxes": [[[0, 1], [1, 5], [2, 6]]], "scores": [0.9], "labels": ["a"]},
+        is_seg=False,
+    )
+    save_mla(p, data, meta)
+    assert p.read_bytes()[: len(FRAME_MAGIC)] == FRAME_MAGIC
+    rec = _stored_record(p)
+    _check_key_set(rec)
+    assert rec["_has_array"] == {"has_array": True}
+    assert rec["spatial"]["shape"] == [2, 10, 12]
+    assert rec["spatial"]["_num_spatial_axes"] == 2
+    assert rec["source"] == {"data": {"dicom": {"PatientID": "anon"}}}
+    assert rec["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    stored = blosc2.open(str(p), mode="r")
+    np.testing.assert_array_equal(stored[...], data)
+    assert list(stored.chunks) == rec["blosc2"]["chunk_size"]
+    assert stored.chunks[0] == 1
+
+
+def test_metadata_only_file_layout(tmp_path):
+    p = tmp_path / "boxes.mla"
+    save_mla(p, None, Meta(bbox={"bboxes": [[[1, 2], [3, 4]]], "labels": ["x"]}))
+    stored = blosc2.open(str(p), mode="r")
+    assert stored.shape == (0,) and stored.dtype == np.float64
+    rec = _stored_record(p)
+    _check_key_set(rec)
+    assert rec["_has_array"] == {"has_array": False}
+    assert rec["spatial"]["shape"] is None and rec["blosc2"]["cparams"] is None
+    a = MLArray.open(p)
+    assert a.shape is None and a.meta.bbox.labels == ["x"]
+    b = MLArray(meta=a.meta)
+    b.save(tmp_path / "again.mla")
+    assert MLArray.open(tmp_path / "again.mla").meta.bbox.bboxes == [[[1, 2], [3, 4]]]
+
+
+def test_same_content_gives_same_record_bytes(tmp_path):
+    for name in ("a.mla", "b.mla"):
+        save_mla(tmp_path / name, np.ones((4, 4)), {"extra": {"k": 1}})
+    ra = blosc2.open(str(tmp_path / "a.mla")).schunk.vlmeta["mlarray"]
+    rb = blosc2.open(str(tmp_path / "b.mla")).schunk.vlmeta["mlarray"]
+    assert ra == rb
+
+
+class _FailingSource:
+    """An array-like that fails after a few chunk reads (a crash mid-save)."""
+
+    def __init__(self, data, fail_after):
+        self.data, self.fail_after, self.reads = data, fail_after, 0
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        self.reads += 1
+        if self.reads > self.fail_after:
+            raise OSError("disk on fire")
+        return self.data[key]
+
+
+def test_failed_save_leaves_previous_file_and_no_temp_files(tmp_path):
+    p = tmp_path / "v.mla"
+    old = np.arange(64 * 64 * 64, dtype=np.int32).reshape(64, 64, 64)
+    save_mla(p, old, None)
+    before = hashlib.sha256(p.read_bytes()).hexdigest()
+    src = _FailingSource(np.zeros_like(old), fail_after=3)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_mla(p, src, None, patch_size=None, chunk_size=(16, 64, 64), block_size=(8, 32, 32))
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == before
+    assert sorted(os.listdir(tmp_path)) == ["v.mla"]
+
+
+def test_streaming_save_reads_one_chunk_at_a_time(tmp_path):
+    data = np.random.default_rng(0).integers(0, 9, (32, 40, 48), dtype=np.uint8)
+
+    class Recorder(_FailingSource):
+        biggest = 0
+
+        def __getitem__(self, key):
+            out = super().__getitem__(key)
+            Recorder.biggest = max(Recorder.biggest, out.size)
+            return out
+
+    save_mla(tmp_path / "s.mla", Recorder(data, 10**9), None, patch_size=None,
+             chunk_size=(8, 40, 48), block_size=(4, 20, 24))
+    assert Recorder.biggest == 8 * 40 * 48
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "s.mla").to_numpy(), data)
+
+
+@pytest.mark.parametrize("how", [{"mmap_mode": "r"}, {"mmap_mode": "r+"}, {"mmap_mode": "c"},
+                                 {"mode": "a", "mmap_mode": None}, "load"])
+def test_save_back_to_the_file_it_was_opened_from(tmp_path, how):
+    p = tmp_path / "v.mla"
+    data = np.random.default_rng(2).normal(size=(30, 31, 32)).astype(np.float32)
+    MLArray(data, spacing=[1, 2, 3]).save(p)
+    a = MLArray.load(p) if how == "load" else MLArray.open(p, **how)
+    a.meta.extra.data = {"edited": True}
+    a.save(p)
+    b = MLArray.open(p)
+    np.testing.assert_array_equal(b.to_numpy(), data)
+    assert b.meta.extra.data == {"edited": True} and b.spacing == [1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(a.to_numpy(), data)  # still usable after the replace
+    if how in ({"mmap_mode": "r+"}, {"mode": "a", "mmap_mode": None}):
+        a[0, 0, 0] = 42.0
+        a.close()
+        assert MLArray.open(p)[0, 0, 0] == 42.0
+
+
+def test_save_into_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(MLArrayFileNotFoundError, match="nowhere"):
+        save_mla(tmp_path / "nowhere" / "x.mla", np.zeros(3), None)
+
+
+def test_open_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.mla"):
+        MLArray.open(tmp_path / "missing.mla")
+
+
+def test_directory_named_mla_is_refused(tmp_path):
+    d = tmp_path / "dir.mla"
+    d.mkdir()
+    with pytest.raises(InvalidPathError, match="directory"):
+        MLArray.open(d)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world" * 10, b"\x89HDF\r\n\x1a\n" + bytes(100)])
+def test_non_mla_content_is_a_format_error_naming_the_file(tmp_path, content):
+    p = tmp_path / "junk.mla"
+    p.write_bytes(content)
+    with pytest.raises(MLArrayFormatError, match=r"junk\.mla"):
+        MLArray.open(p)
+
+
+def _run_isolated(code: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter, so a crash in a C library cannot take pytest down."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_truncated_and_corrupted_files_never_crash(tmp_path):
+    src = tmp_path / "v.mla"
+    data = np.random.default_rng(3).integers(0, 1000, (40, 40, 40), dtype=np.int16)
+    MLArray(data, patch_size=None, chunk_size=(10, 40, 40), block_size=(5, 20, 20)).save(src)
+    raw = src.read_bytes()
+    cases = {}
+    for cut in (16, 100, len(raw) // 3, len(raw) - 10):
+        cases[f"trunc{cut}"] = raw[:cut]
+    flipped = bytearray(raw)
+    for i in range(200, len(raw) - 400, 389):
+        flipped[i] ^= 0x5A
+    cases["flipped"] = bytes(flipped)
+    for name, content in cases.items():
+        (tmp_path / f"{name}.mla").write_bytes(content)
+    code = f"""
+        import json, pathlib
+        from mlarray import MLArray, MLArrayError
+        out = {{}}
+        for p in sorted(pathlib.Path({str(tmp_path)!r}).glob("*.mla")):
+            if p.name == "v.mla":
+                continue
+            try:
+                a = MLArray.open(p)
+                a.to_numpy()
+                out[p.name] = "ok"
+            except MLArrayError as e:
+                out[p.name] = "error:" + type(e).__name__ + ":" + str(e)
+        print(json.dumps(out))
+    """
+    res = _run_isolated(code)
+    assert res.returncode == 0, f"crashed: rc={res.returncode} {res.stderr[-2000:]}"
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(results) == {f"{n}.mla" for n in cases}
+    for name, outcome in results.items():
+        assert outcome.startswith("error:"), (name, outcome)
+        assert name in outcome, "the error names the file"
+
+
+def test_malicious_record_is_refused_and_never_runs(tmp_path):
+    p = tmp_path / "evil.mla"
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    arr = blosc2.asarray(np.zeros(4), urlpath=str(p), mode="w", contiguous=True)
+    arr.schunk.vlmeta["mlarray"] = gzip.compress(pickle.dumps({"source": Evil()}), mtime=0)
+    del arr
+    with pytest.raises(UnsafeRecordError, match=r"evil\.mla"):
+        MLArray.open(p)
+    with pytest.raises(UnsafeRecordError):
+        read_meta(p)
+    assert not marker.exists()
+
+
+def test_plain_b2nd_frame_without_record_opens_with_default_meta(tmp_path):
+    p = tmp_path / "plain.mla"
+    blosc2.asarray(np.arange(12.0).reshape(3, 4), urlpath=str(p), mode="w", contiguous=True)
+    a = MLArray.open(p)
+    assert a.shape == (3, 4) and a.meta._has_array.has_array
+    np.testing.assert_array_equal(a.to_numpy(), np.arange(12.0).reshape(3, 4))
+
+
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_reference_package_reads_our_files(tmp_path):
+    p = tmp_path / "ours.mla"
+    data = np.random.default_rng(4).integers(-5, 5, (12, 14, 16), dtype=np.int16)
+    direction = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=float)
+    MLArray(data, spacing=[2.0, 1.0, 0.5], origin=[1, 2, 3], direction=direction,
+            meta={"is_seg": True, "extra": {"k": [1, 2]},
+                  "bbox": {"bboxes": [[[0, 2], [1, 3], [2, 4]]], "scores": [0.5],
+                           "labels": ["lesion"]}}).save(p)
+    save_mla(tmp_path / "boxes.mla", None, {"bbox": {"bboxes": [[[0, 1], [0, 1]]]}})
+    code = f"""
+        import json, hashlib, numpy as np
+        from mlarray.mlarray import MLArray
+        a = MLArray.open({str(p)!r})
+        b = MLArray.open({str(tmp_path / "boxes.mla")!r})
+        print(json.dumps({{
+            "sha": hashlib.sha256(np.ascontiguousarray(a[...]).tobytes()).hexdigest(),
+            "spacing": list(a.spacing), "origin": list(a.origin),
+            "direction": [list(r) for r in a.direction],
+            "is_seg": a.meta.is_seg.is_seg, "extra": dict(a.meta.extra.data),
+            "bboxes": a.meta.bbox.bboxes, "labels": a.meta.bbox.labels,
+            "boxes_only": b.meta.bbox.bboxes,
+        }}, default=lambda o: o.tolist() if hasattr(o, "tolist") else list(o)))
+    """
+    res = subprocess.run([REFERENCE_PYTHON, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["sha"] == hashlib.sha256(data.tobytes()).hexdigest()
+    assert got["spacing"] == [2.0, 1.0, 0.5] and got["origin"] == [1.0, 2.0, 3.0]
+    assert got["direction"] == direction.tolist()
+    assert got["is_seg"] is True and got["extra"] == {"k": [1, 2]}
+    assert got["bboxes"] == [[[0, 2], [1, 3], [2, 4]]] and got["labels"] == ["lesion"]
+    assert got["boxes_only"] == [[[0, 1], [0, 1]]]

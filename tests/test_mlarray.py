@@ -1,0 +1,260 @@
+"""MLArray: constructors, properties, lazy opening, modes and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import (
+    InvalidModeError,
+    InvalidPathError,
+    MetaValidationError,
+    MLArrayError,
+    NoArrayError,
+    ReadOnlyError,
+)
+from mlarray.meta import Meta
+
+
+@pytest.fixture
+def volume():
+    rng = np.random.default_rng(0)
+    return rng.integers(-1000, 1500, size=(40, 50, 60), dtype=np.int16)
+
+
+def test_constructor_with_geometry_and_save_open_roundtrip(tmp_path, volume):
+    a = MLArray(volume, spacing=(2.5, 0.8, 0.8), origin=(1, 2, 3), direction=np.eye(3)[::-1])
+    assert a.shape == volume.shape and a.dtype == np.int16 and a.ndim == 3
+    assert a.meta.blosc2.patch_size == [192, 192, 192]
+    assert a.meta.blosc2.cparams == {"codec": 2, "clevel": 8}
+    assert a.meta.blosc2.dparams == {"nthreads": 1}
+    p = tmp_path / "v.mla"
+    a.save(p)
+    b = MLArray.open(p)
+    np.testing.assert_array_equal(b.to_numpy(), volume)
+    assert b.spacing == [2.5, 0.8, 0.8] and b.origin == [1.0, 2.0, 3.0]
+    assert b.direction == np.eye(3)[::-1].tolist()
+    np.testing.assert_allclose(b.affine[:3, :3], np.eye(3)[::-1] @ np.diag([2.5, 0.8, 0.8]))
+    assert list(b.chunks) == b.meta.blosc2.chunk_size
+
+
+def test_affine_form_and_setters(volume):
+    aff = np.array([[0, 0, 2.0, 10], [0, 1.5, 0, 20], [-1.0, 0, 0, 30], [0, 0, 0, 1]])
+    a = MLArray(volume, affine=aff)
+    assert a.meta.spatial.affine == aff.tolist() and a.meta.spatial.spacing is None
+    np.testing.assert_allclose(a.scale, [1.0, 1.5, 2.0])
+    np.testing.assert_allclose(a.translation, [10, 20, 30])
+    np.testing.assert_allclose(a.spacing, [1.0, 1.5, 2.0])
+    a.spacing = [3.0, 3.0, 3.0]  # converts to spacing/origin/direction form, never both
+    assert a.meta.spatial.affine is None
+    assert a.origin == [10.0, 20.0, 30.0]
+    np.testing.assert_allclose(a.affine[:3, 2], [6.0, 0, 0])
+    with pytest.raises(MetaValidationError):
+        MLArray(volume, affine=aff, spacing=[1, 1, 1])
+
+
+def test_sheared_affine_scale_is_exact(volume):
+    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    shear = np.array([[1, 0.2, 0.1], [0, 1, 0.3], [0, 0, 1.0]])
+    scale = np.array([0.7, 1.1, 3.0])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ shear @ np.diag(scale)
+    a = MLArray(volume, affine=aff)
+    np.testing.assert_allclose(a.scale, scale, atol=1e-12)
+    np.testing.assert_allclose(a.shear, shear, atol=1e-12)
+    np.testing.assert_allclose(a.rotation, rot, atol=1e-12)
+    with pytest.raises(MetaValidationError, match="shear"):
+        a.spacing = [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        (lambda kw: MLArray.zeros((5, 6, 7), np.float32, **kw), np.zeros((5, 6, 7), np.float32)),
+        (lambda kw: MLArray.ones((5, 6), **kw), np.ones((5, 6))),
+        (lambda kw: MLArray.full((4, 4), 7, np.uint8, **kw), np.full((4, 4), 7, np.uint8)),
+        (lambda kw: MLArray.arange(0, 24, 2, shape=(3, 4), **kw), np.arange(0, 24, 2).reshape(3, 4)),
+        (lambda kw: MLArray.linspace(0, 1, 12, shape=(3, 4), **kw), np.linspace(0, 1, 12).reshape(3, 4)),
+        (lambda kw: MLArray.asarray(np.eye(5), **kw), np.eye(5)),
+        (lambda kw: MLArray.zeros_like(np.ones((3, 5), np.int32), **kw), np.zeros((3, 5), np.int32)),
+        (lambda kw: MLArray.ones_like(MLArray.asarray(np.zeros((2, 3))), **kw), np.ones((2, 3))),
+        (lambda kw: MLArray.full_like(np.zeros((2, 2), np.int8), 3, **kw), np.full((2, 2), 3, np.int8)),
+    ],
+)
+@pytest.mark.parametrize("compressed", [True, False])
+def test_constructors(factory, expected, compressed):
+    a = factory({"compressed": compressed})
+    np.testing.assert_array_equal(a.to_numpy(), expected)
+    assert a.dtype == expected.dtype
+    assert a.meta.spatial.shape == list(expected.shape)
+    assert a.meta._has_array.has_array
+    if compressed:
+        assert a.chunks is not None and a.meta.blosc2.chunk_size == list(a.chunks)
+    else:
+        assert a.chunks is None and a.meta.blosc2.chunk_size is None
+
+
+def test_empty_like_and_explicit_layout():
+    a = MLArray.empty_like(np.zeros((30, 40)), patch_size=None, chunk_size=(10, 20), block_size=5)
+    assert a.shape == (30, 40) and a.chunks == (10, 20) and a.blocks == (5, 5)
+    assert a.meta.blosc2.patch_size is None
+
+
+def test_linspace_and_arange_errors():
+    with pytest.raises(ValueError):
+        MLArray.linspace(0, 1)
+    with pytest.raises(ValueError):
+        MLArray.arange(0, 10, shape=(3, 3))
+
+
+def test_axis_labels_and_non_spatial_axes_get_chunk_one(tmp_path):
+    data = np.zeros((3, 20, 30, 40), np.float32)
+    a = MLArray(data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
+                spacing=[2.0, 1.0, 1.0])
+    assert a.spatial_ndim == 3 and a.ndim == 4
+    assert a.chunks[0] == 1 and a.blocks[0] == 1
+    assert a.meta.blosc2.patch_size == [192, 192, 192]
+    assert a.affine.shape == (4, 4)
+    with pytest.raises(MetaValidationError, match="spacing"):
+        MLArray(data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
+                spacing=[1.0, 1.0])
+
+
+def test_meta_dict_and_copy_argument():
+    src = MLArray(np.zeros((4, 4)), spacing=[2, 3], meta={"is_seg": True, "extra": {"k": "v"}})
+    assert src.meta.is_seg.is_seg is True and src.meta.extra.data == {"k": "v"}
+    b = MLArray(np.ones((4, 4)), spacing=[9, 9], copy=src)
+    assert b.spacing == [2.0, 3.0] and b.meta.is_seg.is_seg is True
+    with pytest.raises(KeyError, match="nope"):
+        MLArray(np.zeros(3), meta={"nope": 1})
+
+
+def test_open_is_lazy_and_partial(tmp_path, volume):
+    p = tmp_path / "v.mla"
+    MLArray(volume, patch_size=None, chunk_size=(10, 50, 60), block_size=(5, 25, 30)).save(p)
+    a = MLArray.open(p)
+    np.testing.assert_array_equal(a[12:14, :, 5], volume[12:14, :, 5])
+    assert a.chunks == (10, 50, 60)
+    assert np.asarray(a).shape == volume.shape
+
+
+def test_modes_write_and_copy_on_write(tmp_path, volume):
+    p = tmp_path / "v.mla"
+    MLArray(volume).save(p)
+    ro = MLArray.open(p)
+    with pytest.raises(ReadOnlyError):
+        ro[0, 0, 0] = 1
+    with pytest.raises(PermissionError):
+        ro[0, 0, 0] = 1
+    cow = MLArray.open(p, mmap_mode="c")
+    cow[0] = 5
+    assert (cow[0] == 5).all()
+    assert (MLArray.open(p)[0] == volume[0]).all(), "copy-on-write must not touch the file"
+    rw = MLArray.open(p, mmap_mode="r+")
+    rw[1] = 7
+    rw.meta.is_seg = False
+    rw.close()
+    again = MLArray.open(p)
+    assert (again[1] == 7).all() and again.meta.is_seg.is_seg is False
+    ap = MLArray.open(p, mode="a", mmap_mode=None)
+    ap[2] = 9
+    ap.close()
+    assert (MLArray.open(p)[2] == 9).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err"),
+    [
+        ({"mode": "w"}, InvalidModeError),
+        ({"mmap_mode": "w+"}, InvalidModeError),
+        ({"mode": "x"}, RuntimeError),
+    ],
+)
+def test_invalid_open_modes(tmp_path, kwargs, err):
+    p = tmp_path / "v.mla"
+    MLArray(np.zeros(3)).save(p)
+    with pytest.raises(err):
+        MLArray.open(p, **kwargs)
+
+
+def test_create_writes_through_and_flushes_meta(tmp_path):
+    p = tmp_path / "new.mla"
+    with MLArray.create(p, (20, 30), np.float32, meta={"extra": {"who": "me"}}) as a:
+        a[5:10] = 1.5
+    b = MLArray.open(p)
+    assert b.shape == (20, 30) and b[5:10].min() == 1.5 and b[0].max() == 0
+    assert b.meta.extra.data == {"who": "me"}
+    with pytest.raises(InvalidModeError):
+        MLArray.create(tmp_path / "x.mla", (2, 2), np.uint8, mode="r")
+    with pytest.raises(RuntimeError):
+        MLArray.create(tmp_path / "x.mla", (2, 2), np.uint8, mmap_mode="r")
+
+
+def test_path_suffix_is_checked(tmp_path):
+    for call in (
+        lambda: MLArray(np.zeros(3)).save(tmp_path / "x.npy"),
+        lambda: MLArray.open(tmp_path / "x.nii"),
+        lambda: MLArray.load(tmp_path / "x"),
+        lambda: MLArray.create(tmp_path / "x.b2nd", (2,), np.uint8),
+    ):
+        with pytest.raises(InvalidPathError) as info:
+            call()
+        assert isinstance(info.value, RuntimeError) and "x" in str(info.value)
+
+
+def test_no_array_errors_are_type_errors():
+    a = MLArray()
+    for call in (a.to_numpy, a.compress, a.decompress, lambda: len(a), lambda: a[0]):
+        with pytest.raises(NoArrayError):
+            call()
+    with pytest.raises(TypeError):
+        a.to_numpy()
+    assert a.shape is None and a.dtype is None and a.affine is None and a.scale is None
+
+
+def test_object_and_string_dtypes_are_refused():
+    with pytest.raises(MetaValidationError, match="dtype"):
+        MLArray(np.array([{"a": 1}], dtype=object))
+    with pytest.raises(MLArrayError):
+        MLArray.zeros((2,), "U4")
+
+
+def test_compress_and_decompress(tmp_path, volume):
+    p = tmp_path / "v.mla"
+    MLArray(volume).save(p)
+    a = MLArray.open(p)
+    a.compress(patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 10, 10),
+               cparams={"codec": 5, "clevel": 3})
+    assert a.chunks == (20, 25, 30) and a.path is None
+    assert a.meta.blosc2.cparams["codec"] == 5
+    a.decompress()
+    assert isinstance(a.to_numpy(), np.ndarray) and a.meta.blosc2.chunk_size is None
+    out = tmp_path / "d.mla"
+    a.save(out)
+    np.testing.assert_array_equal(MLArray.open(out).to_numpy(), volume)
+
+
+def test_compute_stats_fills_meta(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.normal(40, 300, size=(30, 40, 50)).astype(np.float32)
+    a = MLArray(data, patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 10))
+    st = a.compute_stats()
+    assert st is a.meta.stats
+    assert st.min == pytest.approx(float(data.min()))
+    assert st.max == pytest.approx(float(data.max()))
+    assert st.mean == pytest.approx(float(data.astype(np.float64).mean()), rel=1e-9)
+    assert st.median == pytest.approx(float(np.median(data)), rel=1e-6)
+    assert st.percentile_min == pytest.approx(float(np.percentile(data, 0.5)), rel=1e-5)
+    assert st.percentile_max_key == 99.5
+    p = tmp_path / "s.mla"
+    a.save(p)
+    assert MLArray.open(p).meta.stats == st
+
+
+def test_meta_is_validated_against_the_array():
+    with pytest.raises(MetaValidationError, match="spatial"):
+        MLArray(np.zeros((4, 4, 4)), spacing=[1, 1])
+    m = Meta(spatial={"axis_labels": ["spatial", "spatial"]})
+    with pytest.raises(MetaValidationError, match="axis_labels"):
+        MLArray(np.zeros((2, 2, 2)), meta=m)
