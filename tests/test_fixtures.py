@@ -43,9 +43,10 @@ def test_fixture_recovers_every_field(case, how):
         assert list(a.shape) == exp["shape"]
         assert a.dtype == np.dtype(exp["dtype_str"])
         data = a.to_numpy()
-        assert hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest() == exp[
-            "sha256_c_order"
-        ]
+        assert (
+            hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+            == exp["sha256_c_order"]
+        )
         assert a.ndim == exp["ndim"] and a.spatial_ndim == exp["spatial_ndim"]
         if how in ("open", "load"):
             assert list(a.chunks) == exp["chunk_size"]

@@ -29,11 +29,32 @@ from mlarray.meta import Meta
 FORMAT_KEYS = {
     "source": {"data"},
     "extra": {"data"},
-    "spatial": {"spacing", "origin", "direction", "affine", "shape", "axis_labels",
-                "coord_system", "axis_units", "_num_spatial_axes", "_num_non_spatial_axes"},
-    "stats": {"min", "max", "mean", "median", "std", "percentile_min", "percentile_max",
-              "percentile_mean", "percentile_median", "percentile_std", "percentile_min_key",
-              "percentile_max_key"},
+    "spatial": {
+        "spacing",
+        "origin",
+        "direction",
+        "affine",
+        "shape",
+        "axis_labels",
+        "coord_system",
+        "axis_units",
+        "_num_spatial_axes",
+        "_num_non_spatial_axes",
+    },
+    "stats": {
+        "min",
+        "max",
+        "mean",
+        "median",
+        "std",
+        "percentile_min",
+        "percentile_max",
+        "percentile_mean",
+        "percentile_median",
+        "percentile_std",
+        "percentile_min_key",
+        "percentile_max_key",
+    },
     "bbox": {"bboxes", "scores", "labels"},
     "is_seg": {"is_seg"},
     "blosc2": {"chunk_size", "block_size", "patch_size", "cparams", "dparams"},
@@ -76,8 +97,12 @@ def test_written_files_follow_the_writing_rules(tmp_path):
     meta = Meta(
         source={"dicom": {"PatientID": "anon"}},
         extra={"note": "x"},
-        spatial={"axis_labels": ["channel", "spatial_y", "spatial_x"], "spacing": [0.5, 0.5],
-                 "coord_system": "LPS", "axis_units": ["", "mm", "mm"]},
+        spatial={
+            "axis_labels": ["channel", "spatial_y", "spatial_x"],
+            "spacing": [0.5, 0.5],
+            "coord_system": "LPS",
+            "axis_units": ["", "mm", "mm"],
+        },
         bbox={"bboxes": [[[0, 1], [1, 5], [2, 6]]], "scores": [0.9], "labels": ["a"]},
         is_seg=False,
     )
@@ -115,9 +140,8 @@ def test_metadata_only_file_layout(tmp_path):
 def test_same_content_gives_same_record_bytes(tmp_path):
     for name in ("a.mla", "b.mla"):
         save_mla(tmp_path / name, np.ones((4, 4)), {"extra": {"k": 1}})
-    ra = blosc2.open(str(tmp_path / "a.mla")).schunk.vlmeta["mlarray"]
-    rb = blosc2.open(str(tmp_path / "b.mla")).schunk.vlmeta["mlarray"]
-    assert ra == rb
+    a, b = (blosc2.open(str(tmp_path / n)) for n in ("a.mla", "b.mla"))
+    assert a.schunk.vlmeta["mlarray"] == b.schunk.vlmeta["mlarray"]
 
 
 class _FailingSource:
@@ -157,14 +181,28 @@ def test_streaming_save_reads_one_chunk_at_a_time(tmp_path):
             Recorder.biggest = max(Recorder.biggest, out.size)
             return out
 
-    save_mla(tmp_path / "s.mla", Recorder(data, 10**9), None, patch_size=None,
-             chunk_size=(8, 40, 48), block_size=(4, 20, 24))
+    save_mla(
+        tmp_path / "s.mla",
+        Recorder(data, 10**9),
+        None,
+        patch_size=None,
+        chunk_size=(8, 40, 48),
+        block_size=(4, 20, 24),
+    )
     assert Recorder.biggest == 8 * 40 * 48
     np.testing.assert_array_equal(MLArray.open(tmp_path / "s.mla").to_numpy(), data)
 
 
-@pytest.mark.parametrize("how", [{"mmap_mode": "r"}, {"mmap_mode": "r+"}, {"mmap_mode": "c"},
-                                 {"mode": "a", "mmap_mode": None}, "load"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"mmap_mode": "r"},
+        {"mmap_mode": "r+"},
+        {"mmap_mode": "c"},
+        {"mode": "a", "mmap_mode": None},
+        "load",
+    ],
+)
 def test_save_back_to_the_file_it_was_opened_from(tmp_path, how):
     p = tmp_path / "v.mla"
     data = np.random.default_rng(2).normal(size=(30, 31, 32)).astype(np.float32)
@@ -209,8 +247,9 @@ def test_non_mla_content_is_a_format_error_naming_the_file(tmp_path, content):
 
 def _run_isolated(code: str) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter, so a crash in a C library cannot take pytest down."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_truncated_and_corrupted_files_never_crash(tmp_path):
@@ -288,10 +327,17 @@ def test_reference_package_reads_our_files(tmp_path):
     p = tmp_path / "ours.mla"
     data = np.random.default_rng(4).integers(-5, 5, (12, 14, 16), dtype=np.int16)
     direction = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=float)
-    MLArray(data, spacing=[2.0, 1.0, 0.5], origin=[1, 2, 3], direction=direction,
-            meta={"is_seg": True, "extra": {"k": [1, 2]},
-                  "bbox": {"bboxes": [[[0, 2], [1, 3], [2, 4]]], "scores": [0.5],
-                           "labels": ["lesion"]}}).save(p)
+    MLArray(
+        data,
+        spacing=[2.0, 1.0, 0.5],
+        origin=[1, 2, 3],
+        direction=direction,
+        meta={
+            "is_seg": True,
+            "extra": {"k": [1, 2]},
+            "bbox": {"bboxes": [[[0, 2], [1, 3], [2, 4]]], "scores": [0.5], "labels": ["lesion"]},
+        },
+    ).save(p)
     save_mla(tmp_path / "boxes.mla", None, {"bbox": {"bboxes": [[[0, 1], [0, 1]]]}})
     code = f"""
         import json, hashlib, numpy as np
@@ -307,8 +353,13 @@ def test_reference_package_reads_our_files(tmp_path):
             "boxes_only": b.meta.bbox.bboxes,
         }}, default=lambda o: o.tolist() if hasattr(o, "tolist") else list(o)))
     """
-    res = subprocess.run([REFERENCE_PYTHON, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        [REFERENCE_PYTHON, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["sha"] == hashlib.sha256(data.tobytes()).hexdigest()

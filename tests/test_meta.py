@@ -21,8 +21,16 @@ from mlarray.meta import (
 )
 
 FORMAT_KEYS = [
-    "source", "extra", "spatial", "stats", "bbox", "is_seg", "blosc2",
-    "_has_array", "_image_meta_format", "_mlarray_version",
+    "source",
+    "extra",
+    "spatial",
+    "stats",
+    "bbox",
+    "is_seg",
+    "blosc2",
+    "_has_array",
+    "_image_meta_format",
+    "_mlarray_version",
 ]
 
 
@@ -33,8 +41,16 @@ def test_default_meta_mapping_has_the_format_key_set_in_order():
     assert m["is_seg"] == {"is_seg": None}
     assert m["_has_array"] == {"has_array": False}
     assert list(m["spatial"]) == [
-        "spacing", "origin", "direction", "affine", "shape", "axis_labels",
-        "coord_system", "axis_units", "_num_spatial_axes", "_num_non_spatial_axes",
+        "spacing",
+        "origin",
+        "direction",
+        "affine",
+        "shape",
+        "axis_labels",
+        "coord_system",
+        "axis_units",
+        "_num_spatial_axes",
+        "_num_non_spatial_axes",
     ]
 
 
@@ -62,16 +78,16 @@ def test_single_key_metas_accept_wrapped_and_bare():
 
 
 def test_fields_are_validated_on_creation_and_on_mutation():
-    with pytest.raises(MetaValidationError, match="spatial.spacing"):
+    with pytest.raises(MetaValidationError, match=r"spatial\.spacing"):
         MetaSpatial(spacing=[1.0, "x"])
     sp = MetaSpatial(spacing=[1, 2, 3])
     assert sp.spacing == [1.0, 2.0, 3.0]
-    with pytest.raises(MetaValidationError, match="spatial.spacing"):
+    with pytest.raises(MetaValidationError, match=r"spatial\.spacing"):
         sp.spacing = [1.0, float("nan"), 1.0]
     assert sp.spacing == [1.0, 2.0, 3.0], "a refused assignment must leave the old value"
     with pytest.raises(MetaValidationError, match="is_seg"):
         MetaIsSeg("yes")
-    with pytest.raises(MetaValidationError, match="stats.min"):
+    with pytest.raises(MetaValidationError, match=r"stats\.min"):
         MetaStatistics(min="low")
 
 

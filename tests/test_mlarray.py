@@ -49,7 +49,7 @@ def test_affine_form_and_setters(volume):
     a.spacing = [3.0, 3.0, 3.0]  # converts to spacing/origin/direction form, never both
     assert a.meta.spatial.affine is None
     assert a.origin == [10.0, 20.0, 30.0]
-    np.testing.assert_allclose(a.affine[:3, 2], [6.0, 0, 0])
+    np.testing.assert_allclose(a.affine[:3, 2], [3.0, 0, 0])
     with pytest.raises(MetaValidationError):
         MLArray(volume, affine=aff, spacing=[1, 1, 1])
 
@@ -74,12 +74,24 @@ def test_sheared_affine_scale_is_exact(volume):
         (lambda kw: MLArray.zeros((5, 6, 7), np.float32, **kw), np.zeros((5, 6, 7), np.float32)),
         (lambda kw: MLArray.ones((5, 6), **kw), np.ones((5, 6))),
         (lambda kw: MLArray.full((4, 4), 7, np.uint8, **kw), np.full((4, 4), 7, np.uint8)),
-        (lambda kw: MLArray.arange(0, 24, 2, shape=(3, 4), **kw), np.arange(0, 24, 2).reshape(3, 4)),
-        (lambda kw: MLArray.linspace(0, 1, 12, shape=(3, 4), **kw), np.linspace(0, 1, 12).reshape(3, 4)),
+        (
+            lambda kw: MLArray.arange(0, 24, 2, shape=(3, 4), **kw),
+            np.arange(0, 24, 2).reshape(3, 4),
+        ),
+        (
+            lambda kw: MLArray.linspace(0, 1, 12, shape=(3, 4), **kw),
+            np.linspace(0, 1, 12).reshape(3, 4),
+        ),
         (lambda kw: MLArray.asarray(np.eye(5), **kw), np.eye(5)),
-        (lambda kw: MLArray.zeros_like(np.ones((3, 5), np.int32), **kw), np.zeros((3, 5), np.int32)),
+        (
+            lambda kw: MLArray.zeros_like(np.ones((3, 5), np.int32), **kw),
+            np.zeros((3, 5), np.int32),
+        ),
         (lambda kw: MLArray.ones_like(MLArray.asarray(np.zeros((2, 3))), **kw), np.ones((2, 3))),
-        (lambda kw: MLArray.full_like(np.zeros((2, 2), np.int8), 3, **kw), np.full((2, 2), 3, np.int8)),
+        (
+            lambda kw: MLArray.full_like(np.zeros((2, 2), np.int8), 3, **kw),
+            np.full((2, 2), 3, np.int8),
+        ),
     ],
 )
 @pytest.mark.parametrize("compressed", [True, False])
@@ -110,15 +122,19 @@ def test_linspace_and_arange_errors():
 
 def test_axis_labels_and_non_spatial_axes_get_chunk_one(tmp_path):
     data = np.zeros((3, 20, 30, 40), np.float32)
-    a = MLArray(data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
-                spacing=[2.0, 1.0, 1.0])
+    a = MLArray(
+        data,
+        axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
+        spacing=[2.0, 1.0, 1.0],
+    )
     assert a.spatial_ndim == 3 and a.ndim == 4
     assert a.chunks[0] == 1 and a.blocks[0] == 1
     assert a.meta.blosc2.patch_size == [192, 192, 192]
     assert a.affine.shape == (4, 4)
     with pytest.raises(MetaValidationError, match="spacing"):
-        MLArray(data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
-                spacing=[1.0, 1.0])
+        MLArray(
+            data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"], spacing=[1.0, 1.0]
+        )
 
 
 def test_meta_dict_and_copy_argument():
@@ -224,8 +240,12 @@ def test_compress_and_decompress(tmp_path, volume):
     p = tmp_path / "v.mla"
     MLArray(volume).save(p)
     a = MLArray.open(p)
-    a.compress(patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 10, 10),
-               cparams={"codec": 5, "clevel": 3})
+    a.compress(
+        patch_size=None,
+        chunk_size=(20, 25, 30),
+        block_size=(10, 10, 10),
+        cparams={"codec": 5, "clevel": 3},
+    )
     assert a.chunks == (20, 25, 30) and a.path is None
     assert a.meta.blosc2.cparams["codec"] == 5
     a.decompress()

@@ -53,7 +53,9 @@ def test_decode_maps_reference_frozen_containers():
 
     mm._FrozenList, mm._FrozenDict = _FrozenList, _FrozenDict
     try:
-        raw = _gz({"spatial": {"shape": _FrozenList([1, 2])}, "blosc2": {"cparams": _FrozenDict(a=1)}})
+        raw = _gz(
+            {"spatial": {"shape": _FrozenList([1, 2])}, "blosc2": {"cparams": _FrozenDict(a=1)}}
+        )
     finally:
         del mm._FrozenList, mm._FrozenDict
     rec = decode_record(raw, "x.mla")

@@ -70,8 +70,9 @@ def check_dtype(dtype: Any, where: Any = None) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.hasobject or dt.kind in "OUSVMm" or dt.fields is not None:
         raise MetaValidationError(
-            "dtype", f"{dt} cannot be stored in an .mla file (use a numeric or bool dtype)"
-            + (f" [{where}]" if where else "")
+            "dtype",
+            f"{dt} cannot be stored in an .mla file (use a numeric or bool dtype)"
+            + (f" [{where}]" if where else ""),
         )
     return dt
 
@@ -102,12 +103,14 @@ def open_store(
     p = check_path(path, must_exist=True)
     if mmap_mode not in _OPEN_MMAP_MODES:
         raise InvalidModeError(
-            f"{p}: mmap_mode must be one of 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
+            f"{p}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
     with open(p, "rb") as fh:
         head = fh.read(64)
     if not head.startswith(FRAME_MAGIC):
-        raise MLArrayFormatError(p, "not an .mla file (it does not start with a Blosc2 frame header)")
+        raise MLArrayFormatError(
+            p, "not an .mla file (it does not start with a Blosc2 frame header)"
+        )
     kwargs: dict[str, Any] = {"deserialize": "safe"}
     if mmap_mode is not None:
         kwargs["mmap_mode"] = mmap_mode
@@ -120,7 +123,9 @@ def open_store(
     except MLArrayError:
         raise
     except Exception as exc:
-        raise MLArrayFormatError(p, f"cannot open the Blosc2 frame ({type(exc).__name__}: {exc})") from None
+        raise MLArrayFormatError(
+            p, f"cannot open the Blosc2 frame ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(store, blosc2.NDArray):
         raise MLArrayFormatError(p, f"holds a {type(store).__name__}, not a b2nd NDArray")
     return store, _meta_of(store, p)
@@ -129,14 +134,16 @@ def open_store(
 def _meta_of(store: blosc2.NDArray, path: Any) -> Meta:
     try:
         vlmeta = store.schunk.vlmeta
-        raw = vlmeta[VLMETA_KEY] if VLMETA_KEY in vlmeta else None
+        raw = vlmeta.get(VLMETA_KEY, None)
     except Exception as exc:
         raise MLArrayFormatError(path, f"cannot read the metadata layers ({exc})") from None
     meta = Meta() if raw is None else meta_from_record(decode_record(raw, path), path)
     empty_store = store.shape == (0,)
     has_array = (not empty_store) if raw is None else meta._has_array.has_array
     if has_array and empty_store and raw is not None and meta.spatial.shape not in (None, [0]):
-        raise MLArrayFormatError(path, "record says the file holds an array, but the array is empty")
+        raise MLArrayFormatError(
+            path, "record says the file holds an array, but the array is empty"
+        )
     meta._has_array.has_array = bool(has_array)
     try:
         meta.spatial.shape = list(store.shape) if has_array else None
@@ -150,7 +157,9 @@ def read_meta(path: str | os.PathLike) -> Meta:
     return open_store(path, mmap_mode="r")[1]
 
 
-def iter_chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
+def iter_chunk_slices(
+    shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> Iterator[tuple[slice, ...]]:
     """Yield the slices of a regular chunk grid over ``shape``, in C order."""
     ranges = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
     for starts in itertools.product(*ranges):
@@ -183,7 +192,9 @@ def _source_array(data: Any) -> Any:
     return data if store is None else store
 
 
-def _prepare_meta(meta: Any, shape: tuple[int, ...] | None, dtype: np.dtype | None, path: Path) -> Meta:
+def _prepare_meta(
+    meta: Any, shape: tuple[int, ...] | None, dtype: np.dtype | None, path: Path
+) -> Meta:
     meta = Meta.ensure(meta).copy()
     try:
         meta._has_array.has_array = shape is not None
@@ -255,10 +266,22 @@ def save_mla(
             cparams=cparams,
             dparams=dparams,
         )
+        patch = None if opts.patch_size is None else list(opts.patch_size)
+        kept = meta.blosc2
+        if (
+            patch is None
+            and kept.patch_size is not None
+            and (
+                opts.chunk_size is not None
+                and kept.chunk_size == list(opts.chunk_size)
+                and kept.block_size == list(opts.block_size or ())
+            )
+        ):
+            patch = kept.patch_size  # the layout that patch size produced is kept as it was
         meta.blosc2 = MetaBlosc2(
             chunk_size=None if opts.chunk_size is None else list(opts.chunk_size),
             block_size=None if opts.block_size is None else list(opts.block_size),
-            patch_size=None if opts.patch_size is None else list(opts.patch_size),
+            patch_size=patch,
             cparams=opts.cparams,
             dparams=opts.dparams,
         )

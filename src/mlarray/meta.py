@@ -13,7 +13,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, ClassVar, TypeVar, Union
 
 import numpy as np
@@ -41,7 +41,7 @@ __all__ = [
 FORMAT_VERSION = "v0"
 
 
-class AxisLabelEnum(str, Enum):
+class AxisLabelEnum(StrEnum):
     """Axis label/role identifiers used for spatial metadata.
 
     ``spatial``, ``spatial_x``, ``spatial_y`` and ``spatial_z`` are spatial;
@@ -57,9 +57,6 @@ class AxisLabelEnum(str, Enum):
     temporal = "temporal"
     continuous = "continuous"
     components = "components"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 AxisLabel = Union[str, AxisLabelEnum]  # noqa: UP007 - public alias, kept for the documented API
@@ -230,7 +227,9 @@ def parse_bboxes(name: str, value: Any) -> list[list[list[float | int]]] | None:
         for a, pair in enumerate(_as_list(f"{name}[{b}]", box)):
             pair = _as_list(f"{name}[{b}][{a}]", pair)
             if len(pair) != 2:
-                raise MetaValidationError(name, f"box {b} axis {a}: expected [min, max], got {pair!r}")
+                raise MetaValidationError(
+                    name, f"box {b} axis {a}: expected [min, max], got {pair!r}"
+                )
             lo, hi = (v.item() if isinstance(v, np.generic) else v for v in pair)
             if not (_is_number(lo) and _is_number(hi)) or not (
                 math.isfinite(lo) and math.isfinite(hi)
@@ -240,7 +239,9 @@ def parse_bboxes(name: str, value: Any) -> list[list[list[float | int]]] | None:
                 raise MetaValidationError(name, f"box {b} axis {a}: min {lo} > max {hi}")
             axes.append([lo, hi])
         if boxes and len(axes) != len(boxes[0]):
-            raise MetaValidationError(name, f"box {b} has {len(axes)} axes, box 0 has {len(boxes[0])}")
+            raise MetaValidationError(
+                name, f"box {b} has {len(axes)} axes, box 0 has {len(boxes[0])}"
+            )
         boxes.append(axes)
     return boxes
 
@@ -351,7 +352,9 @@ class BaseMeta:
             If unknown keys are present (all of them are named).
         """
         if not isinstance(d, Mapping):
-            raise TypeError(f"{cls.__name__}.from_mapping expects a mapping, got {type(d).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_mapping expects a mapping, got {type(d).__name__}"
+            )
         names = {f.name for f in fields(cls)}
         unknown = [k for k in d if k not in names]
         if unknown:
@@ -367,8 +370,10 @@ class BaseMeta:
             return x
         if isinstance(x, Mapping):
             return cls.from_mapping(x)
-        raise TypeError(f"{cls.__name__}.ensure: expected None, {cls.__name__} or a mapping, got "
-                        f"{type(x).__name__}")
+        raise TypeError(
+            f"{cls.__name__}.ensure: expected None, {cls.__name__} or a mapping, got "
+            f"{type(x).__name__}"
+        )
 
     def copy_from(self: T, other: T, *, overwrite: bool = False) -> None:
         """Copy fields from another instance of the same class.
@@ -384,7 +389,9 @@ class BaseMeta:
             in which case it is replaced.
         """
         if type(other) is not type(self):
-            raise TypeError(f"copy_from: expected {type(self).__name__}, got {type(other).__name__}")
+            raise TypeError(
+                f"copy_from: expected {type(self).__name__}, got {type(other).__name__}"
+            )
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if isinstance(mine, BaseMeta):
@@ -460,8 +467,10 @@ class SingleKeyBaseMeta(BaseMeta):
         """Construct from a schema-shaped mapping (``{key: value}``) or from the raw value."""
         if d is None:
             return cls()
-        if isinstance(d, Mapping) and set(d) <= {cls._key()} and (
-            len(d) == 1 or not cls._wraps_mapping()
+        if (
+            isinstance(d, Mapping)
+            and set(d) <= {cls._key()}
+            and (len(d) == 1 or not cls._wraps_mapping())
         ):
             return cls(**dict(d))
         if isinstance(d, Mapping) and not cls._wraps_mapping():
@@ -748,7 +757,7 @@ class Meta(BaseMeta):
             out[f.name] = plain
         return out
 
-    def is_default(self) -> bool:  # noqa: D102 - inherited doc
+    def is_default(self) -> bool:
         return self == Meta()
 
 
@@ -764,4 +773,3 @@ _SUBMETA_TYPES: dict[tuple[str, str], type[BaseMeta]] = {
     ("Meta", "_image_meta_format"): MetaImageFormat,
     ("Meta", "_mlarray_version"): MetaVersion,
 }
-

@@ -172,7 +172,7 @@ class MLArray:
     def _record_storage(self, opts: layout.StorageOptions) -> None:
         store = self._store
         self.meta.blosc2 = MetaBlosc2(
-            chunk_size=list(store.chunks) if opts.chunk_size is not None else list(store.chunks),
+            chunk_size=list(store.chunks),
             block_size=list(store.blocks),
             patch_size=None if opts.patch_size is None else list(opts.patch_size),
             cparams=opts.cparams,
@@ -272,35 +272,91 @@ class MLArray:
         )
 
     @classmethod
-    def zeros(cls, shape, dtype, meta=None, patch_size="default", chunk_size=None,
-              block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def zeros(
+        cls,
+        shape,
+        dtype,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray filled with zeros (storage keywords as :class:`MLArray`)."""
-        return cls.full(shape, 0, dtype, meta, patch_size, chunk_size, block_size, cparams,
-                        dparams, compressed)
+        return cls.full(
+            shape, 0, dtype, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        )
 
     @classmethod
-    def ones(cls, shape, dtype=None, meta=None, patch_size="default", chunk_size=None,
-             block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def ones(
+        cls,
+        shape,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray filled with ones (float64 when ``dtype`` is None)."""
-        return cls.full(shape, 1, np.float64 if dtype is None else dtype, meta, patch_size,
-                        chunk_size, block_size, cparams, dparams, compressed)
+        return cls.full(
+            shape,
+            1,
+            np.float64 if dtype is None else dtype,
+            meta,
+            patch_size,
+            chunk_size,
+            block_size,
+            cparams,
+            dparams,
+            compressed,
+        )
 
     @classmethod
-    def empty(cls, shape, dtype, meta=None, patch_size="default", chunk_size=None,
-              block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def empty(
+        cls,
+        shape,
+        dtype,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray with uninitialized values."""
 
         def make(shape, dtype, kw):
             return np.empty(shape, dtype) if kw is None else blosc2.empty(shape, dtype, **kw)
 
-        return cls._build(shape, dtype, meta, make,
-                          layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                dparams), compressed)
+        return cls._build(
+            shape,
+            dtype,
+            meta,
+            make,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+            compressed,
+        )
 
     @classmethod
-    def full(cls, shape, fill_value, dtype=None, meta=None, patch_size="default",
-             chunk_size=None, block_size=None, cparams=None, dparams=None,
-             compressed=True) -> MLArray:
+    def full(
+        cls,
+        shape,
+        fill_value,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray filled with ``fill_value``.
 
         ``dtype`` defaults to the dtype numpy infers for ``fill_value``.
@@ -312,14 +368,32 @@ class MLArray:
                 return np.full(shape, fill_value, dtype)
             return blosc2.full(shape, fill_value, dtype=dtype, **kw)
 
-        return cls._build(shape, dtype, meta, make,
-                          layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                dparams), compressed)
+        return cls._build(
+            shape,
+            dtype,
+            meta,
+            make,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+            compressed,
+        )
 
     @classmethod
-    def arange(cls, start, stop=None, step=1, dtype=None, shape=None, c_order=True, meta=None,
-               patch_size=None, chunk_size=None, block_size=None, cparams=None, dparams=None,
-               compressed=True) -> MLArray:
+    def arange(
+        cls,
+        start,
+        stop=None,
+        step=1,
+        dtype=None,
+        shape=None,
+        c_order=True,
+        meta=None,
+        patch_size=None,
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray with evenly spaced values (as :func:`numpy.arange`).
 
         ``shape`` reshapes the 1-d sequence (its size must match);
@@ -332,14 +406,33 @@ class MLArray:
         """
         values = np.arange(start, stop, step) if stop is not None else np.arange(start)
         values = values.astype(dtype) if dtype is not None else values
-        return cls._sequence(values, shape, c_order, meta,
-                             layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                   dparams), compressed)
+        return cls._sequence(
+            values,
+            shape,
+            c_order,
+            meta,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+            compressed,
+        )
 
     @classmethod
-    def linspace(cls, start, stop, num=None, dtype=None, endpoint=True, shape=None,
-                 c_order=True, meta=None, patch_size=None, chunk_size=None, block_size=None,
-                 cparams=None, dparams=None, compressed=True) -> MLArray:
+    def linspace(
+        cls,
+        start,
+        stop,
+        num=None,
+        dtype=None,
+        endpoint=True,
+        shape=None,
+        c_order=True,
+        meta=None,
+        patch_size=None,
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray with evenly spaced samples (as :func:`numpy.linspace`).
 
         ``num`` defaults to the size of ``shape``.
@@ -354,9 +447,14 @@ class MLArray:
                 raise ValueError("linspace needs num or shape")
             num = int(np.prod(_as_shape(shape)))
         values = np.linspace(start, stop, num, endpoint=endpoint, dtype=dtype)
-        return cls._sequence(values, shape, c_order, meta,
-                             layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                   dparams), compressed)
+        return cls._sequence(
+            values,
+            shape,
+            c_order,
+            meta,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+            compressed,
+        )
 
     @classmethod
     def _sequence(cls, values, shape, c_order, meta, request, compressed) -> MLArray:
@@ -383,42 +481,96 @@ class MLArray:
         return tuple(src.shape), np.dtype(src.dtype if dtype is None else dtype)
 
     @classmethod
-    def zeros_like(cls, x, dtype=None, meta=None, patch_size="default", chunk_size=None,
-                   block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def zeros_like(
+        cls,
+        x,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray of zeros with the shape (and dtype) of ``x``."""
         shape, dt = cls._like_args(x, dtype)
-        return cls.zeros(shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams,
-                         compressed)
+        return cls.zeros(
+            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        )
 
     @classmethod
-    def ones_like(cls, x, dtype=None, meta=None, patch_size="default", chunk_size=None,
-                  block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def ones_like(
+        cls,
+        x,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray of ones with the shape (and dtype) of ``x``."""
         shape, dt = cls._like_args(x, dtype)
-        return cls.ones(shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams,
-                        compressed)
+        return cls.ones(
+            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        )
 
     @classmethod
-    def empty_like(cls, x, dtype=None, meta=None, patch_size="default", chunk_size=None,
-                   block_size=None, cparams=None, dparams=None, compressed=True) -> MLArray:
+    def empty_like(
+        cls,
+        x,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an uninitialized in-memory MLArray with the shape (and dtype) of ``x``."""
         shape, dt = cls._like_args(x, dtype)
-        return cls.empty(shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams,
-                         compressed)
+        return cls.empty(
+            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        )
 
     @classmethod
-    def full_like(cls, x, fill_value, dtype=None, meta=None, patch_size="default",
-                  chunk_size=None, block_size=None, cparams=None, dparams=None,
-                  compressed=True) -> MLArray:
+    def full_like(
+        cls,
+        x,
+        fill_value,
+        dtype=None,
+        meta=None,
+        patch_size="default",
+        chunk_size=None,
+        block_size=None,
+        cparams=None,
+        dparams=None,
+        compressed=True,
+    ) -> MLArray:
         """Create an in-memory MLArray filled with ``fill_value`` with the shape of ``x``."""
         shape, dt = cls._like_args(x, dtype)
-        return cls.full(shape, fill_value, dt, meta, patch_size, chunk_size, block_size,
-                        cparams, dparams, compressed)
+        return cls.full(
+            shape,
+            fill_value,
+            dt,
+            meta,
+            patch_size,
+            chunk_size,
+            block_size,
+            cparams,
+            dparams,
+            compressed,
+        )
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, filepath: str | os.PathLike, dparams: Any = None,
-             compressed: bool = True) -> MLArray:
+    def load(
+        cls, filepath: str | os.PathLike, dparams: Any = None, compressed: bool = True
+    ) -> MLArray:
         """Load a whole ``.mla`` file into memory (no memory mapping).
 
         Parameters
@@ -454,8 +606,13 @@ class MLArray:
         return out
 
     @classmethod
-    def open(cls, filepath: str | os.PathLike, mode: str = "r", mmap_mode: str | None = "r",
-             dparams: Any = None) -> MLArray:
+    def open(
+        cls,
+        filepath: str | os.PathLike,
+        mode: str = "r",
+        mmap_mode: str | None = "r",
+        dparams: Any = None,
+    ) -> MLArray:
         """Open an existing ``.mla`` file lazily, memory-mapped.
 
         Nothing is decompressed until indexed: ``a[10:20]`` decompresses only
@@ -490,8 +647,7 @@ class MLArray:
         if mode == "a" and mmap_mode == "r":
             mmap_mode = "r+"
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
-        store, meta = io.open_store(filepath, mmap_mode=mmap_mode, writable=mode == "a",
-                                    dparams=dp)
+        store, meta = io.open_store(filepath, mmap_mode=mmap_mode, writable=mode == "a", dparams=dp)
         out = cls()
         out.meta = meta
         out._store = store if meta._has_array.has_array else None
@@ -502,10 +658,20 @@ class MLArray:
         return out
 
     @classmethod
-    def create(cls, filepath: str | os.PathLike, shape: Any, dtype: Any, meta: Any = None,
-               mode: str = "w", mmap_mode: str | None = "w+", patch_size: Any = "default",
-               chunk_size: Any = None, block_size: Any = None, cparams: Any = None,
-               dparams: Any = None) -> MLArray:
+    def create(
+        cls,
+        filepath: str | os.PathLike,
+        shape: Any,
+        dtype: Any,
+        meta: Any = None,
+        mode: str = "w",
+        mmap_mode: str | None = "w+",
+        patch_size: Any = "default",
+        chunk_size: Any = None,
+        block_size: Any = None,
+        cparams: Any = None,
+        dparams: Any = None,
+    ) -> MLArray:
         """Create a new ``.mla`` file (zero-filled) and keep it open for writing.
 
         Write into it with ``a[...] = values``; :meth:`close` (or leaving a
@@ -530,9 +696,11 @@ class MLArray:
         out = cls(meta=meta)
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
         out._set_shape_meta(shape)
-        opts = out._resolve(shape, dtype,
-                            layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                  dparams))
+        opts = out._resolve(
+            shape,
+            dtype,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+        )
         kw = _b2kwargs(opts, dtype)
         kw.update(urlpath=os.fspath(path), contiguous=True)
         if mmap_mode is not None:
@@ -575,13 +743,15 @@ class MLArray:
     def _reopen(self, path: Path) -> None:
         """After replacing our own file, point the store at the new file."""
         fs = getattr(self, "_file_store", None)
-        if fs is None or self._store is None or not isinstance(self._store, blosc2.NDArray) or (
-            self._store is not fs
+        if (
+            fs is None
+            or self._store is None
+            or not isinstance(self._store, blosc2.NDArray)
+            or (self._store is not fs)
         ):
             self.meta = io.read_meta(path)
             return
-        store, meta = io.open_store(path, mmap_mode=self._mmap_mode or "r",
-                                    writable=self._writable)
+        store, meta = io.open_store(path, mmap_mode=self._mmap_mode, writable=self._writable)
         self._store = self._file_store = store
         self.meta = meta
 
@@ -601,8 +771,14 @@ class MLArray:
         self.close()
 
     # ------------------------------------------------------------------ conversions
-    def compress(self, patch_size: Any = "default", chunk_size: Any = None,
-                 block_size: Any = None, cparams: Any = None, dparams: Any = None) -> None:
+    def compress(
+        self,
+        patch_size: Any = "default",
+        chunk_size: Any = None,
+        block_size: Any = None,
+        cparams: Any = None,
+        dparams: Any = None,
+    ) -> None:
         """Recompress in place into an in-memory Blosc2 array with a new layout/codec.
 
         The instance is detached from any file; call :meth:`save` to persist.
@@ -614,9 +790,11 @@ class MLArray:
         """
         data = self.to_numpy()
         self._detach()
-        self._attach_data(data,
-                          layout.StorageRequest(patch_size, chunk_size, block_size, cparams,
-                                                dparams), compressed=True)
+        self._attach_data(
+            data,
+            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
+            compressed=True,
+        )
 
     def decompress(self) -> None:
         """Decompress in place to a NumPy array; ``meta.blosc2`` is cleared.
@@ -661,18 +839,28 @@ class MLArray:
         from mlarray.stats import compute_stats
 
         store = self._require()
-        values = compute_stats(store, percentiles=percentiles,
-                               chunk_shape=getattr(store, "chunks", None))
+        values = compute_stats(
+            store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
+        )
         self.meta.stats = MetaStatistics(**values)
         return self.meta.stats
 
     @classmethod
-    def comp_blosc2_params(cls, image_size, patch_size, spatial_axis_mask=None,
-                           bytes_per_pixel=4, l1_cache_size_per_core_in_bytes=32768,
-                           l3_cache_size_per_core_in_bytes=1441792, safety_factor=0.8):
-        """Recommended Blosc2 (chunk_size, block_size); see :func:`mlarray.layout.comp_blosc2_params`."""
+    def comp_blosc2_params(
+        cls,
+        image_size,
+        patch_size,
+        spatial_axis_mask=None,
+        bytes_per_pixel=4,
+        l1_cache_size_per_core_in_bytes=32768,
+        l3_cache_size_per_core_in_bytes=1441792,
+        safety_factor=0.8,
+    ):
+        """Recommended (chunk_size, block_size); see :func:`mlarray.layout.comp_blosc2_params`."""
         return layout.comp_blosc2_params(
-            image_size, patch_size, spatial_axis_mask=spatial_axis_mask,
+            image_size,
+            patch_size,
+            spatial_axis_mask=spatial_axis_mask,
             bytes_per_pixel=bytes_per_pixel,
             l1_cache_size_per_core_in_bytes=l1_cache_size_per_core_in_bytes,
             l3_cache_size_per_core_in_bytes=l3_cache_size_per_core_in_bytes,
@@ -817,8 +1005,9 @@ class MLArray:
         sp = self.meta.spatial
         if sp.affine is not None:
             return np.asarray(sp.affine, dtype=np.float64)
-        return geometry.compose_affine(sp.spacing, sp.origin, sp.direction,
-                                       ndim=self._geometry_ndim())
+        return geometry.compose_affine(
+            sp.spacing, sp.origin, sp.direction, ndim=self._geometry_ndim()
+        )
 
     @affine.setter
     def affine(self, value: Any) -> None:
@@ -873,4 +1062,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
-

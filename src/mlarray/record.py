@@ -121,9 +121,7 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
         For anything else that is not a valid record.
     """
     if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise MLArrayFormatError(
-            path, f"metadata record must be bytes, found {type(raw).__name__}"
-        )
+        raise MLArrayFormatError(path, f"metadata record must be bytes, found {type(raw).__name__}")
     data = _gunzip_capped(bytes(raw), path)
     try:
         record = _RestrictedUnpickler(io.BytesIO(data)).load()
