@@ -368,3 +368,60 @@ def test_reference_package_reads_our_files(tmp_path):
     assert got["is_seg"] is True and got["extra"] == {"k": [1, 2]}
     assert got["bboxes"] == [[[0, 2], [1, 3], [2, 4]]] and got["labels"] == ["lesion"]
     assert got["boxes_only"] == [[[0, 1], [0, 1]]]
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_files_written_by_the_reference_package_open_here(tmp_path):
+    code = f"""
+        import numpy as np
+        from mlarray.mlarray import MLArray
+        from mlarray.meta import Meta, MetaBbox
+        d = {str(tmp_path)!r}
+        rng = np.random.default_rng(5)
+        x = rng.integers(0, 100, (2, 20, 24, 28)).astype(np.float32)
+        MLArray(x, spacing=[1.0, 2.0, 3.0], origin=[4.0, 5.0, 6.0],
+                axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"]).save(d + "/chan.mla")
+        aff = np.array([[0, 0, 1.5, 1], [0, 2, 0, 2], [-1, 0, 0, 3], [0, 0, 0, 1.0]])
+        MLArray(x[0], affine=aff).save(d + "/aff.mla")
+        seg = (x[0] > 50).astype(np.uint8)
+        MLArray(seg, meta=Meta(is_seg=True, bbox=MetaBbox(bboxes=[[[1, 2], [3, 4.5], [5, 6]]],
+                scores=[1], labels=[7]))).save(d + "/seg.mla")
+        np.save(d + "/x.npy", x)
+    """
+    res = subprocess.run(
+        [REFERENCE_PYTHON, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    x = np.load(tmp_path / "x.npy")
+    chan = MLArray.open(tmp_path / "chan.mla")
+    np.testing.assert_array_equal(chan.to_numpy(), x)
+    assert chan.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    assert chan.spatial_ndim == 3 and chan.spacing == [1.0, 2.0, 3.0] and chan.chunks[0] == 1
+    aff = MLArray.open(tmp_path / "aff.mla")
+    np.testing.assert_array_equal(aff.affine[:3, :3], [[0, 0, 1.5], [0, 2, 0], [-1, 0, 0]])
+    np.testing.assert_allclose(aff.scale, [1.0, 2.0, 1.5])
+    seg = MLArray.open(tmp_path / "seg.mla")
+    assert seg.meta.is_seg.is_seg is True and seg.dtype == np.uint8
+    assert seg.meta.bbox.bboxes == [[[1, 2], [3, 4.5], [5, 6]]] and seg.meta.bbox.labels == [7]
+    # and back: what we re-save from their files still opens there
+    chan.save(tmp_path / "chan2.mla")
+    res = subprocess.run(
+        [
+            REFERENCE_PYTHON,
+            "-c",
+            f"from mlarray.mlarray import MLArray; a = MLArray.open({str(tmp_path / 'chan2.mla')!r});"
+            "print(a.shape, a.meta.spatial.axis_labels)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(2, 20, 24, 28)" in res.stdout and "channel" in res.stdout
