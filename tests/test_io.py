@@ -382,8 +382,9 @@ def test_files_written_by_the_reference_package_open_here(tmp_path):
         d = {str(tmp_path)!r}
         rng = np.random.default_rng(5)
         x = rng.integers(0, 100, (2, 20, 24, 28)).astype(np.float32)
+        labels = ["channel", "spatial_z", "spatial_y", "spatial_x"]
         MLArray(x, spacing=[1.0, 2.0, 3.0], origin=[4.0, 5.0, 6.0],
-                axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"]).save(d + "/chan.mla")
+                axis_labels=labels).save(d + "/chan.mla")
         aff = np.array([[0, 0, 1.5, 1], [0, 2, 0, 2], [-1, 0, 0, 3], [0, 0, 0, 1.0]])
         MLArray(x[0], affine=aff).save(d + "/aff.mla")
         seg = (x[0] > 50).astype(np.uint8)
@@ -416,8 +417,9 @@ def test_files_written_by_the_reference_package_open_here(tmp_path):
         [
             REFERENCE_PYTHON,
             "-c",
-            f"from mlarray.mlarray import MLArray; a = MLArray.open({str(tmp_path / 'chan2.mla')!r});"
+            "from mlarray.mlarray import MLArray; import sys; a = MLArray.open(sys.argv[1]);"
             "print(a.shape, a.meta.spatial.axis_labels)",
+            str(tmp_path / "chan2.mla"),
         ],
         capture_output=True,
         text=True,
@@ -425,3 +427,38 @@ def test_files_written_by_the_reference_package_open_here(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(2, 20, 24, 28)" in res.stdout and "channel" in res.stdout
+
+
+def test_resave_with_same_layout_copies_compressed_chunks(tmp_path):
+    data = np.random.default_rng(6).integers(0, 50, (40, 48, 56), dtype=np.int16)
+    MLArray(data, cparams={"codec": 5, "clevel": 3, "filters": [2]}).save(tmp_path / "a.mla")
+    a = MLArray.open(tmp_path / "a.mla")
+    calls = []
+    save_mla(
+        tmp_path / "b.mla",
+        a,
+        a.meta,
+        patch_size=None,
+        chunk_size=a.chunks,
+        block_size=a.blocks,
+        cparams=a.meta.blosc2.cparams,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    src, dst = (blosc2.open(str(tmp_path / n)) for n in ("a.mla", "b.mla"))
+    assert calls[-1] == (src.schunk.nchunks, src.schunk.nchunks)
+    for i in range(src.schunk.nchunks):
+        assert src.schunk.get_chunk(i) == dst.schunk.get_chunk(i)
+    np.testing.assert_array_equal(dst[...], data)
+    # a different codec recompresses
+    save_mla(
+        tmp_path / "c.mla",
+        a,
+        a.meta,
+        patch_size=None,
+        chunk_size=a.chunks,
+        block_size=a.blocks,
+        cparams={"codec": 1, "clevel": 1},
+    )
+    c = blosc2.open(str(tmp_path / "c.mla"))
+    assert int(c.schunk.cparams.codec.value) == 1
+    np.testing.assert_array_equal(c[...], data)

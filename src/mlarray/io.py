@@ -306,6 +306,37 @@ def save_mla(
     return target
 
 
+_ENCODING_FIELDS = (
+    "codec",
+    "codec_meta",
+    "clevel",
+    "use_dict",
+    "typesize",
+    "filters",
+    "filters_meta",
+)
+
+
+def _same_encoding(src: Any, dtype: np.dtype, opts: StorageOptions, cparams: Any) -> bool:
+    """Whether ``src`` is a Blosc2 array whose chunks can be copied verbatim."""
+    if not isinstance(src, blosc2.NDArray) or src.dtype != dtype or not src.size:
+        return False
+    if opts.chunk_size is None or opts.block_size is None:
+        return False
+    if tuple(src.chunks) != tuple(opts.chunk_size) or tuple(src.blocks) != tuple(opts.block_size):
+        return False
+    have = src.schunk.cparams
+    return all(
+        _enum_value(getattr(have, f)) == _enum_value(getattr(cparams, f)) for f in _ENCODING_FIELDS
+    )
+
+
+def _enum_value(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_enum_value(x) for x in v]
+    return getattr(v, "value", v)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -344,6 +375,14 @@ def _write_frame(
         dst = blosc2.asarray(np.ascontiguousarray(src), **kwargs)
         if progress is not None:
             progress(1, 1)
+    elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
+        # Same layout and codec: copy the compressed chunks as they are (no recompression).
+        dst = blosc2.empty(shape, dtype=dtype, **kwargs)
+        n = src.schunk.nchunks
+        for i in range(n):
+            dst.schunk.update_chunk(i, src.schunk.get_chunk(i))
+            if progress is not None:
+                progress(i + 1, n)
     else:
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
