@@ -1,0 +1,186 @@
+"""A tiny lazy array view: fix some axes, transpose, flip, add unit axes, cast.
+
+Nothing is read when a view is built. Indexing with slices/ints reads only the
+needed region of the source and returns numpy; indexing that only fixes axes
+(ints and full slices, as napari's ``channel_axis`` split does) returns another
+lazy view, like dask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LazyView"]
+
+
+def _full_slice(k) -> bool:
+    return isinstance(k, slice) and k.start is None and k.stop is None and k.step is None
+
+
+def _normalize_key(key, ndim: int) -> tuple:
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        fill = ndim - (len(key) - 1)
+        key = key[:i] + (slice(None),) * fill + key[i + 1 :]
+    if len(key) > ndim:
+        raise IndexError(f"too many indices: {len(key)} for a {ndim}-d view")
+    key = key + (slice(None),) * (ndim - len(key))
+    for k in key:
+        if not isinstance(k, slice | int | np.integer):
+            raise TypeError(f"LazyView supports ints, slices and Ellipsis, not {type(k).__name__}")
+    return key
+
+
+class LazyView:
+    """Lazy ``cast(expand(flip(transpose(source[fixed]))))`` of an array-like.
+
+    Parameters
+    ----------
+    source : array-like
+        Anything with ``shape``, ``dtype``, ``ndim`` and ``__getitem__``
+        (an ``MLArray``, ``blosc2.NDArray``, numpy array, another view).
+    perm : sequence of int, optional
+        View axis ``k`` is remaining source axis ``perm[k]`` (after ``fixed``).
+    flip : sequence of bool, optional
+        Per permuted axis: reverse it.
+    dtype : dtype-like, optional
+        Cast each read to this dtype.
+    fixed : dict of int to int, optional
+        Source axes fixed to one index (removed from the view).
+    insert : sequence of int, optional
+        Positions (in the final view) of new length-1 axes.
+    """
+
+    def __init__(self, source, *, perm=None, flip=None, dtype=None, fixed=None, insert=()):
+        self.source = source
+        self.fixed = {int(a) % source.ndim: int(i) for a, i in (fixed or {}).items()}
+        for a, i in self.fixed.items():
+            if not -source.shape[a] <= i < source.shape[a]:
+                raise IndexError(f"index {i} out of range for axis {a} of size {source.shape[a]}")
+            self.fixed[a] = i % source.shape[a]
+        self._kept = [a for a in range(source.ndim) if a not in self.fixed]
+        n = len(self._kept)
+        self.perm = tuple(range(n)) if perm is None else tuple(int(p) for p in perm)
+        if sorted(self.perm) != list(range(n)):
+            raise ValueError(f"perm {self.perm} is not a permutation of {n} axes")
+        self.flip = (False,) * n if flip is None else tuple(bool(f) for f in flip)
+        if len(self.flip) != n:
+            raise ValueError(f"flip needs {n} entries, got {len(self.flip)}")
+        self.insert = tuple(sorted(int(i) for i in insert))
+        self.dtype = np.dtype(source.dtype if dtype is None else dtype)
+        inner = [source.shape[self._kept[p]] for p in self.perm]
+        shape = list(inner)
+        for i in self.insert:
+            shape.insert(i, 1)
+        self.shape = tuple(int(s) for s in shape)
+        # view axis -> index into the permuted axes, or None for an inserted axis
+        it = iter(range(n))
+        self._axis_of = [None if k in self.insert else next(it) for k in range(len(shape))]
+
+    @property
+    def ndim(self) -> int:
+        """Number of view axes."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the view once read."""
+        return self.size * self.dtype.itemsize
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """Chunk shape of the source in view order (``None`` if the source has none)."""
+        src = getattr(self.source, "chunks", None)
+        if src is None or len(src) != self.source.ndim or not all(isinstance(c, int) for c in src):
+            return None
+        out = []
+        for k in range(self.ndim):
+            j = self._axis_of[k]
+            out.append(1 if j is None else int(src[self._kept[self.perm[j]]]))
+        return tuple(out)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        src = type(self.source).__name__
+        return f"LazyView(shape={self.shape}, dtype={self.dtype}, source={src})"
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[(slice(None),) * self.ndim] if self.ndim else self._read(())
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        key = _normalize_key(key, self.ndim)
+        ints = [isinstance(k, int | np.integer) for k in key]
+        lazy = any(ints) and not all(ints)  # fix some axes, keep the others whole
+        if lazy and all(i or _full_slice(k) for i, k in zip(ints, key, strict=True)):
+            return self._fix(key)
+        return self._read(key)
+
+    def _fix(self, key) -> LazyView:
+        """Lazy view with the integer-indexed axes removed."""
+        for k, (size, idx) in enumerate(zip(self.shape, key, strict=True)):
+            if isinstance(idx, int | np.integer) and not -size <= idx < size:
+                raise IndexError(f"index {idx} out of range for axis {k} of size {size}")
+        return LazyView(self, fixed={k: int(i) for k, i in enumerate(key) if not _full_slice(i)})
+
+    def _read(self, key) -> np.ndarray:
+        src_key: list = [None] * self.source.ndim
+        for a, i in self.fixed.items():
+            src_key[a] = i
+        reverse_src: set[int] = set()  # source axes to reverse after reading
+        out_axes: list[int] = []  # source axes of the result, in view order
+        for k, idx in enumerate(key):
+            j = self._axis_of[k]
+            size = self.shape[k]
+            if j is None:  # inserted unit axis
+                if isinstance(idx, int | np.integer) and not -1 <= idx < 1:
+                    raise IndexError(f"index {idx} out of range for axis {k} of size 1")
+                continue
+            a = self._kept[self.perm[j]]
+            flip = self.flip[j]
+            if isinstance(idx, int | np.integer):
+                if not -size <= idx < size:
+                    raise IndexError(f"index {idx} out of range for axis {k} of size {size}")
+                i = int(idx) % size
+                src_key[a] = size - 1 - i if flip else i
+                continue
+            pos = range(size)[idx]
+            out_axes.append(a)
+            if len(pos) == 0:
+                src_key[a] = slice(0, 0)
+                continue
+            first, last = pos[0], pos[-1]
+            if flip:
+                first, last = size - 1 - first, size - 1 - last
+            step = abs(pos.step)
+            lo, hi = min(first, last), max(first, last)
+            src_key[a] = slice(lo, hi + 1, step if step != 1 else None)
+            if last < first:  # read forward, reverse afterwards
+                reverse_src.add(a)
+        data = np.asarray(self.source[tuple(src_key)])
+        remaining = [a for a in range(self.source.ndim) if not isinstance(src_key[a], int)]
+        if data.ndim != len(remaining):
+            raise ValueError(f"source returned {data.ndim} axes, expected {len(remaining)}")
+        if reverse_src:
+            data = np.flip(data, axis=[remaining.index(a) for a in reverse_src])
+        data = np.transpose(data, [remaining.index(a) for a in out_axes])
+        kept_inserted = [
+            k for k in self.insert if not isinstance(key[k], int | np.integer)
+        ]  # positions among the result axes
+        shape = list(data.shape)
+        result_pos = [
+            k for k in range(self.ndim) if not isinstance(key[k], int | np.integer)
+        ]  # view axes present in the result
+        for k in kept_inserted:
+            shape.insert(result_pos.index(k), len(range(1)[key[k]]))
+        data = data.reshape(shape)
+        return data.astype(self.dtype, copy=False)

@@ -1,0 +1,161 @@
+"""npe2 reader for ``.mla`` files: thin glue over :mod:`napari_mlarray._mapping`.
+
+Images stay lazy (a :class:`~napari_mlarray._lazy.LazyView` transpose of the
+memory-mapped ``MLArray``). Label maps are read once into numpy, chunk by
+chunk, because napari paints only into writable numpy arrays; label maps
+compress well and are small next to the images they annotate.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_mlarray import _mapping
+from napari_mlarray._lazy import LazyView
+
+__all__ = ["get_reader", "read_mla"]
+
+
+def _paths(path) -> list[str] | None:
+    items = [path] if isinstance(path, str | os.PathLike) else path
+    if not isinstance(items, list | tuple) or not items:
+        return None
+    try:
+        out = [os.fspath(p) for p in items]
+    except TypeError:
+        return None
+    if not all(p.lower().endswith(".mla") and not os.path.isdir(p) for p in out):
+        return None
+    return out
+
+
+def get_reader(path):
+    """Return :func:`read_mla` for a ``.mla`` path (or list of them), else ``None``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or list of them
+
+    Returns
+    -------
+    callable or None
+    """
+    return read_mla if _paths(path) is not None else None
+
+
+def read_mla(path) -> list[tuple]:
+    """Read ``.mla`` files into napari layer data tuples.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or list of them
+
+    Returns
+    -------
+    list of (data, kwargs, layer_type)
+
+    Raises
+    ------
+    mlarray.MLArrayError
+        For a file that is not a valid ``.mla`` file (the message names it).
+    """
+    return [layer for p in _paths(path) or [] for layer in _read_one(p)]
+
+
+def _unit_ok(unit: str) -> bool:
+    import pint
+
+    try:
+        pint.get_application_registry().parse_units(unit)
+    except Exception:  # pint raises several unrelated types for unparsable text
+        return False
+    return True
+
+
+def _open(path: str):
+    from mlarray import MLArray
+    from mlarray.errors import MLArrayError, MLArrayFormatError
+
+    try:
+        arr = MLArray.open(path)
+        return arr, arr.meta.to_mapping()
+    except MLArrayError:
+        raise
+    except Exception as exc:  # blosc2/IO errors: report them as a bad .mla file
+        raise MLArrayFormatError(path, f"cannot be read as an .mla file: {exc}") from exc
+
+
+def _read_one(path: str) -> list[tuple]:
+    arr, record = _open(path)
+    name = Path(path).stem
+    layers, skip = [], ()
+    has_array = bool(record["_has_array"]["has_array"]) and arr.shape is not None
+    ndim = arr.ndim if has_array else None
+    if has_array:
+        view = LazyView(arr, perm=_mapping.orientation_for(record, ndim).perm)
+        args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
+        labels = _labels_data(view, record) if _is_seg(record) else None
+        if labels is not None:
+            layers.append((labels, _mapping.labels_layer_kwargs(record, ndim, **args), "labels"))
+        else:
+            limits = _mapping.contrast_limits_from_stats(record)
+            kw = _mapping.image_layer_kwargs(record, ndim, contrast_limits=limits, **args)
+            channel = kw.get("channel_axis")
+            if kw["contrast_limits"] is None:
+                planes = [view] if channel is None else _channels(view, channel)
+                limits = [_mapping.contrast_limits_from_sample(p) for p in planes]
+                kw["contrast_limits"] = limits[0] if channel is None else limits
+            if channel is not None:
+                skip = (view.perm[channel],)
+            layers.append((view, kw, "image"))
+    shapes = _mapping.shapes_layer_data(
+        record, ndim, name=f"{name} boxes", path=path, skip_axes=skip, unit_ok=_unit_ok
+    )
+    if shapes is not None:
+        layers.append((*shapes, "shapes"))
+    return layers
+
+
+def _is_seg(record: dict) -> bool:
+    value = record.get("is_seg")
+    return bool(value.get("is_seg") if isinstance(value, dict) else value)
+
+
+def _channels(view: LazyView, axis: int) -> list:
+    return [view[(slice(None),) * axis + (c,)] for c in range(view.shape[axis])]
+
+
+def _slabs(view):
+    step = (view.chunks or (1,))[0] if view.ndim else 1
+    for start in range(0, view.shape[0] if view.ndim else 1, max(1, step)):
+        yield slice(start, start + step), np.asarray(view[start : start + step])
+
+
+def _labels_data(view: LazyView, record: dict) -> np.ndarray | None:
+    """The label map as a writable integer numpy array, or ``None`` if not integral.
+
+    Float masks with integral values are cast to the smallest integer dtype
+    holding them, slab by slab (peak memory: the result plus one chunk slab).
+    """
+    if view.dtype.kind in "iu":
+        out = np.empty(view.shape, view.dtype)
+    elif view.dtype.kind == "b":
+        out = np.empty(view.shape, np.uint8)
+    elif view.dtype.kind == "f" and view.ndim:
+        lo, hi = np.inf, -np.inf
+        for _, slab in _slabs(view):
+            if slab.size and not np.array_equal(slab, np.round(slab)):  # NaN fails too
+                return None
+            if slab.size:
+                lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+        out = np.empty(view.shape, _mapping.label_dtype(lo, hi) if hi >= lo else np.uint8)
+    else:
+        return None
+    if not view.ndim:
+        return np.asarray(view).astype(out.dtype)
+    for sl, slab in _slabs(view):
+        out[sl] = slab
+    return out

@@ -1,0 +1,128 @@
+"""npe2 writers for ``.mla`` files: thin glue over :mod:`napari_mlarray._mapping`.
+
+The layer data goes to :func:`mlarray.io.save_mla` as it is, or as a lazy
+transpose back into the stored axis order: a lazily opened image streams
+chunk by chunk, also when it is saved over the file it came from (``save_mla``
+writes a temporary file and replaces the old one atomically).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from napari_mlarray import _mapping
+from napari_mlarray._lazy import LazyView
+
+__all__ = ["save_layers", "write_layers", "write_single_image", "write_single_labels"]
+
+_STORAGE_KEYS = ("patch_size", "chunk_size", "block_size", "cparams", "dparams")
+
+
+def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 single-layer writer for an Image layer; see :func:`save_layers`."""
+    return save_layers(path, [(data, meta, "image")])
+
+
+def write_single_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 single-layer writer for a Labels layer; see :func:`save_layers`."""
+    return save_layers(path, [(data, meta, "labels")])
+
+
+def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 multi-layer writer (one image or labels layer + Shapes); see :func:`save_layers`."""
+    return save_layers(path, layer_data)
+
+
+def save_layers(
+    path: str | os.PathLike,
+    layer_data: list[tuple],
+    *,
+    storage: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Save at most one image/labels layer and any Shapes layers as one ``.mla`` file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target ``.mla`` file (may be the file the image was opened from).
+    layer_data : list of (data, meta, layer_type)
+        As napari's ``layer.as_layer_data_tuple()``. Shapes layers become the
+        file's boxes; Shapes alone give a boxes-only file. Without Shapes, an
+        opened layer keeps the boxes its file had.
+    storage : dict, optional
+        Keyword arguments for :func:`mlarray.io.save_mla` (``patch_size``,
+        ``chunk_size``, ``block_size``, ``cparams``, ``dparams``).
+    progress : callable, optional
+        ``progress(done, total)``, forwarded to ``save_mla``.
+
+    Returns
+    -------
+    list of str
+        The written path.
+    """
+    from mlarray.io import save_mla
+
+    storage = dict(storage or {})
+    unknown = set(storage) - set(_STORAGE_KEYS)
+    if unknown:
+        raise TypeError(f"storage: unknown option(s) {sorted(unknown)}; use {_STORAGE_KEYS}")
+    mains = [t for t in layer_data if t[2] in ("image", "labels")]
+    shapes = [(d, m) for d, m, kind in layer_data if kind == "shapes"]
+    other = [kind for _, _, kind in layer_data if kind not in ("image", "labels", "shapes")]
+    if other or len(mains) > 1 or not layer_data:
+        raise ValueError(
+            "an .mla file holds one image or labels layer plus Shapes layers (boxes); "
+            f"got {[kind for _, _, kind in layer_data]}: save the layers one by one"
+        )
+    if mains:
+        data, meta, kind = mains[0]
+        record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
+        out = data if undo.identity else LazyView(data, **undo.view_kwargs)
+        if shapes:
+            target = {
+                "axes": _layer_axes(undo),
+                "shape": out.shape,
+                "matrix": _mapping._layer_matrix(meta, data.ndim),
+                "path": ((meta.get("metadata") or {}).get(_mapping.KEY) or {}).get("path"),
+            }
+            record["bbox"], _ = _mapping.boxes_from_shapes(shapes, target=target)
+    else:
+        bbox, record = _mapping.boxes_from_shapes(shapes)
+        if record is None:  # Shapes made in napari: geometry from the layer itself
+            _, m = shapes[0]
+            ndim = int(m.get("ndim") or 2)
+            record, _ = _mapping.record_from_layer((1,) * ndim, np.float64, m, "image")
+        record["bbox"] = bbox
+        record["_has_array"] = {"has_array": False}
+        record["spatial"]["shape"] = None
+        record["is_seg"] = {"is_seg": None}
+        record["stats"] = _mapping.default_record()["stats"]
+        out = None
+    if out is not None and not storage:
+        storage = _stored_layout(record, out.shape)
+    save_mla(path, out, record, progress=progress, **storage)
+    return [os.fspath(path)]
+
+
+def _layer_axes(undo: _mapping.Undo) -> list[int]:
+    """Stored axis of each layer axis."""
+    stored = [a for a in range(len(undo.perm) + len(undo.insert)) if a not in undo.insert]
+    axes = [0] * len(undo.perm)
+    for j, a in enumerate(stored):
+        axes[undo.perm[j]] = a
+    return axes
+
+
+def _stored_layout(record: dict, shape: tuple[int, ...]) -> dict:
+    """Keep the file's chunk/block layout and codec when the shape did not change."""
+    b = record.get("blosc2") or {}
+    out = {k: b[k] for k in ("cparams", "dparams") if b.get(k)}
+    chunks, blocks = b.get("chunk_size"), b.get("block_size")
+    if chunks and blocks and list(record["spatial"].get("shape") or []) == list(shape):
+        out.update(patch_size=None, chunk_size=list(chunks), block_size=list(blocks))
+    return out

@@ -1,0 +1,45 @@
+"""Helpers for the napari plugin tests (no Qt import here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "upstream-0.0.54"
+
+
+def write_mla(path, data, *, meta: dict | None = None, **spatial) -> Path:
+    """Write ``data`` with a record built from ``spatial`` fields via the library's ``MLArray``."""
+    from mlarray import MLArray
+
+    arr = MLArray(
+        data,
+        spacing=spatial.pop("spacing", None),
+        origin=spatial.pop("origin", None),
+        direction=spatial.pop("direction", None),
+        affine=spatial.pop("affine", None),
+        axis_labels=spatial.pop("axis_labels", None),
+        meta=meta,
+    )
+    for key, value in spatial.items():
+        setattr(arr.meta.spatial, key, value)
+    arr.save(path)
+    return Path(path)
+
+
+class ReadCounter:
+    """Counts the elements decompressed through ``MLArray.__getitem__`` (a spy, not a mock)."""
+
+    def __init__(self, monkeypatch):
+        from mlarray import MLArray
+
+        self.total = 0
+        self.largest = 0
+        original = MLArray.__getitem__
+
+        def counting(arr, key):
+            out = original(arr, key)
+            self.total += out.size
+            self.largest = max(self.largest, out.size)
+            return out
+
+        monkeypatch.setattr(MLArray, "__getitem__", counting)

@@ -1,0 +1,182 @@
+"""Viewer tier: open, show, paint and save ``.mla`` files in a real napari viewer."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+try:  # pytest.importorskip does not skip when no binding is installed (NAPARI_NOTES)
+    from qtpy import QtWidgets  # noqa: F401
+except Exception as exc:  # qtpy raises its own error types for a missing binding
+    pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
+
+from tests.napari._helpers import FIXTURES, write_mla
+
+pytestmark = pytest.mark.qt
+
+PLUGIN = "napari-mlarray"
+needs_fixtures = pytest.mark.skipif(
+    not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}"
+)
+FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.mla")) if FIXTURES.is_dir() else []
+
+
+def sha(a) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()
+
+
+def physical_affine(record: dict, n: int) -> np.ndarray:
+    from napari_mlarray._orientation import affine_from_record_spatial
+
+    return affine_from_record_spatial(record["spatial"], n)
+
+
+def assert_world_is_physical(layer, record: dict):
+    """Distances between voxel corners in napari world == physical distances."""
+    n = layer.ndim
+    A = physical_affine(record, n)
+    perm = layer.metadata["mlarray"]["perm"]
+    corners = [np.array(c, float) for c in itertools.product(*[(-0.5, 3.5)] * n)]
+    for a, b in [(0, -1), (1, 2), (0, 5)]:
+        wa = np.asarray(layer.data_to_world(corners[a]))
+        wb = np.asarray(layer.data_to_world(corners[b]))
+        inv = np.argsort(perm)  # view index -> stored index
+        sa, sb = corners[a][inv], corners[b][inv]
+        phys = np.linalg.norm(A[:n, :n] @ (sa - sb))
+        assert np.isclose(np.linalg.norm(wa - wb), phys, rtol=1e-9)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_open_and_save_fixture_like_drag_and_drop(make_napari_viewer, tmp_path, name):
+    from mlarray import MLArray
+
+    expected = json.loads((FIXTURES / f"{name}.json").read_text())
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(FIXTURES / f"{name}.mla"), plugin=None)
+    kinds = [layer._type_string for layer in layers]
+    if expected["has_array"]:
+        assert kinds[0] == ("labels" if expected["is_seg"] else "image")
+    assert ("shapes" in kinds) == bool(expected["bboxes"])
+    for layer in layers:
+        assert layer.source.reader_plugin == PLUGIN
+        assert layer.metadata["mlarray"]["record"]["_mlarray_version"] == "v0"
+    if expected["has_array"]:
+        assert_world_is_physical(layers[0], expected["meta_to_mapping"])
+    out = tmp_path / f"{name}.mla"
+    viewer.layers.selection = set(layers)
+    written = viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    assert written == [str(out)]
+    back = MLArray.open(out)
+    record = back.meta.to_mapping()
+    for key, value in expected["meta_to_mapping"].items():
+        if key != "blosc2":
+            assert record[key] == value, key
+    if expected["has_array"]:
+        assert sha(back[...]) == expected["sha256_c_order"]
+    again = viewer.open(str(out), plugin=None)
+    assert [layer._type_string for layer in again] == kinds
+
+
+@needs_fixtures
+def test_oblique_ct_matches_its_affine_in_world(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(FIXTURES / "a_ct3d_int16.mla"), plugin=None)
+    expected = json.loads((FIXTURES / "a_ct3d_int16.json").read_text())
+    A = np.asarray(expected["affine_property"])
+    perm = layer.metadata["mlarray"]["perm"]
+    lps_rev = np.eye(3)[::-1]  # napari world is LPS as (z, y, x)
+    for idx in ([0, 0, 0], [63, 0, 0], [10, 20, 30]):
+        view = np.asarray(idx, float)[perm]
+        world = np.asarray(layer.data_to_world(view))
+        assert np.allclose(world, lps_rev @ (A @ np.r_[idx, 1])[:3], atol=1e-9)
+    viewer.dims.ndisplay = 3
+    viewer.dims.ndisplay = 2  # an oblique residual rotation must not break 2-D slicing
+
+
+def test_new_labels_over_image_painted_and_saved(make_napari_viewer, tmp_path, ct_volume):
+    from mlarray import MLArray
+
+    path = write_mla(
+        tmp_path / "ct.mla",
+        np.ascontiguousarray(ct_volume.transpose(2, 1, 0)),  # stored x, y, z (RAS)
+        spacing=[0.7, 0.8, 2.5],
+        origin=[10.0, -20.0, 30.0],
+        direction=np.diag([-1.0, -1.0, 1.0]).tolist(),
+        axis_labels=["spatial_x", "spatial_y", "spatial_z"],
+        coord_system="RAS",
+    )
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    labels = viewer.add_labels(
+        np.zeros(image.data.shape, np.uint8),
+        scale=image.scale,
+        translate=image.translate,
+        rotate=image.rotate,
+        units=image.units,
+        name="finding",
+    )
+    labels.paint((5, 10, 12), 3, refresh=True)
+    labels.data[7, 2:4, 2:4] = 2
+    labels.refresh()
+    out = tmp_path / "finding.mla"
+    assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
+    mask = MLArray.open(out)
+    assert mask.meta.is_seg.is_seg is True
+    assert mask.shape == image.data.shape and mask[5, 10, 12] == 3 and mask[7, 3, 3] == 2
+    # same physical placement as the image: world of voxel corners agree
+    img_A = MLArray.open(path).affine
+    perm = image.metadata["mlarray"]["perm"]
+    for idx in ([0, 0, 0], [23, 39, 47], [5, 10, 12]):
+        stored_img = np.asarray(idx, float)[np.argsort(perm)]
+        assert np.allclose(
+            mask.affine @ np.r_[idx, 1], np.diag([-1, -1, 1, 1]) @ img_A @ np.r_[stored_img, 1]
+        )
+    (again,) = viewer.open(str(out), plugin=None)
+    assert again._type_string == "labels"
+    assert np.allclose(again.data_to_world([5, 10, 12]), image.data_to_world([5, 10, 12]))
+
+
+def test_boxes_drawn_in_napari_save_with_the_image(make_napari_viewer, tmp_path, ct_volume):
+    from mlarray import MLArray
+
+    path = write_mla(tmp_path / "ct.mla", ct_volume, spacing=[2.0, 1.0, 1.0])
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    shapes = viewer.add_shapes(
+        [np.array([[4, 2.5, 3.5], [4, 2.5, 7.5], [4, 5.5, 7.5], [4, 5.5, 3.5]])],
+        shape_type="rectangle",
+        scale=image.scale,
+        translate=image.translate,
+    )
+    viewer.layers.selection = {image, shapes}
+    out = tmp_path / "boxed.mla"
+    assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
+    assert MLArray.open(out).meta.bbox.bboxes == [[[4, 5], [3, 6], [4, 8]]]
+
+
+def test_screenshot_is_not_blank(make_napari_viewer, tmp_path, ct_volume):
+    path = write_mla(tmp_path / "ct.mla", ct_volume, spacing=[2.0, 1.0, 1.0])
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin=None)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.ndim == 3 and shot[..., :3].std() > 1
+
+
+def test_opening_a_big_volume_reads_one_plane(make_napari_viewer, tmp_path, read_counter):
+    from mlarray.io import save_mla
+
+    data = np.zeros((256, 256, 256), np.int16)
+    data[:, ::5, ::3] = 1000
+    path = tmp_path / "big.mla"
+    save_mla(path, data, {"spatial": {"spacing": [1, 1, 1]}})
+    viewer = make_napari_viewer()
+    read_counter.total = 0
+    (layer,) = viewer.open(str(path), plugin=None)
+    assert layer.contrast_limits == [0.0, 1000.0]
+    assert read_counter.total <= 4 * 256 * 256  # a few planes, not 256 of them
+    assert read_counter.total < data.size / 50
