@@ -1,0 +1,341 @@
+"""Affine math for ``.mla`` geometry, as pure N-d functions on arrays.
+
+Conventions (FORMAT.md section 4), for ``n`` spatial axes:
+
+- ``direction`` is ``n x n``; column ``j`` is the world direction of spatial
+  array axis ``j`` and row ``i`` is world axis ``i`` (the ITK convention).
+- The homogeneous affine is ``(n+1) x (n+1)`` with
+  ``A[:n, :n] = direction @ diag(spacing)``, ``A[:n, n] = origin`` and last
+  row ``[0, ..., 0, 1]``. A missing spacing is ones, a missing origin zeros,
+  a missing direction the identity.
+- The linear part decomposes as ``M = rotation @ shear @ diag(scale)``
+  (napari's own order, ``rotate @ shear @ scale``), with ``rotation``
+  orthonormal (its determinant may be -1: a reflection lives in the
+  rotation, never in a negative scale), ``shear`` unit upper-triangular and
+  ``scale > 0``.
+
+Nothing here imports napari or Qt; every function takes and returns numpy
+arrays (or plain Python containers of numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlarray.errors import MetaValidationError
+
+__all__ = [
+    "axis_world_map",
+    "compose_affine",
+    "decompose_affine",
+    "is_orthonormal",
+    "rotation",
+    "scale",
+    "shear",
+    "spacing_origin_direction",
+    "translation",
+]
+
+ArrayLike = np.ndarray | Sequence
+
+
+def _as_vector(field: str, value: ArrayLike) -> np.ndarray:
+    """Return ``value`` as a finite 1-d float64 array, or raise naming ``field``."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetaValidationError(field, f"expected a sequence of numbers, got {value!r}") from exc
+    if arr.ndim != 1:
+        raise MetaValidationError(
+            field, f"expected one number per spatial axis (a 1-d sequence), got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise MetaValidationError(field, f"all values must be finite, got {arr.tolist()}")
+    return arr
+
+
+def _as_square(field: str, value: ArrayLike) -> np.ndarray:
+    """Return ``value`` as a finite square float64 matrix, or raise naming ``field``."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MetaValidationError(
+            field, f"expected a square matrix of numbers, got {value!r}"
+        ) from exc
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise MetaValidationError(field, f"expected a square matrix, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise MetaValidationError(field, "all values must be finite")
+    return arr
+
+
+def _as_affine(affine: ArrayLike) -> np.ndarray:
+    """Validate a homogeneous affine: square, at least 2 x 2, finite, last row ``[0..0, 1]``."""
+    arr = _as_square("affine", affine)
+    if arr.shape[0] < 2:
+        raise MetaValidationError(
+            "affine", f"expected shape (n+1, n+1) with n >= 1, got {arr.shape}"
+        )
+    last = np.zeros(arr.shape[0])
+    last[-1] = 1.0
+    if not np.allclose(arr[-1], last, rtol=0.0, atol=1e-12):
+        raise MetaValidationError(
+            "affine",
+            f"the last row must be [0, ..., 0, 1], got {arr[-1].tolist()}; "
+            "projective transforms cannot be stored",
+        )
+    return arr
+
+
+def compose_affine(
+    spacing: ArrayLike | None = None,
+    origin: ArrayLike | None = None,
+    direction: ArrayLike | None = None,
+    ndim: int | None = None,
+) -> np.ndarray:
+    """Build the homogeneous affine from spacing, origin and direction.
+
+    Parameters
+    ----------
+    spacing : sequence of float, optional
+        Voxel size per spatial axis, in array-axis order. Ones when omitted.
+    origin : sequence of float, optional
+        World position of voxel ``(0, ..., 0)``. Zeros when omitted.
+    direction : (n, n) array_like, optional
+        Column ``j`` is the world direction of spatial array axis ``j``.
+        The identity when omitted.
+    ndim : int, optional
+        Number of spatial axes. Needed only when the other three are all
+        ``None``; when given together with them it must agree.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n+1, n+1)`` float64 affine with ``A[:n, :n] = direction @
+        diag(spacing)``, ``A[:n, n] = origin`` and last row ``[0, ..., 0, 1]``.
+
+    Raises
+    ------
+    MetaValidationError
+        When lengths disagree, ``direction`` is not square, a value is not
+        finite, or the dimensionality cannot be determined.
+    """
+    sizes: dict[str, int] = {}
+    sp = og = dr = None
+    if spacing is not None:
+        sp = _as_vector("spacing", spacing)
+        sizes["spacing"] = sp.shape[0]
+    if origin is not None:
+        og = _as_vector("origin", origin)
+        sizes["origin"] = og.shape[0]
+    if direction is not None:
+        dr = _as_square("direction", direction)
+        sizes["direction"] = dr.shape[0]
+    if ndim is not None:
+        if isinstance(ndim, bool) or not isinstance(ndim, int | np.integer) or ndim < 1:
+            raise MetaValidationError("ndim", f"expected a positive integer, got {ndim!r}")
+        sizes["ndim"] = int(ndim)
+    if not sizes:
+        raise MetaValidationError(
+            "ndim", "give ndim when spacing, origin and direction are all None"
+        )
+    if len(set(sizes.values())) != 1:
+        detail = ", ".join(f"{name} has {size}" for name, size in sizes.items())
+        field = next(name for name in ("spacing", "origin", "direction", "ndim") if name in sizes)
+        raise MetaValidationError(
+            field, f"spatial dimensionality disagrees ({detail}); give one value per spatial axis"
+        )
+    n = next(iter(sizes.values()))
+    if n < 1:
+        raise MetaValidationError(
+            next(iter(sizes)), "at least one spatial axis is needed to build an affine"
+        )
+
+    linear = np.eye(n) if dr is None else dr.copy()
+    if sp is not None:
+        linear = linear * sp[np.newaxis, :]
+    affine = np.eye(n + 1)
+    affine[:n, :n] = linear
+    if og is not None:
+        affine[:n, n] = og
+    return affine
+
+
+def decompose_affine(
+    affine: ArrayLike,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split an affine into translation, rotation, shear and scale.
+
+    The linear part is factored by QR (Gram-Schmidt on its columns) as
+    ``M = rotation @ shear @ diag(scale)``, napari's ``rotate @ shear @
+    scale`` order. Unlike column norms, this recovers the true scale of a
+    sheared affine; for an affine without shear the two agree.
+
+    Parameters
+    ----------
+    affine : (n+1, n+1) array_like
+        Homogeneous affine, last row ``[0, ..., 0, 1]``.
+
+    Returns
+    -------
+    translation : (n,) numpy.ndarray
+    rotation : (n, n) numpy.ndarray
+        Orthonormal; determinant -1 when the affine contains a reflection.
+    shear : (n, n) numpy.ndarray
+        Unit upper-triangular.
+    scale : (n,) numpy.ndarray
+        Strictly positive.
+
+    Raises
+    ------
+    MetaValidationError
+        For a malformed, non-finite or singular affine (field ``"affine"``).
+    """
+    arr = _as_affine(affine)
+    n = arr.shape[0] - 1
+    linear = arr[:n, :n]
+    q, r = np.linalg.qr(linear)
+    diag = np.diag(r)
+    norm = float(np.max(np.abs(linear)))
+    if norm == 0.0 or np.min(np.abs(diag)) <= norm * n * np.finfo(np.float64).eps * 16:
+        raise MetaValidationError(
+            "affine",
+            "the linear part is singular (a zero or degenerate voxel axis); "
+            "every spacing must be non-zero and the axes linearly independent",
+        )
+    signs = np.where(diag < 0, -1.0, 1.0)
+    rot = q * signs[np.newaxis, :]
+    upper = r * signs[:, np.newaxis]
+    scl = np.diag(upper).copy()
+    shr = np.triu(upper / scl[np.newaxis, :])
+    np.fill_diagonal(shr, 1.0)
+    return arr[:n, n].copy(), rot, shr, scl
+
+
+def translation(affine: ArrayLike) -> np.ndarray:
+    """Translation (world position of voxel zero) of ``affine``; see :func:`decompose_affine`."""
+    return _as_affine(affine)[:-1, -1].copy()
+
+
+def rotation(affine: ArrayLike) -> np.ndarray:
+    """Orthonormal rotation (reflection included) of ``affine``; see :func:`decompose_affine`."""
+    return decompose_affine(affine)[1]
+
+
+def shear(affine: ArrayLike) -> np.ndarray:
+    """Unit upper-triangular shear of ``affine``; see :func:`decompose_affine`."""
+    return decompose_affine(affine)[2]
+
+
+def scale(affine: ArrayLike) -> np.ndarray:
+    """Positive per-axis scale of ``affine``; see :func:`decompose_affine`."""
+    return decompose_affine(affine)[3]
+
+
+def spacing_origin_direction(
+    affine: ArrayLike, *, atol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Invert :func:`compose_affine` for an affine without shear.
+
+    Parameters
+    ----------
+    affine : (n+1, n+1) array_like
+        Homogeneous affine.
+    atol : float, optional
+        Largest off-diagonal shear entry still treated as zero.
+
+    Returns
+    -------
+    spacing : (n,) numpy.ndarray
+        The scale of the affine (always positive).
+    origin : (n,) numpy.ndarray
+    direction : (n, n) numpy.ndarray
+        The rotation of the affine; a reflection stays in it.
+
+    Raises
+    ------
+    MetaValidationError
+        When the affine is sheared: spacing/origin/direction cannot express
+        shear, so the affine form must be kept. Also for a malformed or
+        singular affine.
+    """
+    origin, rot, shr, scl = decompose_affine(affine)
+    off_diagonal = np.abs(np.triu(shr, k=1))
+    if off_diagonal.size and float(off_diagonal.max()) > atol:
+        raise MetaValidationError(
+            "affine",
+            f"the affine has shear (largest shear entry {float(off_diagonal.max()):.3g} > "
+            f"atol={atol:g}); spacing/origin/direction cannot represent it, so keep the "
+            "geometry in the affine form",
+        )
+    return scl, origin, rot
+
+
+def is_orthonormal(m: ArrayLike, atol: float = 1e-6) -> bool:
+    """Return whether ``m`` is a square matrix with orthonormal columns.
+
+    Parameters
+    ----------
+    m : array_like
+        Candidate matrix. Anything that is not a finite square matrix gives
+        ``False``.
+    atol : float, optional
+        Tolerance on each entry of ``m.T @ m - I``.
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        arr = np.asarray(m, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or not np.all(np.isfinite(arr)):
+        return False
+    return bool(np.allclose(arr.T @ arr, np.eye(arr.shape[0]), rtol=0.0, atol=atol))
+
+
+def axis_world_map(direction: ArrayLike) -> list[tuple[int, int]]:
+    """Match every spatial array axis with the world axis it points along most.
+
+    The assignment is a permutation: pairs are taken greedily by decreasing
+    ``|direction[i, j]|`` over the whole matrix (not column by column), so a
+    rotation near 45 degrees still maps each world axis once. Exact ties
+    prefer ``i == j``, then the lower array axis, then the lower world axis.
+
+    Parameters
+    ----------
+    direction : (n, n) array_like
+        Column ``j`` is the world direction of array axis ``j``.
+
+    Returns
+    -------
+    list of (int, int)
+        Entry ``j`` is ``(world_axis, sign)``: array axis ``j`` runs along
+        world axis ``world_axis``, toward its positive end when ``sign`` is
+        ``+1`` and its negative end when ``-1``.
+
+    Raises
+    ------
+    MetaValidationError
+        When ``direction`` is not a finite square matrix.
+    """
+    dr = _as_square("direction", direction)
+    n = dr.shape[0]
+    magnitude = np.round(np.abs(dr), 12)
+    order = sorted(
+        ((i, j) for i in range(n) for j in range(n)),
+        key=lambda ij: (-magnitude[ij], ij[0] != ij[1], ij[1], ij[0]),
+    )
+    world_of: dict[int, int] = {}
+    used_world: set[int] = set()
+    for i, j in order:
+        if j in world_of or i in used_world:
+            continue
+        world_of[j] = i
+        used_world.add(i)
+        if len(world_of) == n:
+            break
+    return [(world_of[j], -1 if dr[world_of[j], j] < 0 else 1) for j in range(n)]

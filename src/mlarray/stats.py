@@ -1,0 +1,498 @@
+"""Streaming summary statistics of an array, chunk by chunk.
+
+:func:`compute_stats` never holds the whole volume: it reads one chunk at a
+time, several times. Order statistics (median, percentiles) are exact. Every
+value is mapped to an unsigned integer *key* that sorts like the value
+(floats through their bit pattern), and the keys holding the wanted ranks
+are found by histogram refinement: a streaming pass splits the candidate
+key range into 65536 bins and keeps the bin holding the rank; once that bin
+holds at most 2**20 values, the next pass collects them and sorts them.
+Types of at most 16 bits (bool, int8/uint8, int16/uint16, float16) are
+resolved by the first pass alone, so everything costs a single pass; wider
+types typically need four passes (statistics, percentiles, values between
+the percentiles, their median). Mean and standard deviation are accumulated
+in float64 with the pairwise update of Chan, Golub and LeVeque.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlarray.errors import MetaValidationError
+
+__all__ = ["STAT_KEYS", "compute_stats"]
+
+#: The keys of the returned dict, exactly the fields of ``MetaStatistics``.
+STAT_KEYS = (
+    "min",
+    "max",
+    "mean",
+    "median",
+    "std",
+    "percentile_min",
+    "percentile_max",
+    "percentile_mean",
+    "percentile_median",
+    "percentile_std",
+    "percentile_min_key",
+    "percentile_max_key",
+)
+
+_BIN_BITS = 16  # 65536 bins per histogram
+#: Key ranges holding at most this many keys are collected and sorted (8 MiB).
+_COLLECT_LIMIT = 2**20
+#: Elements per default slab: 16 MiB of float64 working copy.
+_SLAB_ELEMENTS = 2**21
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+class _KeyCodec:
+    """Map values of one dtype to ``uint64`` keys with the same order, and back."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype  # the working dtype values are read as
+        kind, bits = dtype.kind, dtype.itemsize * 8
+        self.kind, self.bits = kind, bits
+        if kind == "u":
+            self.lo, self.hi = 0, 2**bits - 1
+        elif kind == "i":
+            self.lo, self.hi = 2**63 - 2 ** (bits - 1), 2**63 + 2 ** (bits - 1) - 1
+        else:  # float16/32/64 through their bit patterns
+            self.lo, self.hi = 0, 2**bits - 1
+            self._uint = np.dtype(f"u{dtype.itemsize}")
+            self._sign = self._uint.type(1 << (bits - 1))
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        if self.kind == "u":
+            return values.astype(np.uint64)
+        if self.kind == "i":
+            return values.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+        raw = values.view(self._uint)
+        negative = (raw & self._sign) != 0
+        return np.where(negative, ~raw, raw | self._sign).astype(np.uint64)
+
+    def decode_many(self, keys: np.ndarray) -> np.ndarray:
+        """Keys back to their values, as float64."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        if self.kind == "u":
+            return keys.astype(np.float64)
+        if self.kind == "i":
+            return (keys ^ np.uint64(1 << 63)).view(np.int64).astype(np.float64)
+        raw = keys.astype(self._uint)
+        negative = (raw & self._sign) == 0
+        bits = np.where(negative, ~raw, raw ^ self._sign).astype(self._uint)
+        return bits.view(self.dtype).astype(np.float64)
+
+    def decode(self, key: int) -> float:
+        return float(self.decode_many(np.array([key], dtype=np.uint64))[0])
+
+
+@dataclass
+class _Hist:
+    """Counts of the keys in ``[lo, hi]``, in bins of ``2**shift`` keys."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        self.shift = max(0, (self.hi - self.lo).bit_length() - _BIN_BITS)
+        self.counts = np.zeros(((self.hi - self.lo) >> self.shift) + 1, dtype=np.int64)
+
+    def add(self, keys: np.ndarray, *, inside: bool = False) -> None:
+        """Count ``keys``; ``inside=True`` promises they all lie in ``[lo, hi]``."""
+        if not inside:
+            keys = keys[(keys >= np.uint64(self.lo)) & (keys <= np.uint64(self.hi))]
+        if keys.size:
+            bins = ((keys - np.uint64(self.lo)) >> np.uint64(self.shift)).astype(np.intp)
+            self.counts += np.bincount(bins, minlength=self.counts.size)
+
+
+@dataclass
+class _Target:
+    """One wanted order statistic: the key of rank ``rank`` (0-based).
+
+    The key is known to lie in ``[lo, hi]`` and ``below`` keys are smaller
+    than ``lo``.
+    """
+
+    rank: int
+    lo: int
+    hi: int
+    below: int = 0
+    key: int | None = None
+    count: int | None = None  # keys in [lo, hi], when known
+
+    def narrow(self, hist: _Hist) -> None:
+        """Keep the bin of ``hist`` (which covers ``[lo, hi]``) holding the rank."""
+        cum = np.cumsum(hist.counts)
+        b = int(np.searchsorted(cum, self.rank - self.below, side="right"))
+        self.count = int(hist.counts[b])
+        self.below += int(cum[b - 1]) if b else 0
+        self.lo = hist.lo + (b << hist.shift)
+        self.hi = min(hist.hi, self.lo + (1 << hist.shift) - 1)
+        if self.lo == self.hi:
+            self.key = self.lo
+
+    def clamp(self, lo: int, hi: int) -> None:
+        """Intersect with ``[lo, hi]``, known to contain every key (``below`` is unchanged)."""
+        self.lo, self.hi = max(self.lo, lo), min(self.hi, hi)
+        if self.lo == self.hi:
+            self.key = self.lo
+
+
+def _resolve(targets: Sequence[_Target], stream: Callable[[], Iterator[np.ndarray]]) -> None:
+    """Refine every unresolved target, one streaming pass over ``stream()`` per round.
+
+    A target whose key range holds at most ``_COLLECT_LIMIT`` keys is finished
+    in one pass by collecting those keys; the others are narrowed by a
+    histogram.
+    """
+    while pending := [t for t in targets if t.key is None]:
+        hists: dict[tuple[int, int], _Hist] = {}
+        pools: dict[tuple[int, int], list[np.ndarray]] = {}
+        for t in pending:
+            if t.count is not None and t.count <= _COLLECT_LIMIT:
+                pools.setdefault((t.lo, t.hi), [])
+            else:
+                hists.setdefault((t.lo, t.hi), _Hist(t.lo, t.hi))
+        for keys in stream():
+            for (lo, hi), pool in pools.items():
+                pool.append(keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))])
+            for hist in hists.values():
+                hist.add(keys)
+        collected = {interval: np.sort(np.concatenate(pool)) for interval, pool in pools.items()}
+        for t in pending:
+            if (t.lo, t.hi) in collected:
+                t.key = int(collected[(t.lo, t.hi)][t.rank - t.below])
+            else:
+                t.narrow(hists[(t.lo, t.hi)])
+
+
+# ----------------------------------------------------------------------------- moments
+
+
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations, merged pairwise (Chan et al.)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        nb = int(values.size)
+        if nb == 0:
+            return
+        v = values.astype(np.float64, copy=False)
+        mean_b = float(v.mean())
+        m2_b = float(np.square(v - mean_b).sum())
+        self.add_summary(nb, mean_b, m2_b)
+
+    def add_summary(self, nb: int, mean_b: float, m2_b: float) -> None:
+        if self.n == 0:
+            self.n, self.mean, self.m2 = nb, mean_b, m2_b
+            return
+        n = self.n + nb
+        delta = mean_b - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2_b + delta * delta * self.n * nb / n
+        self.n = n
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n)
+
+
+# ----------------------------------------------------------------------------- chunking
+
+
+def _default_chunk(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Slabs of about ``_SLAB_ELEMENTS`` elements: along axis 0 when one row fits."""
+    chunk = list(shape)
+    for axis in range(len(shape)):
+        rest = math.prod(shape[axis + 1 :])
+        if rest <= _SLAB_ELEMENTS:
+            chunk[axis] = max(1, min(shape[axis], _SLAB_ELEMENTS // rest))
+            break
+        chunk[axis] = 1
+    return tuple(chunk)
+
+
+def _chunk_shape(shape: tuple[int, ...], chunk_shape: Any, array: Any) -> tuple[int, ...]:
+    if chunk_shape is not None:
+        try:
+            chunk = tuple(int(c) for c in chunk_shape)
+        except (TypeError, ValueError) as exc:
+            raise MetaValidationError(
+                "chunk_shape", f"expected integers, got {chunk_shape!r}"
+            ) from exc
+        if len(chunk) != len(shape) or any(c < 1 for c in chunk):
+            raise MetaValidationError(
+                "chunk_shape",
+                f"expected {len(shape)} integers >= 1 (one per array axis), got {chunk_shape!r}",
+            )
+        return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
+    native = getattr(array, "chunks", None)
+    try:
+        chunk = tuple(int(c) for c in native) if native is not None else None
+    except (TypeError, ValueError):
+        chunk = None
+    if chunk is not None and len(chunk) == len(shape) and all(c >= 1 for c in chunk):
+        return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
+    return _default_chunk(shape)
+
+
+def _working_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if dtype.kind in "iu":
+        return dtype.newbyteorder("=")
+    if dtype.kind == "f":
+        return dtype.newbyteorder("=") if dtype.itemsize in (2, 4, 8) else np.dtype(np.float64)
+    raise MetaValidationError(
+        "stats", f"cannot compute statistics of dtype {dtype}; only bool, integer and float arrays"
+    )
+
+
+# ----------------------------------------------------------------------------- quantiles
+
+
+def _quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """Ranks and weight of ``numpy.percentile(..., method="linear")``."""
+    virtual = (n - 1) * (q / 100.0)
+    lo = min(math.floor(virtual), n - 1)
+    return lo, min(lo + 1, n - 1), virtual - lo
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's interpolation formula (exact at both ends)."""
+    diff = b - a
+    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
+
+
+def _median_ranks(n: int) -> tuple[int, int]:
+    return (n - 1) // 2, n // 2
+
+
+def _check_percentiles(percentiles: Any) -> tuple[float, float]:
+    try:
+        p_lo, p_hi = (float(p) for p in percentiles)
+    except (TypeError, ValueError) as exc:
+        raise MetaValidationError(
+            "percentiles", f"expected two numbers in [0, 100], got {percentiles!r}"
+        ) from exc
+    if not (0.0 <= p_lo <= p_hi <= 100.0):
+        raise MetaValidationError(
+            "percentiles", f"expected 0 <= low <= high <= 100, got {percentiles!r}"
+        )
+    return p_lo, p_hi
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def compute_stats(
+    array: Any,
+    *,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    chunk_shape: Sequence[int] | None = None,
+) -> dict[str, float | None]:
+    """Summary statistics of an array, streamed chunk by chunk.
+
+    Parameters
+    ----------
+    array : array-like
+        Anything with ``shape``, ``dtype`` and a ``__getitem__`` that takes a
+        tuple of slices and returns a numpy array: a numpy array, a
+        ``blosc2.NDArray`` or a lazy :class:`~mlarray.MLArray`. Bool arrays
+        count as uint8.
+    percentiles : (float, float), optional
+        The low and high percentile, in ``[0, 100]``.
+    chunk_shape : sequence of int, optional
+        Shape of the pieces read at a time. Defaults to ``array.chunks`` when
+        the array has it, else slabs of about 2**21 elements along axis 0.
+
+    Returns
+    -------
+    dict
+        Keyed like ``MetaStatistics``: ``min``, ``max``, ``mean``, ``median``,
+        ``std`` (population, ``ddof=0``), ``percentile_min``/``percentile_max``
+        (the values at the two percentiles), ``percentile_mean``,
+        ``percentile_median``, ``percentile_std`` (of the values ``v`` with
+        ``percentile_min <= v <= percentile_max``) and
+        ``percentile_min_key``/``percentile_max_key`` (the two percentiles).
+        Values are Python floats. Every value is None for an empty array or
+        one holding only NaNs.
+
+    Notes
+    -----
+    NaNs are ignored, like ``numpy.nanpercentile``. Medians and percentiles
+    follow ``numpy.median`` and ``numpy.percentile(..., method="linear")``;
+    the order statistics they interpolate are exact, interpolation is in
+    float64. The array is read in several passes, one chunk at a time: one
+    pass for types of at most 16 bits, typically four for wider types.
+
+    Raises
+    ------
+    MetaValidationError
+        For bad ``percentiles`` or ``chunk_shape``, or a dtype without an
+        order (complex, strings, objects).
+    """
+    p_lo, p_hi = _check_percentiles(percentiles)
+    shape = tuple(int(n) for n in array.shape)
+    work = _working_dtype(np.dtype(array.dtype))
+    empty: dict[str, float | None] = dict.fromkeys(STAT_KEYS)
+    if math.prod(shape) == 0:
+        return empty
+    chunk = _chunk_shape(shape, chunk_shape, array)
+    grid = [range(0, n, c) for n, c in zip(shape, chunk, strict=True)]
+    codec = _KeyCodec(work)
+
+    def pieces() -> Iterator[np.ndarray]:
+        """One streaming pass: the non-NaN values of each chunk, flat, in ``work`` dtype."""
+        for starts in itertools.product(*grid):
+            index = tuple(
+                slice(s, min(s + c, n)) for s, c, n in zip(starts, chunk, shape, strict=True)
+            )
+            values = np.asarray(array[index]).reshape(-1).astype(work, copy=False)
+            if work.kind == "f":
+                values = values[~np.isnan(values)]
+            yield values
+
+    # pass 1: moments, extremes and a first histogram over the whole key range
+    moments = _Moments()
+    top = _Hist(codec.lo, codec.hi)
+    kmin = kmax = None
+    for values in pieces():
+        if not values.size:
+            continue
+        moments.add(values)
+        keys = codec.encode(values)
+        top.add(keys, inside=True)
+        lo, hi = int(keys.min()), int(keys.max())
+        kmin = lo if kmin is None else min(kmin, lo)
+        kmax = hi if kmax is None else max(kmax, hi)
+    n = moments.n
+    if n == 0:
+        return empty
+
+    def keys_all() -> Iterator[np.ndarray]:
+        for values in pieces():
+            yield codec.encode(values)
+
+    lo_a, lo_b, lo_t = _quantile_ranks(n, p_lo)
+    hi_a, hi_b, hi_t = _quantile_ranks(n, p_hi)
+    med_a, med_b = _median_ranks(n)
+    targets = {r: _Target(r, codec.lo, codec.hi) for r in {lo_a, lo_b, hi_a, hi_b, med_a, med_b}}
+    for t in targets.values():
+        t.narrow(top)
+        if t.key is None:
+            t.clamp(kmin, kmax)
+    _resolve(list(targets.values()), keys_all)
+
+    def value(rank: int) -> float:
+        return codec.decode(targets[rank].key)
+
+    pmin = _lerp(value(lo_a), value(lo_b), lo_t)
+    pmax = _lerp(value(hi_a), value(hi_b), hi_t)
+    out = {
+        "min": codec.decode(kmin),
+        "max": codec.decode(kmax),
+        "mean": moments.mean,
+        "median": (value(med_a) + value(med_b)) / 2.0,
+        "std": moments.std,
+        "percentile_min": pmin,
+        "percentile_max": pmax,
+        "percentile_min_key": p_lo,
+        "percentile_max_key": p_hi,
+    }
+
+    # the values between the two percentiles: a contiguous range of ranks
+    sub_lo, sub_hi = targets[lo_a].key, targets[hi_b].key
+    if top.shift == 0:  # the first histogram is exact: no more passes
+        sub = _subset_from_histogram(top, codec, pmin, pmax)
+    else:
+        sub = _subset_streamed(pieces, codec, pmin, pmax, sub_lo, sub_hi)
+    out.update(sub)
+    return {k: (None if out[k] is None else float(out[k])) for k in STAT_KEYS}
+
+
+def _subset_from_histogram(
+    hist: _Hist, codec: _KeyCodec, pmin: float, pmax: float
+) -> dict[str, float | None]:
+    """Statistics of the values in ``[pmin, pmax]`` from an exact (one key per bin) histogram."""
+    nonzero = np.flatnonzero(hist.counts)
+    counts = hist.counts[nonzero]
+    values = codec.decode_many(nonzero.astype(np.uint64) + np.uint64(hist.lo))
+    inside = (values >= pmin) & (values <= pmax)
+    counts, values = counts[inside], values[inside]
+    m = int(counts.sum())
+    if m == 0:
+        return {"percentile_mean": None, "percentile_median": None, "percentile_std": None}
+    mean = float((counts * values).sum() / m)
+    std = math.sqrt(float((counts * np.square(values - mean)).sum()) / m)
+    cum = np.cumsum(counts)
+    a, b = _median_ranks(m)
+    va = values[int(np.searchsorted(cum, a, side="right"))]
+    vb = values[int(np.searchsorted(cum, b, side="right"))]
+    return {"percentile_mean": mean, "percentile_median": (va + vb) / 2.0, "percentile_std": std}
+
+
+def _subset_streamed(
+    pieces: Callable[[], Iterator[np.ndarray]],
+    codec: _KeyCodec,
+    pmin: float,
+    pmax: float,
+    key_lo: int,
+    key_hi: int,
+) -> dict[str, float | None]:
+    """Statistics of the values in ``[pmin, pmax]``, whose keys lie in ``[key_lo, key_hi]``."""
+
+    def subset() -> Iterator[np.ndarray]:
+        for values in pieces():
+            as_float = values.astype(np.float64, copy=False)
+            yield values[(as_float >= pmin) & (as_float <= pmax)]
+
+    moments = _Moments()
+    first = _Hist(key_lo, key_hi)
+    seen_lo, seen_hi = key_hi, key_lo
+    for values in subset():
+        if not values.size:
+            continue
+        moments.add(values)
+        keys = codec.encode(values)
+        first.add(keys)
+        seen_lo, seen_hi = min(seen_lo, int(keys.min())), max(seen_hi, int(keys.max()))
+    m = moments.n
+    if m == 0:
+        return {"percentile_mean": None, "percentile_median": None, "percentile_std": None}
+    a, b = _median_ranks(m)
+    targets = {r: _Target(r, seen_lo, seen_hi) for r in {a, b}}
+    if key_lo <= seen_lo and seen_hi <= key_hi:
+        for t in targets.values():
+            t.lo, t.hi = key_lo, key_hi
+            t.narrow(first)
+            if t.key is None:
+                t.clamp(seen_lo, seen_hi)
+    # else: int64 values beyond 2**53 compared as float64 fell outside the
+    # expected key range; refine from the observed range instead
+
+    def keys_subset() -> Iterator[np.ndarray]:
+        for values in subset():
+            yield codec.encode(values)
+
+    _resolve(list(targets.values()), keys_subset)
+    median = (codec.decode(targets[a].key) + codec.decode(targets[b].key)) / 2.0
+    return {
+        "percentile_mean": moments.mean,
+        "percentile_median": median,
+        "percentile_std": moments.std,
+    }

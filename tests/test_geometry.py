@@ -1,0 +1,330 @@
+"""Invariants of the affine math in :mod:`mlarray.geometry`, for N from 2 to 5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlarray.errors import MetaValidationError
+from mlarray.geometry import (
+    axis_world_map,
+    compose_affine,
+    decompose_affine,
+    is_orthonormal,
+    rotation,
+    scale,
+    shear,
+    spacing_origin_direction,
+    translation,
+)
+
+FIXTURE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "fixtures"
+    / "upstream-0.0.54"
+    / "a_ct3d_int16.json"
+)
+NDIMS = [2, 3, 4, 5]
+SEEDS = range(5)
+
+
+def random_rotation(rng: np.random.Generator, n: int, reflect: bool = False) -> np.ndarray:
+    """A random orthonormal matrix with determinant +1 (or -1 when ``reflect``)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    q = q * np.sign(np.diag(r))[np.newaxis, :]
+    if (np.linalg.det(q) < 0) != reflect:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def random_shear(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A unit upper-triangular matrix with entries of magnitude 0.3 to 0.6."""
+    k = n * (n - 1) // 2
+    z = np.eye(n)
+    z[np.triu_indices(n, k=1)] = rng.uniform(0.3, 0.6, k) * rng.choice([-1.0, 1.0], k)
+    return z
+
+
+def random_geometry(rng: np.random.Generator, n: int, reflect: bool = False):
+    spacing = rng.uniform(0.2, 5.0, n)
+    origin = rng.uniform(-200.0, 200.0, n)
+    return spacing, origin, random_rotation(rng, n, reflect)
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_compose_layout_matches_format(n, seed):
+    rng = np.random.default_rng(seed)
+    spacing, origin, direction = random_geometry(rng, n)
+    affine = compose_affine(spacing, origin, direction)
+    assert affine.shape == (n + 1, n + 1)
+    assert affine.dtype == np.float64
+    np.testing.assert_allclose(affine[:n, :n], direction @ np.diag(spacing), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(affine[:n, n], origin)
+    np.testing.assert_array_equal(affine[n], np.r_[np.zeros(n), 1.0])
+
+
+def test_compose_defaults():
+    np.testing.assert_array_equal(compose_affine(ndim=3), np.eye(4))
+    np.testing.assert_array_equal(compose_affine(spacing=[2, 3]), np.diag([2.0, 3.0, 1.0]))
+    expected = np.eye(3)
+    expected[:2, 2] = [5, 6]
+    np.testing.assert_array_equal(compose_affine(origin=(5, 6)), expected)
+    rot = random_rotation(np.random.default_rng(0), 3)
+    np.testing.assert_array_equal(compose_affine(direction=rot)[:3, :3], rot)
+    np.testing.assert_array_equal(compose_affine([1, 2], ndim=2), np.diag([1.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"spacing": [1, 2], "origin": [0, 0, 0]}, "spacing"),
+        ({"spacing": [1, 2, 3], "direction": np.eye(2)}, "spacing"),
+        ({"origin": [1, 2], "direction": np.eye(3)}, "origin"),
+        ({"spacing": [1, 2], "ndim": 3}, "spacing"),
+        ({"direction": np.ones((2, 3))}, "direction"),
+        ({"direction": np.ones((2, 2, 2))}, "direction"),
+        ({"spacing": [1.0, np.nan]}, "spacing"),
+        ({"origin": [np.inf, 0.0]}, "origin"),
+        ({"direction": [[1.0, 0.0], [0.0, np.nan]]}, "direction"),
+        ({"spacing": [[1.0, 2.0]]}, "spacing"),
+        ({"spacing": ["a", "b"]}, "spacing"),
+        ({}, "ndim"),
+        ({"ndim": 0}, "ndim"),
+    ],
+)
+def test_compose_errors_name_the_field(kwargs, field):
+    with pytest.raises(MetaValidationError) as info:
+        compose_affine(**kwargs)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+
+
+# ----------------------------------------------------------------------------- decompose
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("reflect", [False, True])
+def test_round_trip_without_shear_is_exact(n, seed, reflect):
+    rng = np.random.default_rng(seed)
+    spacing, origin, direction = random_geometry(rng, n, reflect)
+    affine = compose_affine(spacing, origin, direction)
+    t, r, z, s = decompose_affine(affine)
+    np.testing.assert_allclose(s, spacing, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s, np.linalg.norm(affine[:n, :n], axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r, direction, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z, np.eye(n), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(t, origin)
+    assert np.sign(np.linalg.det(r)) == (-1 if reflect else 1)
+    assert np.all(s > 0)
+    # and back
+    sp, og, dr = spacing_origin_direction(affine)
+    np.testing.assert_allclose(compose_affine(sp, og, dr), affine, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sheared_affine_recovers_true_factors(n, seed):
+    """QR recovers R, Z, S of ``R @ Z @ diag(S)``; column norms would not give S."""
+    rng = np.random.default_rng(100 + seed)
+    r_true = random_rotation(rng, n, reflect=bool(seed % 2))
+    z_true = random_shear(rng, n)
+    s_true = rng.uniform(0.5, 3.0, n)
+    affine = np.eye(n + 1)
+    affine[:n, :n] = r_true @ z_true @ np.diag(s_true)
+    affine[:n, n] = rng.uniform(-10, 10, n)
+
+    t, r, z, s = decompose_affine(affine)
+    np.testing.assert_allclose(s, s_true, rtol=1e-12)
+    np.testing.assert_allclose(r, r_true, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z, z_true, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(t, affine[:n, n])
+    # the column-norm estimate of the reference package is off by several percent
+    column_norms = np.linalg.norm(affine[:n, :n], axis=0)
+    assert np.max(np.abs(column_norms / s_true - 1)) > 0.04
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_decomposition_invariants(n, seed):
+    rng = np.random.default_rng(200 + seed)
+    affine = np.eye(n + 1)
+    affine[:n, :n] = rng.standard_normal((n, n)) * rng.uniform(0.1, 10)
+    affine[:n, n] = rng.standard_normal(n)
+    _, r, z, s = decompose_affine(affine)
+    assert is_orthonormal(r, atol=1e-12)
+    assert np.all(s > 0)
+    np.testing.assert_array_equal(np.diag(z), np.ones(n))
+    np.testing.assert_array_equal(np.tril(z, k=-1), np.zeros((n, n)))
+    np.testing.assert_allclose(r @ z @ np.diag(s), affine[:n, :n], rtol=0, atol=1e-12 * s.max())
+    # a rotation on the left does not change scale or shear
+    q = random_rotation(rng, n)
+    rotated = affine.copy()
+    rotated[:n, :n] = q @ affine[:n, :n]
+    _, r2, z2, s2 = decompose_affine(rotated)
+    np.testing.assert_allclose(s2, s, rtol=1e-12)
+    np.testing.assert_allclose(z2, z, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(r2, q @ r, rtol=0, atol=1e-12)
+
+
+def test_wrappers_agree_with_decompose():
+    rng = np.random.default_rng(7)
+    affine = np.eye(4)
+    affine[:3, :3] = random_rotation(rng, 3) @ random_shear(rng, 3) @ np.diag([1, 2, 3])
+    affine[:3, 3] = [4, 5, 6]
+    t, r, z, s = decompose_affine(affine)
+    np.testing.assert_array_equal(translation(affine), t)
+    np.testing.assert_array_equal(rotation(affine), r)
+    np.testing.assert_array_equal(shear(affine), z)
+    np.testing.assert_array_equal(scale(affine), s)
+    for value in (translation(affine), rotation(affine), shear(affine), scale(affine)):
+        assert isinstance(value, np.ndarray)
+
+
+def test_reflection_stays_in_rotation():
+    affine = compose_affine([2.0, 3.0, 4.0], [0, 0, 0], np.diag([1.0, -1.0, 1.0]))
+    _, r, _, s = decompose_affine(affine)
+    np.testing.assert_allclose(s, [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(r, np.diag([1.0, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([1.0, 0.0, 1.0, 1.0]),  # a zero spacing
+        np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]]),  # collinear axes
+        np.zeros((4, 4)),
+        np.diag([1.0, np.nan, 1.0]),
+        np.diag([1.0, np.inf, 1.0]),
+        np.eye(3)[:2],  # not square
+        np.eye(1),  # no spatial axis
+        np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 1.0]]),  # projective
+        [[1, 0], "x"],
+    ],
+)
+def test_decompose_rejects_bad_affines(affine):
+    with pytest.raises(MetaValidationError) as info:
+        decompose_affine(affine)
+    assert info.value.field == "affine"
+
+
+def test_spacing_origin_direction_refuses_to_lose_shear():
+    affine = np.eye(3)
+    affine[:2, :2] = [[1.0, 0.5], [0.0, 1.0]]
+    with pytest.raises(MetaValidationError, match="keep the geometry in the affine form") as info:
+        spacing_origin_direction(affine)
+    assert info.value.field == "affine"
+    # a shear below atol is treated as none
+    affine[0, 1] = 1e-9
+    sp, og, dr = spacing_origin_direction(affine)
+    np.testing.assert_allclose(sp, [1.0, 1.0])
+    np.testing.assert_allclose(dr, np.eye(2), atol=1e-8)
+    np.testing.assert_array_equal(og, [0.0, 0.0])
+    with pytest.raises(MetaValidationError):
+        spacing_origin_direction(affine, atol=1e-12)
+
+
+def test_negative_spacing_becomes_a_reflection():
+    affine = compose_affine([-2.0, 3.0], [1.0, 1.0])
+    sp, _, dr = spacing_origin_direction(affine)
+    np.testing.assert_allclose(sp, [2.0, 3.0])
+    np.testing.assert_allclose(dr, np.diag([-1.0, 1.0]))
+    np.testing.assert_allclose(compose_affine(sp, [1.0, 1.0], dr), affine)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize("n", NDIMS)
+def test_is_orthonormal(n):
+    rng = np.random.default_rng(n)
+    assert is_orthonormal(random_rotation(rng, n))
+    assert is_orthonormal(random_rotation(rng, n, reflect=True))
+    assert not is_orthonormal(2 * random_rotation(rng, n))
+    assert not is_orthonormal(random_rotation(rng, n) @ random_shear(rng, n))
+    assert is_orthonormal(np.eye(n) + 1e-8)
+    assert not is_orthonormal(np.eye(n) + 1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("value", [np.ones((2, 3)), np.ones(3), [[1, 0], [0, np.nan]], "eye", None])
+def test_is_orthonormal_is_false_for_non_matrices(value):
+    assert is_orthonormal(value) is False
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_axis_world_map_of_signed_permutations(n, seed):
+    rng = np.random.default_rng(300 + seed)
+    perm = rng.permutation(n)
+    signs = rng.choice([-1, 1], n)
+    direction = np.zeros((n, n))
+    direction[perm, np.arange(n)] = signs
+    # a small perturbation does not change the answer
+    direction = (0.95 * np.eye(n) + 0.05 * random_rotation(rng, n)) @ direction
+    assert axis_world_map(direction) == [(int(perm[j]), int(signs[j])) for j in range(n)]
+
+
+@pytest.mark.parametrize("n", NDIMS)
+@pytest.mark.parametrize("seed", range(20))
+def test_axis_world_map_is_always_a_permutation(n, seed):
+    direction = random_rotation(np.random.default_rng(400 + seed), n)
+    mapping = axis_world_map(direction)
+    assert sorted(world for world, _ in mapping) == list(range(n))
+    for j, (i, sign) in enumerate(mapping):
+        assert sign == (1 if direction[i, j] >= 0 else -1)
+
+
+def test_axis_world_map_resolves_collisions_globally():
+    # by column, both array axes point most along world axis 0
+    direction = np.array([[0.9, 0.8], [0.1, -0.6]])
+    assert axis_world_map(direction) == [(0, 1), (1, -1)]
+    # a 45 degree rotation: exact ties map the identity
+    c = np.sqrt(0.5)
+    assert axis_world_map([[c, -c], [c, c]]) == [(0, 1), (1, 1)]
+    # just past 45 degrees the axes swap
+    a = np.deg2rad(46)
+    rot = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    assert axis_world_map(rot) == [(1, 1), (0, -1)]
+
+
+def test_axis_world_map_rejects_non_square():
+    with pytest.raises(MetaValidationError) as info:
+        axis_world_map(np.ones((2, 3)))
+    assert info.value.field == "direction"
+
+
+# ----------------------------------------------------------------------------- fixture
+
+
+@pytest.fixture(scope="module")
+def ct3d() -> dict:
+    if not FIXTURE.is_file():
+        pytest.skip(f"reference fixture not found at {FIXTURE}")
+    return json.loads(FIXTURE.read_text())
+
+
+def test_fixture_geometry_composes_to_reference_affine(ct3d):
+    affine = compose_affine(ct3d["spacing"], ct3d["origin"], ct3d["direction"])
+    np.testing.assert_allclose(affine, ct3d["affine_property"], rtol=0, atol=1e-12)
+
+
+def test_fixture_affine_decomposes_to_reference_factors(ct3d):
+    t, r, z, s = decompose_affine(ct3d["affine_property"])
+    np.testing.assert_allclose(t, ct3d["translation"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r, ct3d["rotation"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s, ct3d["scale"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z, ct3d["shear"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z, np.eye(3), rtol=0, atol=1e-12)
+    sp, og, dr = spacing_origin_direction(ct3d["affine_property"])
+    np.testing.assert_allclose(sp, ct3d["spacing"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(og, ct3d["origin"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dr, ct3d["direction"], rtol=0, atol=1e-12)
+    assert is_orthonormal(ct3d["direction"])

@@ -1,0 +1,407 @@
+"""Chunk/block layout and the storage-keyword funnel of :mod:`mlarray.layout`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray.errors import MetaValidationError, MLArrayError
+from mlarray.layout import (
+    DEFAULT_CPARAMS,
+    DEFAULT_DPARAMS,
+    DEFAULT_PATCH_SIZE,
+    LayoutError,
+    StorageOptions,
+    StorageRequest,
+    comp_blosc2_params,
+    normalize_cparams,
+    normalize_dparams,
+    resolve_storage,
+)
+
+L1, L3, SAFETY = 32768, 1441792, 0.8
+
+
+# ----------------------------------------------------------------------------- reference cases
+
+# (image, patch, bytes per pixel) -> (chunks, blocks), as the reference package 0.0.54 gives them
+REFERENCE_CASES = [
+    ((512, 512, 512), (192, 192, 192), 4, (54, 54, 80), (18, 18, 20)),
+    ((2048, 2048), (192, 192), 4, (320, 320), (80, 80)),
+    ((64, 80, 96), (192, 192, 192), 2, (64, 80, 96), (22, 24, 24)),
+    ((48, 64, 64), (192, 192, 192), 1, (48, 64, 64), (28, 30, 30)),
+    ((512, 512, 512), (192, 192, 192), 1, (84, 90, 150), (28, 30, 30)),
+    ((512, 512, 512), (192, 192, 192), 2, (66, 72, 120), (22, 24, 24)),
+    ((512, 512, 512), (192, 192, 192), 8, (42, 42, 80), (14, 14, 16)),
+    ((512, 512, 512), (192, 192, 192), 3, (60, 80, 80), (20, 20, 20)),
+    ((512, 512, 512), (64, 64, 64), 4, (54, 54, 80), (18, 18, 20)),
+    ((512, 512, 512), (15, 15, 15), 4, (36, 36, 40), (18, 18, 20)),
+    ((512, 512, 512), (3, 3, 3), 4, (18, 18, 20), (18, 18, 20)),
+    ((512, 512), (64, 64), 4, (160, 160), (80, 80)),
+    ((512, 512), (128, 128), 4, (240, 240), (80, 80)),
+    ((512, 512), (50, 200), 4, None, (40, 162)),
+    ((512, 512, 512, 512), (192, 192, 192, 192), 4, (16, 16, 30, 30), (8, 8, 10, 10)),
+    ((64, 64, 64, 64, 64), (32, 32, 32, 32, 32), 4, (8, 12, 12, 12, 18), (4, 6, 6, 6, 6)),
+    ((10, 10, 10), (192, 192, 192), 4, (10, 10, 10), (10, 10, 10)),
+    ((1, 512, 512), (192, 192, 192), 4, (1, 320, 320), (1, 80, 80)),
+    ((5, 512, 512), (192, 192, 192), 4, (5, 216, 252), (5, 36, 36)),
+    ((60, 512, 512), (192, 192, 192), 4, (60, 54, 80), (18, 18, 20)),
+    ((512,), (192,), 4, (512,), (512,)),
+]
+
+
+@pytest.mark.parametrize(("image", "patch", "bpp", "chunks", "blocks"), REFERENCE_CASES)
+def test_reference_cases(image, patch, bpp, chunks, blocks):
+    chunk, block = comp_blosc2_params(image, patch, bytes_per_pixel=bpp)
+    if chunks is not None:
+        assert tuple(chunk) == chunks
+    if blocks is not None:
+        assert tuple(block) == blocks
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+def layout_cases():
+    rng = np.random.default_rng(12345)
+    cases = []
+    for _ in range(400):
+        ndim = int(rng.integers(1, 7))
+        image = tuple(
+            int(rng.choice([rng.integers(1, 40), rng.integers(1, 700)])) for _ in range(ndim)
+        )
+        mask = [bool(m) for m in rng.random(ndim) < 0.8]
+        n_spatial = sum(mask)
+        if n_spatial == 0 or rng.random() < 0.5:
+            patch = [int(rng.choice([192, 128, 64, rng.integers(1, 400)]))] * max(n_spatial, 1)
+        else:
+            patch = [int(rng.integers(1, 400)) for _ in range(n_spatial)]
+        if n_spatial == 0:
+            patch = []
+        bpp = int(rng.choice([1, 2, 4, 8, 16]))
+        cases.append((image, tuple(patch), mask, bpp))
+    return cases
+
+
+@pytest.mark.parametrize(("image", "patch", "mask", "bpp"), layout_cases())
+def test_layout_invariants(image, patch, mask, bpp):
+    chunk, block = comp_blosc2_params(image, patch, spatial_axis_mask=mask, bytes_per_pixel=bpp)
+    assert len(chunk) == len(block) == len(image)
+    assert all(isinstance(v, int) for v in chunk + block)
+    for c, b, n, m in zip(chunk, block, image, mask, strict=True):
+        assert 1 <= b <= c <= n
+        if not m:
+            assert c == b == 1
+        # a whole number of blocks, unless clipped to the image
+        assert c % b == 0 or c == n
+    if math.prod(block) > 1:
+        assert math.prod(block) * bpp <= L1 * SAFETY
+    if chunk != block:
+        assert math.prod(chunk) * bpp <= L3 * SAFETY
+
+
+@pytest.mark.parametrize("bpp", [1, 2, 4, 8])
+def test_block_fills_most_of_l1_on_large_images(bpp):
+    for ndim in range(1, 7):
+        image = (100_000,) if ndim == 1 else (4096,) * ndim
+        chunk, block = comp_blosc2_params(image, (192,) * ndim, bytes_per_pixel=bpp)
+        assert 0.5 * L1 * SAFETY < math.prod(block) * bpp <= L1 * SAFETY
+        assert math.prod(chunk) * bpp <= L3 * SAFETY
+
+
+def test_patch_for_all_axes_equals_patch_for_spatial_axes():
+    mask = [False, True, True, True]
+    a = comp_blosc2_params((3, 100, 200, 300), (160, 96, 64), spatial_axis_mask=mask)
+    b = comp_blosc2_params((3, 100, 200, 300), (7, 160, 96, 64), spatial_axis_mask=mask)
+    assert a == b
+    assert a[0][0] == a[1][0] == 1
+
+
+def test_cache_sizes_scale_the_layout():
+    small = comp_blosc2_params(
+        (512, 512, 512), (192, 192, 192), l1_cache_size_per_core_in_bytes=8192
+    )
+    big = comp_blosc2_params(
+        (512, 512, 512), (192, 192, 192), l3_cache_size_per_core_in_bytes=2**24
+    )
+    assert math.prod(small[1]) * 4 <= 8192 * SAFETY
+    assert math.prod(big[0]) > math.prod(comp_blosc2_params((512,) * 3, (192,) * 3)[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"image_size": (3, 512, 512), "patch_size": (192, 192)}, LayoutError),
+        ({"image_size": (512, 512), "patch_size": (192, 192, 192)}, LayoutError),
+        (
+            {"image_size": (512, 512), "patch_size": (192, 192), "spatial_axis_mask": [True]},
+            LayoutError,
+        ),
+        ({"image_size": (0, 512), "patch_size": (192, 192)}, MetaValidationError),
+        ({"image_size": (512, 512), "patch_size": (0, 192)}, MetaValidationError),
+        (
+            {"image_size": (512, 512), "patch_size": (192, 192), "bytes_per_pixel": 0},
+            MetaValidationError,
+        ),
+    ],
+)
+def test_comp_blosc2_params_errors(kwargs, error):
+    with pytest.raises(error):
+        comp_blosc2_params(**kwargs)
+
+
+def test_layout_error_is_a_runtime_error():
+    assert issubclass(LayoutError, RuntimeError)
+    assert issubclass(LayoutError, MLArrayError)
+
+
+# ----------------------------------------------------------------------------- resolve_storage
+
+
+def test_default_patch_size():
+    opts = resolve_storage((512, 512, 512), np.float32)
+    assert opts.patch_size == (DEFAULT_PATCH_SIZE,) * 3
+    assert opts.chunk_size == (54, 54, 80)
+    assert opts.block_size == (18, 18, 20)
+    assert opts.cparams == DEFAULT_CPARAMS
+    assert opts.dparams == DEFAULT_DPARAMS
+
+
+def test_patch_size_uses_dtype_itemsize():
+    opts = resolve_storage((64, 80, 96), np.int16)
+    assert opts.chunk_size == (64, 80, 96)
+    assert opts.block_size == (22, 24, 24)
+    opts = resolve_storage((48, 64, 64), np.uint8)
+    assert opts.block_size == (28, 30, 30)
+
+
+def test_patch_size_forms():
+    mask = [False, True, True]
+    assert resolve_storage((3, 64, 64), "f4", mask, patch_size=32).patch_size == (32, 32)
+    assert resolve_storage((3, 64, 64), "f4", mask, patch_size=[16, 32]).patch_size == (16, 32)
+    assert resolve_storage((3, 64, 64), "f4", mask, patch_size=(9, 16, 32)).patch_size == (16, 32)
+    opts = resolve_storage((3, 64, 64), "f4", mask, patch_size=np.array([16, 32]))
+    assert opts.patch_size == (16, 32)
+    assert opts.chunk_size[0] == opts.block_size[0] == 1
+
+
+def test_patch_size_overrides_chunk_and_block():
+    opts = resolve_storage((512, 512), "f4", patch_size=192, chunk_size=64, block_size=16)
+    assert opts.chunk_size == (320, 320)
+    assert opts.block_size == (80, 80)
+
+
+@pytest.mark.parametrize("patch_size", [[1, 2, 3, 4], [192], "big", 0, -5, [192, 0, 1], 1.5, True])
+def test_bad_patch_size(patch_size):
+    with pytest.raises(MetaValidationError) as info:
+        resolve_storage((10, 20, 30), "f4", patch_size=patch_size)
+    assert info.value.field == "patch_size"
+    assert isinstance(info.value, ValueError)
+
+
+def test_explicit_chunks_and_blocks():
+    opts = resolve_storage(
+        (100, 30, 40), "u2", patch_size=None, chunk_size=50, block_size=(10, 10, 100)
+    )
+    assert opts.patch_size is None
+    assert opts.chunk_size == (50, 30, 40)
+    assert opts.block_size == (10, 10, 40)
+    opts = resolve_storage((100, 30), "u2", patch_size=None, chunk_size=[20, 20])
+    assert opts.chunk_size == (20, 20)
+    assert opts.block_size is None
+    opts = resolve_storage((100, 30), "u2", patch_size=None)
+    assert opts.chunk_size is None and opts.block_size is None
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "block_size", "error"),
+    [
+        (10, 20, LayoutError),
+        ((10, 10), (5, 20), LayoutError),
+        ((10, 10, 10), None, LayoutError),
+        (None, (5,), LayoutError),
+        (0, None, MetaValidationError),
+        ((10, -1), None, MetaValidationError),
+        ("10", None, MetaValidationError),
+        ((10, 2.5), None, MetaValidationError),
+    ],
+)
+def test_inconsistent_chunks_and_blocks(chunk_size, block_size, error):
+    with pytest.raises(error):
+        resolve_storage(
+            (100, 100), "f4", patch_size=None, chunk_size=chunk_size, block_size=block_size
+        )
+
+
+def test_spatial_axis_mask_length_mismatch():
+    with pytest.raises(LayoutError):
+        resolve_storage((10, 20, 30), "f4", [True, True])
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 10, 10), (5, 0)])
+@pytest.mark.parametrize("patch_size", ["default", None])
+def test_degenerate_shapes_let_blosc2_decide(shape, patch_size):
+    opts = resolve_storage(shape, "f8", patch_size=patch_size, chunk_size=None)
+    assert opts.chunk_size is None and opts.block_size is None
+    blosc2.empty(shape, dtype="f8", cparams=opts.blosc2_cparams("f8"))
+
+
+def test_all_non_spatial_axes():
+    opts = resolve_storage((3, 4), "f4", [False, False])
+    assert opts.patch_size is None
+    assert opts.chunk_size is None and opts.block_size is None
+
+
+# ----------------------------------------------------------------------------- cparams
+
+
+def test_normalize_cparams_defaults_and_copies():
+    out = normalize_cparams(None)
+    assert out == {"codec": 2, "clevel": 8}
+    out["clevel"] = 1
+    assert DEFAULT_CPARAMS == {"codec": 2, "clevel": 8}
+
+
+def test_normalize_cparams_dict_with_enums_and_names():
+    out = normalize_cparams(
+        {
+            "codec": blosc2.Codec.ZSTD,
+            "clevel": np.int64(5),
+            "filters": [blosc2.Filter.BITSHUFFLE, 1],
+            "splitmode": "never_split",
+            "use_dict": False,
+        }
+    )
+    assert out == {
+        "codec": 5,
+        "clevel": 5,
+        "filters": [2, 1],
+        "splitmode": blosc2.SplitMode.NEVER_SPLIT.value,
+        "use_dict": False,
+    }
+    assert all(type(v) in (int, bool, list) for v in out.values())
+    json.dumps(out)
+    assert normalize_cparams({"codec": "zstd"})["codec"] == 5
+    assert normalize_cparams({"clevel": 3}) == {"codec": 2, "clevel": 3}
+
+
+def test_normalize_cparams_from_dataclass():
+    out = normalize_cparams(blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3, use_dict=True))
+    assert out == {"codec": 4, "clevel": 3, "use_dict": True}
+    # blosc2's own defaults are kept as blosc2 defaults, except codec and clevel
+    assert normalize_cparams(blosc2.CParams()) == {"codec": 5, "clevel": 5}
+    json.dumps(out)
+
+
+@pytest.mark.parametrize(
+    ("cparams", "match"),
+    [
+        ({"codex": 2}, "codex"),
+        ({"chunks": (1, 2)}, "chunks"),
+        ({"clevel": 12}, "clevel"),
+        ({"clevel": True}, "clevel"),
+        ({"codec": "nope"}, "codec"),
+        ({"filters": 1}, "filters"),
+        ({"filters": [1] * 7}, "filters"),
+        ({"use_dict": 1}, "use_dict"),
+        ({"nthreads": 0}, "nthreads"),
+        ({"tuner": 99}, "tuner"),
+        ([("codec", 1)], "dict"),
+    ],
+)
+def test_normalize_cparams_rejects_bad_values(cparams, match):
+    with pytest.raises(MetaValidationError, match=match) as info:
+        normalize_cparams(cparams)
+    assert info.value.field == "cparams"
+
+
+def test_normalize_dparams():
+    assert normalize_dparams(None) == {"nthreads": 1}
+    assert normalize_dparams({"nthreads": 4}) == {"nthreads": 4}
+    assert normalize_dparams(blosc2.DParams(nthreads=3)) == {"nthreads": 3}
+    with pytest.raises(MetaValidationError, match="threads") as info:
+        normalize_dparams({"threads": 2})
+    assert info.value.field == "dparams"
+    with pytest.raises(MetaValidationError):
+        normalize_dparams({"nthreads": "2"})
+
+
+def test_blosc2_parameter_objects():
+    opts = resolve_storage(
+        (10, 10),
+        np.int16,
+        cparams={"codec": 5, "clevel": 3, "filters": [2]},
+        dparams={"nthreads": 2},
+    )
+    cp = opts.blosc2_cparams(np.int16)
+    assert isinstance(cp, blosc2.CParams)
+    assert cp.codec is blosc2.Codec.ZSTD
+    assert cp.clevel == 3
+    assert cp.typesize == 2
+    assert cp.filters == [blosc2.Filter.BITSHUFFLE]
+    dp = opts.blosc2_dparams()
+    assert isinstance(dp, blosc2.DParams) and dp.nthreads == 2
+    # the options object keeps plain values
+    assert opts.cparams == {"codec": 5, "clevel": 3, "filters": [2]}
+
+
+def test_storage_options_is_frozen():
+    opts = resolve_storage((10,), "f4")
+    assert isinstance(opts, StorageOptions)
+    with pytest.raises(AttributeError):
+        opts.chunk_size = (1,)
+
+
+def test_storage_request_keeps_layout():
+    request = StorageRequest(192, (8, 8), (4, 4), None, None, keep_layout=True)
+    opts = resolve_storage((16, 16), "f4", **request.as_kwargs())
+    assert opts.chunk_size == (8, 8) and opts.block_size == (4, 4) and opts.patch_size is None
+    assert StorageRequest().as_kwargs()["patch_size"] == "default"
+
+
+# ----------------------------------------------------------------------------- real blosc2
+
+BLOSC2_SAMPLES = [
+    ((512, 512, 20), np.float32, None, {}),
+    ((64, 80, 96), np.int16, None, {}),
+    ((48, 64, 64), np.uint8, None, {}),
+    ((3, 40, 50, 60), np.float64, [False, True, True, True], {}),
+    ((2, 3, 17, 33, 9), np.uint16, [False, False, True, True, True], {}),
+    ((1000,), np.int32, None, {"cparams": {"codec": 5, "filters": [2]}}),
+    ((7, 9), np.bool_, None, {"cparams": blosc2.CParams(codec=blosc2.Codec.LZ4, clevel=1)}),
+    ((100, 100), np.float32, None, {"patch_size": None, "chunk_size": 30, "block_size": 10}),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "mask", "kwargs"), BLOSC2_SAMPLES)
+def test_blosc2_accepts_the_layout(shape, dtype, mask, kwargs):
+    opts = resolve_storage(shape, dtype, mask, **kwargs)
+    arr = blosc2.empty(
+        shape,
+        dtype=dtype,
+        chunks=opts.chunk_size,
+        blocks=opts.block_size,
+        cparams=opts.blosc2_cparams(dtype),
+        dparams=opts.blosc2_dparams(),
+    )
+    assert arr.chunks == opts.chunk_size
+    assert arr.blocks == opts.block_size
+    assert arr.cparams.codec == blosc2.Codec(opts.cparams["codec"])
+    assert arr.cparams.clevel == opts.cparams["clevel"]
+
+
+def test_blosc2_round_trip_with_resolved_options():
+    data = np.random.default_rng(0).integers(-1000, 1000, (30, 41, 52)).astype(np.int16)
+    opts = resolve_storage(data.shape, data.dtype)
+    arr = blosc2.asarray(
+        data,
+        chunks=opts.chunk_size,
+        blocks=opts.block_size,
+        cparams=opts.blosc2_cparams(data.dtype),
+        dparams=opts.blosc2_dparams(),
+    )
+    np.testing.assert_array_equal(arr[...], data)

@@ -1,0 +1,312 @@
+"""Streaming statistics of :mod:`mlarray.stats` against numpy."""
+
+from __future__ import annotations
+
+import math
+
+import blosc2
+import numpy as np
+import pytest
+
+import mlarray.stats
+from mlarray.errors import MetaValidationError
+from mlarray.stats import STAT_KEYS, compute_stats
+
+RTOL = 1e-6
+
+
+class RecordingArray:
+    """A numpy array behind ``__getitem__`` that records every read."""
+
+    def __init__(self, data: np.ndarray, chunks=None):
+        self._data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        if chunks is not None:
+            self.chunks = chunks
+        self.largest_read = 0
+        self.elements_read = 0
+        self.reads = 0
+
+    def __getitem__(self, index):
+        out = np.array(self._data[index])  # a copy, as a decompressing reader returns
+        self.largest_read = max(self.largest_read, out.size)
+        self.elements_read += out.size
+        self.reads += 1
+        return out
+
+
+def numpy_stats(data: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> dict:
+    """The same statistics computed in memory by numpy, NaNs ignored."""
+    values = data.astype(np.float64).ravel()
+    values = values[~np.isnan(values)]
+    pmin = np.percentile(values, lo)
+    pmax = np.percentile(values, hi)
+    sub = values[(values >= pmin) & (values <= pmax)]
+    return {
+        "min": values.min(),
+        "max": values.max(),
+        "mean": values.mean(),
+        "median": np.median(values),
+        "std": values.std(),
+        "percentile_min": pmin,
+        "percentile_max": pmax,
+        "percentile_mean": sub.mean(),
+        "percentile_median": np.median(sub),
+        "percentile_std": sub.std(),
+        "percentile_min_key": lo,
+        "percentile_max_key": hi,
+    }
+
+
+def assert_stats_close(got: dict, expected: dict, rtol: float = RTOL) -> None:
+    assert set(got) == set(STAT_KEYS)
+    for key in STAT_KEYS:
+        assert type(got[key]) is float, key
+        scale = max(abs(expected["max"]), abs(expected["min"]), 1e-30)
+        assert math.isclose(got[key], expected[key], rel_tol=rtol, abs_tol=rtol * scale * 1e-3), (
+            key,
+            got[key],
+            expected[key],
+        )
+
+
+def random_volume(rng: np.random.Generator, dtype, shape) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return (rng.standard_normal(shape) * 300 + 40).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.3
+    info = np.iinfo(dtype)
+    lo, hi = max(info.min, -3000), min(info.max, 3000)
+    return rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- against numpy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint8"])
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_numpy_on_random_volumes(dtype, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(1, 40, 3))
+    data = random_volume(rng, dtype, shape)
+    chunk = tuple(int(rng.integers(1, n + 1)) for n in shape)
+    got = compute_stats(data, chunk_shape=chunk)
+    assert_stats_close(got, numpy_stats(data))
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint16",
+        "uint32",
+        "uint64",
+    ],
+)
+def test_matches_numpy_for_every_dtype(dtype):
+    rng = np.random.default_rng(1)
+    data = random_volume(rng, dtype, (17, 23, 29))
+    got = compute_stats(data, chunk_shape=(5, 8, 13))
+    assert_stats_close(got, numpy_stats(data))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint8", "int32", "int64"])
+def test_integer_order_statistics_are_exact(dtype):
+    rng = np.random.default_rng(2)
+    data = random_volume(rng, dtype, (31, 37))
+    got = compute_stats(data, chunk_shape=(4, 5), percentiles=(2.5, 97.5))
+    values = data.astype(np.float64)
+    assert got["median"] == np.median(values)
+    assert got["percentile_min"] == np.percentile(values, 2.5)
+    assert got["percentile_max"] == np.percentile(values, 97.5)
+    assert got["min"] == values.min() and got["max"] == values.max()
+
+
+def test_wide_integer_ranges_are_refined_exactly():
+    rng = np.random.default_rng(3)
+    wide32 = rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 5000, dtype=np.int32)
+    got = compute_stats(wide32, chunk_shape=(700,))
+    assert got["median"] == np.median(wide32.astype(np.float64))
+    assert got["percentile_max"] == np.percentile(wide32.astype(np.float64), 99.5)
+    wide64 = rng.integers(-(2**62), 2**62, 5000, dtype=np.int64)
+    got = compute_stats(wide64, chunk_shape=(999,))
+    assert got["min"] == float(wide64.min())
+    assert got["median"] == np.median(wide64.astype(np.float64))
+    # beyond 2**53 neighbouring int64 values share a float64: no crash, close results
+    huge = 2**60 + rng.integers(0, 5000, 3000, dtype=np.int64)
+    got = compute_stats(huge, chunk_shape=(256,))
+    assert_stats_close(got, numpy_stats(huge), rtol=1e-12)
+
+
+def test_floats_across_many_magnitudes():
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal(20000) * 10.0 ** rng.integers(-30, 30, 20000)
+    got = compute_stats(data, chunk_shape=(1500,))
+    expected = numpy_stats(data)
+    for key in ("min", "max", "median", "percentile_min", "percentile_max", "percentile_median"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "uint64"])
+def test_histogram_refinement_without_collecting(dtype, monkeypatch):
+    """Narrow by histograms down to single keys, never collecting candidates."""
+    rng = np.random.default_rng(13)
+    data = random_volume(rng, dtype, (21, 22, 23))
+    if dtype == "float64":
+        data = data * 10.0 ** rng.integers(-20, 20, data.shape)
+    collected = compute_stats(data, chunk_shape=(8, 8, 8))
+    monkeypatch.setattr(mlarray.stats, "_COLLECT_LIMIT", 0)
+    wrapped = RecordingArray(data)
+    refined = compute_stats(wrapped, chunk_shape=(8, 8, 8))
+    assert refined == collected
+    assert_stats_close(refined, numpy_stats(data))
+    assert wrapped.elements_read >= 3 * data.size
+
+
+def test_float32_order_statistics_within_one_ulp_of_numpy():
+    data = np.random.default_rng(5).random((64, 64)).astype(np.float32)
+    got = compute_stats(data, chunk_shape=(7, 64), percentiles=(1, 99))
+    for key, q in (("percentile_min", 1), ("percentile_max", 99), ("median", 50)):
+        assert abs(got[key] - float(np.percentile(data, q))) <= np.spacing(np.float32(got[key]))
+
+
+def test_percentile_bounds_and_custom_keys():
+    data = np.arange(101, dtype=np.int16)
+    got = compute_stats(data, percentiles=(0, 100))
+    assert got["percentile_min"] == 0 and got["percentile_max"] == 100
+    assert got["percentile_mean"] == got["mean"] == 50
+    assert got["percentile_min_key"] == 0.0 and got["percentile_max_key"] == 100.0
+    got = compute_stats(data, percentiles=(10, 10))
+    assert got["percentile_min"] == got["percentile_max"] == got["percentile_median"] == 10
+
+
+# ----------------------------------------------------------------------------- special inputs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_nans_are_ignored(dtype):
+    rng = np.random.default_rng(6)
+    data = random_volume(rng, dtype, (20, 30))
+    data[rng.random(data.shape) < 0.2] = np.nan
+    got = compute_stats(data, chunk_shape=(3, 7))
+    assert_stats_close(got, numpy_stats(data))
+    assert got["median"] == pytest.approx(float(np.nanmedian(data.astype(np.float64))), rel=RTOL)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint8", "bool"])
+def test_constant_volume(dtype):
+    data = np.full((9, 10, 11), 1 if dtype == "bool" else 7, dtype=dtype)
+    got = compute_stats(data, chunk_shape=(4, 4, 4))
+    value = 1.0 if dtype == "bool" else 7.0
+    for key in ("min", "max", "mean", "median", "percentile_min", "percentile_max"):
+        assert got[key] == value, key
+    assert got["percentile_mean"] == got["percentile_median"] == value
+    assert got["std"] == got["percentile_std"] == 0.0
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0, 4), (0, 0)])
+def test_empty_array_gives_all_none(shape):
+    got = compute_stats(np.zeros(shape, dtype=np.float32))
+    assert got == dict.fromkeys(STAT_KEYS)
+
+
+def test_all_nan_gives_all_none():
+    got = compute_stats(np.full((4, 5), np.nan))
+    assert got == dict.fromkeys(STAT_KEYS)
+
+
+def test_bool_counts_as_uint8():
+    data = np.random.default_rng(7).random((40, 40)) < 0.25
+    got = compute_stats(data, chunk_shape=(8, 8))
+    assert_stats_close(got, numpy_stats(data.astype(np.uint8)))
+
+
+def test_zero_dimensional_array():
+    got = compute_stats(np.array(3.5, dtype=np.float32))
+    assert got["min"] == got["max"] == got["median"] == got["percentile_median"] == 3.5
+    assert got["std"] == 0.0
+
+
+def test_non_native_byte_order():
+    data = np.random.default_rng(8).integers(-500, 500, (30, 30)).astype(">i4")
+    assert_stats_close(compute_stats(data, chunk_shape=(7, 7)), numpy_stats(data))
+
+
+def test_infinities_are_values():
+    data = np.array([1.0, 2.0, np.inf, -np.inf, 3.0, np.nan])
+    got = compute_stats(data, chunk_shape=(2,))
+    assert got["min"] == -np.inf and got["max"] == np.inf
+    assert got["median"] == 2.0
+
+
+def test_blosc2_ndarray_uses_its_chunks():
+    data = random_volume(np.random.default_rng(9), "int16", (40, 50, 60))
+    arr = blosc2.asarray(data, chunks=(16, 20, 30), blocks=(8, 10, 10))
+    assert_stats_close(compute_stats(arr), numpy_stats(data))
+
+
+@pytest.mark.parametrize(
+    "percentiles", [(99.5, 0.5), (-1, 50), (50, 101), (1,), (1, 2, 3), "ab", None]
+)
+def test_bad_percentiles(percentiles):
+    with pytest.raises(MetaValidationError) as info:
+        compute_stats(np.arange(10), percentiles=percentiles)
+    assert info.value.field == "percentiles"
+
+
+@pytest.mark.parametrize("chunk_shape", [(2,), (2, 0), (2, "x")])
+def test_bad_chunk_shape(chunk_shape):
+    with pytest.raises(MetaValidationError) as info:
+        compute_stats(np.zeros((4, 4)), chunk_shape=chunk_shape)
+    assert info.value.field == "chunk_shape"
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "U3", "O"])
+def test_unordered_dtypes_are_rejected(dtype):
+    with pytest.raises(MetaValidationError):
+        compute_stats(np.zeros(4, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16", "int64"])
+def test_never_reads_more_than_one_chunk(dtype):
+    data = random_volume(np.random.default_rng(10), dtype, (30, 40, 50))
+    wrapped = RecordingArray(data)
+    chunk = (7, 9, 50)
+    got = compute_stats(wrapped, chunk_shape=chunk)
+    assert 0 < wrapped.largest_read <= math.prod(chunk)
+    if np.dtype(dtype).itemsize > 2:
+        assert wrapped.elements_read >= 2 * data.size  # several streaming passes
+    assert_stats_close(got, numpy_stats(data))
+
+
+def test_uses_the_array_chunks_attribute():
+    data = random_volume(np.random.default_rng(11), "float32", (20, 30, 40))
+    wrapped = RecordingArray(data, chunks=(5, 6, 7))
+    compute_stats(wrapped)
+    assert wrapped.largest_read <= 5 * 6 * 7
+
+
+def test_default_slabs_along_axis_0():
+    data = np.zeros((40, 256, 512), dtype=np.uint8)  # 5 MiB: 16 rows per 2**21 elements
+    wrapped = RecordingArray(data)
+    compute_stats(wrapped)
+    assert wrapped.largest_read == 16 * 256 * 512
+    assert wrapped.reads == 3
+
+
+def test_small_types_need_a_single_pass():
+    data = random_volume(np.random.default_rng(12), "int16", (25, 35, 45))
+    wrapped = RecordingArray(data)
+    compute_stats(wrapped, chunk_shape=(10, 10, 10))
+    assert wrapped.elements_read == data.size
