@@ -462,3 +462,10 @@ def test_resave_with_same_layout_copies_compressed_chunks(tmp_path):
     c = blosc2.open(str(tmp_path / "c.mla"))
     assert int(c.schunk.cparams.codec.value) == 1
     np.testing.assert_array_equal(c[...], data)
+
+
+def test_open_decompresses_with_the_stored_dparams_unless_given(tmp_path):
+    p = tmp_path / "d.mla"
+    MLArray(np.zeros((8, 8)), dparams={"nthreads": 1}).save(p)
+    assert MLArray.open(p)._store.schunk.dparams.nthreads == 1
+    assert MLArray.open(p, dparams={"nthreads": 2})._store.schunk.dparams.nthreads == 2

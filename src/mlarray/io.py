@@ -28,7 +28,7 @@ from mlarray.errors import (
     MLArrayFileNotFoundError,
     MLArrayFormatError,
 )
-from mlarray.layout import StorageOptions, resolve_storage
+from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2
 from mlarray.record import decode_record, encode_record, meta_from_record, record_from_meta
 
@@ -128,7 +128,13 @@ def open_store(
         ) from None
     if not isinstance(store, blosc2.NDArray):
         raise MLArrayFormatError(p, f"holds a {type(store).__name__}, not a b2nd NDArray")
-    return store, _meta_of(store, p)
+    meta = _meta_of(store, p)
+    if not dparams and meta.blosc2.dparams:
+        # Decompress as the writer asked (the default is one thread: the nnU-Net case of
+        # one reading process per core). Unusable stored values are simply not applied.
+        with contextlib.suppress(MLArrayError, TypeError, ValueError):
+            store.schunk.dparams = blosc2.DParams(**normalize_dparams(meta.blosc2.dparams))
+    return store, meta
 
 
 def _meta_of(store: blosc2.NDArray, path: Any) -> Meta:
