@@ -278,3 +278,17 @@ def test_meta_is_validated_against_the_array():
     m = Meta(spatial={"axis_labels": ["spatial", "spatial"]})
     with pytest.raises(MetaValidationError, match="axis_labels"):
         MLArray(np.zeros((2, 2, 2)), meta=m)
+
+
+def test_import_mlarray_pulls_in_neither_napari_nor_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mlarray, mlarray.meta, mlarray.mlarray\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy')]\n"
+        "print(bad)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
