@@ -333,13 +333,18 @@ def _same_encoding(src: Any, dtype: np.dtype, opts: StorageOptions, cparams: Any
         return False
     have = src.schunk.cparams
     return all(
-        _enum_value(getattr(have, f)) == _enum_value(getattr(cparams, f)) for f in _ENCODING_FIELDS
+        _encoding_value(getattr(have, f)) == _encoding_value(getattr(cparams, f))
+        for f in _ENCODING_FIELDS
     )
 
 
-def _enum_value(v: Any) -> Any:
+_MAX_FILTERS = 6  # Blosc2's filter pipeline; shorter lists are padded with NOFILTER / 0
+
+
+def _encoding_value(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
-        return [_enum_value(x) for x in v]
+        values = [_encoding_value(x) for x in v]
+        return values + [0] * (_MAX_FILTERS - len(values))
     return getattr(v, "value", v)
 
 

@@ -1,4 +1,9 @@
-"""Orientation math for the napari mapping: pure N-d numpy, no napari import.
+"""How a record's stored axes are shown in napari: pure N-d numpy, no napari import.
+
+:func:`orientation_for` decides the view order and the napari world frame of a
+record; :func:`napari_transforms` turns that into napari's
+``scale``/``translate``/``rotate``/``shear``, and :func:`layer_matrix` reads
+such keywords back into one data-to-world matrix.
 
 Vocabulary
 ----------
@@ -20,10 +25,15 @@ view order
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from napari_mlarray._record_defaults import normalized_record
 
 __all__ = [
     "SPATIAL_LABELS",
+    "Orientation",
     "affine_from_layer",
     "affine_from_record_spatial",
     "axis_world_map",
@@ -31,13 +41,18 @@ __all__ = [
     "display_frame",
     "expand_upper_triangular",
     "is_spatial_label",
+    "layer_matrix",
+    "napari_transforms",
+    "orientation_for",
     "parse_coord_system",
+    "spatial_mask",
 ]
 
 SPATIAL_LABELS = ("spatial", "spatial_x", "spatial_y", "spatial_z")
 
 # anatomical letter -> (LPS axis, sign of that letter's direction along it)
 _LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+_XYZ_RANK = {"spatial_z": 0, "spatial_y": 1, "spatial_x": 2}
 
 
 def is_spatial_label(label: object) -> bool:
@@ -86,7 +101,7 @@ def display_frame(coord_system: str | None, n: int) -> np.ndarray | None:
     numpy.ndarray or None
         ``(n, n)`` matrix, or ``None`` when ``coord_system`` is not a known
         anatomical code (then the caller chooses the order, see
-        :func:`napari_mlarray._mapping.orientation_for`).
+        :func:`orientation_for`).
     """
     parsed = parse_coord_system(coord_system)
     if parsed is None:
@@ -283,3 +298,176 @@ def affine_from_layer(
         full[:ndim, :ndim] = outer
         outer = full
     return outer @ inner
+
+
+def layer_matrix(meta: dict, ndim: int) -> np.ndarray:
+    """:func:`affine_from_layer` of the transform keywords in a layer's ``meta`` dict.
+
+    Parameters
+    ----------
+    meta : dict
+        ``layer.as_layer_data_tuple()[1]``, or any dict with some of
+        ``scale``, ``translate``, ``rotate``, ``shear``, ``affine``.
+    ndim : int
+        Layer dimensionality.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    return affine_from_layer(
+        ndim,
+        scale=meta.get("scale"),
+        translate=meta.get("translate"),
+        rotate=meta.get("rotate"),
+        shear=meta.get("shear"),
+        affine=meta.get("affine"),
+    )
+
+
+def _geometry_length(spatial: dict) -> int | None:
+    for key in ("spacing", "origin"):
+        if spatial.get(key) is not None:
+            return len(spatial[key])
+    if spatial.get("direction") is not None:
+        return len(spatial["direction"])
+    if spatial.get("affine") is not None:
+        return len(spatial["affine"]) - 1
+    return None
+
+
+def spatial_mask(record: dict, ndim: int) -> list[bool]:
+    """Which of the ``ndim`` stored axes are spatial (FORMAT.md §4).
+
+    Parameters
+    ----------
+    record, ndim
+        As in :func:`orientation_for`.
+
+    Returns
+    -------
+    list of bool
+    """
+    spatial = normalized_record(record)["spatial"]
+    labels = spatial["axis_labels"]
+    if labels is not None:
+        if len(labels) != ndim:
+            raise ValueError(f"spatial.axis_labels has {len(labels)} entries for {ndim} axes")
+        return [is_spatial_label(label) for label in labels]
+    n = _geometry_length(spatial)
+    if n is not None and n < ndim:  # geometry for the trailing axes only
+        return [a >= ndim - n for a in range(ndim)]
+    return [True] * ndim
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How stored axes are shown in napari.
+
+    Attributes
+    ----------
+    perm : tuple of int
+        View axis ``k`` is stored axis ``perm[k]`` (non-spatial axes first).
+    spatial : tuple of bool
+        Per stored axis.
+    frame : numpy.ndarray
+        ``D``: napari world (spatial part) ``= D @ file world``.
+    frame_source : str
+        ``"coord_system"``, ``"axis_labels"`` or ``"stored"`` (what decided it).
+    affine : numpy.ndarray
+        The record's ``(n+1, n+1)`` spatial affine in the file world.
+    """
+
+    perm: tuple[int, ...]
+    spatial: tuple[bool, ...]
+    frame: np.ndarray
+    frame_source: str
+    affine: np.ndarray
+
+    @property
+    def n_spatial(self) -> int:
+        """Number of spatial axes."""
+        return int(sum(self.spatial))
+
+    @property
+    def spatial_order(self) -> list[int]:
+        """Stored spatial-axis indices (0..n-1 among spatial axes) in napari order."""
+        sp = [a for a, s in enumerate(self.spatial) if s]
+        return [sp.index(a) for a in self.perm if self.spatial[a]]
+
+
+def orientation_for(record: dict, ndim: int) -> Orientation:
+    """Decide the view order and napari world frame for a record with ``ndim`` axes.
+
+    With an anatomical ``coord_system`` the napari world is LPS reversed
+    (``z, y, x``), and each data axis goes to the world axis it runs along most.
+    Without one, ``spatial_x/y/z`` labels order the axes ``z, y, x``; with
+    neither the stored order is kept (FORMAT.md §4). Non-spatial axes lead.
+
+    Parameters
+    ----------
+    record : dict
+        The ``.mla`` record.
+    ndim : int
+        Number of stored axes.
+
+    Returns
+    -------
+    Orientation
+    """
+    rec = normalized_record(record)
+    spatial = rec["spatial"]
+    mask = spatial_mask(rec, ndim)
+    sp_axes = [a for a in range(ndim) if mask[a]]
+    n = len(sp_axes)
+    affine = affine_from_record_spatial(spatial, n)
+    linear = affine[:n, :n]
+    D = display_frame(spatial["coord_system"], n) if n else np.eye(0)
+    if D is not None:
+        world = axis_world_map(D @ linear) if n else []
+        order = sorted(range(n), key=lambda j: world[j])
+        source = "coord_system"
+    else:
+        world = axis_world_map(linear) if n else []
+        labels = spatial["axis_labels"]
+        names = [labels[a] for a in sp_axes] if labels is not None else []
+        if names and all(x in _XYZ_RANK for x in names) and len(set(names)) == n:
+            order = sorted(range(n), key=lambda j: _XYZ_RANK[names[j]])
+            source = "axis_labels"
+        else:
+            order = list(range(n))
+            source = "stored"
+        D = np.zeros((n, n))
+        for k, j in enumerate(order):
+            D[k, world[j]] = 1.0
+    perm = tuple([a for a in range(ndim) if not mask[a]] + [sp_axes[j] for j in order])
+    return Orientation(perm, tuple(mask), D, source, affine)
+
+
+def napari_transforms(orient: Orientation, ndim: int) -> dict:
+    """napari ``scale``/``translate``/``rotate``/``shear`` of an orientation (view order).
+
+    Parameters
+    ----------
+    orient : Orientation
+        From :func:`orientation_for`.
+    ndim : int
+        Number of axes (all of them, spatial or not).
+
+    Returns
+    -------
+    dict
+        One entry per keyword; non-spatial axes get the identity.
+    """
+    n = orient.n_spatial
+    k0 = ndim - n
+    scale, translate = np.ones(ndim), np.zeros(ndim)
+    rotate, shear = np.eye(ndim), np.eye(ndim)
+    if n:
+        M = orient.frame @ orient.affine[:n, :n]
+        rot, sh, sc = decompose_linear(M[:, orient.spatial_order])
+        scale[k0:] = sc
+        translate[k0:] = orient.frame @ orient.affine[:n, n]
+        rotate[k0:, k0:] = rot
+        shear[k0:, k0:] = sh
+    return {"scale": scale, "translate": translate, "rotate": rotate, "shear": shear}

@@ -1,4 +1,7 @@
-"""npe2 reader for ``.mla`` files: thin glue over :mod:`napari_mlarray._mapping`.
+"""npe2 reader for ``.mla`` files: thin glue over the pure mapping modules.
+
+Image/labels layers: :mod:`napari_mlarray._mapping`; boxes (Shapes layers):
+:mod:`napari_mlarray._boxes`.
 
 Images stay lazy (a :class:`~napari_mlarray._lazy.LazyView` transpose of the
 memory-mapped ``MLArray``). Label maps are read once into numpy, chunk by
@@ -14,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_mlarray import _mapping
+from napari_mlarray._boxes import shapes_layer_data
 from napari_mlarray._lazy import LazyView
+from napari_mlarray._orientation import orientation_for
 
 __all__ = ["get_reader", "read_mla"]
 
@@ -95,7 +100,7 @@ def _read_one(path: str) -> list[tuple]:
     has_array = bool(record["_has_array"]["has_array"]) and arr.shape is not None
     ndim = arr.ndim if has_array else None
     if has_array:
-        view = LazyView(arr, perm=_mapping.orientation_for(record, ndim).perm)
+        view = LazyView(arr, perm=orientation_for(record, ndim).perm)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
         labels = _labels_data(view, record) if _is_seg(record) else None
         if labels is not None:
@@ -111,7 +116,7 @@ def _read_one(path: str) -> list[tuple]:
             if channel is not None:
                 skip = (view.perm[channel],)
             layers.append((view, kw, "image"))
-    shapes = _mapping.shapes_layer_data(
+    shapes = shapes_layer_data(
         record, ndim, name=f"{name} boxes", path=path, skip_axes=skip, unit_ok=_unit_ok
     )
     if shapes is not None:

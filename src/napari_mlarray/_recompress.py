@@ -119,6 +119,23 @@ def _nbytes(shape, dtype) -> int:
     return int(math.prod(int(s) for s in shape)) * np.dtype(dtype).itemsize
 
 
+def _timed_write(
+    write: Callable[[], str | os.PathLike], *, nbytes: int, before_bytes: int, before_on_disk: bool
+) -> RecompressResult:
+    """Run ``write()`` (which returns the written path) and measure the file it wrote."""
+    start = time.perf_counter()
+    written = Path(write())
+    seconds = time.perf_counter() - start
+    return RecompressResult(
+        path=written,
+        nbytes=nbytes,
+        before_bytes=before_bytes,
+        before_on_disk=before_on_disk,
+        after_bytes=written.stat().st_size,
+        seconds=seconds,
+    )
+
+
 def recompress_file(
     src: str | os.PathLike,
     dst: str | os.PathLike | None = None,
@@ -159,17 +176,11 @@ def recompress_file(
     arr = MLArray.open(src)
     has_array = arr.shape is not None
     nbytes = _nbytes(arr.shape, arr.dtype) if has_array else 0
-    start = time.perf_counter()
-    written = save_mla(dst, arr if has_array else None, arr.meta, **storage, progress=progress)
-    seconds = time.perf_counter() - start
-    written = Path(written)
-    return RecompressResult(
-        path=written,
+    return _timed_write(
+        lambda: save_mla(dst, arr if has_array else None, arr.meta, **storage, progress=progress),
         nbytes=nbytes,
         before_bytes=before,
         before_on_disk=True,
-        after_bytes=written.stat().st_size,
-        seconds=seconds,
     )
 
 
@@ -241,20 +252,14 @@ def recompress_layer(
         before, on_disk = Path(source_path).stat().st_size, True
     else:
         before, on_disk = nbytes, False
-    start = time.perf_counter()
-    paths = save_layers(os.fspath(dst), [layer_data], storage=storage, progress=progress)
-    seconds = time.perf_counter() - start
-    if not paths:
-        raise RuntimeError(f"{os.fspath(dst)}: the writer wrote nothing")
-    written = Path(paths[0])
-    return RecompressResult(
-        path=written,
-        nbytes=nbytes,
-        before_bytes=before,
-        before_on_disk=on_disk,
-        after_bytes=written.stat().st_size,
-        seconds=seconds,
-    )
+
+    def write() -> str:
+        paths = save_layers(os.fspath(dst), [layer_data], storage=storage, progress=progress)
+        if not paths:
+            raise RuntimeError(f"{os.fspath(dst)}: the writer wrote nothing")
+        return paths[0]
+
+    return _timed_write(write, nbytes=nbytes, before_bytes=before, before_on_disk=on_disk)
 
 
 def iter_progress(

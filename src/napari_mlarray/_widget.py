@@ -118,19 +118,22 @@ class RecompressWidget(Container):
         self.status.native.setWordWrap(True)
         for label in (self.current, self.resulting):
             label.tooltip = "size, and compression ratio (uncompressed size / size)"
+        setting_widgets = (
+            self.codec,
+            self.clevel,
+            self.filter,
+            self.layout_mode,
+            self.patch_size,
+            self.chunk_size,
+            self.block_size,
+        )
         self.extend(
             [
                 self.source,
                 self.layer,
                 self.source_file,
                 self.preset,
-                self.codec,
-                self.clevel,
-                self.filter,
-                self.layout_mode,
-                self.patch_size,
-                self.chunk_size,
-                self.block_size,
+                *setting_widgets,
                 self.output,
                 self.in_place,
                 self.run_button,
@@ -147,15 +150,7 @@ class RecompressWidget(Container):
         self.preset.value = preset
 
         self.preset.changed.connect(self._on_preset)
-        for widget in (
-            self.codec,
-            self.clevel,
-            self.filter,
-            self.layout_mode,
-            self.patch_size,
-            self.chunk_size,
-            self.block_size,
-        ):
+        for widget in setting_widgets:
             widget.changed.connect(self._on_manual_change)
         self.layout_mode.changed.connect(self._update_visibility)
         self.source.changed.connect(self._on_source_changed)

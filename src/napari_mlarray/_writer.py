@@ -1,4 +1,7 @@
-"""npe2 writers for ``.mla`` files: thin glue over :mod:`napari_mlarray._mapping`.
+"""npe2 writers for ``.mla`` files: thin glue over the pure mapping modules.
+
+Image/labels layers: :mod:`napari_mlarray._mapping`; boxes (Shapes layers):
+:mod:`napari_mlarray._boxes`.
 
 The layer data goes to :func:`mlarray.io.save_mla` as it is, or as a lazy
 transpose back into the stored axis order: a lazily opened image streams
@@ -15,7 +18,11 @@ from typing import Any
 import numpy as np
 
 from napari_mlarray import _mapping
+from napari_mlarray._boxes import boxes_from_shapes
+from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
+from napari_mlarray._orientation import layer_matrix
+from napari_mlarray._record_defaults import default_record
 
 __all__ = ["save_layers", "write_layers", "write_single_image", "write_single_labels"]
 
@@ -87,12 +94,12 @@ def save_layers(
             target = {
                 "axes": _layer_axes(undo),
                 "shape": out.shape,
-                "matrix": _mapping._layer_matrix(meta, data.ndim),
-                "path": ((meta.get("metadata") or {}).get(_mapping.KEY) or {}).get("path"),
+                "matrix": layer_matrix(meta, data.ndim),
+                "path": ((meta.get("metadata") or {}).get(KEY) or {}).get("path"),
             }
-            record["bbox"], _ = _mapping.boxes_from_shapes(shapes, target=target)
+            record["bbox"], _ = boxes_from_shapes(shapes, target=target)
     else:
-        bbox, record = _mapping.boxes_from_shapes(shapes)
+        bbox, record = boxes_from_shapes(shapes)
         if record is None:  # Shapes made in napari: geometry from the layer itself
             _, m = shapes[0]
             ndim = int(m.get("ndim") or 2)
@@ -101,7 +108,7 @@ def save_layers(
         record["_has_array"] = {"has_array": False}
         record["spatial"]["shape"] = None
         record["is_seg"] = {"is_seg": None}
-        record["stats"] = _mapping.default_record()["stats"]
+        record["stats"] = default_record()["stats"]
         out = None
     if out is not None and not storage:
         storage = _stored_layout(record, out.shape)

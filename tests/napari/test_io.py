@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_mlarray import _mapping
+from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._reader import get_reader, read_mla
 from napari_mlarray._writer import save_layers
@@ -171,7 +171,7 @@ def test_ras_xyz_file_is_transposed_lazily_and_saved_back_in_its_order(tmp_path,
     assert np.allclose(kw["scale"], [2.5, 0.8, 0.7])  # RAS with x, y negated is plain LPS
     assert kw["axis_labels"] == ["spatial_z", "spatial_y", "spatial_x"]
     assert kw["units"] == ["mm", "mm", "mm"]
-    meta = kw["metadata"][_mapping.KEY]
+    meta = kw["metadata"][KEY]
     assert meta["perm"] == [2, 1, 0] and meta["record"]["spatial"]["coord_system"] == "RAS"
     out = tmp_path / "ras2.mla"
     save_layers(out, [(view, as_layer_meta(kw), "image")])

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 
 from napari_mlarray import _mapping
+from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
 from napari_mlarray._orientation import (
     affine_from_layer,
     affine_from_record_spatial,
     decompose_linear,
     display_frame,
+    orientation_for,
     parse_coord_system,
 )
+from napari_mlarray._record_defaults import default_record
 
 SPATIAL_NAMES = {
     1: ["spatial_x"],
@@ -65,7 +68,7 @@ def make_record(
     labels=None,
     scores=None,
 ):
-    rec = _mapping.default_record()
+    rec = default_record()
     sp = rec["spatial"]
     if affine_form:
         n = len(spacing)
@@ -143,7 +146,7 @@ def test_record_layer_record_roundtrip_and_world(n, extra, cs, reflect, affine_f
         shape=[4] * ndim,
     )
     kw = _mapping.image_layer_kwargs(rec, ndim, name="x", contrast_limits=(0, 1))
-    orient = _mapping.orientation_for(rec, ndim)
+    orient = orientation_for(rec, ndim)
     perm = orient.perm
     assert sorted(perm) == list(range(ndim))
     if extra:
@@ -221,7 +224,7 @@ def test_lps_zyx_and_ras_xyz_show_the_same_anatomy(n):
             axis_labels=SPATIAL_NAMES[n] if name == "lps" else SPATIAL_NAMES[n][::-1],
         )
     kws = {k: _mapping.image_layer_kwargs(r, n, name=k) for k, r in recs.items()}
-    perms = {k: _mapping.orientation_for(r, n).perm for k, r in recs.items()}
+    perms = {k: orientation_for(r, n).perm for k, r in recs.items()}
     assert perms["lps"] == tuple(range(n))  # z, y, x LPS: shown as stored
     assert perms["ras"] == tuple(range(n))[::-1]  # x, y, z RAS: transposed lazily
     for _ in range(10):
@@ -246,9 +249,9 @@ def test_no_coord_system_uses_axis_labels_then_stored_order():
         direction=eye,
         axis_labels=["spatial_x", "spatial_y", "spatial_z"],
     )
-    assert _mapping.orientation_for(rec, 3).perm == (2, 1, 0)
+    assert orientation_for(rec, 3).perm == (2, 1, 0)
     rec["spatial"]["axis_labels"] = None
-    assert _mapping.orientation_for(rec, 3).perm == (0, 1, 2)
+    assert orientation_for(rec, 3).perm == (0, 1, 2)
     kw = _mapping.image_layer_kwargs(rec, 3, name="x")
     assert np.allclose(kw["scale"], [1, 2, 3])
     assert np.allclose(kw["rotate"], eye) and np.allclose(kw["shear"], eye)
@@ -270,14 +273,14 @@ def test_orthogonal_direction_gives_exact_identity_residual():
 
 def test_sheared_affine_roundtrips():
     A = np.array([[1.0, 0.3, 0, 5], [0, 2.0, 0.2, 6], [0, 0, 3.0, 7], [0, 0, 0, 1]])
-    rec = _mapping.default_record()
+    rec = default_record()
     rec["spatial"]["affine"] = A.tolist()
     rec["spatial"]["coord_system"] = "LPS"
     kw = _mapping.image_layer_kwargs(rec, 3, name="x")
     assert not np.allclose(kw["shear"], np.eye(3))
     T = napari_matrix(kw, 3)
     for idx in itertools.product((0, 3), repeat=3):
-        view = np.array(idx, float)[list(_mapping.orientation_for(rec, 3).perm)]
+        view = np.array(idx, float)[list(orientation_for(rec, 3).perm)]
         assert np.allclose(
             T @ np.r_[view, 1], np.r_[expected_frame("LPS", 3) @ (A @ np.r_[idx, 1])[:3], 1]
         )
@@ -331,7 +334,7 @@ def test_channel_axis_for_images_and_writer_reinserts_it():
         shape=[5, 3, 6, 7],
     )
     kw = _mapping.image_layer_kwargs(rec, 4, name="img", contrast_limits=(0, 10))
-    perm = _mapping.orientation_for(rec, 4).perm
+    perm = orientation_for(rec, 4).perm
     assert perm == (1, 3, 2, 0)
     assert kw["channel_axis"] == 0
     assert len(kw["metadata"]) == 3 and len(kw["scale"]) == 3 and len(kw["name"]) == 3
@@ -371,13 +374,13 @@ def test_new_layer_without_metadata_gets_geometry_from_transforms():
     assert rec["spatial"]["axis_labels"] is None
     assert rec["spatial"]["axis_units"] == ["mm", "mm", "mm"]
     kw = _mapping.labels_layer_kwargs(rec, 3, name="x")
-    assert _mapping.orientation_for(rec, 3).perm == (0, 1, 2)
+    assert orientation_for(rec, 3).perm == (0, 1, 2)
     assert np.allclose(napari_matrix(kw, 3), napari_matrix(meta, 3))
-    assert set(rec) == set(_mapping.default_record())
+    assert set(rec) == set(default_record())
 
 
 def test_stats_window_and_sample_limits():
-    rec = _mapping.default_record()
+    rec = default_record()
     assert _mapping.contrast_limits_from_stats(rec) is None
     rec["stats"].update(min=-1024, max=3000, percentile_min=-1000.0, percentile_max=1500.0)
     assert _mapping.contrast_limits_from_stats(rec) == (-1000.0, 1500.0)
@@ -423,18 +426,18 @@ def test_boxes_shapes_boxes(ndim):
         scores=scores,
         shape=[20] * ndim,
     )
-    data, kw = _mapping.shapes_layer_data(rec, ndim, name="b")
+    data, kw = shapes_layer_data(rec, ndim, name="b")
     assert kw["shape_type"] == "rectangle"
     n_rect = sum(
         math.prod(math.ceil(b[a][1]) - math.floor(b[a][0]) for a in range(ndim - 2))
         if ndim > 2
         else 1
-        for b in [[b[p] for p in _mapping.orientation_for(rec, ndim).perm] for b in boxes]
+        for b in [[b[p] for p in orientation_for(rec, ndim).perm] for b in boxes]
     )
     assert len(data) == n_rect
     assert len(set(kw["features"]["label"])) == 4
     # unchanged shapes give back the stored boxes exactly
-    bbox, base = _mapping.boxes_from_shapes([(data, _shapes_meta(data, kw))])
+    bbox, base = boxes_from_shapes([(data, _shapes_meta(data, kw))])
     assert bbox == {"bboxes": boxes, "labels": labels, "scores": scores}
     assert base["bbox"]["bboxes"] == boxes
     # moving one box's rectangles by one voxel along the last displayed axis
@@ -443,8 +446,8 @@ def test_boxes_shapes_boxes(ndim):
     for i, b in enumerate(ids):
         if b == 1:
             moved[i][:, -1] += 1
-    bbox2, _ = _mapping.boxes_from_shapes([(moved, _shapes_meta(moved, kw))])
-    col_axis = _mapping.orientation_for(rec, ndim).perm[-1]
+    bbox2, _ = boxes_from_shapes([(moved, _shapes_meta(moved, kw))])
+    col_axis = orientation_for(rec, ndim).perm[-1]
     expect = copy.deepcopy(boxes[1])
     expect[col_axis] = [expect[col_axis][0] + 1, expect[col_axis][1] + 1]
     assert bbox2["bboxes"][1] == expect
@@ -461,9 +464,9 @@ def test_boxes_shapes_boxes(ndim):
     meta = _shapes_meta(data, kw)
     for key, default in (("box", -1), ("label", "new"), ("score", math.nan)):
         meta["features"][key] = [*meta["features"][key], default]
-    bbox3, _ = _mapping.boxes_from_shapes([([*data, new], meta)])
+    bbox3, _ = boxes_from_shapes([([*data, new], meta)])
     assert len(bbox3["bboxes"]) == 5
-    perm = _mapping.orientation_for(rec, ndim).perm
+    perm = orientation_for(rec, ndim).perm
     added = bbox3["bboxes"][4]
     view_box = [added[p] for p in perm]
     assert view_box[-2:] == [[3, 6], [4, 8]]
@@ -481,7 +484,7 @@ def test_box_edges_land_on_voxel_edges_in_world():
         shape=[10, 10, 10],
     )
     img = _mapping.image_layer_kwargs(rec, 3, name="i")
-    data, kw = _mapping.shapes_layer_data(rec, 3, name="b")
+    data, kw = shapes_layer_data(rec, 3, name="b")
     T_img, T_box = napari_matrix(img, 3), napari_matrix(kw, 3)
     assert np.allclose(T_img, T_box)
     assert len(data) == 2 and sorted(d[0, 0] for d in data) == [1, 2]
@@ -503,7 +506,7 @@ def test_spatial_only_boxes_on_a_time_series():
         bboxes=[[[0, 2], [1, 3], [2, 5]]],
         shape=[4, 5, 6, 7],
     )
-    data, kw = _mapping.shapes_layer_data(rec, 4, name="b")
+    data, kw = shapes_layer_data(rec, 4, name="b")
     assert kw["ndim"] == 3 and len(data) == 2  # napari broadcasts over time
-    bbox, _ = _mapping.boxes_from_shapes([(data, _shapes_meta(data, kw))])
+    bbox, _ = boxes_from_shapes([(data, _shapes_meta(data, kw))])
     assert bbox["bboxes"] == rec["bbox"]["bboxes"]

@@ -1,0 +1,341 @@
+"""Pure mapping between a record's ``bbox`` section and napari Shapes layers.
+
+Reading: :func:`shapes_layer_data` draws each box as rectangles (one per slice
+it overlaps), with ``box``/``label``/``score`` features. Writing:
+:func:`boxes_from_shapes` groups the rectangles back into boxes and keeps a
+box exactly as stored when its rectangles did not change. No napari or Qt
+import.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+
+from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
+from napari_mlarray._orientation import layer_matrix, spatial_mask
+from napari_mlarray._record_defaults import normalized_record
+
+__all__ = ["BOX_COLORS", "boxes_from_shapes", "shapes_layer_data"]
+
+BOX_COLORS = [
+    "#ff4040",
+    "#40c0ff",
+    "#ffd700",
+    "#40ff80",
+    "#ff80ff",
+    "#ff9930",
+    "#a080ff",
+    "#ffffff",
+]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _box_axes(record: dict, ndim: int, n_box_axes: int) -> list[int]:
+    """Stored axes a box's entries refer to: all axes, or the spatial ones."""
+    if n_box_axes == ndim:
+        return list(range(ndim))
+    mask = spatial_mask(record, ndim)
+    if n_box_axes == sum(mask):
+        return [a for a in range(ndim) if mask[a]]
+    raise ValueError(f"bbox has {n_box_axes} axes but the array has {ndim} ({sum(mask)} spatial)")
+
+
+def _label_text(label: Any) -> str:
+    return "" if label is None else str(label)
+
+
+def _rectangles(box_view: list[tuple[float, float]]) -> list[np.ndarray]:
+    """Rectangles (4 x m vertices, data coordinates) drawing one box in view order.
+
+    Voxel ``i`` spans ``[i - 0.5, i + 0.5]`` in napari data coordinates, so a box
+    ``[min, max)`` has edges at ``min - 0.5`` and ``max - 0.5`` in the displayed
+    axes, and a rectangle on every slice it overlaps in the leading axes.
+    """
+    *lead, (r0, r1), (c0, c1) = box_view
+    ranges = [range(math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)) for lo, hi in lead]
+    corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
+    out = []
+    for idx in np.ndindex(*[len(r) for r in ranges]) if ranges else [()]:
+        lead_pos = [ranges[i][j] for i, j in enumerate(idx)]
+        out.append(np.array([[*lead_pos, r - 0.5, c - 0.5] for r, c in corners], dtype=float))
+    return out
+
+
+def shapes_layer_data(
+    record: dict,
+    ndim: int | None,
+    *,
+    name: str,
+    path: str | None = None,
+    skip_axes=(),
+    unit_ok=None,
+) -> tuple[list[np.ndarray], dict] | None:
+    """Shapes data and ``viewer.add_shapes`` keywords for the record's boxes.
+
+    Parameters
+    ----------
+    record, name, unit_ok
+        As in :func:`napari_mlarray._mapping.image_layer_kwargs`.
+    ndim : int or None
+        Number of stored axes (``None`` for a boxes-only file: taken from the boxes).
+    path : str, optional
+        File the boxes came from.
+    skip_axes : sequence of int
+        Stored axes left out of the Shapes layer (a ``channel`` axis split into
+        image layers); the writer restores them from the stored boxes.
+
+    Returns
+    -------
+    (list of numpy.ndarray, dict) or None
+        ``None`` when the record holds no boxes (or they have fewer than 2 axes).
+    """
+    rec = normalized_record(record)
+    bbox = rec["bbox"]
+    boxes = bbox["bboxes"]
+    if not boxes:
+        return None
+    n_box = len(boxes[0])
+    ndim = n_box if ndim is None else ndim
+    axes = _box_axes(rec, ndim, n_box)
+    sub = normalized_record(rec)
+    if len(axes) != ndim:  # geometry is over the spatial axes only: show those
+        sub["spatial"]["axis_labels"] = None
+        if rec["spatial"]["axis_units"] is not None:
+            sub["spatial"]["axis_units"] = [rec["spatial"]["axis_units"][a] for a in axes]
+    kw, orient, block = common_layer_kwargs(
+        sub, len(axes), name=name, path=path, layer="shapes", unit_ok=unit_ok
+    )
+    block["record"] = rec
+    shown = [k for k, p in enumerate(orient.perm) if axes[p] not in set(skip_axes)]
+    if len(shown) < 2:
+        return None
+    if len(shown) != len(orient.perm):
+        kw = drop_axes(kw, [k for k in range(len(orient.perm)) if k not in shown])
+    data, box_id, labels, scores = [], [], [], []
+    for i, box in enumerate(boxes):
+        if len(box) != n_box:
+            raise ValueError(f"bbox {i} has {len(box)} axes, expected {n_box}")
+        view = [tuple(float(v) for v in box[orient.perm[k]]) for k in shown]
+        rects = _rectangles(view)
+        data += rects
+        box_id += [i] * len(rects)
+        lab = None if bbox["labels"] is None else bbox["labels"][i]
+        labels += [_label_text(lab)] * len(rects)
+        sc = None if bbox["scores"] is None else bbox["scores"][i]
+        scores += [math.nan if sc is None else float(sc)] * len(rects)
+    block["box_axes"] = axes
+    block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
+    with_metadata(kw, block)
+    kw.update(
+        shape_type="rectangle",
+        features={"box": box_id, "label": labels, "score": scores},
+        feature_defaults={"box": -1, "label": "", "score": math.nan},
+        edge_color="label",
+        edge_color_cycle=BOX_COLORS,
+        face_color="transparent",
+        edge_width=1.0,
+        text={
+            "string": "{label} {score:.2f}" if bbox["scores"] is not None else "{label}",
+            "color": "white",
+            "anchor": "upper_left",
+            "size": 10,
+        },
+        ndim=len(shown),
+    )
+    return data, kw
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _shape_bounds(vertices: np.ndarray) -> list[tuple[float, float]]:
+    """Box ``[min, max)`` (index coordinates) of one shape; leading axes are slices."""
+    v = np.asarray(vertices, dtype=float)
+    out = []
+    m = v.shape[1]
+    for d in range(m):
+        lo, hi = float(v[:, d].min()), float(v[:, d].max())
+        if d < m - 2:
+            s = math.floor(lo + 0.5)
+            out.append((float(s), float(math.floor(hi + 0.5) + 1)))
+        else:
+            out.append((lo + 0.5, hi + 0.5))
+    return out
+
+
+def _clean_number(x: float) -> float | int:
+    r = round(x)
+    return int(r) if abs(x - r) < 1e-6 else float(x)
+
+
+def boxes_from_shapes(
+    shapes: list[tuple[Any, dict]], *, target: dict | None = None
+) -> tuple[dict, dict | None]:
+    """``bbox`` section from Shapes layers (``(data, meta)`` pairs).
+
+    Rectangles read from a file are grouped back into their box by the
+    ``box`` feature, and a box whose rectangles are unchanged is written
+    exactly as stored (float extents, axes not shown). Other shapes become one
+    box each from their bounds (a rectangle on slice ``s`` spans ``[s, s+1)``).
+
+    Parameters
+    ----------
+    shapes : list of (data, meta)
+        Shapes layer data (list of vertex arrays) and ``as_layer_data_tuple`` meta.
+    target : dict, optional
+        The image/labels layer saved alongside: ``{"axes": stored axis of each
+        layer dim, "shape": stored shape, "matrix": layer data-to-world matrix}``.
+        Boxes are then in its stored index order; shapes are mapped into its
+        data coordinates through world coordinates.
+
+    Returns
+    -------
+    (dict, dict or None)
+        The ``bbox`` section, and the record of the first Shapes layer opened
+        from a file (used for a boxes-only save), if any.
+    """
+    entries = []  # (box, box_axes, label, score)
+    base_record = None
+    full_shape = None if target is None else list(target["shape"])
+    for data, meta in shapes:
+        block = (meta.get("metadata") or {}).get(KEY)
+        if block is not None and block.get("layer") != "shapes":
+            block = None
+        data = [np.asarray(d, dtype=float) for d in data]
+        m = int(meta.get("ndim") or (data[0].shape[1] if data else 0))
+        stored = None
+        if block is not None:
+            rec = normalized_record(block["record"])
+            if base_record is None:
+                base_record = rec
+            if full_shape is None and rec["spatial"]["shape"] is not None:
+                full_shape = list(rec["spatial"]["shape"])
+            rb = rec["bbox"]
+            stored = (rb["bboxes"] or [], rb["scores"], rb["labels"])
+        same_file = block is not None and (
+            target is None
+            or (block.get("path") is not None and block["path"] == target.get("path"))
+        )
+        if same_file:
+            box_axes, dims = list(block["box_axes"]), list(block["shown_axes"])
+        elif target is not None:
+            if m > len(target["axes"]):
+                raise ValueError(f"a {m}-d Shapes layer cannot box a {len(target['axes'])}-d layer")
+            box_axes = sorted(target["axes"])
+            dims = list(target["axes"])[len(target["axes"]) - m :]
+        else:
+            box_axes, dims = list(range(m)), list(range(m))
+        if target is not None:
+            data = _to_target(data, meta, m, np.asarray(target["matrix"], dtype=float))
+        col = _feature_columns(meta.get("features"), len(data))
+        groups: dict[tuple, list[int]] = {}
+        for i in range(len(data)):
+            bid = col["box"][i]
+            known = stored is not None and bid is not None and 0 <= bid < len(stored[0])
+            groups.setdefault(("file", bid) if known else ("new", i), []).append(i)
+        if not same_file:  # grouped by box id, but no stored box to compare with
+            groups = {("new", k[1] if k[0] == "file" else -1 - k[1]): v for k, v in groups.items()}
+        for (kind, bid), idx in groups.items():
+            bounds = [_shape_bounds(data[i]) for i in idx]
+            merged = [
+                (min(b[d][0] for b in bounds), max(b[d][1] for b in bounds)) for d in range(m)
+            ]
+            label, score = col["label"][idx[0]], col["score"][idx[0]]
+            same = False  # the stored box, unchanged
+            if kind == "file":
+                sboxes, sscores, slabels = stored
+                original = sboxes[bid]
+                if slabels is not None and label == _label_text(slabels[bid]):
+                    label = slabels[bid]
+                if sscores is not None and _same_score(score, sscores[bid]):
+                    score = sscores[bid]
+                expected = [tuple(float(v) for v in original[box_axes.index(a)]) for a in dims]
+                rects = _rectangles(expected)
+                same = len(rects) == len(idx) and all(
+                    np.allclose(np.sort(r, axis=0), np.sort(data[i], axis=0), atol=1e-6)
+                    for r, i in zip(rects, idx, strict=True)
+                )
+                box = copy.deepcopy(list(original)) if same else [list(p) for p in original]
+            else:
+                box = [_full_extent(full_shape, a) for a in box_axes]
+            if not same:
+                for d, a in enumerate(dims):
+                    box[box_axes.index(a)] = [_clean_number(v) for v in merged[d]]
+            if isinstance(label, str) and label == "":
+                label = None
+            if isinstance(score, float) and math.isnan(score):
+                score = None
+            entries.append((box, box_axes, label, score))
+    if not entries:
+        return {"bboxes": None, "scores": None, "labels": None}, base_record
+    axes_sets = {tuple(e[1]) for e in entries}
+    if len(axes_sets) > 1:  # mixed spatial-only and full boxes: write full boxes
+        n_full = len(full_shape) if full_shape is not None else max(max(a) for a in axes_sets) + 1
+        widened = []
+        for box, axes, label, score in entries:
+            full = [_full_extent(full_shape, a) for a in range(n_full)]
+            for i, a in enumerate(axes):
+                full[a] = box[i]
+            widened.append((full, list(range(n_full)), label, score))
+        entries = widened
+    boxes = [e[0] for e in entries]
+    labels = [e[2] for e in entries]
+    scores = [e[3] for e in entries]
+    return {
+        "bboxes": boxes,
+        "scores": scores if any(s is not None for s in scores) else None,
+        "labels": labels if any(x is not None for x in labels) else None,
+    }, base_record
+
+
+def _full_extent(shape, axis: int) -> list[int]:
+    return [0, int(shape[axis])] if shape is not None and axis < len(shape) else [0, 1]
+
+
+def _to_target(data: list[np.ndarray], meta: dict, m: int, T_img: np.ndarray) -> list:
+    """Map Shapes data coordinates into the target layer's data coordinates (trailing dims)."""
+    nd = T_img.shape[0] - 1
+    sub = list(range(nd - m, nd))
+    T_sub = np.eye(m + 1)
+    T_sub[:m, :m] = T_img[np.ix_(sub, sub)]
+    T_sub[:m, m] = T_img[sub, -1]
+    to_img = np.linalg.solve(T_sub, layer_matrix(meta, m))
+    if np.allclose(to_img, np.eye(m + 1), atol=1e-9):
+        return data
+    return [(to_img @ np.c_[d, np.ones(len(d))].T).T[:, :m] for d in data]
+
+
+def _same_score(a, b) -> bool:
+    if b is None:
+        return a is None or (isinstance(a, float) and math.isnan(a))
+    return a is not None and math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-12)
+
+
+def _feature_columns(features, n: int) -> dict[str, list]:
+    """``box``/``label``/``score`` per shape from a features table (DataFrame or dict)."""
+    out: dict[str, list] = {"box": [None] * n, "label": [""] * n, "score": [math.nan] * n}
+    if features is None:
+        return out
+    for key in out:
+        try:
+            values = list(features[key])
+        except (KeyError, TypeError):
+            continue
+        if len(values) != n:
+            continue
+        if key == "box":
+            out[key] = [
+                None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                for v in values
+            ]
+        elif key == "label":
+            out[key] = ["" if v is None else str(v) for v in values]
+        else:
+            out[key] = [math.nan if v is None else float(v) for v in values]
+    return out
