@@ -733,7 +733,7 @@ class Meta(BaseMeta):
     _mlarray_version: MetaVersion = field(default_factory=_default_version)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        sub = _SUBMETA_TYPES.get(("Meta", name))
+        sub = META_PARTS.get(name)
         if sub is not None:
             value = sub.ensure(value)
         object.__setattr__(self, name, value)
@@ -761,15 +761,16 @@ class Meta(BaseMeta):
         return self == Meta()
 
 
-_SUBMETA_TYPES: dict[tuple[str, str], type[BaseMeta]] = {
-    ("Meta", "source"): MetaSource,
-    ("Meta", "extra"): MetaExtra,
-    ("Meta", "spatial"): MetaSpatial,
-    ("Meta", "stats"): MetaStatistics,
-    ("Meta", "bbox"): MetaBbox,
-    ("Meta", "is_seg"): MetaIsSeg,
-    ("Meta", "blosc2"): MetaBlosc2,
-    ("Meta", "_has_array"): MetaHasArray,
-    ("Meta", "_image_meta_format"): MetaImageFormat,
-    ("Meta", "_mlarray_version"): MetaVersion,
+#: The parts of a :class:`Meta`, by record key.
+META_PARTS: dict[str, type[BaseMeta]] = {
+    "source": MetaSource,
+    "extra": MetaExtra,
+    "spatial": MetaSpatial,
+    "stats": MetaStatistics,
+    "bbox": MetaBbox,
+    "is_seg": MetaIsSeg,
+    "blosc2": MetaBlosc2,
+    "_has_array": MetaHasArray,
+    "_image_meta_format": MetaImageFormat,
+    "_mlarray_version": MetaVersion,
 }

@@ -94,6 +94,7 @@ class MLArray:
         compressed: bool = True,
     ):
         self._store: Any = None
+        self._file_store: Any = None
         self._path: Path | None = None
         self._writable = False
         self._mmap_mode: str | None = None
@@ -116,6 +117,15 @@ class MLArray:
             self.meta._has_array.has_array = False
 
     # ------------------------------------------------------------------ internals
+    @classmethod
+    def _bare(cls, meta: Meta) -> MLArray:
+        """An instance holding ``meta`` and no array, without building default metadata."""
+        out = cls.__new__(cls)
+        out._store, out._path, out._writable, out._mmap_mode = None, None, False, None
+        out._file_store = None
+        out.meta = meta
+        return out
+
     def _adopt(self, other: MLArray) -> None:
         self._store, self._path = other._store, other._path
         self._writable, self._mmap_mode = other._writable, other._mmap_mode
@@ -591,8 +601,7 @@ class MLArray:
         """
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
         store, meta = io.open_store(filepath, mmap_mode="r", dparams=dp)
-        out = cls()
-        out.meta = meta
+        out = cls._bare(meta)
         if meta._has_array.has_array:
             if compressed:
                 with open(filepath, "rb") as fh:
@@ -648,8 +657,7 @@ class MLArray:
             mmap_mode = "r+"
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
         store, meta = io.open_store(filepath, mmap_mode=mmap_mode, writable=mode == "a", dparams=dp)
-        out = cls()
-        out.meta = meta
+        out = cls._bare(meta)
         out._store = store if meta._has_array.has_array else None
         out._path = Path(filepath)
         out._mmap_mode = mmap_mode
@@ -715,7 +723,7 @@ class MLArray:
         return out
 
     def _flush_meta(self) -> None:
-        fs = getattr(self, "_file_store", None)
+        fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
             from mlarray.record import encode_record, record_from_meta
 
@@ -742,7 +750,7 @@ class MLArray:
 
     def _reopen(self, path: Path) -> None:
         """After replacing our own file, point the store at the new file."""
-        fs = getattr(self, "_file_store", None)
+        fs = self._file_store
         if (
             fs is None
             or self._store is None

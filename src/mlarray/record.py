@@ -21,7 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from mlarray.errors import MetaValidationError, MLArrayFormatError, UnsafeRecordError
-from mlarray.meta import FORMAT_VERSION, Meta, SingleKeyBaseMeta
+from mlarray.meta import FORMAT_VERSION, META_PARTS, Meta, SingleKeyBaseMeta
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -161,8 +161,7 @@ def record_from_meta(meta: Meta) -> dict[str, Any]:
     return record
 
 
-def _known_keys(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)}
+_FIELD_NAMES = {key: frozenset(f.name for f in fields(cls)) for key, cls in META_PARTS.items()}
 
 
 def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
@@ -174,15 +173,13 @@ def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
     """
     parts: dict[str, Any] = {}
     unknown: list[str] = []
-    types = {f.name: f.default_factory for f in fields(Meta)}
     for key, value in record.items():
-        factory = types.get(key)
-        if factory is None:
+        cls = META_PARTS.get(key)
+        if cls is None:
             unknown.append(key)
             continue
-        cls = type(factory())
         if not issubclass(cls, SingleKeyBaseMeta) and isinstance(value, Mapping):
-            extra = sorted(set(value) - _known_keys(cls))
+            extra = sorted(set(value) - _FIELD_NAMES[key])
             unknown += [f"{key}.{k}" for k in extra]
             value = {k: v for k, v in value.items() if k not in extra}
         parts[key] = value
@@ -194,6 +191,6 @@ def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
             stacklevel=3,
         )
     try:
-        return Meta(**{k: type(types[k]()).ensure(v) for k, v in parts.items()})
+        return Meta(**{k: META_PARTS[k].ensure(v) for k, v in parts.items()})
     except (MetaValidationError, KeyError, TypeError) as exc:
         raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None
