@@ -371,17 +371,8 @@ def _write_frame(
             progress(1, 1)
         del dst
         return
-    kwargs: dict[str, Any] = {
-        "urlpath": urlpath,
-        "contiguous": True,
-        "mode": "w",
-        "cparams": opts.blosc2_cparams(dtype),
-        "dparams": opts.blosc2_dparams(),
-    }
-    if opts.chunk_size is not None:
-        kwargs["chunks"] = tuple(opts.chunk_size)
-    if opts.block_size is not None:
-        kwargs["blocks"] = tuple(opts.block_size)
+    kwargs = opts.blosc2_kwargs(dtype)
+    kwargs.update(urlpath=urlpath, contiguous=True, mode="w")
     if isinstance(src, np.ndarray):
         dst = blosc2.asarray(np.ascontiguousarray(src), **kwargs)
         if progress is not None:

@@ -514,6 +514,19 @@ class StorageOptions:
         """``dparams`` as a :class:`blosc2.DParams`."""
         return blosc2.DParams(**self.dparams)
 
+    def blosc2_kwargs(self, dtype: Any) -> dict[str, Any]:
+        """Keyword arguments for Blosc2 array constructors (``cparams``, ``dparams``,
+        and ``chunks``/``blocks`` when set)."""
+        kw: dict[str, Any] = {
+            "cparams": self.blosc2_cparams(dtype),
+            "dparams": self.blosc2_dparams(),
+        }
+        if self.chunk_size is not None:
+            kw["chunks"] = tuple(self.chunk_size)
+        if self.block_size is not None:
+            kw["blocks"] = tuple(self.block_size)
+        return kw
+
 
 def _per_axis(field: str, value: Any, ndim: int) -> list[int]:
     """An int or a sequence with one entry per array axis, as a list of ints >= 1."""

@@ -165,7 +165,7 @@ class MLArray:
         self._set_shape_meta(shape)
         if compressed:
             opts = self._resolve(shape, dtype, request)
-            self._store = blosc2.asarray(np.ascontiguousarray(array), **_b2kwargs(opts, dtype))
+            self._store = blosc2.asarray(np.ascontiguousarray(array), **opts.blosc2_kwargs(dtype))
             self._record_storage(opts)
         else:
             self._store = np.asarray(array)
@@ -233,7 +233,7 @@ class MLArray:
         out._set_shape_meta(shape)
         if compressed:
             opts = out._resolve(shape, dtype, request)
-            out._store = make(shape, dtype, _b2kwargs(opts, dtype))
+            out._store = make(shape, dtype, opts.blosc2_kwargs(dtype))
             out._record_storage(opts)
         else:
             out._store = np.asarray(make(shape, dtype, None))
@@ -709,7 +709,7 @@ class MLArray:
             dtype,
             layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
         )
-        kw = _b2kwargs(opts, dtype)
+        kw = opts.blosc2_kwargs(dtype)
         kw.update(urlpath=os.fspath(path), contiguous=True)
         if mmap_mode is not None:
             kw["mmap_mode"] = mmap_mode
@@ -1051,18 +1051,6 @@ class MLArray:
         """Unit upper-triangular shear part of the affine, or None without an array."""
         a = self.affine
         return None if a is None else geometry.shear(a).tolist()
-
-
-def _b2kwargs(opts: layout.StorageOptions, dtype: np.dtype) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "cparams": opts.blosc2_cparams(dtype),
-        "dparams": opts.blosc2_dparams(),
-    }
-    if opts.chunk_size is not None:
-        kw["chunks"] = tuple(opts.chunk_size)
-    if opts.block_size is not None:
-        kw["blocks"] = tuple(opts.block_size)
-    return kw
 
 
 def _same_file(a: Path, b: Path) -> bool:
