@@ -10,17 +10,23 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import blosc2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mlarray import MLArray
 from mlarray.errors import (
     InvalidPathError,
+    MetaValidationError,
+    MLArrayError,
     MLArrayFileNotFoundError,
     MLArrayFormatError,
+    MLArrayIOError,
     UnsafeRecordError,
 )
 from mlarray.io import FRAME_MAGIC, read_meta, save_mla
@@ -469,3 +475,105 @@ def test_open_decompresses_with_the_stored_dparams_unless_given(tmp_path):
     MLArray(np.zeros((8, 8)), dparams={"nthreads": 1}).save(p)
     assert MLArray.open(p)._store.schunk.dparams.nthreads == 1
     assert MLArray.open(p, dparams={"nthreads": 2})._store.schunk.dparams.nthreads == 2
+
+
+# ----------------------------------------------------------------------------- OS errors
+
+
+def test_save_through_a_symlink_updates_its_target(tmp_path):
+    real = tmp_path / "real.mla"
+    MLArray(np.zeros((2, 3), np.int16)).save(real)
+    link = tmp_path / "link.mla"
+    link.symlink_to(real)
+    MLArray(np.ones((2, 3), np.int16)).save(link)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(MLArray.open(real).to_numpy(), np.ones((2, 3)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.mla", "real.mla"]
+
+
+class _DiskFull:
+    """An array-like whose reads fail as a full disk would, after the first chunk."""
+
+    shape, dtype = (8, 8, 8), np.dtype("f4")
+
+    def __init__(self):
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(28, "No space left on device")
+        return np.zeros(tuple(s.stop - s.start for s in key), self.dtype)
+
+
+def test_os_error_mid_save_is_ours_names_the_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "keep.mla"
+    MLArray(np.arange(6.0)).save(target)
+    before = target.read_bytes()
+    with pytest.raises(MLArrayIOError, match=r"keep\.mla.*No space left") as info:
+        save_mla(target, _DiskFull(), patch_size=None, chunk_size=4)
+    assert isinstance(info.value, OSError) and info.value.errno == 28
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.mla"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_permission_denied_is_ours_and_names_the_file(tmp_path):
+    p = tmp_path / "locked.mla"
+    MLArray(np.arange(6.0)).save(p)
+    p.chmod(0)
+    try:
+        for read in (MLArray.open, MLArray.load):
+            with pytest.raises(MLArrayIOError, match=r"locked\.mla"):
+                read(p)
+    finally:
+        p.chmod(0o644)
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(MLArrayIOError, match=r"new\.mla"):
+            MLArray(np.arange(3.0)).save(tmp_path / "new.mla")
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_bboxes_with_the_wrong_number_of_axes_are_refused_before_writing(tmp_path):
+    target = tmp_path / "seg.mla"
+    MLArray(np.zeros((4, 5, 6), np.uint8)).save(target)
+    before = target.read_bytes()
+    a = MLArray(np.ones((4, 5, 6), np.uint8))
+    a.meta.bbox.bboxes = [[[0, 1], [0, 2]]]  # 2 axes for a 3-d array
+    with pytest.raises(MetaValidationError, match=r"bbox\.bboxes.*2 axes.*3"):
+        a.save(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.mla"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=4)
+)
+def test_open_with_mutated_record_only_raises_mlarray_errors(tmp_path, edits):
+    p = tmp_path / "fuzz.mla"
+    MLArray(
+        np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+        spacing=[1, 2, 3],
+        meta={"bbox": {"bboxes": [[[0, 1], [0, 2], [1, 3]]], "labels": ["a"]}},
+    ).save(p)
+    store = blosc2.open(str(p), mode="a")
+    raw = bytearray(store.schunk.vlmeta["mlarray"])
+    payload = bytearray(gzip.decompress(bytes(raw)))
+    for pos, value in edits:
+        payload[pos % len(payload)] = value
+    store.schunk.vlmeta["mlarray"] = gzip.compress(bytes(payload), mtime=0)
+    del store
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            a = MLArray.open(p)
+            a.to_numpy()
+        except MLArrayError as exc:
+            assert "fuzz.mla" in str(exc)

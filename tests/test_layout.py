@@ -250,6 +250,14 @@ def test_degenerate_shapes_let_blosc2_decide(shape, patch_size):
     blosc2.empty(shape, dtype="f8", cparams=opts.blosc2_cparams("f8"))
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 10, 10), (5, 0)])
+def test_degenerate_shapes_ignore_a_kept_layout(shape):
+    # re-saving an empty array passes its own chunk shape, which holds a 0
+    kept = [max(n, 0) for n in shape]
+    opts = resolve_storage(shape, "f8", patch_size=None, chunk_size=kept, block_size=kept)
+    assert opts.chunk_size is None and opts.block_size is None
+
+
 def test_all_non_spatial_axes():
     opts = resolve_storage((3, 4), "f4", [False, False])
     assert opts.patch_size is None

@@ -186,3 +186,14 @@ def test_ensure_coerces_none_instances_and_mappings():
     assert Meta.ensure(m) is m
     with pytest.raises(TypeError):
         Meta.ensure(42)
+
+
+def test_affine_and_spacing_origin_direction_are_never_both_set():
+    # The reference package refuses a file that holds both forms.
+    sp = MetaSpatial(affine=np.eye(4))
+    for name, value in [("spacing", [1, 2, 3]), ("origin", [0, 0, 0]), ("direction", np.eye(3))]:
+        with pytest.raises(MetaValidationError, match=rf"spatial\.affine.*{name}"):
+            setattr(sp, name, value)
+        assert getattr(sp, name) is None
+    with pytest.raises(MetaValidationError, match=r"spatial\.affine"):
+        MetaSpatial(spacing=[1, 1], affine=np.eye(3))

@@ -5,10 +5,17 @@ from __future__ import annotations
 import gzip
 import pickle
 import pickletools
+import subprocess
+import sys
+import textwrap
+import warnings
 
+import blosc2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mlarray.errors import MLArrayFormatError, UnsafeRecordError
+from mlarray.errors import MLArrayError, MLArrayFormatError, UnsafeRecordError
 from mlarray.meta import Meta
 from mlarray.record import (
     MAX_RECORD_BYTES,
@@ -18,6 +25,7 @@ from mlarray.record import (
     meta_from_record,
     record_from_meta,
 )
+from tests.conftest import FIXTURES, fixture_names
 
 
 class Boom:
@@ -130,3 +138,86 @@ def test_meta_from_record_warns_and_drops_unknown_keys():
 def test_meta_from_record_invalid_values_name_the_file():
     with pytest.raises(MLArrayFormatError, match=r"v\.mla.*spatial\.spacing"):
         meta_from_record({"spatial": {"spacing": ["a"]}}, "v.mla")
+
+
+# ----------------------------------------------------------------------------- hostile bytes
+
+
+def test_huge_memo_index_does_not_allocate(tmp_path):
+    # ``{}`` memoised at index 2**31 - 1: the C unpickler sizes its memo array by the
+    # index (tens of GB); run under a 1 GiB address-space cap so a regression fails cleanly.
+    raw = gzip.compress(b"\x80\x04}r\xff\xff\xff\x7f.", mtime=0)
+    code = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from mlarray.record import decode_record
+        assert decode_record({raw!r}, "x.mla") == {{}}
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_bytearray_with_huge_declared_length_is_refused():
+    raw = gzip.compress(b"\x80\x05\x96" + (1 << 62).to_bytes(8, "little") + b".", mtime=0)
+    with pytest.raises(MLArrayFormatError, match=r"x\.mla.*binary data"):
+        decode_record(raw, "x.mla")
+
+
+def _fixture_records() -> list[bytes]:
+    records = []
+    for name in fixture_names():
+        store = blosc2.open(str(FIXTURES / f"{name}.mla"))
+        records.append(bytes(store.schunk.vlmeta["mlarray"]))
+    return records
+
+
+_RECORDS = _fixture_records()
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    out = bytearray(data)
+    for kind, pos, value in edits:
+        i = pos % (len(out) + 1)
+        if kind == 0 and out:
+            out[i % len(out)] = value
+        elif kind == 1:
+            del out[i : i + 1 + value % 8]
+        else:
+            out[i:i] = bytes([value])
+    return bytes(out)
+
+
+_EDITS = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 1 << 16), st.integers(0, 255)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@pytest.mark.skipif(not _RECORDS, reason="reference fixtures not found")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, 100), edits=_EDITS, in_payload=st.booleans())
+def test_mutated_records_only_raise_mlarray_errors(which, edits, in_payload):
+    raw = _RECORDS[which % len(_RECORDS)]
+    if in_payload:  # mutate the pickle inside a valid gzip stream
+        raw = gzip.compress(_mutate(gzip.decompress(raw), edits), mtime=0)
+    else:
+        raw = _mutate(raw, edits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            meta_from_record(decode_record(raw, "f.mla"), "f.mla")
+        except MLArrayError as exc:
+            assert "f.mla" in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=256))
+def test_random_bytes_only_raise_mlarray_errors(raw):
+    for data in (raw, gzip.compress(raw, mtime=0)):
+        with pytest.raises(MLArrayError):
+            record = decode_record(data, "f.mla")
+            meta_from_record(record, "f.mla")
+            raise MLArrayError("decoded")  # a valid record by chance is fine too

@@ -12,7 +12,9 @@ from mlarray.errors import (
     MLArrayError,
     MLArrayFileNotFoundError,
     MLArrayFormatError,
+    MLArrayIOError,
     NoArrayError,
+    ReadOnlyError,
     UnsafeRecordError,
 )
 from mlarray.meta import Meta
@@ -27,9 +29,11 @@ __all__ = [
     "MLArrayError",
     "MLArrayFileNotFoundError",
     "MLArrayFormatError",
+    "MLArrayIOError",
     "Meta",
     "MetaValidationError",
     "NoArrayError",
+    "ReadOnlyError",
     "UnsafeRecordError",
     "__version__",
 ]

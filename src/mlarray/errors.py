@@ -16,6 +16,7 @@ __all__ = [
     "MLArrayError",
     "MLArrayFileNotFoundError",
     "MLArrayFormatError",
+    "MLArrayIOError",
     "MetaValidationError",
     "NoArrayError",
     "ReadOnlyError",
@@ -49,6 +50,18 @@ class MLArrayFileNotFoundError(MLArrayError, FileNotFoundError):
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         super().__init__(_with_path(path, "no such .mla file"))
+
+
+class MLArrayIOError(MLArrayError, OSError):
+    """The operating system refused a read or write (permissions, disk full...).
+
+    ``errno`` is the one of the underlying error; the message names the file.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, message: str, errno: int | None = None):
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(_with_path(path, message))
+        self.errno = errno
 
 
 class MLArrayFormatError(MLArrayError, ValueError):

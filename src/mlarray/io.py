@@ -27,6 +27,7 @@ from mlarray.errors import (
     MLArrayError,
     MLArrayFileNotFoundError,
     MLArrayFormatError,
+    MLArrayIOError,
 )
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2
@@ -38,6 +39,7 @@ __all__ = [
     "check_path",
     "iter_chunk_slices",
     "open_store",
+    "os_errors",
     "read_meta",
     "save_mla",
 ]
@@ -63,6 +65,23 @@ def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
         if not p.exists():
             raise MLArrayFileNotFoundError(p)
     return p
+
+
+@contextlib.contextmanager
+def os_errors(path: Path, doing: str) -> Iterator[None]:
+    """Turn an OSError inside the block into our error type, naming ``path``.
+
+    A missing file becomes :class:`MLArrayFileNotFoundError` (it may vanish
+    between a check and its use), anything else :class:`MLArrayIOError`.
+    """
+    try:
+        yield
+    except MLArrayError:
+        raise
+    except FileNotFoundError:
+        raise MLArrayFileNotFoundError(path) from None
+    except OSError as exc:
+        raise MLArrayIOError(path, f"{doing}: {exc.strerror or exc}", exc.errno) from exc
 
 
 def check_dtype(dtype: Any, where: Any = None) -> np.dtype:
@@ -105,7 +124,7 @@ def open_store(
         raise InvalidModeError(
             f"{p}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
-    with open(p, "rb") as fh:
+    with os_errors(p, "cannot read"), open(p, "rb") as fh:
         head = fh.read(64)
     if not head.startswith(FRAME_MAGIC):
         raise MLArrayFormatError(
@@ -207,6 +226,14 @@ def _prepare_meta(
         meta.spatial.shape = None if shape is None else list(shape)
     except MetaValidationError as exc:
         raise MetaValidationError(exc.field, f"{exc} (saving {path})") from None
+    boxes = meta.bbox.bboxes
+    if shape is not None and boxes and len(boxes[0]) != len(shape):
+        # Boxes are [min, max] per array axis; the reference package would read them
+        # back, but a viewer or a training pipeline would index the wrong axes.
+        raise MetaValidationError(
+            "bbox.bboxes",
+            f"boxes have {len(boxes[0])} axes but the array has {len(shape)} (saving {path})",
+        )
     return meta
 
 
@@ -249,6 +276,8 @@ def save_mla(
         The written path.
     """
     target = check_path(path, must_exist=False)
+    if target.is_symlink():  # write through the link, as numpy and nibabel do
+        target = Path(os.path.realpath(target))
     if not target.parent.is_dir():
         raise MLArrayFileNotFoundError(target.parent)
     if target.is_dir():
@@ -293,9 +322,11 @@ def save_mla(
         )
     record = encode_record(record_from_meta(meta))
 
-    tmp = _temp_path(target)
+    with os_errors(target, "cannot create a temporary file next to it"):
+        tmp = _temp_path(target)
     try:
-        _write_frame(tmp, src, shape, dtype, opts, record, progress)
+        with os_errors(target, "cannot write"):
+            _write_frame(tmp, src, shape, dtype, opts, record, progress)
         _fsync_path(tmp)
         if target.exists():
             with contextlib.suppress(OSError):
@@ -303,7 +334,8 @@ def save_mla(
         else:
             with contextlib.suppress(OSError):
                 os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
+        with os_errors(target, "cannot replace"):
+            os.replace(tmp, target)
         _fsync_path(target.parent, directory=True)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -374,7 +406,7 @@ def _write_frame(
     kwargs = opts.blosc2_kwargs(dtype)
     kwargs.update(urlpath=urlpath, contiguous=True, mode="w")
     if isinstance(src, np.ndarray):
-        dst = blosc2.asarray(np.ascontiguousarray(src), **kwargs)
+        dst = blosc2.asarray(np.asarray(src, order="C"), **kwargs)
         if progress is not None:
             progress(1, 1)
     elif _same_encoding(src, dtype, opts, kwargs["cparams"]):

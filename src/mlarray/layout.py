@@ -590,7 +590,7 @@ def resolve_storage(
     ----------
     shape : sequence of int
         Array shape. A 0-d shape or one containing 0 gets no chunk/block
-        (Blosc2 decides).
+        (Blosc2 decides); ``chunk_size``/``block_size`` are then ignored.
     dtype : numpy dtype-like
         Element type; its ``itemsize`` sizes the layout.
     spatial_axis_mask : sequence of bool, optional
@@ -632,14 +632,14 @@ def resolve_storage(
         return StorageOptions(patch, tuple(chunk), tuple(block), cp, dp)
 
     chunk_t = block_t = None
+    if degenerate:  # nothing to chunk; a kept layout such as (0, 3) is meaningless
+        return StorageOptions(None, None, None, cp, dp)
     if chunk_size is not None:
         chunk_l = _per_axis("chunk_size", chunk_size, len(shape_t))
-        if not degenerate:
-            chunk_t = tuple(min(c, n) for c, n in zip(chunk_l, shape_t, strict=True))
+        chunk_t = tuple(min(c, n) for c, n in zip(chunk_l, shape_t, strict=True))
     if block_size is not None:
         block_l = _per_axis("block_size", block_size, len(shape_t))
-        if not degenerate:
-            block_t = tuple(min(b, n) for b, n in zip(block_l, shape_t, strict=True))
+        block_t = tuple(min(b, n) for b, n in zip(block_l, shape_t, strict=True))
     if chunk_t is not None and block_t is not None:
         too_big = [i for i, (b, c) in enumerate(zip(block_t, chunk_t, strict=True)) if b > c]
         if too_big:

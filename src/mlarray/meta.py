@@ -571,6 +571,13 @@ class MetaSpatial(BaseMeta):
                 raise MetaValidationError("spatial.direction", "must be a square matrix")
             lengths["direction"] = len(self.direction)
         if self.affine is not None:
+            both = [k for k in ("spacing", "origin", "direction") if getattr(self, k) is not None]
+            if both:
+                raise MetaValidationError(
+                    "spatial.affine",
+                    f"cannot be set together with {', '.join(both)}: give either an affine or "
+                    "spacing/origin/direction (the reference package refuses files holding both)",
+                )
             a = self.affine
             if len(a) != len(a[0]) or len(a) < 2:
                 raise MetaValidationError("spatial.affine", "must be a square (n+1) x (n+1) matrix")

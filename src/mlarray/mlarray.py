@@ -117,6 +117,25 @@ class MLArray:
             self.meta._has_array.has_array = False
 
     # ------------------------------------------------------------------ internals
+    @property
+    def meta(self) -> Meta:
+        """The metadata; assigning a :class:`Meta` or a dict validates it against the array.
+
+        Raises
+        ------
+        MetaValidationError
+            On assignment, if the metadata does not fit the array (for
+            example a spacing with the wrong number of entries).
+        """
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: Meta | dict) -> None:
+        meta = Meta.ensure(value)
+        if self._store is not None:
+            meta.spatial.shape = list(self._store.shape)
+        self._meta = meta
+
     @classmethod
     def _bare(cls, meta: Meta) -> MLArray:
         """An instance holding ``meta`` and no array, without building default metadata."""
@@ -165,7 +184,7 @@ class MLArray:
         self._set_shape_meta(shape)
         if compressed:
             opts = self._resolve(shape, dtype, request)
-            self._store = blosc2.asarray(np.ascontiguousarray(array), **opts.blosc2_kwargs(dtype))
+            self._store = blosc2.asarray(np.asarray(array, order="C"), **opts.blosc2_kwargs(dtype))
             self._record_storage(opts)
         else:
             self._store = np.asarray(array)
@@ -474,7 +493,7 @@ class MLArray:
         values = values.reshape(shape, order="C" if c_order else "F")
 
         def make(shape, dtype, kw):
-            return values if kw is None else blosc2.asarray(np.ascontiguousarray(values), **kw)
+            return values if kw is None else blosc2.asarray(np.asarray(values, order="C"), **kw)
 
         return cls._build(shape, values.dtype, meta, make, request, compressed)
 
@@ -604,9 +623,10 @@ class MLArray:
         out = cls._bare(meta)
         if meta._has_array.has_array:
             if compressed:
-                with open(filepath, "rb") as fh:
+                with io.os_errors(Path(filepath), "cannot read"), open(filepath, "rb") as fh:
                     frame = fh.read()
-                out._store = blosc2.ndarray_from_cframe(frame)
+                # copy=True: a view over the immutable bytes aborts the process on write
+                out._store = blosc2.ndarray_from_cframe(frame, copy=True)
             else:
                 out._store = store[...]
         out._path = Path(filepath)
@@ -688,9 +708,11 @@ class MLArray:
         Raises
         ------
         InvalidPathError
-            If the suffix is not ``.mla``.
+            If the suffix is not ``.mla``, or the path is a directory.
         InvalidModeError
             (a RuntimeError) if ``mode`` is not ``"w"`` or ``mmap_mode`` not ``"w+"``/None.
+        MLArrayIOError
+            (an OSError) if the operating system refuses to create the file.
         """
         if mode not in _CREATE_MODES:
             raise InvalidModeError(f"{filepath}: mode must be 'w' to create, got {mode!r}")
@@ -701,6 +723,8 @@ class MLArray:
         path = io.check_path(filepath, must_exist=False)
         if not path.parent.is_dir():
             raise InvalidPathError(path, f"folder {path.parent} does not exist")
+        if path.is_dir():  # Blosc2's mode "w" would delete the folder and all it holds
+            raise InvalidPathError(path, "is a directory, not an .mla file")
         out = cls(meta=meta)
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
         out._set_shape_meta(shape)
@@ -715,7 +739,8 @@ class MLArray:
             kw["mmap_mode"] = mmap_mode
         else:
             kw["mode"] = "w"
-        out._store = blosc2.zeros(shape, dtype, **kw)
+        with io.os_errors(path, "cannot create"):
+            out._store = blosc2.zeros(shape, dtype, **kw)
         out._record_storage(opts)
         out._path, out._writable, out._mmap_mode = path, True, mmap_mode
         out._file_store = out._store
@@ -877,28 +902,56 @@ class MLArray:
 
     # ------------------------------------------------------------------ array protocol
     def __getitem__(self, key: Any) -> np.ndarray:
+        """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
         try:
             return np.asarray(store[key])
+        except IndexError:
+            _probe(tuple(store.shape))[key]  # raise numpy's own message
+            raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
             raise MLArrayFormatError(
                 self._path, f"cannot decompress the requested data, the file may be corrupt ({exc})"
             ) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        """Write ``value`` into ``key`` with numpy's indexing, broadcasting and casting.
+
+        Basic keys (ints, slices, ``...``, ``None``) write straight into the
+        touched chunks; integer-array and boolean keys read, update and write
+        back the bounding box of the selection.
+
+        Raises
+        ------
+        ReadOnlyError
+            (a PermissionError) if the array was opened read-only.
+        """
         store = self._require()
         if not self._writable:
             raise ReadOnlyError(
                 f"{self._path}: opened read-only; use MLArray.open(path, mmap_mode='r+') to write"
             )
-        store[key] = value
+        if isinstance(store, np.ndarray):
+            store[key] = value
+            return
+        shape = tuple(store.shape)
+        selected = _probe(shape)[key].shape  # numpy's IndexError for a bad key
+        values = np.empty(selected, dtype=store.dtype)
+        values[...] = value  # numpy's broadcasting and casting rules (and errors)
+        if _is_basic_key(key):
+            store[key] = values
+        elif values.size:
+            _write_advanced(store, shape, key, values)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self.to_numpy()
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def __len__(self) -> int:
-        return self._require().shape[0]
+        shape = self._require().shape
+        if not shape:
+            raise TypeError("len() of a 0-d MLArray")
+        return shape[0]
 
     def __repr__(self) -> str:
         if self._store is None:
@@ -1051,6 +1104,43 @@ class MLArray:
         """Unit upper-triangular shear part of the affine, or None without an array."""
         a = self.affine
         return None if a is None else geometry.shear(a).tolist()
+
+
+def _probe(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero-memory numpy array of ``shape``: index it to learn what a key selects."""
+    return np.broadcast_to(np.empty((), dtype=np.bool_), shape)
+
+
+def _is_basic_key(key: Any) -> bool:
+    items = key if isinstance(key, tuple) else (key,)
+    return all(
+        k is None
+        or k is Ellipsis
+        or isinstance(k, slice)
+        or (isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)))
+        for k in items
+    )
+
+
+def _write_advanced(store: Any, shape: tuple[int, ...], key: Any, values: np.ndarray) -> None:
+    """Write an integer-array/boolean selection through its bounding box."""
+    if not shape:
+        region = np.array(store[()])
+        region[key] = values
+        store[()] = region
+        return
+    ndim = len(shape)
+    coords = [
+        np.broadcast_to(np.arange(n).reshape([-1 if j == i else 1 for j in range(ndim)]), shape)[
+            key
+        ]
+        for i, n in enumerate(shape)
+    ]
+    lo = [int(c.min()) for c in coords]
+    box = tuple(slice(low, int(c.max()) + 1) for low, c in zip(lo, coords, strict=True))
+    region = np.array(store[box])
+    region[tuple(c - low for c, low in zip(coords, lo, strict=True))] = values
+    store[box] = region
 
 
 def _same_file(a: Path, b: Path) -> bool:

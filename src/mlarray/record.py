@@ -50,7 +50,15 @@ _ALLOWED_GLOBALS = {
 _SCALARS = (str, int, float, bool, type(None))
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Pickle's pure-Python unpickler, restricted to builtin containers and scalars.
+
+    The pure-Python implementation keeps its memo in a dict; the C one sizes
+    an array by the largest memo index in the stream, so a ten-byte record
+    (``LONG_BINPUT 2**31``) would allocate tens of gigabytes. Records are a
+    few kilobytes, so speed does not matter here.
+    """
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED_GLOBALS[(module, name)]
@@ -59,6 +67,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not allowed")
+
+    def _refuse_binary(self) -> None:
+        # BYTEARRAY8 would allocate its declared length (up to 2**64) before reading;
+        # the format holds no bytes at all, so every binary opcode is refused up front.
+        raise pickle.UnpicklingError("binary data (bytes, bytearray, buffers) is not allowed")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for _op in (
+        pickle.BINBYTES,
+        pickle.SHORT_BINBYTES,
+        pickle.BINBYTES8,
+        pickle.BYTEARRAY8,
+        pickle.NEXT_BUFFER,
+        pickle.READONLY_BUFFER,
+    ):
+        dispatch[_op[0]] = _refuse_binary
+    del _op
 
 
 def _gunzip_capped(raw: bytes, path: Any) -> bytes:
