@@ -1,7 +1,7 @@
 """A tiny lazy array view: fix some axes, transpose, flip, add unit axes, cast.
 
 Nothing is read when a view is built. Indexing with slices/ints reads only the
-needed region of the source and returns numpy; indexing that only fixes axes
+needed region of the source and returns a C-contiguous numpy array; indexing that only fixes axes
 (ints and full slices, as napari's ``channel_axis`` split does) returns another
 lazy view, like dask.
 """
@@ -182,5 +182,5 @@ class LazyView:
         ]  # view axes present in the result
         for k in kept_inserted:
             shape.insert(result_pos.index(k), len(range(1)[key[k]]))
-        data = data.reshape(shape)
-        return data.astype(self.dtype, copy=False)
+        # C order: consumers such as Blosc2's set_slice refuse strided arrays
+        return data.reshape(shape).astype(self.dtype, order="C", copy=False)

@@ -106,9 +106,10 @@ def _read_one(path: str) -> list[tuple]:
         if labels is not None:
             layers.append((labels, _mapping.labels_layer_kwargs(record, ndim, **args), "labels"))
         else:
-            limits = _mapping.contrast_limits_from_stats(record)
-            kw = _mapping.image_layer_kwargs(record, ndim, contrast_limits=limits, **args)
+            kw = _mapping.image_layer_kwargs(record, ndim, **args)
             channel = kw.get("channel_axis")
+            if channel is None:  # stored stats span every channel: no use for one channel
+                kw["contrast_limits"] = _mapping.contrast_limits_from_stats(record)
             if kw["contrast_limits"] is None:
                 planes = [view] if channel is None else _channels(view, channel)
                 limits = [_mapping.contrast_limits_from_sample(p) for p in planes]

@@ -40,6 +40,7 @@ __all__ = [
     "parse_size",
     "settings_from_mapping",
     "storage_for",
+    "storage_in_stored_order",
 ]
 
 PLUGIN_NAME = "napari-mlarray"
@@ -378,6 +379,30 @@ def storage_for(
     storage["chunk_size"] = list(chunks)
     storage["block_size"] = list(blocks)
     return storage
+
+
+def storage_in_stored_order(storage: dict[str, Any], axes: Sequence[int | None]) -> dict[str, Any]:
+    """Reorder the chunk and block sizes of ``storage`` from layer order to stored order.
+
+    Parameters
+    ----------
+    storage : dict
+        From :func:`storage_for`, built for the layer's shape.
+    axes : sequence of int or None
+        Layer axis of each stored axis (``None``: a length-1 axis the layer
+        lacks, e.g. a split channel), from
+        :func:`napari_mlarray._writer.stored_axes`.
+
+    Returns
+    -------
+    dict
+        A new dict; ``patch_size`` and the codec settings are unchanged.
+    """
+    out = dict(storage)
+    for key in ("chunk_size", "block_size"):
+        if out.get(key) is not None:
+            out[key] = [1 if k is None else out[key][k] for k in axes]
+    return out
 
 
 def settings_from_mapping(values: Mapping[str, Any] | Any) -> CompressionSettings:

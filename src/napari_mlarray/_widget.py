@@ -43,7 +43,9 @@ from napari_mlarray._settings import (
     CompressionSettings,
     load_default_settings,
     storage_for,
+    storage_in_stored_order,
 )
+from napari_mlarray._writer import stored_axes
 
 if TYPE_CHECKING:
     import napari
@@ -70,6 +72,19 @@ def _path_or_none(value: Any) -> Path | None:
     if value is None or str(value).strip() in ("", "."):
         return None
     return Path(value)
+
+
+def _run_job(job, *args, **kwargs):
+    """:func:`iter_progress` that returns the job's error instead of raising it.
+
+    superqt takes a ``RuntimeError`` raised in a generator worker for a deleted
+    worker: it then emits neither ``errored`` nor ``finished``, and the widget
+    would wait forever. The library's layout and path errors are RuntimeErrors.
+    """
+    try:
+        return (yield from iter_progress(job, *args, **kwargs))
+    except Exception as exc:  # shown to the user by _on_done
+        return exc
 
 
 class RecompressWidget(Container):
@@ -319,7 +334,8 @@ class RecompressWidget(Container):
             raise ValueError("layer: add an image or labels layer to the viewer first")
         layer_data = layer.as_layer_data_tuple()
         data = layer_data[0]
-        storage = storage_for(settings, data.shape, data.dtype)
+        storage = storage_for(settings, data.shape, data.dtype)  # sizes in layer order
+        storage = storage_in_stored_order(storage, stored_axes(layer_data))
         kwargs = {"storage": storage, "source_path": layer_source_path(None, layer.source)}
         return recompress_layer, (layer_data, dst), kwargs
 
@@ -340,7 +356,7 @@ class RecompressWidget(Container):
         self.elapsed.value = "-"
         self.status.value = f"Writing {Path(args[1]).name} ..."
         self.run_button.enabled = False
-        worker = create_worker(iter_progress, job, *args, **kwargs, _ignore_errors=True)
+        worker = create_worker(_run_job, job, *args, **kwargs, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._show_error)
@@ -353,7 +369,10 @@ class RecompressWidget(Container):
         self.progress.max = max(int(total), 1)
         self.progress.value = min(int(done), self.progress.max)
 
-    def _on_done(self, result: RecompressResult) -> None:
+    def _on_done(self, result: RecompressResult | Exception) -> None:
+        if isinstance(result, Exception):
+            self._show_error(result)
+            return
         self.result = result
         self.progress.value = self.progress.max
         where = "on disk" if result.before_on_disk else "in memory"

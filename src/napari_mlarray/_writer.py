@@ -24,7 +24,13 @@ from napari_mlarray._lazy import LazyView
 from napari_mlarray._orientation import layer_matrix
 from napari_mlarray._record_defaults import default_record
 
-__all__ = ["save_layers", "write_layers", "write_single_image", "write_single_labels"]
+__all__ = [
+    "save_layers",
+    "stored_axes",
+    "write_layers",
+    "write_single_image",
+    "write_single_labels",
+]
 
 _STORAGE_KEYS = ("patch_size", "chunk_size", "block_size", "cparams", "dparams")
 
@@ -114,6 +120,27 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+def stored_axes(layer_data: tuple) -> list[int | None]:
+    """Layer axis each stored axis of the saved array comes from.
+
+    Parameters
+    ----------
+    layer_data : (data, meta, layer_type)
+        An image or labels layer's ``as_layer_data_tuple()``.
+
+    Returns
+    -------
+    list of int or None
+        One entry per stored axis; ``None`` for a length-1 axis the layer does
+        not have (a channel split into layers).
+    """
+    data, meta, kind = layer_data
+    _, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
+    layer_axes = iter(undo.perm)
+    n = len(undo.perm) + len(undo.insert)
+    return [None if a in undo.insert else next(layer_axes) for a in range(n)]
 
 
 def _layer_axes(undo: _mapping.Undo) -> list[int]:

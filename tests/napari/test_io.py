@@ -298,3 +298,44 @@ def test_npe2_selects_our_reader_and_writers(tmp_path):
     assert io_utils.write(str(single), full[:1], plugin_name="napari-mlarray") == [str(single)]
     again = io_utils.read([str(out)], stack=False, plugin_name="napari-mlarray")
     assert np.array_equal(again[0][0], layers[0][0])
+
+
+def test_ras_file_with_several_chunks_saves_back(tmp_path, ct_volume):
+    # a transposed read of a partial chunk is not contiguous; Blosc2 refuses such blocks
+    from mlarray import MLArray
+    from mlarray.io import save_mla
+
+    xyz = np.ascontiguousarray((ct_volume > 500).astype(np.uint8).transpose(2, 1, 0))
+    record = {
+        "spatial": {"spacing": [0.7, 0.8, 2.5], "coord_system": "RAS"},
+        "is_seg": {"is_seg": True},
+    }
+    path = tmp_path / "ras_seg.mla"
+    save_mla(path, xyz, record, patch_size=None, chunk_size=[16, 16, 8], block_size=[8, 8, 8])
+    layers = read_mla(str(path))
+    assert [t for _, _, t in layers] == ["labels"]
+    (data, kw, kind) = layers[0]
+    data[12, 20, 30] = 7  # paint
+    out = tmp_path / "ras_seg2.mla"
+    assert save_layers(out, [(data, as_layer_meta(kw), kind)]) == [str(out)]
+    expected = xyz.copy()
+    expected[30, 20, 12] = 7
+    back = MLArray.open(out)
+    assert back.chunks == (16, 16, 8)
+    assert np.array_equal(back[...], expected)
+
+
+def test_channels_get_their_own_contrast_even_with_stored_stats(tmp_path):
+    # the stored statistics are over all channels: T1 and T2 ranges differ
+    from mlarray import MLArray
+
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.normal(0, 1, (4, 10, 12)), rng.normal(1000, 10, (4, 10, 12))])
+    arr = MLArray(
+        data.astype(np.float32), axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"]
+    )
+    arr.compute_stats()
+    arr.save(tmp_path / "ch.mla")
+    ((_, kw, _),) = read_mla(str(tmp_path / "ch.mla"))
+    first, second = kw["contrast_limits"]
+    assert first[1] < 10 and second[0] > 900

@@ -246,3 +246,44 @@ def test_recompress_opened_labels_layer_in_place(viewer, qtbot, tmp_path):
     assert store[...].tobytes() == sample.seg.tobytes()
     assert not (tmp_path / "ct_seg_recompressed.mla").exists()
     assert "on disk" in widget.current.value
+
+
+def test_library_runtime_error_is_reported_and_unlocks_the_button(viewer, qtbot, tmp_path):
+    # the library's LayoutError is a RuntimeError, which superqt's generator workers
+    # take for a deleted worker: no errored/finished signal unless the widget catches it
+    widget = _add_widget(viewer)
+    widget.layer.value = viewer.add_image(_ct(), name="ct")
+    widget.patch_size.value = "64, 64"  # two entries for three spatial axes
+    widget.output.value = tmp_path / "x.mla"
+
+    _run(widget, qtbot)
+
+    assert widget.status.value.startswith("Error: patch_size"), widget.status.value
+    assert widget.result is None and not (tmp_path / "x.mla").exists()
+
+
+@pytest.mark.parametrize("layout", ["large", "explicit"])
+def test_recompress_channel_and_ras_layers_in_stored_order(viewer, qtbot, tmp_path, layout):
+    from mlarray import MLArray
+    from mlarray.io import save_mla
+
+    data = np.arange(2 * 6 * 8 * 10, dtype=np.float32).reshape(2, 6, 8, 10)
+    labels = ["channel", "spatial_x", "spatial_y", "spatial_z"]
+    record = {"spatial": {"axis_labels": labels, "coord_system": "RAS"}}
+    src = save_mla(tmp_path / "c.mla", data, record)
+    layers = viewer.open(str(src), plugin=None)
+    assert [layer.data.shape for layer in layers] == [(10, 8, 6)] * 2  # z, y, x
+    widget = _add_widget(viewer)
+    widget.layer.value = layers[1]
+    widget.layout_mode.value = layout
+    widget.chunk_size.value = "5, 4, 3"  # layer order: z, y, x
+    widget.block_size.value = "5, 2, 3"
+    widget.output.value = tmp_path / "c1.mla"
+
+    _run(widget, qtbot)
+
+    assert widget.result is not None, widget.status.value
+    back = MLArray.open(tmp_path / "c1.mla")
+    assert back.shape == (1, 6, 8, 10) and np.array_equal(back[...], data[1:2])
+    if layout == "explicit":
+        assert back.chunks == (1, 3, 4, 5) and back.blocks == (1, 3, 2, 5)
