@@ -227,7 +227,7 @@ def test_save_back_to_the_file_it_was_opened_from(tmp_path, how):
 
 
 def test_save_into_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(MLArrayFileNotFoundError, match="nowhere"):
+    with pytest.raises(MLArrayFileNotFoundError, match="nowhere: the folder to save into"):
         save_mla(tmp_path / "nowhere" / "x.mla", np.zeros(3), None)
 
 
@@ -577,3 +577,33 @@ def test_open_with_mutated_record_only_raises_mlarray_errors(tmp_path, edits):
             a.to_numpy()
         except MLArrayError as exc:
             assert "fuzz.mla" in str(exc)
+
+
+class _StridedSource:
+    """An array-like whose blocks come back as strided (transposed) views."""
+
+    def __init__(self, data):
+        self._t = np.ascontiguousarray(data.T)
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, key):
+        return self._t.T[key]
+
+
+def test_strided_blocks_from_a_lazy_source_are_saved(tmp_path):
+    data = np.arange(30 * 40 * 50, dtype=np.int32).reshape(30, 40, 50)
+    save_mla(
+        tmp_path / "s.mla",
+        _StridedSource(data),
+        None,
+        patch_size=None,
+        chunk_size=(10, 20, 25),
+        block_size=(5, 10, 25),
+    )
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "s.mla").to_numpy(), data)
+
+
+def test_uppercase_suffix_is_accepted(tmp_path):
+    p = tmp_path / "CASE.MLA"
+    MLArray(np.ones((3, 3))).save(p)
+    assert MLArray.open(p).to_numpy().sum() == 9

@@ -47,9 +47,9 @@ class InvalidModeError(MLArrayError, RuntimeError):
 class MLArrayFileNotFoundError(MLArrayError, FileNotFoundError):
     """The ``.mla`` file does not exist."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, message: str = "no such .mla file"):
         self.path = os.fspath(path)
-        super().__init__(_with_path(path, "no such .mla file"))
+        super().__init__(_with_path(path, message))
 
 
 class MLArrayIOError(MLArrayError, OSError):

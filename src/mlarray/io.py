@@ -57,7 +57,7 @@ def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
         p = Path(os.fspath(path))
     except TypeError:
         raise InvalidPathError(None, f"expected a file path, got {type(path).__name__}") from None
-    if p.suffix != SUFFIX:
+    if p.suffix.lower() != SUFFIX:
         raise InvalidPathError(p, f"an MLArray file must end with '{SUFFIX}'")
     if must_exist:
         if p.is_dir():
@@ -279,7 +279,7 @@ def save_mla(
     if target.is_symlink():  # write through the link, as numpy and nibabel do
         target = Path(os.path.realpath(target))
     if not target.parent.is_dir():
-        raise MLArrayFileNotFoundError(target.parent)
+        raise MLArrayFileNotFoundError(target.parent, "the folder to save into does not exist")
     if target.is_dir():
         raise InvalidPathError(target, "is a directory")
     src = None if data is None else _source_array(data)
@@ -421,9 +421,9 @@ def _write_frame(
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
         for i, slc in enumerate(slices, 1):
-            block = np.asarray(src[slc])
-            if block.dtype != dtype:
-                block = block.astype(dtype)
+            # C order and the stored dtype: lazy views (transposes, casts) may return
+            # strided blocks, which Blosc2 refuses.
+            block = np.asarray(src[slc]).astype(dtype, order="C", copy=False)
             if block.shape != tuple(s.stop - s.start for s in slc):
                 raise MLArrayFormatError(
                     None, f"source returned shape {block.shape} for slice {slc}; cannot save"
