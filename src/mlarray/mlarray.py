@@ -797,6 +797,28 @@ class MLArray:
         self._store = None
         self._file_store = None
 
+    def __reduce__(self) -> tuple:
+        """Pickle support, e.g. for data-loader worker processes.
+
+        An array opened from a file (modes ``r``, ``r+``, ``a``) pickles as its
+        path and modes and is reopened lazily on unpickling, so sending it to a
+        worker costs a few hundred bytes; in-memory data (and copy-on-write
+        views, whose edits live only in memory) travel compressed.
+        """
+        record = self.meta.to_mapping()
+        if (
+            self._path is not None
+            and self._store is not None
+            and self._store is self._file_store
+            and self._mmap_mode != "c"
+        ):
+            mode = "a" if self._writable and self._mmap_mode is None else "r"
+            return (_unpickle_file, (str(self._path), mode, self._mmap_mode, record))
+        store = self._store
+        if isinstance(store, blosc2.NDArray):
+            return (_unpickle_cframe, (store.to_cframe(), record))
+        return (_unpickle_memory, (store, record))
+
     def __enter__(self) -> MLArray:
         return self
 
@@ -1141,6 +1163,26 @@ def _write_advanced(store: Any, shape: tuple[int, ...], key: Any, values: np.nda
     region = np.array(store[box])
     region[tuple(c - low for c, low in zip(coords, lo, strict=True))] = values
     store[box] = region
+
+
+def _unpickle_file(path: str, mode: str, mmap_mode: str | None, record: dict) -> MLArray:
+    out = MLArray.open(path, mode=mode, mmap_mode=mmap_mode)
+    out.meta = Meta.from_mapping(record)
+    return out
+
+
+def _unpickle_cframe(cframe: bytes, record: dict) -> MLArray:
+    out = MLArray._bare(Meta.from_mapping(record))
+    out._store = blosc2.ndarray_from_cframe(cframe, copy=True)
+    out._writable = True
+    return out
+
+
+def _unpickle_memory(data: np.ndarray | None, record: dict) -> MLArray:
+    out = MLArray._bare(Meta.from_mapping(record))
+    out._store = data
+    out._writable = True
+    return out
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -1,0 +1,76 @@
+"""MLArray pickles cheaply (data-loader workers): files as their path, memory compressed."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+
+
+@pytest.fixture
+def saved(tmp_path):
+    data = np.random.default_rng(0).integers(0, 500, (40, 50, 60), dtype=np.int16)
+    p = tmp_path / "v.mla"
+    MLArray(data, spacing=[2.0, 1.0, 1.0], meta={"extra": {"case": 7}}).save(p)
+    return p, data
+
+
+def test_opened_file_pickles_as_its_path_and_reopens_lazily(saved):
+    p, data = saved
+    a = MLArray.open(p)
+    a.meta.extra.data = {"case": 8}  # unsaved metadata edits travel too
+    blob = pickle.dumps(a)
+    assert len(blob) < 5_000, "the pickled handle must not carry the array"
+    b = pickle.loads(blob)
+    assert b.path == p and b.chunks == a.chunks and b.spacing == [2.0, 1.0, 1.0]
+    assert b.meta.extra.data == {"case": 8}
+    np.testing.assert_array_equal(b[5:9, 10:20, -5:], data[5:9, 10:20, -5:])
+
+
+def test_writable_file_reopens_writable(saved):
+    p, _ = saved
+    b = pickle.loads(pickle.dumps(MLArray.open(p, mmap_mode="r+")))
+    b[0, 0, 0] = 123
+    b.close()
+    assert MLArray.open(p)[0, 0, 0] == 123
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_in_memory_arrays_roundtrip(compressed):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    a = MLArray(data, spacing=[1, 2, 3], compressed=compressed)
+    b = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(b.to_numpy(), data)
+    assert b.spacing == [1.0, 2.0, 3.0] and b.chunks == a.chunks
+    b[0, 0, 0] = 99
+    assert a[0, 0, 0] == 0, "the unpickled copy is independent"
+
+
+def test_copy_on_write_edits_survive_pickling(saved):
+    p, _ = saved
+    a = MLArray.open(p, mmap_mode="c")
+    a[0] = -1
+    b = pickle.loads(pickle.dumps(a))
+    assert (b[0] == -1).all() and (MLArray.open(p)[0] != -1).any()
+
+
+def test_metadata_only_roundtrip():
+    a = MLArray(meta={"bbox": {"bboxes": [[[0, 1], [2, 3]]]}})
+    b = pickle.loads(pickle.dumps(a))
+    assert b.shape is None and b.meta.bbox.bboxes == [[[0, 1], [2, 3]]]
+
+
+def _patch_sum(arr: MLArray) -> int:
+    return int(arr[10:20, 10:20, 10:20].astype(np.int64).sum())
+
+
+def test_worker_processes_read_patches(saved):
+    p, data = saved
+    a = MLArray.open(p)
+    with mp.get_context("spawn").Pool(2) as pool:
+        got = pool.map(_patch_sum, [a, a])
+    assert got == [int(data[10:20, 10:20, 10:20].astype(np.int64).sum())] * 2
