@@ -106,6 +106,32 @@ class LazyView:
             out.append(1 if j is None else int(src[self._kept[self.perm[j]]]))
         return tuple(out)
 
+    def _is_plain_transpose(self) -> bool:
+        return (
+            not self.fixed
+            and not self.insert
+            and not any(self.flip)
+            and (self.dtype == np.dtype(self.source.dtype))
+        )
+
+    def simplified(self):
+        """The same data with stacked transposes merged, or the source itself for an identity.
+
+        Saving an unchanged layer then hands the writer the opened file's own
+        array, whose compressed chunks can be copied as they are.
+        """
+        view = self
+        while (
+            isinstance(view.source, LazyView)
+            and view._is_plain_transpose()
+            and view.source._is_plain_transpose()
+        ):
+            inner = view.source
+            view = LazyView(inner.source, perm=[inner.perm[p] for p in view.perm])
+        if view._is_plain_transpose() and view.perm == tuple(range(len(view.perm))):
+            return view.source
+        return view
+
     def __len__(self) -> int:
         return self.shape[0]
 

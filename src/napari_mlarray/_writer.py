@@ -96,6 +96,8 @@ def save_layers(
         data, meta, kind = mains[0]
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
+        if isinstance(out, LazyView):
+            out = out.simplified()  # an unchanged opened image: its own chunks are copied
         if shapes:
             target = {
                 "axes": _layer_axes(undo),

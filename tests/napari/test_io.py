@@ -339,3 +339,26 @@ def test_channels_get_their_own_contrast_even_with_stored_stats(tmp_path):
     ((_, kw, _),) = read_mla(str(tmp_path / "ch.mla"))
     first, second = kw["contrast_limits"]
     assert first[1] < 10 and second[0] > 900
+
+
+def test_unchanged_ras_image_saves_back_by_copying_its_compressed_chunks(tmp_path, ct_volume):
+    import blosc2
+
+    from mlarray.io import save_mla
+
+    xyz = np.ascontiguousarray(ct_volume.transpose(2, 1, 0))
+    src = tmp_path / "ras.mla"
+    save_mla(
+        src,
+        xyz,
+        {"spatial": {"spacing": [0.7, 0.8, 2.5], "coord_system": "RAS"}},
+        patch_size=None,
+        chunk_size=[16, 16, 8],
+        block_size=[8, 8, 8],
+    )
+    ((data, kw, kind),) = read_mla(str(src))
+    out = tmp_path / "ras_again.mla"
+    assert save_layers(out, [(data, as_layer_meta(kw), kind)]) == [str(out)]
+    a, b = blosc2.open(str(src)), blosc2.open(str(out))
+    assert a.schunk.nchunks == b.schunk.nchunks > 1
+    assert all(a.schunk.get_chunk(i) == b.schunk.get_chunk(i) for i in range(a.schunk.nchunks))

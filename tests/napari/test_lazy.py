@@ -90,3 +90,15 @@ def test_errors(arr):
         view[0, 0, 0, 0, 0]
     with pytest.raises(TypeError):
         view[[0, 1]]
+
+
+def test_simplified_merges_transposes_and_drops_identities(arr):
+    back = LazyView(LazyView(arr, perm=(3, 1, 0, 2)), perm=(2, 1, 3, 0))
+    assert back.simplified() is arr
+    twice = LazyView(LazyView(arr, perm=(1, 0, 2, 3)), perm=(0, 1, 3, 2)).simplified()
+    assert isinstance(twice, LazyView) and twice.source is arr
+    np.testing.assert_array_equal(np.asarray(twice), arr.transpose(1, 0, 3, 2))
+    flipped = LazyView(arr, flip=(True, False, False, False))
+    assert flipped.simplified() is flipped
+    cast = LazyView(arr, dtype=np.float32)
+    assert cast.simplified() is cast
