@@ -404,6 +404,43 @@ def record_from_layer(
     return rec, Undo(tuple(range(ndim)))
 
 
+def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> dict:
+    """``meta`` of a layer made in napari, given the ``.mla`` block of the layer it was made over.
+
+    A Labels layer created over an opened image (napari's "new labels" copies
+    the image's shape and transforms) then saves like that image: same stored
+    axis order, world frame, ``coord_system`` and geometry form, so the saved
+    mask lines up voxel for voxel with the image's array in Python too. The
+    image's statistics, boxes and layout are not inherited.
+
+    Parameters
+    ----------
+    meta : dict
+        The new layer's ``as_layer_data_tuple()[1]``.
+    template : dict
+        The ``metadata[KEY]`` block of the opened layer with the same shape and transforms.
+    layer_type : str
+        ``"image"`` or ``"labels"``.
+    dtype : dtype-like
+        Dtype of the new layer's data (what is stored).
+
+    Returns
+    -------
+    dict
+        A copy of ``meta`` whose metadata carries the adopted block.
+    """
+    block = copy.deepcopy(template)
+    rec = normalized_record(block["record"])
+    fresh = default_record()
+    for key in ("stats", "bbox", "blosc2", "is_seg"):
+        rec[key] = fresh[key]
+    rec["is_seg"]["is_seg"] = True if layer_type == "labels" else None
+    block.update(record=rec, layer=layer_type, dtype=np.dtype(dtype).str, path=None)
+    out = dict(meta)
+    out["metadata"] = {**(meta.get("metadata") or {}), KEY: block}
+    return out
+
+
 def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Undo]:
     rec = normalized_record(block["record"])
     perm = list(block["perm"])

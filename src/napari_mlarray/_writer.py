@@ -12,6 +12,7 @@ writes a temporary file and replaces the old one atomically).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,9 @@ def save_layers(
         )
     if mains:
         data, meta, kind = mains[0]
+        template = _viewer_template(data, meta)
+        if template is not None:
+            meta = _mapping.adopt_template(meta, template, kind, data.dtype)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
         if isinstance(out, LazyView):
@@ -122,6 +126,32 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+def _viewer_template(data: Any, meta: dict) -> dict | None:
+    """The ``.mla`` block of an opened layer in the current viewer that ``data`` was made over.
+
+    Only for layers made in napari (no block of their own): the first layer
+    read by this plugin with the same shape and the same data-to-world
+    transform. Outside a running napari, or without a match, ``None``.
+    """
+    if (meta.get("metadata") or {}).get(KEY) is not None:
+        return None
+    napari = sys.modules.get("napari")  # never import napari (or Qt) from here
+    viewer = napari.current_viewer() if napari is not None else None
+    if viewer is None:
+        return None
+    ndim = len(data.shape)
+    matrix = layer_matrix(meta, ndim)
+    for layer in viewer.layers:
+        block = (getattr(layer, "metadata", None) or {}).get(KEY)
+        if not block or block.get("layer") not in ("image", "labels") or block.get("channel"):
+            continue
+        if tuple(layer.data.shape) != tuple(data.shape):
+            continue
+        if np.allclose(layer_matrix(layer.as_layer_data_tuple()[1], ndim), matrix, atol=1e-9):
+            return block
+    return None
 
 
 def stored_axes(layer_data: tuple) -> list[int | None]:

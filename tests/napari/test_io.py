@@ -362,3 +362,34 @@ def test_unchanged_ras_image_saves_back_by_copying_its_compressed_chunks(tmp_pat
     a, b = blosc2.open(str(src)), blosc2.open(str(out))
     assert a.schunk.nchunks == b.schunk.nchunks > 1
     assert all(a.schunk.get_chunk(i) == b.schunk.get_chunk(i) for i in range(a.schunk.nchunks))
+
+
+def test_new_layer_adopting_an_opened_image_saves_in_its_stored_order(tmp_path):
+    from mlarray import MLArray
+    from mlarray.io import save_mla
+    from napari_mlarray._mapping import adopt_template
+
+    xyz = np.random.default_rng(1).integers(0, 100, (12, 14, 10)).astype(np.int16)
+    geometry = {
+        "spacing": [0.7, 0.8, 2.5],
+        "origin": [10.0, 20.0, 30.0],
+        "coord_system": "RAS",
+        "axis_labels": ["spatial_x", "spatial_y", "spatial_z"],
+    }
+    src = tmp_path / "ras.mla"
+    save_mla(src, xyz, {"spatial": geometry, "bbox": {"bboxes": [[[0, 1], [0, 1], [0, 1]]]}})
+    (img, kw, _), *_ = read_mla(str(src))
+    # what napari's "new labels" makes: same shape and transforms, no .mla metadata
+    new_meta = {k: v for k, v in as_layer_meta(kw).items() if k != "metadata"}
+    labels = np.zeros(img.shape, np.uint8)
+    labels[3, 5, 7] = 2  # view order (z, y, x)
+    meta = adopt_template(new_meta, kw["metadata"]["mlarray"], "labels", labels.dtype)
+    out = tmp_path / "seg.mla"
+    assert save_layers(out, [(labels, meta, "labels")]) == [str(out)]
+    seg, image = MLArray.open(out), MLArray.open(src)
+    assert seg.shape == image.shape and seg.dtype == np.uint8
+    assert seg.meta.spatial.coord_system == "RAS" and seg.meta.is_seg.is_seg is True
+    assert seg.meta.spatial.axis_labels == geometry["axis_labels"]
+    np.testing.assert_allclose(seg.affine, image.affine)
+    assert seg.meta.bbox.bboxes is None and seg.meta.stats.min is None
+    assert np.argwhere(seg.to_numpy() == 2).tolist() == [[7, 5, 3]]  # stored (x, y, z)
