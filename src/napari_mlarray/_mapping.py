@@ -411,7 +411,8 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
     the image's shape and transforms) then saves like that image: same stored
     axis order, world frame, ``coord_system`` and geometry form, so the saved
     mask lines up voxel for voxel with the image's array in Python too. The
-    image's statistics, boxes and layout are not inherited.
+    image's statistics, boxes and layout are not inherited; made over one
+    channel of a split image, the layer is stored without the channel axis.
 
     Parameters
     ----------
@@ -431,6 +432,9 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
     """
     block = copy.deepcopy(template)
     rec = normalized_record(block["record"])
+    channel = block.pop("channel", None)
+    if channel is not None:
+        _drop_stored_axis(block, rec, channel["axis"], channel["view_axis"])
     fresh = default_record()
     for key in ("stats", "bbox", "blosc2", "is_seg"):
         rec[key] = fresh[key]
@@ -439,6 +443,16 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
     out = dict(meta)
     out["metadata"] = {**(meta.get("metadata") or {}), KEY: block}
     return out
+
+
+def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None:
+    """Remove stored axis ``axis`` (view position ``view_axis``) from ``block`` and ``rec``."""
+    block["perm"] = [a - (a > axis) for k, a in enumerate(block["perm"]) if k != view_axis]
+    sp = rec["spatial"]
+    for key in ("shape", "axis_labels", "axis_units"):
+        if sp.get(key) is not None:
+            sp[key] = [v for a, v in enumerate(sp[key]) if a != axis]
+    sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
 
 
 def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Undo]:

@@ -133,7 +133,8 @@ def _viewer_template(data: Any, meta: dict) -> dict | None:
 
     Only for layers made in napari (no block of their own): the first layer
     read by this plugin with the same shape and the same data-to-world
-    transform. Outside a running napari, or without a match, ``None``.
+    transform (one channel of a split image counts). Outside a running
+    napari, or without a match, ``None``.
     """
     if (meta.get("metadata") or {}).get(KEY) is not None:
         return None
@@ -145,7 +146,7 @@ def _viewer_template(data: Any, meta: dict) -> dict | None:
     matrix = layer_matrix(meta, ndim)
     for layer in viewer.layers:
         block = (getattr(layer, "metadata", None) or {}).get(KEY)
-        if not block or block.get("layer") not in ("image", "labels") or block.get("channel"):
+        if not block or block.get("layer") not in ("image", "labels"):
             continue
         if tuple(layer.data.shape) != tuple(data.shape):
             continue

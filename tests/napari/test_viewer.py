@@ -139,6 +139,36 @@ def test_new_labels_over_image_painted_and_saved(make_napari_viewer, tmp_path, c
     assert np.allclose(again.data_to_world([5, 10, 12]), image.data_to_world([5, 10, 12]))
 
 
+def test_new_labels_over_one_channel_pairs_with_the_image_spatial_axes(
+    make_napari_viewer, tmp_path
+):
+    from mlarray import MLArray
+
+    affine = [[-0.7, 0, 0, 10], [0, -0.8, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]]
+    path = write_mla(
+        tmp_path / "mr.mla",
+        np.random.default_rng(0).normal(size=(2, 6, 7, 5)).astype(np.float32),
+        affine=affine,
+        axis_labels=["channel", "spatial_x", "spatial_y", "spatial_z"],
+        coord_system="RAS",
+    )
+    viewer = make_napari_viewer()
+    first, _ = viewer.open(str(path), plugin=None)
+    viewer.layers.selection.active = first
+    viewer._new_labels()  # napari's "new labels" button
+    labels = viewer.layers[-1]
+    labels.data[1, 2, 3] = 4  # layer order is z, y, x
+    viewer.layers.selection = {labels}
+    out = tmp_path / "mask.mla"
+    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    mask = MLArray.open(out)
+    # stored like the image's spatial axes (x, y, z), without the channel axis
+    assert mask.shape == (6, 7, 5) and mask[3, 2, 1] == 4
+    assert mask.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
+    assert mask.meta.spatial.coord_system == "RAS"
+    np.testing.assert_allclose(mask.affine, affine)
+
+
 def test_boxes_drawn_in_napari_save_with_the_image(make_napari_viewer, tmp_path, ct_volume):
     from mlarray import MLArray
 
