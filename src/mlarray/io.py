@@ -119,11 +119,11 @@ def open_store(
     dparams : dict, optional
         Blosc2 decompression parameters.
     """
-    p = check_path(path, must_exist=True)
-    if mmap_mode not in _OPEN_MMAP_MODES:
+    if mmap_mode not in _OPEN_MMAP_MODES:  # arguments first, then the file system
         raise InvalidModeError(
-            f"{p}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
+            f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
+    p = check_path(path, must_exist=True)
     with os_errors(p, "cannot read"), open(p, "rb") as fh:
         head = fh.read(64)
     if not head.startswith(FRAME_MAGIC):

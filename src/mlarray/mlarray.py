@@ -20,11 +20,11 @@ from mlarray.errors import (
     ReadOnlyError,
 )
 from mlarray.meta import Meta, MetaBlosc2, MetaStatistics
+from mlarray.record import encode_record, record_from_meta
 
 __all__ = ["MLArray"]
 
 _OPEN_MODES = {"r", "a"}
-_OPEN_MMAP_MODES = {"r", "r+", "c"}
 _CREATE_MODES = {"w"}
 _CREATE_MMAP_MODES = {"w+"}
 
@@ -669,10 +669,6 @@ class MLArray:
         """
         if mode not in _OPEN_MODES:
             raise InvalidModeError(f"{filepath}: mode must be 'r' or 'a' to open, got {mode!r}")
-        if mmap_mode is not None and mmap_mode not in _OPEN_MMAP_MODES:
-            raise InvalidModeError(
-                f"{filepath}: mmap_mode must be 'r', 'r+', 'c' or None to open, got {mmap_mode!r}"
-            )
         if mode == "a" and mmap_mode == "r":
             mmap_mode = "r+"
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
@@ -750,8 +746,6 @@ class MLArray:
     def _flush_meta(self) -> None:
         fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
-            from mlarray.record import encode_record, record_from_meta
-
             fs.schunk.vlmeta[io.VLMETA_KEY] = encode_record(record_from_meta(self.meta))
 
     def save(self, filepath: str | os.PathLike) -> None:
