@@ -372,6 +372,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _given_mapping(
+    field: str, value: Any, object_name: str, allowed: tuple[str, ...]
+) -> dict[str, Any]:
+    """``value`` as a dict of parameters, refusing other types and keys not in ``allowed``."""
+    if not isinstance(value, Mapping):
+        raise MetaValidationError(
+            field, f"expected a dict, a {object_name} or None, got {type(value).__name__}"
+        )
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise MetaValidationError(
+            field, f"unknown key {unknown[0]!r}; allowed keys are {', '.join(allowed)}"
+        )
+    return dict(value)
+
+
 def normalize_cparams(cparams: Mapping[str, Any] | blosc2.CParams | None) -> dict[str, Any]:
     """Compression parameters as a plain JSON-able dict, defaults filled.
 
@@ -406,18 +422,8 @@ def normalize_cparams(cparams: Mapping[str, Any] | blosc2.CParams | None) -> dic
             if name in DEFAULT_CPARAMS
             or _plain(getattr(cparams, name)) != _plain(getattr(defaults, name))
         }
-    elif isinstance(cparams, Mapping):
-        given = dict(cparams)
     else:
-        raise MetaValidationError(
-            "cparams", f"expected a dict, a blosc2.CParams or None, got {type(cparams).__name__}"
-        )
-    unknown = [k for k in given if k not in _CPARAMS_FIELDS]
-    if unknown:
-        raise MetaValidationError(
-            "cparams",
-            f"unknown key {unknown[0]!r}; allowed keys are {', '.join(_CPARAMS_FIELDS)}",
-        )
+        given = _given_mapping("cparams", cparams, "blosc2.CParams", _CPARAMS_FIELDS)
     out = dict(DEFAULT_CPARAMS)
     out.update({key: _cparam_value(key, value) for key, value in given.items()})
     return out
@@ -446,18 +452,8 @@ def normalize_dparams(dparams: Mapping[str, Any] | blosc2.DParams | None) -> dic
         return dict(DEFAULT_DPARAMS)
     if isinstance(dparams, blosc2.DParams):
         given = {name: getattr(dparams, name) for name in _DPARAMS_FIELDS}
-    elif isinstance(dparams, Mapping):
-        given = dict(dparams)
     else:
-        raise MetaValidationError(
-            "dparams", f"expected a dict, a blosc2.DParams or None, got {type(dparams).__name__}"
-        )
-    unknown = [k for k in given if k not in _DPARAMS_FIELDS]
-    if unknown:
-        raise MetaValidationError(
-            "dparams",
-            f"unknown key {unknown[0]!r}; allowed keys are {', '.join(_DPARAMS_FIELDS)}",
-        )
+        given = _given_mapping("dparams", dparams, "blosc2.DParams", _DPARAMS_FIELDS)
     out = dict(DEFAULT_DPARAMS)
     out.update({key: _int_in("dparams", key, value, 1, None) for key, value in given.items()})
     return out
