@@ -18,6 +18,7 @@ from mlarray.meta import (
     MetaSpatial,
     MetaStatistics,
     MetaVersion,
+    _meta_internal_write,
 )
 
 FORMAT_KEYS = [
@@ -149,7 +150,8 @@ def test_meta_accepts_plain_dicts_for_parts_and_on_assignment():
     m = Meta(is_seg=True, spatial={"spacing": [1, 2]}, bbox={"bboxes": [[[0, 1], [0, 1]]]})
     assert isinstance(m.spatial, MetaSpatial) and m.spatial.spacing == [1.0, 2.0]
     assert m.is_seg.is_seg is True
-    m.blosc2 = {"chunk_size": [2, 2]}
+    with _meta_internal_write():
+        m.blosc2 = {"chunk_size": [2, 2]}
     assert isinstance(m.blosc2, MetaBlosc2)
     m.is_seg = False
     assert m.is_seg.is_seg is False

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mlarray import MLArray
+from mlarray import Meta, MLArray
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_copy_on_write_edits_survive_pickling(saved):
 
 
 def test_metadata_only_roundtrip():
-    a = MLArray(meta={"bbox": {"bboxes": [[[0, 1], [2, 3]]]}})
+    a = MLArray(meta=Meta.from_mapping({"bbox": {"bboxes": [[[0, 1], [2, 3]]]}}))
     b = pickle.loads(pickle.dumps(a))
     assert b.shape is None and b.meta.bbox.bboxes == [[[0, 1], [2, 3]]]
 

@@ -8,6 +8,8 @@
 from mlarray.errors import (
     InvalidModeError,
     InvalidPathError,
+    LayoutError,
+    MetaTypeError,
     MetaValidationError,
     MLArrayError,
     MLArrayFileNotFoundError,
@@ -17,21 +19,54 @@ from mlarray.errors import (
     ReadOnlyError,
     UnsafeRecordError,
 )
-from mlarray.meta import Meta
+from mlarray.layout import DEFAULT_PATCH_SIZE
+from mlarray.meta import (
+    AxisLabel,
+    CoordSystem,
+    Meta,
+    MetaBbox,
+    MetaBlosc2,
+    MetaExtra,
+    MetaHasArray,
+    MetaImageFormat,
+    MetaIsSeg,
+    MetaSource,
+    MetaSpatial,
+    MetaStatistics,
+    MetaVersion,
+)
 from mlarray.mlarray import MLArray
 
 __version__ = "0.1.0"
 
+#: Default patch size per spatial axis for the chunk/block layout (as the reference's).
+MLARRAY_DEFAULT_PATCH_SIZE = DEFAULT_PATCH_SIZE
+
 __all__ = [
+    "MLARRAY_DEFAULT_PATCH_SIZE",
+    "AxisLabel",
+    "CoordSystem",
     "InvalidModeError",
     "InvalidPathError",
+    "LayoutError",
     "MLArray",
     "MLArrayError",
     "MLArrayFileNotFoundError",
     "MLArrayFormatError",
     "MLArrayIOError",
     "Meta",
+    "MetaBbox",
+    "MetaBlosc2",
+    "MetaExtra",
+    "MetaHasArray",
+    "MetaImageFormat",
+    "MetaIsSeg",
+    "MetaSource",
+    "MetaSpatial",
+    "MetaStatistics",
+    "MetaTypeError",
     "MetaValidationError",
+    "MetaVersion",
     "NoArrayError",
     "ReadOnlyError",
     "UnsafeRecordError",

@@ -13,10 +13,12 @@ import os
 __all__ = [
     "InvalidModeError",
     "InvalidPathError",
+    "LayoutError",
     "MLArrayError",
     "MLArrayFileNotFoundError",
     "MLArrayFormatError",
     "MLArrayIOError",
+    "MetaTypeError",
     "MetaValidationError",
     "NoArrayError",
     "ReadOnlyError",
@@ -44,8 +46,12 @@ class InvalidModeError(MLArrayError, RuntimeError):
     """An open/create ``mode`` or ``mmap_mode`` that is not supported."""
 
 
-class MLArrayFileNotFoundError(MLArrayError, FileNotFoundError):
-    """The ``.mla`` file does not exist."""
+class MLArrayFileNotFoundError(MLArrayError, FileNotFoundError, RuntimeError):
+    """The ``.mla`` file does not exist.
+
+    Also a ``RuntimeError``, which is what the reference package raises from
+    ``MLArray.open`` for a missing file.
+    """
 
     def __init__(self, path: str | os.PathLike, message: str = "no such .mla file"):
         self.path = os.fspath(path)
@@ -86,6 +92,22 @@ class MetaValidationError(MLArrayError, ValueError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class MetaTypeError(MetaValidationError, TypeError):
+    """A metadata field has a value of the wrong type (a number where a string belongs...).
+
+    Both a ``ValueError`` (as every :class:`MetaValidationError`) and a
+    ``TypeError`` (as the reference package raises for wrong types).
+    """
+
+
+class LayoutError(MLArrayError, RuntimeError):
+    """Storage keywords that are each well formed but do not fit together.
+
+    For example a block larger than its chunk, or a ``chunk_size`` with a
+    different number of entries than the array has axes.
+    """
 
 
 class NoArrayError(MLArrayError, TypeError):

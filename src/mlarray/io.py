@@ -30,7 +30,7 @@ from mlarray.errors import (
     MLArrayIOError,
 )
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
-from mlarray.meta import Meta, MetaBlosc2
+from mlarray.meta import Meta, MetaBlosc2, _meta_internal_write
 from mlarray.record import decode_record, encode_record, meta_from_record, record_from_meta
 
 __all__ = [
@@ -169,9 +169,10 @@ def _meta_of(store: blosc2.NDArray, path: Any) -> Meta:
         raise MLArrayFormatError(
             path, "record says the file holds an array, but the array is empty"
         )
-    meta._has_array.has_array = bool(has_array)
     try:
-        meta.spatial.shape = list(store.shape) if has_array else None
+        with _meta_internal_write():
+            meta._has_array.has_array = bool(has_array)
+            meta.spatial.shape = list(store.shape) if has_array else None
     except MetaValidationError as exc:
         raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
     return meta
@@ -222,8 +223,9 @@ def _prepare_meta(
 ) -> Meta:
     meta = Meta.ensure(meta).copy()
     try:
-        meta._has_array.has_array = shape is not None
-        meta.spatial.shape = None if shape is None else list(shape)
+        with _meta_internal_write():
+            meta._has_array.has_array = shape is not None
+            meta.spatial.shape = None if shape is None else list(shape)
     except MetaValidationError as exc:
         raise MetaValidationError(exc.field, f"{exc} (saving {path})") from None
     boxes = meta.bbox.bboxes
@@ -289,7 +291,7 @@ def save_mla(
 
     if src is None:
         opts = None
-        meta.blosc2 = MetaBlosc2()
+        blosc2_part = MetaBlosc2()
     else:
         opts = resolve_storage(
             shape,
@@ -313,13 +315,15 @@ def save_mla(
             )
         ):
             patch = kept.patch_size  # the layout that patch size produced is kept as it was
-        meta.blosc2 = MetaBlosc2(
+        blosc2_part = MetaBlosc2(
             chunk_size=None if opts.chunk_size is None else list(opts.chunk_size),
             block_size=None if opts.block_size is None else list(opts.block_size),
             patch_size=patch,
             cparams=opts.cparams,
             dparams=opts.dparams,
         )
+    with _meta_internal_write():
+        meta.blosc2 = blosc2_part
     record = encode_record(record_from_meta(meta))
 
     with os_errors(target, "cannot create a temporary file next to it"):

@@ -40,13 +40,12 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray.errors import MetaValidationError, MLArrayError
+from mlarray.errors import LayoutError, MetaValidationError
 
 __all__ = [
     "DEFAULT_CPARAMS",
     "DEFAULT_DPARAMS",
     "DEFAULT_PATCH_SIZE",
-    "LayoutError",
     "StorageOptions",
     "StorageRequest",
     "comp_blosc2_params",
@@ -61,14 +60,6 @@ DEFAULT_DPARAMS = {"nthreads": 1}
 
 #: A chunk axis stops growing once it exceeds this many patch sizes.
 _CHUNK_PATCH_FACTOR = 1.5
-
-
-class LayoutError(MLArrayError, RuntimeError):
-    """Storage keywords that are each well formed but do not fit together.
-
-    For example a block larger than its chunk, or a ``chunk_size`` with a
-    different number of entries than the array has axes.
-    """
 
 
 # ----------------------------------------------------------------------------- layout

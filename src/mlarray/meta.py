@@ -9,21 +9,25 @@ when the object is created *and* whenever a field is assigned later, so a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from mlarray.errors import MetaValidationError
+from mlarray.errors import MetaTypeError, MetaValidationError
 
 __all__ = [
     "AxisLabel",
     "AxisLabelEnum",
     "BaseMeta",
+    "CoordSystem",
+    "CoordSystemEnum",
     "Meta",
     "MetaBbox",
     "MetaBlosc2",
@@ -35,7 +39,9 @@ __all__ = [
     "MetaSpatial",
     "MetaStatistics",
     "MetaVersion",
+    "SingleKeyBaseMeta",
     "is_spatial_label",
+    "world_frame",
 ]
 
 FORMAT_VERSION = "v0"
@@ -59,14 +65,86 @@ class AxisLabelEnum(StrEnum):
     components = "components"
 
 
-AxisLabel = Union[str, AxisLabelEnum]  # noqa: UP007 - public alias, kept for the documented API
+#: The axis-label vocabulary (also ``MetaSpatial.AxisLabel`` and ``mlarray.AxisLabel``).
+AxisLabel = AxisLabelEnum
+
+
+class CoordSystemEnum(StrEnum):
+    """Names of world coordinate systems for ``MetaSpatial.coord_system``.
+
+    ``RAS`` (+x toward the patient's right, +y anterior, +z superior, the
+    NIfTI world) and ``RAS+`` name the same frame; so do ``LPS`` (+x left,
+    +y posterior, +z superior, the DICOM/ITK world) and ``LPS+``. Any other
+    string is accepted as a custom frame name.
+    """
+
+    RAS = "RAS"
+    LPS = "LPS"
+    RAS_PLUS = "RAS+"
+    LPS_PLUS = "LPS+"
+    unknown = "unknown"
+    other = "other"
+
+
+#: The coordinate-system vocabulary (also ``MetaSpatial.CoordSystem`` and ``mlarray.CoordSystem``).
+CoordSystem = CoordSystemEnum
 
 _SPATIAL_LABELS = frozenset({"spatial", "spatial_x", "spatial_y", "spatial_z"})
+_WORLD_FRAMES = {"RAS": "RAS", "RAS+": "RAS", "LPS": "LPS", "LPS+": "LPS"}
 
 
-def is_spatial_label(label: AxisLabel) -> bool:
+def is_spatial_label(label: str | AxisLabelEnum) -> bool:
     """Return whether an axis label names a spatial axis."""
     return str(label) in _SPATIAL_LABELS
+
+
+def world_frame(coord_system: str | CoordSystemEnum | None) -> str | None:
+    """The world frame a ``coord_system`` value names: ``"RAS"``, ``"LPS"`` or None.
+
+    ``RAS``/``RAS+`` give ``"RAS"``, ``LPS``/``LPS+`` give ``"LPS"`` (case
+    and surrounding blanks ignored); None, ``unknown``, ``other`` and custom
+    names give None.
+    """
+    if coord_system is None:
+        return None
+    return _WORLD_FRAMES.get(str(coord_system).strip().upper())
+
+
+# --------------------------------------------------------------------------- internal fields
+# Fields mlarray maintains itself (the array shape, the storage layout, the
+# payload flag, the format version) are read-only for users. Library code
+# writes them inside ``with _meta_internal_write():``.
+
+_INTERNAL_WRITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "mlarray_meta_internal_write", default=False
+)
+
+
+@contextlib.contextmanager
+def _meta_internal_write() -> Iterator[None]:
+    """Allow writing the fields mlarray maintains (library use), in this context only."""
+    token = _INTERNAL_WRITE.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL_WRITE.reset(token)
+
+
+def _refuse_internal(name: str) -> None:
+    raise AttributeError(f"meta.{name} is maintained by mlarray and is read-only")
+
+
+class _ReadOnlyList(list):
+    """A list mlarray maintains: it reads as a list; changing it raises AttributeError."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise AttributeError("this list is maintained by mlarray and is read-only")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> tuple:
+        return (list, (list(self),))
 
 
 # --------------------------------------------------------------------------- parsers
@@ -82,7 +160,7 @@ def _as_list(name: str, value: Any) -> list:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise MetaValidationError(name, f"expected a list, got {type(value).__name__}")
+        raise MetaTypeError(name, f"expected a list, got {type(value).__name__}")
     return list(value)
 
 
@@ -92,7 +170,7 @@ def parse_optional_float(name: str, value: Any) -> float | None:
     if isinstance(value, np.generic):
         value = value.item()
     if not _is_number(value):
-        raise MetaValidationError(name, f"expected a number or None, got {value!r}")
+        raise MetaTypeError(name, f"expected a number or None, got {value!r}")
     return float(value)
 
 
@@ -102,7 +180,7 @@ def parse_optional_bool(name: str, value: Any) -> bool | None:
     if isinstance(value, np.bool_):
         value = bool(value)
     if not isinstance(value, bool):
-        raise MetaValidationError(name, f"expected True, False or None, got {value!r}")
+        raise MetaTypeError(name, f"expected True, False or None, got {value!r}")
     return value
 
 
@@ -119,7 +197,7 @@ def parse_optional_str(name: str, value: Any) -> str | None:
     if isinstance(value, Enum):
         value = value.value
     if not isinstance(value, str):
-        raise MetaValidationError(name, f"expected a string or None, got {value!r}")
+        raise MetaTypeError(name, f"expected a string or None, got {value!r}")
     return value
 
 
@@ -129,7 +207,7 @@ def parse_optional_int(name: str, value: Any) -> int | None:
     if isinstance(value, np.integer):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise MetaValidationError(name, f"expected an integer or None, got {value!r}")
+        raise MetaTypeError(name, f"expected an integer or None, got {value!r}")
     return value
 
 
@@ -195,13 +273,13 @@ def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise MetaValidationError(name, f"keys must be strings, got {k!r}")
+                raise MetaTypeError(name, f"keys must be strings, got {k!r}")
             out[k] = _to_json_like(f"{name}.{k}", v, depth + 1)
         return out
     if isinstance(value, (list, tuple, np.ndarray)):
         items = value.tolist() if isinstance(value, np.ndarray) else value
         return [_to_json_like(name, v, depth + 1) for v in items]
-    raise MetaValidationError(
+    raise MetaTypeError(
         name, f"value {value!r} of type {type(value).__name__} is not JSON-compatible"
     )
 
@@ -210,7 +288,7 @@ def parse_json_dict(name: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise MetaValidationError(name, f"expected a dict, got {type(value).__name__}")
+        raise MetaTypeError(name, f"expected a dict, got {type(value).__name__}")
     return _to_json_like(name, value)
 
 
@@ -231,10 +309,10 @@ def parse_bboxes(name: str, value: Any) -> list[list[list[float | int]]] | None:
                     name, f"box {b} axis {a}: expected [min, max], got {pair!r}"
                 )
             lo, hi = (v.item() if isinstance(v, np.generic) else v for v in pair)
-            if not (_is_number(lo) and _is_number(hi)) or not (
-                math.isfinite(lo) and math.isfinite(hi)
-            ):
-                raise MetaValidationError(name, f"box {b} axis {a}: bounds must be finite numbers")
+            if not (_is_number(lo) and _is_number(hi)):
+                raise MetaTypeError(name, f"box {b} axis {a}: bounds must be numbers")
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise MetaValidationError(name, f"box {b} axis {a}: bounds must be finite")
             if lo > hi:
                 raise MetaValidationError(name, f"box {b} axis {a}: min {lo} > max {hi}")
             axes.append([lo, hi])
@@ -253,7 +331,7 @@ def parse_scores(name: str, value: Any) -> list[float | int] | None:
     for i, v in enumerate(_as_list(name, value)):
         v = v.item() if isinstance(v, np.generic) else v
         if not _is_number(v):
-            raise MetaValidationError(name, f"entry {i} must be a number, got {v!r}")
+            raise MetaTypeError(name, f"entry {i} must be a number, got {v!r}")
         out.append(v)
     return out
 
@@ -265,9 +343,14 @@ def parse_box_labels(name: str, value: Any) -> list[str | int | float] | None:
     for i, v in enumerate(_as_list(name, value)):
         v = v.item() if isinstance(v, np.generic) else v
         if not (isinstance(v, str) or _is_number(v)):
-            raise MetaValidationError(name, f"entry {i} must be a string or number, got {v!r}")
+            raise MetaTypeError(name, f"entry {i} must be a string or number, got {v!r}")
         out.append(v)
     return out
+
+
+def _parse_internal_sizes(name: str, value: Any) -> list[int] | None:
+    sizes = parse_int_list(name, value, minimum=0)
+    return None if sizes is None else _ReadOnlyList(sizes)
 
 
 # --------------------------------------------------------------------------- base classes
@@ -275,8 +358,14 @@ def parse_box_labels(name: str, value: Any) -> list[str | int | float] | None:
 T = TypeVar("T", bound="BaseMeta")
 
 
-def _parsed(parse: Callable[[str, Any], Any], default: Any = None, factory: Any = None) -> Any:
-    meta = {"parse": parse}
+def _parsed(
+    parse: Callable[[str, Any], Any],
+    default: Any = None,
+    factory: Any = None,
+    *,
+    internal: bool = False,
+) -> Any:
+    meta = {"parse": parse, "internal": internal}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -305,10 +394,13 @@ class BaseMeta:
         if spec is None:
             object.__setattr__(self, name, value)
             return
+        initialised = getattr(self, "_initialised", False)
+        if initialised and spec.metadata.get("internal") and not _INTERNAL_WRITE.get():
+            _refuse_internal(self._field_name(name))
         parse = spec.metadata.get("parse")
         if parse is not None:
             value = parse(self._field_name(name), value)
-        if not getattr(self, "_initialised", False):
+        if not initialised:
             object.__setattr__(self, name, value)
             return
         old = getattr(self, name)
@@ -387,20 +479,33 @@ class BaseMeta:
             that are unset (None or empty); nested metas are merged
             recursively unless the destination sub-meta is entirely default,
             in which case it is replaced.
+
+        Fields mlarray maintains (array shape, storage layout, payload flag,
+        format version) are not copied, except by library code inside
+        ``_meta_internal_write()``. The merged result is validated as a
+        whole; on error ``self`` is left unchanged.
         """
         if type(other) is not type(self):
             raise TypeError(
                 f"copy_from: expected {type(self).__name__}, got {type(other).__name__}"
             )
+        merged = type(self).from_mapping(self._merged(other, overwrite, _INTERNAL_WRITE.get()))
         for f in fields(self):
+            object.__setattr__(self, f.name, getattr(merged, f.name))
+        self._validate_and_cast()
+
+    def _merged(self, other: BaseMeta, overwrite: bool, internal: bool) -> dict[str, Any]:
+        """``self.to_mapping()`` with ``other``'s fields copied in by the copy_from rules."""
+        out = BaseMeta.to_mapping(self)
+        for f in fields(self):
+            if f.metadata.get("internal") and not internal:
+                continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if isinstance(mine, BaseMeta):
-                if overwrite or mine.is_default():
-                    setattr(self, f.name, theirs.copy())
-                else:
-                    mine.copy_from(theirs, overwrite=False)
+                out[f.name] = mine._merged(theirs, overwrite, internal)
             elif overwrite or _is_unset(mine):
-                setattr(self, f.name, _deepcopy_plain(theirs))
+                out[f.name] = _deepcopy_plain(theirs)
+        return out
 
     def copy(self: T) -> T:
         """Return a deep copy."""
@@ -509,17 +614,63 @@ class SingleKeyBaseMeta(BaseMeta):
 # --------------------------------------------------------------------------- the parts
 
 
-@dataclass
-class MetaSource(SingleKeyBaseMeta):
-    """Free-form, JSON-compatible metadata from the original image source."""
+class _DictMeta(SingleKeyBaseMeta, MutableMapping):
+    """A free-form dict part that behaves as a dict: ``meta.source["key"] = value``.
+
+    Item assignment validates the value (JSON-compatible: dict, list, str,
+    int, float, bool, None; numpy scalars and arrays are converted) and
+    changes the record, so the change is saved with the file. Compares equal
+    to a plain dict with the same items.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise MetaTypeError(self._prefix, f"keys must be strings, got {key!r}")
+        self.data[key] = _to_json_like(f"{self._prefix}.{key}", value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __str__(self) -> str:
+        return str(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _DictMeta):
+            return type(self) is type(other) and self.data == other.data
+        if isinstance(other, Mapping):
+            return self.data == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class MetaSource(_DictMeta):
+    """Free-form, JSON-compatible metadata from the original image source.
+
+    Behaves as a dict (``meta.source["patient_id"]``, ``in``, ``len``,
+    ``update``, ``get``, ``del`` ...); ``meta.source.data`` is the dict itself.
+    """
 
     _prefix: ClassVar[str] = "source"
     data: dict[str, Any] = _parsed(parse_json_dict, factory=dict)
 
 
-@dataclass
-class MetaExtra(SingleKeyBaseMeta):
-    """Free-form, JSON-compatible extra metadata (project-specific values go here)."""
+@dataclass(eq=False)
+class MetaExtra(_DictMeta):
+    """Free-form, JSON-compatible extra metadata (project-specific values go here).
+
+    Behaves as a dict, like :class:`MetaSource`.
+    """
 
     _prefix: ClassVar[str] = "extra"
     data: dict[str, Any] = _parsed(parse_json_dict, factory=dict)
@@ -537,16 +688,26 @@ class MetaSpatial(BaseMeta):
     """
 
     _prefix: ClassVar[str] = "spatial"
+    #: The axis-label vocabulary (:class:`AxisLabelEnum`).
+    AxisLabel: ClassVar[type[AxisLabelEnum]] = AxisLabelEnum
+    #: The coordinate-system vocabulary (:class:`CoordSystemEnum`).
+    CoordSystem: ClassVar[type[CoordSystemEnum]] = CoordSystemEnum
+
     spacing: list[float] | None = _parsed(parse_float_list)
     origin: list[float] | None = _parsed(parse_float_list)
     direction: list[list[float]] | None = _parsed(parse_matrix)
     affine: list[list[float]] | None = _parsed(parse_matrix)
-    shape: list[int] | None = _parsed(parse_int_list)
+    shape: list[int] | None = _parsed(_parse_internal_sizes, internal=True)
     axis_labels: list[str] | None = _parsed(parse_str_list)
     coord_system: str | None = _parsed(parse_optional_str)
     axis_units: list[str] | None = _parsed(parse_str_list)
-    _num_spatial_axes: int | None = _parsed(parse_optional_int)
-    _num_non_spatial_axes: int | None = _parsed(parse_optional_int)
+    _num_spatial_axes: int | None = _parsed(parse_optional_int, internal=True)
+    _num_non_spatial_axes: int | None = _parsed(parse_optional_int, internal=True)
+
+    @property
+    def world_frame(self) -> str | None:
+        """``"RAS"`` or ``"LPS"`` when ``coord_system`` names one of them, else None."""
+        return world_frame(self.coord_system)
 
     def _validate_and_cast(self) -> None:
         if self.axis_labels is not None:
@@ -658,48 +819,67 @@ class MetaBbox(BaseMeta):
         return 0 if self.bboxes is None else len(self.bboxes)
 
 
-@dataclass
-class MetaIsSeg(SingleKeyBaseMeta):
-    """Whether the array is a segmentation (label map); None when unknown."""
+class _FlagMeta(SingleKeyBaseMeta):
+    """A wrapped flag that behaves as its value: ``if meta.is_seg:`` tests the flag."""
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return self.value == other.value  # type: ignore[attr-defined]
+        if isinstance(other, (bool, np.bool_)):
+            return self.value is not None and self.value == bool(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class MetaIsSeg(_FlagMeta):
+    """Whether the array is a segmentation (label map); None when unknown.
+
+    Behaves as a bool (``bool(meta.is_seg)`` is False when unknown) and
+    compares equal to ``True``/``False``.
+    """
 
     is_seg: bool | None = _parsed(parse_optional_bool)
 
 
-def _parse_size_list(name: str, value: Any) -> list[int] | None:
-    return parse_int_list(name, value, minimum=0)
-
-
 @dataclass
 class MetaBlosc2(BaseMeta):
-    """Blosc2 layout and codec settings the writer asked for."""
+    """Blosc2 layout and codec settings the writer used (maintained by mlarray, read-only)."""
 
     _prefix: ClassVar[str] = "blosc2"
-    chunk_size: list[int] | None = _parsed(_parse_size_list)
-    block_size: list[int] | None = _parsed(_parse_size_list)
-    patch_size: list[int] | None = _parsed(_parse_size_list)
-    cparams: dict[str, Any] | None = _parsed(parse_optional_json_dict)
-    dparams: dict[str, Any] | None = _parsed(parse_optional_json_dict)
+    chunk_size: list[int] | None = _parsed(_parse_internal_sizes, internal=True)
+    block_size: list[int] | None = _parsed(_parse_internal_sizes, internal=True)
+    patch_size: list[int] | None = _parsed(_parse_internal_sizes, internal=True)
+    cparams: dict[str, Any] | None = _parsed(parse_optional_json_dict, internal=True)
+    dparams: dict[str, Any] | None = _parsed(parse_optional_json_dict, internal=True)
 
 
-@dataclass
-class MetaHasArray(SingleKeyBaseMeta):
-    """Whether the file holds array data (False for metadata-only files)."""
+@dataclass(eq=False)
+class MetaHasArray(_FlagMeta):
+    """Whether the file holds array data (False for metadata-only files); read-only."""
 
-    has_array: bool = _parsed(parse_bool, default=False)
+    has_array: bool = _parsed(parse_bool, default=False, internal=True)
 
 
 @dataclass
 class MetaImageFormat(SingleKeyBaseMeta):
-    """Identifier of the image metadata format, or None."""
+    """Identifier of the image metadata format, or None; read-only."""
 
-    image_meta_format: str | None = _parsed(parse_optional_str)
+    image_meta_format: str | None = _parsed(parse_optional_str, internal=True)
 
 
 @dataclass
 class MetaVersion(SingleKeyBaseMeta):
-    """Format version string (``"v0"``)."""
+    """Format version string (``"v0"``); read-only."""
 
-    mlarray_version: str | None = _parsed(parse_optional_str)
+    mlarray_version: str | None = _parsed(parse_optional_str, internal=True)
 
 
 def _default_version() -> MetaVersion:
@@ -734,16 +914,107 @@ class Meta(BaseMeta):
     stats: MetaStatistics = field(default_factory=MetaStatistics)
     bbox: MetaBbox = field(default_factory=MetaBbox)
     is_seg: MetaIsSeg = field(default_factory=MetaIsSeg)
-    blosc2: MetaBlosc2 = field(default_factory=MetaBlosc2)
-    _has_array: MetaHasArray = field(default_factory=MetaHasArray)
-    _image_meta_format: MetaImageFormat = field(default_factory=MetaImageFormat)
-    _mlarray_version: MetaVersion = field(default_factory=_default_version)
+    blosc2: MetaBlosc2 = field(default_factory=MetaBlosc2, metadata={"internal": True})
+    _has_array: MetaHasArray = field(default_factory=MetaHasArray, metadata={"internal": True})
+    _image_meta_format: MetaImageFormat = field(
+        default_factory=MetaImageFormat, metadata={"internal": True}
+    )
+    _mlarray_version: MetaVersion = field(
+        default_factory=_default_version, metadata={"internal": True}
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         sub = META_PARTS.get(name)
-        if sub is not None:
-            value = sub.ensure(value)
+        if sub is None:
+            object.__setattr__(self, name, value)
+            return
+        initialised = getattr(self, "_initialised", False)
+        if initialised and name in _INTERNAL_PARTS and not _INTERNAL_WRITE.get():
+            _refuse_internal(name)
+        value = sub.ensure(value)
+        if initialised and name == "spatial" and value is not self.spatial:
+            # a new spatial part describes the same array: keep the shape mlarray maintains
+            value = value.copy()
+            with _meta_internal_write():
+                value.shape = self.spatial.shape
         object.__setattr__(self, name, value)
+
+    # -- setters, as the reference package has them ------------------------
+    def set_source(self, value: MetaSource | Mapping[str, Any]) -> Meta:
+        """Replace ``source`` (a dict or :class:`MetaSource`); returns ``self``."""
+        self.source = value
+        return self
+
+    def set_extra(self, value: MetaExtra | Mapping[str, Any]) -> Meta:
+        """Replace ``extra`` (a dict or :class:`MetaExtra`); returns ``self``."""
+        self.extra = value
+        return self
+
+    def update_extra(self, value: Mapping[str, Any]) -> Meta:
+        """Add or replace entries of ``extra``; returns ``self``."""
+        self.extra.update(value)
+        return self
+
+    def set_is_seg(self, value: MetaIsSeg | bool | None) -> Meta:
+        """Set the segmentation flag; returns ``self``."""
+        self.is_seg = value
+        return self
+
+    def set_bbox(self, value: MetaBbox | Mapping[str, Any] | Sequence) -> Meta:
+        """Replace the boxes: a :class:`MetaBbox`, a mapping of its fields, or a list of
+        boxes ``[n_boxes][n_axes][min, max]``; returns ``self``."""
+        if not isinstance(value, (MetaBbox, Mapping)) and value is not None:
+            value = MetaBbox(bboxes=value)
+        self.bbox = value
+        return self
+
+    def add_bbox(
+        self,
+        bbox: Sequence[Sequence[float]],
+        score: float | None = None,
+        label: str | int | float | None = None,
+    ) -> Meta:
+        """Append one box ``[n_axes][min, max]`` (with its score and label); returns ``self``.
+
+        Raises
+        ------
+        MetaValidationError
+            If the box does not fit the others, or a score/label is given for
+            some boxes and not for others.
+        """
+        old = self.bbox
+        n = len(old)
+        parts: dict[str, Any] = {"bboxes": [*(old.bboxes or []), bbox]}
+        for name, new in (("scores", score), ("labels", label)):
+            have = getattr(old, name)
+            if new is None and have is None:
+                continue
+            if (have is None and n) or (new is None and have is not None):
+                raise MetaValidationError(
+                    f"bbox.{name}", f"give a {name[:-1]} for every box or for none"
+                )
+            parts[name] = [*(have or []), new]
+        self.bbox = MetaBbox(**parts)
+        return self
+
+    def set_stats(self, value: MetaStatistics | Mapping[str, Any]) -> Meta:
+        """Replace ``stats``; returns ``self``."""
+        self.stats = value
+        return self
+
+    def set_spatial(self, value: MetaSpatial | Mapping[str, Any]) -> Meta:
+        """Replace the spatial part (the array shape is kept); returns ``self``."""
+        self.spatial = value
+        return self
+
+    def reset(self) -> None:
+        """Reset every user field to its default.
+
+        Fields mlarray maintains (array shape, storage layout, payload flag,
+        format version) are kept.
+        """
+        for name in ("source", "extra", "spatial", "stats", "bbox", "is_seg"):
+            setattr(self, name, META_PARTS[name]())
 
     def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
         """Serialize to the record layout of FORMAT.md (``_mlarray_version`` stored bare)."""
@@ -767,6 +1038,8 @@ class Meta(BaseMeta):
     def is_default(self) -> bool:
         return self == Meta()
 
+
+_INTERNAL_PARTS = frozenset({"blosc2", "_has_array", "_image_meta_format", "_mlarray_version"})
 
 #: The parts of a :class:`Meta`, by record key.
 META_PARTS: dict[str, type[BaseMeta]] = {

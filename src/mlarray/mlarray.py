@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from mlarray.errors import (
     NoArrayError,
     ReadOnlyError,
 )
-from mlarray.meta import Meta, MetaBlosc2, MetaStatistics
+from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
 from mlarray.record import encode_record, record_from_meta
 
 __all__ = ["MLArray"]
@@ -28,11 +28,90 @@ _OPEN_MODES = {"r", "a"}
 _CREATE_MODES = {"w"}
 _CREATE_MMAP_MODES = {"w+"}
 
+#: Metadata parts a user sets (the others are maintained by mlarray).
+_USER_PARTS = ("source", "extra", "spatial", "stats", "bbox", "is_seg")
+#: Metadata parts ``*_like`` constructors take over from their model: what
+#: describes the grid and the case, not the values (stats, boxes).
+_LIKE_PARTS = ("source", "extra", "spatial", "is_seg")
+_SOD = ("spacing", "origin", "direction")
+
+#: ``make(shape, dtype, blosc2_kwargs)`` builds a store: a Blosc2 NDArray when
+#: ``blosc2_kwargs`` is a dict, a numpy array when it is None.
+Maker = Callable[[tuple[int, ...], np.dtype, dict[str, Any] | None], Any]
+
 
 def _as_shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         return (int(shape),)
     return tuple(int(n) for n in np.asarray(shape, dtype=np.int64).reshape(-1))
+
+
+def _as_meta(meta: Meta | Mapping | None) -> Meta | None:
+    """``meta`` as given to a constructor: a Meta, or a dict of free-form *source* metadata."""
+    if meta is None or isinstance(meta, Meta):
+        return meta
+    if isinstance(meta, Mapping):
+        return Meta(source=meta)
+    raise TypeError(f"meta must be a Meta, a dict or None, got {type(meta).__name__}")
+
+
+def _overlay_spatial(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    """Lay the spatial fields set in ``src`` over ``dst`` (both record-shaped dicts).
+
+    Geometry comes either as an affine or as spacing/origin/direction: an
+    affine in ``src`` replaces spacing/origin/direction in ``dst`` (giving
+    both in ``src`` is an error); spacing, origin or direction in ``src``
+    turn an affine in ``dst`` into spacing/origin/direction first, so the
+    fields ``src`` does not give keep their meaning.
+    """
+    given = {k: v for k, v in src.items() if v is not None}
+    if "affine" in given:
+        both = [k for k in _SOD if k in given]
+        if both:
+            raise MetaValidationError(
+                "affine",
+                f"give either affine or spacing/origin/direction, not both (got {', '.join(both)})",
+            )
+        dst.update(dict.fromkeys(_SOD))
+    elif any(k in given for k in _SOD) and dst.get("affine") is not None:
+        spacing, origin, direction = geometry.spacing_origin_direction(np.asarray(dst["affine"]))
+        dst.update(spacing=spacing.tolist(), origin=origin.tolist(), direction=direction.tolist())
+        dst["affine"] = None
+    dst.update(given)
+
+
+def _compose_meta(
+    shape: tuple[int, ...] | None,
+    base: Meta | None,
+    base_parts: tuple[str, ...],
+    meta: Meta | Mapping | None,
+    spatial_args: Mapping[str, Any],
+) -> Meta:
+    """The metadata of a new array: ``base``'s parts, then ``meta``, then the keyword arguments.
+
+    Each layer wins over the one before it for what it sets; the fields
+    mlarray maintains (shape, payload flag) are derived from ``shape``.
+    """
+    parts: dict[str, Any] = {}
+    if base is not None:
+        parts = {name: getattr(base, name).to_mapping() for name in base_parts}
+    explicit = _as_meta(meta)
+    if explicit is not None:
+        for name in _USER_PARTS:
+            part = getattr(explicit, name)
+            if name == "spatial":
+                _overlay_spatial(parts.setdefault("spatial", {}), part.to_mapping())
+            elif not part.is_default():
+                parts[name] = part.to_mapping()
+    spatial = parts.setdefault("spatial", {})
+    _overlay_spatial(spatial, spatial_args)
+    for key in ("shape", "_num_spatial_axes", "_num_non_spatial_axes"):
+        spatial.pop(key, None)
+    with _meta_internal_write():
+        out = Meta.from_mapping(parts)
+        out._has_array.has_array = shape is not None
+        out.spatial.shape = None if shape is None else list(shape)
+    return out
 
 
 class MLArray:
@@ -48,32 +127,28 @@ class MLArray:
     direction : (n, n) array-like, optional
         Direction cosines; column ``j`` is the world direction of spatial axis ``j``.
     affine : (n+1, n+1) array-like, optional
-        Homogeneous affine; an alternative to spacing/origin/direction.
+        Homogeneous affine; an alternative to spacing/origin/direction (giving
+        both raises ``ValueError``).
     meta : Meta or dict, optional
-        Metadata (a dict is converted with :meth:`Meta.ensure`).
+        A :class:`~mlarray.meta.Meta`, or a dict of free-form metadata that
+        becomes ``meta.source`` (as in the reference package). Build a Meta
+        from a mapping of its fields with :meth:`Meta.from_mapping`.
     axis_labels : list of str or AxisLabelEnum, optional
         One label per array axis; ``None`` means every axis is spatial.
     copy : MLArray, optional
-        Another MLArray whose metadata overrides the metadata given here.
-    patch_size : int, sequence or "default" or None
-        Patch size hint per spatial axis for the chunk/block layout
-        ("default" is 192). When not None, ``chunk_size``/``block_size`` are ignored.
-    chunk_size, block_size : int or sequence, optional
-        Explicit layout, used when ``patch_size`` is None.
-    cparams, dparams : dict or blosc2.CParams / blosc2.DParams, optional
-        Compression (default LZ4HC level 8) and decompression (default one
-        thread) parameters.
-    compressed : bool
-        Keep the data Blosc2-compressed in memory (True) or as numpy (False).
+        Another MLArray whose metadata is copied for everything not given
+        explicitly here (explicit arguments win).
+    patch_size, chunk_size, block_size, cparams, dparams, compressed
+        The storage keywords, the same for every constructor; documented
+        once in :mod:`mlarray.layout`. ``compressed=False`` keeps a numpy
+        array in memory.
 
     Notes
     -----
-    The storage keywords (``patch_size``, ``chunk_size``, ``block_size``,
-    ``cparams``, ``dparams``, ``compressed``) mean the same for every
-    constructor (:meth:`asarray`, :meth:`zeros`, :meth:`ones`, :meth:`full`,
-    :meth:`empty`, :meth:`arange`, :meth:`linspace`, the ``*_like`` variants,
-    :meth:`create` and :meth:`compress`); they are resolved in one place,
-    :func:`mlarray.layout.resolve_storage`.
+    Every constructor (this one, :meth:`asarray`, :meth:`zeros`,
+    :meth:`ones`, :meth:`full`, :meth:`empty`, :meth:`arange`,
+    :meth:`linspace`, the ``*_like`` variants and :meth:`create`) funnels
+    into one private path, ``_setup``.
     """
 
     def __init__(
@@ -93,103 +168,139 @@ class MLArray:
         dparams: Any = None,
         compressed: bool = True,
     ):
+        if copy is not None and not isinstance(copy, MLArray):
+            raise TypeError(f"copy must be an MLArray, got {type(copy).__name__}")
+        spatial_args = {
+            "spacing": spacing,
+            "origin": origin,
+            "direction": direction,
+            "affine": affine,
+            "axis_labels": axis_labels,
+        }
+        base = None if copy is None else copy.meta
+        if isinstance(array, (str, os.PathLike)):
+            self._adopt(type(self).load(array, dparams=dparams, compressed=compressed))
+            if base is None:
+                base = self._meta
+            self._remeta(base, _USER_PARTS, meta, spatial_args)
+            return
+        request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        self._setup(_maker(array), base, _USER_PARTS, meta, spatial_args, request, compressed)
+
+    # ------------------------------------------------------------------ the funnel
+    def _setup(
+        self,
+        make: tuple[Maker, tuple[int, ...], Any] | None,
+        base: Meta | None,
+        base_parts: tuple[str, ...],
+        meta: Meta | Mapping | None,
+        spatial_args: Mapping[str, Any],
+        request: layout.StorageRequest,
+        compressed: bool,
+    ) -> None:
+        """The one path of every constructor.
+
+        ``make`` is ``(maker, shape, dtype)`` (None for an instance without
+        an array); the metadata is composed by :func:`_compose_meta`, the
+        storage keywords resolved by :func:`mlarray.layout.resolve_storage`.
+        """
+        self._reset_state()
+        if make is None:
+            self._meta = _compose_meta(None, base, base_parts, meta, spatial_args)
+            return
+        maker, shape, dtype = make
+        shape, dtype = _as_shape(shape), io.check_dtype(dtype)
+        self._meta = _compose_meta(shape, base, base_parts, meta, spatial_args)
+        self._fill((maker, shape, dtype), request, compressed)
+
+    def _fill(
+        self,
+        make: tuple[Maker, tuple[int, ...], np.dtype],
+        request: layout.StorageRequest,
+        compressed: bool,
+    ) -> None:
+        """Build the store with ``make`` and record its layout in ``meta.blosc2``."""
+        maker, shape, dtype = make
+        if compressed:
+            opts = self._resolve(shape, dtype, request)
+            self._store = maker(shape, dtype, opts.blosc2_kwargs(dtype))
+            self._record_storage(opts)
+        else:
+            self._store = np.asarray(maker(shape, dtype, None))
+            self._record_storage(None)
+        self._writable = True
+
+    @classmethod
+    def _make(
+        cls,
+        make: tuple[Maker, Any, Any],
+        meta: Meta | Mapping | None,
+        request: layout.StorageRequest,
+        compressed: bool,
+        like: Any = None,
+    ) -> MLArray:
+        """A new in-memory instance through :meth:`_setup` (``like``: a ``*_like`` model)."""
+        out = cls.__new__(cls)
+        base = like.meta if isinstance(like, MLArray) else None
+        out._setup(make, base, _LIKE_PARTS, meta, {}, request, compressed)
+        return out
+
+    def _reset_state(self) -> None:
         self._store: Any = None
         self._file_store: Any = None
         self._path: Path | None = None
         self._writable = False
+        self._mode: str | None = None
         self._mmap_mode: str | None = None
-        self.meta = Meta.ensure(meta).copy() if meta is not None else Meta()
-        if isinstance(array, (str, os.PathLike)):
-            loaded = type(self).load(array, dparams=dparams, compressed=compressed)
-            self._adopt(loaded)
-        self._apply_geometry(spacing, origin, direction, affine, axis_labels)
-        if copy is not None:
-            if not isinstance(copy, MLArray):
-                raise TypeError(f"copy must be an MLArray, got {type(copy).__name__}")
-            self._copy_meta_from(copy.meta)
-        if array is not None and not isinstance(array, (str, os.PathLike)):
-            self._attach_data(
-                array,
-                layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-                compressed,
-            )
-        elif array is None:
-            self.meta._has_array.has_array = False
+        self._meta = Meta()
+
+    def _remeta(
+        self,
+        base: Meta,
+        base_parts: tuple[str, ...],
+        meta: Meta | Mapping | None,
+        spatial_args: Mapping[str, Any],
+    ) -> None:
+        """Lay explicit metadata over a loaded file's, keeping its storage record."""
+        if (
+            base is self._meta
+            and meta is None
+            and not any(v is not None for v in spatial_args.values())
+        ):
+            return
+        composed = _compose_meta(self.shape, base, base_parts, meta, spatial_args)
+        with _meta_internal_write():
+            composed.blosc2 = self._meta.blosc2
+        self._meta = composed
 
     # ------------------------------------------------------------------ internals
     @property
     def meta(self) -> Meta:
-        """The metadata; assigning a :class:`Meta` or a dict validates it against the array.
+        """The metadata (read-only attribute: change its parts in place).
 
-        Raises
-        ------
-        MetaValidationError
-            On assignment, if the metadata does not fit the array (for
-            example a spacing with the wrong number of entries).
+        ``a.meta.source["key"] = value``, ``a.meta.spatial.spacing = [...]``,
+        ``a.meta.is_seg = True`` are validated on assignment; the fields
+        mlarray maintains (shape, layout, payload flag) are read-only.
         """
         return self._meta
 
-    @meta.setter
-    def meta(self, value: Meta | dict) -> None:
-        meta = Meta.ensure(value)
+    def _set_meta(self, meta: Meta) -> None:
+        """Replace the metadata (library use), fitting the shape to the array."""
         if self._store is not None:
-            meta.spatial.shape = list(self._store.shape)
+            with _meta_internal_write():
+                meta.spatial.shape = list(self._store.shape)
         self._meta = meta
 
     @classmethod
     def _bare(cls, meta: Meta) -> MLArray:
         """An instance holding ``meta`` and no array, without building default metadata."""
         out = cls.__new__(cls)
-        out._store, out._path, out._writable, out._mmap_mode = None, None, False, None
-        out._file_store = None
-        out.meta = meta
+        out._reset_state()
+        out._meta = meta
         return out
 
     def _adopt(self, other: MLArray) -> None:
-        self._store, self._path = other._store, other._path
-        self._writable, self._mmap_mode = other._writable, other._mmap_mode
-        self.meta = other.meta
-
-    def _apply_geometry(self, spacing, origin, direction, affine, axis_labels) -> None:
-        sp = self.meta.spatial
-        if axis_labels is not None:
-            sp.axis_labels = axis_labels
-        if affine is not None:
-            if spacing is not None or origin is not None or direction is not None:
-                raise MetaValidationError(
-                    "affine", "give either affine or spacing/origin/direction, not both"
-                )
-            self.affine = affine
-        for name, value in (("spacing", spacing), ("origin", origin), ("direction", direction)):
-            if value is not None:
-                setattr(self, name, value)
-
-    def _copy_meta_from(self, other: Meta) -> None:
-        keep_blosc2, keep_has = self.meta.blosc2, self.meta._has_array
-        self.meta.copy_from(other, overwrite=True)
-        self.meta.blosc2, self.meta._has_array = keep_blosc2, keep_has
-        self.meta.spatial.shape = None if self._store is None else list(self.shape)
-
-    def _set_shape_meta(self, shape: tuple[int, ...] | None) -> None:
-        self.meta._has_array.has_array = shape is not None
-        self.meta.spatial.shape = None if shape is None else list(shape)
-
-    def _attach_data(self, array: Any, request: layout.StorageRequest, compressed: bool) -> None:
-        if isinstance(array, MLArray):
-            array = array._require()
-        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-            array = np.asarray(array)
-        dtype = io.check_dtype(array.dtype)
-        shape = tuple(int(n) for n in array.shape)
-        self._set_shape_meta(shape)
-        if compressed:
-            opts = self._resolve(shape, dtype, request)
-            self._store = blosc2.asarray(np.asarray(array, order="C"), **opts.blosc2_kwargs(dtype))
-            self._record_storage(opts)
-        else:
-            self._store = np.asarray(array)
-            self.meta.blosc2 = MetaBlosc2()
-        self._path, self._writable, self._mmap_mode = None, True, None
+        self.__dict__.update(other.__dict__)
 
     def _resolve(
         self, shape: tuple[int, ...], dtype: np.dtype, request: layout.StorageRequest
@@ -198,15 +309,20 @@ class MLArray:
             shape, dtype, self.meta.spatial.spatial_axis_mask, **request.as_kwargs()
         )
 
-    def _record_storage(self, opts: layout.StorageOptions) -> None:
+    def _record_storage(self, opts: layout.StorageOptions | None) -> None:
+        """Record the layout and codec of the store (cleared for numpy stores)."""
         store = self._store
-        self.meta.blosc2 = MetaBlosc2(
-            chunk_size=list(store.chunks),
-            block_size=list(store.blocks),
-            patch_size=None if opts.patch_size is None else list(opts.patch_size),
-            cparams=opts.cparams,
-            dparams=opts.dparams,
-        )
+        with _meta_internal_write():
+            if opts is None or not isinstance(store, blosc2.NDArray):
+                self.meta.blosc2 = MetaBlosc2()
+                return
+            self.meta.blosc2 = MetaBlosc2(
+                chunk_size=list(store.chunks),
+                block_size=list(store.blocks),
+                patch_size=None if opts.patch_size is None else list(opts.patch_size),
+                cparams=opts.cparams,
+                dparams=opts.dparams,
+            )
 
     def _require(self) -> Any:
         if self._store is None:
@@ -231,35 +347,8 @@ class MLArray:
         return layout.StorageRequest("default", None, None, b.cparams, b.dparams)
 
     # ------------------------------------------------------------------ constructors
-    @classmethod
-    def _build(
-        cls,
-        shape: Any,
-        dtype: Any,
-        meta: Meta | dict | None,
-        make: Callable[[tuple[int, ...], np.dtype, dict[str, Any] | None], Any],
-        request: layout.StorageRequest,
-        compressed: bool,
-    ) -> MLArray:
-        """The one funnel of every in-memory constructor.
-
-        ``make(shape, dtype, b2kwargs)`` returns a Blosc2 NDArray when
-        ``b2kwargs`` is a dict of Blosc2 storage keywords, else a numpy array.
-        """
-        out = cls(meta=meta)
-        shape = _as_shape(shape)
-        dtype = io.check_dtype(dtype)
-        out._set_shape_meta(shape)
-        if compressed:
-            opts = out._resolve(shape, dtype, request)
-            out._store = make(shape, dtype, opts.blosc2_kwargs(dtype))
-            out._record_storage(opts)
-        else:
-            out._store = np.asarray(make(shape, dtype, None))
-            out.meta.blosc2 = MetaBlosc2()
-        out._writable = True
-        return out
-
+    # The storage keywords (patch_size ... compressed) are documented once, in
+    # mlarray.layout; the signatures below spell them out as the API reference does.
     @classmethod
     def asarray(
         cls,
@@ -272,9 +361,7 @@ class MLArray:
         dparams: Any = None,
         compressed: bool = True,
     ) -> MLArray:
-        """Convert a NumPy array into an in-memory Blosc2-backed MLArray.
-
-        See :class:`MLArray` for the storage keywords.
+        """Convert an array into an in-memory (Blosc2-compressed) MLArray.
 
         Raises
         ------
@@ -283,22 +370,10 @@ class MLArray:
         MetaValidationError
             If ``meta`` does not fit the array, or its dtype cannot be stored.
         """
-        if isinstance(array, MLArray):
-            array = array.to_numpy()
-        if not isinstance(array, np.ndarray):
-            if isinstance(array, (str, bytes, os.PathLike)) or array is None:
-                raise TypeError(f"asarray expects an array, got {type(array).__name__}")
-            array = np.asarray(array)
-        return cls(
-            array,
-            meta=meta,
-            patch_size=patch_size,
-            chunk_size=chunk_size,
-            block_size=block_size,
-            cparams=cparams,
-            dparams=dparams,
-            compressed=compressed,
-        )
+        if isinstance(array, (str, bytes, os.PathLike)) or array is None:
+            raise TypeError(f"asarray expects an array, got {type(array).__name__}")
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_maker(array), meta, req, compressed)
 
     @classmethod
     def zeros(
@@ -313,10 +388,9 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray filled with zeros (storage keywords as :class:`MLArray`)."""
-        return cls.full(
-            shape, 0, dtype, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
-        )
+        """Create an in-memory MLArray filled with zeros."""
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_full_maker(shape, 0, dtype), meta, req, compressed)
 
     @classmethod
     def ones(
@@ -332,18 +406,9 @@ class MLArray:
         compressed=True,
     ) -> MLArray:
         """Create an in-memory MLArray filled with ones (float64 when ``dtype`` is None)."""
-        return cls.full(
-            shape,
-            1,
-            np.float64 if dtype is None else dtype,
-            meta,
-            patch_size,
-            chunk_size,
-            block_size,
-            cparams,
-            dparams,
-            compressed,
-        )
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        dtype = np.float64 if dtype is None else dtype
+        return cls._make(_full_maker(shape, 1, dtype), meta, req, compressed)
 
     @classmethod
     def empty(
@@ -359,18 +424,8 @@ class MLArray:
         compressed=True,
     ) -> MLArray:
         """Create an in-memory MLArray with uninitialized values."""
-
-        def make(shape, dtype, kw):
-            return np.empty(shape, dtype) if kw is None else blosc2.empty(shape, dtype, **kw)
-
-        return cls._build(
-            shape,
-            dtype,
-            meta,
-            make,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-            compressed,
-        )
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_empty_maker(shape, dtype), meta, req, compressed)
 
     @classmethod
     def full(
@@ -390,21 +445,8 @@ class MLArray:
 
         ``dtype`` defaults to the dtype numpy infers for ``fill_value``.
         """
-        dtype = np.asarray(fill_value).dtype if dtype is None else dtype
-
-        def make(shape, dtype, kw):
-            if kw is None:
-                return np.full(shape, fill_value, dtype)
-            return blosc2.full(shape, fill_value, dtype=dtype, **kw)
-
-        return cls._build(
-            shape,
-            dtype,
-            meta,
-            make,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-            compressed,
-        )
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_full_maker(shape, fill_value, dtype), meta, req, compressed)
 
     @classmethod
     def arange(
@@ -435,14 +477,8 @@ class MLArray:
         """
         values = np.arange(start, stop, step) if stop is not None else np.arange(start)
         values = values.astype(dtype) if dtype is not None else values
-        return cls._sequence(
-            values,
-            shape,
-            c_order,
-            meta,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-            compressed,
-        )
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_sequence_maker(values, shape, c_order), meta, req, compressed)
 
     @classmethod
     def linspace(
@@ -476,38 +512,8 @@ class MLArray:
                 raise ValueError("linspace needs num or shape")
             num = int(np.prod(_as_shape(shape)))
         values = np.linspace(start, stop, num, endpoint=endpoint, dtype=dtype)
-        return cls._sequence(
-            values,
-            shape,
-            c_order,
-            meta,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-            compressed,
-        )
-
-    @classmethod
-    def _sequence(cls, values, shape, c_order, meta, request, compressed) -> MLArray:
-        shape = values.shape if shape is None else _as_shape(shape)
-        if int(np.prod(shape)) != values.size:
-            raise ValueError(f"shape {shape} does not hold the {values.size} generated values")
-        values = values.reshape(shape, order="C" if c_order else "F")
-
-        def make(shape, dtype, kw):
-            return values if kw is None else blosc2.asarray(np.asarray(values, order="C"), **kw)
-
-        return cls._build(shape, values.dtype, meta, make, request, compressed)
-
-    @classmethod
-    def _like_args(cls, x: Any, dtype: Any) -> tuple[tuple[int, ...], np.dtype]:
-        if isinstance(x, MLArray):
-            src = x._require()
-        elif hasattr(x, "shape") and hasattr(x, "dtype"):
-            src = x
-        elif isinstance(x, (list, tuple)):
-            src = np.asarray(x)
-        else:
-            raise TypeError(f"expected an MLArray or an array-like, got {type(x).__name__}")
-        return tuple(src.shape), np.dtype(src.dtype if dtype is None else dtype)
+        req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        return cls._make(_sequence_maker(values, shape, c_order), meta, req, compressed)
 
     @classmethod
     def zeros_like(
@@ -522,10 +528,19 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray of zeros with the shape (and dtype) of ``x``."""
-        shape, dt = cls._like_args(x, dtype)
-        return cls.zeros(
-            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        """Create zeros shaped like ``x``, with its dtype and metadata unless overridden.
+
+        From an MLArray the geometry, axis labels, coordinate system,
+        ``source``, ``extra`` and ``is_seg`` are copied (not its statistics or
+        boxes, which describe its values); ``dtype`` and ``meta`` override.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is neither an MLArray nor array-like.
+        """
+        return cls._like(
+            x, dtype, 0, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
         )
 
     @classmethod
@@ -541,10 +556,9 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray of ones with the shape (and dtype) of ``x``."""
-        shape, dt = cls._like_args(x, dtype)
-        return cls.ones(
-            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        """Create ones shaped like ``x`` (metadata as :meth:`zeros_like`)."""
+        return cls._like(
+            x, dtype, 1, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
         )
 
     @classmethod
@@ -560,10 +574,9 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an uninitialized in-memory MLArray with the shape (and dtype) of ``x``."""
-        shape, dt = cls._like_args(x, dtype)
-        return cls.empty(
-            shape, dt, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
+        """Create an uninitialized array shaped like ``x`` (metadata as :meth:`zeros_like`)."""
+        return cls._like(
+            x, dtype, None, meta, patch_size, chunk_size, block_size, cparams, dparams, compressed
         )
 
     @classmethod
@@ -580,12 +593,11 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray filled with ``fill_value`` with the shape of ``x``."""
-        shape, dt = cls._like_args(x, dtype)
-        return cls.full(
-            shape,
+        """Create ``fill_value`` everywhere, shaped like ``x`` (metadata as :meth:`zeros_like`)."""
+        return cls._like(
+            x,
+            dtype,
             fill_value,
-            dt,
             meta,
             patch_size,
             chunk_size,
@@ -594,6 +606,26 @@ class MLArray:
             dparams,
             compressed,
         )
+
+    @classmethod
+    def _like(cls, x, dtype, fill_value, meta, *storage) -> MLArray:
+        """The ``*_like`` constructors: ``fill_value`` None leaves the values uninitialized."""
+        if isinstance(x, MLArray):
+            src = x._require()
+        elif hasattr(x, "shape") and hasattr(x, "dtype"):
+            src = x
+        elif isinstance(x, (list, tuple)):
+            src = np.asarray(x)
+        else:
+            raise TypeError(f"expected an MLArray or an array-like, got {type(x).__name__}")
+        shape, dtype = tuple(src.shape), np.dtype(src.dtype if dtype is None else dtype)
+        *sizes, compressed = storage
+        make = (
+            _empty_maker(shape, dtype)
+            if fill_value is None
+            else _full_maker(shape, fill_value, dtype)
+        )
+        return cls._make(make, meta, layout.StorageRequest(*sizes), compressed, like=x)
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -676,7 +708,7 @@ class MLArray:
         out = cls._bare(meta)
         out._store = store if meta._has_array.has_array else None
         out._path = Path(filepath)
-        out._mmap_mode = mmap_mode
+        out._mode, out._mmap_mode = mode, mmap_mode
         out._writable = mmap_mode in ("r+", "c") or (mmap_mode is None and mode == "a")
         out._file_store = store
         return out
@@ -721,24 +753,17 @@ class MLArray:
             raise InvalidPathError(path, f"folder {path.parent} does not exist")
         if path.is_dir():  # Blosc2's mode "w" would delete the folder and all it holds
             raise InvalidPathError(path, "is a directory, not an .mla file")
-        out = cls(meta=meta)
-        shape, dtype = _as_shape(shape), io.check_dtype(dtype)
-        out._set_shape_meta(shape)
-        opts = out._resolve(
-            shape,
-            dtype,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-        )
-        kw = opts.blosc2_kwargs(dtype)
-        kw.update(urlpath=os.fspath(path), contiguous=True)
-        if mmap_mode is not None:
-            kw["mmap_mode"] = mmap_mode
-        else:
-            kw["mode"] = "w"
-        with io.os_errors(path, "cannot create"):
-            out._store = blosc2.zeros(shape, dtype, **kw)
-        out._record_storage(opts)
-        out._path, out._writable, out._mmap_mode = path, True, mmap_mode
+        file_kw: dict[str, Any] = {"urlpath": os.fspath(path), "contiguous": True}
+        file_kw.update({"mmap_mode": mmap_mode} if mmap_mode is not None else {"mode": "w"})
+
+        def make(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
+            with io.os_errors(path, "cannot create"):
+                return blosc2.zeros(shape, dtype, **kw, **file_kw)
+
+        request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        out = cls.__new__(cls)
+        out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
+        out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._file_store = out._store
         out._flush_meta()
         return out
@@ -765,7 +790,7 @@ class MLArray:
         if self._path is not None and _same_file(path, self._path):
             self._reopen(path)
         else:
-            self.meta = io.read_meta(path)
+            self._set_meta(io.read_meta(path))
 
     def _reopen(self, path: Path) -> None:
         """After replacing our own file, point the store at the new file."""
@@ -776,11 +801,11 @@ class MLArray:
             or not isinstance(self._store, blosc2.NDArray)
             or (self._store is not fs)
         ):
-            self.meta = io.read_meta(path)
+            self._set_meta(io.read_meta(path))
             return
         store, meta = io.open_store(path, mmap_mode=self._mmap_mode, writable=self._writable)
         self._store = self._file_store = store
-        self.meta = meta
+        self._set_meta(meta)
 
     def close(self) -> None:
         """Flush metadata (for writable files) and release the array.
@@ -839,11 +864,8 @@ class MLArray:
         """
         data = self.to_numpy()
         self._detach()
-        self._attach_data(
-            data,
-            layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams),
-            compressed=True,
-        )
+        request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        self._fill(_maker(data), request, compressed=True)
 
     def decompress(self) -> None:
         """Decompress in place to a NumPy array; ``meta.blosc2`` is cleared.
@@ -856,11 +878,11 @@ class MLArray:
         data = self.to_numpy()
         self._detach()
         self._store = data
-        self.meta.blosc2 = MetaBlosc2()
+        self._record_storage(None)
 
     def _detach(self) -> None:
         self._file_store = None
-        self._path, self._writable, self._mmap_mode = None, True, None
+        self._path, self._writable, self._mode, self._mmap_mode = None, True, None, None
 
     def to_numpy(self) -> np.ndarray:
         """Return the data as a NumPy array (decompressing everything).
@@ -1003,8 +1025,23 @@ class MLArray:
 
     @property
     def path(self) -> Path | None:
-        """The file this instance was opened from, loaded from or created at."""
+        """The file this instance was opened from, loaded from or created at (a Path)."""
         return self._path
+
+    @property
+    def filepath(self) -> str | None:
+        """The file this instance was opened from, loaded from or created at; None in memory."""
+        return None if self._path is None else str(self._path)
+
+    @property
+    def mode(self) -> str | None:
+        """``"r"``/``"a"`` for :meth:`open`, ``"w"`` for :meth:`create`; None otherwise."""
+        return self._mode
+
+    @property
+    def mmap_mode(self) -> str | None:
+        """The memory-mapping mode of an opened or created file (None when not mapped)."""
+        return self._mmap_mode
 
     @property
     def spatial_axis_mask(self) -> list[bool] | None:
@@ -1026,65 +1063,64 @@ class MLArray:
                 return len(v)
         return None if sp.affine is None else len(sp.affine) - 1
 
+    # Geometry reads as the reference package's: the stored lists themselves,
+    # so ``a.spacing[1] = 5.3`` changes the spacing. Spacing/origin/direction
+    # and the affine are two exclusive forms: in affine form spacing, origin
+    # and direction read None (``scale``, ``translation`` and ``rotation``
+    # derive them), and setting one form while the other is set is an error.
     @property
     def spacing(self) -> list[float] | None:
-        """Spacing per spatial axis (from the affine when stored in affine form)."""
-        sp = self.meta.spatial
-        if sp.affine is not None:
-            return geometry.scale(np.asarray(sp.affine)).tolist()
-        return None if sp.spacing is None else list(sp.spacing)
+        """Spacing per spatial axis, in array-axis order (None when unset or in affine form)."""
+        return self.meta.spatial.spacing
 
     @spacing.setter
     def spacing(self, value: Any) -> None:
-        self._to_sod_form()
-        self.meta.spatial.spacing = value
+        self._set_sod("spacing", value)
 
     @property
     def origin(self) -> list[float] | None:
-        """Origin per spatial axis (from the affine when stored in affine form)."""
-        sp = self.meta.spatial
-        if sp.affine is not None:
-            return geometry.translation(np.asarray(sp.affine)).tolist()
-        return None if sp.origin is None else list(sp.origin)
+        """World position of voxel 0 (None when unset or in affine form)."""
+        return self.meta.spatial.origin
 
     @origin.setter
     def origin(self, value: Any) -> None:
-        self._to_sod_form()
-        self.meta.spatial.origin = value
+        self._set_sod("origin", value)
 
     @property
     def direction(self) -> list[list[float]] | None:
-        """Direction cosines (n x n, column j = world direction of spatial axis j)."""
-        sp = self.meta.spatial
-        if sp.affine is not None:
-            return geometry.rotation(np.asarray(sp.affine)).tolist()
-        return None if sp.direction is None else [list(r) for r in sp.direction]
+        """Direction cosines (column j = world direction of spatial axis j), or None."""
+        return self.meta.spatial.direction
 
     @direction.setter
     def direction(self, value: Any) -> None:
-        self._to_sod_form()
-        self.meta.spatial.direction = value
+        self._set_sod("direction", value)
 
-    def _to_sod_form(self) -> None:
-        """Convert a stored affine to spacing/origin/direction before editing one of them."""
+    def _set_sod(self, name: str, value: Any) -> None:
         sp = self.meta.spatial
-        if sp.affine is None:
-            return
-        spacing, origin, direction = geometry.spacing_origin_direction(np.asarray(sp.affine))
-        sp.affine = None
-        sp.spacing, sp.origin, sp.direction = spacing.tolist(), origin.tolist(), direction.tolist()
+        if value is not None and sp.affine is not None:
+            raise MetaValidationError(
+                f"spatial.{name}",
+                "cannot be set while an affine is set; set affine to None first "
+                "(spacing/origin/direction and affine are exclusive)",
+            )
+        setattr(sp, name, value)
 
     @property
-    def affine(self) -> np.ndarray | None:
-        """Homogeneous affine ((n+1) x (n+1) over the spatial axes), or None without an array."""
-        if self._store is None:
-            return None
+    def affine(self) -> list[list[float]] | None:
+        """Homogeneous affine ((n+1) x (n+1) over the spatial axes) as nested lists.
+
+        The stored affine in affine form (in-place edits stick), else composed
+        from spacing/origin/direction (identity parts where unset); None
+        without an array.
+        """
         sp = self.meta.spatial
         if sp.affine is not None:
-            return np.asarray(sp.affine, dtype=np.float64)
+            return sp.affine
+        if self._store is None:
+            return None
         return geometry.compose_affine(
             sp.spacing, sp.origin, sp.direction, ndim=self._geometry_ndim()
-        )
+        ).tolist()
 
     @affine.setter
     def affine(self, value: Any) -> None:
@@ -1092,9 +1128,15 @@ class MLArray:
         if value is None:
             sp.affine = None
             return
+        both = [k for k in _SOD if getattr(sp, k) is not None]
+        if both:
+            raise MetaValidationError(
+                "spatial.affine",
+                f"cannot be set while {', '.join(both)} is set; set them to None first "
+                "(spacing/origin/direction and affine are exclusive)",
+            )
         a = np.asarray(value, dtype=np.float64)
         geometry.decompose_affine(a)  # validates: square, finite, invertible
-        sp.spacing = sp.origin = sp.direction = None
         sp.affine = a.tolist()
 
     @property
@@ -1161,7 +1203,8 @@ def _write_advanced(store: Any, shape: tuple[int, ...], key: Any, values: np.nda
 
 def _unpickle_file(path: str, mode: str, mmap_mode: str | None, record: dict) -> MLArray:
     out = MLArray.open(path, mode=mode, mmap_mode=mmap_mode)
-    out.meta = Meta.from_mapping(record)
+    with _meta_internal_write():
+        out._set_meta(Meta.from_mapping(record))
     return out
 
 
@@ -1184,3 +1227,46 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _maker(array: Any) -> tuple[Maker, tuple[int, ...], Any] | None:
+    """A maker storing ``array`` (an ndarray, an MLArray or any array-like); None for None."""
+    if array is None:
+        return None
+    if isinstance(array, MLArray):
+        array = array._require()
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        array = np.asarray(array)
+
+    def make(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
+        if kw is None:
+            return np.asarray(array)
+        return blosc2.asarray(np.asarray(array, order="C"), **kw)
+
+    return make, tuple(array.shape), array.dtype
+
+
+def _full_maker(shape: Any, fill_value: Any, dtype: Any) -> tuple[Maker, Any, Any]:
+    dtype = np.asarray(fill_value).dtype if dtype is None else dtype
+
+    def make(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
+        if kw is None:
+            return np.full(shape, fill_value, dtype)
+        return blosc2.full(shape, fill_value, dtype=dtype, **kw)
+
+    return make, shape, dtype
+
+
+def _empty_maker(shape: Any, dtype: Any) -> tuple[Maker, Any, Any]:
+    def make(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
+        return np.empty(shape, dtype) if kw is None else blosc2.empty(shape, dtype, **kw)
+
+    return make, shape, dtype
+
+
+def _sequence_maker(values: np.ndarray, shape: Any, c_order: bool) -> tuple[Maker, Any, Any]:
+    shape = values.shape if shape is None else _as_shape(shape)
+    if int(np.prod(shape)) != values.size:
+        raise ValueError(f"shape {shape} does not hold the {values.size} generated values")
+    values = values.reshape(shape, order="C" if c_order else "F")
+    return _maker(values)

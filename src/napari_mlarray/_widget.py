@@ -84,7 +84,15 @@ def _run_job(job, *args, **kwargs):
     try:
         return (yield from iter_progress(job, *args, **kwargs))
     except Exception as exc:  # shown to the user by _on_done
-        return exc
+        # wrapped: superqt also drops a *returned* RuntimeError (missing files are one)
+        return _Failed(exc)
+
+
+class _Failed:
+    """A job's error, carried to the GUI thread as a plain value."""
+
+    def __init__(self, error: Exception):
+        self.error = error
 
 
 class RecompressWidget(Container):
@@ -369,9 +377,9 @@ class RecompressWidget(Container):
         self.progress.max = max(int(total), 1)
         self.progress.value = min(int(done), self.progress.max)
 
-    def _on_done(self, result: RecompressResult | Exception) -> None:
-        if isinstance(result, Exception):
-            self._show_error(result)
+    def _on_done(self, result: RecompressResult | _Failed) -> None:
+        if isinstance(result, _Failed):
+            self._show_error(result.error)
             return
         self.result = result
         self.progress.value = self.progress.max

@@ -8,8 +8,11 @@ FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "upstream-
 
 
 def write_mla(path, data, *, meta: dict | None = None, **spatial) -> Path:
-    """Write ``data`` with a record built from ``spatial`` fields via the library's ``MLArray``."""
-    from mlarray import MLArray
+    """Write ``data`` with a record built from ``spatial`` fields via the library's ``MLArray``.
+
+    ``meta`` is a mapping of record fields (``{"is_seg": True, "stats": {...}}``).
+    """
+    from mlarray import Meta, MLArray
 
     arr = MLArray(
         data,
@@ -18,7 +21,7 @@ def write_mla(path, data, *, meta: dict | None = None, **spatial) -> Path:
         direction=spatial.pop("direction", None),
         affine=spatial.pop("affine", None),
         axis_labels=spatial.pop("axis_labels", None),
-        meta=meta,
+        meta=None if meta is None else Meta.from_mapping(meta),
     )
     for key, value in spatial.items():
         setattr(arr.meta.spatial, key, value)
