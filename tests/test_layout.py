@@ -318,6 +318,9 @@ def test_normalize_cparams_from_dataclass():
         ({"use_dict": 1}, "use_dict"),
         ({"nthreads": 0}, "nthreads"),
         ({"tuner": 99}, "tuner"),
+        ({"tuner": 5}, "tuner"),
+        ({"splitmode": 0}, "splitmode"),
+        ({"filters_meta": [300]}, "filters_meta"),
         ([("codec", 1)], "dict"),
     ],
 )

@@ -29,7 +29,6 @@ nothing else in the package interprets these keywords.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import math
@@ -279,7 +278,9 @@ def comp_blosc2_params(
 
 
 # ----------------------------------------------------------------------------- cparams
-
+# blosc2.CParams/DParams normalise codec, filter, split-mode and tuner values
+# (ints to enums, filters_meta to the filter count); only what they let through
+# and a file could abuse (ranges, types) is checked here.
 
 _CPARAMS_FIELDS = tuple(f.name for f in dataclasses.fields(blosc2.CParams))
 _DPARAMS_FIELDS = tuple(f.name for f in dataclasses.fields(blosc2.DParams))
@@ -287,72 +288,25 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "codec": blosc2.Codec,
     "splitmode": blosc2.SplitMode,
     "tuner": blosc2.Tuner,
+    "filters": blosc2.Filter,
+}
+#: Integer fields and their allowed range (None: no upper bound).
+_INT_RANGES = {
+    "codec": (0, 255),  # user-defined codecs have no enum member, as in blosc2
+    "codec_meta": (0, 255),
+    "clevel": (0, 9),
+    "typesize": (1, 255),
+    "nthreads": (1, None),
+    "blocksize": (0, None),
+    "splitmode": (0, 255),
+    "tuner": (0, 255),
+    "filters": (0, 255),
+    "filters_meta": (-128, 255),
 }
 
 
-def _enum_int(field: str, key: str, value: Any, enum_type: type[enum.Enum], *, strict: bool) -> int:
-    """An enum member, int or member name (case-insensitive) as a plain int."""
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, str):
-        member = enum_type.__members__.get(value.upper())
-        if member is None:
-            names = ", ".join(enum_type.__members__)
-            raise MetaValidationError(field, f"{key}: unknown name {value!r}; use one of {names}")
-        return int(member.value)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise MetaValidationError(
-            field, f"{key}: expected an int or a {enum_type.__name__}, got {value!r}"
-        )
-    value = int(value)
-    if strict:
-        try:
-            enum_type(value)
-        except ValueError:
-            allowed = ", ".join(f"{m.value} ({m.name})" for m in enum_type)
-            raise MetaValidationError(field, f"{key}: {value} is not one of {allowed}") from None
-    elif not 0 <= value <= 255:
-        raise MetaValidationError(field, f"{key}: expected 0..255, got {value}")
-    return value
-
-
-def _int_in(field: str, key: str, value: Any, lo: int, hi: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise MetaValidationError(field, f"{key}: expected an int, got {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise MetaValidationError(field, f"{key}: expected an int {bound}, got {value}")
-    return value
-
-
-def _cparam_value(key: str, value: Any) -> Any:
-    field = "cparams"
-    if key in _ENUM_FIELDS:
-        # user-defined codecs (ids not in blosc2.Codec) are allowed, as in blosc2
-        return _enum_int(field, key, value, _ENUM_FIELDS[key], strict=key != "codec")
-    if key == "filters":
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-            raise MetaValidationError(field, f"filters: expected a list, got {value!r}")
-        if len(value) > 6:
-            raise MetaValidationError(field, f"filters: at most 6 filters, got {len(value)}")
-        return [_enum_int(field, "filters", v, blosc2.Filter, strict=False) for v in value]
-    if key == "filters_meta":
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-            raise MetaValidationError(field, f"filters_meta: expected a list, got {value!r}")
-        return [_int_in(field, "filters_meta", v, -128, 255) for v in value]
-    if key == "use_dict":
-        if not isinstance(value, bool | np.bool_):
-            raise MetaValidationError(field, f"use_dict: expected a bool, got {value!r}")
-        return bool(value)
-    limits = {
-        "clevel": (0, 9),
-        "codec_meta": (0, 255),
-        "typesize": (1, 255),
-        "nthreads": (1, None),
-        "blocksize": (0, None),
-    }
-    return _int_in(field, key, value, *limits[key])
+#: Fields whose ints must name a member (splitmode and tuner have no user-defined values).
+_MEMBERS_ONLY = {key: {m.value for m in _ENUM_FIELDS[key]} for key in ("splitmode", "tuner")}
 
 
 def _plain(value: Any) -> Any:
@@ -360,7 +314,37 @@ def _plain(value: Any) -> Any:
         return int(value.value)
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
     return value
+
+
+def _by_name(key: str, value: Any) -> Any:
+    """Enum member names (case-insensitive) as members: ``{"codec": "zstd"}``."""
+    enum_type = _ENUM_FIELDS.get(key)
+    if enum_type is None or not isinstance(value, str):
+        return value
+    member = enum_type.__members__.get(value.upper())
+    if member is None:
+        names = ", ".join(enum_type.__members__)
+        raise MetaValidationError("cparams", f"{key}: unknown name {value!r}; use one of {names}")
+    return member
+
+
+def _check_value(field: str, key: str, value: Any) -> None:
+    """Refuse what Blosc2's parameter objects let through: wrong types, out-of-range ints."""
+    if key == "use_dict":
+        if not isinstance(value, bool):
+            raise MetaValidationError(field, f"use_dict: expected a bool, got {value!r}")
+        return
+    for v in value if isinstance(value, list) else [value]:
+        lo, hi = _INT_RANGES[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise MetaValidationError(field, f"{key}: expected an int {bound}, got {v!r}")
+        if key in _MEMBERS_ONLY and v not in _MEMBERS_ONLY[key]:
+            allowed = ", ".join(f"{m.value} ({m.name})" for m in _ENUM_FIELDS[key])
+            raise MetaValidationError(field, f"{key}: {v} is not one of {allowed}")
 
 
 def _given_mapping(
@@ -377,6 +361,14 @@ def _given_mapping(
             field, f"unknown key {unknown[0]!r}; allowed keys are {', '.join(allowed)}"
         )
     return dict(value)
+
+
+def _lists(key: str, value: Any) -> Any:
+    if key in ("filters", "filters_meta"):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+            raise MetaValidationError("cparams", f"{key}: expected a list, got {value!r}")
+        return [_by_name(key, v) for v in value]
+    return value
 
 
 def normalize_cparams(cparams: Mapping[str, Any] | blosc2.CParams | None) -> dict[str, Any]:
@@ -406,17 +398,26 @@ def normalize_cparams(cparams: Mapping[str, Any] | blosc2.CParams | None) -> dic
     if cparams is None:
         return dict(DEFAULT_CPARAMS)
     if isinstance(cparams, blosc2.CParams):
-        defaults = blosc2.CParams()
-        given = {
-            name: getattr(cparams, name)
+        obj, defaults = cparams, blosc2.CParams()
+        keys = [
+            name
             for name in _CPARAMS_FIELDS
             if name in DEFAULT_CPARAMS
-            or _plain(getattr(cparams, name)) != _plain(getattr(defaults, name))
-        }
+            or _plain(getattr(obj, name)) != _plain(getattr(defaults, name))
+        ]
     else:
         given = _given_mapping("cparams", cparams, "blosc2.CParams", _CPARAMS_FIELDS)
-    out = dict(DEFAULT_CPARAMS)
-    out.update({key: _cparam_value(key, value) for key, value in given.items()})
+        given = {k: _lists(k, _by_name(k, v)) for k, v in given.items()}
+        if "filters" in given and "filters_meta" not in given:
+            given["filters_meta"] = [0] * len(given["filters"])
+        try:
+            obj = blosc2.CParams(**{**DEFAULT_CPARAMS, **given})  # normalises enums and filters
+        except (TypeError, ValueError) as exc:
+            raise MetaValidationError("cparams", f"filters: {exc}") from None
+        keys = [name for name in _CPARAMS_FIELDS if name in DEFAULT_CPARAMS or name in cparams]
+    out = {name: _plain(getattr(obj, name)) for name in keys}
+    for key, value in out.items():
+        _check_value("cparams", key, value)
     return out
 
 
@@ -441,12 +442,12 @@ def normalize_dparams(dparams: Mapping[str, Any] | blosc2.DParams | None) -> dic
     """
     if dparams is None:
         return dict(DEFAULT_DPARAMS)
-    if isinstance(dparams, blosc2.DParams):
-        given = {name: getattr(dparams, name) for name in _DPARAMS_FIELDS}
-    else:
+    if not isinstance(dparams, blosc2.DParams):
         given = _given_mapping("dparams", dparams, "blosc2.DParams", _DPARAMS_FIELDS)
-    out = dict(DEFAULT_DPARAMS)
-    out.update({key: _int_in("dparams", key, value, 1, None) for key, value in given.items()})
+        dparams = blosc2.DParams(**{**DEFAULT_DPARAMS, **given})
+    out = {name: _plain(getattr(dparams, name)) for name in _DPARAMS_FIELDS}
+    for key, value in out.items():
+        _check_value("dparams", key, value)
     return out
 
 
@@ -477,24 +478,10 @@ class StorageOptions:
 
     def blosc2_cparams(self, dtype: Any) -> blosc2.CParams:
         """``cparams`` as a :class:`blosc2.CParams`, ``typesize`` from ``dtype`` unless set."""
-        kwargs = dict(self.cparams)
+        kwargs = {k: list(v) if isinstance(v, list) else v for k, v in self.cparams.items()}
         kwargs.setdefault("typesize", max(1, min(255, np.dtype(dtype).itemsize)))
-        for key, enum_type in _ENUM_FIELDS.items():
-            if key in kwargs:
-                # a user-defined codec id has no enum member: blosc2 takes the int
-                with contextlib.suppress(ValueError):
-                    kwargs[key] = enum_type(kwargs[key])
         if "filters" in kwargs:
-            filters = []
-            for f in kwargs["filters"]:
-                try:
-                    filters.append(blosc2.Filter(f))
-                except ValueError:
-                    filters.append(f)
-            kwargs["filters"] = filters
-            kwargs.setdefault("filters_meta", [0] * len(filters))
-        if "filters_meta" in kwargs:
-            kwargs["filters_meta"] = list(kwargs["filters_meta"])
+            kwargs.setdefault("filters_meta", [0] * len(kwargs["filters"]))
         return blosc2.CParams(**kwargs)
 
     def blosc2_dparams(self) -> blosc2.DParams:
