@@ -413,7 +413,7 @@ def normalize_cparams(cparams: Mapping[str, Any] | blosc2.CParams | None) -> dic
         try:
             obj = blosc2.CParams(**{**DEFAULT_CPARAMS, **given})  # normalises enums and filters
         except (TypeError, ValueError) as exc:
-            raise MetaValidationError("cparams", f"filters: {exc}") from None
+            raise MetaValidationError("cparams", f"filters, filters_meta: {exc}") from None
         keys = [name for name in _CPARAMS_FIELDS if name in DEFAULT_CPARAMS or name in cparams]
     out = {name: _plain(getattr(obj, name)) for name in keys}
     for key, value in out.items():
