@@ -11,7 +11,6 @@ from mlarray import MLArray
 from tests.conftest import FIXTURES, fixture_names, load_expected
 
 NAMES = fixture_names()
-pytestmark = pytest.mark.skipif(not NAMES, reason=f"no reference fixtures at {FIXTURES}")
 
 
 def _close(a, b):

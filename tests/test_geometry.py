@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,9 @@ from mlarray.geometry import (
     spacing_origin_direction,
     translation,
 )
+from tests.conftest import FIXTURES
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "fixtures"
-    / "upstream-0.0.54"
-    / "a_ct3d_int16.json"
-)
+FIXTURE = FIXTURES / "a_ct3d_int16.json"
 NDIMS = [2, 3, 4, 5]
 SEEDS = range(5)
 
@@ -306,8 +300,6 @@ def test_axis_world_map_rejects_non_square():
 
 @pytest.fixture(scope="module")
 def ct3d() -> dict:
-    if not FIXTURE.is_file():
-        pytest.skip(f"reference fixture not found at {FIXTURE}")
     return json.loads(FIXTURE.read_text())
 
 

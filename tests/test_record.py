@@ -196,7 +196,6 @@ _EDITS = st.lists(
 )
 
 
-@pytest.mark.skipif(not _RECORDS, reason="reference fixtures not found")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(which=st.integers(0, 100), edits=_EDITS, in_payload=st.booleans())
 def test_mutated_records_only_raise_mlarray_errors(which, edits, in_payload):

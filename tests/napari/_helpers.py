@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "upstream-0.0.54"
-
 
 def write_mla(path, data, *, meta: dict | None = None, **spatial) -> Path:
     """Write ``data`` with a record built from ``spatial`` fields via the library's ``MLArray``.

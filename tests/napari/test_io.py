@@ -14,7 +14,8 @@ from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._reader import get_reader, read_mla
 from napari_mlarray._writer import save_layers
-from tests.napari._helpers import FIXTURES, write_mla
+from tests.conftest import FIXTURES, fixture_names
+from tests.napari._helpers import write_mla
 
 
 def as_layer_meta(kw: dict) -> dict:
@@ -77,8 +78,7 @@ def test_broken_file_gives_a_clear_error(tmp_path):
         read_mla(str(bad))
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
-@pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("*.mla")))
+@pytest.mark.parametrize("name", fixture_names())
 def test_upstream_fixture_roundtrip(tmp_path, name):
     from mlarray import MLArray
 
@@ -280,7 +280,6 @@ def test_writer_refuses_two_images(tmp_path, ct_volume):
         save_layers(tmp_path / "x.mla", [(ct_volume, meta, "image"), (ct_volume, meta, "labels")])
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
 def test_npe2_selects_our_reader_and_writers(tmp_path):
     import npe2
     from npe2 import io_utils

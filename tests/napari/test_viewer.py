@@ -14,15 +14,12 @@ try:  # pytest.importorskip does not skip when no binding is installed (NAPARI_N
 except Exception as exc:  # qtpy raises its own error types for a missing binding
     pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
 
-from tests.napari._helpers import FIXTURES, write_mla
+from tests.conftest import FIXTURES, fixture_names
+from tests.napari._helpers import write_mla
 
 pytestmark = pytest.mark.qt
 
 PLUGIN = "napari-mlarray"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}"
-)
-FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.mla")) if FIXTURES.is_dir() else []
 
 
 def sha(a) -> str:
@@ -50,8 +47,7 @@ def assert_world_is_physical(layer, record: dict):
         assert np.isclose(np.linalg.norm(wa - wb), phys, rtol=1e-9)
 
 
-@needs_fixtures
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
+@pytest.mark.parametrize("name", fixture_names())
 def test_open_and_save_fixture_like_drag_and_drop(make_napari_viewer, tmp_path, name):
     from mlarray import MLArray
 
@@ -82,7 +78,6 @@ def test_open_and_save_fixture_like_drag_and_drop(make_napari_viewer, tmp_path, 
     assert [layer._type_string for layer in again] == kinds
 
 
-@needs_fixtures
 def test_oblique_ct_matches_its_affine_in_world(make_napari_viewer):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(FIXTURES / "a_ct3d_int16.mla"), plugin=None)
