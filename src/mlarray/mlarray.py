@@ -943,9 +943,13 @@ class MLArray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
         try:
-            return np.asarray(store[key])
+            if isinstance(store, np.ndarray) or _blosc2_reads(key):
+                return np.asarray(store[key])
+            return _read_advanced(store, key)
         except IndexError:
             _probe(tuple(store.shape))[key]  # raise numpy's own message
+            raise
+        except NotImplementedError:  # a RuntimeError, but not a sign of corruption
             raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
             raise MLArrayFormatError(
@@ -977,9 +981,13 @@ class MLArray:
         values = np.empty(selected, dtype=store.dtype)
         values[...] = value  # numpy's broadcasting and casting rules (and errors)
         if _is_basic_key(key):
+            items = key if isinstance(key, tuple) else (key,)
+            if any(k is None for k in items):  # Blosc2 refuses None with non-unit steps
+                key = tuple(k for k in items if k is not None)
+                values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
             store[key] = values
         elif values.size:
-            _write_advanced(store, shape, key, values)
+            _write_advanced(store, key, values)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self.to_numpy()
@@ -1180,13 +1188,34 @@ def _is_basic_key(key: Any) -> bool:
     )
 
 
-def _write_advanced(store: Any, shape: tuple[int, ...], key: Any, values: np.ndarray) -> None:
-    """Write an integer-array/boolean selection through its bounding box."""
-    if not shape:
-        region = np.array(store[()])
-        region[key] = values
-        store[()] = region
-        return
+def _is_plain_index(k: Any) -> bool:
+    return isinstance(k, slice) or k is Ellipsis or k is None
+
+
+def _blosc2_reads(key: Any) -> bool:
+    """Whether Blosc2's own ``__getitem__`` handles ``key`` as numpy does.
+
+    It does for basic keys and for advanced keys whose array (and integer) entries are
+    adjacent and hold no ``None``; numpy's other cases (advanced entries separated by a
+    slice or ``...``, which move the broadcast axes to the front, and ``None`` next to an
+    array) go through :func:`_read_advanced`.
+    """
+    if _is_basic_key(key):
+        return True
+    items = key if isinstance(key, tuple) else (key,)
+    if any(k is None for k in items):
+        return False
+    advanced = [i for i, k in enumerate(items) if not _is_plain_index(k)]
+    return advanced == list(range(advanced[0], advanced[-1] + 1))
+
+
+def _selection_box(
+    shape: tuple[int, ...], key: Any
+) -> tuple[tuple[slice, ...], tuple[np.ndarray, ...]] | None:
+    """Bounding box of what ``key`` selects and the selection's coordinates inside it.
+
+    None for an empty selection. Any key numpy accepts works (numpy's IndexError otherwise).
+    """
     ndim = len(shape)
     coords = [
         np.broadcast_to(np.arange(n).reshape([-1 if j == i else 1 for j in range(ndim)]), shape)[
@@ -1194,10 +1223,39 @@ def _write_advanced(store: Any, shape: tuple[int, ...], key: Any, values: np.nda
         ]
         for i, n in enumerate(shape)
     ]
+    if coords[0].size == 0:
+        return None
     lo = [int(c.min()) for c in coords]
     box = tuple(slice(low, int(c.max()) + 1) for low, c in zip(lo, coords, strict=True))
+    return box, tuple(c - low for c, low in zip(coords, lo, strict=True))
+
+
+def _read_advanced(store: Any, key: Any) -> np.ndarray:
+    """Read an integer-array/boolean selection through its bounding box."""
+    shape = tuple(store.shape)
+    if not shape:
+        return np.asarray(store[()])[key]
+    found = _selection_box(shape, key)
+    if found is None:
+        return np.empty(_probe(shape)[key].shape, dtype=store.dtype)
+    box, local = found
+    return np.asarray(store[box])[local]
+
+
+def _write_advanced(store: Any, key: Any, values: np.ndarray) -> None:
+    """Write an integer-array/boolean selection through its bounding box."""
+    shape = tuple(store.shape)
+    if not shape:
+        region = np.array(store[()])
+        region[key] = values
+        store[()] = region
+        return
+    found = _selection_box(shape, key)
+    if found is None:
+        return
+    box, local = found
     region = np.array(store[box])
-    region[tuple(c - low for c, low in zip(coords, lo, strict=True))] = values
+    region[local] = values
     store[box] = region
 
 
