@@ -113,8 +113,11 @@ def _mask_keys(draw, shape: tuple[int, ...]):
 
 
 def _keys(shape: tuple[int, ...]):
+    basic = hnp.basic_indices(shape, min_dims=0, allow_newaxis=True, allow_ellipsis=True)
+    if 0 in shape:  # an empty array: no integer index exists
+        return st.one_of(basic, _mask_keys(shape))
     return st.one_of(
-        hnp.basic_indices(shape, min_dims=0, allow_newaxis=True, allow_ellipsis=True),
+        basic,
         hnp.integer_array_indices(
             shape, result_shape=hnp.array_shapes(min_dims=1, max_dims=2, max_side=3)
         ),
@@ -125,9 +128,11 @@ def _keys(shape: tuple[int, ...]):
 
 @st.composite
 def _indexing_cases(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6))
+    full = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6)
+    maybe_empty = hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=6)
+    shape = draw(st.one_of(full, full, full, maybe_empty))  # empty arrays are supported too
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
-    chunk = tuple(draw(st.integers(1, n)) for n in shape)
+    chunk = tuple(draw(st.integers(1, max(n, 1))) for n in shape)
     block = tuple(draw(st.integers(1, c)) for c in chunk)
     key = draw(_keys(shape))
     seed = draw(st.integers(0, 2**32 - 1))
