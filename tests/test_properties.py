@@ -376,30 +376,24 @@ def test_mlarray_sheared_affine_survives_a_file(tmp_path, case, data):
 # ============================================================================ record
 
 _KEYS = st.text(max_size=8)
-_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12),
-)
-_PLAIN = st.recursive(
-    _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
-    max_leaves=25,
-)
-_JSON_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**53), 2**53),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-)
-_JSON = st.recursive(
-    _JSON_SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
-    max_leaves=20,
-)
+
+
+def _nested(integers, floats):
+    """Scalars (None, bool, int, float, str) nested in lists and string-keyed dicts."""
+    scalars = st.one_of(st.none(), st.booleans(), integers, floats, st.text(max_size=12))
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+# anything the record format holds (pickle: big ints, NaN, infinities) ...
+_PLAIN = _nested(st.integers(), st.floats())
+# ... and what a user's source/extra dict may hold (JSON-compatible)
+_JSON = _nested(st.integers(-(2**53), 2**53), st.floats(allow_nan=False, allow_infinity=False))
 
 
 def _same(a, b) -> bool:

@@ -51,23 +51,24 @@ def reference_tests(tmp_path_factory) -> Path:
     return work / "tests"
 
 
-def _env() -> dict[str, str]:
+def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run our interpreter with ``args`` in ``cwd``, with nothing but our package importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["COLUMNS"] = "240"  # the short summary keeps each failure's reason
-    return env
+    env["COLUMNS"] = "240"  # pytest's short summary keeps each failure's reason
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_reference_tests_import_our_package(reference_tests):
-    proc = subprocess.run(
-        [sys.executable, "-c", "import mlarray; print(mlarray.__file__)"],
-        cwd=reference_tests.parent,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _run(["-c", "import mlarray; print(mlarray.__file__)"], reference_tests.parent, 120)
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).resolve() == Path(mlarray.__file__).resolve()
     assert not (reference_tests.parent / "mlarray").exists()
@@ -75,18 +76,10 @@ def test_reference_tests_import_our_package(reference_tests):
 
 def test_reference_suite_passes(reference_tests):
     ignore = [f"--ignore={reference_tests / name}" for name in EXCLUDED]
-    cmd = [sys.executable, "-m", "pytest", str(reference_tests), *ignore]
-    cmd += ["-q", "-p", "no:cacheprovider", "-p", "no:xvfb", "-rfE", "--tb=short"]
-    cmd += ["--continue-on-collection-errors"]  # a module that fails to import fails alone
-    proc = subprocess.run(
-        cmd,
-        cwd=reference_tests.parent,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
+    args = ["-m", "pytest", str(reference_tests), *ignore]
+    args += ["-q", "-p", "no:cacheprovider", "-p", "no:xvfb", "-rfE", "--tb=short"]
+    args += ["--continue-on-collection-errors"]  # a module that fails to import fails alone
+    proc = _run(args, reference_tests.parent, 1200)
     out = proc.stdout + proc.stderr
     summary = out.strip().splitlines()[-1] if out.strip() else "(no output)"
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?)", summary)}
