@@ -1,7 +1,8 @@
 """The reference package's test suite: the ``tests/`` folder of the PyPI sdist of mlarray 0.0.54.
 
-Downloaded once with pip into the git-ignored cache ``.refsdist/`` and reduced to that folder:
-only ``mlarray-0.0.54/tests/`` is extracted, so the reference implementation is neither read
+Downloaded once with pip into the git-ignored cache ``.refsdist/`` and reduced to that folder
+and the README (whose examples must run here too): only ``mlarray-0.0.54/tests/`` and
+``mlarray-0.0.54/README.md`` are extracted, so the reference implementation is neither read
 nor importable. ``.ci/run`` calls ``python -m tests.reference_sdist`` (prints the directory to
 set as ``MLARRAY_REFERENCE_SDIST``); ``tests/test_reference_suite.py`` runs the suite.
 """
@@ -53,20 +54,25 @@ def _download(dest: Path) -> Path:
 
 
 def _extract_tests(archive: Path, dest: Path) -> None:
-    """Extract only ``<root>/tests/`` of ``archive`` into ``dest``."""
-    prefix = f"{SDIST_ROOT}/tests/"
+    """Extract only ``<root>/tests/`` and ``<root>/README.md`` of ``archive`` into ``dest``."""
+    prefix, readme = f"{SDIST_ROOT}/tests/", f"{SDIST_ROOT}/README.md"
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
-            if not members:
-                raise ReferenceUnavailable(f"{archive} has no {prefix} folder")
+            members = [
+                m
+                for m in tar.getmembers()
+                if (m.name.startswith(prefix) or m.name == readme) and m.isfile()
+            ]
+            if not any(m.name == readme for m in members) or len(members) < 2:
+                raise ReferenceUnavailable(f"{archive} has no {prefix} folder or {readme}")
             tar.extractall(dest, members=members, filter="data")
     except (OSError, tarfile.TarError) as exc:
         raise ReferenceUnavailable(f"cannot unpack {archive}: {exc}") from exc
 
 
 def reference_root(cache: Path = CACHE) -> Path:
-    """The unpacked ``mlarray-0.0.54`` directory (holding only ``tests/``), downloading if needed.
+    """The unpacked ``mlarray-0.0.54`` directory (only ``tests/`` and ``README.md``), downloaded
+    if needed.
 
     Raises
     ------
@@ -74,7 +80,7 @@ def reference_root(cache: Path = CACHE) -> Path:
         When pip cannot download the sdist (no network, no pip) or the archive is unusable.
     """
     root = cache / SDIST_ROOT
-    if (root / "tests").is_dir():
+    if (root / "tests").is_dir() and (root / "README.md").is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:

@@ -38,7 +38,7 @@ def reference_tests(tmp_path_factory) -> Path:
     """A private copy of the sdist's ``tests/`` folder, with nothing else beside it."""
     given = os.environ.get("MLARRAY_REFERENCE_SDIST")
     root = Path(given) if given else None
-    if root is None or not (root / "tests").is_dir():
+    if root is None or not (root / "tests").is_dir() or not (root / "README.md").is_file():
         try:
             root = reference_root()
         except ReferenceUnavailable as exc:
@@ -48,6 +48,7 @@ def reference_tests(tmp_path_factory) -> Path:
             pytest.skip(message)
     work = tmp_path_factory.mktemp("reference")
     shutil.copytree(root / "tests", work / "tests")
+    shutil.copy(root / "README.md", work / "README.md")
     return work / "tests"
 
 
@@ -91,3 +92,28 @@ def test_reference_suite_passes(reference_tests):
         f"reference suite: {summary} (exit {exit_code}, {counts})\n{failures or out[-6000:]}"
     )
     assert counts.get("passed", 0) > 0, out[-2000:]
+
+
+def test_reference_readme_examples_run_unchanged(reference_tests, tmp_path):
+    """Every Python block of the reference's README, in order, in one fresh folder."""
+    readme = (reference_tests.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) >= 5, "the reference README's examples were not found"
+    script = "\n".join(f"# --- README example {i}\n{b}" for i, b in enumerate(blocks, 1))
+    (tmp_path / "readme_examples.py").write_text(script)
+    proc = _run(["readme_examples.py"], tmp_path, 600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # what the README's comments promise it prints
+    assert "[1.0, 1.0, 1.5]" in proc.stdout and "[10.0, 10.0, 30.0]" in proc.stdout
+    assert "{'patient_id': '123', 'modality': 'CT'}" in proc.stdout
+    assert "True" in proc.stdout.splitlines()
+    reread = _run(
+        [
+            "-c",
+            "from mlarray import MLArray; a = MLArray('with-metadata.mla');"
+            "print(a.meta.source['study_id'], bool(a.meta.is_seg))",
+        ],
+        tmp_path,
+        120,
+    )
+    assert reread.stdout.split() == ["study-001", "False"], reread.stderr
