@@ -140,8 +140,12 @@ def test_names_scripts_import():
     for value in (None, "unknown", "other", "SLP+", "my_frame"):
         assert world_frame(value) is None
     # submodules export only public names
-    for module in (mlarray.meta, mlarray.errors, mlarray.layout, mlarray.geometry, mlarray.io):
-        assert all(not n.startswith("_") for n in module.__all__), module.__name__
+    import importlib
+
+    for name in ("meta", "errors", "layout", "geometry", "io", "record", "stats", "mlarray"):
+        module = importlib.import_module(f"mlarray.{name}")
+        assert module.__all__ and all(not n.startswith("_") for n in module.__all__), name
+        assert all(hasattr(module, n) for n in module.__all__), name
 
 
 def test_like_constructors_copy_metadata_unless_overridden(tmp_path):
