@@ -69,6 +69,7 @@ def labels_kwargs_for_image(meta: dict, dtype: Any = np.uint8) -> dict:
     template = (meta.get("metadata") or {}).get(KEY)
     if template and template.get("layer") in ("image", "labels"):
         kw["metadata"] = adopt_template({}, template, "labels", dtype)["metadata"]
+        kw["metadata"][KEY]["made_for"] = template.get("path")  # where to suggest outputs
     return kw
 
 
