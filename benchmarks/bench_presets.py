@@ -11,6 +11,8 @@ Volumes:
   from the ``nilearn`` wheel (``pip download nilearn --no-deps``; the wheel is a
   zip, the volumes are read from it without installing nilearn);
 * pydicom's ``CT_small.dcm`` (a real 128x128 int16 CT slice), when pydicom is installed;
+* nibabel's test volumes ``anatomical.nii`` (a small T1) and ``example4d.nii.gz``
+  (an MR series, two volumes);
 * the benchmarks' CT-like int16 volume and its uint8 label map (``_common.make_volumes``).
 
 Usage::
@@ -47,20 +49,28 @@ def _cp(codec: str, clevel: int, *filters: str) -> dict:
     return {"codec": codec, "clevel": clevel, "filters": list(filters)}
 
 
-# candidate -> save_mla storage keywords; "large" = one chunk per <= 16 MiB, blocks <= 1 MiB
+# alternatives to the plugin's presets -> save_mla storage keywords;
+# "large" = the old archive layout: chunks <= 16 MiB, blocks <= 1 MiB
 CANDIDATES: dict[str, dict] = {
-    "library default: LZ4HC 8 + shuffle, patch 192": {},
-    "LZ4 5 + shuffle, patch 192": {"cparams": _cp("LZ4", 5, "SHUFFLE")},
-    "ZSTD 9 + bitshuffle, large": {"cparams": _cp("ZSTD", 9, "BITSHUFFLE"), "large": True},
-    "ZSTD 9 + shuffle, large": {"cparams": _cp("ZSTD", 9, "SHUFFLE"), "large": True},
-    "ZSTD 9 + shuffle, patch 192": {"cparams": _cp("ZSTD", 9, "SHUFFLE")},
-    "ZSTD 9 + bitshuffle, patch 192": {"cparams": _cp("ZSTD", 9, "BITSHUFFLE")},
-    "ZSTD 9 + shuffle + bytedelta, large": {
-        "cparams": _cp("ZSTD", 9, "SHUFFLE", "BYTEDELTA"),
+    "old 'archive': ZSTD 9 + bitshuffle, large": {
+        "cparams": _cp("ZSTD", 9, "BITSHUFFLE"),
         "large": True,
     },
+    "ZSTD 9 + shuffle, large": {"cparams": _cp("ZSTD", 9, "SHUFFLE"), "large": True},
+    "ZSTD 9 + shuffle, patch 192": {"cparams": _cp("ZSTD", 9, "SHUFFLE")},
+    "ZSTD 9 + bitshuffle, chunks 256, blocks 64": {
+        "patch_size": None,
+        "chunk_size": 256,
+        "block_size": 64,
+        "cparams": _cp("ZSTD", 9, "BITSHUFFLE"),
+    },
+    "ZSTD 5 + shuffle, chunks 256, blocks 64": {
+        "patch_size": None,
+        "chunk_size": 256,
+        "block_size": 64,
+        "cparams": _cp("ZSTD", 5, "SHUFFLE"),
+    },
     "ZSTD 5 + shuffle, patch 192": {"cparams": _cp("ZSTD", 5, "SHUFFLE")},
-    "ZSTD 5 + bitshuffle, patch 192": {"cparams": _cp("ZSTD", 5, "BITSHUFFLE")},
 }
 
 
@@ -107,6 +117,18 @@ def nilearn_volumes(wheel: Path | None, workdir: Path) -> dict[str, np.ndarray]:
         for kind, label in (("t1", "MNI152 T1"), ("gm", "MNI152 grey matter")):
             img = nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(MNI.format(kind))))
             out[f"{label} {img.get_data_dtype()} {img.shape}"] = np.asarray(img.dataobj)
+    return out
+
+
+def nibabel_volumes() -> dict[str, np.ndarray]:
+    import nibabel as nib
+
+    folder = Path(nib.__file__).parent / "tests" / "data"
+    out = {}
+    for name in ("anatomical.nii", "example4d.nii.gz"):
+        arr = np.asarray(nib.load(folder / name).dataobj)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+        out[f"nibabel {name} {arr.dtype} {arr.shape}"] = arr
     return out
 
 
@@ -164,6 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mla-presets-") as tmp:
         work = Path(tmp)
         volumes = nilearn_volumes(args.wheel, work)
+        volumes.update(nibabel_volumes())
         volumes.update(pydicom_ct())
         ct, seg = make_volumes(args.ct_shape)
         volumes[f"CT-like int16 {ct.shape} (_common)"] = ct
@@ -188,7 +211,7 @@ def main() -> None:
                     ]
                 )
             print(f"\n### {name}, {data.nbytes / 1e6:.1f} MB uncompressed\n")
-            headers = ["candidate", "MB", "ratio", "size vs first", "write ms", "read ms"]
+            headers = ["candidate", "MB", "ratio", "size vs default", "write ms", "read ms"]
             print(table([*headers, "64^3 patch ms"], rows))
 
 

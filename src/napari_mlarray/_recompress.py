@@ -57,17 +57,7 @@ PRESET_LABELS: dict[str, str] = {
 
 
 def format_bytes(n: int) -> str:
-    """Human-readable size, e.g. ``"1.50 MiB"``.
-
-    Parameters
-    ----------
-    n : int
-        Number of bytes.
-
-    Returns
-    -------
-    str
-    """
+    """Human-readable size of ``n`` bytes, e.g. ``"1.50 MiB"``."""
     size = float(n)
     for unit in ("B", "KiB", "MiB"):
         if size < 1024:
@@ -172,21 +162,8 @@ def recompress(
 
 
 def suggest_output(source: Path | None, name: str, folder: Path) -> Path:
-    """Where a recompressed copy goes by default: next to its source.
-
-    Parameters
-    ----------
-    source : pathlib.Path or None
-        The file the data came from (an ``.mla`` file, or any file a layer was
-        read from or made for).
-    name : str
-        Name to use without a source (a layer name).
-    folder : pathlib.Path
-        Folder to use without a source.
-
-    Returns
-    -------
-    pathlib.Path
+    """Default output: ``<stem>_recompressed.mla`` next to ``source`` (the file the data was
+    read from), else ``<name>.mla`` in ``folder`` (e.g. next to the file a layer was made for).
     """
     if source is None:
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "layer"

@@ -43,7 +43,6 @@ __all__ = ["Codec", "Filter", "RecompressWidget"]
 
 Codec = enum.Enum("Codec", {n: n for n in ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")})
 Filter = enum.Enum("Filter", {n: n for n in ("NOFILTER", "SHUFFLE", "BITSHUFFLE")})
-_ERRORS = (ValueError, TypeError, OSError, MLArrayError)
 
 
 def _plugin_settings() -> Any:
@@ -111,13 +110,13 @@ class RecompressWidget(Container):
         )
         self._load_settings()
         self.preset.changed.connect(self._on_preset)
-        for widget in self._fields:
+        for widget in (*self._fields, self.chunk_size, self.block_size):
             widget.changed.connect(self._on_field)
         for widget in (self.source, self.layer, self.source_file):
             widget.changed.connect(self._on_source)
         self.run_button.changed.connect(self.start)
         for name in ("inserted", "removed", "moved", "reordered"):
-            getattr(self._viewer.layers.events, name).connect(self._refresh_layers)
+            getattr(self._viewer.layers.events, name).connect(self.layer.reset_choices)
         active = self._viewer.layers.selection.active
         if active is not None and active in self.layer.choices:
             self.layer.value = active
@@ -200,9 +199,6 @@ class RecompressWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, kinds) and not layer.multiscale
         ]
-
-    def _refresh_layers(self, _event: Any = None) -> None:
-        self.layer.reset_choices()
 
     def _source_mla(self) -> Path | None:
         """The ``.mla`` file the source is (or was read from), if any."""
@@ -299,7 +295,7 @@ class RecompressWidget(Container):
             return
         try:
             source, dst, kwargs = self._job()
-        except _ERRORS as exc:
+        except (ValueError, TypeError, OSError, MLArrayError) as exc:
             self._show_error(exc)
             return
         pbar = self.pbar = napari.utils.progress(total=1, desc=f"Recompress -> {dst.name}")

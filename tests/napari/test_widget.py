@@ -106,6 +106,10 @@ def test_presets_fill_the_typed_fields_and_edits_switch_to_custom(viewer):
     widget.clevel.value = 2
     assert widget.preset.value == "custom"
     assert widget.storage()["cparams"] == {"codec": "ZSTD", "clevel": 2, "filters": ["SHUFFLE"]}
+    widget.preset.value = "archive"
+    widget.block_size.value = (32, 16, 16)
+    assert widget.preset.value == "custom"
+    assert widget.storage()["block_size"] == [32, 16, 16]
 
 
 def test_layer_choices_follow_the_viewer(viewer):
