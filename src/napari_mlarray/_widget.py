@@ -45,13 +45,9 @@ Codec = enum.Enum("Codec", {n: n for n in ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "Z
 Filter = enum.Enum("Filter", {n: n for n in ("NOFILTER", "SHUFFLE", "BITSHUFFLE")})
 
 
-def _plugin_settings() -> Any:
-    try:
-        from napari.settings import get_plugin_settings
-
-        return get_plugin_settings("napari-mlarray").compression
-    except (ImportError, KeyError, AttributeError):
-        return None
+def _sizes(label: str, value: tuple[int, ...], **kwargs: Any) -> TupleEdit:
+    """One integer field per array axis (chunk or block size)."""
+    return TupleEdit(label=label, value=value, options={"min": 1, "max": 1 << 20}, **kwargs)
 
 
 class RecompressWidget(Container):
@@ -85,29 +81,17 @@ class RecompressWidget(Container):
         layouts = [("Patch size (training reads)", "patch"), ("Chunks and blocks", "chunks")]
         self.layout_mode = ComboBox(label="Layout", choices=layouts)
         self.patch_size = SpinBox(label="Patch size", min=1, max=1 << 16, value=192)
-        self.chunk_size = TupleEdit(label="Chunk size", value=(256,) * 3)
-        self.block_size = TupleEdit(label="Block size", value=(64,) * 3)
+        self.chunk_size = _sizes("Chunk size", (256,) * 3)
+        self.block_size = _sizes("Block size", (64,) * 3)
         self.output = FileEdit(label="Output", mode="w", filter="*.mla")
         self.in_place = CheckBox(text="Overwrite the source file (atomic)")
         self.run_button = PushButton(text="Recompress")
         self.status = Label(label="Status", value="-")
         self.status.native.setWordWrap(True)
         self._fields = (self.codec, self.clevel, self.filter, self.layout_mode, self.patch_size)
-        self.extend(
-            [
-                self.source,
-                self.layer,
-                self.source_file,
-                self.preset,
-                *self._fields,
-                self.chunk_size,
-                self.block_size,
-                self.output,
-                self.in_place,
-                self.run_button,
-                self.status,
-            ]
-        )
+        self.extend([self.source, self.layer, self.source_file, self.preset, *self._fields])
+        self.extend([self.chunk_size, self.block_size, self.output, self.in_place])
+        self.extend([self.run_button, self.status])
         self._load_settings()
         self.preset.changed.connect(self._on_preset)
         for widget in (*self._fields, self.chunk_size, self.block_size):
@@ -124,8 +108,11 @@ class RecompressWidget(Container):
 
     # ------------------------------------------------------------ settings
     def _load_settings(self) -> None:
-        section = _plugin_settings()
-        if section is None:
+        from napari.settings import get_plugin_settings
+
+        try:
+            section = get_plugin_settings("napari-mlarray").compression
+        except (KeyError, AttributeError):  # the plugin's settings are not registered
             return
         self._set_fields(
             codec=getattr(Codec, section.codec, Codec.LZ4HC),
@@ -243,7 +230,7 @@ class RecompressWidget(Container):
             old = getattr(self, attr)
             if len(old.value) == ndim:
                 continue
-            new = TupleEdit(label=old.label, value=(default,) * ndim, visible=old.visible)
+            new = _sizes(old.label, (default,) * ndim, visible=old.visible)
             new.changed.connect(self._on_field)
             index = self.index(old)
             self.remove(old)

@@ -267,3 +267,14 @@ def test_in_memory_layers_get_an_output_next_to_their_source(viewer, tmp_path, m
     assert not widget.in_place.enabled
     widget.layer.value = from_npy  # read by another plugin
     assert widget.output.value == tmp_path / "scan_recompressed.mla"
+
+
+def test_chunk_and_block_fields_follow_the_layer_dimensions(viewer):
+    widget = _add_widget(viewer)
+    widget.layer.value = viewer.add_image(np.zeros((1200, 30), np.uint8), name="xray")
+    widget.layout_mode.value = "chunks"
+    assert len(widget.chunk_size.value) == len(widget.block_size.value) == 2
+    widget.chunk_size.value = (1200, 30)
+    widget.block_size.value = (600, 30)
+    assert widget.storage()["chunk_size"] == [1200, 30]
+    assert not widget.chunk_size.native.isHidden()
