@@ -102,7 +102,9 @@ def save_layers(
     layer_data : list of (data, meta, layer_type)
         As napari's ``layer.as_layer_data_tuple()``. Shapes layers become the
         file's boxes; Shapes alone give a boxes-only file. Without Shapes, an
-        opened layer keeps the boxes its file had.
+        opened layer keeps the boxes its file had. A multiscale layer is saved
+        at full resolution; an RGB(A) layer with its colours as a trailing
+        ``channel`` axis.
     storage : dict, optional
         Keyword arguments for :func:`mlarray.io.save_mla` (``patch_size``,
         ``chunk_size``, ``block_size``, ``cparams``, ``dparams``).
@@ -138,6 +140,10 @@ def save_layers(
         )
     if mains:
         data, meta, kind = mains[0]
+        if meta.get("multiscale"):  # an .mla holds one resolution: the full one
+            data = data[0]
+        if meta.get("rgb"):
+            meta = _rgb_as_channel_axis(meta, len(data.shape))
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
         if isinstance(out, LazyView):
@@ -166,6 +172,29 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:
+    """``meta`` of an RGB(A) layer with its colour axis as a trailing ``channel`` axis.
+
+    napari's transforms of an RGB layer cover the ``ndim - 1`` leading axes only.
+    """
+    n = ndim - 1
+    inner = layer_matrix(meta, n)
+    full = np.eye(ndim + 1)
+    full[:n, :n] = inner[:n, :n]
+    full[:n, ndim] = inner[:n, n]
+    labels = meta.get("axis_labels") or [str(k - n) for k in range(n)]
+    units = meta.get("units") or [None] * n
+    geometry = dict.fromkeys(("scale", "translate", "rotate", "shear"))
+    return {
+        **meta,
+        **geometry,
+        "affine": full,
+        "axis_labels": [*labels, "channel"],
+        "units": [*units, None],
+        "rgb": False,
+    }
 
 
 def stored_axes(layer_data: tuple) -> list[int | None]:

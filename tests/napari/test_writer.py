@@ -204,3 +204,24 @@ def test_npe2_write_of_image_and_labels_raises_our_message(tmp_path):
     out = tmp_path / "both.mla"
     with pytest.raises(LayerSaveError, match=r"save each to its own \.mla file"):
         io_utils.write(str(out), layers, plugin_name="napari-mlarray")
+
+
+def test_rgb_and_multiscale_layers_save_what_napari_shows(tmp_path):
+    from napari.layers import Image
+
+    from mlarray import MLArray
+
+    rgb = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    out = tmp_path / "photo.mla"
+    _save(Image(rgb, rgb=True, scale=(2.0, 3.0), translate=(1.0, -1.0)), out)
+    back = MLArray.open(out)
+    np.testing.assert_array_equal(back[...], rgb)
+    assert back.meta.spatial.axis_labels == ["spatial", "spatial", "channel"]
+    np.testing.assert_allclose(np.asarray(back.affine), [[2, 0, 1], [0, 3, -1], [0, 0, 1]])
+
+    levels = [np.arange(64.0).reshape(8, 8), np.zeros((4, 4))]
+    out = tmp_path / "pyramid.mla"
+    _save(Image(levels, multiscale=True, scale=(0.5, 0.5)), out)
+    back = MLArray.open(out)
+    np.testing.assert_array_equal(back[...], levels[0])  # the full resolution
+    np.testing.assert_allclose(np.asarray(back.affine), np.diag([0.5, 0.5, 1.0]))
