@@ -156,6 +156,11 @@ def test_saving_image_and_labels_together_shows_our_message(
     message = "holds one image or labels layer .* save each to its own .mla file"
     with pytest.raises(LayerSaveError, match=message):
         viewer.layers.save(str(out), selected=True)
+    second = viewer.add_image(np.zeros((4, 5, 6), np.int16), name="ct2")
+    viewer.layers.selection = {image, second}
+    with pytest.raises(LayerSaveError, match="has image, image"):
+        viewer.layers.save(str(out), selected=True)
+    viewer.layers.selection = {image, labels}
 
     # File ▸ Save Selected Layers: the dialog offers our writer first; napari shows the error
     def choose(*args, filter="", **kwargs):
