@@ -60,8 +60,6 @@ def _npe2_writer(func: Callable[..., list[str]]) -> Callable[..., list[str]]:
     def wrapper(path, *args):
         try:
             return func(path, *args)
-        except LayerSaveError:
-            raise
         except ValueError as exc:
             raise LayerSaveError(f"{os.fspath(path)}: {exc}") from exc
 
