@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import blosc2
 import numpy as np
 import pytest
@@ -267,6 +269,11 @@ def test_in_memory_layers_get_an_output_next_to_their_source(viewer, tmp_path, m
     assert not widget.in_place.enabled
     widget.layer.value = from_npy  # read by another plugin
     assert widget.output.value == tmp_path / "scan_recompressed.mla"
+    from napari.utils.history import get_open_history
+
+    widget.layer.value = viewer.add_image(_ct((4, 5, 6)), name="made here")  # no source at all
+    assert widget.output.value == Path(get_open_history()[0]) / "made_here.mla"
+    assert widget.output.value.parent != Path.cwd()
 
 
 def test_chunk_and_block_fields_follow_the_layer_dimensions(viewer):
