@@ -359,8 +359,9 @@ def record_from_layer(
     A layer opened by this plugin keeps its stored record; the geometry, axis
     labels and units are kept verbatim unless the layer's transforms, labels or
     units changed, and then re-derived from the layer in the file's own world
-    frame and axis order. A layer made in napari gets its geometry from its
-    transforms, stored in view order with no ``coord_system``.
+    frame and axis order. A layer made in napari is stored as napari holds it:
+    data in layer order, and the file world is the napari world (the layer's
+    data-to-world matrix becomes the file's affine, no ``coord_system``).
 
     Parameters
     ----------
@@ -394,12 +395,12 @@ def record_from_layer(
     spatial_view = [k for k in range(ndim) if mask[k]]
     n = len(spatial_view)
     if n:
-        rev = np.eye(n)[::-1]  # file world = napari world reversed (ITK x, y, z order)
+        # what you set is what you get: the file world is the layer's world, axis for axis
         linear = T[np.ix_(spatial_view, spatial_view)]
         gram = linear.T @ linear
         orthogonal = np.allclose(gram, np.diag(np.diag(gram)), rtol=0, atol=1e-9 * gram.max())
         form = "spacing" if orthogonal else "affine"
-        sp.update(_spatial_from_matrix(T, spatial_view, rev, list(range(n)), form))
+        sp.update(_spatial_from_matrix(T, spatial_view, np.eye(n), list(range(n)), form))
     rec["is_seg"]["is_seg"] = True if layer_type == "labels" else None
     return rec, Undo(tuple(range(ndim)))
 

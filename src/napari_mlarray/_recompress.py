@@ -1,86 +1,74 @@
-"""Recompress ``.mla`` files and napari layers: the work behind the widget.
+"""Recompress ``.mla`` files and napari layers: presets and the job, no Qt.
 
-Pure functions, no Qt: :func:`recompress_file` rewrites a file on disk (in
-place or to a new path), :func:`recompress_layer` saves a layer's data tuple
-through the plugin's writer; both report progress through a callback and
-return a :class:`RecompressResult` with sizes, ratios and timing.
-:func:`iter_progress` turns such a callback-style job into a generator of
-progress values, which is what a napari ``thread_worker`` wants.
+A preset is a plain dict of :func:`mlarray.io.save_mla` storage keywords
+(``patch_size``, ``chunk_size``, ``block_size``, ``cparams``, ``dparams``),
+checked by the library (:func:`mlarray.layout.resolve_storage`). The presets were chosen by
+``benchmarks/bench_presets.py`` on real volumes (``benchmarks/RESULTS.md``).
 
-Every write goes through ``mlarray.io.save_mla`` (temp file in the destination
+Every write goes through ``save_mla`` (temporary file in the destination
 folder, fsync, ``os.replace``), so a failed recompression leaves an existing
-destination, including the source itself, untouched.
+destination, the source included, untouched.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = [
-    "Progress",
+    "PRESETS",
+    "PRESET_LABELS",
     "RecompressResult",
     "format_bytes",
-    "iter_progress",
-    "layer_source_path",
-    "recompress_file",
-    "recompress_layer",
+    "recompress",
+    "suggest_output",
 ]
 
-#: ``progress(done, total)``, called after each written chunk.
-Progress = Callable[[int, int], Any]
+
+def _cparams(codec: str, clevel: int, filt: str) -> dict[str, Any]:
+    return {"codec": codec, "clevel": clevel, "filters": [filt]}
 
 
-def format_bytes(n: int | None) -> str:
-    """Human-readable size: ``"1.5 MiB"``.
+#: Named storage keyword dicts for ``save_mla``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"patch_size": 192, "cparams": _cparams("LZ4HC", 8, "SHUFFLE")},
+    "training": {"patch_size": 192, "cparams": _cparams("LZ4", 5, "SHUFFLE")},
+    "archive": {
+        "patch_size": None,
+        "chunk_size": 256,
+        "block_size": 64,
+        "cparams": _cparams("ZSTD", 9, "SHUFFLE"),
+    },
+    "labels": {"patch_size": 192, "cparams": _cparams("ZSTD", 5, "BITSHUFFLE")},
+}
 
-    Parameters
-    ----------
-    n : int or None
-        Number of bytes.
+#: What each preset is for, as shown in the widget's menu.
+PRESET_LABELS: dict[str, str] = {
+    "default": "Library default: LZ4HC 8 + shuffle, patch 192",
+    "training": "Fast patch reads (training): LZ4 5 + shuffle, patch 192",
+    "archive": "Smallest file (archiving): ZSTD 9 + shuffle, chunks 256, blocks 64; slow to write",
+    "labels": "Label maps: ZSTD 5 + bitshuffle, patch 192",
+}
 
-    Returns
-    -------
-    str
-    """
-    if n is None:
-        return "?"
+
+def format_bytes(n: int) -> str:
+    """Human-readable size of ``n`` bytes, e.g. ``"1.50 MiB"``."""
     size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{int(size)} B" if unit == "B" else f"{size:.2f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")
+    return f"{size:.2f} GiB"
 
 
 @dataclass(frozen=True)
 class RecompressResult:
-    """What a recompression did.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The written file.
-    nbytes : int
-        Uncompressed size of the array.
-    before_bytes : int
-        Size before: the source file on disk, or the layer's in-memory size.
-    before_on_disk : bool
-        Whether ``before_bytes`` is a file size (``False``: in-memory nbytes).
-    after_bytes : int
-        Size of the written file.
-    seconds : float
-        Wall time of the write.
-    """
+    """What a recompression did: sizes in bytes, wall time in seconds."""
 
     path: Path
     nbytes: int
@@ -90,224 +78,95 @@ class RecompressResult:
     seconds: float
 
     @property
-    def ratio_before(self) -> float:
-        """Uncompressed size / size before (1.0 for an in-memory layer)."""
-        return self.nbytes / self.before_bytes if self.before_bytes else math.nan
-
-    @property
     def ratio_after(self) -> float:
         """Uncompressed size / size of the written file."""
         return self.nbytes / self.after_bytes if self.after_bytes else math.nan
 
     def summary(self) -> str:
-        """Readable multi-line summary of sizes, ratios and time.
+        """Sizes, ratios and time, one line each.
 
         Returns
         -------
         str
         """
         where = "on disk" if self.before_on_disk else "in memory"
+        before = self.nbytes / self.before_bytes if self.before_bytes else math.nan
         return (
-            f"Current: {format_bytes(self.before_bytes)} {where} "
-            f"(ratio {self.ratio_before:.2f}x)\n"
-            f"Result: {format_bytes(self.after_bytes)} (ratio {self.ratio_after:.2f}x)\n"
+            f"Before: {format_bytes(self.before_bytes)} {where} ({before:.2f}x)\n"
+            f"After: {format_bytes(self.after_bytes)} ({self.ratio_after:.2f}x)\n"
             f"Time: {self.seconds:.2f} s -> {self.path.name}"
         )
 
 
-def _nbytes(shape, dtype) -> int:
-    return int(math.prod(int(s) for s in shape)) * np.dtype(dtype).itemsize
-
-
-def _timed_write(
-    write: Callable[[], str | os.PathLike], *, nbytes: int, before_bytes: int, before_on_disk: bool
-) -> RecompressResult:
-    """Run ``write()`` (which returns the written path) and measure the file it wrote."""
-    start = time.perf_counter()
-    written = Path(write())
-    seconds = time.perf_counter() - start
-    return RecompressResult(
-        path=written,
-        nbytes=nbytes,
-        before_bytes=before_bytes,
-        before_on_disk=before_on_disk,
-        after_bytes=written.stat().st_size,
-        seconds=seconds,
-    )
-
-
-def recompress_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike | None = None,
+def recompress(
+    source: str | os.PathLike | tuple,
+    dst: str | os.PathLike | None,
     *,
     storage: dict[str, Any],
-    progress: Progress | None = None,
-) -> RecompressResult:
-    """Rewrite an ``.mla`` file with new compression settings.
-
-    Parameters
-    ----------
-    src : path
-        The ``.mla`` file to read.
-    dst : path, optional
-        Where to write; ``None`` or ``src`` itself recompresses in place. The
-        write is atomic: on any error the previous file at ``dst`` is kept.
-    storage : dict
-        ``save_mla`` keyword arguments, e.g. from
-        :func:`napari_mlarray._settings.storage_for`.
-    progress : callable, optional
-        ``progress(done, total)`` after each written chunk.
-
-    Returns
-    -------
-    RecompressResult
-
-    Raises
-    ------
-    mlarray.MLArrayError
-        For unreadable sources, bad destinations or settings the library rejects.
-    """
-    from mlarray import MLArray
-    from mlarray.io import save_mla
-
-    src = Path(src)
-    dst = src if dst is None else Path(dst)
-    before = src.stat().st_size
-    arr = MLArray.open(src)
-    has_array = arr.shape is not None
-    nbytes = _nbytes(arr.shape, arr.dtype) if has_array else 0
-    return _timed_write(
-        lambda: save_mla(dst, arr if has_array else None, arr.meta, **storage, progress=progress),
-        nbytes=nbytes,
-        before_bytes=before,
-        before_on_disk=True,
-    )
-
-
-def layer_source_path(meta: dict[str, Any] | None, source: Any = None) -> Path | None:
-    """The ``.mla`` file a layer was read from, if any.
-
-    Parameters
-    ----------
-    meta : dict or None
-        The layer's ``as_layer_data_tuple()[1]`` (unused today; kept so callers
-        need no layer object).
-    source : napari.layers._source.Source, optional
-        ``layer.source``.
-
-    Returns
-    -------
-    pathlib.Path or None
-        The path when the layer came from an existing ``.mla`` file.
-    """
-    path = getattr(source, "path", None)
-    if path and str(path).endswith(".mla") and Path(path).is_file():
-        return Path(path)
-    return None
-
-
-def recompress_layer(
-    layer_data: tuple[Any, dict[str, Any], str],
-    dst: str | os.PathLike,
-    *,
-    storage: dict[str, Any],
-    progress: Progress | None = None,
+    progress: Callable[[int, int], Any] | None = None,
     source_path: str | os.PathLike | None = None,
 ) -> RecompressResult:
-    """Save a napari layer's data tuple as a recompressed ``.mla`` file.
+    """Write an ``.mla`` file or a layer again with other storage settings.
 
     Parameters
     ----------
-    layer_data : tuple
-        ``layer.as_layer_data_tuple()``: ``(data, meta, layer_type)`` of an
-        image or labels layer.
-    dst : path
-        The ``.mla`` file to write (atomically).
+    source : path or tuple
+        An ``.mla`` file, or an image/labels layer's ``as_layer_data_tuple()``
+        (saved through :func:`napari_mlarray._writer.save_layers`).
+    dst : path or None
+        Where to write, atomically; ``None`` rewrites the source file in place.
     storage : dict
-        ``save_mla`` keyword arguments.
+        ``save_mla`` storage keywords, in stored axis order.
     progress : callable, optional
         ``progress(done, total)`` after each written chunk.
     source_path : path, optional
-        The file the layer was read from; its size is "before". Without it,
-        "before" is the layer's uncompressed in-memory size.
+        For a layer: the file it was read from (its size is "before"; without
+        one, "before" is the layer's in-memory size).
 
     Returns
     -------
     RecompressResult
-
-    Raises
-    ------
-    ValueError
-        For layer types other than image and labels, or multiscale data.
     """
-    data, _meta, layer_type = layer_data
-    if layer_type not in ("image", "labels"):
-        raise ValueError(f"layer type: {layer_type!r} cannot be recompressed; pick image or labels")
-    if isinstance(data, list | tuple):
-        raise ValueError("layer data: multiscale layers cannot be saved as one .mla array")
+    from mlarray import MLArray
+    from mlarray.io import save_mla
     from napari_mlarray._writer import save_layers
 
-    nbytes = _nbytes(data.shape, data.dtype)
-    if source_path is not None:
-        before, on_disk = Path(source_path).stat().st_size, True
+    if isinstance(source, tuple):
+        data, _, kind = source
+        if kind not in ("image", "labels") or isinstance(data, list):
+            raise ValueError(f"layer: a {kind} layer (or a multiscale one) is not one .mla array")
+        nbytes = math.prod(data.shape) * data.dtype.itemsize
+        if dst is None:
+            raise ValueError("output: choose where to write the layer")
+        on_disk = source_path is not None
+        before = Path(source_path).stat().st_size if on_disk else nbytes
+
+        def write() -> Path:
+            return Path(save_layers(dst, [source], storage=storage, progress=progress)[0])
+
     else:
-        before, on_disk = nbytes, False
+        src = Path(source)
+        dst = src if dst is None else dst
+        before, on_disk = src.stat().st_size, True
+        arr = MLArray.open(src)
+        nbytes = 0 if arr.shape is None else math.prod(arr.shape) * arr.dtype.itemsize
 
-    def write() -> str:
-        paths = save_layers(os.fspath(dst), [layer_data], storage=storage, progress=progress)
-        if not paths:
-            raise RuntimeError(f"{os.fspath(dst)}: the writer wrote nothing")
-        return paths[0]
+        def write() -> Path:
+            data = None if arr.shape is None else arr
+            return save_mla(dst, data, arr.meta, **storage, progress=progress)
 
-    return _timed_write(write, nbytes=nbytes, before_bytes=before, before_on_disk=on_disk)
+    start = time.perf_counter()
+    path = write()
+    seconds = time.perf_counter() - start
+    return RecompressResult(path, nbytes, before, on_disk, path.stat().st_size, seconds)
 
 
-def iter_progress(
-    job: Callable[..., Any], *args: Any, **kwargs: Any
-) -> Generator[tuple[int, int], None, Any]:
-    """Run ``job(*args, progress=cb, **kwargs)``, yielding its progress.
-
-    The job runs in a helper thread; each ``cb(done, total)`` call becomes a
-    yielded ``(done, total)``. The generator returns the job's result (as
-    ``StopIteration.value``) or re-raises its exception. Meant for
-    ``napari.qt.threading.create_worker``: yielded values arrive on the UI
-    thread through the worker's ``yielded`` signal, the result through
-    ``returned``.
-
-    Parameters
-    ----------
-    job : callable
-        Accepts a ``progress`` keyword argument.
-    *args, **kwargs
-        Passed to ``job``.
-
-    Yields
-    ------
-    tuple of int
-        ``(done, total)``.
-
-    Returns
-    -------
-    object
-        What ``job`` returned.
+def suggest_output(source: Path | None, name: str, folder: Path) -> Path:
+    """Default output: ``<stem>_recompressed.mla`` next to ``source`` (the file the data was
+    read from), else ``<name>.mla`` in ``folder`` (e.g. next to the file a layer was made for).
     """
-    events: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-    done = object()
-
-    def _run():
-        try:
-            outcome["value"] = job(*args, progress=lambda d, t: events.put((d, t)), **kwargs)
-        except BaseException as exc:  # handed to the consumer below, re-raised there
-            outcome["error"] = exc
-        finally:
-            events.put(done)
-
-    thread = threading.Thread(target=_run, name="mla-recompress", daemon=True)
-    thread.start()
-    while (item := events.get()) is not done:
-        yield (int(item[0]), int(item[1]))
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    if source is None:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "layer"
+        return folder / f"{stem}.mla"
+    stem = Path(source.name.removesuffix(".gz")).stem
+    return source.with_name(f"{stem}_recompressed.mla")

@@ -1,102 +1,57 @@
-"""The "Recompress .mla" dock widget.
+"""The "Recompress .mla" dock widget: magicgui glue over :mod:`napari_mlarray._recompress`.
 
-Thin magicgui glue over :mod:`napari_mlarray._settings` (presets and storage
-dicts) and :mod:`napari_mlarray._recompress` (the job): pick an image or labels
-layer or an ``.mla`` file, pick a preset or codec / level / filter / layout,
-press *Recompress*. The job runs in a napari worker thread; its progress
-callback feeds the progress bar, and the sizes, ratios and time are shown when
-it is done.
+Pick an image/labels layer or an ``.mla`` file, a preset (a storage keyword
+dict) or codec / level / filter and a layout, press *Recompress*. The job runs
+in a napari worker thread; its progress shows in napari's activity dock
+(:class:`napari.utils.progress`), the sizes, ratios and time in the widget.
+The *Custom* values and the preset the widget starts with are napari plugin
+settings (the ``configurations`` contribution of ``napari.yaml``).
 """
 
 from __future__ import annotations
 
-import math
+import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
     FileEdit,
     Label,
-    LineEdit,
-    ProgressBar,
     PushButton,
     RadioButtons,
     SpinBox,
+    TupleEdit,
 )
+from superqt.utils import ensure_main_thread
 
 from mlarray.errors import MLArrayError
+from napari_mlarray._layer_common import KEY
 from napari_mlarray._recompress import (
-    RecompressResult,
-    format_bytes,
-    iter_progress,
-    layer_source_path,
-    recompress_file,
-    recompress_layer,
-)
-from napari_mlarray._settings import (
-    CODECS,
-    FILTERS,
+    PRESET_LABELS,
     PRESETS,
-    CompressionSettings,
-    load_default_settings,
-    storage_for,
-    storage_in_stored_order,
+    RecompressResult,
+    recompress,
+    suggest_output,
 )
 from napari_mlarray._writer import stored_axes
 
-if TYPE_CHECKING:
-    import napari
+__all__ = ["Codec", "Filter", "RecompressWidget"]
 
-__all__ = ["RecompressWidget"]
-
-_LAYOUT_CHOICES = [
-    ("Patch size (training reads)", "patch"),
-    ("Explicit chunks / blocks", "explicit"),
-    ("Large chunks (archiving)", "large"),
-]
-_SOURCE_CHOICES = [("Layer", "layer"), ("File on disk", "file")]
+Codec = enum.Enum("Codec", {n: n for n in ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")})
+Filter = enum.Enum("Filter", {n: n for n in ("NOFILTER", "SHUFFLE", "BITSHUFFLE")})
 
 
-def _fmt_size_text(size: Any) -> str:
-    if size is None:
-        return ""
-    if isinstance(size, int):
-        return str(size)
-    return ", ".join(str(s) for s in size)
-
-
-def _path_or_none(value: Any) -> Path | None:
-    if value is None or str(value).strip() in ("", "."):
-        return None
-    return Path(value)
-
-
-def _run_job(job, *args, **kwargs):
-    """:func:`iter_progress` that returns the job's error instead of raising it.
-
-    superqt takes a ``RuntimeError`` raised in a generator worker for a deleted
-    worker: it then emits neither ``errored`` nor ``finished``, and the widget
-    would wait forever. The library's layout and path errors are RuntimeErrors.
-    """
-    try:
-        return (yield from iter_progress(job, *args, **kwargs))
-    except Exception as exc:  # shown to the user by _on_done
-        # wrapped: superqt also drops a *returned* RuntimeError (missing files are one)
-        return _Failed(exc)
-
-
-class _Failed:
-    """A job's error, carried to the GUI thread as a plain value."""
-
-    def __init__(self, error: Exception):
-        self.error = error
+def _sizes(label: str, value: tuple[int, ...], **kwargs: Any) -> TupleEdit:
+    """One integer field per array axis (chunk or block size)."""
+    return TupleEdit(label=label, value=value, options={"min": 1, "max": 1 << 20}, **kwargs)
 
 
 class RecompressWidget(Container):
-    """Recompress an image/labels layer or an ``.mla`` file with new settings.
+    """Recompress an image/labels layer or an ``.mla`` file with other storage settings.
 
     Parameters
     ----------
@@ -107,297 +62,260 @@ class RecompressWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._syncing = False
-        #: the running (or last) worker, for tests and callers
-        self.worker = None
-        #: the last successful result
-        self.result: RecompressResult | None = None
-
+        self.worker = None  #: the running (or last) worker
+        self.result: RecompressResult | None = None  #: the last successful result
+        self.pbar: napari.utils.progress | None = None  #: the last activity-dock progress bar
         self.source = RadioButtons(
-            label="Source", choices=_SOURCE_CHOICES, value="layer", orientation="horizontal"
+            label="Source",
+            choices=[("Layer", "layer"), ("File on disk", "file")],
+            orientation="horizontal",
+            value="layer",
         )
         self.layer = ComboBox(label="Layer", choices=self._layer_choices, nullable=True)
         self.source_file = FileEdit(label="File", mode="r", filter="*.mla")
-        self.preset = ComboBox(
-            label="Preset",
-            choices=[("Custom", "custom")] + [(p.label, k) for k, p in PRESETS.items()],
-            value="custom",
-        )
-        self.codec = ComboBox(label="Codec", choices=list(CODECS))
-        self.clevel = SpinBox(label="Level", min=0, max=9)
-        self.filter = ComboBox(label="Filter", choices=list(FILTERS))
-        self.layout_mode = ComboBox(label="Layout", choices=_LAYOUT_CHOICES)
-        self.patch_size = LineEdit(label="Patch size", tooltip="192 or 128, 128, 64")
-        self.chunk_size = LineEdit(label="Chunk size", tooltip="one value per axis: 32, 256, 256")
-        self.block_size = LineEdit(label="Block size", tooltip="one value per axis: 8, 64, 64")
+        presets = [(label, key) for key, label in PRESET_LABELS.items()]
+        self.preset = ComboBox(label="Preset", choices=[("Custom", "custom"), *presets])
+        self.codec = ComboBox(label="Codec", choices=Codec, value=Codec.LZ4HC)
+        self.clevel = SpinBox(label="Level", min=0, max=9, value=8)
+        self.filter = ComboBox(label="Filter", choices=Filter, value=Filter.SHUFFLE)
+        layouts = [("Patch size (training reads)", "patch"), ("Chunks and blocks", "chunks")]
+        self.layout_mode = ComboBox(label="Layout", choices=layouts)
+        self.patch_size = SpinBox(label="Patch size", min=1, max=1 << 16, value=192)
+        self.chunk_size = _sizes("Chunk size", (256,) * 3)
+        self.block_size = _sizes("Block size", (64,) * 3)
         self.output = FileEdit(label="Output", mode="w", filter="*.mla")
         self.in_place = CheckBox(text="Overwrite the source file (atomic)")
         self.run_button = PushButton(text="Recompress")
-        self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.current = Label(label="Current", value="-")
-        self.resulting = Label(label="Result", value="-")
-        self.elapsed = Label(label="Time", value="-")
         self.status = Label(label="Status", value="-")
         self.status.native.setWordWrap(True)
-        for label in (self.current, self.resulting):
-            label.tooltip = "size, and compression ratio (uncompressed size / size)"
-        setting_widgets = (
-            self.codec,
-            self.clevel,
-            self.filter,
-            self.layout_mode,
-            self.patch_size,
-            self.chunk_size,
-            self.block_size,
-        )
-        self.extend(
-            [
-                self.source,
-                self.layer,
-                self.source_file,
-                self.preset,
-                *setting_widgets,
-                self.output,
-                self.in_place,
-                self.run_button,
-                self.progress,
-                self.current,
-                self.resulting,
-                self.elapsed,
-                self.status,
-            ]
-        )
-
-        preset, settings = load_default_settings()
-        self._show_settings(settings)
-        self.preset.value = preset
-
+        self._fields = (self.codec, self.clevel, self.filter, self.layout_mode, self.patch_size)
+        self.extend([self.source, self.layer, self.source_file, self.preset, *self._fields])
+        self.extend([self.chunk_size, self.block_size, self.output, self.in_place])
+        self.extend([self.run_button, self.status])
+        self._load_settings()
         self.preset.changed.connect(self._on_preset)
-        for widget in setting_widgets:
-            widget.changed.connect(self._on_manual_change)
-        self.layout_mode.changed.connect(self._update_visibility)
-        self.source.changed.connect(self._on_source_changed)
-        self.layer.changed.connect(self._on_source_changed)
-        self.source_file.changed.connect(self._on_source_changed)
+        for widget in (*self._fields, self.chunk_size, self.block_size):
+            widget.changed.connect(self._on_field)
+        for widget in (self.source, self.layer, self.source_file):
+            widget.changed.connect(self._on_source)
         self.run_button.changed.connect(self.start)
-        events = self._viewer.layers.events
         for name in ("inserted", "removed", "moved", "reordered"):
-            getattr(events, name).connect(self._refresh_layers)
-
+            getattr(self._viewer.layers.events, name).connect(self.layer.reset_choices)
         active = self._viewer.layers.selection.active
         if active is not None and active in self.layer.choices:
             self.layer.value = active
-        self._update_visibility()
-        self._on_source_changed()
+        self._on_source()
 
-    # ---------------------------------------------------------------- sources
-    def _layer_choices(self, _widget=None) -> list[tuple[str, Any]]:
-        from napari.layers import Image, Labels
+    # ------------------------------------------------------------ settings
+    def _load_settings(self) -> None:
+        from napari.settings import get_plugin_settings
 
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image | Labels) and not layer.multiscale
-        ]
-
-    def _refresh_layers(self, _event=None) -> None:
-        self.layer.reset_choices()
-
-    def _source_path(self) -> Path | None:
-        """The ``.mla`` file of the current source, if it has one."""
-        if self.source.value == "file":
-            path = _path_or_none(self.source_file.value)
-            return path if path is not None and path.is_file() else None
-        layer = self.layer.value
-        return None if layer is None else layer_source_path(None, layer.source)
-
-    def _on_source_changed(self, _value=None) -> None:
-        is_file = self.source.value == "file"
-        self.layer.visible = not is_file
-        self.source_file.visible = is_file
-        src = self._source_path()
-        self.in_place.enabled = src is not None
-        if src is None:
-            self.in_place.value = False
-        self._suggest_output(src)
-        self.current.value = self._describe_current()
-
-    def _suggest_output(self, src: Path | None) -> None:
-        if src is not None:
-            self.output.value = src.with_name(f"{src.stem}_recompressed.mla")
-        elif self.source.value == "layer" and self.layer.value is not None:
-            self.output.value = Path.cwd() / f"{self.layer.value.name}.mla"
-
-    def _describe_current(self) -> str:
         try:
-            if self.source.value == "file":
-                src = self._source_path()
-                if src is None:
-                    return "no file chosen"
-                from mlarray import MLArray
+            section = get_plugin_settings("napari-mlarray").compression
+        except (KeyError, AttributeError):  # the plugin's settings are not registered
+            return
+        self._set_fields(
+            codec=getattr(Codec, section.codec, Codec.LZ4HC),
+            clevel=section.clevel,
+            filter=getattr(Filter, section.filter, Filter.SHUFFLE),
+            patch_size=section.patch_size,
+        )
+        if section.preset in PRESETS:
+            self.preset.value = section.preset
+            self._on_preset(section.preset)
 
-                arr = MLArray.open(src)
-                size = src.stat().st_size
-                if arr.shape is None:
-                    return f"{format_bytes(size)} on disk (no array)"
-                nbytes = arr.dtype.itemsize * math.prod(arr.shape)
-                return f"{format_bytes(size)} on disk, {nbytes / size:.2f}x"
-            layer = self.layer.value
-            if layer is None:
-                return "no layer chosen"
-            data = layer.data
-            nbytes = data.dtype.itemsize * math.prod(data.shape)
-            src = layer_source_path(None, layer.source)
-            if src is not None:
-                size = src.stat().st_size
-                return f"{format_bytes(size)} on disk, {nbytes / size:.2f}x"
-            return f"{format_bytes(nbytes)} in memory, 1.00x"
-        except (OSError, ValueError, TypeError, MLArrayError) as exc:
-            return f"unknown ({exc})"
-
-    # --------------------------------------------------------------- settings
-    def _show_settings(self, settings: CompressionSettings) -> None:
-        self._syncing = True
-        try:
-            self.codec.value = settings.codec
-            self.clevel.value = settings.clevel
-            self.filter.value = settings.filter
-            self.layout_mode.value = settings.layout
-            self.patch_size.value = _fmt_size_text(settings.patch_size) or "192"
-            self.chunk_size.value = _fmt_size_text(settings.chunk_size)
-            self.block_size.value = _fmt_size_text(settings.block_size)
-        finally:
-            self._syncing = False
-        self._update_visibility()
+    def _set_fields(self, **values: Any) -> None:
+        with self.changed.blocked():
+            for name, value in values.items():
+                widget = getattr(self, name)
+                with widget.changed.blocked():
+                    widget.value = value
+        self._show_layout()
 
     def _on_preset(self, key: str) -> None:
-        if key in PRESETS:
-            self._show_settings(PRESETS[key].settings)
-            self.status.value = PRESETS[key].description
+        if key not in PRESETS:
+            return
+        storage = PRESETS[key]
+        cp = storage["cparams"]
+        n = len(self.chunk_size.value)
+        chunked = storage.get("patch_size") is None
+        self._set_fields(
+            codec=Codec[cp["codec"]],
+            clevel=cp["clevel"],
+            filter=Filter[cp["filters"][0]],
+            layout_mode="chunks" if chunked else "patch",
+            patch_size=storage.get("patch_size") or self.patch_size.value,
+            chunk_size=(storage.get("chunk_size") or 256,) * n,
+            block_size=(storage.get("block_size") or 64,) * n,
+        )
+        self.status.value = PRESET_LABELS[key]
 
-    def _on_manual_change(self, _value=None) -> None:
-        if not self._syncing:
-            self.preset.value = "custom"
+    def _on_field(self, _value: Any = None) -> None:
+        self.preset.value = "custom"
+        self._show_layout()
 
-    def _update_visibility(self, _value=None) -> None:
-        mode = self.layout_mode.value
-        self.patch_size.visible = mode == "patch"
-        self.chunk_size.visible = mode == "explicit"
-        self.block_size.visible = mode == "explicit"
+    def _show_layout(self) -> None:
+        patch = self.layout_mode.value == "patch"
+        self.patch_size.visible = patch
+        self.chunk_size.visible = self.block_size.visible = not patch
 
-    def settings(self) -> CompressionSettings:
-        """The settings as currently shown.
+    def storage(self) -> dict[str, Any]:
+        """The storage keywords as chosen: a preset's dict, or the fields (layer axis order).
 
         Returns
         -------
-        CompressionSettings
-
-        Raises
-        ------
-        ValueError
-            For an invalid level or unparsable sizes; the message names the field.
+        dict
         """
-        mode = self.layout_mode.value
-        return CompressionSettings(
-            codec=self.codec.value,
-            clevel=self.clevel.value,
-            filter=self.filter.value,
-            layout=mode,
-            patch_size=self.patch_size.value if mode == "patch" else None,
-            chunk_size=self.chunk_size.value if mode == "explicit" else None,
-            block_size=self.block_size.value if mode == "explicit" else None,
-        )
+        if self.preset.value in PRESETS:
+            return dict(PRESETS[self.preset.value])
+        cparams = {
+            "codec": self.codec.value.name,
+            "clevel": self.clevel.value,
+            "filters": [self.filter.value.name],
+        }
+        if self.layout_mode.value == "patch":
+            return {"patch_size": self.patch_size.value, "cparams": cparams}
+        chunks, blocks = list(self.chunk_size.value), list(self.block_size.value)
+        return {"patch_size": None, "chunk_size": chunks, "block_size": blocks, "cparams": cparams}
 
-    # -------------------------------------------------------------------- run
-    def _destination(self) -> Path:
+    # ------------------------------------------------------------- sources
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        kinds = (napari.layers.Image, napari.layers.Labels)
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, kinds) and not layer.multiscale
+        ]
+
+    def _source_mla(self) -> Path | None:
+        """The ``.mla`` file the source is (or was read from), if any."""
+        if self.source.value == "file":
+            path = self.source_file.value
+        else:
+            path = None if self.layer.value is None else self.layer.value.source.path
+        if path and str(path).lower().endswith(".mla") and Path(path).is_file():
+            return Path(path)
+        return None
+
+    def _suggest_output(self) -> Path | None:
+        """Next to the file the source was read from, else next to the file it was made for."""
+        from napari.utils.history import get_open_history
+
+        layer = None if self.source.value == "file" else self.layer.value
+        if layer is None:
+            src = self._source_mla()
+            return None if src is None else suggest_output(src, "", src.parent)
+        parent = layer.source.parent
+        block = layer.metadata.get(KEY) or {}
+        made_for = parent.source.path if parent is not None else block.get("made_for")
+        folder = Path(made_for).parent if made_for else Path(get_open_history()[0])
+        own = layer.source.path or block.get("path")
+        return suggest_output(Path(own) if own else None, layer.name, folder)
+
+    def _on_source(self, _value: Any = None) -> None:
+        is_file = self.source.value == "file"
+        self.layer.visible, self.source_file.visible = not is_file, is_file
+        self.in_place.enabled = self._source_mla() is not None
+        if not self.in_place.enabled:
+            self.in_place.value = False
+        if not is_file and self.layer.value is not None:
+            self._fit_tuples(self.layer.value.ndim)
+        output = self._suggest_output()
+        if output is not None:
+            self.output.value = output
+
+    def _fit_tuples(self, ndim: int) -> None:
+        """One chunk/block entry per layer axis."""
+        for attr, default in (("chunk_size", 256), ("block_size", 64)):
+            old = getattr(self, attr)
+            if len(old.value) == ndim:
+                continue
+            new = _sizes(old.label, (default,) * ndim, visible=old.visible)
+            new.changed.connect(self._on_field)
+            index = self.index(old)
+            self.remove(old)
+            self.insert(index, new)
+            setattr(self, attr, new)
+
+    # ----------------------------------------------------------------- run
+    def _job(self) -> tuple[Any, Path, dict[str, Any]]:
+        """Source, destination and keywords of :func:`recompress`, checked by the library."""
+        from mlarray.layout import resolve_storage
+
+        storage = self.storage()
+        src = self._source_mla()
         if self.in_place.value:
-            src = self._source_path()
             if src is None:
                 raise ValueError("in place: the source is not an .mla file on disk")
-            return src
-        dst = _path_or_none(self.output.value)
-        if dst is None:
+            dst = src
+        elif not self.output.value or str(self.output.value) in ("", "."):
             raise ValueError("output: choose where to write the .mla file")
-        if dst.suffix != ".mla":
-            dst = dst.with_name(dst.name + ".mla")
-        return dst
-
-    def _make_job(self) -> tuple[Any, tuple, dict[str, Any]]:
-        settings = self.settings()
-        dst = self._destination()
+        else:
+            dst = Path(self.output.value)
+            dst = dst if dst.suffix.lower() == ".mla" else dst.with_name(dst.name + ".mla")
         if self.source.value == "file":
-            src = self._source_path()
             if src is None:
                 raise ValueError("file: choose an existing .mla file")
             from mlarray import MLArray
 
             arr = MLArray.open(src)
-            if arr.shape is None:  # metadata only: the layout does not matter
-                storage = {"cparams": settings.cparams, "dparams": settings.dparams}
-            else:
-                storage = storage_for(settings, arr.shape, arr.dtype)
-            return recompress_file, (src, dst), {"storage": storage}
-        layer = self.layer.value
-        if layer is None:
+            if arr.shape is not None:
+                resolve_storage(arr.shape, arr.dtype, **storage)
+            return src, dst, {"storage": storage}
+        if self.layer.value is None:
             raise ValueError("layer: add an image or labels layer to the viewer first")
-        layer_data = layer.as_layer_data_tuple()
+        layer_data = self.layer.value.as_layer_data_tuple()
+        axes = stored_axes(layer_data)  # layer axis of each stored axis
+        for key in ("chunk_size", "block_size"):
+            if isinstance(storage.get(key), list):
+                storage[key] = [1 if a is None else storage[key][a] for a in axes]
         data = layer_data[0]
-        storage = storage_for(settings, data.shape, data.dtype)  # sizes in layer order
-        storage = storage_in_stored_order(storage, stored_axes(layer_data))
-        kwargs = {"storage": storage, "source_path": layer_source_path(None, layer.source)}
-        return recompress_layer, (layer_data, dst), kwargs
+        shape = [1 if a is None else data.shape[a] for a in axes]
+        resolve_storage(shape, data.dtype, **storage)
+        return layer_data, dst, {"storage": storage, "source_path": src}
 
-    def start(self, _value=None) -> None:
+    def start(self, _value: Any = None) -> None:
         """Start recompressing in a worker thread (what *Recompress* does)."""
         from napari.qt.threading import create_worker
 
         if self.worker is not None and self.worker.is_running:
             return
         try:
-            job, args, kwargs = self._make_job()
-        except (ValueError, OSError, MLArrayError) as exc:
+            source, dst, kwargs = self._job()
+        except (ValueError, TypeError, OSError, MLArrayError) as exc:
             self._show_error(exc)
             return
-        self.progress.max = 1
-        self.progress.value = 0
-        self.resulting.value = "-"
-        self.elapsed.value = "-"
-        self.status.value = f"Writing {Path(args[1]).name} ..."
+        pbar = self.pbar = napari.utils.progress(total=1, desc=f"Recompress -> {dst.name}")
+
+        @ensure_main_thread
+        def step(done: int, total: int) -> None:
+            if not pbar.disable:
+                pbar.total = max(int(total), 1)
+                pbar.update(int(done) - pbar.n)
+
+        self.status.value = f"Writing {dst.name} ..."
         self.run_button.enabled = False
-        worker = create_worker(_run_job, job, *args, **kwargs, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
+        self.result = None
+        worker = create_worker(
+            recompress, source, dst, progress=step, **kwargs, _ignore_errors=True
+        )
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._show_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()
 
-    def _on_progress(self, value: tuple[int, int]) -> None:
-        done, total = value
-        self.progress.max = max(int(total), 1)
-        self.progress.value = min(int(done), self.progress.max)
-
-    def _on_done(self, result: RecompressResult | _Failed) -> None:
-        if isinstance(result, _Failed):
-            self._show_error(result.error)
-            return
+    def _on_done(self, result: RecompressResult) -> None:
         self.result = result
-        self.progress.value = self.progress.max
-        where = "on disk" if result.before_on_disk else "in memory"
-        self.current.value = (
-            f"{format_bytes(result.before_bytes)} {where}, {result.ratio_before:.2f}x"
-        )
-        self.resulting.value = f"{format_bytes(result.after_bytes)}, {result.ratio_after:.2f}x"
-        self.elapsed.value = f"{result.seconds:.2f} s"
-        self.status.value = f"Wrote {result.path}"
+        self.status.value = result.summary()
 
     def _show_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_warning
+
         self.status.value = f"Error: {exc}"
-        try:
-            from napari.utils.notifications import show_warning
-        except ImportError:  # pragma: no cover - napari is there when the widget is
-            return
         show_warning(f"Recompress .mla failed: {exc}")
 
     def _on_finished(self) -> None:
+        if self.pbar is not None:
+            self.pbar.close()
         self.run_button.enabled = True

@@ -3,6 +3,12 @@
 Image/labels layers: :mod:`napari_mlarray._mapping`; boxes (Shapes layers):
 :mod:`napari_mlarray._boxes`.
 
+Every writer is a pure function of (path, layer data, layer metadata): it looks
+at no viewer. A layer read from an ``.mla`` file (or made for one with the
+"New labels for this image" command, :mod:`napari_mlarray._new_labels`) carries
+its ``.mla`` block in ``metadata`` and is stored like that file; any other layer
+is stored as napari holds it (see :func:`napari_mlarray._mapping.record_from_layer`).
+
 The layer data goes to :func:`mlarray.io.save_mla` as it is, or as a lazy
 transpose back into the stored axis order: a lazily opened image streams
 chunk by chunk, also when it is saved over the file it came from (``save_mla``
@@ -11,13 +17,14 @@ writes a temporary file and replaces the old one atomically).
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from mlarray.errors import MLArrayError
 from napari_mlarray import _mapping
 from napari_mlarray._boxes import boxes_from_shapes
 from napari_mlarray._layer_common import KEY
@@ -26,6 +33,7 @@ from napari_mlarray._orientation import layer_matrix
 from napari_mlarray._record_defaults import default_record
 
 __all__ = [
+    "LayerSaveError",
     "save_layers",
     "stored_axes",
     "write_layers",
@@ -36,16 +44,41 @@ __all__ = [
 _STORAGE_KEYS = ("patch_size", "chunk_size", "block_size", "cparams", "dparams")
 
 
+class LayerSaveError(MLArrayError, RuntimeError):
+    """The selected layers cannot be saved as one ``.mla`` file.
+
+    Raised by the npe2 writers instead of a ``ValueError``: napari takes a
+    ``ValueError`` from a writer for "this writer does not apply" and shows
+    its generic "not a valid writer" warning, hiding the reason.
+    """
+
+
+def _npe2_writer(func: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """Re-raise ``ValueError`` from ``func`` as :class:`LayerSaveError` (same message)."""
+
+    @functools.wraps(func)
+    def wrapper(path, *args):
+        try:
+            return func(path, *args)
+        except ValueError as exc:
+            raise LayerSaveError(f"{os.fspath(path)}: {exc}") from exc
+
+    return wrapper
+
+
+@_npe2_writer
 def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for an Image layer; see :func:`save_layers`."""
     return save_layers(path, [(data, meta, "image")])
 
 
+@_npe2_writer
 def write_single_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for a Labels layer; see :func:`save_layers`."""
     return save_layers(path, [(data, meta, "labels")])
 
 
+@_npe2_writer
 def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
     """npe2 multi-layer writer (one image or labels layer + Shapes); see :func:`save_layers`."""
     return save_layers(path, layer_data)
@@ -67,7 +100,9 @@ def save_layers(
     layer_data : list of (data, meta, layer_type)
         As napari's ``layer.as_layer_data_tuple()``. Shapes layers become the
         file's boxes; Shapes alone give a boxes-only file. Without Shapes, an
-        opened layer keeps the boxes its file had.
+        opened layer keeps the boxes its file had. A multiscale layer is saved
+        at full resolution; an RGB(A) layer with its colours as a trailing
+        ``channel`` axis.
     storage : dict, optional
         Keyword arguments for :func:`mlarray.io.save_mla` (``patch_size``,
         ``chunk_size``, ``block_size``, ``cparams``, ``dparams``).
@@ -78,6 +113,12 @@ def save_layers(
     -------
     list of str
         The written path.
+
+    Raises
+    ------
+    LayerSaveError
+        For a selection an ``.mla`` file cannot hold (two images, an image and
+        a labels layer, points...); the message says what to select instead.
     """
     from mlarray.io import save_mla
 
@@ -89,15 +130,18 @@ def save_layers(
     shapes = [(d, m) for d, m, kind in layer_data if kind == "shapes"]
     other = [kind for _, _, kind in layer_data if kind not in ("image", "labels", "shapes")]
     if other or len(mains) > 1 or not layer_data:
-        raise ValueError(
-            "an .mla file holds one image or labels layer plus Shapes layers (boxes); "
-            f"got {[kind for _, _, kind in layer_data]}: save the layers one by one"
+        kinds = ", ".join(kind for _, _, kind in layer_data) or "no layers"
+        raise LayerSaveError(
+            f"{os.fspath(path)}: an .mla file holds one image or labels layer (plus Shapes "
+            f"layers for its boxes), but the selection has {kinds}. Select one image or one "
+            "labels layer (and its Shapes layers) and save each to its own .mla file."
         )
     if mains:
         data, meta, kind = mains[0]
-        template = _viewer_template(data, meta)
-        if template is not None:
-            meta = _mapping.adopt_template(meta, template, kind, data.dtype)
+        if meta.get("multiscale"):  # an .mla holds one resolution: the full one
+            data = data[0]
+        if meta.get("rgb"):
+            meta = _rgb_as_channel_axis(meta, len(data.shape))
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
         if isinstance(out, LazyView):
@@ -128,31 +172,27 @@ def save_layers(
     return [os.fspath(path)]
 
 
-def _viewer_template(data: Any, meta: dict) -> dict | None:
-    """The ``.mla`` block of an opened layer in the current viewer that ``data`` was made over.
+def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:
+    """``meta`` of an RGB(A) layer with its colour axis as a trailing ``channel`` axis.
 
-    Only for layers made in napari (no block of their own): the first layer
-    read by this plugin with the same shape and the same data-to-world
-    transform (one channel of a split image counts). Outside a running
-    napari, or without a match, ``None``.
+    napari's transforms of an RGB layer cover the ``ndim - 1`` leading axes only.
     """
-    if (meta.get("metadata") or {}).get(KEY) is not None:
-        return None
-    napari = sys.modules.get("napari")  # never import napari (or Qt) from here
-    viewer = napari.current_viewer() if napari is not None else None
-    if viewer is None:
-        return None
-    ndim = len(data.shape)
-    matrix = layer_matrix(meta, ndim)
-    for layer in viewer.layers:
-        block = (getattr(layer, "metadata", None) or {}).get(KEY)
-        if not block or block.get("layer") not in ("image", "labels"):
-            continue
-        if tuple(layer.data.shape) != tuple(data.shape):
-            continue
-        if np.allclose(layer_matrix(layer.as_layer_data_tuple()[1], ndim), matrix, atol=1e-9):
-            return block
-    return None
+    n = ndim - 1
+    inner = layer_matrix(meta, n)
+    full = np.eye(ndim + 1)
+    full[:n, :n] = inner[:n, :n]
+    full[:n, ndim] = inner[:n, n]
+    labels = meta.get("axis_labels") or [str(k - n) for k in range(n)]
+    units = meta.get("units") or [None] * n
+    geometry = dict.fromkeys(("scale", "translate", "rotate", "shear"))
+    return {
+        **meta,
+        **geometry,
+        "affine": full,
+        "axis_labels": [*labels, "channel"],
+        "units": [*units, None],
+        "rgb": False,
+    }
 
 
 def stored_axes(layer_data: tuple) -> list[int | None]:

@@ -274,12 +274,6 @@ def test_storage_options_are_passed_through(tmp_path, ct_volume):
         save_layers(out, [(view, as_layer_meta(kw), "image")], storage={"codec": 1})
 
 
-def test_writer_refuses_two_images(tmp_path, ct_volume):
-    meta = as_layer_meta({"scale": [1, 1, 1], "metadata": {}})
-    with pytest.raises(ValueError, match="one image or labels layer"):
-        save_layers(tmp_path / "x.mla", [(ct_volume, meta, "image"), (ct_volume, meta, "labels")])
-
-
 def test_npe2_selects_our_reader_and_writers(tmp_path):
     import npe2
     from npe2 import io_utils

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import blosc2
 import numpy as np
 import pytest
@@ -46,8 +48,7 @@ def _add_widget(viewer):
 def _run(widget, qtbot):
     widget.run_button.native.click()
     assert widget.worker is not None, widget.status.value
-    qtbot.waitUntil(lambda: not widget.worker.is_running, timeout=30_000)
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=5_000)
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30_000)
 
 
 def _ct(shape=(24, 64, 48)):
@@ -55,44 +56,62 @@ def _ct(shape=(24, 64, 48)):
     return (rng.normal(0, 30, shape) // 4 * 4).astype(np.int16)
 
 
-def test_widget_starts_from_library_defaults(viewer):
+def _save(path, data, record):
+    from mlarray import Meta
+    from mlarray.io import save_mla
+
+    return save_mla(path, data, Meta.from_mapping(record))
+
+
+def test_widget_starts_from_library_defaults_and_plugin_settings(viewer, isolated_settings):
+    from napari_mlarray._widget import Codec, Filter, RecompressWidget
+
     widget = _add_widget(viewer)
     assert widget.preset.value == "custom"
-    assert (widget.codec.value, widget.clevel.value, widget.filter.value) == ("LZ4HC", 8, "SHUFFLE")
-    assert widget.patch_size.value == "192"
-    assert widget.layout_mode.value == "patch"
+    assert (widget.codec.value, widget.clevel.value, widget.filter.value) == (
+        Codec.LZ4HC,
+        8,
+        Filter.SHUFFLE,
+    )
+    assert (widget.layout_mode.value, widget.patch_size.value) == ("patch", 192)
+    assert widget.storage() == {
+        "patch_size": 192,
+        "cparams": {"codec": "LZ4HC", "clevel": 8, "filters": ["SHUFFLE"]},
+    }
 
-
-def test_widget_starts_from_plugin_settings(viewer, isolated_settings):
     section = isolated_settings.get_plugin_settings("napari-mlarray").compression
-    section.codec = "ZSTD"
-    section.clevel = 3
-    section.patch_size = 96
-    widget = _add_widget(viewer)
-    assert (widget.codec.value, widget.clevel.value, widget.patch_size.value) == ("ZSTD", 3, "96")
-
-    section.preset = "archive"
-    from napari_mlarray._widget import RecompressWidget
-
+    section.codec, section.clevel, section.patch_size = "ZSTD", 3, 96
     other = RecompressWidget(viewer)
-    viewer.window.add_dock_widget(other, name="second")
-    assert other.preset.value == "archive"
-    assert other.layout_mode.value == "large"
+    assert (other.codec.value, other.clevel.value, other.patch_size.value) == (Codec.ZSTD, 3, 96)
+    section.preset = "archive"
+    third = RecompressWidget(viewer)
+    assert third.preset.value == "archive" and third.layout_mode.value == "chunks"
 
 
-def test_presets_fill_the_fields_and_edits_switch_to_custom(viewer):
+def test_presets_fill_the_typed_fields_and_edits_switch_to_custom(viewer):
+    from napari_mlarray._recompress import PRESETS
+    from napari_mlarray._widget import Codec, Filter
+
     widget = _add_widget(viewer)
     widget.preset.value = "training"
-    assert (widget.codec.value, widget.filter.value) == ("LZ4", "SHUFFLE")
-    assert 1 <= widget.clevel.value <= 5
-    widget.preset.value = "labels"
-    assert widget.filter.value == "BITSHUFFLE"
+    assert (widget.codec.value, widget.clevel.value, widget.filter.value) == (
+        Codec.LZ4,
+        5,
+        Filter.SHUFFLE,
+    )
+    assert widget.storage() == PRESETS["training"]
+    widget.preset.value = "archive"
+    assert widget.layout_mode.value == "chunks"
+    assert widget.chunk_size.value == (256, 256, 256) and widget.block_size.value == (64, 64, 64)
+    # the dock is not shown in tests: ask Qt whether the rows are hidden, not visible
+    assert widget.patch_size.native.isHidden() and not widget.chunk_size.native.isHidden()
     widget.clevel.value = 2
     assert widget.preset.value == "custom"
-    widget.layout_mode.value = "explicit"
-    # the dock is not shown in tests: ask Qt whether the rows are hidden, not visible
-    assert not widget.chunk_size.native.isHidden()
-    assert widget.patch_size.native.isHidden()
+    assert widget.storage()["cparams"] == {"codec": "ZSTD", "clevel": 2, "filters": ["SHUFFLE"]}
+    widget.preset.value = "archive"
+    widget.block_size.value = (32, 16, 16)
+    assert widget.preset.value == "custom"
+    assert widget.storage()["block_size"] == [32, 16, 16]
 
 
 def test_layer_choices_follow_the_viewer(viewer):
@@ -108,102 +127,94 @@ def test_layer_choices_follow_the_viewer(viewer):
     assert [c for c in widget.layer.choices if c is not None] == [image]
 
 
-def test_recompress_image_layer_with_training_preset(viewer, qtbot, tmp_path):
+def test_recompress_image_layer_progress_in_the_activity_dock(viewer, qtbot, tmp_path):
     data = _ct()
     layer = viewer.add_image(data, name="ct", scale=(2.5, 0.8, 0.8))
     widget = _add_widget(viewer)
     widget.layer.value = layer
-    from napari_mlarray._recompress import format_bytes
-
-    assert "in memory" in widget.current.value
     widget.preset.value = "training"
     widget.output.value = tmp_path / "ct_fast.mla"
-    seen = []
-    widget.progress.changed.connect(seen.append)
 
     _run(widget, qtbot)
 
-    assert widget.status.value.startswith("Wrote"), widget.status.value
     out = tmp_path / "ct_fast.mla"
+    result = widget.result
+    assert result is not None, widget.status.value
+    assert result.path == out and result.after_bytes == out.stat().st_size
+    assert not result.before_on_disk and result.before_bytes == data.nbytes
+    assert widget.status.value == result.summary()
     store = blosc2.open(str(out))
     assert store.schunk.cparams.codec == blosc2.Codec.LZ4
     assert store[...].tobytes() == data.tobytes()
-    result = widget.result
-    assert result.path == out and result.after_bytes == out.stat().st_size
-    assert f"{result.ratio_after:.2f}x" in widget.resulting.value
-    assert widget.current.value == f"{format_bytes(data.nbytes)} in memory, 1.00x"
-    assert widget.elapsed.value.endswith(" s")
-    assert widget.progress.value == widget.progress.max
-    assert seen  # the bar moved
+    # napari's progress bar (activity dock) went to the end and was closed
+    pbar = widget.pbar
+    assert pbar.total == store.schunk.nchunks and pbar.n == pbar.total and pbar.disable
 
 
-def test_recompress_labels_layer_with_explicit_layout(viewer, qtbot, tmp_path):
-    seg = np.zeros((24, 64, 48), np.uint8)
-    seg[4:20, 10:50, 8:40] = 1
-    seg[8:12, 20:30, 15:25] = 2
-    layer = viewer.add_labels(seg, name="seg")
+def test_recompress_channel_of_a_ras_file_with_chunks_in_stored_order(viewer, qtbot, tmp_path):
+    from mlarray import MLArray
+
+    data = np.arange(2 * 6 * 8 * 10, dtype=np.float32).reshape(2, 6, 8, 10)
+    labels = ["channel", "spatial_x", "spatial_y", "spatial_z"]
+    src = _save(
+        tmp_path / "c.mla", data, {"spatial": {"axis_labels": labels, "coord_system": "RAS"}}
+    )
+    layers = viewer.open(str(src), plugin=None)
+    assert [layer.data.shape for layer in layers] == [(10, 8, 6)] * 2  # z, y, x
     widget = _add_widget(viewer)
-    widget.layer.value = layer
-    widget.preset.value = "labels"
-    widget.layout_mode.value = "explicit"
-    widget.chunk_size.value = "12, 32, 48"
-    widget.block_size.value = "6x16x16"
-    widget.output.value = tmp_path / "seg.mla"
+    widget.layer.value = layers[1]
+    widget.layout_mode.value = "chunks"
+    widget.chunk_size.value = (5, 4, 3)  # layer order: z, y, x
+    widget.block_size.value = (5, 2, 3)
+    widget.output.value = tmp_path / "c1.mla"
 
     _run(widget, qtbot)
 
-    store = blosc2.open(str(tmp_path / "seg.mla"))
-    assert store.chunks == (12, 32, 48)
-    assert store.blocks == (6, 16, 16)
-    assert store.schunk.cparams.codec == blosc2.Codec.ZSTD
-    assert blosc2.Filter.BITSHUFFLE in store.schunk.cparams.filters
-    assert store[...].tobytes() == seg.tobytes()
+    assert widget.result is not None, widget.status.value
+    back = MLArray.open(tmp_path / "c1.mla")
+    assert back.shape == (1, 6, 8, 10) and np.array_equal(back[...], data[1:2])
+    assert back.chunks == (1, 3, 4, 5) and back.blocks == (1, 3, 2, 5)
 
 
 def test_recompress_file_in_place(viewer, qtbot, tmp_path):
     from mlarray import MLArray
-    from mlarray.io import save_mla
 
     data = _ct()
-    src = save_mla(tmp_path / "ct.mla", data, {"spatial": {"spacing": [2.5, 0.8, 0.8]}})
+    src = _save(tmp_path / "ct.mla", data, {"spatial": {"spacing": [2.5, 0.8, 0.8]}})
     old_size = src.stat().st_size
     widget = _add_widget(viewer)
     widget.source.value = "file"
     widget.source_file.value = src
-    assert "on disk" in widget.current.value
+    assert widget.output.value == tmp_path / "ct_recompressed.mla"
     assert widget.in_place.enabled
     widget.in_place.value = True
     widget.preset.value = "archive"
 
     _run(widget, qtbot)
 
-    assert widget.result.path == src
-    assert widget.result.before_bytes == old_size
+    assert widget.result.path == src and widget.result.before_bytes == old_size
     store = blosc2.open(str(src))
     assert store.schunk.cparams.codec == blosc2.Codec.ZSTD
     assert store[...].tobytes() == data.tobytes()
     assert list(MLArray.open(src).meta.spatial.spacing) == [2.5, 0.8, 0.8]
-    assert "on disk" in widget.current.value
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mla") == ["ct.mla"]
 
 
-def test_invalid_input_is_reported_without_running(viewer, tmp_path):
+def test_settings_the_library_refuses_are_reported_without_running(viewer, tmp_path):
     widget = _add_widget(viewer)
     widget.layer.value = viewer.add_image(_ct(), name="ct")
-    widget.layout_mode.value = "explicit"
-    widget.chunk_size.value = "12, zero"
-    widget.block_size.value = "4"
+    widget.layout_mode.value = "chunks"
+    widget.chunk_size.value = (12, 8, 8)
+    widget.block_size.value = (4, 16, 4)  # a block larger than its chunk
     widget.output.value = tmp_path / "x.mla"
     widget.run_button.native.click()
     assert widget.worker is None
-    assert widget.status.value.startswith("Error: chunk_size")
+    assert widget.status.value.startswith("Error: block_size"), widget.status.value
     assert not (tmp_path / "x.mla").exists()
 
 
 def test_failing_job_is_reported_and_keeps_the_source(viewer, qtbot, tmp_path):
-    from mlarray.io import save_mla
-
-    src = save_mla(tmp_path / "ct.mla", _ct(), {})
+    src = _save(tmp_path / "ct.mla", _ct(), {})
     before = src.read_bytes()
     widget = _add_widget(viewer)
     widget.source.value = "file"
@@ -213,23 +224,18 @@ def test_failing_job_is_reported_and_keeps_the_source(viewer, qtbot, tmp_path):
     _run(widget, qtbot)
 
     assert widget.status.value.startswith("Error:"), widget.status.value
-    assert widget.result is None
-    assert src.read_bytes() == before
+    assert "does not exist" in widget.status.value
+    assert widget.result is None and src.read_bytes() == before
 
 
 def test_recompress_opened_labels_layer_in_place(viewer, qtbot, tmp_path):
-    """A layer read lazily from an .mla file, rewritten over that very file."""
     from napari_mlarray._sample_data import make_ct_sample, write_sample
 
     sample = make_ct_sample((16, 48, 48))
-    paths = write_sample(tmp_path, sample)
-    seg_path = paths["seg"]
-    old_size = seg_path.stat().st_size
+    seg_path = write_sample(tmp_path, sample)["seg"]
     [layer] = viewer.open(str(seg_path), plugin=None)
-    assert layer.source.reader_plugin == "napari-mlarray"
     widget = _add_widget(viewer)
     widget.layer.value = layer
-    assert "on disk" in widget.current.value
     assert widget.output.value.name == "ct_seg_recompressed.mla"
     assert widget.in_place.enabled
     widget.in_place.value = True
@@ -237,53 +243,45 @@ def test_recompress_opened_labels_layer_in_place(viewer, qtbot, tmp_path):
 
     _run(widget, qtbot)
 
-    result = widget.result
-    assert result is not None, widget.status.value
-    assert result.path == seg_path
-    assert result.before_on_disk and result.before_bytes == old_size
+    assert widget.result is not None and widget.result.path == seg_path, widget.status.value
+    assert widget.result.before_on_disk
     store = blosc2.open(str(seg_path))
     assert store.schunk.cparams.codec == blosc2.Codec.ZSTD
     assert store[...].tobytes() == sample.seg.tobytes()
     assert not (tmp_path / "ct_seg_recompressed.mla").exists()
-    assert "on disk" in widget.current.value
 
 
-def test_library_runtime_error_is_reported_and_unlocks_the_button(viewer, qtbot, tmp_path):
-    # the library's LayoutError is a RuntimeError, which superqt's generator workers
-    # take for a deleted worker: no errored/finished signal unless the widget catches it
+def test_in_memory_layers_get_an_output_next_to_their_source(viewer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # not where outputs go
+    ct = _save(tmp_path / "ct.mla", _ct(), {"spatial": {"spacing": [2.5, 0.8, 0.8]}})
+    npy = tmp_path / "scan.npy"
+    np.save(npy, _ct((4, 5, 6)))
+    (image,) = viewer.open(str(ct), plugin=None)
+    viewer.layers.selection.active = image
+    from napari._app_model import get_app_model
+
+    get_app_model().commands.execute_command("napari-mlarray.new_labels_for_image").result()
+    labels = viewer.layers[-1]
+    (from_npy,) = viewer.open(str(npy))
     widget = _add_widget(viewer)
-    widget.layer.value = viewer.add_image(_ct(), name="ct")
-    widget.patch_size.value = "64, 64"  # two entries for three spatial axes
-    widget.output.value = tmp_path / "x.mla"
+    widget.layer.value = labels  # made for ct.mla, in memory
+    assert widget.output.value == tmp_path / "ct_labels.mla"
+    assert not widget.in_place.enabled
+    widget.layer.value = from_npy  # read by another plugin
+    assert widget.output.value == tmp_path / "scan_recompressed.mla"
+    from napari.utils.history import get_open_history
 
-    _run(widget, qtbot)
+    widget.layer.value = viewer.add_image(_ct((4, 5, 6)), name="made here")  # no source at all
+    assert widget.output.value == Path(get_open_history()[0]) / "made_here.mla"
+    assert widget.output.value.parent != Path.cwd()
 
-    assert widget.status.value.startswith("Error: patch_size"), widget.status.value
-    assert widget.result is None and not (tmp_path / "x.mla").exists()
 
-
-@pytest.mark.parametrize("layout", ["large", "explicit"])
-def test_recompress_channel_and_ras_layers_in_stored_order(viewer, qtbot, tmp_path, layout):
-    from mlarray import MLArray
-    from mlarray.io import save_mla
-
-    data = np.arange(2 * 6 * 8 * 10, dtype=np.float32).reshape(2, 6, 8, 10)
-    labels = ["channel", "spatial_x", "spatial_y", "spatial_z"]
-    record = {"spatial": {"axis_labels": labels, "coord_system": "RAS"}}
-    src = save_mla(tmp_path / "c.mla", data, record)
-    layers = viewer.open(str(src), plugin=None)
-    assert [layer.data.shape for layer in layers] == [(10, 8, 6)] * 2  # z, y, x
+def test_chunk_and_block_fields_follow_the_layer_dimensions(viewer):
     widget = _add_widget(viewer)
-    widget.layer.value = layers[1]
-    widget.layout_mode.value = layout
-    widget.chunk_size.value = "5, 4, 3"  # layer order: z, y, x
-    widget.block_size.value = "5, 2, 3"
-    widget.output.value = tmp_path / "c1.mla"
-
-    _run(widget, qtbot)
-
-    assert widget.result is not None, widget.status.value
-    back = MLArray.open(tmp_path / "c1.mla")
-    assert back.shape == (1, 6, 8, 10) and np.array_equal(back[...], data[1:2])
-    if layout == "explicit":
-        assert back.chunks == (1, 3, 4, 5) and back.blocks == (1, 3, 2, 5)
+    widget.layer.value = viewer.add_image(np.zeros((1200, 30), np.uint8), name="xray")
+    widget.layout_mode.value = "chunks"
+    assert len(widget.chunk_size.value) == len(widget.block_size.value) == 2
+    widget.chunk_size.value = (1200, 30)
+    widget.block_size.value = (600, 30)
+    assert widget.storage()["chunk_size"] == [1200, 30]
+    assert not widget.chunk_size.native.isHidden()

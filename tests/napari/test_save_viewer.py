@@ -1,0 +1,172 @@
+"""Viewer tier: saving from napari, "New labels for this image", and the save dialog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+try:  # pytest.importorskip does not skip when no binding is installed (NAPARI_NOTES)
+    from qtpy import QtWidgets  # noqa: F401
+except Exception as exc:  # qtpy raises its own error types for a missing binding
+    pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
+
+from tests.napari._helpers import write_mla
+
+pytestmark = pytest.mark.qt
+
+COMMAND = "napari-mlarray.new_labels_for_image"
+
+
+def _run_command(command_id: str = COMMAND) -> None:
+    """Run an npe2 command the way its menu item does (napari's app model injects the viewer)."""
+    from napari._app_model import get_app_model
+
+    get_app_model().commands.execute_command(command_id).result()
+
+
+def _menu_commands(menu_id: str) -> list[str]:
+    from app_model.types import MenuItem
+    from napari._app_model import get_app_model
+
+    items = get_app_model().menus.get_menu(menu_id)
+    return [item.command.id for item in items if isinstance(item, MenuItem)]
+
+
+def test_new_labels_for_this_image_from_the_menu_pairs_with_the_image(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    spatial = {
+        "spacing": [0.7, 0.8, 2.5],
+        "origin": [10.0, -20.0, 30.0],
+        "direction": np.diag([-1.0, -1.0, 1.0]).tolist(),
+        "axis_labels": ["spatial_x", "spatial_y", "spatial_z"],
+        "coord_system": "RAS",
+    }
+    record = {"spatial": spatial, "bbox": {"bboxes": [[[2, 6], [3, 9], [4, 8]]]}}
+    xyz = np.ascontiguousarray(ct_volume.transpose(2, 1, 0))  # stored x, y, z (RAS)
+    path = save_mla(tmp_path / "ct.mla", xyz, Meta.from_mapping(record))
+    viewer = make_napari_viewer()
+    image, boxes = viewer.open(str(path), plugin=None)
+    assert viewer.layers.selection.active is boxes  # what used to need "select the image first"
+    assert COMMAND in _menu_commands("napari/layers/annotate")
+    assert COMMAND in _menu_commands("napari/file/new_layer")
+
+    _run_command()
+
+    labels = viewer.layers[-1]
+    assert labels._type_string == "labels" and labels.name == "ct labels"
+    assert viewer.layers.selection.active is labels
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.affine.affine_matrix, image.affine.affine_matrix)
+    for idx in ([0, 0, 0], [5, 10, 12]):
+        np.testing.assert_allclose(labels.data_to_world(idx), image.data_to_world(idx))
+    labels.paint((5, 10, 12), 3, refresh=True)
+    labels.data[7, 2:4, 2:4] = 2
+    out = tmp_path / "finding.mla"
+    # napari's own writer selection (no plugin named), only the labels layer selected
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    mask, img = MLArray.open(out), MLArray.open(path)
+    assert mask.meta.is_seg.is_seg is True and mask.meta.bbox.bboxes is None
+    # stored like the image: same axis order (x, y, z), frame and geometry
+    assert mask.shape == img.shape and mask[12, 10, 5] == 3 and mask[3, 3, 7] == 2
+    assert mask.meta.spatial.coord_system == "RAS"
+    assert mask.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
+    np.testing.assert_allclose(np.asarray(mask.affine), np.asarray(img.affine))
+    (again,) = viewer.open(str(out), plugin=None)
+    assert again._type_string == "labels"
+    np.testing.assert_allclose(again.data_to_world([5, 10, 12]), image.data_to_world([5, 10, 12]))
+
+
+def test_new_labels_over_one_channel_pair_with_the_image_spatial_axes(make_napari_viewer, tmp_path):
+    from mlarray import MLArray
+
+    affine = [[-0.7, 0, 0, 10], [0, -0.8, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]]
+    path = write_mla(
+        tmp_path / "mr.mla",
+        np.random.default_rng(0).normal(size=(2, 6, 7, 5)).astype(np.float32),
+        affine=affine,
+        axis_labels=["channel", "spatial_x", "spatial_y", "spatial_z"],
+        coord_system="RAS",
+    )
+    viewer = make_napari_viewer()
+    first, _ = viewer.open(str(path), plugin=None)
+    viewer.layers.selection.active = first
+    _run_command()
+    labels = viewer.layers[-1]
+    labels.data[1, 2, 3] = 4  # layer order is z, y, x
+    out = tmp_path / "mask.mla"
+    viewer.layers.save(str(out), selected=True)
+    mask = MLArray.open(out)
+    # stored like the image's spatial axes (x, y, z), without the channel axis
+    assert mask.shape == (6, 7, 5) and mask[3, 2, 1] == 4
+    assert mask.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
+    assert mask.meta.spatial.coord_system == "RAS"
+    np.testing.assert_allclose(np.asarray(mask.affine), affine)
+
+
+def test_new_labels_without_an_image_warns_and_adds_nothing(make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    viewer.add_points([[0, 0]])
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        _run_command()
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert any("select the image layer" in str(event.message) for event in seen)
+    assert [layer._type_string for layer in viewer.layers] == ["points"]
+
+
+def test_image_added_with_an_affine_saves_that_affine(make_napari_viewer, tmp_path):
+    from mlarray import MLArray
+
+    A = np.array(
+        [[2.5, 0.0, 0.2, -40.0], [0.1, -0.8, 0.0, 12.0], [0.0, 0.3, 0.7, 7.5], [0, 0, 0, 1]]
+    )
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, affine=A, name="ct")
+    out = tmp_path / "ct.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    back = MLArray.open(out)
+    np.testing.assert_array_equal(back[...], data)
+    np.testing.assert_allclose(np.asarray(back.affine), A, atol=1e-12)
+    (again,) = viewer.open(str(out), plugin=None)
+    for idx in ([0, 0, 0], [3, 4, 5]):
+        np.testing.assert_allclose(again.data_to_world(idx), layer.data_to_world(idx), atol=1e-9)
+
+
+def test_saving_image_and_labels_together_shows_our_message(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_mlarray._writer import LayerSaveError
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 5, 6), np.int16), name="ct")
+    labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="seg")
+    viewer.layers.selection = {image, labels}
+    out = tmp_path / "both.mla"
+    message = "holds one image or labels layer .* save each to its own .mla file"
+    with pytest.raises(LayerSaveError, match=message):
+        viewer.layers.save(str(out), selected=True)
+    second = viewer.add_image(np.zeros((4, 5, 6), np.int16), name="ct2")
+    viewer.layers.selection = {image, second}
+    with pytest.raises(LayerSaveError, match="has image, image"):
+        viewer.layers.save(str(out), selected=True)
+    viewer.layers.selection = {image, labels}
+
+    # File ▸ Save Selected Layers: the dialog offers our writer first; napari shows the error
+    def choose(*args, filter="", **kwargs):
+        return str(out), filter.split(";;")[0]
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", choose)
+    with pytest.raises(LayerSaveError, match=message):
+        viewer.window._qt_viewer._save_layers_dialog(selected=True)
+    assert not out.exists()
