@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
-from napari_mlarray._orientation import layer_matrix, spatial_mask
-from napari_mlarray._record_defaults import normalized_record
+from napari_mlarray._orientation import as_meta, layer_matrix, spatial_mask
 
 __all__ = ["BOX_COLORS", "boxes_from_shapes", "shapes_layer_data"]
 
@@ -95,19 +94,25 @@ def shapes_layer_data(
     (list of numpy.ndarray, dict) or None
         ``None`` when the record holds no boxes (or they have fewer than 2 axes).
     """
-    rec = normalized_record(record)
+    meta = as_meta(record)
+    rec = meta.to_mapping()
     bbox = rec["bbox"]
     boxes = bbox["bboxes"]
     if not boxes:
         return None
     n_box = len(boxes[0])
     ndim = n_box if ndim is None else ndim
-    axes = _box_axes(rec, ndim, n_box)
-    sub = normalized_record(rec)
+    axes = _box_axes(meta, ndim, n_box)
+    sub = meta.to_mapping()
+    if meta.spatial.shape is None:
+        sub["spatial"]["shape"] = [1] * ndim  # a boxes-only file: the boxes give the axes
     if len(axes) != ndim:  # geometry is over the spatial axes only: show those
-        sub["spatial"]["axis_labels"] = None
+        sp = sub["spatial"]
+        sp["axis_labels"] = None
+        sp["shape"] = [sp["shape"][a] for a in axes]
+        sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
         if rec["spatial"]["axis_units"] is not None:
-            sub["spatial"]["axis_units"] = [rec["spatial"]["axis_units"][a] for a in axes]
+            sp["axis_units"] = [rec["spatial"]["axis_units"][a] for a in axes]
     kw, orient, block = common_layer_kwargs(
         sub, len(axes), name=name, path=path, layer="shapes", unit_ok=unit_ok
     )
@@ -211,7 +216,7 @@ def boxes_from_shapes(
         m = int(meta.get("ndim") or (data[0].shape[1] if data else 0))
         stored = None
         if block is not None:
-            rec = normalized_record(block["record"])
+            rec = as_meta(block["record"]).to_mapping()
             if base_record is None:
                 base_record = rec
             if full_shape is None and rec["spatial"]["shape"] is not None:
@@ -289,7 +294,10 @@ def boxes_from_shapes(
     scores = [e[3] for e in entries]
     return {
         "bboxes": boxes,
-        "scores": scores if any(s is not None for s in scores) else None,
+        # a box without a score next to scored ones: NaN (the format's scores are numbers)
+        "scores": [math.nan if s is None else s for s in scores]
+        if any(s is not None for s in scores)
+        else None,
         "labels": labels if any(x is not None for x in labels) else None,
     }, base_record
 

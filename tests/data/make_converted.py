@@ -1,0 +1,88 @@
+"""The anatomy phantom, and the reference converter's ``.mla`` files made from it.
+
+``phantom()`` (numpy only) is imported by the tests. Run this file with a
+Python that has the reference package and its NIfTI backend installed
+(``uv venv .refvenv && uv pip install -p .refvenv/bin/python mlarray==0.0.54
+medvol nibabel``) to regenerate ``tests/data/converted/``::
+
+    .refvenv/bin/python tests/data/make_converted.py
+
+It writes the phantom as NIfTI in several storage orders (nibabel), converts
+each with the reference ``mlarray_convert`` command and keeps the ``.mla``
+files (a few KB each). The tests open them as a user would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: storage orders of the NIfTI files converted (nibabel axis codes)
+ORDERS = ("RAS", "LAS", "LPS", "PIR", "ASL")
+#: phantom voxel size (mm) along RAS x, y, z and the world position of voxel 0
+SPACING = (1.0, 1.5, 2.0)
+ORIGIN = (-10.0, -18.0, -28.0)
+#: marker values: at the patient's right, anterior and superior side
+RIGHT, ANTERIOR, SUPERIOR = 100, 200, 300
+
+
+def phantom() -> np.ndarray:
+    """A (20, 24, 28) int16 body (10) with three markers, in RAS array order (x, y, z).
+
+    Index ``x`` grows toward the patient's right, ``y`` toward anterior, ``z``
+    toward superior (the NIfTI RAS+ convention with a diagonal affine).
+    """
+    d = np.zeros((20, 24, 28), np.int16)
+    d[2:18, 2:22, 2:26] = 10
+    d[15:18, 10:14, 12:16] = RIGHT
+    d[9:12, 19:22, 12:16] = ANTERIOR
+    d[9:12, 10:14, 22:26] = SUPERIOR
+    return d
+
+
+def ras_affine() -> np.ndarray:
+    """NIfTI affine of :func:`phantom` (RAS world)."""
+    a = np.diag([*SPACING, 1.0])
+    a[:3, 3] = ORIGIN
+    return a
+
+
+def time_series() -> np.ndarray:
+    """A (10, 12, 14, 3) int16 RAS time series (3 frames, 2000 ms apart)."""
+    d = np.zeros((10, 12, 14, 3), np.int16)
+    for t in range(3):
+        d[2:8, 2:10, 2:12, t] = 10 * (t + 1)
+    return d
+
+
+def main() -> None:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    out = Path(__file__).with_name("converted")
+    out.mkdir(exist_ok=True)
+    convert = Path(sys.executable).with_name("mlarray_convert")
+    img = nib.Nifti1Image(phantom(), ras_affine())
+    with tempfile.TemporaryDirectory() as tmp:
+        for code in ORDERS:
+            turn = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(code)))
+            nii = img.as_reoriented(turn)
+            assert "".join(nib.aff2axcodes(nii.affine)) == code
+            src = Path(tmp) / f"phantom_{code}.nii.gz"
+            nib.save(nii, src)
+            subprocess.run([str(convert), str(src), str(out / f"phantom_{code}.mla")], check=True)
+            print(out / f"phantom_{code}.mla")
+        series = nib.Nifti1Image(time_series(), ras_affine())
+        series.header.set_zooms((*SPACING, 2000.0))
+        series.header.set_xyzt_units("mm", "msec")
+        src = Path(tmp) / "series.nii.gz"
+        nib.save(series, src)
+        subprocess.run([str(convert), str(src), str(out / "series_4d.mla")], check=True)
+
+
+if __name__ == "__main__":
+    main()
