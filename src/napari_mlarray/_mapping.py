@@ -149,6 +149,8 @@ def image_layer_kwargs(
         record, ndim, name=name, path=path, layer="image", unit_ok=unit_ok
     )
     block["dtype"] = dtype
+    if orient.n_spatial >= 3:  # a CT/MR volume in 3D: surfaces, not a saturated MIP blob
+        kw["rendering"] = "attenuated_mip"
     spatial = as_meta(record).spatial
     labels = spatial.axis_labels
     channel = None
@@ -165,6 +167,8 @@ def image_layer_kwargs(
     for key in ("scale", "translate", "axis_labels", "units"):
         out[key] = [per[key]] * n_ch if per.get(key) is not None else None
     out["rotate"], out["shear"] = per["rotate"], per["shear"]  # napari repeats these itself
+    if "rendering" in kw:
+        out["rendering"] = kw["rendering"]
     if out["axis_labels"] is None:
         del out["axis_labels"]
     if out["units"] is None:

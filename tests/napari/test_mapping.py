@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pytest
 
-from napari_mlarray import _mapping
-from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
 from mlarray import geometry
 from mlarray.meta import Meta
+from napari_mlarray import _mapping
+from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
 from napari_mlarray._orientation import (
     affine_from_layer,
     orientation_for,

@@ -1,0 +1,75 @@
+"""Qt-free tier: the display convention on the library's metadata (Meta objects, geometry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import MetaValidationError
+from mlarray.meta import Meta
+from napari_mlarray import _mapping
+from napari_mlarray._orientation import (
+    ANATOMY_LABELS,
+    napari_from_frame,
+    orientation_for,
+    spatial_mask,
+)
+from tests.data.make_converted import ORDERS
+
+CONVERTED = Path(__file__).parents[1] / "data" / "converted"
+
+
+def test_spatial_mask_is_the_librarys_rule():
+    # 3 spacings for 4 unlabelled axes: MLArray refuses it, and so does the plugin
+    with pytest.raises(MetaValidationError):
+        spatial_mask({"spatial": {"spacing": [1, 1, 1]}}, 4)
+    with pytest.raises(MetaValidationError):
+        MLArray(np.zeros((2, 3, 4, 5)), spacing=[1, 1, 1])
+    labels = ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    assert spatial_mask({"spatial": {"axis_labels": labels}}, 4) == [False, True, True, True]
+    assert spatial_mask(Meta(), 3) == [True, True, True]
+
+
+def test_display_frame_is_right_handed_inferior_posterior_left():
+    for frame in ("RAS", "LPS", "LAS"):
+        D, labels = napari_from_frame(frame, 3)
+        assert labels == list(ANATOMY_LABELS)
+        from mlarray.geometry import frame_matrix
+
+        ras = frame_matrix(frame) @ np.linalg.inv(D)  # columns: napari axes in RAS
+        assert np.allclose(ras, [[0, 0, -1], [0, -1, 0], [-1, 0, 0]])  # I, P, L
+    assert np.linalg.det(napari_from_frame("RAS", 3)[0] @ np.eye(3)) == 1
+    D2, labels2 = napari_from_frame("LPS", 2)  # 2-D x, y: rows posterior, columns left
+    assert labels2 == ["A-P", "R-L"] and np.allclose(D2, [[0, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("code", ORDERS)
+def test_converted_files_show_the_axial_slider_first(code):
+    arr = MLArray.open(CONVERTED / f"phantom_{code}.mla")
+    orient = orientation_for(arr.meta, arr.ndim)
+    assert orient.world_frame == "RAS" and not orient.notes
+    kw = _mapping.image_layer_kwargs(arr.meta, arr.ndim, name=code)
+    assert kw["axis_labels"] == ["S-I", "A-P", "R-L"]
+    assert kw["units"] == ["mm", "mm", "mm"]
+    # the S-I slider runs over the array axis that is superior-inferior
+    A = np.asarray(arr.affine)
+    assert np.argmax(np.abs(A[2, :3])) == orient.perm[0]
+
+
+def test_channel_split_keeps_the_3d_rendering():
+    meta = Meta.from_mapping(
+        {
+            "spatial": {
+                "axis_labels": ["channel", "spatial_z", "spatial_y", "spatial_x"],
+                "coord_system": "LPS",
+                "shape": [2, 3, 4, 5],
+            }
+        }
+    )
+    kw = _mapping.image_layer_kwargs(meta, 4, name="x")
+    assert kw["channel_axis"] == 0 and kw["rendering"] == "attenuated_mip"
+    flat = _mapping.image_layer_kwargs({"spatial": {"shape": [4, 5]}}, 2, name="x")
+    assert "rendering" not in flat  # 2-D images have no 3D view
