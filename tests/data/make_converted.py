@@ -5,7 +5,7 @@ Python that has the reference package and its NIfTI backend installed
 (``uv venv .refvenv && uv pip install -p .refvenv/bin/python mlarray==0.0.54
 medvol nibabel``) to regenerate ``tests/data/converted/``::
 
-    .refvenv/bin/python tests/data/make_converted.py
+    .refvenv/bin/python tests/data/make_converted.py [output folder]
 
 It writes the phantom as NIfTI in several storage orders (nibabel), converts
 each with the reference ``mlarray_convert`` command and keeps the ``.mla``
@@ -63,7 +63,7 @@ def main() -> None:
     import nibabel as nib
     from nibabel.orientations import axcodes2ornt, ornt_transform
 
-    out = Path(__file__).with_name("converted")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("converted")
     out.mkdir(exist_ok=True)
     convert = Path(sys.executable).with_name("mlarray_convert")
     img = nib.Nifti1Image(phantom(), ras_affine())

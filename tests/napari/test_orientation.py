@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,26 @@ def test_channel_split_keeps_the_3d_rendering():
     assert kw["channel_axis"] == 0 and kw["rendering"] == "attenuated_mip"
     flat = _mapping.image_layer_kwargs({"spatial": {"shape": [4, 5]}}, 2, name="x")
     assert "rendering" not in flat  # 2-D images have no 3D view
+
+
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_vendored_conversions_are_what_the_reference_converter_writes(tmp_path):
+    script = Path(__file__).parents[1] / "data" / "make_converted.py"
+    has_converter = subprocess.run(
+        [REFERENCE_PYTHON, "-c", "import medvol, nibabel"], capture_output=True
+    )
+    if has_converter.returncode != 0:
+        pytest.skip("the reference environment has no medvol/nibabel (.ci/run installs them)")
+    subprocess.run([REFERENCE_PYTHON, str(script), str(tmp_path)], check=True, capture_output=True)
+    vendored = sorted(p.name for p in CONVERTED.glob("*.mla"))
+    assert vendored == sorted(p.name for p in tmp_path.glob("*.mla"))
+    for name in vendored:
+        ours, fresh = MLArray.open(CONVERTED / name), MLArray.open(tmp_path / name)
+        assert np.array_equal(ours[...], fresh[...]), name
+        assert ours.meta.spatial == fresh.meta.spatial, name
