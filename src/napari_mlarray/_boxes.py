@@ -95,9 +95,8 @@ def shapes_layer_data(
         ``None`` when the record holds no boxes (or they have fewer than 2 axes).
     """
     meta = as_meta(record)
-    rec = meta.to_mapping()
-    bbox = rec["bbox"]
-    boxes = bbox["bboxes"]
+    bbox = meta.bbox
+    boxes = bbox.bboxes
     if not boxes:
         return None
     n_box = len(boxes[0])
@@ -111,12 +110,12 @@ def shapes_layer_data(
         sp["axis_labels"] = None
         sp["shape"] = [sp["shape"][a] for a in axes]
         sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
-        if rec["spatial"]["axis_units"] is not None:
-            sp["axis_units"] = [rec["spatial"]["axis_units"][a] for a in axes]
+        if meta.spatial.axis_units is not None:
+            sp["axis_units"] = [meta.spatial.axis_units[a] for a in axes]
     kw, orient, block = common_layer_kwargs(
         sub, len(axes), name=name, path=path, layer="shapes", unit_ok=unit_ok
     )
-    block["record"] = rec
+    block["record"] = meta.to_mapping()
     shown = [k for k, p in enumerate(orient.perm) if axes[p] not in set(skip_axes)]
     if len(shown) < 2:
         return None
@@ -130,9 +129,9 @@ def shapes_layer_data(
         rects = _rectangles(view)
         data += rects
         box_id += [i] * len(rects)
-        lab = None if bbox["labels"] is None else bbox["labels"][i]
+        lab = None if bbox.labels is None else bbox.labels[i]
         labels += [_label_text(lab)] * len(rects)
-        sc = None if bbox["scores"] is None else bbox["scores"][i]
+        sc = None if bbox.scores is None else bbox.scores[i]
         scores += [math.nan if sc is None else float(sc)] * len(rects)
     block["box_axes"] = axes
     block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
@@ -146,7 +145,7 @@ def shapes_layer_data(
         face_color="transparent",
         edge_width=1.0,
         text={
-            "string": "{label} {score:.2f}" if bbox["scores"] is not None else "{label}",
+            "string": "{label} {score:.2f}" if bbox.scores is not None else "{label}",
             "color": "white",
             "anchor": "upper_left",
             "size": 10,
@@ -216,13 +215,13 @@ def boxes_from_shapes(
         m = int(meta.get("ndim") or (data[0].shape[1] if data else 0))
         stored = None
         if block is not None:
-            rec = as_meta(block["record"]).to_mapping()
+            file_meta = as_meta(block["record"])
             if base_record is None:
-                base_record = rec
-            if full_shape is None and rec["spatial"]["shape"] is not None:
-                full_shape = list(rec["spatial"]["shape"])
-            rb = rec["bbox"]
-            stored = (rb["bboxes"] or [], rb["scores"], rb["labels"])
+                base_record = file_meta.to_mapping()
+            if full_shape is None and file_meta.spatial.shape is not None:
+                full_shape = list(file_meta.spatial.shape)
+            rb = file_meta.bbox
+            stored = (rb.bboxes or [], rb.scores, rb.labels)
         same_file = block is not None and (
             target is None
             or (block.get("path") is not None and block["path"] == target.get("path"))

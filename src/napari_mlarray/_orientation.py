@@ -362,8 +362,9 @@ def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Ori
             keep = [j for j in range(n) if mapping[j][0] < 3]
             extra = [sp_axes[j] for j in range(n) if mapping[j][0] >= 3]
             notes.append(
-                f"{who}axis {', '.join(map(str, extra))} has no axis label and is not one of "
-                "the three anatomical axes: shown as a non-spatial axis (no physical scale)"
+                f"{who}stored axis {', '.join(map(str, extra))} is spatial in the file but not "
+                f"one of the three anatomical axes of its {frame} world (a 4-D file without "
+                "axis labels): shown as a non-spatial slider, without a physical scale"
             )
             rows = sorted(mapping[j][0] for j in keep)
             sub = np.eye(len(keep) + 1)

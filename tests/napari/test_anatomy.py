@@ -135,6 +135,15 @@ def test_every_view_shows_the_anatomy(make_napari_viewer, tmp_path, source):
     assert np.allclose(seen, right, atol=0.02)
     image.visible, mask.visible = True, False
 
+    # the orders below are what napari's buttons give (README): roll; transpose, then roll
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.roll()
+    assert tuple(viewer.dims.order) == (2, 0, 1)
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.transpose()
+    viewer.dims.roll()
+    assert tuple(viewer.dims.order) == (1, 0, 2)
+
     # coronal: superior up, the patient's right on the screen's left
     shot = show(viewer, image, RIGHT, (1, 0, 2))
     right, top = marker(shot, RIGHT), marker(shot, SUPERIOR)
