@@ -1,13 +1,14 @@
 """The anatomy phantom, and the reference converter's ``.mla`` files made from it.
 
 ``phantom()`` (numpy only) is imported by the tests. Run this file with a
-Python that has the reference package and its NIfTI backend installed
+Python that has the reference package and its NIfTI/NRRD backend installed
 (``uv venv .refvenv && uv pip install -p .refvenv/bin/python mlarray==0.0.54
-medvol nibabel``) to regenerate ``tests/data/converted/``::
+medvol nibabel``; medvol brings pynrrd) to regenerate ``tests/data/converted/``::
 
     .refvenv/bin/python tests/data/make_converted.py [output folder]
 
-It writes the phantom as NIfTI in several storage orders (nibabel), converts
+It writes the phantom as NIfTI in several storage orders (nibabel) and as an
+LPS-space NRRD, converts
 each with the reference ``mlarray_convert`` command and keeps the ``.mla``
 files (a few KB each). The tests open them as a user would.
 """
@@ -76,6 +77,18 @@ def main() -> None:
             nib.save(nii, src)
             subprocess.run([str(convert), str(src), str(out / f"phantom_{code}.mla")], check=True)
             print(out / f"phantom_{code}.mla")
+        # NRRD in LPS space (the same anatomy): x, y flipped, origin in LPS
+        import nrrd
+
+        lps = np.diag([-1.0, -1.0, 1.0])
+        src = Path(tmp) / "phantom.nrrd"
+        header = {
+            "space": "left-posterior-superior",
+            "space directions": lps @ ras_affine()[:3, :3],
+            "space origin": lps @ ras_affine()[:3, 3],
+        }
+        nrrd.write(str(src), phantom(), header)
+        subprocess.run([str(convert), str(src), str(out / "phantom_nrrd.mla")], check=True)
         series = nib.Nifti1Image(time_series(), ras_affine())
         series.header.set_zooms((*SPACING, 2000.0))
         series.header.set_xyzt_units("mm", "msec")

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.qt
 DATA = Path(__file__).parents[1] / "data"
 CONVERTED = DATA / "converted"
 TOP = 300  # contrast limit: a marker's grey level is value / TOP * 255
-SOURCES = ["ours_ras_xyz", "ours_lps_zyx", *[f"converted_{code}" for code in ORDERS]]
+CODES = [*ORDERS, "nrrd"]  # NIfTI storage orders, and an LPS-space NRRD
+SOURCES = ["ours_ras_xyz", "ours_lps_zyx", *[f"converted_{code}" for code in CODES]]
 
 
 def _meta(spatial: dict, **parts):
@@ -176,7 +177,7 @@ def test_converted_files_keep_their_geometry_in_napari_world(make_napari_viewer)
     """Every converted file puts each marker at the same napari world position."""
     viewer = make_napari_viewer()
     where = {}
-    for code in ORDERS:
+    for code in CODES:
         (layer,) = viewer.open(str(CONVERTED / f"phantom_{code}.mla"), plugin=None)
         assert layer.metadata["mlarray"]["world_frame"] == "RAS"
         where[code] = [world_of(layer, v) for v in (RIGHT, ANTERIOR, SUPERIOR)]
@@ -185,7 +186,7 @@ def test_converted_files_keep_their_geometry_in_napari_world(make_napari_viewer)
         centre = (ras @ np.r_[np.argwhere(phantom() == value).mean(0), 1])[:3]
         napari_world = np.array([-centre[2], -centre[1], -centre[0]])  # (I, P, L)
         assert np.allclose(got, napari_world)
-    for code in ORDERS:
+    for code in CODES:
         assert np.allclose(where[code], where["RAS"])
 
 
