@@ -5,7 +5,7 @@ Python that has the reference package and its NIfTI/NRRD backend installed
 (``uv venv .refvenv && uv pip install -p .refvenv/bin/python mlarray==0.0.54
 medvol nibabel``; medvol brings pynrrd) to regenerate ``tests/data/converted/``::
 
-    .refvenv/bin/python tests/data/make_converted.py [output folder]
+    .refvenv/bin/python tests/data/make_converted.py [output folder [stems...]]
 
 It writes the phantom as NIfTI in several storage orders (nibabel) and as an
 LPS-space NRRD, converts
@@ -56,45 +56,48 @@ def time_series() -> np.ndarray:
 
 
 def main() -> None:
+    """Write the inputs, convert each with ``mlarray_convert`` (``argv``: [folder [names...]])."""
     import subprocess
     import sys
     import tempfile
     from pathlib import Path
 
     import nibabel as nib
+    import nrrd
     from nibabel.orientations import axcodes2ornt, ornt_transform
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("converted")
+    only = set(sys.argv[2:])  # output stems to make (default: all)
     out.mkdir(exist_ok=True)
     convert = Path(sys.executable).with_name("mlarray_convert")
-    img = nib.Nifti1Image(phantom(), ras_affine())
     with tempfile.TemporaryDirectory() as tmp:
+        inputs = {}
         for code in ORDERS:
             turn = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(code)))
-            nii = img.as_reoriented(turn)
+            nii = nib.Nifti1Image(phantom(), ras_affine()).as_reoriented(turn)
             assert "".join(nib.aff2axcodes(nii.affine)) == code
-            src = Path(tmp) / f"phantom_{code}.nii.gz"
-            nib.save(nii, src)
-            subprocess.run([str(convert), str(src), str(out / f"phantom_{code}.mla")], check=True)
-            print(out / f"phantom_{code}.mla")
-        # NRRD in LPS space (the same anatomy): x, y flipped, origin in LPS
-        import nrrd
-
-        lps = np.diag([-1.0, -1.0, 1.0])
-        src = Path(tmp) / "phantom.nrrd"
-        header = {
-            "space": "left-posterior-superior",
-            "space directions": lps @ ras_affine()[:3, :3],
-            "space origin": lps @ ras_affine()[:3, 3],
-        }
-        nrrd.write(str(src), phantom(), header)
-        subprocess.run([str(convert), str(src), str(out / "phantom_nrrd.mla")], check=True)
+            inputs[f"phantom_{code}"] = (nii, ".nii.gz")
         series = nib.Nifti1Image(time_series(), ras_affine())
         series.header.set_zooms((*SPACING, 2000.0))
         series.header.set_xyzt_units("mm", "msec")
-        src = Path(tmp) / "series.nii.gz"
-        nib.save(series, src)
-        subprocess.run([str(convert), str(src), str(out / "series_4d.mla")], check=True)
+        inputs["series_4d"] = (series, ".nii.gz")
+        inputs["phantom_nrrd"] = (None, ".nrrd")  # LPS space: the same anatomy
+        for stem, (image, suffix) in inputs.items():
+            if only and stem not in only:
+                continue
+            src = Path(tmp) / f"{stem}{suffix}"
+            if image is None:
+                lps = np.diag([-1.0, -1.0, 1.0])
+                header = {
+                    "space": "left-posterior-superior",
+                    "space directions": lps @ ras_affine()[:3, :3],
+                    "space origin": lps @ ras_affine()[:3, 3],
+                }
+                nrrd.write(str(src), phantom(), header)
+            else:
+                nib.save(image, src)
+            subprocess.run([str(convert), str(src), str(out / f"{stem}.mla")], check=True)
+            print(out / f"{stem}.mla")
 
 
 if __name__ == "__main__":
