@@ -370,8 +370,11 @@ def test_anatomical_frame_reads_world_frames_and_the_converters_axis_codes():
     assert anatomical_frame("SLP+", slp) == "RAS"  # what mlarray_convert writes for PIR NIfTI
     assert anatomical_frame("RAS+", np.eye(4)) == "RAS"
     assert anatomical_frame("LPS+", np.eye(4)) == "LPS"
-    # a genuine LPS-world file whose voxels run R, A, S: still LPS, never re-read
+    # an A, L, S NIfTI through the converter: an L, P, S array, "LPS+", affine into RAS
+    assert anatomical_frame("LPS+", np.diag([-1.0, -1, 1, 1])) == "RAS"
+    # a bare LPS names the world, also when the voxels run L, P, S in RAS terms
     assert anatomical_frame("LPS", np.diag([-1.0, -1, 1, 1])) == "LPS"
+    assert anatomical_frame("lps", np.diag([-1.0, -1, 1, 1])) == "LPS"
     assert anatomical_frame("LAS", np.eye(4)) == "LAS"  # a code the affine does not match
     assert anatomical_frame(None, np.eye(4)) is None
     assert anatomical_frame("scanner", np.eye(4)) is None

@@ -439,12 +439,15 @@ def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> s
     """The anatomical world frame a record's geometry maps into.
 
     ``coord_system`` normally names the world frame (FORMAT.md section 4):
-    ``"RAS"``, ``"LPS"``, ``"RAS+"`` and ``"LPS+"`` are read as RAS and LPS.
-    The reference converter (``mlarray_convert`` via medvol) instead stores
-    the *array's* axis codes in RAS world (a P,I,R NIfTI becomes an array with
-    ``coord_system="SLP+"`` and an affine into RAS): any other code that
-    equals the affine's own axis codes in RAS world therefore means RAS.
-    Another code is taken as the name of the world frame.
+    ``"RAS"`` and ``"LPS"`` as written. The reference converter
+    (``mlarray_convert`` via medvol) instead stores the *array's* axis codes
+    with a ``+`` while its affine maps into RAS world: converting NIfTI files
+    in all 48 storage orders gives ``RAS+``, ``LPS+``, ``RPI+``, ``SLP+``,
+    ``PIR+``, ... (an A,L,S NIfTI becomes an L,P,S array with
+    ``coord_system="LPS+"`` and an affine into RAS). Every code other than a
+    bare ``RAS``/``LPS`` that equals the affine's own axis codes in RAS world
+    therefore means RAS; otherwise the code names the world frame
+    (``"RAS+"`` and ``"LPS+"`` are then RAS and LPS).
 
     Parameters
     ----------
@@ -461,8 +464,10 @@ def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> s
         ``None`` when ``coord_system`` is missing or not anatomical.
     """
     letters = parse_axis_codes(coord_system)
-    if letters is None or letters in ("RAS", "LPS") or affine is None:
+    if letters is None or affine is None:
         return letters
+    if letters in ("RAS", "LPS") and coord_system.strip().upper() == letters:
+        return letters  # a bare world-frame name (FORMAT.md)
     a = _as_square("affine", affine)
     if a.shape[0] < 4:
         return letters

@@ -18,7 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 #: storage orders of the NIfTI files converted (nibabel axis codes)
-ORDERS = ("RAS", "LAS", "LPS", "PIR", "ASL")
+ORDERS = ("RAS", "LAS", "LPS", "PIR", "ASL", "ALS")
+#: ``coord_system`` the reference converter writes for a NIfTI in each of the 48 storage
+#: orders (``python make_converted.py --survey``; mlarray 0.0.54, medvol 0.0.22): the
+#: array's axis codes after its reordering, with an affine into RAS world
+CONVERTER_CODES = (
+    "RAS+", "LPS+", "RPI+", "LAI+", "SLP+", "SRA+", "ILA+", "IRP+", "ASR+", "AIL+", "PSL+", "PIR+",
+)  # fmt: skip
 #: phantom voxel size (mm) along RAS x, y, z and the world position of voxel 0
 SPACING = (1.0, 1.5, 2.0)
 ORIGIN = (-10.0, -18.0, -28.0)
@@ -100,5 +106,36 @@ def main() -> None:
             print(out / f"{stem}.mla")
 
 
+def survey() -> None:
+    """Print the ``coord_system`` the converter writes for each of the 48 NIfTI storage orders."""
+    import itertools
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from mlarray import MLArray
+
+    convert = Path(sys.executable).with_name("mlarray_convert")
+    names = ("RL", "AP", "SI")
+    with tempfile.TemporaryDirectory() as tmp:
+        for perm in itertools.permutations(range(3)):
+            for ends in itertools.product((0, 1), repeat=3):
+                code = "".join(names[perm[j]][ends[j]] for j in range(3))
+                turn = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(code)))
+                nii = nib.Nifti1Image(phantom(), ras_affine()).as_reoriented(turn)
+                src, dst = Path(tmp) / f"{code}.nii.gz", Path(tmp) / f"{code}.mla"
+                nib.save(nii, src)
+                subprocess.run([str(convert), str(src), str(dst)], check=True)
+                arr = MLArray.open(dst)
+                own = "".join(nib.aff2axcodes(arr.affine))
+                print(code, arr.meta.spatial.coord_system, own, flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    survey() if sys.argv[1:] == ["--survey"] else main()

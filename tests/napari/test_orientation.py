@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from napari_mlarray._orientation import (
     orientation_for,
     spatial_mask,
 )
-from tests.data.make_converted import ORDERS
+from tests.data.make_converted import CONVERTER_CODES, ORDERS
 
 CONVERTED = Path(__file__).parents[1] / "data" / "converted"
 
@@ -101,3 +102,40 @@ def test_vendored_conversions_are_what_the_reference_converter_writes(tmp_path):
         ours, fresh = MLArray.open(CONVERTED / name), MLArray.open(tmp_path / name)
         assert np.array_equal(ours[...], fresh[...]), name
         assert ours.meta.spatial == fresh.meta.spatial, name
+
+
+SIGNED_PERMUTATIONS = [
+    (perm, signs)
+    for perm in itertools.permutations(range(3))
+    for signs in itertools.product((1.0, -1.0), repeat=3)
+]
+LETTERS = ("RL", "AP", "SI")
+
+
+@pytest.mark.parametrize(("perm", "signs"), SIGNED_PERMUTATIONS)
+def test_every_storage_order_shows_axial_first(perm, signs):
+    """All 48 storage orders, with a RAS world affine named as the converter does or as "RAS"."""
+    from mlarray.geometry import axis_codes
+
+    linear = np.zeros((3, 3))
+    for j, (w, s) in enumerate(zip(perm, signs, strict=True)):
+        linear[w, j] = s * (1.0 + j)  # anisotropic spacing
+    A = np.eye(4)
+    A[:3, :3] = linear
+    A[:3, 3] = [5.0, -7.0, 11.0]
+    codes = axis_codes(A)
+    assert codes == "".join(LETTERS[w][0 if s > 0 else 1] for w, s in zip(perm, signs, strict=True))
+    names = ["RAS"] + ([codes + "+"] if codes + "+" in CONVERTER_CODES else [])
+    for coord_system in names:
+        meta = Meta.from_mapping(
+            {"spatial": {"affine": A.tolist(), "coord_system": coord_system, "shape": [4, 5, 6]}}
+        )
+        orient = orientation_for(meta, 3)
+        assert orient.world_frame == "RAS"
+        kw = _mapping.image_layer_kwargs(meta, 3, name="x")
+        assert kw["axis_labels"] == ["S-I", "A-P", "R-L"]
+        assert np.array_equal(kw["rotate"], np.eye(3)) and np.array_equal(kw["shear"], np.eye(3))
+        # napari world of view axis k runs along napari axis k: inferior, posterior, left
+        napari_from_ras = np.array([[0, 0, -1], [0, -1, 0], [-1, 0, 0]])
+        M = napari_from_ras @ linear[:, list(orient.perm)]
+        assert np.allclose(M, np.diag(kw["scale"]))
