@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlarray.meta import Meta
 from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
 from napari_mlarray._orientation import as_meta, layer_matrix, spatial_mask
 
@@ -35,7 +36,7 @@ BOX_COLORS = [
 # --------------------------------------------------------------------------- reading
 
 
-def _box_axes(record: dict, ndim: int, n_box_axes: int) -> list[int]:
+def _box_axes(record: Meta | dict, ndim: int, n_box_axes: int) -> list[int]:
     """Stored axes a box's entries refer to: all axes, or the spatial ones."""
     if n_box_axes == ndim:
         return list(range(ndim))
@@ -67,7 +68,7 @@ def _rectangles(box_view: list[tuple[float, float]]) -> list[np.ndarray]:
 
 
 def shapes_layer_data(
-    record: dict,
+    record: Meta | dict,
     ndim: int | None,
     *,
     name: str,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mlarray.meta import Meta
 from napari_mlarray._orientation import Orientation, as_meta, napari_transforms, orientation_for
 
 __all__ = ["KEY", "as_read", "common_layer_kwargs", "drop_axes", "with_metadata"]
@@ -22,7 +23,7 @@ _NAME_KEYS = ("axis_labels", "units")
 
 
 def common_layer_kwargs(
-    record: dict, ndim: int, *, name: str, path: str | None, layer: str, unit_ok=None
+    record: Meta | dict, ndim: int, *, name: str, path: str | None, layer: str, unit_ok=None
 ) -> tuple[dict, Orientation, dict]:
     """Transforms, labels, units and metadata block shared by every layer of a record.
 

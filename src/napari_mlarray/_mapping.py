@@ -56,7 +56,7 @@ _LABEL_ALIASES = {
 # --------------------------------------------------------------------------- reading
 
 
-def contrast_limits_from_stats(record: dict) -> tuple[float, float] | None:
+def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | None:
     """Initial contrast limits from ``stats`` (percentile window first, then min/max).
 
     Parameters
@@ -108,7 +108,7 @@ def contrast_limits_from_sample(data, max_elements: int = 1_000_000) -> tuple[fl
 
 
 def image_layer_kwargs(
-    record: dict,
+    record: Meta | dict,
     ndim: int,
     *,
     name: str,
@@ -125,7 +125,7 @@ def image_layer_kwargs(
 
     Parameters
     ----------
-    record : dict
+    record : Meta or dict
         The ``.mla`` record.
     ndim : int
         Number of stored axes.
@@ -190,7 +190,7 @@ def image_layer_kwargs(
 
 
 def labels_layer_kwargs(
-    record: dict,
+    record: Meta | dict,
     ndim: int,
     *,
     name: str,
