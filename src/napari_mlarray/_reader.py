@@ -97,14 +97,14 @@ def _read_one(path: str) -> list[tuple]:
     arr, record = _open(path)
     name = Path(path).stem
     layers, skip = [], ()
-    has_array = bool(record.to_mapping()["_has_array"]["has_array"]) and arr.shape is not None
+    has_array = bool(record._has_array) and arr.shape is not None
     ndim = arr.ndim if has_array else None
     if has_array:
         orient = orientation_for(record, ndim, name=name)
         _notify(orient.notes)
         view = LazyView(arr, perm=orient.perm)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
-        labels = _labels_data(view, record) if _is_seg(record) else None
+        labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
             layers.append((labels, _mapping.labels_layer_kwargs(record, ndim, **args), "labels"))
         else:
@@ -136,11 +136,6 @@ def _notify(notes) -> None:
             show_info(note)
 
 
-def _is_seg(record) -> bool:
-    value = record.to_mapping().get("is_seg")
-    return bool(value.get("is_seg") if isinstance(value, dict) else value)
-
-
 def _channels(view: LazyView, axis: int) -> list:
     return [view[(slice(None),) * axis + (c,)] for c in range(view.shape[axis])]
 
@@ -151,7 +146,7 @@ def _slabs(view):
         yield slice(start, start + step), np.asarray(view[start : start + step])
 
 
-def _labels_data(view: LazyView, record: dict) -> np.ndarray | None:
+def _labels_data(view: LazyView) -> np.ndarray | None:
     """The label map as a writable integer numpy array, or ``None`` if not integral.
 
     Float masks with integral values are cast to the smallest integer dtype
