@@ -163,7 +163,7 @@ def test_every_view_shows_the_anatomy(make_napari_viewer, tmp_path, source):
     image.rendering = "mip"
     image.interpolation3d = "nearest"
     centre = np.asarray(image.data_to_world((np.asarray(image.data.shape) - 1) / 2))
-    viewer.camera.set_view_direction(
+    viewer.scene.camera.set_view_direction(
         view_direction=centre - world_of(image, ANTERIOR),
         up_direction=world_of(image, SUPERIOR) - centre,
     )
@@ -284,7 +284,7 @@ def test_real_volume_axial_is_radiological_and_3d_is_not_a_blob(make_napari_view
     assert tuple(layer.contrast_limits) == (stats.percentile_min, stats.percentile_max)
     # 3D front view, as opened: a surface, not a saturated silhouette
     viewer.dims.ndisplay = 3
-    viewer.camera.set_view_direction(view_direction=(0, 1, 0), up_direction=(-1, 0, 0))
+    viewer.scene.camera.set_view_direction(view_direction=(0, 1, 0), up_direction=(-1, 0, 0))
     grey = viewer.screenshot(canvas_only=True, flash=False)[..., :3].mean(-1)
     head = grey[grey > 10]
     assert head.size > 0.05 * grey.size
