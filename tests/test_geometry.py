@@ -320,3 +320,65 @@ def test_fixture_affine_decomposes_to_reference_factors(ct3d):
     np.testing.assert_allclose(og, ct3d["origin"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(dr, ct3d["direction"], rtol=0, atol=1e-12)
     assert is_orthonormal(ct3d["direction"])
+
+
+# --------------------------------------------------------------------------- anatomical frames
+
+
+def test_parse_axis_codes():
+    from mlarray.geometry import parse_axis_codes
+
+    assert parse_axis_codes("RAS+") == "RAS"
+    assert parse_axis_codes(" lps ") == "LPS"
+    assert parse_axis_codes("SLP+") == "SLP"
+    for bad in (None, "", "scanner", "LLS", "RA", "RASX", 3):
+        assert parse_axis_codes(bad) is None
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS", "LAS", "PIR", "SLP"])
+def test_frame_matrix_maps_each_axis_to_its_letter(code):
+    from mlarray.geometry import axis_codes, frame_matrix
+
+    F = frame_matrix(code)
+    assert axis_codes(F) == code  # the identity in that frame points along its letters
+    assert np.allclose(np.abs(F).sum(0), 1) and np.allclose(F.T @ F, np.eye(3))
+
+
+def test_frame_handedness():
+    from mlarray.geometry import frame_matrix
+
+    assert np.linalg.det(frame_matrix("RAS")) == 1 and np.linalg.det(frame_matrix("LPS")) == 1
+    assert np.linalg.det(frame_matrix("LAS")) == -1
+
+
+def test_axis_codes_like_nibabel():
+    from mlarray.geometry import axis_codes
+
+    # nibabel: aff2axcodes(diag(1, 1, 1)) == RAS; a P, I, R array in RAS world
+    assert axis_codes(np.eye(4)) == "RAS"
+    pir = [[0, 0, 1.0], [-1.0, 0, 0], [0, -2.0, 0]]
+    assert axis_codes(pir) == "PIR"
+    assert axis_codes(pir, "LPS") == "AIL"
+    with pytest.raises(MetaValidationError):
+        axis_codes(np.eye(2))
+
+
+def test_anatomical_frame_reads_world_frames_and_the_converters_axis_codes():
+    from mlarray.geometry import anatomical_frame
+
+    slp = [[0, -1.0, 0, 9], [0, 0, -1.5, 16.5], [2.0, 0, 0, -28], [0, 0, 0, 1]]
+    assert anatomical_frame("SLP+", slp) == "RAS"  # what mlarray_convert writes for PIR NIfTI
+    assert anatomical_frame("RAS+", np.eye(4)) == "RAS"
+    assert anatomical_frame("LPS+", np.eye(4)) == "LPS"
+    # an A, L, S NIfTI through the converter: an L, P, S array, "LPS+", affine into RAS
+    assert anatomical_frame("LPS+", np.diag([-1.0, -1, 1, 1])) == "RAS"
+    # a bare LPS names the world, also when the voxels run L, P, S in RAS terms
+    assert anatomical_frame("LPS", np.diag([-1.0, -1, 1, 1])) == "LPS"
+    assert anatomical_frame("lps", np.diag([-1.0, -1, 1, 1])) == "LPS"
+    assert anatomical_frame("LAS", np.eye(4)) == "LAS"  # a code the affine does not match
+    assert anatomical_frame(None, np.eye(4)) is None
+    assert anatomical_frame("scanner", np.eye(4)) is None
+    # 4-D: the first three world axes decide
+    four = np.eye(5)
+    four[:3, :3] = np.asarray(slp)[:3, :3]
+    assert anatomical_frame("SLP+", four) == "RAS"

@@ -27,10 +27,14 @@ import numpy as np
 from mlarray.errors import MetaValidationError
 
 __all__ = [
+    "anatomical_frame",
+    "axis_codes",
     "axis_world_map",
     "compose_affine",
     "decompose_affine",
+    "frame_matrix",
     "is_orthonormal",
+    "parse_axis_codes",
     "rotation",
     "scale",
     "shear",
@@ -339,3 +343,136 @@ def axis_world_map(direction: ArrayLike) -> list[tuple[int, int]]:
         if len(world_of) == n:
             break
     return [(world_of[j], -1 if dr[world_of[j], j] < 0 else 1) for j in range(n)]
+
+
+# --------------------------------------------------------------------------- anatomical frames
+
+# anatomical letter -> (RAS world axis, +1 if the letter is that axis' positive end)
+_RAS_LETTERS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+_RAS_NAMES = ("RL", "AP", "SI")  # positive, negative end of each RAS axis
+
+
+def parse_axis_codes(code: object) -> str | None:
+    """Normalise an anatomical three-letter code such as ``"RAS"``, ``"lps+"`` or ``"SLP+"``.
+
+    Parameters
+    ----------
+    code : object
+        Typically a record's ``spatial.coord_system``.
+
+    Returns
+    -------
+    str or None
+        The three upper-case letters (a trailing ``+`` dropped), or ``None``
+        when ``code`` is not a string naming each of the R-L, A-P and S-I axes
+        exactly once.
+    """
+    if not isinstance(code, str):
+        return None
+    letters = code.strip().upper().removesuffix("+")
+    if len(letters) != 3 or any(c not in _RAS_LETTERS for c in letters):
+        return None
+    if len({_RAS_LETTERS[c][0] for c in letters}) != 3:
+        return None
+    return letters
+
+
+def frame_matrix(code: str) -> np.ndarray:
+    """Signed permutation ``F`` with ``ras = F @ world`` for the frame named by ``code``.
+
+    Parameters
+    ----------
+    code : str
+        Anatomical frame such as ``"LPS"``: world axis ``i`` points toward
+        letter ``i`` (LPS: +x left, +y posterior, +z superior).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, 3)`` matrix; its determinant is +1 for right-handed frames
+        (``RAS``, ``LPS``, ...).
+
+    Raises
+    ------
+    MetaValidationError
+        When ``code`` is not an anatomical three-letter code.
+    """
+    letters = parse_axis_codes(code)
+    if letters is None:
+        raise MetaValidationError("coord_system", f"not an anatomical frame: {code!r}")
+    out = np.zeros((3, 3))
+    for i, c in enumerate(letters):
+        axis, sign = _RAS_LETTERS[c]
+        out[axis, i] = sign
+    return out
+
+
+def axis_codes(linear: ArrayLike, frame: str = "RAS") -> str:
+    """Anatomical letter each array axis points toward (nibabel's ``aff2axcodes``).
+
+    Parameters
+    ----------
+    linear : (3, 3) or (4, 4) array_like
+        Linear part of an affine (or the homogeneous affine) into ``frame``;
+        column ``j`` is the world vector of array axis ``j``.
+    frame : str
+        The world frame, ``"RAS"`` by default.
+
+    Returns
+    -------
+    str
+        One letter per array axis, e.g. ``"SLP"``; each world axis is used
+        once (see :func:`axis_world_map`).
+    """
+    m = _as_square("affine", linear)
+    if m.shape[0] == 4:
+        m = m[:3, :3]
+    if m.shape != (3, 3):
+        raise MetaValidationError("affine", f"expected 3 spatial axes, got shape {m.shape}")
+    ras = frame_matrix(frame) @ m
+    norms = np.linalg.norm(ras, axis=0)
+    mapping = axis_world_map(ras / np.where(norms == 0, 1.0, norms)[np.newaxis, :])
+    return "".join(_RAS_NAMES[axis][0 if sign > 0 else 1] for axis, sign in mapping)
+
+
+def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> str | None:
+    """The anatomical world frame a record's geometry maps into.
+
+    ``coord_system`` normally names the world frame (FORMAT.md section 4):
+    ``"RAS"`` and ``"LPS"`` as written. The reference converter
+    (``mlarray_convert`` via medvol) instead stores the *array's* axis codes
+    with a ``+`` while its affine maps into RAS world: converting NIfTI files
+    in all 48 storage orders gives ``RAS+``, ``LPS+``, ``RPI+``, ``SLP+``,
+    ``PIR+``, ... (an A,L,S NIfTI becomes an L,P,S array with
+    ``coord_system="LPS+"`` and an affine into RAS). Every code other than a
+    bare ``RAS``/``LPS`` that equals the affine's own axis codes in RAS world
+    therefore means RAS; otherwise the code names the world frame
+    (``"RAS+"`` and ``"LPS+"`` are then RAS and LPS).
+
+    Parameters
+    ----------
+    coord_system : object
+        The record's ``spatial.coord_system``.
+    affine : array_like, optional
+        The record's homogeneous affine (its first three spatial axes are
+        used when it has more).
+
+    Returns
+    -------
+    str or None
+        Three letters naming the world axes (``"RAS"``, ``"LPS"``, ...), or
+        ``None`` when ``coord_system`` is missing or not anatomical.
+    """
+    letters = parse_axis_codes(coord_system)
+    if letters is None or affine is None:
+        return letters
+    if letters in ("RAS", "LPS") and coord_system.strip().upper() == letters:
+        return letters  # a bare world-frame name (FORMAT.md)
+    a = _as_square("affine", affine)
+    if a.shape[0] < 4:
+        return letters
+    try:
+        own = axis_codes(a[:3, :3])
+    except MetaValidationError:
+        return letters
+    return "RAS" if own == letters else letters

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from mlarray.meta import Meta
 from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
-from napari_mlarray._orientation import layer_matrix, spatial_mask
-from napari_mlarray._record_defaults import normalized_record
+from napari_mlarray._orientation import as_meta, layer_matrix, spatial_mask
 
 __all__ = ["BOX_COLORS", "boxes_from_shapes", "shapes_layer_data"]
 
@@ -36,7 +36,7 @@ BOX_COLORS = [
 # --------------------------------------------------------------------------- reading
 
 
-def _box_axes(record: dict, ndim: int, n_box_axes: int) -> list[int]:
+def _box_axes(record: Meta | dict, ndim: int, n_box_axes: int) -> list[int]:
     """Stored axes a box's entries refer to: all axes, or the spatial ones."""
     if n_box_axes == ndim:
         return list(range(ndim))
@@ -68,7 +68,7 @@ def _rectangles(box_view: list[tuple[float, float]]) -> list[np.ndarray]:
 
 
 def shapes_layer_data(
-    record: dict,
+    record: Meta | dict,
     ndim: int | None,
     *,
     name: str,
@@ -95,23 +95,28 @@ def shapes_layer_data(
     (list of numpy.ndarray, dict) or None
         ``None`` when the record holds no boxes (or they have fewer than 2 axes).
     """
-    rec = normalized_record(record)
-    bbox = rec["bbox"]
-    boxes = bbox["bboxes"]
+    meta = as_meta(record)
+    bbox = meta.bbox
+    boxes = bbox.bboxes
     if not boxes:
         return None
     n_box = len(boxes[0])
     ndim = n_box if ndim is None else ndim
-    axes = _box_axes(rec, ndim, n_box)
-    sub = normalized_record(rec)
+    axes = _box_axes(meta, ndim, n_box)
+    sub = meta.to_mapping()
+    if meta.spatial.shape is None:
+        sub["spatial"]["shape"] = [1] * ndim  # a boxes-only file: the boxes give the axes
     if len(axes) != ndim:  # geometry is over the spatial axes only: show those
-        sub["spatial"]["axis_labels"] = None
-        if rec["spatial"]["axis_units"] is not None:
-            sub["spatial"]["axis_units"] = [rec["spatial"]["axis_units"][a] for a in axes]
+        sp = sub["spatial"]
+        sp["axis_labels"] = None
+        sp["shape"] = [sp["shape"][a] for a in axes]
+        sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
+        if meta.spatial.axis_units is not None:
+            sp["axis_units"] = [meta.spatial.axis_units[a] for a in axes]
     kw, orient, block = common_layer_kwargs(
         sub, len(axes), name=name, path=path, layer="shapes", unit_ok=unit_ok
     )
-    block["record"] = rec
+    block["record"] = meta.to_mapping()
     shown = [k for k, p in enumerate(orient.perm) if axes[p] not in set(skip_axes)]
     if len(shown) < 2:
         return None
@@ -125,9 +130,9 @@ def shapes_layer_data(
         rects = _rectangles(view)
         data += rects
         box_id += [i] * len(rects)
-        lab = None if bbox["labels"] is None else bbox["labels"][i]
+        lab = None if bbox.labels is None else bbox.labels[i]
         labels += [_label_text(lab)] * len(rects)
-        sc = None if bbox["scores"] is None else bbox["scores"][i]
+        sc = None if bbox.scores is None else bbox.scores[i]
         scores += [math.nan if sc is None else float(sc)] * len(rects)
     block["box_axes"] = axes
     block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
@@ -141,7 +146,7 @@ def shapes_layer_data(
         face_color="transparent",
         edge_width=1.0,
         text={
-            "string": "{label} {score:.2f}" if bbox["scores"] is not None else "{label}",
+            "string": "{label} {score:.2f}" if bbox.scores is not None else "{label}",
             "color": "white",
             "anchor": "upper_left",
             "size": 10,
@@ -211,13 +216,13 @@ def boxes_from_shapes(
         m = int(meta.get("ndim") or (data[0].shape[1] if data else 0))
         stored = None
         if block is not None:
-            rec = normalized_record(block["record"])
+            file_meta = as_meta(block["record"])
             if base_record is None:
-                base_record = rec
-            if full_shape is None and rec["spatial"]["shape"] is not None:
-                full_shape = list(rec["spatial"]["shape"])
-            rb = rec["bbox"]
-            stored = (rb["bboxes"] or [], rb["scores"], rb["labels"])
+                base_record = file_meta.to_mapping()
+            if full_shape is None and file_meta.spatial.shape is not None:
+                full_shape = list(file_meta.spatial.shape)
+            rb = file_meta.bbox
+            stored = (rb.bboxes or [], rb.scores, rb.labels)
         same_file = block is not None and (
             target is None
             or (block.get("path") is not None and block["path"] == target.get("path"))
@@ -289,7 +294,10 @@ def boxes_from_shapes(
     scores = [e[3] for e in entries]
     return {
         "bboxes": boxes,
-        "scores": scores if any(s is not None for s in scores) else None,
+        # a box without a score next to scored ones: NaN (the format's scores are numbers)
+        "scores": [math.nan if s is None else s for s in scores]
+        if any(s is not None for s in scores)
+        else None,
         "labels": labels if any(x is not None for x in labels) else None,
     }, base_record
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_mlarray._orientation import Orientation, napari_transforms, orientation_for
-from napari_mlarray._record_defaults import normalized_record
+from mlarray.meta import Meta
+from napari_mlarray._orientation import Orientation, as_meta, napari_transforms, orientation_for
 
 __all__ = ["KEY", "as_read", "common_layer_kwargs", "drop_axes", "with_metadata"]
 
@@ -23,7 +23,7 @@ _NAME_KEYS = ("axis_labels", "units")
 
 
 def common_layer_kwargs(
-    record: dict, ndim: int, *, name: str, path: str | None, layer: str, unit_ok=None
+    record: Meta | dict, ndim: int, *, name: str, path: str | None, layer: str, unit_ok=None
 ) -> tuple[dict, Orientation, dict]:
     """Transforms, labels, units and metadata block shared by every layer of a record.
 
@@ -40,16 +40,15 @@ def common_layer_kwargs(
         The layer keywords, the orientation they follow, and the metadata block
         (without ``as_read``: see :func:`with_metadata`).
     """
-    rec = normalized_record(record)
-    spatial = rec["spatial"]
-    orient = orientation_for(rec, ndim)
+    meta = as_meta(record)
+    spatial = meta.spatial
+    orient = orientation_for(meta, ndim, name=name)
     kw: dict[str, Any] = napari_transforms(orient, ndim)
-    labels = spatial["axis_labels"]
-    kw["axis_labels"] = None if labels is None else [str(labels[a]) for a in orient.perm]
-    units = spatial["axis_units"]
+    kw["axis_labels"] = orient.view_labels(spatial.axis_labels)
+    units = spatial.axis_units
     if units is not None and len(units) == ndim:
         kw["units"] = [("pixel" if units[a] in (None, "") else str(units[a])) for a in orient.perm]
-    elif orient.frame_source == "coord_system" and orient.n_spatial:
+    elif orient.world_frame is not None and orient.n_spatial:
         kw["units"] = ["mm" if orient.spatial[a] else "pixel" for a in orient.perm]
     else:
         kw["units"] = None
@@ -57,12 +56,14 @@ def common_layer_kwargs(
         kw["units"] = [u if unit_ok(u) else "pixel" for u in kw["units"]]
     kw["name"] = name
     block = {
-        "record": rec,
+        "record": meta.to_mapping(),
         "path": path,
         "layer": layer,
         "perm": list(orient.perm),
+        "spatial": list(orient.spatial),
         "frame": orient.frame.tolist(),
         "frame_source": orient.frame_source,
+        "world_frame": orient.world_frame,
     }
     return kw, orient, block
 

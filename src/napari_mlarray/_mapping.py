@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from mlarray.meta import Meta, MetaStatistics, is_spatial_label
 from napari_mlarray._layer_common import KEY, as_read, common_layer_kwargs, drop_axes, with_metadata
-from napari_mlarray._orientation import is_spatial_label, layer_matrix, spatial_mask
-from napari_mlarray._record_defaults import default_record, normalized_record
+from napari_mlarray._orientation import ANATOMY_LABELS, as_meta, layer_matrix, spatial_mask
 
 __all__ = [
     "Undo",
@@ -45,6 +45,8 @@ _LABEL_ALIASES = {
     "x": "spatial_x",
     "y": "spatial_y",
     "z": "spatial_z",
+    # the reader's anatomy labels: spatial, and a stored label stays as it is
+    **{label.lower(): None for label in ANATOMY_LABELS},
     "c": "channel",
     "t": "temporal",
     "time": "temporal",
@@ -54,24 +56,24 @@ _LABEL_ALIASES = {
 # --------------------------------------------------------------------------- reading
 
 
-def contrast_limits_from_stats(record: dict) -> tuple[float, float] | None:
+def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | None:
     """Initial contrast limits from ``stats`` (percentile window first, then min/max).
 
     Parameters
     ----------
-    record : dict
+    record : Meta or dict
 
     Returns
     -------
     tuple of float or None
     """
-    stats = normalized_record(record)["stats"]
+    stats = as_meta(record).stats
 
     def num(v):
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
     for lo_key, hi_key in (("percentile_min", "percentile_max"), ("min", "max")):
-        lo, hi = stats.get(lo_key), stats.get(hi_key)
+        lo, hi = getattr(stats, lo_key), getattr(stats, hi_key)
         if num(lo) and num(hi) and hi > lo:
             return float(lo), float(hi)
     return None
@@ -106,7 +108,7 @@ def contrast_limits_from_sample(data, max_elements: int = 1_000_000) -> tuple[fl
 
 
 def image_layer_kwargs(
-    record: dict,
+    record: Meta | dict,
     ndim: int,
     *,
     name: str,
@@ -123,7 +125,7 @@ def image_layer_kwargs(
 
     Parameters
     ----------
-    record : dict
+    record : Meta or dict
         The ``.mla`` record.
     ndim : int
         Number of stored axes.
@@ -147,12 +149,14 @@ def image_layer_kwargs(
         record, ndim, name=name, path=path, layer="image", unit_ok=unit_ok
     )
     block["dtype"] = dtype
-    spatial = normalized_record(record)["spatial"]
-    labels = spatial["axis_labels"]
+    if orient.n_spatial >= 3:  # a CT/MR volume in 3D: surfaces, not a saturated MIP blob
+        kw["rendering"] = "attenuated_mip"
+    spatial = as_meta(record).spatial
+    labels = spatial.axis_labels
     channel = None
     if labels is not None:
         channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
-    shape = spatial["shape"]
+    shape = spatial.shape
     if channel is None or shape is None:
         with_metadata(kw, block)
         kw["contrast_limits"] = contrast_limits
@@ -163,6 +167,8 @@ def image_layer_kwargs(
     for key in ("scale", "translate", "axis_labels", "units"):
         out[key] = [per[key]] * n_ch if per.get(key) is not None else None
     out["rotate"], out["shear"] = per["rotate"], per["shear"]  # napari repeats these itself
+    if "rendering" in kw:
+        out["rendering"] = kw["rendering"]
     if out["axis_labels"] is None:
         del out["axis_labels"]
     if out["units"] is None:
@@ -184,7 +190,7 @@ def image_layer_kwargs(
 
 
 def labels_layer_kwargs(
-    record: dict,
+    record: Meta | dict,
     ndim: int,
     *,
     name: str,
@@ -383,7 +389,7 @@ def record_from_layer(
     block = (meta.get("metadata") or {}).get(KEY)
     if block is not None and block.get("layer") in ("image", "labels"):
         return _record_from_read_layer(shape, meta, layer_type, block, T)
-    rec = default_record()
+    rec = Meta().to_mapping()
     labels = _norm_labels(meta.get("axis_labels"), ndim)
     mla_labels = None if labels is None else [_mla_label(x) or "spatial" for x in labels]
     if mla_labels is not None and all(x == "spatial" for x in mla_labels):
@@ -432,11 +438,11 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
         A copy of ``meta`` whose metadata carries the adopted block.
     """
     block = copy.deepcopy(template)
-    rec = normalized_record(block["record"])
+    rec = as_meta(block["record"]).to_mapping()
     channel = block.pop("channel", None)
     if channel is not None:
         _drop_stored_axis(block, rec, channel["axis"], channel["view_axis"])
-    fresh = default_record()
+    fresh = Meta().to_mapping()
     for key in ("stats", "bbox", "blosc2", "is_seg"):
         rec[key] = fresh[key]
     rec["is_seg"]["is_seg"] = True if layer_type == "labels" else None
@@ -449,6 +455,8 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
 def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None:
     """Remove stored axis ``axis`` (view position ``view_axis``) from ``block`` and ``rec``."""
     block["perm"] = [a - (a > axis) for k, a in enumerate(block["perm"]) if k != view_axis]
+    if block.get("spatial") is not None:
+        block["spatial"] = [s for a, s in enumerate(block["spatial"]) if a != axis]
     sp = rec["spatial"]
     for key in ("shape", "axis_labels", "axis_units"):
         if sp.get(key) is not None:
@@ -457,7 +465,7 @@ def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None
 
 
 def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Undo]:
-    rec = normalized_record(block["record"])
+    rec = as_meta(block["record"]).to_mapping()
     perm = list(block["perm"])
     stored_ndim = len(perm)
     ndim = len(shape)
@@ -470,6 +478,12 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
     geom_same, labels_same, units_same = _unchanged(meta, block["as_read"], ndim)
     sp = rec["spatial"]
     spatial_stored = spatial_mask(rec, stored_ndim)
+    if not geom_same and list(block.get("spatial", spatial_stored)) != spatial_stored:
+        raise ValueError(
+            "this layer was moved in napari, but its file has spatial axes shown as "
+            "non-spatial (no axis labels); label the axes in the file, or reset the "
+            "layer's transform, before saving"
+        )
     if not geom_same:
         spatial_view = [i for i, k in enumerate(view_axes) if spatial_stored[perm[k]]]
         sp_axes = [a for a in range(stored_ndim) if spatial_stored[a]]
@@ -495,7 +509,7 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
         sp["axis_units"] = _or_none(stored)
     if layer_type == "labels":
         rec["is_seg"]["is_seg"] = True
-        rec["stats"] = default_record()["stats"]  # painted data: stored stats may be stale
+        rec["stats"] = MetaStatistics().to_mapping()  # painted data: stored stats may be stale
     # stored axis a <- layer axis: view position of a, minus the split channel
     stored_to_view = {perm[k]: k for k in range(stored_ndim)}
     undo_perm, insert = [], []

@@ -1,176 +1,127 @@
-"""How a record's stored axes are shown in napari: pure N-d numpy, no napari import.
+"""The display convention: where napari shows each axis of a record. Pure numpy, no napari.
 
-:func:`orientation_for` decides the view order and the napari world frame of a
-record; :func:`napari_transforms` turns that into napari's
-``scale``/``translate``/``rotate``/``shear``, and :func:`layer_matrix` reads
-such keywords back into one data-to-world matrix.
+Everything about the file (which axes are spatial, its geometry, the world
+frame its ``coord_system`` names) comes from the library: :mod:`mlarray.meta`
+and :mod:`mlarray.geometry`. Only the convention below lives here.
+
+Display convention
+------------------
+napari world axes ``(0, 1, 2)`` point toward the patient's **inferior**,
+**posterior** and **left** (``napari = (-z, y, x)`` of LPS). napari draws the
+last two axes as rows (down the screen) and columns (to the right), and in 3D
+its default camera keeps axis 0 toward the viewer, axis 1 down and axis 2 to
+the right, a right-handed set. Hence, with the default axis order:
+
+- axial (slider on S-I): anterior up, patient right on the screen's left
+  (radiological);
+- coronal (``viewer.dims.order = (1, 0, 2)``): superior up, patient right on
+  the left; sagittal (``(2, 0, 1)``): superior up, anterior on the left;
+- 3D: a right-handed world, so the patient is rendered as they are (seen from
+  the front, the patient's right is on the viewer's left).
+
+The frame is right-handed, so no view is a mirror image. Flips and axis
+permutations go into a lazy transpose of the data and into the sign of
+``scale``; napari gets at most a small residual rotation and a shear.
 
 Vocabulary
 ----------
 file world
-    The frame the record's ``direction``/``origin``/``affine`` live in
-    (FORMAT.md §4): world axis ``i`` is row ``i`` of ``direction``.
+    The frame the record's geometry lives in (FORMAT.md section 4), named by
+    :func:`mlarray.geometry.anatomical_frame` when it is anatomical.
 napari world
-    The frame the plugin hands to napari. With a known ``coord_system`` it is
-    the LPS frame in reversed order, ``(z, y, x)`` for 3-D: napari shows the
-    last two world axes as rows (down) and columns (right), so rows run toward
-    posterior (anterior up) and columns toward patient left (patient right on
-    the screen's left), the radiological view. ``napari = D @ file_world``
-    where ``D`` is a signed permutation (:func:`display_frame`).
+    ``napari = D @ file_world`` with ``D`` a signed permutation
+    (:attr:`Orientation.frame`). Without an anatomical frame ``D`` is a plain
+    permutation: the data is shown as stored (``spatial_x/y/z`` labels, when
+    present, order the axes z, y, x).
 view order
-    The order of the data axes given to napari: non-spatial axes first (as
-    stored), then the spatial axes in napari-world order. Only a transpose of
-    the stored order, applied lazily; the signs go into negative ``scale``.
+    Data axes handed to napari: non-spatial axes first (as stored), then the
+    spatial axes in napari-world order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_mlarray._record_defaults import normalized_record
+from mlarray import geometry
+from mlarray.errors import MetaValidationError
+from mlarray.meta import Meta, MetaSpatial
 
 __all__ = [
-    "SPATIAL_LABELS",
+    "ANATOMY_LABELS",
     "Orientation",
     "affine_from_layer",
-    "affine_from_record_spatial",
-    "axis_world_map",
-    "decompose_linear",
-    "display_frame",
+    "as_meta",
     "expand_upper_triangular",
-    "is_spatial_label",
     "layer_matrix",
+    "napari_from_frame",
     "napari_transforms",
     "orientation_for",
-    "parse_coord_system",
+    "record_affine",
     "spatial_mask",
 ]
 
-SPATIAL_LABELS = ("spatial", "spatial_x", "spatial_y", "spatial_z")
-
-# anatomical letter -> (LPS axis, sign of that letter's direction along it)
-_LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+#: napari world axis -> its label, "from-to" in the direction of increasing coordinates
+ANATOMY_LABELS = ("S-I", "A-P", "R-L")
+#: napari world (inferior, posterior, left) from RAS world
+_NAPARI_FROM_RAS = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
 _XYZ_RANK = {"spatial_z": 0, "spatial_y": 1, "spatial_x": 2}
 
 
-def is_spatial_label(label: object) -> bool:
-    """Return whether an ``axis_labels`` entry names a spatial axis (FORMAT.md §4)."""
-    return isinstance(label, str) and label in SPATIAL_LABELS
-
-
-def parse_coord_system(coord_system: str | None) -> list[tuple[int, int]] | None:
-    """Parse an anatomical ``coord_system`` string such as ``"RAS"`` or ``"LPS+"``.
+def as_meta(record: Meta | Mapping | None) -> Meta:
+    """The record as a :class:`mlarray.meta.Meta` (validated by the library).
 
     Parameters
     ----------
-    coord_system : str or None
-        The record's ``spatial.coord_system``.
+    record : Meta, mapping or None
+        A ``Meta``, or a record mapping such as ``Meta.to_mapping()`` (keys may
+        be missing).
 
     Returns
     -------
-    list of (int, int) or None
-        For each letter (world axis ``i``), the LPS axis it runs along and the
-        sign (+1 if its positive direction is L, P or S). ``None`` when the
-        string is missing or not an anatomical three-letter code.
+    Meta
     """
-    if not isinstance(coord_system, str):
-        return None
-    code = coord_system.strip().upper().rstrip("+")
-    if len(code) != 3 or any(c not in _LETTERS for c in code):
-        return None
-    parsed = [_LETTERS[c] for c in code]
-    if len({axis for axis, _ in parsed}) != 3:
-        return None
-    return parsed
+    if isinstance(record, Meta):
+        return record
+    return Meta.from_mapping(dict(record or {}))
 
 
-def display_frame(coord_system: str | None, n: int) -> np.ndarray | None:
-    """Signed permutation ``D`` with ``napari_world = D @ file_world``.
+def spatial_mask(record: Meta | Mapping, ndim: int) -> list[bool]:
+    """Which of the ``ndim`` stored axes are spatial: the library's rule, and its checks.
 
     Parameters
     ----------
-    coord_system : str or None
-        The record's ``spatial.coord_system``.
-    n : int
-        Number of spatial (world) axes.
+    record : Meta or mapping
+        The ``.mla`` record.
+    ndim : int
+        Number of stored axes.
 
     Returns
     -------
-    numpy.ndarray or None
-        ``(n, n)`` matrix, or ``None`` when ``coord_system`` is not a known
-        anatomical code (then the caller chooses the order, see
-        :func:`orientation_for`).
+    list of bool
+
+    Raises
+    ------
+    MetaValidationError
+        When the record does not fit an ``ndim``-d array (what ``MLArray``
+        refuses too, e.g. 3 spacings and no axis labels for 4 axes).
     """
-    parsed = parse_coord_system(coord_system)
-    if parsed is None:
-        return None
-    # LPS rank of each file-world axis; extra axes (n > 3) keep their index.
-    rank, sign = [], []
-    for i in range(n):
-        if i < 3:
-            rank.append(parsed[i][0])
-            sign.append(parsed[i][1])
-        else:
-            rank.append(i)
-            sign.append(1)
-    if n < 3 and len(set(rank)) != n:  # e.g. 2-D data whose two letters collide
-        return None
-    order = sorted(range(n), key=lambda i: -rank[i])  # napari axis k <- file-world axis
-    D = np.zeros((n, n))
-    for k, i in enumerate(order):
-        D[k, i] = sign[i]
-    return D
+    sp = as_meta(record).spatial
+    shape = sp.shape if sp.shape is not None else [1] * ndim
+    if len(shape) != ndim:
+        raise MetaValidationError("spatial.shape", f"has {len(shape)} entries for {ndim} axes")
+    checked = MetaSpatial.from_mapping({**sp.to_mapping(), "shape": list(shape)})
+    return list(checked.spatial_axis_mask)
 
 
-def axis_world_map(linear: np.ndarray) -> list[int]:
-    """Assign each column (data axis) the row (world axis) it points along most.
-
-    Greedy on ``|cos|``: the largest remaining normalised entry is taken first,
-    so the result is a permutation even for oblique data.
+def record_affine(record: Meta | Mapping, n: int) -> np.ndarray:
+    """Homogeneous ``(n+1, n+1)`` affine of the record's geometry (file world).
 
     Parameters
     ----------
-    linear : numpy.ndarray
-        ``(n, n)`` matrix whose column ``j`` is the world vector of data axis ``j``.
-
-    Returns
-    -------
-    list of int
-        ``world[j]``: the world axis assigned to data axis ``j``.
-    """
-    m = np.asarray(linear, dtype=float)
-    n = m.shape[0]
-    try:  # the library's version, when present (same greedy rule)
-        from mlarray.geometry import axis_world_map as lib_map
-    except ImportError:
-        lib_map = None
-    if lib_map is not None:
-        norms = np.linalg.norm(m, axis=0)
-        return [int(w) for w, _ in lib_map(m / np.where(norms == 0, 1.0, norms))]
-    norms = np.linalg.norm(m, axis=0)
-    cos = np.abs(m) / np.where(norms == 0, 1.0, norms)
-    world = [-1] * n
-    free_rows, free_cols = set(range(n)), set(range(n))
-    while free_cols:
-        best = max(
-            ((r, c) for r in free_rows for c in free_cols),
-            key=lambda rc: (cos[rc], -rc[1], -abs(rc[0] - rc[1])),
-        )
-        world[best[1]] = best[0]
-        free_rows.discard(best[0])
-        free_cols.discard(best[1])
-    return world
-
-
-def affine_from_record_spatial(spatial: dict, n: int) -> np.ndarray:
-    """Homogeneous ``(n+1, n+1)`` affine of a record's ``spatial`` section (FORMAT.md §4).
-
-    Parameters
-    ----------
-    spatial : dict
-        The ``spatial`` section (``affine`` or ``spacing``/``origin``/``direction``).
+    record : Meta or mapping
     n : int
         Number of spatial axes.
 
@@ -178,67 +129,36 @@ def affine_from_record_spatial(spatial: dict, n: int) -> np.ndarray:
     -------
     numpy.ndarray
     """
-    if spatial.get("affine") is not None:
-        A = np.asarray(spatial["affine"], dtype=float)
+    sp = as_meta(record).spatial
+    if sp.affine is not None:
+        A = np.asarray(sp.affine, dtype=float)
         if A.shape != (n + 1, n + 1):
-            raise ValueError(f"spatial.affine has shape {A.shape}, expected {(n + 1, n + 1)}")
+            raise MetaValidationError("spatial.affine", f"has shape {A.shape} for {n} spatial axes")
         return A
-    spacing = spatial.get("spacing")
-    origin = spatial.get("origin")
-    direction = spatial.get("direction")
-    sp = np.ones(n) if spacing is None else np.asarray(spacing, dtype=float)
-    org = np.zeros(n) if origin is None else np.asarray(origin, dtype=float)
-    dirm = np.eye(n) if direction is None else np.asarray(direction, dtype=float)
-    if sp.shape != (n,) or org.shape != (n,) or dirm.shape != (n, n):
-        raise ValueError(
-            f"spatial geometry does not match {n} spatial axes: spacing {sp.shape}, "
-            f"origin {org.shape}, direction {dirm.shape}"
-        )
-    A = np.eye(n + 1)
-    A[:n, :n] = dirm @ np.diag(sp)
-    A[:n, n] = org
-    return A
+    return geometry.compose_affine(sp.spacing, sp.origin, sp.direction, ndim=n)
 
 
-def _clean(m: np.ndarray, target: np.ndarray, tol: float = 1e-12) -> np.ndarray:
-    """Snap ``m`` to ``target`` when they differ only by rounding noise."""
-    return target.copy() if np.allclose(m, target, rtol=0, atol=tol) else m
-
-
-def decompose_linear(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split ``m = rotate @ shear @ diag(scale)`` (QR), keeping ``rotate`` near identity.
+def napari_from_frame(frame: str, n: int) -> tuple[np.ndarray, list[str]]:
+    """Signed permutation ``D`` (napari world from the first ``n`` axes of ``frame``), and labels.
 
     Parameters
     ----------
-    m : numpy.ndarray
-        ``(n, n)`` invertible matrix whose column ``k`` points mostly along
-        row ``k`` (see :func:`axis_world_map`).
+    frame : str
+        Anatomical world frame (``"RAS"``, ``"LPS"``, ...).
+    n : int
+        Number of world axes used (1 to 3).
 
     Returns
     -------
-    rotate : numpy.ndarray
-        ``(n, n)`` proper rotation (det +1), the identity for axis-aligned data.
-    shear : numpy.ndarray
-        ``(n, n)`` upper triangular with a unit diagonal.
-    scale : numpy.ndarray
-        ``(n,)``, negative where the axis is flipped.
+    D : numpy.ndarray
+        ``(n, n)``.
+    labels : list of str
+        Anatomy label of each napari world axis (row of ``D``).
     """
-    m = np.asarray(m, dtype=float)
-    n = m.shape[0]
-    q, r = np.linalg.qr(m)
-    s = np.where(np.diag(q) < 0, -1.0, 1.0)
-    q = q * s[None, :]
-    r = r * s[:, None]
-    if np.linalg.det(q) < 0:  # a reflection left in q: move it into the scale
-        k = int(np.argmin(np.diag(q)))
-        q[:, k] *= -1
-        r[k, :] *= -1
-    scale = np.diag(r).copy()
-    shear = r / scale[None, :]
-    rotate = _clean(q, np.eye(n))
-    shear = _clean(np.triu(shear), np.eye(n))
-    np.fill_diagonal(shear, 1.0)
-    return rotate, shear, scale
+    full = _NAPARI_FROM_RAS @ geometry.frame_matrix(frame)  # napari <- file world
+    cols = full[:, :n]
+    rows = [r for r in range(3) if np.any(cols[r])]
+    return cols[rows], [ANATOMY_LABELS[r] for r in rows]
 
 
 def expand_upper_triangular(values, n: int) -> np.ndarray:
@@ -325,39 +245,9 @@ def layer_matrix(meta: dict, ndim: int) -> np.ndarray:
     )
 
 
-def _geometry_length(spatial: dict) -> int | None:
-    for key in ("spacing", "origin"):
-        if spatial.get(key) is not None:
-            return len(spatial[key])
-    if spatial.get("direction") is not None:
-        return len(spatial["direction"])
-    if spatial.get("affine") is not None:
-        return len(spatial["affine"]) - 1
-    return None
-
-
-def spatial_mask(record: dict, ndim: int) -> list[bool]:
-    """Which of the ``ndim`` stored axes are spatial (FORMAT.md §4).
-
-    Parameters
-    ----------
-    record, ndim
-        As in :func:`orientation_for`.
-
-    Returns
-    -------
-    list of bool
-    """
-    spatial = normalized_record(record)["spatial"]
-    labels = spatial["axis_labels"]
-    if labels is not None:
-        if len(labels) != ndim:
-            raise ValueError(f"spatial.axis_labels has {len(labels)} entries for {ndim} axes")
-        return [is_spatial_label(label) for label in labels]
-    n = _geometry_length(spatial)
-    if n is not None and n < ndim:  # geometry for the trailing axes only
-        return [a >= ndim - n for a in range(ndim)]
-    return [True] * ndim
+def _unit_columns(m: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(m, axis=0)
+    return m / np.where(norms == 0, 1.0, norms)[np.newaxis, :]
 
 
 @dataclass(frozen=True)
@@ -369,13 +259,19 @@ class Orientation:
     perm : tuple of int
         View axis ``k`` is stored axis ``perm[k]`` (non-spatial axes first).
     spatial : tuple of bool
-        Per stored axis.
+        Per stored axis: shown as a spatial axis.
     frame : numpy.ndarray
         ``D``: napari world (spatial part) ``= D @ file world``.
     frame_source : str
         ``"coord_system"``, ``"axis_labels"`` or ``"stored"`` (what decided it).
     affine : numpy.ndarray
-        The record's ``(n+1, n+1)`` spatial affine in the file world.
+        ``(n+1, n+1)`` affine of the shown spatial axes, file world.
+    world_frame : str or None
+        The anatomical frame of the file world (``"RAS"``, ``"LPS"``, ...).
+    world_labels : tuple of str or None
+        Anatomy label of each napari world axis (``"S-I"``, ``"A-P"``, ``"R-L"``).
+    notes : tuple of str
+        What the user should be told about this file's display (once).
     """
 
     perm: tuple[int, ...]
@@ -383,53 +279,109 @@ class Orientation:
     frame: np.ndarray
     frame_source: str
     affine: np.ndarray
+    world_frame: str | None = None
+    world_labels: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def n_spatial(self) -> int:
-        """Number of spatial axes."""
+        """Number of shown spatial axes."""
         return int(sum(self.spatial))
 
     @property
     def spatial_order(self) -> list[int]:
-        """Stored spatial-axis indices (0..n-1 among spatial axes) in napari order."""
+        """Shown spatial-axis indices (0..n-1 among them) in napari order."""
         sp = [a for a, s in enumerate(self.spatial) if s]
         return [sp.index(a) for a in self.perm if self.spatial[a]]
 
+    def view_labels(self, stored_labels: list[str] | None) -> list[str] | None:
+        """napari axis labels in view order: the anatomy when known, else the stored labels.
 
-def orientation_for(record: dict, ndim: int) -> Orientation:
+        Parameters
+        ----------
+        stored_labels : list of str or None
+            The record's ``axis_labels``.
+
+        Returns
+        -------
+        list of str or None
+        """
+        k0 = len(self.perm) - self.n_spatial
+        if self.world_labels is None:
+            if stored_labels is None:
+                return None
+            return [str(stored_labels[a]) for a in self.perm]
+        out = []
+        for k, a in enumerate(self.perm):
+            if k >= k0:
+                out.append(self.world_labels[k - k0])
+            elif stored_labels is not None:
+                out.append(str(stored_labels[a]))
+            else:
+                out.append(f"axis {a}")
+        return out
+
+
+def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Orientation:
     """Decide the view order and napari world frame for a record with ``ndim`` axes.
 
-    With an anatomical ``coord_system`` the napari world is LPS reversed
-    (``z, y, x``), and each data axis goes to the world axis it runs along most.
-    Without one, ``spatial_x/y/z`` labels order the axes ``z, y, x``; with
-    neither the stored order is kept (FORMAT.md §4). Non-spatial axes lead.
+    With an anatomical frame (:func:`mlarray.geometry.anatomical_frame`) the
+    napari world is the display convention of this module, and each data
+    axis goes to the world axis it runs along most. A spatial axis beyond
+    the three anatomical ones (a 4-D file without axis labels: time stored
+    as a fourth "spatial" axis) is shown as a non-spatial slider, with a
+    note. Without a frame the data is shown as stored (``spatial_x/y/z``
+    labels order the axes z, y, x), with a note.
 
     Parameters
     ----------
-    record : dict
+    record : Meta or mapping
         The ``.mla`` record.
     ndim : int
         Number of stored axes.
+    name : str, optional
+        File or layer name used in the notes.
 
     Returns
     -------
     Orientation
     """
-    rec = normalized_record(record)
-    spatial = rec["spatial"]
-    mask = spatial_mask(rec, ndim)
+    meta = as_meta(record)
+    sp = meta.spatial
+    mask = spatial_mask(meta, ndim)
     sp_axes = [a for a in range(ndim) if mask[a]]
     n = len(sp_axes)
-    affine = affine_from_record_spatial(spatial, n)
-    linear = affine[:n, :n]
-    D = display_frame(spatial["coord_system"], n) if n else np.eye(0)
-    if D is not None:
-        world = axis_world_map(D @ linear) if n else []
+    full = record_affine(meta, n) if n else np.eye(1)
+    who = f"{name}: " if name else ""
+    notes: list[str] = []
+    frame = geometry.anatomical_frame(sp.coord_system, full) if n else None
+    world_labels = None
+    if frame is not None:
+        if n > 3:  # world axes 3.. are not anatomy: show their array axes as non-spatial
+            mapping = geometry.axis_world_map(_unit_columns(full[:n, :n]))
+            keep = [j for j in range(n) if mapping[j][0] < 3]
+            extra = [sp_axes[j] for j in range(n) if mapping[j][0] >= 3]
+            notes.append(
+                f"{who}stored axis {', '.join(map(str, extra))} is spatial in the file but not "
+                f"one of the three anatomical axes of its {frame} world (a 4-D file without "
+                "axis labels): shown as a non-spatial slider, without a physical scale"
+            )
+            rows = sorted(mapping[j][0] for j in keep)
+            sub = np.eye(len(keep) + 1)
+            sub[:-1, :-1] = full[np.ix_(rows, keep)]
+            sub[:-1, -1] = full[rows, n]
+            full = sub
+            for a in extra:
+                mask[a] = False
+            sp_axes = [sp_axes[j] for j in keep]
+            n = len(sp_axes)
+        D, world_labels = napari_from_frame(frame, n)
+        world = [w for w, _ in geometry.axis_world_map(_unit_columns(D @ full[:n, :n]))]
         order = sorted(range(n), key=lambda j: world[j])
         source = "coord_system"
     else:
-        world = axis_world_map(linear) if n else []
-        labels = spatial["axis_labels"]
+        world = [w for w, _ in geometry.axis_world_map(_unit_columns(full[:n, :n]))] if n else []
+        labels = sp.axis_labels
         names = [labels[a] for a in sp_axes] if labels is not None else []
         if names and all(x in _XYZ_RANK for x in names) and len(set(names)) == n:
             order = sorted(range(n), key=lambda j: _XYZ_RANK[names[j]])
@@ -440,12 +392,35 @@ def orientation_for(record: dict, ndim: int) -> Orientation:
         D = np.zeros((n, n))
         for k, j in enumerate(order):
             D[k, world[j]] = 1.0
+        if n:
+            what = (
+                "its anatomy is unknown"
+                if sp.coord_system is None
+                else (f"coord_system {sp.coord_system!r} is not an anatomical frame")
+            )
+            notes.append(
+                f"{who}no anatomical coord_system ({what}): shown as stored, "
+                "not in the radiological orientation"
+            )
     perm = tuple([a for a in range(ndim) if not mask[a]] + [sp_axes[j] for j in order])
-    return Orientation(perm, tuple(mask), D, source, affine)
+    return Orientation(
+        perm,
+        tuple(mask),
+        D,
+        source,
+        full,
+        frame,
+        None if world_labels is None else tuple(world_labels),
+        tuple(notes),
+    )
 
 
 def napari_transforms(orient: Orientation, ndim: int) -> dict:
     """napari ``scale``/``translate``/``rotate``/``shear`` of an orientation (view order).
+
+    The linear part in view order is ``M = rotate @ shear @ diag(scale)``:
+    :func:`mlarray.geometry.decompose_affine` of ``M`` with its flips taken
+    out, the flips then put back as negative scales.
 
     Parameters
     ----------
@@ -464,9 +439,19 @@ def napari_transforms(orient: Orientation, ndim: int) -> dict:
     scale, translate = np.ones(ndim), np.zeros(ndim)
     rotate, shear = np.eye(ndim), np.eye(ndim)
     if n:
-        M = orient.frame @ orient.affine[:n, :n]
-        rot, sh, sc = decompose_linear(M[:, orient.spatial_order])
-        scale[k0:] = sc
+        M = (orient.frame @ orient.affine[:n, :n])[:, orient.spatial_order]
+        flips = np.where(np.diag(M) < 0, -1.0, 1.0)
+        unflipped = np.eye(n + 1)
+        unflipped[:n, :n] = M * flips[np.newaxis, :]
+        _, rot, sh, sc = geometry.decompose_affine(unflipped)
+        if np.linalg.det(rot) < 0:  # an oblique reflection: one more flip, never in rotate
+            k = int(np.argmin(np.diag(rot)))
+            f = np.ones(n)
+            f[k] = -1.0
+            rot, sh, flips = rot * f[np.newaxis, :], sh * f[:, None] * f[None, :], flips * f
+        rot = np.where(np.abs(rot - np.eye(n)) < 1e-12, np.eye(n), rot)
+        sh = np.where(np.abs(sh - np.eye(n)) < 1e-12, np.eye(n), sh)
+        scale[k0:] = sc * flips
         translate[k0:] = orient.frame @ orient.affine[:n, n]
         rotate[k0:, k0:] = rot
         shear[k0:, k0:] = sh

@@ -86,7 +86,7 @@ def _open(path: str):
 
     try:
         arr = MLArray.open(path)
-        return arr, arr.meta.to_mapping()
+        return arr, arr.meta
     except MLArrayError:
         raise
     except Exception as exc:  # blosc2/IO errors: report them as a bad .mla file
@@ -97,12 +97,14 @@ def _read_one(path: str) -> list[tuple]:
     arr, record = _open(path)
     name = Path(path).stem
     layers, skip = [], ()
-    has_array = bool(record["_has_array"]["has_array"]) and arr.shape is not None
+    has_array = bool(record._has_array) and arr.shape is not None
     ndim = arr.ndim if has_array else None
     if has_array:
-        view = LazyView(arr, perm=orientation_for(record, ndim).perm)
+        orient = orientation_for(record, ndim, name=name)
+        _notify(orient.notes)
+        view = LazyView(arr, perm=orient.perm)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
-        labels = _labels_data(view, record) if _is_seg(record) else None
+        labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
             layers.append((labels, _mapping.labels_layer_kwargs(record, ndim, **args), "labels"))
         else:
@@ -125,9 +127,13 @@ def _read_one(path: str) -> list[tuple]:
     return layers
 
 
-def _is_seg(record: dict) -> bool:
-    value = record.get("is_seg")
-    return bool(value.get("is_seg") if isinstance(value, dict) else value)
+def _notify(notes) -> None:
+    """Show each note once, as a napari notification (the reader runs inside napari)."""
+    if notes:
+        from napari.utils.notifications import show_info
+
+        for note in notes:
+            show_info(note)
 
 
 def _channels(view: LazyView, axis: int) -> list:
@@ -140,7 +146,7 @@ def _slabs(view):
         yield slice(start, start + step), np.asarray(view[start : start + step])
 
 
-def _labels_data(view: LazyView, record: dict) -> np.ndarray | None:
+def _labels_data(view: LazyView) -> np.ndarray | None:
     """The label map as a writable integer numpy array, or ``None`` if not integral.
 
     Float masks with integral values are cast to the smallest integer dtype

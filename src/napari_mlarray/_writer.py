@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from mlarray.errors import MLArrayError
+from mlarray.meta import MetaStatistics
 from napari_mlarray import _mapping
 from napari_mlarray._boxes import boxes_from_shapes
 from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._orientation import layer_matrix
-from napari_mlarray._record_defaults import default_record
 
 __all__ = [
     "LayerSaveError",
@@ -164,7 +164,7 @@ def save_layers(
         record["_has_array"] = {"has_array": False}
         record["spatial"]["shape"] = None
         record["is_seg"] = {"is_seg": None}
-        record["stats"] = default_record()["stats"]
+        record["stats"] = MetaStatistics().to_mapping()
         out = None
     if out is not None and not storage:
         storage = _stored_layout(record, out.shape)

@@ -168,8 +168,9 @@ def test_ras_xyz_file_is_transposed_lazily_and_saved_back_in_its_order(tmp_path,
     ((view, kw, _),) = read_mla(str(path))
     assert view.shape == ct_volume.shape
     assert np.array_equal(np.asarray(view), ct_volume)
-    assert np.allclose(kw["scale"], [2.5, 0.8, 0.7])  # RAS with x, y negated is plain LPS
-    assert kw["axis_labels"] == ["spatial_z", "spatial_y", "spatial_x"]
+    # RAS with x, y negated is plain LPS; napari's first axis runs toward inferior
+    assert np.allclose(kw["scale"], [-2.5, 0.8, 0.7])
+    assert kw["axis_labels"] == ["S-I", "A-P", "R-L"]
     assert kw["units"] == ["mm", "mm", "mm"]
     meta = kw["metadata"][KEY]
     assert meta["perm"] == [2, 1, 0] and meta["record"]["spatial"]["coord_system"] == "RAS"

@@ -13,17 +13,20 @@ import math
 import numpy as np
 import pytest
 
+from mlarray import geometry
+from mlarray.meta import Meta
 from napari_mlarray import _mapping
 from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
 from napari_mlarray._orientation import (
     affine_from_layer,
-    affine_from_record_spatial,
-    decompose_linear,
-    display_frame,
     orientation_for,
-    parse_coord_system,
+    record_affine,
 )
-from napari_mlarray._record_defaults import default_record
+
+
+def default_record() -> dict:
+    return Meta().to_mapping()
+
 
 SPATIAL_NAMES = {
     1: ["spatial_x"],
@@ -110,9 +113,16 @@ def napari_matrix(kw: dict, ndim: int) -> np.ndarray:
 
 
 def expected_frame(coord_system: str, n: int) -> np.ndarray:
-    """LPS, reversed (z, y, x): written out independently of the code under test."""
-    flip = {"LPS": [1, 1, 1], "RAS": [-1, -1, 1]}[coord_system][:n] + [1] * max(0, n - 3)
-    return np.eye(n)[::-1] @ np.diag(flip)
+    """napari world (inferior, posterior, left) from the file world's first ``min(n, 3)`` axes.
+
+    Written out independently of the code under test.
+    """
+    napari_from_lps = np.array([[0, 0, -1], [0, 1, 0], [1, 0, 0]], float)
+    lps_from_file = np.diag({"LPS": [1, 1, 1], "RAS": [-1, -1, 1]}[coord_system])
+    full = napari_from_lps @ lps_from_file
+    m = min(n, 3)
+    cols = full[:, :m]
+    return cols[np.any(cols, axis=1)]
 
 
 CASES = [
@@ -159,9 +169,22 @@ def test_record_layer_record_roundtrip_and_world(n, extra, cs, reflect, affine_f
 
     # world = physical: napari world of every voxel corner == frame @ file world
     T = napari_matrix(kw, ndim)
-    A = affine_from_record_spatial(rec["spatial"], n)
-    sp_axes = [a for a in range(ndim) if orient.spatial[a]]
-    D = expected_frame(cs, n) if cs else orient.frame
+    A = record_affine(rec, n)
+    shown = list(orient.spatial)
+    lib_spatial = [a for a in range(ndim) if labels is None or labels[a] != "temporal"]
+    if cs and n > 3:  # world axes past the three anatomical ones: non-spatial sliders
+        assert orient.n_spatial == 3 and orient.notes
+        assert kw["axis_labels"][ndim - 3 :] == ["S-I", "A-P", "R-L"]
+        world_of = [
+            w for w, _ in geometry.axis_world_map(A[:n, :n] / np.linalg.norm(A[:n, :n], axis=0))
+        ]
+        assert [a for a in range(ndim) if shown[a]] == [
+            lib_spatial[j] for j in range(n) if world_of[j] < 3
+        ]
+        A = A[np.ix_([0, 1, 2, n], [j for j in range(n) if world_of[j] < 3] + [n])]
+    m = orient.n_spatial
+    sp_axes = [a for a in range(ndim) if shown[a]]
+    D = expected_frame(cs, m) if cs else orient.frame
     if not cs:
         assert np.allclose(np.abs(D).sum(0), 1) and np.all(D >= 0)  # a plain permutation
     corners = np.array(list(itertools.product(*[(-0.5, 3.5)] * ndim)))
@@ -170,25 +193,29 @@ def test_record_layer_record_roundtrip_and_world(n, extra, cs, reflect, affine_f
         stored = c
         view = stored[list(perm)]
         world = (T @ np.r_[view, 1])[:ndim]
-        file_world = (A @ np.r_[stored[sp_axes], 1])[:n]
-        assert np.allclose(world[ndim - n :], D @ file_world, atol=1e-8)
-        world_pts.append(world[ndim - n :])
+        file_world = (A @ np.r_[stored[sp_axes], 1])[:m]
+        assert np.allclose(world[ndim - m :], D @ file_world, atol=1e-8)
+        world_pts.append(world[ndim - m :])
     for i, j in [(0, -1), (1, 2), (0, 3)]:
         phys = np.linalg.norm(
-            A[:n, :n] @ (corners[i][sp_axes] - corners[j][sp_axes])
+            A[:m, :m] @ (corners[i][sp_axes] - corners[j][sp_axes])
         )  # physical distance between two corners
         assert math.isclose(np.linalg.norm(world_pts[i] - world_pts[j]), phys, rel_tol=1e-9)
 
     # layer -> record -> same record and the transpose that undoes the view
     back, undo = _mapping.record_from_layer((4,) * ndim, "int16", layer_meta(kw), "image")
-    assert back["spatial"] == rec["spatial"]
+    assert back["spatial"] == Meta.from_mapping(rec).to_mapping()["spatial"]
     assert [perm[a] for a in np.argsort(perm)] == list(range(ndim))
     assert undo.perm == tuple(int(i) for i in np.argsort(perm))
 
     # a moved layer: re-derived geometry reproduces the moved world transform
     moved = layer_meta(kw)
-    moved["translate"] = np.asarray(kw["translate"]) + np.r_[np.zeros(extra), np.full(n, 7.0)]
-    moved["scale"] = np.asarray(kw["scale"]) * np.r_[np.ones(extra), np.full(n, 1.5)]
+    moved["translate"] = np.asarray(kw["translate"]) + np.r_[np.zeros(ndim - m), np.full(m, 7.0)]
+    moved["scale"] = np.asarray(kw["scale"]) * np.r_[np.ones(ndim - m), np.full(m, 1.5)]
+    if cs and n > 3:  # cannot be expressed without moving the non-anatomical axis: refused
+        with pytest.raises(ValueError, match="non-spatial"):
+            _mapping.record_from_layer((4,) * ndim, "int16", moved, "image")
+        return
     rec2, _ = _mapping.record_from_layer((4,) * ndim, "int16", moved, "image")
     assert (rec2["spatial"]["affine"] is not None) == affine_form
     kw2 = _mapping.image_layer_kwargs(rec2, ndim, name="x")
@@ -267,7 +294,8 @@ def test_orthogonal_direction_gives_exact_identity_residual():
     kw = _mapping.image_layer_kwargs(rec, 3, name="x")
     assert np.array_equal(kw["rotate"], np.eye(3))
     assert np.array_equal(kw["shear"], np.eye(3))
-    assert np.all(np.asarray(kw["scale"]) > 0)  # RAS with x, y flipped is LPS: no flips
+    # RAS with x, y flipped is LPS; napari's first axis runs toward inferior: z flipped
+    assert np.array_equal(kw["scale"], [-2.0, 0.7, 0.7])
     assert kw["units"] == ["mm", "mm", "mm"]
 
 
@@ -294,7 +322,9 @@ def test_our_composition_matches_napari():
     from napari.utils.transforms import Affine
 
     rng = np.random.default_rng(3)
-    rot, shear, scale = decompose_linear(rng.normal(size=(3, 3)) + 3 * np.eye(3))
+    _, rot, shear, scale = geometry.decompose_affine(
+        np.block([[rng.normal(size=(3, 3)) + 3 * np.eye(3), np.zeros((3, 1))], [np.eye(4)[3]]])
+    )
     translate = rng.normal(size=3)
     ours = affine_from_layer(3, scale=scale, translate=translate, rotate=rot, shear=shear)
     theirs = Affine(scale=scale, translate=translate, rotate=rot, shear=shear).affine_matrix
@@ -305,24 +335,6 @@ def test_our_composition_matches_napari():
     )
 
 
-def test_decompose_linear_handles_reflections():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n = int(rng.integers(2, 6))
-        m = np.diag(rng.choice([-1, 1], n) * rng.uniform(0.5, 2, n)) + rng.normal(0, 0.1, (n, n))
-        rot, shear, scale = decompose_linear(m)
-        assert np.allclose(rot @ shear @ np.diag(scale), m)
-        assert np.isclose(np.linalg.det(rot), 1)
-        assert np.allclose(np.tril(shear, -1), 0) and np.allclose(np.diag(shear), 1)
-
-
-def test_parse_coord_system():
-    assert parse_coord_system("RAS+") == [(0, -1), (1, -1), (2, 1)]
-    assert parse_coord_system("scanner") is None and parse_coord_system(None) is None
-    assert np.array_equal(display_frame("LPS", 3), np.eye(3)[::-1])
-    assert display_frame("LLS", 3) is None
-
-
 def test_channel_axis_for_images_and_writer_reinserts_it():
     rec = make_record(
         spacing=[1, 2, 3],
@@ -330,7 +342,7 @@ def test_channel_axis_for_images_and_writer_reinserts_it():
         direction=np.eye(3),
         coord_system="LPS",
         axis_labels=["spatial_x", "channel", "spatial_y", "spatial_z"],
-        axis_units=["mm", None, "mm", "mm"],
+        axis_units=["mm", "", "mm", "mm"],
         shape=[5, 3, 6, 7],
     )
     kw = _mapping.image_layer_kwargs(rec, 4, name="img", contrast_limits=(0, 10))
@@ -338,7 +350,7 @@ def test_channel_axis_for_images_and_writer_reinserts_it():
     assert perm == (1, 3, 2, 0)
     assert kw["channel_axis"] == 0
     assert len(kw["metadata"]) == 3 and len(kw["scale"]) == 3 and len(kw["name"]) == 3
-    assert kw["axis_labels"][0] == ["spatial_z", "spatial_y", "spatial_x"]
+    assert kw["axis_labels"][0] == ["S-I", "A-P", "R-L"]  # the anatomy, not the stored names
     assert kw["contrast_limits"] == [(0, 10)] * 3
     # what napari's split hands each channel layer, then to the writer
     one = {k: v if k in ("rotate", "shear") else v[1] for k, v in kw.items() if k != "channel_axis"}
@@ -415,7 +427,7 @@ def test_boxes_shapes_boxes(ndim):
         boxes.append(box)
     boxes[0][0] = [2.0, 4.5]  # float extents survive untouched boxes
     labels = ["tumor", 2, "cyst", 2.5]
-    scores = [0.9, 0.1, None, 0.5]
+    scores = [0.9, 0.1, 0.25, 0.5]
     rec = make_record(
         spacing=rng.uniform(0.5, 2, ndim),
         origin=np.zeros(ndim),
@@ -471,7 +483,8 @@ def test_boxes_shapes_boxes(ndim):
     view_box = [added[p] for p in perm]
     assert view_box[-2:] == [[3, 6], [4, 8]]
     assert all(v == [1, 2] for v in view_box[:-2])
-    assert bbox3["labels"][4] == "new" and bbox3["scores"][4] is None
+    assert bbox3["labels"][4] == "new" and math.isnan(bbox3["scores"][4])
+    Meta.from_mapping({"bbox": bbox3})  # a valid record
 
 
 def test_box_edges_land_on_voxel_edges_in_world():

@@ -27,9 +27,9 @@ def sha(a) -> str:
 
 
 def physical_affine(record: dict, n: int) -> np.ndarray:
-    from napari_mlarray._orientation import affine_from_record_spatial
+    from napari_mlarray._orientation import record_affine
 
-    return affine_from_record_spatial(record["spatial"], n)
+    return record_affine(record, n)
 
 
 def assert_world_is_physical(layer, record: dict):
@@ -84,7 +84,8 @@ def test_oblique_ct_matches_its_affine_in_world(make_napari_viewer):
     expected = json.loads((FIXTURES / "a_ct3d_int16.json").read_text())
     A = np.asarray(expected["affine_property"])
     perm = layer.metadata["mlarray"]["perm"]
-    lps_rev = np.eye(3)[::-1]  # napari world is LPS as (z, y, x)
+    # napari world axes point inferior, posterior, left: (-z, y, x) of LPS
+    lps_rev = np.array([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]])
     for idx in ([0, 0, 0], [63, 0, 0], [10, 20, 30]):
         view = np.asarray(idx, float)[perm]
         world = np.asarray(layer.data_to_world(view))
