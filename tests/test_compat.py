@@ -27,7 +27,7 @@ from mlarray import (
     MLArray,
 )
 from mlarray.errors import MetaTypeError, MLArrayError, MLArrayFileNotFoundError
-from mlarray.meta import _meta_internal_write, world_frame
+from mlarray.meta import _meta_internal_write
 
 SHAPE = (6, 8, 10)
 
@@ -135,10 +135,13 @@ def test_names_scripts_import():
     ]
     assert MetaSpatial(coord_system=MetaSpatial.CoordSystem.RAS_PLUS).coord_system == "RAS+"
     for value, frame in (("RAS", "RAS"), ("RAS+", "RAS"), ("lps+", "LPS"), ("LPS", "LPS")):
-        assert world_frame(value) == frame
         assert MetaSpatial(coord_system=value).world_frame == frame
-    for value in (None, "unknown", "other", "SLP+", "my_frame"):
-        assert world_frame(value) is None
+    for value in (None, "unknown", "other", "my_frame"):
+        assert MetaSpatial(coord_system=value).world_frame is None
+    # the reference converter's array axis codes over a RAS-world affine mean RAS
+    lps_array_in_ras = [[-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    assert MetaSpatial(coord_system="LPS+", affine=lps_array_in_ras).world_frame == "RAS"
+    assert MetaSpatial(coord_system="LPS", affine=lps_array_in_ras).world_frame == "LPS"
     # submodules export only public names
     import importlib
 

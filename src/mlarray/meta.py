@@ -41,7 +41,6 @@ __all__ = [
     "MetaVersion",
     "SingleKeyBaseMeta",
     "is_spatial_label",
-    "world_frame",
 ]
 
 FORMAT_VERSION = "v0"
@@ -90,24 +89,11 @@ class CoordSystemEnum(StrEnum):
 CoordSystem = CoordSystemEnum
 
 _SPATIAL_LABELS = frozenset({"spatial", "spatial_x", "spatial_y", "spatial_z"})
-_WORLD_FRAMES = {"RAS": "RAS", "RAS+": "RAS", "LPS": "LPS", "LPS+": "LPS"}
 
 
 def is_spatial_label(label: str | AxisLabelEnum) -> bool:
     """Return whether an axis label names a spatial axis."""
     return str(label) in _SPATIAL_LABELS
-
-
-def world_frame(coord_system: str | CoordSystemEnum | None) -> str | None:
-    """The world frame a ``coord_system`` value names: ``"RAS"``, ``"LPS"`` or None.
-
-    ``RAS``/``RAS+`` give ``"RAS"``, ``LPS``/``LPS+`` give ``"LPS"`` (case
-    and surrounding blanks ignored); None, ``unknown``, ``other`` and custom
-    names give None.
-    """
-    if coord_system is None:
-        return None
-    return _WORLD_FRAMES.get(str(coord_system).strip().upper())
 
 
 # --------------------------------------------------------------------------- internal fields
@@ -706,8 +692,19 @@ class MetaSpatial(BaseMeta):
 
     @property
     def world_frame(self) -> str | None:
-        """``"RAS"`` or ``"LPS"`` when ``coord_system`` names one of them, else None."""
-        return world_frame(self.coord_system)
+        """The anatomical frame the geometry maps into (``"RAS"``, ``"LPS"``, ...), or None.
+
+        ``RAS``/``RAS+`` read as RAS and ``LPS``/``LPS+`` as LPS, except that the
+        reference converter's array axis codes (``"SLP+"``, and ``"LPS+"`` over
+        a RAS-world affine) read as RAS: :func:`mlarray.geometry.anatomical_frame`.
+        """
+        from mlarray import geometry
+
+        affine, sod = self.affine, (self.spacing, self.origin, self.direction)
+        if affine is None and any(v is not None for v in sod):
+            n = self.spatial_ndim or len(next(v for v in sod if v is not None))
+            affine = geometry.compose_affine(*sod, ndim=n)
+        return geometry.anatomical_frame(self.coord_system, affine)
 
     def _validate_and_cast(self) -> None:
         if self.axis_labels is not None:
