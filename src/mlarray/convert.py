@@ -1,0 +1,938 @@
+"""Convert medical image files (NIfTI, NRRD, MetaImage, DICOM) to and from ``.mla``.
+
+Well-kept readers do the parsing: nibabel for NIfTI (``.nii``, ``.nii.gz``)
+and SimpleITK for NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``) and DICOM (a series folder or one ``.dcm`` file). Both are in the
+optional ``convert`` extra and imported only when a conversion runs.
+
+Geometry is kept exactly, in the world frame of the source file, and the
+frame is recorded in ``meta.spatial.coord_system`` (FORMAT.md section 4):
+
+- NIfTI: the affine nibabel chooses (sform, else qform) maps voxel indices to
+  RAS millimetres; it is stored as the ``affine`` (so shear survives) with
+  ``coord_system="RAS"``.
+- NRRD, MetaImage, DICOM: SimpleITK's spacing, origin and direction in LPS
+  millimetres, stored as such with ``coord_system="LPS"``.
+
+``coord_system=`` converts to the other frame (a sign flip of the first two
+world axes; the voxels do not move). The array is stored in the order
+SimpleITK and nnU-Net use, ``(channel, time, z, y, x)``, with matching
+``axis_labels``; ``axis_order="xyz"`` keeps NIfTI's own ``x, y, z`` order.
+
+>>> from mlarray.convert import from_file, to_file
+>>> img = from_file("case_0001.nii.gz")           # an in-memory MLArray
+>>> img.save("case_0001.mla")
+>>> to_file("case_0001.mla", "case_0001.nrrd")    # and back, any supported format
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlarray import geometry, io
+from mlarray.errors import MLArrayError, MetaValidationError
+from mlarray.meta import (
+    Meta,
+    MetaImageFormat,
+    MetaIsSeg,
+    MetaSource,
+    MetaSpatial,
+    is_spatial_label,
+)
+from mlarray.mlarray import MLArray
+
+__all__ = [
+    "ConversionError",
+    "image_format",
+    "from_file",
+    "to_file",
+    "convert_file",
+    "guess_seg",
+    "is_dicom_file",
+    "ConversionResult",
+]
+
+#: file-name endings of each supported format, longest first where they overlap
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "mla": (".mla",),
+    "nifti": (".nii.gz", ".nii"),
+    "nrrd": (".nrrd", ".nhdr"),
+    "metaimage": (".mha", ".mhd"),
+    "dicom": (".dcm",),
+}
+WRITABLE = ("mla", "nifti", "nrrd", "metaimage")
+
+# Each world frame as (LPS axis, sign) per world axis, for a sign flip between frames.
+_FRAMES = {"RAS": np.array([-1.0, -1.0, 1.0]), "LPS": np.array([1.0, 1.0, 1.0])}
+_SEG_WORDS = {
+    "seg",
+    "segs",
+    "segmentation",
+    "segmentations",
+    "label",
+    "labels",
+    "labelstr",
+    "labelsts",
+    "labelmap",
+    "mask",
+    "masks",
+    "gt",
+    "annotation",
+    "annotations",
+}
+_MAX_SOURCE_VALUE = 4096  # longest string kept from a source header entry
+
+
+class ConversionError(MLArrayError, ValueError):
+    """An input or output that cannot be converted; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike | None, message: str):
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert_file` did: the output path and the notes worth telling the user."""
+
+    output: Path
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """Return the format of ``path``: ``mla``, ``nifti``, ``nrrd``, ``metaimage``, ``dicom``.
+
+    A directory is ``dicom`` (a series folder). ``None`` for anything else.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    for fmt, suffixes in FORMAT_SUFFIXES.items():
+        if name.endswith(suffixes):
+            return fmt
+    if p.is_dir():
+        return "dicom"
+    if p.is_file() and is_dicom_file(p):
+        return "dicom"
+    return None
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _require(module: str, path: Any) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConversionError(
+            path,
+            f"converting this format needs {module}; install the 'convert' extra "
+            '(pip install "napari-mlarray[convert]")',
+        ) from None
+
+
+def _plain_value(value: Any) -> Any:
+    """A header value as JSON-compatible data (bytes decoded, NaN as None, arrays as lists)."""
+    if isinstance(value, bytes):
+        value = value.split(b"\x00", 1)[0].decode("latin-1")
+    if isinstance(value, np.ndarray):
+        return _plain_value(value.tolist() if value.ndim else value.item())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return value[:_MAX_SOURCE_VALUE]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)[:_MAX_SOURCE_VALUE]
+
+
+def header_to_source(header: Any) -> dict[str, Any]:
+    """A reader's header (a mapping, a nibabel header) as a JSON-compatible dict."""
+    keys = header.keys() if hasattr(header, "keys") else []
+    return {str(k): _plain_value(header[k]) for k in keys}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Loaded:
+    """A decoded image before it becomes an MLArray.
+
+    ``index_axes`` are the data axes of voxel index ``i, j, k`` (x, y, z in
+    ITK/NIfTI naming) and ``affine`` maps ``(i, j, k)`` to ``frame`` world
+    coordinates; ``nonspatial`` pairs data axes with their labels.
+    """
+
+    data: Any
+    index_axes: list[int]
+    affine: np.ndarray
+    frame: str
+    nonspatial: list[tuple[int, str]]
+    source: dict[str, Any]
+    fmt: str
+    notes: list[str] = field(default_factory=list)
+    sod: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
+    nib = _require("nibabel", path)
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise ConversionError(path, f"not a NIfTI image (nibabel reads a {type(img).__name__})")
+        hdr = img.header
+        data = np.asanyarray(img.dataobj)
+    except ConversionError:
+        raise
+    except MemoryError:
+        raise ConversionError(path, "the image does not fit in memory") from None
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise ConversionError(path, f"cannot read NIfTI: {exc}") from None
+    notes = []
+    affine = np.asarray(img.affine, dtype=np.float64)
+    sform, qform = int(hdr["sform_code"]), int(hdr["qform_code"])
+    if sform > 0 and qform > 0:
+        q = np.asarray(hdr.get_qform(), dtype=np.float64)
+        if not np.allclose(q, np.asarray(hdr.get_sform()), atol=1e-3):
+            notes.append(
+                "the NIfTI header's sform and qform disagree; the sform was used (as nibabel and "
+                "ITK-SNAP do)"
+            )
+    if data.ndim < 3:  # NIfTI is 3-D at heart: pad to three spatial axes
+        data = data.reshape(data.shape + (1,) * (3 - data.ndim))
+    nonspatial = []
+    if data.ndim >= 4:
+        label = fourth_axis or "temporal"
+        if data.shape[3] == 1 and data.ndim >= 5:
+            data = data[:, :, :, 0]  # NIfTI puts vector components in dim 5 with dim 4 = 1
+            nonspatial.append((3, "channel"))
+        else:
+            nonspatial.append((3, label))
+            for ax in range(4, data.ndim):
+                nonspatial.append((ax, "channel" if ax == 4 else "non_spatial"))
+    if not np.all(np.isfinite(affine)):
+        raise ConversionError(path, "the NIfTI header holds a non-finite affine")
+    source = header_to_source(hdr)
+    return _Loaded(
+        data=data,
+        index_axes=[0, 1, 2],
+        affine=affine,
+        frame="RAS",
+        nonspatial=nonspatial,
+        source=source,
+        fmt="nifti",
+        notes=notes,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_itk(sitk: Any) -> Iterator[None]:
+    """Keep ITK from printing warnings to the terminal; we report what matters ourselves."""
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+def _sitk_error(path: Path, exc: Exception, doing: str) -> ConversionError:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in reversed(lines) if not ln.startswith("sitk::")), "")
+    detail = re.sub(r"^.*?(ERROR|Exception thrown)[^:]*:\s*", "", detail)
+    return ConversionError(path, f"{doing}: {detail or exc.__class__.__name__}")
+
+
+def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str], str]:
+    reader = sitk.ImageSeriesReader
+    ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not ids:
+        raise ConversionError(folder, "no DICOM series found in this folder")
+    if series is None:
+        if len(ids) > 1:
+            raise ConversionError(
+                folder,
+                f"the folder holds {len(ids)} DICOM series ({', '.join(ids)}); "
+                "choose one with --series UID",
+            )
+        series = ids[0]
+    elif series not in ids:
+        raise ConversionError(folder, f"no series {series!r} here; found {', '.join(ids)}")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), series))
+    return files, series
+
+
+def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or repeated slice)."""
+    if n < 3:
+        return
+    try:
+        pos = np.array(
+            [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
+        )
+        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    except (RuntimeError, ValueError):
+        return  # no positions (e.g. secondary capture): nothing to check against
+    normal = np.cross(cosines[:3], cosines[3:])
+    along = pos @ normal
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    if step == 0 or np.any(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step))):
+        worst = int(np.argmax(np.abs(gaps - step)))
+        raise ConversionError(
+            path,
+            f"the DICOM slices are not evenly spaced (slice {worst + 1} to {worst + 2}: "
+            f"{gaps[worst]:.4g} mm, typical {step:.4g} mm); a slice is missing or the series "
+            "mixes acquisitions",
+        )
+
+
+def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
+    sitk = _require("SimpleITK", path)
+    notes: list[str] = []
+    with _quiet_itk(sitk):
+        try:
+            if path.is_dir():
+                files, uid = _dicom_series(sitk, path, series)
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(files)
+                reader.MetaDataDictionaryArrayUpdateOn()
+                img = reader.Execute()
+                _check_dicom_spacing(path, reader, len(files))
+                source = {k: reader.GetMetaData(0, k) for k in reader.GetMetaDataKeys(0)}
+                source["SeriesInstanceUID"] = uid
+                source["number_of_files"] = len(files)
+            else:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                img = reader.Execute()
+                source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
+            data = sitk.GetArrayFromImage(img)
+        except ConversionError:
+            raise
+        except RuntimeError as exc:
+            raise _sitk_error(path, exc, f"cannot read {fmt.upper()}") from None
+        except MemoryError:
+            raise ConversionError(path, "the image does not fit in memory") from None
+    dim = img.GetDimension()
+    vector = img.GetNumberOfComponentsPerPixel() > 1
+    spacing = np.array(img.GetSpacing(), dtype=np.float64)
+    origin = np.array(img.GetOrigin(), dtype=np.float64)
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    n_sp = min(dim, 3)
+    if dim > 3:
+        off = np.concatenate([direction[:n_sp, n_sp:].ravel(), direction[n_sp:, :n_sp].ravel()])
+        if np.any(np.abs(off) > 1e-6):
+            raise ConversionError(path, "the direction mixes the time axis with space")
+    affine = geometry.compose_affine(spacing[:n_sp], origin[:n_sp], direction[:n_sp, :n_sp])
+    # numpy axis of ITK index axis d is (dim - 1 - d)
+    index_axes = [dim - 1 - d for d in range(n_sp)]
+    nonspatial = [(dim - 1 - d, fourth_axis or "temporal") for d in range(n_sp, dim)]
+    if vector:
+        nonspatial.append((dim, "channel"))
+    if dim > 3:
+        source["time_spacing"] = float(spacing[3])
+        source["time_origin"] = float(origin[3])
+    return _Loaded(
+        data=data,
+        index_axes=index_axes,
+        affine=affine,
+        frame="LPS",
+        nonspatial=nonspatial,
+        source=header_to_source(source),
+        fmt=fmt,
+        notes=notes,
+        sod=(spacing[:n_sp], origin[:n_sp], direction[:n_sp, :n_sp]),
+    )
+
+
+def _read(
+    path: Path, series: str | None = None, fourth_axis: str | None = None
+) -> _Loaded:
+    if not path.exists():
+        raise ConversionError(path, "no such file or folder")
+    fmt = image_format(path)
+    if fmt is None or fmt == "mla":
+        raise ConversionError(
+            path,
+            "unsupported input; convert reads .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, .dcm "
+            "and DICOM series folders",
+        )
+    if fourth_axis not in (None, "temporal", "channel"):
+        raise ConversionError(path, f"fourth_axis must be 'temporal' or 'channel', not {fourth_axis!r}")
+    if fmt == "nifti":
+        return _read_nifti(path, fourth_axis)
+    return _read_sitk(path, fmt, series, fourth_axis)
+
+
+# ----------------------------------------------------------------------------- segmentation guess
+
+
+def guess_seg(path: str | os.PathLike, data: Any) -> tuple[bool, str]:
+    """Guess whether an image is a label map, and say why.
+
+    A file or folder name with a word such as ``seg``, ``label(s)``,
+    ``mask`` or ``gt`` makes a segmentation when the data are integers;
+    otherwise integer data with few distinct non-negative values (at most 32
+    in a sample) does. Floating-point data never is.
+
+    Returns
+    -------
+    (bool, str)
+        The guess and a short reason to show the user.
+    """
+    p = Path(path)
+    dtype = np.dtype(data.dtype)
+    integer = dtype.kind in "iub"
+    names = [p.name.lower(), p.parent.name.lower()]
+    for name in names:
+        words = [w for w in re.split(r"[^a-z]+", name) if w]
+        hit = next((w for w in words if w in _SEG_WORDS), None)
+        if hit is not None:
+            if integer:
+                return True, f"the name contains '{hit}' and the data are integers"
+            return False, f"the name contains '{hit}' but the data are {dtype} (not integers)"
+    if not integer:
+        return False, f"the data are {dtype}"
+    flat = np.asarray(data).reshape(-1)
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    if sample.size and sample.min() >= 0:
+        values = np.unique(sample)
+        if values.size <= 32:
+            return True, f"integer data with only {values.size} distinct values"
+    return False, "integer data with many or negative values"
+
+
+# ----------------------------------------------------------------------------- to MLArray
+
+
+def _frame_name(coord_system: str | None, path: Any) -> str | None:
+    if coord_system is None:
+        return None
+    cs = coord_system.strip().upper().rstrip("+")
+    if cs not in _FRAMES:
+        raise ConversionError(path, f"coord_system must be 'RAS' or 'LPS', not {coord_system!r}")
+    return cs
+
+
+def _frame_signs(src: str, dst: str, n: int) -> np.ndarray:
+    """Per world axis, the sign that takes frame ``src`` coordinates to frame ``dst``."""
+    signs = np.ones(n)
+    signs[: min(n, 3)] = (_FRAMES[src] * _FRAMES[dst])[: min(n, 3)]
+    return signs
+
+
+def _flip_frame(affine: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """The same affine expressed in world frame ``dst`` instead of ``src`` (3 world axes max)."""
+    n = affine.shape[0] - 1
+    flip = np.append(_frame_signs(src, dst, n), 1.0)
+    return flip[:, np.newaxis] * affine
+
+
+def _spacing_origin_direction(affine: np.ndarray, path: Any) -> tuple[np.ndarray, ...]:
+    """Column norms and unit columns of an affine whose axes are orthogonal, else an error."""
+    n = affine.shape[0] - 1
+    linear = affine[:n, :n]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing == 0):
+        raise ConversionError(path, "the geometry has a zero voxel size")
+    direction = linear / spacing[np.newaxis, :]
+    if not geometry.is_orthonormal(direction, atol=1e-5):
+        raise ConversionError(
+            path,
+            "the geometry is sheared; NRRD and MetaImage cannot store shear, write NIfTI instead",
+        )
+    return spacing, affine[:n, n].copy(), direction
+
+
+def _arranged(loaded: _Loaded, axis_order: str) -> tuple[Any, list[str], np.ndarray, list[int]]:
+    """Transpose to (non-spatial..., spatial in ``axis_order``) and permute the affine to match."""
+    n_sp = len(loaded.index_axes)
+    if axis_order == "zyx":
+        index_order = list(range(n_sp))[::-1]
+    elif axis_order == "xyz":
+        index_order = list(range(n_sp))
+    else:
+        raise ValueError(f"axis_order must be 'zyx' or 'xyz', not {axis_order!r}")
+    rank = {"channel": 0, "temporal": 1}
+    ns = sorted(loaded.nonspatial, key=lambda al: (rank.get(al[1], 2), al[0]))
+    perm = [ax for ax, _ in ns] + [loaded.index_axes[d] for d in index_order]
+    names = ["spatial_x", "spatial_y", "spatial_z"]
+    labels = [lab for _, lab in ns] + [names[d] if n_sp == 3 else "spatial" for d in index_order]
+    affine = loaded.affine.copy()
+    affine[:n_sp, :n_sp] = loaded.affine[:n_sp, :n_sp][:, index_order]
+    return loaded.data.transpose(perm), labels, affine, index_order
+
+
+def _storage(
+    patch_size: Any, chunk_size: Any, block_size: Any, cparams: Any, dparams: Any
+) -> dict[str, Any]:
+    return {
+        "patch_size": patch_size,
+        "chunk_size": chunk_size,
+        "block_size": block_size,
+        "cparams": cparams,
+        "dparams": dparams,
+    }
+
+
+def _prepare(
+    path: str | os.PathLike,
+    *,
+    is_seg: bool | None,
+    coord_system: str | None,
+    axis_order: str,
+    fourth_axis: str | None,
+    series: str | None,
+) -> tuple[Any, Meta, list[str]]:
+    """Read ``path`` and return (data view, Meta, notes)."""
+    p = Path(path)
+    frame = _frame_name(coord_system, p)
+    loaded = _read(p, series=series, fourth_axis=fourth_axis)
+    data, labels, affine, index_order = _arranged(loaded, axis_order)
+    notes = list(loaded.notes)
+    if frame is not None and frame != loaded.frame:
+        affine = _flip_frame(affine, loaded.frame, frame)
+    signs = _frame_signs(loaded.frame, frame or loaded.frame, affine.shape[0] - 1)
+    frame = frame or loaded.frame
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    if is_seg is None:
+        is_seg, why = guess_seg(p, data)
+        if is_seg:
+            notes.append(f"treated as a segmentation: {why} (pass --no-seg if it is an image)")
+    elif is_seg and data.dtype.kind not in "iu":
+        raise ConversionError(p, f"--seg needs integer data, but the data are {data.dtype}")
+    if loaded.sod is not None:  # the reader's own spacing/origin/direction, permuted and flipped
+        spacing, origin, direction = loaded.sod
+        spatial = MetaSpatial(
+            spacing=spacing[index_order].tolist(),
+            origin=(signs * origin).tolist(),
+            direction=(signs[:, np.newaxis] * direction[:, index_order]).tolist(),
+            axis_labels=labels,
+            coord_system=frame,
+        )
+    else:  # NIfTI: keep the affine as stored, float for float (shear and all)
+        spatial = MetaSpatial(affine=affine.tolist(), axis_labels=labels, coord_system=frame)
+    meta = Meta(
+        source=MetaSource(data=loaded.source),
+        spatial=spatial,
+        is_seg=MetaIsSeg(is_seg=bool(is_seg)),
+        _image_meta_format=MetaImageFormat(image_meta_format=loaded.fmt),
+    )
+    return data, meta, notes
+
+
+def from_file(
+    path: str | os.PathLike,
+    *,
+    is_seg: bool | None = None,
+    coord_system: str | None = None,
+    axis_order: str = "zyx",
+    fourth_axis: str | None = None,
+    series: str | None = None,
+    patch_size: Any = "default",
+    chunk_size: Any = None,
+    block_size: Any = None,
+    cparams: Any = None,
+    dparams: Any = None,
+    notes: list[str] | None = None,
+) -> MLArray:
+    """Read a NIfTI, NRRD, MetaImage or DICOM image into an in-memory :class:`MLArray`.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii``/``.nii.gz`` (nibabel), ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``,
+        ``.dcm`` or a DICOM series folder (SimpleITK).
+    is_seg : bool, optional
+        Mark the result as a label map. ``None`` guesses from the name and the
+        data (see :func:`guess_seg`); the reason is appended to ``notes``.
+    coord_system : {"RAS", "LPS"}, optional
+        World frame to store the geometry in. ``None`` keeps the file's own:
+        RAS for NIfTI, LPS for the others.
+    axis_order : {"zyx", "xyz"}
+        Order of the spatial array axes: ``zyx`` (SimpleITK's numpy order, the
+        default) or ``xyz`` (NIfTI's own order).
+    fourth_axis : {"temporal", "channel"}, optional
+        What a fourth image dimension is (NIfTI ``dim[4]``, a 4-D NRRD or
+        MetaImage). ``None`` means time, as the formats define it.
+    series : str, optional
+        The SeriesInstanceUID to read from a folder that holds several series.
+    patch_size, chunk_size, block_size, cparams, dparams
+        Storage options, as for :class:`MLArray`.
+    notes : list of str, optional
+        Receives what the user should be told (a guessed segmentation, a
+        NIfTI sform/qform mismatch).
+
+    Returns
+    -------
+    MLArray
+        With the source header in ``meta.source`` and the geometry in
+        ``meta.spatial`` (``coord_system`` set).
+
+    Raises
+    ------
+    ConversionError
+        (a ValueError) naming the file: missing, unsupported, damaged, or a
+        DICOM series with missing slices.
+    """
+    data, meta, told = _prepare(
+        path,
+        is_seg=is_seg,
+        coord_system=coord_system,
+        axis_order=axis_order,
+        fourth_axis=fourth_axis,
+        series=series,
+    )
+    if notes is not None:
+        notes.extend(told)
+    return MLArray(
+        np.ascontiguousarray(data),
+        meta=meta,
+        **_storage(patch_size, chunk_size, block_size, cparams, dparams),
+    )
+
+
+# ----------------------------------------------------------------------------- from MLArray
+
+
+def _index_axes_of(labels: list[str] | None, spatial: list[int]) -> list[int]:
+    """Array axes of voxel index i, j, k (x, y, z) for writing; reversed order unless labelled."""
+    if labels is not None:
+        named = {lab: ax for ax, lab in enumerate(labels)}
+        if all(f"spatial_{c}" in named for c in "xyz"[: len(spatial)]) and len(spatial) == 3:
+            return [named["spatial_x"], named["spatial_y"], named["spatial_z"]]
+    return spatial[::-1]
+
+
+def _world_frame(coord_system: str | None, affine: np.ndarray, notes: list[str]) -> str:
+    """The frame ('RAS' or 'LPS') an MLArray's affine lives in (FORMAT.md section 4)."""
+    if coord_system is not None:
+        cs = coord_system.strip().upper().rstrip("+")
+        if cs in _FRAMES:
+            return cs
+        notes.append(
+            f"coord_system {coord_system!r} is not a world frame; its affine is read as RAS "
+            "(as the reference converter writes it)"
+        )
+        return "RAS"
+    notes.append("the file has no coord_system; its geometry was taken as RAS")
+    return "RAS"
+
+
+def _tmp_dir_for(target: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+
+
+def _publish(tmpdir: Path, target: Path) -> None:
+    """Move every file written in ``tmpdir`` next to ``target``, the header (target) last."""
+    others = [p for p in tmpdir.iterdir() if p.name != target.name]
+    for p in others:
+        os.replace(p, target.parent / p.name)
+    os.replace(tmpdir / target.name, target)
+
+
+def _source_for(meta: Meta, fmt: str) -> dict[str, Any]:
+    """The source header entries to hand back when writing ``fmt`` (same family only)."""
+    src = meta.source.data or {}
+    if (meta._image_meta_format.image_meta_format or "") != fmt:
+        return {}
+    return src
+
+
+_NIFTI_KEEP = (
+    "descrip",
+    "aux_file",
+    "intent_code",
+    "intent_p1",
+    "intent_p2",
+    "intent_p3",
+    "intent_name",
+    "xyzt_units",
+    "cal_min",
+    "cal_max",
+    "slice_code",
+    "slice_start",
+    "slice_end",
+    "slice_duration",
+    "toffset",
+    "dim_info",
+)
+
+
+def _write_nifti(data: np.ndarray, affine_ras: np.ndarray, meta: Meta, target: Path) -> None:
+    nib = _require("nibabel", target)
+    if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
+        data = data.astype(np.int32)
+    elif data.dtype == np.uint64 and data.size and data.max() < 2**32:
+        data = data.astype(np.uint32)
+    img = nib.Nifti1Image(data, affine_ras, dtype=data.dtype)
+    hdr = img.header
+    src = _source_for(meta, "nifti")
+    for key in _NIFTI_KEEP:
+        if src.get(key) is not None:
+            with contextlib.suppress(Exception):
+                hdr[key] = src[key]
+    pixdim = src.get("pixdim")
+    if isinstance(pixdim, list) and len(pixdim) == 8 and data.ndim >= 4:
+        hdr["pixdim"][4:] = [v if v is not None else 1.0 for v in pixdim[4:]]
+    sform = int(src.get("sform_code") or 1)
+    qform = int(src.get("qform_code") or 1)
+    img.set_sform(affine_ras, code=sform)
+    try:
+        spacing_origin_ok = geometry.spacing_origin_direction(affine_ras[:4, :4], atol=1e-6)
+    except MetaValidationError:
+        spacing_origin_ok = None
+    img.set_qform(affine_ras, code=qform if spacing_origin_ok is not None else 0)
+    nib.save(img, str(target))
+
+
+def _write_sitk(
+    data: np.ndarray,
+    affine_lps: np.ndarray,
+    n_time: int,
+    vector: bool,
+    meta: Meta,
+    fmt: str,
+    target: Path,
+) -> None:
+    sitk = _require("SimpleITK", target)
+    n_sp = affine_lps.shape[0] - 1
+    spacing, origin, direction = _spacing_origin_direction(affine_lps, target)
+    dim = n_sp + n_time
+    full_dir = np.eye(dim)
+    full_dir[:n_sp, :n_sp] = direction
+    sp = list(spacing) + [float(meta.source.data.get("time_spacing") or 1.0)] * n_time
+    og = list(origin) + [float(meta.source.data.get("time_origin") or 0.0)] * n_time
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    with _quiet_itk(sitk):
+        try:
+            img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
+            img.SetSpacing([float(v) for v in sp])
+            img.SetOrigin([float(v) for v in og])
+            img.SetDirection([float(v) for v in full_dir.ravel()])
+            for key, value in _source_for(meta, fmt).items():
+                if isinstance(value, str) and not key.startswith(("NRRD_", "ITK_")):
+                    img.SetMetaData(key, value)
+            sitk.WriteImage(img, str(target), useCompression=True)
+        except RuntimeError as exc:
+            raise _sitk_error(target, exc, f"cannot write {fmt.upper()}") from None
+
+
+def to_file(
+    mlarray: MLArray | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = True,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write an :class:`MLArray` (or an ``.mla`` file) to NIfTI, NRRD, MetaImage or ``.mla``.
+
+    The voxels keep their world positions: the geometry is converted to the
+    target's frame (RAS for NIfTI, LPS for NRRD/MetaImage) and the array is
+    written in the target's index order (``x, y, z`` first, then time, then
+    channels). The source header travels back into a file of the format it
+    came from. The output appears atomically (written next to it, then
+    renamed).
+
+    Parameters
+    ----------
+    mlarray : MLArray or path
+        The image.
+    path : str or Path
+        Output; the format follows the suffix.
+    overwrite : bool
+        Replace an existing output (default True, as ``save`` does).
+    notes : list of str, optional
+        Receives what the user should be told (an assumed world frame).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ConversionError
+        For an unsupported suffix, a missing folder, an existing output with
+        ``overwrite=False`` or geometry the target cannot hold.
+    """
+    target = Path(path)
+    fmt = image_format(target) if not target.is_dir() else None
+    if fmt not in WRITABLE:
+        raise ConversionError(
+            target, "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+        )
+    if not target.parent.is_dir():
+        raise ConversionError(target, f"the output folder {target.parent} does not exist")
+    if target.exists() and not overwrite:
+        raise ConversionError(target, "exists already (use --overwrite to replace it)")
+    img = mlarray if isinstance(mlarray, MLArray) else MLArray.open(mlarray)
+    told: list[str] = [] if notes is None else notes
+    if fmt == "mla":
+        io.save_mla(target, img, img.meta)
+        return target
+    if img.shape is None:
+        raise ConversionError(target, "the MLArray holds no array (metadata only)")
+    meta = img.meta
+    labels = meta.spatial.axis_labels
+    mask = img.spatial_axis_mask
+    spatial = [ax for ax, m in enumerate(mask) if m]
+    if not 1 <= len(spatial) <= 3:
+        raise ConversionError(target, f"{len(spatial)} spatial axes; NIfTI/NRRD/MHA hold 1 to 3")
+    nonspatial = [ax for ax, m in enumerate(mask) if not m]
+    time_axes = [ax for ax in nonspatial if labels and labels[ax] == "temporal"]
+    chan_axes = [ax for ax in nonspatial if ax not in time_axes]
+    if len(time_axes) > 1 or len(chan_axes) > 1:
+        raise ConversionError(
+            target, f"axes {labels}: at most one time and one channel axis can be written"
+        )
+    index_axes = _index_axes_of(labels, spatial)
+    a = np.asarray(img.affine, dtype=np.float64)
+    n = len(spatial)
+    cols = [spatial.index(ax) for ax in index_axes]
+    affine = a.copy()
+    affine[:n, :n] = a[:n, :n][:, cols]
+    frame = _world_frame(meta.spatial.coord_system, affine, told)
+    data = img.to_numpy()
+    tmpdir = _tmp_dir_for(target)
+    try:
+        if fmt == "nifti":
+            pad = 3 - n
+            data = data.transpose(index_axes + time_axes + chan_axes)
+            if pad:
+                data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
+            if chan_axes and not time_axes:
+                data = data.reshape(data.shape[:3] + (1,) + data.shape[3:])
+            affine3 = np.eye(4)
+            affine3[:n, :n] = affine[:n, :n]
+            affine3[:n, 3] = affine[:n, n]
+            affine3 = _flip_frame(affine3, frame, "RAS")
+            _write_nifti(data, affine3, meta, tmpdir / target.name)
+        else:
+            data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
+            affine_lps = _flip_frame(affine, frame, "LPS") if n == 3 else affine
+            _write_sitk(
+                data,
+                affine_lps,
+                len(time_axes),
+                bool(chan_axes),
+                meta,
+                fmt,
+                tmpdir / target.name,
+            )
+        _publish(tmpdir, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- one file, any way
+
+
+def convert_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    is_seg: bool | None = None,
+    coord_system: str | None = None,
+    axis_order: str = "zyx",
+    fourth_axis: str | None = None,
+    series: str | None = None,
+    patch_size: Any = "default",
+    chunk_size: Any = None,
+    block_size: Any = None,
+    cparams: Any = None,
+    dparams: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConversionResult:
+    """Convert ``src`` to ``dst``; the direction follows the suffixes (one side ``.mla``).
+
+    Writing an ``.mla`` streams chunk by chunk and is atomic; see
+    :func:`from_file` and :func:`to_file` for the keywords.
+
+    Returns
+    -------
+    ConversionResult
+        The output path and notes for the user.
+    """
+    s, d = Path(src), Path(dst)
+    s_fmt, d_fmt = image_format(s), (None if d.is_dir() else image_format(d))
+    if d_fmt is None or d_fmt not in WRITABLE:
+        raise ConversionError(
+            d, "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+        )
+    if (s_fmt == "mla") == (d_fmt == "mla"):
+        raise ConversionError(s, f"convert needs .mla on exactly one side ({s.name} -> {d.name})")
+    if not s.exists():
+        raise ConversionError(s, "no such file or folder")
+    if not d.parent.is_dir():
+        raise ConversionError(d, f"the output folder {d.parent} does not exist")
+    if d.exists() and not overwrite:
+        raise ConversionError(d, "exists already (use --overwrite to replace it)")
+    notes: list[str] = []
+    if d_fmt == "mla":
+        data, meta, notes = _prepare(
+            s,
+            is_seg=is_seg,
+            coord_system=coord_system,
+            axis_order=axis_order,
+            fourth_axis=fourth_axis,
+            series=series,
+        )
+        io.save_mla(
+            d,
+            data,
+            meta,
+            progress=progress,
+            **_storage(patch_size, chunk_size, block_size, cparams, dparams),
+        )
+    else:
+        to_file(MLArray.open(s), d, overwrite=True, notes=notes)
+    return ConversionResult(d, notes)
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """Split a file name into stem and known suffix (``a.nii.gz`` -> ``a``, ``.nii.gz``)."""
+    low = name.lower()
+    for suffixes in FORMAT_SUFFIXES.values():
+        for suf in suffixes:
+            if low.endswith(suf):
+                return name[: -len(suf)], name[-len(suf) :]
+    return name, ""
+
+
+def input_suffixes() -> Sequence[str]:
+    """Every suffix ``convert`` reads."""
+    return [s for fmt, sufs in FORMAT_SUFFIXES.items() for s in sufs]
