@@ -895,6 +895,16 @@ class MLArray:
         store = self._require()
         return store if isinstance(store, np.ndarray) else self[...]
 
+    def to_dask(self, chunks: Any = None) -> Any:
+        """Return a lazy dask array, one block per stored chunk (see :func:`mlarray._dask.to_dask`).
+
+        It pickles cheaply (an opened file travels as its path), so it works on
+        process pools and Dask distributed workers. Needs the ``dask`` extra.
+        """
+        from mlarray._dask import to_dask
+
+        return to_dask(self, chunks=chunks)
+
     def compute_stats(self, percentiles: tuple[float, float] = (0.5, 99.5)) -> MetaStatistics:
         """Fill ``meta.stats`` from the data, streaming chunk by chunk.
 

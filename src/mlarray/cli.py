@@ -1,0 +1,782 @@
+"""The ``mlarray`` command line, and the reference package's CLI names.
+
+Subcommands (``mlarray COMMAND --help`` for each)::
+
+    mlarray info FILE... [--json]                   header only, never the data
+    mlarray convert IN... OUT [--seg] [--jobs N | --scheduler ADDRESS]
+    mlarray recompress FILE... [--codec zstd --clevel 5 --patch-size 128]
+    mlarray stats FILE...                            fills meta.stats, streaming
+    mlarray preview FILE -o PNG [--mask SEG.mla]     three mid-planes, radiological
+
+Exit codes: 0 success, 1 some files failed, 2 bad usage (a missing output
+folder, an existing output without ``--overwrite``, no input matched). Errors
+are one line naming the file; ``--debug`` shows the traceback.
+
+The reference package's entry points and functions are here too, with its
+signatures: ``mlarray_header FILE``, ``mlarray_convert IN OUT``,
+:func:`convert_to_mlarray`, :func:`convert_from_mlarray`, :func:`convert_image`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mlarray.errors import InvalidPathError, MLArrayError
+
+__all__ = [
+    "cli_convert_to_mlarray",
+    "cli_print_header",
+    "convert_from_mlarray",
+    "convert_image",
+    "convert_to_mlarray",
+    "main",
+    "print_header",
+    "reference_package_conflict",
+]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_CODECS = ("blosclz", "lz4", "lz4hc", "zlib", "zstd")
+_FILTERS = {"none": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+class UsageError(Exception):
+    """Bad command-line usage; exits with code 2 after one line."""
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def reference_package_conflict() -> str | None:
+    """Say so when the reference ``mlarray`` distribution is installed here as well.
+
+    This project (distribution ``napari-mlarray``) and the reference package
+    (distribution ``mlarray``) both install the ``mlarray`` import package; in
+    one environment their files overwrite each other.
+
+    Returns
+    -------
+    str or None
+        A message telling the user what to do, or None when there is no clash.
+    """
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        if name != "mlarray":
+            continue
+        files = dist.files or []
+        if any(str(f).replace("\\", "/") == "mlarray/__init__.py" for f in files):
+            return (
+                f"the reference package mlarray {dist.version} is installed in this environment "
+                "too; it provides the same `import mlarray` as napari-mlarray, so the files of "
+                "one overwrote the other's. Fix: pip uninstall -y mlarray napari-mlarray, then "
+                "reinstall this project (see the README's Install section)."
+            )
+    return None
+
+
+def _warn_conflict() -> None:
+    msg = reference_package_conflict()
+    if msg:
+        print(f"mlarray: warning: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _jsonable(value.item())
+    return value
+
+
+def _int_list(text: str) -> int | list[int]:
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 128 or 64,128,128: {text!r}") from None
+    if not parts or any(p <= 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compression and layout (as in the library)")
+    g.add_argument("--codec", choices=_CODECS, help="Blosc2 codec (default lz4hc)")
+    g.add_argument("--clevel", type=int, choices=range(10), metavar="0-9", help="level (default 8)")
+    g.add_argument("--filter", choices=sorted(_FILTERS), help="byte filter (default shuffle)")
+    g.add_argument(
+        "--patch-size", type=_int_list, metavar="N[,N,N]", help="patch size hint per spatial axis"
+    )
+    g.add_argument("--chunk-size", type=_int_list, metavar="N,N,...", help="explicit chunk shape")
+    g.add_argument("--block-size", type=_int_list, metavar="N,N,...", help="explicit block shape")
+    g.add_argument("--nthreads", type=int, help="compression threads")
+
+
+def _cparams(args: argparse.Namespace) -> dict[str, Any] | None:
+    cp: dict[str, Any] = {}
+    if args.codec:
+        cp["codec"] = args.codec
+    if args.clevel is not None:
+        cp["clevel"] = args.clevel
+    if args.filter:
+        cp["filters"] = [_FILTERS[args.filter]]
+    if args.nthreads:
+        cp["nthreads"] = args.nthreads
+    return cp or None
+
+
+def _storage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"cparams": _cparams(args)}
+    if args.patch_size is not None:
+        kw["patch_size"] = args.patch_size
+    elif args.chunk_size is not None or args.block_size is not None:
+        kw.update(patch_size=None, chunk_size=args.chunk_size, block_size=args.block_size)
+    return kw
+
+
+def _add_parallel_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("whole datasets")
+    g.add_argument(
+        "-j", "--jobs", type=int, default=1, help="files converted at once by local processes"
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask distributed cluster (tcp://host:8786); the paths must be the same "
+        "on the workers",
+    )
+    g.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="chunk", leave=False, disable=None)
+
+
+def _chunk_progress(desc: str) -> tuple[Any, Any]:
+    state: dict[str, Any] = {"bar": None}
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = _progress_bar(total, desc)
+        if state["bar"] is not None:
+            state["bar"].n = done
+            state["bar"].refresh()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return progress, close
+
+
+def _write(line: str, err: bool = False) -> None:
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _codec_name(value: Any) -> str:
+    import blosc2
+
+    if hasattr(value, "name"):
+        return str(value.name)
+    try:
+        return blosc2.Codec(int(value)).name
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def header_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``mlarray info`` shows, read from the file's header only (no data decompressed)."""
+    from mlarray import io
+
+    store, meta = io.open_store(path, mmap_mode="r")
+    has = bool(meta._has_array.has_array)
+    schunk = store.schunk
+    cp = schunk.cparams
+    info: dict[str, Any] = {
+        "path": os.fspath(path),
+        "shape": list(store.shape) if has else None,
+        "dtype": str(store.dtype) if has else None,
+        "chunks": list(store.chunks) if has else None,
+        "blocks": list(store.blocks) if has else None,
+        "codec": _codec_name(cp.codec),
+        "clevel": int(cp.clevel),
+        "filters": [f.name for f in cp.filters if int(f.value) != 0],
+        "nbytes": int(schunk.nbytes),
+        "cbytes": int(schunk.cbytes),
+        "ratio": float(schunk.nbytes / schunk.cbytes) if schunk.cbytes else None,
+        "file_bytes": Path(path).stat().st_size,
+        "meta": meta.to_mapping(),
+    }
+    return _jsonable(info)
+
+
+def _fmt_list(v: Any, digits: int = 6) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return "[" + ", ".join(_fmt_list(r, digits) for r in v) + "]"
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.{digits}g}" if isinstance(x, float) else str(x) for x in v) + "]"
+    return str(v)
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """``mlarray info`` text for one file."""
+    m = info["meta"]
+    sp = m["spatial"]
+    lines = [info["path"]]
+
+    def add(key: str, value: str) -> None:
+        lines.append(f"  {key:<13}{value}")
+
+    if info["shape"] is None:
+        add("array", "none (metadata only)")
+    else:
+        add("shape", f"{tuple(info['shape'])} {info['dtype']}")
+    add("axes", ", ".join(sp["axis_labels"]) if sp["axis_labels"] else "all spatial (no labels)")
+    if sp["affine"] is not None:
+        add("affine", _fmt_list(sp["affine"]))
+    else:
+        add("spacing", _fmt_list(sp["spacing"]))
+        add("origin", _fmt_list(sp["origin"]))
+        add("direction", _fmt_list(sp["direction"]))
+    add("coord_system", sp["coord_system"] or "- (world frame not recorded)")
+    if sp["axis_units"]:
+        add("units", ", ".join(sp["axis_units"]))
+    is_seg = m["is_seg"]["is_seg"] if isinstance(m["is_seg"], dict) else m["is_seg"]
+    add("is_seg", str(is_seg))
+    boxes = m["bbox"]["bboxes"]
+    if boxes:
+        labels = m["bbox"]["labels"]
+        extra = f" labels {sorted({str(x) for x in labels})}" if labels else ""
+        add("boxes", f"{len(boxes)}{extra}")
+    else:
+        add("boxes", "0")
+    st = m["stats"]
+    if st.get("min") is not None:
+        add(
+            "stats",
+            f"min {st['min']:.6g}  max {st['max']:.6g}  mean {st['mean']:.6g}  "
+            f"std {st['std']:.6g}  median {st['median']:.6g}",
+        )
+    else:
+        add("stats", "not computed (mlarray stats FILE)")
+    if info["shape"] is not None:
+        add("chunks", f"{tuple(info['chunks'])}  blocks {tuple(info['blocks'])}")
+        filters = ",".join(info["filters"]) or "none"
+        ratio = f"{info['ratio']:.2f}x" if info["ratio"] else "-"
+        add(
+            "codec",
+            f"{info['codec']} level {info['clevel']}, filters {filters}; ratio {ratio} "
+            f"({info['nbytes']} -> {info['cbytes']} bytes)",
+        )
+    src = m["source"]
+    src = src.get("data", src) if isinstance(src, dict) else src
+    fmt = m["_image_meta_format"]
+    fmt = fmt.get("image_meta_format") if isinstance(fmt, dict) else fmt
+    if src or fmt:
+        add("source", f"{fmt or '-'}, {len(src or {})} header entries")
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from mlarray._dataset import expand_inputs
+
+    items, unmatched = expand_inputs(args.files, lambda p: p.name.lower().endswith(".mla"))
+    for pattern in unmatched:
+        raise UsageError(f"{pattern}: no such .mla file")
+    failed = 0
+    out = []
+    for path, _ in items:
+        try:
+            info = header_info(path)
+        except MLArrayError as exc:
+            _write(f"mlarray: error: {_one_line(exc, path)}", err=True)
+            failed += 1
+            continue
+        if args.json:
+            out.append(info)
+        else:
+            _write(format_info(info))
+    if args.json:
+        _write(json.dumps(out if len(args.files) > 1 or len(out) != 1 else out[0], indent=2))
+    return EXIT_FAILED if failed else 0
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def _one_line(exc: BaseException, path: Any) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    name = os.fspath(path)
+    return text if name in text else f"{name}: {text}"
+
+
+def _convert_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = _storage_kwargs(args)
+    opts.update(
+        is_seg=args.seg,
+        coord_system=args.coord_system,
+        axis_order=args.order,
+        fourth_axis=args.fourth_axis,
+        series=args.series,
+    )
+    return opts
+
+
+def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
+    from mlarray.convert import ConversionError, convert_file, image_format
+
+    if image_format(dst) is None:
+        raise UsageError(
+            f"{dst}: unknown output type; end it with .mla, .nii.gz, .nii, .nrrd, .mha or .mhd, "
+            "or give an existing folder"
+        )
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst}: the output folder {dst.parent} does not exist")
+    if dst.exists() and not args.overwrite:
+        raise UsageError(f"{dst}: exists already (use --overwrite to replace it)")
+    progress, close = _chunk_progress(f"{src.name} -> {dst.name}")
+    try:
+        result = convert_file(src, dst, overwrite=True, progress=progress, **_convert_options(args))
+    except ConversionError as exc:
+        close()
+        if args.debug:
+            traceback.print_exc()
+        _write(f"mlarray: error: {_one_line(exc, src)}", err=True)
+        return EXIT_FAILED
+    close()
+    for note in result.notes:
+        _write(f"{src}: {note}", err=True)
+    _write(f"{src} -> {dst}")
+    return 0
+
+
+def _dataset_target(item: Path, root: Path, out: Path, to_suffix: str) -> Path:
+    from mlarray.convert import split_suffix
+
+    try:
+        rel = item.relative_to(root)
+    except ValueError:
+        rel = Path(item.name)
+    stem, _ = split_suffix(rel.name)
+    return out / rel.parent / f"{stem}{to_suffix}"
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from mlarray._dataset import Task, dicom_files_in, expand_inputs
+    from mlarray.convert import image_format
+
+    if len(args.paths) < 2:
+        raise UsageError("convert needs an input and an output: mlarray convert IN... OUT")
+    *inputs, out_arg = args.paths
+    out = Path(out_arg)
+    single = (
+        len(inputs) == 1
+        and not any(c in inputs[0] for c in "*?[")
+        and not out.is_dir()
+        and (Path(inputs[0]).is_file() or dicom_files_in(Path(inputs[0])))
+    )
+    if single:
+        src = Path(inputs[0])
+        return _single_convert(args, src, out)
+    if not out.is_dir():
+        raise UsageError(
+            f"{out}: the output folder does not exist (several inputs need an existing folder)"
+        )
+    to_suffix = "." + args.to.lstrip(".")
+    if image_format(Path("x" + to_suffix)) in (None, "dicom", "mla"):
+        raise UsageError(f"--to {args.to}: write one of nii.gz, nii, nrrd, mha, mhd")
+
+    def accept(p: Path) -> bool:
+        return image_format(p) not in (None,) and not (image_format(p) == "dicom" and p.is_dir())
+
+    items, unmatched = expand_inputs(inputs, accept, dicom=True)
+    if unmatched:
+        raise UsageError(f"{unmatched[0]}: no input files match")
+    opts = _convert_options(args)
+    tasks = []
+    for item, root in items:
+        is_mla = image_format(item) == "mla"
+        dst = _dataset_target(item, root, out, to_suffix if is_mla else ".mla")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        task_opts = {} if is_mla else opts
+        tasks.append(Task("convert", str(item), str(dst), task_opts, args.overwrite, args.debug))
+    return _run_many(args, tasks)
+
+
+def _run_many(args: argparse.Namespace, tasks: list) -> int:
+    from mlarray._dataset import SchedulerError, as_json_rows, run_tasks, summary_table
+
+    def on_row(row: Any) -> None:
+        for note in row.notes:
+            _write(f"{row.src}: {note}", err=True)
+
+    try:
+        rows = run_tasks(
+            tasks,
+            jobs=max(1, args.jobs),
+            scheduler=args.scheduler,
+            progress=not args.json,
+            on_row=on_row,
+        )
+    except SchedulerError as exc:
+        _write(f"mlarray: error: {exc}", err=True)
+        return EXIT_FAILED
+    if args.json:
+        _write(json.dumps(as_json_rows(rows), indent=2))
+    else:
+        _write(summary_table(rows))
+    return EXIT_FAILED if any(r.status == "failed" for r in rows) else 0
+
+
+# ----------------------------------------------------------------------------- recompress / stats
+
+
+def _mla_tasks(args: argparse.Namespace, kind: str, options: dict[str, Any]) -> list:
+    from mlarray._dataset import Task, expand_inputs
+
+    items, unmatched = expand_inputs(args.files, lambda p: p.name.lower().endswith(".mla"))
+    if unmatched:
+        raise UsageError(f"{unmatched[0]}: no .mla files match")
+    return [Task(kind, str(p), None, options, args.overwrite, args.debug) for p, _ in items]
+
+
+def _cmd_recompress(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "codec": args.codec,
+        "clevel": args.clevel,
+        "filters": [_FILTERS[args.filter]] if args.filter else None,
+        "nthreads": args.nthreads,
+        "patch_size": args.patch_size,
+        "chunk_size": args.chunk_size,
+        "block_size": args.block_size,
+    }
+    return _run_many(args, _mla_tasks(args, "recompress", options))
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    lo, hi = args.percentiles
+    if not 0 <= lo < hi <= 100:
+        raise UsageError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100")
+    return _run_many(args, _mla_tasks(args, "stats", {"percentiles": [lo, hi]}))
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from mlarray._preview import PreviewError, write_preview
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: the output folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
+    try:
+        notes = write_preview(
+            args.file, out, mask=args.mask, index=args.index, size=args.size, boxes=not args.no_boxes
+        )
+    except (MLArrayError, PreviewError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        _write(f"mlarray: error: {_one_line(exc, args.file)}", err=True)
+        return EXIT_FAILED
+    for note in notes:
+        _write(f"{args.file}: {note}", err=True)
+    _write(f"{args.file} -> {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mlarray`` argument parser (every subcommand has ``--help``)."""
+    from mlarray import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mlarray",
+        description="Inspect, convert, recompress and preview .mla medical images.",
+        epilog="Run 'mlarray COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlarray {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="show a file's header (shape, geometry, labels, boxes, stats, codec)",
+        description="Show what an .mla file holds, from its header alone (no data is read).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".mla files, folders or globs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="NIfTI/NRRD/MHA/DICOM to .mla and back, one file or a whole dataset",
+        description=(
+            "Convert IN to OUT. With one input file (or one DICOM series folder) OUT is the "
+            "output file; its suffix picks the format (.mla, .nii.gz, .nii, .nrrd, .mha, .mhd). "
+            "With several inputs, folders or globs, OUT is an existing folder: images become "
+            ".mla files and .mla files become --to files, keeping the relative paths."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="IN... OUT", help="inputs, then the output")
+    seg = p.add_mutually_exclusive_group()
+    seg.add_argument(
+        "--seg", dest="seg", action="store_const", const=True, help="the inputs are label maps"
+    )
+    seg.add_argument(
+        "--no-seg", dest="seg", action="store_const", const=False, help="the inputs are images"
+    )
+    p.set_defaults(seg=None)
+    p.add_argument(
+        "--coord-system",
+        choices=("RAS", "LPS"),
+        help="world frame to store (default: the file's own, RAS for NIfTI, LPS otherwise)",
+    )
+    p.add_argument(
+        "--order",
+        choices=("zyx", "xyz"),
+        default="zyx",
+        help="spatial axis order of the array (default zyx, as SimpleITK and nnU-Net)",
+    )
+    p.add_argument(
+        "--fourth-axis",
+        choices=("temporal", "channel"),
+        help="what a 4th image dimension is (default temporal, as NIfTI defines it)",
+    )
+    p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID in a multi-series folder")
+    p.add_argument(
+        "--to",
+        default="nii.gz",
+        metavar="SUFFIX",
+        help="output format for .mla inputs in folder mode (default nii.gz)",
+    )
+    _add_storage_options(p)
+    _add_parallel_options(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "recompress",
+        parents=[common],
+        help="rewrite .mla files with another codec or layout (atomic)",
+        description=(
+            "Rewrite .mla files in place with a new codec, level or chunk layout. Each file is "
+            "replaced atomically; options not given keep the file's current settings."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".mla files, folders or globs")
+    _add_storage_options(p)
+    _add_parallel_options(p)
+    p.set_defaults(func=_cmd_recompress)
+
+    p = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="compute intensity statistics into meta.stats (streaming)",
+        description="Compute min, max, mean, std, median and percentiles chunk by chunk and "
+        "store them in each file's meta.stats (atomic rewrite, chunks copied as they are).",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".mla files, folders or globs")
+    p.add_argument(
+        "--percentiles",
+        nargs=2,
+        type=float,
+        default=(0.5, 99.5),
+        metavar=("LOW", "HIGH"),
+        help="percentiles to store (default 0.5 99.5)",
+    )
+    _add_parallel_options(p)
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser(
+        "preview",
+        parents=[common],
+        help="PNG of the three orthogonal mid-planes, radiological view, with overlays",
+        description=(
+            "Draw the axial, coronal and sagittal mid-planes of FILE side by side the way "
+            "radiology viewers show them (patient right on the left of the image, anterior and "
+            "superior up), with a label map (--mask, or FILE itself when it is one) and the "
+            "file's boxes drawn over them."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="an .mla file")
+    p.add_argument("-o", "--output", required=True, metavar="PNG", help="the PNG to write")
+    p.add_argument("--mask", metavar="SEG.mla", help="a label map on the same grid to overlay")
+    p.add_argument("--index", type=int, default=0, help="index along non-spatial axes (default 0)")
+    p.add_argument("--size", type=int, default=256, help="panel height in pixels (default 256)")
+    p.add_argument("--no-boxes", action="store_true", help="do not draw the file's boxes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    p.set_defaults(func=_cmd_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mlarray`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _warn_conflict()
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        _write(f"mlarray {args.command}: error: {exc}", err=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _write("mlarray: interrupted", err=True)
+        return 130
+    except BrokenPipeError:  # output piped into head, less...
+        return 0
+    except (MLArrayError, OSError, ValueError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        _write(f"mlarray {args.command}: error: {' '.join(str(exc).split())}", err=True)
+        return EXIT_FAILED
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- reference names
+
+
+def _header_to_source_meta(header: Any) -> dict[str, Any]:
+    """A reader's header as JSON-compatible ``meta.source`` (numpy values as Python ones)."""
+    from mlarray.convert import header_to_source
+
+    return header_to_source(header)
+
+
+def print_header(filepath: str | os.PathLike) -> None:
+    """Print an ``.mla`` file's metadata record as JSON, like the reference ``mlarray_header``."""
+    from mlarray import io
+    from mlarray.meta import META_PARTS
+
+    meta = io.read_meta(filepath)
+    out: dict[str, Any] = {}
+    for key in META_PARTS:
+        part = getattr(meta, key)
+        if key in ("_has_array", "_mlarray_version"):
+            out[key] = part.value
+        elif part.is_default():
+            out[key] = None
+        else:
+            out[key] = part.to_plain(include_none=True)
+    print(json.dumps(_jsonable(out), indent=2, sort_keys=True))
+
+
+def convert_to_mlarray(load_filepath: str | os.PathLike, save_filepath: str | os.PathLike) -> None:
+    """Convert a NIfTI/NRRD/MetaImage/DICOM image to ``.mla`` (reference signature).
+
+    The source header goes to ``meta.source``; the geometry is kept exactly
+    in the file's world frame, recorded in ``meta.spatial.coord_system``. An
+    existing output is replaced. See :func:`mlarray.convert.convert_file`.
+    """
+    from mlarray.convert import convert_file
+
+    convert_file(load_filepath, save_filepath, overwrite=True)
+
+
+def convert_from_mlarray(
+    load_filepath: str | os.PathLike, save_filepath: str | os.PathLike
+) -> None:
+    """Convert an ``.mla`` file to NIfTI/NRRD/MetaImage (reference signature).
+
+    The geometry is written in the target's frame; ``meta.source`` goes back
+    into the header of a file of the format it came from.
+    """
+    from mlarray.convert import to_file
+
+    to_file(load_filepath, save_filepath, overwrite=True)
+
+
+def convert_image(load_filepath: str | os.PathLike, save_filepath: str | os.PathLike) -> None:
+    """Convert in the direction the suffixes say (reference signature).
+
+    Raises
+    ------
+    InvalidPathError
+        (a RuntimeError) when neither or both paths end with ``.mla``.
+    """
+    src_mla = os.fspath(load_filepath).lower().endswith(".mla")
+    dst_mla = os.fspath(save_filepath).lower().endswith(".mla")
+    if src_mla == dst_mla:
+        raise InvalidPathError(
+            load_filepath,
+            f"cannot convert to {os.fspath(save_filepath)}: exactly one side must be .mla",
+        )
+    if dst_mla:
+        convert_to_mlarray(load_filepath, save_filepath)
+    else:
+        convert_from_mlarray(load_filepath, save_filepath)
+
+
+def _reference_main(parser: argparse.ArgumentParser, run: Any, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    _warn_conflict()
+    try:
+        run(args)
+    except (MLArrayError, OSError, ValueError, RuntimeError) as exc:
+        _write(f"{parser.prog}: error: {' '.join(str(exc).split())}", err=True)
+        return EXIT_FAILED
+    return 0
+
+
+def cli_print_header(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mlarray_header FILE`` (the reference's name and arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="mlarray_header", description="Print the MLArray metadata header for a file."
+    )
+    parser.add_argument("filepath", help="Path to a .mla file.")
+    sys.exit(_reference_main(parser, lambda a: print_header(a.filepath), argv))
+
+
+def cli_convert_to_mlarray(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mlarray_convert IN OUT`` (the reference's name and arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="mlarray_convert", description="Convert between MLArray and NIfTI/NRRD files."
+    )
+    parser.add_argument(
+        "load_filepath",
+        help="Input path: MLArray (.mla), NIfTI (.nii.gz, .nii), NRRD (.nrrd), MetaImage "
+        "(.mha, .mhd) or a DICOM series folder.",
+    )
+    parser.add_argument(
+        "save_filepath",
+        help="Output path: MLArray (.mla), NIfTI (.nii.gz, .nii), NRRD (.nrrd) or MetaImage.",
+    )
+    sys.exit(
+        _reference_main(
+            parser, lambda a: convert_image(a.load_filepath, a.save_filepath), argv
+        )
+    )
