@@ -177,9 +177,7 @@ def _labels_rgb(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _render(
-    gray: np.ndarray | None, labels: np.ndarray | None, lo: float, hi: float
-) -> np.ndarray:
+def _render(gray: np.ndarray | None, labels: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
     if gray is None:
         return _labels_rgb(labels).astype(np.uint8)
     g = np.clip((gray.astype(np.float64) - lo) / (hi - lo), 0, 1) * 255

@@ -109,7 +109,9 @@ def _int_list(text: str) -> int | list[int]:
     try:
         parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 128 or 64,128,128: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 128 or 64,128,128: {text!r}"
+        ) from None
     if not parts or any(p <= 0 for p in parts):
         raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
     return parts[0] if len(parts) == 1 else parts
@@ -240,7 +242,9 @@ def _fmt_list(v: Any, digits: int = 6) -> str:
     if isinstance(v, list) and v and isinstance(v[0], list):
         return "[" + ", ".join(_fmt_list(r, digits) for r in v) + "]"
     if isinstance(v, list):
-        return "[" + ", ".join(f"{x:.{digits}g}" if isinstance(x, float) else str(x) for x in v) + "]"
+        return (
+            "[" + ", ".join(f"{x:.{digits}g}" if isinstance(x, float) else str(x) for x in v) + "]"
+        )
     return str(v)
 
 
@@ -496,7 +500,12 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
     try:
         notes = write_preview(
-            args.file, out, mask=args.mask, index=args.index, size=args.size, boxes=not args.no_boxes
+            args.file,
+            out,
+            mask=args.mask,
+            index=args.index,
+            size=args.size,
+            boxes=not args.no_boxes,
         )
     except (MLArrayError, PreviewError) as exc:
         if args.debug:
@@ -572,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("temporal", "channel"),
         help="what a 4th image dimension is (default temporal, as NIfTI defines it)",
     )
-    p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID in a multi-series folder")
+    p.add_argument(
+        "--series", metavar="UID", help="DICOM SeriesInstanceUID in a multi-series folder"
+    )
     p.add_argument(
         "--to",
         default="nii.gz",
@@ -776,7 +787,5 @@ def cli_convert_to_mlarray(argv: Sequence[str] | None = None) -> None:
         help="Output path: MLArray (.mla), NIfTI (.nii.gz, .nii), NRRD (.nrrd) or MetaImage.",
     )
     sys.exit(
-        _reference_main(
-            parser, lambda a: convert_image(a.load_filepath, a.save_filepath), argv
-        )
+        _reference_main(parser, lambda a: convert_image(a.load_filepath, a.save_filepath), argv)
     )

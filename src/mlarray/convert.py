@@ -41,26 +41,25 @@ from typing import Any
 import numpy as np
 
 from mlarray import geometry, io
-from mlarray.errors import MLArrayError, MetaValidationError
+from mlarray.errors import MetaValidationError, MLArrayError
 from mlarray.meta import (
     Meta,
     MetaImageFormat,
     MetaIsSeg,
     MetaSource,
     MetaSpatial,
-    is_spatial_label,
 )
 from mlarray.mlarray import MLArray
 
 __all__ = [
     "ConversionError",
-    "image_format",
-    "from_file",
-    "to_file",
-    "convert_file",
-    "guess_seg",
-    "is_dicom_file",
     "ConversionResult",
+    "convert_file",
+    "from_file",
+    "guess_seg",
+    "image_format",
+    "is_dicom_file",
+    "to_file",
 ]
 
 #: file-name endings of each supported format, longest first where they overlap
@@ -375,9 +374,7 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
     )
 
 
-def _read(
-    path: Path, series: str | None = None, fourth_axis: str | None = None
-) -> _Loaded:
+def _read(path: Path, series: str | None = None, fourth_axis: str | None = None) -> _Loaded:
     if not path.exists():
         raise ConversionError(path, "no such file or folder")
     fmt = image_format(path)
@@ -388,7 +385,9 @@ def _read(
             "and DICOM series folders",
         )
     if fourth_axis not in (None, "temporal", "channel"):
-        raise ConversionError(path, f"fourth_axis must be 'temporal' or 'channel', not {fourth_axis!r}")
+        raise ConversionError(
+            path, f"fourth_axis must be 'temporal' or 'channel', not {fourth_axis!r}"
+        )
     if fmt == "nifti":
         return _read_nifti(path, fourth_axis)
     return _read_sitk(path, fmt, series, fourth_axis)
@@ -413,14 +412,14 @@ def guess_seg(path: str | os.PathLike, data: Any) -> tuple[bool, str]:
     p = Path(path)
     dtype = np.dtype(data.dtype)
     integer = dtype.kind in "iub"
-    names = [p.name.lower(), p.parent.name.lower()]
-    for name in names:
-        words = [w for w in re.split(r"[^a-z]+", name) if w]
-        hit = next((w for w in words if w in _SEG_WORDS), None)
-        if hit is not None:
-            if integer:
-                return True, f"the name contains '{hit}' and the data are integers"
-            return False, f"the name contains '{hit}' but the data are {dtype} (not integers)"
+    words = [w for w in re.split(r"[^a-z]+", p.name.lower()) if w]
+    parent = p.parent.name.lower()  # a dataset folder such as nnU-Net's labelsTr
+    for hit in [next((w for w in words if w in _SEG_WORDS), None), parent]:
+        if hit not in _SEG_WORDS:
+            continue
+        if integer:
+            return True, f"the name contains '{hit}' and the data are integers"
+        return False, f"the name contains '{hit}' but the data are {dtype} (not integers)"
     if not integer:
         return False, f"the data are {dtype}"
     flat = np.asarray(data).reshape(-1)
@@ -526,6 +525,8 @@ def _prepare(
     frame = frame or loaded.frame
     if data.dtype.kind == "b":
         data = data.astype(np.uint8)
+    elif not data.dtype.isnative:  # e.g. a big-endian NIfTI: store native byte order
+        data = data.astype(data.dtype.newbyteorder("="))
     if is_seg is None:
         is_seg, why = guess_seg(p, data)
         if is_seg:

@@ -1,0 +1,283 @@
+"""mlarray.convert: NIfTI/NRRD/MetaImage/DICOM to .mla and back, geometry voxel by voxel."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mlarray import MLArray
+from mlarray.cli import (
+    _header_to_source_meta,
+    convert_from_mlarray,
+    convert_image,
+    convert_to_mlarray,
+)
+from mlarray.convert import ConversionError, convert_file, from_file, guess_seg, to_file
+from tests._worldcheck import assert_same_world, make_dicom_series, ras_affine_of
+
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ours(img: MLArray) -> tuple[np.ndarray, np.ndarray]:
+    """(data with the spatial axes only, RAS affine) of an MLArray with 3 spatial axes."""
+    aff, spatial = ras_affine_of(img)
+    data = img.to_numpy()
+    assert len(spatial) == data.ndim == 3
+    return data, aff
+
+
+def sitk_world(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(data in ITK index order i, j, k; RAS affine over it) of a 3-D SimpleITK image."""
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = d * np.array(img.GetSpacing())[np.newaxis, :]
+    aff[:3, 3] = img.GetOrigin()
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), LPS_TO_RAS @ aff
+
+
+def oblique_sitk(tmp_path: Path, suffix: str, dtype=np.int16) -> Path:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 1000, (6, 7, 8)).astype(dtype)
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((0.7, 0.8, 2.0))
+    img.SetOrigin((10.0, -20.0, 5.0))
+    th = 0.3
+    r = np.array([[np.cos(th), 0, -np.sin(th)], [0, 1, 0], [np.sin(th), 0, np.cos(th)]])
+    img.SetDirection(r.ravel().tolist())
+    path = tmp_path / f"oblique{suffix}"
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+@pytest.mark.parametrize(
+    ("order", "frame"), [("zyx", None), ("xyz", None), ("zyx", "LPS")], ids=str
+)
+def test_nibabel_anatomical_every_voxel_in_place(order, frame):
+    """A real (big-endian, L-A-S) brain from nibabel's test data keeps every voxel's world point."""
+    src = nib.load(NIB_DATA / "anatomical.nii")
+    img = from_file(NIB_DATA / "anatomical.nii", axis_order=order, coord_system=frame)
+    assert img.meta.spatial.coord_system == (frame or "RAS")
+    labels = ["spatial_z", "spatial_y", "spatial_x"]
+    assert img.meta.spatial.axis_labels == (labels if order == "zyx" else labels[::-1])
+    assert img.dtype.isnative and img.dtype == np.int16
+    data, aff = ours(img)
+    assert_same_world(np.asarray(src.dataobj), src.affine, data, aff, atol=1e-6)
+    assert img.meta._image_meta_format.image_meta_format == "nifti"
+    assert img.meta.source.data["dim"][:4] == [3, 33, 41, 25]
+
+
+def test_sheared_nifti_keeps_its_affine_and_refuses_nrrd(tmp_path):
+    a = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    affine = np.array([[1.5, 0.3, 0, -10], [0, 2.0, 0.2, 5], [0.1, 0, 3.0, 7], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(a, affine), tmp_path / "shear.nii.gz")
+    img = from_file(tmp_path / "shear.nii.gz")
+    stored = nib.load(tmp_path / "shear.nii.gz").affine  # float32 in the header
+    data, aff = ours(img)
+    np.testing.assert_allclose(aff[:3, :3], stored[:3, :3][:, ::-1], rtol=0, atol=0)
+    assert_same_world(a, stored, data, aff, atol=1e-6)
+    img.save(tmp_path / "shear.mla")
+    to_file(tmp_path / "shear.mla", tmp_path / "back.nii")
+    back = nib.load(tmp_path / "back.nii")
+    np.testing.assert_allclose(back.affine, stored, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), a)
+    with pytest.raises(ConversionError, match="sheared"):
+        to_file(tmp_path / "shear.mla", tmp_path / "back.nrrd")
+    assert not (tmp_path / "back.nrrd").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_4d_nifti_time_axis_labelled_and_round_tripped(tmp_path):
+    src = nib.load(NIB_DATA / "example4d.nii.gz")
+    img = from_file(NIB_DATA / "example4d.nii.gz")
+    assert img.meta.spatial.axis_labels == ["temporal", "spatial_z", "spatial_y", "spatial_x"]
+    assert img.shape == (src.shape[3], src.shape[2], src.shape[1], src.shape[0])
+    raw = np.asarray(src.dataobj)
+    np.testing.assert_array_equal(img[...], raw.transpose(3, 2, 1, 0))
+    img.save(tmp_path / "f.mla")
+    to_file(tmp_path / "f.mla", tmp_path / "f.nii.gz")
+    back = nib.load(tmp_path / "f.nii.gz")
+    np.testing.assert_array_equal(np.asarray(back.dataobj), raw)
+    np.testing.assert_allclose(back.affine, src.affine, atol=1e-5)
+    assert back.header["pixdim"][4] == pytest.approx(src.header["pixdim"][4])
+    as_channels = from_file(NIB_DATA / "example4d.nii.gz", fourth_axis="channel")
+    assert as_channels.meta.spatial.axis_labels[0] == "channel"
+
+
+def test_source_header_kept_and_restored(tmp_path):
+    a = np.zeros((3, 4, 5), np.int16)
+    im = nib.Nifti1Image(a, np.diag([2.0, 2.0, 2.0, 1.0]))
+    im.header["descrip"] = b"scanner X protocol Y"
+    im.header.set_xyzt_units("mm", "sec")
+    nib.save(im, tmp_path / "h.nii.gz")
+    img = from_file(tmp_path / "h.nii.gz")
+    assert img.meta.source.data["descrip"] == "scanner X protocol Y"
+    img.save(tmp_path / "h.mla")
+    convert_file(tmp_path / "h.mla", tmp_path / "h2.nii.gz")
+    back = nib.load(tmp_path / "h2.nii.gz").header
+    assert back["descrip"].item() == b"scanner X protocol Y"
+    assert back.get_xyzt_units() == ("mm", "sec")
+
+
+# ----------------------------------------------------------------------------- NRRD / MetaImage
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_itk_formats_every_voxel_in_place_and_back(tmp_path, suffix):
+    path = oblique_sitk(tmp_path, suffix)
+    src = sitk.ReadImage(str(path))
+    img = from_file(path)
+    sp = img.meta.spatial
+    assert sp.coord_system == "LPS"
+    assert sp.affine is None
+    assert sp.spacing == list(src.GetSpacing())[::-1]  # z, y, x: exactly SimpleITK's
+    assert sp.origin == list(src.GetOrigin())
+    assert np.allclose(sp.spacing, [2.0, 0.8, 0.7])
+    src_data, src_aff = sitk_world(src)
+    data, aff = ours(img)
+    assert_same_world(src_data, src_aff, data, aff, atol=1e-9)
+    img.save(tmp_path / "o.mla")
+    for out in ("back.nrrd", "back.mha", "back.nii.gz"):
+        to_file(tmp_path / "o.mla", tmp_path / out)
+        b = sitk.ReadImage(str(tmp_path / out))
+        b_data, b_aff = sitk_world(b)
+        assert_same_world(src_data, src_aff, b_data, b_aff, atol=1e-4)
+
+
+def test_ras_frame_requested_for_nrrd_flips_only_signs(tmp_path):
+    path = oblique_sitk(tmp_path, ".nrrd")
+    lps = from_file(path)
+    ras = from_file(path, coord_system="RAS")
+    assert ras.meta.spatial.coord_system == "RAS"
+    np.testing.assert_allclose(
+        np.asarray(ras.affine), np.diag([-1, -1, 1, 1]) @ np.asarray(lps.affine)
+    )
+    d1, a1 = ours(lps)
+    d2, a2 = ours(ras)
+    assert_same_world(d1, a1, d2, a2, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def test_dicom_series_from_pydicom_ct_small(tmp_path):
+    affine_lps, expected = make_dicom_series(tmp_path / "ct", n_slices=4)
+    img = from_file(tmp_path / "ct")
+    assert img.meta._image_meta_format.image_meta_format == "dicom"
+    assert img.meta.spatial.coord_system == "LPS"
+    assert img.meta.source.data["0008|0060"].strip() == "CT"
+    data, aff = ours(img)
+    assert_same_world(expected, LPS_TO_RAS @ affine_lps, data, aff, atol=1e-3)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    make_dicom_series(tmp_path / "gap", n_slices=5, skip=2)
+    with pytest.raises(ConversionError, match="not evenly spaced") as err:
+        from_file(tmp_path / "gap")
+    assert str(tmp_path / "gap") in str(err.value)
+
+
+def test_dicom_folder_with_two_series_asks_which(tmp_path):
+    make_dicom_series(tmp_path / "two" / "a", n_slices=3)
+    make_dicom_series(tmp_path / "two" / "b", n_slices=3)
+    for p in (tmp_path / "two" / "b").iterdir():
+        p.rename(tmp_path / "two" / "a" / f"b_{p.name}")
+    with pytest.raises(ConversionError, match="2 DICOM series"):
+        from_file(tmp_path / "two" / "a")
+
+
+def test_single_dicom_file():
+    from pydicom.data import get_testdata_file
+
+    img = from_file(get_testdata_file("CT_small.dcm"))
+    assert img.shape[-2:] == (128, 128)
+    assert img.meta.spatial.coord_system == "LPS"
+
+
+# ----------------------------------------------------------------------------- seg, errors
+
+
+def test_segmentation_guessed_from_name_and_dtype(tmp_path):
+    seg = np.zeros((4, 5, 6), np.uint8)
+    seg[1:3, 1:3, 1:3] = 2
+    assert guess_seg(tmp_path / "case_001_seg.nii.gz", seg)[0]
+    assert guess_seg(tmp_path / "labelsTr" / "case_001.nii.gz", seg)[0]
+    assert not guess_seg(tmp_path / "case_seg.nii.gz", seg.astype(np.float32))[0]
+    ct = np.arange(-500, 500, dtype=np.int16).reshape(10, 10, 10)
+    assert not guess_seg(tmp_path / "ct.nii.gz", ct)[0]
+    assert guess_seg(tmp_path / "x.nii.gz", seg)[0]  # few non-negative integer values
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), tmp_path / "liver_mask.nii.gz")
+    notes: list[str] = []
+    img = from_file(tmp_path / "liver_mask.nii.gz", notes=notes)
+    assert img.meta.is_seg.is_seg is True
+    assert any("mask" in n for n in notes)
+    assert from_file(tmp_path / "liver_mask.nii.gz", is_seg=False).meta.is_seg.is_seg is False
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ConversionError, match="broken.nii.gz"):
+        from_file(tmp_path / "broken.nii.gz")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ConversionError, match="unsupported input"):
+        from_file(tmp_path / "notes.txt")
+    with pytest.raises(ConversionError, match="no such file"):
+        from_file(tmp_path / "missing.nrrd")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), tmp_path / "a.nii")
+    with pytest.raises(ConversionError, match="does not exist"):
+        convert_file(tmp_path / "a.nii", tmp_path / "nope" / "a.mla")
+    convert_file(tmp_path / "a.nii", tmp_path / "a.mla")
+    with pytest.raises(ConversionError, match="--overwrite"):
+        convert_file(tmp_path / "a.nii", tmp_path / "a.mla")
+
+
+# ----------------------------------------------------------------------------- reference names
+
+
+def test_reference_python_functions(tmp_path):
+    with pytest.raises(RuntimeError):
+        convert_image("input.nii.gz", "output.nrrd")
+    header = {"sizes": np.array([2, 3, 4], dtype=np.int64), "spacing": np.float32(1.5)}
+    assert _header_to_source_meta(header) == {"sizes": [2, 3, 4], "spacing": 1.5}
+    path = oblique_sitk(tmp_path, ".nrrd")
+    convert_to_mlarray(path, tmp_path / "a.mla")
+    convert_to_mlarray(path, tmp_path / "a.mla")  # replaces, as the reference does
+    convert_from_mlarray(tmp_path / "a.mla", tmp_path / "b.nrrd")
+    convert_image(tmp_path / "b.nrrd", tmp_path / "c.mla")
+    a, b = MLArray.open(tmp_path / "a.mla"), MLArray.open(tmp_path / "c.mla")
+    np.testing.assert_array_equal(a[...], b[...])
+    np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- to_dask
+
+
+def test_to_dask_chunks_aligned_lazy_and_pickled_to_processes(tmp_path):
+    import dask
+
+    a = np.arange(40 * 30 * 20, dtype=np.float32).reshape(40, 30, 20)
+    MLArray(a, chunk_size=(16, 16, 8), block_size=(8, 8, 4), patch_size=None).save(
+        tmp_path / "d.mla"
+    )
+    img = MLArray.open(tmp_path / "d.mla")
+    d = img.to_dask()
+    assert d.chunksize == (16, 16, 8)
+    assert d.chunks[0] == (16, 16, 8)
+    assert len(pickle.dumps(d)) < 20_000  # the graph carries a path, not the data
+    total = d.sum(dtype=np.float64)
+    with dask.config.set({"multiprocessing.context": "fork"}):  # real worker processes
+        got = total.compute(scheduler="processes", num_workers=2)
+    assert float(got) == float(a.sum(dtype=np.float64))
+    np.testing.assert_array_equal(
+        d[5:37, 3:29:2, 7].compute(scheduler="threads"), a[5:37, 3:29:2, 7]
+    )
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(MLArray(a).to_dask().compute(), a)
