@@ -224,7 +224,7 @@ def test_segmentation_guessed_from_name_and_dtype(tmp_path):
 
 def test_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    with pytest.raises(ConversionError, match="broken.nii.gz"):
+    with pytest.raises(ConversionError, match=r"broken\.nii\.gz"):
         from_file(tmp_path / "broken.nii.gz")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ConversionError, match="unsupported input"):

@@ -63,7 +63,8 @@ def to_dask(mlarray: Any, chunks: Any = None) -> Any:
         import dask.array as da
     except ImportError:
         raise ImportError(
-            'MLArray.to_dask needs dask; install the dask extra (pip install "napari-mlarray[dask]")'
+            "MLArray.to_dask needs dask; install the dask extra "
+            '(pip install "napari-mlarray[dask]")'
         ) from None
     store = mlarray._store
     if store is None:

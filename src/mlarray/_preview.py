@@ -224,7 +224,8 @@ def write_preview(
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
         raise PreviewError(
-            'preview needs Pillow; install the preview extra (pip install "napari-mlarray[preview]")'
+            "preview needs Pillow; install the preview extra "
+            '(pip install "napari-mlarray[preview]")'
         ) from None
     img = MLArray.open(path)
     if img.shape is None:

@@ -834,7 +834,7 @@ def to_file(
             if pad:
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
             if chan_axes and not time_axes:
-                data = data.reshape(data.shape[:3] + (1,) + data.shape[3:])
+                data = data.reshape((*data.shape[:3], 1, *data.shape[3:]))
             affine3 = np.eye(4)
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
