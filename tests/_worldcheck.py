@@ -16,7 +16,9 @@ MLARRAY_EXE = Path(sys.executable).parent / "mlarray"
 _TO_RAS = {"RAS": np.diag([1.0, 1.0, 1.0, 1.0]), "LPS": np.diag([-1.0, -1.0, 1.0, 1.0])}
 
 
-def run_cli(*args: object, cwd: Path | None = None, exe: Path = MLARRAY_EXE, check_rc=None):
+def run_cli(
+    *args: object, cwd: Path | None = None, exe: Path = MLARRAY_EXE, check_rc=None, env=None
+):
     """Run the installed command in a subprocess; return the CompletedProcess."""
     assert exe.exists(), f"{exe} is not installed (pip install -e .)"
     proc = subprocess.run(
@@ -24,6 +26,7 @@ def run_cli(*args: object, cwd: Path | None = None, exe: Path = MLARRAY_EXE, che
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         timeout=300,
     )
     if check_rc is not None:

@@ -215,9 +215,11 @@ def _do_recompress(task: Task, row: Row, progress: Callable[[int, int], None] | 
         dparams=meta.blosc2.dparams,
         **request,
     )
-    same_layout = list(opts.chunk_size or ()) == list(store.chunks) and list(
-        opts.block_size or ()
-    ) == list(store.blocks)
+    same_layout = (
+        list(opts.chunk_size or ()) == list(store.chunks)
+        and list(opts.block_size or ()) == list(store.blocks)
+        and (opts.patch_size is None or list(opts.patch_size) == meta.blosc2.patch_size)
+    )
     stored = layout.normalize_cparams(
         {k: v for k, v in (meta.blosc2.cparams or {}).items() if k != "nthreads"}
     )
@@ -383,8 +385,11 @@ def _run_dask(tasks: list[Task], address: str, done: Callable[[int, Row], None])
         raise SchedulerError(
             'running on a Dask cluster needs the dask extra (pip install "napari-mlarray[dask]")'
         ) from None
+    import dask
+
+    timeout = dask.config.get("mlarray.scheduler_timeout", "10s")  # DASK_MLARRAY__SCHEDULER_TIMEOUT
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     try:

@@ -1,0 +1,264 @@
+"""The installed ``mlarray`` command (and ``mlarray_header``/``mlarray_convert``), in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mlarray import MLArray
+from tests._worldcheck import MLARRAY_EXE, assert_same_world, make_dicom_series, run_cli
+from tests.test_convert import NIB_DATA, oblique_sitk, ours
+
+BIN = MLARRAY_EXE.parent
+
+
+def one_line_error(proc: subprocess.CompletedProcess, name: str) -> str:
+    """The error output is one line naming ``name``, without a traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in lines if "error" in ln]
+    assert len(errors) == 1, proc.stderr
+    assert name in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["info"], ["convert"], ["recompress"], ["stats"], ["preview"]], ids=str
+)
+def test_help_everywhere(args):
+    proc = run_cli(*args, "--help", check_rc=0)
+    assert proc.stdout.startswith("usage: mlarray")
+    assert "--help" in proc.stdout
+
+
+def test_reference_entry_points_help():
+    for exe, words in (("mlarray_header", "filepath"), ("mlarray_convert", "save_filepath")):
+        proc = run_cli("--help", exe=BIN / exe, check_rc=0)
+        assert words in proc.stdout
+
+
+def test_convert_nifti_info_and_back(tmp_path):
+    src = NIB_DATA / "anatomical.nii"
+    run_cli("convert", src, tmp_path / "anat.mla", check_rc=0)
+    img = MLArray.open(tmp_path / "anat.mla")
+    ref = nib.load(src)
+    data, aff = ours(img)
+    assert_same_world(np.asarray(ref.dataobj), ref.affine, data, aff, atol=1e-6)
+
+    text = run_cli("info", tmp_path / "anat.mla", check_rc=0).stdout
+    assert "(25, 41, 33) int16" in text and "coord_system RAS" in text
+    assert "spatial_z, spatial_y, spatial_x" in text
+    info = json.loads(run_cli("info", "--json", tmp_path / "anat.mla", check_rc=0).stdout)
+    assert info["shape"] == [25, 41, 33] and info["chunks"] == list(img.chunks)
+    assert info["meta"]["spatial"]["coord_system"] == "RAS"
+    assert info["codec"] == "LZ4HC" and info["ratio"] > 1
+
+    # existing output: usage error, one line naming it; --overwrite replaces
+    proc = run_cli("convert", src, tmp_path / "anat.mla", check_rc=2)
+    assert "--overwrite" in one_line_error(proc, "anat.mla")
+    run_cli("convert", src, tmp_path / "anat.mla", "--overwrite", "--codec", "zstd", check_rc=0)
+    assert MLArray.open(tmp_path / "anat.mla").meta.blosc2.cparams["codec"] == 5
+
+    for out in ("back.nii.gz", "back.nrrd"):
+        run_cli("convert", tmp_path / "anat.mla", tmp_path / out, check_rc=0)
+        b = sitk.ReadImage(str(tmp_path / out))
+        b_data = sitk.GetArrayFromImage(b).transpose(2, 1, 0)
+        d = np.array(b.GetDirection()).reshape(3, 3) * np.array(b.GetSpacing())
+        b_aff = np.eye(4)
+        b_aff[:3, :3], b_aff[:3, 3] = d, b.GetOrigin()
+        b_aff = np.diag([-1.0, -1.0, 1.0, 1.0]) @ b_aff  # ITK reads LPS
+        assert_same_world(np.asarray(ref.dataobj), ref.affine, b_data, b_aff, atol=1e-4)
+
+
+def test_bad_input_one_line_and_exit_codes(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    proc = run_cli("convert", tmp_path / "broken.nii.gz", tmp_path / "b.mla", check_rc=1)
+    one_line_error(proc, "broken.nii.gz")
+    assert not (tmp_path / "b.mla").exists()
+    proc = run_cli("convert", tmp_path / "broken.nii.gz", tmp_path / "b.mla", "--debug")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+    proc = run_cli("convert", NIB_DATA / "anatomical.nii", tmp_path / "no" / "a.mla", check_rc=2)
+    one_line_error(proc, str(tmp_path / "no"))
+    proc = run_cli("convert", tmp_path / "nothing*.nii.gz", tmp_path, check_rc=2)
+    one_line_error(proc, "nothing*.nii.gz")
+    proc = run_cli("info", tmp_path / "missing.mla", check_rc=2)
+    one_line_error(proc, "missing.mla")
+    (tmp_path / "fake.mla").write_bytes(b"not a blosc2 frame at all")
+    proc = run_cli("info", tmp_path / "fake.mla", check_rc=1)
+    one_line_error(proc, "fake.mla")
+
+
+def test_dataset_folder_jobs_failures_rerun_recompress_stats(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i in range(3):
+        a = rng.integers(-100, 1000, (5 + i, 6, 7)).astype(np.int16)
+        aff = np.diag([1.0 + i, 2.0, 3.0, 1.0])
+        aff[:3, 3] = [i, -i, 2 * i]
+        nib.save(nib.Nifti1Image(a, aff), data / f"case_{i}.nii.gz")
+        arrays[f"case_{i}"] = (a, aff)
+    oblique_sitk(data / "sub", ".nrrd")
+    make_dicom_series(data / "sub" / "ct_series", n_slices=3)
+    (data / "sub" / "damaged.nii.gz").write_bytes(b"\x1f\x8b\x08 no")
+    (data / "readme.txt").write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    proc = run_cli("convert", data, out, "--jobs", "2", check_rc=1)
+    assert "damaged.nii.gz" in proc.stdout and "failed" in proc.stdout
+    assert "6 files: 5 done, 0 skipped, 1 failed" in proc.stdout, proc.stdout
+    for name, (a, aff) in arrays.items():
+        data_o, aff_o = ours(MLArray.open(out / f"{name}.mla"))
+        assert_same_world(a, aff, data_o, aff_o, atol=1e-6)
+    assert (out / "sub" / "oblique.mla").is_file()
+    assert (out / "sub" / "ct_series.mla").is_file()
+    assert not (out / "sub" / "damaged.mla").exists()
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
+
+    proc = run_cli("convert", data, out, check_rc=1)  # rerun: finished files skipped
+    assert "6 files: 0 done, 5 skipped, 1 failed" in proc.stdout, proc.stdout
+
+    # recompress all of them in parallel with another codec; data unchanged; rerun skips
+    before = {p: MLArray.open(p)[...] for p in out.rglob("*.mla")}
+    run_cli("recompress", out, "--codec", "zstd", "--clevel", "3", "--jobs", "2", check_rc=0)
+    for p, arr in before.items():
+        img = MLArray.open(p)
+        assert img.meta.blosc2.cparams["codec"] == 5 and img.meta.blosc2.cparams["clevel"] == 3
+        np.testing.assert_array_equal(img[...], arr)
+    proc = run_cli("recompress", out, "--codec", "zstd", "--clevel", "3", check_rc=0)
+    assert "5 skipped" in proc.stdout
+    proc = run_cli("recompress", str(out / "*.mla"), "--patch-size", "4", check_rc=0)
+    assert "3 files: 3 done" in proc.stdout
+    assert MLArray.open(out / "case_0.mla").meta.blosc2.patch_size == [4, 4, 4]
+
+    # stats: streaming, into meta.stats; the data are untouched
+    run_cli("stats", out / "case_1.mla", out / "sub", check_rc=0)
+    img = MLArray.open(out / "case_1.mla")
+    a = arrays["case_1"][0]
+    assert img.meta.stats.min == a.min() and img.meta.stats.max == a.max()
+    assert img.meta.stats.mean == pytest.approx(a.mean())
+    np.testing.assert_array_equal(img[...], before[out / "case_1.mla"])
+    proc = run_cli("stats", out / "case_1.mla", check_rc=0)
+    assert "skipped" in proc.stdout
+
+    # back to NIfTI, folder mode
+    back = tmp_path / "back"
+    back.mkdir()
+    run_cli("convert", str(out / "case_*.mla"), back, "--to", "nii.gz", check_rc=0)
+    for name, (a, aff) in arrays.items():
+        b = nib.load(back / f"{name}.nii.gz")
+        assert_same_world(a, aff, np.asarray(b.dataobj), b.affine, atol=1e-5)
+
+
+def _marker_volume(tmp_path: Path, name: str, frame: str, order: str) -> Path:
+    """A 3-D image with bright bars at the patient's right, anterior and superior sides.
+
+    Each bar crosses one mid-plane: low x is right, low y anterior, high z superior.
+    """
+    n = (20, 24, 28)  # x, y, z voxels in LPS index order
+    lps = np.ones(n, np.float32)
+    lps[1:5, 1:5, 12:27] = 100.0  # axial mid-plane (z 14): right-anterior
+    lps[1:5, 8:16, 21:27] = 100.0  # coronal mid-plane (y 12): right-superior
+    lps[8:12, 1:5, 21:27] = 100.0  # sagittal mid-plane (x 10): anterior-superior
+    if frame == "LPS":
+        data, direction = lps, np.eye(3)
+    else:  # the same anatomy stored in RAS index order with a RAS frame
+        data, direction = lps[::-1, ::-1, :], np.eye(3)
+    if order == "zyx":
+        data = data.transpose(2, 1, 0)
+    labels = ["spatial_x", "spatial_y", "spatial_z"]
+    if order == "zyx":
+        labels = labels[::-1]
+    path = tmp_path / name
+    from mlarray import Meta
+    from mlarray.meta import MetaSpatial
+
+    meta = Meta(spatial=MetaSpatial(axis_labels=labels, coord_system=frame))
+    MLArray(np.ascontiguousarray(data), spacing=[1, 1, 1], direction=direction, meta=meta).save(
+        path
+    )
+    return path
+
+
+@pytest.mark.parametrize(("frame", "order"), [("LPS", "zyx"), ("RAS", "xyz")], ids=str)
+def test_preview_radiological_orientation_and_overlays(tmp_path, frame, order):
+    from PIL import Image
+
+    path = _marker_volume(tmp_path, "m.mla", frame, order)
+    img = MLArray.open(path)
+    seg = (img[...] > 50).astype(np.uint8)
+    MLArray(seg, meta=img.meta.copy()).save(tmp_path / "seg.mla")
+    run_cli("preview", path, "-o", tmp_path / "p.png", "--size", "96", check_rc=0)
+    png = np.asarray(Image.open(tmp_path / "p.png").convert("L"), dtype=np.float64)
+    assert png.shape[0] == 96
+    # axial panel (first, 96 x ~80 px: x 20 mm wide, y 24 mm high): the marker (patient right,
+    # anterior) sits top-left, because radiology shows the patient's right on the left
+    w = round(96 * 20 / 24)
+    axial = png[:, :w]
+    top_left = axial[10:25, 8:20].mean()
+    top_right = axial[10:25, -20:-8].mean()
+    bottom_left = axial[-25:-10, 8:20].mean()
+    assert top_left > 3 * max(top_right, bottom_left, 1), (top_left, top_right, bottom_left)
+    # coronal panel (x across, z up): marker top-left (right, superior)
+    wc = round(96 * 20 / 28)
+    cor = png[:, w + 4 : w + 4 + wc]
+    assert cor[8:20, 5:14].mean() > 3 * max(cor[-20:-8, 5:14].mean(), cor[8:20, -14:-5].mean(), 1)
+    # sagittal panel (y across with anterior on the left, z up): marker top-left
+    sag = png[:, w + 4 + wc + 4 :]
+    assert sag[8:20, 5:14].mean() > 3 * max(sag[-20:-8, 5:14].mean(), sag[8:20, -14:-5].mean(), 1)
+
+    run_cli("preview", path, "-o", tmp_path / "o.png", "--mask", tmp_path / "seg.mla", check_rc=0)
+    rgb = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"), dtype=np.int64)
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 60).any()  # coloured overlay drawn
+    proc = run_cli("preview", path, "-o", tmp_path / "o.png", check_rc=2)
+    one_line_error(proc, "o.png")
+
+
+def test_reference_named_commands(tmp_path):
+    nrrd = oblique_sitk(tmp_path, ".nrrd")
+    run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)
+    header = json.loads(run_cli(tmp_path / "a.mla", exe=BIN / "mlarray_header", check_rc=0).stdout)
+    assert header["spatial"]["coord_system"] == "LPS"
+    assert header["_image_meta_format"] == {"image_meta_format": "nrrd"} or header[
+        "_image_meta_format"
+    ] in ("nrrd",)
+    assert header["bbox"] is None and header["_has_array"] is True
+    run_cli(tmp_path / "a.mla", tmp_path / "b.nii.gz", exe=BIN / "mlarray_convert", check_rc=0)
+    proc = run_cli(nrrd, tmp_path / "c.nii.gz", exe=BIN / "mlarray_convert", check_rc=1)
+    assert "Traceback" not in proc.stderr and ".mla" in proc.stderr
+
+
+def test_reference_package_in_the_same_environment_is_reported(tmp_path):
+    """A dist named ``mlarray`` owning the ``mlarray`` package is detected and explained."""
+    site = tmp_path / "site"
+    info = site / "mlarray-0.0.54.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlarray\nVersion: 0.0.54\n")
+    (info / "RECORD").write_text("mlarray/__init__.py,,\nmlarray/cli.py,,\n")
+    nrrd = oblique_sitk(tmp_path, ".nrrd")
+    run_cli("convert", nrrd, tmp_path / "a.mla", check_rc=0)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run(
+        [str(MLARRAY_EXE), "info", str(tmp_path / "a.mla")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    assert "reference package mlarray 0.0.54 is installed" in proc.stderr
+    assert "pip uninstall" in proc.stderr
+    clean = run_cli("info", tmp_path / "a.mla", check_rc=0)
+    assert "reference package" not in clean.stderr
+    assert sys.executable  # the same interpreter runs both
