@@ -1,4 +1,4 @@
-"""The installed ``mlarray`` command (and ``mlarray_header``/``mlarray_convert``), in subprocesses."""
+"""The installed ``mlarray`` commands (and the reference names), run in subprocesses."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_dataset_folder_jobs_failures_rerun_recompress_stats(tmp_path):
     assert (out / "sub" / "oblique.mla").is_file()
     assert (out / "sub" / "ct_series.mla").is_file()
     assert not (out / "sub" / "damaged.mla").exists()
-    assert not [p for p in out.rglob(".*")]  # no temporary files left
+    assert not list(out.rglob(".*"))  # no temporary files left
 
     proc = run_cli("convert", data, out, check_rc=1)  # rerun: finished files skipped
     assert "6 files: 0 done, 5 skipped, 1 failed" in proc.stdout, proc.stdout
