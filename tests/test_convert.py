@@ -281,3 +281,30 @@ def test_to_dask_chunks_aligned_lazy_and_pickled_to_processes(tmp_path):
     )
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_array_equal(MLArray(a).to_dask().compute(), a)
+
+
+def test_headers_claiming_more_data_than_there_is_are_refused_before_allocating(tmp_path):
+    import gzip
+
+    im = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    im.header.set_data_shape((4000, 4000, 4000))  # 128 GB claimed, 128 bytes present
+    block = im.header.binaryblock + b"\0" * 4 + b"\0" * 128
+    (tmp_path / "huge.nii").write_bytes(block)
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(block))
+    im.header.set_data_shape((40, 40, 40))  # 128 kB claimed: truncated, within 4 GiB
+    (tmp_path / "short.nii.gz").write_bytes(
+        gzip.compress(im.header.binaryblock + b"\0" * 4 + b"\0" * 128)
+    )
+    (tmp_path / "huge.mha").write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 40000 40000 4000\n"
+        b"ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + b"\0" * 64
+    )
+    for name, words in [
+        ("huge.nii", "truncated"),
+        ("huge.nii.gz", "GiB"),
+        ("short.nii.gz", "truncated"),
+        ("huge.mha", "GiB"),
+    ]:
+        with pytest.raises(ConversionError, match=words) as err:
+            from_file(tmp_path / name)
+        assert name in str(err.value)

@@ -202,6 +202,44 @@ class _Loaded:
     sod: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+def _memory_budget() -> int:
+    """Bytes of physical memory (a volume claiming more is refused before allocating)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_claimed_size(path: Path, claimed: int, available: int | None) -> None:
+    """Refuse a header whose data size the file cannot hold or memory cannot take."""
+    if available is not None and claimed > available:
+        raise ConversionError(
+            path,
+            f"the header claims {claimed} bytes of voxel data but the file holds only "
+            f"{available}; it is truncated or its header is damaged",
+        )
+    budget = _memory_budget()
+    if claimed > budget:
+        raise ConversionError(
+            path,
+            f"the image needs {claimed / 2**30:.1f} GiB, more than this machine's memory "
+            f"({budget / 2**30:.1f} GiB)",
+        )
+
+
+def _nifti_available_bytes(path: Path, offset: int) -> int | None:
+    """Voxel bytes present after the header: file size for .nii, the gzip trailer for .nii.gz."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return max(0, size - offset)
+    if size < 18:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")  # uncompressed size mod 2**32
+    return None if size > 2**31 else max(0, isize - offset)
+
+
 def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
     nib = _require("nibabel", path)
     try:
@@ -209,6 +247,12 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise ConversionError(path, f"not a NIfTI image (nibabel reads a {type(img).__name__})")
         hdr = img.header
+        claimed = int(np.prod(img.shape, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+        offset = int(hdr.get_data_offset())
+        if claimed + offset < 2**32 or not path.name.lower().endswith(".gz"):
+            _check_claimed_size(path, claimed, _nifti_available_bytes(path, offset))
+        else:
+            _check_claimed_size(path, claimed, None)
         data = np.asanyarray(img.dataobj)
     except ConversionError:
         raise
@@ -315,6 +359,15 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
         )
 
 
+def _sitk_itemsize(sitk: Any, reader: Any) -> int:
+    """Bytes per pixel component of the image a SimpleITK reader is about to read."""
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower()
+    for bits, size in (("64", 8), ("32", 4), ("16", 2), ("8", 1)):
+        if bits in name:
+            return size
+    return 8
+
+
 def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
     sitk = _require("SimpleITK", path)
     notes: list[str] = []
@@ -333,6 +386,10 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
             else:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                n_voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
+                n_values = n_voxels * reader.GetNumberOfComponents()
+                _check_claimed_size(path, n_values * _sitk_itemsize(sitk, reader), None)
                 img = reader.Execute()
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
