@@ -48,6 +48,7 @@ from mlarray.meta import (
     MetaIsSeg,
     MetaSource,
     MetaSpatial,
+    _meta_internal_write,
 )
 from mlarray.mlarray import MLArray
 
@@ -674,11 +675,14 @@ def from_file(
     )
     if notes is not None:
         notes.extend(told)
-    return MLArray(
+    img = MLArray(
         np.ascontiguousarray(data),
         meta=meta,
         **_storage(patch_size, chunk_size, block_size, cparams, dparams),
     )
+    with _meta_internal_write():  # the constructor keeps user fields only
+        img.meta._image_meta_format = meta._image_meta_format.copy()
+    return img
 
 
 # ----------------------------------------------------------------------------- from MLArray
