@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from mlarray import MLArray
+from mlarray.cli import main
 from tests._worldcheck import MLARRAY_EXE, assert_same_world, make_dicom_series, run_cli
 from tests.test_convert import NIB_DATA, oblique_sitk, ours
 
@@ -30,13 +31,15 @@ def one_line_error(proc: subprocess.CompletedProcess, name: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(
-    "args", [[], ["info"], ["convert"], ["recompress"], ["stats"], ["preview"]], ids=str
-)
-def test_help_everywhere(args):
-    proc = run_cli(*args, "--help", check_rc=0)
+def test_help_everywhere(capsys):
+    proc = run_cli("--help", check_rc=0)  # the installed executable
     assert proc.stdout.startswith("usage: mlarray")
-    assert "--help" in proc.stdout
+    for command in ("info", "convert", "recompress", "stats", "preview"):  # in-process: faster
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: mlarray {command}") and "--help" in out
 
 
 def test_reference_entry_points_help():

@@ -308,3 +308,35 @@ def test_headers_claiming_more_data_than_there_is_are_refused_before_allocating(
         with pytest.raises(ConversionError, match=words) as err:
             from_file(tmp_path / name)
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["anatomical.nii", "pir.nii.gz", "oblique.nrrd", "dicom"])
+def test_converted_files_open_in_the_plugin_in_the_radiological_frame(tmp_path, kind):
+    """The napari reader puts every voxel at its LPS world point in napari's (z, y, x) order.
+
+    That order is what makes napari show the radiological view (anterior up, patient
+    right on the left), for RAS (NIfTI) and LPS (NRRD, DICOM) files alike.
+    """
+    from napari_mlarray._orientation import layer_matrix
+    from napari_mlarray._reader import read_mla
+
+    if kind == "anatomical.nii":
+        src = NIB_DATA / kind
+    elif kind == "pir.nii.gz":
+        a = np.random.default_rng(2).integers(0, 500, (5, 6, 7)).astype(np.int16)
+        aff = np.array([[0, 0, 1.2, -30], [-0.9, 0, 0, 40], [0, -2.5, 0, 12], [0, 0, 0, 1.0]])
+        src = tmp_path / kind
+        nib.save(nib.Nifti1Image(a, aff), src)
+    elif kind == "oblique.nrrd":
+        src = oblique_sitk(tmp_path, ".nrrd")
+    else:
+        src = tmp_path / "ct"
+        make_dicom_series(src, n_slices=3)
+    convert_file(src, tmp_path / "c.mla")
+    data, ras = ours(MLArray.open(tmp_path / "c.mla"))
+    napari_world = np.zeros((4, 4))  # (z, y, x) of LPS, from RAS
+    napari_world[0, 2], napari_world[1, 1], napari_world[2, 0], napari_world[3, 3] = 1, -1, -1, 1
+    layer_data, kwargs, layer_type = read_mla(str(tmp_path / "c.mla"))[0]
+    assert layer_type == "image"
+    view = np.asarray(layer_data)
+    assert_same_world(data, napari_world @ ras, view, layer_matrix(kwargs, view.ndim), atol=1e-6)
