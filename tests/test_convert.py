@@ -340,3 +340,27 @@ def test_converted_files_open_in_the_plugin_in_the_radiological_frame(tmp_path, 
     assert layer_type == "image"
     view = np.asarray(layer_data)
     assert_same_world(data, napari_world @ ras, view, layer_matrix(kwargs, view.ndim), atol=1e-6)
+
+
+def test_mismatched_headers_are_reported(tmp_path):
+    # NIfTI whose qform and sform disagree: converted with the sform, and said
+    im = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    im.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    im.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    nib.save(im, tmp_path / "q.nii.gz")
+    notes: list[str] = []
+    img = from_file(tmp_path / "q.nii.gz", notes=notes)
+    assert any("sform and qform disagree" in n for n in notes)
+    assert img.spacing == [2.0, 2.0, 2.0]
+    # a DICOM series whose slices do not have the same size is refused, naming the folder
+    import pydicom
+
+    make_dicom_series(tmp_path / "mixed", n_slices=3)
+    first = sorted((tmp_path / "mixed").iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.Rows, ds.Columns = 64, 64
+    ds.PixelData = ds.pixel_array[:64, :64].copy().tobytes()
+    ds.save_as(first)
+    with pytest.raises(ConversionError) as err:
+        from_file(tmp_path / "mixed")
+    assert "mixed" in str(err.value)

@@ -9,8 +9,9 @@ Geometry is kept exactly, in the world frame of the source file, and the
 frame is recorded in ``meta.spatial.coord_system`` (FORMAT.md section 4):
 
 - NIfTI: the affine nibabel chooses (sform, else qform) maps voxel indices to
-  RAS millimetres; it is stored as the ``affine`` (so shear survives) with
-  ``coord_system="RAS"``.
+  RAS millimetres; it is stored as spacing (column norms), origin and
+  direction (unit columns), whose product is that affine, or as the
+  ``affine`` itself when it is sheared; ``coord_system="RAS"``.
 - NRRD, MetaImage, DICOM: SimpleITK's spacing, origin and direction in LPS
   millimetres, stored as such with ``coord_system="LPS"``.
 
@@ -600,8 +601,18 @@ def _prepare(
             axis_labels=labels,
             coord_system=frame,
         )
-    else:  # NIfTI: keep the affine as stored, float for float (shear and all)
-        spatial = MetaSpatial(affine=affine.tolist(), axis_labels=labels, coord_system=frame)
+    else:
+        try:  # NIfTI: column norms and unit columns; direction @ diag(spacing) is the affine
+            spacing, origin, direction = _spacing_origin_direction(affine, p)
+            spatial = MetaSpatial(
+                spacing=spacing.tolist(),
+                origin=origin.tolist(),
+                direction=direction.tolist(),
+                axis_labels=labels,
+                coord_system=frame,
+            )
+        except ConversionError:  # sheared: keep the affine as stored
+            spatial = MetaSpatial(affine=affine.tolist(), axis_labels=labels, coord_system=frame)
     meta = Meta(
         source=MetaSource(data=loaded.source),
         spatial=spatial,
