@@ -422,14 +422,27 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     items, unmatched = expand_inputs(inputs, accept, dicom=True)
     if unmatched:
         raise UsageError(f"{unmatched[0]}: no input files match")
+    out_root = out.resolve()
+    items = [(p, r) for p, r in items if out_root not in p.resolve().parents]  # not our outputs
+    # one direction per run: images to .mla when there are images, else .mla to --to
+    images = [(p, r) for p, r in items if image_format(p) != "mla"]
+    items = images or items
     opts = _convert_options(args)
-    tasks = []
+    tasks, planned = [], {}
     for item, root in items:
         is_mla = image_format(item) == "mla"
         dst = _dataset_target(item, root, out, to_suffix if is_mla else ".mla")
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst in planned:
+            raise UsageError(
+                f"{item} and {planned[dst]} would both be written to {dst}; convert them separately"
+            )
+        planned[dst] = item
         task_opts = {} if is_mla else opts
         tasks.append(Task("convert", str(item), str(dst), task_opts, args.overwrite, args.debug))
+    if not tasks:
+        raise UsageError(f"{', '.join(inputs)}: no images to convert")
+    for t in tasks:
+        Path(t.dst).parent.mkdir(parents=True, exist_ok=True)
     return _run_many(args, tasks)
 
 
