@@ -265,3 +265,22 @@ def test_reference_package_in_the_same_environment_is_reported(tmp_path):
     clean = run_cli("info", tmp_path / "a.mla", check_rc=0)
     assert "reference package" not in clean.stderr
     assert sys.executable  # the same interpreter runs both
+
+
+def test_folder_mode_edge_cases_in_process(tmp_path, capsys):
+    data = tmp_path / "in"
+    data.mkdir()
+    im = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
+    nib.save(im, data / "a.nii.gz")
+    nib.save(im, data / "a.nii")
+    (data / "out").mkdir()
+    assert main(["convert", str(data), str(data / "out")]) == 2  # both would write out/a.mla
+    err = capsys.readouterr().err
+    assert "would both be written" in err and "a.nii" in err
+    (data / "a.nii").unlink()
+    assert main(["convert", str(data), str(data / "out")]) == 0
+    # a rerun does not take the outputs inside the input folder for inputs
+    assert main(["convert", str(data), str(data / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "1 files: 0 done, 1 skipped, 0 failed" in out
+    assert sorted(p.name for p in (data / "out").iterdir()) == ["a.mla"]
