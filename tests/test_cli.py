@@ -178,8 +178,8 @@ def _marker_volume(tmp_path: Path, name: str, frame: str, order: str) -> Path:
         data, direction = lps, np.eye(3)
     else:  # the same anatomy stored in RAS index order with a RAS frame
         data, direction = lps[::-1, ::-1, :], np.eye(3)
-    if order == "zyx":
-        data = data.transpose(2, 1, 0)
+    if order == "zyx":  # array axis 0 runs along world z: direction columns reversed
+        data, direction = data.transpose(2, 1, 0), direction[:, ::-1]
     labels = ["spatial_x", "spatial_y", "spatial_z"]
     if order == "zyx":
         labels = labels[::-1]
@@ -204,21 +204,22 @@ def test_preview_radiological_orientation_and_overlays(tmp_path, frame, order):
     MLArray(seg, meta=img.meta.copy()).save(tmp_path / "seg.mla")
     run_cli("preview", path, "-o", tmp_path / "p.png", "--size", "96", check_rc=0)
     png = np.asarray(Image.open(tmp_path / "p.png").convert("L"), dtype=np.float64)
-    assert png.shape[0] == 96
-    # axial panel (first, 96 x ~80 px: x 20 mm wide, y 24 mm high): the marker (patient right,
-    # anterior) sits top-left, because radiology shows the patient's right on the left
-    w = round(96 * 20 / 24)
-    axial = png[:, :w]
+    assert png.shape[0] == 96  # the tallest panel (z: 28 mm); one pixel scale for all
+    px = 96 / 28
+    w, h = round(20 * px), round(24 * px)  # axial: x 20 mm across, y 24 mm down
+    assert png.shape[1] == w + 4 + w + 4 + h
+    # axial panel: the marker (patient right, anterior) sits top-left, because radiology
+    # shows the patient's right on the left
+    axial = png[:h, :w]
     top_left = axial[10:25, 8:20].mean()
     top_right = axial[10:25, -20:-8].mean()
     bottom_left = axial[-25:-10, 8:20].mean()
     assert top_left > 3 * max(top_right, bottom_left, 1), (top_left, top_right, bottom_left)
     # coronal panel (x across, z up): marker top-left (right, superior)
-    wc = round(96 * 20 / 28)
-    cor = png[:, w + 4 : w + 4 + wc]
+    cor = png[:, w + 4 : 2 * w + 4]
     assert cor[8:20, 5:14].mean() > 3 * max(cor[-20:-8, 5:14].mean(), cor[8:20, -14:-5].mean(), 1)
     # sagittal panel (y across with anterior on the left, z up): marker top-left
-    sag = png[:, w + 4 + wc + 4 :]
+    sag = png[:, 2 * w + 8 :]
     assert sag[8:20, 5:14].mean() > 3 * max(sag[-20:-8, 5:14].mean(), sag[8:20, -14:-5].mean(), 1)
 
     run_cli("preview", path, "-o", tmp_path / "o.png", "--mask", tmp_path / "seg.mla", check_rc=0)

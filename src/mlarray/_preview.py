@@ -211,7 +211,8 @@ def write_preview(
     index : int
         Position along non-spatial axes (channel, time).
     size : int
-        Height of each panel in pixels.
+        Height in pixels of the tallest panel; all panels share one scale
+        (pixels per millimetre), so the three views are comparable.
     boxes : bool
         Draw the boxes of ``meta.bbox`` that cross each plane.
 
@@ -256,13 +257,16 @@ def write_preview(
     lo, hi = _window(planes, img)
     spacing = _spacing_of(img, spatial)
     font = ImageFont.load_default()
+    extents = [
+        (plane.shape[0] * spacing[v.rows], plane.shape[1] * spacing[v.cols])
+        for v, plane in zip(views, planes, strict=True)
+    ]
+    px_per_mm = max(8, int(size)) / max(h for h, _ in extents)  # one scale for all panels
     panels = []
-    for v, plane, labels in zip(views, planes, label_planes, strict=True):
+    for v, plane, labels, (h_mm, w_mm) in zip(views, planes, label_planes, extents, strict=True):
         rgb = _render(None, plane, lo, hi) if seg_img else _render(plane, labels, lo, hi)
-        h_mm = plane.shape[0] * spacing[v.rows]
-        w_mm = plane.shape[1] * spacing[v.cols]
-        height = max(8, int(size))
-        width = max(8, round(height * w_mm / h_mm))
+        height = max(8, round(h_mm * px_per_mm))
+        width = max(8, round(w_mm * px_per_mm))
         resample = Image.NEAREST if (seg_img or labels is not None) else Image.BILINEAR
         panel = Image.fromarray(rgb, "RGB").resize((width, height), resample)
         draw = ImageDraw.Draw(panel)
@@ -276,7 +280,8 @@ def write_preview(
         panels.append(panel)
     gap = 4
     canvas = Image.new(
-        "RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), panels[0].height)
+        "RGB",
+        (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)),
     )
     x = 0
     for p in panels:

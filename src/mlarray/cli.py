@@ -655,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="PNG", help="the PNG to write")
     p.add_argument("--mask", metavar="SEG.mla", help="a label map on the same grid to overlay")
     p.add_argument("--index", type=int, default=0, help="index along non-spatial axes (default 0)")
-    p.add_argument("--size", type=int, default=256, help="panel height in pixels (default 256)")
+    p.add_argument(
+        "--size", type=int, default=256, help="height of the tallest panel in pixels (default 256)"
+    )
     p.add_argument("--no-boxes", action="store_true", help="do not draw the file's boxes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=_cmd_preview)
