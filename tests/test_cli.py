@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from mlarray import MLArray
 from mlarray.cli import main
+from mlarray.convert import from_file
 from tests._worldcheck import MLARRAY_EXE, assert_same_world, make_dicom_series, run_cli
 from tests.test_convert import NIB_DATA, oblique_sitk, ours
 
@@ -79,6 +80,11 @@ def test_convert_nifti_info_and_back(tmp_path):
         b_aff[:3, :3], b_aff[:3, 3] = d, b.GetOrigin()
         b_aff = np.diag([-1.0, -1.0, 1.0, 1.0]) @ b_aff  # ITK reads LPS
         assert_same_world(np.asarray(ref.dataobj), ref.affine, b_data, b_aff, atol=1e-4)
+
+    run_cli("convert", tmp_path / "anat.mla", tmp_path / "anat_dicom", "--to", "dicom", check_rc=0)
+    assert len(list((tmp_path / "anat_dicom").glob("*.dcm"))) == 25
+    d_data, d_aff = ours(from_file(tmp_path / "anat_dicom"))
+    assert_same_world(np.asarray(ref.dataobj), ref.affine, d_data, d_aff, atol=1e-4)
 
 
 def test_bad_input_one_line_and_exit_codes(tmp_path):

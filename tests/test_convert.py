@@ -364,3 +364,35 @@ def test_mismatched_headers_are_reported(tmp_path):
     with pytest.raises(ConversionError) as err:
         from_file(tmp_path / "mixed")
     assert "mixed" in str(err.value)
+
+
+def test_dicom_series_written_and_read_back(tmp_path):
+    import pydicom
+
+    # an oblique LPS image: every voxel back at its world point after DICOM and back
+    src = from_file(oblique_sitk(tmp_path, ".nrrd"))
+    to_file(src, tmp_path / "series", format="dicom")
+    files = sorted((tmp_path / "series").iterdir())
+    assert len(files) == src.shape[0]
+    headers = [pydicom.dcmread(f) for f in files]
+    assert len({h.SeriesInstanceUID for h in headers}) == 1
+    assert len({h.SOPInstanceUID for h in headers}) == len(files)
+    back = from_file(tmp_path / "series")
+    d1, a1 = ours(src)
+    d2, a2 = ours(back)
+    assert_same_world(d1, a1, d2, a2, atol=1e-4)
+    # a DICOM source keeps its patient and study, gets a new series
+    make_dicom_series(tmp_path / "ct", n_slices=3)
+    ct = from_file(tmp_path / "ct")
+    ct.save(tmp_path / "ct.mla")
+    convert_file(tmp_path / "ct.mla", tmp_path / "ct_again", to="dicom")
+    again = from_file(tmp_path / "ct_again")
+    for tag in ("0010|0010", "0020|000d", "0008|0060"):
+        assert again.meta.source.data[tag] == ct.meta.source.data[tag]
+    assert again.meta.source.data["0020|000e"] != ct.meta.source.data["0020|000e"]
+    np.testing.assert_array_equal(again[...], ct[...])
+    # floats and existing outputs are refused, naming the target
+    with pytest.raises(ConversionError, match="integers"):
+        to_file(MLArray(np.zeros((2, 3, 4), np.float32)), tmp_path / "f", format="dicom")
+    with pytest.raises(ConversionError, match="--overwrite"):
+        convert_file(tmp_path / "ct.mla", tmp_path / "ct_again", to="dicom")

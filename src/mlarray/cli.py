@@ -355,7 +355,7 @@ def _convert_options(args: argparse.Namespace) -> dict[str, Any]:
 def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
     from mlarray.convert import ConversionError, convert_file, image_format
 
-    if image_format(dst) is None:
+    if image_format(dst) is None and args.to != "dicom":
         raise UsageError(
             f"{dst}: unknown output type; end it with .mla, .nii.gz, .nii, .nrrd, .mha or .mhd, "
             "or give an existing folder"
@@ -366,7 +366,14 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         raise UsageError(f"{dst}: exists already (use --overwrite to replace it)")
     progress, close = _chunk_progress(f"{src.name} -> {dst.name}")
     try:
-        result = convert_file(src, dst, overwrite=True, progress=progress, **_convert_options(args))
+        result = convert_file(
+            src,
+            dst,
+            overwrite=True,
+            progress=progress,
+            to="dicom" if args.to == "dicom" else None,
+            **_convert_options(args),
+        )
     except ConversionError as exc:
         close()
         if args.debug:
@@ -412,9 +419,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{out}: the output folder does not exist (several inputs need an existing folder)"
         )
-    to_suffix = "." + args.to.lstrip(".")
-    if image_format(Path("x" + to_suffix)) in (None, "dicom", "mla"):
-        raise UsageError(f"--to {args.to}: write one of nii.gz, nii, nrrd, mha, mhd")
+    to = args.to or "nii.gz"
+    to_suffix = "" if to == "dicom" else "." + to.lstrip(".")
+    if to != "dicom" and image_format(Path("x" + to_suffix)) in (None, "dicom", "mla"):
+        raise UsageError(f"--to {args.to}: write one of nii.gz, nii, nrrd, mha, mhd, dicom")
 
     def accept(p: Path) -> bool:
         return image_format(p) not in (None,) and not (image_format(p) == "dicom" and p.is_dir())
@@ -437,7 +445,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 f"{item} and {planned[dst]} would both be written to {dst}; convert them separately"
             )
         planned[dst] = item
-        task_opts = {} if is_mla else opts
+        task_opts = ({"to": "dicom"} if to == "dicom" else {}) if is_mla else opts
         tasks.append(Task("convert", str(item), str(dst), task_opts, args.overwrite, args.debug))
     if not tasks:
         raise UsageError(f"{', '.join(inputs)}: no images to convert")
@@ -599,9 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--to",
-        default="nii.gz",
-        metavar="SUFFIX",
-        help="output format for .mla inputs in folder mode (default nii.gz)",
+        metavar="FORMAT",
+        help="output format of .mla inputs in folder mode: nii.gz (default), nii, nrrd, mha, "
+        "mhd or dicom; 'dicom' also makes OUT a DICOM series folder for one .mla input",
     )
     _add_storage_options(p)
     _add_parallel_options(p)

@@ -24,6 +24,7 @@ SimpleITK and nnU-Net use, ``(channel, time, z, y, x)``, with matching
 >>> img = from_file("case_0001.nii.gz")           # an in-memory MLArray
 >>> img.save("case_0001.mla")
 >>> to_file("case_0001.mla", "case_0001.nrrd")    # and back, any supported format
+>>> to_file("case_0001.mla", "case_0001_dicom", format="dicom")  # a DICOM series folder
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "metaimage": (".mha", ".mhd"),
     "dicom": (".dcm",),
 }
-WRITABLE = ("mla", "nifti", "nrrd", "metaimage")
+WRITABLE = ("mla", "nifti", "nrrd", "metaimage", "dicom")
 
 # Each world frame as (LPS axis, sign) per world axis, for a sign flip between frames.
 _FRAMES = {"RAS": np.array([-1.0, -1.0, 1.0]), "LPS": np.array([1.0, 1.0, 1.0])}
@@ -823,14 +824,96 @@ def _write_sitk(
             raise _sitk_error(target, exc, f"cannot write {fmt.upper()}") from None
 
 
+# DICOM tags copied from a DICOM source into a written series: patient and study only
+_DICOM_KEEP = (
+    "0008|0020",  # study date
+    "0008|0030",  # study time
+    "0008|0050",  # accession number
+    "0008|0060",  # modality
+    "0008|1030",  # study description
+    "0010|0010",  # patient name
+    "0010|0020",  # patient ID
+    "0010|0030",  # birth date
+    "0010|0040",  # sex
+    "0020|000d",  # study instance UID
+    "0020|0010",  # study ID
+    "0020|0052",  # frame of reference UID
+)
+
+
+def _new_uid() -> str:
+    """A new DICOM UID (the UUID-derived ``2.25.`` form, no registered root needed)."""
+    import uuid
+
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: Path) -> None:
+    """Write a 3-D (k, j, i) array as a DICOM series, one file per slice, into ``folder``."""
+    sitk = _require("SimpleITK", folder)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    if data.dtype.kind not in "iu" or data.dtype.itemsize > 4:
+        raise ConversionError(
+            folder, f"DICOM output needs 8, 16 or 32-bit integers; the image is {data.dtype}"
+        )
+    spacing, origin, direction = _spacing_origin_direction(affine_lps, folder)
+    src = _source_for(meta, "dicom")
+    common = {key: str(src[key]) for key in _DICOM_KEEP if isinstance(src.get(key), str)}
+    common.setdefault("0008|0060", "OT")
+    common.setdefault("0020|000d", _new_uid())
+    common.setdefault("0020|0052", _new_uid())
+    common.update(
+        {
+            "0008|0008": "DERIVED\\SECONDARY",
+            "0008|103e": "converted from .mla by mlarray",
+            "0020|000e": _new_uid(),
+            "0020|0037": "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1])),
+            "0018|0050": f"{spacing[2]:.10g}",
+        }
+    )
+    with _quiet_itk(sitk):
+        try:
+            img = sitk.GetImageFromArray(np.ascontiguousarray(data))
+            img.SetSpacing([float(v) for v in spacing])
+            img.SetOrigin([float(v) for v in origin])
+            img.SetDirection([float(v) for v in direction.ravel()])
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            for k in range(img.GetDepth()):
+                plane = img[:, :, k]
+                for tag, value in common.items():
+                    plane.SetMetaData(tag, value)
+                position = img.TransformIndexToPhysicalPoint((0, 0, k))
+                plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
+                plane.SetMetaData("0020|0013", str(k + 1))
+                plane.SetMetaData("0008|0018", _new_uid())
+                writer.SetFileName(str(folder / f"IM{k + 1:05d}.dcm"))
+                writer.Execute(plane)
+        except RuntimeError as exc:
+            raise _sitk_error(folder, exc, "cannot write DICOM") from None
+
+
+def _publish_folder(tmpdir: Path, target: Path) -> None:
+    """Put the folder written as ``tmpdir`` in place of ``target`` (an old one goes last)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmpdir, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def to_file(
     mlarray: MLArray | str | os.PathLike,
     path: str | os.PathLike,
     *,
     overwrite: bool = True,
     notes: list[str] | None = None,
+    format: str | None = None,
 ) -> Path:
-    """Write an :class:`MLArray` (or an ``.mla`` file) to NIfTI, NRRD, MetaImage or ``.mla``.
+    """Write an :class:`MLArray` (or an ``.mla`` file) to NIfTI, NRRD, MetaImage, DICOM or ``.mla``.
 
     The voxels keep their world positions: the geometry is converted to the
     target's frame (RAS for NIfTI, LPS for NRRD/MetaImage) and the array is
@@ -844,11 +927,15 @@ def to_file(
     mlarray : MLArray or path
         The image.
     path : str or Path
-        Output; the format follows the suffix.
+        Output; the format follows the suffix, or ``format``.
     overwrite : bool
         Replace an existing output (default True, as ``save`` does).
     notes : list of str, optional
         Receives what the user should be told (an assumed world frame).
+    format : {"dicom"}, optional
+        ``"dicom"`` writes a series folder at ``path`` (one file per slice,
+        integer data, patient and study tags from a DICOM source kept, new
+        series and instance UIDs).
 
     Returns
     -------
@@ -861,10 +948,12 @@ def to_file(
         ``overwrite=False`` or geometry the target cannot hold.
     """
     target = Path(path)
-    fmt = image_format(target) if not target.is_dir() else None
-    if fmt not in WRITABLE:
+    fmt = format or (image_format(target) if not target.is_dir() else None)
+    if fmt not in WRITABLE or (fmt == "dicom" and format != "dicom"):
         raise ConversionError(
-            target, "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+            target,
+            "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM "
+            "series folder (--to dicom)",
         )
     if not target.parent.is_dir():
         raise ConversionError(target, f"the output folder {target.parent} does not exist")
@@ -881,6 +970,8 @@ def to_file(
     labels = meta.spatial.axis_labels
     mask = img.spatial_axis_mask
     spatial = [ax for ax, m in enumerate(mask) if m]
+    if fmt == "dicom" and (len(spatial) != 3 or len(spatial) != len(mask)):
+        raise ConversionError(target, "DICOM output needs a 3-D image without channels or time")
     if not 1 <= len(spatial) <= 3:
         raise ConversionError(target, f"{len(spatial)} spatial axes; NIfTI/NRRD/MHA hold 1 to 3")
     nonspatial = [ax for ax, m in enumerate(mask) if not m]
@@ -900,6 +991,11 @@ def to_file(
     data = img.to_numpy()
     tmpdir = _tmp_dir_for(target)
     try:
+        if fmt == "dicom":
+            data = data.transpose(index_axes[::-1])
+            _write_dicom(data, _flip_frame(affine, frame, "LPS"), meta, tmpdir)
+            _publish_folder(tmpdir, target)
+            return target
         if fmt == "nifti":
             pad = 3 - n
             data = data.transpose(index_axes + time_axes + chan_axes)
@@ -949,11 +1045,13 @@ def convert_file(
     cparams: Any = None,
     dparams: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    to: str | None = None,
 ) -> ConversionResult:
     """Convert ``src`` to ``dst``; the direction follows the suffixes (one side ``.mla``).
 
     Writing an ``.mla`` streams chunk by chunk and is atomic; see
-    :func:`from_file` and :func:`to_file` for the keywords.
+    :func:`from_file` and :func:`to_file` for the keywords. ``to="dicom"``
+    writes ``dst`` as a DICOM series folder.
 
     Returns
     -------
@@ -961,10 +1059,13 @@ def convert_file(
         The output path and notes for the user.
     """
     s, d = Path(src), Path(dst)
-    s_fmt, d_fmt = image_format(s), (None if d.is_dir() else image_format(d))
-    if d_fmt is None or d_fmt not in WRITABLE:
+    s_fmt = image_format(s)
+    d_fmt = "dicom" if to == "dicom" else (None if d.is_dir() else image_format(d))
+    if d_fmt is None or d_fmt not in WRITABLE or (d_fmt == "dicom" and to != "dicom"):
         raise ConversionError(
-            d, "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd"
+            d,
+            "unsupported output; write .mla, .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM "
+            "series folder (--to dicom)",
         )
     if (s_fmt == "mla") == (d_fmt == "mla"):
         raise ConversionError(s, f"convert needs .mla on exactly one side ({s.name} -> {d.name})")
@@ -992,7 +1093,7 @@ def convert_file(
             **_storage(patch_size, chunk_size, block_size, cparams, dparams),
         )
     else:
-        to_file(MLArray.open(s), d, overwrite=True, notes=notes)
+        to_file(MLArray.open(s), d, overwrite=True, notes=notes, format=to)
     return ConversionResult(d, notes)
 
 
