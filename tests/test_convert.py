@@ -358,8 +358,9 @@ def test_mismatched_headers_are_reported(tmp_path):
     make_dicom_series(tmp_path / "mixed", n_slices=3)
     first = sorted((tmp_path / "mixed").iterdir())[0]
     ds = pydicom.dcmread(first)
+    smaller = ds.pixel_array[:64, :64].copy()
     ds.Rows, ds.Columns = 64, 64
-    ds.PixelData = ds.pixel_array[:64, :64].copy().tobytes()
+    ds.PixelData = smaller.tobytes()
     ds.save_as(first)
     with pytest.raises(ConversionError) as err:
         from_file(tmp_path / "mixed")
