@@ -282,11 +282,12 @@ def format_info(info: dict[str, Any]) -> str:
         add("boxes", "0")
     st = m["stats"]
     if st.get("min") is not None:
-        add(
-            "stats",
-            f"min {st['min']:.6g}  max {st['max']:.6g}  mean {st['mean']:.6g}  "
-            f"std {st['std']:.6g}  median {st['median']:.6g}",
-        )
+        parts = [
+            f"{key} {st[key]:.6g}"
+            for key in ("min", "max", "mean", "std", "median")
+            if st.get(key) is not None
+        ]
+        add("stats", "  ".join(parts))
     else:
         add("stats", "not computed (mlarray stats FILE)")
     if info["shape"] is not None:
@@ -695,10 +696,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _write(f"mlarray {args.command}: error: {' '.join(str(exc).split())}", err=True)
         return EXIT_FAILED
-
-
-def _entry() -> None:
-    sys.exit(main())
 
 
 # ----------------------------------------------------------------------------- reference names
