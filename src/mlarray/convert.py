@@ -275,16 +275,14 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
             )
     if data.ndim < 3:  # NIfTI is 3-D at heart: pad to three spatial axes
         data = data.reshape(data.shape + (1,) * (3 - data.ndim))
-    nonspatial = []
-    if data.ndim >= 4:
-        label = fourth_axis or "temporal"
-        if data.shape[3] == 1 and data.ndim >= 5:
-            data = data[:, :, :, 0]  # NIfTI puts vector components in dim 5 with dim 4 = 1
-            nonspatial.append((3, "channel"))
-        else:
-            nonspatial.append((3, label))
-            for ax in range(4, data.ndim):
-                nonspatial.append((ax, "channel" if ax == 4 else "non_spatial"))
+    extra: list[str] = []
+    if data.ndim >= 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0]  # NIfTI puts vector components in dim 5, with dim 4 = 1
+        extra = ["channel"] + ["non_spatial"] * (data.ndim - 4)
+    elif data.ndim >= 4:
+        extra = [fourth_axis or "temporal", *["channel", "non_spatial"][: data.ndim - 4]]
+        extra += ["non_spatial"] * (data.ndim - 3 - len(extra))
+    nonspatial = [(3 + i, label) for i, label in enumerate(extra)]
     if not np.all(np.isfinite(affine)):
         raise ConversionError(path, "the NIfTI header holds a non-finite affine")
     source = header_to_source(hdr)
