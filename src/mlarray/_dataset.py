@@ -22,7 +22,18 @@ import numpy as np
 
 from mlarray.errors import MLArrayError
 
-__all__ = ["Row", "Task", "expand_inputs", "run_task", "run_tasks", "summary_table"]
+__all__ = [
+    "Row",
+    "SchedulerError",
+    "Task",
+    "as_json_rows",
+    "dicom_files_in",
+    "expand_inputs",
+    "one_line",
+    "run_task",
+    "run_tasks",
+    "summary_table",
+]
 
 _GLOB_CHARS = set("*?[")
 
@@ -277,9 +288,9 @@ def run_task(task: Task, progress: Callable[[int, int], None] | None = None) -> 
     try:
         _JOBS[task.kind](task, row, progress)
     except MLArrayError as exc:
-        row.status, row.message = "failed", _one_line(exc, task.src)
+        row.status, row.message = "failed", one_line(exc, task.src)
     except (OSError, ValueError, RuntimeError, TypeError, MemoryError) as exc:
-        row.status, row.message = "failed", _one_line(exc, task.src)
+        row.status, row.message = "failed", one_line(exc, task.src)
     if task.debug and row.status == "failed":
         row.notes.append(traceback.format_exc())
     row.seconds = time.perf_counter() - start
@@ -288,9 +299,10 @@ def run_task(task: Task, progress: Callable[[int, int], None] | None = None) -> 
     return row
 
 
-def _one_line(exc: BaseException, src: str) -> str:
+def one_line(exc: BaseException, path: str | os.PathLike) -> str:
+    """An error as one line that names ``path`` (prefixed unless the message already does)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    name = os.fspath(src)
+    name = os.fspath(path)
     return text if name in text else f"{name}: {text}"
 
 
@@ -357,7 +369,7 @@ def run_tasks(
 
 
 def _crashed(task: Task, exc: BaseException) -> Row:
-    return Row(task.src, task.dst, "failed", f"{task.src}: worker failed: {_one_line(exc, '')}")
+    return Row(task.src, task.dst, "failed", f"{task.src}: worker failed: {one_line(exc, '')}")
 
 
 def _run_pool(tasks: list[Task], jobs: int, done: Callable[[int, Row], None]) -> None:

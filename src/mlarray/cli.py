@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlarray._dataset import one_line as _one_line
 from mlarray.errors import InvalidPathError, MLArrayError
 
 __all__ = [
@@ -333,12 +334,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- convert
-
-
-def _one_line(exc: BaseException, path: Any) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    name = os.fspath(path)
-    return text if name in text else f"{name}: {text}"
 
 
 def _convert_options(args: argparse.Namespace) -> dict[str, Any]:
