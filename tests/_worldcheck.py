@@ -1,4 +1,4 @@
-"""Shared checks for the converter tests: voxel-by-voxel world coordinates, DICOM series."""
+"""Shared helpers of the converter tests: world coordinates voxel by voxel, test images, the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from mlarray import MLArray
 
@@ -107,3 +109,38 @@ def make_dicom_series(folder: Path, n_slices: int = 4, step: float = 2.5, skip: 
     # pixel_array is (row, col); expected values in (col, row, slice) order
     expected = np.stack([v.T for v in values], axis=2)
     return affine, expected
+
+
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ours(img: MLArray) -> tuple[np.ndarray, np.ndarray]:
+    """(data with the spatial axes only, RAS affine) of an MLArray with 3 spatial axes."""
+    aff, spatial = ras_affine_of(img)
+    data = img.to_numpy()
+    assert len(spatial) == data.ndim == 3
+    return data, aff
+
+
+def sitk_world(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(data in ITK index order i, j, k; RAS affine over it) of a 3-D SimpleITK image."""
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = d * np.array(img.GetSpacing())[np.newaxis, :]
+    aff[:3, 3] = img.GetOrigin()
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), LPS_TO_RAS @ aff
+
+
+def oblique_sitk(tmp_path: Path, suffix: str, dtype=np.int16) -> Path:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 1000, (6, 7, 8)).astype(dtype)
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((0.7, 0.8, 2.0))
+    img.SetOrigin((10.0, -20.0, 5.0))
+    th = 0.3
+    r = np.array([[np.cos(th), 0, -np.sin(th)], [0, 1, 0], [np.sin(th), 0, np.cos(th)]])
+    img.SetDirection(r.ravel().tolist())
+    path = tmp_path / f"oblique{suffix}"
+    sitk.WriteImage(img, str(path))
+    return path

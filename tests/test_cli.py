@@ -16,8 +16,15 @@ import SimpleITK as sitk
 from mlarray import MLArray
 from mlarray.cli import main
 from mlarray.convert import from_file
-from tests._worldcheck import MLARRAY_EXE, assert_same_world, make_dicom_series, run_cli
-from tests.test_convert import NIB_DATA, oblique_sitk, ours
+from tests._worldcheck import (
+    MLARRAY_EXE,
+    NIB_DATA,
+    assert_same_world,
+    make_dicom_series,
+    oblique_sitk,
+    ours,
+    run_cli,
+)
 
 BIN = MLARRAY_EXE.parent
 

@@ -18,8 +18,7 @@ import pytest
 
 from mlarray import MLArray
 from mlarray.convert import to_file
-from tests._worldcheck import assert_same_world, run_cli
-from tests.test_convert import NIB_DATA, oblique_sitk, ours
+from tests._worldcheck import NIB_DATA, assert_same_world, oblique_sitk, ours, run_cli
 
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
 

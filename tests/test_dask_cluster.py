@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from mlarray import MLArray
-from tests._worldcheck import assert_same_world, run_cli
-from tests.test_convert import ours
+from tests._worldcheck import assert_same_world, ours, run_cli
 
 distributed = pytest.importorskip("distributed")
 
