@@ -721,6 +721,12 @@ def print_header(filepath: str | os.PathLike) -> None:
     print(json.dumps(_jsonable(out), indent=2, sort_keys=True))
 
 
+#: A ``medvol.MedVol``-compatible image class. ``None`` (the default) converts with
+#: :mod:`mlarray.convert`; code written for the reference package may set it (its tests
+#: patch it) to convert through that class as the reference does (see ``mlarray._medvol``).
+MedVol: Any = None
+
+
 def convert_to_mlarray(load_filepath: str | os.PathLike, save_filepath: str | os.PathLike) -> None:
     """Convert a NIfTI/NRRD/MetaImage/DICOM image to ``.mla`` (reference signature).
 
@@ -728,6 +734,11 @@ def convert_to_mlarray(load_filepath: str | os.PathLike, save_filepath: str | os
     in the file's world frame, recorded in ``meta.spatial.coord_system``. An
     existing output is replaced. See :func:`mlarray.convert.convert_file`.
     """
+    if MedVol is not None:
+        from mlarray import _medvol
+
+        _medvol.to_mlarray(MedVol, load_filepath, save_filepath)
+        return
     from mlarray.convert import convert_file
 
     convert_file(load_filepath, save_filepath, overwrite=True)
@@ -741,6 +752,11 @@ def convert_from_mlarray(
     The geometry is written in the target's frame; ``meta.source`` goes back
     into the header of a file of the format it came from.
     """
+    if MedVol is not None:
+        from mlarray import _medvol
+
+        _medvol.from_mlarray(MedVol, load_filepath, save_filepath)
+        return
     from mlarray.convert import to_file
 
     to_file(load_filepath, save_filepath, overwrite=True)
