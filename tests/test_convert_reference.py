@@ -1,9 +1,10 @@
 """Our converter against the reference ``mlarray_convert`` (0.0.54 + medvol, its own venv).
 
 Both convert the same NIfTI/NRRD; every voxel must hold the same value at the
-same world point. The reference stores a RAS-world affine over a reoriented
-array with the array's axis codes in ``coord_system`` (FORMAT.md section 4);
-ours stores the file's own voxel order and world frame.
+same world point, in the files and in our napari plugin. The reference stores a
+RAS-world affine over a reoriented array with the array's axis codes in
+``coord_system`` (FORMAT.md section 4); ours stores the file's own voxel order and
+world frame.
 """
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ def test_same_voxels_at_the_same_world_points_as_the_reference(tmp_path, kind):
     our_data, our_aff = ours(MLArray.open(tmp_path / "ours.mla"))
     # the reference rounds its affine to 6 decimals: a tolerance in index units
     assert_same_world(our_data, our_aff, ref_data, ref_aff, atol=1e-3)
+
+    # both open in our napari plugin with every voxel at the same napari world point (and
+    # ours at its LPS point in napari's radiological frame: test_convert.py checks that)
+    def in_napari(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        from napari_mlarray._orientation import layer_matrix
+        from napari_mlarray._reader import read_mla
+
+        layer_data, kwargs, _ = read_mla(str(path))[0]
+        view = np.asarray(layer_data)
+        return view, layer_matrix(kwargs, view.ndim)
+
+    assert_same_world(*in_napari(tmp_path / "ours.mla"), *in_napari(tmp_path / "ref.mla"))
 
     # a reference file goes out through our converter to the same world too
     to_file(tmp_path / "ref.mla", tmp_path / "from_ref.nii.gz")
