@@ -284,10 +284,11 @@ def test_headers_claiming_more_data_than_there_is_are_refused_before_allocating(
 
 @pytest.mark.parametrize("kind", ["anatomical.nii", "pir.nii.gz", "oblique.nrrd", "dicom"])
 def test_converted_files_open_in_the_plugin_in_the_radiological_frame(tmp_path, kind):
-    """The napari reader puts every voxel at its LPS world point in napari's (z, y, x) order.
+    """The napari reader puts every voxel at its world point in the plugin's napari frame.
 
-    That order is what makes napari show the radiological view (anterior up, patient
-    right on the left), for RAS (NIfTI) and LPS (NRRD, DICOM) files alike.
+    That frame (axes toward inferior, posterior and left) is what makes napari show the
+    radiological view (anterior up, patient right on the left), for RAS (NIfTI) and LPS
+    (NRRD, DICOM) files alike.
     """
     from napari_mlarray._orientation import layer_matrix
     from napari_mlarray._reader import read_mla
@@ -306,8 +307,9 @@ def test_converted_files_open_in_the_plugin_in_the_radiological_frame(tmp_path, 
         make_dicom_series(src, n_slices=3)
     convert_file(src, tmp_path / "c.mla")
     data, ras = ours(MLArray.open(tmp_path / "c.mla"))
-    napari_world = np.zeros((4, 4))  # (z, y, x) of LPS, from RAS
-    napari_world[0, 2], napari_world[1, 1], napari_world[2, 0], napari_world[3, 3] = 1, -1, -1, 1
+    # napari's world axes run toward inferior, posterior, left: (-z, y, x) of LPS, from RAS
+    napari_world = np.zeros((4, 4))
+    napari_world[0, 2], napari_world[1, 1], napari_world[2, 0], napari_world[3, 3] = -1, -1, -1, 1
     layer_data, kwargs, layer_type = read_mla(str(tmp_path / "c.mla"))[0]
     assert layer_type == "image"
     view = np.asarray(layer_data)

@@ -73,7 +73,7 @@ def test_same_voxels_at_the_same_world_points_as_the_reference(tmp_path, kind):
     assert_same_world(our_data, our_aff, ref_data, ref_aff, atol=1e-3)
 
     # both open in our napari plugin with every voxel at the same napari world point (and
-    # ours at its LPS point in napari's radiological frame: test_convert.py checks that)
+    # ours at its point in the plugin's radiological frame: test_convert.py checks that)
     def in_napari(path: Path) -> tuple[np.ndarray, np.ndarray]:
         from napari_mlarray._orientation import layer_matrix
         from napari_mlarray._reader import read_mla
