@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -371,3 +372,20 @@ def test_dicom_series_written_and_read_back(tmp_path):
         to_file(MLArray(np.zeros((2, 3, 4), np.float32)), tmp_path / "f", format="dicom")
     with pytest.raises(ConversionError, match="--overwrite"):
         convert_file(tmp_path / "ct.mla", tmp_path / "ct_again", to="dicom")
+
+
+@pytest.mark.parametrize("stem", ["RAS", "LAS", "LPS", "PIR", "ASL", "ALS", "nrrd"])
+def test_reference_converted_files_go_out_to_the_right_world(tmp_path, stem):
+    """The reference converter's files (array codes such as ``LPS+`` over a RAS affine) are
+    written out by ``to_file`` with every voxel at the phantom's own world point."""
+    from tests.data.make_converted import phantom, ras_affine
+
+    src = Path(__file__).parent / "data" / "converted" / f"phantom_{stem}.mla"
+    notes: list[str] = []
+    to_file(src, tmp_path / "out.nii.gz", notes=notes)
+    out = nib.load(tmp_path / "out.nii.gz")
+    assert_same_world(phantom(), ras_affine(), np.asarray(out.dataobj), out.affine, atol=1e-4)
+    assert notes == []  # the frame was recognised, not assumed
+    to_file(src, tmp_path / "out.nrrd")
+    data, ras = sitk_world(sitk.ReadImage(str(tmp_path / "out.nrrd")))
+    assert_same_world(phantom(), ras_affine(), data, ras, atol=1e-4)

@@ -46,18 +46,6 @@ class PreviewError(MLArrayError, ValueError):
     """A file that cannot be previewed; the message names it."""
 
 
-def _frame(coord_system: str | None) -> str | None:
-    if not isinstance(coord_system, str):
-        return None
-    code = coord_system.strip().upper().rstrip("+")
-    if code in ("RAS", "LPS"):
-        return code
-    letters = set("RLAPSI")
-    if len(code) == 3 and set(code) <= letters:
-        return "RAS"  # the reference converter's array axis codes over a RAS-world affine
-    return None
-
-
 def anatomical_axes(img: MLArray) -> tuple[list[tuple[int, int]], str | None]:
     """For each spatial array axis, the LPS world axis it runs along and the sign.
 
@@ -71,12 +59,11 @@ def anatomical_axes(img: MLArray) -> tuple[list[tuple[int, int]], str | None]:
     mask = img.spatial_axis_mask
     spatial = [ax for ax, m in enumerate(mask) if m]
     n = len(spatial)
-    frame = _frame(meta.coord_system)
+    frame = meta.world_frame  # the reference converter's array codes read as RAS
     if frame is not None and n == 3:
         rot = geometry.rotation(np.asarray(img.affine, dtype=np.float64))
-        if frame == "RAS":
-            rot = np.diag([-1.0, -1.0, 1.0]) @ rot
-        return [(w, s) for w, s in geometry.axis_world_map(rot)], None
+        to_lps = geometry.frame_matrix("LPS").T @ geometry.frame_matrix(frame)
+        return [(w, s) for w, s in geometry.axis_world_map(to_lps @ rot)], None
     labels = meta.axis_labels
     named = {"spatial_x": 0, "spatial_y": 1, "spatial_z": 2}
     if labels and n == 3 and all(labels[ax] in named for ax in spatial):

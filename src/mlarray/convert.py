@@ -707,19 +707,33 @@ def _index_axes_of(labels: list[str] | None, spatial: list[int]) -> list[int]:
     return spatial[::-1]
 
 
-def _world_frame(coord_system: str | None, affine: np.ndarray, notes: list[str]) -> str:
-    """The frame ('RAS' or 'LPS') an MLArray's affine lives in (FORMAT.md section 4)."""
-    if coord_system is not None:
-        cs = coord_system.strip().upper().rstrip("+")
-        if cs in _FRAMES:
-            return cs
+def _world_frame(spatial: MetaSpatial, notes: list[str]) -> str:
+    """The anatomical frame an MLArray's geometry lives in (FORMAT.md section 4).
+
+    :attr:`MetaSpatial.world_frame` decides (the reference converter's array
+    codes over a RAS affine read as RAS); without one, RAS is assumed and said.
+    """
+    frame = spatial.world_frame
+    if frame is not None:
+        return frame
+    if spatial.coord_system:
         notes.append(
-            f"coord_system {coord_system!r} is not a world frame; its affine is read as RAS "
-            "(as the reference converter writes it)"
+            f"coord_system {spatial.coord_system!r} is not an anatomical frame; its geometry "
+            "was taken as RAS"
         )
-        return "RAS"
-    notes.append("the file has no coord_system; its geometry was taken as RAS")
+    else:
+        notes.append("the file has no coord_system; its geometry was taken as RAS")
     return "RAS"
+
+
+def _into_frame(affine: np.ndarray, frame: str, target: str) -> np.ndarray:
+    """``affine`` (world frame ``frame``, any anatomical code) re-expressed in ``target``."""
+    n = affine.shape[0] - 1
+    if n != 3:  # 1-D/2-D geometry: only a RAS <-> LPS sign flip is meaningful
+        return _flip_frame(affine, frame, target) if frame in _FRAMES else affine
+    change = np.eye(4)
+    change[:3, :3] = geometry.frame_matrix(target).T @ geometry.frame_matrix(frame)
+    return change @ affine
 
 
 def _tmp_dir_for(target: Path) -> Path:
@@ -985,13 +999,13 @@ def to_file(
     cols = [spatial.index(ax) for ax in index_axes]
     affine = a.copy()
     affine[:n, :n] = a[:n, :n][:, cols]
-    frame = _world_frame(meta.spatial.coord_system, affine, told)
+    frame = _world_frame(meta.spatial, told)
     data = img.to_numpy()
     tmpdir = _tmp_dir_for(target)
     try:
         if fmt == "dicom":
             data = data.transpose(index_axes[::-1])
-            _write_dicom(data, _flip_frame(affine, frame, "LPS"), meta, tmpdir)
+            _write_dicom(data, _into_frame(affine, frame, "LPS"), meta, tmpdir)
             _publish_folder(tmpdir, target)
             return target
         if fmt == "nifti":
@@ -1004,11 +1018,11 @@ def to_file(
             affine3 = np.eye(4)
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
-            affine3 = _flip_frame(affine3, frame, "RAS")
+            affine3 = _into_frame(affine3, frame, "RAS")
             _write_nifti(data, affine3, meta, tmpdir / target.name)
         else:
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
-            affine_lps = _flip_frame(affine, frame, "LPS") if n == 3 else affine
+            affine_lps = _into_frame(affine, frame, "LPS")
             _write_sitk(
                 data,
                 affine_lps,
