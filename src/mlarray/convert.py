@@ -1041,6 +1041,18 @@ def to_file(
 # ----------------------------------------------------------------------------- one file, any way
 
 
+class _ByChunk:
+    """A numpy array (or view) seen as a plain array-like, so that ``save_mla`` writes it
+    chunk by chunk: a transposed view is never copied whole, and progress is reported."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.ascontiguousarray(self._array[key])
+
+
 def convert_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -1099,7 +1111,7 @@ def convert_file(
         )
         io.save_mla(
             d,
-            data,
+            _ByChunk(data) if progress is not None else data,
             meta,
             progress=progress,
             **_storage(patch_size, chunk_size, block_size, cparams, dparams),
