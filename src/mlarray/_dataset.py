@@ -275,6 +275,7 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
 
 
 _JOBS = {"convert": _do_convert, "recompress": _do_recompress, "stats": _do_stats}
+_EXPECTED = (MLArrayError, OSError, ValueError, RuntimeError, TypeError, MemoryError)
 
 
 def run_task(task: Task, progress: Callable[[int, int], None] | None = None) -> Row:
@@ -287,12 +288,12 @@ def run_task(task: Task, progress: Callable[[int, int], None] | None = None) -> 
         return row
     try:
         _JOBS[task.kind](task, row, progress)
-    except MLArrayError as exc:
+    except Exception as exc:  # one bad file must not stop the others: report it, go on
         row.status, row.message = "failed", one_line(exc, task.src)
-    except (OSError, ValueError, RuntimeError, TypeError, MemoryError) as exc:
-        row.status, row.message = "failed", one_line(exc, task.src)
-    if task.debug and row.status == "failed":
-        row.notes.append(traceback.format_exc())
+        if not isinstance(exc, _EXPECTED):
+            row.message += f" ({type(exc).__name__}; --debug shows where)"
+        if task.debug:
+            row.notes.append(traceback.format_exc())
     row.seconds = time.perf_counter() - start
     if row.status == "ok":
         row.out_bytes = _size(task.dst or task.src)
