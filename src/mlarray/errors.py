@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "CorruptChunkError",
+    "DiskFullError",
+    "IndexingError",
     "InvalidModeError",
     "InvalidPathError",
     "LayoutError",
@@ -18,6 +21,7 @@ __all__ = [
     "MLArrayFileNotFoundError",
     "MLArrayFormatError",
     "MLArrayIOError",
+    "MLArrayMemoryError",
     "MetaTypeError",
     "MetaValidationError",
     "NoArrayError",
@@ -116,3 +120,26 @@ class NoArrayError(MLArrayError, TypeError):
 
 class ReadOnlyError(MLArrayError, PermissionError):
     """A write to an array opened read-only."""
+
+
+class CorruptChunkError(MLArrayFormatError):
+    """A chunk's data does not match its stored checksum, or cannot be decompressed.
+
+    ``chunk`` is the flat chunk number (None when unknown).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, message: str, chunk: int | None = None):
+        super().__init__(path, message)
+        self.chunk = chunk
+
+
+class DiskFullError(MLArrayIOError):
+    """No space left on the device while writing; the existing file is unchanged."""
+
+
+class MLArrayMemoryError(MLArrayError, MemoryError):
+    """An operation would need more memory than is available (names the file and the size)."""
+
+
+class IndexingError(MLArrayError, IndexError):
+    """An index numpy itself refuses for this shape (out of range, wrong number of axes...)."""

@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import itertools
+import mmap
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,10 @@ from typing import Any
 import blosc2
 import numpy as np
 
+from mlarray import frame as _frame
+from mlarray import integrity
 from mlarray.errors import (
+    DiskFullError,
     InvalidModeError,
     InvalidPathError,
     MetaValidationError,
@@ -81,6 +88,13 @@ def os_errors(path: Path, doing: str) -> Iterator[None]:
     except FileNotFoundError:
         raise MLArrayFileNotFoundError(path) from None
     except OSError as exc:
+        if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
+            raise DiskFullError(
+                path,
+                f"{doing}: {exc.strerror or 'No space left on device'} "
+                "(a file that was there is unchanged)",
+                exc.errno,
+            ) from exc
         raise MLArrayIOError(path, f"{doing}: {exc.strerror or exc}", exc.errno) from exc
 
 
@@ -124,58 +138,164 @@ def open_store(
             f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
     p = check_path(path, must_exist=True)
-    with os_errors(p, "cannot read"), open(p, "rb") as fh:
-        head = fh.read(64)
-    if not head.startswith(FRAME_MAGIC):
+    buf = map_regular_file(p)
+    if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
         raise MLArrayFormatError(
             p, "not an .mla file (it does not start with a Blosc2 frame header)"
         )
+    info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
+    raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
+    meta = _meta_from_raw(raw, info.shape, p)
     kwargs: dict[str, Any] = {"deserialize": "safe"}
     if mmap_mode is not None:
         kwargs["mmap_mode"] = mmap_mode
     else:
         kwargs["mode"] = "a" if writable else "r"
-    if dparams:
-        kwargs["dparams"] = dparams
+    wanted = dparams
+    if not wanted and meta.blosc2.dparams:
+        # Decompress as the writer asked (the default is one thread: the nnU-Net case of
+        # one reading process per core). Unusable stored values are simply not applied.
+        with contextlib.suppress(MLArrayError, TypeError, ValueError):
+            wanted = normalize_dparams(meta.blosc2.dparams)
+    kwargs["dparams"] = clamp_dparams(wanted)
     try:
         store = blosc2.open(os.fspath(p), **kwargs)
     except MLArrayError:
         raise
+    except PermissionError as exc:
+        raise MLArrayIOError(
+            p, f"cannot open for writing: {exc.strerror or exc}", exc.errno
+        ) from None
     except Exception as exc:
         raise MLArrayFormatError(
             p, f"cannot open the Blosc2 frame ({type(exc).__name__}: {exc})"
         ) from None
     if not isinstance(store, blosc2.NDArray):
         raise MLArrayFormatError(p, f"holds a {type(store).__name__}, not a b2nd NDArray")
-    meta = _meta_of(store, p)
-    if not dparams and meta.blosc2.dparams:
-        # Decompress as the writer asked (the default is one thread: the nnU-Net case of
-        # one reading process per core). Unusable stored values are simply not applied.
-        with contextlib.suppress(MLArrayError, TypeError, ValueError):
-            store.schunk.dparams = blosc2.DParams(**normalize_dparams(meta.blosc2.dparams))
+    if (
+        tuple(store.shape) != info.shape
+        or np.dtype(store.dtype) != info.dtype
+        or (info.nchunks and tuple(store.chunks) != info.chunks)
+    ):
+        raise MLArrayFormatError(p, "the file changed while it was being opened")
+    integrity.attach(store, p, buf, info)
+    if writable or mmap_mode in ("r+",):
+        integrity.remember_identity(store, p)
     return store, meta
 
 
-def _meta_of(store: blosc2.NDArray, path: Any) -> Meta:
+def map_regular_file(p: Path) -> Any:
+    """Memory-map an existing regular file read-only; refuse FIFOs, devices, sockets.
+
+    The file is opened non-blocking, so a FIFO named like an ``.mla`` file
+    cannot hang the caller, and checked with ``fstat`` on the open descriptor.
+    """
+    with os_errors(p, "cannot read"):
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPathError(p, "is not a regular file (a FIFO, device or socket?)")
+            if st.st_size < len(FRAME_MAGIC):
+                raise MLArrayFormatError(p, f"not an .mla file (only {st.st_size} bytes)")
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+
+
+def read_regular_file(p: Path) -> bytes:
+    """Read a whole regular file (refusing FIFOs and devices like :func:`map_regular_file`)."""
+    buf = map_regular_file(p)
     try:
-        vlmeta = store.schunk.vlmeta
-        raw = vlmeta.get(VLMETA_KEY, None)
-    except Exception as exc:
-        raise MLArrayFormatError(path, f"cannot read the metadata layers ({exc})") from None
+        return bytes(buf)
+    finally:
+        buf.close()
+
+
+def read_frame(path: str | os.PathLike) -> bytes:
+    """The bytes of an ``.mla`` file, structure checked and every chunk verified.
+
+    Used by :meth:`MLArray.load`, which hands the bytes to Blosc2 whole.
+    """
+    p = Path(os.fspath(path))
+    data = read_regular_file(p)
+    info = _frame.inspect_frame(data, p)
+    store_like = _FrameBytes(tuple(info.shape))
+    if integrity.attach(store_like, p, data, info) is not None:
+        integrity.verify_all(store_like)
+    return data
+
+
+class _FrameBytes:
+    """A stand-in store for verifying a frame held in memory."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+# c-blosc2's thread pools do not survive fork(): a forked data-loader worker that starts
+# threads can deadlock. Handles opened in a forked child decompress with one thread.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def clamp_dparams(dparams: dict | None) -> dict:
+    """Decompression parameters a file may ask for: threads between 1 and the CPU count.
+
+    In a process forked from one that imported mlarray, always one thread.
+    """
+    out = dict(dparams or {})
+    cores = 1 if _forked else (os.cpu_count() or 1)
+    n = out.get("nthreads", 1)
+    out["nthreads"] = min(max(int(n), 1), cores) if isinstance(n, (int, np.integer)) else 1
+    return out
+
+
+def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any) -> Meta:
+    """The file's :class:`Meta`; the frame's shape, not the record, says whether it holds an array.
+
+    A metadata-only file stores an empty ``(0,)`` array; any other shape is an
+    array, whatever the record's ``_has_array`` says (a record without the
+    flag must not hide an array, or a later metadata save would drop it).
+    """
     meta = Meta() if raw is None else meta_from_record(decode_record(raw, path), path)
-    empty_store = store.shape == (0,)
-    has_array = (not empty_store) if raw is None else meta._has_array.has_array
-    if has_array and empty_store and raw is not None and meta.spatial.shape not in (None, [0]):
+    empty_store = shape == (0,)
+    has_array = True if not empty_store else (raw is not None and meta._has_array.has_array)
+    if has_array and empty_store and meta.spatial.shape not in (None, [0]):
         raise MLArrayFormatError(
             path, "record says the file holds an array, but the array is empty"
         )
     try:
         with _meta_internal_write():
             meta._has_array.has_array = bool(has_array)
-            meta.spatial.shape = list(store.shape) if has_array else None
+            meta.spatial.shape = list(shape) if has_array else None
     except MetaValidationError as exc:
         raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
     return meta
+
+
+def flush_meta(store: blosc2.NDArray, path: Any, meta: Meta) -> None:
+    """Write ``meta`` into an open file, validated as :func:`save_mla` validates it.
+
+    After in-place writes through this handle, the chunk checksums are
+    recomputed and stored too.
+    """
+    has_array = meta._has_array.has_array and tuple(store.shape) != (0,)
+    shape = tuple(int(n) for n in store.shape) if has_array else None
+    record = encode_record(record_from_meta(_prepare_meta(meta, shape, None, Path(path))))
+    integrity.check_identity(store)
+    with os_errors(Path(path), "cannot write the metadata"):
+        store.schunk.vlmeta[VLMETA_KEY] = record
+        if integrity.was_written(store):
+            integrity.refresh_file(store, path)
 
 
 def read_meta(path: str | os.PathLike) -> Meta:
@@ -192,10 +312,96 @@ def iter_chunk_slices(
         yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape, strict=True))
 
 
+def _save_target(target: Path) -> Path:
+    """The regular file a save replaces: symlinks are followed; anything else is refused.
+
+    A symlink is written through (the file it points to is replaced, as numpy
+    and nibabel do), but only when it points to a regular file or nothing: a
+    save must never replace a device node, FIFO or socket. A file its owner
+    made read-only is not replaced either.
+    """
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+        if target.suffix.lower() != SUFFIX:
+            raise InvalidPathError(target, f"a symlink to a file not ending with '{SUFFIX}'")
+    if not target.parent.is_dir():
+        raise MLArrayFileNotFoundError(target.parent, "the folder to save into does not exist")
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise MLArrayIOError(target, f"cannot save: {exc.strerror or exc}", exc.errno) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidPathError(target, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPathError(
+            target, "is not a regular file (a device, FIFO or socket); not replacing it"
+        )
+    if not st.st_mode & 0o222:
+        raise MLArrayIOError(
+            target, "is read-only (no write permission bits); not replacing it", errno.EACCES
+        )
+    return target
+
+
+_TEMP_SUFFIX = ".tmp.mla"
+
+
+def _temp_prefix(target: Path) -> str:
+    digest = hashlib.sha1(target.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f".mla-{digest}-"
+
+
 def _temp_path(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.mla", dir=target.parent)
-    os.close(fd)
-    return Path(name)
+    """A new, short, hidden temporary file next to ``target`` (names near NAME_MAX still work).
+
+    The name holds a hash of the target's name and this process id, so a later
+    save of the same path can remove what a killed save left behind. The file
+    is created with mode 0o666 filtered by the umask, by the kernel (the umask
+    is never changed).
+    """
+    _remove_stale_temps(target)
+    prefix = f"{_temp_prefix(target)}{os.getpid()}-"
+    for _ in range(100):
+        p = target.parent / f"{prefix}{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+        try:
+            fd = os.open(
+                p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+            )
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return p
+    raise FileExistsError(errno.EEXIST, "no free temporary file name")
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temporary files of earlier saves of ``target`` whose process is gone."""
+    prefix = _temp_prefix(target)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+                continue
+            pid_text = name[len(prefix) :].split("-", 1)[0]
+            if not pid_text.isdigit() or _process_alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is another user's
+        return True
+    return True
 
 
 def _fsync_path(p: Path, directory: bool = False) -> None:
@@ -277,13 +483,7 @@ def save_mla(
     pathlib.Path
         The written path.
     """
-    target = check_path(path, must_exist=False)
-    if target.is_symlink():  # write through the link, as numpy and nibabel do
-        target = Path(os.path.realpath(target))
-    if not target.parent.is_dir():
-        raise MLArrayFileNotFoundError(target.parent, "the folder to save into does not exist")
-    if target.is_dir():
-        raise InvalidPathError(target, "is a directory")
+    target = _save_target(check_path(path, must_exist=False))
     src = None if data is None else _source_array(data)
     shape = None if src is None else tuple(int(n) for n in src.shape)
     dtype = None if src is None else check_dtype(src.dtype, target)
@@ -335,9 +535,6 @@ def save_mla(
         if target.exists():
             with contextlib.suppress(OSError):
                 os.chmod(tmp, target.stat().st_mode & 0o7777)
-        else:
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, 0o666 & ~_umask())
         with os_errors(target, "cannot replace"):
             os.replace(tmp, target)
         _fsync_path(target.parent, directory=True)
@@ -382,12 +579,6 @@ def _encoding_value(v: Any) -> Any:
         values = [_encoding_value(x) for x in v]
         return values + [0] * (_MAX_FILTERS - len(values))
     return getattr(v, "value", v)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_frame(
@@ -436,4 +627,22 @@ def _write_frame(
             if progress is not None:
                 progress(i, len(slices))
     dst.schunk.vlmeta[VLMETA_KEY] = record
+    for key, value in _other_vlmeta(src).items():
+        dst.schunk.vlmeta[key] = value
+    dst.schunk.vlmeta[integrity.CHECKSUM_KEY] = integrity.digest_file(tmp)
     del dst
+
+
+def _other_vlmeta(src: Any) -> dict[str, Any]:
+    """vlmeta entries of a Blosc2 source other than ours (FORMAT.md: keep them)."""
+    if not isinstance(src, blosc2.NDArray):
+        return {}
+    try:
+        schunk = src.schunk  # keep it alive: vlmeta refers to it weakly
+        entries = schunk.vlmeta.getall()
+        return {n: v for n, v in entries.items() if n not in _OWN_VLMETA}
+    except Exception:  # unreadable foreign entries are not ours to keep
+        return {}
+
+
+_OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY)

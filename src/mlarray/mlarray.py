@@ -10,17 +10,18 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import geometry, io, layout
+from mlarray import geometry, integrity, io, layout
 from mlarray.errors import (
+    CorruptChunkError,
+    IndexingError,
     InvalidModeError,
     InvalidPathError,
     MetaValidationError,
-    MLArrayFormatError,
+    MLArrayMemoryError,
     NoArrayError,
     ReadOnlyError,
 )
 from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
-from mlarray.record import encode_record, record_from_meta
 
 __all__ = ["MLArray"]
 
@@ -655,8 +656,7 @@ class MLArray:
         out = cls._bare(meta)
         if meta._has_array.has_array:
             if compressed:
-                with io.os_errors(Path(filepath), "cannot read"), open(filepath, "rb") as fh:
-                    frame = fh.read()
+                frame = io.read_frame(filepath)  # structure checked, chunks verified
                 # copy=True: a view over the immutable bytes aborts the process on write
                 out._store = blosc2.ndarray_from_cframe(frame, copy=True)
             else:
@@ -771,7 +771,7 @@ class MLArray:
     def _flush_meta(self) -> None:
         fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
-            fs.schunk.vlmeta[io.VLMETA_KEY] = encode_record(record_from_meta(self.meta))
+            io.flush_meta(fs, self._path, self.meta)
 
     def save(self, filepath: str | os.PathLike) -> None:
         """Save to an ``.mla`` file, atomically (temporary file, then replace).
@@ -832,11 +832,34 @@ class MLArray:
             and self._mmap_mode != "c"
         ):
             mode = "a" if self._writable and self._mmap_mode is None else "r"
-            return (_unpickle_file, (str(self._path), mode, self._mmap_mode, record))
+            where = os.path.abspath(self._path)  # a worker may run in another directory
+            return (_unpickle_file, (where, mode, self._mmap_mode, record))
         store = self._store
         if isinstance(store, blosc2.NDArray):
             return (_unpickle_cframe, (store.to_cframe(), record))
         return (_unpickle_memory, (store, record))
+
+    def verify(self) -> integrity.VerifyReport:
+        """Check the whole file: its Blosc2 structure and every chunk against its checksum.
+
+        Returns
+        -------
+        mlarray.integrity.VerifyReport
+            ``has_checksums`` is False for files written without checksums
+            (their structure is still checked).
+
+        Raises
+        ------
+        CorruptChunkError
+            If a chunk does not match its checksum (names the file and chunk).
+        MLArrayFormatError
+            If the frame structure is damaged.
+        NoArrayError
+            If this instance was not opened or loaded from a file.
+        """
+        if self._path is None:
+            raise NoArrayError("verify() needs an MLArray opened or loaded from a file")
+        return integrity.verify_file(self._path)
 
     def __enter__(self) -> MLArray:
         return self
@@ -920,9 +943,15 @@ class MLArray:
         from mlarray.stats import compute_stats
 
         store = self._require()
-        values = compute_stats(
-            store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
-        )
+        integrity.verify_all(store)
+        try:
+            values = compute_stats(
+                store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
+            )
+        except RuntimeError as exc:
+            raise CorruptChunkError(
+                self._path, f"cannot decompress the data, the file may be corrupt ({exc})"
+            ) from None
         self.meta.stats = MetaStatistics(**values)
         return self.meta.stats
 
@@ -952,17 +981,25 @@ class MLArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
+        integrity.verify_read(store, key)  # the chunks this read touches match their checksums
         try:
             if isinstance(store, np.ndarray) or _blosc2_reads(key):
                 return np.asarray(store[key])
             return _read_advanced(store, key)
         except IndexError:
-            _probe(tuple(store.shape))[key]  # raise numpy's own message
+            try:
+                _probe(tuple(store.shape))[key]  # numpy's own message
+            except IndexError as err:
+                raise IndexingError(f"{self._path or 'MLArray'}: {err}") from None
             raise
+        except MemoryError:
+            raise MLArrayMemoryError(
+                f"{self._path or 'MLArray'}: not enough memory to read {_nbytes(store, key)} bytes"
+            ) from None
         except NotImplementedError:  # a RuntimeError, but not a sign of corruption
             raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
-            raise MLArrayFormatError(
+            raise CorruptChunkError(
                 self._path, f"cannot decompress the requested data, the file may be corrupt ({exc})"
             ) from None
 
@@ -986,6 +1023,8 @@ class MLArray:
         if isinstance(store, np.ndarray):
             store[key] = value
             return
+        if store is self._file_store:
+            integrity.note_write(store)  # digests are refreshed when the file is closed
         shape = tuple(store.shape)
         selected = _probe(shape)[key].shape  # numpy's IndexError for a bad key
         values = np.empty(selected, dtype=store.dtype)
@@ -1185,6 +1224,13 @@ class MLArray:
 def _probe(shape: tuple[int, ...]) -> np.ndarray:
     """A zero-memory numpy array of ``shape``: index it to learn what a key selects."""
     return np.broadcast_to(np.empty((), dtype=np.bool_), shape)
+
+
+def _nbytes(store: Any, key: Any) -> int:
+    try:
+        return int(_probe(tuple(store.shape))[key].size) * np.dtype(store.dtype).itemsize
+    except Exception:
+        return int(np.prod(store.shape)) * np.dtype(store.dtype).itemsize
 
 
 def _is_basic_key(key: Any) -> bool:

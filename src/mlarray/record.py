@@ -38,8 +38,12 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 #: Cap on the nesting depth of a record.
 MAX_RECORD_DEPTH = 32
 #: Cap on the number of containers and scalars visited in a record (shared
-#: references are counted each time, which defeats "billion laughs" records).
-MAX_RECORD_NODES = 2_000_000
+#: references are counted each time, which defeats "billion laughs" records),
+#: and on the number of pickle opcodes run while decoding (each opcode makes at
+#: most one object, so decoding never holds more than this many objects).
+MAX_RECORD_NODES = 1_000_000
+#: Largest integer a record may hold, in bytes of its pickled two's complement.
+_MAX_INT_BYTES = 9
 
 PICKLE_PROTOCOL = 4
 
@@ -73,7 +77,82 @@ class _RestrictedUnpickler(pickle._Unpickler):
         # the format holds no bytes at all, so every binary opcode is refused up front.
         raise pickle.UnpicklingError("binary data (bytes, bytearray, buffers) is not allowed")
 
+    def __init__(self, file: Any):
+        super().__init__(file)
+        self._ops = 0
+
+    def _count(self) -> None:
+        self._ops += 1
+        if self._ops > MAX_RECORD_NODES:
+            raise _Budget(f"more than {MAX_RECORD_NODES} pickle operations")
+
+    def _setitems_checked(self, items: list) -> None:
+        # Keys are checked before any dict sees them: int or float keys can be made to
+        # collide in one hash bucket (100k of them take minutes to insert).
+        for k in items[0::2]:
+            if type(k) is not str:
+                raise pickle.UnpicklingError(f"non-string key of type {type(k).__name__}")
+
+    def load_setitem(self) -> None:
+        self._setitems_checked([self.stack[-2]])
+        super().load_setitem()
+
+    def load_setitems(self) -> None:
+        # The items sit above the last mark; check them before pickle builds anything.
+        self._setitems_checked(self.stack)
+        super().load_setitems()
+
+    def load_dict(self) -> None:
+        self._setitems_checked(self.stack)
+        super().load_dict()
+
+    def load_reduce(self) -> None:
+        func, args = self.stack[-2], self.stack[-1]
+        ok = func in (list, dict) and (
+            args == () or (type(args) is tuple and len(args) == 1 and type(args[0]) is func)
+        )
+        if not ok:
+            raise pickle.UnpicklingError("only plain lists and dicts may be rebuilt")
+        super().load_reduce()
+
+    def load_newobj(self) -> None:
+        if self.stack[-1] != () or self.stack[-2] not in (list, dict):
+            raise pickle.UnpicklingError("only empty plain lists and dicts may be created")
+        super().load_newobj()
+
+    def _refuse(self) -> None:
+        raise pickle.UnpicklingError(
+            "pickle opcode for a set, object, extension or big integer is not allowed"
+        )
+
+    def load_long1(self) -> None:
+        n = self.read(1)[0]
+        if n > _MAX_INT_BYTES:
+            raise pickle.UnpicklingError(f"integer of {n} bytes")
+        self.append(pickle.decode_long(self.read(n)))
+
     dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.LONG1[0]] = load_long1
+    for _op in (
+        pickle.LONG4,
+        pickle.LONG,
+        pickle.NEWOBJ_EX,
+        pickle.BUILD,
+        pickle.INST,
+        pickle.OBJ,
+        pickle.EXT1,
+        pickle.EXT2,
+        pickle.EXT4,
+        pickle.EMPTY_SET,
+        pickle.ADDITEMS,
+        pickle.FROZENSET,
+    ):
+        dispatch[_op[0]] = _refuse
     for _op in (
         pickle.BINBYTES,
         pickle.SHORT_BINBYTES,
@@ -84,6 +163,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
     ):
         dispatch[_op[0]] = _refuse_binary
     del _op
+    # Every opcode counts against the budget before it runs.
+    dispatch = {
+        code: (lambda f: lambda self: (self._count(), f(self)))(fn) for code, fn in dispatch.items()
+    }
+
+
+class _Budget(Exception):
+    """Internal: the decoder's operation budget ran out."""
 
 
 def _gunzip_capped(raw: bytes, path: Any) -> bytes:
@@ -154,6 +241,8 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
         if "forbidden global" in str(exc) or "persistent" in str(exc):
             raise UnsafeRecordError(path, f"metadata record refused: {exc}") from None
         raise MLArrayFormatError(path, f"metadata record is not a valid pickle ({exc})") from None
+    except _Budget as exc:
+        raise UnsafeRecordError(path, f"metadata record refused: {exc}") from None
     except RecursionError:
         raise UnsafeRecordError(path, "metadata record is nested too deeply") from None
     except Exception as exc:  # any other unpickling failure is a malformed record

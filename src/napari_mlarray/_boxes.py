@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,11 @@ from mlarray.meta import Meta
 from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
 from napari_mlarray._orientation import as_meta, layer_matrix, spatial_mask
 
-__all__ = ["BOX_COLORS", "boxes_from_shapes", "shapes_layer_data"]
+__all__ = ["BOX_COLORS", "MAX_RECTANGLES", "boxes_from_shapes", "shapes_layer_data"]
+
+#: Most rectangles the reader draws for a file's boxes (one per box and slice);
+#: beyond it the remaining boxes are left out with a warning (a notification in napari).
+MAX_RECTANGLES = 20_000
 
 BOX_COLORS = [
     "#ff4040",
@@ -50,6 +55,26 @@ def _label_text(label: Any) -> str:
     return "" if label is None else str(label)
 
 
+def _clip_box(
+    box: list[tuple[float, float]], extent: list[int] | None
+) -> list[tuple[float, float]]:
+    """Clip a ``[min, max)`` box (view order) to the array; non-finite ends become the array's."""
+    out = []
+    for k, (lo, hi) in enumerate(box):
+        n = None if extent is None else float(extent[k])
+        lo = lo if math.isfinite(lo) else (0.0 if n is None or lo < 0 else n)
+        hi = hi if math.isfinite(hi) else (0.0 if n is None or hi < 0 else n)
+        if n is not None:
+            lo, hi = min(max(lo, 0.0), n), min(max(hi, 0.0), n)
+        out.append((lo, hi))
+    return out
+
+
+def _rectangle_count(box_view: list[tuple[float, float]]) -> int:
+    *lead, _, _ = box_view
+    return math.prod(max(math.ceil(hi), math.floor(lo) + 1) - math.floor(lo) for lo, hi in lead)
+
+
 def _rectangles(box_view: list[tuple[float, float]]) -> list[np.ndarray]:
     """Rectangles (4 x m vertices, data coordinates) drawing one box in view order.
 
@@ -75,6 +100,7 @@ def shapes_layer_data(
     path: str | None = None,
     skip_axes=(),
     unit_ok=None,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[list[np.ndarray], dict] | None:
     """Shapes data and ``viewer.add_shapes`` keywords for the record's boxes.
 
@@ -89,6 +115,10 @@ def shapes_layer_data(
     skip_axes : sequence of int
         Stored axes left out of the Shapes layer (a ``channel`` axis split into
         image layers); the writer restores them from the stored boxes.
+    shape : tuple of int, optional
+        Stored array shape: boxes are clipped to it. At most
+        :data:`MAX_RECTANGLES` rectangles are drawn (a warning says how many
+        boxes were left out).
 
     Returns
     -------
@@ -123,10 +153,15 @@ def shapes_layer_data(
     if len(shown) != len(orient.perm):
         kw = drop_axes(kw, [k for k in range(len(orient.perm)) if k not in shown])
     data, box_id, labels, scores = [], [], [], []
+    extent = None if shape is None else [shape[axes[orient.perm[k]]] for k in shown]
+    left_out = 0
     for i, box in enumerate(boxes):
         if len(box) != n_box:
             raise ValueError(f"bbox {i} has {len(box)} axes, expected {n_box}")
-        view = [tuple(float(v) for v in box[orient.perm[k]]) for k in shown]
+        view = _clip_box([tuple(float(v) for v in box[orient.perm[k]]) for k in shown], extent)
+        if len(data) + _rectangle_count(view) > MAX_RECTANGLES:
+            left_out += 1
+            continue
         rects = _rectangles(view)
         data += rects
         box_id += [i] * len(rects)
@@ -134,6 +169,13 @@ def shapes_layer_data(
         labels += [_label_text(lab)] * len(rects)
         sc = None if bbox.scores is None else bbox.scores[i]
         scores += [math.nan if sc is None else float(sc)] * len(rects)
+    if left_out:
+        warnings.warn(
+            f"{path or name}: {left_out} of {len(boxes)} boxes not shown "
+            f"(more than {MAX_RECTANGLES} rectangles, one per box and slice)",
+            UserWarning,
+            stacklevel=2,
+        )
     block["box_axes"] = axes
     block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
     with_metadata(kw, block)

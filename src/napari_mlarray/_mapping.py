@@ -386,6 +386,10 @@ def record_from_layer(
     """
     ndim = len(shape)
     T = layer_matrix(meta, ndim)
+    if not np.all(np.isfinite(T)) or abs(np.linalg.det(np.asarray(T, dtype=float))) < 1e-300:
+        raise ValueError(
+            "the layer's scale/affine is zero or singular; an .mla file needs a nonzero spacing"
+        )
     block = (meta.get("metadata") or {}).get(KEY)
     if block is not None and block.get("layer") in ("image", "labels"):
         return _record_from_read_layer(shape, meta, layer_type, block, T)

@@ -11,7 +11,9 @@ compress well and are small next to the images they annotate.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +108,9 @@ def _read_one(path: str) -> list[tuple]:
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
         labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
-            layers.append((labels, _mapping.labels_layer_kwargs(record, ndim, **args), "labels"))
+            kw = _mapping.labels_layer_kwargs(record, ndim, **args)
+            _check_transform(kw, path)
+            layers.append((labels, kw, "labels"))
         else:
             kw = _mapping.image_layer_kwargs(record, ndim, **args)
             channel = kw.get("channel_axis")
@@ -118,9 +122,16 @@ def _read_one(path: str) -> list[tuple]:
                 kw["contrast_limits"] = limits[0] if channel is None else limits
             if channel is not None:
                 skip = (view.perm[channel],)
+            _check_transform(kw, path)
             layers.append((view, kw, "image"))
     shapes = shapes_layer_data(
-        record, ndim, name=f"{name} boxes", path=path, skip_axes=skip, unit_ok=_unit_ok
+        record,
+        ndim,
+        name=f"{name} boxes",
+        path=path,
+        skip_axes=skip,
+        unit_ok=_unit_ok,
+        shape=arr.shape if has_array else None,
     )
     if shapes is not None:
         layers.append((*shapes, "shapes"))
@@ -134,6 +145,30 @@ def _notify(notes) -> None:
 
         for note in notes:
             show_info(note)
+
+
+#: Label maps larger than this (bytes) stay lazy (read on demand) instead of being
+#: read into one writable numpy array.
+MAX_EAGER_LABELS_BYTES = 1 << 30
+
+
+def _check_transform(kw: dict, path: str) -> None:
+    """Refuse, with a clear message, geometry napari cannot display (zero or non-finite scale)."""
+    from mlarray.errors import MLArrayFormatError
+
+    scale = kw.get("scale")
+    if scale is not None and not all(math.isfinite(v) and v != 0 for v in np.ravel(scale)):
+        raise MLArrayFormatError(
+            path,
+            f"spacing {list(np.ravel(scale))} has a zero or non-finite value; cannot display it",
+        )
+    affine = kw.get("affine")
+    if affine is not None:
+        a = np.asarray(affine, dtype=float)
+        if not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:-1, :-1])) < 1e-12:
+            raise MLArrayFormatError(
+                path, "the affine is singular or not finite (a zero spacing?); cannot display it"
+            )
 
 
 def _channels(view: LazyView, axis: int) -> list:
@@ -151,7 +186,18 @@ def _labels_data(view: LazyView) -> np.ndarray | None:
 
     Float masks with integral values are cast to the smallest integer dtype
     holding them, slab by slab (peak memory: the result plus one chunk slab).
+    Integer maps above :data:`MAX_EAGER_LABELS_BYTES` are returned lazily
+    (napari reads the slices it shows); float ones that large open as images.
     """
+    if int(np.prod(view.shape)) * max(view.dtype.itemsize, 1) > MAX_EAGER_LABELS_BYTES:
+        if view.dtype.kind in "iu":
+            warnings.warn(
+                f"label map of shape {tuple(view.shape)} is large: opened read-only on demand",
+                UserWarning,
+                stacklevel=2,
+            )
+            return view
+        return None
     if view.dtype.kind in "iu":
         out = np.empty(view.shape, view.dtype)
     elif view.dtype.kind == "b":

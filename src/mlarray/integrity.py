@@ -1,0 +1,367 @@
+"""Per-chunk checksums: detect damaged chunk data instead of returning wrong values.
+
+A Blosc2 frame has no checksum of its own, and a flipped bit inside a
+compressed stream often decompresses "successfully" into wrong values. Files
+written by mlarray therefore carry one 64-bit xxHash (XXH3) digest per chunk,
+taken over the chunk's compressed bytes as stored, in a separate
+variable-length metalayer, ``vlmeta["mlarray_checksums"]``. The reference
+package ignores that entry, so files stay readable there; files without it
+(written by other tools) open as before, unverified.
+
+Entry layout (bytes): the 8-byte tag ``b"MLAXXH3\\x01"``, the little-endian
+``uint64`` digest of the ``b2nd`` metalayer (shape, chunk and block shapes,
+dtype: a forged header shape is detected), then one little-endian ``uint64``
+digest per chunk in chunk order. A chunk stored as a
+special value in the chunk offsets (all zeros, all NaN, uninitialized) is
+digested over its 8-byte offset value.
+
+How it is used:
+
+* :func:`attach` (called by :func:`mlarray.io.open_store`) gives an opened
+  Blosc2 array a :class:`ChunkVerifier` when the file has checksums;
+* :func:`verify_read` is **the read hook**: ``verify_read(store, key)``
+  verifies the chunks a read of ``key`` touches, each chunk at most once per
+  handle. Fast read paths that bypass ``MLArray.__getitem__`` call it (or
+  :func:`verify_region` with per-axis ``(start, stop)`` bounds) before
+  decompressing;
+* :func:`note_write` marks a handle's file as modified in place (checking
+  stops for that handle), :func:`refresh_file` recomputes and stores the
+  digests after in-place writes (``close()``), :func:`digest_file` is used
+  by ``save``;
+* :func:`verify_file` checks a whole file (``MLArray.verify()``).
+
+Verification on read is on by default; :func:`set_verify_on_read` (or the
+environment variable ``MLARRAY_VERIFY=0``) turns it off.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from mlarray.errors import CorruptChunkError, MLArrayIOError
+from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
+from mlarray.indexing import key_bounds
+
+__all__ = [
+    "CHECKSUM_KEY",
+    "ChunkVerifier",
+    "VerifyReport",
+    "attach",
+    "chunk_digests",
+    "digest_file",
+    "encode_digests",
+    "note_write",
+    "refresh_file",
+    "set_verify_on_read",
+    "verify_file",
+    "verify_read",
+    "verify_region",
+]
+
+CHECKSUM_KEY = "mlarray_checksums"
+_TAG = b"MLAXXH3\x01"
+_VERIFIER_ATTR = "_mlarray_verifier"
+
+_verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
+
+
+def set_verify_on_read(enabled: bool) -> bool:
+    """Turn checksum verification of reads on or off for files opened afterwards.
+
+    Returns the previous setting. ``MLArray.verify()`` always verifies.
+    """
+    global _verify_on_read
+    previous, _verify_on_read = _verify_on_read, bool(enabled)
+    return previous
+
+
+def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
+    """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``."""
+    mv = memoryview(buf).cast("B")
+    idx = range(info.nchunks) if ids is None else ids
+    out = np.empty(len(idx), dtype=np.uint64)
+    pos, cb, raw = info.chunk_pos, info.chunk_cbytes, info.raw_offsets
+    h = xxhash.xxh3_64_intdigest
+    for j, i in enumerate(idx):
+        p = int(pos[i])
+        out[j] = h(mv[p : p + int(cb[i])]) if p >= 0 else h(raw[i : i + 1].tobytes())
+    return out
+
+
+def layout_digest(buf: Any, info: FrameInfo) -> int:
+    """XXH3-64 digest of the frame's ``b2nd`` metalayer (shape, chunks, blocks, dtype)."""
+    lo, hi = info.b2nd_span
+    return xxhash.xxh3_64_intdigest(memoryview(buf).cast("B")[lo:hi])
+
+
+def encode_digests(buf: Any, info: FrameInfo) -> bytes:
+    """The checksum entry of the frame in ``buf`` (tag, layout digest, chunk digests)."""
+    head = np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
+    return _TAG + head + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
+
+
+def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
+    """The stored chunk digests (None without a checksum entry of ours); checks the layout."""
+    if raw is None:
+        return None
+    if not isinstance(raw, bytes) or not raw.startswith(_TAG):
+        # Anything else under our key is damage (or a newer format this version cannot
+        # check): never fall back to reading unverified data silently.
+        raise CorruptChunkError(
+            path,
+            f"the checksum entry {CHECKSUM_KEY!r} is damaged or of a newer mlarray "
+            "(MLARRAY_VERIFY=0 reads the file unverified)",
+        )
+    body = raw[len(_TAG) :]
+    if len(body) != 8 * (info.nchunks + 1):
+        raise CorruptChunkError(
+            path, f"checksum entry holds {len(body) // 8 - 1} digests for {info.nchunks} chunks"
+        )
+    values = np.frombuffer(body, dtype="<u8").astype(np.uint64)
+    if int(values[0]) != layout_digest(buf, info):
+        raise CorruptChunkError(
+            path,
+            f"the array layout in the header (shape {info.shape}, chunks {info.chunks}, "
+            f"dtype {info.dtype}) does not match its checksum; the header is damaged or forged",
+        )
+    return values[1:]
+
+
+def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
+    return tuple(int(c) for c in np.unravel_index(i, info.grid)) if info.shape else ()
+
+
+class ChunkVerifier:
+    """Verifies the chunks of one opened file against its stored digests."""
+
+    def __init__(self, path: Any, buf: Any, info: FrameInfo, expected: np.ndarray):
+        self.path = path
+        self.buf = buf
+        self.info = info
+        self.expected = expected
+        self.checked = np.zeros(info.nchunks, dtype=bool)
+        self.enabled = True
+        grid = info.grid
+        self._strides = np.array(
+            [int(np.prod(grid[k + 1 :])) for k in range(len(grid))], dtype=np.int64
+        )
+
+    def verify_chunks(self, ids: np.ndarray) -> None:
+        """Verify chunks ``ids`` (flat chunk numbers) not verified yet by this handle."""
+        if not self.enabled:
+            return
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        todo = ids[~self.checked[ids]]
+        if not todo.size:
+            return
+        todo = np.unique(todo)
+        got = chunk_digests(self.buf, self.info, todo.tolist())
+        bad = todo[got != self.expected[todo]]
+        if bad.size:
+            i = int(bad[0])
+            coords = _chunk_coords(self.info, i)
+            raise CorruptChunkError(
+                self.path,
+                f"chunk {i} (chunk grid position {coords}) does not match its checksum; "
+                "the file is damaged"
+                + (f" ({bad.size} damaged chunks in this read)" if bad.size > 1 else ""),
+                chunk=i,
+            )
+        self.checked[todo] = True
+
+    def verify_region(self, bounds: Sequence[tuple[int, int]]) -> None:
+        """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""
+        if not self.enabled or not self.info.nchunks:
+            return
+        if not self.info.shape:
+            self.verify_chunks(np.zeros(1, dtype=np.int64))
+            return
+        ranges = []
+        for (lo, hi), c in zip(bounds, self.info.chunks, strict=True):
+            if hi <= lo:
+                return
+            ranges.append(np.arange(lo // c, (hi - 1) // c + 1, dtype=np.int64))
+        mesh = np.meshgrid(*ranges, indexing="ij")
+        ids = sum(m.reshape(-1) * s for m, s in zip(mesh, self._strides, strict=True))
+        self.verify_chunks(np.asarray(ids))
+
+    def verify_all(self) -> None:
+        """Verify every chunk."""
+        self.verify_chunks(np.arange(self.info.nchunks, dtype=np.int64))
+
+
+def attach(store: Any, path: Any, buf: Any, info: FrameInfo) -> ChunkVerifier | None:
+    """Give an opened Blosc2 array the verifier of its file (None without checksums).
+
+    With verification switched off (:func:`set_verify_on_read`), nothing is
+    checked, so the data of a damaged file can still be salvaged.
+    """
+    if not _verify_on_read:
+        return None
+    expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+    if expected is None:
+        return None
+    verifier = ChunkVerifier(path, buf, info, expected)
+    try:
+        setattr(store, _VERIFIER_ATTR, verifier)
+    except AttributeError:  # pragma: no cover - blosc2 arrays accept attributes
+        return None
+    return verifier
+
+
+def verify_read(store: Any, key: Any) -> None:
+    """The read hook: verify the chunks a read of ``store[key]`` touches.
+
+    Call it with a key numpy accepts, after the key was validated against the
+    shape. Does nothing for arrays without checksums, with verification
+    switched off, or after this handle wrote to its file.
+    """
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is None or not verifier.enabled:
+        return
+    shape = tuple(store.shape)
+    try:
+        bounds = key_bounds(key, shape)
+    except Exception:  # a key numpy refuses: the read itself reports it
+        return
+    if bounds is not None:
+        verifier.verify_region(
+            [(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(bounds, shape, strict=False)]
+        )
+
+
+def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
+    """Verify the chunks overlapping ``[(start, stop), ...]`` (one pair per axis) of ``store``."""
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is not None and verifier.enabled:
+        verifier.verify_region(bounds)
+
+
+def verify_all(store: Any) -> None:
+    """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics)."""
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is not None and verifier.enabled:
+        verifier.verify_all()
+
+
+def note_write(store: Any) -> None:
+    """This handle modified its file in place: stop verifying (digests are refreshed on close)."""
+    check_identity(store)
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is not None:
+        verifier.enabled = False
+    store._mlarray_written = True
+
+
+def remember_identity(store: Any, path: Any) -> None:
+    """Remember which file (device, inode) a writable handle opened."""
+    st = os.stat(path)
+    store._mlarray_identity = (os.fspath(path), st.st_dev, st.st_ino)
+
+
+def check_identity(store: Any) -> None:
+    """Refuse to write through a handle whose file was replaced since it was opened.
+
+    Another process may save a new version of the file (a new inode) while
+    this handle is open; writing through the handle would put chunks or
+    metadata of the old version into the new file.
+    """
+    ident = getattr(store, "_mlarray_identity", None)
+    if ident is None:
+        return
+    path, dev, ino = ident
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MLArrayIOError(path, "was deleted since it was opened; not writing to it") from None
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        raise MLArrayIOError(
+            path,
+            "was replaced by another file since it was opened (saved by another process?); "
+            "not writing to it. Reopen it to modify the new version.",
+        )
+
+
+def was_written(store: Any) -> bool:
+    """Whether :func:`note_write` was called for ``store``."""
+    return bool(getattr(store, "_mlarray_written", False))
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_file`."""
+
+    path: str
+    nchunks: int
+    has_checksums: bool
+    damaged: list[int]
+
+    @property
+    def ok(self) -> bool:
+        """True when the structure is valid and no chunk failed its checksum."""
+        return not self.damaged
+
+
+def _map(path: Any) -> tuple[Any, int]:
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return b"", 0
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), size
+    finally:
+        os.close(fd)
+
+
+def digest_file(path: Any) -> bytes:
+    """Inspect the frame at ``path`` and return its encoded checksum entry."""
+    buf, _ = _map(path)
+    info = inspect_frame(buf, path)
+    return encode_digests(buf, info)
+
+
+def refresh_file(store: Any, path: Any) -> None:
+    """Recompute and store the digests of ``path`` through its open ``store``."""
+    value = digest_file(path)
+    store.schunk.vlmeta[CHECKSUM_KEY] = value
+
+
+def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
+    """Check the whole file: frame structure and every chunk against its checksum.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An ``.mla`` file.
+    raise_on_error : bool
+        Raise :class:`~mlarray.errors.CorruptChunkError` at the first damaged
+        chunk (default); otherwise list all damaged chunks in the report.
+
+    Raises
+    ------
+    MLArrayFormatError
+        If the frame structure is invalid (always raised).
+    """
+    buf, _ = _map(path)
+    info = inspect_frame(buf, path)
+    expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+    damaged: list[int] = []
+    if expected is not None and info.nchunks:
+        got = chunk_digests(buf, info)
+        damaged = [int(i) for i in np.flatnonzero(got != expected)]
+        if damaged and raise_on_error:
+            i = damaged[0]
+            raise CorruptChunkError(
+                path,
+                f"chunk {i} (chunk grid position {_chunk_coords(info, i)}) does not match its "
+                f"checksum; {len(damaged)} of {info.nchunks} chunks are damaged",
+                chunk=i,
+            )
+    return VerifyReport(os.fspath(path), info.nchunks, expected is not None, damaged)

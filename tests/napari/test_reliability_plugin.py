@@ -1,0 +1,90 @@
+"""The reader and writer on hostile metadata: huge or 4-d boxes, huge label maps, zero spacing."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import MLArrayFormatError
+from napari_mlarray import _boxes, _mapping, _reader
+from napari_mlarray._lazy import LazyView
+from napari_mlarray._reader import read_mla
+
+
+def _forge(path, **parts):
+    rec = MLArray.open(path).meta.to_mapping(include_none=True)
+    rec["_mlarray_version"] = "v0"
+    for key, value in parts.items():
+        rec[key] = value
+    s = blosc2.open(os.fspath(path), mode="a")
+    schunk = s.schunk
+    schunk.vlmeta["mlarray"] = gzip.compress(pickle.dumps(rec, 4), mtime=0)
+    del s, schunk
+
+
+def test_boxes_are_clipped_to_the_array(tmp_path):
+    p = tmp_path / "b.mla"
+    MLArray(np.zeros((5, 6, 7), np.int16)).save(p)
+    _forge(
+        p,
+        bbox={"bboxes": [[[-1e8, 1e8], [1, 3], [2, 1e12]]], "scores": None, "labels": None},
+    )
+    shapes = [layer for layer in read_mla(str(p)) if layer[2] == "shapes"]
+    data = shapes[0][0]
+    assert len(data) == 5  # one rectangle per slice of the array, not 2e8
+    assert all(np.all(np.isfinite(r)) for r in data)
+
+
+def test_rectangles_are_capped_with_a_warning(tmp_path):
+    p = tmp_path / "only.mla"
+    MLArray(None).save(p)
+    # a boxes-only file: nothing to clip to; one 4-d box spanning 1e4 x 1e4 slices
+    _forge(
+        p,
+        bbox={
+            "bboxes": [[[0, 10], [0, 10], [0, 3], [0, 3]], [[0, 1e4], [0, 1e4], [0, 3], [0, 3]]],
+            "scores": None,
+            "labels": None,
+        },
+    )
+    with pytest.warns(UserWarning, match="1 of 2 boxes not shown"):
+        layers = read_mla(str(p))
+    data = layers[0][0]
+    assert len(data) == 100 <= _boxes.MAX_RECTANGLES
+
+
+def test_large_label_maps_stay_lazy(tmp_path, monkeypatch):
+    p = tmp_path / "seg.mla"
+    MLArray(np.ones((4, 5, 6), np.uint8)).save(p)
+    _forge(p, is_seg={"is_seg": True})
+    assert isinstance(read_mla(str(p))[0][0], np.ndarray)
+    monkeypatch.setattr(_reader, "MAX_EAGER_LABELS_BYTES", 64)
+    with pytest.warns(UserWarning, match="opened read-only on demand"):
+        layers = read_mla(str(p))
+    data, _kw, kind = layers[0]
+    assert kind == "labels" and isinstance(data, LazyView)
+    assert np.asarray(data[1]).sum() == 30
+
+
+def test_zero_spacing_and_singular_affine_are_refused_at_open(tmp_path):
+    p = tmp_path / "z.mla"
+    MLArray(np.zeros((4, 5, 6), np.float32)).save(p)
+    spatial = MLArray.open(p).meta.to_mapping(include_none=True)["spatial"]
+    _forge(p, spatial={**spatial, "spacing": [0.0, 1.0, 1.0]})
+    with pytest.raises(MLArrayFormatError, match="zero or non-finite"):
+        read_mla(str(p))
+    singular = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+    _forge(p, spatial={**spatial, "affine": singular})
+    with pytest.raises(MLArrayFormatError, match="singular"):
+        read_mla(str(p))
+
+
+def test_writer_refuses_a_zero_scale():
+    with pytest.raises(ValueError, match="nonzero spacing"):
+        _mapping.record_from_layer((4, 5), np.uint8, {"scale": [0.0, 1.0]}, "image")

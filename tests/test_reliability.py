@@ -1,0 +1,607 @@
+"""Hostile and damaged files, and faults: never a crash, hang, memory blow-up or wrong data.
+
+Each hostile file is opened in a child process with a 1 GiB address-space cap
+and a timeout (``tests/reliability_harness.py``): the child must exit
+normally (no signal), within the timeout, raising only mlarray's own errors,
+and the file must be byte-identical afterwards. RELIABILITY.md lists every
+case.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import (
+    CorruptChunkError,
+    InvalidPathError,
+    MetaValidationError,
+    MLArrayError,
+    MLArrayFormatError,
+    MLArrayIOError,
+    UnsafeRecordError,
+)
+from mlarray.frame import inspect_frame
+from mlarray.integrity import CHECKSUM_KEY
+
+HARNESS = Path(__file__).with_name("reliability_harness.py")
+MEMORY_CAP = 1 << 30
+TIMEOUT = 60
+ALL_OPS = "open,meta,load,read,slice,stats,verify,nomap"
+
+
+def run_hostile(paths, ops=ALL_OPS, memory=MEMORY_CAP, env=None):
+    """Run ``ops`` on each file in a capped child; return {path: [outcome per op]}."""
+    paths = [os.fspath(p) for p in paths]
+    before = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    proc = subprocess.run(
+        [sys.executable, os.fspath(HARNESS), str(memory), ops, *paths],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, f"child died (signal {-proc.returncode}): {proc.stderr[-2000:]}"
+    out = {}
+    for line in proc.stdout.splitlines():
+        row = json.loads(line)
+        out[row["path"]] = row["results"]
+    assert set(out) == set(paths)
+    for p in paths:
+        assert not [r for r in out[p] if r.startswith("FOREIGN")], (p, out[p])
+        assert hashlib.sha256(Path(p).read_bytes()).hexdigest() == before[p], f"{p} changed"
+    return out
+
+
+# ----------------------------------------------------------------------------- file surgery
+
+
+def good_file(path: Path, dtype=np.int16) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    a = (rng.normal(size=(40, 50, 60)) * 100).astype(dtype)
+    a[:20] = 0  # some chunks are all zeros
+    MLArray(a, patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 25, 15)).save(path)
+    return a
+
+
+def rebuild(buf: bytes, *, offsets: np.ndarray | None = None) -> bytes:
+    """The frame with its chunk-offsets chunk replaced (trailer moved, frame length fixed)."""
+    info = inspect_frame(buf)
+    start = info.header_len + info.cbytes
+    old_len = struct.unpack_from("<i", buf, start + 12)[0]
+    new = blosc2.compress2(np.asarray(offsets, dtype="<i8").tobytes(), typesize=8)
+    out = bytearray(buf[:start] + new + buf[start + old_len :])
+    struct.pack_into(">Q", out, 16, len(out))
+    return bytes(out)
+
+
+def b2nd_pos(buf: bytes) -> int:
+    """Position of the shape array (fixarray marker) in the b2nd metalayer."""
+    info = inspect_frame(buf)
+    return info.b2nd_span[0] + 3  # after the 7-array marker, the version and ndim
+
+
+def set_record(path: Path, record_bytes) -> None:
+    """Replace vlmeta['mlarray'] of a file in place (forging a record)."""
+    s = blosc2.open(os.fspath(path), mode="a")
+    s.schunk.vlmeta["mlarray"] = record_bytes
+    del s
+
+
+# ----------------------------------------------------------------------------- crashes
+
+
+def test_object_and_void_dtypes_are_refused_on_open(tmp_path):
+    paths = []
+    for dt in ("|O8", "|V8", "<M8", "|S8"):
+        p = tmp_path / f"{dt[1:]}.mla"
+        good_file(p, np.int64)
+        buf = p.read_bytes().replace(b"<i8", dt.encode(), 1)
+        p.write_bytes(buf)
+        paths.append(p)
+    out = run_hostile(paths)
+    for p in paths:
+        assert out[os.fspath(p)] == ["MLArrayFormatError"] * 8, out[os.fspath(p)]
+    with pytest.raises(MLArrayFormatError, match=r"O8.*not a plain numeric"):
+        MLArray.open(paths[0])
+
+
+def _offset_cases(tmp_path: Path) -> list[Path]:
+    src = tmp_path / "src.mla"
+    good_file(src)
+    buf = src.read_bytes()
+    info = inspect_frame(buf)
+    regular = [i for i in range(info.nchunks) if info.chunk_pos[i] >= 0]
+    raw = info.raw_offsets
+    cases = []
+    i, j = regular[0], regular[1]
+    for name, value in [
+        ("inside_other", raw[j] + 100),
+        ("inside_other_header", raw[j] + 8),
+        ("past_end", info.cbytes + 10),
+        ("negative_special_kind", np.int64(-(1 << 62))),
+        ("duplicate", raw[j]),
+        ("in_offsets", info.cbytes - 8),
+    ]:
+        new = raw.copy()
+        new[i] = value
+        p = tmp_path / f"off_{name}.mla"
+        p.write_bytes(rebuild(buf, offsets=new))
+        cases.append(p)
+    # chunk header bytes: flags, typesize, sizes, codec, filters, lazy bit, special kind
+    pos = int(info.chunk_pos[i])
+    for k, v in [(2, 0xC5), (2, 0x07), (2, 0xE5), (3, 4), (4, 0xFF), (8, 0x00), (12, 0xFF)]:
+        b = bytearray(buf)
+        b[pos + k] = v
+        p = tmp_path / f"hdr_{k}_{v}.mla"
+        p.write_bytes(bytes(b))
+        cases.append(p)
+    for k, v in [(16, 0xA0), (22, 0xFF), (30, 0x01), (31, 0x08), (31, 0x70), (31, 0x30)]:
+        b = bytearray(buf)
+        b[pos + k] = v
+        p = tmp_path / f"ext_{k}_{v}.mla"
+        p.write_bytes(bytes(b))
+        cases.append(p)
+    # frame header fields
+    for name, off, fmt, value in [
+        ("frame_len", 16, ">Q", len(buf) + 100),
+        ("header_len", 11, ">i", 10**6),
+        ("cbytes", 39, ">q", 10**9),
+        ("nbytes", 30, ">q", 2**62),
+        ("typesize", 48, ">i", 3),
+        ("blocksize", 53, ">i", 7),
+    ]:
+        b = bytearray(buf)
+        struct.pack_into(fmt, b, off, value)
+        p = tmp_path / f"frame_{name}.mla"
+        p.write_bytes(bytes(b))
+        cases.append(p)
+    return cases
+
+
+def test_damaged_frame_structure_never_crashes(tmp_path):
+    cases = _offset_cases(tmp_path)
+    out = run_hostile(cases)
+    for p in cases:
+        res = out[os.fspath(p)]
+        if p.name.startswith(("off_", "frame_")):  # refused on open, before c-blosc2
+            assert res[0] == "MLArrayFormatError", (p.name, res)
+        # never silently wrong: whole reads fail (on open or by a checksum)
+        assert res[2] != "ok" and res[3] != "ok" and res[6] != "ok", (p.name, res)
+
+
+def test_forged_header_shape_is_detected(tmp_path):
+    p = tmp_path / "shape.mla"
+    good_file(p)
+    buf = bytearray(p.read_bytes())
+    at = b2nd_pos(bytes(buf))
+    # shape (40, 50, 60) -> (40, 50, 59): the same chunk grid, so only the checksum of
+    # the layout can tell; (40, 50, 61) changes the number of chunks.
+    struct.pack_into(">q", buf, at + 1 + 9 * 2 + 1, 59)
+    p.write_bytes(bytes(buf))
+    struct.pack_into(">q", buf, at + 1 + 9 * 2 + 1, 61)
+    (tmp_path / "grid.mla").write_bytes(bytes(buf))
+    out = run_hostile([p, tmp_path / "grid.mla"], ops="open,load")
+    assert out[os.fspath(p)] == ["CorruptChunkError", "CorruptChunkError"]
+    assert out[os.fspath(tmp_path / "grid.mla")] == ["MLArrayFormatError"] * 2
+    with pytest.raises(CorruptChunkError, match="layout in the header"):
+        MLArray.open(p)
+
+
+def test_huge_shape_gives_our_memory_error(tmp_path):
+    p = tmp_path / "huge.mla"
+    a = MLArray.create(p, (2048, 2048, 2048), np.uint8, mmap_mode=None)
+    a.close()
+    assert p.stat().st_size < 100_000
+    out = run_hostile([p], ops="open,slice,read,load")
+    assert out[os.fspath(p)] == ["ok", "ok", "MLArrayMemoryError", "MLArrayMemoryError"]
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def test_every_damaged_chunk_byte_is_detected_or_refused(tmp_path):
+    p = tmp_path / "data.mla"
+    truth = good_file(p)
+    buf = p.read_bytes()
+    info = inspect_frame(buf)
+    rng = np.random.default_rng(3)
+    cases = []
+    regular = np.flatnonzero(info.chunk_pos >= 0)
+    for n in range(40):
+        i = int(rng.choice(regular))
+        k = int(info.chunk_pos[i] + rng.integers(32, info.chunk_cbytes[i]))
+        b = bytearray(buf)
+        b[k] ^= 1 << int(rng.integers(8))
+        q = tmp_path / f"bit{n}.mla"
+        q.write_bytes(bytes(b))
+        cases.append(q)
+    out = run_hostile(cases, ops="read,load,slice,stats,verify")
+    for q in cases:
+        assert "ok" not in out[os.fspath(q)][:2] and out[os.fspath(q)][4] == "CorruptChunkError"
+    # the intact file reads back exactly; skipping verification salvages the rest
+    assert np.array_equal(MLArray.open(p)[...], truth)
+    env = {"MLARRAY_VERIFY": "0"}
+    salvage = run_hostile(cases[:5], ops="slice", env=env)
+    assert all(len(v) == 1 for v in salvage.values())
+
+
+def test_checksum_names_file_and_chunk_and_verify_reports(tmp_path):
+    p = tmp_path / "c.mla"
+    good_file(p)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[-1])
+    buf[int(info.chunk_pos[i]) + 40] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    a = MLArray.open(p)
+    with pytest.raises(CorruptChunkError, match=rf"c\.mla: chunk {i} ") as err:
+        a[...]
+    assert err.value.chunk == i
+    assert a[:20, :25, :30].shape == (20, 25, 30)  # other chunks still read
+    with pytest.raises(CorruptChunkError):
+        a.verify()
+    from mlarray.integrity import verify_file
+
+    assert verify_file(p, raise_on_error=False).damaged == [i]
+
+
+def test_files_without_checksums_open_and_in_place_writes_keep_them_current(tmp_path):
+    p = tmp_path / "plain.mla"
+    data = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    blosc2.asarray(data, urlpath=os.fspath(p), mode="w", chunks=(5, 50), blocks=(5, 10))
+    a = MLArray.open(p)
+    assert np.array_equal(a[...], data)
+    assert not a.verify().has_checksums
+    q = tmp_path / "ck.mla"
+    MLArray(data, patch_size=None, chunk_size=(5, 50), block_size=(5, 10)).save(q)
+    for mode, mmap_mode in (("r", "r+"), ("a", None)):
+        b = MLArray.open(q, mode=mode, mmap_mode=mmap_mode)
+        b[2:7, 10:80] = -1
+        b.close()
+        report = MLArray.open(q).verify()
+        assert report.has_checksums and report.ok
+        assert MLArray.open(q)[3, 50] == -1
+
+
+def test_compute_stats_on_a_damaged_chunk_raises_ours(tmp_path):
+    p = tmp_path / "s.mla"
+    good_file(p)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    buf[int(info.chunk_pos[np.flatnonzero(info.chunk_pos >= 0)[0]]) + 50] ^= 4
+    p.write_bytes(bytes(buf))
+    with pytest.raises(CorruptChunkError):
+        MLArray.open(p).compute_stats()
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _record_cases(tmp_path: Path) -> dict[str, Path]:
+    base = tmp_path / "base.mla"
+    MLArray(np.zeros((8, 8), np.uint8)).save(base)
+    cases = {}
+
+    def make(name, value):
+        p = tmp_path / f"rec_{name}.mla"
+        p.write_bytes(base.read_bytes())
+        set_record(p, value)
+        cases[name] = p
+
+    # 454 bytes of gzip: tens of millions of one-byte "empty list" opcodes
+    make("opcode_bomb", gzip.compress(b"\x80\x04" + b"]" * 40_000_000, mtime=0))
+    colliding = {i * (2**61 - 1): 0 for i in range(2000)}
+    make("colliding_keys", gzip.compress(pickle.dumps(colliding, 4), mtime=0))
+    make("float_keys", gzip.compress(pickle.dumps({0.5: 1}, 4), mtime=0))
+    make("gzip_bomb", gzip.compress(b"\x80\x04" + b"N" * 200_000_000, mtime=0))
+    make("not_gzip", b"\x00" * 100)
+    make("global", gzip.compress(b"\x80\x04cos\nsystem\n.", mtime=0))
+    make("set", gzip.compress(pickle.dumps({"a": {1, 2}}, 4), mtime=0))
+    make("big_int", gzip.compress(pickle.dumps({"stats": {"min": 10**400}}, 4), mtime=0))
+    make("deep", gzip.compress(pickle.dumps({"a": _nested(100)}, 4), mtime=0))
+    make("not_bytes", {"a": 1})
+    return cases
+
+
+def _nested(n):
+    v = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+def test_record_bombs_are_refused_within_budgets(tmp_path):
+    cases = _record_cases(tmp_path)
+    out = run_hostile(list(cases.values()), ops="open,meta,load")
+    for name, p in cases.items():
+        res = out[os.fspath(p)]
+        assert res[0] in ("MLArrayFormatError", "UnsafeRecordError"), (name, res)
+        assert len(set(res)) == 1, (name, res)
+    with pytest.raises(UnsafeRecordError, match="pickle operations"):
+        MLArray.open(cases["opcode_bomb"])
+    with pytest.raises(MLArrayFormatError, match="non-string key"):
+        MLArray.open(cases["colliding_keys"])
+
+
+def test_huge_blosc2_compressed_vlmeta_value_is_refused_before_expanding(tmp_path):
+    p = tmp_path / "blob.mla"
+    MLArray(np.zeros((8, 8), np.uint8)).save(p)
+    s = blosc2.open(os.fspath(p), mode="a")
+    s.schunk.vlmeta["mlarray"] = bytes(100 * 1024 * 1024)  # compresses to a few KB
+    del s
+    assert p.stat().st_size < 2_000_000
+    out = run_hostile([p], ops="open,meta,load", memory=600 << 20)
+    assert out[os.fspath(p)] == ["MLArrayFormatError"] * 3
+
+
+def test_stored_thread_count_is_clamped(tmp_path):
+    p = tmp_path / "threads.mla"
+    MLArray(np.zeros((64, 64, 64), np.float32), dparams={"nthreads": 5000}).save(p)
+    code = (
+        "import sys, numpy as np; from mlarray import MLArray\n"
+        "a = MLArray.open(sys.argv[1]); a[...]\n"
+        "print(a._store.schunk.dparams.nthreads)\n"
+        "print(open('/proc/self/status').read().split('Threads:')[1].split()[0])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=60
+    )
+    nthreads, threads = (int(x) for x in proc.stdout.split())
+    assert nthreads <= (os.cpu_count() or 1)
+    assert threads < 64
+
+
+def test_record_without_has_array_does_not_hide_the_array(tmp_path):
+    p = tmp_path / "hidden.mla"
+    data = np.arange(24, dtype=np.int32).reshape(4, 6)
+    MLArray(data).save(p)
+    rec = MLArray.open(p).meta.to_mapping(include_none=True)
+    rec.pop("_has_array")
+    rec["_mlarray_version"] = "v0"
+    set_record(p, gzip.compress(pickle.dumps(rec, 4), mtime=0))
+    a = MLArray.open(p)
+    assert np.array_equal(a[...], data)
+    a = MLArray.open(p, mode="a")
+    a.meta.is_seg.is_seg = False
+    a.close()
+    assert np.array_equal(MLArray.open(p)[...], data)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_hanging(tmp_path):
+    p = tmp_path / "x.mla"
+    os.mkfifo(p)
+    code = (
+        "import sys\nfrom mlarray import MLArray\nfrom mlarray.errors import InvalidPathError\n"
+        "for f in (MLArray.open, MLArray.load):\n"
+        "    try:\n        f(sys.argv[1])\n"
+        "    except InvalidPathError as e:\n        print('refused')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.split() == ["refused", "refused"], proc.stderr
+    with pytest.raises(InvalidPathError, match="not a regular file"):
+        MLArray(np.zeros(3)).save(p)
+    assert stat.S_ISFIFO(os.stat(p).st_mode)
+
+
+def test_save_through_symlinks(tmp_path):
+    real = tmp_path / "real.mla"
+    MLArray(np.zeros(3)).save(real)
+    link = tmp_path / "link.mla"
+    link.symlink_to(real)
+    MLArray(np.ones(4)).save(link)
+    assert link.is_symlink() and np.array_equal(MLArray.open(real)[...], np.ones(4))
+    dev = tmp_path / "dev.mla"
+    dev.symlink_to("/dev/null")
+    with pytest.raises(InvalidPathError):
+        MLArray(np.ones(4)).save(dev)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo_target.mla"
+        os.mkfifo(fifo)
+        via = tmp_path / "via.mla"
+        via.symlink_to(fifo)
+        with pytest.raises(InvalidPathError, match="not a regular file"):
+            MLArray(np.ones(4)).save(via)
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_read_only_file_is_not_replaced(tmp_path):
+    p = tmp_path / "ro.mla"
+    MLArray(np.zeros(3)).save(p)
+    before = p.read_bytes()
+    p.chmod(0o444)
+    with pytest.raises(MLArrayIOError, match="read-only"):
+        MLArray(np.ones(3)).save(p)
+    assert p.read_bytes() == before
+
+
+def test_names_near_the_file_system_limit_save(tmp_path):
+    p = tmp_path / ("n" * 251 + ".mla")
+    MLArray(np.arange(5)).save(p)
+    assert np.array_equal(MLArray.open(p)[...], np.arange(5))
+    assert [x.name for x in tmp_path.iterdir()] == [p.name]
+
+
+def test_stale_temp_files_of_killed_saves_are_removed(tmp_path):
+    p = tmp_path / "t.mla"
+    MLArray(np.zeros(3)).save(p)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    from mlarray.io import _temp_prefix
+
+    stale = tmp_path / f"{_temp_prefix(p)}{dead}-abcd1234.tmp.mla"
+    stale.write_bytes(b"half a save")
+    mine = tmp_path / f"{_temp_prefix(p)}{os.getpid()}-abcd1234.tmp.mla"
+    mine.write_bytes(b"a save in progress")
+    MLArray(np.ones(3)).save(p)
+    assert not stale.exists() and mine.exists()
+
+
+def test_new_files_get_the_umask_mode_without_touching_the_umask(tmp_path):
+    code = (
+        "import os, sys, numpy as np\nos.umask(0o027)\nfrom mlarray import MLArray\n"
+        "MLArray(np.zeros(3)).save(sys.argv[1])\nprint(oct(os.stat(sys.argv[1]).st_mode & 0o777))\n"
+        "print(oct(os.umask(0)))"
+    )
+    p = tmp_path / "m.mla"
+    out = subprocess.run([sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True)
+    assert out.stdout.split() == ["0o640", "0o27"], out.stderr
+    import mlarray.io
+
+    assert "os.umask" not in Path(mlarray.io.__file__).read_text()
+
+
+def test_writable_handle_refuses_a_file_replaced_meanwhile(tmp_path):
+    p = tmp_path / "r.mla"
+    MLArray(np.zeros((10, 10), np.float32)).save(p)
+    a = MLArray.open(p, mode="a", mmap_mode=None)
+    MLArray(np.ones((20, 20), np.float32)).save(p)  # another writer saves a new version
+    with pytest.raises(MLArrayIOError, match="replaced"):
+        a[0, 0] = 5
+    with pytest.raises(MLArrayIOError, match="replaced"):
+        a.close()
+    assert np.array_equal(MLArray.open(p)[...], np.ones((20, 20), np.float32))
+
+
+def test_close_validates_metadata_like_save(tmp_path):
+    p = tmp_path / "v.mla"
+    MLArray(np.zeros((4, 5, 6), np.float32), spacing=[1.0, 1.0, 1.0]).save(p)
+    before = p.read_bytes()
+    a = MLArray.open(p, mode="a")
+    a.meta.spatial.spacing.append(2.0)
+    with pytest.raises(MetaValidationError):
+        a.close()
+    assert MLArray.open(p).spacing == [1.0, 1.0, 1.0]
+    assert p.read_bytes()[:64] == before[:64]
+
+
+def test_save_keeps_other_vlmeta_entries(tmp_path):
+    p = tmp_path / "o.mla"
+    MLArray(np.zeros((4, 4), np.float32)).save(p)
+    s = blosc2.open(os.fspath(p), mode="a")
+    schunk = s.schunk
+    schunk.vlmeta["other_tool"] = {"note": "keep me"}
+    del s, schunk
+    a = MLArray.open(p)
+    a.save(tmp_path / "copy.mla")
+    a.save(p)
+    for q in (p, tmp_path / "copy.mla"):
+        arr = blosc2.open(os.fspath(q))  # keep the array alive while its schunk is used
+        schunk = arr.schunk
+        assert schunk.vlmeta["other_tool"] == {"note": "keep me"}
+        assert CHECKSUM_KEY in schunk.vlmeta
+        del schunk, arr
+
+
+def test_pickles_store_absolute_paths(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    MLArray(np.zeros(3)).save(tmp_path / "a" / "x.mla")
+    MLArray(np.ones(3)).save(tmp_path / "b" / "x.mla")
+    monkeypatch.chdir(tmp_path / "a")
+    blob = pickle.dumps(MLArray.open("x.mla"))
+    monkeypatch.chdir(tmp_path / "b")
+    assert np.array_equal(pickle.loads(blob)[...], np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- errors and indexes
+
+
+def test_valid_numpy_indexes_work_and_invalid_ones_are_ours(tmp_path):
+    p = tmp_path / "i.mla"
+    data = np.arange(10 * 11 * 12, dtype=np.int32).reshape(10, 11, 12)
+    MLArray(data, patch_size=None, chunk_size=(4, 5, 6), block_size=(2, 5, 3)).save(p)
+    a = MLArray.open(p)
+    for key in [
+        (-7, slice(-1, 9), [-4, 2, -2]),
+        (slice(None, None, -2), [1, -1], slice(None)),
+        (Ellipsis, None, [3, 0]),
+        ([1, 2], Ellipsis, [3, -3]),
+    ]:
+        assert np.array_equal(a[key], data[key])
+    with pytest.raises(IndexError) as err:
+        a[10]
+    assert isinstance(err.value, MLArrayError)
+
+
+def test_disk_full_is_told_apart(tmp_path):
+    from mlarray.errors import DiskFullError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    assert issubclass(DiskFullError, MLArrayIOError)
+    from mlarray.io import os_errors
+
+    with (
+        pytest.raises(DiskFullError, match="No space left"),
+        os_errors(tmp_path / "x.mla", "w"),
+        open("/dev/full", "wb") as fh,
+    ):
+        fh.write(b"x" * 10)
+        fh.flush()
+
+
+def test_errors_subclass_both_ours_and_builtins():
+    assert issubclass(CorruptChunkError, MLArrayFormatError)
+    assert issubclass(CorruptChunkError, ValueError)
+
+
+_FORK_LOADER = """
+import multiprocessing as mp, sys
+import blosc2, numpy as np
+from mlarray import MLArray
+
+path = sys.argv[1]
+parent = MLArray.open(path, dparams={"nthreads": 2})
+parent[...]  # the parent's Blosc2 thread pools are running
+blosc2.set_nthreads(2)
+blosc2.asarray(np.random.rand(64, 128, 128))[...]
+
+
+def load(i):  # a data-loader worker: opens the file and reads a patch
+    a = MLArray.open(path, dparams={"nthreads": 2})
+    return float(a[i : i + 8].sum())
+
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map(load, range(0, 64, 8))
+    want = [float(parent[i : i + 8].sum()) for i in range(0, 64, 8)]
+    print("ok" if got == want else "WRONG")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_forked_loader_workers_do_not_deadlock(tmp_path):
+    p = tmp_path / "fork.mla"
+    MLArray(np.random.default_rng(0).random((64, 128, 128)).astype(np.float32)).save(p)
+    script = tmp_path / "loader.py"
+    script.write_text(_FORK_LOADER)
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.split() == ["ok"], proc.stderr[-2000:]
