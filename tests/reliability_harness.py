@@ -14,8 +14,13 @@ timeout in the parent.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
+
+# Run as a script, this folder is sys.path[0]; its "napari" test package would shadow napari.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
 
 
 def _run(path: str, op: str) -> str:

@@ -66,7 +66,7 @@ def test_decoder_on_mutated_records_raises_only_ours(edits):
 def test_decoder_roundtrips_plain_records(value):
     raw = gzip.compress(pickle.dumps({"k": value}, protocol=4), mtime=0)
     out = decode_record(raw)
-    assert pickle.dumps(out, protocol=4) == pickle.dumps({"k": value}, protocol=4) or value != value
+    assert repr(out) == repr({"k": value})  # repr: NaN equals NaN, float bits exact
 
 
 def test_decoder_refuses_a_zlib_stream_that_is_not_gzip():

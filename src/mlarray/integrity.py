@@ -36,6 +36,7 @@ environment variable ``MLARRAY_VERIFY=0``) turns it off.
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 from collections.abc import Sequence
@@ -138,15 +139,51 @@ def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
     return tuple(int(c) for c in np.unravel_index(i, info.grid)) if info.shape else ()
 
 
-class ChunkVerifier:
-    """Verifies the chunks of one opened file against its stored digests."""
+# Chunks already verified in this process, per file version (device, inode, size,
+# modification time, checksum entry): a data loader reading random patches from the
+# same files epoch after epoch hashes each chunk once, not on every read.
+_VERIFIED: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+_VERIFIED_FILES = 4096
 
-    def __init__(self, path: Any, buf: Any, info: FrameInfo, expected: np.ndarray):
+
+def _verified_mask(version: tuple | None, nchunks: int) -> np.ndarray:
+    if version is None:
+        return np.zeros(nchunks, dtype=bool)
+    mask = _VERIFIED.get(version)
+    if mask is None or mask.size != nchunks:
+        mask = _VERIFIED[version] = np.zeros(nchunks, dtype=bool)
+        while len(_VERIFIED) > _VERIFIED_FILES:
+            _VERIFIED.popitem(last=False)
+    else:
+        _VERIFIED.move_to_end(version)
+    return mask
+
+
+# Stored digests per file version, so an unchanged file is not decoded again.
+_EXPECTED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+
+
+class ChunkVerifier:
+    """Verifies the chunks of one opened file against its stored digests.
+
+    A chunk is hashed at most once per process and file version (see
+    :data:`_VERIFIED`), so repeated patch reads cost only the first time.
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        buf: Any,
+        info: FrameInfo,
+        expected: np.ndarray,
+        version: tuple | None = None,
+    ):
         self.path = path
         self.buf = buf
         self.info = info
         self.expected = expected
-        self.checked = np.zeros(info.nchunks, dtype=bool)
+        self.checked = _verified_mask(version, info.nchunks)
+        self.done = bool(self.checked.all())
         self.enabled = True
         grid = info.grid
         self._strides = np.array(
@@ -155,7 +192,7 @@ class ChunkVerifier:
 
     def verify_chunks(self, ids: np.ndarray) -> None:
         """Verify chunks ``ids`` (flat chunk numbers) not verified yet by this handle."""
-        if not self.enabled:
+        if not self.enabled or self.done:
             return
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         todo = ids[~self.checked[ids]]
@@ -175,10 +212,11 @@ class ChunkVerifier:
                 chunk=i,
             )
         self.checked[todo] = True
+        self.done = bool(self.checked.all())
 
     def verify_region(self, bounds: Sequence[tuple[int, int]]) -> None:
         """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""
-        if not self.enabled or not self.info.nchunks:
+        if not self.enabled or self.done or not self.info.nchunks:
             return
         if not self.info.shape:
             self.verify_chunks(np.zeros(1, dtype=np.int64))
@@ -197,18 +235,31 @@ class ChunkVerifier:
         self.verify_chunks(np.arange(self.info.nchunks, dtype=np.int64))
 
 
-def attach(store: Any, path: Any, buf: Any, info: FrameInfo) -> ChunkVerifier | None:
+def attach(
+    store: Any, path: Any, buf: Any, info: FrameInfo, version: tuple | None = None
+) -> ChunkVerifier | None:
     """Give an opened Blosc2 array the verifier of its file (None without checksums).
 
     With verification switched off (:func:`set_verify_on_read`), nothing is
-    checked, so the data of a damaged file can still be salvaged.
+    checked, so the data of a damaged file can still be salvaged. ``version``
+    (device, inode, size, mtime, ctime) names the file version whose verified
+    chunks are remembered for the process.
     """
     if not _verify_on_read:
         return None
-    expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+    cached = _EXPECTED.get(version) if version is not None else None
+    if cached is None:
+        raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
+        expected = _decode_digests(raw, buf, info, path)
+        if version is not None:
+            _EXPECTED[version] = (expected,)
+            while len(_EXPECTED) > _VERIFIED_FILES:
+                _EXPECTED.popitem(last=False)
+    else:
+        (expected,) = cached
     if expected is None:
         return None
-    verifier = ChunkVerifier(path, buf, info, expected)
+    verifier = ChunkVerifier(path, buf, info, expected, version)
     try:
         setattr(store, _VERIFIER_ATTR, verifier)
     except AttributeError:  # pragma: no cover - blosc2 arrays accept attributes
@@ -224,7 +275,7 @@ def verify_read(store: Any, key: Any) -> None:
     switched off, or after this handle wrote to its file.
     """
     verifier = getattr(store, _VERIFIER_ATTR, None)
-    if verifier is None or not verifier.enabled:
+    if verifier is None or not verifier.enabled or verifier.done:
         return
     shape = tuple(store.shape)
     try:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -138,13 +139,21 @@ def open_store(
             f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
     p = check_path(path, must_exist=True)
-    buf = map_regular_file(p)
+    buf, version = _map_versioned(p)
     if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
         raise MLArrayFormatError(
             p, "not an .mla file (it does not start with a Blosc2 frame header)"
         )
-    info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
-    raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
+    checked = _CHECKED_FRAMES.get(version)
+    if checked is None:
+        info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
+        checked = (info, _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p))
+        _CHECKED_FRAMES[version] = checked
+        while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
+            _CHECKED_FRAMES.popitem(last=False)
+    else:
+        _CHECKED_FRAMES.move_to_end(version)
+    info, raw = checked
     meta = _meta_from_raw(raw, info.shape, p)
     kwargs: dict[str, Any] = {"deserialize": "safe"}
     if mmap_mode is not None:
@@ -178,10 +187,25 @@ def open_store(
         or (info.nchunks and tuple(store.chunks) != info.chunks)
     ):
         raise MLArrayFormatError(p, "the file changed while it was being opened")
-    integrity.attach(store, p, buf, info)
+    integrity.attach(store, p, buf, info, version)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
     return store, meta
+
+
+# Frames already validated in this process, by file version: (device, inode, size,
+# mtime, ctime). Any write to the file changes its ctime (which no tool can set back),
+# so a changed file is always validated again; an unchanged one opens at the cost of a
+# stat, which matters for data loaders that open the same files millions of times.
+_CHECKED_FRAMES: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+_CHECKED_FRAMES_MAX = 4096
+
+
+def _map_versioned(p: Path) -> tuple[Any, tuple]:
+    buf = map_regular_file(p)
+    with os_errors(p, "cannot read"):
+        st = os.stat(p)
+    return buf, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def map_regular_file(p: Path) -> Any:

@@ -11,7 +11,6 @@ compress well and are small next to the images they annotate.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -96,6 +95,15 @@ def _open(path: str):
 
 
 def _read_one(path: str) -> list[tuple]:
+    from mlarray.errors import MetaValidationError, MLArrayFormatError
+
+    try:
+        return _layers(path)
+    except MetaValidationError as exc:  # geometry napari cannot show (zero spacing...)
+        raise MLArrayFormatError(path, f"cannot be displayed: {exc}") from None
+
+
+def _layers(path: str) -> list[tuple]:
     arr, record = _open(path)
     name = Path(path).stem
     layers, skip = [], ()
@@ -109,7 +117,6 @@ def _read_one(path: str) -> list[tuple]:
         labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
             kw = _mapping.labels_layer_kwargs(record, ndim, **args)
-            _check_transform(kw, path)
             layers.append((labels, kw, "labels"))
         else:
             kw = _mapping.image_layer_kwargs(record, ndim, **args)
@@ -122,7 +129,6 @@ def _read_one(path: str) -> list[tuple]:
                 kw["contrast_limits"] = limits[0] if channel is None else limits
             if channel is not None:
                 skip = (view.perm[channel],)
-            _check_transform(kw, path)
             layers.append((view, kw, "image"))
     shapes = shapes_layer_data(
         record,
@@ -150,25 +156,6 @@ def _notify(notes) -> None:
 #: Label maps larger than this (bytes) stay lazy (read on demand) instead of being
 #: read into one writable numpy array.
 MAX_EAGER_LABELS_BYTES = 1 << 30
-
-
-def _check_transform(kw: dict, path: str) -> None:
-    """Refuse, with a clear message, geometry napari cannot display (zero or non-finite scale)."""
-    from mlarray.errors import MLArrayFormatError
-
-    scale = kw.get("scale")
-    if scale is not None and not all(math.isfinite(v) and v != 0 for v in np.ravel(scale)):
-        raise MLArrayFormatError(
-            path,
-            f"spacing {list(np.ravel(scale))} has a zero or non-finite value; cannot display it",
-        )
-    affine = kw.get("affine")
-    if affine is not None:
-        a = np.asarray(affine, dtype=float)
-        if not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:-1, :-1])) < 1e-12:
-            raise MLArrayFormatError(
-                path, "the affine is singular or not finite (a zero spacing?); cannot display it"
-            )
 
 
 def _channels(view: LazyView, axis: int) -> list:

@@ -77,11 +77,11 @@ def test_zero_spacing_and_singular_affine_are_refused_at_open(tmp_path):
     MLArray(np.zeros((4, 5, 6), np.float32)).save(p)
     spatial = MLArray.open(p).meta.to_mapping(include_none=True)["spatial"]
     _forge(p, spatial={**spatial, "spacing": [0.0, 1.0, 1.0]})
-    with pytest.raises(MLArrayFormatError, match="zero or non-finite"):
+    with pytest.raises(MLArrayFormatError, match=r"z\.mla: cannot be displayed.*spacing"):
         read_mla(str(p))
     singular = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
     _forge(p, spatial={**spatial, "affine": singular})
-    with pytest.raises(MLArrayFormatError, match="singular"):
+    with pytest.raises(MLArrayFormatError, match=r"z\.mla: .*singular"):
         read_mla(str(p))
 
 
