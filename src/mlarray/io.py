@@ -312,7 +312,7 @@ def flush_meta(store: blosc2.NDArray, path: Any, meta: Meta) -> None:
     After in-place writes through this handle, the chunk checksums are
     recomputed and stored too.
     """
-    has_array = meta._has_array.has_array and tuple(store.shape) != (0,)
+    has_array = bool(meta._has_array.has_array)
     shape = tuple(int(n) for n in store.shape) if has_array else None
     record = encode_record(record_from_meta(_prepare_meta(meta, shape, None, Path(path))))
     integrity.check_identity(store)

@@ -42,8 +42,6 @@ MAX_RECORD_DEPTH = 32
 #: and on the number of pickle opcodes run while decoding (each opcode makes at
 #: most one object, so decoding never holds more than this many objects).
 MAX_RECORD_NODES = 1_000_000
-#: Largest integer a record may hold, in bytes of its pickled two's complement.
-_MAX_INT_BYTES = 9
 
 PICKLE_PROTOCOL = 4
 
@@ -122,14 +120,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def _refuse(self) -> None:
         raise pickle.UnpicklingError(
-            "pickle opcode for a set, object, extension or big integer is not allowed"
+            "pickle opcode for a set, object, extension or huge integer is not allowed"
         )
-
-    def load_long1(self) -> None:
-        n = self.read(1)[0]
-        if n > _MAX_INT_BYTES:
-            raise pickle.UnpicklingError(f"integer of {n} bytes")
-        self.append(pickle.decode_long(self.read(n)))
 
     dispatch = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.SETITEM[0]] = load_setitem
@@ -137,7 +129,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.DICT[0]] = load_dict
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
-    dispatch[pickle.LONG1[0]] = load_long1
     for _op in (
         pickle.LONG4,
         pickle.LONG,
@@ -306,5 +297,5 @@ def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
         )
     try:
         return Meta(**{k: META_PARTS[k].ensure(v) for k, v in parts.items()})
-    except (MetaValidationError, KeyError, TypeError) as exc:
+    except (MetaValidationError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None
