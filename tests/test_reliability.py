@@ -605,3 +605,14 @@ def test_forked_loader_workers_do_not_deadlock(tmp_path):
         timeout=120,
     )
     assert proc.stdout.split() == ["ok"], proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_open_handles_hold_no_extra_file_descriptors(tmp_path):
+    p = tmp_path / "fd.mla"
+    MLArray(np.zeros((40, 50, 60), np.int16), patch_size=None, chunk_size=(20, 25, 30)).save(p)
+    before = len(os.listdir("/proc/self/fd"))
+    handles = [MLArray.open(p) for _ in range(60)]
+    for h in handles:
+        h[:3, :3, :3]  # verification maps the file once, shared by all handles
+    assert len(os.listdir("/proc/self/fd")) - before <= 60 + 2  # Blosc2's own one per handle

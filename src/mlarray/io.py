@@ -202,13 +202,13 @@ _CHECKED_FRAMES_MAX = 4096
 
 
 def _map_versioned(p: Path) -> tuple[Any, tuple]:
-    buf = map_regular_file(p)
-    with os_errors(p, "cannot read"):
-        st = os.stat(p)
+    found: list = []
+    buf = map_regular_file(p, found)
+    st = found[0]
     return buf, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def map_regular_file(p: Path) -> Any:
+def map_regular_file(p: Path, stat_out: list | None = None) -> Any:
     """Memory-map an existing regular file read-only; refuse FIFOs, devices, sockets.
 
     The file is opened non-blocking, so a FIFO named like an ``.mla`` file
@@ -218,6 +218,8 @@ def map_regular_file(p: Path) -> Any:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
             st = os.fstat(fd)
+            if stat_out is not None:
+                stat_out.append(st)
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidPathError(p, "is not a regular file (a FIFO, device or socket?)")
             if st.st_size < len(FRAME_MAGIC):
