@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,10 @@ def main() -> None:
         for p in paths:
             if not bad or p not in {x[1] for x in bad}:
                 os.unlink(p)
-    print(f"{n_files} mutated files in {time.time() - t0:.0f} s; files kept in {work}")
+    if not bad:
+        shutil.rmtree(work, ignore_errors=True)
+    kept = f"; bad files kept in {work}" if bad else ""
+    print(f"{n_files} mutated files in {time.time() - t0:.0f} s{kept}")
     for (op, res), n in sorted(counts.items()):
         print(f"  {op:7s} {res:22s} {n}")
     print(f"bad cases: {len(bad)}")
