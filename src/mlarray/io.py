@@ -167,6 +167,10 @@ def open_store(
         with contextlib.suppress(MLArrayError, TypeError, ValueError):
             wanted = normalize_dparams(meta.blosc2.dparams)
     kwargs["dparams"] = clamp_dparams(wanted)
+    if (writable or mmap_mode == "r+") and not os.access(p, os.W_OK):
+        raise MLArrayIOError(
+            p, "cannot open for writing: the file is write-protected", errno.EACCES
+        )
     try:
         store = blosc2.open(os.fspath(p), **kwargs)
     except MLArrayError:
