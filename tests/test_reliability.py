@@ -254,6 +254,9 @@ def test_checksum_names_file_and_chunk_and_verify_reports(tmp_path):
     assert a[:20, :25, :30].shape == (20, 25, 30)  # other chunks still read
     with pytest.raises(CorruptChunkError):
         a.verify()
+    for compressed in (True, False):
+        with pytest.raises(CorruptChunkError, match=rf"chunk {i} "):
+            MLArray.load(p, compressed=compressed)
     from mlarray.integrity import verify_file
 
     assert verify_file(p, raise_on_error=False).damaged == [i]

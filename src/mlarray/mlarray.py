@@ -660,6 +660,7 @@ class MLArray:
                 # copy=True: a view over the immutable bytes aborts the process on write
                 out._store = blosc2.ndarray_from_cframe(frame, copy=True)
             else:
+                integrity.verify_all(store)
                 out._store = store[...]
         out._path = Path(filepath)
         out._writable = True
