@@ -120,7 +120,7 @@ def test_written_files_follow_the_writing_rules(tmp_path):
     assert rec["spatial"]["shape"] == [2, 10, 12]
     assert rec["spatial"]["_num_spatial_axes"] == 2
     assert rec["source"] == {"data": {"dicom": {"PatientID": "anon"}}}
-    assert rec["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    assert rec["blosc2"]["cparams"] == {"codec": 1, "clevel": 5}
     stored = blosc2.open(str(p), mode="r")
     np.testing.assert_array_equal(stored[...], data)
     assert list(stored.chunks) == rec["blosc2"]["chunk_size"]
@@ -615,3 +615,38 @@ def test_uppercase_suffix_is_accepted(tmp_path):
     p = tmp_path / "CASE.MLA"
     MLArray(np.ones((3, 3))).save(p)
     assert MLArray.open(p).to_numpy().sum() == 9
+
+
+def test_codec_defaults_follow_the_content_and_resaves_keep_the_codec(tmp_path):
+    rng = np.random.default_rng(3)
+    image = rng.integers(-1000, 1000, size=(20, 30, 40), dtype=np.int16)
+    labels = (image > 500).astype(np.uint8)
+    save_mla(tmp_path / "img.mla", image, Meta())
+    save_mla(tmp_path / "seg.mla", labels, Meta.from_mapping({"is_seg": True}))
+    img = blosc2.open(str(tmp_path / "img.mla"), mode="r")
+    seg = blosc2.open(str(tmp_path / "seg.mla"), mode="r")
+    assert img.schunk.cparams.codec is blosc2.Codec.LZ4 and img.schunk.cparams.clevel == 5
+    assert seg.schunk.cparams.codec is blosc2.Codec.LZ4HC and seg.schunk.cparams.clevel == 8
+    assert _stored_record(tmp_path / "img.mla")["blosc2"]["cparams"] == {"codec": 1, "clevel": 5}
+    assert _stored_record(tmp_path / "seg.mla")["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    # the constructor follows meta.is_seg too
+    a = MLArray(labels, meta=Meta.from_mapping({"is_seg": True}))
+    a.save(tmp_path / "seg2.mla")
+    assert _stored_record(tmp_path / "seg2.mla")["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    # a file written with another codec (the reference's LZ4HC-8) keeps it when re-saved,
+    # and its compressed chunks are copied as they are
+    save_mla(tmp_path / "old.mla", image, Meta(), cparams={"codec": 2, "clevel": 8})
+    src = MLArray.open(tmp_path / "old.mla")
+    save_mla(
+        tmp_path / "new.mla",
+        src,
+        src.meta,
+        patch_size=None,
+        chunk_size=src.chunks,
+        block_size=src.blocks,
+    )
+    old = blosc2.open(str(tmp_path / "old.mla"), mode="r")
+    new = blosc2.open(str(tmp_path / "new.mla"), mode="r")
+    assert new.schunk.cparams.codec is blosc2.Codec.LZ4HC
+    assert new.schunk.get_chunk(0) == old.schunk.get_chunk(0)
+    np.testing.assert_array_equal(new[...], image)

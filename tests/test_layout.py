@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import blosc2
 import numpy as np
@@ -14,10 +15,12 @@ from mlarray.layout import (
     DEFAULT_CPARAMS,
     DEFAULT_DPARAMS,
     DEFAULT_PATCH_SIZE,
+    DEFAULT_SEG_CPARAMS,
     LayoutError,
     StorageOptions,
     StorageRequest,
     comp_blosc2_params,
+    compression_threads,
     normalize_cparams,
     normalize_dparams,
     resolve_storage,
@@ -269,9 +272,30 @@ def test_all_non_spatial_axes():
 
 def test_normalize_cparams_defaults_and_copies():
     out = normalize_cparams(None)
-    assert out == {"codec": 2, "clevel": 8}
+    assert out == {"codec": 1, "clevel": 5}  # images: LZ4 level 5
     out["clevel"] = 1
-    assert DEFAULT_CPARAMS == {"codec": 2, "clevel": 8}
+    assert DEFAULT_CPARAMS == {"codec": 1, "clevel": 5}
+    seg = normalize_cparams(None, is_seg=True)
+    assert seg == {"codec": 2, "clevel": 8}  # label maps: LZ4HC level 8
+    seg["clevel"] = 1
+    assert DEFAULT_SEG_CPARAMS == {"codec": 2, "clevel": 8}
+    # unset keys come from the content's defaults
+    assert normalize_cparams({"clevel": 3}, is_seg=True) == {"codec": 2, "clevel": 3}
+    assert normalize_cparams({"codec": "zstd"}, is_seg=True) == {"codec": 5, "clevel": 8}
+
+
+def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
+    img = resolve_storage((8, 9, 10), np.int16)
+    seg = resolve_storage((8, 9, 10), np.uint8, is_seg=True)
+    assert img.cparams == {"codec": 1, "clevel": 5}
+    assert seg.cparams == {"codec": 2, "clevel": 8}
+    cp = img.blosc2_cparams(np.int16)
+    assert cp.codec is blosc2.Codec.LZ4 and cp.clevel == 5
+    assert cp.filters[-1] is blosc2.Filter.SHUFFLE
+    assert cp.nthreads == compression_threads() == len(os.sched_getaffinity(0))
+    assert "nthreads" not in img.cparams  # a machine property, not recorded
+    given = resolve_storage((8, 9, 10), np.int16, cparams={"nthreads": 1})
+    assert given.blosc2_cparams(np.int16).nthreads == 1
 
 
 def test_normalize_cparams_dict_with_enums_and_names():
@@ -294,7 +318,7 @@ def test_normalize_cparams_dict_with_enums_and_names():
     assert all(type(v) in (int, bool, list) for v in out.values())
     json.dumps(out)
     assert normalize_cparams({"codec": "zstd"})["codec"] == 5
-    assert normalize_cparams({"clevel": 3}) == {"codec": 2, "clevel": 3}
+    assert normalize_cparams({"clevel": 3}) == {"codec": 1, "clevel": 3}
 
 
 def test_normalize_cparams_from_dataclass():

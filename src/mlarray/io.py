@@ -454,6 +454,12 @@ def _source_array(data: Any) -> Any:
     return data if store is None else store
 
 
+def is_label_map(meta: Meta) -> bool:
+    """Whether ``meta`` marks a label map (``is_seg`` true), which picks the codec defaults."""
+    value = meta.is_seg
+    return bool(getattr(value, "is_seg", value))
+
+
 def _prepare_meta(
     meta: Any, shape: tuple[int, ...] | None, dtype: np.dtype | None, path: Path
 ) -> Meta:
@@ -505,6 +511,9 @@ def save_mla(
         in from ``data`` and the storage options.
     patch_size, chunk_size, block_size, cparams, dparams
         Storage options, resolved by :func:`mlarray.layout.resolve_storage`.
+        ``cparams=None`` keeps the codec recorded in ``meta`` (a re-save of
+        an opened file keeps its codec, and can copy its chunks verbatim),
+        else takes the defaults of the content (``meta.is_seg``).
     progress : callable, optional
         Called as ``progress(done, total)`` after each chunk.
 
@@ -523,6 +532,8 @@ def save_mla(
         opts = None
         blosc2_part = MetaBlosc2()
     else:
+        if cparams is None and meta.blosc2.cparams:
+            cparams = meta.blosc2.cparams  # the codec the source was stored with
         opts = resolve_storage(
             shape,
             dtype,
@@ -532,6 +543,7 @@ def save_mla(
             block_size=block_size,
             cparams=cparams,
             dparams=dparams,
+            is_seg=is_label_map(meta),
         )
         patch = None if opts.patch_size is None else list(opts.patch_size)
         kept = meta.blosc2

@@ -307,7 +307,11 @@ class MLArray:
         self, shape: tuple[int, ...], dtype: np.dtype, request: layout.StorageRequest
     ) -> layout.StorageOptions:
         return layout.resolve_storage(
-            shape, dtype, self.meta.spatial.spatial_axis_mask, **request.as_kwargs()
+            shape,
+            dtype,
+            self.meta.spatial.spatial_axis_mask,
+            is_seg=io.is_label_map(self.meta),
+            **request.as_kwargs(),
         )
 
     def _record_storage(self, opts: layout.StorageOptions | None) -> None:
