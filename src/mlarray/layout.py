@@ -48,8 +48,8 @@ from mlarray.errors import LayoutError, MetaValidationError
 __all__ = [
     "DEFAULT_CPARAMS",
     "DEFAULT_DPARAMS",
-    "DEFAULT_SEG_CPARAMS",
     "DEFAULT_PATCH_SIZE",
+    "DEFAULT_SEG_CPARAMS",
     "StorageOptions",
     "StorageRequest",
     "comp_blosc2_params",
