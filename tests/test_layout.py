@@ -20,10 +20,10 @@ from mlarray.layout import (
     StorageOptions,
     StorageRequest,
     comp_blosc2_params,
-    compression_threads,
     normalize_cparams,
     normalize_dparams,
     resolve_storage,
+    usable_cores,
 )
 
 L1, L3, SAFETY = 32768, 1441792, 0.8
@@ -292,7 +292,7 @@ def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
     cp = img.blosc2_cparams(np.int16)
     assert cp.codec is blosc2.Codec.LZ4 and cp.clevel == 5
     assert cp.filters[-1] is blosc2.Filter.SHUFFLE
-    assert cp.nthreads == compression_threads() == len(os.sched_getaffinity(0))
+    assert cp.nthreads == usable_cores() == len(os.sched_getaffinity(0))
     assert "nthreads" not in img.cparams  # a machine property, not recorded
     given = resolve_storage((8, 9, 10), np.int16, cparams={"nthreads": 1})
     assert given.blosc2_cparams(np.int16).nthreads == 1

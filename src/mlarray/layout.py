@@ -53,11 +53,11 @@ __all__ = [
     "StorageOptions",
     "StorageRequest",
     "comp_blosc2_params",
-    "compression_threads",
     "default_cparams",
     "normalize_cparams",
     "normalize_dparams",
     "resolve_storage",
+    "usable_cores",
 ]
 
 DEFAULT_PATCH_SIZE = 192
@@ -389,8 +389,9 @@ def default_cparams(is_seg: bool = False) -> dict[str, Any]:
     return dict(DEFAULT_SEG_CPARAMS if is_seg else DEFAULT_CPARAMS)
 
 
-def compression_threads() -> int:
-    """Threads used to compress when ``cparams`` does not set ``nthreads``: every usable core.
+def usable_cores() -> int:
+    """Cores this process may run on; compression uses them all unless ``cparams`` sets
+    ``nthreads``.
 
     Saving is not done while a data loader decodes, so it may use the whole machine;
     decompression stays at :data:`DEFAULT_DPARAMS` (one thread per loader process).
@@ -513,7 +514,7 @@ class StorageOptions:
         """``cparams`` as a :class:`blosc2.CParams`, ``typesize`` from ``dtype`` unless set."""
         kwargs = {k: list(v) if isinstance(v, list) else v for k, v in self.cparams.items()}
         kwargs.setdefault("typesize", max(1, min(255, np.dtype(dtype).itemsize)))
-        kwargs.setdefault("nthreads", compression_threads())
+        kwargs.setdefault("nthreads", usable_cores())
         if "filters" in kwargs:
             kwargs.setdefault("filters_meta", [0] * len(kwargs["filters"]))
         return blosc2.CParams(**kwargs)

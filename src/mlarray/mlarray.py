@@ -10,7 +10,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import geometry, integrity, io, layout
+from mlarray import _read, geometry, integrity, io, layout
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
@@ -983,11 +983,33 @@ class MLArray:
         )
 
     # ------------------------------------------------------------------ array protocol
+    def set_chunk_cache(self, max_bytes: int | None = _read.DEFAULT_CACHE_BYTES) -> None:
+        """Keep decoded chunks in a bounded LRU cache for repeated nearby reads.
+
+        Meant for viewers scrolling through planes: the chunks under a plane
+        are decoded once and serve the next planes, instead of Blosc2
+        decoding the blocks under every plane again. Random patch reads do
+        not profit (each patch touches new chunks). Writes through this
+        array empty the cache.
+
+        Parameters
+        ----------
+        max_bytes : int or None
+            Bound of the decoded bytes held (default 256 MiB); None or 0
+            switches the cache off.
+        """
+        self._chunk_cache = _read.ChunkCache(max_bytes) if max_bytes else None
+
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
         integrity.verify_read(store, key)  # the chunks this read touches match their checksums
         try:
+            cache = getattr(self, "_chunk_cache", None)
+            if cache is not None and isinstance(store, blosc2.NDArray):
+                out = _read.read_cached(store, key, cache)
+                if out is not None:
+                    return out
             if isinstance(store, np.ndarray) or _blosc2_reads(key):
                 return np.asarray(store[key])
             return _read_advanced(store, key)
@@ -1034,14 +1056,19 @@ class MLArray:
         selected = _probe(shape)[key].shape  # numpy's IndexError for a bad key
         values = np.empty(selected, dtype=store.dtype)
         values[...] = value  # numpy's broadcasting and casting rules (and errors)
-        if _is_basic_key(key):
-            items = key if isinstance(key, tuple) else (key,)
-            if any(k is None for k in items):  # Blosc2 refuses None with non-unit steps
-                key = tuple(k for k in items if k is not None)
-                values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
-            store[key] = values
-        elif values.size:
-            _write_advanced(store, key, values)
+        try:
+            if _is_basic_key(key):
+                items = key if isinstance(key, tuple) else (key,)
+                if any(k is None for k in items):  # Blosc2 refuses None with non-unit steps
+                    key = tuple(k for k in items if k is not None)
+                    values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
+                store[key] = values
+            elif values.size:
+                _write_advanced(store, key, values)
+        finally:
+            cache = getattr(self, "_chunk_cache", None)
+            if cache is not None:
+                cache.clear()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self.to_numpy()

@@ -1,0 +1,230 @@
+"""Read paths that decode Blosc2 chunks themselves: a bounded LRU cache of decoded chunks.
+
+A viewer scrolling through planes asks for one plane at a time; Blosc2's own slicing
+decodes the blocks under each plane again and again (a block is 20-30 planes thick). With
+:class:`ChunkCache` the chunks under a plane are decoded once, whole, kept in a bounded
+least-recently-used cache, and the following planes are copied out of them.
+
+Only basic keys (ints, slices with any step, ``...``) are served here; the caller falls
+back to Blosc2's slicing for anything else (``None``, arrays, booleans, 0-d or empty
+arrays). Decoding goes through ``SChunk.decompress_chunk``, so a damaged chunk raises the
+same ``RuntimeError`` as Blosc2's slicing does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "read_cached"]
+
+#: Default bound of a chunk cache: enough for every chunk under a plane of a 512^3 int16
+#: volume stored with the default layout, along any axis.
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+#: Reads that use more than 1/_DIRECT_FRACTION of the chunks they touch bypass the cache.
+_DIRECT_FRACTION = 4
+
+
+class ChunkCache:
+    """A bounded least-recently-used cache of decoded chunks of one Blosc2 array.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Upper bound of the decoded bytes held (a chunk larger than the bound is
+        decoded but not kept).
+
+    Notes
+    -----
+    The cache belongs to one array (``store``); it empties itself when it is used
+    with another one, and the owner calls :meth:`clear` after writing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if not isinstance(max_bytes, int | np.integer) or isinstance(max_bytes, bool):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._store: Any = None
+        self._lock = threading.Lock()  # napari reads planes from worker threads
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def clear(self) -> None:
+        """Forget every decoded chunk (after the array was written to)."""
+        with self._lock:
+            self._chunks.clear()
+            self.nbytes = 0
+
+    def _bind(self, store: Any) -> None:
+        if self._store is not store:
+            self._chunks.clear()
+            self.nbytes = 0
+            self._store = store
+
+    def chunk(self, store: Any, nchunk: int) -> np.ndarray:
+        """Chunk ``nchunk`` of ``store``, decoded and shaped like ``store.ext_chunks``."""
+        with self._lock:
+            self._bind(store)
+            arr = self._chunks.get(nchunk)
+            if arr is not None:
+                self._chunks.move_to_end(nchunk)
+                self.hits += 1
+                return arr
+        arr = decode_chunk(store, nchunk)
+        with self._lock:
+            self.misses += 1
+            if self._store is store and arr.nbytes <= self.max_bytes:
+                old = self._chunks.pop(nchunk, None)
+                if old is not None:
+                    self.nbytes -= old.nbytes
+                self._chunks[nchunk] = arr
+                self.nbytes += arr.nbytes
+                while self.nbytes > self.max_bytes:
+                    _, dropped = self._chunks.popitem(last=False)
+                    self.nbytes -= dropped.nbytes
+        return arr
+
+
+def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
+    """Decode chunk ``nchunk`` of a Blosc2 NDArray into an array shaped like its chunk.
+
+    A chunk holds its blocks one after the other (C order over the block grid), each
+    block in C order; the result puts every element at its place in the (padded) chunk.
+    """
+    ext = tuple(int(n) for n in store.ext_chunks)
+    blocks = tuple(int(n) for n in store.blocks)
+    grid = tuple(e // b for e, b in zip(ext, blocks, strict=True))
+    flat = np.empty(int(np.prod(ext)), dtype=store.dtype)
+    store.schunk.decompress_chunk(nchunk, flat)
+    if all(g == 1 for g in grid[1:]):  # blocks span whole chunk rows: already in C order
+        return flat.reshape(ext)
+    nd = len(ext)
+    order = [ax for i in range(nd) for ax in (i, nd + i)]
+    return flat.reshape(grid + blocks).transpose(order).reshape(ext)
+
+
+def _axis_pieces(n: int, chunk: int, key: Any) -> tuple[list[tuple[int, slice, slice]], int, bool]:
+    """How one axis of a basic key maps onto chunks.
+
+    Returns ``(pieces, length, drop)``: pieces ``(chunk index, slice inside the chunk,
+    slice of the output)`` in increasing order of the source index, the output length,
+    and whether the axis is dropped (an int key). Negative steps are read forwards; the
+    caller flips the axis afterwards.
+    """
+    if isinstance(key, slice):
+        r = range(n)[key]
+        drop = False
+    else:
+        i = int(key)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of bounds for axis with size {n}")
+        r = range(i % n, i % n + 1)
+        drop = True
+    if r.step < 0:
+        r = r[::-1]
+    length = len(r)
+    if length == 0:
+        return [], 0, drop
+    start, step = r.start, r.step
+    last = r[-1]
+    pieces = []
+    for j in range(start // chunk, last // chunk + 1):
+        lo, hi = j * chunk, (j + 1) * chunk
+        k0 = max(0, -(-(lo - start) // step))
+        k1 = min(length, -(-(hi - start) // step))
+        if k1 <= k0:
+            continue
+        first = start + k0 * step - lo
+        pieces.append((j, slice(first, first + (k1 - k0 - 1) * step + 1, step), slice(k0, k1)))
+    return pieces, length, drop
+
+
+def _basic_key(key: Any, ndim: int) -> tuple | None:
+    """``key`` as one int or slice per axis, or None if it is not a plain basic key."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        if sum(k is Ellipsis for k in key) > 1:
+            return None
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    if len(key) > ndim:
+        return None
+    out = []
+    for k in key:
+        if isinstance(k, slice):
+            if not all(
+                v is None or isinstance(v, int | np.integer) for v in (k.start, k.stop, k.step)
+            ):
+                return None
+            out.append(k)
+        elif isinstance(k, int | np.integer) and not isinstance(k, bool | np.bool_):
+            out.append(int(k))
+        else:
+            return None
+    return tuple(out) + (slice(None),) * (ndim - len(out))
+
+
+def read_cached(
+    store: Any, key: Any, cache: ChunkCache, *, always: bool = False
+) -> np.ndarray | None:
+    """``store[key]`` assembled from decoded chunks held in ``cache``.
+
+    Returns None when the key or the array is not handled here (the caller then uses
+    Blosc2's own slicing): keys other than ints, slices and ``...``; 0-d or empty
+    arrays; reads that use more than a quarter of the chunks they touch (a whole
+    volume: caching would not save decoding, and Blosc2 assembles it faster) unless
+    ``always``. Raises IndexError for an out-of-range int, ValueError for a zero step, as
+    numpy does.
+    """
+    shape = tuple(int(n) for n in store.shape)
+    ndim = len(shape)
+    if ndim == 0 or 0 in shape:
+        return None
+    norm = _basic_key(key, ndim)
+    if norm is None:
+        return None
+    chunks = tuple(int(c) for c in store.chunks)
+    axes = [_axis_pieces(n, c, k) for n, c, k in zip(shape, chunks, norm, strict=True)]
+    wanted = touched = 1
+    for (pieces, length, _), c in zip(axes, chunks, strict=True):
+        wanted *= length
+        touched *= len(pieces) * c
+    if not always and wanted * _DIRECT_FRACTION >= touched:
+        # The read uses most of every chunk it touches (a volume, a big patch): nothing to
+        # gain from keeping the chunks, and Blosc2 assembles them faster.
+        return None
+    out = np.empty(tuple(length for _, length, _ in axes), dtype=store.dtype)
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+    if out.size:
+        for combo in np.ndindex(*(len(p) for p, _, _ in axes)):
+            nchunk = 0
+            src, dst = [], []
+            for ax, i in enumerate(combo):
+                j, s, d = axes[ax][0][i]
+                nchunk = nchunk * grid[ax] + j
+                src.append(s)
+                dst.append(d)
+            out[tuple(dst)] = cache.chunk(store, nchunk)[tuple(src)]
+    flips = [
+        ax
+        for ax, k in enumerate(norm)
+        if isinstance(k, slice) and k.step is not None and k.step < 0
+    ]
+    if flips:
+        out = np.flip(out, axis=flips)
+    drop = tuple(ax for ax, (_, _, d) in enumerate(axes) if d)
+    if drop:
+        out = out.reshape(tuple(n for ax, n in enumerate(out.shape) if ax not in drop))
+    return out

@@ -1,0 +1,202 @@
+"""The decoded-chunk cache read path (mlarray._read) against numpy, on real Blosc2 arrays."""
+
+from __future__ import annotations
+
+import threading
+
+import blosc2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlarray import MLArray
+from mlarray._read import ChunkCache, decode_chunk, read_cached
+from mlarray.io import save_mla
+from mlarray.meta import Meta
+
+DTYPES = [
+    np.bool_,
+    np.int8,
+    np.uint8,
+    np.int16,
+    np.uint16,
+    np.int32,
+    np.uint32,
+    np.int64,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.complex64,
+]
+
+
+def _values(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, size=shape)
+    if np.dtype(dtype).kind == "c":
+        return (x + 1j * x[::-1]).astype(dtype)
+    return x.astype(dtype)
+
+
+@st.composite
+def layouts(draw):
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.integers(1, 13)) for _ in range(ndim))
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    blocks = tuple(draw(st.integers(1, c)) for c in chunks)
+    return shape, chunks, blocks
+
+
+def _index(n):
+    return st.integers(-n, n - 1)
+
+
+def _slice(n):
+    bound = st.one_of(st.none(), st.integers(-n - 3, n + 3))
+    step = st.one_of(st.none(), st.integers(-5, 5).filter(lambda s: s != 0))
+    return st.builds(slice, bound, bound, step)
+
+
+@st.composite
+def keys(draw, shape):
+    parts = [draw(st.one_of(_index(n), _slice(n))) for n in shape]
+    cut = draw(st.integers(0, len(parts)))
+    form = draw(st.sampled_from(["full", "prefix", "ellipsis", "single"]))
+    if form == "prefix":
+        return tuple(parts[:cut])
+    if form == "ellipsis":
+        return (*parts[:cut], Ellipsis)
+    if form == "single":
+        return parts[0]
+    return tuple(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), layout=layouts(), dtype=st.sampled_from(DTYPES))
+def test_cached_reads_equal_numpy(data, layout, dtype):
+    shape, chunks, blocks = layout
+    ref = _values(shape, dtype)
+    nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
+    # a small bound forces evictions; the same cache serves several reads
+    cache = ChunkCache(max_bytes=data.draw(st.sampled_from([0, 64, 10**6])))
+    for _ in range(3):
+        key = data.draw(keys(shape))
+        got = read_cached(nd, key, cache, always=True)
+        want = ref[key]
+        assert got is not None
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        assert cache.nbytes <= cache.max_bytes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_chunk_puts_every_element_in_place_including_edge_chunks(dtype):
+    shape, chunks, blocks = (11, 17, 9), (5, 8, 9), (2, 3, 4)
+    ref = _values(shape, dtype, seed=1)
+    nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+    for nchunk, idx in enumerate(np.ndindex(*grid)):
+        got = decode_chunk(nd, nchunk)
+        assert got.shape == tuple(nd.ext_chunks)
+        lo = [i * c for i, c in zip(idx, chunks, strict=True)]
+        part = ref[tuple(slice(a, a + c) for a, c in zip(lo, chunks, strict=True))]
+        np.testing.assert_array_equal(got[tuple(slice(0, n) for n in part.shape)], part)
+
+
+def test_cache_is_bounded_lru_and_counts_hits():
+    ref = _values((40, 30, 30), np.int16)
+    nd = blosc2.asarray(ref, chunks=(10, 30, 30), blocks=(5, 10, 10))
+    chunk_bytes = int(np.prod(nd.ext_chunks)) * 2
+    cache = ChunkCache(max_bytes=2 * chunk_bytes)
+    for z in range(10):  # ten planes of one chunk: one decode
+        np.testing.assert_array_equal(read_cached(nd, z, cache), ref[z])
+    assert (cache.misses, cache.hits, len(cache)) == (1, 9, 1)
+    read_cached(nd, 15, cache)
+    read_cached(nd, 25, cache)  # third chunk: the least recently used one goes
+    assert len(cache) == 2 and cache.nbytes == 2 * chunk_bytes
+    read_cached(nd, 0, cache)
+    assert cache.misses == 4
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_reads_using_most_of_their_chunks_bypass_the_cache():
+    ref = _values((40, 30, 30), np.int16)
+    nd = blosc2.asarray(ref, chunks=(10, 30, 30), blocks=(5, 10, 10))
+    cache = ChunkCache()
+    assert read_cached(nd, ..., cache) is None  # the whole volume: Blosc2 assembles it
+    assert read_cached(nd, (slice(0, 10), slice(0, 20)), cache) is None
+    np.testing.assert_array_equal(read_cached(nd, (slice(0, 2),), cache), ref[:2])
+    assert len(cache) == 1
+
+
+def test_unhandled_keys_fall_back():
+    nd = blosc2.asarray(np.arange(24).reshape(2, 3, 4))
+    cache = ChunkCache()
+    for key in ([0, 1], np.array([True, False]), (None, 0), (0, 0, 0, 0), (..., 0, ...)):
+        assert read_cached(nd, key, cache) is None
+    assert read_cached(blosc2.asarray(np.zeros((0, 3))), 0, cache) is None
+    with pytest.raises(IndexError):
+        read_cached(nd, 2, cache)
+    with pytest.raises(IndexError):
+        read_cached(nd, (0, -4), cache)
+    with pytest.raises(ValueError, match="zero"):
+        read_cached(nd, slice(None, None, 0), cache)
+    with pytest.raises(ValueError):
+        ChunkCache(-1)
+    with pytest.raises(TypeError):
+        ChunkCache(1.5)
+
+
+def test_mlarray_chunk_cache_on_an_opened_file(tmp_path):
+    ref = _values((30, 40, 50), np.int16, seed=2)
+    p = tmp_path / "a.mla"
+    save_mla(p, ref, Meta(), chunk_size=(10, 20, 25), block_size=(5, 10, 5), patch_size=None)
+    a = MLArray.open(p, mmap_mode="r+")
+    a.set_chunk_cache(10**7)
+    for z in range(30):
+        np.testing.assert_array_equal(a[z], ref[z])
+    for y in range(40):
+        np.testing.assert_array_equal(a[:, y], ref[:, y])
+    np.testing.assert_array_equal(a[::-3, 5:1:-1, ...], ref[::-3, 5:1:-1, ...])
+    np.testing.assert_array_equal(a[[1, 2]], ref[[1, 2]])  # fancy keys: Blosc2's path
+    assert a._chunk_cache.hits > 50
+    # a write empties the cache: no stale planes afterwards
+    a[3, 4, 5] = -7
+    ref[3, 4, 5] = -7
+    a[10:12] = 9
+    ref[10:12] = 9
+    np.testing.assert_array_equal(a[3], ref[3])
+    np.testing.assert_array_equal(a[:, :, 5], ref[:, :, 5])
+    a.set_chunk_cache(None)
+    assert a._chunk_cache is None
+    np.testing.assert_array_equal(a[11], ref[11])
+    with pytest.raises(IndexError):
+        a.set_chunk_cache()
+        a[30]
+
+
+def test_cache_from_threads(tmp_path):
+    ref = _values((24, 32, 32), np.uint16, seed=3)
+    p = tmp_path / "t.mla"
+    save_mla(p, ref, Meta(), chunk_size=(8, 16, 16), block_size=(4, 8, 8), patch_size=None)
+    a = MLArray.open(p)
+    a.set_chunk_cache(3 * 8 * 16 * 16 * 2)  # fewer chunks than the threads touch: evictions
+    errors = []
+
+    def work(axis):
+        try:
+            for i in range(ref.shape[axis]):
+                key = (slice(None),) * axis + (i,)
+                np.testing.assert_array_equal(a[key], ref[key])
+        except Exception as exc:  # reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(ax,)) for ax in (0, 1, 2, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
