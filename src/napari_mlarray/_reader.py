@@ -84,9 +84,13 @@ def _unit_ok(unit: str) -> bool:
 def _open(path: str):
     from mlarray import MLArray
     from mlarray.errors import MLArrayError, MLArrayFormatError
+    from mlarray.layout import usable_cores
 
     try:
-        arr = MLArray.open(path)
+        # the viewer decodes on every core, and keeps the decoded chunks under the
+        # displayed planes so that scrolling copies planes instead of decoding them again
+        arr = MLArray.open(path, dparams={"nthreads": usable_cores()})
+        arr.set_chunk_cache()
         return arr, arr.meta
     except MLArrayError:
         raise

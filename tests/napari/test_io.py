@@ -387,3 +387,22 @@ def test_new_layer_adopting_an_opened_image_saves_in_its_stored_order(tmp_path):
     np.testing.assert_allclose(seg.affine, image.affine)
     assert seg.meta.bbox.bboxes is None and seg.meta.stats.min is None
     assert np.argwhere(seg.to_numpy() == 2).tolist() == [[7, 5, 3]]  # stored (x, y, z)
+
+
+def test_reader_scrolls_planes_from_the_chunk_cache(tmp_path):
+    from mlarray.io import save_mla
+    from mlarray.meta import Meta
+
+    data = np.random.default_rng(1).integers(-1000, 1000, (40, 48, 56)).astype(np.int16)
+    path = tmp_path / "scroll.mla"
+    save_mla(path, data, Meta(), patch_size=None, chunk_size=(20, 24, 28), block_size=(5, 8, 7))
+    ((view, _, kind),) = read_mla(str(path))
+    assert kind == "image"
+    arr = view.simplified()
+    cache = arr._chunk_cache
+    assert cache is not None and arr._store.schunk.dparams.nthreads >= 1
+    for axis in range(3):  # scrolling along every axis shows the right planes
+        for i in range(data.shape[axis]):
+            key = (slice(None),) * axis + (i,)
+            np.testing.assert_array_equal(np.asarray(view.source[key]), data[key])
+    assert cache.hits > 100 and cache.misses <= 3 * 8
