@@ -24,6 +24,7 @@ MB = 1e6
 
 # Volume shapes of the three run sizes (z, y, x); int16 CT and uint8 segmentation.
 SIZES = {
+    "smoke": (48, 64, 64),
     "quick": (128, 192, 192),
     "default": (256, 384, 384),
     "full": (512, 512, 512),
@@ -36,6 +37,7 @@ SIZES = {
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     size = p.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny volume, for the test suite")
     size.add_argument("--quick", action="store_true", help="small volume, ~20 s")
     size.add_argument("--full", action="store_true", help="big volume (512^3), several minutes")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="volume shape")
@@ -59,6 +61,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_size(args: argparse.Namespace) -> str:
+    if getattr(args, "smoke", False):
+        return "smoke"
     return "quick" if args.quick else "full" if args.full else "default"
 
 
@@ -200,13 +204,15 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_worker(python: str, tasks: list[dict], workdir: Path, threads: int) -> list[dict]:
+def run_worker(
+    python: str, tasks: list[dict], workdir: Path, threads: int, script: Path = WORKER
+) -> list[dict]:
     """Run ``tasks`` in a fresh ``python`` process (see _worker.py); one result per task."""
     job = Path(tempfile.mkstemp(prefix="job-", suffix=".json", dir=workdir)[1])
     job.write_text(json.dumps(tasks))
     try:
         proc = subprocess.run(
-            [python, str(WORKER), str(job)],
+            [python, str(script), str(job)],
             capture_output=True,
             text=True,
             env=worker_env(threads),

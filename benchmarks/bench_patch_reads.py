@@ -15,6 +15,7 @@ the page cache during the patch loop (the usual training steady state); cold num
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,10 +44,11 @@ from _common import (
 )
 
 PATCH_SIZES = [(128, 128, 128), (64, 160, 160)]
-N_PATCHES = {"quick": 30, "default": 200, "full": 500}
-BUDGET_S = {"quick": 0.3, "default": 3.0, "full": 10.0}
-COLD_REPS = {"quick": 2, "default": 5, "full": 8}  # per candidate and patch size
-NII_READS = {"quick": 2, "default": 3, "full": 5}
+N_PATCHES = {"smoke": 3, "quick": 30, "default": 200, "full": 500}
+BUDGET_S = {"smoke": 0.05, "quick": 0.3, "default": 3.0, "full": 10.0}
+COLD_REPS = {"smoke": 1, "quick": 2, "default": 5, "full": 8}  # per candidate and patch size
+NII_READS = {"smoke": 1, "quick": 2, "default": 3, "full": 5}
+ROUNDS = {"smoke": 1, "quick": 2, "default": 3, "full": 3}
 
 
 @dataclass
@@ -170,11 +172,15 @@ def run_candidates(
     budget: float,
     threads: int,
     cold_reps: int,
+    rounds: int = 1,
 ) -> None:
-    """Run the patch task of every candidate: one worker process per interpreter, the
-    candidates in order (library imports happen before each candidate's first open)."""
+    """Run the patch task of every candidate: one worker process per interpreter and
+    round, the candidates in order inside a worker; ``rounds`` interleaves the candidates
+    (round r reads patches r, r + rounds, ...), so that load from other processes on the
+    machine hits every candidate alike. Times of all rounds are merged (medians)."""
     groups: dict[str, list[tuple[Candidate, dict]]] = {}
     for c in cands:
+        c.result = {}
         if c.python is None or not c.path.exists():
             why = "skipped (no reference interpreter)" if c.python is None else "file not written"
             c.result = {"error": why}
@@ -184,20 +190,38 @@ def run_candidates(
             "kind": c.kind,
             "path": str(c.path),
             "patch_size": list(ps),
-            "starts": starts,
-            "n_max": c.n_max or n,
             "n_min": min(3, c.n_max or n),
-            "budget": budget,
             "cold_reps": cold_reps,
             "warm_open_reps": 3 * cold_reps,
             "src": str(src),
             "reuse_handle": c.reuse_handle,
         }
         groups.setdefault(c.python, []).append((c, task))
-    for python, items in groups.items():
-        results = run_worker(python, [t for _, t in items], d, threads)
-        for (c, _), r in zip(items, results, strict=True):
-            c.result = r
+    for r in range(rounds):
+        for python, items in groups.items():
+            tasks = []
+            for c, task in items:
+                n_c = c.n_max or n
+                tasks.append(
+                    {
+                        **task,
+                        "starts": starts[r::rounds],
+                        "n_max": max(1, -(-n_c // rounds)),
+                        "n_min": max(1, task["n_min"] // rounds),
+                        "budget": budget / rounds,
+                    }
+                )
+            results = run_worker(python, tasks, d, threads)
+            for (c, _), res in zip(items, results, strict=True):
+                if "error" in c.result:
+                    continue
+                if "error" in res or not c.result:
+                    c.result = res
+                    continue
+                c.result["times"] += res["times"]
+                c.result["cpu"] += res["cpu"]
+                c.result["total"] += res["total"]
+                c.result["ok"] = c.result["ok"] and res["ok"]
 
 
 def fmt_mb(nbytes: int) -> str:
@@ -302,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--budget", type=float, default=None, help="seconds per candidate and patch size"
     )
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     size = run_size(args)
     shape = tuple(args.shape) if args.shape else SIZES[size]
@@ -311,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_py, ref_note = (None, "--no-reference") if args.no_reference else reference_python()
     ours_py = our_python()
     cold_reps = COLD_REPS[size]
+    rounds = args.rounds or ROUNDS[size]
+    json_rows: list[dict] = []
     t_start = time.perf_counter()
 
     with data_dir(args) as d:
@@ -382,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                     "nii.gz, nibabel proxy slicing", ours_py, "nii", files["nii"], n_max=nii_n
                 ),
             ]
-            run_candidates(cands, d, d / "ct.npy", ps, starts, n, budget, args.threads, cold_reps)
+            run_candidates(
+                cands, d, d / "ct.npy", ps, starts, n, budget, args.threads, cold_reps, rounds
+            )
             chunks, blocks = files[f"layout{i}"]
             ref_layout = ""
             if files.get(f"ref{i}") and files[f"ref{i}"].exists():
@@ -397,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"ours default (192): chunks {tuple(da.chunks)}, blocks {tuple(da.blocks)}\n"
             )
             print(patch_table(cands, raw_ct))
+            json_rows += _json_rows(f"CT int16 {shape}, patch {ps}", cands)
             for c in cands:
                 open_rows.setdefault(c.name, []).append(c.result)
 
@@ -410,9 +441,12 @@ def main(argv: list[str] | None = None) -> int:
             Candidate("HDF5 lzf + shuffle, chunks = ours", ours_py, "h5", files["seg_h5lzf"]),
             Candidate("npy, np.load(mmap_mode='r')", ours_py, "npy", files["seg_npy"]),
         ]
-        run_candidates(seg_cands, d, d / "seg.npy", ps, starts, n, budget, args.threads, cold_reps)
+        run_candidates(
+            seg_cands, d, d / "seg.npy", ps, starts, n, budget, args.threads, cold_reps, rounds
+        )
         print(f"\n## Segmentation uint8 {shape}, patch {ps}\n")
         print(patch_table(seg_cands, raw_seg))
+        json_rows += _json_rows(f"Segmentation uint8 {shape}, patch {ps}", seg_cands)
 
         print("\n## Open + read metadata (CT files; median over both patch sizes)\n")
         print(open_table(list(open_rows.items())))
@@ -422,7 +456,28 @@ def main(argv: list[str] | None = None) -> int:
             "'1st patch cold' = open + metadata + one patch with a cold page cache."
         )
     print(f"\ntotal time {time.perf_counter() - t_start:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(json_rows, indent=1))
     return 0
+
+
+def _json_rows(title: str, cands: list[Candidate]) -> list[dict]:
+    rows = []
+    for c in cands:
+        r = c.result
+        if "error" in r or not r.get("times"):
+            continue
+        rows.append(
+            {
+                "table": title,
+                "name": c.name,
+                "mb": file_size(c.path) / MB,
+                "median_ms": median(r["times"]) * 1e3,
+                "reuse_handle": c.reuse_handle,
+                "ok": r["ok"],
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,346 @@
+"""Worker of bench_paths.py: one fresh process per job, under our venv or the reference's.
+
+``mla`` means the ``mlarray`` of the interpreter running this worker (ours, or the
+reference package 0.0.54 used as a black box through its public API). The other kinds
+are floors measured with bare Blosc2 / numpy on the same file. Every timed loop runs its
+kinds interleaved (kind A, kind B, ..., then again), so that a burst of load from other
+processes hits every kind alike; results are lists of seconds, the caller takes medians.
+
+Usage: ``python _paths_worker.py JOB.json``; prints one JSON list of results last.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import blosc2
+import numpy as np
+from _worker import _AnonSampler, _cpu, _proc_status, _reset_peak_rss, evict, warm
+
+# ----------------------------------------------------------------------------- floors
+
+
+class Blocks:
+    """Decode only the Blosc2 blocks a box touches (``SChunk.get_slice`` per run of blocks
+    along the last axis of each chunk), into a scratch buffer: no assembly, no output."""
+
+    def __init__(self, path: str, nthreads: int = 1) -> None:
+        self.nd = blosc2.open(
+            path, mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=nthreads)
+        )
+        nd = self.nd
+        self.shape = np.array(nd.shape)
+        self.ch = np.array(nd.chunks)
+        self.bl = np.array(nd.blocks)
+        ext = np.array(nd.ext_chunks)
+        self.grid = -(-self.shape // self.ch)
+        self.bpc = ext // self.bl
+        self.bitems = int(np.prod(self.bl))
+        self.citems = int(np.prod(ext))
+        self.buf = np.empty(self.citems, dtype=nd.dtype)
+
+    def chunks_of(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        out = []
+        c0, c1 = lo // self.ch, (hi - 1) // self.ch
+        for c in np.ndindex(*(c1 - c0 + 1)):
+            c = c0 + np.array(c)
+            org = c * self.ch
+            lo_c = np.maximum(lo, org) - org
+            hi_c = np.minimum(hi, org + self.ch) - org
+            n = int(np.ravel_multi_index(tuple(c), tuple(self.grid)))
+            out.append((n, lo_c // self.bl, (hi_c - 1) // self.bl))
+        return out
+
+    def decode_blocks(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        sch, bpc, bitems = self.nd.schunk, self.bpc, self.bitems
+        for n, b0, b1 in self.chunks_of(lo, hi):
+            for b in np.ndindex(*(b1[:-1] - b0[:-1] + 1)):
+                first = np.array((*(b0[:-1] + np.array(b)), b0[-1]))
+                i0 = int(np.ravel_multi_index(tuple(first), tuple(bpc)))
+                count = int(b1[-1] - b0[-1] + 1)
+                start = n * self.citems + i0 * bitems
+                sch.get_slice(start, start + count * bitems, out=self.buf[: count * bitems])
+
+    def decode_chunks(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        for n, _, _ in self.chunks_of(lo, hi):
+            self.nd.schunk.decompress_chunk(n, self.buf)
+
+    def decode_all(self) -> None:
+        sch = self.nd.schunk
+        for n in range(sch.nchunks):
+            sch.decompress_chunk(n, self.buf)
+
+
+def _mla(nthreads: int = 1) -> Any:
+    from mlarray import MLArray
+
+    return MLArray
+
+
+def _open_mla(path: str, nthreads: int = 1, cache: bool = False) -> Any:
+    MLArray = _mla()
+    a = MLArray.open(path, dparams={"nthreads": nthreads})
+    _ = a.meta, a.shape, a.dtype, a.spacing
+    if cache:
+        a.set_chunk_cache()
+    return a
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def task_patches(t: dict) -> dict:
+    """Warm random patch reads, kinds interleaved patch by patch."""
+    path, npy = t["path"], t["npy"]
+    size = np.array(t["patch_size"])
+    starts = [np.array(s) for s in t["starts"]]
+    for p in (path, npy):
+        warm(p)
+    fns: dict[str, Any] = {}
+    kinds = t["kinds"]
+    handle = _open_mla(path) if "mla_handle" in kinds else None
+    floor = Blocks(path) if any(k.startswith("limit") for k in kinds) else None
+    mm = np.load(npy, mmap_mode="r")
+    b2 = blosc2.open(path, mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
+
+    def sl(lo: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size, strict=True))
+
+    fns["mla_handle"] = lambda lo: handle[sl(lo)]
+    fns["mla_open"] = lambda lo: _open_mla(path)[sl(lo)]
+    fns["b2_handle"] = lambda lo: b2[sl(lo)]
+    fns["limit_blocks"] = lambda lo: floor.decode_blocks(lo, lo + size)
+    fns["limit_chunks"] = lambda lo: floor.decode_chunks(lo, lo + size)
+    fns["npy_handle"] = lambda lo: np.array(mm[sl(lo)])
+    fns["npy_open"] = lambda lo: np.array(np.load(npy, mmap_mode="r")[sl(lo)])
+
+    ok = True
+    if t.get("check"):
+        ref = np.load(npy, mmap_mode="r")
+        for k in ("mla_handle", "mla_open"):
+            if k in kinds:
+                ok = ok and bool(np.array_equal(fns[k](starts[0]), ref[sl(starts[0])]))
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    c0, w0 = _cpu(), time.perf_counter()
+    for lo in starts:
+        for k in kinds:
+            f = fns[k]
+            s = time.perf_counter()
+            f(lo)
+            times[k].append(time.perf_counter() - s)
+    cpu = (_cpu() - c0) / max(1e-9, time.perf_counter() - w0)
+    return {"times": times, "ok": ok, "cpu": cpu}
+
+
+def task_cold(t: dict) -> dict:
+    """Patch reads after the file's pages were dropped from the page cache, interleaved."""
+    size = np.array(t["patch_size"])
+    times: dict[str, list[float]] = {k: [] for k in t["kinds"]}
+    paths = {"mla_open": t["path"], "npy_open": t["npy"]}
+
+    def sl(lo: list[int]) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size, strict=True))
+
+    for lo in t["starts"]:
+        for k in t["kinds"]:
+            gc.collect()  # unmap the previous handle: mapped pages cannot be evicted
+            evict(paths[k])
+            s = time.perf_counter()
+            if k == "mla_open":
+                x = _open_mla(paths[k])[sl(lo)]
+            else:
+                x = np.array(np.load(paths[k], mmap_mode="r")[sl(lo)])
+            times[k].append(time.perf_counter() - s)
+            del x
+    return {"times": times}
+
+
+def task_load(t: dict) -> dict:
+    """Whole-volume reads, kinds interleaved; the file stays in the page cache."""
+    path, npy = t["path"], t["npy"]
+    warm(path)
+    warm(npy)
+    shape = tuple(np.load(npy, mmap_mode="r").shape)
+    dtype = np.load(npy, mmap_mode="r").dtype
+    MLArray = _mla()
+    cores = len(os.sched_getaffinity(0))
+    floor1, floorn = Blocks(path, 1), Blocks(path, cores)
+
+    def alloc() -> np.ndarray:
+        out = np.empty(shape, dtype)
+        out.fill(0)
+        return out
+
+    fns = {
+        "mla_open_all": lambda: MLArray.open(path, dparams={"nthreads": 1})[...],
+        "mla_open_all_threads": lambda: MLArray.open(path, dparams={"nthreads": cores})[...],
+        "mla_load": lambda: MLArray.load(path, dparams={"nthreads": 1}).to_numpy(),
+        "limit_decode_all": floor1.decode_all,
+        "limit_decode_all_threads": floorn.decode_all,
+        "alloc_fill": alloc,
+        "npy_load": lambda: np.load(npy),
+    }
+    kinds = [k for k in t["kinds"] if k in fns]
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    ok = True
+    ref = np.load(npy, mmap_mode="r")
+    for rep in range(t["reps"]):
+        for k in kinds:
+            gc.collect()
+            s = time.perf_counter()
+            x = fns[k]()
+            times[k].append(time.perf_counter() - s)
+            if rep == 0 and k.startswith("mla"):
+                ok = ok and bool(np.array_equal(x, ref))
+            del x
+    return {"times": times, "ok": ok, "cores": cores}
+
+
+def task_save(t: dict) -> dict:
+    """``MLArray(array).save(path)`` with default settings, reps interleaved by the caller."""
+    MLArray = _mla()
+    arr = np.load(t["src"])
+    kw: dict[str, Any] = {}
+    if t.get("is_seg"):
+        from mlarray.meta import Meta
+
+        kw["meta"] = Meta.from_mapping({"is_seg": True})
+    times, cpus = [], []
+    for _ in range(t["reps"]):
+        Path(t["path"]).unlink(missing_ok=True)
+        c0, s = _cpu(), time.perf_counter()
+        MLArray(arr, **kw).save(t["path"])
+        times.append(time.perf_counter() - s)
+        cpus.append(_cpu() - c0)
+    cp = blosc2.open(t["path"], mode="r").schunk.cparams
+    ok = bool(np.array_equal(blosc2.open(t["path"], mode="r")[...], arr))
+    return {
+        "times": {"save": times},
+        "cpu": cpus,
+        "size": os.path.getsize(t["path"]),
+        "codec": f"{cp.codec.name}-{cp.clevel}",
+        "ok": ok,
+    }
+
+
+def task_codecs(t: dict) -> dict:
+    """Compress / decompress the volume with several codecs (our default layout)."""
+    from mlarray import layout
+
+    arr = np.load(t["src"])
+    opts = layout.resolve_storage(arr.shape, arr.dtype, patch_size="default")
+    cores = len(os.sched_getaffinity(0))
+    out: dict[str, dict] = {}
+    for name, cp in t["codecs"].items():
+        res: dict[str, list] = {"comp1": [], "compn": [], "decomp1": []}
+        a = None
+        for _ in range(t["reps"]):
+            for key, nt in (("comp1", 1), ("compn", cores)):
+                s = time.perf_counter()
+                a = blosc2.asarray(
+                    arr,
+                    chunks=opts.chunk_size,
+                    blocks=opts.block_size,
+                    cparams=blosc2.CParams(typesize=arr.itemsize, nthreads=nt, **_cparams(cp)),
+                    dparams=blosc2.DParams(nthreads=1),
+                )
+                res[key].append(time.perf_counter() - s)
+            s = time.perf_counter()
+            a[...]
+            res["decomp1"].append(time.perf_counter() - s)
+        out[name] = {**res, "size": a.schunk.cbytes}
+    return {"codecs": out, "raw": arr.nbytes}
+
+
+def _cparams(cp: dict) -> dict:
+    out = dict(cp)
+    out["codec"] = blosc2.Codec(out["codec"])
+    if "filters" in out:
+        out["filters"] = [blosc2.Filter(f) for f in out["filters"]]
+        out["filters_meta"] = [0] * len(out["filters"])
+    return out
+
+
+def task_scroll(t: dict) -> dict:
+    """``n`` consecutive planes along each axis, from a fresh open (cold chunk cache)."""
+    path, npy = t["path"], t["npy"]
+    warm(path)
+    ref = np.load(npy, mmap_mode="r")
+    times: dict[str, list[float]] = {k: [] for k in t["kinds"]}
+    ok = True
+    for axis, start in t["starts"]:
+        for k in t["kinds"]:
+            a = _open_mla(path, cache=k == "mla_cache")
+            s = time.perf_counter()
+            for i in range(start, start + t["n"]):
+                x = a[(slice(None),) * axis + (i,)]
+            times[k].append((time.perf_counter() - s) / t["n"])
+            ok = ok and bool(np.array_equal(x, ref[(slice(None),) * axis + (start + t["n"] - 1,)]))
+    return {"times": times, "ok": ok}
+
+
+def task_memory(t: dict) -> dict:
+    """One streaming operation on a big file; peak RSS and peak anonymous memory growth."""
+    from mlarray import MLArray
+    from mlarray.io import save_mla
+
+    src, dst, op = t["src"], t.get("dst"), t["op"]
+    gc.collect()
+    hwm_reset = _reset_peak_rss()
+    base_rss, base_anon = _proc_status("VmRSS"), _proc_status("RssAnon")
+    base_hwm = _proc_status("VmHWM")
+    s = time.perf_counter()
+    with _AnonSampler() as sampler:
+        a = MLArray.open(src, mmap_mode=t.get("mmap_mode", "r"))
+        if op == "resave_rechunk":
+            save_mla(dst, a, a.meta, patch_size=t["patch_size"])
+        elif op == "recompress_codec":
+            save_mla(dst, a, a.meta, cparams={"codec": "zstd", "clevel": 1})
+        elif op == "stats":
+            a.compute_stats()
+        elif op == "resave_same":
+            save_mla(dst, a, a.meta)
+        else:
+            raise ValueError(op)
+        del a
+    wall = time.perf_counter() - s
+    hwm = _proc_status("VmHWM")
+    return {
+        "wall": wall,
+        "peak_rss": hwm - (base_rss if hwm_reset else base_hwm),
+        "peak_anon": sampler.peak - base_anon,
+        "exact": hwm_reset,
+    }
+
+
+TASKS = {
+    "patches": task_patches,
+    "cold": task_cold,
+    "load": task_load,
+    "save": task_save,
+    "codecs": task_codecs,
+    "scroll": task_scroll,
+    "memory": task_memory,
+}
+
+
+def main(argv: list[str]) -> int:
+    tasks = json.loads(Path(argv[1]).read_text())
+    results = []
+    for t in tasks:
+        try:
+            results.append(TASKS[t["task"]](t))
+        except Exception as exc:  # reported per task
+            results.append({"error": f"{type(exc).__name__}: {exc}"})
+    sys.stdout.write("\n" + json.dumps(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,693 @@
+"""Every read/write path against its floor: patch reads vs decoding only the touched blocks,
+cold reads, full load vs decoding every chunk, default saves, viewer scrolling with the
+chunk cache, streaming memory on a 2 GB volume, the codec defaults, and a real volume (the
+MNI152 template shipped in the nilearn wheel, tiled up to CT size).
+
+Kinds run interleaved inside each worker process, and the ours / reference workers
+alternate in rounds; every figure is a median over all rounds. Ratios compare figures of
+the same run.
+
+    python benchmarks/bench_paths.py            # 256x384x384, ~4 min
+    python benchmarks/bench_paths.py --smoke    # tiny, seconds (the test suite runs it)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    MB,
+    REPO,
+    SIZES,
+    base_parser,
+    data_dir,
+    fmt,
+    loadavg,
+    machine_info,
+    make_volumes,
+    median,
+    our_python,
+    random_starts,
+    reference_python,
+    run_size,
+    run_worker,
+    table,
+)
+
+PATHS_WORKER = Path(__file__).with_name("_paths_worker.py")
+PATCHES = [(64, 64, 64), (96, 96, 96), (128, 128, 128), (192, 192, 192)]
+# per run size: rounds, patches per round and size, cold reads, load reps, save reps
+PLAN = {
+    "smoke": {"rounds": 1, "n": 3, "cold": 1, "load": 1, "save": 1, "scroll": 4, "big": None},
+    "quick": {"rounds": 3, "n": 10, "cold": 4, "load": 2, "save": 1, "scroll": 16, "big": 2**28},
+    "default": {"rounds": 5, "n": 30, "cold": 8, "load": 3, "save": 2, "scroll": 32, "big": 2**31},
+    "full": {"rounds": 7, "n": 60, "cold": 12, "load": 5, "save": 3, "scroll": 32, "big": 2**31},
+}
+CODECS = {
+    "LZ4HC-8 + shuffle (reference default; ours for label maps)": {"codec": 2, "clevel": 8},
+    "LZ4-5 + shuffle (ours for images)": {"codec": 1, "clevel": 5},
+    "LZ4-1 + shuffle": {"codec": 1, "clevel": 1},
+    "LZ4HC-4 + shuffle": {"codec": 2, "clevel": 4},
+    "ZSTD-1 + shuffle": {"codec": 5, "clevel": 1},
+    "ZSTD-5 + shuffle": {"codec": 5, "clevel": 5},
+}
+MNI_NAME = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+CACHE = REPO / "benchmarks" / "_data"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else fmt(x * 1e3, 2)
+
+
+def rel(x: float | None, y: float | None) -> str:
+    if x is None or y is None or not y:
+        return "-"
+    return f"{x / y:.2f}x"
+
+
+def goal(x: float | None, y: float | None, limit: float) -> str:
+    if x is None or y is None or not y:
+        return "-"
+    r = x / y
+    return f"{r:.2f}x ({'met' if r <= limit else 'NOT met'}: <= {limit}x)"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def mni_volume(shape: tuple[int, ...], download: bool = True) -> tuple[np.ndarray | None, str]:
+    """The MNI152 T1 template from the nilearn wheel (downloaded once with ``pip download``,
+    never installed), z,y,x, mirrored (np.pad symmetric) up to ``shape``. Without
+    ``download`` only an already extracted copy is used (None otherwise)."""
+    import nibabel as nib
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    nii = CACHE / Path(MNI_NAME).name
+    if not nii.exists() and not download:
+        return None, "not downloaded (--smoke never downloads; any other run does)"
+    if not nii.exists():
+        wheels = sorted(CACHE.glob("nilearn-*.whl"))
+        if not wheels:
+            for cmd in ([sys.executable, "-m", "pip"], ["python3", "-m", "pip"]):
+                r = subprocess.run(
+                    [*cmd, "download", "nilearn", "--no-deps", "-q", "-d", str(CACHE)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                wheels = sorted(CACHE.glob("nilearn-*.whl"))
+                if wheels:
+                    break
+            if not wheels:
+                raise RuntimeError(f"pip download nilearn failed: {r.stderr.strip()[-300:]}")
+        with zipfile.ZipFile(wheels[-1]) as z:
+            nii.write_bytes(z.read(MNI_NAME))
+    vol = np.asarray(nib.load(nii).dataobj).transpose(2, 1, 0)  # x,y,z -> z,y,x
+    src = f"{nii.name} {vol.shape} {vol.dtype}"
+    pads = [(0, max(0, s - n)) for s, n in zip(shape, vol.shape, strict=True)]
+    vol = np.pad(vol, pads, mode="symmetric")
+    vol = vol[tuple(slice(0, s) for s in shape)]
+    return np.ascontiguousarray(vol), src
+
+
+class Tiled:
+    """A lazy array-like repeating ``base`` (mirrored) up to ``shape``: a 2 GB source
+    that never exists in memory (save_mla reads it one chunk at a time)."""
+
+    def __init__(self, base: np.ndarray, shape: tuple[int, ...]) -> None:
+        self.base, self.shape, self.dtype = base, shape, base.dtype
+        self.ndim = len(shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        idx = []
+        for k, b in zip(key, self.base.shape, strict=True):
+            i = np.arange(k.start, k.stop) % (2 * b)
+            idx.append(np.where(i < b, i, 2 * b - 1 - i))
+        return self.base[np.ix_(*idx)]
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+class Runner:
+    def __init__(self, d: Path, ref_py: str | None) -> None:
+        self.d, self.ref_py, self.ours_py = d, ref_py, our_python()
+
+    def run(self, python: str | None, tasks: list[dict]) -> list[dict]:
+        if python is None:
+            return [{"error": "skipped (no reference interpreter)"} for _ in tasks]
+        return run_worker(python, tasks, self.d, 1, script=PATHS_WORKER)
+
+    def rounds(self, rounds: int, jobs: dict[str, tuple[str | None, Any]]) -> dict[str, dict]:
+        """Run ``jobs`` (name -> (python, task or callable(round) -> task)) in ``rounds``
+        rounds; a round runs one fresh worker per interpreter (ours, then the
+        reference) with all its tasks. ``times`` lists of every round are merged."""
+        merged: dict[str, dict] = {name: {"times": {}} for name in jobs}
+        for r in range(rounds):
+            by_python: dict[str | None, list[tuple[str, dict]]] = {}
+            for name, (python, task) in jobs.items():
+                by_python.setdefault(python, []).append((name, task(r) if callable(task) else task))
+            for python, items in by_python.items():
+                results = self.run(python, [t for _, t in items])
+                for (name, _), res in zip(items, results, strict=True):
+                    m = merged[name]
+                    if "error" in res:
+                        m["error"] = res["error"]
+                        continue
+                    for k, v in res.get("times", {}).items():
+                        m["times"].setdefault(k, []).extend(v)
+                    for k, v in res.items():
+                        if k != "times":
+                            m[k] = v if k != "ok" else (m.get("ok", True) and v)
+        return merged
+
+
+def run_sections(run: Runner, rounds: int, sections: list) -> list[str]:
+    """Drive section generators: each yields its jobs once and receives their results;
+    all jobs of all sections run together, in the same rounds and worker processes."""
+    jobs: dict[str, tuple[str | None, Any]] = {}
+    for i, sec in enumerate(sections):
+        for name, job in next(sec).items():
+            jobs[f"{i}:{name}"] = job
+    results = run.rounds(rounds, jobs)
+    lines: list[str] = []
+    for i, sec in enumerate(sections):
+        mine = {k.split(":", 1)[1]: v for k, v in results.items() if k.split(":", 1)[0] == str(i)}
+        try:
+            sec.send(mine)
+        except StopIteration as stop:
+            lines += stop.value
+    return lines
+
+
+def med(res: dict, kind: str) -> float | None:
+    t = res.get("times", {}).get(kind)
+    return median(t) if t else None
+
+
+def save_files(run: Runner, arrays: dict[str, np.ndarray]) -> dict[str, Path]:
+    """Write every volume as .npy, with our save_mla and with the reference's defaults."""
+    files: dict[str, Path] = {}
+    ours, ref = [], []
+    for name, arr in arrays.items():
+        npy = run.d / f"{name}.npy"
+        np.save(npy, arr)
+        files[f"{name}.npy"] = npy
+        for who, tasks in (("ours", ours), ("ref", ref)):
+            p = run.d / f"{name}_{who}.mla"
+            files[f"{name}.{who}"] = p
+            tasks.append(
+                {
+                    "task": "save",
+                    "src": str(npy),
+                    "path": str(p),
+                    "reps": 1,
+                    "is_seg": name == "seg",
+                }
+            )
+    for python, tasks in ((run.ours_py, ours), (run.ref_py, ref)):
+        for t, r in zip(tasks, run.run(python, tasks), strict=True):
+            if "error" in r and python is not None:
+                print(f"writing {t['path']} failed: {r['error']}")
+    return files
+
+
+def patch_section(
+    run: Runner, files: dict, shape: tuple, plan: dict, seed: int, plot_rows: list[dict]
+):
+    out = ["## Warm random patch reads, one thread (file in the page cache)\n"]
+    out.append(
+        "Each row: median ms per patch over all rounds. `limit: touched blocks` decodes only "
+        "the Blosc2 blocks the patch touches (SChunk.get_slice per run of blocks, no "
+        "assembly, no output array): the codec's floor for this layout. `one handle` opens "
+        "once; `open per read` opens, reads the metadata and reads one patch (nnU-Net).\n"
+    )
+    rows = []
+    cases = [("ct", ps) for ps in (PATCHES[:1] if plan["rounds"] == 1 else PATCHES)]
+    if "mni.npy" in files:
+        cases.append(("mni", (128, 128, 128)))
+    cases = [(v, tuple(min(p, s) for p, s in zip(ps, shape, strict=True))) for v, ps in cases]
+    jobs = {}
+    for i, (vol, ps) in enumerate(cases):
+        starts = random_starts(shape, ps, plan["n"] * plan["rounds"], seed + 10 + i)
+        kinds_ours = [
+            "mla_handle",
+            "mla_open",
+            "b2_handle",
+            "limit_blocks",
+            "limit_chunks",
+            "npy_handle",
+            "npy_open",
+        ]
+
+        def task(path: Path, kinds: list[str], ps=ps, starts=starts, vol=vol):
+            return lambda r: {
+                "task": "patches",
+                "path": str(path),
+                "npy": str(files[f"{vol}.npy"]),
+                "patch_size": list(ps),
+                "starts": starts[r :: plan["rounds"]],
+                "kinds": kinds,
+                "check": r == 0,
+            }
+
+        jobs[f"ours{i}"] = (run.ours_py, task(files[f"{vol}.ours"], kinds_ours))
+        jobs[f"ref{i}"] = (run.ref_py, task(files[f"{vol}.ref"], ["mla_handle", "mla_open"]))
+    res = yield jobs
+    for i, (vol, ps) in enumerate(cases):
+        o, rf = res[f"ours{i}"], res[f"ref{i}"]
+        ok = "ok" if o.get("ok", False) and rf.get("ok", True) else "WRONG DATA"
+        lim = med(o, "limit_blocks")
+        h, op = med(o, "mla_handle"), med(o, "mla_open")
+        rh, rop = med(rf, "mla_handle"), med(rf, "mla_open")
+        title = f"{vol} patch {ps}, one handle"
+        for name, t, path in (
+            ("ours (.mla)", h, files[f"{vol}.ours"]),
+            ("reference 0.0.54 (.mla)", rh, files[f"{vol}.ref"]),
+            ("npy memmap", med(o, "npy_handle"), files[f"{vol}.npy"]),
+        ):
+            if t is not None and path.exists():
+                plot_rows.append(
+                    {
+                        "table": title,
+                        "name": name,
+                        "mb": path.stat().st_size / MB,
+                        "median_ms": t * 1e3,
+                    }
+                )
+        rows.append(
+            [
+                f"{vol} " + "x".join(map(str, ps)),
+                ms(h),
+                ms(op),
+                ms(rh),
+                ms(rop),
+                ms(med(o, "b2_handle")),
+                ms(lim),
+                ms(med(o, "limit_chunks")),
+                ms(med(o, "npy_handle")),
+                goal(h, lim, 1.15),
+                goal(h, rh, 0.75),
+                goal(op, rop, 0.75),
+                rel(h, med(o, "npy_handle")),
+                ok,
+            ]
+        )
+    out.append(
+        table(
+            [
+                "patch",
+                "ours 1 handle",
+                "ours open/read",
+                "ref 1 handle",
+                "ref open/read",
+                "bare blosc2",
+                "limit: touched blocks",
+                "limit: touched chunks",
+                "npy memmap",
+                "ours / limit",
+                "ours / ref (1 handle)",
+                "ours / ref (open/read)",
+                "ours / npy",
+                "check",
+            ],
+            rows,
+        )
+    )
+    return out
+
+
+def cold_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int):
+    out = ["\n## Cold patch reads (file evicted with posix_fadvise DONTNEED before every read)\n"]
+    rows = []
+    sizes = [(96, 96, 96), (128, 128, 128)][: 1 if plan["rounds"] == 1 else 2]
+    sizes = [tuple(min(p, s) for p, s in zip(ps, shape, strict=True)) for ps in sizes]
+    jobs = {}
+    for i, ps in enumerate(sizes):
+        starts = random_starts(shape, ps, plan["cold"] * plan["rounds"], seed + 20 + i)
+
+        def task(path: Path, kinds: list[str], ps=ps, starts=starts):
+            return lambda r: {
+                "task": "cold",
+                "path": str(path),
+                "npy": str(files["ct.npy"]),
+                "patch_size": list(ps),
+                "starts": starts[r :: plan["rounds"]],
+                "kinds": kinds,
+            }
+
+        jobs[f"ours{i}"] = (run.ours_py, task(files["ct.ours"], ["mla_open", "npy_open"]))
+        jobs[f"ref{i}"] = (run.ref_py, task(files["ct.ref"], ["mla_open"]))
+    res = yield jobs
+    for i, ps in enumerate(sizes):
+        o, rf = res[f"ours{i}"], res[f"ref{i}"]
+        ours, npy, ref = med(o, "mla_open"), med(o, "npy_open"), med(rf, "mla_open")
+        rows.append(
+            [
+                "x".join(map(str, ps)),
+                ms(ours),
+                ms(ref),
+                ms(npy),
+                goal(ours, npy, 0.5),
+                goal(ours, ref, 0.7),
+            ]
+        )
+    out.append(
+        table(
+            ["patch", "ours ms", "reference ms", "npy memmap ms", "ours / npy", "ours / ref"],
+            rows,
+        )
+    )
+    return out
+
+
+def load_section(run: Runner, files: dict, plan: dict):
+    out = ["\n## Full load (whole volume -> numpy, file in the page cache)\n"]
+    kinds = [
+        "mla_open_all",
+        "mla_open_all_threads",
+        "mla_load",
+        "limit_decode_all",
+        "limit_decode_all_threads",
+        "alloc_fill",
+        "npy_load",
+    ]
+    task = {
+        "task": "load",
+        "path": str(files["ct.ours"]),
+        "npy": str(files["ct.npy"]),
+        "kinds": kinds,
+        "reps": plan["load"],
+    }
+    rtask = {**task, "path": str(files["ct.ref"]), "kinds": ["mla_open_all", "mla_load"]}
+    res = yield {"ours": (run.ours_py, task), "ref": (run.ref_py, rtask)}
+    o, rf = res["ours"], res["ref"]
+    cores = o.get("cores", "?")
+    lim = med(o, "limit_decode_all")
+    names = {
+        "mla_open_all": "ours MLArray.open(p)[...] (1 thread)",
+        "mla_open_all_threads": f"ours MLArray.open(p, dparams={{'nthreads': {cores}}})[...]",
+        "mla_load": "ours MLArray.load(p).to_numpy() (1 thread)",
+        "limit_decode_all": "limit: decode every chunk once, 1 thread (no output)",
+        "limit_decode_all_threads": f"limit: decode every chunk once, {cores} threads",
+        "alloc_fill": "limit: allocate + fill the output array (page faults)",
+        "npy_load": "np.load (uncompressed .npy)",
+    }
+    rows = [[names[k], ms(med(o, k)), rel(med(o, k), lim)] for k in kinds]
+    rows.append(
+        [
+            "reference MLArray.open(p)[...]",
+            ms(med(rf, "mla_open_all")),
+            rel(med(rf, "mla_open_all"), lim),
+        ]
+    )
+    rows.append(
+        [
+            "reference MLArray.load(p).to_numpy()",
+            ms(med(rf, "mla_load")),
+            rel(med(rf, "mla_load"), lim),
+        ]
+    )
+    out.append(table(["path", "median ms", "vs decode-every-chunk (1 thread)"], rows))
+    ok = o.get("ok", False) and rf.get("ok", True)
+    out.append(f"\ncheck: {'ok' if ok else 'WRONG DATA'}")
+    out.append(
+        f"\nfull load goal (<= 1.2x decoding every chunk once on one thread): "
+        f"{goal(med(o, 'mla_open_all'), lim, 1.2)} with 1 thread, "
+        f"{goal(med(o, 'mla_open_all_threads'), lim, 1.2)} with {cores} threads; the output's "
+        f"page faults alone cost {rel(med(o, 'alloc_fill'), lim)} of the decode."
+    )
+    return out
+
+
+def save_section(run: Runner, files: dict, plan: dict):
+    out = ["\n## Save with default settings: MLArray(array).save(path)\n"]
+    rows = []
+    names = [v for v in ("ct", "seg", "mni") if f"{v}.npy" in files]
+    jobs = {}
+    for name in names:
+        npy = files[f"{name}.npy"]
+
+        def task(who: str, name=name, npy=npy):
+            return {
+                "task": "save",
+                "src": str(npy),
+                "path": str(run.d / f"save_{name}_{who}.mla"),
+                "reps": plan["save"],
+                "is_seg": name == "seg",
+            }
+
+        jobs[f"ours_{name}"] = (run.ours_py, task("ours"))
+        jobs[f"ref_{name}"] = (run.ref_py, task("ref"))
+    res = yield jobs
+    for name in names:
+        o, rf = res[f"ours_{name}"], res[f"ref_{name}"]
+        o_t = med(o, "save"), med(rf, "save")
+        size_o, size_r = o.get("size"), rf.get("size")
+        rows.append(
+            [
+                name,
+                o.get("codec", "-"),
+                rf.get("codec", "-"),
+                ms(o_t[0]),
+                ms(o_t[1]),
+                goal(o_t[0], o_t[1], 0.3) if name != "seg" else rel(o_t[0], o_t[1]),
+                fmt(size_o / MB, 3) if size_o else "-",
+                fmt(size_r / MB, 3) if size_r else "-",
+                rel(size_o, size_r),
+                "ok" if o.get("ok") and rf.get("ok", True) else "WRONG DATA",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "volume",
+                "ours codec",
+                "ref codec",
+                "ours ms",
+                "ref ms",
+                "ours / ref time",
+                "ours MB",
+                "ref MB",
+                "ours / ref size",
+                "check",
+            ],
+            rows,
+        )
+    )
+    out.append(
+        "\nBoth save atomically with an fsync (ours: temporary file + fsync + rename); ours "
+        "compresses on every usable core. Goals: images <= 0.3x the reference's time at a "
+        "size within 5 % (<= 1.05x); label maps no larger than the reference's."
+    )
+    return out
+
+
+def codec_section(run: Runner, files: dict, plan: dict) -> list[str]:
+    out = ["\n## Codec defaults per content (our default layout, 1 thread unless noted)\n"]
+    names = [v for v in ("ct", "seg", "mni") if f"{v}.npy" in files]
+    tasks = [
+        {"task": "codecs", "src": str(files[f"{n}.npy"]), "codecs": CODECS, "reps": plan["save"]}
+        for n in names
+    ]
+    res = run.run(run.ours_py, tasks)
+    rows = []
+    for name, r in zip(names, res, strict=True):
+        if "error" in r:
+            rows.append([name, r["error"][:60], *["-"] * 5])
+            continue
+        base = r["codecs"][next(iter(CODECS))]
+        for cname, c in r["codecs"].items():
+            rows.append(
+                [
+                    name,
+                    cname,
+                    fmt(c["size"] / MB, 3),
+                    rel(c["size"], base["size"]),
+                    ms(median(c["comp1"])),
+                    ms(median(c["compn"])),
+                    ms(median(c["decomp1"])),
+                ]
+            )
+    out.append(
+        table(
+            [
+                "volume",
+                "codec",
+                "MB",
+                "size vs LZ4HC-8",
+                "compress ms (1 thread)",
+                "compress ms (all cores)",
+                "decompress ms (1 thread)",
+            ],
+            rows,
+        )
+    )
+    return out
+
+
+def scroll_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int):
+    n = plan["scroll"]
+    out = [
+        f"\n## Viewer scrolling: {n} consecutive planes along each axis, from a fresh open\n",
+    ]
+    rng = np.random.default_rng(seed + 30)
+    starts = [
+        [[ax, int(rng.integers(0, max(1, shape[ax] - n + 1)))] for ax in range(3)]
+        for _ in range(plan["rounds"])
+    ]
+
+    def task(path: Path, kinds: list[str]):
+        return lambda r: {
+            "task": "scroll",
+            "path": str(path),
+            "npy": str(files["ct.npy"]),
+            "n": min(n, min(shape)),
+            "starts": starts[r],
+            "kinds": kinds,
+        }
+
+    res = yield {
+        "ours": (run.ours_py, task(files["ct.ours"], ["mla_cache", "mla"])),
+        "ref": (run.ref_py, task(files["ct.ref"], ["mla"])),
+    }
+    o, rf = res["ours"], res["ref"]
+    c, plain, ref = med(o, "mla_cache"), med(o, "mla"), med(rf, "mla")
+    rows = [
+        ["ours, chunk cache (as the napari reader opens files)", ms(c), rel(c, ref)],
+        ["ours, no cache (Blosc2 slicing per plane)", ms(plain), rel(plain, ref)],
+        ["reference, per-plane slicing", ms(ref), "1.00x"],
+    ]
+    out.append(
+        table(["reader", "ms per plane (median over axes and rounds)", "vs reference"], rows)
+    )
+    ok = o.get("ok", False) and rf.get("ok", True)
+    out.append(
+        f"\ncheck: {'ok' if ok else 'WRONG DATA'}; goal (<= 0.3x the reference's per-plane "
+        f"slicing): {goal(c, ref, 0.3)}"
+    )
+    return out
+
+
+def memory_section(run: Runner, d: Path, ct: np.ndarray, plan: dict) -> list[str]:
+    target = plan["big"]
+    if target is None:
+        return ["\n## Memory\n\nskipped in this run size"]
+    from mlarray.io import save_mla
+    from mlarray.meta import Meta
+
+    side = round((target / 2) ** (1 / 3))
+    shape = (side, side, side)
+    big = d / "big.mla"
+    t0 = time.perf_counter()
+    save_mla(big, Tiled(ct, shape), Meta())
+    wrote = time.perf_counter() - t0
+    raw = int(np.prod(shape)) * 2
+    out = [
+        f"\n## Memory: streaming operations on a {raw / 2**30:.2f} GiB volume {shape} int16 "
+        f"(file {big.stat().st_size / MB:,.0f} MB, written from a lazy tiled source in "
+        f"{wrote:.0f} s)\n"
+    ]
+    ops = [
+        (
+            "save_mla(new, MLArray.open(old), meta, patch_size=(64,160,160)) re-chunk",
+            "resave_rechunk",
+            "r",
+        ),
+        (
+            "save_mla(new, MLArray.open(old), meta, cparams=zstd-1) recompress",
+            "recompress_codec",
+            "r",
+        ),
+        ("MLArray.open(old).compute_stats()", "stats", "r"),
+        ("same re-chunk, MLArray.open(old, mmap_mode=None)", "resave_rechunk", None),
+    ]
+    rows = []
+    for name, op, mmap in ops:
+        t = {
+            "task": "memory",
+            "op": op,
+            "src": str(big),
+            "dst": str(d / "big_out.mla"),
+            "patch_size": [64, 160, 160],
+            "mmap_mode": mmap,
+        }
+        r = run.run(run.ours_py, [t])[0]
+        (d / "big_out.mla").unlink(missing_ok=True)
+        if "error" in r:
+            rows.append([name, "-", "-", "-", r["error"][:60]])
+            continue
+        rows.append(
+            [
+                name,
+                fmt(r["wall"], 1),
+                fmt(r["peak_rss"] / MB, 0),
+                fmt(r["peak_anon"] / MB, 0),
+                "met" if r["peak_anon"] < 300 * MB else "NOT met",
+            ]
+        )
+    big.unlink(missing_ok=True)
+    out.append(
+        table(["operation", "s", "peak RSS +MB", "peak anon +MB", "goal < 300 MB (anon)"], rows)
+    )
+    out.append(
+        "\npeak RSS = VmHWM growth (reset through /proc/self/clear_refs); with a memory-mapped "
+        "source it includes the file's clean page-cache pages the kernel can drop at any "
+        "time; peak anon = RssAnon growth sampled every 2 ms, the memory the operation holds."
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, default=None, help="write the patch-read rows here")
+    args = p.parse_args(argv)
+    size = run_size(args)
+    shape = tuple(args.shape) if args.shape else SIZES[size]
+    plan = PLAN[size]
+    ref_py, ref_note = (None, "--no-reference") if args.no_reference else reference_python()
+    t_start = time.perf_counter()
+    with data_dir(args) as d:
+        print("# Read and write paths against their floors (bench_paths.py)\n")
+        for line in machine_info(ref_py, ref_note, d):
+            print(f"- {line}")
+        ct, seg = make_volumes(shape, args.seed)
+        mni, mni_src = mni_volume(shape, download=size != "smoke")
+        print(
+            f"- run: {size}, volume {shape}: CT-like int16, its uint8 label map, and the "
+            f"MNI152 T1 template ({mni_src}, mirrored up to {shape}); {plan['rounds']} "
+            f"interleaved rounds, seed {args.seed}\n"
+        )
+        run = Runner(d, ref_py)
+        plot_rows: list[dict] = []
+        volumes = {"ct": ct, "seg": seg} if mni is None else {"ct": ct, "seg": seg, "mni": mni}
+        files = save_files(run, volumes)
+        sections = run_sections(
+            run,
+            plan["rounds"],
+            [
+                patch_section(run, files, shape, plan, args.seed, plot_rows),
+                cold_section(run, files, shape, plan, args.seed),
+                load_section(run, files, plan),
+                save_section(run, files, plan),
+                scroll_section(run, files, shape, plan, args.seed),
+            ],
+        )
+        sections += codec_section(run, files, plan)
+        sections += memory_section(run, d, ct, plan)
+        print("\n".join(sections))
+        if args.json is not None:
+            args.json.write_text(json.dumps(plot_rows, indent=1))
+    print(f"\nload average at end: {loadavg()}; total time {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
