@@ -268,6 +268,27 @@ def test_compress_and_decompress(tmp_path, volume):
     np.testing.assert_array_equal(MLArray.open(out).to_numpy(), volume)
 
 
+def test_compress_of_an_opened_file_streams_chunk_by_chunk(tmp_path):
+    import tracemalloc
+
+    data = np.random.default_rng(5).integers(-1000, 1000, (64, 128, 128), dtype=np.int16)
+    p = tmp_path / "big.mla"
+    MLArray(data, patch_size=None, chunk_size=(16, 64, 64), block_size=(8, 16, 16)).save(p)
+    a = MLArray.open(p)
+    tracemalloc.start()
+    try:
+        a.compress(patch_size=None, chunk_size=(8, 32, 128), block_size=(4, 16, 32))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # numpy buffers of a few chunks (64 KiB each), never the 2 MiB volume
+    assert peak < data.nbytes / 4
+    assert a.chunks == (8, 32, 128) and a.blocks == (4, 16, 32) and a.path is None
+    assert a.meta.blosc2.chunk_size == [8, 32, 128]
+    np.testing.assert_array_equal(a.to_numpy(), data)
+    np.testing.assert_array_equal(MLArray.open(p).to_numpy(), data)  # the file is untouched
+
+
 def test_compute_stats_fills_meta(tmp_path):
     rng = np.random.default_rng(1)
     data = rng.normal(40, 300, size=(30, 40, 50)).astype(np.float32)

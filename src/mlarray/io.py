@@ -656,23 +656,33 @@ def _write_frame(
                 progress(i + 1, n)
     else:
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
-        slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
-        for i, slc in enumerate(slices, 1):
-            # C order and the stored dtype: lazy views (transposes, casts) may return
-            # strided blocks, which Blosc2 refuses.
-            block = np.asarray(src[slc]).astype(dtype, order="C", copy=False)
-            if block.shape != tuple(s.stop - s.start for s in slc):
-                raise MLArrayFormatError(
-                    None, f"source returned shape {block.shape} for slice {slc}; cannot save"
-                )
-            dst[slc] = block
-            if progress is not None:
-                progress(i, len(slices))
+        copy_by_chunks(dst, src, progress)
     dst.schunk.vlmeta[VLMETA_KEY] = record
     for key, value in _other_vlmeta(src).items():
         dst.schunk.vlmeta[key] = value
     dst.schunk.vlmeta[integrity.CHECKSUM_KEY] = integrity.digest_file(tmp)
     del dst
+
+
+def copy_by_chunks(dst: blosc2.NDArray, src: Any, progress: Progress | None = None) -> None:
+    """Fill ``dst`` from the array-like ``src`` one chunk of ``dst`` at a time.
+
+    Only a chunk of decoded data is held at once, whatever ``src`` is (a file
+    opened lazily, a lazy view, a numpy array).
+    """
+    shape, dtype = tuple(dst.shape), np.dtype(dst.dtype)
+    slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
+    for i, slc in enumerate(slices, 1):
+        # C order and the stored dtype: lazy views (transposes, casts) may return
+        # strided blocks, which Blosc2 refuses.
+        block = np.asarray(src[slc]).astype(dtype, order="C", copy=False)
+        if block.shape != tuple(s.stop - s.start for s in slc):
+            raise MLArrayFormatError(
+                None, f"source returned shape {block.shape} for slice {slc}; cannot save"
+            )
+        dst[slc] = block
+        if progress is not None:
+            progress(i, len(slices))
 
 
 def _other_vlmeta(src: Any) -> dict[str, Any]:

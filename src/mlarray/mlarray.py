@@ -890,10 +890,23 @@ class MLArray:
         NoArrayError
             (a TypeError) if no array is loaded.
         """
-        data = self.to_numpy()
-        self._detach()
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        self._fill(_maker(data), request, compressed=True)
+        store = self._require()
+        if not isinstance(store, blosc2.NDArray) or not store.size:
+            data = self.to_numpy()
+            self._detach()
+            self._fill(_maker(data), request, compressed=True)
+            return
+
+        def stream(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
+            # chunk by chunk: a lazily opened file is never decoded whole
+            new = blosc2.empty(shape, dtype=dtype, **kw)
+            io.copy_by_chunks(new, store)
+            return new
+
+        shape, dtype = tuple(int(n) for n in store.shape), np.dtype(store.dtype)
+        self._detach()
+        self._fill((stream, shape, dtype), request, compressed=True)
 
     def decompress(self) -> None:
         """Decompress in place to a NumPy array; ``meta.blosc2`` is cleared.
