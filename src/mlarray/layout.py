@@ -24,7 +24,11 @@ cparams : dict, blosc2.CParams or None
     level 8 + shuffle) for label maps (``meta.is_seg``). Compression runs on
     every usable core unless ``nthreads`` is given (it is not recorded).
 dparams : dict, blosc2.DParams or None
-    Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`.
+    Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
+    (``{"nthreads": 1}``: right for data loaders, which run one process per
+    core). Whole-volume reads and viewers decode faster on every core:
+    ``MLArray.open(path, dparams={"nthreads": usable_cores()})`` (the napari
+    reader does this); see benchmarks/RESULTS.md, "Full load".
 
 :func:`resolve_storage` turns them into one frozen :class:`StorageOptions`;
 nothing else in the package interprets these keywords.
