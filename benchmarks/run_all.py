@@ -11,6 +11,8 @@ Runs, each in its own process (and its workers in fresh processes):
 2. ``bench_patch_reads.py``: nnU-Net patch reads across formats (zarr v3, HDF5, npy,
    nii.gz, the reference), with open / cold-open latencies.
 3. ``bench_io.py``: save / load / re-save throughput across formats (not with --smoke).
+4. ``bench_napari.py``: napari open -> first frame, slider steps, first 3D frame, in fresh
+   processes under xvfb-run (not with --smoke).
 
 The report gets the machine, the date, the versions, the commands and every table, and
 ``patch_reads.png``: median patch-read time against file size, one marker per format.
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke:
         runs.append(("bench_patch_reads.py", [*common, "--json", str(patch_json)]))
         runs.append(("bench_io.py", common))
+        runs.append(("bench_napari.py", common))
     outputs = []
     failed = 0
     for script, extra in runs:

@@ -1,0 +1,72 @@
+"""One napari measurement in a fresh process (run under xvfb-run by bench_napari.py).
+
+``python _napari_worker.py KIND PATH OUT.json [LO HI]``: KIND ``mla`` opens PATH like a
+drag-and-drop (``viewer.open(path, plugin=None)``: our reader); ``npy`` adds
+``np.load(PATH, mmap_mode="r")`` by hand with the given contrast limits (the fastest
+thing a user can do without a reader). Times: open -> first frame (the first canvas
+screenshot), 32 slider steps along the first axis (each: set the step, process events),
+and the first 3D frame (ndisplay = 3, then a screenshot).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    kind, path, out = argv[1], argv[2], argv[3]
+    t_imp = time.perf_counter()
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    imported = time.perf_counter() - t_imp
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    app.processEvents()
+    viewer.screenshot(canvas_only=True, flash=False)  # an empty canvas is drawn once
+
+    t0 = time.perf_counter()
+    if kind == "mla":
+        layers = viewer.open(path, plugin=None)
+    else:
+        lo, hi = float(argv[4]), float(argv[5])
+        layers = [viewer.add_image(np.load(path, mmap_mode="r"), contrast_limits=(lo, hi))]
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    first_frame = time.perf_counter() - t0
+
+    nz = layers[0].data.shape[0]
+    start = max(0, nz // 2 - 16)
+    steps = []
+    for i in range(start, min(nz, start + 32)):
+        s = time.perf_counter()
+        viewer.dims.set_current_step(0, i)
+        app.processEvents()
+        steps.append(time.perf_counter() - s)
+    s = time.perf_counter()
+    viewer.screenshot(canvas_only=True, flash=False)
+    after_scroll_frame = time.perf_counter() - s
+
+    s = time.perf_counter()
+    viewer.dims.ndisplay = 3
+    shot3 = viewer.screenshot(canvas_only=True, flash=False)
+    first_3d = time.perf_counter() - s
+    result = {
+        "import": imported,
+        "first_frame": first_frame,
+        "steps": steps,
+        "frame_after_scroll": after_scroll_frame,
+        "first_3d": first_3d,
+        "frame_not_blank": bool(np.asarray(shot)[..., :3].std() > 0),
+        "frame3d_not_blank": bool(np.asarray(shot3)[..., :3].std() > 0),
+    }
+    viewer.close()
+    with open(out, "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,123 @@
+"""napari: open -> first frame, slider scrolling and the first 3D frame, in fresh processes.
+
+Each measurement is a fresh ``python _napari_worker.py`` under ``xvfb-run -a`` (Xvfb +
+Mesa): our reader through drag-and-drop (``viewer.open(path, plugin=None)``) against a
+``.npy`` memory map added by hand with known contrast limits. Kinds alternate in rounds;
+medians over rounds.
+
+    python benchmarks/bench_napari.py           # 256x384x384 int16 CT, 3 rounds
+    python benchmarks/bench_napari.py --full    # 512^3 (268 MB)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    SIZES,
+    base_parser,
+    data_dir,
+    fmt,
+    loadavg,
+    machine_info,
+    make_volumes,
+    median,
+    run_size,
+    table,
+)
+
+WORKER = Path(__file__).with_name("_napari_worker.py")
+ROUNDS = {"smoke": 1, "quick": 2, "default": 3, "full": 3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    size = run_size(args)
+    shape = tuple(args.shape) if args.shape else SIZES[size]
+    xvfb = shutil.which("xvfb-run")
+    t_start = time.perf_counter()
+    with data_dir(args) as d:
+        print("# napari (bench_napari.py)\n")
+        for line in machine_info(None, "not compared here (no napari in its venv)", d):
+            print(f"- {line}")
+        if xvfb is None:
+            print("\nskipped: xvfb-run is not installed")
+            return 0
+        from mlarray.io import save_mla
+        from mlarray.meta import Meta
+
+        ct, _ = make_volumes(shape, args.seed)
+        mla, npy = d / "ct.mla", d / "ct.npy"
+        save_mla(mla, ct, Meta())
+        np.save(npy, ct)
+        lo, hi = float(ct[shape[0] // 2].min()), float(ct[shape[0] // 2].max())
+        print(f"- run: {size}, CT-like int16 {shape} ({ct.nbytes / 1e6:.0f} MB)\n")
+        del ct
+        res: dict[str, list[dict]] = {"mla": [], "npy": []}
+        for r in range(ROUNDS[size]):
+            for kind, path in (("mla", mla), ("npy", npy)):
+                out = d / f"{kind}{r}.json"
+                cmd = [xvfb, "-a", sys.executable, str(WORKER), kind, str(path), str(out)]
+                proc = subprocess.run(
+                    [*cmd, str(lo), str(hi)], capture_output=True, text=True, check=False
+                )
+                if proc.returncode != 0 or not out.exists():
+                    print(f"{kind} round {r} failed: {proc.stderr.strip()[-500:]}")
+                    continue
+                res[kind].append(json.loads(out.read_text()))
+
+        def m(kind: str, key: str) -> float | None:
+            vals = [median(x[key]) if isinstance(x[key], list) else x[key] for x in res[kind]]
+            return median(vals) if vals else None
+
+        rows = []
+        names = {
+            "mla": "ours: viewer.open(path.mla, plugin=None)",
+            "npy": "npy memmap added by hand (contrast limits given)",
+        }
+        for kind in ("mla", "npy"):
+            rows.append(
+                [
+                    names[kind],
+                    fmt(m(kind, "import"), 2),
+                    fmt(m(kind, "first_frame"), 3),
+                    fmt(None if m(kind, "steps") is None else m(kind, "steps") * 1e3, 1),
+                    fmt(m(kind, "first_3d"), 2),
+                    str(all(x["frame_not_blank"] and x["frame3d_not_blank"] for x in res[kind])),
+                ]
+            )
+        print(
+            table(
+                [
+                    "how",
+                    "import napari s",
+                    "open -> first frame s",
+                    "slider step ms (median)",
+                    "first 3D frame s",
+                    "frames not blank",
+                ],
+                rows,
+            )
+        )
+        ff = (m("mla", "first_frame"), m("npy", "first_frame"))
+        d3 = (m("mla", "first_3d"), m("npy", "first_3d"))
+        if None not in ff and None not in d3:
+            print(
+                f"\nopen -> first frame: ours - memmap = {ff[0] - ff[1]:+.3f} s (goal <= +0.1 s: "
+                f"{'met' if ff[0] - ff[1] <= 0.1 else 'NOT met'}); first 3D frame: "
+                f"{d3[0] / d3[1]:.2f}x the memmap's (goal <= 1.2x: "
+                f"{'met' if d3[0] / d3[1] <= 1.2 else 'NOT met'})"
+            )
+    print(f"\nload average at end: {loadavg()}; total time {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
