@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlarray import MLArray
-from mlarray._read import ChunkCache, decode_chunk, read_cached
+from mlarray._read import ChunkCache, decode_chunk, read_cached, take
 from mlarray.io import save_mla
 from mlarray.meta import Meta
 
@@ -92,23 +92,31 @@ def test_cached_reads_equal_numpy(data, layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_chunk_puts_every_element_in_place_including_edge_chunks(dtype):
+def test_decode_chunk_and_take_put_every_element_in_place_including_edge_chunks(dtype):
     shape, chunks, blocks = (11, 17, 9), (5, 8, 9), (2, 3, 4)
     ref = _values(shape, dtype, seed=1)
     nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
     grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
     for nchunk, idx in enumerate(np.ndindex(*grid)):
         got = decode_chunk(nd, nchunk)
-        assert got.shape == tuple(nd.ext_chunks)
+        ext_grid = [e // b for e, b in zip(nd.ext_chunks, blocks, strict=True)]
+        assert got.shape == (*ext_grid, *blocks)
         lo = [i * c for i, c in zip(idx, chunks, strict=True)]
         part = ref[tuple(slice(a, a + c) for a, c in zip(lo, chunks, strict=True))]
-        np.testing.assert_array_equal(got[tuple(slice(0, n) for n in part.shape)], part)
+        whole = take(got, tuple(slice(0, n, 1) for n in part.shape))
+        np.testing.assert_array_equal(whole, part)
+        # a plane inside one block, and strided selections across blocks
+        n0, n1, n2 = part.shape
+        plane = take(got, (slice(n0 - 1, n0, 1), slice(0, n1, 1), slice(0, n2, 1)))
+        np.testing.assert_array_equal(plane[0], part[-1])
+        sel = (slice(0, n0, 2), slice(1 % n1, n1, 3), slice(0, n2, 4))
+        np.testing.assert_array_equal(take(got, sel), part[sel])
 
 
 def test_cache_is_bounded_lru_and_counts_hits():
     ref = _values((40, 30, 30), np.int16)
     nd = blosc2.asarray(ref, chunks=(10, 30, 30), blocks=(5, 10, 10))
-    chunk_bytes = int(np.prod(nd.ext_chunks)) * 2
+    chunk_bytes = int(np.prod(nd.ext_chunks)) * 2  # the decoded buffer of one chunk
     cache = ChunkCache(max_bytes=2 * chunk_bytes)
     for z in range(10):  # ten planes of one chunk: one decode
         np.testing.assert_array_equal(read_cached(nd, z, cache), ref[z])

@@ -3,7 +3,9 @@
 A viewer scrolling through planes asks for one plane at a time; Blosc2's own slicing
 decodes the blocks under each plane again and again (a block is 20-30 planes thick). With
 :class:`ChunkCache` the chunks under a plane are decoded once, whole, kept in a bounded
-least-recently-used cache, and the following planes are copied out of them.
+least-recently-used cache in their block-by-block layout, and each plane copies only its
+own elements out of them (rearranging whole chunks into C order would cost several
+times the decoding).
 
 Only basic keys (ints, slices with any step, ``...``) are served here; the caller falls
 back to Blosc2's slicing for anything else (``None``, arrays, booleans, 0-d or empty
@@ -13,13 +15,14 @@ same ``RuntimeError`` as Blosc2's slicing does.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "read_cached"]
+__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "decode_chunk", "read_cached", "take"]
 
 #: Default bound of a chunk cache: enough for every chunk under a plane of a 512^3 int16
 #: volume stored with the default layout, along any axis.
@@ -73,7 +76,7 @@ class ChunkCache:
             self._store = store
 
     def chunk(self, store: Any, nchunk: int) -> np.ndarray:
-        """Chunk ``nchunk`` of ``store``, decoded and shaped like ``store.ext_chunks``."""
+        """Chunk ``nchunk`` of ``store``, decoded block by block (see :func:`decode_chunk`)."""
         with self._lock:
             self._bind(store)
             arr = self._chunks.get(nchunk)
@@ -97,21 +100,59 @@ class ChunkCache:
 
 
 def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
-    """Decode chunk ``nchunk`` of a Blosc2 NDArray into an array shaped like its chunk.
+    """Decode chunk ``nchunk`` of a Blosc2 NDArray, as it is laid out: block by block.
 
-    A chunk holds its blocks one after the other (C order over the block grid), each
-    block in C order; the result puts every element at its place in the (padded) chunk.
+    A chunk holds its blocks one after the other (C order over the block grid of the
+    padded chunk, ``store.ext_chunks``), each block in C order. The result is a view of
+    the decoded buffer with shape ``block_grid + blocks``: element ``(g..., i...)`` is
+    element ``g * blocks + i`` of the chunk. Nothing is rearranged here; :func:`take`
+    copies out only what a read needs.
     """
     ext = tuple(int(n) for n in store.ext_chunks)
     blocks = tuple(int(n) for n in store.blocks)
     grid = tuple(e // b for e, b in zip(ext, blocks, strict=True))
     flat = np.empty(int(np.prod(ext)), dtype=store.dtype)
     store.schunk.decompress_chunk(nchunk, flat)
-    if all(g == 1 for g in grid[1:]):  # blocks span whole chunk rows: already in C order
-        return flat.reshape(ext)
-    nd = len(ext)
-    order = [ax for i in range(nd) for ax in (i, nd + i)]
-    return flat.reshape(grid + blocks).transpose(order).reshape(ext)
+    return flat.reshape(grid + blocks)
+
+
+def _plan(s: slice, block: int) -> tuple[slice, slice, slice, int]:
+    """How :func:`take` reads the positive-step slice ``s`` of one chunk axis.
+
+    Returns ``(blocks, in_block, rest, merged)``: the block range the slice spans, the
+    slice of the in-block axis, the slice left to apply once the spanned blocks are
+    merged, and the merged length. A slice inside one block goes straight to the
+    in-block axis.
+    """
+    b0, b1 = s.start // block, (s.stop - 1) // block + 1
+    if b1 - b0 == 1:
+        inner = slice(s.start - b0 * block, s.stop - b0 * block, s.step)
+        return slice(b0, b1), inner, slice(None), len(range(*inner.indices(block)))
+    rest = slice(s.start - b0 * block, s.stop - b0 * block, s.step)
+    return slice(b0, b1), slice(None), rest, (b1 - b0) * block
+
+
+def _interleaved(nd: int) -> list[int]:
+    return [ax for i in range(nd) for ax in (i, nd + i)]
+
+
+def take(chunk: np.ndarray, local: tuple[slice, ...]) -> np.ndarray:
+    """The elements ``local`` (positive-step slices inside the chunk, ``stop`` = last
+    index + 1) of a chunk decoded by :func:`decode_chunk`, shaped like the selection.
+
+    Along each axis the selection is cut to the blocks it spans; within a single block
+    the slice goes straight to the in-block axis, so a plane copies only its own
+    elements instead of rearranging the whole chunk.
+    """
+    nd = len(local)
+    plans = [_plan(s, b) for s, b in zip(local, chunk.shape[nd:], strict=True)]
+    return _take(chunk, plans, _interleaved(nd))
+
+
+def _take(chunk: np.ndarray, plans: Any, order: list[int]) -> np.ndarray:
+    sub = chunk[tuple(p[0] for p in plans) + tuple(p[1] for p in plans)]
+    merged = sub.transpose(order).reshape(tuple(p[3] for p in plans))
+    return merged[tuple(p[2] for p in plans)]
 
 
 def _axis_pieces(n: int, chunk: int, key: Any) -> tuple[list[tuple[int, slice, slice]], int, bool]:
@@ -206,17 +247,22 @@ def read_cached(
         # gain from keeping the chunks, and Blosc2 assembles them faster.
         return None
     out = np.empty(tuple(length for _, length, _ in axes), dtype=store.dtype)
-    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
     if out.size:
-        for combo in np.ndindex(*(len(p) for p, _, _ in axes)):
-            nchunk = 0
-            src, dst = [], []
-            for ax, i in enumerate(combo):
-                j, s, d = axes[ax][0][i]
-                nchunk = nchunk * grid[ax] + j
-                src.append(s)
-                dst.append(d)
-            out[tuple(dst)] = cache.chunk(store, nchunk)[tuple(src)]
+        blocks = tuple(int(b) for b in store.blocks)
+        grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+        order = _interleaved(ndim)
+        per_axis = []  # (chunk index contribution, take plan, output slice) per piece
+        mult = 1
+        for ax in reversed(range(ndim)):
+            per_axis.append(
+                [(j * mult, _plan(src, blocks[ax]), dst) for j, src, dst in axes[ax][0]]
+            )
+            mult *= grid[ax]
+        per_axis.reverse()
+        for combo in itertools.product(*per_axis):
+            nchunk = sum(c[0] for c in combo)
+            part = _take(cache.chunk(store, nchunk), [c[1] for c in combo], order)
+            out[tuple(c[2] for c in combo)] = part
     flips = [
         ax
         for ax, k in enumerate(norm)
