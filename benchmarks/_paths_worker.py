@@ -76,6 +76,23 @@ class Blocks:
         for n in range(sch.nchunks):
             sch.decompress_chunk(n, self.buf)
 
+    def decode_assemble(self) -> np.ndarray:
+        """Decode every chunk once and put its blocks in place in a new C-order array
+        (numpy does the rearranging): what any full load of this layout has to do."""
+        shape, ch, bl, bpc = self.shape, self.ch, self.bl, self.bpc
+        out = np.empty(tuple(shape), dtype=self.nd.dtype)
+        nd = len(shape)
+        order = [ax for i in range(nd) for ax in (i, nd + i)]
+        blocks = self.buf.reshape(tuple(bpc) + tuple(bl)).transpose(order)
+        full = blocks.reshape(tuple(bpc * bl))
+        for n, idx in enumerate(np.ndindex(*self.grid)):
+            org = np.array(idx) * ch
+            ext = np.minimum(shape - org, ch)
+            self.nd.schunk.decompress_chunk(n, self.buf)
+            region = tuple(slice(int(o), int(o + e)) for o, e in zip(org, ext, strict=True))
+            out[region] = full[tuple(slice(0, int(e)) for e in ext)]
+        return out
+
 
 def _mla(nthreads: int = 1) -> Any:
     from mlarray import MLArray
@@ -83,7 +100,7 @@ def _mla(nthreads: int = 1) -> Any:
     return MLArray
 
 
-def _open_mla(path: str, nthreads: int = 1, cache: bool = False) -> Any:
+def _open_mla(path: str, nthreads: int = 1, *, cache: bool = False) -> Any:
     MLArray = _mla()
     a = MLArray.open(path, dparams={"nthreads": nthreads})
     _ = a.meta, a.shape, a.dtype, a.spacing
@@ -183,6 +200,7 @@ def task_load(t: dict) -> dict:
         "mla_load": lambda: MLArray.load(path, dparams={"nthreads": 1}).to_numpy(),
         "limit_decode_all": floor1.decode_all,
         "limit_decode_all_threads": floorn.decode_all,
+        "limit_decode_assemble": floor1.decode_assemble,
         "alloc_fill": alloc,
         "npy_load": lambda: np.load(npy),
     }
@@ -276,7 +294,8 @@ def task_scroll(t: dict) -> dict:
     ok = True
     for axis, start in t["starts"]:
         for k in t["kinds"]:
-            a = _open_mla(path, cache=k == "mla_cache")
+            threads = len(os.sched_getaffinity(0)) if k == "mla_cache_threads" else 1
+            a = _open_mla(path, threads, cache=k.startswith("mla_cache"))
             s = time.perf_counter()
             for i in range(start, start + t["n"]):
                 x = a[(slice(None),) * axis + (i,)]

@@ -650,3 +650,30 @@ def test_codec_defaults_follow_the_content_and_resaves_keep_the_codec(tmp_path):
     assert new.schunk.cparams.codec is blosc2.Codec.LZ4HC
     assert new.schunk.get_chunk(0) == old.schunk.get_chunk(0)
     np.testing.assert_array_equal(new[...], image)
+
+
+def test_streaming_reads_of_a_mapped_file_use_plain_file_io(tmp_path):
+    from mlarray.io import streaming_store
+
+    data = np.random.default_rng(4).integers(0, 1000, (30, 40, 50)).astype(np.uint16)
+    p = tmp_path / "s.mla"
+    save_mla(p, data, Meta())
+    ro = MLArray.open(p)
+    plain = streaming_store(ro)
+    assert plain is not ro._store  # re-opened without the memory map
+    np.testing.assert_array_equal(plain[...], data)
+    # writable and copy-on-write maps may hold changes only in the map; loaded data is
+    # in memory: those are read as they are
+    for arr in (MLArray.open(p, mmap_mode="c"), MLArray.open(p, mmap_mode="r+"), MLArray.load(p)):
+        assert streaming_store(arr) is arr._store
+    cow = MLArray.open(p, mmap_mode="c")
+    cow[0, 0, 0] = 7
+    save_mla(tmp_path / "cow.mla", cow, cow.meta)
+    assert MLArray.open(tmp_path / "cow.mla")[0, 0, 0] == 7
+    # save, recompress and stats of the read-only map give the same results
+    save_mla(tmp_path / "copy.mla", ro, ro.meta, patch_size=(8, 16, 16))
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "copy.mla")[...], data)
+    st = ro.compute_stats()
+    assert st.max == data.max() and st.min == data.min()
+    ro.compress(patch_size=(8, 8, 8))
+    np.testing.assert_array_equal(ro[...], data)

@@ -449,9 +449,38 @@ def _fsync_path(p: Path, directory: bool = False) -> None:
 
 
 def _source_array(data: Any) -> Any:
-    """Unwrap an MLArray to its store; leave other array-likes alone."""
+    """Unwrap an MLArray to a store to stream from; leave other array-likes alone."""
     store = getattr(data, "_store", None)
-    return data if store is None else store
+    return data if store is None else streaming_store(data)
+
+
+def streaming_store(arr: Any) -> Any:
+    """The store to read an MLArray's data from once, front to back (save, recompress,
+    statistics).
+
+    A file opened read-only and memory-mapped is read again through plain file I/O:
+    its pages then stay in the page cache instead of adding the whole compressed file
+    to the process's resident memory (a 2 GB volume would otherwise show a 1 GB peak
+    RSS). Anything else (in-memory data, writable or copy-on-write maps, whose changes
+    may live only in the map) is read as it is.
+    """
+    store = arr._store
+    path = getattr(arr, "_path", None)
+    if (
+        path is None
+        or store is None
+        or store is not getattr(arr, "_file_store", None)
+        or getattr(arr, "_mmap_mode", None) != "r"
+        or getattr(arr, "_writable", True)
+    ):
+        return store
+    try:
+        plain, _ = open_store(path, mmap_mode=None)
+    except MLArrayError:  # the file changed or went away: read what we have
+        return store
+    if tuple(plain.shape) != tuple(store.shape) or plain.dtype != store.dtype:
+        return store
+    return plain
 
 
 def is_label_map(meta: Meta) -> bool:

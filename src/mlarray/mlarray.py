@@ -891,7 +891,8 @@ class MLArray:
             (a TypeError) if no array is loaded.
         """
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        store = self._require()
+        self._require()
+        store = io.streaming_store(self)
         if not isinstance(store, blosc2.NDArray) or not store.size:
             data = self.to_numpy()
             self._detach()
@@ -960,8 +961,8 @@ class MLArray:
         """
         from mlarray.stats import compute_stats
 
-        store = self._require()
-        integrity.verify_all(store)
+        integrity.verify_all(self._require())
+        store = io.streaming_store(self)
         try:
             values = compute_stats(
                 store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
