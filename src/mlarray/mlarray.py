@@ -253,6 +253,7 @@ class MLArray:
         self._writable = False
         self._mode: str | None = None
         self._mmap_mode: str | None = None
+        self._chunk_cache: _read.ChunkCache | None = None
         self._meta = Meta()
 
     def _remeta(
@@ -1019,7 +1020,7 @@ class MLArray:
         store = self._require()
         integrity.verify_read(store, key)  # the chunks this read touches match their checksums
         try:
-            cache = getattr(self, "_chunk_cache", None)
+            cache = self._chunk_cache
             if cache is not None and isinstance(store, blosc2.NDArray):
                 out = _read.read_cached(store, key, cache)
                 if out is not None:
@@ -1080,9 +1081,8 @@ class MLArray:
             elif values.size:
                 _write_advanced(store, key, values)
         finally:
-            cache = getattr(self, "_chunk_cache", None)
-            if cache is not None:
-                cache.clear()
+            if self._chunk_cache is not None:
+                self._chunk_cache.clear()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         data = self.to_numpy()
