@@ -112,6 +112,12 @@ def _open_mla(path: str, nthreads: int = 1, *, cache: bool = False) -> Any:
 # ----------------------------------------------------------------------------- tasks
 
 
+def _rotated(kinds: list[str], i: int) -> list[str]:
+    """``kinds`` starting at ``i``: no kind always runs first (after another's reads)."""
+    i %= max(1, len(kinds))
+    return kinds[i:] + kinds[:i]
+
+
 def task_patches(t: dict) -> dict:
     """Warm random patch reads, kinds interleaved patch by patch."""
     path, npy = t["path"], t["npy"]
@@ -145,8 +151,8 @@ def task_patches(t: dict) -> dict:
                 ok = ok and bool(np.array_equal(fns[k](starts[0]), ref[sl(starts[0])]))
     times: dict[str, list[float]] = {k: [] for k in kinds}
     c0, w0 = _cpu(), time.perf_counter()
-    for lo in starts:
-        for k in kinds:
+    for i, lo in enumerate(starts):
+        for k in _rotated(kinds, i):
             f = fns[k]
             s = time.perf_counter()
             f(lo)
@@ -164,8 +170,8 @@ def task_cold(t: dict) -> dict:
     def sl(lo: list[int]) -> tuple[slice, ...]:
         return tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size, strict=True))
 
-    for lo in t["starts"]:
-        for k in t["kinds"]:
+    for i, lo in enumerate(t["starts"]):
+        for k in _rotated(t["kinds"], i):
             gc.collect()  # unmap the previous handle: mapped pages cannot be evicted
             evict(paths[k])
             s = time.perf_counter()
@@ -209,7 +215,7 @@ def task_load(t: dict) -> dict:
     ok = True
     ref = np.load(npy, mmap_mode="r")
     for rep in range(t["reps"]):
-        for k in kinds:
+        for k in _rotated(kinds, rep):
             gc.collect()
             s = time.perf_counter()
             x = fns[k]()
@@ -293,7 +299,7 @@ def task_scroll(t: dict) -> dict:
     times: dict[str, list[float]] = {k: [] for k in t["kinds"]}
     ok = True
     for axis, start in t["starts"]:
-        for k in t["kinds"]:
+        for k in _rotated(t["kinds"], axis):
             threads = len(os.sched_getaffinity(0)) if k == "mla_cache_threads" else 1
             a = _open_mla(path, threads, cache=k.startswith("mla_cache"))
             s = time.perf_counter()
