@@ -254,18 +254,21 @@ def task_save(t: dict) -> dict:
 
 
 def task_codecs(t: dict) -> dict:
-    """Compress / decompress the volume with several codecs (our default layout)."""
+    """Compress / decompress the volume with several codecs (our default layout), and read
+    random patches of each (interleaved codec by codec)."""
     from mlarray import layout
 
     arr = np.load(t["src"])
     opts = layout.resolve_storage(arr.shape, arr.dtype, patch_size="default")
     cores = len(os.sched_getaffinity(0))
     out: dict[str, dict] = {}
+    stores = {}
     for name, cp in t["codecs"].items():
         res: dict[str, list] = {"comp1": [], "compn": [], "decomp1": []}
         a = None
         for _ in range(t["reps"]):
             for key, nt in (("comp1", 1), ("compn", cores)):
+                a = None
                 s = time.perf_counter()
                 a = blosc2.asarray(
                     arr,
@@ -278,7 +281,18 @@ def task_codecs(t: dict) -> dict:
             s = time.perf_counter()
             a[...]
             res["decomp1"].append(time.perf_counter() - s)
-        out[name] = {**res, "size": a.schunk.cbytes}
+        out[name] = {**res, "size": a.schunk.cbytes, "patch": []}
+        stores[name] = a
+    size = np.array(t["patch_size"])
+    rng = np.random.default_rng(0)
+    names = list(stores)
+    for i in range(t["patches"]):
+        lo = [int(rng.integers(0, n - p + 1)) for n, p in zip(arr.shape, size, strict=True)]
+        sl = tuple(slice(a, a + p) for a, p in zip(lo, size, strict=True))
+        for name in _rotated(names, i):
+            s = time.perf_counter()
+            stores[name][sl]
+            out[name]["patch"].append(time.perf_counter() - s)
     return {"codecs": out, "raw": arr.nbytes}
 
 

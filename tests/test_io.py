@@ -120,7 +120,7 @@ def test_written_files_follow_the_writing_rules(tmp_path):
     assert rec["spatial"]["shape"] == [2, 10, 12]
     assert rec["spatial"]["_num_spatial_axes"] == 2
     assert rec["source"] == {"data": {"dicom": {"PatientID": "anon"}}}
-    assert rec["blosc2"]["cparams"] == {"codec": 1, "clevel": 5}
+    assert rec["blosc2"]["cparams"] == {"codec": 1, "clevel": 9}
     stored = blosc2.open(str(p), mode="r")
     np.testing.assert_array_equal(stored[...], data)
     assert list(stored.chunks) == rec["blosc2"]["chunk_size"]
@@ -625,14 +625,23 @@ def test_codec_defaults_follow_the_content_and_resaves_keep_the_codec(tmp_path):
     save_mla(tmp_path / "seg.mla", labels, Meta.from_mapping({"is_seg": True}))
     img = blosc2.open(str(tmp_path / "img.mla"), mode="r")
     seg = blosc2.open(str(tmp_path / "seg.mla"), mode="r")
-    assert img.schunk.cparams.codec is blosc2.Codec.LZ4 and img.schunk.cparams.clevel == 5
+    assert img.schunk.cparams.codec is blosc2.Codec.LZ4 and img.schunk.cparams.clevel == 9
+    assert img.schunk.cparams.filters[-1] is blosc2.Filter.SHUFFLE
     assert seg.schunk.cparams.codec is blosc2.Codec.LZ4HC and seg.schunk.cparams.clevel == 8
-    assert _stored_record(tmp_path / "img.mla")["blosc2"]["cparams"] == {"codec": 1, "clevel": 5}
-    assert _stored_record(tmp_path / "seg.mla")["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    # one-byte items: no shuffle (it cannot reorder anything and slows reads down)
+    assert set(seg.schunk.cparams.filters) == {blosc2.Filter.NOFILTER}
+    no_filter = {"filters": [0], "filters_meta": [0]}
+    assert _stored_record(tmp_path / "img.mla")["blosc2"]["cparams"] == {"codec": 1, "clevel": 9}
+    seg_record = _stored_record(tmp_path / "seg.mla")["blosc2"]["cparams"]
+    assert seg_record == {"codec": 2, "clevel": 8, **no_filter}
+    # an explicit filter is kept, for one-byte items too
+    save_mla(tmp_path / "sh.mla", labels, Meta(), cparams={"filters": [1]})
+    sh = blosc2.open(str(tmp_path / "sh.mla"), mode="r")
+    assert sh.schunk.cparams.filters[0] is blosc2.Filter.SHUFFLE
     # the constructor follows meta.is_seg too
     a = MLArray(labels, meta=Meta.from_mapping({"is_seg": True}))
     a.save(tmp_path / "seg2.mla")
-    assert _stored_record(tmp_path / "seg2.mla")["blosc2"]["cparams"] == {"codec": 2, "clevel": 8}
+    assert _stored_record(tmp_path / "seg2.mla")["blosc2"]["cparams"] == seg_record
     # a file written with another codec (the reference's LZ4HC-8) keeps it when re-saved,
     # and its compressed chunks are copied as they are
     save_mla(tmp_path / "old.mla", image, Meta(), cparams={"codec": 2, "clevel": 8})

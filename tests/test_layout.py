@@ -272,9 +272,9 @@ def test_all_non_spatial_axes():
 
 def test_normalize_cparams_defaults_and_copies():
     out = normalize_cparams(None)
-    assert out == {"codec": 1, "clevel": 5}  # images: LZ4 level 5
+    assert out == {"codec": 1, "clevel": 9}  # images: LZ4 level 9
     out["clevel"] = 1
-    assert DEFAULT_CPARAMS == {"codec": 1, "clevel": 5}
+    assert DEFAULT_CPARAMS == {"codec": 1, "clevel": 9}
     seg = normalize_cparams(None, is_seg=True)
     assert seg == {"codec": 2, "clevel": 8}  # label maps: LZ4HC level 8
     seg["clevel"] = 1
@@ -287,10 +287,14 @@ def test_normalize_cparams_defaults_and_copies():
 def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
     img = resolve_storage((8, 9, 10), np.int16)
     seg = resolve_storage((8, 9, 10), np.uint8, is_seg=True)
-    assert img.cparams == {"codec": 1, "clevel": 5}
-    assert seg.cparams == {"codec": 2, "clevel": 8}
+    seg16 = resolve_storage((8, 9, 10), np.uint16, is_seg=True)
+    assert img.cparams == {"codec": 1, "clevel": 9}
+    assert seg.cparams == {"codec": 2, "clevel": 8, "filters": [0], "filters_meta": [0]}
+    assert seg16.cparams == {"codec": 2, "clevel": 8}
+    assert resolve_storage((4,), np.bool_).cparams["filters"] == [0]
+    assert resolve_storage((4,), np.uint8, cparams={"filters": [2]}).cparams["filters"] == [2]
     cp = img.blosc2_cparams(np.int16)
-    assert cp.codec is blosc2.Codec.LZ4 and cp.clevel == 5
+    assert cp.codec is blosc2.Codec.LZ4 and cp.clevel == 9
     assert cp.filters[-1] is blosc2.Filter.SHUFFLE
     assert cp.nthreads == usable_cores() == len(os.sched_getaffinity(0))
     assert "nthreads" not in img.cparams  # a machine property, not recorded

@@ -31,7 +31,7 @@ def test_constructor_with_geometry_and_save_open_roundtrip(tmp_path, volume):
     a = MLArray(volume, spacing=(2.5, 0.8, 0.8), origin=(1, 2, 3), direction=np.eye(3)[::-1])
     assert a.shape == volume.shape and a.dtype == np.int16 and a.ndim == 3
     assert a.meta.blosc2.patch_size == [192, 192, 192]
-    assert a.meta.blosc2.cparams == {"codec": 1, "clevel": 5}
+    assert a.meta.blosc2.cparams == {"codec": 1, "clevel": 9}
     assert a.meta.blosc2.dparams == {"nthreads": 1}
     p = tmp_path / "v.mla"
     a.save(p)

@@ -20,9 +20,10 @@ cparams : dict, blosc2.CParams or None
     Compression parameters. A dict may use enum members, ints or enum names
     as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``).
     Unset keys take the defaults of the content: :data:`DEFAULT_CPARAMS`
-    (LZ4 level 5 + shuffle) for images, :data:`DEFAULT_SEG_CPARAMS` (LZ4HC
-    level 8 + shuffle) for label maps (``meta.is_seg``). Compression runs on
-    every usable core unless ``nthreads`` is given (it is not recorded).
+    (LZ4 level 9 + shuffle) for images, :data:`DEFAULT_SEG_CPARAMS` (LZ4HC
+    level 8 + shuffle) for label maps (``meta.is_seg``); one-byte dtypes get
+    no filter (:data:`NO_FILTER`) unless ``filters`` is given. Compression
+    runs on every usable core unless ``nthreads`` is given (not recorded).
 dparams : dict, blosc2.DParams or None
     Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
     (``{"nthreads": 1}``: right for data loaders, which run one process per
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_DPARAMS",
     "DEFAULT_PATCH_SIZE",
     "DEFAULT_SEG_CPARAMS",
+    "NO_FILTER",
     "StorageOptions",
     "StorageRequest",
     "comp_blosc2_params",
@@ -65,13 +67,17 @@ __all__ = [
 ]
 
 DEFAULT_PATCH_SIZE = 192
-#: Images (CT, MR, ...): LZ4 level 5 + shuffle. Measured on a 75 MB CT-like int16 volume
-#: (benchmarks/RESULTS.md, "codec defaults"): 3 % larger than LZ4HC level 8 (the reference
-#: package's default) and about 10x faster to write, decoding as fast.
-DEFAULT_CPARAMS = {"codec": 1, "clevel": 5}
-#: Label maps (``is_seg``): LZ4HC level 8 + shuffle, as the reference package. Label maps
-#: compress 100-1000x, so the slower encoder costs little and LZ4 files would be ~4x larger.
+#: Images (CT, MR, ...): LZ4 level 9 + shuffle. Measured (benchmarks/RESULTS.md, "Codec
+#: defaults per content") against LZ4HC level 8, the reference package's default: 3-4 %
+#: larger (CT-like int16, MNI152 uint8), 4-8x faster to write, decoding as fast.
+DEFAULT_CPARAMS = {"codec": 1, "clevel": 9}
+#: Label maps (``is_seg``): LZ4HC level 8, as the reference package. Label maps compress
+#: 100-1000x, so the slower encoder costs little, and LZ4 files would be ~4x larger.
 DEFAULT_SEG_CPARAMS = {"codec": 2, "clevel": 8}
+#: One-byte dtypes (uint8/int8/bool label maps and images) get no filter unless cparams
+#: name one: byte shuffle cannot reorder anything in one-byte items, yet it makes Blosc2
+#: patch reads 3-4x slower (same file size).
+NO_FILTER = {"filters": [0], "filters_meta": [0]}
 DEFAULT_DPARAMS = {"nthreads": 1}
 
 #: A chunk axis stops growing once it exceeds this many patch sizes.
@@ -636,6 +642,8 @@ def resolve_storage(
     itemsize = np.dtype(dtype).itemsize
     mask = _spatial_mask(len(shape_t), spatial_axis_mask)
     cp = normalize_cparams(cparams, is_seg=is_seg)
+    if itemsize == 1 and "filters" not in cp:
+        cp = {**cp, **NO_FILTER}
     dp = normalize_dparams(dparams)
     degenerate = len(shape_t) == 0 or 0 in shape_t
 
