@@ -178,8 +178,10 @@ class MLASaveMla(MLA):
 
     def save(self, path: str, arr: np.ndarray, opts: dict) -> None:
         from mlarray.io import save_mla
+        from mlarray.meta import Meta
 
-        save_mla(path, arr, None, patch_size=opts["patch_size"])
+        meta = Meta.from_mapping({"is_seg": True}) if opts.get("is_seg") else None
+        save_mla(path, arr, meta, patch_size=opts["patch_size"])
 
 
 class B2:

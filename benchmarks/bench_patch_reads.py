@@ -92,7 +92,7 @@ def write_files(
         {
             "kind": "mla_save_mla",
             "path": str(files["seg_ours"]),
-            "opts": {"patch_size": patches[0]},
+            "opts": {"patch_size": patches[0], "is_seg": True},
             "src": "seg",
         }
     )
