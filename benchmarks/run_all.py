@@ -56,6 +56,38 @@ def run_script(script: str, args: list[str], env: dict) -> tuple[str, float, int
     return out, took, proc.returncode
 
 
+def precompile(no_reference: bool) -> str:
+    """Compile the bytecode of both interpreters' packages, as a pip install does.
+
+    Without it (uv installs, or ``PYTHONDONTWRITEBYTECODE`` set as on the machine of
+    these runs), every fresh worker process compiles numpy, blosc2, napari... from
+    source, and the first-open / napari rows measure the compiler.
+    """
+    sys.path.insert(0, str(HERE))
+    from _common import reference_python
+
+    pythons = [sys.executable]
+    ref, _ = (None, "") if no_reference else reference_python()
+    if ref:
+        pythons.append(ref)
+    done = []
+    for py in pythons:
+        purelib = subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if purelib:
+            subprocess.run(
+                [py, "-m", "compileall", "-q", "-j", "0", purelib, str(REPO / "src")],
+                capture_output=True,
+                check=False,
+            )
+            done.append(purelib)
+    return "bytecode compiled first (python -m compileall) in " + ", ".join(done)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Median patch-read time against file size, one panel per table, one marker per
     format (log-log)."""
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
+    compiled = "" if args.smoke else precompile(args.no_reference)
+
     paths_json = args.out / "paths_rows.json"
     patch_json = args.out / "patch_rows.json"
     runs = [("bench_paths.py", [*common, "--json", str(paths_json)])]
@@ -147,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- commit `{_git('rev-parse', '--short', 'HEAD')}` on branch "
         f"`{_git('rev-parse', '--abbrev-ref', 'HEAD')}`",
         "- each script's header lists the machine, the versions and the reference package",
+        *([f"- {compiled}"] if compiled else []),
         f"- plot: [{png.name}]({png.name}) (median patch-read time against file size per format)",
         "",
     ]
