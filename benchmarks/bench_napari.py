@@ -106,6 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows,
             )
         )
+        imports = []
+        for _ in range(3):
+            code = "import time; t = time.time(); import blosc2; print(time.time() - t)"
+            r = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=False
+            )
+            if r.returncode == 0:
+                imports.append(float(r.stdout.strip()))
+        if imports:
+            print(
+                f"\n`import blosc2` alone, fresh process: {median(imports):.3f} s (median of "
+                f"{len(imports)}): part of ours' open -> first frame that no .mla reader avoids "
+                "(napari itself does not import blosc2)"
+            )
         ff = (m("mla", "first_frame"), m("npy", "first_frame"))
         d3 = (m("mla", "first_3d"), m("npy", "first_3d"))
         if None not in ff and None not in d3:
