@@ -208,3 +208,31 @@ def test_cache_from_threads(tmp_path):
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks"),
+    [
+        ((30, 41, 52), (10, 20, 26), (5, 10, 13)),  # edge chunks on two axes
+        ((30, 41, 52), (10, 21, 26), (5, 10, 13)),  # chunk not a multiple of its block
+        ((17, 23), (8, 8), (4, 2)),
+        ((6, 7, 8, 9), (3, 4, 4, 5), (3, 2, 2, 5)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float64])
+def test_planes_along_every_axis_from_cached_slabs(shape, chunks, blocks, dtype):
+    ref = _values(shape, dtype, seed=6)
+    nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
+    cache = ChunkCache()
+    for axis in range(len(shape)):
+        for i in [*range(shape[axis]), -1, -shape[axis]]:
+            key = (slice(None),) * axis + (i,)
+            got = read_cached(nd, key, cache, always=True)
+            np.testing.assert_array_equal(got, ref[key])
+            assert got.shape == ref[key].shape and got.dtype == ref.dtype
+        with pytest.raises(IndexError):
+            read_cached(nd, (slice(None),) * axis + (shape[axis],), cache, always=True)
+    padded = any(c % b for c, b in zip(chunks, blocks, strict=True))
+    # a slab per chunk row and axis; chunk by chunk for planes across padded chunks
+    kinds = {k[0] for k in cache._chunks}
+    assert ("chunk" in kinds) if padded else (kinds == {"slab"})

@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_CACHE_BYTES", "ChunkCache", "decode_chunk", "read_cached", "take"]
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "ChunkCache",
+    "decode_chunk",
+    "decode_slab",
+    "read_cached",
+    "take",
+]
 
 #: Default bound of a chunk cache: enough for every chunk under a plane of a 512^3 int16
 #: volume stored with the default layout, along any axis.
@@ -56,7 +63,7 @@ class ChunkCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
-        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._store: Any = None
         self._lock = threading.Lock()  # napari reads planes from worker threads
 
@@ -77,21 +84,29 @@ class ChunkCache:
 
     def chunk(self, store: Any, nchunk: int) -> np.ndarray:
         """Chunk ``nchunk`` of ``store``, decoded block by block (see :func:`decode_chunk`)."""
+        return self._get(store, ("chunk", nchunk), lambda: decode_chunk(store, nchunk))
+
+    def slab(self, store: Any, axis: int, j: int) -> np.ndarray:
+        """All chunks with index ``j`` along ``axis``, decoded side by side (see
+        :func:`decode_slab`)."""
+        return self._get(store, ("slab", axis, j), lambda: decode_slab(store, axis, j))
+
+    def _get(self, store: Any, key: tuple, decode: Any) -> np.ndarray:
         with self._lock:
             self._bind(store)
-            arr = self._chunks.get(nchunk)
+            arr = self._chunks.get(key)
             if arr is not None:
-                self._chunks.move_to_end(nchunk)
+                self._chunks.move_to_end(key)
                 self.hits += 1
                 return arr
-        arr = decode_chunk(store, nchunk)
+        arr = decode()
         with self._lock:
             self.misses += 1
             if self._store is store and arr.nbytes <= self.max_bytes:
-                old = self._chunks.pop(nchunk, None)
+                old = self._chunks.pop(key, None)
                 if old is not None:
                     self.nbytes -= old.nbytes
-                self._chunks[nchunk] = arr
+                self._chunks[key] = arr
                 self.nbytes += arr.nbytes
                 while self.nbytes > self.max_bytes:
                     _, dropped = self._chunks.popitem(last=False)
@@ -114,6 +129,57 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     flat = np.empty(int(np.prod(ext)), dtype=store.dtype)
     store.schunk.decompress_chunk(nchunk, flat)
     return flat.reshape(grid + blocks)
+
+
+def decode_slab(store: Any, axis: int, j: int) -> np.ndarray:
+    """Decode the chunks with index ``j`` along ``axis`` (every chunk a plane through that
+    chunk row touches) into one array, each chunk block by block, side by side.
+
+    Shape: the chunk grid of the other axes, then each chunk's block grid and block
+    shape (see :func:`decode_chunk`). A plane then comes out of it with one copy.
+    """
+    shape = tuple(int(n) for n in store.shape)
+    chunks = tuple(int(c) for c in store.chunks)
+    blocks = tuple(int(b) for b in store.blocks)
+    ext = tuple(int(e) for e in store.ext_chunks)
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+    others = [a for a in range(len(shape)) if a != axis]
+    inner = tuple(e // b for e, b in zip(ext, blocks, strict=True)) + blocks
+    out = np.empty(tuple(grid[a] for a in others) + inner, dtype=store.dtype)
+    schunk = store.schunk
+    for idx in np.ndindex(*(grid[a] for a in others)):
+        full = list(idx)
+        full.insert(axis, j)
+        nchunk = int(np.ravel_multi_index(tuple(full), tuple(grid)))
+        schunk.decompress_chunk(nchunk, out[idx].reshape(-1))
+    return out
+
+
+def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndarray | None:
+    """Plane ``index`` along ``axis`` from a cached slab, with one copy; None when chunks
+    are padded inside the array (chunk not a multiple of its block: the slab's chunks
+    would not sit edge to edge)."""
+    chunks = tuple(int(c) for c in store.chunks)
+    blocks = tuple(int(b) for b in store.blocks)
+    ext = tuple(int(e) for e in store.ext_chunks)
+    nd = len(chunks)
+    others = [a for a in range(nd) if a != axis]
+    if any(ext[a] != chunks[a] for a in others):
+        return None
+    j, local = divmod(index, chunks[axis])
+    slab = cache.slab(store, axis, j)
+    m = len(others)
+    g, i = divmod(local, blocks[axis])
+    # slab axes: others' chunk grid (m), block grid (nd), in-block (nd)
+    key = (slice(None),) * m
+    key += tuple(g if a == axis else slice(None) for a in range(nd))
+    key += tuple(i if a == axis else slice(None) for a in range(nd))
+    view = slab[key]  # (others' chunk grid, others' block grid, others' in-block)
+    order = [ax for k in range(m) for ax in (k, m + k, 2 * m + k)]
+    merged = tuple(view.shape[k] * view.shape[m + k] * view.shape[2 * m + k] for k in range(m))
+    plane = view.transpose(order).reshape(merged)
+    shape = tuple(int(n) for n in store.shape)
+    return plane[tuple(slice(0, shape[a]) for a in others)]
 
 
 def _plan(s: slice, block: int) -> tuple[slice, slice, slice, int]:
@@ -236,6 +302,24 @@ def read_cached(
     norm = _basic_key(key, ndim)
     if norm is None:
         return None
+    ints = [a for a, k in enumerate(norm) if not isinstance(k, slice)]
+    if (
+        len(ints) == 1
+        and ndim > 1
+        and (always or int(store.chunks[ints[0]]) > _DIRECT_FRACTION)
+        and all(
+            isinstance(k, slice) and k.indices(n) == (0, n, 1)
+            for k, n in zip(norm, shape, strict=True)
+            if not isinstance(k, int)
+        )
+    ):
+        axis = ints[0]
+        index = norm[axis]
+        if not -shape[axis] <= index < shape[axis]:
+            raise IndexError(f"index {index} is out of bounds for axis with size {shape[axis]}")
+        plane = _read_plane(store, axis, index % shape[axis], cache)
+        if plane is not None:
+            return plane
     chunks = tuple(int(c) for c in store.chunks)
     axes = [_axis_pieces(n, c, k) for n, c, k in zip(shape, chunks, norm, strict=True)]
     wanted = touched = 1
