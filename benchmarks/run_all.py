@@ -124,6 +124,17 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _goal_table(goals: list[dict]) -> str:
+    sys.path.insert(0, str(HERE))
+    from _common import table
+
+    rows = [
+        [g["goal"], f"{g['ratio']:.2f}x", f"<= {g['limit']}x", "met" if g["met"] else "NOT met"]
+        for g in goals
+    ]
+    return table(["goal", "ratio", "target", "status"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group()
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         failed += rc != 0
         outputs.append((script, extra, out, took))
 
+    goals_json = paths_json.with_suffix(".goals.json")
+    goals = json.loads(goals_json.read_text()) if goals_json.exists() else []
+    goals_json.unlink(missing_ok=True)
     rows = []
     for j in (patch_json, paths_json):
         if j.exists():
@@ -185,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
         f"- plot: [{png.name}]({png.name}) (median patch-read time against file size per format)",
         "",
     ]
+    if goals:
+        lines += [
+            "## Goals of issue 10 in this run",
+            "",
+            "Each ratio divides our figure by the figure it is measured against, in this run "
+            "(see the sections below, and benchmarks/README.md for the limits behind the "
+            "goals that are not met).",
+            "",
+            _goal_table(goals),
+            "",
+        ]
     for script, extra, out, took in outputs:
         lines += [
             f"<!-- {script} {' '.join(extra)} ({took:.0f} s) -->",
