@@ -13,6 +13,8 @@ Runs, each in its own process (and its workers in fresh processes):
 3. ``bench_io.py``: save / load / re-save throughput across formats (not with --smoke).
 4. ``bench_napari.py``: napari open -> first frame, slider steps, first 3D frame, in fresh
    processes under xvfb-run (not with --smoke).
+5. ``bench_presets.py``: the napari plugin's recompression presets on real volumes (not
+   with --smoke).
 
 The report gets the machine, the date, the versions, the commands and every table, and
 ``patch_reads.png``: median patch-read time against file size, one marker per format.
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("bench_patch_reads.py", [*common, "--json", str(patch_json)]))
         runs.append(("bench_io.py", common))
         runs.append(("bench_napari.py", common))
+        wheels = sorted((HERE / "_data").glob("nilearn-*.whl"))  # bench_paths fetched it
+        runs.append(("bench_presets.py", ["--wheel", str(wheels[-1])] if wheels else []))
     outputs = []
     failed = 0
     for script, extra in runs:
