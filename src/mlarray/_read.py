@@ -2,10 +2,14 @@
 
 A viewer scrolling through planes asks for one plane at a time; Blosc2's own slicing
 decodes the blocks under each plane again and again (a block is 20-30 planes thick). With
-:class:`ChunkCache` the chunks under a plane are decoded once, whole, kept in a bounded
-least-recently-used cache in their block-by-block layout, and each plane copies only its
-own elements out of them (rearranging whole chunks into C order would cost several
-times the decoding).
+:class:`ChunkCache` the chunks under a plane are decoded once, whole, and kept in a
+bounded least-recently-used cache in their block-by-block layout (rearranging whole
+chunks into C order would cost several times the decoding):
+
+* a plane (one int, full slices elsewhere) comes from a *slab*, the row of chunks it
+  crosses decoded side by side, with a single copy (:func:`decode_slab`);
+* any other basic key is assembled chunk by chunk, each chunk copying out only the
+  selected elements (:func:`take`).
 
 Only basic keys (ints, slices with any step, ``...``) are served here; the caller falls
 back to Blosc2's slicing for anything else (``None``, arrays, booleans, 0-d or empty
