@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     for script, extra, out, took in outputs:
+        if not out.lstrip().startswith("#"):
+            out = f"# {script}\n\n{out}"
         lines += [
             f"<!-- {script} {' '.join(extra)} ({took:.0f} s) -->",
             "",
