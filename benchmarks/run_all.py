@@ -15,6 +15,8 @@ Runs, each in its own process (and its workers in fresh processes):
    processes under xvfb-run (not with --smoke).
 5. ``bench_presets.py``: the napari plugin's recompression presets on real volumes (not
    with --smoke).
+6. ``bench_convert.py``: ``mlarray convert`` against the reference converter (not with
+   --smoke).
 
 The report gets the machine, the date, the versions, the commands and every table, and
 ``patch_reads.png``: median patch-read time against file size, one marker per format.
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("bench_napari.py", common))
         wheels = sorted((HERE / "_data").glob("nilearn-*.whl"))  # bench_paths fetched it
         runs.append(("bench_presets.py", ["--wheel", str(wheels[-1])] if wheels else []))
+        runs.append(("bench_convert.py", [a for a in common if a != "--no-reference"]))
     outputs = []
     failed = 0
     for script, extra in runs:
