@@ -634,6 +634,16 @@ def test_codec_defaults_follow_the_content_and_resaves_keep_the_codec(tmp_path):
     assert _stored_record(tmp_path / "img.mla")["blosc2"]["cparams"] == {"codec": 1, "clevel": 9}
     seg_record = _stored_record(tmp_path / "seg.mla")["blosc2"]["cparams"]
     assert seg_record == {"codec": 2, "clevel": 8, **no_filter}
+    # re-saving keeps a file's recorded codec (the reference's uint8 files: shuffle)
+    save_mla(tmp_path / "ref_like.mla", labels, Meta(), cparams={"codec": 2, "clevel": 8})
+    old = MLArray.open(tmp_path / "ref_like.mla")
+    old.save(tmp_path / "ref_like2.mla")
+    again = blosc2.open(str(tmp_path / "ref_like2.mla"), mode="r")
+    assert again.schunk.cparams.filters[-1] is blosc2.Filter.SHUFFLE
+    assert _stored_record(tmp_path / "ref_like2.mla")["blosc2"]["cparams"] == {
+        "codec": 2,
+        "clevel": 8,
+    }
     # an explicit filter is kept, for one-byte items too
     save_mla(tmp_path / "sh.mla", labels, Meta(), cparams={"filters": [1]})
     sh = blosc2.open(str(tmp_path / "sh.mla"), mode="r")

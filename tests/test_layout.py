@@ -293,6 +293,11 @@ def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
     assert seg16.cparams == {"codec": 2, "clevel": 8}
     assert resolve_storage((4,), np.bool_).cparams["filters"] == [0]
     assert resolve_storage((4,), np.uint8, cparams={"filters": [2]}).cparams["filters"] == [2]
+    # given cparams (a file's recorded ones on a re-save) are kept as they are
+    assert resolve_storage((4,), np.uint8, cparams={"codec": 2, "clevel": 8}).cparams == {
+        "codec": 2,
+        "clevel": 8,
+    }
     cp = img.blosc2_cparams(np.int16)
     assert cp.codec is blosc2.Codec.LZ4 and cp.clevel == 9
     assert cp.filters[-1] is blosc2.Filter.SHUFFLE

@@ -21,8 +21,8 @@ cparams : dict, blosc2.CParams or None
     as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``).
     Unset keys take the defaults of the content: :data:`DEFAULT_CPARAMS`
     (LZ4 level 9 + shuffle) for images, :data:`DEFAULT_SEG_CPARAMS` (LZ4HC
-    level 8 + shuffle) for label maps (``meta.is_seg``); one-byte dtypes get
-    no filter (:data:`NO_FILTER`) unless ``filters`` is given. Compression
+    level 8 + shuffle) for label maps (``meta.is_seg``); with no cparams at
+    all, one-byte dtypes get no filter (:data:`NO_FILTER`). Compression
     runs on every usable core unless ``nthreads`` is given (not recorded).
 dparams : dict, blosc2.DParams or None
     Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
@@ -74,9 +74,10 @@ DEFAULT_CPARAMS = {"codec": 1, "clevel": 9}
 #: Label maps (``is_seg``): LZ4HC level 8, as the reference package. Label maps compress
 #: 100-1000x, so the slower encoder costs little, and LZ4 files would be ~4x larger.
 DEFAULT_SEG_CPARAMS = {"codec": 2, "clevel": 8}
-#: One-byte dtypes (uint8/int8/bool label maps and images) get no filter unless cparams
-#: name one: byte shuffle cannot reorder anything in one-byte items, yet it makes Blosc2
-#: patch reads 3-4x slower (same file size).
+#: One-byte dtypes (uint8/int8/bool label maps and images) saved with default cparams get
+#: no filter: byte shuffle cannot reorder anything in one-byte items, yet it makes Blosc2
+#: patch reads 3-4x slower (same file size). Given cparams (a file's recorded ones on a
+#: re-save) are kept as they are.
 NO_FILTER = {"filters": [0], "filters_meta": [0]}
 DEFAULT_DPARAMS = {"nthreads": 1}
 
@@ -642,7 +643,7 @@ def resolve_storage(
     itemsize = np.dtype(dtype).itemsize
     mask = _spatial_mask(len(shape_t), spatial_axis_mask)
     cp = normalize_cparams(cparams, is_seg=is_seg)
-    if itemsize == 1 and "filters" not in cp:
+    if cparams is None and itemsize == 1:
         cp = {**cp, **NO_FILTER}
     dp = normalize_dparams(dparams)
     degenerate = len(shape_t) == 0 or 0 in shape_t
