@@ -236,3 +236,39 @@ def test_planes_along_every_axis_from_cached_slabs(shape, chunks, blocks, dtype)
     # a slab per chunk row and axis; chunk by chunk for planes across padded chunks
     kinds = {k[0] for k in cache._chunks}
     assert ("chunk" in kinds) if padded else (kinds == {"slab"})
+
+
+def test_fast_paths_keep_the_checksum_checks(tmp_path):
+    from mlarray.errors import CorruptChunkError
+    from mlarray.frame import inspect_frame
+
+    ref = _values((30, 40, 50), np.int16, seed=7)
+    p = tmp_path / "damaged.mla"
+    save_mla(p, ref, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    bad = int(np.flatnonzero(info.chunk_pos >= 0)[0])  # chunk 0: planes 0-9 of rows 0-19
+    buf[int(info.chunk_pos[bad]) + 40] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    a = MLArray.open(p)
+    a.set_chunk_cache()
+    with pytest.raises(CorruptChunkError):
+        a[3]  # a plane from a cached slab
+    with pytest.raises(CorruptChunkError):
+        a[2:4, 5:9, ::3]  # chunk by chunk
+    np.testing.assert_array_equal(a[15], ref[15])  # undamaged chunks still read
+    with pytest.raises(CorruptChunkError):  # streaming re-chunk (plain file I/O source)
+        save_mla(tmp_path / "out.mla", a, a.meta, patch_size=(8, 8, 8))
+    with pytest.raises(CorruptChunkError):  # verbatim chunk copy
+        save_mla(
+            tmp_path / "same.mla",
+            a,
+            a.meta,
+            patch_size=None,
+            chunk_size=a.chunks,
+            block_size=a.blocks,
+        )
+    with pytest.raises(CorruptChunkError):  # streaming recompression in memory
+        MLArray.open(p).compress(patch_size=(8, 8, 8))
+    with pytest.raises(CorruptChunkError):
+        MLArray.open(p).compute_stats()

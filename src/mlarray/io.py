@@ -679,7 +679,9 @@ def _write_frame(
         # Same layout and codec: copy the compressed chunks as they are (no recompression).
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         n = src.schunk.nchunks
+        boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
         for i in range(n):
+            integrity.verify_region(src, [(s.start, s.stop) for s in next(boxes)])
             dst.schunk.update_chunk(i, src.schunk.get_chunk(i))
             if progress is not None:
                 progress(i + 1, n)
@@ -697,11 +699,13 @@ def copy_by_chunks(dst: blosc2.NDArray, src: Any, progress: Progress | None = No
     """Fill ``dst`` from the array-like ``src`` one chunk of ``dst`` at a time.
 
     Only a chunk of decoded data is held at once, whatever ``src`` is (a file
-    opened lazily, a lazy view, a numpy array).
+    opened lazily, a lazy view, a numpy array). A store opened from a file with
+    checksums has the chunks under each piece verified before they are read.
     """
     shape, dtype = tuple(dst.shape), np.dtype(dst.dtype)
     slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
     for i, slc in enumerate(slices, 1):
+        integrity.verify_region(src, [(s.start, s.stop) for s in slc])
         # C order and the stored dtype: lazy views (transposes, casts) may return
         # strided blocks, which Blosc2 refuses.
         block = np.asarray(src[slc]).astype(dtype, order="C", copy=False)
