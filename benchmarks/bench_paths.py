@@ -236,7 +236,8 @@ def patch_section(
         "Each row: median ms per patch over all rounds. `limit: touched blocks` decodes only "
         "the Blosc2 blocks the patch touches (SChunk.get_slice per run of blocks, no "
         "assembly, no output array): the codec's floor for this layout. `one handle` opens "
-        "once; `open per read` opens, reads the metadata and reads one patch (nnU-Net).\n"
+        "once; `open per read` opens, reads the metadata and reads one patch (nnU-Net); "
+        "`checksums on/off` divides it by the same read with checksum verification off.\n"
     )
     rows = []
     cases = [("ct", ps) for ps in (PATCHES[:1] if plan["rounds"] == 1 else PATCHES)]
@@ -249,6 +250,7 @@ def patch_section(
         kinds_ours = [
             "mla_handle",
             "mla_open",
+            "mla_open_noverify",
             "b2_handle",
             "limit_blocks",
             "limit_chunks",
@@ -296,6 +298,7 @@ def patch_section(
                 f"{vol} " + "x".join(map(str, ps)),
                 ms(h),
                 ms(op),
+                rel(op, med(o, "mla_open_noverify")),
                 ms(rh),
                 ms(rop),
                 ms(med(o, "b2_handle")),
@@ -317,6 +320,7 @@ def patch_section(
                 "patch",
                 "ours 1 handle",
                 "ours open/read",
+                "checksums on/off",
                 "ref 1 handle",
                 "ref open/read",
                 "bare blosc2",
