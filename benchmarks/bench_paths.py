@@ -52,7 +52,8 @@ PLAN = {
 }
 CODECS = {
     "LZ4HC-8 + shuffle (reference default)": {"codec": 2, "clevel": 8},
-    "LZ4HC-8, no filter (ours for uint8 label maps)": {"codec": 2, "clevel": 8, "filters": [0]},
+    "LZ4HC-8, no filter": {"codec": 2, "clevel": 8, "filters": [0]},
+    "LZ4HC-9, no filter (ours for uint8 label maps)": {"codec": 2, "clevel": 9, "filters": [0]},
     "LZ4-9 + shuffle (ours for images)": {"codec": 1, "clevel": 9},
     "LZ4-9, no filter (ours for uint8 images)": {"codec": 1, "clevel": 9, "filters": [0]},
     "LZ4-5 + shuffle": {"codec": 1, "clevel": 5},

@@ -22,7 +22,8 @@ def test_demo_writes_and_describes_without_viewer(tmp_path, capsys):
         "spacing      : (2.5, 0.8, 0.8)",
         "coord system : LPS",
         "chunks/blocks",
-        "codec        : LZ4HC level 8",
+        "codec        : LZ4 level 9",  # image default (mlarray.layout)
+        "codec        : LZ4HC level 9",  # label-map default
         "ratio",
         "segmentation : yes",
         "metadata-only",

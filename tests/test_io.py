@@ -627,13 +627,13 @@ def test_codec_defaults_follow_the_content_and_resaves_keep_the_codec(tmp_path):
     seg = blosc2.open(str(tmp_path / "seg.mla"), mode="r")
     assert img.schunk.cparams.codec is blosc2.Codec.LZ4 and img.schunk.cparams.clevel == 9
     assert img.schunk.cparams.filters[-1] is blosc2.Filter.SHUFFLE
-    assert seg.schunk.cparams.codec is blosc2.Codec.LZ4HC and seg.schunk.cparams.clevel == 8
+    assert seg.schunk.cparams.codec is blosc2.Codec.LZ4HC and seg.schunk.cparams.clevel == 9
     # one-byte items: no shuffle (it cannot reorder anything and slows reads down)
     assert set(seg.schunk.cparams.filters) == {blosc2.Filter.NOFILTER}
     no_filter = {"filters": [0], "filters_meta": [0]}
     assert _stored_record(tmp_path / "img.mla")["blosc2"]["cparams"] == {"codec": 1, "clevel": 9}
     seg_record = _stored_record(tmp_path / "seg.mla")["blosc2"]["cparams"]
-    assert seg_record == {"codec": 2, "clevel": 8, **no_filter}
+    assert seg_record == {"codec": 2, "clevel": 9, **no_filter}
     # re-saving keeps a file's recorded codec (the reference's uint8 files: shuffle)
     save_mla(tmp_path / "ref_like.mla", labels, Meta(), cparams={"codec": 2, "clevel": 8})
     old = MLArray.open(tmp_path / "ref_like.mla")

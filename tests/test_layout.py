@@ -276,12 +276,12 @@ def test_normalize_cparams_defaults_and_copies():
     out["clevel"] = 1
     assert DEFAULT_CPARAMS == {"codec": 1, "clevel": 9}
     seg = normalize_cparams(None, is_seg=True)
-    assert seg == {"codec": 2, "clevel": 8}  # label maps: LZ4HC level 8
+    assert seg == {"codec": 2, "clevel": 9}  # label maps: LZ4HC level 9
     seg["clevel"] = 1
-    assert DEFAULT_SEG_CPARAMS == {"codec": 2, "clevel": 8}
+    assert DEFAULT_SEG_CPARAMS == {"codec": 2, "clevel": 9}
     # unset keys come from the content's defaults
     assert normalize_cparams({"clevel": 3}, is_seg=True) == {"codec": 2, "clevel": 3}
-    assert normalize_cparams({"codec": "zstd"}, is_seg=True) == {"codec": 5, "clevel": 8}
+    assert normalize_cparams({"codec": "zstd"}, is_seg=True) == {"codec": 5, "clevel": 9}
 
 
 def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
@@ -289,8 +289,8 @@ def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
     seg = resolve_storage((8, 9, 10), np.uint8, is_seg=True)
     seg16 = resolve_storage((8, 9, 10), np.uint16, is_seg=True)
     assert img.cparams == {"codec": 1, "clevel": 9}
-    assert seg.cparams == {"codec": 2, "clevel": 8, "filters": [0], "filters_meta": [0]}
-    assert seg16.cparams == {"codec": 2, "clevel": 8}
+    assert seg.cparams == {"codec": 2, "clevel": 9, "filters": [0], "filters_meta": [0]}
+    assert seg16.cparams == {"codec": 2, "clevel": 9}
     assert resolve_storage((4,), np.bool_).cparams["filters"] == [0]
     assert resolve_storage((4,), np.uint8, cparams={"filters": [2]}).cparams["filters"] == [2]
     # given cparams (a file's recorded ones on a re-save) are kept as they are

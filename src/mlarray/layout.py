@@ -21,7 +21,7 @@ cparams : dict, blosc2.CParams or None
     as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``).
     Unset keys take the defaults of the content: :data:`DEFAULT_CPARAMS`
     (LZ4 level 9 + shuffle) for images, :data:`DEFAULT_SEG_CPARAMS` (LZ4HC
-    level 8 + shuffle) for label maps (``meta.is_seg``); with no cparams at
+    level 9 + shuffle) for label maps (``meta.is_seg``); with no cparams at
     all, one-byte dtypes get no filter (:data:`NO_FILTER`). Compression
     runs on every usable core unless ``nthreads`` is given (not recorded).
 dparams : dict, blosc2.DParams or None
@@ -71,9 +71,10 @@ DEFAULT_PATCH_SIZE = 192
 #: defaults per content") against LZ4HC level 8, the reference package's default: 3-4 %
 #: larger (CT-like int16, MNI152 uint8), 4-8x faster to write, decoding as fast.
 DEFAULT_CPARAMS = {"codec": 1, "clevel": 9}
-#: Label maps (``is_seg``): LZ4HC level 8, as the reference package. Label maps compress
-#: 100-1000x, so the slower encoder costs little, and LZ4 files would be ~4x larger.
-DEFAULT_SEG_CPARAMS = {"codec": 2, "clevel": 8}
+#: Label maps (``is_seg``): LZ4HC level 9 (the reference package: level 8). Label maps
+#: compress 100-1000x, so the slower encoder costs little (LZ4 files would be ~4x larger);
+#: level 9 is 2 % smaller at the same speed, which pays for the per-chunk checksums.
+DEFAULT_SEG_CPARAMS = {"codec": 2, "clevel": 9}
 #: One-byte dtypes (uint8/int8/bool label maps and images) saved with default cparams get
 #: no filter: byte shuffle cannot reorder anything in one-byte items, yet it makes Blosc2
 #: patch reads 3-4x slower (same file size). Given cparams (a file's recorded ones on a
