@@ -696,3 +696,50 @@ def test_streaming_reads_of_a_mapped_file_use_plain_file_io(tmp_path):
     assert st.max == data.max() and st.min == data.min()
     ro.compress(patch_size=(8, 8, 8))
     np.testing.assert_array_equal(ro[...], data)
+
+
+_RSS_SCRIPT = """
+import sys
+import numpy as np
+from mlarray import MLArray
+
+
+def status(key):  # kB; VmHWM is this process's peak (ru_maxrss survives exec from pytest)
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith(key + ":")).split()[1])
+
+
+src, dst, what = sys.argv[1:4]
+a = MLArray.open(src)
+before = status("VmRSS")
+if what == "save":
+    a.save(dst)
+elif what == "stats":
+    a.compute_stats()
+else:
+    a.verify()
+print((status("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("what", ["save"])
+def test_streaming_a_lazily_opened_file_keeps_it_out_of_resident_memory(tmp_path, what):
+    """Saving an opened file holds a few chunks, not the file: neither the compressed source
+    (read through plain file I/O) nor the written output (hashed for its checksums through a
+    mapping whose pages are released chunk by chunk) stays resident in the process."""
+    src = tmp_path / "big.mla"
+    noise = np.random.default_rng(0).integers(-(2**15), 2**15, (128, 512, 512), dtype=np.int16)
+    MLArray(noise, patch_size=None, chunk_size=(8, 512, 512)).save(src)
+    size = src.stat().st_size
+    assert size > 60e6  # noise does not compress
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(src), str(tmp_path / "out.mla"), what],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    grown = int(proc.stdout.split()[-1])
+    assert grown < size / 3, (
+        f"{what} grew the peak RSS by {grown / 1e6:.0f} MB ({size / 1e6:.0f} MB file)"
+    )

@@ -37,6 +37,7 @@ environment variable ``MLARRAY_VERIFY=0``) turns it off.
 from __future__ import annotations
 
 import collections
+import contextlib
 import mmap
 import os
 from collections.abc import Sequence
@@ -83,8 +84,24 @@ def set_verify_on_read(enabled: bool) -> bool:
     return previous
 
 
+def _release(buf: Any, lo: int, hi: int) -> None:
+    """Unmap the pages of ``buf[lo:hi]`` from this process (the page cache keeps them).
+
+    Hashing a whole file through a read-only mapping would otherwise leave
+    every page of it resident in the process: a streamed save of a 2 GB
+    volume would peak at gigabytes of RSS.
+    """
+    if hi > lo and isinstance(buf, mmap.mmap):
+        start = lo - lo % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            buf.madvise(mmap.MADV_DONTNEED, start, hi - start)
+
+
 def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
-    """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``."""
+    """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``.
+
+    A mapped ``buf`` keeps no hashed page resident (see :func:`_release`).
+    """
     mv = memoryview(buf).cast("B")
     idx = range(info.nchunks) if ids is None else ids
     out = np.empty(len(idx), dtype=np.uint64)
@@ -92,7 +109,11 @@ def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -
     h = xxhash.xxh3_64_intdigest
     for j, i in enumerate(idx):
         p = int(pos[i])
-        out[j] = h(mv[p : p + int(cb[i])]) if p >= 0 else h(raw[i : i + 1].tobytes())
+        if p < 0:
+            out[j] = h(raw[i : i + 1].tobytes())
+            continue
+        out[j] = h(mv[p : p + int(cb[i])])
+        _release(buf, p, p + int(cb[i]))
     return out
 
 

@@ -792,7 +792,7 @@ class MLArray:
         """
         path = io.check_path(filepath, must_exist=False)
         req = self._storage_request()
-        io.save_mla(path, self._store, self.meta, **req.as_kwargs())
+        io.save_mla(path, self if self._store is not None else None, self.meta, **req.as_kwargs())
         if self._path is not None and _same_file(path, self._path):
             self._reopen(path)
         else:
