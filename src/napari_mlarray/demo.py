@@ -205,6 +205,8 @@ def open_in_napari(
         from napari.qt import get_qapp
 
         get_qapp().processEvents()  # lay out the docked widget before grabbing
+        viewer.reset_view()  # fit the volume to the canvas the dock left
+        get_qapp().processEvents()
         viewer.screenshot(os.fspath(screenshot), canvas_only=False, flash=False)
         return screenshot
     finally:
