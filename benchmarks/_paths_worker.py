@@ -12,7 +12,6 @@ Usage: ``python _paths_worker.py JOB.json``; prints one JSON list of results las
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time
@@ -21,7 +20,15 @@ from typing import Any
 
 import blosc2
 import numpy as np
-from _worker import _AnonSampler, _cpu, _proc_status, _reset_peak_rss, evict, warm
+from _worker import (
+    _AnonSampler,
+    _cpu,
+    _proc_status,
+    _reset_peak_rss,
+    evict,
+    run_tasks,
+    warm,
+)
 
 # ----------------------------------------------------------------------------- floors
 
@@ -382,15 +389,7 @@ TASKS = {
 
 
 def main(argv: list[str]) -> int:
-    tasks = json.loads(Path(argv[1]).read_text())
-    results = []
-    for t in tasks:
-        try:
-            results.append(TASKS[t["task"]](t))
-        except Exception as exc:  # reported per task
-            results.append({"error": f"{type(exc).__name__}: {exc}"})
-    sys.stdout.write("\n" + json.dumps(results) + "\n")
-    return 0
+    return run_tasks(TASKS, argv)
 
 
 if __name__ == "__main__":

@@ -531,16 +531,21 @@ TASKS = {
 }
 
 
-def main(argv: list[str]) -> int:
+def run_tasks(table: dict[str, Any], argv: list[str]) -> int:
+    """Run the JSON task list in ``argv[1]`` with ``table``; print the results as JSON."""
     tasks = json.loads(Path(argv[1]).read_text())
     results = []
     for t in tasks:
         try:
-            results.append(TASKS[t["task"]](t))
+            results.append(table[t["task"]](t))
         except Exception as exc:  # reported per task, so one failure does not hide the rest
             results.append({"error": f"{type(exc).__name__}: {exc}"})
     sys.stdout.write("\n" + json.dumps(results) + "\n")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_tasks(TASKS, argv)
 
 
 if __name__ == "__main__":
