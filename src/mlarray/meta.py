@@ -733,8 +733,9 @@ class MetaSpatial(BaseMeta):
             if both:
                 raise MetaValidationError(
                     "spatial.affine",
-                    f"cannot be set together with {', '.join(both)}: give either an affine or "
-                    "spacing/origin/direction (the reference package refuses files holding both)",
+                    f"cannot be set together with {', '.join(both)}: spacing/origin/direction and "
+                    "affine are exclusive; set one form to None before setting the other "
+                    "(the reference package refuses files holding both)",
                 )
             a = self.affine
             if len(a) != len(a[0]) or len(a) < 2:

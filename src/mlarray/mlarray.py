@@ -1178,7 +1178,7 @@ class MLArray:
 
     @spacing.setter
     def spacing(self, value: Any) -> None:
-        self._set_sod("spacing", value)
+        self.meta.spatial.spacing = value
 
     @property
     def origin(self) -> list[float] | None:
@@ -1187,7 +1187,7 @@ class MLArray:
 
     @origin.setter
     def origin(self, value: Any) -> None:
-        self._set_sod("origin", value)
+        self.meta.spatial.origin = value
 
     @property
     def direction(self) -> list[list[float]] | None:
@@ -1196,17 +1196,7 @@ class MLArray:
 
     @direction.setter
     def direction(self, value: Any) -> None:
-        self._set_sod("direction", value)
-
-    def _set_sod(self, name: str, value: Any) -> None:
-        sp = self.meta.spatial
-        if value is not None and sp.affine is not None:
-            raise MetaValidationError(
-                f"spatial.{name}",
-                "cannot be set while an affine is set; set affine to None first "
-                "(spacing/origin/direction and affine are exclusive)",
-            )
-        setattr(sp, name, value)
+        self.meta.spatial.direction = value
 
     @property
     def affine(self) -> list[list[float]] | None:
@@ -1227,20 +1217,12 @@ class MLArray:
 
     @affine.setter
     def affine(self, value: Any) -> None:
-        sp = self.meta.spatial
-        if value is None:
-            sp.affine = None
-            return
-        both = [k for k in _SOD if getattr(sp, k) is not None]
-        if both:
-            raise MetaValidationError(
-                "spatial.affine",
-                f"cannot be set while {', '.join(both)} is set; set them to None first "
-                "(spacing/origin/direction and affine are exclusive)",
-            )
-        a = np.asarray(value, dtype=np.float64)
-        geometry.decompose_affine(a)  # validates: square, finite, invertible
-        sp.affine = a.tolist()
+        if value is not None:
+            value = np.asarray(value, dtype=np.float64)
+            geometry.decompose_affine(value)  # validates: square, finite, invertible
+            value = value.tolist()
+        # MetaSpatial refuses an affine beside spacing/origin/direction (exclusive forms)
+        self.meta.spatial.affine = value
 
     @property
     def translation(self) -> list[float] | None:
