@@ -161,23 +161,37 @@ def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
 
 
 # Chunks already verified in this process, per file version (device, inode, size,
-# modification time, checksum entry): a data loader reading random patches from the
-# same files epoch after epoch hashes each chunk once, not on every read.
-_VERIFIED: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+# modification time, ctime): a data loader reading random patches from the same files
+# epoch after epoch hashes each chunk once, not on every read. One byte per chunk
+# (a bytearray: indexing it with a Python int is the cheapest membership test).
+_VERIFIED: collections.OrderedDict[tuple, bytearray] = collections.OrderedDict()
 _VERIFIED_FILES = 4096
 
 
-def _verified_mask(version: tuple | None, nchunks: int) -> np.ndarray:
+def _verified_mask(version: tuple | None, nchunks: int) -> bytearray:
     if version is None:
-        return np.zeros(nchunks, dtype=bool)
+        return bytearray(nchunks)
     mask = _VERIFIED.get(version)
-    if mask is None or mask.size != nchunks:
-        mask = _VERIFIED[version] = np.zeros(nchunks, dtype=bool)
+    if mask is None or len(mask) != nchunks:
+        mask = _VERIFIED[version] = bytearray(nchunks)
         while len(_VERIFIED) > _VERIFIED_FILES:
             _VERIFIED.popitem(last=False)
     else:
         _VERIFIED.move_to_end(version)
     return mask
+
+
+def forget_verified(store: Any = None) -> None:
+    """Forget which chunks were verified in this process (all files), and by ``store``.
+
+    The next read of each chunk hashes it again, as in a fresh process: for
+    benchmarks of the first touch of a chunk, and for tests.
+    """
+    _VERIFIED.clear()
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is not None:
+        verifier.checked = _verified_mask(verifier.version, verifier.info.nchunks)
+        verifier.done = not verifier.info.nchunks
 
 
 # Read-only mappings of recently verified files, shared by their handles.
@@ -223,7 +237,9 @@ class ChunkVerifier:
     """Verifies the chunks of one opened file against its stored digests.
 
     A chunk is hashed at most once per process and file version (see
-    :data:`_VERIFIED`), so repeated patch reads cost only the first time.
+    :data:`_VERIFIED`), so repeated patch reads cost only the first time. The
+    steady state (every chunk a read touches already verified) is plain
+    integer arithmetic over the few chunks a patch touches: no numpy.
     """
 
     def __init__(
@@ -245,59 +261,118 @@ class ChunkVerifier:
         self.info = info
         self.expected = expected
         self.checked = _verified_mask(version, info.nchunks)
-        self.done = bool(self.checked.all())
+        self.done = 0 not in self.checked
         self.enabled = True
+        self.shape = tuple(int(n) for n in info.shape)
+        self.chunks = tuple(int(c) for c in info.chunks)
         grid = info.grid
-        self._strides = np.array(
-            [int(np.prod(grid[k + 1 :])) for k in range(len(grid))], dtype=np.int64
-        )
+        self._strides = tuple(int(np.prod(grid[k + 1 :], dtype=np.int64)) for k in range(len(grid)))
 
-    def verify_chunks(self, ids: np.ndarray) -> None:
-        """Verify chunks ``ids`` (flat chunk numbers) not verified yet by this handle."""
+    def verify_chunks(self, ids: Any) -> None:
+        """Verify chunks ``ids`` (flat chunk numbers) not verified yet in this process."""
         if not self.enabled or self.done:
             return
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        todo = ids[~self.checked[ids]]
-        if not todo.size:
-            return
-        todo = np.unique(todo)
+        checked = self.checked
+        todo = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()})
+        todo = [i for i in todo if not checked[i]]
+        if todo:
+            self._hash(todo)
+
+    def _hash(self, todo: list[int]) -> None:
+        """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
         buf = self._own_buf if self.version is None else _buffer(self.path, self.version)
         if buf is None:  # the file was replaced since it was opened: nothing to check against
             return
-        got = chunk_digests(buf, self.info, todo.tolist())
-        bad = todo[got != self.expected[todo]]
-        if bad.size:
-            i = int(bad[0])
+        got = chunk_digests(buf, self.info, todo)
+        expected = self.expected
+        bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
+        if bad:
+            i = bad[0]
             coords = _chunk_coords(self.info, i)
             raise CorruptChunkError(
                 self.path,
                 f"chunk {i} (chunk grid position {coords}) does not match its checksum; "
                 "the file is damaged"
-                + (f" ({bad.size} damaged chunks in this read)" if bad.size > 1 else ""),
+                + (f" ({len(bad)} damaged chunks in this read)" if len(bad) > 1 else ""),
                 chunk=i,
             )
-        self.checked[todo] = True
-        self.done = bool(self.checked.all())
+        checked = self.checked
+        for i in todo:
+            checked[i] = 1
+        self.done = 0 not in checked
 
     def verify_region(self, bounds: Sequence[tuple[int, int]]) -> None:
         """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""
         if not self.enabled or self.done or not self.info.nchunks:
             return
-        if not self.info.shape:
-            self.verify_chunks(np.zeros(1, dtype=np.int64))
-            return
-        ranges = []
-        for (lo, hi), c in zip(bounds, self.info.chunks, strict=True):
+        ids = [0]
+        for (lo, hi), c, st in zip(bounds, self.chunks, self._strides, strict=True):
+            lo, hi = int(lo), int(hi)
             if hi <= lo:
                 return
-            ranges.append(np.arange(lo // c, (hi - 1) // c + 1, dtype=np.int64))
-        mesh = np.meshgrid(*ranges, indexing="ij")
-        ids = sum(m.reshape(-1) * s for m, s in zip(mesh, self._strides, strict=True))
-        self.verify_chunks(np.asarray(ids))
+            step = range((lo // c) * st, ((hi - 1) // c + 1) * st, st)
+            ids = [i + j for i in ids for j in step]
+        checked = self.checked
+        todo = [i for i in ids if not checked[i]]
+        if todo:
+            self._hash(todo)
+
+    def verify_key(self, key: Any) -> None:
+        """Verify the chunks a read of ``key`` (valid for the shape) touches."""
+        if not self.enabled or self.done:
+            return
+        bounds = _basic_bounds(key, self.shape)
+        if bounds is None:
+            try:
+                bounds = key_bounds(key, self.shape)
+            except Exception:  # a key numpy refuses: the read itself reports it
+                return
+            if bounds is None:
+                return
+            bounds = [
+                (max(lo, 0), min(hi, n)) for (lo, hi), n in zip(bounds, self.shape, strict=False)
+            ]
+        self.verify_region(bounds)
 
     def verify_all(self) -> None:
         """Verify every chunk."""
-        self.verify_chunks(np.arange(self.info.nchunks, dtype=np.int64))
+        if self.enabled and not self.done:
+            checked = self.checked
+            self._hash([i for i in range(self.info.nchunks) if not checked[i]])
+
+
+def _basic_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """Per-axis (start, stop) of a patch key (ints and step-1 slices), cheaply.
+
+    None for any other key (the general :func:`~mlarray.indexing.key_bounds`
+    handles it), for an index out of range, and for an empty read.
+    """
+    items = key if type(key) is tuple else (key,)
+    if len(items) > len(shape):
+        return None
+    out = []
+    for k, n in zip(items, shape, strict=False):
+        t = type(k)
+        if t is slice:
+            if k.step is not None and k.step != 1:
+                return None
+            try:
+                start, stop, _ = k.indices(n)
+            except (TypeError, ValueError):
+                return None
+            if stop <= start:
+                return None
+            out.append((start, stop))
+        elif t is int:
+            i = k + n if k < 0 else k
+            if not 0 <= i < n:
+                return None
+            out.append((i, i + 1))
+        else:
+            return None
+    for n in shape[len(items) :]:
+        out.append((0, n))
+    return out
 
 
 def attach(
@@ -340,17 +415,8 @@ def verify_read(store: Any, key: Any) -> None:
     switched off, or after this handle wrote to its file.
     """
     verifier = getattr(store, _VERIFIER_ATTR, None)
-    if verifier is None or not verifier.enabled or verifier.done:
-        return
-    shape = tuple(store.shape)
-    try:
-        bounds = key_bounds(key, shape)
-    except Exception:  # a key numpy refuses: the read itself reports it
-        return
-    if bounds is not None:
-        verifier.verify_region(
-            [(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(bounds, shape, strict=False)]
-        )
+    if verifier is not None and verifier.enabled and not verifier.done:
+        verifier.verify_key(key)
 
 
 def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
