@@ -571,43 +571,105 @@ def test_errors_subclass_both_ours_and_builtins():
 
 
 _FORK_LOADER = """
-import multiprocessing as mp, sys
+import hashlib, multiprocessing as mp, os, sys, time
 import blosc2, numpy as np
 from mlarray import MLArray
+from mlarray.errors import MLArrayIOError
 
-path = sys.argv[1]
+path, wpath = sys.argv[1], sys.argv[2]
+
+
+def digest(x):
+    return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+# The parent runs Blosc2 thread pools through every kind of handle before forking.
 parent = MLArray.open(path, dparams={"nthreads": 2})
-parent[...]  # the parent's Blosc2 thread pools are running
+parent[...]
+viewer = MLArray.open(path, dparams={"nthreads": 2})  # as the napari reader opens files
+viewer.set_chunk_cache()
+for z in range(0, 64, 5):
+    viewer[z]
+writable = MLArray.open(wpath, mode="a", dparams={"nthreads": 2})
+writable[0:4] = 7.0  # compresses with threads; close() refreshes the checksums
+writable.close()
+writable = MLArray.open(wpath, mode="a", dparams={"nthreads": 2})
+writable[...]
+cow = MLArray.open(path, mmap_mode="c", dparams={"nthreads": 2})
+cow[0] = 1.0  # copy-on-write edits live only in this process's memory
+cow[...]
+lazy = MLArray.open(wpath).to_dask()  # the file asks for 2 threads (stored dparams)
+lazy[:16].compute(scheduler="sync")
 blosc2.set_nthreads(2)
 blosc2.asarray(np.random.rand(64, 128, 128))[...]
 
 
-def load(i):  # a data-loader worker: opens the file and reads a patch
-    a = MLArray.open(path, dparams={"nthreads": 2})
-    return float(a[i : i + 8].sum())
+def load(i):  # a data-loader worker: patches through the parent's handles and its own
+    own = MLArray.open(path, dparams={"nthreads": 2})
+    return [
+        digest(parent[i : i + 8, 10:90]),
+        digest(viewer[i + 1]),
+        digest(writable[i : i + 8]),
+        digest(lazy[i : i + 8].compute(scheduler="sync")),
+        digest(own[i : i + 8, 10:90]),
+    ]
+
+
+def expected(i):
+    return [
+        digest(parent[i : i + 8, 10:90]),
+        digest(viewer[i + 1]),
+        digest(writable[i : i + 8]),
+        digest(writable[i : i + 8]),
+        digest(parent[i : i + 8, 10:90]),
+    ]
 
 
 if __name__ == "__main__":
     with mp.get_context("fork").Pool(2) as pool:
-        got = pool.map(load, range(0, 64, 8))
-    want = [float(parent[i : i + 8].sum()) for i in range(0, 64, 8)]
-    print("ok" if got == want else "WRONG")
+        got = pool.map_async(load, range(0, 56, 8)).get(timeout=60)
+    print("pool", "ok" if got == [expected(i) for i in range(0, 56, 8)] else "WRONG")
+
+    pid = os.fork()  # a child that writes through the parent's handle and exits normally
+    if pid == 0:
+        try:
+            cow[0]
+            code = 3
+        except MLArrayIOError:  # its edits cannot follow it into the child
+            code = 0
+        writable[60:64] = 3.0
+        writable.close()
+        sys.exit(code)
+    deadline, status = time.monotonic() + 60, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.02)
+    if status is None:
+        os.kill(pid, 9)
+    back = MLArray.open(wpath)
+    ok = status == 0 and bool((back[60:64] == 3.0).all() and back.verify().ok)
+    print("child", "ok" if ok else "WRONG")
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 def test_forked_loader_workers_do_not_deadlock(tmp_path):
-    p = tmp_path / "fork.mla"
-    MLArray(np.random.default_rng(0).random((64, 128, 128)).astype(np.float32)).save(p)
+    """Workers forked from a parent whose handles ran Blosc2 thread pools (2 threads; the
+    chunk cache; a writable handle; dask) read correct patches, write, and exit."""
+    data = np.random.default_rng(0).random((64, 128, 128)).astype(np.float32)
+    p, w = tmp_path / "fork.mla", tmp_path / "fork_w.mla"
+    MLArray(data).save(p)
+    MLArray(data, dparams={"nthreads": 2}).save(w)
     script = tmp_path / "loader.py"
     script.write_text(_FORK_LOADER)
     proc = subprocess.run(
-        [sys.executable, os.fspath(script), os.fspath(p)],
+        [sys.executable, os.fspath(script), os.fspath(p), os.fspath(w)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=150,
     )
-    assert proc.stdout.split() == ["ok"], proc.stderr[-2000:]
+    assert proc.stdout.split() == ["pool", "ok", "child", "ok"], proc.stdout + proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import itertools
@@ -25,8 +26,8 @@ from typing import Any
 import blosc2
 import numpy as np
 
+from mlarray import _fork, integrity
 from mlarray import frame as _frame
-from mlarray import integrity
 from mlarray.errors import (
     DiskFullError,
     InvalidModeError,
@@ -194,6 +195,7 @@ def open_store(
     integrity.attach(store, p, buf, info, version)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
+    store._mlarray_threads = _store_threads(store, writable or mmap_mode in ("r+", "c"))
     return store, meta
 
 
@@ -263,30 +265,28 @@ class _FrameBytes:
         self.shape = shape
 
 
-_forked = False
-
-
-def _after_fork_in_child() -> None:
-    global _forked
-    _forked = True
-
-
-# c-blosc2's thread pools do not survive fork(): a forked data-loader worker that starts
-# threads can deadlock. Handles opened in a forked child decompress with one thread.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def clamp_dparams(dparams: dict | None) -> dict:
     """Decompression parameters a file may ask for: threads between 1 and the CPU count.
 
-    In a process forked from one that imported mlarray, always one thread.
+    In a process forked from one that imported mlarray, always one thread
+    (c-blosc2's thread pools do not survive ``fork()``: see :mod:`mlarray._fork`).
     """
     out = dict(dparams or {})
-    cores = 1 if _forked else (os.cpu_count() or 1)
     n = out.get("nthreads", 1)
-    out["nthreads"] = min(max(int(n), 1), cores) if isinstance(n, (int, np.integer)) else 1
+    out["nthreads"] = _fork.threads(n) if isinstance(n, (int, np.integer)) else 1
     return out
+
+
+def _store_threads(store: Any, compresses: bool) -> int:
+    """Threads ``store``'s contexts may run; a writable store opened in a forked child
+    is made to compress with one thread (its codec and filters are kept)."""
+    n = int(store.schunk.dparams.nthreads)
+    if compresses:
+        cparams = store.schunk.cparams
+        if cparams.nthreads != 1 and _fork.forked():
+            store.schunk.cparams = dataclasses.replace(cparams, nthreads=1)  # never ran: no pool
+        n = max(n, int(store.schunk.cparams.nthreads))
+    return n
 
 
 def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any) -> Meta:

@@ -48,6 +48,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
+from mlarray import _fork
 from mlarray.errors import LayoutError, MetaValidationError
 
 __all__ = [
@@ -527,13 +528,18 @@ class StorageOptions:
         kwargs = {k: list(v) if isinstance(v, list) else v for k, v in self.cparams.items()}
         kwargs.setdefault("typesize", max(1, min(255, np.dtype(dtype).itemsize)))
         kwargs.setdefault("nthreads", usable_cores())
+        if _fork.forked():  # c-blosc2's thread pools do not survive fork (mlarray._fork)
+            kwargs["nthreads"] = 1
         if "filters" in kwargs:
             kwargs.setdefault("filters_meta", [0] * len(kwargs["filters"]))
         return blosc2.CParams(**kwargs)
 
     def blosc2_dparams(self) -> blosc2.DParams:
-        """``dparams`` as a :class:`blosc2.DParams`."""
-        return blosc2.DParams(**self.dparams)
+        """``dparams`` as a :class:`blosc2.DParams` (one thread in a forked child)."""
+        kwargs = dict(self.dparams)
+        if _fork.forked():
+            kwargs["nthreads"] = 1
+        return blosc2.DParams(**kwargs)
 
     def blosc2_kwargs(self, dtype: Any) -> dict[str, Any]:
         """Keyword arguments for Blosc2 array constructors (``cparams``, ``dparams``,

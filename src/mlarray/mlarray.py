@@ -10,13 +10,14 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _read, geometry, integrity, io, layout
+from mlarray import _fork, _read, geometry, integrity, io, layout
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
     InvalidModeError,
     InvalidPathError,
     MetaValidationError,
+    MLArrayIOError,
     MLArrayMemoryError,
     NoArrayError,
     ReadOnlyError,
@@ -329,6 +330,56 @@ class MLArray:
                 cparams=opts.cparams,
                 dparams=opts.dparams,
             )
+
+    def _track_threads(self) -> None:
+        """Register a file handle whose Blosc2 contexts may run threads (see mlarray._fork)."""
+        fs = self._file_store
+        if fs is None:
+            return
+        n = getattr(fs, "_mlarray_threads", None)
+        if n is None:
+            n = max(fs.schunk.dparams.nthreads, fs.schunk.cparams.nthreads)
+        if n > 1:
+            _fork.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: park the parent's Blosc2 objects (their thread pools are gone);
+        the file is reopened with one thread on next use (see :meth:`__getattr__`)."""
+        d = self.__dict__
+        fs = d.get("_file_store")
+        if fs is None or d.get("_store") is not fs:  # detached from the file: nothing to reopen
+            return
+        _fork.park(fs)
+        if d.get("_chunk_cache") is not None:  # its lock may have been held by a parent thread
+            d["_chunk_cache"] = _read.ChunkCache(d["_chunk_cache"].max_bytes)
+        d["_fork_reopen"] = (fs, self._mmap_mode == "c" and integrity.was_written(fs))
+        del d["_store"], d["_file_store"]
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails: after a fork the store is reopened on use.
+        pending = self.__dict__.get("_fork_reopen")
+        if pending is None or name not in ("_store", "_file_store"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        old, edited_copy = pending
+        if edited_copy:
+            raise MLArrayIOError(
+                self._path,
+                "opened copy-on-write and modified before this process was forked; the edits "
+                "cannot be carried over (Blosc2's threads do not survive fork). Save the array "
+                "or pickle it to the worker instead",
+            )
+        mmap_mode = "r+" if self._mmap_mode == "w+" else self._mmap_mode
+        store, _ = io.open_store(
+            self._path, mmap_mode=mmap_mode, writable=self._mode in ("a", "w"), dparams=None
+        )
+        for attr in ("_mlarray_identity", "_mlarray_written"):  # writes and file identity
+            if hasattr(old, attr):
+                setattr(store, attr, getattr(old, attr))
+        if integrity.was_written(old):
+            integrity.note_write(store)
+        self.__dict__.update(_store=store, _file_store=store)
+        del self.__dict__["_fork_reopen"]
+        return store
 
     def _require(self) -> Any:
         if self._store is None:
@@ -717,6 +768,7 @@ class MLArray:
         out._mode, out._mmap_mode = mode, mmap_mode
         out._writable = mmap_mode in ("r+", "c") or (mmap_mode is None and mode == "a")
         out._file_store = store
+        out._track_threads()
         return out
 
     @classmethod
@@ -771,6 +823,7 @@ class MLArray:
         out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._file_store = out._store
+        out._track_threads()
         out._flush_meta()
         return out
 
@@ -811,6 +864,7 @@ class MLArray:
             return
         store, meta = io.open_store(path, mmap_mode=self._mmap_mode, writable=self._writable)
         self._store = self._file_store = store
+        self._track_threads()
         self._set_meta(meta)
 
     def close(self) -> None:
