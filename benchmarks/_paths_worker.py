@@ -165,11 +165,12 @@ def task_patches(t: dict) -> dict:
         fns["mla_handle_noverify"] = lambda lo: plain[sl(lo)]
         # Steady state (a training run after its first epoch): every chunk verified once.
         # The "_first" kinds forget that before their read (each chunk it touches is
-        # hashed: its first touch in the process) and restore it after, untimed.
+        # hashed: its first touch in the process) and bring it back after, untimed.
         integrity.verify_all(handle._store)
+        restore: list[Any] = []
         for k in ("mla_handle_first", "mla_open_first"):
-            before[k] = lambda: integrity.forget_verified(handle._store)
-            after[k] = lambda: integrity.verify_all(handle._store)
+            before[k] = lambda: restore.append(integrity.forget_verified(handle._store))
+            after[k] = lambda: restore.pop()()
         fns["mla_handle_first"] = fns["mla_handle"]
         fns["mla_open_first"] = fns["mla_open"]
     fns["b2_handle"] = lambda lo: b2[sl(lo)]

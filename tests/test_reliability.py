@@ -262,6 +262,24 @@ def test_checksum_names_file_and_chunk_and_verify_reports(tmp_path):
     assert verify_file(p, raise_on_error=False).damaged == [i]
 
 
+def test_negative_fancy_indices_verify_the_chunks_they_reach(tmp_path):
+    """``a[[0, -2, -1]]`` reads the last element, alone in the last chunk row: that chunk
+    is verified too (its bounds were once taken from the raw extremes 0 and -2)."""
+    p = tmp_path / "edge.mla"
+    data = (np.random.default_rng(1).normal(size=(41, 50, 60)) * 100).astype(np.int16)
+    MLArray(data, patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 25, 15)).save(p)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[-1])  # grid position (2, 1, 1): row 40 only
+    buf[int(info.chunk_pos[i]) + 40] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    a = MLArray.open(p)
+    assert np.array_equal(a[[0, -3, -2]], data[[0, -3, -2]])  # not reaching row 40
+    for key in ([0, -2, -1], (slice(None), [3, -2, -1]), (..., np.array([0, -2, -1]))):
+        with pytest.raises(CorruptChunkError, match=rf"chunk {i} .* does not match"):
+            a[key]
+
+
 def test_files_without_checksums_open_and_in_place_writes_keep_them_current(tmp_path):
     p = tmp_path / "plain.mla"
     data = np.arange(1000, dtype=np.float32).reshape(10, 100)

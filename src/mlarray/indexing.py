@@ -50,9 +50,11 @@ def key_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None
                 continue
             if arr.size == 0:
                 return None
-            lo, hi = int(arr.min()), int(arr.max())
-            lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
-            out.append((max(min(lo, hi), 0), min(max(lo, hi), n - 1) + 1))
+            # negative indices count from the end: normalize before taking the extremes
+            # ([0, -1] reads the first and the last element, not 0..n-1 exclusive)
+            norm = np.where(arr < 0, arr + n, arr)
+            lo, hi = int(norm.min()), int(norm.max())
+            out.append((max(lo, 0), min(hi, n - 1) + 1))
         axis += 1
     while axis < len(shape):
         out.append((0, shape[axis]))

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,8 @@ def _release(buf: Any, lo: int, hi: int) -> None:
 def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
     """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``.
 
-    A mapped ``buf`` keeps no hashed page resident (see :func:`_release`).
+    The chunks are hashed where they are (a mapped file is not copied); a mapped
+    ``buf`` keeps no hashed page resident (see :func:`_release`).
     """
     mv = memoryview(buf).cast("B")
     idx = range(info.nchunks) if ids is None else ids
@@ -181,17 +183,28 @@ def _verified_mask(version: tuple | None, nchunks: int) -> bytearray:
     return mask
 
 
-def forget_verified(store: Any = None) -> None:
+def forget_verified(store: Any = None) -> Callable[[], None]:
     """Forget which chunks were verified in this process (all files), and by ``store``.
 
     The next read of each chunk hashes it again, as in a fresh process: for
-    benchmarks of the first touch of a chunk, and for tests.
+    benchmarks of the first touch of a chunk, and for tests. Returns a function
+    that brings back what was forgotten (without hashing anything).
     """
-    _VERIFIED.clear()
+    saved = collections.OrderedDict(_VERIFIED)
     verifier = getattr(store, _VERIFIER_ATTR, None)
+    before = None if verifier is None else (verifier.checked, verifier.done)
+    _VERIFIED.clear()
     if verifier is not None:
         verifier.checked = _verified_mask(verifier.version, verifier.info.nchunks)
         verifier.done = not verifier.info.nchunks
+
+    def restore() -> None:
+        _VERIFIED.clear()
+        _VERIFIED.update(saved)
+        if before is not None:
+            verifier.checked, verifier.done = before
+
+    return restore
 
 
 # Read-only mappings of recently verified files, shared by their handles.
@@ -263,10 +276,7 @@ class ChunkVerifier:
         self.checked = _verified_mask(version, info.nchunks)
         self.done = 0 not in self.checked
         self.enabled = True
-        self.shape = tuple(int(n) for n in info.shape)
-        self.chunks = tuple(int(c) for c in info.chunks)
-        grid = info.grid
-        self._strides = tuple(int(np.prod(grid[k + 1 :], dtype=np.int64)) for k in range(len(grid)))
+        self.shape, self.chunks, self._strides = _geometry(info)
 
     def verify_chunks(self, ids: Any) -> None:
         """Verify chunks ``ids`` (flat chunk numbers) not verified yet in this process."""
@@ -339,6 +349,16 @@ class ChunkVerifier:
         if self.enabled and not self.done:
             checked = self.checked
             self._hash([i for i in range(self.info.nchunks) if not checked[i]])
+
+
+def _geometry(info: FrameInfo) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Shape, chunk shape and C-order strides of the chunk grid, as Python ints."""
+    grid = info.grid
+    return (
+        tuple(int(n) for n in info.shape),
+        tuple(int(c) for c in info.chunks),
+        tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
+    )
 
 
 def _basic_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
