@@ -657,6 +657,7 @@ if __name__ == "__main__":
             code = 0
         writable[60:64] = 3.0
         writable.close()
+        MLArray(np.ones((32, 64, 64), np.float32)).save(wpath + ".new.mla")  # compresses
         sys.exit(code)
     deadline, status = time.monotonic() + 60, None
     while status is None and time.monotonic() < deadline:
@@ -667,6 +668,7 @@ if __name__ == "__main__":
         os.kill(pid, 9)
     back = MLArray.open(wpath)
     ok = status == 0 and bool((back[60:64] == 3.0).all() and back.verify().ok)
+    ok = ok and bool((MLArray.open(wpath + ".new.mla")[...] == 1).all())
     print("child", "ok" if ok else "WRONG")
 """
 
