@@ -25,9 +25,12 @@ How it is used:
   :func:`verify_region` with per-axis ``(start, stop)`` bounds) before
   decompressing;
 * :func:`note_write` marks a handle's file as modified in place (checking
-  stops for that handle), :func:`refresh_file` recomputes and stores the
-  digests after in-place writes (``close()``), :func:`digest_file` is used
-  by ``save``;
+  stops for that handle); each in-place write stores the digests of the
+  chunks it rewrote (:func:`updated_entry`, called by
+  :func:`mlarray.io.write_in_place`), so the file's checksums are current
+  after every write; :func:`refresh_file` recomputes all digests (on
+  ``close()`` of a file that had none), :func:`digest_file` is used by
+  ``save``;
 * :func:`verify_file` checks a whole file (``MLArray.verify()``).
 
 Verification on read is on by default; :func:`set_verify_on_read` (or the
@@ -58,11 +61,14 @@ __all__ = [
     "VerifyReport",
     "attach",
     "chunk_digests",
+    "chunks_in_box",
     "digest_file",
     "encode_digests",
     "note_write",
     "refresh_file",
     "set_verify_on_read",
+    "stored_digests",
+    "updated_entry",
     "verify_file",
     "verify_read",
     "verify_region",
@@ -156,6 +162,50 @@ def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarra
             f"dtype {info.dtype}) does not match its checksum; the header is damaged or forged",
         )
     return values[1:]
+
+
+def chunks_in_box(info: FrameInfo, bounds: Sequence[tuple[int, int]] | None) -> np.ndarray:
+    """Flat numbers of the chunks overlapping ``[(start, stop), ...]`` (all chunks for None)."""
+    if bounds is None:
+        return np.arange(info.nchunks, dtype=np.int64)
+    if not info.nchunks:
+        return np.zeros(0, dtype=np.int64)
+    if not info.shape:
+        return np.zeros(1, dtype=np.int64)
+    ranges = []
+    for (lo, hi), c, n in zip(bounds, info.chunks, info.shape, strict=True):
+        lo, hi = max(int(lo), 0), min(int(hi), n)
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int64)
+        ranges.append(np.arange(lo // c, (hi - 1) // c + 1, dtype=np.int64))
+    mesh = np.meshgrid(*ranges, indexing="ij")
+    flat = np.ravel_multi_index([m.reshape(-1) for m in mesh], info.grid)
+    return np.asarray(flat, dtype=np.int64)
+
+
+def stored_digests(buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
+    """The chunk digests stored in the frame in ``buf`` (None without a checksum entry).
+
+    Raises
+    ------
+    CorruptChunkError
+        If the entry is damaged or does not match the layout.
+    """
+    return _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+
+
+def updated_entry(buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarray) -> bytes:
+    """The checksum entry of the frame in ``buf`` after chunks ``ids`` were rewritten.
+
+    ``digests`` are the digests stored before the write (chunks other than
+    ``ids`` keep theirs: rewriting a chunk may move the others, but not change
+    their bytes).
+    """
+    out = np.array(digests, dtype=np.uint64, copy=True)
+    if len(ids):
+        out[ids] = chunk_digests(buf, info, [int(i) for i in ids])
+    head = np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
+    return _TAG + head + out.astype("<u8").tobytes()
 
 
 def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
@@ -494,6 +544,16 @@ def check_identity(store: Any) -> None:
 def was_written(store: Any) -> bool:
     """Whether :func:`note_write` was called for ``store``."""
     return bool(getattr(store, "_mlarray_written", False))
+
+
+def mark_stale(store: Any) -> None:
+    """The file of ``store`` was written without keeping its digests current."""
+    store._mlarray_stale = True
+
+
+def is_stale(store: Any) -> bool:
+    """Whether the file of ``store`` needs its digests recomputed (see :func:`mark_stale`)."""
+    return bool(getattr(store, "_mlarray_stale", False))
 
 
 @dataclass

@@ -5,6 +5,11 @@
 * :func:`save_mla` streams any array-like into a new file chunk by chunk and
   atomically replaces the destination, so a failed save never destroys the
   file that was there, and saving over the file the data came from works.
+* :func:`write_in_place` makes one in-place write (``a[...] = v`` through a
+  writable handle, a metadata flush on ``close()``) all-or-nothing: space is
+  reserved first and the bytes c-blosc2 may overwrite are saved in an undo
+  journal next to the file; :func:`recover` (run by every open and save) rolls
+  back a write that a crash interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import mmap
 import os
 import secrets
 import stat
+import struct
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,10 +55,13 @@ __all__ = [
     "check_dtype",
     "check_path",
     "iter_chunk_slices",
+    "journal_path",
     "open_store",
     "os_errors",
     "read_meta",
+    "recover",
     "save_mla",
+    "write_in_place",
 ]
 
 FRAME_MAGIC = b"\x9e\xa8b2frame\x00"
@@ -140,6 +151,7 @@ def open_store(
             f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
     p = check_path(path, must_exist=True)
+    recover(p)  # an in-place write a crash interrupted is rolled back first
     buf, version = _map_versioned(p)
     if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
         raise MLArrayFormatError(
@@ -312,20 +324,27 @@ def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any) -> Meta:
     return meta
 
 
-def flush_meta(store: blosc2.NDArray, path: Any, meta: Meta) -> None:
+def flush_meta(
+    store: blosc2.NDArray,
+    path: Any,
+    meta: Meta,
+    reopen: Callable[[], None] | None = None,
+    checksums: bool = False,
+) -> None:
     """Write ``meta`` into an open file, validated as :func:`save_mla` validates it.
 
-    After in-place writes through this handle, the chunk checksums are
-    recomputed and stored too.
+    One all-or-nothing write (:func:`write_in_place`). A file written through
+    this handle that had no chunk checksums (written by another tool) gets
+    them now, as does any file with ``checksums=True`` (a new file); files
+    with checksums have them kept current by every write.
     """
     has_array = bool(meta._has_array.has_array)
     shape = tuple(int(n) for n in store.shape) if has_array else None
     record = encode_record(record_from_meta(_prepare_meta(meta, shape, None, Path(path))))
-    integrity.check_identity(store)
-    with os_errors(Path(path), "cannot write the metadata"):
-        store.schunk.vlmeta[VLMETA_KEY] = record
-        if integrity.was_written(store):
-            integrity.refresh_file(store, path)
+    refresh = checksums or (integrity.was_written(store) and integrity.is_stale(store))
+    write_in_place(
+        store, path, [], None, vlmeta={VLMETA_KEY: record}, refresh=refresh, reopen=reopen
+    )
 
 
 def read_meta(path: str | os.PathLike) -> Meta:
@@ -383,7 +402,7 @@ def _temp_prefix(target: Path) -> str:
     return f".mla-{digest}-"
 
 
-def _temp_path(target: Path) -> Path:
+def _temp_path(target: Path, clean: bool = True) -> Path:
     """A new, short, hidden temporary file next to ``target`` (names near NAME_MAX still work).
 
     The name holds a hash of the target's name and this process id, so a later
@@ -391,7 +410,8 @@ def _temp_path(target: Path) -> Path:
     is created with mode 0o666 filtered by the umask, by the kernel (the umask
     is never changed).
     """
-    _remove_stale_temps(target)
+    if clean:
+        _remove_stale_temps(target)
     prefix = f"{_temp_prefix(target)}{os.getpid()}-"
     for _ in range(100):
         p = target.parent / f"{prefix}{secrets.token_hex(4)}{_TEMP_SUFFIX}"
@@ -609,6 +629,7 @@ def save_mla(
         with os_errors(target, "cannot replace"):
             os.replace(tmp, target)
         _fsync_path(target.parent, directory=True)
+        recover(target)  # drops the journal an interrupted in-place write left for the old file
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -731,3 +752,512 @@ def _other_vlmeta(src: Any) -> dict[str, Any]:
 
 
 _OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY)
+
+
+# ------------------------------------------------------------------ in-place writes
+#
+# c-blosc2 updates a chunk of a contiguous frame in place: it writes the new chunk where
+# the old one was, moves every later chunk (the "tail") to close the gap, rewrites the
+# chunk offsets, the trailer and the header, and truncates the file. Everything from the
+# first rewritten chunk to the end of the file, and the header, may change; the bytes in
+# between are never touched. Memory-mapped handles grow the file with ftruncate (a
+# sparse extension) and write through the map: on a full disk that is a SIGBUS, not an
+# error. So each in-place write is one transaction:
+#
+# 1. reserve the space the write may need (fallocate with KEEP_SIZE): a full disk is a
+#    DiskFullError before anything changes, and mapped writes land on reserved blocks;
+# 2. save the header and the bytes from the first chunk the write may touch to the end of
+#    the file in the undo journal next to the file (written to a temporary name, synced,
+#    then linked to its name, so a journal under its name is always complete);
+# 3. let c-blosc2 write, store the digests of the rewritten chunks, sync the file;
+# 4. delete the journal (commit) -- or, on any failure, copy the saved bytes back,
+#    truncate to the old length and reopen the store (rollback).
+#
+# The journal is locked (flock) while its writer lives. A journal nobody holds belongs to
+# a writer that died: :func:`recover`, run by every open and save, rolls the file back.
+
+_JOURNAL_MAGIC = b"MLAJRNL\x01"
+# magic, device, inode, old file length, header length, tail start, writer pid, digest
+_JOURNAL_HEAD = struct.Struct("<8sQQQQQQQ")
+_JOURNAL_SUFFIX = ".journal"
+_BLOSC2_MAX_OVERHEAD = 32  # a compressed chunk is at most its data plus this
+_RECOVER_WAIT = 10.0  # seconds an open waits for another process's write to finish
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    _fcntl = None  # type: ignore[assignment]
+
+
+def journal_path(path: str | os.PathLike) -> Path:
+    """The undo journal of an in-place write to ``path``: ``.mla-<hash>.journal`` beside it.
+
+    The name is short (any file name near the system's limit has one) and
+    hidden; ``<hash>`` is the first 12 hex digits of the SHA-1 of the file's name.
+    """
+    target = Path(os.fspath(path))
+    return target.parent / f"{_temp_prefix(target)[:-1]}{_JOURNAL_SUFFIX}"
+
+
+def _datasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def _lock(fd: int, wait: bool) -> bool:
+    if _fcntl is None:  # pragma: no cover
+        return True
+    try:
+        _fcntl.flock(fd, _fcntl.LOCK_EX | (0 if wait else _fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _copy_range(src: int, dst: int, count: int, src_pos: int, dst_pos: int) -> None:
+    """Copy ``count`` bytes between files in the kernel (no user-space buffer if possible)."""
+    done = 0
+    while done < count:
+        n = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                n = os.copy_file_range(src, dst, count - done, src_pos + done, dst_pos + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+        if n <= 0:
+            block = os.pread(src, min(count - done, 1 << 24), src_pos + done)
+            if not block:
+                raise OSError(errno.EIO, "the file ended while copying")
+            n = os.pwrite(dst, block, dst_pos + done)
+        done += n
+
+
+def _hash_range(fd: int, start: int, stop: int, h: Any) -> None:
+    pos = start
+    while pos < stop:
+        block = os.pread(fd, min(stop - pos, 1 << 24), pos)
+        if not block:
+            raise OSError(errno.EIO, "the file ended while hashing")
+        h.update(block)
+        pos += len(block)
+
+
+_libc_fallocate: Any = None
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """Linux ``fallocate(2)``; False where the call or the mode is not supported."""
+    global _libc_fallocate
+    if not sys.platform.startswith("linux") or length <= 0:
+        return False
+    if _libc_fallocate is None:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = getattr(libc, "fallocate64", None) or libc.fallocate
+        except (OSError, AttributeError):
+            _libc_fallocate = False
+            return False
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+        _libc_fallocate = (fn, ctypes)
+    if _libc_fallocate is False:
+        return False
+    fn, ctypes = _libc_fallocate
+    if fn(fd, mode, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", -1)):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+def _reserve(fd: int, size: int, length: int) -> None:
+    """Make sure writes to the first ``length`` bytes of the file cannot run out of space.
+
+    Blocks are allocated without changing the file's size (``FALLOC_FL_KEEP_SIZE``);
+    where the file system cannot do that, its free space is checked instead.
+    """
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length):
+        return
+    try:
+        vfs = os.fstatvfs(fd)
+    except OSError:
+        return
+    if vfs.f_bavail * vfs.f_frsize < length - size:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _release(fd: int, length: int) -> None:
+    """Give back the reserved blocks beyond the end of the file."""
+    with contextlib.suppress(OSError):
+        size = os.fstat(fd).st_size
+        start = -(-size // 4096) * 4096
+        if length > start:
+            _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, length - start)
+
+
+def _write_journal(
+    p: Path, fd: int, buf: Any, st: os.stat_result, head_len: int, low: int
+) -> tuple[int, Path]:
+    """Save the header and ``[low, end)`` of the file open as ``fd`` (mapped as ``buf``).
+
+    Returns the journal's descriptor (locked) and path.
+
+    The journal is written under a temporary name, synced, and then linked to
+    :func:`journal_path`, so a journal under that name is always complete.
+    """
+    import xxhash
+
+    jpath = journal_path(p)
+    tmp = _temp_path(p, clean=False)  # stale ones: removed by the next save
+    try:
+        jfd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    try:
+        _lock(jfd, wait=True)
+        size = st.st_size
+        start = _JOURNAL_HEAD.size
+        _copy_range(fd, jfd, head_len, 0, start)
+        _copy_range(fd, jfd, size - low, low, start + head_len)
+        h = xxhash.xxh3_64()  # of the bytes saved, read through the file's map (page cache)
+        mv = memoryview(buf).cast("B")
+        h.update(mv[:head_len])
+        for pos in range(low, size, 1 << 24):
+            h.update(mv[pos : min(pos + (1 << 24), size)])
+        del mv
+        head = _JOURNAL_HEAD.pack(
+            _JOURNAL_MAGIC, st.st_dev, st.st_ino, size, head_len, low, os.getpid(), h.intdigest()
+        )
+        os.pwrite(jfd, head, 0)
+        _datasync(jfd)
+        for attempt in range(2):
+            try:
+                os.link(tmp, jpath)
+                break
+            except FileExistsError:
+                if attempt:
+                    raise MLArrayIOError(
+                        p, "another process is writing to it in place; not writing", errno.EBUSY
+                    ) from None
+                recover(p)  # a journal left by a writer that died
+            except OSError as exc:  # no hard links on this file system
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                    raise
+                if jpath.exists():
+                    raise MLArrayIOError(
+                        p, "another process is writing to it in place; not writing", errno.EBUSY
+                    ) from None
+                os.replace(tmp, jpath)
+                break
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        _fsync_path(p.parent, directory=True)
+    except BaseException:
+        os.close(jfd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return jfd, jpath
+
+
+def _read_journal(jfd: int) -> tuple | None:
+    """The journal's head fields, or None if it is incomplete or damaged."""
+    import xxhash
+
+    try:
+        head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
+        if len(head) != _JOURNAL_HEAD.size:
+            return None
+        magic, dev, ino, size, head_len, low, _pid, digest = _JOURNAL_HEAD.unpack(head)
+        length = os.fstat(jfd).st_size - _JOURNAL_HEAD.size
+        if magic != _JOURNAL_MAGIC or low > size or length != head_len + size - low:
+            return None
+        h = xxhash.xxh3_64()
+        _hash_range(jfd, _JOURNAL_HEAD.size, _JOURNAL_HEAD.size + length, h)
+    except OSError:
+        return None
+    if h.intdigest() != digest:
+        return None
+    return dev, ino, size, head_len, low
+
+
+def _roll_back(p: Path, fd: int, jfd: int, fields: tuple) -> None:
+    """Put the saved bytes of the journal ``jfd`` back into the file open as ``fd``."""
+    _dev, _ino, size, head_len, low = fields
+    os.ftruncate(fd, size)  # first: a file that grew gives its space back
+    start = _JOURNAL_HEAD.size
+    _copy_range(jfd, fd, head_len, start, 0)
+    _copy_range(jfd, fd, size - low, start + head_len, low)
+    _datasync(fd)
+
+
+def _drop_journal(jpath: Path, jfd: int) -> None:
+    """Remove the journal (commit). Its directory is not synced: should a power loss
+    bring the name back, the next open rolls back to the state before that write,
+    which is consistent too."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(jfd), os.stat(jpath)):
+            os.unlink(jpath)
+    os.close(jfd)
+
+
+def recover(path: str | os.PathLike) -> bool:
+    """Roll back an in-place write to ``path`` that a crash interrupted; True if one was.
+
+    Costs one failed ``open`` when there is no journal (the normal case). A
+    journal held by a live writer (another process in the middle of a write)
+    is waited for, up to 10 s, and left alone. A journal of a file that was
+    replaced or deleted since, or an incomplete one, is removed.
+
+    Raises
+    ------
+    MLArrayIOError
+        If the file cannot be restored (no write permission; the journal is kept).
+    DiskFullError
+        If there is no space to restore it (the journal is kept for the next try).
+    """
+    p = Path(os.fspath(path))
+    jpath = journal_path(p)
+    try:
+        jfd = os.open(jpath, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise MLArrayIOError(
+            p, f"cannot read the journal of an interrupted write ({jpath.name}): {exc.strerror}"
+        ) from None
+    try:
+        deadline = time.monotonic() + _RECOVER_WAIT
+        while not _lock(jfd, wait=False):
+            if time.monotonic() > deadline:
+                return False  # still being written by a live process: its write, not ours
+            time.sleep(0.01)
+        try:
+            if not os.path.samestat(os.fstat(jfd), os.stat(jpath)):
+                return False  # committed (or rolled back) and removed meanwhile
+        except FileNotFoundError:
+            return False
+        fields = _read_journal(jfd)
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            st = None
+        if fields is None or st is None or (st.st_dev, st.st_ino) != fields[:2]:
+            _drop_journal(jpath, jfd)  # incomplete, or its file is gone or was replaced
+            jfd = -1
+            return False
+        with os_errors(p, "cannot restore it after an interrupted in-place write"):
+            try:
+                fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            except PermissionError:
+                raise MLArrayIOError(
+                    p,
+                    "an in-place write to it was interrupted; restoring it needs write "
+                    f"permission (journal {jpath.name})",
+                    errno.EACCES,
+                ) from None
+            try:
+                _roll_back(p, fd, jfd, fields)
+            finally:
+                os.close(fd)
+        _drop_journal(jpath, jfd)
+        jfd = -1
+        return True
+    finally:
+        if jfd >= 0:
+            os.close(jfd)
+
+
+def _growth_bound(info: Any, nchunks_written: int, vlmeta_bytes: int) -> int:
+    """Bytes an in-place write may add to a frame, at most."""
+    chunk = info.chunksize + _BLOSC2_MAX_OVERHEAD
+    offsets = 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
+    digests = 8 * info.nchunks + 16 + _BLOSC2_MAX_OVERHEAD
+    return nchunks_written * chunk + offsets + 2 * (vlmeta_bytes + digests) + 4096
+
+
+def write_in_place(
+    store: Any,
+    path: str | os.PathLike,
+    bounds: Any,
+    write: Callable[[], None] | None,
+    *,
+    vlmeta: dict[str, bytes] | None = None,
+    refresh: bool = False,
+    reopen: Callable[[], None] | None = None,
+) -> None:
+    """Run ``write`` (which writes into ``store``'s file) as one all-or-nothing write.
+
+    Parameters
+    ----------
+    store : blosc2.NDArray
+        A writable handle of the file (plain file I/O or ``mmap_mode="r+"``).
+    path : str or PathLike
+        Its file.
+    bounds : list of (start, stop) or None
+        The box ``write`` writes into (None: anywhere; ``[]``: no chunk).
+    write : callable or None
+        Writes through ``store``.
+    vlmeta : dict, optional
+        vlmeta entries to store in the same transaction.
+    refresh : bool
+        Recompute every chunk digest (a file written without keeping them).
+    reopen : callable, optional
+        Called after a rollback: the store's view of the file is stale then.
+
+    Raises
+    ------
+    DiskFullError
+        If the space the write may need is not free; nothing was written.
+    MLArrayIOError
+        If the write failed; the file was restored to its state before it.
+    """
+    p = Path(os.fspath(path))
+    integrity.check_identity(store)
+    vlmeta = dict(vlmeta or {})
+    with os_errors(p, "cannot write in place"):
+        fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+    finally:
+        os.close(fd)
+
+
+def reopen_store(store: Any, path: str | os.PathLike, mmap_mode: str | None, writable: bool) -> Any:
+    """A fresh handle of ``path`` replacing ``store`` (after a rolled-back write, or in a
+    forked child, where the old handle's thread pools are gone).
+
+    What the old handle knew carries over: the file it opened (a replaced file is
+    still refused), that it wrote (verification stays off), that the digests are stale.
+    A handle made by ``create`` (``mmap_mode="w+"``) is reopened with ``"r+"``.
+    """
+    mode = "r+" if mmap_mode == "w+" else mmap_mode
+    new, _ = open_store(path, mmap_mode=mode, writable=writable)
+    if hasattr(store, "_mlarray_identity"):
+        new._mlarray_identity = store._mlarray_identity
+    if integrity.was_written(store):
+        integrity.note_write(new)
+    if integrity.is_stale(store):
+        integrity.mark_stale(new)
+    return new
+
+
+def _transaction(
+    store: Any,
+    p: Path,
+    fd: int,
+    bounds: Any,
+    write: Callable[[], None] | None,
+    vlmeta: dict[str, bytes],
+    refresh: bool,
+    reopen: Callable[[], None] | None,
+) -> None:
+    st = os.fstat(fd)
+    buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    info = _frame.inspect_frame(buf, p)
+    ids = (
+        np.zeros(0, dtype=np.int64)
+        if write is None or bounds == []
+        else integrity.chunks_in_box(info, bounds)
+    )
+    data_end = info.header_len + info.cbytes
+    pos = info.chunk_pos[ids] if len(ids) else np.zeros(0, dtype=np.int64)
+    pos = pos[pos >= 0]
+    low = min(int(pos.min()) if pos.size else data_end, data_end)
+    digests = None
+    if not refresh and not integrity.is_stale(store):
+        try:
+            digests = integrity.stored_digests(buf, info, p)
+        except MLArrayError:  # a damaged entry: recompute all of them
+            refresh = True
+    reserve = st.st_size + _growth_bound(info, len(ids), sum(map(len, vlmeta.values())))
+    with os_errors(p, "cannot write in place"):
+        _reserve(fd, st.st_size, reserve)
+        try:
+            jfd, jpath = _write_journal(p, fd, buf, st, info.header_len, low)
+        except BaseException:
+            _release(fd, reserve)
+            raise
+    del buf
+    try:
+        if write is not None:
+            write()
+        schunk = store.schunk
+        for key, value in vlmeta.items():
+            schunk.vlmeta[key] = value
+        if refresh:
+            schunk.vlmeta[integrity.CHECKSUM_KEY] = integrity.digest_file(p)
+        elif digests is None and len(ids):
+            integrity.mark_stale(store)  # a file without checksums: all of them on close()
+        elif len(ids):
+            new = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            info_new = _frame.inspect_frame(new, p)  # c-blosc2 left a valid frame
+            entry = integrity.updated_entry(new, info_new, digests, ids)
+            del new, info_new
+            schunk.vlmeta[integrity.CHECKSUM_KEY] = entry
+        _datasync(fd)  # the write is on disk before its journal goes
+    except BaseException as exc:
+        _fail(p, fd, jfd, jpath, exc, reopen)
+        raise AssertionError("unreachable") from None  # _fail always raises
+    _drop_journal(jpath, jfd)
+    _release(fd, reserve)
+
+
+def _fail(
+    p: Path, fd: int, jfd: int, jpath: Path, exc: BaseException, reopen: Callable | None
+) -> None:
+    """Roll a failed transaction back, reopen the store, and raise what went wrong."""
+    try:
+        _roll_back(p, fd, jfd, (0, 0, *_read_journal_fields(jfd)))
+    except OSError as err:
+        os.close(jfd)
+        raise MLArrayIOError(
+            p,
+            f"an in-place write failed ({exc}) and the file could not be restored yet "
+            f"({err.strerror}); it will be restored from {jpath.name} when it is next opened",
+            err.errno,
+        ) from exc
+    _drop_journal(jpath, jfd)
+    if reopen is not None:
+        reopen()
+    if isinstance(exc, MLArrayError) or not isinstance(exc, Exception):
+        raise exc
+    err_no = getattr(exc, "errno", None)
+    if err_no is None and _nearly_full(fd):
+        err_no = errno.ENOSPC
+    if err_no in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        raise DiskFullError(
+            p,
+            "cannot write in place: No space left on device (the file was restored to "
+            "its state before this write)",
+            err_no,
+        ) from exc
+    raise MLArrayIOError(
+        p,
+        f"in-place write failed ({type(exc).__name__}: {exc}); the file was restored to "
+        "its state before this write",
+        err_no,
+    ) from exc
+
+
+def _read_journal_fields(jfd: int) -> tuple:
+    head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
+    _magic, _dev, _ino, size, head_len, low, _pid, _digest = _JOURNAL_HEAD.unpack(head)
+    return size, head_len, low
+
+
+def _nearly_full(fd: int) -> bool:
+    try:
+        vfs = os.fstatvfs(fd)
+    except OSError:
+        return False
+    return vfs.f_bavail * vfs.f_frsize < (1 << 20)

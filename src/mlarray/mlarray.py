@@ -22,6 +22,7 @@ from mlarray.errors import (
     NoArrayError,
     ReadOnlyError,
 )
+from mlarray.indexing import key_bounds
 from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
 
 __all__ = ["MLArray"]
@@ -368,15 +369,7 @@ class MLArray:
                 "cannot be carried over (Blosc2's threads do not survive fork). Save the array "
                 "or pickle it to the worker instead",
             )
-        mmap_mode = "r+" if self._mmap_mode == "w+" else self._mmap_mode
-        store, _ = io.open_store(
-            self._path, mmap_mode=mmap_mode, writable=self._mode in ("a", "w"), dparams=None
-        )
-        for attr in ("_mlarray_identity", "_mlarray_written"):  # writes and file identity
-            if hasattr(old, attr):
-                setattr(store, attr, getattr(old, attr))
-        if integrity.was_written(old):
-            integrity.note_write(store)
+        store = io.reopen_store(old, self._path, self._mmap_mode, self._mode in ("a", "w"))
         self.__dict__.update(_store=store, _file_store=store)
         del self.__dict__["_fork_reopen"]
         return store
@@ -824,13 +817,21 @@ class MLArray:
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._file_store = out._store
         out._track_threads()
-        out._flush_meta()
+        out._flush_meta(checksums=True)  # then each write keeps them current
         return out
 
-    def _flush_meta(self) -> None:
+    def _flush_meta(self, checksums: bool = False) -> None:
         fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
-            io.flush_meta(fs, self._path, self.meta)
+            io.flush_meta(fs, self._path, self.meta, reopen=self._reopen_file, checksums=checksums)
+
+    def _reopen_file(self) -> None:
+        """After a failed in-place write was rolled back: a fresh store of the file."""
+        keep = self._store is self._file_store
+        self._file_store = io.reopen_store(self._file_store, self._path, self._mmap_mode, True)
+        if keep:
+            self._store = self._file_store
+        self._track_threads()
 
     def save(self, filepath: str | os.PathLike) -> None:
         """Save to an ``.mla`` file, atomically (temporary file, then replace).
@@ -1119,21 +1120,37 @@ class MLArray:
         if isinstance(store, np.ndarray):
             store[key] = value
             return
+        in_place = store is self._file_store and self._mmap_mode != "c"
         if store is self._file_store:
-            integrity.note_write(store)  # digests are refreshed when the file is closed
+            integrity.note_write(store)  # this handle stops verifying what it reads
         shape = tuple(store.shape)
         selected = _probe(shape)[key].shape  # numpy's IndexError for a bad key
         values = np.empty(selected, dtype=store.dtype)
         values[...] = value  # numpy's broadcasting and casting rules (and errors)
-        try:
-            if _is_basic_key(key):
-                items = key if isinstance(key, tuple) else (key,)
-                if any(k is None for k in items):  # Blosc2 refuses None with non-unit steps
-                    key = tuple(k for k in items if k is not None)
-                    values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
+        if _is_basic_key(key):
+            items = key if isinstance(key, tuple) else (key,)
+            if any(k is None for k in items):  # Blosc2 refuses None with non-unit steps
+                key = tuple(k for k in items if k is not None)
+                values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
+
+            def write() -> None:
                 store[key] = values
-            elif values.size:
+
+        elif values.size:
+
+            def write() -> None:
                 _write_advanced(store, key, values)
+
+        else:
+            return
+        try:
+            if in_place:
+                # All or nothing: a full disk or a crash leaves the file as it was.
+                bounds = key_bounds(key, shape)
+                if bounds is not None:
+                    io.write_in_place(store, self._path, bounds, write, reopen=self._reopen_file)
+            else:
+                write()
         finally:
             if self._chunk_cache is not None:
                 self._chunk_cache.clear()
