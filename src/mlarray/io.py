@@ -180,7 +180,7 @@ def open_store(
         with contextlib.suppress(MLArrayError, TypeError, ValueError):
             wanted = normalize_dparams(meta.blosc2.dparams)
     kwargs["dparams"] = clamp_dparams(wanted)
-    if (writable or mmap_mode == "r+") and not os.access(p, os.W_OK):
+    if (writable or mmap_mode == "r+") and not _may_write(p):
         raise MLArrayIOError(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
@@ -209,6 +209,15 @@ def open_store(
         integrity.remember_identity(store, p)
     store._mlarray_threads = _store_threads(store, writable or mmap_mode in ("r+", "c"))
     return store, meta
+
+
+def _may_write(p: Path) -> bool:
+    """Whether to write into ``p`` in place: the user may, and its owner did not make it
+    read-only (no write permission bits; root would pass the access check)."""
+    try:
+        return bool(os.stat(p).st_mode & 0o222) and os.access(p, os.W_OK)
+    except OSError:
+        return False
 
 
 # Frames already validated in this process, by file version: (device, inode, size,
@@ -881,8 +890,21 @@ def _reserve(fd: int, size: int, length: int) -> None:
     """Make sure writes to the first ``length`` bytes of the file cannot run out of space.
 
     Blocks are allocated without changing the file's size (``FALLOC_FL_KEEP_SIZE``);
-    where the file system cannot do that, its free space is checked instead.
+    where the file system cannot do that, its free space is checked instead. The
+    process's file-size limit (``RLIMIT_FSIZE``) is checked too: c-blosc2 would hit
+    it with ``EFBIG`` (or the process with ``SIGXFSZ``) in the middle of the write.
     """
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        limit = -1
+    if limit != getattr(resource, "RLIM_INFINITY", -1) and 0 <= limit < length:
+        raise OSError(
+            errno.EFBIG,
+            f"{os.strerror(errno.EFBIG)} (this process may write {limit} bytes per file)",
+        )
     if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length):
         return
     try:

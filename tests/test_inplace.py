@@ -1,0 +1,607 @@
+"""In-place writes are all-or-nothing: a full disk, a failed write or a killed writer never
+damages the file (``mlarray.io.write_in_place``, RELIABILITY.md "In-place writes").
+
+Real files, real blosc2, and real faults: a full tmpfs mounted in a private mount
+namespace (``unshare -m``; skipped where mounting is not allowed), a file-size limit
+(``RLIMIT_FSIZE``, everywhere), and writer processes killed with SIGKILL or SIGBUS.
+Permission tests run the operation as the unprivileged user ``nobody`` when the tests
+run as root (root passes every access check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray, io
+from mlarray.errors import MLArrayError, MLArrayIOError
+from mlarray.integrity import verify_file
+
+MODES = [
+    pytest.param({"mode": "a", "mmap_mode": None}, id="a-nommap"),
+    pytest.param({"mode": "r", "mmap_mode": "r+"}, id="mmap-r+"),
+]
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def _volume(shape=(40, 64, 64), seed=0) -> np.ndarray:
+    """Well-compressible data: rewriting a chunk with noise makes the file grow."""
+    z, y, x = np.indices(shape)
+    return ((z // 4 + y // 8 + x // 16) % 7).astype(np.int16) + seed
+
+
+def _save(p: Path, data: np.ndarray) -> None:
+    MLArray(data, patch_size=None, chunk_size=(20, 32, 32), block_size=(10, 16, 16)).save(p)
+
+
+def _left_behind(p: Path) -> list[str]:
+    """Files beside ``p``, other than the tests' own (scripts, the full-disk filler)."""
+    own = (p.name, "filler")
+    return sorted(x.name for x in p.parent.iterdir() if x.name not in own and x.suffix != ".py")
+
+
+@pytest.mark.parametrize("how", MODES)
+def test_every_write_is_committed_with_current_checksums(tmp_path, how):
+    p = tmp_path / "w.mla"
+    data = _volume()
+    _save(p, data)
+    a = MLArray.open(p, **how)
+    rng = np.random.default_rng(1)
+    for key in [
+        (slice(5, 30), slice(10, 60), slice(0, 40)),
+        (slice(None, None, 3), 7, slice(None)),
+        ([1, 30, 39], slice(2, 5), [0, 63, 31]),  # advanced: through the bounding box
+        (np.zeros((40, 64, 64), bool) | (np.indices((40, 64, 64))[0] == 33),),
+        (Ellipsis, 0),
+    ]:
+        value = rng.integers(-500, 500, np.empty((40, 64, 64))[key].shape).astype(np.int16)
+        a[key] = value
+        data[key] = value
+        # Committed at once: no journal, every checksum current, the data on disk.
+        assert _left_behind(p) == []
+        assert verify_file(p).ok
+        assert np.array_equal(MLArray.open(p)[...], data)
+    a.close()
+    assert verify_file(p).has_checksums
+    assert np.array_equal(MLArray.open(p)[...], data)
+
+
+# ----------------------------------------------------------------------------- full disk
+
+_FULL_DISK = r"""
+import json, os, shutil, sys
+import numpy as np
+sys.path.insert(0, sys.argv[4])
+from tests.test_inplace import _save, _volume, _sha, _left_behind
+from mlarray import MLArray, io
+from mlarray.errors import DiskFullError, MLArrayError
+from mlarray.integrity import verify_file
+
+phase, d, out = sys.argv[1], sys.argv[2], sys.argv[3]
+p = os.path.join(d, "v.mla")
+filler = os.path.join(d, "filler")
+
+
+def fill(leave):
+    # Fill the file system, then give back `leave` bytes.
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == 28, exc
+    os.ftruncate(fd, max(os.fstat(fd).st_size - leave, 0))
+    os.close(fd)
+
+
+def attempt(how, key, value):
+    before = _sha(p)
+    a = MLArray.open(p, **how)
+    try:
+        a[key] = value
+        got = "ok"
+    except MLArrayError as exc:
+        got = [type(exc).__name__, str(exc), getattr(exc, "errno", None)]
+    try:
+        a.close()
+        closed = "ok"
+    except MLArrayError as exc:
+        closed = type(exc).__name__
+    same = _sha(p) == before
+    b = MLArray.open(p)
+    return {"write": got, "close": closed, "same": same, "verify": verify_file(p).ok,
+            "left": _left_behind(__import__("pathlib").Path(p)), "shape": list(b.shape)}
+
+
+noise = np.random.default_rng(5).integers(-30000, 30000, (20, 32, 32)).astype(np.int16)
+key = (slice(20, 40), slice(32, 64), slice(32, 64))  # the last chunk: a small journal
+modes = {"a": {"mode": "a", "mmap_mode": None}, "r+": {"mmap_mode": "r+"}}
+rows = {}
+if phase == "reserve":
+    for name, how in modes.items():
+        _save(__import__("pathlib").Path(p), _volume())
+        fill(24 << 10)
+        rows[name] = attempt(how, key, noise)
+        os.unlink(filler)  # with space again, the same write works
+        rows[name + "-space"] = attempt(how, key, noise)
+        rows[name + "-space"]["data"] = bool(np.array_equal(MLArray.open(p)[key], noise))
+elif phase == "journal":  # no reservation: c-blosc2 runs out of space in the middle
+    io._reserve = lambda fd, size, length: None
+    _save(__import__("pathlib").Path(p), _volume())
+    fill(24 << 10)
+    rows["journal"] = attempt(modes["a"], key, noise)
+    os.unlink(filler)
+elif phase == "crash":  # no reservation, memory-mapped: the kernel sends SIGBUS
+    io._reserve = lambda fd, size, length: None
+    _save(__import__("pathlib").Path(p), _volume())
+    json.dump({"sha": _sha(p)}, open(os.path.join(out, "crash.json"), "w"))
+    fill(24 << 10)
+    a = MLArray.open(p, mmap_mode="r+")
+    print(json.dumps({"crash-journal-written": True}), flush=True)
+    a[key] = noise
+    rows["crash-survived"] = True
+elif phase == "check":
+    want = json.load(open(os.path.join(out, "crash.json")))["sha"]
+    rows["journal-before-open"] = os.path.exists(io.journal_path(p))
+    b = MLArray.open(p)  # rolls the interrupted write back
+    rows["check"] = {"same": _sha(p) == want, "verify": verify_file(p).ok,
+                     "left": _left_behind(__import__("pathlib").Path(p)),
+                     "data": bool(np.array_equal(b[...], _volume()))}
+print(json.dumps(rows), flush=True)
+"""
+
+
+def _namespace_prefix() -> list[str] | None:
+    """A command prefix that runs a shell in a private mount namespace where tmpfs mounts."""
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        return None
+    probe = 'd=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs "$d" && umount "$d" && rmdir "$d"'
+    for prefix in (
+        ["unshare", "-m", "--propagation", "private"],
+        ["unshare", "-Urm", "--propagation", "private"],  # unprivileged user namespace
+    ):
+        try:
+            ok = subprocess.run([*prefix, "sh", "-c", probe], capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if ok.returncode == 0:
+            return prefix
+    return None
+
+
+NAMESPACE = _namespace_prefix()
+
+
+@pytest.mark.skipif(NAMESPACE is None, reason="cannot mount a tmpfs in a mount namespace here")
+def test_a_real_full_disk_never_damages_the_file(tmp_path):
+    """A 1 MiB tmpfs, filled up: writes fail with DiskFullError and leave the file as it was."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "full_disk.py"  # beside the mount point, not in it
+    script.write_text(_FULL_DISK)
+    repo = os.fspath(Path(__file__).resolve().parents[1])
+    run = f'"{sys.executable}" "{script}" {{}} "{mnt}" "{tmp_path}" "{repo}"'
+    shell = " ; ".join(
+        [
+            f'mount -t tmpfs -o size=1m tmpfs "{mnt}" || exit 90',
+            run.format("reserve"),
+            run.format("journal"),
+            run.format("crash"),
+            'echo "{\\"crash_rc\\": $?}"',
+            run.format("check"),
+        ]
+    )
+    proc = subprocess.run(
+        [*NAMESPACE, "sh", "-c", shell], capture_output=True, text=True, timeout=300
+    )
+    rows = {}
+    for line in proc.stdout.splitlines():
+        rows.update(json.loads(line))
+    assert proc.returncode == 0 and "check" in rows, proc.stderr[-3000:]
+    for name in ("a", "r+"):
+        r = rows[name]
+        # The reservation fails before c-blosc2 writes anything (mmap: no SIGBUS).
+        assert r["write"][0] == "DiskFullError" and r["write"][2] == 28, r
+        assert "v.mla" in r["write"][1] and "No space left" in r["write"][1]
+        assert r["same"] and r["verify"] and r["left"] == [], r
+        space = rows[name + "-space"]
+        assert space["write"] == "ok" and space["close"] == "ok" and space["data"], space
+        assert space["verify"] and space["left"] == []
+    # Without the reservation, c-blosc2 fails in the middle; the journal restores the file.
+    j = rows["journal"]
+    assert j["write"][0] == "DiskFullError" and "restored" in j["write"][1], j
+    assert j["same"] and j["verify"] and j["left"] == [], j
+    # Memory-mapped without the reservation: the kernel kills the writer (SIGBUS); the
+    # next open rolls the write back from the journal.
+    assert rows["crash_rc"] == 128 + signal.SIGBUS, rows
+    assert "crash-survived" not in rows
+    assert rows["journal-before-open"]
+    assert rows["check"] == {"same": True, "verify": True, "left": [], "data": True}
+
+
+_FILE_SIZE_LIMIT = r"""
+import json, os, resource, signal, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from tests.test_inplace import _sha, _left_behind
+from pathlib import Path
+from mlarray import MLArray, io
+from mlarray.errors import MLArrayError
+from mlarray.integrity import verify_file
+
+p, reserve = Path(sys.argv[1]), sys.argv[2] == "1"
+if not reserve:
+    io._reserve = lambda fd, size, length: None
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+size = p.stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 8192, size + 8192))
+noise = np.random.default_rng(5).integers(-30000, 30000, (40, 64, 64)).astype(np.int16)
+rows = {}
+for name, how in {"a": {"mode": "a", "mmap_mode": None}, "r+": {"mmap_mode": "r+"}}.items():
+    before = _sha(p)
+    a = MLArray.open(p, **how)
+    try:
+        a[:, 32:] = noise[:, 32:]
+        got = "ok"
+    except MLArrayError as exc:
+        got = [type(exc).__name__, str(exc), exc.errno]
+    a.close()
+    rows[name] = {"write": got, "same": _sha(p) == before, "verify": verify_file(p).ok,
+                  "left": _left_behind(p)}
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.parametrize("reserve", [True, False], ids=["reserved", "journal-only"])
+def test_a_file_size_limit_fails_the_write_and_keeps_the_file(tmp_path, reserve):
+    """RLIMIT_FSIZE (EFBIG, not ENOSPC): runs everywhere, also without mount rights."""
+    p = tmp_path / "data" / "v.mla"
+    p.parent.mkdir()
+    _save(p, _volume())
+    before = _sha(p)
+    script = tmp_path / "fsize.py"
+    script.write_text(_FILE_SIZE_LIMIT)
+    repo = os.fspath(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p), "1" if reserve else "0", repo],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    for name in ("a", "r+"):
+        r = rows[name]
+        assert r["write"][0] == "MLArrayIOError" and "v.mla" in r["write"][1], r
+        if reserve:  # refused before anything was written
+            assert r["write"][2] == 27 and "too large" in r["write"][1].lower(), r
+        assert r["same"] and r["verify"] and r["left"] == [], r
+    assert _sha(p) == before
+    assert np.array_equal(MLArray.open(p)[...], _volume())
+
+
+# ----------------------------------------------------------------------------- killed writers
+
+_KILL_MID_WRITE = r"""
+import os, signal, sys
+import numpy as np
+from mlarray import MLArray, io
+
+p, mmap_mode, where = sys.argv[1], sys.argv[2], sys.argv[3]
+a = MLArray.open(p, mode="a", mmap_mode=None if mmap_mode == "none" else mmap_mode)
+syncs = []
+real = io._datasync
+
+
+def datasync(fd):
+    # The 1st sync of a write is its journal's; the 2nd is the file's, after c-blosc2
+    # wrote everything: killed there, the file is changed and the write is not committed.
+    syncs.append(fd)
+    if len(syncs) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(fd)
+
+
+io._datasync = datasync
+if where == "write":
+    a[0:25, 10:50, 5:60] = np.random.default_rng(2).integers(-9, 9, (25, 40, 55))
+else:
+    a.meta.is_seg = True
+    a.close()
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
+@pytest.mark.parametrize("where", ["write", "close"])
+def test_a_writer_killed_before_its_write_commits_is_rolled_back_on_open(tmp_path, how, where):
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    before = p.read_bytes()
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_MID_WRITE)
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p), how, where],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    journal = io.journal_path(p)
+    assert journal.exists()
+    assert p.read_bytes() != before  # the file was changed in place ...
+    a = MLArray.open(p)  # ... and the next open (read-only, too) rolls it back
+    assert p.read_bytes() == before
+    assert not journal.exists() and _left_behind(p) == []
+    assert verify_file(p).ok and not a.meta.is_seg
+    assert np.array_equal(a[...], _volume())
+    b = MLArray.open(p, mode="a")  # and it can be written again
+    b[0] = 3
+    b.close()
+    assert np.all(MLArray.open(p)[0] == 3) and verify_file(p).ok
+
+
+def test_a_live_writers_journal_is_left_alone_and_a_replaced_files_is_dropped(
+    tmp_path, monkeypatch
+):
+    import fcntl
+
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    before = p.read_bytes()
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_MID_WRITE)
+    subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "write"], timeout=120)
+    journal = io.journal_path(p)
+    assert journal.exists()
+    fd = os.open(journal, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as its writer would hold it while it lives
+    monkeypatch.setattr(io, "_RECOVER_WAIT", 0.2)
+    assert io.recover(p) is False and journal.exists()
+    os.close(fd)
+    assert io.recover(p) is True and p.read_bytes() == before
+    # A journal whose file was replaced since (here: saved anew) is dropped, not applied.
+    subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "write"], timeout=120)
+    assert journal.exists()
+    _save(p, _volume(seed=1))
+    assert not journal.exists()
+    assert np.array_equal(MLArray.open(p)[...], _volume(seed=1))
+
+
+_WRITE_LOOP = r"""
+import sys
+import numpy as np
+from mlarray import MLArray
+
+p, mmap_mode = sys.argv[1], sys.argv[2]
+a = MLArray.open(p, mode="a", mmap_mode=None if mmap_mode == "none" else mmap_mode)
+for i in range(1, 10_000):
+    a[{key}] = i
+    print(i, flush=True)
+"""
+
+
+def _loop_key(i: int) -> tuple:
+    z = (i * 7) % 30
+    return (slice(z, z + 10), slice((i * 13) % 40, (i * 13) % 40 + 24), slice(None))
+
+
+@pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
+def test_writers_killed_at_random_times_leave_an_old_or_a_new_state(tmp_path, how):
+    """SIGKILL a writer looping over patch writes; the file then holds exactly the first j
+    writes, j being the last write it reported or the one after (the one in flight)."""
+    rng = np.random.default_rng(7)
+    p = tmp_path / "loop.mla"
+    script = tmp_path / "loop.py"
+    script.write_text(
+        _WRITE_LOOP.replace(
+            "{key}",
+            "slice((i * 7) % 30, (i * 7) % 30 + 10), "
+            "slice((i * 13) % 40, (i * 13) % 40 + 24), slice(None)",
+        )
+    )
+    for _trial in range(3):
+        _save(p, _volume())
+        child = subprocess.Popen(
+            [sys.executable, os.fspath(script), os.fspath(p), how],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        last, stop = 0, int(rng.integers(2, 8))
+        while last < stop:
+            line = child.stdout.readline()
+            assert line, "the writer died on its own"
+            last = int(line)
+        time.sleep(float(rng.uniform(0, 0.05)))
+        child.kill()
+        child.wait(timeout=30)
+        rest = child.stdout.read().split()
+        child.stdout.close()
+        last = int(rest[-1]) if rest else last
+        got = MLArray.open(p)[...]  # rolls back the write in flight, if any
+        assert verify_file(p).ok and _left_behind(p) == []
+        states = []
+        for j in (last, last + 1):
+            want = _volume()
+            for i in range(1, j + 1):
+                want[_loop_key(i)] = i
+            states.append(np.array_equal(got, want))
+        assert any(states), f"killed after write {last}: neither that state nor the next"
+
+
+# ----------------------------------------------------------------------------- permissions
+
+
+def _world_dir() -> Path:
+    d = Path(tempfile.mkdtemp(dir="/tmp", prefix="mla-perm-"))
+    d.chmod(0o777)  # pytest's tmp_path is 0700: nobody could not even look inside
+    return d
+
+
+def _as_nobody(fn, *args):
+    """Run ``fn(*args)`` as the unprivileged user ``nobody`` when root, else as we are.
+
+    A forked child drops its privileges (the interpreter may live under /root, which
+    ``nobody`` cannot read, so no new interpreter is started) and sends back the outcome.
+    """
+    if os.geteuid() != 0:
+        return fn(*args)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child() -> None:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            q.put(("ok", fn(*args)))
+        except BaseException as exc:  # sent back as text: only what the test asserts
+            q.put(("raised", (type(exc).__name__, str(exc), getattr(exc, "errno", None))))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    kind, value = q.get(timeout=60)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    if kind == "raised":
+        raise _Raised(*value)
+    return value
+
+
+class _Raised(Exception):
+    def __init__(self, name, message, err):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message, self.errno = name, message, err
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", _as_nobody(fn, *args))
+    except _Raised as exc:
+        return (exc.name, exc.message, exc.errno)
+    except MLArrayError as exc:  # not root: the operation ran here
+        return (type(exc).__name__, str(exc), getattr(exc, "errno", None))
+
+
+def _open_for_writing(path: str, how: dict) -> str:
+    a = MLArray.open(path, **how)
+    a[0] = 1
+    a.close()
+    return "wrote"
+
+
+def _save_over(path: str) -> str:
+    MLArray(np.ones(3)).save(path)
+    return "saved"
+
+
+def _read(path: str) -> str:
+    return str(MLArray.open(path)[...].sum())
+
+
+def _owned_by_runner(p: Path) -> None:
+    if os.geteuid() == 0:
+        os.chown(p, 65534, 65534)
+
+
+@pytest.mark.parametrize(
+    "how", [{"mode": "a"}, {"mode": "a", "mmap_mode": None}, {"mmap_mode": "r+"}]
+)
+def test_writable_open_of_a_file_the_user_cannot_write_is_refused(how):
+    d = _world_dir()
+    try:
+        p = d / "theirs.mla"
+        MLArray(np.arange(12.0)).save(p)
+        p.chmod(0o644)  # root's file (or, not as root, made read-only below)
+        if os.geteuid() != 0:
+            p.chmod(0o444)
+        before = p.read_bytes()
+        got = _outcome(_open_for_writing, os.fspath(p), how)
+        assert got[0] == "MLArrayIOError" and "theirs.mla" in got[1], got
+        assert got[2] == 13 and "write-protected" in got[1]
+        assert p.read_bytes() == before
+        assert _left_behind(p) == []
+    finally:
+        shutil.rmtree(d)
+
+
+def test_save_does_not_replace_a_file_its_owner_made_read_only():
+    d = _world_dir()
+    try:
+        p = d / "mine.mla"
+        MLArray(np.zeros(3)).save(p)
+        _owned_by_runner(p)
+        p.chmod(0o444)
+        before = p.read_bytes()
+        got = _outcome(_save_over, os.fspath(p))
+        assert got[0] == "MLArrayIOError" and "mine.mla" in got[1] and "read-only" in got[1], got
+        assert p.read_bytes() == before and _left_behind(p) == []
+        # Root is refused the same way (the check is on the mode bits, not on access).
+        with pytest.raises(MLArrayIOError, match=r"mine\.mla.*read-only"):
+            _save_over(os.fspath(p))
+        with pytest.raises(MLArrayIOError, match=r"mine\.mla.*write-protected"):
+            _open_for_writing(os.fspath(p), {"mode": "a"})
+        assert p.read_bytes() == before and _left_behind(p) == []
+    finally:
+        shutil.rmtree(d)
+
+
+def test_unreadable_files_and_unwritable_folders_give_our_errors():
+    d = _world_dir()
+    try:
+        p = d / "locked.mla"
+        MLArray(np.arange(6.0)).save(p)
+        _owned_by_runner(p)
+        before = p.read_bytes()
+        p.chmod(0)
+        got = _outcome(_read, os.fspath(p))
+        assert got[0] == "MLArrayIOError" and "locked.mla" in got[1] and got[2] == 13, got
+        p.chmod(0o644)
+        sub = d / "ro"
+        sub.mkdir()
+        sub.chmod(0o555)
+        got = _outcome(_save_over, os.fspath(sub / "new.mla"))
+        assert got[0] == "MLArrayIOError" and "new.mla" in got[1] and got[2] == 13, got
+        assert list(sub.iterdir()) == []
+        assert p.read_bytes() == before
+    finally:
+        shutil.rmtree(d)
+
+
+def test_open_rolls_back_only_with_write_permission():
+    """A reader who may not write the file cannot restore it: our error, file untouched."""
+    d = _world_dir()
+    try:
+        p = d / "k.mla"
+        _save(p, _volume())
+        p.chmod(0o644)
+        script = d / "kill.py"
+        script.write_text(_KILL_MID_WRITE)
+        subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "write"])
+        torn = p.read_bytes()
+        journal = io.journal_path(p)
+        journal.chmod(0o644)
+        if os.geteuid() == 0:
+            got = _outcome(_read, os.fspath(p))
+            assert got[0] == "MLArrayIOError" and "k.mla" in got[1], got
+            assert "interrupted" in got[1] and got[2] == 13
+            assert p.read_bytes() == torn and journal.exists()
+        assert np.array_equal(MLArray.open(p)[...], _volume())  # the owner's open restores
+        assert not journal.exists()
+    finally:
+        shutil.rmtree(d)
