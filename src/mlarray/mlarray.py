@@ -742,10 +742,21 @@ class MLArray:
         dparams : dict, optional
             Blosc2 decompression parameters.
 
+        Notes
+        -----
+        Writes into the file (``mode="a"``, ``mmap_mode="r+"``) are each
+        all-or-nothing: when ``a[...] = v`` returns, it is on disk with its
+        chunk checksums; if it fails (a full disk, a crash), the file is as it
+        was before it (:func:`mlarray.io.write_in_place`). Opening a file
+        whose writer was killed in the middle of a write first restores it.
+
         Raises
         ------
         InvalidPathError
             If the suffix is not ``.mla``.
+        MLArrayIOError
+            (an OSError) if the file cannot be opened as asked, e.g. for
+            writing a file that is write-protected.
         InvalidModeError
             (a RuntimeError) for an invalid ``mode`` or ``mmap_mode``.
         """
@@ -1105,12 +1116,18 @@ class MLArray:
 
         Basic keys (ints, slices, ``...``, ``None``) write straight into the
         touched chunks; integer-array and boolean keys read, update and write
-        back the bounding box of the selection.
+        back the bounding box of the selection. Into a file, the write is
+        all-or-nothing (see :meth:`open`).
 
         Raises
         ------
         ReadOnlyError
             (a PermissionError) if the array was opened read-only.
+        DiskFullError
+            (an OSError) if the disk has no room for the write; the file is
+            unchanged.
+        MLArrayIOError
+            (an OSError) if writing the file failed; it was restored.
         """
         store = self._require()
         if not self._writable:
