@@ -18,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import itertools
 import mmap
@@ -638,7 +639,7 @@ def save_mla(
         with os_errors(target, "cannot replace"):
             os.replace(tmp, target)
         _fsync_path(target.parent, directory=True)
-        recover(target)  # drops the journal an interrupted in-place write left for the old file
+        recover(target, wait=False)  # drops a journal left for the file replaced
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -804,8 +805,13 @@ def journal_path(path: str | os.PathLike) -> Path:
     The name is short (any file name near the system's limit has one) and
     hidden; ``<hash>`` is the first 12 hex digits of the SHA-1 of the file's name.
     """
-    target = Path(os.fspath(path))
-    return target.parent / f"{_temp_prefix(target)[:-1]}{_JOURNAL_SUFFIX}"
+    return Path(_journal_name(os.fspath(path)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _journal_name(path: str | bytes) -> str:
+    target = Path(os.fsdecode(path))
+    return os.fspath(target.parent / f"{_temp_prefix(target)[:-1]}{_JOURNAL_SUFFIX}")
 
 
 def _datasync(fd: int) -> None:
@@ -970,7 +976,13 @@ def _write_journal(
                     raise MLArrayIOError(
                         p, "another process is writing to it in place; not writing", errno.EBUSY
                     ) from None
-                recover(p)  # a journal left by a writer that died
+                if recover(p, wait=False):  # a writer that died left it; this handle is stale
+                    raise MLArrayIOError(
+                        p,
+                        "another process was killed while writing to it in place; its write "
+                        "was rolled back. Reopen the file to write to it.",
+                        errno.ESTALE,
+                    ) from None
             except OSError as exc:  # no hard links on this file system
                 if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                     raise
@@ -1032,13 +1044,14 @@ def _drop_journal(jpath: Path, jfd: int) -> None:
     os.close(jfd)
 
 
-def recover(path: str | os.PathLike) -> bool:
+def recover(path: str | os.PathLike, wait: bool = True) -> bool:
     """Roll back an in-place write to ``path`` that a crash interrupted; True if one was.
 
     Costs one failed ``open`` when there is no journal (the normal case). A
     journal held by a live writer (another process in the middle of a write)
-    is waited for, up to 10 s, and left alone. A journal of a file that was
-    replaced or deleted since, or an incomplete one, is removed.
+    is left alone, after waiting up to 10 s for that write to end (``wait``).
+    A journal of a file that was replaced or deleted since, or an incomplete
+    one, is removed.
 
     Raises
     ------
@@ -1047,18 +1060,19 @@ def recover(path: str | os.PathLike) -> bool:
     DiskFullError
         If there is no space to restore it (the journal is kept for the next try).
     """
-    p = Path(os.fspath(path))
-    jpath = journal_path(p)
+    name = _journal_name(os.fspath(path))
     try:
-        jfd = os.open(jpath, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        jfd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise MLArrayIOError(
-            p, f"cannot read the journal of an interrupted write ({jpath.name}): {exc.strerror}"
+            path, f"cannot read the journal of an interrupted write ({name}): {exc.strerror}"
         ) from None
+    p = Path(os.fspath(path))
+    jpath = Path(name)
     try:
-        deadline = time.monotonic() + _RECOVER_WAIT
+        deadline = time.monotonic() + (_RECOVER_WAIT if wait else 0.0)
         while not _lock(jfd, wait=False):
             if time.monotonic() > deadline:
                 return False  # still being written by a live process: its write, not ours
