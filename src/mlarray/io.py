@@ -930,26 +930,56 @@ def _release(fd: int, length: int) -> None:
             _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, length - start)
 
 
+def _journal_file(p: Path) -> tuple[int, Path | None]:
+    """A new file for a journal: nameless (``O_TMPFILE``) where possible, else a temp name.
+
+    A nameless file vanishes with a writer killed before it was complete; a
+    named temporary file is removed by the next save of ``p``.
+    """
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag and os.path.isdir("/proc/self/fd"):
+        try:
+            return os.open(p.parent, flag | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666), None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+    tmp = _temp_path(p, clean=False)
+    try:
+        return os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)), tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _link(jfd: int, tmp: Path | None, jpath: Path) -> None:
+    """Give the journal its name (``FileExistsError`` if it has one already)."""
+    if tmp is not None:
+        os.link(tmp, jpath)
+        return
+    # A nameless file is linked through its /proc entry, followed (linkat with
+    # AT_SYMLINK_FOLLOW: Python passes the flag only with a directory descriptor).
+    proc = os.open("/proc/self/fd", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.link(str(jfd), jpath, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
 def _write_journal(
     p: Path, fd: int, buf: Any, st: os.stat_result, head_len: int, low: int
 ) -> tuple[int, Path]:
     """Save the header and ``[low, end)`` of the file open as ``fd`` (mapped as ``buf``).
 
-    Returns the journal's descriptor (locked) and path.
-
-    The journal is written under a temporary name, synced, and then linked to
-    :func:`journal_path`, so a journal under that name is always complete.
+    Returns the journal's descriptor (locked) and path. The journal is
+    written without its name (see :func:`_journal_file`), synced, and then
+    linked to :func:`journal_path`, so a journal under that name is always
+    complete.
     """
     import xxhash
 
     jpath = journal_path(p)
-    tmp = _temp_path(p, clean=False)  # stale ones: removed by the next save
-    try:
-        jfd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    jfd, tmp = _journal_file(p)
     try:
         _lock(jfd, wait=True)
         size = st.st_size
@@ -969,7 +999,7 @@ def _write_journal(
         _datasync(jfd)
         for attempt in range(2):
             try:
-                os.link(tmp, jpath)
+                _link(jfd, tmp, jpath)
                 break
             except FileExistsError:
                 if attempt:
@@ -984,7 +1014,12 @@ def _write_journal(
                         errno.ESTALE,
                     ) from None
             except OSError as exc:  # no hard links on this file system
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                if tmp is None or exc.errno not in (
+                    errno.EPERM,
+                    errno.EOPNOTSUPP,
+                    errno.EMLINK,
+                    errno.ENOSYS,
+                ):
                     raise
                 if jpath.exists():
                     raise MLArrayIOError(
@@ -992,13 +1027,15 @@ def _write_journal(
                     ) from None
                 os.replace(tmp, jpath)
                 break
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         _fsync_path(p.parent, directory=True)
     except BaseException:
         os.close(jfd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
     return jfd, jpath
 
