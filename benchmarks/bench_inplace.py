@@ -124,6 +124,8 @@ def main() -> None:
             c = statistics.median(t[1] for t in times[m]) * 1e3
             tot = statistics.median(a + b for a, b in times[m]) * 1e3
             print(f"| {m} | {w:.1f} | {c:.1f} | {tot:.1f} | {tot / 1e3 / base:.2f} |")
+        bad = ", ".join(sorted(set(wrong)))
+        print(f"\ncheck: {'WRONG DATA from ' + bad if wrong else 'ok'}")
         print(
             f"\nJournal per write: median {statistics.median(journal) / 1e6:.1f} MB "
             f"(header + bytes from the first rewritten chunk to the end of the file)\n"

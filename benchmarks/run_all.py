@@ -17,6 +17,8 @@ Runs, each in its own process (and its workers in fresh processes):
    with --smoke).
 6. ``bench_convert.py``: ``mlarray convert`` against the reference converter (not with
    --smoke).
+7. ``bench_inplace.py``: all-or-nothing in-place writes (journal, reservation, checksums)
+   against c-blosc2 alone and the former unjournaled path (not with --smoke).
 
 The report gets the machine, the date, the versions, the commands and every table, and
 ``patch_reads.png``: median patch-read time against file size, one marker per format.
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         wheels = sorted((HERE / "_data").glob("nilearn-*.whl"))  # bench_paths fetched it
         runs.append(("bench_presets.py", ["--wheel", str(wheels[-1])] if wheels else []))
         runs.append(("bench_convert.py", [a for a in common if a != "--no-reference"]))
+        runs.append(("bench_inplace.py", [a for a in common if a != "--no-reference"]))
     outputs = []
     failed = 0
     for script, extra in runs:
