@@ -99,6 +99,7 @@ def main() -> None:
         }
         times: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
         journal = []
+        wrong: list[str] = []
         names = list(methods)
         for r in range(args.rounds):
             start = [int(rng.integers(0, n - 64 + 1)) for n in shape]
@@ -111,6 +112,8 @@ def main() -> None:
                 p = work / "w.mla"
                 shutil.copyfile(src, p)
                 times[m].append(methods[m](p, key, x))
+                if not np.array_equal(MLArray.open(p)[key], x):
+                    wrong.append(m)
                 p.unlink()
         print(
             f"## In-place write of one 64^3 patch, {shape} int16 ({size / 1e6:.1f} MB file, "
