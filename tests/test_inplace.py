@@ -605,3 +605,16 @@ def test_open_rolls_back_only_with_write_permission():
         assert not journal.exists()
     finally:
         shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("how", MODES)
+def test_negative_indices_mark_every_chunk_they_write(tmp_path, how):
+    """Found by the property tests: [0, -1, 1] on two rows writes row 0 too; its chunk's
+    checksum must be stored (the bounds of a key normalise negative indices first)."""
+    p = tmp_path / "n.mla"
+    MLArray(np.arange(2, dtype=np.uint8), patch_size=None, chunk_size=(1,)).save(p)
+    a = MLArray.open(p, **how)
+    a[np.array([0, -1, 1])] = [7, 8, 9]
+    assert verify_file(p).ok
+    a.close()
+    assert MLArray.open(p)[...].tolist() == [7, 9]
