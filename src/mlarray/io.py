@@ -1150,12 +1150,19 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
             os.close(jfd)
 
 
-def _growth_bound(info: Any, nchunks_written: int, vlmeta_bytes: int) -> int:
-    """Bytes an in-place write may add to a frame, at most."""
+def _growth_bound(info: Any, ids: np.ndarray, vlmeta_bytes: int) -> int:
+    """Bytes an in-place write of chunks ``ids`` may add to a frame, at most.
+
+    Each rewritten chunk takes the place of the old one (at most its data plus
+    Blosc2's overhead, less what the old one held); the chunk offsets and the
+    trailer may grow to their largest size.
+    """
+    old = np.where(info.chunk_pos[ids] >= 0, info.chunk_cbytes[ids], 0) if len(ids) else []
     chunk = info.chunksize + _BLOSC2_MAX_OVERHEAD
+    grow = int(np.maximum(chunk - np.asarray(old, dtype=np.int64), 0).sum())
     offsets = 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
     digests = 8 * info.nchunks + 16 + _BLOSC2_MAX_OVERHEAD
-    return nchunks_written * chunk + offsets + 2 * (vlmeta_bytes + digests) + 4096
+    return grow + offsets + 2 * (vlmeta_bytes + digests) + 4096
 
 
 def write_in_place(
@@ -1252,7 +1259,7 @@ def _transaction(
             digests = integrity.stored_digests(buf, info, p)
         except MLArrayError:  # a damaged entry: recompute all of them
             refresh = True
-    reserve = st.st_size + _growth_bound(info, len(ids), sum(map(len, vlmeta.values())))
+    reserve = st.st_size + _growth_bound(info, ids, sum(map(len, vlmeta.values())))
     with os_errors(p, "cannot write in place"):
         _reserve(fd, st.st_size, reserve)
         try:
