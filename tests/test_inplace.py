@@ -320,6 +320,8 @@ def datasync(fd):
 io._datasync = datasync
 if where == "write":
     a[0:25, 10:50, 5:60] = np.random.default_rng(2).integers(-9, 9, (25, 40, 55))
+elif where == "tail":  # the last chunk only: the chunks before it are never touched
+    a[20:40, 32:64, 32:64] = np.random.default_rng(2).integers(-9, 9, (20, 32, 32))
 else:
     a.meta.is_seg = True
     a.close()
@@ -328,7 +330,7 @@ print("not killed")
 
 
 @pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
-@pytest.mark.parametrize("where", ["write", "close"])
+@pytest.mark.parametrize("where", ["write", "tail", "close"])
 def test_a_writer_killed_before_its_write_commits_is_rolled_back_on_open(tmp_path, how, where):
     p = tmp_path / "k.mla"
     _save(p, _volume())
@@ -381,6 +383,29 @@ def test_a_live_writers_journal_is_left_alone_and_a_replaced_files_is_dropped(
     _save(p, _volume(seed=1))
     assert not journal.exists()
     assert np.array_equal(MLArray.open(p)[...], _volume(seed=1))
+
+
+def test_a_journal_is_not_applied_to_other_content_put_into_the_file(tmp_path):
+    """Killed mid-write, then another tool overwrites the file in place (same inode, e.g.
+    ``cp`` onto it): the journal's guard (a digest of chunk bytes its write never changes)
+    no longer matches, so the journal is dropped instead of patching the new content."""
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_MID_WRITE)
+    subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "tail"], timeout=120)
+    journal = io.journal_path(p)
+    assert journal.exists()
+    other = tmp_path / "other" / "k.mla"
+    other.parent.mkdir()
+    _save(other, _volume(seed=3))
+    with open(p, "r+b") as fh:  # same inode, other bytes
+        fh.write(other.read_bytes())
+        fh.truncate()
+    ino = p.stat().st_ino
+    assert np.array_equal(MLArray.open(p)[...], _volume(seed=3))
+    assert p.read_bytes() == other.read_bytes() and p.stat().st_ino == ino
+    assert not journal.exists()
 
 
 _WRITE_LOOP = r"""

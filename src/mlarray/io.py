@@ -787,8 +787,10 @@ _OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY)
 # a writer that died: :func:`recover`, run by every open and save, rolls the file back.
 
 _JOURNAL_MAGIC = b"MLAJRNL\x01"
-# magic, device, inode, old file length, header length, tail start, writer pid, digest
-_JOURNAL_HEAD = struct.Struct("<8sQQQQQQQ")
+# magic, device, inode, old file length, header length, tail start, writer pid,
+# guard length, guard digest, digest (of the fields before it and of the saved bytes)
+_JOURNAL_HEAD = struct.Struct("<8sQQQQQQQQQ")
+_GUARD_MAX = 1 << 20
 _JOURNAL_SUFFIX = ".journal"
 _BLOSC2_MAX_OVERHEAD = 32  # a compressed chunk is at most its data plus this
 _RECOVER_WAIT = 10.0  # seconds an open waits for another process's write to finish
@@ -986,15 +988,19 @@ def _write_journal(
         start = _JOURNAL_HEAD.size
         _copy_range(fd, jfd, head_len, 0, start)
         _copy_range(fd, jfd, size - low, low, start + head_len)
-        h = xxhash.xxh3_64()  # of the bytes saved, read through the file's map (page cache)
         mv = memoryview(buf).cast("B")
-        h.update(mv[:head_len])
+        # The guard: a digest of chunk bytes the write never changes (up to 1 MiB after
+        # the header), so a journal is never applied to other content put in the file.
+        guard_len = min(low - head_len, _GUARD_MAX)
+        guard = xxhash.xxh3_64_intdigest(mv[head_len : head_len + guard_len])
+        fields = (_JOURNAL_MAGIC, st.st_dev, st.st_ino, size, head_len, low, os.getpid())
+        fields += (guard_len, guard)
+        h = xxhash.xxh3_64(_JOURNAL_HEAD.pack(*fields, 0)[:-8])
+        h.update(mv[:head_len])  # the saved bytes, read through the file's map (page cache)
         for pos in range(low, size, 1 << 24):
             h.update(mv[pos : min(pos + (1 << 24), size)])
         del mv
-        head = _JOURNAL_HEAD.pack(
-            _JOURNAL_MAGIC, st.st_dev, st.st_ino, size, head_len, low, os.getpid(), h.intdigest()
-        )
+        head = _JOURNAL_HEAD.pack(*fields, h.intdigest())
         os.pwrite(jfd, head, 0)
         _datasync(jfd)
         for attempt in range(2):
@@ -1048,22 +1054,36 @@ def _read_journal(jfd: int) -> tuple | None:
         head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
         if len(head) != _JOURNAL_HEAD.size:
             return None
-        magic, dev, ino, size, head_len, low, _pid, digest = _JOURNAL_HEAD.unpack(head)
+        magic, dev, ino, size, head_len, low, _pid, guard_len, guard, digest = _JOURNAL_HEAD.unpack(
+            head
+        )
         length = os.fstat(jfd).st_size - _JOURNAL_HEAD.size
         if magic != _JOURNAL_MAGIC or low > size or length != head_len + size - low:
             return None
-        h = xxhash.xxh3_64()
+        h = xxhash.xxh3_64(head[:-8])
         _hash_range(jfd, _JOURNAL_HEAD.size, _JOURNAL_HEAD.size + length, h)
     except OSError:
         return None
-    if h.intdigest() != digest:
+    if h.intdigest() != digest or guard_len > low - head_len:
         return None
-    return dev, ino, size, head_len, low
+    return dev, ino, size, head_len, low, guard_len, guard
+
+
+def _guard_holds(fd: int, fields: tuple) -> bool:
+    """Whether the file still holds the chunk bytes the journal's write never changed."""
+    import xxhash
+
+    head_len, guard_len, guard = fields[3], fields[5], fields[6]
+    try:
+        data = os.pread(fd, guard_len, head_len)
+    except OSError:
+        return False
+    return len(data) == guard_len and xxhash.xxh3_64_intdigest(data) == guard
 
 
 def _roll_back(p: Path, fd: int, jfd: int, fields: tuple) -> None:
     """Put the saved bytes of the journal ``jfd`` back into the file open as ``fd``."""
-    _dev, _ino, size, head_len, low = fields
+    size, head_len, low = fields[2:5]
     os.ftruncate(fd, size)  # first: a file that grew gives its space back
     start = _JOURNAL_HEAD.size
     _copy_range(jfd, fd, head_len, start, 0)
@@ -1139,12 +1159,14 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
                     errno.EACCES,
                 ) from None
             try:
-                _roll_back(p, fd, jfd, fields)
+                applies = _guard_holds(fd, fields)  # else: other content was put in the file
+                if applies:
+                    _roll_back(p, fd, jfd, fields)
             finally:
                 os.close(fd)
         _drop_journal(jpath, jfd)
         jfd = -1
-        return True
+        return applies
     finally:
         if jfd >= 0:
             os.close(jfd)
@@ -1297,7 +1319,7 @@ def _fail(
 ) -> None:
     """Roll a failed transaction back, reopen the store, and raise what went wrong."""
     try:
-        _roll_back(p, fd, jfd, (0, 0, *_read_journal_fields(jfd)))
+        _roll_back(p, fd, jfd, _read_journal_fields(jfd))
     except OSError as err:
         os.close(jfd)
         raise MLArrayIOError(
@@ -1331,8 +1353,7 @@ def _fail(
 
 def _read_journal_fields(jfd: int) -> tuple:
     head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
-    _magic, _dev, _ino, size, head_len, low, _pid, _digest = _JOURNAL_HEAD.unpack(head)
-    return size, head_len, low
+    return _JOURNAL_HEAD.unpack(head)[1:6]
 
 
 def _nearly_full(fd: int) -> bool:
