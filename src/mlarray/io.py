@@ -1297,7 +1297,7 @@ def _transaction(
         for key, value in vlmeta.items():
             schunk.vlmeta[key] = value
         if refresh:
-            schunk.vlmeta[integrity.CHECKSUM_KEY] = integrity.digest_file(p)
+            integrity.refresh_file(store, p)
         elif digests is None and len(ids):
             integrity.mark_stale(store)  # a file without checksums: all of them on close()
         elif len(ids):
