@@ -608,6 +608,24 @@ def test_unreadable_files_and_unwritable_folders_give_our_errors():
         shutil.rmtree(d)
 
 
+def test_in_place_writes_need_a_writable_folder_for_their_journal():
+    d = _world_dir()
+    try:
+        sub = d / "shared"
+        sub.mkdir()
+        p = sub / "w.mla"
+        MLArray(np.arange(12.0)).save(p)
+        p.chmod(0o666)  # the file is writable, its folder is not
+        sub.chmod(0o555)
+        before = p.read_bytes()
+        got = _outcome(_open_for_writing, os.fspath(p), {"mode": "a", "mmap_mode": None})
+        assert got[0] == "MLArrayIOError" and "w.mla" in got[1] and "journal" in got[1], got
+        assert got[2] == 13 and p.read_bytes() == before and _left_behind(p) == []
+    finally:
+        (d / "shared").chmod(0o755)
+        shutil.rmtree(d)
+
+
 def test_open_rolls_back_only_with_write_permission():
     """A reader who may not write the file cannot restore it: our error, file untouched."""
     d = _world_dir()

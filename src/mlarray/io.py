@@ -1291,11 +1291,12 @@ def _transaction(
     reserve = st.st_size + _growth_bound(info, ids, sum(map(len, vlmeta.values())))
     with os_errors(p, "cannot write in place"):
         _reserve(fd, st.st_size, reserve)
-        try:
+    try:
+        with os_errors(p, "cannot write in place: cannot create its undo journal in its folder"):
             jfd, jpath = _write_journal(p, fd, buf, st, info.header_len, low)
-        except BaseException:
-            _release(fd, reserve)
-            raise
+    except BaseException:
+        _release(fd, reserve)
+        raise
     del buf
     try:
         if write is not None:
