@@ -140,6 +140,12 @@ if phase == "reserve":
         os.unlink(filler)  # with space again, the same write works
         rows[name + "-space"] = attempt(how, key, noise)
         rows[name + "-space"]["data"] = bool(np.array_equal(MLArray.open(p)[key], noise))
+elif phase == "nofallocate":  # a file system without fallocate: the free space is checked
+    io._fallocate = lambda fd, mode, offset, length: False
+    _save(__import__("pathlib").Path(p), _volume())
+    fill(24 << 10)
+    rows["nofallocate"] = attempt(modes["r+"], key, noise)
+    os.unlink(filler)
 elif phase == "journal":  # no reservation: c-blosc2 runs out of space in the middle
     io._reserve = lambda fd, size, length: None
     _save(__import__("pathlib").Path(p), _volume())
@@ -200,6 +206,7 @@ def test_a_real_full_disk_never_damages_the_file(tmp_path):
         [
             f'mount -t tmpfs -o size=1m tmpfs "{mnt}" || exit 90',
             run.format("reserve"),
+            run.format("nofallocate"),
             run.format("journal"),
             run.format("crash"),
             'echo "{\\"crash_rc\\": $?}"',
@@ -222,6 +229,8 @@ def test_a_real_full_disk_never_damages_the_file(tmp_path):
         space = rows[name + "-space"]
         assert space["write"] == "ok" and space["close"] == "ok" and space["data"], space
         assert space["verify"] and space["left"] == []
+    n = rows["nofallocate"]
+    assert n["write"][0] == "DiskFullError" and n["same"] and n["verify"], n
     # Without the reservation, c-blosc2 fails in the middle; the journal restores the file.
     j = rows["journal"]
     assert j["write"][0] == "DiskFullError" and "restored" in j["write"][1], j
