@@ -10,7 +10,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _fork, _read, geometry, integrity, io, layout
+from mlarray import _direct, _fork, _prefetch, _read, geometry, integrity, io, layout
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
@@ -1084,6 +1084,9 @@ class MLArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
+        box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
+        # the touched chunks' bytes, asked for at once (a file not in the page cache)
+        _prefetch.prefetch_read(store, key, None if box is None else box[:2])
         integrity.verify_read(store, key)  # the chunks this read touches match their checksums
         try:
             cache = self._chunk_cache
@@ -1091,6 +1094,8 @@ class MLArray:
                 out = _read.read_cached(store, key, cache)
                 if out is not None:
                     return out
+            if box is not None:
+                return _direct.read_box(store, box)
             if isinstance(store, np.ndarray) or _blosc2_reads(key):
                 return np.asarray(store[key])
             return _read_advanced(store, key)

@@ -1,0 +1,206 @@
+"""Ask the kernel for the compressed bytes a read needs, all at once, before decoding.
+
+A read of a file that is not in the page cache (a data loader's first epoch, a file
+evicted by other work) otherwise waits on the disk page fault by page: Blosc2 walks the
+touched chunks' blocks through its memory map and every missing page is one synchronous
+read. :meth:`Prefetcher.region` first hands the kernel the byte range of every chunk the
+read touches (``madvise(MADV_WILLNEED)``, one call per run of chunks stored next to each
+other), so the reads are queued together and overlap; the decoding then finds the pages
+there or in flight. On pages already cached the hint costs a few microseconds.
+
+Only read-only handles get a prefetcher: the chunk positions are those of the file as it
+was opened.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import mmap
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mlarray.frame import FrameInfo
+from mlarray.indexing import key_bounds
+
+__all__ = ["Prefetcher", "attach", "for_frame", "prefetch_read"]
+
+_ATTR = "_mlarray_prefetch"
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
+#: Runs of chunks whose gap in the file is at most this many bytes are asked for together.
+_GAP = 64 * 1024
+_PAGE = mmap.PAGESIZE
+
+
+def _load_mincore() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.mincore
+    except (OSError, AttributeError):  # not a POSIX libc: no residency check
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MINCORE = _load_mincore()
+_VEC = ctypes.create_string_buffer(1)
+
+
+def _address(buf: mmap.mmap) -> int | None:
+    """Start address of a mapping (for ``mincore``), None if it cannot be had."""
+    try:
+        return np.frombuffer(buf, dtype=np.uint8).ctypes.data if len(buf) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _resident(addr: int | None, offset: int) -> bool:
+    """Whether the page at ``offset`` of the mapping is in the page cache (False when
+    it cannot be told)."""
+    if _MINCORE is None or addr is None:
+        return False
+    if _MINCORE(addr + offset, _PAGE, _VEC) != 0:
+        return False
+    return bool(_VEC.raw[0] & 1)
+
+
+class Prefetcher:
+    """The file positions of one opened frame's chunks, and its read-only mapping."""
+
+    __slots__ = ("addr", "buf", "chunks", "ends", "grid", "shape", "size", "starts", "strides")
+
+    def __init__(self, buf: mmap.mmap, info: FrameInfo) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.addr = _address(buf)
+        self.shape = tuple(int(n) for n in info.shape)
+        self.chunks = tuple(int(c) for c in info.chunks)
+        self.grid = tuple(int(g) for g in info.grid)
+        self.strides = tuple(int(np.prod(self.grid[k + 1 :])) for k in range(len(self.grid)))
+        pos = np.asarray(info.chunk_pos, dtype=np.int64)
+        cb = np.asarray(info.chunk_cbytes, dtype=np.int64)
+        # special chunks (zeros, NaNs: no bytes in the file) get an empty range
+        self.starts = np.where(pos >= 0, pos, 0).tolist()
+        self.ends = np.where(pos >= 0, pos + cb, 0).tolist()
+
+    def _ask(self, a: int, b: int, check: bool) -> bool:
+        """madvise(WILLNEED) ``[a, b)`` unless ``check`` and its first page is cached."""
+        a -= a % _PAGE
+        b = min(b, self.size)
+        if b <= a:
+            return False
+        if check and _resident(self.addr, a):
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            self.buf.madvise(_WILLNEED, a, b - a)
+        return True
+
+    def frame_ends(self, header_len: int) -> None:
+        """Ask for the frame's header and its trailer (chunk offsets, metadata): what
+        opening the file reads before any chunk."""
+        self._ask(0, header_len, True)
+        self._ask(max(self.ends, default=0), self.size, True)
+
+    def region(self, start: Sequence[int], stop: Sequence[int]) -> int:
+        """Ask for the chunks overlapping the box ``start:stop`` that are not cached;
+        returns the number of ``madvise`` calls.
+
+        Residency is sampled (``mincore`` of the middle page of the first chunk): on a
+        file in the page cache a read pays a few microseconds, not the kernel's walk
+        over every page of the touched chunks. A file partly evicted may get no hint.
+        """
+        if len(start) != len(self.grid):
+            return 0
+        ranges = []
+        first = 0
+        for lo, hi, c, n, s in zip(start, stop, self.chunks, self.shape, self.strides, strict=True):
+            lo, hi = max(int(lo), 0), min(int(hi), n)
+            if hi <= lo:
+                return 0
+            ranges.append(range(lo // c, (hi - 1) // c + 1))
+            first += (lo // c) * s
+        a, b = self.starts[first], self.ends[first]
+        mid = (a + b) // 2  # a page of this chunk alone (its ends may share a page)
+        if b > a and _resident(self.addr, mid - mid % _PAGE):
+            return 0
+        *outer, last = ranges
+        spans: list[list[int]] = []
+        s_last = self.strides[-1]
+        starts, ends, strides = self.starts, self.ends, self.strides
+        for idx in _product(outer):
+            base = 0
+            for i, s in zip(idx, strides, strict=False):
+                base += i * s
+            for j in last:
+                n = base + j * s_last
+                a, b = starts[n], ends[n]
+                if b <= a:
+                    continue
+                if spans and spans[-1][0] - _GAP <= a <= spans[-1][1] + _GAP:
+                    spans[-1][0] = min(spans[-1][0], a)
+                    spans[-1][1] = max(spans[-1][1], b)
+                else:
+                    spans.append([a, b])
+        return sum(self._ask(a, b, False) for a, b in spans)
+
+
+def _product(ranges: list[range]) -> Any:
+    if not ranges:
+        return [()]
+    out: list[tuple[int, ...]] = [()]
+    for r in ranges:
+        out = [(*t, i) for t in out for i in r]
+    return out
+
+
+# Prefetchers of recently opened file versions (device, inode, size, mtime, ctime), shared
+# by their handles: each holds a mapping (and so a file descriptor) of its file, and a data
+# loader opening the same files again and again builds each once.
+_PREFETCHERS: collections.OrderedDict[tuple, Prefetcher] = collections.OrderedDict()
+_PREFETCHERS_MAX = 32
+
+
+def for_frame(buf: Any, info: FrameInfo, version: tuple) -> Prefetcher | None:
+    """The prefetcher of file version ``version`` mapped in ``buf`` (None where ``madvise``
+    is not available)."""
+    if _WILLNEED is None or not isinstance(buf, mmap.mmap) or not info.nchunks:
+        return None
+    pre = _PREFETCHERS.get(version)
+    if pre is None or pre.buf.closed:
+        pre = _PREFETCHERS[version] = Prefetcher(buf, info)
+        while len(_PREFETCHERS) > _PREFETCHERS_MAX:
+            _PREFETCHERS.popitem(last=False)
+    else:
+        _PREFETCHERS.move_to_end(version)
+    return pre
+
+
+def attach(store: Any, prefetcher: Prefetcher | None) -> None:
+    """Give a read-only opened store the prefetcher of its file."""
+    if prefetcher is not None:
+        with contextlib.suppress(AttributeError):
+            setattr(store, _ATTR, prefetcher)
+
+
+def prefetch_read(store: Any, key: Any, box: tuple[Any, Any] | None = None) -> None:
+    """Ask for the chunks a read of ``store[key]`` touches (if ``store`` has a prefetcher).
+
+    ``box`` (``start``, ``stop`` per axis), when the caller knows it, spares working out
+    the key's bounds. A key numpy would refuse is left to the read itself to report.
+    """
+    pre = getattr(store, _ATTR, None)
+    if pre is None:
+        return
+    if box is None:
+        try:
+            bounds = key_bounds(key, pre.shape)
+        except Exception:  # an invalid key: the read reports it
+            return
+        if bounds is None:
+            return
+        box = ([lo for lo, _ in bounds], [hi for _, hi in bounds])
+    pre.region(*box)
