@@ -34,6 +34,110 @@ from _worker import (
 # ----------------------------------------------------------------------------- floors
 
 
+def _libblosc2() -> Any:
+    """The C library the blosc2 wheel ships (``blosc2/lib/libblosc2.so*``) through ctypes,
+    or None: the C-speed floors need it, nothing else does."""
+    import ctypes
+
+    libdir = Path(blosc2.__file__).parent / "lib"
+    for name in ("libblosc2.so", "libblosc2.so.9", "libblosc2.dylib"):
+        if (libdir / name).exists():
+            try:
+                lib = ctypes.CDLL(str(libdir / name))
+            except OSError:
+                continue
+            break
+    else:
+        return None
+
+    class DParams(ctypes.Structure):
+        _fields_ = [
+            ("nthreads", ctypes.c_int16),
+            ("schunk", ctypes.c_void_p),
+            ("postfilter", ctypes.c_void_p),
+            ("postparams", ctypes.c_void_p),
+            ("typesize", ctypes.c_int32),
+        ]
+
+    lib.blosc2_init()
+    lib.blosc2_create_dctx.restype = ctypes.c_void_p
+    lib.blosc2_create_dctx.argtypes = [DParams]
+    lib.blosc2_set_maskout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.blosc2_decompress_ctx.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int32,
+        ctypes.c_void_p,
+        ctypes.c_int32,
+    ]
+    lib.DParams = DParams
+    return lib
+
+
+class CBlocks:
+    """Decode only the blocks a box touches, at C speed: per touched chunk one
+    ``blosc2_set_maskout`` (the untouched blocks skipped) and one ``blosc2_decompress_ctx``
+    on the chunk's bytes in the memory-mapped file, into a scratch buffer; the masks and
+    chunk addresses are worked out before the clock starts (:meth:`plan`). Nothing is
+    copied out: the codec's own floor for this layout, with no Python per block."""
+
+    def __init__(self, path: str) -> None:
+        import mmap
+
+        from mlarray.frame import inspect_frame
+
+        self.lib = _libblosc2()
+        if self.lib is None:
+            raise RuntimeError("libblosc2 is not shipped with this blosc2")
+        with open(path, "rb") as f:
+            self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        info = inspect_frame(self.buf, path)
+        self.base = np.frombuffer(self.buf, dtype=np.uint8).ctypes.data
+        self.ctx = self.lib.blosc2_create_dctx(self.lib.DParams(1, None, None, None, info.typesize))
+        self.shape, self.ch, self.bl = (np.array(x) for x in (info.shape, info.chunks, info.blocks))
+        self.grid = tuple(info.grid)
+        self.bpc = tuple(int(n) for n in -(-self.ch // self.bl))
+        self.nblocks = int(np.prod(self.bpc))
+        self.scratch = np.empty(int(np.prod(np.array(self.bpc) * self.bl)), dtype=info.dtype)
+        self.pos, self.cb = info.chunk_pos, info.chunk_cbytes
+        self.chunk_nbytes = self.scratch.nbytes
+        self.nbytes_all = int(np.prod(self.shape)) * info.dtype.itemsize
+        self.nchunks = info.nchunks
+
+    def plan(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+        out = []
+        c0, c1 = lo // self.ch, (hi - 1) // self.ch
+        for c in np.ndindex(*(c1 - c0 + 1)):
+            c = c0 + np.array(c)
+            org = c * self.ch
+            b0 = (np.maximum(lo, org) - org) // self.bl
+            b1 = (np.minimum(hi, org + self.ch) - org - 1) // self.bl
+            mask = np.ones(self.bpc, dtype=np.bool_)
+            mask[tuple(slice(int(a), int(b) + 1) for a, b in zip(b0, b1, strict=True))] = False
+            n = int(np.ravel_multi_index(tuple(int(x) for x in c), self.grid))
+            out.append((mask, self.base + int(self.pos[n]), int(self.cb[n])))
+        return out
+
+    def run(self, plan: list[tuple[np.ndarray, int, int]]) -> None:
+        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        for mask, src, cbytes in plan:
+            lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
+            if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
+                raise RuntimeError("decompression failed")
+
+    def decode_rate(self, reps: int = 3) -> float:
+        """Bytes per second of decoding whole chunks (best of ``reps`` passes over all)."""
+        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        best = float("inf")
+        for _ in range(reps):
+            s = time.perf_counter()
+            for n in range(self.nchunks):
+                src = self.base + int(self.pos[n])
+                lib.blosc2_decompress_ctx(ctx, src, int(self.cb[n]), dst, nb)
+            best = min(best, time.perf_counter() - s)
+        return self.nbytes_all / best
+
+
 class Blocks:
     """Decode only the Blosc2 blocks a box touches (``SChunk.get_slice`` per run of blocks
     along the last axis of each chunk), into a scratch buffer: no assembly, no output."""
@@ -148,6 +252,28 @@ def task_patches(t: dict) -> dict:
     kinds = t["kinds"]
     handle = _open_mla(path) if "mla_handle" in kinds else None
     floor = Blocks(path) if any(k.startswith("limit") for k in kinds) else None
+    cfloor, plans, extra = None, [], {}
+    if "limit_blocks_c" in kinds:
+        try:
+            cfloor = CBlocks(path)
+        except (RuntimeError, OSError) as exc:
+            kinds = [k for k in kinds if k != "limit_blocks_c"]
+            extra["c_floor_error"] = str(exc)
+        else:
+            plans = [cfloor.plan(lo, lo + size) for lo in starts]
+            # the zero-over-read limit: this codec's decode rate applied to the patch's bytes
+            rate = cfloor.decode_rate()
+            patch_bytes = int(np.prod(size)) * cfloor.scratch.itemsize
+            buf = np.empty(patch_bytes, dtype=np.uint8)
+            src = np.ones(patch_bytes, dtype=np.uint8)
+            copy = []
+            for _ in range(20):
+                s = time.perf_counter()
+                np.copyto(buf, src)
+                copy.append(time.perf_counter() - s)
+            extra["zero_overread_decode"] = patch_bytes / rate
+            extra["patch_copy"] = float(np.median(copy))
+            extra["decode_rate"] = rate
     mm = np.load(npy, mmap_mode="r")
     b2 = blosc2.open(path, mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
 
@@ -177,6 +303,8 @@ def task_patches(t: dict) -> dict:
     fns["b2_handle"] = lambda lo: b2[sl(lo)]
     fns["limit_blocks"] = lambda lo: floor.decode_blocks(lo, lo + size)
     fns["limit_chunks"] = lambda lo: floor.decode_chunks(lo, lo + size)
+    plan_of = {id(lo): p for lo, p in zip(starts, plans, strict=False)}
+    fns["limit_blocks_c"] = lambda lo: cfloor.run(plan_of[id(lo)])
     fns["npy_handle"] = lambda lo: np.array(mm[sl(lo)])
     fns["npy_open"] = lambda lo: np.array(np.load(npy, mmap_mode="r")[sl(lo)])
 
@@ -202,14 +330,50 @@ def task_patches(t: dict) -> dict:
             if k in after:
                 after[k]()
     cpu = (_cpu() - c0) / max(1e-9, time.perf_counter() - w0)
-    return {"times": times, "ok": ok, "cpu": cpu}
+    return {"times": times, "ok": ok, "cpu": cpu, **extra}
+
+
+def _touched_chunk_ranges(path: str, size: np.ndarray) -> Any:
+    """``ranges(lo)``: the (offset, length) in the file of every chunk a box at ``lo`` touches."""
+    import mmap
+
+    from mlarray.frame import inspect_frame
+
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    info = inspect_frame(buf, path)
+    buf.close()
+    ch, grid = np.array(info.chunks), tuple(info.grid)
+
+    def ranges(lo: list[int]) -> list[tuple[int, int]]:
+        lo_ = np.array(lo)
+        c0, c1 = lo_ // ch, (lo_ + size - 1) // ch
+        out = []
+        for c in np.ndindex(*(c1 - c0 + 1)):
+            n = int(np.ravel_multi_index(tuple(int(x) for x in c0 + np.array(c)), grid))
+            if info.chunk_pos[n] >= 0:
+                out.append((int(info.chunk_pos[n]), int(info.chunk_cbytes[n])))
+        return out
+
+    return ranges
 
 
 def task_cold(t: dict) -> dict:
-    """Patch reads after the file's pages were dropped from the page cache, interleaved."""
+    """Patch reads after the file's pages were dropped from the page cache, interleaved.
+
+    Storage floors on our file: ``pread_chunks`` reads the compressed bytes of every
+    chunk the patch touches, one ``pread`` each, one after the other; ``pread_parallel``
+    first asks for all of them (``posix_fadvise(WILLNEED)``) and then reads them: what
+    the storage delivers when the requests overlap.
+    """
     size = np.array(t["patch_size"])
     times: dict[str, list[float]] = {k: [] for k in t["kinds"]}
     paths = {"mla_open": t["path"], "npy_open": t["npy"]}
+    paths["pread_chunks"] = paths["pread_parallel"] = t["path"]
+    ranges = None
+    if {"pread_chunks", "pread_parallel"} & set(t["kinds"]):
+        ranges = _touched_chunk_ranges(t["path"], size)
+    nbytes = []
 
     def sl(lo: list[int]) -> tuple[slice, ...]:
         return tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size, strict=True))
@@ -221,11 +385,26 @@ def task_cold(t: dict) -> dict:
             s = time.perf_counter()
             if k == "mla_open":
                 x = _open_mla(paths[k])[sl(lo)]
+            elif k in ("pread_chunks", "pread_parallel"):
+                fd = os.open(paths[k], os.O_RDONLY)
+                try:
+                    todo = ranges(lo)
+                    if k == "pread_parallel":
+                        for pos, n in todo:
+                            os.posix_fadvise(fd, pos, n, os.POSIX_FADV_WILLNEED)
+                    x = [os.pread(fd, n, pos) for pos, n in todo]
+                finally:
+                    os.close(fd)
+                if k == "pread_chunks":
+                    nbytes.append(sum(n for _, n in todo))
             else:
                 x = np.array(np.load(paths[k], mmap_mode="r")[sl(lo)])
             times[k].append(time.perf_counter() - s)
             del x
-    return {"times": times}
+    out: dict[str, Any] = {"times": times}
+    if nbytes:
+        out["touched_mb"] = float(np.median(nbytes)) / 1e6
+    return out
 
 
 def task_load(t: dict) -> dict:
