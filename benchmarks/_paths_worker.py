@@ -101,7 +101,6 @@ class CBlocks:
         self.scratch = np.empty(int(np.prod(np.array(self.bpc) * self.bl)), dtype=info.dtype)
         self.pos, self.cb = info.chunk_pos, info.chunk_cbytes
         self.chunk_nbytes = self.scratch.nbytes
-        self.nbytes_all = int(np.prod(self.shape)) * info.dtype.itemsize
         self.nchunks = info.nchunks
 
     def plan(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
@@ -115,7 +114,8 @@ class CBlocks:
             mask = np.ones(self.bpc, dtype=np.bool_)
             mask[tuple(slice(int(a), int(b) + 1) for a, b in zip(b0, b1, strict=True))] = False
             n = int(np.ravel_multi_index(tuple(int(x) for x in c), self.grid))
-            out.append((mask, self.base + int(self.pos[n]), int(self.cb[n])))
+            if self.pos[n] >= 0:  # not a special chunk (all zeros, ...: no bytes to decode)
+                out.append((mask, self.base + int(self.pos[n]), int(self.cb[n])))
         return out
 
     def run(self, plan: list[tuple[np.ndarray, int, int]]) -> None:
@@ -126,16 +126,19 @@ class CBlocks:
                 raise RuntimeError("decompression failed")
 
     def decode_rate(self, reps: int = 3) -> float:
-        """Bytes per second of decoding whole chunks (best of ``reps`` passes over all)."""
+        """Decoded bytes per second of whole chunks (best of ``reps`` passes over all the
+        stored chunks; chunks stored as a special value have no bytes to decode)."""
         lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
         best = float("inf")
         for _ in range(reps):
             s = time.perf_counter()
             for n in range(self.nchunks):
+                if self.pos[n] < 0:
+                    continue
                 src = self.base + int(self.pos[n])
                 lib.blosc2_decompress_ctx(ctx, src, int(self.cb[n]), dst, nb)
             best = min(best, time.perf_counter() - s)
-        return self.nbytes_all / best
+        return int((np.asarray(self.pos) >= 0).sum()) * self.chunk_nbytes / best
 
 
 class Blocks:
