@@ -184,3 +184,14 @@ def test_writable_handles_have_no_prefetcher(tmp_path):
     assert hasattr(MLArray.open(p)._require(), "_mlarray_prefetch")
     assert not hasattr(MLArray.open(p, mmap_mode="r+")._require(), "_mlarray_prefetch")
     assert not hasattr(MLArray.open(p, mode="a", mmap_mode=None)._require(), "_mlarray_prefetch")
+
+
+def test_opens_of_a_file_get_their_own_metadata(tmp_path):
+    p = tmp_path / "m.mla"
+    save_mla(p, _volume((8, 9, 10)), Meta.from_mapping({"spatial": {"spacing": [1.0, 2.0, 3.0]}}))
+    first = MLArray.open(p)
+    first.meta.extra.data["note"] = [1, 2]  # changes this handle's Meta only
+    first.meta.spatial.spacing = [4.0, 5.0, 6.0]
+    second = MLArray.open(p)  # the decoded record is reused for this version of the file
+    assert "note" not in second.meta.extra.data
+    assert list(second.meta.spatial.spacing) == [1.0, 2.0, 3.0]

@@ -161,7 +161,10 @@ def open_store(
     checked = _CHECKED_FRAMES.get(version)
     if checked is None:
         info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
-        checked = (info, _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p))
+        raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
+        # the record decoded once per file version (a restricted unpickler in Python:
+        # a third of an open); every open builds its own Meta from it
+        checked = (info, raw, None if raw is None else decode_record(raw, p))
         # The inspection touched a page per chunk (and the kernel mapped its neighbours);
         # unmap them from this process, as the mapping is kept: mapped pages stay resident
         # and cannot be evicted, which would skew every cold-read measurement.
@@ -172,12 +175,12 @@ def open_store(
             _CHECKED_FRAMES.popitem(last=False)
     else:
         _CHECKED_FRAMES.move_to_end(version)
-    info, raw = checked
+    info, raw, record = checked
     read_only = not writable and mmap_mode != "r+"
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
     if prefetcher is not None:
         prefetcher.frame_ends(info.header_len)  # what blosc2.open reads, asked for at once
-    meta = _meta_from_raw(raw, info.shape, p)
+    meta = _meta_from_raw(raw, info.shape, p, record)
     kwargs: dict[str, Any] = {"deserialize": "safe"}
     if mmap_mode is not None:
         kwargs["mmap_mode"] = mmap_mode
@@ -321,14 +324,20 @@ def _store_threads(store: Any, compresses: bool) -> int:
     return n
 
 
-def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any) -> Meta:
+def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any, record: dict | None = None) -> Meta:
     """The file's :class:`Meta`; the frame's shape, not the record, says whether it holds an array.
 
     A metadata-only file stores an empty ``(0,)`` array; any other shape is an
     array, whatever the record's ``_has_array`` says (a record without the
     flag must not hide an array, or a later metadata save would drop it).
+    ``record``, if given, is ``raw`` already decoded (it is not modified).
     """
-    meta = Meta() if raw is None else meta_from_record(decode_record(raw, path), path)
+    if raw is None:
+        meta = Meta()
+    elif record is None:
+        meta = meta_from_record(decode_record(raw, path), path)
+    else:
+        meta = meta_from_record(record, path)  # it copies what it keeps
     empty_store = shape == (0,)
     has_array = True if not empty_store else (raw is not None and meta._has_array.has_array)
     if has_array and empty_store and meta.spatial.shape not in (None, [0]):
