@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import mmap
 from collections.abc import Sequence
 from typing import Any
@@ -35,19 +34,20 @@ _GAP = 64 * 1024
 _PAGE = mmap.PAGESIZE
 
 
-def _load_mincore() -> Any:
+_MINCORE: Any = None  # (mincore function or None, its 1-byte result vector), loaded on first use
+
+
+def _load_mincore() -> tuple[Any, Any]:
+    """libc's ``mincore`` through ctypes (loaded on the first read: not at import)."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.mincore
+        fn = ctypes.CDLL(None, use_errno=True).mincore
     except (OSError, AttributeError):  # not a POSIX libc: no residency check
-        return None
+        return None, None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     fn.restype = ctypes.c_int
-    return fn
-
-
-_MINCORE = _load_mincore()
-_VEC = ctypes.create_string_buffer(1)
+    return fn, ctypes.create_string_buffer(1)
 
 
 def _address(buf: mmap.mmap) -> int | None:
@@ -61,11 +61,15 @@ def _address(buf: mmap.mmap) -> int | None:
 def _resident(addr: int | None, offset: int) -> bool:
     """Whether the page at ``offset`` of the mapping is in the page cache (False when
     it cannot be told)."""
-    if _MINCORE is None or addr is None:
+    global _MINCORE
+    if _MINCORE is None:
+        _MINCORE = _load_mincore()
+    fn, vec = _MINCORE
+    if fn is None or addr is None:
         return False
-    if _MINCORE(addr + offset, _PAGE, _VEC) != 0:
+    if fn(addr + offset, _PAGE, vec) != 0:
         return False
-    return bool(_VEC.raw[0] & 1)
+    return bool(vec.raw[0] & 1)
 
 
 class Prefetcher:
