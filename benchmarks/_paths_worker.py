@@ -267,13 +267,14 @@ def task_patches(t: dict) -> dict:
             # the zero-over-read limit: this codec's decode rate applied to the patch's bytes
             rate = cfloor.decode_rate()
             patch_bytes = int(np.prod(size)) * cfloor.scratch.itemsize
-            buf = np.empty(patch_bytes, dtype=np.uint8)
             src = np.ones(patch_bytes, dtype=np.uint8)
             copy = []
-            for _ in range(20):
+            for _ in range(20):  # into a new array each time, as a read returns one
                 s = time.perf_counter()
-                np.copyto(buf, src)
+                out = np.empty(patch_bytes, dtype=np.uint8)
+                np.copyto(out, src)
                 copy.append(time.perf_counter() - s)
+                del out
             extra["zero_overread_decode"] = patch_bytes / rate
             extra["patch_copy"] = float(np.median(copy))
             extra["decode_rate"] = rate
