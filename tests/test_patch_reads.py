@@ -4,6 +4,7 @@ prefetch of the touched chunks (mlarray._prefetch), against numpy on real files.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -79,6 +80,23 @@ def test_box_reads_match_numpy(tmp_path, shape, chunks, blocks, nthreads):
         np.testing.assert_array_equal(got, want, err_msg=str(key))
         if box_of(a._require(), key) is not None:
             assert got.flags.c_contiguous and got.flags.writeable
+
+
+def test_box_reads_from_threads_sharing_a_handle(tmp_path):
+    ref = _volume((40, 50, 60))
+    p = tmp_path / "t.mla"
+    save_mla(p, ref, Meta(), patch_size=None, chunk_size=(16, 16, 32), block_size=(8, 8, 8))
+    a = MLArray.open(p, dparams={"nthreads": 2})
+    rng = np.random.default_rng(3)
+    boxes = []
+    for _ in range(64):
+        lo = [int(rng.integers(0, n - 8)) for n in ref.shape]
+        hi = [int(rng.integers(x + 1, n + 1)) for x, n in zip(lo, ref.shape, strict=True)]
+        boxes.append(tuple(slice(x, y) for x, y in zip(lo, hi, strict=True)))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: a[k], boxes))
+    for key, g in zip(boxes, got, strict=True):
+        np.testing.assert_array_equal(g, ref[key])
 
 
 def test_box_keys_left_to_blosc2(tmp_path):

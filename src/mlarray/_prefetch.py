@@ -34,7 +34,7 @@ _GAP = 64 * 1024
 _PAGE = mmap.PAGESIZE
 
 
-_MINCORE: Any = None  # (mincore function or None, its 1-byte result vector), loaded on first use
+_MINCORE: Any = None  # (mincore function or None, ctypes), loaded on first use
 
 
 def _load_mincore() -> tuple[Any, Any]:
@@ -44,10 +44,10 @@ def _load_mincore() -> tuple[Any, Any]:
     try:
         fn = ctypes.CDLL(None, use_errno=True).mincore
     except (OSError, AttributeError):  # not a POSIX libc: no residency check
-        return None, None
+        return None, ctypes
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     fn.restype = ctypes.c_int
-    return fn, ctypes.create_string_buffer(1)
+    return fn, ctypes
 
 
 def _address(buf: mmap.mmap) -> int | None:
@@ -64,12 +64,13 @@ def _resident(addr: int | None, offset: int) -> bool:
     global _MINCORE
     if _MINCORE is None:
         _MINCORE = _load_mincore()
-    fn, vec = _MINCORE
+    fn, ctypes = _MINCORE
     if fn is None or addr is None:
         return False
-    if fn(addr + offset, _PAGE, vec) != 0:
+    vec = ctypes.c_ubyte()  # one per call: reads come from several threads (napari)
+    if fn(addr + offset, _PAGE, ctypes.byref(vec)) != 0:
         return False
-    return bool(vec.raw[0] & 1)
+    return bool(vec.value & 1)
 
 
 class Prefetcher:
