@@ -248,7 +248,7 @@ class MLArray:
         out._setup(make, base, _LIKE_PARTS, meta, {}, request, compressed)
         return out
 
-    def _reset_state(self) -> None:
+    def _reset_state(self, meta: Meta | None = None) -> None:
         self._store: Any = None
         self._file_store: Any = None
         self._path: Path | None = None
@@ -256,7 +256,7 @@ class MLArray:
         self._mode: str | None = None
         self._mmap_mode: str | None = None
         self._chunk_cache: _read.ChunkCache | None = None
-        self._meta = Meta()
+        self._meta = Meta() if meta is None else meta
 
     def _remeta(
         self,
@@ -299,8 +299,7 @@ class MLArray:
     def _bare(cls, meta: Meta) -> MLArray:
         """An instance holding ``meta`` and no array, without building default metadata."""
         out = cls.__new__(cls)
-        out._reset_state()
-        out._meta = meta
+        out._reset_state(meta)
         return out
 
     def _adopt(self, other: MLArray) -> None:
