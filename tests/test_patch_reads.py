@@ -201,6 +201,7 @@ def test_writable_handles_have_no_prefetcher(tmp_path):
     save_mla(p, _volume((8, 9, 10)), Meta(), patch_size=None, chunk_size=(4, 4, 4))
     assert hasattr(MLArray.open(p)._require(), "_mlarray_prefetch")
     assert not hasattr(MLArray.open(p, mmap_mode="r+")._require(), "_mlarray_prefetch")
+    assert not hasattr(MLArray.open(p, mmap_mode="c")._require(), "_mlarray_prefetch")
     assert not hasattr(MLArray.open(p, mode="a", mmap_mode=None)._require(), "_mlarray_prefetch")
 
 

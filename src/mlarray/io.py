@@ -176,7 +176,7 @@ def open_store(
     else:
         _CHECKED_FRAMES.move_to_end(version)
     info, raw, record = checked
-    read_only = not writable and mmap_mode != "r+"
+    read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
     if prefetcher is not None:
         prefetcher.frame_ends(info.header_len)  # what blosc2.open reads, asked for at once
