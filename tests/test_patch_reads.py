@@ -214,3 +214,17 @@ def test_opens_of_a_file_get_their_own_metadata(tmp_path):
     second = MLArray.open(p)  # the decoded record is reused for this version of the file
     assert "note" not in second.meta.extra.data
     assert list(second.meta.spatial.spacing) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.bool_, np.uint8, np.int32, np.uint64, np.float16, np.float64, np.complex64]
+)
+def test_box_reads_of_every_dtype(tmp_path, dtype):
+    ref = (_volume((12, 13, 14)) % 50).astype(dtype)
+    p = tmp_path / "d.mla"
+    save_mla(p, ref, Meta(), patch_size=None, chunk_size=(5, 6, 7), block_size=(5, 3, 7))
+    a = MLArray.open(p)
+    for key in [(slice(1, 11), slice(2, 13), slice(0, 9)), (3, slice(None), 2), (Ellipsis, 13)]:
+        got = a[key]
+        assert got.dtype == ref.dtype
+        np.testing.assert_array_equal(got, ref[key])
