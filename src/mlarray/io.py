@@ -270,27 +270,27 @@ def map_regular_file(p: Path, stat_out: list | None = None) -> Any:
             os.close(fd)
 
 
-def read_regular_file(p: Path) -> bytes:
-    """Read a whole regular file (refusing FIFOs and devices like :func:`map_regular_file`)."""
-    buf = map_regular_file(p)
-    try:
-        return bytes(buf)
-    finally:
-        buf.close()
+def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
+    """The array of an ``.mla`` file copied whole into memory (Blosc2's own buffer).
 
-
-def read_frame(path: str | os.PathLike) -> bytes:
-    """The bytes of an ``.mla`` file, structure checked and every chunk verified.
-
-    Used by :meth:`MLArray.load`, which hands the bytes to Blosc2 whole.
+    The frame's structure is checked and every chunk verified against its checksum on
+    a read-only mapping of the file first; Blosc2 then copies the frame from that
+    mapping (one copy of the compressed bytes, no intermediate ``bytes``). Used by
+    :meth:`MLArray.load`. ``dparams`` (a :class:`blosc2.DParams`) is given to the
+    in-memory array.
     """
     p = Path(os.fspath(path))
-    data = read_regular_file(p)
-    info = _frame.inspect_frame(data, p)
+    buf, version = _map_versioned(p)
+    info = _frame.inspect_frame(buf, p)
     store_like = _FrameBytes(tuple(info.shape))
-    if integrity.attach(store_like, p, data, info) is not None:
+    if integrity.attach(store_like, p, buf, info, version) is not None:
         integrity.verify_all(store_like)
-    return data
+    with memoryview(buf) as view:
+        # copy=True: a view over the mapping would abort the process on write
+        arr = blosc2.ndarray_from_cframe(view, copy=True)
+    if dparams is not None:
+        arr.schunk.dparams = dparams
+    return arr
 
 
 class _FrameBytes:

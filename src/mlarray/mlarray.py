@@ -10,7 +10,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _direct, _fork, _prefetch, _read, geometry, integrity, io, layout
+from mlarray import _direct, _fork, _fullread, _prefetch, _read, geometry, integrity, io, layout
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
@@ -703,13 +703,10 @@ class MLArray:
         store, meta = io.open_store(filepath, mmap_mode="r", dparams=dp)
         out = cls._bare(meta)
         if meta._has_array.has_array:
-            if compressed:
-                frame = io.read_frame(filepath)  # structure checked, chunks verified
-                # copy=True: a view over the immutable bytes aborts the process on write
-                out._store = blosc2.ndarray_from_cframe(frame, copy=True)
+            if compressed:  # structure checked, chunks verified, then copied into memory
+                out._store = io.load_frame(filepath, store.schunk.dparams)
             else:
-                integrity.verify_all(store)
-                out._store = store[...]
+                out._store = _fullread.read_all(store, path=filepath)
         out._path = Path(filepath)
         out._writable = True
         del store
@@ -1088,6 +1085,8 @@ class MLArray:
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
         integrity.verify_read(store, key)  # the chunks this read touches match their checksums
         try:
+            if isinstance(store, blosc2.NDArray) and _fullread.selects_all(key, store.ndim):
+                return _fullread.read_all(store, path=self._path)
             cache = self._chunk_cache
             if cache is not None and isinstance(store, blosc2.NDArray):
                 out = _read.read_cached(store, key, cache)
