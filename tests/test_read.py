@@ -116,14 +116,15 @@ def test_decode_chunk_and_take_put_every_element_in_place_including_edge_chunks(
 def test_cache_is_bounded_lru_and_counts_hits():
     ref = _values((40, 30, 30), np.int16)
     nd = blosc2.asarray(ref, chunks=(10, 30, 30), blocks=(5, 10, 10))
-    chunk_bytes = int(np.prod(nd.ext_chunks)) * 2  # the decoded buffer of one chunk
-    cache = ChunkCache(max_bytes=2 * chunk_bytes)
-    for z in range(10):  # ten planes of one chunk: one decode
+    layer_bytes = 5 * 30 * 30 * 2  # one block layer of planes, decoded
+    cache = ChunkCache(max_bytes=2 * layer_bytes)
+    for z in range(10):  # ten planes of one chunk: its two block layers, each decoded once
         np.testing.assert_array_equal(read_cached(nd, z, cache), ref[z])
-    assert (cache.misses, cache.hits, len(cache)) == (1, 9, 1)
-    read_cached(nd, 15, cache)
-    read_cached(nd, 25, cache)  # third chunk: the least recently used one goes
-    assert len(cache) == 2 and cache.nbytes == 2 * chunk_bytes
+    assert (cache.misses, cache.hits, len(cache)) == (2, 8, 2)
+    read_cached(nd, 15, cache)  # a third layer: the least recently used one (planes 0-4) goes
+    assert len(cache) == 2 and cache.nbytes == 2 * layer_bytes
+    read_cached(nd, 7, cache)
+    assert cache.misses == 3
     read_cached(nd, 0, cache)
     assert cache.misses == 4
     cache.clear()
@@ -220,7 +221,7 @@ def test_cache_from_threads(tmp_path):
     ],
 )
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float64])
-def test_planes_along_every_axis_from_cached_slabs(shape, chunks, blocks, dtype):
+def test_planes_along_every_axis_from_cached_layers(shape, chunks, blocks, dtype):
     ref = _values(shape, dtype, seed=6)
     nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
     cache = ChunkCache()
@@ -232,10 +233,8 @@ def test_planes_along_every_axis_from_cached_slabs(shape, chunks, blocks, dtype)
             assert got.shape == ref[key].shape and got.dtype == ref.dtype
         with pytest.raises(IndexError):
             read_cached(nd, (slice(None),) * axis + (shape[axis],), cache, always=True)
-    padded = any(c % b for c, b in zip(chunks, blocks, strict=True))
-    # a slab per chunk row and axis; chunk by chunk for planes across padded chunks
-    kinds = {k[0] for k in cache._chunks}
-    assert ("chunk" in kinds) if padded else (kinds == {"slab"})
+    # planes come from block layers (padded chunks too), never from whole chunks
+    assert {k[0] for k in cache._chunks} == {"layer"}
 
 
 def test_fast_paths_keep_the_checksum_checks(tmp_path):

@@ -1,20 +1,23 @@
-"""Read paths that decode Blosc2 chunks themselves: a bounded LRU cache of decoded chunks.
+"""Read paths that decode Blosc2 chunks themselves: a bounded LRU cache of decoded data.
 
 A viewer scrolling through planes asks for one plane at a time; Blosc2's own slicing
 decodes the blocks under each plane again and again (a block is 20-30 planes thick). With
-:class:`ChunkCache` the chunks under a plane are decoded once, whole, and kept in a
-bounded least-recently-used cache in their block-by-block layout (rearranging whole
-chunks into C order would cost several times the decoding):
+:class:`ChunkCache` those blocks are decoded once and kept in a bounded
+least-recently-used cache:
 
-* a plane (one int, full slices elsewhere) comes from a *slab*, the row of chunks it
-  crosses decoded side by side, with a single copy (:func:`decode_slab`);
-* any other basic key is assembled chunk by chunk, each chunk copying out only the
-  selected elements (:func:`take`).
+* a plane (one int, full slices elsewhere) comes from a *block layer*: the blocks of one
+  block thickness along the plane's axis, in every chunk the plane crosses, decoded
+  (only those blocks, ``SChunk.get_slice``) and laid out plane by plane, so each of its
+  planes is one contiguous copy (:func:`decode_layer`); scrolling on decodes the next
+  layer;
+* any other basic key is assembled chunk by chunk from whole decoded chunks, each chunk
+  copying out only the selected elements (:func:`take`).
 
 Only basic keys (ints, slices with any step, ``...``) are served here; the caller falls
 back to Blosc2's slicing for anything else (``None``, arrays, booleans, 0-d or empty
-arrays). Decoding goes through ``SChunk.decompress_chunk``, so a damaged chunk raises the
-same ``RuntimeError`` as Blosc2's slicing does.
+arrays). Decoding goes through ``SChunk.decompress_chunk`` / ``get_slice``, so a damaged
+chunk raises the same ``RuntimeError`` as Blosc2's slicing does; the caller verifies the
+chunks a read touches against their checksums first.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
     "decode_chunk",
-    "decode_slab",
+    "decode_layer",
     "read_cached",
     "take",
 ]
 
 #: Default bound of a chunk cache: enough for every chunk under a plane of a 512^3 int16
-#: volume stored with the default layout, along any axis.
+#: volume stored with the default layout, along any axis (and many block layers).
 DEFAULT_CACHE_BYTES = 256 * 2**20
 
 #: Reads that use more than 1/_DIRECT_FRACTION of the chunks they touch bypass the cache.
@@ -44,12 +47,13 @@ _DIRECT_FRACTION = 4
 
 
 class ChunkCache:
-    """A bounded least-recently-used cache of decoded chunks of one Blosc2 array.
+    """A bounded least-recently-used cache of decoded chunks and block layers of one
+    Blosc2 array.
 
     Parameters
     ----------
     max_bytes : int
-        Upper bound of the decoded bytes held (a chunk larger than the bound is
+        Upper bound of the decoded bytes held (an entry larger than the bound is
         decoded but not kept).
 
     Notes
@@ -90,10 +94,10 @@ class ChunkCache:
         """Chunk ``nchunk`` of ``store``, decoded block by block (see :func:`decode_chunk`)."""
         return self._get(store, ("chunk", nchunk), lambda: decode_chunk(store, nchunk))
 
-    def slab(self, store: Any, axis: int, j: int) -> np.ndarray:
-        """All chunks with index ``j`` along ``axis``, decoded side by side (see
-        :func:`decode_slab`)."""
-        return self._get(store, ("slab", axis, j), lambda: decode_slab(store, axis, j))
+    def layer(self, store: Any, axis: int, j: int, g: int) -> np.ndarray:
+        """Block layer ``g`` of chunk row ``j`` along ``axis``, plane by plane (see
+        :func:`decode_layer`)."""
+        return self._get(store, ("layer", axis, j, g), lambda: decode_layer(store, axis, j, g))
 
     def _get(self, store: Any, key: tuple, decode: Any) -> np.ndarray:
         with self._lock:
@@ -135,55 +139,85 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     return flat.reshape(grid + blocks)
 
 
-def decode_slab(store: Any, axis: int, j: int) -> np.ndarray:
-    """Decode the chunks with index ``j`` along ``axis`` (every chunk a plane through that
-    chunk row touches) into one array, each chunk block by block, side by side.
+def _pieces(extent: int, block: int) -> list[tuple[slice, slice, int, int, int]]:
+    """How ``extent`` elements of one chunk axis split into whole blocks and one partial
+    block: ``(block slice, in-block slice, start, blocks, block length)`` per piece."""
+    nfull, rem = divmod(extent, block)
+    out = []
+    if nfull:
+        out.append((slice(0, nfull), slice(None), 0, nfull, block))
+    if rem:
+        out.append((slice(nfull, nfull + 1), slice(0, rem), nfull * block, 1, rem))
+    return out
 
-    Shape: the chunk grid of the other axes, then each chunk's block grid and block
-    shape (see :func:`decode_chunk`). A plane then comes out of it with one copy.
+
+def _put(out: np.ndarray, origin: list[int], extent: list[int], blocks: np.ndarray) -> None:
+    """Copy the first ``extent`` elements of a chunk decoded block by block (``blocks``:
+    block grid + block shape) to ``out[origin : origin + extent]``, one numpy copy per
+    run of whole blocks (and per partial block at the edges)."""
+    nd = out.ndim
+    order = _interleaved(nd)
+    per_axis = [_pieces(e, b) for e, b in zip(extent, blocks.shape[nd:], strict=True)]
+    for combo in itertools.product(*per_axis):
+        src = blocks[tuple(p[0] for p in combo) + tuple(p[1] for p in combo)]
+        dst = out[
+            tuple(
+                slice(o + p[2], o + p[2] + p[3] * p[4]) for o, p in zip(origin, combo, strict=True)
+            )
+        ]
+        split = tuple(v for p in combo for v in (p[3], p[4]))
+        np.copyto(dst.reshape(split), src.transpose(order))
+
+
+def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
+    """The planes of block layer ``g`` of chunk row ``j`` along ``axis``, as one array.
+
+    Only the blocks of that layer are decoded (``SChunk.get_slice`` per run of blocks
+    that lie one after the other in a chunk), in every chunk of the row; they are laid
+    out plane by plane: shape ``(planes, other axes...)``, C order, so a plane is one
+    contiguous copy. ``planes`` is the block length, less at the end of the array.
     """
     shape = tuple(int(n) for n in store.shape)
     chunks = tuple(int(c) for c in store.chunks)
     blocks = tuple(int(b) for b in store.blocks)
     ext = tuple(int(e) for e in store.ext_chunks)
+    nd = len(shape)
     grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
-    others = [a for a in range(len(shape)) if a != axis]
-    inner = tuple(e // b for e, b in zip(ext, blocks, strict=True)) + blocks
-    out = np.empty(tuple(grid[a] for a in others) + inner, dtype=store.dtype)
+    bgrid = [e // b for e, b in zip(ext, blocks, strict=True)]
+    first = j * chunks[axis] + g * blocks[axis]
+    planes = min(blocks[axis], (j + 1) * chunks[axis] - first, shape[axis] - first)
+    others = [a for a in range(nd) if a != axis]
+    out = np.empty((planes, *(shape[a] for a in others)), dtype=store.dtype)
+    view = np.moveaxis(out, 0, axis)  # the array's axis order, plane axis of length planes
+    bitems = int(np.prod(blocks))
+    citems = int(np.prod(ext))
+    outer = int(np.prod(bgrid[:axis]))  # runs of blocks per chunk
+    run = int(np.prod(bgrid[axis + 1 :]))  # blocks per run
+    lay = [1 if a == axis else bgrid[a] for a in range(nd)]
+    buf = np.empty(outer * run * bitems, dtype=store.dtype)
+    runs = buf.reshape(outer, run * bitems)
     schunk = store.schunk
     for idx in np.ndindex(*(grid[a] for a in others)):
-        full = list(idx)
-        full.insert(axis, j)
-        nchunk = int(np.ravel_multi_index(tuple(full), tuple(grid)))
-        schunk.decompress_chunk(nchunk, out[idx].reshape(-1))
+        cidx = list(idx)
+        cidx.insert(axis, j)
+        nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
+        base = nchunk * citems + g * run * bitems
+        step = bgrid[axis] * run * bitems  # items between runs
+        for r in range(outer):
+            start = base + r * step
+            schunk.get_slice(start, start + run * bitems, out=runs[r])
+        origin = [0 if a == axis else cidx[a] * chunks[a] for a in range(nd)]
+        extent = [planes if a == axis else min(chunks[a], shape[a] - origin[a]) for a in range(nd)]
+        _put(view, origin, extent, buf.reshape(tuple(lay) + blocks))
     return out
 
 
-def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndarray | None:
-    """Plane ``index`` along ``axis`` from a cached slab, with one copy; None when chunks
-    are padded inside the array (chunk not a multiple of its block: the slab's chunks
-    would not sit edge to edge)."""
-    chunks = tuple(int(c) for c in store.chunks)
-    blocks = tuple(int(b) for b in store.blocks)
-    ext = tuple(int(e) for e in store.ext_chunks)
-    nd = len(chunks)
-    others = [a for a in range(nd) if a != axis]
-    if any(ext[a] != chunks[a] for a in others):
-        return None
-    j, local = divmod(index, chunks[axis])
-    slab = cache.slab(store, axis, j)
-    m = len(others)
-    g, i = divmod(local, blocks[axis])
-    # slab axes: others' chunk grid (m), block grid (nd), in-block (nd)
-    key = (slice(None),) * m
-    key += tuple(g if a == axis else slice(None) for a in range(nd))
-    key += tuple(i if a == axis else slice(None) for a in range(nd))
-    view = slab[key]  # (others' chunk grid, others' block grid, others' in-block)
-    order = [ax for k in range(m) for ax in (k, m + k, 2 * m + k)]
-    merged = tuple(view.shape[k] * view.shape[m + k] * view.shape[2 * m + k] for k in range(m))
-    plane = view.transpose(order).reshape(merged)
-    shape = tuple(int(n) for n in store.shape)
-    return plane[tuple(slice(0, shape[a]) for a in others)]
+def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndarray:
+    """Plane ``index`` along ``axis``, copied from the cached block layer holding it."""
+    chunk, block = int(store.chunks[axis]), int(store.blocks[axis])
+    j, local = divmod(index, chunk)
+    g, i = divmod(local, block)
+    return cache.layer(store, axis, j, g)[i].copy()
 
 
 def _plan(s: slice, block: int) -> tuple[slice, slice, slice, int]:
@@ -321,9 +355,7 @@ def read_cached(
         index = norm[axis]
         if not -shape[axis] <= index < shape[axis]:
             raise IndexError(f"index {index} is out of bounds for axis with size {shape[axis]}")
-        plane = _read_plane(store, axis, index % shape[axis], cache)
-        if plane is not None:
-            return plane
+        return _read_plane(store, axis, index % shape[axis], cache)
     chunks = tuple(int(c) for c in store.chunks)
     axes = [_axis_pieces(n, c, k) for n, c, k in zip(shape, chunks, norm, strict=True)]
     wanted = touched = 1

@@ -1063,11 +1063,11 @@ class MLArray:
     def set_chunk_cache(self, max_bytes: int | None = _read.DEFAULT_CACHE_BYTES) -> None:
         """Keep decoded chunks in a bounded LRU cache for repeated nearby reads.
 
-        Meant for viewers scrolling through planes: the chunks under a plane
-        are decoded once and serve the next planes, instead of Blosc2
-        decoding the blocks under every plane again. Random patch reads do
-        not profit (each patch touches new chunks). Writes through this
-        array empty the cache.
+        Meant for viewers scrolling through planes: the blocks under a plane
+        are decoded once, one block thickness at a time, and serve the next
+        planes (each a contiguous copy), instead of Blosc2 decoding the blocks
+        under every plane again. Random patch reads do not profit (each patch
+        touches new chunks). Writes through this array empty the cache.
 
         Parameters
         ----------
