@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlarray import MLArray
-from mlarray._read import ChunkCache, decode_chunk, read_cached, take
+from mlarray._read import ChunkCache, decode_chunk, decode_layer, read_cached, take
 from mlarray.io import save_mla
 from mlarray.meta import Meta
 
@@ -271,3 +271,30 @@ def test_fast_paths_keep_the_checksum_checks(tmp_path):
         MLArray.open(p).compress(patch_size=(8, 8, 8))
     with pytest.raises(CorruptChunkError):
         MLArray.open(p).compute_stats()
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks"),
+    [
+        ((30, 41, 52), (10, 21, 26), (5, 10, 13)),  # edge chunks, chunks padded to blocks
+        ((6, 7, 8, 9), (3, 4, 4, 5), (3, 2, 2, 5)),
+        ((50,), (20,), (7,)),
+    ],
+)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_block_layers_hold_their_planes_in_c_order(shape, chunks, blocks, nthreads):
+    ref = _values(shape, np.int16, seed=8)
+    nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
+    for axis in range(len(shape)):
+        seen = 0
+        for j in range(-(-shape[axis] // chunks[axis])):
+            for g in range(-(-chunks[axis] // blocks[axis])):
+                first = j * chunks[axis] + g * blocks[axis]
+                if first >= min(shape[axis], (j + 1) * chunks[axis]):
+                    continue
+                layer = decode_layer(nd, axis, j, g, nthreads)
+                assert layer.flags.c_contiguous
+                want = np.moveaxis(ref, axis, 0)[first : first + layer.shape[0]]
+                np.testing.assert_array_equal(layer, want)
+                seen += layer.shape[0]
+        assert seen == shape[axis]  # the layers hold every plane once

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from mlarray._fullread import _executor, _pieces, read_threads
+
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
@@ -97,7 +99,11 @@ class ChunkCache:
     def layer(self, store: Any, axis: int, j: int, g: int) -> np.ndarray:
         """Block layer ``g`` of chunk row ``j`` along ``axis``, plane by plane (see
         :func:`decode_layer`)."""
-        return self._get(store, ("layer", axis, j, g), lambda: decode_layer(store, axis, j, g))
+        return self._get(
+            store,
+            ("layer", axis, j, g),
+            lambda: decode_layer(store, axis, j, g, read_threads(store)),
+        )
 
     def _get(self, store: Any, key: tuple, decode: Any) -> np.ndarray:
         with self._lock:
@@ -139,18 +145,6 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     return flat.reshape(grid + blocks)
 
 
-def _pieces(extent: int, block: int) -> list[tuple[slice, slice, int, int, int]]:
-    """How ``extent`` elements of one chunk axis split into whole blocks and one partial
-    block: ``(block slice, in-block slice, start, blocks, block length)`` per piece."""
-    nfull, rem = divmod(extent, block)
-    out = []
-    if nfull:
-        out.append((slice(0, nfull), slice(None), 0, nfull, block))
-    if rem:
-        out.append((slice(nfull, nfull + 1), slice(0, rem), nfull * block, 1, rem))
-    return out
-
-
 def _put(out: np.ndarray, origin: list[int], extent: list[int], blocks: np.ndarray) -> None:
     """Copy the first ``extent`` elements of a chunk decoded block by block (``blocks``:
     block grid + block shape) to ``out[origin : origin + extent]``, one numpy copy per
@@ -169,13 +163,14 @@ def _put(out: np.ndarray, origin: list[int], extent: list[int], blocks: np.ndarr
         np.copyto(dst.reshape(split), src.transpose(order))
 
 
-def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
+def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np.ndarray:
     """The planes of block layer ``g`` of chunk row ``j`` along ``axis``, as one array.
 
     Only the blocks of that layer are decoded (``SChunk.get_slice`` per run of blocks
     that lie one after the other in a chunk), in every chunk of the row; they are laid
     out plane by plane: shape ``(planes, other axes...)``, C order, so a plane is one
     contiguous copy. ``planes`` is the block length, less at the end of the array.
+    ``nthreads`` threads share the chunks.
     """
     shape = tuple(int(n) for n in store.shape)
     chunks = tuple(int(c) for c in store.chunks)
@@ -194,21 +189,34 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     outer = int(np.prod(bgrid[:axis]))  # runs of blocks per chunk
     run = int(np.prod(bgrid[axis + 1 :]))  # blocks per run
     lay = [1 if a == axis else bgrid[a] for a in range(nd)]
-    buf = np.empty(outer * run * bitems, dtype=store.dtype)
-    runs = buf.reshape(outer, run * bitems)
     schunk = store.schunk
-    for idx in np.ndindex(*(grid[a] for a in others)):
-        cidx = list(idx)
-        cidx.insert(axis, j)
-        nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
-        base = nchunk * citems + g * run * bitems
-        step = bgrid[axis] * run * bitems  # items between runs
-        for r in range(outer):
-            start = base + r * step
-            schunk.get_slice(start, start + run * bitems, out=runs[r])
-        origin = [0 if a == axis else cidx[a] * chunks[a] for a in range(nd)]
-        extent = [planes if a == axis else min(chunks[a], shape[a] - origin[a]) for a in range(nd)]
-        _put(view, origin, extent, buf.reshape(tuple(lay) + blocks))
+    step = bgrid[axis] * run * bitems  # items between runs
+
+    def work(todo: list[tuple[int, ...]]) -> None:
+        buf = np.empty(outer * run * bitems, dtype=store.dtype)
+        runs = buf.reshape(outer, run * bitems)
+        for idx in todo:
+            cidx = list(idx)
+            cidx.insert(axis, j)
+            nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
+            base = nchunk * citems + g * run * bitems
+            for r in range(outer):
+                start = base + r * step
+                schunk.get_slice(start, start + run * bitems, out=runs[r])
+            origin = [0 if a == axis else cidx[a] * chunks[a] for a in range(nd)]
+            extent = [
+                planes if a == axis else min(chunks[a], shape[a] - origin[a]) for a in range(nd)
+            ]
+            _put(view, origin, extent, buf.reshape(tuple(lay) + blocks))
+
+    todo = list(np.ndindex(*(grid[a] for a in others)))
+    nthreads = max(1, min(nthreads, len(todo)))
+    # Threads overlap one chunk's decoding (which holds the GIL) with another's copy
+    # into place (which does not); each writes its own part of ``out``.
+    futures = [_executor(nthreads - 1).submit(work, todo[k::nthreads]) for k in range(1, nthreads)]
+    work(todo[::nthreads])
+    for f in futures:
+        f.result()
     return out
 
 
