@@ -688,7 +688,8 @@ class MLArray:
         filepath : str or Path
             An existing file ending with ``.mla``.
         dparams : dict, optional
-            Blosc2 decompression parameters.
+            Blosc2 decompression parameters; ``nthreads`` (default 1) is also the
+            number of threads whole-array reads (``to_numpy()``, ``[...]``) use.
         compressed : bool
             Keep the data compressed in memory (True) or decompress to numpy.
 
@@ -736,7 +737,11 @@ class MLArray:
             ``"r+"`` writes go to the file, ``"c"`` copy-on-write (writes stay
             in memory). ``None`` uses plain file I/O in ``mode``.
         dparams : dict, optional
-            Blosc2 decompression parameters.
+            Blosc2 decompression parameters; ``nthreads`` (default 1, or what the
+            file records) is also the number of threads whole-array reads
+            (``a[...]``, ``a.to_numpy()``, ``np.asarray(a)``) and the plane cache
+            (:meth:`set_chunk_cache`) decode on: ``{"nthreads":
+            mlarray.layout.usable_cores()}`` uses every core.
 
         Notes
         -----
@@ -991,6 +996,9 @@ class MLArray:
 
     def to_numpy(self) -> np.ndarray:
         """Return the data as a NumPy array (decompressing everything).
+
+        Every chunk is decoded once and put in place in a new C-order array, on
+        the threads the handle's ``dparams["nthreads"]`` allows.
 
         Raises
         ------
