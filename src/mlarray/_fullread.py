@@ -90,7 +90,8 @@ def _pieces(extent: int, block: int) -> list[tuple[slice, slice, int, int, int]]
 
 
 class _Plan:
-    """Where each chunk of ``store`` goes in the output.
+    """Where each chunk of an array (``shape``, ``chunks``, ``blocks``, ``ext``: the
+    padded chunk shape its decoded buffer has) goes in ``out``.
 
     Chunks are handled in *groups*: runs of consecutive chunks along the last axis
     (at most :data:`_GROUP_BYTES` decoded), decoded side by side into one scratch
@@ -99,12 +100,21 @@ class _Plan:
     traffic of reading every output cache line first).
     """
 
-    def __init__(self, store: Any, out: np.ndarray, group_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        out: np.ndarray,
+        shape: Any,
+        chunks: Any,
+        blocks: Any,
+        ext: Any,
+        group_bytes: int = 0,
+        direct: bool = True,
+    ) -> None:
         self.out = out
-        self.shape = tuple(int(n) for n in store.shape)
-        self.chunks = tuple(int(c) for c in store.chunks)
-        self.blocks = tuple(int(b) for b in store.blocks)
-        self.ext = tuple(int(e) for e in store.ext_chunks)
+        self.shape = tuple(int(n) for n in shape)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.blocks = tuple(int(b) for b in blocks)
+        self.ext = tuple(int(e) for e in ext)
         self.grid = tuple(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True))
         self.bgrid = tuple(e // b for e, b in zip(self.ext, self.blocks, strict=True))
         self.items = int(np.prod(self.ext))
@@ -113,11 +123,14 @@ class _Plan:
         lead = [ax for i in range(nd - 1) for ax in (1 + i, 1 + nd + i)]
         self.order = [*lead, 0, nd, 2 * nd]  # (chunk along the last axis, blocks, in-block)
         # When a chunk's blocks span whole rows of the array it is a contiguous run of
-        # the output: it is decoded there directly.
+        # the output (a C-order ``out``): it is decoded there directly.
         self.row = int(np.prod(self.shape[1:])) if nd > 1 else 1
-        self.rows_contiguous = nd == 1 or all(
-            b == c == n
-            for b, c, n in zip(self.blocks[1:], self.chunks[1:], self.shape[1:], strict=True)
+        self.rows_contiguous = direct and (
+            nd == 1
+            or all(
+                b == c == n
+                for b, c, n in zip(self.blocks[1:], self.chunks[1:], self.shape[1:], strict=True)
+            )
         )
         chunk_bytes = self.items * out.itemsize
         per_row = self.grid[-1]
@@ -128,6 +141,11 @@ class _Plan:
             for row in range(self.nchunks // per_row)
             for x in range(0, per_row, self.group)
         ]
+
+    @classmethod
+    def of(cls, store: Any, out: np.ndarray, group_bytes: int = 0) -> _Plan:
+        """The plan of a whole read of ``store`` into the C-order ``out``."""
+        return cls(out, store.shape, store.chunks, store.blocks, store.ext_chunks, group_bytes)
 
     def direct(self, n: int) -> np.ndarray | None:
         """The part of the output chunk ``n`` decodes into directly, if it can."""
@@ -211,7 +229,7 @@ def read_all(
         return np.asarray(store[...])
     integrity.verify_all(store)
     out = np.empty(shape, dtype=store.dtype)
-    plan = _Plan(store, out, group_bytes)
+    plan = _Plan.of(store, out, group_bytes)
     threads = min(read_threads(store, nthreads), len(plan.groups))
     if threads > 1:
         _release_gil()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray._fullread import _executor, _pieces, read_threads
+from mlarray._fullread import _executor, _Plan, read_threads
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -145,24 +145,6 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     return flat.reshape(grid + blocks)
 
 
-def _put(out: np.ndarray, origin: list[int], extent: list[int], blocks: np.ndarray) -> None:
-    """Copy the first ``extent`` elements of a chunk decoded block by block (``blocks``:
-    block grid + block shape) to ``out[origin : origin + extent]``, one numpy copy per
-    run of whole blocks (and per partial block at the edges)."""
-    nd = out.ndim
-    order = _interleaved(nd)
-    per_axis = [_pieces(e, b) for e, b in zip(extent, blocks.shape[nd:], strict=True)]
-    for combo in itertools.product(*per_axis):
-        src = blocks[tuple(p[0] for p in combo) + tuple(p[1] for p in combo)]
-        dst = out[
-            tuple(
-                slice(o + p[2], o + p[2] + p[3] * p[4]) for o, p in zip(origin, combo, strict=True)
-            )
-        ]
-        split = tuple(v for p in combo for v in (p[3], p[4]))
-        np.copyto(dst.reshape(split), src.transpose(order))
-
-
 def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np.ndarray:
     """The planes of block layer ``g`` of chunk row ``j`` along ``axis``, as one array.
 
@@ -170,7 +152,8 @@ def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np
     that lie one after the other in a chunk), in every chunk of the row; they are laid
     out plane by plane: shape ``(planes, other axes...)``, C order, so a plane is one
     contiguous copy. ``planes`` is the block length, less at the end of the array.
-    ``nthreads`` threads share the chunks.
+    ``nthreads`` threads share the chunks. Chunks side by side along the last axis are
+    copied into place together (see :class:`mlarray._fullread._Plan`).
     """
     shape = tuple(int(n) for n in store.shape)
     chunks = tuple(int(c) for c in store.chunks)
@@ -183,38 +166,47 @@ def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np
     planes = min(blocks[axis], (j + 1) * chunks[axis] - first, shape[axis] - first)
     others = [a for a in range(nd) if a != axis]
     out = np.empty((planes, *(shape[a] for a in others)), dtype=store.dtype)
-    view = np.moveaxis(out, 0, axis)  # the array's axis order, plane axis of length planes
+    # The layer as an array of its own (``planes`` thick along ``axis``, chunks of one
+    # block there), written through a view in the array's axis order.
+    view = np.moveaxis(out, 0, axis)
+
+    def along(v: tuple[int, ...], x: int) -> tuple[int, ...]:
+        return tuple(x if a == axis else v[a] for a in range(nd))
+
+    plan = _Plan(
+        view,
+        along(shape, planes),
+        along(chunks, planes),
+        blocks,
+        along(ext, blocks[axis]),
+        direct=False,
+    )
     bitems = int(np.prod(blocks))
     citems = int(np.prod(ext))
-    outer = int(np.prod(bgrid[:axis]))  # runs of blocks per chunk
+    outer = int(np.prod(bgrid[:axis]))  # runs of blocks of the layer per chunk
     run = int(np.prod(bgrid[axis + 1 :]))  # blocks per run
-    lay = [1 if a == axis else bgrid[a] for a in range(nd)]
-    schunk = store.schunk
     step = bgrid[axis] * run * bitems  # items between runs
+    schunk = store.schunk
 
-    def work(todo: list[tuple[int, ...]]) -> None:
-        buf = np.empty(outer * run * bitems, dtype=store.dtype)
-        runs = buf.reshape(outer, run * bitems)
-        for idx in todo:
-            cidx = list(idx)
-            cidx.insert(axis, j)
-            nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
-            base = nchunk * citems + g * run * bitems
-            for r in range(outer):
-                start = base + r * step
-                schunk.get_slice(start, start + run * bitems, out=runs[r])
-            origin = [0 if a == axis else cidx[a] * chunks[a] for a in range(nd)]
-            extent = [
-                planes if a == axis else min(chunks[a], shape[a] - origin[a]) for a in range(nd)
-            ]
-            _put(view, origin, extent, buf.reshape(tuple(lay) + blocks))
+    def work(groups: list[tuple[int, int]]) -> None:
+        slab = np.empty((plan.group, outer, run * bitems), dtype=store.dtype)
+        for n0, k in groups:
+            for i in range(k):
+                cidx = list(np.unravel_index(n0 + i, plan.grid))
+                cidx[axis] = j
+                nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
+                base = nchunk * citems + g * run * bitems
+                for r in range(outer):
+                    start = base + r * step
+                    schunk.get_slice(start, start + run * bitems, out=slab[i, r])
+            plan.place(n0, k, slab[:k].reshape((k, *plan.bgrid, *plan.blocks)))
 
-    todo = list(np.ndindex(*(grid[a] for a in others)))
-    nthreads = max(1, min(nthreads, len(todo)))
+    nthreads = max(1, min(nthreads, len(plan.groups)))
     # Threads overlap one chunk's decoding (which holds the GIL) with another's copy
     # into place (which does not); each writes its own part of ``out``.
-    futures = [_executor(nthreads - 1).submit(work, todo[k::nthreads]) for k in range(1, nthreads)]
-    work(todo[::nthreads])
+    parts = [plan.groups[k::nthreads] for k in range(nthreads)]
+    futures = [_executor(nthreads - 1).submit(work, part) for part in parts[1:]]
+    work(parts[0])
     for f in futures:
         f.result()
     return out
