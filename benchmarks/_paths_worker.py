@@ -523,9 +523,9 @@ def task_load(t: dict) -> dict:
             c, s = _cpu(), time.perf_counter()
             x = fns[k]()
             times[k].append(time.perf_counter() - s)
-            cpu.setdefault(f"cpu_{k}", []).append((_cpu() - c) / times[k][-1])
+            cpu.setdefault(f"cpu_{k}", []).append(_cpu() - c)
             del x
-    times.update(cpu)  # CPU time / wall time of each kind, as "cpu_<kind>"
+    times.update(cpu)  # CPU seconds of each read (all threads), as "cpu_<kind>"
     return {"times": times, "ok": ok, "cores": cores}
 
 
@@ -619,10 +619,11 @@ def task_scroll(t: dict) -> dict:
         for k in _rotated(t["kinds"], axis):
             threads = len(os.sched_getaffinity(0)) if k == "mla_cache_threads" else 1
             a = _open_mla(path, threads, cache=k.startswith("mla_cache"))
-            s = time.perf_counter()
+            c, s = _cpu(), time.perf_counter()
             for i in range(start, start + t["n"]):
                 x = a[(slice(None),) * axis + (i,)]
             times[k].append((time.perf_counter() - s) / t["n"])
+            times.setdefault(f"cpu_{k}", []).append((_cpu() - c) / t["n"])
             ok = ok and bool(np.array_equal(x, ref[(slice(None),) * axis + (start + t["n"] - 1,)]))
     return {"times": times, "ok": ok}
 
