@@ -2,19 +2,21 @@
 
 ``MLArray.open(p)[...]``, ``[:]``, ``to_numpy()``, ``np.asarray(a)`` and
 ``MLArray.load(p, compressed=False)`` all come here (:func:`read_all`). Each chunk is
-decoded whole into a small scratch buffer (it stays in the CPU cache) and its blocks are
-put in place in the C-order output with one numpy copy per chunk (a view of the output
-split into block grid and block shape, the scratch transposed to match; an edge chunk
-copies its full blocks and its partial ones in a few such copies). When a chunk's blocks
-span whole rows of the array (1-D arrays, images stored in row blocks), the chunk is
-decoded directly into the output.
+decoded once, whole; the chunks of a row along the last axis are decoded side by side
+into a scratch buffer that stays in the CPU cache and put in place in the C-order output
+together, with one numpy copy per run of whole blocks (a view of the output split into
+block grid and block shape, the scratch transposed to match; edge chunks add a copy for
+their partial blocks). Writing whole output rows at a time measured 1.2x faster than
+copying chunk by chunk. When a chunk's blocks span whole rows of the array (1-D arrays,
+images stored in row blocks), the chunk is decoded directly into the output.
 
 Threads: the number the handle allows, ``dparams["nthreads"]`` (``MLArray.open(path,
 dparams={"nthreads": n})``; the default is one thread, the data-loader case; the napari
-reader uses every core). With more than one, a pool of Python threads takes chunks in
-turn; each thread decodes its chunk with Blosc2 (``blosc2.decompress2``, which releases
-the GIL once ``blosc2.set_releasegil(True)`` was called: the first threaded read does
-that for the process) and copies it into place (numpy copies release the GIL too).
+reader uses every core). With more than one, a pool of Python threads takes rows of
+chunks in turn; each thread decodes a private copy of each compressed chunk with
+``blosc2.decompress2`` (which releases the GIL once ``blosc2.set_releasegil(True)`` was
+called: the first threaded read does that for the process) and copies the row into
+place (numpy copies release the GIL too).
 
 The chunks are verified against their checksums first (``integrity.verify_all``); a
 chunk that still fails to decode raises :class:`~mlarray.errors.CorruptChunkError`.
@@ -31,7 +33,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import integrity
+from mlarray import integrity, io
 from mlarray.errors import CorruptChunkError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
@@ -65,8 +67,6 @@ def read_threads(store: Any, nthreads: int | None = None) -> int:
     ``dparams.nthreads`` (one for arrays under 4 MiB, where starting threads costs more
     than it saves); at most the usable cores and the number of chunks, and one in a
     forked child (see :func:`mlarray.io.clamp_dparams`)."""
-    from mlarray import io
-
     if nthreads is None:
         dparams = getattr(store.schunk, "dparams", None)
         nthreads = int(getattr(dparams, "nthreads", 1))
@@ -96,8 +96,8 @@ class _Plan:
     Chunks are handled in *groups*: runs of consecutive chunks along the last axis
     (at most :data:`_GROUP_BYTES` decoded), decoded side by side into one scratch
     buffer and copied into place together, so that the output is written a whole row
-    at a time (copying chunk by chunk writes pieces of rows, which costs the memory
-    traffic of reading every output cache line first).
+    at a time (chunk by chunk, each copy writes pieces of rows: 53 vs 44 ms for a
+    75 MB int16 volume on one thread).
     """
 
     def __init__(
