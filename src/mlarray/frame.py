@@ -373,8 +373,8 @@ def _chunks(
 ) -> tuple[np.ndarray, np.ndarray]:
     special = raw < 0
     kinds = ((raw[special].view(np.uint64) >> np.uint64(56)) & np.uint64(0x7F)).astype(np.int64)
-    for k in np.unique(kinds):
-        _need(int(k) in _SPECIAL_IN_OFFSETS, f"chunk offset with special value {int(k)}")
+    for k in set(kinds.tolist()):  # not np.unique: it imports numpy.ma (~50 ms per process)
+        _need(k in _SPECIAL_IN_OFFSETS, f"chunk offset with special value {k}")
     if 2 in kinds:
         _need(typesize in (4, 8), "NaN chunks in a non-float array")
     regular = ~special
