@@ -108,24 +108,36 @@ def main(argv: list[str] | None = None) -> int:
         )
         imports = []
         for _ in range(3):
-            code = "import time; t = time.time(); import blosc2; print(time.time() - t)"
+            # numpy first: napari has imported it before any reader runs
+            code = "import numpy, time; t = time.time(); import blosc2; print(time.time() - t)"
             r = subprocess.run(
                 [sys.executable, "-c", code], capture_output=True, text=True, check=False
             )
             if r.returncode == 0:
                 imports.append(float(r.stdout.strip()))
-        if imports:
+        blosc2_import = median(imports) if imports else None
+        if blosc2_import is not None:
             print(
-                f"\n`import blosc2` alone, fresh process: {median(imports):.3f} s (median of "
-                f"{len(imports)}): part of ours' open -> first frame that no .mla reader avoids "
-                "(napari itself does not import blosc2)"
+                f"\n`import blosc2` alone (fresh process, numpy already imported): "
+                f"{blosc2_import:.3f} s (median of {len(imports)}): part of ours' open -> first "
+                "frame that no .mla reader avoids (napari itself does not import blosc2)"
             )
         ff = (m("mla", "first_frame"), m("npy", "first_frame"))
         d3 = (m("mla", "first_3d"), m("npy", "first_3d"))
         if None not in ff and None not in d3:
+            extra = ff[0] - ff[1]
+            if extra <= 0.1:
+                status = "met"
+            elif blosc2_import is not None and extra - blosc2_import <= 0.1:
+                status = (
+                    f"NOT met; limit: `import blosc2` takes {blosc2_import:.3f} s, without it "
+                    f"ours - memmap = {extra - blosc2_import:+.3f} s"
+                )
+            else:
+                status = "NOT met"
             print(
-                f"\nopen -> first frame: ours - memmap = {ff[0] - ff[1]:+.3f} s (goal <= +0.1 s: "
-                f"{'met' if ff[0] - ff[1] <= 0.1 else 'NOT met'}); first 3D frame: "
+                f"\nopen -> first frame: ours - memmap = {extra:+.3f} s (goal <= +0.1 s: "
+                f"{status}); first 3D frame: "
                 f"{d3[0] / d3[1]:.2f}x the memmap's (goal <= 1.2x: "
                 f"{'met' if d3[0] / d3[1] <= 1.2 else 'NOT met'})"
             )
