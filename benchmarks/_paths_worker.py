@@ -100,7 +100,7 @@ class CBlocks:
         self.bpc = tuple(int(n) for n in -(-self.ch // self.bl))
         self.nblocks = int(np.prod(self.bpc))
         self.scratch = np.empty(int(np.prod(np.array(self.bpc) * self.bl)), dtype=info.dtype)
-        self.pos, self.cb = info.chunk_pos, info.chunk_cbytes
+        self.pos, self.cb, self.raw = info.chunk_pos, info.chunk_cbytes, info.raw_offsets
         self.chunk_nbytes = self.scratch.nbytes
         self.nchunks = info.nchunks
 
@@ -125,6 +125,87 @@ class CBlocks:
             lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
             if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
                 raise RuntimeError("decompression failed")
+
+    def plan_place(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[Any, ...]]:
+        """What :meth:`run_place` does for the box ``lo:hi``, worked out before the clock:
+        per touched chunk its mask and bytes (as :meth:`plan`) and the copies that put the
+        box's part of it in place. The chunk's decoded blocks are viewed as (blocks along
+        each axis, block shape) and transposed to (blocks, block)-pairs per axis (C order
+        of the chunk, blocks still apart); along each axis the box covers a partial first
+        block, whole blocks and a partial last block, so one strided numpy copy per
+        combination of those pieces (1 for a chunk inside the box, at most 3^ndim) writes
+        the box's part into the output, viewed with each axis split the same way."""
+        import itertools
+
+        nd = len(self.bl)
+        s6 = self.scratch.reshape(tuple(self.bpc) + tuple(int(b) for b in self.bl))
+        t6 = s6.transpose([ax for i in range(nd) for ax in (i, nd + i)])
+        out = []
+        c0, c1 = lo // self.ch, (hi - 1) // self.ch
+        for c in np.ndindex(*(c1 - c0 + 1)):
+            c = c0 + np.array(c)
+            org = c * self.ch
+            clo = np.maximum(lo, org) - org
+            chi = np.minimum(hi, org + self.ch) - org
+            pieces = []  # per axis: (first block, end block, start in block, end in block)
+            for a in range(nd):
+                b, x0, x1 = int(self.bl[a]), int(clo[a]), int(chi[a])
+                k0, k1 = x0 // b, (x1 - 1) // b
+                if k0 == k1:
+                    pieces.append([(k0, k0 + 1, x0 - k0 * b, x1 - k0 * b)])
+                    continue
+                ax = []
+                m0, m1 = k0, k1 + 1
+                if x0 % b:
+                    ax.append((k0, k0 + 1, x0 % b, b))
+                    m0 = k0 + 1
+                if x1 % b:
+                    m1 = k1
+                if m1 > m0:
+                    ax.append((m0, m1, 0, b))
+                if x1 % b:
+                    ax.append((k1, k1 + 1, 0, x1 - k1 * b))
+                pieces.append(ax)
+            copies = []
+            for combo in itertools.product(*pieces):
+                dst, shape, src = [], [], []
+                for a, (kb, ke, w0, w1) in enumerate(combo):
+                    start = int(org[a]) + kb * int(self.bl[a]) + w0 - int(lo[a])
+                    n = (ke - kb) * (w1 - w0)
+                    dst.append(slice(start, start + n))
+                    shape += [ke - kb, w1 - w0]
+                    src += [slice(kb, ke), slice(w0, w1)]
+                copies.append((tuple(dst), tuple(shape), t6[tuple(src)]))
+            n = int(np.ravel_multi_index(tuple(int(x) for x in c), self.grid))
+            region = tuple(
+                slice(int(org[a] + clo[a] - lo[a]), int(org[a] + chi[a] - lo[a])) for a in range(nd)
+            )
+            if self.pos[n] >= 0:
+                mask = np.ones(self.bpc, dtype=np.bool_)
+                b0, b1 = clo // self.bl, (chi - 1) // self.bl
+                mask[tuple(slice(int(a), int(b) + 1) for a, b in zip(b0, b1, strict=True))] = False
+                out.append((mask, self.base + int(self.pos[n]), int(self.cb[n]), copies, None))
+            else:  # a special chunk: zeros, NaN or uninitialized, written as such
+                kind = int((int(self.raw[n]) >> 56) & 0x7F)
+                out.append((None, 0, 0, region, {1: 0, 2: np.nan}.get(kind)))
+        return out
+
+    def run_place(self, plan: list[tuple[Any, ...]], shape: tuple[int, ...]) -> np.ndarray:
+        """Decode the touched blocks (as :meth:`run`) and copy them into place in a new
+        C-order array of ``shape`` (the box), with the copies :meth:`plan_place` listed."""
+        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        out = np.empty(shape, dtype=self.scratch.dtype)
+        for mask, src, cbytes, copies, fill in plan:
+            if mask is None:
+                if fill is not None:
+                    out[copies] = fill
+                continue
+            lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
+            if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
+                raise RuntimeError("decompression failed")
+            for sl, sh, view in copies:
+                out[sl].reshape(sh)[...] = view
+        return out
 
     def decode_rate(self, reps: int = 3) -> float:
         """Decoded bytes per second of whole chunks (best of ``reps`` passes over all the
@@ -274,6 +355,22 @@ def alloc_fill(shape: tuple, dtype: Any, threads: int = 1) -> np.ndarray:
     return out
 
 
+def _copy_overhead(cfloor: CBlocks, reps: int = 300) -> float:
+    """Seconds one copy of :meth:`CBlocks.run_place` costs beyond moving its bytes: the
+    same view, reshape and strided assignment on a single item (median of ``reps``)."""
+    nd = len(cfloor.bl)
+    out = np.empty((2,) * nd, dtype=cfloor.scratch.dtype)
+    s6 = cfloor.scratch.reshape(tuple(cfloor.bpc) + tuple(int(b) for b in cfloor.bl))
+    view = s6.transpose([ax for i in range(nd) for ax in (i, nd + i)])[(slice(0, 1),) * 2 * nd]
+    sl, sh = (slice(0, 1),) * nd, (1,) * 2 * nd
+    times = []
+    for _ in range(reps):
+        s = time.perf_counter()
+        out[sl].reshape(sh)[...] = view
+        times.append(time.perf_counter() - s)
+    return float(np.median(times))
+
+
 def _mla(nthreads: int = 1) -> Any:
     from mlarray import MLArray
 
@@ -320,15 +417,20 @@ def task_patches(t: dict) -> dict:
     kinds = t["kinds"]
     handle = _open_mla(path) if "mla_handle" in kinds else None
     floor = Blocks(path) if any(k.startswith("limit") for k in kinds) else None
-    cfloor, plans, extra = None, [], {}
+    cfloor, plans, places, extra = None, [], [], {}
     if "limit_blocks_c" in kinds:
         try:
             cfloor = CBlocks(path)
         except (RuntimeError, OSError) as exc:
-            kinds = [k for k in kinds if k != "limit_blocks_c"]
+            kinds = [k for k in kinds if k not in ("limit_blocks_c", "limit_place_c")]
             extra["c_floor_error"] = str(exc)
         else:
             plans = [cfloor.plan(lo, lo + size) for lo in starts]
+            if "limit_place_c" in kinds:
+                places = [cfloor.plan_place(lo, lo + size) for lo in starts]
+                ncopies = [sum(len(c[3]) for c in p if c[0] is not None) for p in places]
+                extra["place_copies"] = float(np.median(ncopies))
+                extra["copy_overhead"] = _copy_overhead(cfloor)
             # the zero-over-read limit: this codec's decode rate applied to the patch's bytes
             rate = cfloor.decode_rate()
             patch_bytes = int(np.prod(size)) * cfloor.scratch.itemsize
@@ -340,7 +442,15 @@ def task_patches(t: dict) -> dict:
                 np.copyto(out, src)
                 copy.append(time.perf_counter() - s)
                 del out
+            zero = []
+            out = np.empty(patch_bytes, dtype=np.uint8)
+            out.fill(1)
+            for _ in range(20):  # what a slicer that zeroes its output first adds
+                s = time.perf_counter()
+                out.fill(0)
+                zero.append(time.perf_counter() - s)
             extra["zero_overread_decode"] = patch_bytes / rate
+            extra["patch_zero"] = float(np.median(zero))
             extra["patch_copy"] = float(np.median(copy))
             extra["decode_rate"] = rate
     mm = np.load(npy, mmap_mode="r")
@@ -374,13 +484,15 @@ def task_patches(t: dict) -> dict:
     fns["limit_chunks"] = lambda lo: floor.decode_chunks(lo, lo + size)
     plan_of = {id(lo): p for lo, p in zip(starts, plans, strict=False)}
     fns["limit_blocks_c"] = lambda lo: cfloor.run(plan_of[id(lo)])
+    place_of = {id(lo): p for lo, p in zip(starts, places, strict=False)}
+    fns["limit_place_c"] = lambda lo: cfloor.run_place(place_of[id(lo)], tuple(size))
     fns["npy_handle"] = lambda lo: np.array(mm[sl(lo)])
     fns["npy_open"] = lambda lo: np.array(np.load(npy, mmap_mode="r")[sl(lo)])
 
     ok = True
     if t.get("check"):
         ref = np.load(npy, mmap_mode="r")
-        for k in ("mla_handle", "mla_open"):
+        for k in ("mla_handle", "mla_open", "limit_place_c"):
             if k in kinds:
                 ok = ok and bool(np.array_equal(fns[k](starts[0]), ref[sl(starts[0])]))
     times: dict[str, list[float]] = {k: [] for k in kinds}

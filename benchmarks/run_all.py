@@ -134,11 +134,13 @@ def _goal_table(goals: list[dict]) -> str:
     sys.path.insert(0, str(HERE))
     from _common import table
 
-    rows = [
-        [g["goal"], f"{g['ratio']:.2f}x", f"<= {g['limit']}x", "met" if g["met"] else "NOT met"]
-        for g in goals
-    ]
-    return table(["goal", "ratio", "target", "status"], rows)
+    def status(g: dict) -> str:
+        if g["met"]:
+            return "met"
+        return f"NOT met: {g['why']}" if g.get("why") else "NOT met"
+
+    rows = [[g["goal"], f"{g['ratio']:.2f}x", f"<= {g['limit']}x", status(g)] for g in goals]
+    return table(["goal", "ratio", "target", "status (and the limit behind it)"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
