@@ -134,7 +134,10 @@ class CBlocks:
         of the chunk, blocks still apart); along each axis the box covers a partial first
         block, whole blocks and a partial last block, so one strided numpy copy per
         combination of those pieces (1 for a chunk inside the box, at most 3^ndim) writes
-        the box's part into the output, viewed with each axis split the same way."""
+        the box's part into the output, viewed with each axis split the same way. The
+        rows of a piece (its extent along the last axis) are copied as single items of
+        that many bytes (a ``V`` dtype): numpy's copy loop then moves a row per item
+        instead of item by item (7-30 % faster than int16 items)."""
         import itertools
 
         nd = len(self.bl)
@@ -175,7 +178,9 @@ class CBlocks:
                     dst.append(slice(start, start + n))
                     shape += [ke - kb, w1 - w0]
                     src += [slice(kb, ke), slice(w0, w1)]
-                copies.append((tuple(dst), tuple(shape), t6[tuple(src)]))
+                view = t6[tuple(src)]
+                rows = np.dtype(f"V{shape[-1] * view.itemsize}")  # a block row as one item
+                copies.append((tuple(dst), tuple(shape), rows, view.view(rows)))
             n = int(np.ravel_multi_index(tuple(int(x) for x in c), self.grid))
             region = tuple(
                 slice(int(org[a] + clo[a] - lo[a]), int(org[a] + chi[a] - lo[a])) for a in range(nd)
@@ -203,8 +208,8 @@ class CBlocks:
             lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
             if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
                 raise RuntimeError("decompression failed")
-            for sl, sh, view in copies:
-                out[sl].reshape(sh)[...] = view
+            for sl, sh, rows, view in copies:
+                out[sl].reshape(sh).view(rows)[...] = view
         return out
 
     def decode_rate(self, reps: int = 3) -> float:
@@ -363,10 +368,12 @@ def _copy_overhead(cfloor: CBlocks, reps: int = 300) -> float:
     s6 = cfloor.scratch.reshape(tuple(cfloor.bpc) + tuple(int(b) for b in cfloor.bl))
     view = s6.transpose([ax for i in range(nd) for ax in (i, nd + i)])[(slice(0, 1),) * 2 * nd]
     sl, sh = (slice(0, 1),) * nd, (1,) * 2 * nd
+    rows = np.dtype(f"V{view.itemsize}")
+    view = view.view(rows)
     times = []
     for _ in range(reps):
         s = time.perf_counter()
-        out[sl].reshape(sh)[...] = view
+        out[sl].reshape(sh).view(rows)[...] = view
         times.append(time.perf_counter() - s)
     return float(np.median(times))
 

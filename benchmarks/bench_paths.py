@@ -344,44 +344,33 @@ def patch_section(
                 )
         case = f"{vol} {ps[0]}^3"
         why_floor = why_ref = why_open = None
-        if place_c is not None and lim:
-            least_text = (
+        if place_c is not None and lim and h:
+            best = min(place_c, h)  # the least a reader of this layout took in this run
+            floor_text = (
                 f"the least a reader of this layout takes (decode the touched blocks + place "
-                f"them) is {ms(place_c)} ms ({ms(place)} ms with numpy's Python per copy)"
+                f"them in the C-order patch, numpy chunk by chunk) is {ms(place_c)} ms = "
+                f"{place_c / lim:.2f}x the C decode floor ({ms(lim)} ms)"
+                + (f" / {place_c / rh:.2f}x the reference ({ms(rh)} ms)" if rh else "")
+                + f"; ours (Blosc2's C slicer) is {h / place_c:.2f}x that"
             )
-            r = place_c / lim
-            why_floor = (
-                f"{least_text} = {r:.2f}x the C decode floor ({ms(lim)} ms); ours is "
-                f"{rel(h, place_c)} of it; "
-                + (
-                    "placing the blocks is the limit"
-                    if r > 1.15
-                    else "that limit is within the goal, so the layout does not stop it"
-                )
+            why_floor = floor_text + (
+                ": placing the blocks (rows of one block's width, out of block order) is the limit"
+                if best / lim > 1.15
+                else ": within the goal, so the layout does not stop it"
             )
             if rh:
-                r = place_c / rh
-                why_ref = (
-                    f"{least_text} = {r:.2f}x the reference's read ({ms(rh)} ms); ours is "
-                    f"{rel(h, place_c)} of it; "
-                    + (
-                        "a limit of this layout: a reader with no cost above it would "
-                        "still be above 0.75x"
-                        if r > 0.75
-                        else "below 0.75x: not a physical limit"
-                    )
+                why_ref = floor_text + (
+                    f": no reader measured gets below {best / rh:.2f}x the reference, the "
+                    "limit is decoding + placing"
+                    if best / rh > 0.75
+                    else ": below 0.75x, not a physical limit"
                 )
             if rop:
-                r = place_c / rop
                 why_open = (
-                    f"{least_text} = {r:.2f}x the reference's open + read ({ms(rop)} ms), "
-                    f"before any open; ours opens in {ms(op - h) if op and h else '-'} ms "
-                    f"and reads in {rel(h, place_c)} of that floor; "
-                    + (
-                        "a limit of this layout"
-                        if r > 0.75
-                        else "below 0.75x: not a physical limit"
-                    )
+                    f"{floor_text}; with no open at all that is {place_c / rop:.2f}x the "
+                    f"reference's open + read ({ms(rop)} ms), our open costs "
+                    f"{ms(op - h) if op else '-'} ms"
+                    + (": the limit is decoding + placing" if best / rop > 0.75 else "")
                 )
         cells = [
             goal(h, lim, 1.15, f"warm patch {case}, one handle / decode touched blocks", why_floor),
@@ -470,11 +459,13 @@ def patch_section(
         )
     )
     out.append(
-        "\nThe placement floor in detail: numpy costs some Python per strided copy (measured "
-        "on a one-item copy before the clock); without it, `decode + place at C speed` is "
-        "the least a reader of this layout takes. `zeroing the patch` is what a slicer that "
-        "zeroes its output before filling it (Blosc2's `b2nd_get_slice_cbuffer` does) adds, "
-        "on an already faulted buffer.\n"
+        "\nThe placement floor in detail: numpy costs some Python per strided copy "
+        "(measured on a one-item copy before the clock); without it, `decode + place at C "
+        "speed` is what a reader that decodes each touched chunk's blocks and then places "
+        "them pays. Blosc2's slicer can be below it: for a chunk the patch touches little "
+        "it decodes the blocks one by one and places each while it is in cache. `zeroing "
+        "the patch` is what a slicer that zeroes its output before filling it (Blosc2's "
+        "`b2nd_get_slice_cbuffer` does) adds, on an already faulted buffer.\n"
     )
     out.append(
         table(
