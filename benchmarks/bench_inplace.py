@@ -30,18 +30,10 @@ from pathlib import Path
 
 import blosc2
 import numpy as np
+from bench_checksums import ct_volume  # the same synthetic CT (this folder is on sys.path)
 
 from mlarray import MLArray, integrity, io
 from mlarray.frame import inspect_frame
-
-
-def ct_volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    r = ((y - shape[1] / 2) / (shape[1] / 2.2)) ** 2 + ((x - shape[2] / 2) / (shape[2] / 2.5)) ** 2
-    body = np.where(r < 1, 40, -1000).astype(np.float32) + 0 * z
-    body += rng.normal(0, 20, size=shape).astype(np.float32)
-    return body.astype(np.int16)
 
 
 def _raw(p: Path, key: tuple, x: np.ndarray) -> tuple[float, float]:
