@@ -525,25 +525,6 @@ def test_os_error_mid_save_is_ours_names_the_file_and_keeps_the_old_one(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["keep.mla"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_permission_denied_is_ours_and_names_the_file(tmp_path):
-    p = tmp_path / "locked.mla"
-    MLArray(np.arange(6.0)).save(p)
-    p.chmod(0)
-    try:
-        for read in (MLArray.open, MLArray.load):
-            with pytest.raises(MLArrayIOError, match=r"locked\.mla"):
-                read(p)
-    finally:
-        p.chmod(0o644)
-    tmp_path.chmod(0o555)
-    try:
-        with pytest.raises(MLArrayIOError, match=r"new\.mla"):
-            MLArray(np.arange(3.0)).save(tmp_path / "new.mla")
-    finally:
-        tmp_path.chmod(0o755)
-
-
 def test_bboxes_with_the_wrong_number_of_axes_are_refused_before_writing(tmp_path):
     target = tmp_path / "seg.mla"
     MLArray(np.zeros((4, 5, 6), np.uint8)).save(target)
