@@ -311,22 +311,34 @@ import os, signal, sys
 import numpy as np
 from mlarray import MLArray, io
 
+from mlarray import integrity
+
 p, mmap_mode, where = sys.argv[1], sys.argv[2], sys.argv[3]
+when = sys.argv[4] if len(sys.argv) > 4 else "sync"
 a = MLArray.open(p, mode="a", mmap_mode=None if mmap_mode == "none" else mmap_mode)
 syncs = []
 real = io._datasync
+real_entry = integrity.updated_entry
 
 
 def datasync(fd):
     # The 1st sync of a write is its journal's; the 2nd is the file's, after c-blosc2
-    # wrote everything: killed there, the file is changed and the write is not committed.
+    # wrote everything: killed there, the write is complete but not committed.
     syncs.append(fd)
-    if len(syncs) == 2:
+    if when == "sync" and len(syncs) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     real(fd)
 
 
+def updated_entry(*args):
+    # c-blosc2 rewrote the chunks; their digests are not stored yet.
+    if when == "digests":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_entry(*args)
+
+
 io._datasync = datasync
+integrity.updated_entry = updated_entry
 if where == "write":
     a[0:25, 10:50, 5:60] = np.random.default_rng(2).integers(-9, 9, (25, 40, 55))
 elif where == "tail":  # the last chunk only: the chunks before it are never touched
@@ -338,33 +350,96 @@ print("not killed")
 """
 
 
-@pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
-@pytest.mark.parametrize("where", ["write", "tail", "close"])
-def test_a_writer_killed_before_its_write_commits_is_rolled_back_on_open(tmp_path, how, where):
-    p = tmp_path / "k.mla"
-    _save(p, _volume())
-    before = p.read_bytes()
+def _after(where: str) -> np.ndarray:
+    """The volume after the write of ``_KILL_MID_WRITE``'s case ``where``."""
+    v = _volume()
+    if where == "write":
+        v[0:25, 10:50, 5:60] = np.random.default_rng(2).integers(-9, 9, (25, 40, 55))
+    elif where == "tail":
+        v[20:40, 32:64, 32:64] = np.random.default_rng(2).integers(-9, 9, (20, 32, 32))
+    return v
+
+
+def _kill_writer(tmp_path: Path, p: Path, how: str, where: str, when: str) -> None:
     script = tmp_path / "kill.py"
     script.write_text(_KILL_MID_WRITE)
     proc = subprocess.run(
-        [sys.executable, os.fspath(script), os.fspath(p), how, where],
+        [sys.executable, os.fspath(script), os.fspath(p), how, where, when],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    journal = io.journal_path(p)
-    assert journal.exists()
-    assert p.read_bytes() != before  # the file was changed in place ...
-    a = MLArray.open(p)  # ... and the next open (read-only, too) rolls it back
+    assert io.journal_path(p).exists()
+
+
+@pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
+@pytest.mark.parametrize("where", ["write", "tail"])
+def test_a_writer_killed_before_its_write_commits_is_rolled_back_on_open(tmp_path, how, where):
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    before = p.read_bytes()
+    _kill_writer(tmp_path, p, how, where, "digests")
+    assert p.read_bytes() != before  # the chunks were rewritten in place ...
+    a = MLArray.open(p)  # ... and the next open (read-only, too) rolls them back
     assert p.read_bytes() == before
-    assert not journal.exists() and _left_behind(p) == []
-    assert verify_file(p).ok and not a.meta.is_seg
+    assert not io.journal_path(p).exists() and _left_behind(p) == []
+    assert verify_file(p).ok
     assert np.array_equal(a[...], _volume())
     b = MLArray.open(p, mode="a")  # and it can be written again
     b[0] = 3
     b.close()
     assert np.all(MLArray.open(p)[0] == 3) and verify_file(p).ok
+
+
+@pytest.mark.parametrize("how", ["none", "r+"], ids=["a-nommap", "mmap-r+"])
+@pytest.mark.parametrize("where", ["write", "tail", "close"])
+def test_a_writer_killed_after_its_write_completed_keeps_the_write(tmp_path, how, where):
+    # Killed at the file's sync: the write is complete (every chunk matches its stored
+    # digest) but its journal was not removed. The next open keeps the finished write
+    # and removes the journal: all of the write, never a part.
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    before = p.read_bytes()
+    _kill_writer(tmp_path, p, how, where, "sync")
+    a = MLArray.open(p)
+    assert p.read_bytes() != before
+    assert not io.journal_path(p).exists() and _left_behind(p) == []
+    assert verify_file(p).ok and bool(a.meta.is_seg) == (where == "close")
+    assert np.array_equal(a[...], _after(where))
+
+
+def test_a_journal_does_not_undo_content_put_into_the_file_after_the_crash(tmp_path):
+    # The file is replaced by a whole other file through the same inode (cp keeps it):
+    # the journal of the crashed write must not be applied over it.
+    p = tmp_path / "k.mla"
+    _save(p, _volume())
+    _kill_writer(tmp_path, p, "none", "write", "digests")
+    other = tmp_path / "other.mla"
+    _save(other, np.full((40, 64, 64), 7, np.int16))
+    ino = p.stat().st_ino
+    shutil.copyfile(other, p)
+    assert p.stat().st_ino == ino
+    assert np.array_equal(MLArray.open(p)[...], np.full((40, 64, 64), 7, np.int16))
+    assert not io.journal_path(p).exists()
+
+
+def test_writers_through_a_symbolic_link_share_the_real_files_journal(tmp_path):
+    real_dir, link_dir = tmp_path / "real", tmp_path / "links"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    real, link = real_dir / "a.mla", link_dir / "a.mla"
+    _save(real, _volume())
+    link.symlink_to(real)
+    assert io.journal_path(link) == io.journal_path(real)
+    _kill_writer(tmp_path, link, "none", "write", "digests")
+    b = MLArray.open(real, mode="a")  # rolls the crashed write back first, then writes
+    assert np.array_equal(b[...], _volume())
+    b[...] = 42
+    b.close()
+    for name in (link, real, link):
+        assert np.all(MLArray.open(name)[...] == 42), name
+    assert not io.journal_path(real).exists()
 
 
 def test_a_live_writers_journal_is_left_alone_and_a_replaced_files_is_dropped(
@@ -377,7 +452,9 @@ def test_a_live_writers_journal_is_left_alone_and_a_replaced_files_is_dropped(
     before = p.read_bytes()
     script = tmp_path / "kill.py"
     script.write_text(_KILL_MID_WRITE)
-    subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "write"], timeout=120)
+    subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p), "none", "write", "digests"], timeout=120
+    )
     journal = io.journal_path(p)
     assert journal.exists()
     fd = os.open(journal, os.O_RDONLY)
@@ -402,7 +479,9 @@ def test_a_journal_is_not_applied_to_other_content_put_into_the_file(tmp_path):
     _save(p, _volume())
     script = tmp_path / "kill.py"
     script.write_text(_KILL_MID_WRITE)
-    subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "tail"], timeout=120)
+    subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p), "none", "tail", "digests"], timeout=120
+    )
     journal = io.journal_path(p)
     assert journal.exists()
     other = tmp_path / "other" / "k.mla"
@@ -649,7 +728,9 @@ def test_open_rolls_back_only_with_write_permission():
         p.chmod(0o644)
         script = d / "kill.py"
         script.write_text(_KILL_MID_WRITE)
-        subprocess.run([sys.executable, os.fspath(script), os.fspath(p), "none", "write"])
+        subprocess.run(
+            [sys.executable, os.fspath(script), os.fspath(p), "none", "write", "digests"]
+        )
         torn = p.read_bytes()
         journal = io.journal_path(p)
         journal.chmod(0o644)

@@ -830,8 +830,10 @@ def journal_path(path: str | os.PathLike) -> Path:
 
     The name is short (any file name near the system's limit has one) and
     hidden; ``<hash>`` is the first 12 hex digits of the SHA-1 of the file's name.
+    Symbolic links are resolved first: writers and readers reaching one file
+    through different names find the same journal.
     """
-    return Path(_journal_name(os.fspath(path)))
+    return Path(_journal_name(os.path.realpath(os.fspath(path))))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1107,6 +1109,31 @@ def _guard_holds(fd: int, fields: tuple) -> bool:
     return len(data) == guard_len and xxhash.xxh3_64_intdigest(data) == guard
 
 
+def _whole(p: Path) -> bool:
+    """Whether ``p`` is a consistent file: frame, metadata and every chunk digest valid.
+
+    False for a file without digests (nothing tells a finished write from a
+    partial one there) and whenever verification is switched off.
+    """
+    try:
+        buf = map_regular_file(p)
+    except Exception:
+        return False
+    try:
+        info = _frame.inspect_frame(buf, p)
+        _meta_from_raw(_frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
+        verifier = integrity.attach(_FrameBytes(tuple(info.shape)), p, buf, info)
+        if verifier is None:
+            return False
+        verifier.verify_all()
+        return True
+    except Exception:  # any damage: not whole (the journal decides)
+        return False
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.close()
+
+
 def _roll_back(p: Path, fd: int, jfd: int, fields: tuple) -> None:
     """Put the saved bytes of the journal ``jfd`` back into the file open as ``fd``."""
     size, head_len, low = fields[2:5]
@@ -1143,7 +1170,7 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
     DiskFullError
         If there is no space to restore it (the journal is kept for the next try).
     """
-    name = _journal_name(os.fspath(path))
+    name = os.fspath(journal_path(path))
     try:
         jfd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -1174,6 +1201,13 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
             _drop_journal(jpath, jfd)  # incomplete, or its file is gone or was replaced
             jfd = -1
             return False
+        if _whole(p):
+            # Valid frame and metadata, every chunk matching its stored digest: the
+            # write completed before the crash, or other content was put into the file
+            # since. Either way it is left as it is.
+            _drop_journal(jpath, jfd)
+            jfd = -1
+            return False
         with os_errors(p, "cannot restore it after an interrupted in-place write"):
             try:
                 fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
@@ -1185,7 +1219,8 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
                     errno.EACCES,
                 ) from None
             try:
-                applies = _guard_holds(fd, fields)  # else: other content was put in the file
+                # The journal applies if the bytes its write never changes are still there.
+                applies = _guard_holds(fd, fields)
                 if applies:
                     _roll_back(p, fd, jfd, fields)
             finally:
