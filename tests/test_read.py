@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import blosc2
@@ -298,3 +299,92 @@ def test_block_layers_hold_their_planes_in_c_order(shape, chunks, blocks, nthrea
                 np.testing.assert_array_equal(layer, want)
                 seen += layer.shape[0]
         assert seen == shape[axis]  # the layers hold every plane once
+
+
+@pytest.mark.parametrize("kind", ["layer", "chunk"])
+def test_a_decode_racing_a_write_is_not_cached(tmp_path, kind):
+    # napari slices planes in a worker thread while labels are painted: a read misses,
+    # decodes, and the write and its cache clear() happen before the read keeps what it
+    # decoded. That data predates the write and must not serve later reads.
+    p = tmp_path / "race.mla"
+    save_mla(
+        p,
+        np.zeros((16, 64, 64), np.int16),
+        Meta(),
+        chunk_size=(8, 32, 32),
+        block_size=(4, 16, 16),
+        patch_size=None,
+    )
+    a = MLArray.open(p, mode="a")
+    a.set_chunk_cache()
+    cache, store = a._chunk_cache, a._store
+    if kind == "layer":  # plane 1: block layer 0 of chunk row 0 along axis 0
+        key, where = ("layer", 0, 0, 0), (1,)
+        decode = functools.partial(decode_layer, store, 0, 0, 0)
+    else:  # a small patch of chunk 0, assembled from the whole decoded chunk
+        key, where = ("chunk", 0), (slice(1, 3), slice(2, 5), slice(2, 5))
+        decode = functools.partial(decode_chunk, store, 0)
+    decoded, written = threading.Event(), threading.Event()
+    raced = []
+
+    def hooked():
+        try:
+            return decode()  # the data before the write
+        finally:
+            decoded.set()
+            written.wait()
+
+    reader = threading.Thread(
+        target=lambda: raced.append(cache._get(store, key, hooked)), daemon=True
+    )
+    reader.start()
+    try:
+        assert decoded.wait(timeout=60), "the reader never decoded"
+        a[where] = 5  # writes chunk 0, then clears the cache
+    finally:
+        written.set()
+    reader.join()
+    assert not raced[0].any()  # the racing read got what it decoded: the old data
+    assert key not in cache._chunks  # but did not keep it
+    np.testing.assert_array_equal(a[where], np.full(a[where].shape, 5, np.int16))
+    assert key in cache._chunks  # decoded after the write: kept, and served from now on
+    hits = cache.hits
+    np.testing.assert_array_equal(a[where], 5)
+    assert cache.hits == hits + 1
+
+
+def test_planes_read_while_written_from_another_thread_are_never_stale(tmp_path):
+    # A viewer thread scrolls between two planes (a cache of one block layer: every read
+    # misses and decodes) while the main thread writes one of them, as napari's async
+    # slicing does while labels are painted. Once the write and the reader finished, a
+    # fresh read returns what was written.
+    p = tmp_path / "paint.mla"
+    save_mla(
+        p,
+        np.zeros((64, 256, 256), np.int16),
+        Meta(),
+        chunk_size=(64, 64, 128),
+        block_size=(16, 32, 32),
+        patch_size=None,
+    )
+    a = MLArray.open(p, mode="a")
+    a.set_chunk_cache(64 * 256 * 32 * 2)  # one block layer along the last axis
+
+    def scroll(done):
+        while not done.is_set():
+            a[:, :, 200]
+            a[:, :, 100]
+
+    stale = []
+    for it in range(1, 31):
+        done = threading.Event()
+        reader = threading.Thread(target=scroll, args=(done,))
+        reader.start()
+        try:
+            a[:, :, 100] = it  # written (and the cache cleared) while the reader decodes
+        finally:
+            done.set()
+            reader.join()
+        if not (a[:, :, 100] == it).all():
+            stale.append(it)
+    assert not stale

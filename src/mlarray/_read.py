@@ -62,6 +62,13 @@ class ChunkCache:
     -----
     The cache belongs to one array (``store``); it empties itself when it is used
     with another one, and the owner calls :meth:`clear` after writing.
+
+    Decoding runs outside the lock, so a read may race with a write and its
+    :meth:`clear`: each clear (and each switch to another array) starts a new
+    *generation*, and a miss keeps what it decoded only if no clear happened
+    since it looked the key up. The reader that raced gets the data it decoded
+    (as any read racing a write may), but nothing decoded before a clear stays
+    cached after it.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -75,6 +82,7 @@ class ChunkCache:
         self.misses = 0
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._store: Any = None
+        self._generation = 0  # bumped by every clear: older decodes are not kept
         self._lock = threading.Lock()  # napari reads planes from worker threads
 
     def __len__(self) -> int:
@@ -83,13 +91,16 @@ class ChunkCache:
     def clear(self) -> None:
         """Forget every decoded chunk (after the array was written to)."""
         with self._lock:
-            self._chunks.clear()
-            self.nbytes = 0
+            self._forget()
+
+    def _forget(self) -> None:  # with the lock held
+        self._chunks.clear()
+        self.nbytes = 0
+        self._generation += 1
 
     def _bind(self, store: Any) -> None:
         if self._store is not store:
-            self._chunks.clear()
-            self.nbytes = 0
+            self._forget()
             self._store = store
 
     def chunk(self, store: Any, nchunk: int) -> np.ndarray:
@@ -113,10 +124,17 @@ class ChunkCache:
                 self._chunks.move_to_end(key)
                 self.hits += 1
                 return arr
+            generation = self._generation
         arr = decode()
         with self._lock:
             self.misses += 1
-            if self._store is store and arr.nbytes <= self.max_bytes:
+            # A clear (a write) since the lookup: ``arr`` may hold data from before the
+            # write, so it is returned to this caller but not kept.
+            if (
+                self._generation == generation
+                and self._store is store
+                and arr.nbytes <= self.max_bytes
+            ):
                 old = self._chunks.pop(key, None)
                 if old is not None:
                     self.nbytes -= old.nbytes
