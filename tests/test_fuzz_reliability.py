@@ -148,11 +148,106 @@ _AXIS_KEY = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(
+@st.composite
+def numpy_keys(draw, shape):
+    """Keys numpy accepts (mostly) for ``shape``: ints, slices with any step, lists, integer
+    arrays, boolean masks of any number of dimensions in any position, 0-d booleans
+    (``True``, ``np.False_``: a new axis, no axis consumed), None and one Ellipsis."""
+    kinds = draw(
+        st.lists(
+            st.sampled_from(["int", "slice", "ints", "list", "mask", "bool0", "none", "ellipsis"]),
+            max_size=5,
+        )
+    )
+    if kinds.count("ellipsis") > 1:
+        first = kinds.index("ellipsis")
+        kinds = [k for i, k in enumerate(kinds) if k != "ellipsis" or i == first]
+    # how many axes each item consumes (a mask: 1 to all that are left)
+    ndims = []
+    for kind in kinds:
+        if kind in ("none", "ellipsis", "bool0"):
+            ndims.append(0)
+        elif kind == "mask":
+            left = len(shape) - sum(ndims)
+            ndims.append(draw(st.integers(1, max(left, 1))))
+        else:
+            ndims.append(1)
+    fill = max(len(shape) - sum(ndims), 0)
+    length = draw(st.integers(1, 4))  # of every index list: so that they broadcast together
+    key, axis = [], 0
+    for kind, nd in zip(kinds, ndims, strict=True):
+        n = shape[axis] if axis < len(shape) else 1
+        if kind == "none":
+            key.append(None)
+        elif kind == "ellipsis":
+            key.append(Ellipsis)
+            axis += fill
+        elif kind == "bool0":
+            key.append(draw(st.sampled_from([True, False, np.True_, np.False_])))
+        elif kind == "int":
+            key.append(draw(st.integers(-n, n - 1)))
+        elif kind == "slice":
+            bound = st.none() | st.integers(-n - 2, n + 2)
+            step = st.none() | st.sampled_from([1, 2, 3, -1, -2, -5])
+            key.append(slice(draw(bound), draw(bound), draw(step)))
+        elif kind in ("ints", "list"):
+            idx = draw(st.lists(st.integers(-n, n - 1), min_size=length, max_size=length))
+            key.append(np.array(idx) if kind == "ints" else idx)
+        else:
+            mshape = tuple(shape[axis : axis + nd])
+            rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+            density = draw(st.sampled_from([0.0, 0.02, 0.3, 1.0]))
+            key.append(rng.random(mshape) < density)
+        axis += nd
+    return tuple(key) if draw(st.booleans()) or len(key) != 1 else key[0]
+
+
+_KEYS = (
     st.lists(st.one_of(_AXIS_KEY, st.just(None), st.just(Ellipsis)), max_size=4).map(tuple)
     | _AXIS_KEY
+    | numpy_keys((13, 17, 11))
 )
+
+
+@settings(max_examples=600, deadline=None)
+@given(_KEYS)
+def test_key_bounds_is_the_bounding_box_of_numpys_selection(key):
+    """For every key numpy accepts, key_bounds works it out (no fallback needed) and it is
+    exactly the box from the lowest to the highest index numpy selects on each axis."""
+    from mlarray.indexing import key_bounds, numpy_accepts
+
+    shape = (13, 17, 11)
+    coords = np.indices(shape)
+    try:
+        picked = [c[key] for c in coords]
+    except (IndexError, TypeError, ValueError):  # numpy refuses the key
+        assert not numpy_accepts(key, shape)
+        with pytest.raises(IndexError):
+            key_bounds(key, shape)
+        return
+    assert numpy_accepts(key, shape)
+    got = key_bounds(key, shape)
+    if not picked[0].size:
+        assert got is None
+    else:
+        assert got == [(int(c.min()), int(c.max()) + 1) for c in picked]
+
+
+def test_key_bounds_of_a_0d_array():
+    from mlarray.indexing import key_bounds
+
+    zero_d = np.zeros(())
+    for key in [(), Ellipsis, None, True, np.True_, False, np.False_, (None, ...), (True, True)]:
+        assert key_bounds(key, ()) == (None if zero_d[key].size == 0 else [])
+    for key in [0, (slice(None),), (..., ...)]:
+        with pytest.raises(IndexError):
+            zero_d[key]
+        with pytest.raises(IndexError):
+            key_bounds(key, ())
+
+
+@settings(max_examples=400, deadline=None)
+@given(_KEYS)
 def test_reads_verify_every_chunk_they_touch(grid_file, key):
     """The read hook's chunk set (fast path for patch keys, general path otherwise)
     covers every chunk numpy's indexing touches, and for patch keys nothing more."""

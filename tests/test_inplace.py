@@ -756,3 +756,94 @@ def test_negative_indices_mark_every_chunk_they_write(tmp_path, how):
     assert verify_file(p).ok
     a.close()
     assert MLArray.open(p)[...].tolist() == [7, 9]
+
+
+def test_a_0d_write_refreshes_the_checksum_of_its_chunk(tmp_path):
+    """A 0-d array's box is ``[]`` (no axes), yet it has one chunk: the write journals it
+    and refreshes its checksum (it was once taken for a metadata-only write)."""
+    p = tmp_path / "z.mla"
+    MLArray(np.array(5, dtype=np.int32)).save(p)
+    for how in ({"mode": "a"}, {"mode": "r", "mmap_mode": "r+"}):
+        a = MLArray.open(p, **how)
+        a[()] = 7
+        a[...] = a[()] + 1
+        a.close()
+        assert verify_file(p).ok
+        assert MLArray.open(p)[()] == 8
+        MLArray.open(p).verify()
+        MLArray(np.array(5, dtype=np.int32)).save(p)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("mask2d", id="2d-mask-ellipsis"),
+        pytest.param((np.True_, 5), id="true-then-int"),
+        pytest.param((True, slice(None, None, -3), None, [2, -1]), id="true-negstep-none-list"),
+        pytest.param("mask3d", id="3d-mask"),
+    ],
+)
+def test_writes_of_boolean_keys_journal_and_checksum_the_chunks_they_change(tmp_path, key):
+    """A 2-d mask covers two axes, a 0-d boolean none (numpy's rules): ``a[mask2d, ...] = 9``
+    was refused, and ``a[np.True_, 5] = 9`` wrote chunks outside its journal and their old
+    checksums stayed (the file then read as damaged)."""
+    p = tmp_path / "b.mla"
+    shape = (16, 20, 12)
+    MLArray(np.zeros(shape, np.int16), patch_size=None, chunk_size=(4, 5, 6)).save(p)
+    if key == "mask2d":
+        m = np.zeros(shape[:2], bool)
+        m[3, 4] = m[13, 17] = True
+        key = (m, Ellipsis)
+    elif key == "mask3d":
+        key = np.random.default_rng(0).random(shape) < 0.01
+    want = np.zeros(shape, np.int16)
+    want[key] = 9
+    a = MLArray.open(p, mode="a")
+    a[key] = 9
+    a.close()
+    assert MLArray.open(p).verify().ok
+    assert np.array_equal(MLArray.open(p)[...], want)
+
+
+_WRITES = iter(range(10**9))
+
+
+def test_in_place_writes_of_any_numpy_key_keep_the_file_valid(tmp_path):
+    """Property: for any key numpy accepts (masks of any ndim, 0-d booleans, None, negative
+    steps, index lists), an in-place write leaves a file that verifies and holds numpy's
+    result of the same assignment."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.test_fuzz_reliability import numpy_keys
+
+    shape = (9, 10, 7)
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(numpy_keys(shape), st.booleans(), st.sampled_from(["a", "r+"]))
+    def check(key, scalar, how):
+        want = data.copy()
+        try:
+            selected = want[key]
+        except (IndexError, TypeError, ValueError):
+            return  # numpy refuses the key
+        values = -1 if scalar else -np.arange(1, selected.size + 1).reshape(selected.shape)
+        want[key] = values
+        p = tmp_path / f"k{next(_WRITES)}.mla"
+        MLArray(data, patch_size=None, chunk_size=(2, 3, 2), block_size=(2, 3, 2)).save(p)
+        opened = {"mode": "a"} if how == "a" else {"mode": "r", "mmap_mode": "r+"}
+        a = MLArray.open(p, **opened)
+        a[key] = values
+        a.close()
+        b = MLArray.open(p)
+        assert b.verify().ok
+        assert np.array_equal(b[...], want)
+        p.unlink()
+
+    check()

@@ -701,3 +701,23 @@ def test_open_handles_hold_no_extra_file_descriptors(tmp_path):
     for h in handles:
         h[:3, :3, :3]  # verification maps the file once, shared by all handles
     assert len(os.listdir("/proc/self/fd")) - before <= 60 + 2  # Blosc2's own one per handle
+
+
+def test_reads_with_multidimensional_masks_verify_their_chunks(tmp_path):
+    """``a[mask2d, ...]`` on a damaged file raises (the mask's axes were once miscounted, the
+    bounds failed and nothing was verified: the damaged data came back silently)."""
+    p = tmp_path / "m.mla"
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 32), dtype=np.uint8)
+    MLArray(x, patch_size=None, chunk_size=(16, 16, 16)).save(p)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    buf[int(info.chunk_pos[0]) + int(info.chunk_cbytes[0]) // 2] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    far = np.zeros((32, 32), bool)
+    far[20:, 20:] = True  # outside chunk 0: reads
+    a = MLArray.open(p)
+    assert np.array_equal(a[far, ...], x[far, ...])
+    mask = np.ones((32, 32), bool)
+    for key in [(mask, Ellipsis), (np.True_, mask), (None, mask, slice(None, None, -1)), mask]:
+        with pytest.raises(CorruptChunkError, match="chunk 0 "):
+            MLArray.open(p)[key]

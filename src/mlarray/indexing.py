@@ -1,62 +1,160 @@
-"""What a numpy key reads: per-axis bounds, cheaply (used to find the chunks a read touches).
+"""What a numpy key selects: its bounding box per axis, cheaply (no selection is built).
 
-Keys are assumed valid for the shape (an invalid key gives meaningless bounds;
-the read itself reports it).
+Used to find the chunks a read touches (to verify and prefetch them) and the
+chunks a write changes (to journal them and refresh their checksums). The rules
+are numpy's: integers, slices (any step), one Ellipsis, None (a new axis),
+integer arrays and lists (broadcast together), boolean masks of any number of
+dimensions (a mask covers as many axes as it has dimensions) and 0-d booleans
+(``True``/``np.True_``: a new axis, no axis consumed).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["key_bounds"]
+__all__ = ["key_bounds", "numpy_accepts"]
+
+
+def _axis_range(mask: np.ndarray, dim: int) -> tuple[int, int] | None:
+    """(first, last + 1) of the positions along ``dim`` where ``mask`` has a True."""
+    others = tuple(d for d in range(mask.ndim) if d != dim)
+    hit = np.flatnonzero(mask.any(axis=others) if others else mask)
+    if not hit.size:
+        return None
+    return int(hit[0]), int(hit[-1]) + 1
+
+
+def _item(k: Any) -> tuple[str, Any]:
+    """Classify one item of a key as numpy does: (kind, value)."""
+    if k is None:
+        return "new", None
+    if k is Ellipsis:
+        return "ellipsis", None
+    if isinstance(k, slice):
+        return "slice", k
+    if isinstance(k, (bool, np.bool_)):
+        return "bool0", bool(k)
+    if isinstance(k, (int, np.integer)):
+        return "int", int(k)
+    if not isinstance(k, (np.ndarray, list, tuple)) and hasattr(type(k), "__index__"):
+        return "int", operator.index(k)
+    arr = np.asarray(k)
+    if arr.dtype == np.bool_:
+        return ("bool0", bool(arr)) if arr.ndim == 0 else ("mask", arr)
+    if arr.dtype.kind in "iu":
+        return "ints", arr
+    if arr.size == 0 and not isinstance(k, np.ndarray):
+        return "ints", arr.astype(np.intp)  # numpy reads an empty list as no index
+    raise IndexError(
+        "only integers, slices (`:`), ellipsis (`...`), numpy.newaxis (`None`) and "
+        "integer or boolean arrays are valid indices"
+    )
 
 
 def key_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
-    """Per-axis (start, stop) bounds of what ``key`` reads; None if it reads nothing."""
-    items = key if isinstance(key, tuple) else (key,)
-    n_real = sum(1 for k in items if k is not None and k is not Ellipsis)
+    """Bounding box ``[(start, stop), ...]`` (one pair per axis of ``shape``) of what
+    ``array[key]`` selects, following numpy's indexing rules; None if it selects nothing.
+
+    The box is exact: per axis, from the lowest to the highest index selected.
+
+    Raises
+    ------
+    IndexError
+        For a key numpy refuses (or one this does not understand): a caller then
+        has to assume the key touches every chunk, or let numpy report it.
+    """
+    shape = tuple(int(n) for n in shape)
+    try:
+        items = [_item(k) for k in (key if isinstance(key, tuple) else (key,))]
+    except (TypeError, ValueError) as exc:  # e.g. a ragged list
+        raise IndexError(f"not a valid index: {exc}") from exc
+    kinds = [kind for kind, _ in items]
+    if kinds.count("ellipsis") > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(
+        v.ndim if kind == "mask" else 1
+        for kind, v in items
+        if kind in ("slice", "int", "ints", "mask")
+    )
+    if used > len(shape):
+        raise IndexError(
+            f"too many indices for array: array is {len(shape)}-dimensional, "
+            f"but {used} were indexed"
+        )
     out: list[tuple[int, int]] = []
-    axis = 0
-    for k in items:
-        if k is None:
+    advanced: list[tuple[int, ...]] = []  # the shapes numpy broadcasts together
+    empty = False
+    for kind, v in items:
+        if kind == "new":
             continue
-        if k is Ellipsis:
-            for _ in range(len(shape) - n_real):
-                out.append((0, shape[axis]))
-                axis += 1
+        if kind == "ellipsis":
+            out += [(0, shape[len(out) + j]) for j in range(len(shape) - used)]
             continue
-        if axis >= len(shape):
-            break
+        if kind == "bool0":
+            advanced.append((1 if v else 0,))
+            continue
+        axis = len(out)
+        if kind == "mask":
+            if v.shape != shape[axis : axis + v.ndim]:
+                raise IndexError(
+                    f"boolean index of shape {v.shape} does not match the indexed axes "
+                    f"{shape[axis : axis + v.ndim]}"
+                )
+            count = int(np.count_nonzero(v))
+            advanced.append((count,))
+            for dim in range(v.ndim):
+                span = _axis_range(v, dim) if count else None
+                out.append(span if span is not None else (0, 0))
+            continue
         n = shape[axis]
-        if isinstance(k, slice):
-            start, stop, step = k.indices(n)
+        if kind == "slice":
+            start, stop, step = v.indices(n)
             if (step > 0 and start >= stop) or (step < 0 and start <= stop):
-                return None
+                empty = True
+                out.append((0, 0))
+                continue
             last = start + ((stop - start - (1 if step > 0 else -1)) // step) * step
             out.append((min(start, last), max(start, last) + 1))
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
-            i = int(k) + n if int(k) < 0 else int(k)
+        elif kind == "int":
+            if not -n <= v < n:
+                raise IndexError(f"index {v} is out of bounds for axis {axis} with size {n}")
+            i = v + n if v < 0 else v
             out.append((i, i + 1))
-        else:
-            arr = np.asarray(k)
-            if arr.dtype == bool:
-                # a boolean mask covers as many axes as it has dimensions
-                for _ in range(max(arr.ndim, 1)):
-                    if axis < len(shape):
-                        out.append((0, shape[axis]))
-                        axis += 1
+        else:  # an integer array
+            advanced.append(v.shape)
+            if not v.size:
+                out.append((0, 0))
                 continue
-            if arr.size == 0:
-                return None
+            lo, hi = int(v.min()), int(v.max())
+            if lo < -n or hi >= n:
+                bad = hi if hi >= n else lo
+                raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
             # negative indices count from the end: normalize before taking the extremes
             # ([0, -1] reads the first and the last element, not 0..n-1 exclusive)
-            norm = np.where(arr < 0, arr + n, arr)
-            lo, hi = int(norm.min()), int(norm.max())
-            out.append((max(lo, 0), min(hi, n - 1) + 1))
-        axis += 1
-    while axis < len(shape):
-        out.append((0, shape[axis]))
-        axis += 1
+            norm = np.where(v < 0, v + n, v) if lo < 0 else v
+            out.append((int(norm.min()), int(norm.max()) + 1))
+    out += [(0, n) for n in shape[len(out) :]]
+    if advanced:
+        try:
+            selected = np.broadcast_shapes(*advanced)
+        except ValueError as exc:
+            raise IndexError(
+                "shape mismatch: indexing arrays could not be broadcast together"
+            ) from exc
+        if 0 in selected:
+            return None
+    if empty or any(hi <= lo for lo, hi in out):
+        return None
     return out
+
+
+def numpy_accepts(key: Any, shape: tuple[int, ...]) -> bool:
+    """Whether numpy indexes an array of ``shape`` with ``key`` (at most a bool per element)."""
+    try:
+        np.broadcast_to(np.empty((), dtype=np.bool_), tuple(shape))[key]
+    except Exception:
+        return False
+    return True

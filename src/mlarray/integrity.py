@@ -53,7 +53,7 @@ import xxhash
 
 from mlarray.errors import CorruptChunkError, MLArrayIOError
 from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
-from mlarray.indexing import key_bounds
+from mlarray.indexing import key_bounds, numpy_accepts
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -385,8 +385,10 @@ class ChunkVerifier:
         if bounds is None:
             try:
                 bounds = key_bounds(key, self.shape)
-            except Exception:  # a key numpy refuses: the read itself reports it
-                return
+            except Exception:
+                if numpy_accepts(key, self.shape):  # chunks not known: check all of them
+                    self.verify_all()
+                return  # a key numpy refuses: the read itself reports it
             if bounds is None:
                 return
             bounds = [

@@ -1267,7 +1267,9 @@ def write_in_place(
     path : str or PathLike
         Its file.
     bounds : list of (start, stop) or None
-        The box ``write`` writes into (None: anywhere; ``[]``: no chunk).
+        The box ``write`` writes into, one pair per axis (``[]`` for a 0-d array,
+        whose one chunk it covers); None: anywhere (every chunk is journaled and
+        its checksum refreshed). Ignored without ``write``.
     write : callable or None
         Writes through ``store``.
     vlmeta : dict, optional
@@ -1329,7 +1331,7 @@ def _transaction(
     info = _frame.inspect_frame(buf, p)
     ids = (
         np.zeros(0, dtype=np.int64)
-        if write is None or bounds == []
+        if write is None  # metadata only: no chunk changes
         else integrity.chunks_in_box(info, bounds)
     )
     data_end = info.header_len + info.cbytes

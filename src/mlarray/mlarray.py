@@ -1174,8 +1174,8 @@ class MLArray:
         try:
             if in_place:
                 # All or nothing: a full disk or a crash leaves the file as it was.
-                bounds = key_bounds(key, shape)
-                if bounds is not None:
+                if values.size:
+                    bounds = _write_bounds(key, shape)
                     io.write_in_place(store, self._path, bounds, write, reopen=self._reopen_file)
             else:
                 write()
@@ -1346,6 +1346,19 @@ class MLArray:
         """Unit upper-triangular shear part of the affine, or None without an array."""
         a = self.affine
         return None if a is None else geometry.shear(a).tolist()
+
+
+def _write_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """The box a write of ``key`` (numpy selects something) changes; None: not known.
+
+    None makes the write journal every chunk and refresh every checksum (slower,
+    never wrong); a box that missed a written chunk would leave it outside the
+    undo journal and with its old checksum.
+    """
+    try:
+        return key_bounds(key, shape)  # None (selects nothing) cannot be right here
+    except Exception:
+        return None
 
 
 def _probe(shape: tuple[int, ...]) -> np.ndarray:
