@@ -270,3 +270,31 @@ def test_reads_verify_every_chunk_they_touch(grid_file, key):
         type(k) is int or (type(k) is slice and k.step in (None, 1)) for k in items
     ):
         assert got == want  # a patch key hashes exactly the chunks it reads
+
+
+@pytest.fixture(scope="module")
+def counted_file(tmp_path_factory):
+    """A file whose every element differs (its flat index), on a 4x4x4 chunk grid."""
+    path = tmp_path_factory.mktemp("counted") / "counted.mla"
+    shape = (13, 17, 11)
+    data = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    MLArray(data, patch_size=None, chunk_size=(4, 5, 3), block_size=(2, 5, 3)).save(path)
+    return path, data
+
+
+@settings(max_examples=300, deadline=None)
+@given(numpy_keys((13, 17, 11)))
+def test_reads_of_any_numpy_key_give_numpys_result(counted_file, key):
+    """Masks of any ndim, 0-d booleans (``a[np.array([0]), True]`` once reached Blosc2 and
+    failed in ndindex) and negative steps next to arrays read as numpy reads them."""
+    path, data = counted_file
+    try:
+        want = data[key]
+    except (IndexError, TypeError, ValueError):
+        return
+    for cache in (False, True):
+        arr = MLArray.open(path)
+        if cache:
+            arr.set_chunk_cache()
+        got = arr[key]
+        assert got.shape == want.shape and np.array_equal(got, want)

@@ -1399,10 +1399,20 @@ def _blosc2_reads(key: Any) -> bool:
     if _is_basic_key(key):
         return True
     items = key if isinstance(key, tuple) else (key,)
-    if any(k is None for k in items):
+    if any(k is None or _blosc2_refuses(k) for k in items):
         return False
     advanced = [i for i, k in enumerate(items) if not _is_plain_index(k)]
     return advanced == list(range(advanced[0], advanced[-1] + 1))
+
+
+def _blosc2_refuses(k: Any) -> bool:
+    """An item Blosc2 gets wrong next to an array: a 0-d boolean (a new axis to numpy) or a
+    slice with a negative step."""
+    if isinstance(k, slice):
+        return k.step is not None and k.step < 0
+    return isinstance(k, (bool, np.bool_)) or (
+        isinstance(k, np.ndarray) and k.ndim == 0 and k.dtype == np.bool_
+    )
 
 
 def _selection_box(
