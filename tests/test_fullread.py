@@ -186,3 +186,16 @@ def test_selects_all():
         [0, 1],
     ):
         assert not selects_all(key, 2), key
+
+
+def test_threaded_reads_leave_blosc2s_gil_switch_as_they_found_it(tmp_path):
+    # python-blosc2's GIL switch is process-wide: a user's own Blosc2 objects shared
+    # between threads must keep the serialisation they had after our threaded reads.
+    p = tmp_path / "g.mla"
+    ref = np.arange(40 * 50 * 60, dtype=np.int16).reshape(40, 50, 60)
+    save_mla(p, ref, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    a = MLArray.open(p, dparams={"nthreads": 2})
+    for before in (False, True):
+        blosc2.set_releasegil(before)
+        assert np.array_equal(a[...], ref)
+        assert blosc2.set_releasegil(False) is before

@@ -14,9 +14,9 @@ Threads: the number the handle allows, ``dparams["nthreads"]`` (``MLArray.open(p
 dparams={"nthreads": n})``; the default is one thread, the data-loader case; the napari
 reader uses every core). With more than one, a pool of Python threads takes rows of
 chunks in turn; each thread decodes a private copy of each compressed chunk with
-``blosc2.decompress2`` (which releases the GIL once ``blosc2.set_releasegil(True)`` was
-called: the first threaded read does that for the process) and copies the row into
-place (numpy copies release the GIL too).
+``blosc2.decompress2`` (which releases the GIL while ``blosc2.set_releasegil(True)`` is
+in force: switched on for the duration of threaded reads only, then set back) and copies
+the row into place (numpy copies release the GIL too).
 
 The chunks are verified against their checksums first (``integrity.verify_all``); a
 chunk that still fails to decode raises :class:`~mlarray.errors.CorruptChunkError`.
@@ -24,9 +24,11 @@ chunk that still fails to decode raises :class:`~mlarray.errors.CorruptChunkErro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -231,8 +233,6 @@ def read_all(
     out = np.empty(shape, dtype=store.dtype)
     plan = _Plan.of(store, out, group_bytes)
     threads = min(read_threads(store, nthreads), len(plan.groups))
-    if threads > 1:
-        _release_gil()
     todo = iter(plan.groups)
     lock = threading.Lock()
     failed: list[BaseException] = []
@@ -243,10 +243,11 @@ def read_all(
         except BaseException as exc:
             failed.append(exc)
 
-    futures = [_executor(threads - 1).submit(work) for _ in range(threads - 1)]
-    work()
-    for f in futures:
-        f.result()
+    with _gil_released(threads > 1):
+        futures = [_executor(threads - 1).submit(work) for _ in range(threads - 1)]
+        work()
+        for f in futures:
+            f.result()
     if failed:
         raise failed[0]
     return out
@@ -291,19 +292,37 @@ def _work(
             plan.place(n0, k, slab[:k].reshape((k, *plan.bgrid, *plan.blocks)))
 
 
-_gil_released = False
+_gil_lock = threading.Lock()
+_gil_users = 0
+_gil_before = False
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0
 _pool_lock = threading.Lock()
 
 
-def _release_gil() -> None:
-    """Let Blosc2 decode without holding the GIL (process-wide, once)."""
-    global _gil_released
-    if not _gil_released:
-        blosc2.set_releasegil(True)
-        _gil_released = True
+@contextlib.contextmanager
+def _gil_released(wanted: bool) -> Iterator[None]:
+    """Let Blosc2 decode without holding the GIL while threaded whole reads run.
+
+    The switch is process-wide in python-blosc2, so it is on only while at least
+    one threaded read runs, and then set back to what it was.
+    """
+    global _gil_users, _gil_before
+    if not wanted:
+        yield
+        return
+    with _gil_lock:
+        if _gil_users == 0:
+            _gil_before = blosc2.set_releasegil(True)
+        _gil_users += 1
+    try:
+        yield
+    finally:
+        with _gil_lock:
+            _gil_users -= 1
+            if _gil_users == 0:
+                blosc2.set_releasegil(_gil_before)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
