@@ -692,6 +692,87 @@ def test_forked_loader_workers_do_not_deadlock(tmp_path):
     assert proc.stdout.split() == ["pool", "ok", "child", "ok"], proc.stdout + proc.stderr[-2000:]
 
 
+_FORK_MEMORY = """
+import multiprocessing as mp, os, sys, time
+import numpy as np
+from mlarray import MLArray
+
+path = sys.argv[1]
+data = np.random.default_rng(1).random((64, 128, 128)).astype(np.float32)
+
+# In-memory arrays the parent compresses and reads with 2 threads before forking.
+two = {"nthreads": 2}
+mem = MLArray(data, cparams=two, dparams=two)
+mem[0:32] = 5.0
+mem[...]
+loaded = MLArray.load(path, dparams=two)  # compressed in memory, 2 decompression threads
+loaded[...]
+plain = MLArray(data, compressed=False)  # numpy-backed: no Blosc2 contexts
+before = {"mem": mem[...], "loaded": loaded[...], "plain": plain[...]}
+
+
+def work(i):  # a data-loader worker reads and writes the parent's arrays
+    out = []
+    for name, a in (("mem", mem), ("loaded", loaded), ("plain", plain)):
+        # tasks write disjoint rows: what a reused worker wrote before does not matter
+        a[i : i + 2] = float(i)
+        out.append(
+            bool((a[i : i + 2] == i).all())
+            and np.array_equal(a[i + 2 : i + 8, 10:90], before[name][i + 2 : i + 8, 10:90])
+        )
+    return out
+
+
+def unchanged():
+    arrays = (("mem", mem), ("loaded", loaded), ("plain", plain))
+    return all(np.array_equal(a[...], before[n]) for n, a in arrays)
+
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(work, range(0, 56, 8)).get(timeout=60)
+    print("pool", "ok" if all(all(r) for r in got) and unchanged() else "WRONG")
+
+    pid = os.fork()  # a plain forked child: whole-array reads and writes, then a normal exit
+    if pid == 0:
+        mem[40:64] = 3.0
+        loaded[0:8] = 3.0
+        ok = bool((mem[40:64] == 3.0).all()) and np.array_equal(mem[0:40], before["mem"][0:40])
+        ok = ok and bool((loaded[0:8] == 3.0).all())
+        ok = ok and np.array_equal(loaded[8:], before["loaded"][8:])
+        MLArray(mem[...], cparams=two).save(path + ".child.mla")  # compresses in the child
+        sys.exit(0 if ok else 3)
+    deadline, status = time.monotonic() + 60, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.02)
+    if status is None:
+        os.kill(pid, 9)
+    ok = status == 0 and unchanged()
+    ok = ok and bool((MLArray.load(path + ".child.mla")[40:64] == 3.0).all())
+    print("child", "ok" if ok else "WRONG")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_forked_workers_use_in_memory_arrays_made_in_parent(tmp_path):
+    """In-memory arrays the parent compressed or read with 2 threads (``MLArray(x)``,
+    ``MLArray.load``) and a numpy-backed one: forked workers read and write them
+    correctly and exit, and the parent's arrays are unchanged."""
+    p = tmp_path / "mem.mla"
+    MLArray(np.random.default_rng(2).random((64, 128, 128)).astype(np.float32)).save(p)
+    script = tmp_path / "memory.py"
+    script.write_text(_FORK_MEMORY)
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.stdout.split() == ["pool", "ok", "child", "ok"], proc.stdout + proc.stderr[-2000:]
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_open_handles_hold_no_extra_file_descriptors(tmp_path):
     p = tmp_path / "fd.mla"

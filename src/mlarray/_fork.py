@@ -15,10 +15,13 @@ What mlarray does in a forked child (``os.register_at_fork``):
 
 * every context it creates runs one thread (:func:`threads`: decompression via
   ``mlarray.io.clamp_dparams``, compression via ``mlarray.layout``);
-* handles opened in the parent whose contexts may run threads (registered with
-  :func:`track`) get their Blosc2 objects *parked*: kept alive for the life of
-  the process (never used, never freed), and the handle reopens its file with
-  one thread on its next use (``MLArray._after_fork_in_child``);
+* MLArrays made in the parent whose Blosc2 contexts may run threads (registered
+  with :func:`track`: file handles, and in-memory arrays compressed or read with
+  threads) get their Blosc2 objects *parked*: kept alive for the life of the
+  process (never used, never freed). On its next use a file handle reopens its
+  file with one thread, and an in-memory array is rebuilt from its compressed
+  chunks with one thread (``MLArray._after_fork_in_child``; ``to_cframe`` copies
+  the chunks without using the parked object's contexts);
 * python-blosc2's exit hook ``blosc2_destroy()`` is unregistered (it would join
   the parent's pool threads; the process is exiting anyway).
 """
@@ -30,15 +33,20 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 import weakref
 from typing import Any
 
-__all__ = ["forked", "park", "threads", "track"]
+__all__ = ["forked", "park", "reopen_lock", "threads", "track"]
 
 _forked = False
 
-# Handles opened in this process whose Blosc2 contexts may run threads. Weak: a
-# handle the program dropped is not kept open for the sake of a possible fork.
+# Serializes the reopening/rebuilding of parked stores in a forked child (a worker may
+# use one MLArray from several threads). Replaced in the child: the parent's may be held.
+_REOPEN_LOCK = threading.Lock()
+
+# MLArrays of this process whose Blosc2 contexts may run threads. Weak: an array the
+# program dropped is not kept alive for the sake of a possible fork.
 _TRACKED: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -62,6 +70,11 @@ def track(owner: Any) -> None:
     _TRACKED.add(owner)
 
 
+def reopen_lock() -> threading.Lock:
+    """The lock under which a forked child replaces a parked store."""
+    return _REOPEN_LOCK
+
+
 def park(obj: Any) -> None:
     """Keep ``obj`` alive for the life of the process, and never use it again.
 
@@ -69,15 +82,17 @@ def park(obj: Any) -> None:
     must not be freed in a forked child (see the module docstring); one extra
     reference that nothing releases keeps it alive even through interpreter
     finalization. The cost is the object's memory (its compressed chunks stay
-    where they are: in the file mapping, shared with the parent).
+    where they are: in the file mapping, shared with the parent; an in-memory
+    array's pages are shared with the parent until either writes to them).
     """
     if obj is not None:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
 def _after_fork_in_child() -> None:
-    global _forked
+    global _forked, _REOPEN_LOCK
     _forked = True
+    _REOPEN_LOCK = threading.Lock()
     owners = list(_TRACKED)
     _TRACKED.clear()
     for owner in owners:

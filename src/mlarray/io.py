@@ -1316,6 +1316,33 @@ def reopen_store(store: Any, path: str | os.PathLike, mmap_mode: str | None, wri
     return new
 
 
+def store_may_run_threads(store: Any) -> bool:
+    """Whether ``store`` (any store) is a Blosc2 array whose contexts may run threads."""
+    if not isinstance(store, blosc2.NDArray):
+        return False  # numpy arrays and None have no Blosc2 contexts
+    n = getattr(store, "_mlarray_threads", None)
+    if n is None:
+        n = max(int(store.schunk.dparams.nthreads), int(store.schunk.cparams.nthreads))
+    return n > 1
+
+
+def one_thread_copy(store: blosc2.NDArray) -> blosc2.NDArray:
+    """A copy of the in-memory array ``store`` whose contexts run one thread (in a forked
+    child, where ``store``'s own contexts may be attached to thread pools that are gone).
+
+    Only ``store``'s compressed chunks are read: ``to_cframe`` copies them (and the
+    metalayers) into a new frame, using none of ``store``'s compression or
+    decompression contexts; ``store`` itself is left alone (see :mod:`mlarray._fork`).
+    The copy keeps the codec, filters and layout.
+    """
+    cparams, dparams = store.schunk.cparams, store.schunk.dparams
+    new = blosc2.ndarray_from_cframe(store.to_cframe(), copy=True)
+    # its own contexts never ran: replacing (freeing) them attaches to no pool
+    new.schunk.cparams = dataclasses.replace(cparams, nthreads=1)
+    new.schunk.dparams = dataclasses.replace(dparams, nthreads=1)
+    return new
+
+
 def _transaction(
     store: Any,
     p: Path,

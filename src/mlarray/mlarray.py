@@ -232,6 +232,7 @@ class MLArray:
             self._store = np.asarray(maker(shape, dtype, None))
             self._record_storage(None)
         self._writable = True
+        self._track_threads()
 
     @classmethod
     def _make(
@@ -304,6 +305,7 @@ class MLArray:
 
     def _adopt(self, other: MLArray) -> None:
         self.__dict__.update(other.__dict__)
+        self._track_threads()
 
     def _resolve(
         self, shape: tuple[int, ...], dtype: np.dtype, request: layout.StorageRequest
@@ -332,46 +334,54 @@ class MLArray:
             )
 
     def _track_threads(self) -> None:
-        """Register a file handle whose Blosc2 contexts may run threads (see mlarray._fork)."""
-        fs = self._file_store
-        if fs is None:
-            return
-        n = getattr(fs, "_mlarray_threads", None)
-        if n is None:
-            n = max(fs.schunk.dparams.nthreads, fs.schunk.cparams.nthreads)
-        if n > 1:
+        """Register this instance for fork handling (see mlarray._fork) if its Blosc2
+        contexts may run threads: a file handle, or an in-memory Blosc2 array."""
+        if io.store_may_run_threads(self._file_store) or io.store_may_run_threads(self._store):
             _fork.track(self)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: park the parent's Blosc2 objects (their thread pools are gone);
-        the file is reopened with one thread on next use (see :meth:`__getattr__`)."""
+        on next use the file is reopened, an in-memory array rebuilt, with one thread
+        (see :meth:`__getattr__`)."""
         d = self.__dict__
-        fs = d.get("_file_store")
-        if fs is None or d.get("_store") is not fs:  # detached from the file: nothing to reopen
-            return
-        _fork.park(fs)
+        fs, store = d.get("_file_store"), d.get("_store")
         if d.get("_chunk_cache") is not None:  # its lock may have been held by a parent thread
             d["_chunk_cache"] = _read.ChunkCache(d["_chunk_cache"].max_bytes)
-        d["_fork_reopen"] = (fs, self._mmap_mode == "c" and integrity.was_written(fs))
-        del d["_store"], d["_file_store"]
+        if fs is not None and store is fs:
+            _fork.park(fs)
+            d["_fork_reopen"] = (fs, self._mmap_mode == "c" and integrity.was_written(fs))
+            del d["_store"], d["_file_store"]
+        elif store is not fs and io.store_may_run_threads(store):  # in memory
+            _fork.park(store)
+            d["_fork_rebuild"] = store
+            del d["_store"]
 
     def __getattr__(self, name: str) -> Any:
-        # Reached only when normal lookup fails: after a fork the store is reopened on use.
-        pending = self.__dict__.get("_fork_reopen")
-        if pending is None or name not in ("_store", "_file_store"):
+        # Reached only when normal lookup fails: after a fork the store is replaced on use.
+        d = self.__dict__
+        if name not in ("_store", "_file_store") or not (
+            "_fork_reopen" in d or "_fork_rebuild" in d
+        ):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        old, edited_copy = pending
-        if edited_copy:
-            raise MLArrayIOError(
-                self._path,
-                "opened copy-on-write and modified before this process was forked; the edits "
-                "cannot be carried over (Blosc2's threads do not survive fork). Save the array "
-                "or pickle it to the worker instead",
-            )
-        store = io.reopen_store(old, self._path, self._mmap_mode, self._mode in ("a", "w"))
-        self.__dict__.update(_store=store, _file_store=store)
-        del self.__dict__["_fork_reopen"]
-        return store
+        with _fork.reopen_lock():
+            if name in d:  # another thread replaced it
+                return d[name]
+            if "_fork_rebuild" in d:
+                d["_store"] = io.one_thread_copy(d["_fork_rebuild"])
+                del d["_fork_rebuild"]
+                return d[name]
+            old, edited_copy = d["_fork_reopen"]
+            if edited_copy:
+                raise MLArrayIOError(
+                    self._path,
+                    "opened copy-on-write and modified before this process was forked; the "
+                    "edits cannot be carried over (Blosc2's threads do not survive fork). "
+                    "Save the array or pickle it to the worker instead",
+                )
+            store = io.reopen_store(old, self._path, self._mmap_mode, self._mode in ("a", "w"))
+            d.update(_store=store, _file_store=store)
+            del d["_fork_reopen"]
+            return store
 
     def _require(self) -> Any:
         if self._store is None:
@@ -710,6 +720,7 @@ class MLArray:
                 out._store = _fullread.read_all(store, path=filepath)
         out._path = Path(filepath)
         out._writable = True
+        out._track_threads()
         del store
         return out
 
@@ -1476,6 +1487,7 @@ def _unpickle_cframe(cframe: bytes, record: dict) -> MLArray:
     out = MLArray._bare(Meta.from_mapping(record))
     out._store = blosc2.ndarray_from_cframe(cframe, copy=True)
     out._writable = True
+    out._track_threads()
     return out
 
 
