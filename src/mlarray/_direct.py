@@ -11,10 +11,12 @@ Blosc2 without that method, gives None and the caller uses Blosc2's own slicing.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import blosc2
 import numpy as np
+
+from mlarray.indexing import Box, box_of_key
 
 __all__ = ["Box", "box_of", "read_box"]
 
@@ -22,67 +24,19 @@ _ext = getattr(blosc2, "blosc2_ext", None)
 _GET_SLICE = getattr(getattr(_ext, "NDArray", None), "get_slice_numpy", None)
 
 
-class Box(NamedTuple):
-    """What a box key reads: ``start``/``stop`` per axis and the result's shape."""
-
-    start: list[int]
-    stop: list[int]
-    shape: tuple[int, ...]
-
-
 def box_of(store: Any, key: Any) -> Box | None:
-    """The box ``key`` selects in ``store``, or None if this module does not read it.
+    """The box ``key`` selects in ``store`` (:func:`~mlarray.indexing.box_of_key`), or
+    None if this module does not read it.
 
     None (the caller falls back to Blosc2's slicing, which also raises numpy's errors)
-    for: stores that are not Blosc2 arrays; keys with ``None``, arrays, booleans,
-    non-integer bounds, steps other than 1, out-of-range ints; empty selections; 0-d
-    arrays; structured dtypes.
+    for: stores that are not Blosc2 arrays; keys that are not boxes; empty selections;
+    0-d arrays; structured dtypes.
     """
     if _GET_SLICE is None or not isinstance(store, _ext.NDArray):
         return None
-    items = key if isinstance(key, tuple) else (key,)
-    shape = store.shape
-    ndim = len(shape)
-    if ndim == 0:
+    if not store.shape or store.dtype.fields is not None:
         return None
-    if any(k is Ellipsis for k in items):
-        if sum(k is Ellipsis for k in items) > 1:
-            return None
-        i = next(j for j, k in enumerate(items) if k is Ellipsis)
-        fill = ndim - len(items) + 1
-        if fill < 0:
-            return None
-        items = items[:i] + (slice(None),) * fill + items[i + 1 :]
-    if len(items) > ndim:
-        return None
-    start = [0] * ndim
-    stop = list(shape)
-    out_shape = []
-    for ax, k in enumerate(items):
-        n = shape[ax]
-        if type(k) is slice:
-            if k.step is not None and k.step != 1:
-                return None
-            try:
-                a, b, _ = k.indices(n)
-            except TypeError:  # a non-integer bound: Blosc2's slicing reports it
-                return None
-            if b <= a:
-                return None
-            start[ax], stop[ax] = a, b
-            out_shape.append(b - a)
-        elif isinstance(k, int | np.integer) and not isinstance(k, bool | np.bool_):
-            i = int(k)
-            if not -n <= i < n:
-                return None
-            i %= n
-            start[ax], stop[ax] = i, i + 1
-        else:
-            return None
-    out_shape.extend(shape[len(items) :])
-    if 0 in out_shape or store.dtype.fields is not None:
-        return None
-    return Box(start, stop, tuple(out_shape))
+    return box_of_key(key, store.shape)
 
 
 def read_box(store: Any, box: Box) -> np.ndarray:

@@ -11,11 +11,74 @@ dimensions (a mask covers as many axes as it has dimensions) and 0-d booleans
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["key_bounds", "numpy_accepts"]
+__all__ = ["Box", "box_of_key", "key_bounds", "numpy_accepts"]
+
+
+class Box(NamedTuple):
+    """What a box key reads: ``start``/``stop`` per axis and the result's shape."""
+
+    start: list[int]
+    stop: list[int]
+    shape: tuple[int, ...]
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        """``[(start, stop), ...]``, one pair per axis."""
+        return list(zip(self.start, self.stop, strict=True))
+
+
+def box_of_key(key: Any, shape: tuple[int, ...]) -> Box | None:
+    """The box a patch key (ints, unit-step slices, one ``...``) selects, cheaply.
+
+    The fast path of reads (and of their checksum and prefetch hooks): pure
+    Python on ints, no numpy. None for any other key (booleans, arrays,
+    ``None``, other steps, non-integer bounds), for an out-of-range int and for
+    an empty selection; :func:`key_bounds` handles those.
+    """
+    items = key if type(key) is tuple else (key,)
+    ndim = len(shape)
+    if any(k is Ellipsis for k in items):
+        if sum(k is Ellipsis for k in items) > 1:
+            return None
+        i = next(j for j, k in enumerate(items) if k is Ellipsis)
+        fill = ndim - len(items) + 1
+        if fill < 0:
+            return None
+        items = items[:i] + (slice(None),) * fill + items[i + 1 :]
+    if len(items) > ndim:
+        return None
+    start = [0] * ndim
+    stop = [int(n) for n in shape]
+    out_shape = []
+    for ax, k in enumerate(items):
+        n = stop[ax]
+        if type(k) is slice:
+            if k.step is not None and k.step != 1:
+                return None
+            try:
+                a, b, _ = k.indices(n)
+            except (TypeError, ValueError):  # a non-integer bound: the slicing reports it
+                return None
+            if b <= a:
+                return None
+            start[ax], stop[ax] = a, b
+            out_shape.append(b - a)
+        elif isinstance(k, int | np.integer) and not isinstance(k, bool | np.bool_):
+            i = int(k)
+            if not -n <= i < n:
+                return None
+            i %= n
+            start[ax], stop[ax] = i, i + 1
+        else:
+            return None
+    out_shape.extend(stop[len(items) :])
+    if 0 in out_shape:
+        return None
+    return Box(start, stop, tuple(out_shape))
 
 
 def _axis_range(mask: np.ndarray, dim: int) -> tuple[int, int] | None:

@@ -53,7 +53,7 @@ import xxhash
 
 from mlarray.errors import CorruptChunkError, MLArrayIOError
 from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
-from mlarray.indexing import key_bounds, numpy_accepts
+from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -377,12 +377,16 @@ class ChunkVerifier:
         if todo:
             self._hash(todo)
 
-    def verify_key(self, key: Any) -> None:
-        """Verify the chunks a read of ``key`` (valid for the shape) touches."""
+    def verify_key(self, key: Any, box: Box | None = None) -> None:
+        """Verify the chunks a read of ``key`` (valid for the shape) touches; ``box`` is
+        its :func:`~mlarray.indexing.box_of_key`, when the caller has it already."""
         if not self.enabled or self.done:
             return
-        bounds = _basic_bounds(key, self.shape)
-        if bounds is None:
+        if box is None:
+            box = box_of_key(key, self.shape)
+        if box is not None:
+            bounds = box.bounds
+        else:
             try:
                 bounds = key_bounds(key, self.shape)
             except Exception:
@@ -411,40 +415,6 @@ def _geometry(info: FrameInfo) -> tuple[tuple[int, ...], tuple[int, ...], tuple[
         tuple(int(c) for c in info.chunks),
         tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
     )
-
-
-def _basic_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
-    """Per-axis (start, stop) of a patch key (ints and step-1 slices), cheaply.
-
-    None for any other key (the general :func:`~mlarray.indexing.key_bounds`
-    handles it), for an index out of range, and for an empty read.
-    """
-    items = key if type(key) is tuple else (key,)
-    if len(items) > len(shape):
-        return None
-    out = []
-    for k, n in zip(items, shape, strict=False):
-        t = type(k)
-        if t is slice:
-            if k.step is not None and k.step != 1:
-                return None
-            try:
-                start, stop, _ = k.indices(n)
-            except (TypeError, ValueError):
-                return None
-            if stop <= start:
-                return None
-            out.append((start, stop))
-        elif t is int:
-            i = k + n if k < 0 else k
-            if not 0 <= i < n:
-                return None
-            out.append((i, i + 1))
-        else:
-            return None
-    for n in shape[len(items) :]:
-        out.append((0, n))
-    return out
 
 
 def attach(
@@ -479,16 +449,17 @@ def attach(
     return verifier
 
 
-def verify_read(store: Any, key: Any) -> None:
+def verify_read(store: Any, key: Any, box: Box | None = None) -> None:
     """The read hook: verify the chunks a read of ``store[key]`` touches.
 
     Call it with a key numpy accepts, after the key was validated against the
-    shape. Does nothing for arrays without checksums, with verification
-    switched off, or after this handle wrote to its file.
+    shape; ``box`` is the key's :func:`~mlarray.indexing.box_of_key` if the caller
+    worked it out already. Does nothing for arrays without checksums, with
+    verification switched off, or after this handle wrote to its file.
     """
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled and not verifier.done:
-        verifier.verify_key(key)
+        verifier.verify_key(key, box)
 
 
 def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:

@@ -1102,7 +1102,7 @@ class MLArray:
         box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
-        integrity.verify_read(store, key)  # the chunks this read touches match their checksums
+        integrity.verify_read(store, key, box)  # the chunks it touches match their checksums
         try:
             if isinstance(store, blosc2.NDArray) and _fullread.selects_all(key, store.ndim):
                 return _fullread.read_all(store, path=self._path)
