@@ -281,10 +281,7 @@ def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
     """
     p = Path(os.fspath(path))
     buf, version = _map_versioned(p)
-    info = _frame.inspect_frame(buf, p)
-    store_like = _FrameBytes(tuple(info.shape))
-    if integrity.attach(store_like, p, buf, info, version) is not None:
-        integrity.verify_all(store_like)
+    _verified_frame(p, buf, version)
     with memoryview(buf) as view:
         # copy=True: a view over the mapping would abort the process on write
         arr = blosc2.ndarray_from_cframe(view, copy=True)
@@ -298,6 +295,22 @@ class _FrameBytes:
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = shape
+
+
+def _verified_frame(p: Path, buf: Any, version: tuple | None = None) -> tuple[Any, bool]:
+    """Check the structure of the frame mapped as ``buf`` and every chunk against its
+    stored digest: ``(frame info, whether it has digests)``.
+
+    Raises the frame's and the chunks' errors (:class:`MLArrayFormatError`,
+    :class:`CorruptChunkError`). Without digests, or with verification switched
+    off, only the structure is checked.
+    """
+    info = _frame.inspect_frame(buf, p)
+    store_like = _FrameBytes(tuple(info.shape))
+    checked = integrity.attach(store_like, p, buf, info, version) is not None
+    if checked:
+        integrity.verify_all(store_like)
+    return info, checked
 
 
 def clamp_dparams(dparams: dict | None) -> dict:
@@ -1120,13 +1133,9 @@ def _whole(p: Path) -> bool:
     except Exception:
         return False
     try:
-        info = _frame.inspect_frame(buf, p)
+        info, checked = _verified_frame(p, buf)
         _meta_from_raw(_frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
-        verifier = integrity.attach(_FrameBytes(tuple(info.shape)), p, buf, info)
-        if verifier is None:
-            return False
-        verifier.verify_all()
-        return True
+        return checked
     except Exception:  # any damage: not whole (the journal decides)
         return False
     finally:
