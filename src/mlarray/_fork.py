@@ -40,6 +40,7 @@ from typing import Any
 __all__ = ["forked", "park", "reopen_lock", "threads", "track"]
 
 _forked = False
+_CORES = os.cpu_count() or 1  # asked once: every open clamps its threads to it
 
 # Serializes the reopening/rebuilding of parked stores in a forked child (a worker may
 # use one MLArray from several threads). Replaced in the child: the parent's may be held.
@@ -62,7 +63,7 @@ def threads(n: int, cores: int | None = None) -> int:
     """
     if _forked:
         return 1
-    return min(max(int(n), 1), cores if cores is not None else (os.cpu_count() or 1))
+    return min(max(int(n), 1), cores if cores is not None else _CORES)
 
 
 def track(owner: Any) -> None:
