@@ -76,16 +76,14 @@ def _resident(addr: int | None, offset: int) -> bool:
 class Prefetcher:
     """The file positions of one opened frame's chunks, and its read-only mapping."""
 
-    __slots__ = ("addr", "buf", "chunks", "ends", "grid", "shape", "size", "starts", "strides")
+    __slots__ = ("addr", "buf", "ends", "geometry", "shape", "size", "starts")
 
     def __init__(self, buf: mmap.mmap, info: FrameInfo) -> None:
         self.buf = buf
         self.size = len(buf)
         self.addr = _address(buf)
-        self.shape = tuple(int(n) for n in info.shape)
-        self.chunks = tuple(int(c) for c in info.chunks)
-        self.grid = tuple(int(g) for g in info.grid)
-        self.strides = tuple(int(np.prod(self.grid[k + 1 :])) for k in range(len(self.grid)))
+        self.geometry = info.geometry()
+        self.shape = self.geometry.shape
         pos = np.asarray(info.chunk_pos, dtype=np.int64)
         cb = np.asarray(info.chunk_cbytes, dtype=np.int64)
         # special chunks (zeros, NaNs: no bytes in the file) get an empty range
@@ -118,48 +116,32 @@ class Prefetcher:
         file in the page cache a read pays a few microseconds, not the kernel's walk
         over every page of the touched chunks. A file partly evicted may get no hint.
         """
-        if len(start) != len(self.grid):
+        geo = self.geometry
+        if len(start) != len(geo.shape):
             return 0
-        ranges = []
-        first = 0
-        for lo, hi, c, n, s in zip(start, stop, self.chunks, self.shape, self.strides, strict=True):
-            lo, hi = max(int(lo), 0), min(int(hi), n)
-            if hi <= lo:
-                return 0
-            ranges.append(range(lo // c, (hi - 1) // c + 1))
-            first += (lo // c) * s
-        a, b = self.starts[first], self.ends[first]
+        box = [
+            (max(int(lo), 0), min(int(hi), n))
+            for lo, hi, n in zip(start, stop, geo.shape, strict=True)
+        ]
+        if any(hi <= lo for lo, hi in box):
+            return 0
+        # the first chunk alone first: on a cached file that is all a read pays for
+        first = geo.chunks_in_box([(lo, lo + 1) for lo, _ in box])
+        a, b = self.starts[first[0]], self.ends[first[0]]
         mid = (a + b) // 2  # a page of this chunk alone (its ends may share a page)
         if b > a and _resident(self.addr, mid - mid % _PAGE):
             return 0
-        *outer, last = ranges
         spans: list[list[int]] = []
-        s_last = self.strides[-1]
-        starts, ends, strides = self.starts, self.ends, self.strides
-        for idx in _product(outer):
-            base = 0
-            for i, s in zip(idx, strides, strict=False):
-                base += i * s
-            for j in last:
-                n = base + j * s_last
-                a, b = starts[n], ends[n]
-                if b <= a:
-                    continue
-                if spans and spans[-1][0] - _GAP <= a <= spans[-1][1] + _GAP:
-                    spans[-1][0] = min(spans[-1][0], a)
-                    spans[-1][1] = max(spans[-1][1], b)
-                else:
-                    spans.append([a, b])
+        for n in geo.chunks_in_box(box):
+            a, b = self.starts[n], self.ends[n]
+            if b <= a:
+                continue
+            if spans and spans[-1][0] - _GAP <= a <= spans[-1][1] + _GAP:
+                spans[-1][0] = min(spans[-1][0], a)
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
         return sum(self._ask(a, b, False) for a, b in spans)
-
-
-def _product(ranges: list[range]) -> Any:
-    if not ranges:
-        return [()]
-    out: list[tuple[int, ...]] = [()]
-    for r in ranges:
-        out = [(*t, i) for t in out for i in r]
-    return out
 
 
 # Prefetchers of recently opened file versions (device, inode, size, mtime, ctime), shared

@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,6 +106,37 @@ class FrameInfo:
     def grid(self) -> tuple[int, ...]:
         """Number of chunks along each axis."""
         return tuple(-(-s // c) if c else 0 for s, c in zip(self.shape, self.chunks, strict=True))
+
+    def geometry(self) -> ChunkGeometry:
+        """Shape, chunk shape and C-order chunk-grid strides, as Python ints."""
+        grid = self.grid
+        return ChunkGeometry(
+            tuple(int(n) for n in self.shape),
+            tuple(int(c) for c in self.chunks),
+            tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
+        )
+
+
+class ChunkGeometry(NamedTuple):
+    """Where chunks sit in an array: its shape, the chunk shape, the flat-number
+    strides of the chunk grid (C order)."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    strides: tuple[int, ...]
+
+    def chunks_in_box(self, bounds: Sequence[tuple[int, int]]) -> list[int]:
+        """Flat numbers (ascending) of the chunks overlapping the box ``[(start, stop),
+        ...]`` (one pair per axis, clipped to the shape); ``[]`` for an empty box, chunk 0
+        for a 0-d array."""
+        ids = [0]
+        for (lo, hi), c, n, st in zip(bounds, self.chunks, self.shape, self.strides, strict=True):
+            lo, hi = max(int(lo), 0), min(int(hi), n)
+            if hi <= lo:
+                return []
+            step = range((lo // c) * st, ((hi - 1) // c + 1) * st, st)
+            ids = [i + j for i in ids for j in step]
+        return ids
 
 
 class _Bad(Exception):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import mmap
 import os
 from collections.abc import Callable, Sequence
@@ -170,17 +169,7 @@ def chunks_in_box(info: FrameInfo, bounds: Sequence[tuple[int, int]] | None) -> 
         return np.arange(info.nchunks, dtype=np.int64)
     if not info.nchunks:
         return np.zeros(0, dtype=np.int64)
-    if not info.shape:
-        return np.zeros(1, dtype=np.int64)
-    ranges = []
-    for (lo, hi), c, n in zip(bounds, info.chunks, info.shape, strict=True):
-        lo, hi = max(int(lo), 0), min(int(hi), n)
-        if hi <= lo:
-            return np.zeros(0, dtype=np.int64)
-        ranges.append(np.arange(lo // c, (hi - 1) // c + 1, dtype=np.int64))
-    mesh = np.meshgrid(*ranges, indexing="ij")
-    flat = np.ravel_multi_index([m.reshape(-1) for m in mesh], info.grid)
-    return np.asarray(flat, dtype=np.int64)
+    return np.asarray(info.geometry().chunks_in_box(bounds), dtype=np.int64)
 
 
 def stored_digests(buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
@@ -326,7 +315,8 @@ class ChunkVerifier:
         self.checked = _verified_mask(version, info.nchunks)
         self.done = 0 not in self.checked
         self.enabled = True
-        self.shape, self.chunks, self._strides = _geometry(info)
+        self.geometry = info.geometry()
+        self.shape = self.geometry.shape
 
     def verify_chunks(self, ids: Any) -> None:
         """Verify chunks ``ids`` (flat chunk numbers) not verified yet in this process."""
@@ -365,15 +355,8 @@ class ChunkVerifier:
         """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""
         if not self.enabled or self.done or not self.info.nchunks:
             return
-        ids = [0]
-        for (lo, hi), c, st in zip(bounds, self.chunks, self._strides, strict=True):
-            lo, hi = int(lo), int(hi)
-            if hi <= lo:
-                return
-            step = range((lo // c) * st, ((hi - 1) // c + 1) * st, st)
-            ids = [i + j for i in ids for j in step]
         checked = self.checked
-        todo = [i for i in ids if not checked[i]]
+        todo = [i for i in self.geometry.chunks_in_box(bounds) if not checked[i]]
         if todo:
             self._hash(todo)
 
@@ -395,9 +378,6 @@ class ChunkVerifier:
                 return  # a key numpy refuses: the read itself reports it
             if bounds is None:
                 return
-            bounds = [
-                (max(lo, 0), min(hi, n)) for (lo, hi), n in zip(bounds, self.shape, strict=False)
-            ]
         self.verify_region(bounds)
 
     def verify_all(self) -> None:
@@ -405,16 +385,6 @@ class ChunkVerifier:
         if self.enabled and not self.done:
             checked = self.checked
             self._hash([i for i in range(self.info.nchunks) if not checked[i]])
-
-
-def _geometry(info: FrameInfo) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """Shape, chunk shape and C-order strides of the chunk grid, as Python ints."""
-    grid = info.grid
-    return (
-        tuple(int(n) for n in info.shape),
-        tuple(int(c) for c in info.chunks),
-        tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
-    )
 
 
 def attach(
