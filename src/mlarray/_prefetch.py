@@ -145,7 +145,7 @@ class Prefetcher:
 
 
 # Prefetchers of recently opened file versions (device, inode, size, mtime, ctime), shared
-# by their handles: each holds a mapping (and so a file descriptor) of its file, and a data
+# by their handles: each uses the shared mapping of its file (mlarray._maps), and a data
 # loader opening the same files again and again builds each once.
 _PREFETCHERS: collections.OrderedDict[tuple, Prefetcher] = collections.OrderedDict()
 _PREFETCHERS_MAX = 32
@@ -157,13 +157,18 @@ def for_frame(buf: Any, info: FrameInfo, version: tuple) -> Prefetcher | None:
     if _WILLNEED is None or not isinstance(buf, mmap.mmap) or not info.nchunks:
         return None
     pre = _PREFETCHERS.get(version)
-    if pre is None or pre.buf.closed:
+    if pre is None or pre.buf is not buf:
         pre = _PREFETCHERS[version] = Prefetcher(buf, info)
         while len(_PREFETCHERS) > _PREFETCHERS_MAX:
             _PREFETCHERS.popitem(last=False)
     else:
         _PREFETCHERS.move_to_end(version)
     return pre
+
+
+def forget(version: tuple) -> None:
+    """Drop the prefetcher of ``version`` (its file was replaced)."""
+    _PREFETCHERS.pop(version, None)
 
 
 def attach(store: Any, prefetcher: Prefetcher | None) -> None:

@@ -246,41 +246,6 @@ def forget_verified(store: Any = None) -> Callable[[], None]:
     return restore
 
 
-# Read-only mappings of recently verified files, shared by their handles.
-_BUFFERS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-_BUFFERS_MAX = 32
-
-
-def _remember_buffer(version: tuple, buf: Any) -> None:
-    _BUFFERS[version] = buf
-    _BUFFERS.move_to_end(version)
-    while len(_BUFFERS) > _BUFFERS_MAX:
-        _BUFFERS.popitem(last=False)
-
-
-def _buffer(path: Any, version: tuple) -> Any:
-    """A mapping of ``path`` if it is still the file version ``version``, else None."""
-    buf = _BUFFERS.get(version)
-    if buf is not None:
-        _BUFFERS.move_to_end(version)
-        return buf
-    try:
-        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != version:
-            return None
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    _remember_buffer(version, buf)
-    return buf
-
-
 # Stored digests per file version, so an unchanged file is not decoded again.
 _EXPECTED: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
 
@@ -304,12 +269,10 @@ class ChunkVerifier:
     ):
         self.path = path
         self.version = version
-        # Without a version (a frame held in memory) the verifier keeps the buffer;
-        # otherwise mappings are shared per file version (see _buffer), so open handles
-        # do not each hold a file descriptor.
-        self._own_buf = buf if version is None else None
-        if version is not None:
-            _remember_buffer(version, buf)
+        # The bytes the store decodes: a frame held in memory, or the mapping of the
+        # file version (shared by all its handles, see mlarray._maps): the chunks are
+        # hashed where they are read from, even after the file was replaced on disk.
+        self.buf = buf
         self.info = info
         self.expected = expected
         self.checked = _verified_mask(version, info.nchunks)
@@ -330,10 +293,7 @@ class ChunkVerifier:
 
     def _hash(self, todo: list[int]) -> None:
         """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
-        buf = self._own_buf if self.version is None else _buffer(self.path, self.version)
-        if buf is None:  # the file was replaced since it was opened: nothing to check against
-            return
-        got = chunk_digests(buf, self.info, todo)
+        got = chunk_digests(self.buf, self.info, todo)
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:

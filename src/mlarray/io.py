@@ -35,7 +35,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _fork, _prefetch, integrity
+from mlarray import _fork, _maps, _prefetch, integrity
 from mlarray import frame as _frame
 from mlarray.errors import (
     DiskFullError,
@@ -162,9 +162,9 @@ def open_store(
     if checked is None:
         info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
         raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
-        # the record decoded once per file version (a restricted unpickler in Python:
-        # a third of an open); every open builds its own Meta from it
-        checked = (info, raw, None if raw is None else decode_record(raw, p))
+        # The record is decoded (a restricted unpickler in Python) and built into a
+        # Meta once per file version; every open gets its own copy of that Meta.
+        checked = (info, _meta_from_raw(raw, info.shape, p))
         # The inspection touched a page per chunk (and the kernel mapped its neighbours);
         # unmap them from this process, as the mapping is kept: mapped pages stay resident
         # and cannot be evicted, which would skew every cold-read measurement.
@@ -175,12 +175,12 @@ def open_store(
             _CHECKED_FRAMES.popitem(last=False)
     else:
         _CHECKED_FRAMES.move_to_end(version)
-    info, raw, record = checked
+    info, proto = checked
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
     if prefetcher is not None:
         prefetcher.frame_ends(info.header_len)  # what blosc2.open reads, asked for at once
-    meta = _meta_from_raw(raw, info.shape, p, record)
+    meta = proto._clone()
     kwargs: dict[str, Any] = {"deserialize": "safe"}
     if mmap_mode is not None:
         kwargs["mmap_mode"] = mmap_mode
@@ -198,7 +198,10 @@ def open_store(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
     try:
-        store = blosc2.open(os.fspath(p), **kwargs)
+        if mmap_mode == "r" and not writable:
+            store = _store_in(buf, kwargs["dparams"])
+        else:
+            store = blosc2.open(os.fspath(p), **kwargs)
     except MLArrayError:
         raise
     except PermissionError as exc:
@@ -225,6 +228,30 @@ def open_store(
     return store, meta
 
 
+def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
+    """A read-only handle decoding straight from the shared mapping ``buf`` of its file.
+
+    Opening the file again (``blosc2.open``) would map it anew, and every page a read
+    touches would be faulted into that mapping again: for a data loader that opens a
+    file per patch, that is most of the cost of a warm read after the open. The
+    frame is the one :func:`open_store` checked; the handle keeps the mapping alive
+    (and, through a buffer export, open). Only read-only handles are made this way:
+    c-blosc2 cannot write into a frame it does not own, and ``MLArray`` refuses
+    writes through them before they reach it.
+    """
+    view = memoryview(buf)
+    store = blosc2.ndarray_from_cframe(view, copy=False)
+    # Its contexts start with python-blosc2's global thread count (blosc2.set_nthreads);
+    # they get the asked-for one (1 in a forked child, see mlarray._fork) before any use.
+    schunk = store.schunk
+    if schunk.dparams.nthreads != dparams.get("nthreads", 1):
+        schunk.dparams = blosc2.DParams(**dparams)
+    if schunk.cparams.nthreads != 1:  # never compresses: one thread, no pool
+        schunk.cparams = dataclasses.replace(schunk.cparams, nthreads=1)
+    store._mlarray_frame = view
+    return store
+
+
 def _may_write(p: Path) -> bool:
     """Whether to write into ``p`` in place: the user may, and its owner did not make it
     read-only (no write permission bits; root would pass the access check)."""
@@ -242,15 +269,38 @@ _CHECKED_FRAMES: collections.OrderedDict[tuple, tuple] = collections.OrderedDict
 _CHECKED_FRAMES_MAX = 4096
 
 
+def _check_mappable(p: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPathError(p, "is not a regular file (a FIFO, device or socket?)")
+    if st.st_size < len(FRAME_MAGIC):
+        raise MLArrayFormatError(p, f"not an .mla file (only {st.st_size} bytes)")
+
+
 def _map_versioned(p: Path) -> tuple[Any, tuple]:
-    found: list = []
-    buf = map_regular_file(p, found)
-    st = found[0]
-    return buf, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """The shared read-only mapping of ``p`` (see :mod:`mlarray._maps`) and its version;
+    what this process remembered about the version of ``p`` it replaces is dropped."""
+    with os_errors(p, "cannot read"):
+        buf, version, replaced = _maps.map_file(p, _check_mappable)
+    if replaced is not None:
+        _forget_version(replaced)
+    return buf, version
 
 
-def map_regular_file(p: Path, stat_out: list | None = None) -> Any:
-    """Memory-map an existing regular file read-only; refuse FIFOs, devices, sockets.
+def _forget_version(version: tuple) -> None:
+    _CHECKED_FRAMES.pop(version, None)
+    _prefetch.forget(version)
+
+
+def forget_file(p: Path) -> None:
+    """Forget the mapping and checks of ``p`` (this process just replaced the file)."""
+    version = _maps.forget(p)
+    if version is not None:
+        _forget_version(version)
+
+
+def map_regular_file(p: Path) -> Any:
+    """A private read-only mapping of an existing regular file (the caller may close
+    it); FIFOs, devices and sockets are refused.
 
     The file is opened non-blocking, so a FIFO named like an ``.mla`` file
     cannot hang the caller, and checked with ``fstat`` on the open descriptor.
@@ -258,13 +308,7 @@ def map_regular_file(p: Path, stat_out: list | None = None) -> Any:
     with os_errors(p, "cannot read"):
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
-            st = os.fstat(fd)
-            if stat_out is not None:
-                stat_out.append(st)
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidPathError(p, "is not a regular file (a FIFO, device or socket?)")
-            if st.st_size < len(FRAME_MAGIC):
-                raise MLArrayFormatError(p, f"not an .mla file (only {st.st_size} bytes)")
+            _check_mappable(p, os.fstat(fd))
             return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
@@ -670,6 +714,7 @@ def save_mla(
                 os.chmod(tmp, target.stat().st_mode & 0o7777)
         with os_errors(target, "cannot replace"):
             os.replace(tmp, target)
+        forget_file(target)  # the replaced file's space is freed once its handles go
         _fsync_path(target.parent, directory=True)
         recover(target, wait=False)  # drops a journal left for the file replaced
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -497,6 +498,14 @@ class BaseMeta:
         """Return a deep copy."""
         return type(self).from_mapping(self.to_mapping())
 
+    def _clone(self: T) -> T:
+        """A deep copy of this valid instance without parsing or validating it again
+        (what :meth:`copy` does): for handing out copies of a meta decoded once, such
+        as a file's metadata to each of its handles."""
+        out = object.__new__(type(self))
+        object.__setattr__(out, "__dict__", {k: _clone_value(v) for k, v in self.__dict__.items()})
+        return out
+
     def is_default(self) -> bool:
         """Return whether every field equals its default."""
         return self == type(self)()
@@ -532,6 +541,23 @@ class BaseMeta:
                 continue
             out[f.name] = _deepcopy_plain(v)
         return out
+
+
+_IMMUTABLE = (str, int, float, complex, bool, bytes, type(None), Enum)
+
+
+def _clone_value(v: Any) -> Any:
+    if isinstance(v, BaseMeta):
+        return v._clone()
+    if isinstance(v, dict):
+        return {k: _clone_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clone_value(x) for x in v]
+    if isinstance(v, _IMMUTABLE) or (
+        isinstance(v, tuple) and all(isinstance(x, _IMMUTABLE) for x in v)
+    ):
+        return v
+    return copy.deepcopy(v)
 
 
 def _deepcopy_plain(v: Any) -> Any:

@@ -1,0 +1,107 @@
+"""Read-only mappings of ``.mla`` files, shared per file version.
+
+Every open of a file maps it read-only (the frame is checked on the mapping before
+c-blosc2 sees it, chunk checksums are hashed from it, read-only handles decode
+straight from it). A data loader opens the same files again and again (nnU-Net: once
+per patch), and a fresh mapping costs more than the map call: every page a read
+touches is faulted into the new mapping again (~0.5-2 ms for a 96^3-192^3 patch).
+So the mapping of a file version (device, inode, size, mtime, ctime) is made once
+and shared by every handle of that version; handles hold it for as long as they
+live, this cache keeps the most recently used ones.
+
+Each cached mapping holds a file descriptor (Python's ``mmap`` keeps one), so the
+cache is bounded by a share of the process's descriptor limit. Only the newest
+version of a path is kept: a file replaced by a save does not stay allocated on
+disk because an old mapping of it is cached (handles that still use it keep it).
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Version", "forget", "map_file", "version_of"]
+
+Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
+
+
+def _limit() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 8))
+
+
+_MAX = _limit()
+_MAPS: collections.OrderedDict[Version, mmap.mmap] = collections.OrderedDict()
+_PATHS: dict[str, Version] = {}  # path as given -> the version last mapped through it
+_LOCK = threading.Lock()
+
+
+def version_of(st: os.stat_result) -> Version:
+    """The file version ``st`` describes: any write changes its ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
+    """A read-only mapping of the regular file ``p``, its version, and the version of
+    ``p`` this replaced in the cache (or None).
+
+    A cached mapping of the version ``p`` has now is reused (one ``stat``). Otherwise
+    ``p`` is opened non-blocking (a FIFO named like an ``.mla`` file cannot hang the
+    caller), ``check(p, st)`` vets the ``fstat`` of the open descriptor (it raises
+    for anything that is not a file worth mapping), and the new mapping is cached.
+    ``OSError`` propagates for the caller to name the file.
+    """
+    key = os.fspath(p)
+    try:
+        st = os.stat(key)
+    except OSError:
+        st = None  # the open below reports it
+    if st is not None and stat.S_ISREG(st.st_mode):
+        version = version_of(st)
+        with _LOCK:
+            buf = _MAPS.get(version)
+            if buf is not None:
+                _MAPS.move_to_end(version)
+                return buf, version, None
+    fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        check(p, st)
+        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    version = version_of(st)
+    with _LOCK:
+        old = _PATHS.get(key)
+        replaced = old if old is not None and old != version else None
+        if replaced is not None:
+            _MAPS.pop(replaced, None)
+        _PATHS[key] = version
+        _MAPS[version] = buf
+        while len(_MAPS) > _MAX:
+            gone, _ = _MAPS.popitem(last=False)
+            for k in [k for k, v in _PATHS.items() if v == gone]:
+                del _PATHS[k]
+    return buf, version, replaced
+
+
+def forget(p: os.PathLike | str) -> Version | None:
+    """Drop the cached mapping of ``p`` (after this process replaced the file); return
+    the version it had, or None."""
+    with _LOCK:
+        version = _PATHS.pop(os.fspath(p), None)
+        if version is not None:
+            _MAPS.pop(version, None)
+    return version

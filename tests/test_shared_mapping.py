@@ -1,0 +1,133 @@
+"""Read-only opens share one mapping per file version (mlarray._maps).
+
+A data loader opens a file per patch; each open used to map the file anew (and
+hold a descriptor per handle). These tests pin what users see: handles of one
+file version hold one descriptor and one mapping between them, a file replaced
+on disk is read as its new version by new handles and as its old one by old
+handles (and the old one is not kept on disk by the cache), metadata of each
+handle is its own, and read-only handles refuse writes without touching C.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlarray import Meta, MLArray
+from mlarray.errors import CorruptChunkError, MetaValidationError, ReadOnlyError
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _mapped(name: str) -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if name in line]
+
+
+def _volume(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1000, 3000, (40, 56, 72)).astype(np.int16)
+
+
+def test_handles_of_one_file_share_one_descriptor_and_mapping(tmp_path):
+    p = tmp_path / "shared_one.mla"
+    x = _volume()
+    MLArray(x).save(p)
+    MLArray.open(p)[0]  # the first open maps the file: count from here
+    fds, maps = _fds(), len(_mapped("shared_one.mla"))
+    handles = [MLArray.open(p) for _ in range(64)]
+    for i, h in enumerate(handles):
+        np.testing.assert_array_equal(h[i % 40, 3:50], x[i % 40, 3:50])
+    assert _fds() - fds <= 1
+    assert len(_mapped("shared_one.mla")) - maps <= 1
+
+
+def test_replaced_file_new_handles_see_new_data_old_handles_keep_theirs(tmp_path):
+    p = tmp_path / "shared_replaced.mla"
+    old, new = _volume(1), _volume(2)
+    MLArray(old).save(p)
+    a = MLArray.open(p)
+    np.testing.assert_array_equal(a[5], old[5])
+    MLArray(new).save(p)  # atomic replace: a new inode under the same name
+    b = MLArray.open(p)
+    np.testing.assert_array_equal(b[...], new)
+    np.testing.assert_array_equal(a[...], old)  # the old handle reads its own file, verified
+    del a
+    gc.collect()
+    # nothing of this process maps the replaced (deleted) file any more: its space is freed
+    assert not [line for line in _mapped("shared_replaced.mla") if "(deleted)" in line]
+
+
+def test_each_handle_has_its_own_metadata(tmp_path):
+    p = tmp_path / "shared_meta.mla"
+    meta = Meta()
+    meta.spatial.spacing = [1.0, 2.0, 3.0]
+    meta.extra = {"site": "A", "tags": ["x"]}
+    MLArray(_volume(), meta=meta).save(p)
+    a, b = MLArray.open(p), MLArray.open(p)
+    a.meta.spatial.spacing = [5.0, 5.0, 5.0]
+    a.meta.extra["tags"].append("changed")
+    a.meta.extra["site"] = "B"
+    c = MLArray.open(p)
+    for h in (b, c):
+        assert h.meta.spatial.spacing == [1.0, 2.0, 3.0]
+        assert h.meta.extra["site"] == "A" and h.meta.extra["tags"] == ["x"]
+    assert MLArray.load(p).meta.extra["tags"] == ["x"]
+    with pytest.raises(MetaValidationError):  # validation still applies to a handed-out copy
+        c.meta.spatial.spacing = [1.0, -1.0]
+
+
+def test_read_only_handles_refuse_writes(tmp_path):
+    """Read-only handles decode straight from the shared mapping; a write must be
+    refused before c-blosc2 sees it (it would abort the process)."""
+    p = tmp_path / "shared_ro.mla"
+    x = _volume()
+    MLArray(x).save(p)
+    code = (
+        "import sys, numpy as np\n"
+        "from mlarray import MLArray\n"
+        "from mlarray.errors import ReadOnlyError\n"
+        "a = MLArray.open(sys.argv[1])\n"
+        "for key in [(0,), (slice(0, 4), 3), (np.array([0, 2]),), (a[...] > 0,)]:\n"
+        "    try:\n"
+        "        a[key] = 1\n"
+        "    except ReadOnlyError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        sys.exit('written')\n"
+        "print(int(a[...].sum()))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout) == int(x.sum(dtype=np.int64))
+    with pytest.raises(ReadOnlyError):
+        MLArray.open(p)[0] = 1
+    np.testing.assert_array_equal(MLArray.open(p)[...], x)
+
+
+def test_damaged_chunk_is_caught_through_a_shared_mapping(tmp_path):
+    """A chunk damaged on disk after handles of the file were open is still refused
+    by a new handle (a write changes the file's version: it is checked again)."""
+    p = tmp_path / "shared_damaged.mla"
+    x = _volume()
+    MLArray(x, patch_size=(16, 16, 16)).save(p)
+    keep = MLArray.open(p)
+    np.testing.assert_array_equal(keep[...], x)
+    from mlarray.frame import inspect_frame
+
+    raw = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(raw), p)
+    start = int(info.chunk_pos[3]) + int(info.chunk_cbytes[3]) // 2
+    raw[start] ^= 0xFF
+    with open(p, "r+b") as f:  # in place: same inode, new size/mtime/ctime
+        f.write(raw)
+    with pytest.raises(CorruptChunkError):
+        MLArray.open(p)[...]
