@@ -90,7 +90,16 @@ def _files_of(path: str) -> list[str]:
 
 
 def evict(path: str) -> None:
-    """Drop the file(s) from the page cache (posix_fadvise DONTNEED, no root needed)."""
+    """Drop the file(s) from the page cache (posix_fadvise DONTNEED, no root needed).
+
+    DONTNEED skips pages a process maps. mlarray keeps each file's read-only mapping
+    across opens, so in a process that imported it the pages of those mappings are
+    first unmapped (``mlarray._maps.drop_resident``: what the kernel's reclaim does
+    to a mapped file under memory pressure); the mappings themselves stay.
+    """
+    maps = sys.modules.get("mlarray._maps")
+    if maps is not None:
+        maps.drop_resident()
     for f in _files_of(path):
         fd = os.open(f, os.O_RDONLY)
         try:

@@ -131,3 +131,23 @@ def test_damaged_chunk_is_caught_through_a_shared_mapping(tmp_path):
         f.write(raw)
     with pytest.raises(CorruptChunkError):
         MLArray.open(p)[...]
+
+
+def test_evicted_pages_of_the_shared_mapping_read_back(tmp_path):
+    """After the shared mapping's pages are unmapped and the file is dropped from the
+    page cache (as reclaim under memory pressure does), reads fault them back in."""
+    from mlarray import _maps
+
+    p = tmp_path / "shared_evicted.mla"
+    x = _volume(3)
+    MLArray(x, patch_size=(16, 16, 16)).save(p)
+    h = MLArray.open(p)
+    np.testing.assert_array_equal(h[...], x)
+    _maps.drop_resident()
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(h[3:30, 7:50, 1:70], x[3:30, 7:50, 1:70])
+    np.testing.assert_array_equal(MLArray.open(p)[...], x)
