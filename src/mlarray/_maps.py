@@ -18,6 +18,7 @@ disk because an old mapping of it is cached (handles that still use it keep it).
 from __future__ import annotations
 
 import collections
+import contextlib
 import mmap
 import os
 import stat
@@ -119,7 +120,5 @@ def drop_resident() -> None:
     with _LOCK:
         bufs = list(_MAPS.values())
     for buf in bufs:
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             buf.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError, AttributeError):
-            pass
