@@ -154,12 +154,12 @@ def open_store(
     p = check_path(path, must_exist=True)
     recover(p)  # an in-place write a crash interrupted is rolled back first
     buf, version = _map_versioned(p)
-    if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
-        raise MLArrayFormatError(
-            p, "not an .mla file (it does not start with a Blosc2 frame header)"
-        )
     checked = _CHECKED_FRAMES.get(version)
     if checked is None:
+        if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
+            raise MLArrayFormatError(
+                p, "not an .mla file (it does not start with a Blosc2 frame header)"
+            )
         info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
         raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
         # The record is decoded (a restricted unpickler in Python) and built into a
@@ -198,7 +198,11 @@ def open_store(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
     try:
-        if mmap_mode == "r" and not writable:
+        if (
+            mmap_mode == "r"
+            and not writable
+            and (prefetcher is None or prefetcher.headers_resident())
+        ):
             store = _store_in(buf, kwargs["dparams"])
         else:
             store = blosc2.open(os.fspath(p), **kwargs)
@@ -233,7 +237,10 @@ def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
 
     Opening the file again (``blosc2.open``) would map it anew, and every page a read
     touches would be faulted into that mapping again: for a data loader that opens a
-    file per patch, that is most of the cost of a warm read after the open. The
+    file per patch, that is most of the cost of a warm read after the open. Making
+    the handle reads every chunk's header, so a file that is not in the page cache
+    (:meth:`~mlarray._prefetch.Prefetcher.headers_resident`) is opened lazily with
+    ``blosc2.open`` instead. The
     frame is the one :func:`open_store` checked; the handle keeps the mapping alive
     (and, through a buffer export, open). Only read-only handles are made this way:
     c-blosc2 cannot write into a frame it does not own, and ``MLArray`` refuses
