@@ -388,3 +388,72 @@ def test_planes_read_while_written_from_another_thread_are_never_stale(tmp_path)
         if not (a[:, :, 100] == it).all():
             stale.append(it)
     assert not stale
+
+
+def test_mask_and_index_array_reads_and_writes_hold_no_int64_coordinates(tmp_path):
+    """``a[mask]`` with a whole-array boolean mask and ``a[idx_arrays]`` read and write
+    through the selection's bounding box without int64 coordinates of every selected
+    element (24 bytes each for 3-d, twice): the mask is used as it is, other keys in
+    the smallest integer type of each axis."""
+    import tracemalloc
+
+    from mlarray import MLArray
+
+    x = np.random.default_rng(0).integers(0, 1000, (64, 96, 80)).astype(np.int16)
+    p = tmp_path / "masked.mla"
+    MLArray(x).save(p)
+    mask = x > 100  # ~90 % of the voxels
+    rng = np.random.default_rng(1)
+    idx = tuple(rng.integers(0, n, 200_000) for n in x.shape)
+    a = MLArray.open(p, mmap_mode="r+")
+    a[0:1, 0:1, 0:1]  # first read (checksums, caches) outside the measurement
+    n_mask, n_idx = int(mask.sum()), idx[0].size
+    for key, n, want in ((mask, n_mask, x[mask]), (idx, n_idx, x[idx])):
+        tracemalloc.start()
+        got = a[key]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(got, want)
+        # the box (the whole volume here) + the result + decoding buffers; int64
+        # coordinates would add 2 * 3 * 8 bytes per selected element
+        assert peak < x.nbytes + 2 * n * x.itemsize + 8 * n + (8 << 20), (key is mask, peak)
+    y = x.copy()
+    y[mask] = 7
+    a[mask] = 7
+    y[idx] = -3
+    a[idx] = -3
+    a.close()
+    np.testing.assert_array_equal(MLArray.open(p)[...], y)
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda x: x > 100,  # a mask over the whole array
+        lambda x: (x > 500).any(axis=2),  # a 2-d mask over the leading axes
+        lambda x: (slice(None), (x > 500).any(axis=(0, 2))),  # a mask along one axis
+        lambda x: (x[:, :, 0] > 300, slice(5, 90, 7)),
+        lambda x: tuple(np.random.default_rng(2).integers(0, n, 5000) for n in x.shape),
+        lambda x: (np.array([130, 2, 64, 65, 2]), slice(None), np.array([0, 100, 159, 7, 71])),
+        lambda x: (slice(None, None, -3), np.array([[1, 150], [72, 71]])),
+    ],
+)
+def test_advanced_keys_select_in_numpy_order_across_chunks(tmp_path, make_key):
+    """Boolean masks and integer arrays over a file of many chunks select what numpy
+    selects, in numpy's (C) order: Blosc2's own fancy indexing returned a whole-array
+    mask's elements chunk by chunk (same values, wrong order, no error)."""
+    from mlarray import MLArray
+
+    x = np.random.default_rng(0).integers(0, 1000, (131, 192, 160)).astype(np.int16)
+    p = tmp_path / "many_chunks.mla"
+    MLArray(x, patch_size=(48, 48, 48)).save(p)
+    a = MLArray.open(p)
+    assert np.prod([-(-n // c) for n, c in zip(x.shape, a.chunks, strict=True)]) > 8
+    key = make_key(x)
+    np.testing.assert_array_equal(a[key], x[key])
+    b = MLArray.open(p, mmap_mode="r+")
+    y = x.copy()
+    y[key] = -1
+    b[key] = -1
+    b.close()
+    np.testing.assert_array_equal(MLArray.open(p)[...], y)

@@ -1113,7 +1113,7 @@ class MLArray:
                     return out
             if box is not None:
                 return _direct.read_box(store, box)
-            if isinstance(store, np.ndarray) or _blosc2_reads(key):
+            if isinstance(store, np.ndarray) or _is_basic_key(key):
                 return np.asarray(store[key])
             return _read_advanced(store, key)
         except IndexError:
@@ -1395,56 +1395,42 @@ def _is_basic_key(key: Any) -> bool:
     )
 
 
-def _is_plain_index(k: Any) -> bool:
-    return isinstance(k, slice) or k is Ellipsis or k is None
-
-
-def _blosc2_reads(key: Any) -> bool:
-    """Whether Blosc2's own ``__getitem__`` handles ``key`` as numpy does.
-
-    It does for basic keys and for advanced keys whose array (and integer) entries are
-    adjacent and hold no ``None``; numpy's other cases (advanced entries separated by a
-    slice or ``...``, which move the broadcast axes to the front, and ``None`` next to an
-    array) go through :func:`_read_advanced`.
-    """
-    if _is_basic_key(key):
-        return True
-    items = key if isinstance(key, tuple) else (key,)
-    if any(k is None or _blosc2_refuses(k) for k in items):
-        return False
-    advanced = [i for i, k in enumerate(items) if not _is_plain_index(k)]
-    return advanced == list(range(advanced[0], advanced[-1] + 1))
-
-
-def _blosc2_refuses(k: Any) -> bool:
-    """An item Blosc2 gets wrong next to an array: a 0-d boolean (a new axis to numpy) or a
-    slice with a negative step."""
-    if isinstance(k, slice):
-        return k.step is not None and k.step < 0
-    return isinstance(k, (bool, np.bool_)) or (
-        isinstance(k, np.ndarray) and k.ndim == 0 and k.dtype == np.bool_
-    )
-
-
 def _selection_box(
     shape: tuple[int, ...], key: Any
 ) -> tuple[tuple[slice, ...], tuple[np.ndarray, ...]] | None:
-    """Bounding box of what ``key`` selects and the selection's coordinates inside it.
+    """Bounding box of what ``key`` selects and the selection's key inside it.
 
     None for an empty selection. Any key numpy accepts works (numpy's IndexError otherwise).
+    A boolean mask over the whole array (``a[mask]``, the common case) needs no
+    coordinates: its box comes from one ``any`` per axis and its key inside the box is
+    the mask's own view. Other keys are resolved to the coordinates they select, one
+    array per axis in the smallest integer type that holds that axis (not int64).
     """
     ndim = len(shape)
+    mask = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == shape:
+        spans = []
+        for i in range(ndim):
+            hit = np.flatnonzero(mask.any(axis=tuple(j for j in range(ndim) if j != i)))
+            if not hit.size:
+                return None
+            spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        box = tuple(spans)
+        return box, (mask[box],)
     coords = [
-        np.broadcast_to(np.arange(n).reshape([-1 if j == i else 1 for j in range(ndim)]), shape)[
-            key
-        ]
+        np.broadcast_to(
+            np.arange(n, dtype=np.min_scalar_type(max(n - 1, 0))).reshape(
+                [-1 if j == i else 1 for j in range(ndim)]
+            ),
+            shape,
+        )[key]
         for i, n in enumerate(shape)
     ]
     if coords[0].size == 0:
         return None
     lo = [int(c.min()) for c in coords]
     box = tuple(slice(low, int(c.max()) + 1) for low, c in zip(lo, coords, strict=True))
-    return box, tuple(c - low for c, low in zip(coords, lo, strict=True))
+    return box, tuple(c - c.dtype.type(low) for c, low in zip(coords, lo, strict=True))
 
 
 def _read_advanced(store: Any, key: Any) -> np.ndarray:
