@@ -366,6 +366,7 @@ def decode_offsets(chunk: bytes, nchunks: int) -> np.ndarray:
     """Decompress the (already header-checked) chunk of chunk offsets."""
     import blosc2
 
+    check_chunk_blocks(chunk, "the chunk offsets", 8 * nchunks)
     out = np.frombuffer(blosc2.decompress(chunk), dtype="<i8")
     _need(out.size == nchunks, f"{out.size} chunk offsets for {nchunks} chunks")
     return out.astype(np.int64, copy=False)
@@ -392,6 +393,58 @@ def _check_chunk_flags(mv: memoryview, pos: int, what: str) -> None:
     _need((flags >> 5) in _BUILTIN_CODECS, f"{what} use codec {flags >> 5}, not a builtin one")
     _need(not b2flags & 0x08, f"{what} are marked lazy")
     _need(not b2flags2 & 0x01, f"{what} use variable-size blocks")
+
+
+def _check_block_starts(
+    arr: np.ndarray, starts: np.ndarray, cbytes: np.ndarray, chunksize: int, blocksize: int
+) -> None:
+    """Every block of the data chunks at ``starts`` (their headers checked: blocks stored,
+    this block size) starts inside its chunk (see :func:`check_chunk_blocks`); a few
+    thousand chunks at a time, so a file of many chunks is not checked all in memory."""
+    if not starts.size or chunksize <= 0 or blocksize <= 0:
+        return
+    nblocks = -(-chunksize // blocksize)
+    table = _CHUNK_HEADER + 4 * nblocks
+    _need(bool(np.all(cbytes >= table)), "a chunk has no room for its block starts")
+    step = max(1, (1 << 22) // nblocks)
+    byte = _CHUNK_HEADER + np.arange(4 * nblocks)
+    for i in range(0, starts.size, step):
+        raw = arr[starts[i : i + step, None] + byte]
+        bstart = raw.view("<i4").astype(np.int64)
+        cb = cbytes[i : i + step, None]
+        _need(bool(np.all((bstart >= table) & (bstart < cb))), "a chunk's block starts outside it")
+
+
+def check_chunk_blocks(chunk: Any, what: str, max_nbytes: int) -> None:
+    """Check what c-blosc2 trusts in one chunk before it decompresses it whole.
+
+    The sizes in its header against the chunk's own length, and the start of every
+    block: c-blosc2 reads a block from wherever its start says, so a damaged start
+    reads (and crashes) outside the chunk. ``max_nbytes`` bounds the size the header
+    claims (what a caller allocates for the result). Raises ``_Bad``.
+    """
+    mv = memoryview(chunk).cast("B")
+    n = len(mv)
+    _need(n >= _CHUNK_HEADER, f"{what} is shorter than a chunk header")
+    _check_chunk_flags(mv, 0, what)
+    _ts, nb, bs, cb = _chunk_header_sizes(mv, 0)
+    _need(cb == n, f"{what} says it is {cb} bytes long, not {n}")
+    _need(0 <= nb <= max_nbytes, f"{what} claims {nb} bytes")
+    special = (mv[31] >> 4) & 0x07
+    if special:  # no blocks stored: a value repeated (zeros, NaNs, ...)
+        _need(special in _SPECIAL_IN_CHUNKS, f"{what} has a bad special value")
+        return
+    if mv[2] & 0x02:  # memcpyed: the data follows the header
+        _need(cb >= _CHUNK_HEADER + nb, f"{what} is shorter than its data")
+        return
+    if nb == 0:
+        return
+    _need(bs > 0, f"{what} has block size {bs}")
+    nblocks = -(-nb // bs)
+    table = _CHUNK_HEADER + 4 * nblocks
+    _need(table <= cb, f"{what} has no room for its {nblocks} block starts")
+    starts = np.frombuffer(mv, dtype="<i4", count=nblocks, offset=_CHUNK_HEADER)
+    _need(bool(np.all((starts >= table) & (starts < cb))), f"{what}: a block starts outside it")
 
 
 def _chunks(
@@ -444,6 +497,9 @@ def _chunks(
         _need(
             bool(np.all(~memcpyed | (spec != 0) | (ccb >= nb + _CHUNK_HEADER))),
             "a memcpyed chunk is shorter than its data",
+        )
+        _check_block_starts(
+            arr, starts[(spec == 0) & ~memcpyed], ccb[(spec == 0) & ~memcpyed], chunksize, blocksize
         )
         order = np.argsort(offs, kind="stable")
         so, sc = offs[order], ccb[order]
@@ -506,6 +562,10 @@ def _vlmeta_index(mv: memoryview, start: int, length: int) -> dict[str, tuple[in
     return out
 
 
+# A vlmeta value larger than this (decompressed) is damage: the metadata record and the
+# chunk checksums of even a huge volume are a few megabytes.
+_VLMETA_MAX_BYTES = 1 << 26
+
 # Names of the vlmeta entries mlarray writes; a damaged name would silently drop the
 # record or the checksums, so a near miss (1-2 changed characters) is damage.
 _OWN_VLMETA = ("mlarray", "mlarray_checksums")
@@ -525,8 +585,13 @@ def read_vlmeta_bytes(mv: Any, info: FrameInfo, name: str, path: Any = None) -> 
     if where is None:
         return None
     pos, n = where
+    chunk = bytes(memoryview(mv)[pos : pos + n])
     try:
-        packed = blosc2.decompress(bytes(memoryview(mv)[pos : pos + n]))
+        check_chunk_blocks(chunk, f"vlmeta entry {name!r}", _VLMETA_MAX_BYTES)
+    except _Bad as exc:
+        raise MLArrayFormatError(path, str(exc)) from None
+    try:
+        packed = blosc2.decompress(chunk)
     except Exception as exc:
         raise MLArrayFormatError(
             path, f"vlmeta entry {name!r} cannot be decompressed ({exc})"

@@ -1,0 +1,71 @@
+"""Damaged block starts inside a chunk are refused before c-blosc2 reads them.
+
+c-blosc2 reads each block of a chunk from the offset the chunk's block-start table
+gives, without checking it against the chunk: one damaged byte there crashed the
+process (SIGSEGV) when the metadata or checksums were decoded. Each case runs in a
+child process, so a crash fails the test instead of the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.frame import inspect_frame
+
+_OPEN = (
+    "import sys, numpy as np\n"
+    "from mlarray import MLArray\n"
+    "from mlarray.errors import MLArrayFormatError\n"
+    "try:\n"
+    "    MLArray.open(sys.argv[1])[...]\n"
+    "except MLArrayFormatError as e:\n"
+    "    print('refused:', e)\n"
+    "else:\n"
+    "    print('opened')\n"
+)
+
+
+def _file(tmp_path, name: str) -> tuple[bytes, object]:
+    p = tmp_path / name
+    x = np.zeros((24, 40, 40), np.float32)
+    x[8:16] = np.random.default_rng(2).random((8, 40, 40))  # chunks that store blocks
+    x[16:] = 3.5
+    MLArray(x, patch_size=None, chunk_size=(8, 20, 20), block_size=(4, 10, 10)).save(p)
+    raw = p.read_bytes()
+    return raw, inspect_frame(raw, p)
+
+
+def _damaged(tmp_path, name: str, raw: bytes, at: int, value: int) -> str:
+    b = bytearray(raw)
+    b[at] = value
+    p = tmp_path / name
+    p.write_bytes(bytes(b))
+    r = subprocess.run(
+        [sys.executable, "-c", _OPEN, os.fspath(p)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, f"crashed ({r.returncode}): {r.stderr[-1500:]}"
+    return r.stdout
+
+
+@pytest.mark.parametrize("value", [0x40, 0x08, 0x7F])
+def test_damaged_block_start_of_a_metadata_entry_is_refused(tmp_path, value):
+    raw, info = _file(tmp_path, "vlmeta_ok.mla")
+    pos, _n = info.vlmeta["mlarray_checksums"]  # compressed (the record is stored as is)
+    assert not raw[pos + 2] & 0x02
+    out = _damaged(tmp_path, "vlmeta_bad.mla", raw, pos + 35, value)  # first start's top byte
+    assert out.startswith("refused:") and "vlmeta_bad.mla" in out, out
+
+
+@pytest.mark.parametrize("value", [0x40, 0x08, 0x7F])
+def test_damaged_block_start_of_a_data_chunk_is_refused(tmp_path, value):
+    raw, info = _file(tmp_path, "data_ok.mla")
+    stored = [int(p) for p, b in zip(info.chunk_pos, info.chunk_cbytes, strict=True) if p >= 0]
+    pos = next(p for p in stored if not raw[p + 2] & 0x02 and not (raw[p + 31] >> 4) & 7)
+    out = _damaged(tmp_path, "data_bad.mla", raw, pos + 35, value)
+    assert out.startswith("refused:") and "data_bad.mla" in out, out
