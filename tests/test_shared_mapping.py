@@ -14,6 +14,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,79 @@ def test_evicted_pages_of_the_shared_mapping_read_back(tmp_path):
         os.close(fd)
     np.testing.assert_array_equal(h[3:30, 7:50, 1:70], x[3:30, 7:50, 1:70])
     np.testing.assert_array_equal(MLArray.open(p)[...], x)
+
+
+def test_a_file_blosc2_refuses_is_refused_on_every_open(tmp_path):
+    """A frame python-blosc2 refuses to open (a header field out of range) is refused
+    again on later opens of the same, cached file version, not opened from the shared
+    mapping (which validates less)."""
+    from mlarray.errors import MLArrayFormatError
+
+    p = tmp_path / "shared_bad_header.mla"
+    x = np.random.default_rng(1).integers(0, 50, (24, 40, 40)).astype(np.int16)
+    MLArray(x, patch_size=None, chunk_size=(8, 20, 20), block_size=(4, 10, 10)).save(p)
+    raw = bytearray(p.read_bytes())
+    raw[82] ^= 0x80  # a filters byte of the frame header: blosc2.open overflows on it
+    p.write_bytes(bytes(raw))
+    for _ in range(3):
+        with pytest.raises(MLArrayFormatError, match=r"shared_bad_header\.mla"):
+            MLArray.open(p)
+
+
+def test_internal_writers_refuse_read_only_handles(tmp_path):
+    """Writes through a read-only handle's store (the checksum refresh, a metadata
+    flush) raise ReadOnlyError naming the file instead of reaching c-blosc2, which
+    aborts the process on a write into a frame it does not own."""
+    p = tmp_path / "shared_writers.mla"
+    MLArray(_volume()).save(p)
+    code = (
+        "import sys\n"
+        "from mlarray import MLArray, io, integrity\n"
+        "from mlarray.errors import ReadOnlyError\n"
+        "p = sys.argv[1]\n"
+        "MLArray.open(p)[0]\n"
+        "a = MLArray.open(p)\n"
+        "a[1]\n"
+        "calls = [lambda: integrity.refresh_file(a._store, p),\n"
+        "         lambda: io.flush_meta(a._store, p, a.meta)]\n"
+        "for call in calls:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ReadOnlyError as e:\n"
+        "        assert p in str(e), e\n"
+        "    else:\n"
+        "        sys.exit('written')\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_a_child_forked_while_the_mapping_cache_is_locked_can_open_files(tmp_path):
+    """The mapping cache's lock held by another thread at fork time (a loader forking
+    workers while its threads open files) does not hang the child's opens."""
+    from mlarray import _maps
+
+    p, q = tmp_path / "shared_fork_a.mla", tmp_path / "shared_fork_b.mla"
+    x = _volume()
+    MLArray(x).save(p)
+    MLArray(x + 1).save(q)
+    MLArray.open(p)[0]
+    with _maps._LOCK:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = np.array_equal(MLArray.open(p)[2], x[2])
+            ok = ok and np.array_equal(MLArray.open(q)[3], x[3] + 1)
+            os._exit(0 if ok else 3)
+    deadline = time.monotonic() + 60
+    status = None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.02)
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert status == 0

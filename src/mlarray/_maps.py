@@ -9,10 +9,11 @@ So the mapping of a file version (device, inode, size, mtime, ctime) is made onc
 and shared by every handle of that version; handles hold it for as long as they
 live, this cache keeps the most recently used ones.
 
-Each cached mapping holds a file descriptor (Python's ``mmap`` keeps one), so the
-cache is bounded by a share of the process's descriptor limit. Only the newest
-version of a path is kept: a file replaced by a save does not stay allocated on
-disk because an old mapping of it is cached (handles that still use it keep it).
+Each cached mapping holds a file descriptor (Python's ``mmap`` keeps one) and keeps
+its file allocated on disk after it was deleted or replaced, so the cache is small
+(64 files, fewer under a low descriptor limit). Only the newest version of a path is
+kept: a file replaced by a save through mlarray, or opened again after it was
+replaced, is dropped from the cache (handles that still use it keep it).
 """
 
 from __future__ import annotations
@@ -39,14 +40,25 @@ def _limit() -> int:
     except (ImportError, OSError, ValueError):
         return 64
     if soft == resource.RLIM_INFINITY:
-        return 256
-    return max(8, min(256, soft // 8))
+        return 64
+    return max(8, min(64, soft // 16))
 
 
 _MAX = _limit()
 _MAPS: collections.OrderedDict[Version, mmap.mmap] = collections.OrderedDict()
-_PATHS: dict[str, Version] = {}  # path as given -> the version last mapped through it
+_PATHS: dict[str, Version] = {}  # absolute path -> the version last mapped through it
 _LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A thread of the parent may have held the lock when it forked: the child's copy
+    # would stay locked for ever.
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def version_of(st: os.stat_result) -> Version:
@@ -64,7 +76,7 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
     for anything that is not a file worth mapping), and the new mapping is cached.
     ``OSError`` propagates for the caller to name the file.
     """
-    key = os.fspath(p)
+    key = os.path.abspath(p)
     try:
         st = os.stat(key)
     except OSError:
@@ -102,7 +114,7 @@ def forget(p: os.PathLike | str) -> Version | None:
     """Drop the cached mapping of ``p`` (after this process replaced the file); return
     the version it had, or None."""
     with _LOCK:
-        version = _PATHS.pop(os.fspath(p), None)
+        version = _PATHS.pop(os.path.abspath(p), None)
         if version is not None:
             _MAPS.pop(version, None)
     return version
@@ -122,3 +134,24 @@ def drop_resident() -> None:
     for buf in bufs:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             buf.madvise(mmap.MADV_DONTNEED)
+
+
+_BORROWED = "_mlarray_frame"  # a store whose frame lives in a shared mapping holds it here
+
+
+def lend(store: Any, view: memoryview) -> None:
+    """Record that ``store`` decodes from ``view`` (a shared mapping): the store keeps
+    it alive, and :func:`refuse_write` refuses writes through the store."""
+    setattr(store, _BORROWED, view)
+
+
+def refuse_write(store: Any, path: Any) -> None:
+    """Raise :class:`~mlarray.errors.ReadOnlyError` if ``store`` decodes from a shared
+    read-only mapping: c-blosc2 would write into memory it does not own (the process
+    aborts) instead of refusing the write."""
+    if getattr(store, _BORROWED, None) is not None:
+        from mlarray.errors import ReadOnlyError
+
+        raise ReadOnlyError(
+            f"{path}: opened read-only; use MLArray.open(path, mmap_mode='r+') to write"
+        )

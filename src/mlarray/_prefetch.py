@@ -173,10 +173,12 @@ def for_frame(buf: Any, info: FrameInfo, version: tuple) -> Prefetcher | None:
     pre = _PREFETCHERS.get(version)
     if pre is None or pre.buf is not buf:
         pre = _PREFETCHERS[version] = Prefetcher(buf, info)
-        while len(_PREFETCHERS) > _PREFETCHERS_MAX:
-            _PREFETCHERS.popitem(last=False)
+        with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
+            while len(_PREFETCHERS) > _PREFETCHERS_MAX:
+                _PREFETCHERS.popitem(last=False)
     else:
-        _PREFETCHERS.move_to_end(version)
+        with contextlib.suppress(KeyError):  # another thread's save may have dropped it
+            _PREFETCHERS.move_to_end(version)
     return pre
 
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from mlarray import _maps
 from mlarray.errors import CorruptChunkError, MLArrayIOError
 from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
@@ -494,6 +495,7 @@ def digest_file(path: Any) -> bytes:
 
 def refresh_file(store: Any, path: Any) -> None:
     """Recompute and store the digests of ``path`` through its open ``store``."""
+    _maps.refuse_write(store, path)
     value = digest_file(path)
     store.schunk.vlmeta[CHECKSUM_KEY] = value
 

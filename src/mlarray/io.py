@@ -164,18 +164,21 @@ def open_store(
         raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
         # The record is decoded (a restricted unpickler in Python) and built into a
         # Meta once per file version; every open gets its own copy of that Meta.
-        checked = (info, _meta_from_raw(raw, info.shape, p))
+        # The last item: whether blosc2.open accepted this version (see _store_in).
+        checked = [info, _meta_from_raw(raw, info.shape, p), False]
         # The inspection touched a page per chunk (and the kernel mapped its neighbours);
         # unmap them from this process, as the mapping is kept: mapped pages stay resident
         # and cannot be evicted, which would skew every cold-read measurement.
         with contextlib.suppress(OSError, ValueError, AttributeError):
             buf.madvise(mmap.MADV_DONTNEED)
         _CHECKED_FRAMES[version] = checked
-        while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
-            _CHECKED_FRAMES.popitem(last=False)
+        with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
+            while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
+                _CHECKED_FRAMES.popitem(last=False)
     else:
-        _CHECKED_FRAMES.move_to_end(version)
-    info, proto = checked
+        with contextlib.suppress(KeyError):  # another thread's save may have dropped it
+            _CHECKED_FRAMES.move_to_end(version)
+    info, proto, accepted = checked
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
     if prefetcher is not None:
@@ -201,11 +204,13 @@ def open_store(
         if (
             mmap_mode == "r"
             and not writable
+            and accepted
             and (prefetcher is None or prefetcher.headers_resident())
         ):
             store = _store_in(buf, kwargs["dparams"])
         else:
             store = blosc2.open(os.fspath(p), **kwargs)
+            checked[2] = True
     except MLArrayError:
         raise
     except PermissionError as exc:
@@ -240,7 +245,9 @@ def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
     file per patch, that is most of the cost of a warm read after the open. Making
     the handle reads every chunk's header, so a file that is not in the page cache
     (:meth:`~mlarray._prefetch.Prefetcher.headers_resident`) is opened lazily with
-    ``blosc2.open`` instead. The
+    ``blosc2.open`` instead, as is a file version ``blosc2.open`` has not accepted in
+    this process yet (what it refuses is then refused whether the file is in the page
+    cache or not). The
     frame is the one :func:`open_store` checked; the handle keeps the mapping alive
     (and, through a buffer export, open). Only read-only handles are made this way:
     c-blosc2 cannot write into a frame it does not own, and ``MLArray`` refuses
@@ -255,7 +262,7 @@ def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
         schunk.dparams = blosc2.DParams(**dparams)
     if schunk.cparams.nthreads != 1:  # never compresses: one thread, no pool
         schunk.cparams = dataclasses.replace(schunk.cparams, nthreads=1)
-    store._mlarray_frame = view
+    _maps.lend(store, view)
     return store
 
 
@@ -272,7 +279,7 @@ def _may_write(p: Path) -> bool:
 # mtime, ctime). Any write to the file changes its ctime (which no tool can set back),
 # so a changed file is always validated again; an unchanged one opens at the cost of a
 # stat, which matters for data loaders that open the same files millions of times.
-_CHECKED_FRAMES: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+_CHECKED_FRAMES: collections.OrderedDict[tuple, list] = collections.OrderedDict()
 _CHECKED_FRAMES_MAX = 4096
 
 
@@ -1347,6 +1354,7 @@ def write_in_place(
     MLArrayIOError
         If the write failed; the file was restored to its state before it.
     """
+    _maps.refuse_write(store, path)
     p = Path(os.fspath(path))
     integrity.check_identity(store)
     vlmeta = dict(vlmeta or {})
