@@ -1,8 +1,11 @@
-"""Damaged block starts inside a chunk are refused before c-blosc2 reads them.
+"""Damaged block starts inside a chunk never crash the process.
 
 c-blosc2 reads each block of a chunk from the offset the chunk's block-start table
-gives, without checking it against the chunk: one damaged byte there crashed the
-process (SIGSEGV) when the metadata or checksums were decoded. Each case runs in a
+gives. For the chunks mlarray decompresses whole itself (the metadata record, the
+checksums, the chunk offsets) it does not check that offset: one damaged byte there
+crashed the process (SIGSEGV); those are refused before c-blosc2 sees them. Data
+chunks are decoded by c-blosc2's slicer, which checks them: a damaged one fails the
+reads that touch it, and the rest of the file stays readable. Each case runs in a
 child process, so a crash fails the test instead of the test run.
 """
 
@@ -62,10 +65,42 @@ def test_damaged_block_start_of_a_metadata_entry_is_refused(tmp_path, value):
     assert out.startswith("refused:") and "vlmeta_bad.mla" in out, out
 
 
+_READ = (
+    "import sys, numpy as np\n"
+    "from mlarray import MLArray, integrity\n"
+    "from mlarray.errors import CorruptChunkError\n"
+    "integrity.set_verify_on_read(sys.argv[2] == 'on')\n"
+    "a = MLArray.open(sys.argv[1])\n"
+    "try:\n"
+    "    a[...]\n"
+    "except CorruptChunkError as e:\n"
+    "    print('refused:', e)\n"
+    "else:\n"
+    "    print('read')\n"
+    "print('rest', float(a[16:].sum()))\n"
+)
+
+
+@pytest.mark.parametrize("verify", ["on", "off"])
 @pytest.mark.parametrize("value", [0x40, 0x08, 0x7F])
-def test_damaged_block_start_of_a_data_chunk_is_refused(tmp_path, value):
+def test_damaged_block_start_of_a_data_chunk_fails_that_chunk_only(tmp_path, value, verify):
+    """A data chunk's damaged block start fails reads of that chunk (checksums on or
+    off: c-blosc2 checks data chunks' block starts itself), never the process, and
+    the other chunks stay readable (salvage)."""
     raw, info = _file(tmp_path, "data_ok.mla")
-    stored = [int(p) for p, b in zip(info.chunk_pos, info.chunk_cbytes, strict=True) if p >= 0]
+    stored = [int(p) for p in info.chunk_pos if p >= 0]
     pos = next(p for p in stored if not raw[p + 2] & 0x02 and not (raw[p + 31] >> 4) & 7)
-    out = _damaged(tmp_path, "data_bad.mla", raw, pos + 35, value)
-    assert out.startswith("refused:") and "data_bad.mla" in out, out
+    b = bytearray(raw)
+    b[pos + 35] = value  # the first block start's top byte
+    p = tmp_path / "data_bad.mla"
+    p.write_bytes(bytes(b))
+    r = subprocess.run(
+        [sys.executable, "-c", _READ, os.fspath(p), verify],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, f"crashed ({r.returncode}): {r.stderr[-1500:]}"
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("refused:") and "data_bad.mla" in lines[0], r.stdout
+    assert lines[1] == f"rest {3.5 * 8 * 40 * 40}", r.stdout

@@ -395,26 +395,6 @@ def _check_chunk_flags(mv: memoryview, pos: int, what: str) -> None:
     _need(not b2flags2 & 0x01, f"{what} use variable-size blocks")
 
 
-def _check_block_starts(
-    arr: np.ndarray, starts: np.ndarray, cbytes: np.ndarray, chunksize: int, blocksize: int
-) -> None:
-    """Every block of the data chunks at ``starts`` (their headers checked: blocks stored,
-    this block size) starts inside its chunk (see :func:`check_chunk_blocks`); a few
-    thousand chunks at a time, so a file of many chunks is not checked all in memory."""
-    if not starts.size or chunksize <= 0 or blocksize <= 0:
-        return
-    nblocks = -(-chunksize // blocksize)
-    table = _CHUNK_HEADER + 4 * nblocks
-    _need(bool(np.all(cbytes >= table)), "a chunk has no room for its block starts")
-    step = max(1, (1 << 22) // nblocks)
-    byte = _CHUNK_HEADER + np.arange(4 * nblocks)
-    for i in range(0, starts.size, step):
-        raw = arr[starts[i : i + step, None] + byte]
-        bstart = raw.view("<i4").astype(np.int64)
-        cb = cbytes[i : i + step, None]
-        _need(bool(np.all((bstart >= table) & (bstart < cb))), "a chunk's block starts outside it")
-
-
 def check_chunk_blocks(chunk: Any, what: str, max_nbytes: int) -> None:
     """Check what c-blosc2 trusts in one chunk before it decompresses it whole.
 
@@ -497,9 +477,6 @@ def _chunks(
         _need(
             bool(np.all(~memcpyed | (spec != 0) | (ccb >= nb + _CHUNK_HEADER))),
             "a memcpyed chunk is shorter than its data",
-        )
-        _check_block_starts(
-            arr, starts[(spec == 0) & ~memcpyed], ccb[(spec == 0) & ~memcpyed], chunksize, blocksize
         )
         order = np.argsort(offs, kind="stable")
         so, sc = offs[order], ccb[order]
