@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlarray import MLArray
-from mlarray._read import ChunkCache, decode_chunk, decode_layer, read_cached, take
+from mlarray._read import (
+    ChunkCache,
+    decode_chunk,
+    decode_layer,
+    layer_plane,
+    read_cached,
+    take,
+)
 from mlarray.io import save_mla
 from mlarray.meta import Meta
 
@@ -280,10 +287,12 @@ def test_fast_paths_keep_the_checksum_checks(tmp_path):
         ((30, 41, 52), (10, 21, 26), (5, 10, 13)),  # edge chunks, chunks padded to blocks
         ((6, 7, 8, 9), (3, 4, 4, 5), (3, 2, 2, 5)),
         ((50,), (20,), (7,)),
+        ((23, 9, 40), (23, 9, 40), (8, 9, 40)),  # one chunk; planes are whole block rows
+        ((9, 13, 11), (4, 13, 5), (4, 13, 1)),  # one-item blocks along the last axis
     ],
 )
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_block_layers_hold_their_planes_in_c_order(shape, chunks, blocks, nthreads):
+def test_block_layers_hold_every_plane_they_cross(shape, chunks, blocks, nthreads):
     ref = _values(shape, np.int16, seed=8)
     nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
     for axis in range(len(shape)):
@@ -291,13 +300,15 @@ def test_block_layers_hold_their_planes_in_c_order(shape, chunks, blocks, nthrea
         for j in range(-(-shape[axis] // chunks[axis])):
             for g in range(-(-chunks[axis] // blocks[axis])):
                 first = j * chunks[axis] + g * blocks[axis]
-                if first >= min(shape[axis], (j + 1) * chunks[axis]):
+                stop = min(shape[axis], (j + 1) * chunks[axis], first + blocks[axis])
+                if first >= stop:
                     continue
                 layer = decode_layer(nd, axis, j, g, nthreads)
-                assert layer.flags.c_contiguous
-                want = np.moveaxis(ref, axis, 0)[first : first + layer.shape[0]]
-                np.testing.assert_array_equal(layer, want)
-                seen += layer.shape[0]
+                for i in range(stop - first):
+                    plane = layer_plane(nd, axis, layer, i)
+                    assert plane.flags.c_contiguous and plane.dtype == ref.dtype
+                    np.testing.assert_array_equal(plane, np.take(ref, first + i, axis=axis))
+                seen += stop - first
         assert seen == shape[axis]  # the layers hold every plane once
 
 

@@ -22,20 +22,23 @@ chunks a read touches against their checksums first.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from mlarray._fullread import _executor, _Plan, read_threads
+from mlarray._fullread import _executor, _pieces, read_threads
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
     "decode_chunk",
     "decode_layer",
+    "layer_plane",
     "read_cached",
     "take",
 ]
@@ -46,6 +49,87 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 
 #: Reads that use more than 1/_DIRECT_FRACTION of the chunks they touch bypass the cache.
 _DIRECT_FRACTION = 4
+
+
+#: Memory of decoded block layers that nothing references any more, kept for the next
+#: layers (process-wide, at most this many bytes): fresh memory costs a page fault per
+#: page on its first write, which on a virtual machine costs more than decoding it.
+RECYCLE_BYTES = 64 * 2**20
+
+
+class _Recycler:
+    """Buffers of decoded block layers, recycled once no array uses them.
+
+    :meth:`array` hands out arrays whose memory comes back here when the last array
+    (or view) using it is gone (the array's base is an :class:`_Lease`, which returns
+    the memory when it is freed), so memory is never reused while anything can still
+    read it. At most ``max_bytes`` are kept, the oldest dropped first.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._free: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._lock = threading.RLock()  # a lease may be freed inside this thread's take
+
+    def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A new uninitialized C-order array, on recycled memory when there is some."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = None
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                raw = free.pop()
+                self.nbytes -= nbytes
+                if not free:
+                    del self._free[nbytes]
+        if raw is None:
+            raw = np.empty(nbytes, dtype=np.uint8)
+        return np.asarray(_Lease(self, raw, shape, dtype))
+
+    def give(self, raw: np.ndarray) -> None:
+        with self._lock:
+            if raw.nbytes > self.max_bytes:
+                return
+            self._free.setdefault(raw.nbytes, []).append(raw)
+            self._free.move_to_end(raw.nbytes)
+            self.nbytes += raw.nbytes
+            while self.nbytes > self.max_bytes:
+                size, free = next(iter(self._free.items()))
+                free.pop(0)
+                self.nbytes -= size
+                if not free:
+                    del self._free[size]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self.nbytes = 0
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()  # it may have been held by a thread of the parent
+
+
+class _Lease:
+    """The base of an array on recycled memory: gives the memory back when freed."""
+
+    def __init__(self, owner: _Recycler, raw: np.ndarray, shape: tuple, dtype: np.dtype):
+        self._owner, self._raw = owner, raw
+        self.__array_interface__ = {
+            "shape": tuple(shape),
+            "typestr": dtype.str,
+            "descr": dtype.descr,
+            "data": (raw.ctypes.data, False),
+            "version": 3,
+        }
+
+    def __del__(self) -> None:
+        self._owner.give(self._raw)
+
+
+_recycler = _Recycler(RECYCLE_BYTES)
+os.register_at_fork(after_in_child=_recycler._after_fork)
 
 
 class ChunkCache:
@@ -163,79 +247,225 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     return flat.reshape(grid + blocks)
 
 
-def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np.ndarray:
-    """The planes of block layer ``g`` of chunk row ``j`` along ``axis``, as one array.
+#: A plane's run inside a block shorter than this (bytes) is gathered once per block layer
+#: (planes first, see :func:`decode_layer`) instead of from every plane of a block.
+_PLANE_RUN_BYTES = 16
 
-    Only the blocks of that layer are decoded (``SChunk.get_slice`` per run of blocks
-    that lie one after the other in a chunk), in every chunk of the row; they are laid
-    out plane by plane: shape ``(planes, other axes...)``, C order, so a plane is one
-    contiguous copy. ``planes`` is the block length, less at the end of the array.
-    ``nthreads`` threads share the chunks. Chunks side by side along the last axis are
-    copied into place together (see :class:`mlarray._fullread._Plan`).
-    """
-    shape = tuple(int(n) for n in store.shape)
-    chunks = tuple(int(c) for c in store.chunks)
-    blocks = tuple(int(b) for b in store.blocks)
-    ext = tuple(int(e) for e in store.ext_chunks)
-    nd = len(shape)
-    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
-    bgrid = [e // b for e, b in zip(ext, blocks, strict=True)]
-    first = j * chunks[axis] + g * blocks[axis]
-    planes = min(blocks[axis], (j + 1) * chunks[axis] - first, shape[axis] - first)
-    others = [a for a in range(nd) if a != axis]
-    out = np.empty((planes, *(shape[a] for a in others)), dtype=store.dtype)
-    # The layer as an array of its own (``planes`` thick along ``axis``, chunks of one
-    # block there), written through a view in the array's axis order.
-    view = np.moveaxis(out, 0, axis)
 
-    def along(v: tuple[int, ...], x: int) -> tuple[int, ...]:
-        return tuple(x if a == axis else v[a] for a in range(nd))
+@functools.lru_cache(maxsize=64)
+def _layer_geometry(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    blocks: tuple[int, ...],
+    ext: tuple[int, ...],
+    itemsize: int,
+    axis: int,
+) -> _LayerGeometry:
+    return _LayerGeometry(shape, chunks, blocks, ext, itemsize, axis)
 
-    plan = _Plan(
-        view,
-        along(shape, planes),
-        along(chunks, planes),
-        blocks,
-        along(ext, blocks[axis]),
-        direct=False,
+
+class _LayerGeometry:
+    """How block layers along ``axis`` of an array are decoded and held, and how a plane
+    is copied out of one (see :func:`decode_layer` and :func:`layer_plane`)."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        blocks: tuple[int, ...],
+        ext: tuple[int, ...],
+        itemsize: int,
+        axis: int,
+    ) -> None:
+        nd = len(shape)
+        self.axis = axis
+        self.shape, self.chunks, self.blocks, self.ext = shape, chunks, blocks, ext
+        self.grid = tuple(-(-n // c) for n, c in zip(shape, chunks, strict=True))
+        self.bgrid = tuple(e // b for e, b in zip(ext, blocks, strict=True))
+        self.others = tuple(a for a in range(nd) if a != axis)
+        m = len(self.others)
+        self.ogrid = tuple(self.grid[a] for a in self.others)  # chunks of a chunk row
+        self.bg_o = tuple(self.bgrid[a] for a in self.others)
+        self.b_o = tuple(blocks[a] for a in self.others)
+        self.bitems = int(np.prod(blocks))
+        self.citems = int(np.prod(ext))
+        # The chunks of a row: (chunk number without the row's own term, slot in the
+        # layer, runs of blocks to decode). Blocks wholly outside the array (in edge
+        # chunks) are not decoded: no plane reads them.
+        strides = [int(np.prod(self.grid[a + 1 :])) for a in range(nd)]
+        self.row_stride = strides[axis]
+        self.row = []
+        runs: dict[tuple[int, ...], tuple] = {}  # a few kinds of edge chunks
+        for k, idx in enumerate(np.ndindex(*self.ogrid)):
+            valid = [
+                -(-min(chunks[a], shape[a] - i * chunks[a]) // blocks[a])
+                for a, i in zip(self.others, idx, strict=True)
+            ]
+            part = sum(i * strides[a] for a, i in zip(self.others, idx, strict=True))
+            if tuple(valid) not in runs:
+                runs[tuple(valid)] = self._runs(tuple(valid))
+            self.row.append((part, k, runs[tuple(valid)]))
+        # A plane inside a block is a run of prod(blocks[axis+1:]) items, every
+        # blocks[axis] * that items: long runs are copied out of the blocks as decoded;
+        # short ones (the last axis: single items) would make every plane read the whole
+        # layer, so each chunk's blocks are put planes first once, while still in cache.
+        self.planes_first = int(np.prod(blocks[axis + 1 :])) * itemsize < _PLANE_RUN_BYTES
+        # decoded blocks of one chunk's layer: (blocks along the others, block shape)
+        self.decoded = (*self.bg_o, *blocks)
+        # planes first: the in-block axis moved in front of the chunk's blocks
+        self.to_planes = (m + axis, *range(m), *(m + a for a in self.others))
+        self.order = [ax for i in range(m) for ax in (i, m + i, 2 * m + i)]
+        pieces = [_row_pieces(shape[a], chunks[a], ext[a], blocks[a]) for a in self.others]
+        # One copy per combination of pieces of the other axes: (source key, output
+        # region, output split, row dtype). A row (the piece's extent along the last axis,
+        # contiguous on both sides) is copied as one item of that many bytes: numpy's
+        # copy loop then moves a row per item instead of item by item (1.5x faster).
+        self.copies = []
+        for combo in itertools.product(*pieces):
+            key = tuple(p[k] for k in range(3) for p in combo)
+            region = tuple(slice(p[3], p[3] + int(np.prod(p[4]))) for p in combo)
+            split = tuple(v for p in combo for v in p[4])
+            if not split:  # a 1-d array: its planes are single items
+                self.copies.append((key, region, split, None))
+                continue
+            row = np.dtype((np.void, split[-1] * itemsize))
+            self.copies.append((key, region, (*split[:-1], 1), row))
+
+    def _runs(self, valid: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+        """Runs of blocks of block layer 0 of a chunk with ``valid`` blocks inside the
+        array along the other axes: ``(first item in the chunk, first item in the slot,
+        items)``; block layer ``g`` starts ``g`` block rows further in the chunk."""
+        bg = self.bgrid
+        ranges = [range(1)] * len(bg)
+        for a, v in zip(self.others, valid, strict=True):
+            ranges[a] = range(v)
+        runs: list[list[int]] = []
+        for bidx in itertools.product(*ranges):
+            c = int(np.ravel_multi_index(bidx, bg))
+            o = int(np.ravel_multi_index(tuple(bidx[a] for a in self.others), self.bg_o))
+            if runs and runs[-1][0] + runs[-1][2] == c and runs[-1][1] + runs[-1][2] == o:
+                runs[-1][2] += 1
+            else:
+                runs.append([c, o, 1])
+        b = self.bitems
+        return tuple((c * b, o * b, n * b) for c, o, n in runs)
+
+    def layer_shape(self, planes: int) -> tuple[int, ...]:
+        """Shape of a decoded layer holding ``planes`` planes."""
+        if self.planes_first:
+            return (*self.ogrid, planes, *self.bg_o, *self.b_o)
+        return (*self.ogrid, *self.decoded)
+
+    def plane_view(self, layer: np.ndarray, i: int) -> np.ndarray:
+        """Plane ``i`` of ``layer``: (chunks, blocks per chunk, block shape) of the others."""
+        m = len(self.others)
+        if self.planes_first:
+            return layer[(slice(None),) * m + (i,)]
+        return layer[(slice(None),) * (2 * m + self.axis) + (i,)]
+
+
+def _row_pieces(n: int, c: int, e: int, b: int) -> list[tuple[slice, slice, slice, int, tuple]]:
+    """How a chunk row's decoded blocks along one axis (``n`` elements in chunks of ``c``,
+    padded to ``e`` = whole blocks of ``b``) go into the output: ``(chunk slice, block
+    slice, in-block slice, output start, (chunks, blocks, block length))`` per copy; the
+    chunks holding no padding go in one piece."""
+    grid = -(-n // c)
+    out = []
+    first = 0
+    if e == c and n // c:
+        first = n // c
+        out.append((slice(0, first), slice(None), slice(None), 0, (first, e // b, b)))
+    for j in range(first, grid):
+        o = j * c
+        for bsl, isl, start, nb, bl in _pieces(min(c, n - o), b):
+            out.append((slice(j, j + 1), bsl, isl, o + start, (1, nb, bl)))
+    return out
+
+
+def _geometry(store: Any, axis: int) -> _LayerGeometry:
+    return _layer_geometry(
+        tuple(int(n) for n in store.shape),
+        tuple(int(c) for c in store.chunks),
+        tuple(int(b) for b in store.blocks),
+        tuple(int(e) for e in store.ext_chunks),
+        int(np.dtype(store.dtype).itemsize),
+        axis,
     )
-    bitems = int(np.prod(blocks))
-    citems = int(np.prod(ext))
-    outer = int(np.prod(bgrid[:axis]))  # runs of blocks of the layer per chunk
-    run = int(np.prod(bgrid[axis + 1 :]))  # blocks per run
-    step = bgrid[axis] * run * bitems  # items between runs
-    schunk = store.schunk
 
-    def work(groups: list[tuple[int, int]]) -> None:
-        slab = np.empty((plan.group, outer, run * bitems), dtype=store.dtype)
-        for n0, k in groups:
-            for i in range(k):
-                cidx = list(np.unravel_index(n0 + i, plan.grid))
-                cidx[axis] = j
-                nchunk = int(np.ravel_multi_index(tuple(cidx), tuple(grid)))
-                base = nchunk * citems + g * run * bitems
-                for r in range(outer):
-                    start = base + r * step
-                    schunk.get_slice(start, start + run * bitems, out=slab[i, r])
-            plan.place(n0, k, slab[:k].reshape((k, *plan.bgrid, *plan.blocks)))
 
-    nthreads = max(1, min(nthreads, len(plan.groups)))
+def _decode_runs(store: Any, nchunk: int, offset: int, runs: Any, out: np.ndarray) -> None:
+    """Decode ``runs`` (``(first item in the chunk, first item in out, items)``, each
+    shifted by ``offset`` items in the chunk) of chunk ``nchunk`` into the flat ``out``."""
+    base = nchunk * int(np.prod(store.ext_chunks)) + offset
+    get_slice = store.schunk.get_slice
+    for c, o, n in runs:
+        get_slice(base + c, base + c + n, out=out[o : o + n])
+
+
+def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np.ndarray:
+    """Block layer ``g`` of chunk row ``j`` along ``axis``, decoded.
+
+    The layer is the blocks of one block thickness along ``axis`` in every chunk of the
+    row (the chunks that plane ``j * chunks[axis] + g * blocks[axis]`` crosses); only
+    those blocks are decoded (``SChunk.get_slice`` per run of blocks that lie one after
+    the other in a chunk), and nothing is put in output order here: a plane is copied
+    out of the layer when it is read (:func:`layer_plane`), so scrolling pays for the
+    planes it shows, not for every plane of the layers it crosses. Each chunk's blocks
+    are kept as decoded, or planes first (the plane's in-block axis moved in front of
+    the chunk's blocks) when a plane's run inside a block is short, so that no plane
+    read gathers single items from the whole layer. ``nthreads`` threads share the
+    chunks.
+    """
+    geo = _geometry(store, axis)
+    first = j * geo.chunks[axis] + g * geo.blocks[axis]
+    planes = min(geo.blocks[axis], (j + 1) * geo.chunks[axis] - first, geo.shape[axis] - first)
+    layer = _recycler.array(geo.layer_shape(planes), store.dtype)
+    row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
+    todo = geo.row
+    offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
+
+    def work(part: list[tuple[int, int, Any]]) -> None:
+        scratch = np.empty(geo.decoded, dtype=store.dtype) if geo.planes_first else None
+        for other, k, runs in part:
+            nchunk = j * geo.row_stride + other
+            if scratch is None:
+                _decode_runs(store, nchunk, offset, runs, row[k].reshape(-1))
+            else:
+                _decode_runs(store, nchunk, offset, runs, scratch.reshape(-1))
+                np.copyto(row[k], scratch.transpose(geo.to_planes)[:planes])
+
+    nthreads = max(1, min(nthreads, len(todo)))
     # Threads overlap one chunk's decoding (which holds the GIL) with another's copy
-    # into place (which does not); each writes its own part of ``out``.
-    parts = [plan.groups[k::nthreads] for k in range(nthreads)]
+    # (which does not); each writes its own chunks of the layer.
+    parts = [todo[k::nthreads] for k in range(nthreads)]
     futures = [_executor(nthreads - 1).submit(work, part) for part in parts[1:]]
     work(parts[0])
     for f in futures:
         f.result()
+    return layer
+
+
+def layer_plane(store: Any, axis: int, layer: np.ndarray, i: int) -> np.ndarray:
+    """Plane ``i`` of a block layer decoded by :func:`decode_layer`, as a new C-order array
+    (the array's other axes, in order): one strided copy for the chunks of the row that
+    hold no padding, a few more for the edge chunk's whole and partial blocks."""
+    geo = _geometry(store, axis)
+    src = geo.plane_view(layer, i)
+    out = np.empty(tuple(geo.shape[a] for a in geo.others), dtype=layer.dtype)
+    for key, region, split, row in geo.copies:
+        if row is None:
+            out[region] = src[key]
+            continue
+        np.copyto(out[region].view(row).reshape(split), src[key].transpose(geo.order).view(row))
     return out
 
 
 def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndarray:
-    """Plane ``index`` along ``axis``, copied from the cached block layer holding it."""
+    """Plane ``index`` along ``axis``, copied out of the cached block layer holding it."""
     chunk, block = int(store.chunks[axis]), int(store.blocks[axis])
     j, local = divmod(index, chunk)
     g, i = divmod(local, block)
-    return cache.layer(store, axis, j, g)[i].copy()
+    return layer_plane(store, axis, cache.layer(store, axis, j, g), i)
 
 
 def _plan(s: slice, block: int) -> tuple[slice, slice, slice, int]:
