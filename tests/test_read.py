@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlarray import MLArray
+from mlarray import MLArray, _read
 from mlarray._read import (
     ChunkCache,
     decode_chunk,
@@ -468,3 +468,71 @@ def test_advanced_keys_select_in_numpy_order_across_chunks(tmp_path, make_key):
     b[key] = -1
     b.close()
     np.testing.assert_array_equal(MLArray.open(p)[...], y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [np.complex128])
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks"),
+    [
+        ((13, 17, 24), (6, 8, 16), (3, 4, 8)),  # edge chunks on every axis
+        ((11, 10, 18), (11, 5, 18), (4, 5, 6)),  # one chunk row; odd last-axis blocks
+        ((7, 9, 15), (4, 9, 15), (2, 3, 3)),  # three-item rows: every plane path
+    ],
+)
+def test_scrolled_planes_equal_the_whole_read_before_and_after_writes(
+    tmp_path, shape, chunks, blocks, dtype
+):
+    # every plane along every axis of a real file, as a viewer scrolls it (forwards, then
+    # backwards from cached layers), equals the same plane of MLArray.open(p)[...]
+    p = tmp_path / "v.mla"
+    ref = _values(shape, dtype, seed=9)
+    save_mla(p, ref, Meta(), chunk_size=chunks, block_size=blocks, patch_size=None)
+    whole = MLArray.open(p)[...]
+    np.testing.assert_array_equal(whole, ref)
+    a = MLArray.open(p, mode="a")
+    a.set_chunk_cache()
+
+    def check(want):
+        for axis in range(len(shape)):
+            order = [*range(shape[axis]), *reversed(range(shape[axis]))]
+            for i in order:
+                key = (slice(None),) * axis + (i,)
+                got = a[key]
+                assert got.dtype == want.dtype and got.flags.c_contiguous
+                np.testing.assert_array_equal(got, want[key])
+
+    check(whole)
+    assert a._chunk_cache.hits > 0 and {k[0] for k in a._chunk_cache._chunks} == {"layer"}
+    a[1:3, 2:7, 5:9] = np.zeros((2, 5, 4), dtype)  # a write empties the cache
+    a[-1, -1, -1] = not ref[-1, -1, -1] if dtype is np.bool_ else ref[-1, -1, -1] + 1
+    a.close()
+    after = MLArray.open(p)[...]
+    assert not np.array_equal(after, whole)
+    a = MLArray.open(p)
+    a.set_chunk_cache()
+    check(after)
+
+
+def test_layer_memory_is_recycled_only_once_nothing_uses_it():
+    recycler = _read._Recycler(max_bytes=3 * 4000)
+    x = recycler.array((10, 200), np.int16)
+    x[...] = 7
+    view = x[3:5]
+    address = x.ctypes.data
+    del x
+    y = recycler.array((10, 200), np.int16)  # the view still holds the first buffer
+    assert y.ctypes.data != address
+    y[...] = 1
+    np.testing.assert_array_equal(view, 7)  # untouched by the new array's writes
+    del view
+    assert recycler.nbytes == 4000
+    z = recycler.array((2000,), np.uint16)  # same size: the memory comes back
+    assert z.ctypes.data == address and z.shape == (2000,) and z.dtype == np.uint16
+    assert z.flags.writeable and z.flags.c_contiguous and recycler.nbytes == 0
+    del y, z
+    assert recycler.nbytes == 8000
+    for _ in range(3):  # at most max_bytes kept, the oldest dropped first
+        recycler.array((5000,), np.uint8)
+    assert recycler.nbytes <= recycler.max_bytes
+    recycler.array((recycler.max_bytes + 1,), np.uint8)  # too big to keep
+    assert recycler.nbytes <= recycler.max_bytes
