@@ -470,7 +470,7 @@ def test_advanced_keys_select_in_numpy_order_across_chunks(tmp_path, make_key):
     np.testing.assert_array_equal(MLArray.open(p)[...], y)
 
 
-@pytest.mark.parametrize("dtype", DTYPES + [np.complex128])
+@pytest.mark.parametrize("dtype", [*DTYPES, np.complex128])
 @pytest.mark.parametrize(
     ("shape", "chunks", "blocks"),
     [
