@@ -48,6 +48,13 @@ def _values(shape, dtype, seed=0):
     return x.astype(dtype)
 
 
+@pytest.fixture(autouse=True)
+def _own_recycler(monkeypatch):
+    # layer memory is recycled process-wide: each test starts without buffers left by
+    # others, so that cache sizes are those of its own layers
+    monkeypatch.setattr(_read, "_recycler", _read._Recycler(_read.RECYCLE_BYTES))
+
+
 @st.composite
 def layouts(draw):
     ndim = draw(st.integers(1, 4))
@@ -531,8 +538,25 @@ def test_layer_memory_is_recycled_only_once_nothing_uses_it():
     assert z.flags.writeable and z.flags.c_contiguous and recycler.nbytes == 0
     del y, z
     assert recycler.nbytes == 8000
+    w = recycler.array((3300,), np.uint8)  # a buffer at most a quarter bigger is used
+    assert _read._footprint(w) == 4000 and _read._footprint(w[1:][::2]) == 4000
+    assert recycler.array((3100,), np.uint8).ctypes.data != w.ctypes.data
+    assert _read._footprint(recycler.array((3100,), np.uint8)) == 3100  # none fits
     for _ in range(3):  # at most max_bytes kept, the oldest dropped first
         recycler.array((5000,), np.uint8)
     assert recycler.nbytes <= recycler.max_bytes
     recycler.array((recycler.max_bytes + 1,), np.uint8)  # too big to keep
     assert recycler.nbytes <= recycler.max_bytes
+
+
+def test_cache_counts_the_recycled_buffers_it_holds():
+    ref = _values((40, 30, 30), np.int16)
+    nd = blosc2.asarray(ref, chunks=(10, 30, 30), blocks=(5, 10, 10))
+    layer_bytes = 5 * 30 * 30 * 2
+    spare = _read._recycler.array((layer_bytes + layer_bytes // 5,), np.uint8)
+    del spare  # a free buffer a fifth bigger than a layer: the next layer gets it
+    cache = ChunkCache(max_bytes=2 * layer_bytes)
+    np.testing.assert_array_equal(read_cached(nd, 0, cache), ref[0])
+    assert cache.nbytes == layer_bytes + layer_bytes // 5
+    np.testing.assert_array_equal(read_cached(nd, 5, cache), ref[5])
+    assert len(cache) == 1 and cache.nbytes == layer_bytes  # both do not fit the bound

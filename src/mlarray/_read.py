@@ -78,12 +78,16 @@ class _Recycler:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         raw = None
         with self._lock:
-            free = self._free.get(nbytes)
-            if free:
+            # the same size, else the smallest free buffer at most a quarter bigger
+            # (layers along another axis; caches count the whole buffer)
+            fits = [n for n in self._free if nbytes <= n <= nbytes + nbytes // 4]
+            if fits:
+                size = nbytes if nbytes in self._free else min(fits)
+                free = self._free[size]
                 raw = free.pop()
-                self.nbytes -= nbytes
+                self.nbytes -= size
                 if not free:
-                    del self._free[nbytes]
+                    del self._free[size]
         if raw is None:
             raw = np.empty(nbytes, dtype=np.uint8)
         return np.asarray(_Lease(self, raw, shape, dtype))
@@ -102,11 +106,6 @@ class _Recycler:
                 if not free:
                     del self._free[size]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-            self.nbytes = 0
-
     def _after_fork(self) -> None:
         self._lock = threading.RLock()  # it may have been held by a thread of the parent
 
@@ -116,6 +115,7 @@ class _Lease:
 
     def __init__(self, owner: _Recycler, raw: np.ndarray, shape: tuple, dtype: np.dtype):
         self._owner, self._raw = owner, raw
+        # (the buffer may be bigger than the array: its head is used)
         self.__array_interface__ = {
             "shape": tuple(shape),
             "typestr": dtype.str,
@@ -126,6 +126,14 @@ class _Lease:
 
     def __del__(self) -> None:
         self._owner.give(self._raw)
+
+
+def _footprint(arr: np.ndarray) -> int:
+    """Bytes of memory ``arr`` keeps alive (a recycled buffer may be bigger than it)."""
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base._raw.nbytes if isinstance(base, _Lease) else arr.nbytes
 
 
 _recycler = _Recycler(RECYCLE_BYTES)
@@ -139,8 +147,9 @@ class ChunkCache:
     Parameters
     ----------
     max_bytes : int
-        Upper bound of the decoded bytes held (an entry larger than the bound is
-        decoded but not kept).
+        Upper bound of the memory held by decoded data (an entry larger than the
+        bound is decoded but not kept). A block layer may sit in a recycled buffer a
+        little bigger than itself: the whole buffer counts.
 
     Notes
     -----
@@ -214,19 +223,16 @@ class ChunkCache:
             self.misses += 1
             # A clear (a write) since the lookup: ``arr`` may hold data from before the
             # write, so it is returned to this caller but not kept.
-            if (
-                self._generation == generation
-                and self._store is store
-                and arr.nbytes <= self.max_bytes
-            ):
+            size = _footprint(arr)
+            if self._generation == generation and self._store is store and size <= self.max_bytes:
                 old = self._chunks.pop(key, None)
                 if old is not None:
-                    self.nbytes -= old.nbytes
+                    self.nbytes -= _footprint(old)
                 self._chunks[key] = arr
-                self.nbytes += arr.nbytes
+                self.nbytes += size
                 while self.nbytes > self.max_bytes:
                     _, dropped = self._chunks.popitem(last=False)
-                    self.nbytes -= dropped.nbytes
+                    self.nbytes -= _footprint(dropped)
         return arr
 
 
