@@ -36,9 +36,11 @@ from mlarray._fullread import _executor, _pieces, read_threads
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
+    "cached_plane",
     "decode_chunk",
     "decode_layer",
     "layer_plane",
+    "plane_of",
     "read_cached",
     "take",
 ]
@@ -175,6 +177,7 @@ class ChunkCache:
         self.misses = 0
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._store: Any = None
+        self._geometries: dict[int, _LayerGeometry] = {}  # of ``_store``
         self._generation = 0  # bumped by every clear: older decodes are not kept
         self._lock = threading.Lock()  # napari reads planes from worker threads
 
@@ -194,6 +197,7 @@ class ChunkCache:
     def _bind(self, store: Any) -> None:
         if self._store is not store:
             self._forget()
+            self._geometries = {}
             self._store = store
 
     def chunk(self, store: Any, nchunk: int) -> np.ndarray:
@@ -208,6 +212,26 @@ class ChunkCache:
             ("layer", axis, j, g),
             lambda: decode_layer(store, axis, j, g, read_threads(store)),
         )
+
+    def geometry(self, store: Any, axis: int) -> _LayerGeometry:
+        """How block layers of ``store`` along ``axis`` are laid out (kept per axis)."""
+        geo = self._geometries.get(axis) if self._store is store else None
+        if geo is None:
+            geo = _geometry(store, axis)
+            with self._lock:
+                self._bind(store)
+                self._geometries[axis] = geo
+        return geo
+
+    def peek(self, store: Any, key: tuple) -> np.ndarray | None:
+        """The entry ``key`` of ``store`` if it is cached (a hit), else None (no miss is
+        counted: the caller reads it through :meth:`layer` or :meth:`chunk`)."""
+        with self._lock:
+            arr = self._chunks.get(key) if self._store is store else None
+            if arr is not None:
+                self._chunks.move_to_end(key)
+                self.hits += 1
+            return arr
 
     def _get(self, store: Any, key: tuple, decode: Any) -> np.ndarray:
         with self._lock:
@@ -491,9 +515,61 @@ def _plane(geo: _LayerGeometry, layer: np.ndarray, i: int) -> np.ndarray:
     return out
 
 
+def _plane_key(
+    store: Any, norm: tuple, shape: tuple[int, ...], always: bool = False
+) -> tuple[int, int] | None:
+    """``(axis, index)`` if the normalized key ``norm`` (see :func:`_basic_key`) is one
+    whole plane that block layers serve (one int, full slices elsewhere, a plane using
+    at most a quarter of its chunks unless ``always``), else None. Raises IndexError for
+    an out-of-range int, ValueError for a zero step."""
+    ints = [a for a, k in enumerate(norm) if not isinstance(k, slice)]
+    if len(ints) != 1 or len(shape) < 2:
+        return None
+    axis = ints[0]
+    if not (always or int(store.chunks[axis]) > _DIRECT_FRACTION):
+        return None
+    for k, n in zip(norm, shape, strict=True):
+        if isinstance(k, slice) and k.indices(n) != (0, n, 1):
+            return None
+    index = norm[axis]
+    if not -shape[axis] <= index < shape[axis]:
+        raise IndexError(f"index {index} is out of bounds for axis with size {shape[axis]}")
+    return axis, index % shape[axis]
+
+
+def cached_plane(store: Any, key: Any, cache: ChunkCache) -> tuple | None:
+    """A plane ``store[key]`` whose block layer ``cache`` holds already, as the arguments
+    of :func:`plane_of` (no decoding: nothing of the file is read); None for any other
+    key, or if the layer is not cached (the key is then read as usual, which also
+    reports a bad key)."""
+    shape = tuple(store.shape)
+    if not shape or 0 in shape:
+        return None
+    norm = _basic_key(key, len(shape))
+    if norm is None:
+        return None
+    try:
+        plane = _plane_key(store, norm, shape)
+    except (IndexError, ValueError):
+        return None
+    if plane is None:
+        return None
+    axis, index = plane
+    geo = cache.geometry(store, axis)
+    j, local = divmod(index, geo.chunks[axis])
+    g, i = divmod(local, geo.blocks[axis])
+    layer = cache.peek(store, ("layer", axis, j, g))
+    return None if layer is None else (geo, layer, i)
+
+
+def plane_of(geo: _LayerGeometry, layer: np.ndarray, i: int) -> np.ndarray:
+    """The plane :func:`cached_plane` found, as a new C-order array."""
+    return _plane(geo, layer, i)
+
+
 def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndarray:
     """Plane ``index`` along ``axis``, copied out of the cached block layer holding it."""
-    geo = _geometry(store, axis)
+    geo = cache.geometry(store, axis)
     j, local = divmod(index, geo.chunks[axis])
     g, i = divmod(local, geo.blocks[axis])
     return _plane(geo, cache.layer(store, axis, j, g), i)
@@ -619,22 +695,9 @@ def read_cached(
     norm = _basic_key(key, ndim)
     if norm is None:
         return None
-    ints = [a for a, k in enumerate(norm) if not isinstance(k, slice)]
-    if (
-        len(ints) == 1
-        and ndim > 1
-        and (always or int(store.chunks[ints[0]]) > _DIRECT_FRACTION)
-        and all(
-            isinstance(k, slice) and k.indices(n) == (0, n, 1)
-            for k, n in zip(norm, shape, strict=True)
-            if not isinstance(k, int)
-        )
-    ):
-        axis = ints[0]
-        index = norm[axis]
-        if not -shape[axis] <= index < shape[axis]:
-            raise IndexError(f"index {index} is out of bounds for axis with size {shape[axis]}")
-        return _read_plane(store, axis, index % shape[axis], cache)
+    plane = _plane_key(store, norm, shape, always)
+    if plane is not None:
+        return _read_plane(store, *plane, cache)
     chunks = tuple(int(c) for c in store.chunks)
     axes = [_axis_pieces(n, c, k) for n, c, k in zip(shape, chunks, norm, strict=True)]
     wanted = touched = 1

@@ -1099,6 +1099,12 @@ class MLArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
+        cache = self._chunk_cache
+        if cache is not None and isinstance(store, blosc2.NDArray):
+            hit = _read.cached_plane(store, key, cache)
+            if hit is not None:  # a plane of a block layer decoded before: no file access
+                integrity.verify_read(store, key)  # checked when decoded, unless checks were off
+                return _read.plane_of(*hit)
         box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
@@ -1106,7 +1112,6 @@ class MLArray:
         try:
             if isinstance(store, blosc2.NDArray) and _fullread.selects_all(key, store.ndim):
                 return _fullread.read_all(store, path=self._path)
-            cache = self._chunk_cache
             if cache is not None and isinstance(store, blosc2.NDArray):
                 out = _read.read_cached(store, key, cache)
                 if out is not None:
