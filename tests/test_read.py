@@ -266,8 +266,13 @@ def test_fast_paths_keep_the_checksum_checks(tmp_path):
     p.write_bytes(bytes(buf))
     a = MLArray.open(p)
     a.set_chunk_cache()
+    np.testing.assert_array_equal(a[:, 30], ref[:, 30])  # its chunk row is intact
     with pytest.raises(CorruptChunkError):
-        a[3]  # a plane from a cached slab
+        a[3]  # a plane from a block layer crossing the damaged chunk
+    with pytest.raises(CorruptChunkError):
+        a[4]  # nothing of it was cached
+    np.testing.assert_array_equal(a[:, 31], ref[:, 31])  # a cached layer
+    assert a._chunk_cache.hits >= 1
     with pytest.raises(CorruptChunkError):
         a[2:4, 5:9, ::3]  # chunk by chunk
     np.testing.assert_array_equal(a[15], ref[15])  # undamaged chunks still read

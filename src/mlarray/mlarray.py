@@ -1102,8 +1102,10 @@ class MLArray:
         cache = self._chunk_cache
         if cache is not None and isinstance(store, blosc2.NDArray):
             hit = _read.cached_plane(store, key, cache)
-            if hit is not None:  # a plane of a block layer decoded before: no file access
-                integrity.verify_read(store, key)  # checked when decoded, unless checks were off
+            if hit is not None:
+                # A plane of a block layer decoded by an earlier read, which verified the
+                # layer's chunks first (a handle's verification is never switched on
+                # after its open, and writes empty the cache): no file access.
                 return _read.plane_of(*hit)
         box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
