@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray._fullread import _executor, _pieces, read_threads
+from mlarray._fullread import _pieces
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -210,7 +210,7 @@ class ChunkCache:
         return self._get(
             store,
             ("layer", axis, j, g),
-            lambda: decode_layer(store, axis, j, g, read_threads(store)),
+            lambda: decode_layer(store, axis, j, g),
         )
 
     def geometry(self, store: Any, axis: int) -> _LayerGeometry:
@@ -447,7 +447,7 @@ def _decode_runs(store: Any, nchunk: int, offset: int, runs: Any, out: np.ndarra
         get_slice(base + c, base + c + n, out=out[o : o + n])
 
 
-def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np.ndarray:
+def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     """Block layer ``g`` of chunk row ``j`` along ``axis``, decoded.
 
     The layer is the blocks of one block thickness along ``axis`` in every chunk of the
@@ -458,39 +458,29 @@ def decode_layer(store: Any, axis: int, j: int, g: int, nthreads: int = 1) -> np
     planes it shows, not for every plane of the layers it crosses. Each chunk's blocks
     are kept as decoded, or planes first (the plane's in-block axis moved in front of
     the chunk's blocks) when a plane's run inside a block is short, so that no plane
-    read gathers single items from the whole layer. ``nthreads`` threads share the
-    chunks.
+    read gathers single items from the whole layer.
+
+    One thread: ``SChunk.get_slice`` holds the GIL, and a second thread sharing the
+    chunks measured no faster (the copies it could overlap are short).
     """
     geo = _geometry(store, axis)
     first = j * geo.chunks[axis] + g * geo.blocks[axis]
     planes = min(geo.blocks[axis], (j + 1) * geo.chunks[axis] - first, geo.shape[axis] - first)
     layer = _recycler.array(geo.layer_shape(planes), store.dtype)
     row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
-    todo = geo.row
     offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
-
-    def work(part: list[tuple[int, int, Any]]) -> None:
-        scratch = np.empty(geo.decoded, dtype=store.dtype) if geo.planes_first else None
-        for other, k, runs in part:
-            nchunk = j * geo.row_stride + other
-            if scratch is None:
-                _decode_runs(store, nchunk, offset, runs, row[k].reshape(-1))
-            else:
-                _decode_runs(store, nchunk, offset, runs, scratch.reshape(-1))
-                if geo.lanes > 1:  # ``lanes`` planes per item along the last axis
-                    src, dst = scratch.view(geo.unit), row[k].view(geo.unit)[..., 0]
-                else:
-                    src, dst = scratch, row[k]
-                np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
-
-    nthreads = max(1, min(nthreads, len(todo)))
-    # Threads overlap one chunk's decoding (which holds the GIL) with another's copy
-    # (which does not); each writes its own chunks of the layer.
-    parts = [todo[k::nthreads] for k in range(nthreads)]
-    futures = [_executor(nthreads - 1).submit(work, part) for part in parts[1:]]
-    work(parts[0])
-    for f in futures:
-        f.result()
+    scratch = np.empty(geo.decoded, dtype=store.dtype) if geo.planes_first else None
+    for other, k, runs in geo.row:
+        nchunk = j * geo.row_stride + other
+        if scratch is None:
+            _decode_runs(store, nchunk, offset, runs, row[k].reshape(-1))
+            continue
+        _decode_runs(store, nchunk, offset, runs, scratch.reshape(-1))
+        if geo.lanes > 1:  # ``lanes`` planes per item along the last axis
+            src, dst = scratch.view(geo.unit), row[k].view(geo.unit)[..., 0]
+        else:
+            src, dst = scratch, row[k]
+        np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
     return layer
 
 

@@ -750,9 +750,8 @@ class MLArray:
         dparams : dict, optional
             Blosc2 decompression parameters; ``nthreads`` (default 1, or what the
             file records) is also the number of threads whole-array reads
-            (``a[...]``, ``a.to_numpy()``, ``np.asarray(a)``) and the plane cache
-            (:meth:`set_chunk_cache`) decode on: ``{"nthreads":
-            mlarray.layout.usable_cores()}`` uses every core.
+            (``a[...]``, ``a.to_numpy()``, ``np.asarray(a)``) decode on:
+            ``{"nthreads": mlarray.layout.usable_cores()}`` uses every core.
 
         Notes
         -----
