@@ -956,8 +956,14 @@ def scroll_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int
         f"the planes cross costs {rel(med(o, 'limit_layers'), ref)} of the reference "
         f"(ours is {rel(c, med(o, 'limit_layers'))} of that). Each plane comes from a block "
         "layer (the blocks of one block thickness in every chunk the plane crosses, decoded "
-        "once and laid out plane by plane); 32 planes cross 2-3 layers per axis, so the time "
-        "is those layers' decoding and rearranging, then one contiguous copy per plane."
+        "once and kept as decoded; along the last axis each chunk's blocks are put planes "
+        "first, in 8-byte groups, while still in the CPU cache); each plane read copies its "
+        "own items out of the layer (a few strided copies), and a plane of a cached layer "
+        "touches nothing of the file. 32 planes cross 2-3 layers per axis, so the time is "
+        "those layers' decoding and writing to memory, then one plane copy each. Rounds run "
+        "in fresh processes, each scrolling every axis with every reader: memory freed by "
+        "an earlier reader's cache is reused (fresh memory costs a page fault per page "
+        "here), but the first scroll of a process writes its layers to fresh memory."
     )
     return out
 

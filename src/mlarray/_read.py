@@ -7,17 +7,28 @@ least-recently-used cache:
 
 * a plane (one int, full slices elsewhere) comes from a *block layer*: the blocks of one
   block thickness along the plane's axis, in every chunk the plane crosses, decoded
-  (only those blocks, ``SChunk.get_slice``) and laid out plane by plane, so each of its
-  planes is one contiguous copy (:func:`decode_layer`); scrolling on decodes the next
-  layer;
+  (only those blocks, ``SChunk.get_slice``; blocks wholly outside the array are skipped)
+  and kept as decoded (:func:`decode_layer`); each plane read copies its own items out
+  of the layer (:func:`layer_plane`: one strided copy per piece of the chunk row, rows
+  moved as single items), so scrolling pays for the planes it shows, not for
+  rearranging every plane of the layers it crosses. Along the last axis a plane's items
+  are single items spread over the whole layer: there each chunk's blocks are put
+  planes first once, in groups of 8 bytes, while still in the CPU cache; scrolling on
+  decodes the next layer;
 * any other basic key is assembled chunk by chunk from whole decoded chunks, each chunk
   copying out only the selected elements (:func:`take`).
+
+Layer memory is recycled (:class:`_Recycler`): a layer's buffer goes back to a bounded
+process-wide pool when nothing uses it any more (evicted, cache dropped), because fresh
+memory costs a page fault per page on its first write, more than decoding into it on
+this kind of (virtual) machine.
 
 Only basic keys (ints, slices with any step, ``...``) are served here; the caller falls
 back to Blosc2's slicing for anything else (``None``, arrays, booleans, 0-d or empty
 arrays). Decoding goes through ``SChunk.decompress_chunk`` / ``get_slice``, so a damaged
 chunk raises the same ``RuntimeError`` as Blosc2's slicing does; the caller verifies the
-chunks a read touches against their checksums first.
+chunks a read touches against their checksums first (a plane of a cached layer needs no
+new check: :func:`cached_plane`).
 """
 
 from __future__ import annotations

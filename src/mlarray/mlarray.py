@@ -1083,9 +1083,12 @@ class MLArray:
 
         Meant for viewers scrolling through planes: the blocks under a plane
         are decoded once, one block thickness at a time, and serve the next
-        planes (each a contiguous copy), instead of Blosc2 decoding the blocks
+        planes (each copied out of them), instead of Blosc2 decoding the blocks
         under every plane again. Random patch reads do not profit (each patch
-        touches new chunks). Writes through this array empty the cache.
+        touches new chunks). Writes through this array empty the cache. Memory
+        of decoded block layers that no cache holds any more is kept for the
+        next layers (at most 64 MiB per process), as writing fresh memory costs
+        a page fault per page.
 
         Parameters
         ----------
@@ -1105,7 +1108,13 @@ class MLArray:
                 # A plane of a block layer decoded by an earlier read, which verified the
                 # layer's chunks first (a handle's verification is never switched on
                 # after its open, and writes empty the cache): no file access.
-                return _read.plane_of(*hit)
+                try:
+                    return _read.plane_of(*hit)
+                except MemoryError:
+                    raise MLArrayMemoryError(
+                        f"{self._path or 'MLArray'}: not enough memory to read "
+                        f"{_nbytes(store, key)} bytes"
+                    ) from None
         box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
