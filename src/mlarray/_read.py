@@ -91,9 +91,9 @@ class _Recycler:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         raw = None
         with self._lock:
-            # the same size, else the smallest free buffer at most a quarter bigger
-            # (layers along another axis; caches count the whole buffer)
-            fits = [n for n in self._free if nbytes <= n <= nbytes + nbytes // 4]
+            # the same size, else the smallest free buffer at most twice as big (layers
+            # along another axis, of another file; caches count the whole buffer)
+            fits = [n for n in self._free if nbytes <= n <= 2 * nbytes]
             if fits:
                 size = nbytes if nbytes in self._free else min(fits)
                 free = self._free[size]
@@ -480,7 +480,7 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     layer = _recycler.array(geo.layer_shape(planes), store.dtype)
     row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
     offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
-    scratch = np.empty(geo.decoded, dtype=store.dtype) if geo.planes_first else None
+    scratch = _recycler.array(geo.decoded, store.dtype) if geo.planes_first else None
     for other, k, runs in geo.row:
         nchunk = j * geo.row_stride + other
         if scratch is None:
