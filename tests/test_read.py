@@ -564,3 +564,32 @@ def test_cache_counts_the_recycled_buffers_it_holds():
     assert cache.nbytes == layer_bytes + layer_bytes // 5
     np.testing.assert_array_equal(read_cached(nd, 5, cache), ref[5])
     assert len(cache) == 1 and cache.nbytes == layer_bytes  # both do not fit the bound
+
+
+def test_memory_freed_while_the_recycler_is_busy_is_filed_later():
+    # an array may be freed at any point, even while its thread (a garbage collection
+    # inside array()) or another one holds the recycler: its memory is queued, not lost
+    recycler = _read._Recycler(max_bytes=10**6)
+    x = recycler.array((100, 10), np.float32)
+    address = x.ctypes.data
+    with recycler._lock:
+        del x  # cannot file it now: queued
+        assert len(recycler._returned) == 1 and recycler.nbytes == 0
+    y = recycler.array((1000,), np.int32)  # files what was queued first, then reuses it
+    assert y.ctypes.data == address and not recycler._returned
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with recycler._lock:
+            held.set()
+            done.wait(timeout=60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(timeout=60)
+    del y  # the other thread holds the lock: this one does not wait for it
+    assert len(recycler._returned) == 1
+    done.set()
+    holder.join()
+    z = recycler.array((4000,), np.uint8)
+    assert z.ctypes.data == address and recycler.nbytes == 0

@@ -33,6 +33,7 @@ new check: :func:`cached_plane`).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import os
@@ -77,13 +78,18 @@ class _Recycler:
     (or view) using it is gone (the array's base is an :class:`_Lease`, which returns
     the memory when it is freed), so memory is never reused while anything can still
     read it. At most ``max_bytes`` are kept, the oldest dropped first.
+
+    Memory comes back whenever an array is freed, in any thread and at any point (a
+    garbage collection inside :meth:`array`): it is queued, and filed by whichever
+    thread holds the lock next, never waiting for it.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._free: OrderedDict[int, list[np.ndarray]] = OrderedDict()
-        self._lock = threading.RLock()  # a lease may be freed inside this thread's take
+        self._returned: collections.deque[np.ndarray] = collections.deque()
+        self._lock = threading.Lock()
 
     def array(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A new uninitialized C-order array, on recycled memory when there is some."""
@@ -91,6 +97,7 @@ class _Recycler:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         raw = None
         with self._lock:
+            self._file()
             # the same size, else the smallest free buffer at most twice as big (layers
             # along another axis, of another file; caches count the whole buffer)
             fits = [n for n in self._free if nbytes <= n <= 2 * nbytes]
@@ -101,14 +108,28 @@ class _Recycler:
                 self.nbytes -= size
                 if not free:
                     del self._free[size]
+        self._settle()
         if raw is None:
             raw = np.empty(nbytes, dtype=np.uint8)
         return np.asarray(_Lease(self, raw, shape, dtype))
 
     def give(self, raw: np.ndarray) -> None:
-        with self._lock:
+        """Take back a buffer nothing uses any more."""
+        self._returned.append(raw)
+        self._settle()
+
+    def _settle(self) -> None:
+        while self._returned and self._lock.acquire(blocking=False):
+            try:
+                self._file()
+            finally:
+                self._lock.release()
+
+    def _file(self) -> None:  # with the lock held
+        while self._returned:
+            raw = self._returned.popleft()
             if raw.nbytes > self.max_bytes:
-                return
+                continue
             self._free.setdefault(raw.nbytes, []).append(raw)
             self._free.move_to_end(raw.nbytes)
             self.nbytes += raw.nbytes
@@ -120,7 +141,7 @@ class _Recycler:
                     del self._free[size]
 
     def _after_fork(self) -> None:
-        self._lock = threading.RLock()  # it may have been held by a thread of the parent
+        self._lock = threading.Lock()  # it may have been held by a thread of the parent
 
 
 class _Lease:
