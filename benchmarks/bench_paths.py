@@ -634,7 +634,12 @@ def cold_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int):
         "(`madvise(MADV_WILLNEED)`, skipped when a page of the first chunk is cached) before "
         "decoding. Storage floors on our file: `pread, one by one` reads the touched chunks' "
         "bytes cold with one `pread` each in turn; `pread, asked at once` first gives the "
-        "kernel all of them (`posix_fadvise(WILLNEED)`), then reads them.\n"
+        "kernel all of them (`posix_fadvise(WILLNEED)`), then reads them. Every read opens "
+        "the file anew after the whole file was evicted, header and trailer included; mlarray "
+        "keeps a file's mapping across opens, so its pages are unmapped first "
+        "(`mlarray._maps.drop_resident`, what reclaim does under memory pressure), else "
+        "DONTNEED would leave them cached. Ours opens an evicted file lazily (`blosc2.open`, "
+        "reading its two ends, asked for at once) rather than from the mapping.\n"
     )
     out.append(
         table(
