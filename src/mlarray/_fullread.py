@@ -35,7 +35,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import integrity, io
+from mlarray import _direct, integrity, io
 from mlarray.errors import CorruptChunkError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
@@ -250,6 +250,7 @@ def read_all(
             f.result()
     if failed:
         raise failed[0]
+    _direct.zero_uninit(store, out, [0] * len(shape), shape)
     return out
 
 

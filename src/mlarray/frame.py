@@ -70,6 +70,7 @@ _BUILTIN_CODECS = frozenset({0, 1, 3, 4})
 _BUILTIN_FILTERS = np.array([0, 1, 2, 3, 4, 35, 36], dtype=np.uint8)
 # Special values of whole chunks: zeros, NaN, a repeated value, uninitialized.
 _SPECIAL_IN_OFFSETS = frozenset({1, 2, 4})
+_UNINIT = 4  # Blosc2's special value of an uninitialised chunk
 _SPECIAL_IN_CHUNKS = np.array([0, 1, 2, 3, 4], dtype=np.uint8)
 
 # A dtype as blosc2's b2nd metalayer stores it: byte order, kind, item size.
@@ -101,6 +102,9 @@ class FrameInfo:
     chunk_cbytes: np.ndarray = field(repr=False)
     vlmeta: dict[str, tuple[int, int]] = field(default_factory=dict)
     b2nd_span: tuple[int, int] = (0, 0)
+    #: Chunks Blosc2 marks uninitialised (``blosc2.uninit`` and never written): decoding
+    #: them writes nothing, so a reader must zero them itself (mlarray reads them as 0).
+    uninit: tuple[int, ...] = ()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -232,12 +236,13 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
 
     if nchunks:
         raw = _offsets(mv, data_end, trailer_start, nchunks)
-        pos, cb = _chunks(mv, raw, header_len, cbytes, typesize, chunksize, blocksize)
+        pos, cb, uninit = _chunks(mv, raw, header_len, cbytes, typesize, chunksize, blocksize)
     else:
         _need(cbytes == 0, "an empty array with compressed data")
         raw = np.zeros(0, dtype=np.int64)
         pos = np.zeros(0, dtype=np.int64)
         cb = np.zeros(0, dtype=np.int64)
+        uninit = ()
     vlmeta = _vlmeta_index(mv, trailer_start, trailer_len)
     return FrameInfo(
         frame_len=frame_len,
@@ -257,6 +262,7 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
         chunk_cbytes=cb,
         vlmeta=vlmeta,
         b2nd_span=b2nd_span,
+        uninit=uninit,
     )
 
 
@@ -435,7 +441,7 @@ def _chunks(
     typesize: int,
     chunksize: int,
     blocksize: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     special = raw < 0
     kinds = ((raw[special].view(np.uint64) >> np.uint64(56)) & np.uint64(0x7F)).astype(np.int64)
     for k in set(kinds.tolist()):  # not np.unique: it imports numpy.ma (~50 ms per process)
@@ -450,6 +456,8 @@ def _chunks(
     )
     pos = np.full(raw.shape, -1, dtype=np.int64)
     cb = np.zeros(raw.shape, dtype=np.int64)
+    kind = np.zeros(raw.shape, dtype=np.int64)  # special value per chunk (0: data)
+    kind[special] = kinds
     if offs.size:
         arr = np.frombuffer(mv, dtype=np.uint8)
         starts = offs + header_len
@@ -483,7 +491,8 @@ def _chunks(
         _need(bool(np.all(so[:-1] + sc[:-1] <= so[1:])), "two chunks overlap")
         pos[regular] = starts
         cb[regular] = ccb
-    return pos, cb
+        kind[regular] = spec
+    return pos, cb, tuple(int(i) for i in np.flatnonzero(kind == _UNINIT))
 
 
 # ---------------------------------------------------------------- trailer

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Box", "box_of_key", "key_bounds", "numpy_accepts"]
+__all__ = ["Box", "box_of_key", "key_bounds", "numpy_accepts", "selection_box"]
 
 
 class Box(NamedTuple):
@@ -221,3 +221,41 @@ def numpy_accepts(key: Any, shape: tuple[int, ...]) -> bool:
     except Exception:
         return False
     return True
+
+
+def selection_box(
+    shape: tuple[int, ...], key: Any
+) -> tuple[tuple[slice, ...], tuple[np.ndarray, ...]] | None:
+    """Bounding box of what ``key`` selects and the selection's key inside it.
+
+    None for an empty selection. Any key numpy accepts works (numpy's IndexError otherwise).
+    A boolean mask over the whole array (``a[mask]``, the common case) needs no
+    coordinates: its box comes from one ``any`` per axis and its key inside the box is
+    the mask's own view. Other keys are resolved to the coordinates they select, one
+    array per axis in the smallest integer type that holds that axis (not int64).
+    """
+    ndim = len(shape)
+    mask = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == shape:
+        spans = []
+        for i in range(ndim):
+            hit = np.flatnonzero(mask.any(axis=tuple(j for j in range(ndim) if j != i)))
+            if not hit.size:
+                return None
+            spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        box = tuple(spans)
+        return box, (mask[box],)
+    coords = [
+        np.broadcast_to(
+            np.arange(n, dtype=np.min_scalar_type(max(n - 1, 0))).reshape(
+                [-1 if j == i else 1 for j in range(ndim)]
+            ),
+            shape,
+        )[key]
+        for i, n in enumerate(shape)
+    ]
+    if coords[0].size == 0:
+        return None
+    lo = [int(c.min()) for c in coords]
+    box = tuple(slice(low, int(c.max()) + 1) for low, c in zip(lo, coords, strict=True))
+    return box, tuple(c - c.dtype.type(low) for c, low in zip(coords, lo, strict=True))

@@ -35,7 +35,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _fork, _maps, _prefetch, integrity
+from mlarray import _direct, _fork, _maps, _prefetch, integrity
 from mlarray import frame as _frame
 from mlarray.errors import (
     DiskFullError,
@@ -229,6 +229,7 @@ def open_store(
         or (info.nchunks and tuple(store.chunks) != info.chunks)
     ):
         raise MLArrayFormatError(p, "the file changed while it was being opened")
+    _direct.guard_uninit(store, info)
     integrity.attach(store, p, buf, info, version)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
@@ -339,13 +340,13 @@ def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
     """
     p = Path(os.fspath(path))
     buf, version = _map_versioned(p)
-    _verified_frame(p, buf, version)
+    info, _ = _verified_frame(p, buf, version)
     with memoryview(buf) as view:
         # copy=True: a view over the mapping would abort the process on write
         arr = blosc2.ndarray_from_cframe(view, copy=True)
     if dparams is not None:
         arr.schunk.dparams = dparams
-    return arr
+    return _direct.guard_uninit(arr, info)
 
 
 class _FrameBytes:

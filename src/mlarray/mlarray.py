@@ -22,7 +22,7 @@ from mlarray.errors import (
     NoArrayError,
     ReadOnlyError,
 )
-from mlarray.indexing import key_bounds
+from mlarray.indexing import key_bounds, selection_box
 from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
 
 __all__ = ["MLArray"]
@@ -1102,6 +1102,8 @@ class MLArray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
         cache = self._chunk_cache
+        if cache is not None and _direct.has_uninit(store):
+            cache = None  # its cache would decode uninitialised chunks unguarded
         if cache is not None and isinstance(store, blosc2.NDArray):
             hit = _read.cached_plane(store, key, cache)
             if hit is not None:
@@ -1410,50 +1412,12 @@ def _is_basic_key(key: Any) -> bool:
     )
 
 
-def _selection_box(
-    shape: tuple[int, ...], key: Any
-) -> tuple[tuple[slice, ...], tuple[np.ndarray, ...]] | None:
-    """Bounding box of what ``key`` selects and the selection's key inside it.
-
-    None for an empty selection. Any key numpy accepts works (numpy's IndexError otherwise).
-    A boolean mask over the whole array (``a[mask]``, the common case) needs no
-    coordinates: its box comes from one ``any`` per axis and its key inside the box is
-    the mask's own view. Other keys are resolved to the coordinates they select, one
-    array per axis in the smallest integer type that holds that axis (not int64).
-    """
-    ndim = len(shape)
-    mask = key[0] if isinstance(key, tuple) and len(key) == 1 else key
-    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == shape:
-        spans = []
-        for i in range(ndim):
-            hit = np.flatnonzero(mask.any(axis=tuple(j for j in range(ndim) if j != i)))
-            if not hit.size:
-                return None
-            spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
-        box = tuple(spans)
-        return box, (mask[box],)
-    coords = [
-        np.broadcast_to(
-            np.arange(n, dtype=np.min_scalar_type(max(n - 1, 0))).reshape(
-                [-1 if j == i else 1 for j in range(ndim)]
-            ),
-            shape,
-        )[key]
-        for i, n in enumerate(shape)
-    ]
-    if coords[0].size == 0:
-        return None
-    lo = [int(c.min()) for c in coords]
-    box = tuple(slice(low, int(c.max()) + 1) for low, c in zip(lo, coords, strict=True))
-    return box, tuple(c - c.dtype.type(low) for c, low in zip(coords, lo, strict=True))
-
-
 def _read_advanced(store: Any, key: Any) -> np.ndarray:
     """Read an integer-array/boolean selection through its bounding box."""
     shape = tuple(store.shape)
     if not shape:
         return np.asarray(store[()])[key]
-    found = _selection_box(shape, key)
+    found = selection_box(shape, key)
     if found is None:
         return np.empty(_probe(shape)[key].shape, dtype=store.dtype)
     box, local = found
@@ -1468,7 +1432,7 @@ def _write_advanced(store: Any, key: Any, values: np.ndarray) -> None:
         region[key] = values
         store[()] = region
         return
-    found = _selection_box(shape, key)
+    found = selection_box(shape, key)
     if found is None:
         return
     box, local = found

@@ -1,0 +1,84 @@
+"""Chunks Blosc2 marks uninitialised read as zeros, on every read path.
+
+``blosc2.uninit`` (and c-blosc2's ``b2nd_uninit``) store never-written chunks as
+"uninitialised": decoding one writes nothing and reports success, so a reader that
+trusts it returns whatever memory its output or c-blosc2's scratch buffer held
+before (old data of the process). mlarray's own files store unwritten chunks as zero
+chunks; files from other Blosc2 tools may hold uninitialised ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.frame import inspect_frame
+
+SHAPE = (40, 50, 60)
+
+
+@pytest.fixture
+def uninit_file(tmp_path):
+    import blosc2
+
+    p = tmp_path / "uninit.mla"
+    # leave a recognisable pattern in freed memory, as earlier work of a process would
+    junk = [np.full(250_000, 0x41414141, np.int32) for _ in range(16)]
+    del junk
+    b = blosc2.uninit(
+        SHAPE, dtype=np.int32, urlpath=str(p), mode="w", chunks=(10, 50, 60), blocks=(5, 25, 30)
+    )
+    b[0:10] = 5
+    del b
+    want = np.zeros(SHAPE, np.int32)
+    want[0:10] = 5
+    assert inspect_frame(p.read_bytes(), p).uninit == (1, 2, 3)
+    return p, want
+
+
+KEYS = [
+    (slice(20, 40),),
+    (Ellipsis,),
+    (30,),
+    (slice(8, 12), slice(0, 3), slice(0, 3)),
+    (slice(None, None, 3), 4),
+    (np.array([1, 35, 12]),),
+    (slice(None), np.array([0, 49]), slice(10, 20)),
+]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=range(len(KEYS)))
+def test_reads_of_an_opened_file(uninit_file, key):
+    p, want = uninit_file
+    np.testing.assert_array_equal(MLArray.open(p)[key], want[key])
+    np.testing.assert_array_equal(MLArray.open(p, mmap_mode=None)[key], want[key])
+    np.testing.assert_array_equal(MLArray.load(p)[key], want[key])
+
+
+def test_mask_reads_viewer_cache_and_whole_reads(uninit_file):
+    p, want = uninit_file
+    a = MLArray.open(p)
+    mask = np.indices(SHAPE).sum(axis=0) % 3 == 0
+    np.testing.assert_array_equal(a[mask], want[mask])
+    a.set_chunk_cache(1 << 26)  # as the napari reader opens files
+    for axis in range(3):
+        for i in (0, 9, 10, 33):
+            key = (slice(None),) * axis + (i,)
+            np.testing.assert_array_equal(a[key], want[key])
+    np.testing.assert_array_equal(a.to_numpy(), want)
+    np.testing.assert_array_equal(MLArray.open(p, dparams={"nthreads": 2})[...], want)
+    np.testing.assert_array_equal(MLArray.load(p).to_numpy(), want)
+
+
+def test_copies_statistics_and_dask_see_zeros(uninit_file, tmp_path):
+    p, want = uninit_file
+    out = tmp_path / "copy.mla"
+    MLArray.open(p).save(out)
+    np.testing.assert_array_equal(MLArray.open(out)[...], want)
+    c = MLArray.open(p)
+    c.compress(patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 25, 30))
+    np.testing.assert_array_equal(c[...], want)
+    st = MLArray.open(p).compute_stats()
+    assert (st.min, st.max) == (0.0, 5.0)
+    np.testing.assert_array_equal(MLArray.open(p).to_dask().compute(scheduler="sync"), want)
