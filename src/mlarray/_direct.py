@@ -11,14 +11,22 @@ Blosc2 without that method, gives None and the caller uses Blosc2's own slicing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import blosc2
 import numpy as np
 
 from mlarray.indexing import Box, box_of_key, selection_box
 
-__all__ = ["Box", "box_of", "guard_uninit", "has_uninit", "read_box", "zero_uninit"]
+__all__ = [
+    "Box",
+    "box_of",
+    "guard",
+    "is_guarded",
+    "read_box",
+    "zero_uninit",
+    "zero_uninit_chunks",
+]
 
 _ext = getattr(blosc2, "blosc2_ext", None)
 _GET_SLICE = getattr(getattr(_ext, "NDArray", None), "get_slice_numpy", None)
@@ -46,41 +54,105 @@ def read_box(store: Any, box: Box) -> np.ndarray:
     """
     full = tuple(b - a for a, b in zip(box.start, box.stop, strict=True))
     out = np.empty(full, dtype=store.dtype)
-    _GET_SLICE(store, out, (box.start, box.stop))
-    zero_uninit(store, out, box.start, box.stop)
+    guard = getattr(store, _GUARD_ATTR, None)
+    if guard is not None and guard.whole_chunks:
+        _read_by_chunks(store, out, box.start, box.stop, guard.geometry)
+    else:
+        _GET_SLICE(store, out, (box.start, box.stop))
+    if guard is not None and guard.uninit:
+        zero_uninit(store, out, box.start, box.stop)
     return out.reshape(box.shape) if len(box.shape) != len(full) else out
 
 
-# --------------------------------------------------------------- uninitialised chunks
-# A chunk Blosc2 marks uninitialised (``blosc2.uninit`` and never written) decodes to
-# nothing: c-blosc2 reports it decoded and leaves the destination as it was, so a read
-# would return whatever memory the output (or c-blosc2's scratch buffer) held before.
-# mlarray reads such chunks as zeros. Files mlarray writes have none (unwritten chunks
-# are stored as zero chunks); the rare file that has them gets a guarded store.
-_UNINIT_ATTR = "_mlarray_uninit"
+# ---------------------------------------------------------------- guarded stores
+# Two kinds of valid Blosc2 files that c-blosc2's block-wise decoding reads wrong, with
+# no error (files mlarray writes are neither; other Blosc2 tools can write both):
+# * a chunk marked uninitialised (``blosc2.uninit``, never written) decodes to nothing:
+#   c-blosc2 reports it decoded and leaves the destination as it was, so a read returns
+#   whatever memory its output (or c-blosc2's scratch buffer) held before. mlarray reads
+#   such chunks as zeros.
+# * with the DELTA filter, a block decoded alone (slicing decodes only the blocks a read
+#   touches) is rebuilt against the wrong reference block. mlarray decodes whole chunks.
+# A store of such a file is guarded: every read goes through :func:`read_box` (any key
+# through its bounding box), which handles both; caches of decoded blocks step aside.
+_GUARD_ATTR = "_mlarray_guard"
+
+
+class _Guard(NamedTuple):
+    uninit: frozenset
+    whole_chunks: bool
+    geometry: Any
+
+
+def _local(n: int, bounds: list, geometry: Any) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of chunk ``n`` inside the box ``bounds``: (in the chunk, in the box)."""
+    rest, src, dst = n, [], []
+    for (lo, hi), c, st in zip(bounds, geometry.chunks, geometry.strides, strict=True):
+        k, rest = divmod(rest, st)
+        a, b = max(lo, k * c), min(hi, (k + 1) * c)
+        src.append(slice(a - k * c, b - k * c))
+        dst.append(slice(a - lo, b - lo))
+    return tuple(src), tuple(dst)
+
+
+def _read_by_chunks(store: Any, out: np.ndarray, start: Any, stop: Any, geometry: Any) -> None:
+    from mlarray._read import decode_chunk, take
+
+    bounds = list(zip(start, stop, strict=True))
+    for n in geometry.chunks_in_box(bounds):
+        src, dst = _local(n, bounds, geometry)
+        out[dst] = take(decode_chunk(store, n), src)
 
 
 def zero_uninit(store: Any, out: np.ndarray, start: Any, stop: Any) -> None:
     """Zero the parts of ``out`` (the box ``start:stop`` of ``store``, full rank) that lie
     in uninitialised chunks of ``store`` (nothing to do for other stores)."""
-    found = getattr(store, _UNINIT_ATTR, None)
-    if found is None:
+    guard = getattr(store, _GUARD_ATTR, None)
+    if guard is None or not guard.uninit:
         return
-    ids, geometry = found
     bounds = list(zip(start, stop, strict=True))
+    for n in guard.geometry.chunks_in_box(bounds):
+        if n in guard.uninit and _still_uninit(store, n):
+            out[_local(n, bounds, guard.geometry)[1]] = 0
+
+
+def zero_uninit_chunks(store: Any, bounds: Any) -> None:
+    """Write zeros into the uninitialised chunks of ``store`` a write into the box
+    ``bounds`` (``[(start, stop), ...]``, None: anywhere) touches, before that write."""
+    guard = getattr(store, _GUARD_ATTR, None)
+    if guard is None or not guard.uninit:
+        return
+    geometry = guard.geometry
+    if bounds is None or len(bounds) != len(geometry.shape):
+        bounds = [(0, n) for n in geometry.shape]
     for n in geometry.chunks_in_box(bounds):
-        if n not in ids:
-            continue
-        rest, local = n, []
-        for (lo, hi), c, st in zip(bounds, geometry.chunks, geometry.strides, strict=True):
-            k, rest = divmod(rest, st)
-            a, b = max(lo, k * c), min(hi, (k + 1) * c)
-            local.append(slice(a - lo, b - lo))
-        out[tuple(local)] = 0
+        if n in guard.uninit and _still_uninit(store, n):
+            whole = [(0, size) for size in geometry.shape]
+            src, _ = _local(n, whole, geometry)
+            box = tuple(
+                slice(k * c + s.start, k * c + s.stop)
+                for k, c, s in zip(_chunk_index(n, geometry), geometry.chunks, src, strict=True)
+            )
+            store[box] = np.zeros(tuple(b.stop - b.start for b in box), dtype=store.dtype)
 
 
-class _ZeroingNDArray(blosc2.NDArray):
-    """A Blosc2 array with uninitialised chunks whose reads return zeros there."""
+def _chunk_index(n: int, geometry: Any) -> list[int]:
+    out, rest = [], n
+    for st in geometry.strides:
+        k, rest = divmod(rest, st)
+        out.append(k)
+    return out
+
+
+def _still_uninit(store: Any, n: int) -> bool:
+    """Whether chunk ``n`` is (still: a write through a writable handle fills it)
+    uninitialised: its header's special value."""
+    header = store.schunk.get_lazychunk(n)
+    return len(header) >= 32 and (header[31] >> 4) & 0x07 == 4
+
+
+class _GuardedNDArray(blosc2.NDArray):
+    """A Blosc2 array of a guarded file: every read goes through :func:`read_box`."""
 
     def __getitem__(self, key: Any) -> np.ndarray:
         shape = tuple(self.shape)
@@ -88,7 +160,8 @@ class _ZeroingNDArray(blosc2.NDArray):
         if box is not None:
             return read_box(self, box)
         if not shape:
-            return np.zeros((), dtype=self.dtype)[key]  # its one chunk is uninitialised
+            value = np.zeros((), dtype=self.dtype) if getattr(self, _GUARD_ATTR).uninit else None
+            return value[key] if value is not None else super().__getitem__(key)
         found = selection_box(shape, key)  # numpy's IndexError for a bad key
         if found is None:
             return np.zeros(np.empty(shape, dtype=np.bool_)[key].shape, dtype=self.dtype)
@@ -97,16 +170,16 @@ class _ZeroingNDArray(blosc2.NDArray):
         return region[local]
 
 
-def guard_uninit(store: Any, info: Any) -> Any:
-    """Make ``store`` (a Blosc2 array of the frame ``info`` describes) read its
-    uninitialised chunks as zeros, if it has any; returns ``store``."""
-    if info.uninit and isinstance(store, blosc2.NDArray) and _GET_SLICE is not None:
-        setattr(store, _UNINIT_ATTR, (frozenset(info.uninit), info.geometry()))
-        store.__class__ = _ZeroingNDArray
+def guard(store: Any, info: Any) -> Any:
+    """Guard ``store`` (a Blosc2 array of the frame ``info`` describes) if its file has
+    uninitialised chunks or DELTA-filtered ones; returns ``store``."""
+    if (info.uninit or info.delta) and isinstance(store, blosc2.NDArray) and _GET_SLICE:
+        setattr(store, _GUARD_ATTR, _Guard(frozenset(info.uninit), info.delta, info.geometry()))
+        store.__class__ = _GuardedNDArray
     return store
 
 
-def has_uninit(store: Any) -> bool:
-    """Whether ``store`` reads uninitialised chunks (and must not be read around
-    :func:`read_box` and Blosc2's ``__getitem__``, e.g. by a cache of decoded blocks)."""
-    return getattr(store, _UNINIT_ATTR, None) is not None
+def is_guarded(store: Any) -> bool:
+    """Whether ``store`` must be read through :func:`read_box` only (not by a cache of
+    decoded blocks, not by Blosc2's own slicing)."""
+    return getattr(store, _GUARD_ATTR, None) is not None

@@ -71,6 +71,7 @@ _BUILTIN_FILTERS = np.array([0, 1, 2, 3, 4, 35, 36], dtype=np.uint8)
 # Special values of whole chunks: zeros, NaN, a repeated value, uninitialized.
 _SPECIAL_IN_OFFSETS = frozenset({1, 2, 4})
 _UNINIT = 4  # Blosc2's special value of an uninitialised chunk
+_DELTA = 3  # Blosc2's DELTA filter
 _SPECIAL_IN_CHUNKS = np.array([0, 1, 2, 3, 4], dtype=np.uint8)
 
 # A dtype as blosc2's b2nd metalayer stores it: byte order, kind, item size.
@@ -105,6 +106,9 @@ class FrameInfo:
     #: Chunks Blosc2 marks uninitialised (``blosc2.uninit`` and never written): decoding
     #: them writes nothing, so a reader must zero them itself (mlarray reads them as 0).
     uninit: tuple[int, ...] = ()
+    #: Whether a chunk's filters include DELTA: c-blosc2 decodes a block of such a chunk
+    #: alone against the wrong reference, so readers must decode whole chunks.
+    delta: bool = False
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -236,13 +240,15 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
 
     if nchunks:
         raw = _offsets(mv, data_end, trailer_start, nchunks)
-        pos, cb, uninit = _chunks(mv, raw, header_len, cbytes, typesize, chunksize, blocksize)
+        pos, cb, uninit, delta = _chunks(
+            mv, raw, header_len, cbytes, typesize, chunksize, blocksize
+        )
     else:
         _need(cbytes == 0, "an empty array with compressed data")
         raw = np.zeros(0, dtype=np.int64)
         pos = np.zeros(0, dtype=np.int64)
         cb = np.zeros(0, dtype=np.int64)
-        uninit = ()
+        uninit, delta = (), False
     vlmeta = _vlmeta_index(mv, trailer_start, trailer_len)
     return FrameInfo(
         frame_len=frame_len,
@@ -263,6 +269,7 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
         vlmeta=vlmeta,
         b2nd_span=b2nd_span,
         uninit=uninit,
+        delta=delta,
     )
 
 
@@ -441,7 +448,7 @@ def _chunks(
     typesize: int,
     chunksize: int,
     blocksize: int,
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]:
     special = raw < 0
     kinds = ((raw[special].view(np.uint64) >> np.uint64(56)) & np.uint64(0x7F)).astype(np.int64)
     for k in set(kinds.tolist()):  # not np.unique: it imports numpy.ma (~50 ms per process)
@@ -458,6 +465,7 @@ def _chunks(
     cb = np.zeros(raw.shape, dtype=np.int64)
     kind = np.zeros(raw.shape, dtype=np.int64)  # special value per chunk (0: data)
     kind[special] = kinds
+    delta = False
     if offs.size:
         arr = np.frombuffer(mv, dtype=np.uint8)
         starts = offs + header_len
@@ -492,7 +500,8 @@ def _chunks(
         pos[regular] = starts
         cb[regular] = ccb
         kind[regular] = spec
-    return pos, cb, tuple(int(i) for i in np.flatnonzero(kind == _UNINIT))
+        delta = bool(np.any(hdr[:, 16:22] == _DELTA))
+    return pos, cb, tuple(int(i) for i in np.flatnonzero(kind == _UNINIT)), delta
 
 
 # ---------------------------------------------------------------- trailer

@@ -229,7 +229,7 @@ def open_store(
         or (info.nchunks and tuple(store.chunks) != info.chunks)
     ):
         raise MLArrayFormatError(p, "the file changed while it was being opened")
-    _direct.guard_uninit(store, info)
+    _direct.guard(store, info)
     integrity.attach(store, p, buf, info, version)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
@@ -346,7 +346,7 @@ def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
         arr = blosc2.ndarray_from_cframe(view, copy=True)
     if dparams is not None:
         arr.schunk.dparams = dparams
-    return _direct.guard_uninit(arr, info)
+    return _direct.guard(arr, info)
 
 
 class _FrameBytes:

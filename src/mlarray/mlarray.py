@@ -1102,8 +1102,8 @@ class MLArray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
         cache = self._chunk_cache
-        if cache is not None and _direct.has_uninit(store):
-            cache = None  # its cache would decode uninitialised chunks unguarded
+        if cache is not None and _direct.is_guarded(store):
+            cache = None  # a cache would decode its blocks unguarded (see _direct.guard)
         if cache is not None and isinstance(store, blosc2.NDArray):
             hit = _read.cached_plane(store, key, cache)
             if hit is not None:
@@ -1199,11 +1199,20 @@ class MLArray:
 
         else:
             return
+        bounds = _write_bounds(key, shape)
+        if _direct.is_guarded(store):
+            write_values = write
+
+            def write() -> None:
+                # c-blosc2 fills the rest of an uninitialised chunk it writes into with
+                # whatever its scratch memory held: zero those chunks first
+                _direct.zero_uninit_chunks(store, bounds)
+                write_values()
+
         try:
             if in_place:
                 # All or nothing: a full disk or a crash leaves the file as it was.
                 if values.size:
-                    bounds = _write_bounds(key, shape)
                     io.write_in_place(store, self._path, bounds, write, reopen=self._reopen_file)
             else:
                 write()
