@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import blosc2
@@ -593,3 +594,65 @@ def test_memory_freed_while_the_recycler_is_busy_is_filed_later():
     holder.join()
     z = recycler.array((4000,), np.uint8)
     assert z.ctypes.data == address and recycler.nbytes == 0
+
+
+def test_a_small_cache_keeps_layers_on_recycled_memory(tmp_path):
+    """A layer decoded into recycled memory bigger than the cache may hold (a layer of
+    another axis, freed) is still kept: scrolling on after a plane of another axis
+    hits the cache instead of decoding the layer again for every plane."""
+    from mlarray import MLArray
+
+    x = np.random.default_rng(3).integers(0, 500, (48, 64, 64)).astype(np.int16)
+    p = tmp_path / "small_cache.mla"
+    MLArray(x, patch_size=None, chunk_size=(24, 32, 32), block_size=(12, 16, 8)).save(p)
+    a = MLArray.open(p)
+    layer0, layer2 = 12 * 64 * 64 * 2, 8 * 48 * 64 * 2  # bytes of a layer along axis 0, 2
+    a.set_chunk_cache((layer0 + layer2) // 2)  # room for an axis-2 layer only
+    np.testing.assert_array_equal(a[5], x[5])  # its layer is too big to keep: recycled
+    cache = a._chunk_cache
+    for k in range(8):  # one axis-2 layer
+        np.testing.assert_array_equal(a[:, :, k], x[:, :, k])
+    assert cache.hits >= 6, (cache.hits, cache.misses)
+
+
+def test_a_child_forked_while_a_cache_is_locked_reads_planes(tmp_path):
+    """A one-thread handle's plane cache locked by another thread at fork time (a
+    loader forking workers while its threads scroll) does not hang the child."""
+    import time
+
+    from mlarray import MLArray
+
+    x = np.random.default_rng(4).integers(0, 500, (32, 48, 40)).astype(np.int16)
+    p = tmp_path / "fork_cache.mla"
+    MLArray(x).save(p)
+    a = MLArray.open(p, dparams={"nthreads": 1})
+    a.set_chunk_cache()
+    a[3]
+    with a._chunk_cache._lock:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = all(np.array_equal(a[i], x[i]) for i in range(0, 32, 5))
+            os._exit(0 if ok else 3)
+    deadline, status = time.monotonic() + 60, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0.02)
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert status == 0
+
+
+def test_cached_reads_with_negative_steps_are_c_contiguous(tmp_path):
+    from mlarray import MLArray
+
+    x = np.random.default_rng(5).integers(0, 500, (30, 40, 50)).astype(np.int16)
+    p = tmp_path / "flip.mla"
+    MLArray(x, patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5)).save(p)
+    a = MLArray.open(p)
+    a.set_chunk_cache()
+    for key in [(slice(None, None, -1), 3), (slice(25, 2, -2), slice(None), slice(None, None, -3))]:
+        got = a[key]
+        np.testing.assert_array_equal(got, x[key])
+        assert got.flags.c_contiguous

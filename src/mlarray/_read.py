@@ -38,6 +38,7 @@ import functools
 import itertools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -173,6 +174,18 @@ def _footprint(arr: np.ndarray) -> int:
 _recycler = _Recycler(RECYCLE_BYTES)
 os.register_at_fork(after_in_child=_recycler._after_fork)
 
+# Every chunk cache of the process, for the fork hook (handles that run one thread are not
+# tracked by mlarray._fork, but their caches' locks must be replaced in a child too).
+_CACHES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _caches_after_fork() -> None:
+    for cache in list(_CACHES):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_caches_after_fork)
+
 
 class ChunkCache:
     """A bounded least-recently-used cache of decoded chunks and block layers of one
@@ -212,6 +225,13 @@ class ChunkCache:
         self._geometries: dict[int, _LayerGeometry] = {}  # of ``_store``
         self._generation = 0  # bumped by every clear: older decodes are not kept
         self._lock = threading.Lock()  # napari reads planes from worker threads
+        _CACHES.add(self)
+
+    def _after_fork(self) -> None:
+        # A thread of the parent may have held the lock when it forked: a new lock, and
+        # nothing a parent thread may have been halfway through putting in.
+        self._lock = threading.Lock()
+        self._forget()
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -275,6 +295,10 @@ class ChunkCache:
                 return arr
             generation = self._generation
         arr = decode()
+        if _footprint(arr) > self.max_bytes >= arr.nbytes:
+            # a recycled buffer bigger than this cache may hold: keep an exact copy (else
+            # no layer would be kept, and every plane would decode its layer again)
+            arr = arr.copy()
         with self._lock:
             self.misses += 1
             # A clear (a write) since the lookup: ``arr`` may hold data from before the
@@ -753,7 +777,7 @@ def read_cached(
         if isinstance(k, slice) and k.step is not None and k.step < 0
     ]
     if flips:
-        out = np.flip(out, axis=flips)
+        out = np.ascontiguousarray(np.flip(out, axis=flips))  # C order, as every read
     drop = tuple(ax for ax, (_, _, d) in enumerate(axes) if d)
     if drop:
         out = out.reshape(tuple(n for ax, n in enumerate(out.shape) if ax not in drop))

@@ -1085,10 +1085,11 @@ class MLArray:
         are decoded once, one block thickness at a time, and serve the next
         planes (each copied out of them), instead of Blosc2 decoding the blocks
         under every plane again. Random patch reads do not profit (each patch
-        touches new chunks). Writes through this array empty the cache. Memory
-        of decoded block layers that no cache holds any more is kept for the
-        next layers (at most 64 MiB per process), as writing fresh memory costs
-        a page fault per page.
+        touches new chunks). Writes through this array empty the cache; writes
+        through other handles or processes are not seen by it (reopen the
+        file). Memory of decoded block layers that no cache holds any more is
+        kept for the next layers (at most 64 MiB per process), as writing fresh
+        memory costs a page fault per page.
 
         Parameters
         ----------
