@@ -58,6 +58,9 @@ _TRAILER_LEN_OFFSET = 22
 _MAX_NDIM = 16  # B2ND_MAX_DIM of recent c-blosc2 releases
 #: Largest uncompressed array a frame may declare (2**50 bytes, a petabyte).
 MAX_ARRAY_BYTES = 1 << 50
+#: Most chunks a frame may have (its chunk offsets, 8 bytes each, are decoded whole):
+#: a 2048^3 volume in 8^3 chunks has 2^24.
+MAX_CHUNKS = 1 << 24
 #: Largest uncompressed value of a variable-length metalayer (``vlmeta``) entry.
 MAX_VLMETA_BYTES = 64 * 1024 * 1024
 #: Most variable-length metalayers a frame may hold (c-blosc2's own limit).
@@ -222,6 +225,9 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
     else:
         _need(all(c >= 1 for c in chunks) and all(b >= 1 for b in blocks), "empty chunk or block")
         nchunks = math.prod(-(-s // c) for s, c in zip(shape, chunks, strict=True))
+        # the chunk offsets are decoded whole (8 bytes per chunk): a tiny file claiming
+        # billions of chunks must not make the reader allocate gigabytes for them
+        _need(nchunks <= MAX_CHUNKS, f"{nchunks} chunks (at most {MAX_CHUNKS} are read)")
     _need(all(b <= c for b, c in zip(blocks, chunks, strict=True)), "block larger than chunk")
     # Blosc2 pads each chunk to a whole number of blocks.
     padded = [-(-c // b) * b for c, b in zip(chunks, blocks, strict=True)]
@@ -240,9 +246,7 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
 
     if nchunks:
         raw = _offsets(mv, data_end, trailer_start, nchunks)
-        pos, cb, uninit, delta = _chunks(
-            mv, raw, header_len, cbytes, typesize, chunksize, blocksize
-        )
+        pos, cb, uninit, delta = _chunks(mv, raw, header_len, cbytes, dtype, chunksize, blocksize)
     else:
         _need(cbytes == 0, "an empty array with compressed data")
         raw = np.zeros(0, dtype=np.int64)
@@ -445,16 +449,17 @@ def _chunks(
     raw: np.ndarray,
     header_len: int,
     cbytes: int,
-    typesize: int,
+    dtype: np.dtype,
     chunksize: int,
     blocksize: int,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]:
+    typesize = dtype.itemsize
     special = raw < 0
     kinds = ((raw[special].view(np.uint64) >> np.uint64(56)) & np.uint64(0x7F)).astype(np.int64)
     for k in set(kinds.tolist()):  # not np.unique: it imports numpy.ma (~50 ms per process)
         _need(k in _SPECIAL_IN_OFFSETS, f"chunk offset with special value {k}")
     if 2 in kinds:
-        _need(typesize in (4, 8), "NaN chunks in a non-float array")
+        _need(dtype.kind == "f" and typesize in (4, 8), "NaN chunks in a non-float array")
     regular = ~special
     offs = raw[regular]
     _need(
@@ -557,10 +562,6 @@ def _vlmeta_index(mv: memoryview, start: int, length: int) -> dict[str, tuple[in
     return out
 
 
-# A vlmeta value larger than this (decompressed) is damage: the metadata record and the
-# chunk checksums of even a huge volume are a few megabytes.
-_VLMETA_MAX_BYTES = 1 << 26
-
 # Names of the vlmeta entries mlarray writes; a damaged name would silently drop the
 # record or the checksums, so a near miss (1-2 changed characters) is damage.
 _OWN_VLMETA = ("mlarray", "mlarray_checksums")
@@ -582,7 +583,7 @@ def read_vlmeta_bytes(mv: Any, info: FrameInfo, name: str, path: Any = None) -> 
     pos, n = where
     chunk = bytes(memoryview(mv)[pos : pos + n])
     try:
-        check_chunk_blocks(chunk, f"vlmeta entry {name!r}", _VLMETA_MAX_BYTES)
+        check_chunk_blocks(chunk, f"vlmeta entry {name!r}", MAX_VLMETA_BYTES)
     except _Bad as exc:
         raise MLArrayFormatError(path, str(exc)) from None
     try:
