@@ -37,7 +37,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["forked", "park", "reopen_lock", "threads", "track"]
+__all__ = ["forked", "park", "reopen_lock", "threads", "track", "usable_cores"]
 
 _forked = False
 _CORES = os.cpu_count() or 1  # asked once: every open clamps its threads to it
@@ -64,6 +64,19 @@ def threads(n: int, cores: int | None = None) -> int:
     if _forked:
         return 1
     return min(max(int(n), 1), cores if cores is not None else _CORES)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on; compression uses them all unless ``cparams`` sets
+    ``nthreads``.
+
+    Saving is not done while a data loader decodes, so it may use the whole machine;
+    decompression stays at :data:`mlarray.layout.DEFAULT_DPARAMS` (one thread per loader process).
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def track(owner: Any) -> None:

@@ -32,10 +32,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import blosc2
 import numpy as np
 
-from mlarray import _direct, integrity, io
+from mlarray import _fork, integrity
 from mlarray.errors import CorruptChunkError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
@@ -68,14 +67,14 @@ def read_threads(store: Any, nthreads: int | None = None) -> int:
     """Threads a whole read of ``store`` uses: ``nthreads``, else the handle's
     ``dparams.nthreads`` (one for arrays under 4 MiB, where starting threads costs more
     than it saves); at most the usable cores and the number of chunks, and one in a
-    forked child (see :func:`mlarray.io.clamp_dparams`)."""
+    forked child (see :func:`mlarray._fork.threads`)."""
     if nthreads is None:
         dparams = getattr(store.schunk, "dparams", None)
         nthreads = int(getattr(dparams, "nthreads", 1))
         nbytes = int(np.prod(store.shape)) * np.dtype(store.dtype).itemsize
         if nbytes < _THREADED_MIN_BYTES:
             nthreads = 1
-    n = int(io.clamp_dparams({"nthreads": int(nthreads)})["nthreads"])
+    n = _fork.threads(int(nthreads))
     return max(1, min(n, int(store.schunk.nchunks)))
 
 
@@ -239,18 +238,23 @@ def read_all(
 
     def work() -> None:
         try:
-            _work(store, plan, todo, lock, failed, threads > 1, path)
+            _work(store, plan, todo, lock, failed, threads > 1 and not releases, path)
         except BaseException as exc:
             failed.append(exc)
 
-    with _gil_released(threads > 1):
+    # a store whose chunk decoding releases the GIL itself (mlarray._cstore) needs no switch
+    releases = bool(getattr(store.schunk, "releases_gil", False))
+    with _gil_released(threads > 1 and not releases):
         futures = [_executor(threads - 1).submit(work) for _ in range(threads - 1)]
         work()
         for f in futures:
             f.result()
     if failed:
         raise failed[0]
-    _direct.zero_uninit(store, out, [0] * len(shape), shape)
+    if not releases:  # a C store fills its uninitialised chunks itself (mlarray._cstore)
+        from mlarray import _direct
+
+        _direct.zero_uninit(store, out, [0] * len(shape), shape)
     return out
 
 
@@ -282,6 +286,8 @@ def _work(
                 if not threaded:
                     schunk.decompress_chunk(n, dst)
                     continue
+                import blosc2
+
                 with lock:
                     chunk = schunk.get_chunk(n)
                 if blosc2.get_cbuffer_sizes(chunk)[0] != nbytes:
@@ -313,6 +319,8 @@ def _gil_released(wanted: bool) -> Iterator[None]:
     if not wanted:
         yield
         return
+    import blosc2
+
     with _gil_lock:
         if _gil_users == 0:
             _gil_before = blosc2.set_releasegil(True)

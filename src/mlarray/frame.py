@@ -379,12 +379,24 @@ def _chunk_header_sizes(mv: memoryview, pos: int) -> tuple[int, int, int, int]:
     return ts, nb, bs, cb
 
 
-def decode_offsets(chunk: bytes, nchunks: int) -> np.ndarray:
-    """Decompress the (already header-checked) chunk of chunk offsets."""
+def decompress_chunk_bytes(chunk: bytes) -> bytes:
+    """Decompress a (header-checked) Blosc2 chunk held in memory: through the wheel's
+    C library when it can be used (:mod:`mlarray._clib`, no python-blosc2 import),
+    else python-blosc2."""
+    from mlarray import _clib
+
+    lib = _clib.get()
+    if lib is not None:
+        return lib.decompress_bytes(chunk)
     import blosc2
 
+    return blosc2.decompress(chunk)
+
+
+def decode_offsets(chunk: bytes, nchunks: int) -> np.ndarray:
+    """Decompress the (already header-checked) chunk of chunk offsets."""
     check_chunk_blocks(chunk, "the chunk offsets", 8 * nchunks)
-    out = np.frombuffer(blosc2.decompress(chunk), dtype="<i8")
+    out = np.frombuffer(decompress_chunk_bytes(chunk), dtype="<i8")
     _need(out.size == nchunks, f"{out.size} chunk offsets for {nchunks} chunks")
     return out.astype(np.int64, copy=False)
 
@@ -575,8 +587,6 @@ def read_vlmeta_bytes(mv: Any, info: FrameInfo, name: str, path: Any = None) -> 
     values (msgpack ``bin``) are returned as such; other values are decoded
     by msgpack with its own limits.
     """
-    import blosc2
-
     where = info.vlmeta.get(name)
     if where is None:
         return None
@@ -587,7 +597,7 @@ def read_vlmeta_bytes(mv: Any, info: FrameInfo, name: str, path: Any = None) -> 
     except _Bad as exc:
         raise MLArrayFormatError(path, str(exc)) from None
     try:
-        packed = blosc2.decompress(chunk)
+        packed = decompress_chunk_bytes(chunk)
     except Exception as exc:
         raise MLArrayFormatError(
             path, f"vlmeta entry {name!r} cannot be decompressed ({exc})"

@@ -18,8 +18,6 @@ import collections
 import contextlib
 import dataclasses
 import errno
-import functools
-import hashlib
 import itertools
 import mmap
 import os
@@ -37,6 +35,7 @@ import numpy as np
 
 from mlarray import _direct, _fork, _maps, _prefetch, integrity
 from mlarray import frame as _frame
+from mlarray._sidefiles import _temp_prefix, journal_path
 from mlarray.errors import (
     DiskFullError,
     InvalidModeError,
@@ -49,7 +48,8 @@ from mlarray.errors import (
 )
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2, _meta_internal_write
-from mlarray.record import decode_record, encode_record, meta_from_record, record_from_meta
+from mlarray.record import decode_record, encode_record, record_from_meta
+from mlarray.record import meta_of_frame as _meta_from_raw
 
 __all__ = [
     "FRAME_MAGIC",
@@ -396,35 +396,6 @@ def _store_threads(store: Any, compresses: bool) -> int:
     return n
 
 
-def _meta_from_raw(raw: Any, shape: tuple[int, ...], path: Any, record: dict | None = None) -> Meta:
-    """The file's :class:`Meta`; the frame's shape, not the record, says whether it holds an array.
-
-    A metadata-only file stores an empty ``(0,)`` array; any other shape is an
-    array, whatever the record's ``_has_array`` says (a record without the
-    flag must not hide an array, or a later metadata save would drop it).
-    ``record``, if given, is ``raw`` already decoded (it is not modified).
-    """
-    if raw is None:
-        meta = Meta()
-    elif record is None:
-        meta = meta_from_record(decode_record(raw, path), path)
-    else:
-        meta = meta_from_record(record, path)  # it copies what it keeps
-    empty_store = shape == (0,)
-    has_array = True if not empty_store else (raw is not None and meta._has_array.has_array)
-    if has_array and empty_store and meta.spatial.shape not in (None, [0]):
-        raise MLArrayFormatError(
-            path, "record says the file holds an array, but the array is empty"
-        )
-    try:
-        with _meta_internal_write():
-            meta._has_array.has_array = bool(has_array)
-            meta.spatial.shape = list(shape) if has_array else None
-    except MetaValidationError as exc:
-        raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
-    return meta
-
-
 def flush_meta(
     store: blosc2.NDArray,
     path: Any,
@@ -496,11 +467,6 @@ def _save_target(target: Path) -> Path:
 
 
 _TEMP_SUFFIX = ".tmp.mla"
-
-
-def _temp_prefix(target: Path) -> str:
-    digest = hashlib.sha1(target.name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return f".mla-{digest}-"
 
 
 def _temp_path(target: Path, clean: bool = True) -> Path:
@@ -888,7 +854,6 @@ _JOURNAL_MAGIC = b"MLAJRNL\x01"
 # guard length, guard digest, digest (of the fields before it and of the saved bytes)
 _JOURNAL_HEAD = struct.Struct("<8sQQQQQQQQQ")
 _GUARD_MAX = 1 << 20
-_JOURNAL_SUFFIX = ".journal"
 _BLOSC2_MAX_OVERHEAD = 32  # a compressed chunk is at most its data plus this
 _RECOVER_WAIT = 10.0  # seconds an open waits for another process's write to finish
 
@@ -896,23 +861,6 @@ try:
     import fcntl as _fcntl
 except ImportError:  # pragma: no cover - not on Windows
     _fcntl = None  # type: ignore[assignment]
-
-
-def journal_path(path: str | os.PathLike) -> Path:
-    """The undo journal of an in-place write to ``path``: ``.mla-<hash>.journal`` beside it.
-
-    The name is short (any file name near the system's limit has one) and
-    hidden; ``<hash>`` is the first 12 hex digits of the SHA-1 of the file's name.
-    Symbolic links are resolved first: writers and readers reaching one file
-    through different names find the same journal.
-    """
-    return Path(_journal_name(os.path.realpath(os.fspath(path))))
-
-
-@functools.lru_cache(maxsize=4096)
-def _journal_name(path: str | bytes) -> str:
-    target = Path(os.fsdecode(path))
-    return os.fspath(target.parent / f"{_temp_prefix(target)[:-1]}{_JOURNAL_SUFFIX}")
 
 
 def _datasync(fd: int) -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ import blosc2
 import numpy as np
 
 from mlarray import _fork
+from mlarray._fork import usable_cores
 from mlarray.errors import LayoutError, MetaValidationError
 
 __all__ = [
@@ -400,19 +400,6 @@ def _lists(key: str, value: Any) -> Any:
 def default_cparams(is_seg: bool = False) -> dict[str, Any]:
     """A copy of the default compression parameters for images or label maps."""
     return dict(DEFAULT_SEG_CPARAMS if is_seg else DEFAULT_CPARAMS)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on; compression uses them all unless ``cparams`` sets
-    ``nthreads``.
-
-    Saving is not done while a data loader decodes, so it may use the whole machine;
-    decompression stays at :data:`DEFAULT_DPARAMS` (one thread per loader process).
-    """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def normalize_cparams(

@@ -21,7 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from mlarray.errors import MetaValidationError, MLArrayFormatError, UnsafeRecordError
-from mlarray.meta import FORMAT_VERSION, META_PARTS, Meta, SingleKeyBaseMeta
+from mlarray.meta import FORMAT_VERSION, META_PARTS, Meta, SingleKeyBaseMeta, _meta_internal_write
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -30,6 +30,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "meta_from_record",
+    "meta_of_frame",
     "record_from_meta",
 ]
 
@@ -299,3 +300,34 @@ def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
         return Meta(**{k: META_PARTS[k].ensure(v) for k, v in parts.items()})
     except (MetaValidationError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None
+
+
+def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | None = None) -> Meta:
+    """The file's :class:`Meta`; the frame's shape, not the record, says whether it holds an array.
+
+    A metadata-only file stores an empty ``(0,)`` array; any other shape is an
+    array, whatever the record's ``_has_array`` says (a record without the
+    flag must not hide an array, or a later metadata save would drop it).
+    ``raw`` is the file's ``mlarray`` vlmeta value (None without one), ``shape``
+    the frame's array shape; ``record``, if given, is ``raw`` already decoded (it is
+    not modified).
+    """
+    if raw is None:
+        meta = Meta()
+    elif record is None:
+        meta = meta_from_record(decode_record(raw, path), path)
+    else:
+        meta = meta_from_record(record, path)  # it copies what it keeps
+    empty_store = shape == (0,)
+    has_array = True if not empty_store else (raw is not None and meta._has_array.has_array)
+    if has_array and empty_store and meta.spatial.shape not in (None, [0]):
+        raise MLArrayFormatError(
+            path, "record says the file holds an array, but the array is empty"
+        )
+    try:
+        with _meta_internal_write():
+            meta._has_array.has_array = bool(has_array)
+            meta.spatial.shape = list(shape) if has_array else None
+    except MetaValidationError as exc:
+        raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
+    return meta

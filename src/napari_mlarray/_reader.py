@@ -4,7 +4,8 @@ Image/labels layers: :mod:`napari_mlarray._mapping`; boxes (Shapes layers):
 :mod:`napari_mlarray._boxes`.
 
 Images stay lazy (a :class:`~napari_mlarray._lazy.LazyView` transpose of the
-memory-mapped ``MLArray``). Label maps are read once into numpy, chunk by
+memory-mapped file: a :class:`~napari_mlarray._source.FileSource`, which reads
+without importing python-blosc2, or an ``MLArray``). Label maps are read once into numpy, chunk by
 chunk, because napari paints only into writable numpy arrays; label maps
 compress well and are small next to the images they annotate.
 """
@@ -82,14 +83,22 @@ def _unit_ok(unit: str) -> bool:
 
 
 def _open(path: str):
-    from mlarray import MLArray
+    from mlarray._fork import usable_cores
     from mlarray.errors import MLArrayError, MLArrayFormatError
-    from mlarray.layout import usable_cores
+    from napari_mlarray._source import open_source
 
+    # the viewer decodes on every core, and keeps the decoded chunks under the
+    # displayed planes so that scrolling copies planes instead of decoding them again
+    nthreads = usable_cores()
     try:
-        # the viewer decodes on every core, and keeps the decoded chunks under the
-        # displayed planes so that scrolling copies planes instead of decoding them again
-        arr = MLArray.open(path, dparams={"nthreads": usable_cores()})
+        # planes and volumes through the C library, without importing python-blosc2
+        # (it alone takes longer than the first frame); see napari_mlarray._source
+        source = open_source(path, nthreads)
+        if source is not None:
+            return source, source.meta
+        from mlarray import MLArray
+
+        arr = MLArray.open(path, dparams={"nthreads": nthreads})
         arr.set_chunk_cache()
         return arr, arr.meta
     except MLArrayError:

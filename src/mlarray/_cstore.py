@@ -1,0 +1,267 @@
+"""Reading planes and boxes of an ``.mla`` file without importing python-blosc2.
+
+A viewer's first frame needs the metadata and the chunks under one plane. This
+module opens a file the way :func:`mlarray.io.open_store` does up to the point where
+c-blosc2 would see it (read-only mapping, :func:`mlarray.frame.inspect_frame`, the
+record, the chunk checksums) and then decodes through the wheel's C library bound
+with ctypes (:mod:`mlarray._clib`) instead of python-blosc2, whose import costs
+more than the whole first frame otherwise.
+
+:class:`CStore` offers the part of ``blosc2.NDArray`` that the library's own read
+paths use (``shape``, ``dtype``, ``chunks``, ``blocks``, ``ext_chunks`` and a
+``schunk`` with ``nchunks``, ``dparams.nthreads``, ``decompress_chunk`` and
+``get_slice``), so :mod:`mlarray._read` (block layers for planes, the chunk cache)
+and :mod:`mlarray._fullread` (whole volumes) serve it unchanged; :func:`read` adds
+what :meth:`mlarray.MLArray.__getitem__` adds around them: cold-read prefetch,
+checksum verification of every chunk a read touches before any of it is decoded,
+and errors of mlarray's own types naming the file.
+
+:func:`open_cstore` returns None whenever this path is not sure to give what
+``MLArray.open`` gives: no usable C library, a path that is not a plain readable
+file, an interrupted in-place write waiting to be rolled back (the journal). The
+caller then opens the file with :class:`mlarray.MLArray`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mlarray import _clib, _prefetch, integrity
+from mlarray._fullread import read_all, selects_all
+from mlarray._read import ChunkCache, _basic_key, read_cached
+from mlarray._sidefiles import journal_path
+from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
+from mlarray.frame import FRAME_MAGIC, FrameInfo, inspect_frame, read_vlmeta_bytes
+from mlarray.meta import Meta
+from mlarray.record import meta_of_frame
+
+__all__ = ["CStore", "open_cstore", "read"]
+
+#: vlmeta key of the metadata record (as :data:`mlarray.io.VLMETA_KEY`).
+_RECORD_KEY = "mlarray"
+_SUFFIX = ".mla"
+
+
+class _CSchunk:
+    """The chunks of a validated frame, decoded by c-blosc2 through ctypes."""
+
+    #: each call releases the GIL (ctypes), so Python threads decode side by side
+    releases_gil = True
+
+    def __init__(self, lib: _clib.CLib, base: int, info: FrameInfo, nthreads: int) -> None:
+        self._lib = lib
+        self._base = base
+        self.nchunks = int(info.nchunks)
+        self.dparams = SimpleNamespace(nthreads=max(1, int(nthreads)))
+        self.typesize = int(info.typesize)
+        self.chunksize = int(info.chunksize)
+        self._citems = self.chunksize // self.typesize if self.typesize else 0
+        self._pos = info.chunk_pos.tolist()
+        self._cbytes = info.chunk_cbytes.tolist()
+        self._raw = info.raw_offsets.tolist()
+
+    def _special(self, n: int, out: np.ndarray) -> None:
+        """Fill ``out`` as the special-value chunk ``n`` (no bytes stored) decodes."""
+        kind = (self._raw[n] >> 56) & 0x7F
+        if kind == 2:  # NaN (only in float arrays: checked by inspect_frame)
+            out.view(f"<f{self.typesize}").fill(np.nan)
+        else:  # zeros; an uninitialized chunk reads as zeros too
+            out.view(np.uint8).fill(0)
+
+    def decompress_chunk(self, nchunk: int, dst: np.ndarray) -> None:
+        """Decode chunk ``nchunk`` whole into the C-contiguous ``dst`` (one chunk's bytes)."""
+        n = int(nchunk)
+        if not 0 <= n < self.nchunks:
+            raise IndexError(f"chunk {n} of {self.nchunks}")
+        if dst.nbytes != self.chunksize or not dst.flags.c_contiguous or not dst.flags.writeable:
+            raise ValueError(f"a chunk needs a writable contiguous {self.chunksize}-byte buffer")
+        pos = self._pos[n]
+        if pos < 0:
+            self._special(n, dst)
+            return
+        got = self._lib.decompress(
+            self._base + pos, self._cbytes[n], dst.ctypes.data, self.chunksize
+        )
+        if got != self.chunksize:
+            raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
+
+    def get_slice(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Items ``start:stop`` of the chunks laid end to end (as ``SChunk.get_slice``),
+        into the C-contiguous ``out``; only the blocks holding them are decoded."""
+        start, stop = int(start), int(stop)
+        nitems = stop - start
+        if nitems < 0 or start < 0 or stop > self.nchunks * self._citems:
+            raise IndexError(f"items {start}:{stop} of {self.nchunks * self._citems}")
+        if out.nbytes != nitems * self.typesize or not out.flags.c_contiguous:
+            raise ValueError(f"get_slice needs a contiguous buffer of {nitems} items")
+        flat = out.reshape(-1).view(np.uint8)
+        done = 0
+        while start < stop:
+            n, first = divmod(start, self._citems)
+            k = min(stop - start, self._citems - first)
+            part = flat[done * self.typesize : (done + k) * self.typesize]
+            pos = self._pos[n]
+            if pos < 0:
+                self._special(n, part)
+            else:
+                nbytes = k * self.typesize
+                got = self._lib.getitem(
+                    self._base + pos, self._cbytes[n], first, k, part.ctypes.data, nbytes
+                )
+                if got != nbytes:
+                    raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
+            start += k
+            done += k
+
+
+class CStore:
+    """A read-only array over the mapping of a validated ``.mla`` frame, decoded through
+    :mod:`mlarray._clib`; see the module docstring."""
+
+    def __init__(
+        self, path: Path, buf: Any, info: FrameInfo, lib: _clib.CLib, nthreads: int = 1
+    ) -> None:
+        self.path = path
+        self.info = info
+        self.shape = tuple(int(n) for n in info.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(info.dtype)
+        self.chunks = tuple(int(c) for c in info.chunks)
+        self.blocks = tuple(int(b) for b in info.blocks)
+        self.ext_chunks = tuple(
+            -(-c // b) * b for c, b in zip(self.chunks, self.blocks, strict=True)
+        )
+        # a numpy view of the mapping: its address, and a buffer export that keeps the
+        # mapping from being closed while this store decodes from it
+        self._frame = np.frombuffer(buf, dtype=np.uint8)
+        self.schunk = _CSchunk(lib, self._frame.ctypes.data, info, nthreads)
+
+    def __repr__(self) -> str:
+        return f"CStore({os.fspath(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _map(p: Path) -> tuple[Any, tuple] | None:
+    """A read-only mapping of the regular file ``p`` and its version, or None."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < len(FRAME_MAGIC):
+            return None
+        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return buf, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Meta] | None:
+    """Open an ``.mla`` file for reading through the C library; ``(store, meta)``.
+
+    Returns None when this path cannot be used (see the module docstring); the
+    caller then opens the file with :class:`mlarray.MLArray`, which reports any
+    problem with the path itself.
+
+    Raises
+    ------
+    MLArrayFormatError
+        For a damaged or forged frame or record (as ``MLArray.open``).
+    CorruptChunkError
+        For a damaged checksum entry.
+    """
+    lib = _clib.get()
+    if lib is None:
+        return None
+    try:
+        p = Path(os.fspath(path))
+    except TypeError:
+        return None
+    if p.suffix.lower() != _SUFFIX or journal_path(p).exists():
+        return None
+    mapped = _map(p)
+    if mapped is None:
+        return None
+    buf, version = mapped
+    if bytes(buf[: len(FRAME_MAGIC)]) != FRAME_MAGIC:
+        raise MLArrayFormatError(
+            p, "not an .mla file (it does not start with a Blosc2 frame header)"
+        )
+    info = inspect_frame(buf, p)  # before c-blosc2 sees the frame
+    meta = meta_of_frame(read_vlmeta_bytes(buf, info, _RECORD_KEY, p), info.shape, p)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        buf.madvise(mmap.MADV_DONTNEED)  # the pages the inspection touched (see open_store)
+    store = CStore(p, buf, info, lib, nthreads)
+    integrity.attach(store, p, buf, info, version)
+    _prefetch.attach(store, _prefetch.for_frame(buf, info, version))
+    return store, meta
+
+
+def _one_plane(norm: tuple, shape: tuple[int, ...]) -> int | None:
+    """The axis of a key that is one length-1 slice (step 1) along an axis and full
+    slices (step 1) along the others: a plane kept as a 1-thick slab; else None."""
+    axis = None
+    for a, (k, n) in enumerate(zip(norm, shape, strict=True)):
+        if not isinstance(k, slice):
+            return None
+        start, stop, step = k.indices(n)
+        if step != 1:
+            return None
+        if (start, stop) == (0, n) and n != 1:
+            continue
+        if stop - start != 1 or axis is not None:
+            return None
+        axis = a
+    if axis is None or len(shape) < 2:
+        return None
+    return axis
+
+
+def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray | None:
+    """``store[key]`` for a basic key (ints, slices, ``...``), as ``MLArray`` reads it:
+    the touched chunks verified against their checksums first, planes from the block
+    layers kept in ``cache``, whole volumes decoded chunk by chunk on the handle's
+    threads. None for anything else (other keys, 0-d or empty arrays): the caller
+    reads those through ``MLArray``.
+
+    Raises
+    ------
+    CorruptChunkError
+        If a touched chunk does not match its checksum or cannot be decoded.
+    IndexingError
+        For an index out of range (numpy's message).
+    """
+    norm = None if not store.ndim or 0 in store.shape else _basic_key(key, store.ndim)
+    if norm is None:
+        return None
+    _prefetch.prefetch_read(store, key)
+    integrity.verify_read(store, key)
+    try:
+        if selects_all(key, store.ndim):
+            return read_all(store, path=store.path)
+        axis = _one_plane(norm, store.shape)
+        if axis is not None and cache is not None:
+            # napari asks for a plane as a length-1 slice: read it as the plane it is
+            index = norm[axis].indices(store.shape[axis])[0]
+            plane = (*norm[:axis], index, *norm[axis + 1 :])
+            return np.expand_dims(read_cached(store, plane, cache, always=True), axis)
+        out = None if cache is None else read_cached(store, key, cache)
+        if out is None:  # most of every touched chunk: decoded once each, not kept
+            out = read_cached(store, key, ChunkCache(0), always=True)
+        return out
+    except IndexError as err:
+        raise IndexingError(f"{store.path}: {err}") from None
+    except RuntimeError as exc:  # c-blosc2 refused a chunk its checksum did not catch
+        raise CorruptChunkError(
+            store.path, f"cannot decompress the requested data, the file may be corrupt ({exc})"
+        ) from None

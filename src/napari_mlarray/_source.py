@@ -1,0 +1,103 @@
+"""The array behind an opened image layer: planes without python-blosc2, the rest through
+``MLArray``.
+
+napari's first frame needs the file's metadata and the chunks under one plane;
+importing python-blosc2 alone takes longer than that. :class:`FileSource` reads
+through :mod:`mlarray._cstore` (the wheel's C library via ctypes, the chunks
+verified against their checksums first), which serves every basic key: planes
+from the block-layer cache while scrolling, sub-volumes and the whole volume for
+the 3D view. Only what needs more than reading (other kinds of keys, saving the
+layer, any attribute of :class:`mlarray.MLArray` this class does not have) opens the
+file as an ``MLArray`` (:meth:`FileSource.full`), once, and hands it over.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FileSource", "open_source"]
+
+
+class FileSource:
+    """A read-only ``.mla`` array for a viewer layer; see the module docstring.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    store : mlarray._cstore.CStore
+        Its array, opened by :func:`mlarray._cstore.open_cstore`.
+    meta : mlarray.Meta
+        Its metadata.
+    nthreads : int
+        Threads for decoding (also given to the ``MLArray`` opened later).
+    """
+
+    def __init__(self, path: str, store: Any, meta: Any, nthreads: int) -> None:
+        from mlarray._read import ChunkCache
+
+        self.path = path
+        self.meta = meta
+        self.shape = store.shape
+        self.dtype = store.dtype
+        self.ndim = store.ndim
+        self.chunks = store.chunks
+        self.blocks = store.blocks
+        self._cstore = store
+        self._nthreads = nthreads
+        #: decoded block layers under the planes shown (as ``MLArray.set_chunk_cache``)
+        self._chunk_cache = ChunkCache()
+        self._full: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileSource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def full(self) -> Any:
+        """The file opened as an :class:`mlarray.MLArray` (imports python-blosc2 once)."""
+        with self._lock:
+            if self._full is None:
+                from mlarray import MLArray
+                from mlarray.errors import MLArrayFormatError
+
+                arr = MLArray.open(self.path, dparams={"nthreads": self._nthreads})
+                if tuple(arr.shape) != self.shape or np.dtype(arr.dtype) != self.dtype:
+                    raise MLArrayFormatError(self.path, "the file changed since it was opened")
+                self._full = arr
+            return self._full
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        from mlarray import _cstore
+
+        out = _cstore.read(self._cstore, key, self._chunk_cache)
+        return self.full()[key] if out is None else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names this class lacks: those of MLArray (affine, _store...)
+        if name.startswith("__") or name in ("_full", "_lock", "_cstore"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+
+def open_source(path: str, nthreads: int) -> FileSource | None:
+    """``path`` opened for a viewer layer without python-blosc2, or None when
+    :func:`mlarray._cstore.open_cstore` cannot (the caller uses ``MLArray.open``)."""
+    from mlarray import _cstore
+
+    opened = _cstore.open_cstore(path, nthreads)
+    if opened is None:
+        return None
+    store, meta = opened
+    if not meta._has_array.has_array:  # a boxes-only file: MLArray has no array for it
+        return None
+    return FileSource(path, store, meta, nthreads)
