@@ -247,7 +247,10 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     _prefetch.prefetch_read(store, key)
     integrity.verify_read(store, key)
     try:
-        if selects_all(key, store.ndim):
+        if selects_all(key, store.ndim) or all(
+            isinstance(k, slice) and k.indices(n) == (0, n, 1)
+            for k, n in zip(norm, store.shape, strict=True)
+        ):  # the whole volume (napari's 3D view asks for it as explicit slices)
             return read_all(store, path=store.path)
         axis = _one_plane(norm, store.shape)
         if axis is not None and cache is not None:

@@ -28,19 +28,28 @@ def write_mla(path, data, *, meta: dict | None = None, **spatial) -> Path:
 
 
 class ReadCounter:
-    """Counts the elements decompressed through ``MLArray.__getitem__`` (a spy, not a mock)."""
+    """Counts the elements decompressed through ``MLArray.__getitem__`` and through the
+    reader's C-library path (``mlarray._cstore.read``), a spy on both, not a mock."""
 
     def __init__(self, monkeypatch):
-        from mlarray import MLArray
+        from mlarray import MLArray, _cstore
 
         self.total = 0
         self.largest = 0
         original = MLArray.__getitem__
+        original_read = _cstore.read
 
-        def counting(arr, key):
-            out = original(arr, key)
-            self.total += out.size
-            self.largest = max(self.largest, out.size)
+        def count(out):
+            if out is not None:  # None: not served there (MLArray reads it, counted there)
+                self.total += out.size
+                self.largest = max(self.largest, out.size)
             return out
 
+        def counting(arr, key):
+            return count(original(arr, key))
+
+        def counting_read(store, key, cache=None):
+            return count(original_read(store, key, cache))
+
         monkeypatch.setattr(MLArray, "__getitem__", counting)
+        monkeypatch.setattr(_cstore, "read", counting_read)

@@ -1,0 +1,345 @@
+"""Reads through the wheel's libblosc2 bound with ctypes (mlarray._clib, mlarray._cstore):
+the same values as python-blosc2 / MLArray give, the same errors, and no python-blosc2
+import on the way (checked in fresh processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray import MLArray, _clib, _cstore
+from mlarray._read import ChunkCache
+from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
+from mlarray.frame import decompress_chunk_bytes, inspect_frame
+from mlarray.io import save_mla
+from mlarray.meta import Meta
+from tests.conftest import FIXTURES, fixture_names
+
+
+def _lib_or_skip() -> _clib.CLib:
+    lib = _clib.get()
+    assert lib is not None, "the blosc2 wheel of this environment ships a usable libblosc2"
+    return lib
+
+
+def _values(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        return rng.random(shape) < 0.3
+    if dt.kind == "c":
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dt)
+    if dt.kind == "f":
+        return rng.normal(0, 100, shape).astype(dt)
+    info = np.iinfo(dt)
+    return rng.integers(max(info.min, -5000), min(info.max, 5000), shape, endpoint=True).astype(dt)
+
+
+def _keys(shape, rng):
+    """Planes along every axis (first, last, middle, as ints and as 1-thick slices), the
+    whole array (``...`` and explicit slices), boxes with edges inside chunks, steps."""
+    nd = len(shape)
+    keys = [(...,), tuple(slice(0, n) for n in shape)]
+    for a, n in enumerate(shape):
+        for i in sorted({0, n // 2, n - 1}):
+            keys.append((slice(None),) * a + (i,))
+            keys.append((slice(None),) * a + (slice(i, i + 1),))
+        keys.append((slice(None),) * a + (-1,))
+    for _ in range(6):
+        box = []
+        for n in shape:
+            lo = int(rng.integers(0, n))
+            hi = int(rng.integers(lo + 1, n + 1))
+            box.append(slice(lo, hi, int(rng.choice([1, 1, 2, 3]))))
+        keys.append(tuple(box))
+    keys.append(tuple(slice(None, None, -1) for _ in range(nd)))
+    keys.append(tuple(int(rng.integers(0, n)) for n in shape))
+    return keys
+
+
+LAYOUTS = [
+    # shape, chunks, blocks: edge chunks and edge blocks on every axis
+    ((37, 41, 23), (16, 20, 23), (5, 7, 8)),
+    ((40, 48, 56), (20, 24, 28), (5, 8, 7)),
+    ((9, 130), (4, 64), (4, 16)),
+    ((5, 6, 7, 8), (2, 6, 4, 8), (1, 3, 4, 8)),
+    ((1, 64, 64), (1, 32, 64), (1, 8, 64)),
+]
+DTYPES = ["bool", "uint8", "int16", "uint16", "int32", "float32", "float64", "int64", "complex64"]
+
+
+@pytest.mark.parametrize(("shape", "chunks", "blocks"), LAYOUTS)
+def test_every_dtype_and_key_matches_mlarray(tmp_path, shape, chunks, blocks):
+    _lib_or_skip()
+    rng = np.random.default_rng(len(shape) * 7 + shape[0])
+    for k, dtype in enumerate(DTYPES):
+        data = _values(shape, dtype, seed=k)
+        p = tmp_path / f"{dtype}.mla"
+        save_mla(p, data, Meta(), patch_size=None, chunk_size=chunks, block_size=blocks)
+        opened = _cstore.open_cstore(p, nthreads=1 + k % 2)
+        assert opened is not None
+        store, meta = opened
+        ref = MLArray.open(p)
+        assert store.shape == tuple(ref.shape) and store.dtype == ref.dtype
+        assert meta.to_mapping() == ref.meta.to_mapping()
+        cache = ChunkCache()
+        for key in _keys(shape, rng):
+            got = _cstore.read(store, key, cache)
+            want = ref[key]
+            assert got.dtype == want.dtype and got.shape == want.shape, (dtype, key)
+            np.testing.assert_array_equal(got, want, err_msg=f"{dtype} {key}")
+            np.testing.assert_array_equal(got, data[key])
+        np.testing.assert_array_equal(_cstore.read(store, ..., None), data)
+
+
+def test_special_chunks_zeros_and_nans(tmp_path):
+    _lib_or_skip()
+    p = tmp_path / "special.mla"
+    z = blosc2.zeros((40, 30, 20), dtype=np.float32, chunks=(10, 30, 20), blocks=(5, 6, 20))
+    z[10:20] = 1.5  # chunk 1 holds data, the others stay special (zero) chunks
+    z.save(str(p))
+    n = tmp_path / "nans.mla"
+    nans = blosc2.nans((20, 30), dtype=np.float64, chunks=(10, 30), blocks=(5, 30))
+    nans[0:10] = 2.0
+    nans.save(str(n))
+    for path in (p, n):
+        store, _ = _cstore.open_cstore(path)
+        info = inspect_frame(path.read_bytes())
+        assert (info.chunk_pos < 0).any()  # the file really has special chunks
+        ref = MLArray.open(path)
+        cache = ChunkCache()
+        for key in _keys(store.shape, np.random.default_rng(3)):
+            np.testing.assert_array_equal(_cstore.read(store, key, cache), ref[key])
+
+
+def test_reference_fixtures_read_the_same(tmp_path):
+    _lib_or_skip()
+    for name in fixture_names():
+        p = FIXTURES / f"{name}.mla"
+        ref = MLArray.open(p)
+        opened = _cstore.open_cstore(p)
+        assert opened is not None
+        store, meta = opened
+        assert meta.to_mapping() == ref.meta.to_mapping()
+        if ref.shape is None:  # metadata-only file: an empty frame
+            assert 0 in store.shape or store.shape == (0,)
+            continue
+        cache = ChunkCache()
+        for key in _keys(store.shape, np.random.default_rng(5)):
+            np.testing.assert_array_equal(_cstore.read(store, key, cache), ref[key])
+
+
+def test_threads_share_the_store(tmp_path):
+    _lib_or_skip()
+    data = _values((48, 64, 40), np.int16, seed=4)
+    p = tmp_path / "threads.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(16, 32, 40), block_size=(4, 8, 10))
+    store, _ = _cstore.open_cstore(p, nthreads=2)
+    cache = ChunkCache(64 * 1024)  # small: layers are evicted and decoded again
+    errors = []
+
+    def scroll(axis: int) -> None:
+        try:
+            for _ in range(3):
+                for i in range(data.shape[axis]):
+                    key = (slice(None),) * axis + (i,)
+                    np.testing.assert_array_equal(_cstore.read(store, key, cache), data[key])
+        except Exception as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scroll, args=(a,)) for a in (0, 1, 2, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_in_memory_chunks_decompress_as_blosc2_does():
+    _lib_or_skip()
+    raw = np.arange(10_000, dtype=np.int32).tobytes()
+    for codec in (blosc2.Codec.LZ4, blosc2.Codec.ZSTD, blosc2.Codec.BLOSCLZ, blosc2.Codec.ZLIB):
+        chunk = blosc2.compress2(raw, typesize=4, codec=codec)
+        assert decompress_chunk_bytes(chunk) == blosc2.decompress(chunk) == raw
+    lib = _clib.get()
+    with pytest.raises(ValueError):
+        lib.decompress_bytes(chunk[:20])
+
+
+def _damaged(tmp_path, verify: bool = True):
+    data = _values((30, 40, 50), np.int16, seed=7)
+    p = tmp_path / "damaged.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    bad = int(np.flatnonzero(info.chunk_pos >= 0)[-1])  # the last chunk: (2, 1, 1)
+    buf[int(info.chunk_pos[bad]) + 40] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    return p, data, bad
+
+
+def test_a_damaged_chunk_raises_ours_naming_the_file(tmp_path):
+    _lib_or_skip()
+    p, data, bad = _damaged(tmp_path)
+    store, _ = _cstore.open_cstore(p)
+    cache = ChunkCache()
+    # chunks the damage is not in still read
+    np.testing.assert_array_equal(_cstore.read(store, (0,), cache), data[0])
+    for key in ((29,), (slice(None), 39), (...,), (slice(25, 30), slice(30, 40), slice(40, 50))):
+        with pytest.raises(CorruptChunkError, match=rf"damaged\.mla.*chunk {bad} ") as err:
+            _cstore.read(store, key, cache)
+        assert err.value.chunk == bad
+
+
+def test_an_undecodable_chunk_raises_ours_without_checksums(tmp_path):
+    # A file from another tool (no checksums): c-blosc2 refuses the chunk, we name it.
+    _lib_or_skip()
+    p = tmp_path / "plain.mla"
+    ref = _values((20, 30, 40), np.int32, seed=2)
+    blosc2.asarray(
+        ref,
+        urlpath=str(p),
+        mode="w",
+        chunks=(10, 30, 40),
+        blocks=(5, 10, 40),
+        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
+    )
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    pos, cb = int(info.chunk_pos[1]), int(info.chunk_cbytes[1])
+    buf[pos + 40 : pos + cb] = bytes(cb - 40)  # the block offsets and data zeroed
+    p.write_bytes(bytes(buf))
+    store, _ = _cstore.open_cstore(p, nthreads=2)
+    np.testing.assert_array_equal(_cstore.read(store, (3,), ChunkCache()), ref[3])
+    for key in ((15,), (slice(None), 3), (...,)):
+        with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress"):
+            _cstore.read(store, key, ChunkCache())
+
+
+def test_a_forged_frame_is_refused_before_c_sees_it(tmp_path):
+    _lib_or_skip()
+    data = _values((20, 30), np.uint8)
+    p = tmp_path / "forged.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 30), block_size=(5, 30))
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    pos = int(info.chunk_pos[0])
+    buf[pos + 12 : pos + 16] = (10**8).to_bytes(4, "little")  # a chunk claims 100 MB
+    p.write_bytes(bytes(buf))
+    with pytest.raises(MLArrayFormatError, match=r"forged\.mla"):
+        _cstore.open_cstore(p)
+    q = tmp_path / "notaframe.mla"
+    q.write_bytes(b"\x00" * 200)
+    with pytest.raises(MLArrayFormatError, match=r"notaframe\.mla"):
+        _cstore.open_cstore(q)
+
+
+def test_keys_it_does_not_serve_and_bad_indices(tmp_path):
+    _lib_or_skip()
+    data = _values((10, 12), np.int16)
+    p = tmp_path / "keys.mla"
+    save_mla(p, data, Meta())
+    store, _ = _cstore.open_cstore(p)
+    for key in ((None,), (np.array([1, 2]),), (data > 0,), (slice(None), [0, 1])):
+        assert _cstore.read(store, key, ChunkCache()) is None  # MLArray reads those
+    with pytest.raises(IndexingError, match=r"keys\.mla"):
+        _cstore.read(store, (10,), ChunkCache())
+
+
+def test_unusable_library_means_no_cstore(tmp_path, monkeypatch):
+    data = _values((10, 12), np.int16)
+    p = tmp_path / "fallback.mla"
+    save_mla(p, data, Meta())
+    monkeypatch.setattr(_clib, "_package_dir", lambda: None)
+    _clib.reset()
+    try:
+        assert _clib.get() is None
+        assert _cstore.open_cstore(p) is None
+        # metadata still decodes (through python-blosc2 then)
+        assert MLArray.open(p).meta.to_mapping()["spatial"]["shape"] == [10, 12]
+    finally:
+        monkeypatch.undo()
+        _clib.reset()
+    assert _clib.get() is not None
+    monkeypatch.setattr(_clib, "BOUND_VERSIONS", ("0.1.",))  # another c-blosc2 version
+    _clib.reset()
+    try:
+        assert _clib.get() is None
+    finally:
+        monkeypatch.undo()
+        _clib.reset()
+
+
+def test_an_interrupted_write_is_left_to_the_full_open(tmp_path):
+    from mlarray.io import journal_path
+
+    data = _values((10, 12), np.int16)
+    p = tmp_path / "journaled.mla"
+    save_mla(p, data, Meta())
+    journal_path(p).write_bytes(b"")  # an (empty) journal: MLArray.open recovers it
+    assert _cstore.open_cstore(p) is None
+    np.testing.assert_array_equal(MLArray.open(p)[...], data)
+    assert not journal_path(p).exists()
+
+
+def _run(code: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_mlarray_and_planes_without_blosc2(tmp_path):
+    _lib_or_skip()
+    data = _values((30, 40, 50), np.int16, seed=9)
+    p = tmp_path / "fresh.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    code = f"""
+import json, sys
+import numpy as np
+import mlarray
+after_import = "blosc2" in sys.modules
+from mlarray import _cstore
+from mlarray._read import ChunkCache
+store, meta = _cstore.open_cstore({str(p)!r})
+plane = _cstore.read(store, (slice(None), 17), ChunkCache())
+whole = _cstore.read(store, ..., None)
+out = {{"after_import": after_import, "after_read": "blosc2" in sys.modules,
+        "plane": plane.tolist(), "sum": int(whole.astype(np.int64).sum())}}
+from mlarray import MLArray, MLARRAY_DEFAULT_PATCH_SIZE
+out["after_mlarray"] = "blosc2" in sys.modules
+out["patch"] = MLARRAY_DEFAULT_PATCH_SIZE
+print(json.dumps(out))
+"""
+    out = _run(code)
+    assert out["after_import"] is False and out["after_read"] is False
+    assert out["after_mlarray"] is True  # the array class needs python-blosc2
+    np.testing.assert_array_equal(np.array(out["plane"], np.int16), MLArray.open(p)[:, 17])
+    assert out["sum"] == int(data.astype(np.int64).sum())
+    assert out["patch"] == 192
+
+
+def test_public_names_resolve_as_before():
+    import mlarray
+    import mlarray.errors
+    import mlarray.layout
+    import mlarray.meta
+    import mlarray.mlarray
+
+    for name in mlarray.__all__:
+        value = getattr(mlarray, name)
+        for module in (mlarray.errors, mlarray.meta, mlarray.mlarray):
+            if hasattr(module, name):
+                assert getattr(module, name) is value, name
+    assert mlarray.MLARRAY_DEFAULT_PATCH_SIZE == mlarray.layout.DEFAULT_PATCH_SIZE
+    assert set(mlarray.__all__) <= set(dir(mlarray))
+    assert mlarray.io.save_mla is save_mla  # submodules as attributes, as before
+    with pytest.raises(AttributeError):
+        mlarray.no_such_name  # noqa: B018
