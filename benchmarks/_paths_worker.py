@@ -35,46 +35,6 @@ from _worker import (
 # ----------------------------------------------------------------------------- floors
 
 
-def _libblosc2() -> Any:
-    """The C library the blosc2 wheel ships (``blosc2/lib/libblosc2.so*``) through ctypes,
-    or None: the C-speed floors need it, nothing else does."""
-    import ctypes
-
-    libdir = Path(blosc2.__file__).parent / "lib"
-    for name in ("libblosc2.so", "libblosc2.so.9", "libblosc2.dylib"):
-        if (libdir / name).exists():
-            try:
-                lib = ctypes.CDLL(str(libdir / name))
-            except OSError:
-                continue
-            break
-    else:
-        return None
-
-    class DParams(ctypes.Structure):
-        _fields_ = [
-            ("nthreads", ctypes.c_int16),
-            ("schunk", ctypes.c_void_p),
-            ("postfilter", ctypes.c_void_p),
-            ("postparams", ctypes.c_void_p),
-            ("typesize", ctypes.c_int32),
-        ]
-
-    lib.blosc2_init()
-    lib.blosc2_create_dctx.restype = ctypes.c_void_p
-    lib.blosc2_create_dctx.argtypes = [DParams]
-    lib.blosc2_set_maskout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.blosc2_decompress_ctx.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int32,
-        ctypes.c_void_p,
-        ctypes.c_int32,
-    ]
-    lib.DParams = DParams
-    return lib
-
-
 class CBlocks:
     """Decode only the blocks a box touches, at C speed: per touched chunk one
     ``blosc2_set_maskout`` (the untouched blocks skipped) and one ``blosc2_decompress_ctx``
@@ -85,16 +45,16 @@ class CBlocks:
     def __init__(self, path: str) -> None:
         import mmap
 
+        from mlarray import _clib
         from mlarray.frame import inspect_frame
 
-        self.lib = _libblosc2()
+        self.lib = _clib.get()  # the library's own binding of the wheel's libblosc2
         if self.lib is None:
             raise RuntimeError("libblosc2 is not shipped with this blosc2")
         with open(path, "rb") as f:
             self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         info = inspect_frame(self.buf, path)
         self.base = np.frombuffer(self.buf, dtype=np.uint8).ctypes.data
-        self.ctx = self.lib.blosc2_create_dctx(self.lib.DParams(1, None, None, None, info.typesize))
         self.shape, self.ch, self.bl = (np.array(x) for x in (info.shape, info.chunks, info.blocks))
         self.grid = tuple(info.grid)
         self.bpc = tuple(int(n) for n in -(-self.ch // self.bl))
@@ -120,10 +80,14 @@ class CBlocks:
         return out
 
     def run(self, plan: list[tuple[np.ndarray, int, int]]) -> None:
-        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        masked, dst, nb, nblocks = (
+            self.lib.decompress_masked,
+            self.scratch.ctypes.data,
+            self.chunk_nbytes,
+            self.nblocks,
+        )
         for mask, src, cbytes in plan:
-            lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
-            if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
+            if masked(mask.ctypes.data, nblocks, src, cbytes, dst, nb) < 0:
                 raise RuntimeError("decompression failed")
 
     def plan_place(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[Any, ...]]:
@@ -198,15 +162,19 @@ class CBlocks:
     def run_place(self, plan: list[tuple[Any, ...]], shape: tuple[int, ...]) -> np.ndarray:
         """Decode the touched blocks (as :meth:`run`) and copy them into place in a new
         C-order array of ``shape`` (the box), with the copies :meth:`plan_place` listed."""
-        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        masked, dst, nb, nblocks = (
+            self.lib.decompress_masked,
+            self.scratch.ctypes.data,
+            self.chunk_nbytes,
+            self.nblocks,
+        )
         out = np.empty(shape, dtype=self.scratch.dtype)
         for mask, src, cbytes, copies, fill in plan:
             if mask is None:
                 if fill is not None:
                     out[copies] = fill
                 continue
-            lib.blosc2_set_maskout(ctx, mask.ctypes.data, self.nblocks)
-            if lib.blosc2_decompress_ctx(ctx, src, cbytes, dst, nb) < 0:
+            if masked(mask.ctypes.data, nblocks, src, cbytes, dst, nb) < 0:
                 raise RuntimeError("decompression failed")
             for sl, sh, rows, view in copies:
                 out[sl].reshape(sh).view(rows)[...] = view
@@ -215,7 +183,7 @@ class CBlocks:
     def decode_rate(self, reps: int = 3) -> float:
         """Decoded bytes per second of whole chunks (best of ``reps`` passes over all the
         stored chunks; chunks stored as a special value have no bytes to decode)."""
-        lib, ctx, dst, nb = self.lib, self.ctx, self.scratch.ctypes.data, self.chunk_nbytes
+        decompress, dst, nb = self.lib.decompress, self.scratch.ctypes.data, self.chunk_nbytes
         best = float("inf")
         for _ in range(reps):
             s = time.perf_counter()
@@ -223,7 +191,7 @@ class CBlocks:
                 if self.pos[n] < 0:
                     continue
                 src = self.base + int(self.pos[n])
-                lib.blosc2_decompress_ctx(ctx, src, int(self.cb[n]), dst, nb)
+                decompress(src, int(self.cb[n]), dst, nb)
             best = min(best, time.perf_counter() - s)
         return int((np.asarray(self.pos) >= 0).sum()) * self.chunk_nbytes / best
 

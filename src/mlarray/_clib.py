@@ -84,6 +84,17 @@ class CLib:
         ``dstsize`` bytes at address ``dst``; the decompressed size, negative on error."""
         return self._lib.blosc2_decompress_ctx(self._ctx(), src, srcsize, dst, dstsize)
 
+    def decompress_masked(
+        self, mask: int, nblocks: int, src: Any, srcsize: int, dst: int, dstsize: int
+    ) -> int:
+        """As :meth:`decompress`, skipping the blocks whose entry in the ``nblocks`` bools at
+        address ``mask`` is true (``blosc2_set_maskout``: for this one call); the bytes
+        decompressed, negative on error."""
+        ctx = self._ctx()
+        if self._lib.blosc2_set_maskout(ctx, mask, nblocks) < 0:
+            return -1
+        return self._lib.blosc2_decompress_ctx(ctx, src, srcsize, dst, dstsize)
+
     def getitem(
         self, src: Any, srcsize: int, start: int, nitems: int, dst: int, dstsize: int
     ) -> int:
@@ -151,6 +162,8 @@ def _load() -> CLib | None:
                 ctypes.c_void_p,
                 ctypes.c_int32,
             ]
+            lib.blosc2_set_maskout.restype = ctypes.c_int
+            lib.blosc2_set_maskout.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
             lib.blosc2_getitem_ctx.restype = ctypes.c_int
             lib.blosc2_getitem_ctx.argtypes = [
                 ctypes.c_void_p,
