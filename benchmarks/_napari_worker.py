@@ -1,7 +1,9 @@
 """One napari measurement in a fresh process (run under xvfb-run by bench_napari.py).
 
 ``python _napari_worker.py KIND PATH OUT.json [LO HI]``: KIND ``mla`` opens PATH like a
-drag-and-drop (``viewer.open(path, plugin=None)``: our reader); ``npy`` adds
+drag-and-drop (``viewer.open(path, plugin=None)``: our reader); ``mla-direct`` calls our
+reader function itself and adds its layers with ``viewer.add_<layer type>`` (what
+``viewer.open`` does after its progress bar and npe2's reader lookup); ``npy`` adds
 ``np.load(PATH, mmap_mode="r")`` by hand with the given contrast limits (the fastest
 thing a user can do without a reader). Times: open -> first frame (the first canvas
 screenshot), 32 slider steps along the first axis (each: set the step, process events),
@@ -31,11 +33,16 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     if kind == "mla":
         layers = viewer.open(path, plugin=None)
+    elif kind == "mla-direct":
+        from napari_mlarray._reader import read_mla
+
+        layers = [getattr(viewer, f"add_{t}")(data, **kw) for data, kw, t in read_mla(path)]
     else:
         lo, hi = float(argv[4]), float(argv[5])
         layers = [viewer.add_image(np.load(path, mmap_mode="r"), contrast_limits=(lo, hi))]
     shot = viewer.screenshot(canvas_only=True, flash=False)
     first_frame = time.perf_counter() - t0
+    blosc2_first = "blosc2" in sys.modules  # did anything import python-blosc2 so far?
 
     nz = layers[0].data.shape[0]
     start = max(0, nz // 2 - 16)
@@ -59,6 +66,8 @@ def main(argv: list[str]) -> int:
         "steps": steps,
         "frame_after_scroll": after_scroll_frame,
         "first_3d": first_3d,
+        "blosc2_first_frame": blosc2_first,
+        "blosc2_3d": "blosc2" in sys.modules,
         "frame_not_blank": bool(np.asarray(shot)[..., :3].std() > 0),
         "frame3d_not_blank": bool(np.asarray(shot3)[..., :3].std() > 0),
     }
