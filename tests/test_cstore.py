@@ -311,7 +311,9 @@ from mlarray._read import ChunkCache
 store, meta = _cstore.open_cstore({str(p)!r})
 plane = _cstore.read(store, (slice(None), 17), ChunkCache())
 whole = _cstore.read(store, ..., None)
-out = {{"after_import": after_import, "after_read": "blosc2" in sys.modules,
+gui = sorted(m for m in sys.modules if m.split(".")[0] in ("qtpy", "PyQt5", "PyQt6", "PySide2",
+                                                          "PySide6", "napari", "vispy"))
+out = {{"after_import": after_import, "after_read": "blosc2" in sys.modules, "gui": gui,
         "plane": plane.tolist(), "sum": int(whole.astype(np.int64).sum())}}
 from mlarray import MLArray, MLARRAY_DEFAULT_PATCH_SIZE
 out["after_mlarray"] = "blosc2" in sys.modules
@@ -320,6 +322,7 @@ print(json.dumps(out))
 """
     out = _run(code)
     assert out["after_import"] is False and out["after_read"] is False
+    assert out["gui"] == []  # no Qt, no napari
     assert out["after_mlarray"] is True  # the array class needs python-blosc2
     np.testing.assert_array_equal(np.array(out["plane"], np.int16), MLArray.open(p)[:, 17])
     assert out["sum"] == int(data.astype(np.int64).sum())
