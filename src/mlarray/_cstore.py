@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray import _clib, _prefetch, integrity
+from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
 from mlarray._sidefiles import journal_path
@@ -148,22 +148,25 @@ class CStore:
         return f"CStore({os.fspath(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+class _NotMappable(Exception):
+    """Internal: not a file this path maps (``MLArray.open`` reports what it is)."""
+
+
+def _mappable(p: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode) or st.st_size < len(FRAME_MAGIC):
+        raise _NotMappable(p)
+
+
 def _map(p: Path) -> tuple[Any, tuple] | None:
-    """A read-only mapping of the regular file ``p`` and its version, or None."""
+    """The shared read-only mapping of the regular file ``p`` (:mod:`mlarray._maps`, the
+    one ``MLArray.open`` uses too) and its version, or None."""
     try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        buf, version, replaced = _maps.map_file(p, _mappable)
+    except (OSError, ValueError, _NotMappable):
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < len(FRAME_MAGIC):
-            return None
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return buf, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if replaced is not None:
+        _prefetch.forget(replaced)
+    return buf, version
 
 
 def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Meta] | None:

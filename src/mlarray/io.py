@@ -48,7 +48,7 @@ from mlarray.errors import (
 )
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2, _meta_internal_write
-from mlarray.record import decode_record, encode_record, record_from_meta
+from mlarray.record import encode_record, record_from_meta
 from mlarray.record import meta_of_frame as _meta_from_raw
 
 __all__ = [
