@@ -5,6 +5,7 @@ import on the way (checked in fresh processes)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -346,3 +347,43 @@ def test_public_names_resolve_as_before():
     assert mlarray.io.save_mla is save_mla  # submodules as attributes, as before
     with pytest.raises(AttributeError):
         mlarray.no_such_name  # noqa: B018
+
+
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_files_written_by_the_reference_read_the_same(tmp_path):
+    _lib_or_skip()
+    code = f"""
+import numpy as np
+from mlarray.mlarray import MLArray
+from mlarray.meta import Meta
+d = {str(tmp_path)!r}
+rng = np.random.default_rng(11)
+for dt in ("uint8", "int16", "float32", "float64", "int32"):
+    x = (rng.normal(0, 300, (37, 45, 29))).astype(dt)
+    MLArray(x, spacing=[1.0, 0.5, 2.0]).save(d + f"/{{dt}}.mla")
+    MLArray(x[:20], meta=Meta(is_seg=True)).save(d + f"/{{dt}}_seg.mla")
+    MLArray(x, patch_size=(16, 16, 16)).save(d + f"/{{dt}}_p16.mla")
+MLArray(rng.normal(size=(3, 33, 40)).astype("float32"), axis_labels=["channel", "spatial_z",
+        "spatial_y"]).save(d + "/chan.mla")
+"""
+    res = subprocess.run(
+        [REFERENCE_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = sorted(tmp_path.glob("*.mla"))
+    assert len(files) == 16
+    for p in files:
+        ref = MLArray.open(p)
+        store, meta = _cstore.open_cstore(p)
+        assert meta.to_mapping() == ref.meta.to_mapping(), p.name
+        cache = ChunkCache()
+        for key in _keys(store.shape, np.random.default_rng(len(p.name))):
+            got, want = _cstore.read(store, key, cache), ref[key]
+            assert got.dtype == want.dtype, p.name
+            np.testing.assert_array_equal(got, want, err_msg=f"{p.name} {key}")
