@@ -37,17 +37,13 @@ import numpy as np
 from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
-from mlarray._sidefiles import journal_path
+from mlarray._sidefiles import SUFFIX, journal_path
 from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
 from mlarray.frame import FRAME_MAGIC, FrameInfo, inspect_frame, read_vlmeta_bytes
 from mlarray.meta import Meta
-from mlarray.record import meta_of_frame
+from mlarray.record import VLMETA_KEY, meta_of_frame
 
 __all__ = ["CStore", "open_cstore", "read"]
-
-#: vlmeta key of the metadata record (as :data:`mlarray.io.VLMETA_KEY`).
-_RECORD_KEY = "mlarray"
-_SUFFIX = ".mla"
 
 
 class _CSchunk:
@@ -190,7 +186,7 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
         p = Path(os.fspath(path))
     except TypeError:
         return None
-    if p.suffix.lower() != _SUFFIX or journal_path(p).exists():
+    if p.suffix.lower() != SUFFIX or journal_path(p).exists():
         return None
     mapped = _map(p)
     if mapped is None:
@@ -201,7 +197,7 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
             p, "not an .mla file (it does not start with a Blosc2 frame header)"
         )
     info = inspect_frame(buf, p)  # before c-blosc2 sees the frame
-    meta = meta_of_frame(read_vlmeta_bytes(buf, info, _RECORD_KEY, p), info.shape, p)
+    meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
     with contextlib.suppress(OSError, ValueError, AttributeError):
         buf.madvise(mmap.MADV_DONTNEED)  # the pages the inspection touched (see open_store)
     store = CStore(p, buf, info, lib, nthreads)

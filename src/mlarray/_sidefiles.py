@@ -1,5 +1,5 @@
-"""Names of the files mlarray writes beside an ``.mla`` file: temporaries of a save and
-the undo journal of an in-place write (see :mod:`mlarray.io`).
+"""File names: the ``.mla`` suffix, and the files mlarray writes beside an ``.mla`` file
+(temporaries of a save, the undo journal of an in-place write; see :mod:`mlarray.io`).
 
 Kept apart from :mod:`mlarray.io` so that readers which do not import python-blosc2
 (:mod:`mlarray._cstore`) find the journal by the same rule.
@@ -12,8 +12,10 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["journal_path"]
+__all__ = ["SUFFIX", "journal_path"]
 
+#: Suffix of an ``.mla`` file (any case).
+SUFFIX = ".mla"
 _JOURNAL_SUFFIX = ".journal"
 
 

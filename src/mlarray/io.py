@@ -35,7 +35,7 @@ import numpy as np
 
 from mlarray import _direct, _fork, _maps, _prefetch, integrity
 from mlarray import frame as _frame
-from mlarray._sidefiles import _temp_prefix, journal_path
+from mlarray._sidefiles import SUFFIX, _temp_prefix, journal_path
 from mlarray.errors import (
     DiskFullError,
     InvalidModeError,
@@ -46,9 +46,10 @@ from mlarray.errors import (
     MLArrayFormatError,
     MLArrayIOError,
 )
+from mlarray.frame import FRAME_MAGIC
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2, _meta_internal_write
-from mlarray.record import encode_record, record_from_meta
+from mlarray.record import VLMETA_KEY, encode_record, record_from_meta
 from mlarray.record import meta_of_frame as _meta_from_raw
 
 __all__ = [
@@ -65,9 +66,6 @@ __all__ = [
     "write_in_place",
 ]
 
-FRAME_MAGIC = b"\x9e\xa8b2frame\x00"
-SUFFIX = ".mla"
-VLMETA_KEY = "mlarray"
 
 Progress = Callable[[int, int], Any]
 

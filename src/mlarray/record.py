@@ -27,6 +27,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_RECORD_DEPTH",
     "MAX_RECORD_NODES",
+    "VLMETA_KEY",
     "decode_record",
     "encode_record",
     "meta_from_record",
@@ -34,6 +35,8 @@ __all__ = [
     "record_from_meta",
 ]
 
+#: Name of the variable-length metalayer (``vlmeta``) entry holding the record.
+VLMETA_KEY = "mlarray"
 #: Cap on the decompressed size of a record (a 3 KB gzip can expand to GBs).
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 #: Cap on the nesting depth of a record.
