@@ -93,9 +93,9 @@ def _open(path: str):
     try:
         # planes and volumes through the C library, without importing python-blosc2
         # (it alone takes longer than the first frame); see napari_mlarray._source
-        source = open_source(path, nthreads)
-        if source is not None:
-            return source, source.meta
+        opened = open_source(path, nthreads)
+        if opened is not None:
+            return opened  # (None, meta) for a file without an array
         from mlarray import MLArray
 
         arr = MLArray.open(path, dparams={"nthreads": nthreads})
@@ -120,7 +120,7 @@ def _layers(path: str) -> list[tuple]:
     arr, record = _open(path)
     name = Path(path).stem
     layers, skip = [], ()
-    has_array = bool(record._has_array) and arr.shape is not None
+    has_array = bool(record._has_array) and arr is not None and arr.shape is not None
     ndim = arr.ndim if has_array else None
     if has_array:
         orient = orientation_for(record, ndim, name=name)

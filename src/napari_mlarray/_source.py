@@ -89,15 +89,16 @@ class FileSource:
         return getattr(self.full(), name)
 
 
-def open_source(path: str, nthreads: int) -> FileSource | None:
-    """``path`` opened for a viewer layer without python-blosc2, or None when
-    :func:`mlarray._cstore.open_cstore` cannot (the caller uses ``MLArray.open``)."""
+def open_source(path: str, nthreads: int) -> tuple[FileSource | None, Any] | None:
+    """``path`` opened for the reader without python-blosc2: ``(source, meta)``, with
+    ``source`` None for a file without an array (boxes only); None when
+    :func:`mlarray._cstore.open_cstore` cannot open it (the caller uses ``MLArray.open``)."""
     from mlarray import _cstore
 
     opened = _cstore.open_cstore(path, nthreads)
     if opened is None:
         return None
     store, meta = opened
-    if not meta._has_array.has_array:  # a boxes-only file: MLArray has no array for it
-        return None
-    return FileSource(path, store, meta, nthreads)
+    if not meta._has_array.has_array:
+        return None, meta
+    return FileSource(path, store, meta, nthreads), meta

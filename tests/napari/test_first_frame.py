@@ -86,6 +86,15 @@ print(json.dumps({{"blosc2": "blosc2" in sys.modules, "kind": kind,
                   "limits": list(kw["contrast_limits"])}}))
 """
     out = _run(code)
+    boxes = FIXTURES / "i_metadata_only_bboxes.mla"  # no array: one Shapes layer
+    only = _run(
+        "import json, sys\n"
+        "from napari_mlarray._reader import read_mla\n"
+        f"layers = read_mla({str(boxes)!r})\n"
+        'print(json.dumps({"blosc2": "blosc2" in sys.modules, '
+        '"kinds": [t for _, _, t in layers]}))'
+    )
+    assert only == {"blosc2": False, "kinds": ["shapes"]}
     assert out["blosc2"] is False and out["kind"] == "image"
     assert out["source"] == "FileSource"
     ref = LazyView(MLArray.open(path), perm=out["perm"])
