@@ -3,8 +3,10 @@
 Each measurement is a fresh ``python _napari_worker.py`` under ``xvfb-run -a`` (Xvfb +
 Mesa): our reader through drag-and-drop (``viewer.open(path, plugin=None)``), our reader
 called directly (its layers added with ``viewer.add_image``...: the same work without
-napari's own ``viewer.open`` machinery) and a ``.npy`` memory map added by hand with
-known contrast limits. Kinds alternate in rounds; medians over rounds.
+napari's own ``viewer.open`` machinery), the drag-and-drop with the C-library path
+switched off (``MLARRAY_CLIB=0``: python-blosc2 imported and an ``MLArray`` opened, as
+before that path existed) and a ``.npy`` memory map added by hand with known contrast
+limits. Kinds alternate in rounds; medians over rounds.
 
     python benchmarks/bench_napari.py             # 256x384x384 int16 CT, 3 rounds
     python benchmarks/bench_napari.py --rounds 7  # more rounds (a noisy machine)
@@ -14,6 +16,7 @@ known contrast limits. Kinds alternate in rounds; medians over rounds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,14 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = float(ct[shape[0] // 2].min()), float(ct[shape[0] // 2].max())
         print(f"- run: {size}, CT-like int16 {shape} ({ct.nbytes / 1e6:.0f} MB)\n")
         del ct
-        kinds = (("mla", mla), ("mla-direct", mla), ("npy", npy))
+        # mla-blosc2: the same drag-and-drop with the C-library path switched off
+        # (MLARRAY_CLIB=0): the reader opens an MLArray and imports python-blosc2
+        kinds = (("mla", mla), ("mla-direct", mla), ("mla-blosc2", mla), ("npy", npy))
         res: dict[str, list[dict]] = {kind: [] for kind, _ in kinds}
         for r in range(args.rounds or ROUNDS[size]):
             for kind, path in kinds:
                 out = d / f"{kind}{r}.json"
-                cmd = [xvfb, "-a", sys.executable, str(WORKER), kind, str(path), str(out)]
+                worker_kind = "mla" if kind == "mla-blosc2" else kind
+                cmd = [xvfb, "-a", sys.executable, str(WORKER), worker_kind, str(path), str(out)]
+                env = {**os.environ, "MLARRAY_CLIB": "0"} if kind == "mla-blosc2" else None
                 proc = subprocess.run(
-                    [*cmd, str(lo), str(hi)], capture_output=True, text=True, check=False
+                    [*cmd, str(lo), str(hi)], capture_output=True, text=True, check=False, env=env
                 )
                 if proc.returncode != 0 or not out.exists():
                     print(f"{kind} round {r} failed: {proc.stderr.strip()[-500:]}")
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         names = {
             "mla": "ours: viewer.open(path.mla, plugin=None)",
             "mla-direct": "ours: read_mla(path.mla), layers added with viewer.add_*",
+            "mla-blosc2": "ours, drag-and-drop, through python-blosc2 (MLARRAY_CLIB=0)",
             "npy": "npy memmap added by hand (contrast limits given)",
         }
         for kind, _ in kinds:
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.returncode == 0:
                 imports.append(float(r.stdout.strip()))
         blosc2_import = median(imports) if imports else None
-        ours = res["mla"] + res["mla-direct"]
+        ours = res["mla"] + res["mla-direct"]  # (mla-blosc2 imports it by design)
         imported_2d = any(x.get("blosc2_first_frame", True) for x in ours)
         imported_3d = any(x.get("blosc2_3d", True) for x in ours)
         if blosc2_import is not None:
