@@ -5,9 +5,9 @@ Image/labels layers: :mod:`napari_mlarray._mapping`; boxes (Shapes layers):
 
 Images stay lazy (a :class:`~napari_mlarray._lazy.LazyView` transpose of the
 memory-mapped file: a :class:`~napari_mlarray._source.FileSource`, which reads
-without importing python-blosc2, or an ``MLArray``). Label maps are read once into numpy, chunk by
-chunk, because napari paints only into writable numpy arrays; label maps
-compress well and are small next to the images they annotate.
+without importing python-blosc2, or an ``MLArray``). Label maps are read once
+into numpy, chunk by chunk, because napari paints only into writable numpy
+arrays; label maps compress well and are small next to the images they annotate.
 """
 
 from __future__ import annotations
