@@ -68,7 +68,8 @@ def _run(path: str, op: str) -> str:
 
             for data, _kw, _kind in read_mla(path):
                 if hasattr(data, "shape") and len(data.shape):
-                    np.asarray(data[(0,) * (len(data.shape) - 2)])
+                    np.asarray(data[(0,) * (len(data.shape) - 2)])  # a plane
+                    np.asarray(data)  # the volume (napari's 3D view)
         else:
             raise SystemExit(f"unknown op {op}")
     except MLArrayError as exc:

@@ -387,3 +387,32 @@ MLArray(rng.normal(size=(3, 33, 40)).astype("float32"), axis_labels=["channel", 
             got, want = _cstore.read(store, key, cache), ref[key]
             assert got.dtype == want.dtype, p.name
             np.testing.assert_array_equal(got, want, err_msg=f"{p.name} {key}")
+
+
+def test_damaged_chunk_bytes_through_the_reader(tmp_path):
+    """Bit flips in chunk data, read by the napari reader (the C path) in a capped child:
+    every one is caught by the checksums; with verification off, c-blosc2 sees the
+    damaged bytes and the child neither crashes nor raises anything but our errors."""
+    _lib_or_skip()
+    from tests.test_reliability import good_file, run_hostile
+
+    p = tmp_path / "data.mla"
+    good_file(p)
+    buf = p.read_bytes()
+    info = inspect_frame(buf)
+    rng = np.random.default_rng(8)
+    regular = np.flatnonzero(info.chunk_pos >= 0)
+    cases = []
+    for n in range(24):
+        i = int(rng.choice(regular))
+        b = bytearray(buf)
+        for _ in range(1 + n % 3):
+            k = int(info.chunk_pos[i] + rng.integers(32, info.chunk_cbytes[i]))
+            b[k] ^= 1 << int(rng.integers(8))
+        q = tmp_path / f"bit{n}.mla"
+        q.write_bytes(bytes(b))
+        cases.append(q)
+    out = run_hostile(cases, ops="reader")
+    assert all(v == ["CorruptChunkError"] for v in out.values()), out
+    unverified = run_hostile(cases, ops="reader", env={"MLARRAY_VERIFY": "0"})
+    assert all(v[0] in ("ok", "CorruptChunkError") for v in unverified.values()), unverified
