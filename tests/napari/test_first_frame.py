@@ -86,15 +86,24 @@ print(json.dumps({{"blosc2": "blosc2" in sys.modules, "kind": kind,
                   "limits": list(kw["contrast_limits"])}}))
 """
     out = _run(code)
-    boxes = FIXTURES / "i_metadata_only_bboxes.mla"  # no array: one Shapes layer
-    only = _run(
+    # the reference's files: an image, a label map with boxes, boxes without an array
+    names = fixture_names()
+    fixtures = _run(
         "import json, sys\n"
+        "import numpy as np\n"
         "from napari_mlarray._reader import read_mla\n"
-        f"layers = read_mla({str(boxes)!r})\n"
-        'print(json.dumps({"blosc2": "blosc2" in sys.modules, '
-        '"kinds": [t for _, _, t in layers]}))'
+        "kinds = {}\n"
+        f"for name in {names!r}:\n"
+        f"    layers = read_mla({str(FIXTURES)!r} + '/' + name + '.mla')\n"
+        "    kinds[name] = [t for _, _, t in layers]\n"
+        "    for data, _, t in layers:\n"
+        "        if t != 'shapes':\n"
+        "            np.asarray(data[data.shape[0] // 2])\n"
+        'print(json.dumps({"blosc2": "blosc2" in sys.modules, "kinds": kinds}))'
     )
-    assert only == {"blosc2": False, "kinds": ["shapes"]}
+    assert fixtures["blosc2"] is False
+    assert fixtures["kinds"]["i_metadata_only_bboxes"] == ["shapes"]
+    assert fixtures["kinds"]["d_seg_uint8_bboxes"] == ["labels", "shapes"]
     assert out["blosc2"] is False and out["kind"] == "image"
     assert out["source"] == "FileSource"
     ref = LazyView(MLArray.open(path), perm=out["perm"])
