@@ -123,9 +123,17 @@ class CStore:
     :mod:`mlarray._clib`; see the module docstring."""
 
     def __init__(
-        self, path: Path, buf: Any, info: FrameInfo, lib: _clib.CLib, nthreads: int = 1
+        self,
+        path: Path,
+        buf: Any,
+        info: FrameInfo,
+        lib: _clib.CLib,
+        nthreads: int = 1,
+        version: tuple | None = None,
     ) -> None:
         self.path = path
+        #: the file version (device, inode, size, mtime, ctime) this store decodes
+        self.version = version
         self.info = info
         self.shape = tuple(int(n) for n in info.shape)
         self.ndim = len(self.shape)
@@ -200,7 +208,7 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
     meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
     with contextlib.suppress(OSError, ValueError, AttributeError):
         buf.madvise(mmap.MADV_DONTNEED)  # the pages the inspection touched (see open_store)
-    store = CStore(p, buf, info, lib, nthreads)
+    store = CStore(p, buf, info, lib, nthreads, version)
     integrity.attach(store, p, buf, info, version)
     _prefetch.attach(store, _prefetch.for_frame(buf, info, version))
     return store, meta

@@ -13,6 +13,7 @@ file as an ``MLArray`` (:meth:`FileSource.full`), once, and hands it over.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -63,9 +64,17 @@ class FileSource:
         """The file opened as an :class:`mlarray.MLArray` (imports python-blosc2 once)."""
         with self._lock:
             if self._full is None:
-                from mlarray import MLArray
+                from mlarray import MLArray, _maps
                 from mlarray.errors import MLArrayFormatError
 
+                try:
+                    now = _maps.version_of(os.stat(self.path))
+                except OSError:
+                    now = None
+                if now != self._cstore.version:  # MLArray.open would show other data
+                    raise MLArrayFormatError(
+                        self.path, "changed on disk since it was opened in the viewer; reopen it"
+                    )
                 arr = MLArray.open(self.path, dparams={"nthreads": self._nthreads})
                 if tuple(arr.shape) != self.shape or np.dtype(arr.dtype) != self.dtype:
                     raise MLArrayFormatError(self.path, "the file changed since it was opened")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlarray import MLArray, _clib
-from mlarray.errors import CorruptChunkError
+from mlarray.errors import CorruptChunkError, MLArrayFormatError
 from mlarray.frame import inspect_frame
 from mlarray.io import save_mla
 from mlarray.meta import Meta
@@ -246,3 +246,16 @@ def test_file_source_hands_over_to_mlarray(tmp_path):
     np.testing.assert_array_equal(MLArray.open(out)[...], data)
     with pytest.raises(AttributeError):
         src.no_such_attribute  # noqa: B018
+
+
+def test_file_source_refuses_a_file_changed_on_disk(tmp_path):
+    path, data = _oblique(tmp_path)
+    ((view, _, _),) = read_mla(str(path))
+    src = view.source
+    np.testing.assert_array_equal(np.asarray(view), LazyView(data, perm=view.perm)[...])
+    save_mla(path, data[::-1].copy(), Meta())  # replaced: same shape, other data
+    # planes still come from the version the viewer opened...
+    np.testing.assert_array_equal(np.asarray(view), LazyView(data, perm=view.perm)[...])
+    # ...and nothing silently switches to the new one
+    with pytest.raises(MLArrayFormatError, match=r"ct\.mla: changed on disk"):
+        src.affine  # noqa: B018
