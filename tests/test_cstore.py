@@ -214,13 +214,17 @@ def test_an_undecodable_chunk_raises_ours_without_checksums(tmp_path):
     buf = bytearray(p.read_bytes())
     info = inspect_frame(bytes(buf))
     pos, cb = int(info.chunk_pos[1]), int(info.chunk_cbytes[1])
-    buf[pos + 40 : pos + cb] = bytes(cb - 40)  # the block offsets and data zeroed
+    data_start = 32 + 4 * 2 * 3  # header, then the block starts (2 x 3 blocks) stay intact
+    # the compressed streams inverted (zeroed streams would read as zeros: a stream of
+    # size 0 is a run of zeros to c-blosc2; only checksums catch that)
+    buf[pos + data_start : pos + cb] = bytes(b ^ 0xFF for b in buf[pos + data_start : pos + cb])
     p.write_bytes(bytes(buf))
     store, _ = _cstore.open_cstore(p, nthreads=2)
     np.testing.assert_array_equal(_cstore.read(store, (3,), ChunkCache()), ref[3])
     for key in ((15,), (slice(None), 3), (...,)):
-        with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress"):
+        with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress") as err:
             _cstore.read(store, key, ChunkCache())
+        assert "chunk 1" in str(err.value)
 
 
 def test_a_forged_frame_is_refused_before_c_sees_it(tmp_path):

@@ -223,7 +223,7 @@ def test_a_damaged_chunk_raises_ours_through_the_reader(tmp_path):
     )
     buf = bytearray(seg.read_bytes())
     info = inspect_frame(bytes(buf))
-    buf[int(info.chunk_pos[0]) + 36] ^= 0xFF
+    buf[int(info.chunk_pos[0] + info.chunk_cbytes[0]) - 3] ^= 0xFF  # compressed data
     seg.write_bytes(bytes(buf))
     with pytest.raises(CorruptChunkError, match=r"damaged_seg\.mla"):
         read_mla(str(seg))  # label maps are read whole when opened
