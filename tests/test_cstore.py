@@ -420,3 +420,32 @@ def test_damaged_chunk_bytes_through_the_reader(tmp_path):
     assert all(v == ["CorruptChunkError"] for v in out.values()), out
     unverified = run_hostile(cases, ops="reader", env={"MLARRAY_VERIFY": "0"})
     assert all(v[0] in ("ok", "CorruptChunkError") for v in unverified.values()), unverified
+
+
+def test_a_damaged_block_start_is_refused_before_c_reads_it(tmp_path):
+    """A file without checksums whose chunk 1 has a block start pointing far outside the
+    chunk: c-blosc2 would read (and crash) there; the C path refuses that chunk only."""
+    _lib_or_skip()
+    from tests.test_reliability import run_hostile
+
+    p = tmp_path / "bstart.mla"
+    ref = _values((20, 30, 40), np.int32, seed=6)
+    blosc2.asarray(
+        ref,
+        urlpath=str(p),
+        mode="w",
+        chunks=(10, 30, 40),
+        blocks=(5, 10, 40),
+        cparams={"codec": blosc2.Codec.LZ4, "clevel": 5},
+    )
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    pos = int(info.chunk_pos[1])
+    buf[pos + 32 + 4 * 2 : pos + 32 + 4 * 3] = (2**31 - 16).to_bytes(4, "little")
+    p.write_bytes(bytes(buf))
+    assert run_hostile([p], ops="reader") == {str(p): ["CorruptChunkError"]}
+    store, _ = _cstore.open_cstore(p)
+    np.testing.assert_array_equal(_cstore.read(store, (3,), ChunkCache()), ref[3])
+    for key in ((15,), (slice(None), 3), (...,)):
+        with pytest.raises(CorruptChunkError, match=r"bstart\.mla.*chunk 1 is damaged"):
+            _cstore.read(store, key, ChunkCache())

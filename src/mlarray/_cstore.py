@@ -14,7 +14,9 @@ paths use (``shape``, ``dtype``, ``chunks``, ``blocks``, ``ext_chunks`` and a
 and :mod:`mlarray._fullread` (whole volumes) serve it unchanged; :func:`read` adds
 what :meth:`mlarray.MLArray.__getitem__` adds around them: cold-read prefetch,
 checksum verification of every chunk a read touches before any of it is decoded,
-and errors of mlarray's own types naming the file.
+and errors of mlarray's own types naming the file. Each chunk's block starts are
+checked (:func:`mlarray.frame.check_chunk_blocks`) before c-blosc2 first decodes it,
+also in files without checksums: c-blosc2 reads a block wherever its start says.
 
 :func:`open_cstore` returns None whenever this path is not sure to give what
 ``MLArray.open`` gives: no usable C library, a path that is not a plain readable
@@ -39,7 +41,13 @@ from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
 from mlarray._sidefiles import SUFFIX, journal_path
 from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
-from mlarray.frame import FRAME_MAGIC, FrameInfo, inspect_frame, read_vlmeta_bytes
+from mlarray.frame import (
+    FRAME_MAGIC,
+    FrameInfo,
+    check_chunk_blocks,
+    inspect_frame,
+    read_vlmeta_bytes,
+)
 from mlarray.meta import Meta
 from mlarray.record import VLMETA_KEY, meta_of_frame
 
@@ -63,6 +71,21 @@ class _CSchunk:
         self._pos = info.chunk_pos.tolist()
         self._cbytes = info.chunk_cbytes.tolist()
         self._raw = info.raw_offsets.tolist()
+        self._frame: np.ndarray | None = None  # set by CStore: the mapped file's bytes
+        self._checked = bytearray(self.nchunks)  # chunks whose block starts were checked
+
+    def _src(self, n: int) -> int:
+        """The address of regular chunk ``n``, after checking (once) what c-blosc2 trusts
+        in it: its block starts (a damaged one makes it read outside the chunk)."""
+        pos = self._pos[n]
+        if not self._checked[n]:
+            chunk = self._frame[pos : pos + self._cbytes[n]]
+            try:
+                check_chunk_blocks(chunk, f"chunk {n}", self.chunksize)
+            except Exception as exc:  # frame._Bad: a damaged chunk
+                raise RuntimeError(f"chunk {n} is damaged: {exc}") from None
+            self._checked[n] = 1
+        return self._base + pos
 
     def _special(self, n: int, out: np.ndarray) -> None:
         """Fill ``out`` as the special-value chunk ``n`` (no bytes stored) decodes."""
@@ -83,9 +106,7 @@ class _CSchunk:
         if pos < 0:
             self._special(n, dst)
             return
-        got = self._lib.decompress(
-            self._base + pos, self._cbytes[n], dst.ctypes.data, self.chunksize
-        )
+        got = self._lib.decompress(self._src(n), self._cbytes[n], dst.ctypes.data, self.chunksize)
         if got != self.chunksize:
             raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
 
@@ -110,7 +131,7 @@ class _CSchunk:
             else:
                 nbytes = k * self.typesize
                 got = self._lib.getitem(
-                    self._base + pos, self._cbytes[n], first, k, part.ctypes.data, nbytes
+                    self._src(n), self._cbytes[n], first, k, part.ctypes.data, nbytes
                 )
                 if got != nbytes:
                     raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
@@ -147,6 +168,7 @@ class CStore:
         # mapping from being closed while this store decodes from it
         self._frame = np.frombuffer(buf, dtype=np.uint8)
         self.schunk = _CSchunk(lib, self._frame.ctypes.data, info, nthreads)
+        self.schunk._frame = self._frame
 
     def __repr__(self) -> str:
         return f"CStore({os.fspath(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
