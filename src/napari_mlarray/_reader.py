@@ -92,7 +92,7 @@ def _open(path: str):
     nthreads = usable_cores()
     try:
         # planes and volumes through the C library, without importing python-blosc2
-        # (it alone takes longer than the first frame); see napari_mlarray._source
+        # (its import alone costs more than the reader's work); see napari_mlarray._source
         opened = open_source(path, nthreads)
         if opened is not None:
             return opened  # (None, meta) for a file without an array
