@@ -5,11 +5,11 @@ napari's first frame needs the file's metadata and the chunks under one plane;
 importing python-blosc2 alone takes several times as long as reading those.
 :class:`FileSource` reads through :mod:`mlarray._cstore` (the wheel's C library
 via ctypes, the chunks verified against their checksums first), which serves
-every basic key: planes
-from the block-layer cache while scrolling, sub-volumes and the whole volume for
-the 3D view. Only what needs more than reading (other kinds of keys, saving the
-layer, any attribute of :class:`mlarray.MLArray` this class does not have) opens the
-file as an ``MLArray`` (:meth:`FileSource.full`), once, and hands it over.
+every basic key: planes from the block-layer cache while scrolling, sub-volumes
+and the whole volume for the 3D view. Only what needs more than reading (other
+kinds of keys, saving the layer, any attribute of :class:`mlarray.MLArray` this
+class does not have) opens the file as an ``MLArray`` (:meth:`FileSource.full`),
+once, and hands it over.
 """
 
 from __future__ import annotations
