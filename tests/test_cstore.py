@@ -449,3 +449,33 @@ def test_a_damaged_block_start_is_refused_before_c_reads_it(tmp_path):
     for key in ((15,), (slice(None), 3), (...,)):
         with pytest.raises(CorruptChunkError, match=r"bstart\.mla.*chunk 1 is damaged"):
             _cstore.read(store, key, ChunkCache())
+
+
+def test_uninitialised_and_delta_files_are_left_to_mlarray(tmp_path):
+    """Files with chunks c-blosc2 leaves unwritten (``blosc2.uninit``) or decodes block
+    by block wrongly (DELTA filter) are not opened by the C path; the reader shows them
+    through MLArray's guarded reads, right."""
+    from napari_mlarray._reader import read_mla
+
+    u = tmp_path / "uninit.mla"
+    b = blosc2.uninit((20, 30, 40), dtype=np.int32, urlpath=str(u), mode="w", chunks=(10, 30, 40))
+    b[0:10] = 5
+    del b
+    d = tmp_path / "delta.mla"
+    data = (np.cumsum(np.random.default_rng(1).normal(size=(24, 20, 18)), axis=2) * 10).astype(
+        np.int16
+    )
+    cparams = {
+        "codec": blosc2.Codec.BLOSCLZ,
+        "filters": [blosc2.Filter.DELTA, blosc2.Filter.SHUFFLE],
+    }
+    blosc2.asarray(data, chunks=(8, 10, 18), blocks=(4, 5, 9), cparams=cparams).save(str(d))
+    want_u = np.zeros((20, 30, 40), np.int32)
+    want_u[0:10] = 5
+    for p, want in ((u, want_u), (d, data)):
+        assert _cstore.open_cstore(p) is None
+        ((view, _, _),) = read_mla(str(p))
+        assert type(view.source).__name__ == "MLArray"
+        np.testing.assert_array_equal(np.asarray(view), np.transpose(want, view.perm))
+        for i in (0, 5, 15):
+            np.testing.assert_array_equal(np.asarray(view[i]), np.transpose(want, view.perm)[i])

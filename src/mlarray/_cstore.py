@@ -21,8 +21,10 @@ also in files without checksums: c-blosc2 reads a block wherever its start says.
 
 :func:`open_cstore` returns None whenever this path is not sure to give what
 ``MLArray.open`` gives: no usable C library, a path that is not a plain readable
-file, an interrupted in-place write waiting to be rolled back (the journal). The
-caller then opens the file with :class:`mlarray.MLArray`.
+file, an interrupted in-place write waiting to be rolled back (the journal), a
+file with chunks marked uninitialised or DELTA-filtered (other tools' files, which
+``MLArray`` reads through :mod:`mlarray._direct`'s guarded path). The caller then
+opens the file with :class:`mlarray.MLArray`.
 """
 
 from __future__ import annotations
@@ -228,6 +230,10 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
             p, "not an .mla file (it does not start with a Blosc2 frame header)"
         )
     info = inspect_frame(buf, p)  # before c-blosc2 sees the frame
+    if info.uninit or info.delta:
+        # chunks c-blosc2 leaves unwritten or decodes block by block against the wrong
+        # reference: MLArray reads those files through its guarded path (mlarray._direct)
+        return None
     meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
     with contextlib.suppress(OSError, ValueError, AttributeError):
         buf.madvise(mmap.MADV_DONTNEED)  # the pages the inspection touched (see open_store)
