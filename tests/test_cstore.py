@@ -119,6 +119,29 @@ def test_special_chunks_zeros_and_nans(tmp_path):
             np.testing.assert_array_equal(_cstore.read(store, key, cache), ref[key])
 
 
+@pytest.mark.parametrize(
+    "cparams",
+    [
+        {"codec": blosc2.Codec.ZSTD, "filters": [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA]},
+        {"codec": blosc2.Codec.ZSTD, "filters": [blosc2.Filter.INT_TRUNC], "filters_meta": [2]},
+    ],
+    ids=["bytedelta", "int_trunc"],
+)
+def test_filters_registered_at_init_decode(tmp_path, cparams):
+    """Filters c-blosc2 keeps in a table filled by ``blosc2_init`` (BYTEDELTA,
+    INT_TRUNC): valid files using them read as through python-blosc2 (without the
+    init, their chunks failed to decode and the viewer called the file corrupt)."""
+    _lib_or_skip()
+    p = tmp_path / "filters.mla"
+    data = (np.arange(24 * 20 * 18) % 300).astype(np.int16).reshape(24, 20, 18)
+    blosc2.asarray(data, chunks=(8, 10, 18), blocks=(4, 5, 9), cparams=cparams).save(str(p))
+    store, _ = _cstore.open_cstore(p)
+    ref = MLArray.open(p)
+    cache = ChunkCache()
+    for key in _keys(store.shape, np.random.default_rng(4)):
+        np.testing.assert_array_equal(_cstore.read(store, key, cache), ref[key])
+
+
 def test_reference_fixtures_read_the_same(tmp_path):
     _lib_or_skip()
     for name in fixture_names():
@@ -351,6 +374,8 @@ def test_public_names_resolve_as_before():
     assert mlarray.io.save_mla is save_mla  # submodules as attributes, as before
     with pytest.raises(AttributeError):
         mlarray.no_such_name  # noqa: B018
+    # names that are no identifiers are no attributes (hasattr answers, never raises)
+    assert not hasattr(mlarray, "a.b") and not hasattr(mlarray, "io.save_mla")
 
 
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")

@@ -59,7 +59,11 @@ def __getattr__(name: str) -> Any:
         module, attr = _WHERE[name], name
     elif name in _RENAMED:
         module, attr = _RENAMED[name]
-    elif not name.startswith("_") and importlib.util.find_spec(f"mlarray.{name}") is not None:
+    elif (
+        name.isidentifier()
+        and not name.startswith("_")
+        and importlib.util.find_spec(f"mlarray.{name}") is not None
+    ):
         # a submodule (``mlarray.io``...): importing binds it here as an attribute
         return importlib.import_module(f"mlarray.{name}")
     else:

@@ -12,7 +12,8 @@ library, a c-blosc2 version whose ``blosc2_dparams`` layout was not checked agai
 this binding, a missing symbol); callers then use python-blosc2 as before.
 
 Every decompression goes through a context of one thread (``blosc2_*_ctx``
-functions, which need no ``blosc2_init`` and no global lock), one context per
+functions, which need no global lock; ``blosc2_init`` runs once when the library is
+loaded, for its table of filters), one context per
 Python thread: ctypes releases the GIL during each call, so Python threads decode
 in parallel (napari reads planes from several threads). The caller validates
 what it hands over (:func:`mlarray.frame.inspect_frame`, chunk checksums): these
@@ -150,6 +151,11 @@ def _load() -> CLib | None:
             version = lib.blosc2_get_version_string().decode("ascii", "replace")
             if not version.startswith(BOUND_VERSIONS):
                 return None
+            # Registers the filters c-blosc2 keeps in a table (BYTEDELTA, INT_TRUNC...):
+            # without it a valid chunk using one fails to decode (error -18).
+            lib.blosc2_init.restype = None
+            lib.blosc2_init.argtypes = []
+            lib.blosc2_init()
             lib.blosc2_create_dctx.restype = ctypes.c_void_p
             lib.blosc2_create_dctx.argtypes = [_DParams]
             lib.blosc2_free_ctx.restype = None
