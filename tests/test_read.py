@@ -618,9 +618,8 @@ def test_a_small_cache_keeps_layers_on_recycled_memory(tmp_path):
 def test_a_child_forked_while_a_cache_is_locked_reads_planes(tmp_path):
     """A one-thread handle's plane cache locked by another thread at fork time (a
     loader forking workers while its threads scroll) does not hang the child."""
-    import time
-
     from mlarray import MLArray
+    from tests._children import wait_status
 
     x = np.random.default_rng(4).integers(0, 500, (32, 48, 40)).astype(np.int16)
     p = tmp_path / "fork_cache.mla"
@@ -633,15 +632,7 @@ def test_a_child_forked_while_a_cache_is_locked_reads_planes(tmp_path):
         if pid == 0:  # pragma: no cover - the child
             ok = all(np.array_equal(a[i], x[i]) for i in range(0, 32, 5))
             os._exit(0 if ok else 3)
-    deadline, status = time.monotonic() + 60, None
-    while status is None and time.monotonic() < deadline:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        status = st if done else None
-        time.sleep(0.02)
-    if status is None:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    assert status == 0
+    assert wait_status(pid) == 0
 
 
 def test_cached_reads_with_negative_steps_are_c_contiguous(tmp_path):

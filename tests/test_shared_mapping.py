@@ -14,13 +14,13 @@ import gc
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from mlarray import Meta, MLArray
 from mlarray.errors import CorruptChunkError, MetaValidationError, ReadOnlyError
+from tests._children import wait_status
 
 
 def _fds() -> int:
@@ -218,13 +218,4 @@ def test_a_child_forked_while_the_mapping_cache_is_locked_can_open_files(tmp_pat
             ok = np.array_equal(MLArray.open(p)[2], x[2])
             ok = ok and np.array_equal(MLArray.open(q)[3], x[3] + 1)
             os._exit(0 if ok else 3)
-    deadline = time.monotonic() + 60
-    status = None
-    while status is None and time.monotonic() < deadline:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        status = st if done else None
-        time.sleep(0.02)
-    if status is None:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    assert status == 0
+    assert wait_status(pid) == 0
