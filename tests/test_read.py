@@ -647,3 +647,33 @@ def test_cached_reads_with_negative_steps_are_c_contiguous(tmp_path):
         got = a[key]
         np.testing.assert_array_equal(got, x[key])
         assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (np.array([0, 130]),),
+        (np.array([0, 130]), np.array([191, 3]), np.array([159, 0])),
+        (np.array([[0, -1], [64, 2]]), slice(None), np.array([[5, 150], [7, 7]])),
+        (slice(None, None, 40), np.array([1, 190, 1])),
+    ],
+    ids=range(4),
+)
+def test_scattered_points_read_their_chunks_only(tmp_path, key):
+    """A few far-apart indices (a[[0, -1]], corner voxels) read the chunks they fall in,
+    not their whole bounding box (the volume)."""
+    import tracemalloc
+
+    from mlarray import MLArray
+
+    x = np.random.default_rng(6).integers(0, 1000, (131, 192, 160)).astype(np.int16)
+    p = tmp_path / "points.mla"
+    MLArray(x, patch_size=(48, 48, 48)).save(p)
+    a = MLArray.open(p)
+    a[0, 0, 0]
+    tracemalloc.start()
+    got = a[key]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, x[key])
+    assert peak < 0.6 * x.nbytes, peak  # the bounding box (the volume) would be all of it

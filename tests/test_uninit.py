@@ -130,3 +130,69 @@ def test_delta_filtered_files_read_right_on_every_path(tmp_path, threads):
     out = tmp_path / "copy.mla"
     MLArray.open(p).save(out)
     np.testing.assert_array_equal(MLArray.open(out)[...], data)
+
+
+def _delta_data():
+    rng = np.random.default_rng(1)
+    return (np.cumsum(rng.normal(size=(24, 20, 18)), axis=2) * 10).astype(np.int16)
+
+
+def _delta_cparams():
+    import blosc2
+
+    return {"codec": blosc2.Codec.BLOSCLZ, "filters": [blosc2.Filter.DELTA, blosc2.Filter.SHUFFLE]}
+
+
+def test_arrays_mlarray_makes_with_delta_read_right(tmp_path):
+    """Arrays compressed here with the DELTA filter (in memory, created, recompressed)
+    are read by whole chunks too, not only files opened with it."""
+    data = _delta_data()
+    layout = {"patch_size": None, "chunk_size": (8, 10, 18), "block_size": (4, 5, 9)}
+    a = MLArray(data, cparams=_delta_cparams(), **layout)
+    c = MLArray.create(
+        tmp_path / "created.mla",
+        shape=data.shape,
+        dtype=data.dtype,
+        cparams=_delta_cparams(),
+        **layout,
+    )
+    c[...] = data
+    b = MLArray(data, **layout)
+    b.compress(cparams=_delta_cparams(), **layout)
+    for arr in (a, c, b):
+        np.testing.assert_array_equal(arr[12], data[12])
+        np.testing.assert_array_equal(arr[:, :, 17], data[:, :, 17])
+        arr.set_chunk_cache()
+        np.testing.assert_array_equal(arr[:, 3], data[:, 3])
+
+
+@pytest.mark.parametrize("how", ["load", "cow"])
+@pytest.mark.parametrize("kind", ["uninit", "delta"])
+def test_guarded_arrays_stay_guarded_when_pickled_forked_and_sent_to_dask(
+    uninit_file, tmp_path, how, kind
+):
+    import multiprocessing
+    import pickle
+
+    import blosc2
+
+    if kind == "uninit":
+        p, want = uninit_file
+    else:
+        want = _delta_data()
+        p = tmp_path / "delta.mla"
+        blosc2.asarray(want, chunks=(8, 10, 18), blocks=(4, 5, 9), cparams=_delta_cparams()).save(
+            str(p)
+        )
+    a = MLArray.load(p) if how == "load" else MLArray.open(p, mmap_mode="c")
+    b = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(b[...], want)
+    np.testing.assert_array_equal(b[12], want[12])
+    np.testing.assert_array_equal(a.to_dask().compute(scheduler="sync"), want)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_planes, (a,)).get(timeout=60)
+    np.testing.assert_array_equal(got, want[::5])
+
+
+def _planes(a):
+    return np.stack([a[i] for i in range(0, a.shape[0], 5)])

@@ -11,6 +11,7 @@ Blosc2 without that method, gives None and the caller uses Blosc2's own slicing.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import blosc2
@@ -22,6 +23,7 @@ __all__ = [
     "Box",
     "box_of",
     "guard",
+    "guard_like",
     "is_guarded",
     "read_box",
     "zero_uninit",
@@ -170,13 +172,48 @@ class _GuardedNDArray(blosc2.NDArray):
         return region[local]
 
 
-def guard(store: Any, info: Any) -> Any:
-    """Guard ``store`` (a Blosc2 array of the frame ``info`` describes) if its file has
-    uninitialised chunks or DELTA-filtered ones; returns ``store``."""
-    if (info.uninit or info.delta) and isinstance(store, blosc2.NDArray) and _GET_SLICE:
-        setattr(store, _GUARD_ATTR, _Guard(frozenset(info.uninit), info.delta, info.geometry()))
+def guard(store: Any, info: Any = None) -> Any:
+    """Guard ``store`` (a Blosc2 array) if it needs it; returns ``store``.
+
+    ``info`` (the :class:`~mlarray.frame.FrameInfo` of its frame, when it comes from
+    one) tells about uninitialised and DELTA-filtered chunks already stored; the
+    store's own compression parameters tell whether chunks it writes use DELTA.
+    """
+    if not isinstance(store, blosc2.NDArray) or _GET_SLICE is None:
+        return store
+    uninit = frozenset(info.uninit) if info is not None else frozenset()
+    whole = bool(info is not None and info.delta) or _writes_delta(store)
+    if uninit or whole:
+        geometry = info.geometry() if info is not None else _geometry_of(store)
+        setattr(store, _GUARD_ATTR, _Guard(uninit, whole, geometry))
         store.__class__ = _GuardedNDArray
     return store
+
+
+def guard_like(new: Any, old: Any) -> Any:
+    """Guard ``new`` (a copy of ``old``'s chunks: a rebuilt or unpickled array) as
+    ``old`` is; returns ``new``."""
+    found = getattr(old, _GUARD_ATTR, None)
+    if found is not None and isinstance(new, blosc2.NDArray):
+        setattr(new, _GUARD_ATTR, found)
+        new.__class__ = _GuardedNDArray
+    return guard(new) if found is None else new
+
+
+def _writes_delta(store: Any) -> bool:
+    try:
+        return blosc2.Filter.DELTA in list(store.schunk.cparams.filters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _geometry_of(store: Any) -> Any:
+    from mlarray.frame import ChunkGeometry
+
+    shape = tuple(int(n) for n in store.shape)
+    chunks = tuple(int(c) for c in store.chunks)
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+    return ChunkGeometry(shape, chunks, tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))))
 
 
 def is_guarded(store: Any) -> bool:

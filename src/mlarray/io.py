@@ -1356,7 +1356,7 @@ def one_thread_copy(store: blosc2.NDArray) -> blosc2.NDArray:
     # its own contexts never ran: replacing (freeing) them attaches to no pool
     new.schunk.cparams = dataclasses.replace(cparams, nthreads=1)
     new.schunk.dparams = dataclasses.replace(dparams, nthreads=1)
-    return new
+    return _direct.guard_like(new, store)
 
 
 def _transaction(

@@ -226,7 +226,7 @@ class MLArray:
         maker, shape, dtype = make
         if compressed:
             opts = self._resolve(shape, dtype, request)
-            self._store = maker(shape, dtype, opts.blosc2_kwargs(dtype))
+            self._store = _direct.guard(maker(shape, dtype, opts.blosc2_kwargs(dtype)))
             self._record_storage(opts)
         else:
             self._store = np.asarray(maker(shape, dtype, None))
@@ -1431,7 +1431,34 @@ def _read_advanced(store: Any, key: Any) -> np.ndarray:
     if found is None:
         return np.empty(_probe(shape)[key].shape, dtype=store.dtype)
     box, local = found
+    chunks = tuple(int(c) for c in getattr(store, "chunks", shape))
+    spans_chunks = any(s.start // c != (s.stop - 1) // c for s, c in zip(box, chunks, strict=True))
+    points = len(local) == len(shape) and local[0].dtype != np.bool_  # coordinates, no mask
+    if points and spans_chunks:
+        return _read_points(store, box, local, chunks)
     return np.asarray(store[box])[local]
+
+
+def _read_points(
+    store: Any, box: tuple[slice, ...], local: tuple[np.ndarray, ...], chunks: tuple[int, ...]
+) -> np.ndarray:
+    """Points (integer-array keys) over several chunks: read chunk by chunk, each
+    chunk's points through their own box, instead of the points' whole bounding box
+    (``a[[0, 383]]`` or a few far-apart voxels would decode the volume)."""
+    points = [(c.astype(np.int64) + b.start).ravel() for c, b in zip(local, box, strict=True)]
+    grid = [-(-int(n) // c) for n, c in zip(store.shape, chunks, strict=True)]
+    chunk_id = np.zeros(points[0].size, dtype=np.int64)
+    for p, c, g in zip(points, chunks, grid, strict=True):
+        chunk_id = chunk_id * g + p // c
+    order = np.argsort(chunk_id, kind="stable")
+    cuts = np.flatnonzero(np.diff(chunk_id[order])) + 1
+    out = np.empty(points[0].size, dtype=store.dtype)
+    for idx in np.split(order, cuts):
+        lo = [int(p[idx].min()) for p in points]
+        sub = tuple(slice(a, int(p[idx].max()) + 1) for a, p in zip(lo, points, strict=True))
+        region = np.asarray(store[sub])
+        out[idx] = region[tuple(p[idx] - a for p, a in zip(points, lo, strict=True))]
+    return out.reshape(local[0].shape)
 
 
 def _write_advanced(store: Any, key: Any, values: np.ndarray) -> None:
@@ -1460,7 +1487,10 @@ def _unpickle_file(path: str, mode: str, mmap_mode: str | None, record: dict) ->
 
 def _unpickle_cframe(cframe: bytes, record: dict) -> MLArray:
     out = MLArray._bare(Meta.from_mapping(record))
-    out._store = blosc2.ndarray_from_cframe(cframe, copy=True)
+    from mlarray.frame import inspect_frame
+
+    store = blosc2.ndarray_from_cframe(cframe, copy=True)
+    out._store = _direct.guard(store, inspect_frame(cframe))  # its uninitialised/DELTA chunks
     out._writable = True
     out._track_threads()
     return out
