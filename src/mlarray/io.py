@@ -1342,6 +1342,17 @@ def store_may_run_threads(store: Any) -> bool:
     return n > 1
 
 
+def memory_copy(store: blosc2.NDArray) -> blosc2.NDArray:
+    """An in-memory copy of ``store``'s frame (its compressed chunks and metalayers),
+    with the same compression and decompression parameters and guard."""
+    cparams, dparams = store.schunk.cparams, store.schunk.dparams
+    new = blosc2.ndarray_from_cframe(store.to_cframe(), copy=True)
+    new.schunk.cparams = cparams
+    new.schunk.dparams = dparams
+    new._mlarray_threads = _store_threads(new, True)
+    return _direct.guard_like(new, store)
+
+
 def one_thread_copy(store: blosc2.NDArray) -> blosc2.NDArray:
     """A copy of the in-memory array ``store`` whose contexts run one thread (in a forked
     child, where ``store``'s own contexts may be attached to thread pools that are gone).

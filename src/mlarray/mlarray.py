@@ -17,7 +17,6 @@ from mlarray.errors import (
     InvalidModeError,
     InvalidPathError,
     MetaValidationError,
-    MLArrayIOError,
     MLArrayMemoryError,
     NoArrayError,
     ReadOnlyError,
@@ -349,7 +348,7 @@ class MLArray:
             d["_chunk_cache"] = _read.ChunkCache(d["_chunk_cache"].max_bytes)
         if fs is not None and store is fs:
             _fork.park(fs)
-            d["_fork_reopen"] = (fs, self._mmap_mode == "c" and integrity.was_written(fs))
+            d["_fork_reopen"] = fs  # (copy-on-write edits live in an in-memory copy)
             del d["_store"], d["_file_store"]
         elif store is not fs and io.store_may_run_threads(store):  # in memory
             _fork.park(store)
@@ -370,14 +369,7 @@ class MLArray:
                 d["_store"] = io.one_thread_copy(d["_fork_rebuild"])
                 del d["_fork_rebuild"]
                 return d[name]
-            old, edited_copy = d["_fork_reopen"]
-            if edited_copy:
-                raise MLArrayIOError(
-                    self._path,
-                    "opened copy-on-write and modified before this process was forked; the "
-                    "edits cannot be carried over (Blosc2's threads do not survive fork). "
-                    "Save the array or pickle it to the worker instead",
-                )
+            old = d["_fork_reopen"]
             store = io.reopen_store(old, self._path, self._mmap_mode, self._mode in ("a", "w"))
             d.update(_store=store, _file_store=store)
             del d["_fork_reopen"]
@@ -1177,6 +1169,11 @@ class MLArray:
         if isinstance(store, np.ndarray):
             store[key] = value
             return
+        if store is self._file_store and self._mmap_mode == "c":
+            # Copy-on-write edits go into a copy of the frame in memory: c-blosc2 grows a
+            # frame it rewrites past the end of the private mapping (SIGBUS, as in the
+            # reference). The file's mapping stays as it was.
+            store = self._store = io.memory_copy(store)
         in_place = store is self._file_store and self._mmap_mode != "c"
         if store is self._file_store:
             integrity.note_write(store)  # this handle stops verifying what it reads
