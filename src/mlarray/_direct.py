@@ -11,7 +11,6 @@ Blosc2 without that method, gives None and the caller uses Blosc2's own slicing.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import blosc2
@@ -129,21 +128,8 @@ def zero_uninit_chunks(store: Any, bounds: Any) -> None:
         bounds = [(0, n) for n in geometry.shape]
     for n in geometry.chunks_in_box(bounds):
         if n in guard.uninit and _still_uninit(store, n):
-            whole = [(0, size) for size in geometry.shape]
-            src, _ = _local(n, whole, geometry)
-            box = tuple(
-                slice(k * c + s.start, k * c + s.stop)
-                for k, c, s in zip(_chunk_index(n, geometry), geometry.chunks, src, strict=True)
-            )
+            _, box = _local(n, [(0, size) for size in geometry.shape], geometry)  # the chunk
             store[box] = np.zeros(tuple(b.stop - b.start for b in box), dtype=store.dtype)
-
-
-def _chunk_index(n: int, geometry: Any) -> list[int]:
-    out, rest = [], n
-    for st in geometry.strides:
-        k, rest = divmod(rest, st)
-        out.append(k)
-    return out
 
 
 def _still_uninit(store: Any, n: int) -> bool:
@@ -184,7 +170,7 @@ def guard(store: Any, info: Any = None) -> Any:
     uninit = frozenset(info.uninit) if info is not None else frozenset()
     whole = bool(info is not None and info.delta) or _writes_delta(store)
     if uninit or whole:
-        geometry = info.geometry() if info is not None else _geometry_of(store)
+        geometry = info.geometry() if info is not None else _chunk_geometry(store)
         setattr(store, _GUARD_ATTR, _Guard(uninit, whole, geometry))
         store.__class__ = _GuardedNDArray
     return store
@@ -207,16 +193,13 @@ def _writes_delta(store: Any) -> bool:
         return False
 
 
-def _geometry_of(store: Any) -> Any:
-    from mlarray.frame import ChunkGeometry
-
-    shape = tuple(int(n) for n in store.shape)
-    chunks = tuple(int(c) for c in store.chunks)
-    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
-    return ChunkGeometry(shape, chunks, tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))))
-
-
 def is_guarded(store: Any) -> bool:
     """Whether ``store`` must be read through :func:`read_box` only (not by a cache of
     decoded blocks, not by Blosc2's own slicing)."""
     return getattr(store, _GUARD_ATTR, None) is not None
+
+
+def _chunk_geometry(store: Any) -> Any:
+    from mlarray.frame import ChunkGeometry
+
+    return ChunkGeometry.of(store.shape, store.chunks)

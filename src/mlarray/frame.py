@@ -120,12 +120,7 @@ class FrameInfo:
 
     def geometry(self) -> ChunkGeometry:
         """Shape, chunk shape and C-order chunk-grid strides, as Python ints."""
-        grid = self.grid
-        return ChunkGeometry(
-            tuple(int(n) for n in self.shape),
-            tuple(int(c) for c in self.chunks),
-            tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
-        )
+        return ChunkGeometry.of(self.shape, self.chunks)
 
 
 class ChunkGeometry(NamedTuple):
@@ -135,6 +130,16 @@ class ChunkGeometry(NamedTuple):
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     strides: tuple[int, ...]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], chunks: Sequence[int]) -> ChunkGeometry:
+        """The geometry of an array of ``shape`` in chunks of ``chunks``."""
+        grid = [-(-int(n) // int(c)) if c else 0 for n, c in zip(shape, chunks, strict=True)]
+        return cls(
+            tuple(int(n) for n in shape),
+            tuple(int(c) for c in chunks),
+            tuple(math.prod(grid[k + 1 :]) for k in range(len(grid))),
+        )
 
     def chunks_in_box(self, bounds: Sequence[tuple[int, int]]) -> list[int]:
         """Flat numbers (ascending) of the chunks overlapping the box ``[(start, stop),

@@ -1342,31 +1342,24 @@ def store_may_run_threads(store: Any) -> bool:
     return n > 1
 
 
-def memory_copy(store: blosc2.NDArray) -> blosc2.NDArray:
-    """An in-memory copy of ``store``'s frame (its compressed chunks and metalayers),
-    with the same compression and decompression parameters and guard."""
-    cparams, dparams = store.schunk.cparams, store.schunk.dparams
-    new = blosc2.ndarray_from_cframe(store.to_cframe(), copy=True)
-    new.schunk.cparams = cparams
-    new.schunk.dparams = dparams
-    new._mlarray_threads = _store_threads(new, True)
-    return _direct.guard_like(new, store)
+def memory_copy(store: blosc2.NDArray, nthreads: int | None = None) -> blosc2.NDArray:
+    """An in-memory copy of ``store``'s frame (its compressed chunks and metalayers) with
+    the same codec, filters, layout and guard, and ``store``'s thread counts (or
+    ``nthreads``).
 
-
-def one_thread_copy(store: blosc2.NDArray) -> blosc2.NDArray:
-    """A copy of the in-memory array ``store`` whose contexts run one thread (in a forked
-    child, where ``store``'s own contexts may be attached to thread pools that are gone).
-
-    Only ``store``'s compressed chunks are read: ``to_cframe`` copies them (and the
-    metalayers) into a new frame, using none of ``store``'s compression or
-    decompression contexts; ``store`` itself is left alone (see :mod:`mlarray._fork`).
-    The copy keeps the codec, filters and layout.
+    Only ``store``'s compressed chunks are read: ``to_cframe`` copies them into a new
+    frame using none of ``store``'s compression or decompression contexts, so
+    ``nthreads=1`` makes the copy a forked child needs (``store``'s contexts may be
+    attached to thread pools that are gone; it is left alone, see :mod:`mlarray._fork`).
     """
     cparams, dparams = store.schunk.cparams, store.schunk.dparams
     new = blosc2.ndarray_from_cframe(store.to_cframe(), copy=True)
-    # its own contexts never ran: replacing (freeing) them attaches to no pool
-    new.schunk.cparams = dataclasses.replace(cparams, nthreads=1)
-    new.schunk.dparams = dataclasses.replace(dparams, nthreads=1)
+    if nthreads is not None:  # its own contexts never ran: freeing them attaches to no pool
+        cparams = dataclasses.replace(cparams, nthreads=nthreads)
+        dparams = dataclasses.replace(dparams, nthreads=nthreads)
+    new.schunk.cparams = cparams
+    new.schunk.dparams = dparams
+    new._mlarray_threads = _store_threads(new, True)
     return _direct.guard_like(new, store)
 
 

@@ -21,6 +21,7 @@ from mlarray.errors import (
     NoArrayError,
     ReadOnlyError,
 )
+from mlarray.frame import ChunkGeometry
 from mlarray.indexing import key_bounds, selection_box
 from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
 
@@ -366,7 +367,7 @@ class MLArray:
             if name in d:  # another thread replaced it
                 return d[name]
             if "_fork_rebuild" in d:
-                d["_store"] = io.one_thread_copy(d["_fork_rebuild"])
+                d["_store"] = io.memory_copy(d["_fork_rebuild"], nthreads=1)
                 del d["_fork_rebuild"]
                 return d[name]
             old = d["_fork_reopen"]
@@ -1443,10 +1444,10 @@ def _read_points(
     chunk's points through their own box, instead of the points' whole bounding box
     (``a[[0, 383]]`` or a few far-apart voxels would decode the volume)."""
     points = [(c.astype(np.int64) + b.start).ravel() for c, b in zip(local, box, strict=True)]
-    grid = [-(-int(n) // c) for n, c in zip(store.shape, chunks, strict=True)]
-    chunk_id = np.zeros(points[0].size, dtype=np.int64)
-    for p, c, g in zip(points, chunks, grid, strict=True):
-        chunk_id = chunk_id * g + p // c
+    geometry = ChunkGeometry.of(store.shape, chunks)
+    chunk_id = sum(
+        (p // c) * st for p, c, st in zip(points, geometry.chunks, geometry.strides, strict=True)
+    )
     order = np.argsort(chunk_id, kind="stable")
     cuts = np.flatnonzero(np.diff(chunk_id[order])) + 1
     out = np.empty(points[0].size, dtype=store.dtype)
