@@ -29,8 +29,6 @@ opens the file with :class:`mlarray.MLArray`.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import stat
 from pathlib import Path
@@ -43,16 +41,14 @@ from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
+from mlarray.errors import CorruptChunkError, IndexingError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
     check_chunk_blocks,
-    inspect_frame,
-    read_vlmeta_bytes,
 )
 from mlarray.meta import Meta
-from mlarray.record import VLMETA_KEY, meta_of_frame
+from mlarray.record import read_frame
 
 __all__ = ["CStore", "open_cstore", "read"]
 
@@ -225,18 +221,11 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
     if mapped is None:
         return None
     buf, version = mapped
-    if bytes(buf[: len(FRAME_MAGIC)]) != FRAME_MAGIC:
-        raise MLArrayFormatError(
-            p, "not an .mla file (it does not start with a Blosc2 frame header)"
-        )
-    info = inspect_frame(buf, p)  # before c-blosc2 sees the frame
+    info, meta = read_frame(buf, p)  # before c-blosc2 sees the frame
     if info.uninit or info.delta:
         # chunks c-blosc2 leaves unwritten or decodes block by block against the wrong
         # reference: MLArray reads those files through its guarded path (mlarray._direct)
         return None
-    meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        buf.madvise(mmap.MADV_DONTNEED)  # the pages the inspection touched (see open_store)
     store = CStore(p, buf, info, lib, nthreads, version)
     integrity.attach(store, p, buf, info, version)
     _prefetch.attach(store, _prefetch.for_frame(buf, info, version))

@@ -49,7 +49,7 @@ from mlarray.errors import (
 from mlarray.frame import FRAME_MAGIC
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
 from mlarray.meta import Meta, MetaBlosc2, _meta_internal_write
-from mlarray.record import VLMETA_KEY, encode_record, record_from_meta
+from mlarray.record import VLMETA_KEY, encode_record, read_frame, record_from_meta
 from mlarray.record import meta_of_frame as _meta_from_raw
 
 __all__ = [
@@ -154,21 +154,10 @@ def open_store(
     buf, version = _map_versioned(p)
     checked = _CHECKED_FRAMES.get(version)
     if checked is None:
-        if not bytes(buf[: len(FRAME_MAGIC)]) == FRAME_MAGIC:
-            raise MLArrayFormatError(
-                p, "not an .mla file (it does not start with a Blosc2 frame header)"
-            )
-        info = _frame.inspect_frame(buf, p)  # before c-blosc2 sees the frame
-        raw = _frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p)
-        # The record is decoded (a restricted unpickler in Python) and built into a
-        # Meta once per file version; every open gets its own copy of that Meta.
-        # The last item: whether blosc2.open accepted this version (see _store_in).
-        checked = [info, _meta_from_raw(raw, info.shape, p), False]
-        # The inspection touched a page per chunk (and the kernel mapped its neighbours);
-        # unmap them from this process, as the mapping is kept: mapped pages stay resident
-        # and cannot be evicted, which would skew every cold-read measurement.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            buf.madvise(mmap.MADV_DONTNEED)
+        # The frame checked and its record (a restricted unpickler in Python) built into
+        # a Meta once per file version; every open gets its own copy of that Meta. The
+        # last item: whether blosc2.open accepted this version (see _store_in).
+        checked = [*read_frame(buf, p), False]
         _CHECKED_FRAMES[version] = checked
         with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
             while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:

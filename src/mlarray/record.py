@@ -32,6 +32,7 @@ __all__ = [
     "encode_record",
     "meta_from_record",
     "meta_of_frame",
+    "read_frame",
     "record_from_meta",
 ]
 
@@ -334,3 +335,24 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
     except MetaValidationError as exc:
         raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
     return meta
+
+
+def read_frame(buf: Any, path: Any) -> tuple[Any, Meta]:
+    """Check the frame mapped as ``buf`` before c-blosc2 sees it and read its metadata:
+    ``(FrameInfo, Meta)`` (the errors of :func:`mlarray.frame.inspect_frame` and of the
+    record). The pages the inspection touched (one per chunk) are unmapped from this
+    process afterwards: mappings are kept, and mapped pages cannot be evicted."""
+    import contextlib
+    import mmap
+
+    from mlarray.frame import FRAME_MAGIC, inspect_frame, read_vlmeta_bytes
+
+    if bytes(buf[: len(FRAME_MAGIC)]) != FRAME_MAGIC:
+        raise MLArrayFormatError(
+            path, "not an .mla file (it does not start with a Blosc2 frame header)"
+        )
+    info = inspect_frame(buf, path)
+    meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, path), info.shape, path)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        buf.madvise(mmap.MADV_DONTNEED)
+    return info, meta
