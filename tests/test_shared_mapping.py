@@ -219,3 +219,113 @@ def test_a_child_forked_while_the_mapping_cache_is_locked_can_open_files(tmp_pat
             ok = ok and np.array_equal(MLArray.open(q)[3], x[3] + 1)
             os._exit(0 if ok else 3)
     assert wait_status(pid) == 0
+
+
+# -- handles reused across opens (io._idle_store) ----------------------------------------
+
+
+def test_an_open_reuses_the_blosc2_array_of_a_dropped_handle_never_a_live_ones(tmp_path):
+    """A loader that opens a file per patch gets the Blosc2 array of its previous,
+    dropped handle back (no array built anew); a handle still in use, or anything
+    still referring to its array, keeps its array to itself."""
+    p = tmp_path / "reuse.mla"
+    x = _volume()
+    MLArray(x).save(p)
+    MLArray.open(p)[0]
+    a = MLArray.open(p)
+    first = id(a._store)
+    np.testing.assert_array_equal(a[3:9], x[3:9])
+    del a
+    b = MLArray.open(p)
+    assert id(b._store) == first  # reused
+    c = MLArray.open(p)
+    assert c._store is not b._store  # b is alive: c gets its own
+    kept = c._store
+    del c
+    d = MLArray.open(p)
+    assert d._store is not kept  # something still refers to c's array: not reused
+    for h in (b, d):
+        np.testing.assert_array_equal(h[...], x)
+        assert h.meta is not b.meta or h is b
+
+
+def test_reused_arrays_follow_the_verification_setting_and_the_path(tmp_path):
+    """A handle opened with verification off is not handed to an open that verifies
+    (its reads would go unchecked), and errors name the path the user opened."""
+    from mlarray import integrity
+    from mlarray.frame import inspect_frame
+
+    p = tmp_path / "reuse_verify.mla"
+    MLArray(_volume(), patch_size=(16, 16, 16)).save(p)
+    raw = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(raw), p)
+    start = int(info.chunk_pos[0]) + int(info.chunk_cbytes[0]) // 2
+    raw[start] ^= 0xFF
+    with open(p, "r+b") as f:
+        f.write(raw)
+    previous = integrity.set_verify_on_read(False)
+    try:
+        MLArray.open(p)[0, 0, 0]  # unverified: whatever the damaged chunk decodes to
+    except Exception:  # a damaged chunk may also fail to decode
+        pass
+    finally:
+        integrity.set_verify_on_read(previous)
+    gc.collect()
+    with pytest.raises(CorruptChunkError):
+        MLArray.open(p)[0, 0, 0]
+    link = tmp_path / "other_name.mla"
+    link.symlink_to(p)
+    with pytest.raises(CorruptChunkError, match=r"other_name\.mla"):
+        MLArray.open(link)[0, 0, 0]
+
+
+def test_threads_opening_one_file_per_read_get_correct_patches(tmp_path):
+    """Threads of one loader opening the same file for every patch never share a
+    Blosc2 array (its decompression context is not thread-safe)."""
+    import threading
+
+    p = tmp_path / "reuse_threads.mla"
+    x = _volume(3)
+    MLArray(x, patch_size=(8, 8, 8)).save(p)
+    errors: list[str] = []
+    nthreads = 4
+    stores: list[set[int]] = [set() for _ in range(60)]
+    lock = threading.Lock()
+    together = threading.Barrier(nthreads)
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(60):
+            lo = rng.integers(0, [24, 40, 56])
+            key = tuple(slice(int(s), int(s) + 16) for s in lo)
+            h = MLArray.open(p)
+            with lock:
+                stores[i].add(id(h._store))
+            together.wait(timeout=60)  # every thread's handle of round i is open now
+            if not np.array_equal(h[key], x[key]):
+                errors.append(f"thread {seed}: wrong patch at {lo}")
+            together.wait(timeout=60)
+            del h
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(len(ids) == nthreads for ids in stores)  # open at once: never one array twice
+
+
+def test_a_forked_child_reuses_arrays_of_its_parent_safely(tmp_path):
+    p = tmp_path / "reuse_fork.mla"
+    x = _volume(4)
+    MLArray(x).save(p)
+    a = MLArray.open(p)
+    a[0]
+    del a  # an idle one-thread array kept for reuse, inherited by the child
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = all(np.array_equal(MLArray.open(p)[i], x[i]) for i in range(0, 40, 7))
+        os._exit(0 if ok else 3)
+    assert wait_status(pid) == 0
+    np.testing.assert_array_equal(MLArray.open(p)[...], x)

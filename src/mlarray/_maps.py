@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Version", "forget", "map_file", "version_of"]
+__all__ = ["Version", "attached", "forget", "map_file", "version_of"]
 
 Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
 
@@ -46,6 +46,8 @@ def _limit() -> int:
 
 _MAX = _limit()
 _MAPS: collections.OrderedDict[Version, mmap.mmap] = collections.OrderedDict()
+# What users of a cached mapping keep with it (see attached); dropped with the mapping.
+_ATTACHED: dict[Version, dict] = {}
 _PATHS: dict[str, Version] = {}  # absolute path -> the version last mapped through it
 _LOCK = threading.Lock()
 
@@ -100,14 +102,34 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
         old = _PATHS.get(key)
         replaced = old if old is not None and old != version else None
         if replaced is not None:
-            _MAPS.pop(replaced, None)
+            _drop(replaced)
         _PATHS[key] = version
         _MAPS[version] = buf
+        _ATTACHED.pop(version, None)  # anything kept with an earlier mapping of it
         while len(_MAPS) > _MAX:
-            gone, _ = _MAPS.popitem(last=False)
+            gone = next(iter(_MAPS))
+            _drop(gone)
             for k in [k for k, v in _PATHS.items() if v == gone]:
                 del _PATHS[k]
     return buf, version, replaced
+
+
+def _drop(version: Version) -> None:
+    _MAPS.pop(version, None)
+    _ATTACHED.pop(version, None)
+
+
+def attached(version: Version, buf: mmap.mmap) -> dict | None:
+    """A dict kept with the cached mapping ``buf`` of ``version`` and dropped with it
+    (None if ``buf`` is no longer the cached mapping of ``version``).
+
+    For what is only worth keeping while the mapping is: objects built on the
+    mapping, which would otherwise keep it (and its descriptor) alive past the cache.
+    """
+    with _LOCK:
+        if _MAPS.get(version) is not buf:
+            return None
+        return _ATTACHED.setdefault(version, {})
 
 
 def forget(p: os.PathLike | str) -> Version | None:
@@ -116,7 +138,7 @@ def forget(p: os.PathLike | str) -> Version | None:
     with _LOCK:
         version = _PATHS.pop(os.path.abspath(p), None)
         if version is not None:
-            _MAPS.pop(version, None)
+            _drop(version)
     return version
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "verify_file",
     "verify_read",
     "verify_region",
+    "verifying",
 ]
 
 CHECKSUM_KEY = "mlarray_checksums"
@@ -89,6 +90,11 @@ def set_verify_on_read(enabled: bool) -> bool:
     global _verify_on_read
     previous, _verify_on_read = _verify_on_read, bool(enabled)
     return previous
+
+
+def verifying() -> bool:
+    """Whether files opened now verify their chunks' checksums on read."""
+    return _verify_on_read
 
 
 def _release(buf: Any, lo: int, hi: int) -> None:

@@ -25,6 +25,7 @@ import secrets
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,23 +150,37 @@ def open_store(
         raise InvalidModeError(
             f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
-    p = check_path(path, must_exist=True)
-    recover(p)  # an in-place write a crash interrupted is rolled back first
+    p = check_path(path, must_exist=False)  # the stat of the mapping below: missing, a folder
     buf, version = _map_versioned(p)
     checked = _CHECKED_FRAMES.get(version)
-    if checked is None:
-        # The frame checked and its record (a restricted unpickler in Python) built into
-        # a Meta once per file version; every open gets its own copy of that Meta. The
-        # last item: whether blosc2.open accepted this version (see _store_in).
-        checked = [*read_frame(buf, p), False]
-        _CHECKED_FRAMES[version] = checked
-        with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
-            while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
-                _CHECKED_FRAMES.popitem(last=False)
+    if checked is None or not checked[3]:
+        # An in-place write a crash interrupted is rolled back first. Such a write
+        # changed the file (its ctime: a new version), so a version seen without a
+        # journal needs no look for one.
+        journal = _recover(p)
+        if journal:
+            buf, version = _map_versioned(p)
+            checked = _CHECKED_FRAMES.get(version)
+        if checked is None:
+            # The frame checked and its record (a restricted unpickler in Python) built
+            # into a Meta once per file version; every open gets its own copy of that
+            # Meta. Then: whether blosc2.open accepted this version (see _store_in), and
+            # whether it was seen without a journal.
+            checked = [*read_frame(buf, p), False, False]
+            _CHECKED_FRAMES[version] = checked
+            with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
+                while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
+                    _CHECKED_FRAMES.popitem(last=False)
+        checked[3] = journal is None
     else:
         with contextlib.suppress(KeyError):  # another thread's save may have dropped it
             _CHECKED_FRAMES.move_to_end(version)
-    info, proto, accepted = checked
+    info, proto, accepted, _ = checked
+    if mmap_mode == "r" and not writable and accepted:
+        dp = clamp_dparams(dparams or _stored_dparams(proto))
+        store = _idle_store(buf, version, p, dp)
+        if store is not None:
+            return store, proto._clone()
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
     if prefetcher is not None:
@@ -176,17 +191,12 @@ def open_store(
         kwargs["mmap_mode"] = mmap_mode
     else:
         kwargs["mode"] = "a" if writable else "r"
-    wanted = dparams
-    if not wanted and meta.blosc2.dparams:
-        # Decompress as the writer asked (the default is one thread: the nnU-Net case of
-        # one reading process per core). Unusable stored values are simply not applied.
-        with contextlib.suppress(MLArrayError, TypeError, ValueError):
-            wanted = normalize_dparams(meta.blosc2.dparams)
-    kwargs["dparams"] = clamp_dparams(wanted)
+    kwargs["dparams"] = clamp_dparams(dparams or _stored_dparams(meta))
     if (writable or mmap_mode == "r+") and not _may_write(p):
         raise MLArrayIOError(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
+    pooled = False
     try:
         if (
             mmap_mode == "r"
@@ -195,6 +205,7 @@ def open_store(
             and (prefetcher is None or prefetcher.headers_resident())
         ):
             store = _store_in(buf, kwargs["dparams"])
+            pooled = True
         else:
             store = blosc2.open(os.fspath(p), **kwargs)
             checked[2] = True
@@ -222,7 +233,83 @@ def open_store(
         integrity.remember_identity(store, p)
     store._mlarray_threads = _store_threads(store, writable or mmap_mode in ("r+", "c"))
     _prefetch.attach(store, prefetcher)
+    if pooled:
+        _pool_store(buf, version, p, kwargs["dparams"], store)
     return store, meta
+
+
+def _stored_dparams(meta: Meta) -> dict | None:
+    """The decompression parameters the writer of a file recorded, if usable."""
+    if meta.blosc2.dparams:
+        # Decompress as the writer asked (the default is one thread: the nnU-Net case of
+        # one reading process per core). Unusable stored values are simply not applied.
+        with contextlib.suppress(MLArrayError, TypeError, ValueError):
+            return normalize_dparams(meta.blosc2.dparams)
+    return None
+
+
+# Read-only handles built on a shared mapping (_store_in) are kept with the mapping
+# (mlarray._maps.attached) and reused by later opens of the same file version once
+# nothing refers to them any more: a data loader that opens a file per patch then
+# pays neither for making the Blosc2 array (every chunk header read, ~50-150 us) nor
+# for its checks and hooks. Only one-thread handles are kept: their contexts own no
+# thread pool, so they stay usable in a forked child.
+_POOL_KEY = "io.stores"
+_POOL_MAX = 4  # per file version and path; more handles in use at once are not kept
+_POOL_LOCK = threading.Lock()
+
+
+def _first_idle(objs: Any, idle_refs: int) -> Any:
+    """The first of ``objs`` that only ``objs`` refers to, or None."""
+    for obj in objs:
+        if sys.getrefcount(obj) == idle_refs:
+            return obj
+    return None
+
+
+def _idle_refs() -> int:
+    """What ``sys.getrefcount`` says inside :func:`_first_idle` of an object only its
+    list refers to (the interpreter decides which of the loop's references count)."""
+    probe = [object()]
+    return next(n for n in range(1, 64) if _first_idle(probe, n) is not None)
+
+
+_IDLE_REFS = _idle_refs()
+
+
+def _pool_key(p: Path, dparams: dict) -> tuple:
+    return (os.fspath(p), tuple(sorted(dparams.items())), integrity.verifying())
+
+
+def _idle_store(buf: Any, version: tuple, p: Path, dparams: dict) -> blosc2.NDArray | None:
+    """A kept read-only handle of this file version that nothing uses, or None."""
+    extras = _maps.attached(version, buf)
+    if extras is None:
+        return None
+    with _POOL_LOCK:
+        return _first_idle(extras.get(_POOL_KEY, {}).get(_pool_key(p, dparams), ()), _IDLE_REFS)
+
+
+def _pool_store(buf: Any, version: tuple, p: Path, dparams: dict, store: Any) -> None:
+    """Keep the new read-only handle ``store`` for reuse (see :func:`_idle_store`)."""
+    if dparams.get("nthreads", 1) != 1:
+        return
+    extras = _maps.attached(version, buf)
+    if extras is None:
+        return
+    with _POOL_LOCK:
+        stores = extras.setdefault(_POOL_KEY, {}).setdefault(_pool_key(p, dparams), [])
+        if len(stores) < _POOL_MAX:
+            stores.append(store)
+
+
+def _new_pool_lock_in_child() -> None:
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pool_lock_in_child)
 
 
 def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
@@ -273,6 +360,8 @@ _CHECKED_FRAMES_MAX = 4096
 
 def _check_mappable(p: Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidPathError(p, "is a directory, not an .mla file")
         raise InvalidPathError(p, "is not a regular file (a FIFO, device or socket?)")
     if st.st_size < len(FRAME_MAGIC):
         raise MLArrayFormatError(p, f"not an .mla file (only {st.st_size} bytes)")
@@ -1174,11 +1263,16 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
     DiskFullError
         If there is no space to restore it (the journal is kept for the next try).
     """
+    return bool(_recover(path, wait))
+
+
+def _recover(path: str | os.PathLike, wait: bool = True) -> bool | None:
+    """:func:`recover`, returning None when ``path`` has no journal at all."""
     name = os.fspath(journal_path(path))
     try:
         jfd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        return False
+        return None
     except OSError as exc:
         raise MLArrayIOError(
             path, f"cannot read the journal of an interrupted write ({name}): {exc.strerror}"

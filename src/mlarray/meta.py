@@ -546,7 +546,12 @@ class BaseMeta:
 _IMMUTABLE = (str, int, float, complex, bool, bytes, type(None), Enum)
 
 
+_PLAIN_TYPES = frozenset({str, int, float, complex, bool, bytes, type(None)})
+
+
 def _clone_value(v: Any) -> Any:
+    if type(v) in _PLAIN_TYPES:  # most values: no isinstance chain
+        return v
     if isinstance(v, BaseMeta):
         return v._clone()
     if isinstance(v, dict):
