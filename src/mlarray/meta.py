@@ -503,7 +503,11 @@ class BaseMeta:
         (what :meth:`copy` does): for handing out copies of a meta decoded once, such
         as a file's metadata to each of its handles."""
         out = object.__new__(type(self))
-        object.__setattr__(out, "__dict__", {k: _clone_value(v) for k, v in self.__dict__.items()})
+        d = self.__dict__.copy()
+        for k, v in d.items():
+            if type(v) not in _PLAIN_TYPES:
+                d[k] = _clone_value(v)
+        object.__setattr__(out, "__dict__", d)
         return out
 
     def is_default(self) -> bool:
