@@ -745,7 +745,14 @@ def load_section(run: Runner, files: dict, plan: dict):
             f"decoding every chunk + writing the output once, with no rearranging at all, is "
             f"{rel(dw, lim)} the decode on one thread (allocating + writing the output alone: "
             f"{rel(med(o, 'alloc_fill'), lim)}): the output's memory writes are the limit; "
-            f"ours is {rel(one, dw)} of that floor (the rest: placing rows of one block's width)"
+            f"ours is {rel(one, dw)} of that floor (the rest: placing rows of one block's width"
+            + (
+                f"; the plain way to place them, numpy's copy of each decoded chunk into its "
+                f"place, takes {rel(plain, one)} of ours, the reference's full read "
+                f"{rel(med(rf, 'mla_open_all'), one)})"
+                if (plain := med(o, "limit_decode_assemble")) and one
+                else ")"
+            )
         )
     if lim and dwt and dwt > 1.2 * lim:
         why_many = (
