@@ -30,12 +30,13 @@ from mlarray.errors import (
     InvalidPathError,
     MetaValidationError,
     MLArrayError,
+    MLArrayFileNotFoundError,
     MLArrayFormatError,
     MLArrayIOError,
     UnsafeRecordError,
 )
 from mlarray.frame import inspect_frame
-from mlarray.integrity import CHECKSUM_KEY
+from mlarray.integrity import CHECKSUM_KEY, verify_file
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
 MEMORY_CAP = 1 << 30
@@ -411,14 +412,17 @@ def test_a_fifo_is_refused_without_hanging(tmp_path):
     os.mkfifo(p)
     code = (
         "import sys\nfrom mlarray import MLArray\nfrom mlarray.errors import InvalidPathError\n"
-        "for f in (MLArray.open, MLArray.load):\n"
+        "from mlarray.integrity import verify_file\n"
+        "for f in (MLArray.open, MLArray.load, verify_file):\n"
         "    try:\n        f(sys.argv[1])\n"
         "    except InvalidPathError as e:\n        print('refused')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=60
     )
-    assert proc.stdout.split() == ["refused", "refused"], proc.stderr
+    assert proc.stdout.split() == ["refused"] * 3, proc.stderr
+    with pytest.raises(MLArrayFileNotFoundError, match=r"gone\.mla"):
+        verify_file(tmp_path / "gone.mla")
     with pytest.raises(InvalidPathError, match="not a regular file"):
         MLArray(np.zeros(3)).save(p)
     assert stat.S_ISFIFO(os.stat(p).st_mode)

@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Version", "attached", "forget", "map_file", "version_of"]
+__all__ = ["Version", "attached", "forget", "map_file", "map_private", "version_of"]
 
 Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
 
@@ -90,13 +90,7 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
             if buf is not None:
                 _MAPS.move_to_end(version)
                 return buf, version, None
-    fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        check(p, st)
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
+    buf, st = _map_new(key, p, check)
     version = version_of(st)
     with _LOCK:
         old = _PATHS.get(key)
@@ -112,6 +106,24 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
             for k in [k for k, v in _PATHS.items() if v == gone]:
                 del _PATHS[k]
     return buf, version, replaced
+
+
+def map_private(p: Path, check: Any) -> mmap.mmap | bytes:
+    """A read-only mapping of ``p`` of the caller's own (not cached; ``b""`` for an empty
+    file). Opened non-blocking (a FIFO cannot hang the caller); ``check(p, st)`` vets
+    the ``fstat`` of the open descriptor first. ``OSError`` propagates."""
+    return _map_new(p, p, check)[0]
+
+
+def _map_new(name: Any, p: Path, check: Any) -> tuple[Any, os.stat_result]:
+    """Map the file ``name`` (``p`` is how the caller names it); with its ``fstat``."""
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        check(p, st)
+        return (mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else b""), st
+    finally:
+        os.close(fd)
 
 
 def _drop(version: Version) -> None:

@@ -8,7 +8,11 @@ name the file and what is wrong with it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 __all__ = [
     "CorruptChunkError",
@@ -143,3 +147,27 @@ class MLArrayMemoryError(MLArrayError, MemoryError):
 
 class IndexingError(MLArrayError, IndexError):
     """An index numpy itself refuses for this shape (out of range, wrong number of axes...)."""
+
+
+@contextlib.contextmanager
+def os_errors(path: Path, doing: str) -> Iterator[None]:
+    """Turn an OSError inside the block into our error type, naming ``path``.
+
+    A missing file becomes :class:`MLArrayFileNotFoundError` (it may vanish
+    between a check and its use), anything else :class:`MLArrayIOError`.
+    """
+    try:
+        yield
+    except MLArrayError:
+        raise
+    except FileNotFoundError:
+        raise MLArrayFileNotFoundError(path) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
+            raise DiskFullError(
+                path,
+                f"{doing}: {exc.strerror or 'No space left on device'} "
+                "(a file that was there is unchanged)",
+                exc.errno,
+            ) from exc
+        raise MLArrayIOError(path, f"{doing}: {exc.strerror or exc}", exc.errno) from exc

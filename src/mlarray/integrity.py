@@ -43,6 +43,7 @@ import collections
 import contextlib
 import mmap
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,7 @@ import numpy as np
 import xxhash
 
 from mlarray import _maps
-from mlarray.errors import CorruptChunkError, MLArrayIOError
+from mlarray.errors import CorruptChunkError, InvalidPathError, MLArrayIOError, os_errors
 from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 
@@ -481,20 +482,20 @@ class VerifyReport:
         return not self.damaged
 
 
-def _map(path: Any) -> tuple[Any, int]:
-    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return b"", 0
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), size
-    finally:
-        os.close(fd)
+def _regular(p: Any, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPathError(p, "is not a regular file")
+
+
+def _map(path: Any) -> Any:
+    """A private read-only mapping of the file ``path`` (``b""`` if it is empty)."""
+    with os_errors(path, "cannot read"):
+        return _maps.map_private(path, _regular)
 
 
 def digest_file(path: Any) -> bytes:
     """Inspect the frame at ``path`` and return its encoded checksum entry."""
-    buf, _ = _map(path)
+    buf = _map(path)
     info = inspect_frame(buf, path)
     return encode_digests(buf, info)
 
@@ -522,7 +523,7 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     MLArrayFormatError
         If the frame structure is invalid (always raised).
     """
-    buf, _ = _map(path)
+    buf = _map(path)
     info = inspect_frame(buf, path)
     expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
     damaged: list[int] = []

@@ -46,6 +46,7 @@ from mlarray.errors import (
     MLArrayFileNotFoundError,
     MLArrayFormatError,
     MLArrayIOError,
+    os_errors,
 )
 from mlarray.frame import FRAME_MAGIC
 from mlarray.layout import StorageOptions, normalize_dparams, resolve_storage
@@ -85,30 +86,6 @@ def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
         if not p.exists():
             raise MLArrayFileNotFoundError(p)
     return p
-
-
-@contextlib.contextmanager
-def os_errors(path: Path, doing: str) -> Iterator[None]:
-    """Turn an OSError inside the block into our error type, naming ``path``.
-
-    A missing file becomes :class:`MLArrayFileNotFoundError` (it may vanish
-    between a check and its use), anything else :class:`MLArrayIOError`.
-    """
-    try:
-        yield
-    except MLArrayError:
-        raise
-    except FileNotFoundError:
-        raise MLArrayFileNotFoundError(path) from None
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", -1):
-            raise DiskFullError(
-                path,
-                f"{doing}: {exc.strerror or 'No space left on device'} "
-                "(a file that was there is unchanged)",
-                exc.errno,
-            ) from exc
-        raise MLArrayIOError(path, f"{doing}: {exc.strerror or exc}", exc.errno) from exc
 
 
 def check_dtype(dtype: Any, where: Any = None) -> np.dtype:
@@ -397,12 +374,7 @@ def map_regular_file(p: Path) -> Any:
     cannot hang the caller, and checked with ``fstat`` on the open descriptor.
     """
     with os_errors(p, "cannot read"):
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        try:
-            _check_mappable(p, os.fstat(fd))
-            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        return _maps.map_private(p, _check_mappable)
 
 
 def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
