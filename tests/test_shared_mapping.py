@@ -329,3 +329,115 @@ def test_a_forked_child_reuses_arrays_of_its_parent_safely(tmp_path):
         os._exit(0 if ok else 3)
     assert wait_status(pid) == 0
     np.testing.assert_array_equal(MLArray.open(p)[...], x)
+
+
+def test_an_open_during_another_threads_write_in_place_reads_the_written_file(
+    tmp_path, monkeypatch
+):
+    """A reader opening a file while a writer (a napari layer being painted, another
+    thread) is in the middle of an in-place write that grows it waits for the write
+    and reads the new file: not the old mapping's view of it ("damaged")."""
+    import threading
+    import time
+
+    from mlarray import io
+
+    p = tmp_path / "reuse_writing.mla"
+    z, y, xx = np.indices((40, 64, 64))
+    old = ((z // 4 + y // 8 + xx // 16) % 7).astype(np.int16)  # compresses well
+    MLArray(old, patch_size=None, chunk_size=(20, 32, 32), block_size=(10, 16, 16)).save(p)
+    np.testing.assert_array_equal(MLArray.open(p)[...], old)  # this version was seen
+    new = np.random.default_rng(2).integers(-30000, 30000, old.shape).astype(np.int16)
+    journal_written = threading.Event()
+    real = io._write_journal
+
+    def slow_journal(*args):  # the write goes on 0.5 s after its journal exists
+        out = real(*args)
+        journal_written.set()
+        time.sleep(0.5)
+        return out
+
+    monkeypatch.setattr(io, "_write_journal", slow_journal)
+    w = MLArray.open(p, mode="a", mmap_mode=None)
+    t = threading.Thread(target=w.__setitem__, args=((slice(None),) * 3, new))
+    t.start()
+    assert journal_written.wait(30)
+    try:
+        got = MLArray.open(p)[...]
+    finally:
+        t.join()
+    np.testing.assert_array_equal(got, new)
+
+
+def test_forget_verified_applies_to_reopened_files(tmp_path, monkeypatch):
+    """After integrity.forget_verified() the next read of a chunk hashes it again, also
+    through a handle that reuses a dropped handle's Blosc2 array."""
+    from mlarray import integrity
+
+    p = tmp_path / "reuse_forget.mla"
+    MLArray(_volume(), patch_size=(16, 16, 16)).save(p)
+    hashed: list[int] = []
+    real = integrity.chunk_digests
+
+    def spy(buf, info, ids=None):
+        hashed.extend([] if ids is None else list(ids))
+        return real(buf, info, ids)
+
+    monkeypatch.setattr(integrity, "chunk_digests", spy)
+    a = MLArray.open(p)
+    a[0:8, 0:8, 0:8]
+    del a
+    for _ in range(3):
+        integrity.forget_verified()
+        hashed.clear()
+        MLArray.open(p)[0:8, 0:8, 0:8]
+        assert hashed == [0]
+
+
+def test_paths_through_a_file_or_a_symlink_loop_are_not_found(tmp_path):
+    """As Path.exists() (and the reference: a RuntimeError) sees them."""
+    from mlarray.errors import MLArrayFileNotFoundError
+
+    f = tmp_path / "file"
+    f.write_bytes(b"x")
+    loop = tmp_path / "loop.mla"
+    loop.symlink_to(loop)
+    for bad in (f / "x.mla", loop):
+        with pytest.raises(MLArrayFileNotFoundError, match="no such"):
+            MLArray.open(bad)
+        with pytest.raises(RuntimeError):
+            MLArray.open(bad)
+
+
+def test_a_tracer_reading_locals_does_not_make_a_used_array_look_unused(tmp_path):
+    """Debuggers and tracers that read a frame's locals add references while they run
+    (here: while mlarray is imported, then while files are opened); two handles in
+    use never share a Blosc2 array, traced or not."""
+    p = tmp_path / "reuse_traced.mla"
+    MLArray(_volume()).save(p)
+    code = (
+        "import sys\n"
+        "def tracer(frame, event, arg):\n"
+        "    frame.f_locals\n"
+        "    return tracer\n"
+        "sys.settrace(tracer)\n"
+        "from mlarray import io\n"
+        "sys.settrace(None)\n"
+        "shared = []\n"
+        "for traced in (False, True, False):\n"
+        "    sys.settrace(tracer if traced else None)\n"
+        "    for _ in range(2):\n"
+        "        s, _m = io.open_store(sys.argv[1])\n"
+        "        del s\n"
+        "    s1, _ = io.open_store(sys.argv[1])\n"
+        "    s2, _ = io.open_store(sys.argv[1])\n"
+        "    sys.settrace(None)\n"
+        "    shared.append(s1 is s2)\n"
+        "    del s1, s2\n"
+        "print(shared)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[False, False, False]"

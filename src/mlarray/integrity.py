@@ -356,16 +356,22 @@ class ChunkVerifier:
 
 
 def attach(
-    store: Any, path: Any, buf: Any, info: FrameInfo, version: tuple | None = None
+    store: Any,
+    path: Any,
+    buf: Any,
+    info: FrameInfo,
+    version: tuple | None = None,
+    *,
+    verify: bool | None = None,
 ) -> ChunkVerifier | None:
     """Give an opened Blosc2 array the verifier of its file (None without checksums).
 
-    With verification switched off (:func:`set_verify_on_read`), nothing is
-    checked, so the data of a damaged file can still be salvaged. ``version``
-    (device, inode, size, mtime, ctime) names the file version whose verified
-    chunks are remembered for the process.
+    With verification switched off (:func:`set_verify_on_read`, or ``verify=False``:
+    the setting the caller read once), nothing is checked, so the data of a damaged
+    file can still be salvaged. ``version`` (device, inode, size, mtime, ctime) names
+    the file version whose verified chunks are remembered for the process.
     """
-    if not _verify_on_read:
+    if not (_verify_on_read if verify is None else verify):
         return None
     cached = _EXPECTED.get(version) if version is not None else None
     if cached is None:
@@ -385,6 +391,17 @@ def attach(
     except AttributeError:  # pragma: no cover - blosc2 arrays accept attributes
         return None
     return verifier
+
+
+def reattach(store: Any, path: Any) -> None:
+    """Hand the verifier of a kept Blosc2 array to a new handle opened as ``path``: its
+    errors name that path, and it follows what the process remembers as verified now
+    (:func:`forget_verified` may have dropped it since)."""
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    if verifier is not None:
+        verifier.path = path
+        verifier.checked = _verified_mask(verifier.version, verifier.info.nchunks)
+        verifier.done = 0 not in verifier.checked
 
 
 def verify_read(store: Any, key: Any, box: Box | None = None) -> None:

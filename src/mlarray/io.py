@@ -25,6 +25,7 @@ import secrets
 import stat
 import struct
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,7 +136,7 @@ def open_store(
         # changed the file (its ctime: a new version), so a version seen without a
         # journal needs no look for one.
         journal = _recover(p)
-        if journal:
+        if journal is not None:  # rolled back, or a live writer's write waited for
             buf, version = _map_versioned(p)
             checked = _CHECKED_FRAMES.get(version)
         if checked is None:
@@ -153,10 +154,12 @@ def open_store(
         with contextlib.suppress(KeyError):  # another thread's save may have dropped it
             _CHECKED_FRAMES.move_to_end(version)
     info, proto, accepted, _ = checked
+    verify = integrity.verifying()  # once: what the handle does and which kept one fits
     if mmap_mode == "r" and not writable and accepted:
         dp = clamp_dparams(dparams or _stored_dparams(proto))
-        store = _idle_store(buf, version, p, dp)
+        store = _idle_store(buf, version, _pool_key(dp, verify))
         if store is not None:
+            integrity.reattach(store, p)
             return store, proto._clone()
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
@@ -205,13 +208,13 @@ def open_store(
     ):
         raise MLArrayFormatError(p, "the file changed while it was being opened")
     _direct.guard(store, info)
-    integrity.attach(store, p, buf, info, version)
+    integrity.attach(store, p, buf, info, version, verify=verify)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
     store._mlarray_threads = _store_threads(store, writable or mmap_mode in ("r+", "c"))
     _prefetch.attach(store, prefetcher)
-    if pooled:
-        _pool_store(buf, version, p, kwargs["dparams"], store)
+    if pooled and kwargs["dparams"].get("nthreads", 1) == 1:
+        _pool_store(buf, version, _pool_key(kwargs["dparams"], verify), store)
     return store, meta
 
 
@@ -230,54 +233,56 @@ def _stored_dparams(meta: Meta) -> dict | None:
 # nothing refers to them any more: a data loader that opens a file per patch then
 # pays neither for making the Blosc2 array (every chunk header read, ~50-150 us) nor
 # for its checks and hooks. Only one-thread handles are kept: their contexts own no
-# thread pool, so they stay usable in a forked child.
+# thread pool, so they stay usable in a forked child. Whether anything still refers
+# to one is its reference count, which a build without the GIL does not keep exactly:
+# nothing is kept there.
 _POOL_KEY = "io.stores"
-_POOL_MAX = 4  # per file version and path; more handles in use at once are not kept
+_POOL_MAX = 8  # per file version; more handles in use at once are not kept
 _POOL_LOCK = threading.Lock()
+_POOLING = not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 
-def _first_idle(objs: Any, idle_refs: int) -> Any:
-    """The first of ``objs`` that only ``objs`` refers to, or None."""
-    for obj in objs:
-        if sys.getrefcount(obj) == idle_refs:
-            return obj
+def _first_idle(objs: list) -> Any:
+    """The first of ``objs`` that nothing but the list ``objs`` refers to, or None.
+
+    What ``sys.getrefcount`` says of such an object is measured on a probe in the
+    same loop (the interpreter, or a tracer reading the frame's locals, decides which
+    of the loop's own references count); anything else that refers to an object
+    (a handle, a variable) adds to its count.
+    """
+    probe = [object()]
+    idle = -1
+    for group in (probe, objs):
+        for obj in group:
+            if group is probe:
+                idle = sys.getrefcount(obj)
+            elif sys.getrefcount(obj) == idle:
+                return obj
     return None
 
 
-def _idle_refs() -> int:
-    """What ``sys.getrefcount`` says inside :func:`_first_idle` of an object only its
-    list refers to (the interpreter decides which of the loop's references count)."""
-    probe = [object()]
-    return next(n for n in range(1, 64) if _first_idle(probe, n) is not None)
+def _pool_key(dparams: dict, verify: bool) -> tuple:
+    return (tuple(sorted(dparams.items())), verify)
 
 
-_IDLE_REFS = _idle_refs()
-
-
-def _pool_key(p: Path, dparams: dict) -> tuple:
-    return (os.fspath(p), tuple(sorted(dparams.items())), integrity.verifying())
-
-
-def _idle_store(buf: Any, version: tuple, p: Path, dparams: dict) -> blosc2.NDArray | None:
+def _idle_store(buf: Any, version: tuple, key: tuple) -> blosc2.NDArray | None:
     """A kept read-only handle of this file version that nothing uses, or None."""
-    extras = _maps.attached(version, buf)
+    extras = _maps.attached(version, buf) if _POOLING else None
     if extras is None:
         return None
     with _POOL_LOCK:
-        return _first_idle(extras.get(_POOL_KEY, {}).get(_pool_key(p, dparams), ()), _IDLE_REFS)
+        return _first_idle(extras.get(_POOL_KEY, {}).get(key, []))
 
 
-def _pool_store(buf: Any, version: tuple, p: Path, dparams: dict, store: Any) -> None:
+def _pool_store(buf: Any, version: tuple, key: tuple, store: Any) -> None:
     """Keep the new read-only handle ``store`` for reuse (see :func:`_idle_store`)."""
-    if dparams.get("nthreads", 1) != 1:
-        return
-    extras = _maps.attached(version, buf)
+    extras = _maps.attached(version, buf) if _POOLING else None
     if extras is None:
         return
     with _POOL_LOCK:
-        stores = extras.setdefault(_POOL_KEY, {}).setdefault(_pool_key(p, dparams), [])
-        if len(stores) < _POOL_MAX:
-            stores.append(store)
+        pools = extras.setdefault(_POOL_KEY, {})
+        if sum(map(len, pools.values())) < _POOL_MAX:
+            pools.setdefault(key, []).append(store)
 
 
 def _new_pool_lock_in_child() -> None:
@@ -348,7 +353,12 @@ def _map_versioned(p: Path) -> tuple[Any, tuple]:
     """The shared read-only mapping of ``p`` (see :mod:`mlarray._maps`) and its version;
     what this process remembered about the version of ``p`` it replaces is dropped."""
     with os_errors(p, "cannot read"):
-        buf, version, replaced = _maps.map_file(p, _check_mappable)
+        try:
+            buf, version, replaced = _maps.map_file(p, _check_mappable)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # as Path.exists() sees them
+                raise MLArrayFileNotFoundError(p) from None
+            raise
     if replaced is not None:
         _forget_version(replaced)
     return buf, version
