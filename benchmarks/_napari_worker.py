@@ -3,11 +3,15 @@
 ``python _napari_worker.py KIND PATH OUT.json [LO HI]``: KIND ``mla`` opens PATH like a
 drag-and-drop (``viewer.open(path, plugin=None)``: our reader); ``mla-direct`` calls our
 reader function itself and adds its layers with ``viewer.add_<layer type>`` (what
-``viewer.open`` does after its progress bar and npe2's reader lookup); ``npy`` adds
-``np.load(PATH, mmap_mode="r")`` by hand with the given contrast limits (the fastest
-thing a user can do without a reader). Times: open -> first frame (the first canvas
-screenshot), 32 slider steps along the first axis (each: set the step, process events),
-and the first 3D frame (ndisplay = 3, then a screenshot).
+``viewer.open`` does after its progress bar and npe2's reader lookup); ``npy-open`` opens
+the ``.npy`` PATH like a drag-and-drop too, through napari's own builtin reader
+(``np.load``: the whole array in memory; napari computes the contrast limits);
+``npy-direct`` calls that builtin reader itself (``napari_builtins.io.napari_get_reader``)
+and adds its layers with ``viewer.add_<layer type>``, as ``mla-direct`` does for ours;
+``npy`` adds ``np.load(PATH, mmap_mode="r")`` by hand with the given contrast limits (the
+fastest thing a user can do without a reader). Times: open -> first frame (the first
+canvas screenshot), 32 slider steps along the first axis (each: set the step, process
+events), and the first 3D frame (ndisplay = 3, then a screenshot).
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+
+def _add(viewer, layer_data: tuple):
+    """Add one ``(data, [kwargs, [layer_type]])`` tuple as ``viewer.open`` does."""
+    kw = layer_data[1] if len(layer_data) > 1 else {}
+    kind = layer_data[2] if len(layer_data) > 2 else "image"
+    return getattr(viewer, f"add_{kind}")(layer_data[0], **kw)
 
 
 def main(argv: list[str]) -> int:
@@ -31,12 +42,16 @@ def main(argv: list[str]) -> int:
     viewer.screenshot(canvas_only=True, flash=False)  # an empty canvas is drawn once
 
     t0 = time.perf_counter()
-    if kind == "mla":
+    if kind in ("mla", "npy-open"):
         layers = viewer.open(path, plugin=None)
     elif kind == "mla-direct":
         from napari_mlarray._reader import read_mla
 
-        layers = [getattr(viewer, f"add_{t}")(data, **kw) for data, kw, t in read_mla(path)]
+        layers = [_add(viewer, ld) for ld in read_mla(path)]
+    elif kind == "npy-direct":
+        from napari_builtins.io import napari_get_reader
+
+        layers = [_add(viewer, ld) for ld in napari_get_reader(path)(path)]
     else:
         lo, hi = float(argv[4]), float(argv[5])
         layers = [viewer.add_image(np.load(path, mmap_mode="r"), contrast_limits=(lo, hi))]
