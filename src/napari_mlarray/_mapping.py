@@ -79,11 +79,38 @@ def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | Non
     return None
 
 
-def contrast_limits_from_sample(data, max_elements: int = 1_000_000) -> tuple[float, float]:
-    """Contrast limits from one plane of ``data`` (the middle of every slider axis).
+def first_plane(shape, scale=None) -> tuple[int, ...]:
+    """Index, along each slider axis (all but the last two), of the plane napari shows
+    first in a new viewer: the middle step ``int((n - 1) / 2)`` of each slider, counted
+    from the start of the world range, which is the last index along an axis with a
+    negative scale (a flipped axis).
 
-    Reads a single 2-D plane (napari's first displayed plane is of this size),
-    then a strided subsample of it, never the volume.
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape in view order.
+    scale : sequence of float, optional
+        The layer's ``scale`` (view order); None for all positive.
+
+    Returns
+    -------
+    tuple of int
+    """
+    lead = [int(n) for n in shape[:-2]]
+    signs = [1.0] * len(lead) if scale is None else [float(s) for s in scale[: len(lead)]]
+    return tuple(
+        (n - 1) // 2 if s >= 0 else n - 1 - (n - 1) // 2 for n, s in zip(lead, signs, strict=True)
+    )
+
+
+def contrast_limits_from_sample(
+    data, max_elements: int = 1_000_000, scale=None
+) -> tuple[float, float]:
+    """Contrast limits from one plane of ``data``: the plane napari shows first
+    (:func:`first_plane`), so that the reader decodes no plane napari does not show.
+
+    Reads a single 2-D plane (napari's first displayed plane), then a strided
+    subsample of it, never the volume.
 
     Parameters
     ----------
@@ -91,12 +118,14 @@ def contrast_limits_from_sample(data, max_elements: int = 1_000_000) -> tuple[fl
         Lazy data in view order.
     max_elements : int
         Cap on the elements the statistics are computed over.
+    scale : sequence of float, optional
+        The layer's ``scale`` in view order (see :func:`first_plane`).
 
     Returns
     -------
     tuple of float
     """
-    key = tuple(s // 2 for s in data.shape[:-2]) + (slice(None),) * min(2, data.ndim)
+    key = first_plane(data.shape, scale) + (slice(None),) * min(2, data.ndim)
     plane = np.asarray(data[key])
     step = max(1, math.ceil(math.sqrt(plane.size / max_elements)))
     sample = plane[(slice(None, None, step),) * plane.ndim].astype(float, copy=False)

@@ -137,8 +137,11 @@ def _layers(path: str) -> list[tuple]:
             if channel is None:  # stored stats span every channel: no use for one channel
                 kw["contrast_limits"] = _mapping.contrast_limits_from_stats(record)
             if kw["contrast_limits"] is None:
+                # from the plane napari shows first (its decoded block layer is then
+                # cached for the first frame)
                 planes = [view] if channel is None else _channels(view, channel)
-                limits = [_mapping.contrast_limits_from_sample(p) for p in planes]
+                scale = kw.get("scale") if channel is None else (kw.get("scale") or [None])[0]
+                limits = [_mapping.contrast_limits_from_sample(p, scale=scale) for p in planes]
                 kw["contrast_limits"] = limits[0] if channel is None else limits
             if channel is not None:
                 skip = (view.perm[channel],)

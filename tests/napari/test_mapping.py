@@ -397,10 +397,29 @@ def test_stats_window_and_sample_limits():
     rec["stats"].update(min=-1024, max=3000, percentile_min=-1000.0, percentile_max=1500.0)
     assert _mapping.contrast_limits_from_stats(rec) == (-1000.0, 1500.0)
     data = np.zeros((10, 20, 30), np.int16)
-    data[5] = np.arange(30)
-    data[0] = 999  # not in the sampled (middle) plane
+    data[4] = np.arange(30)  # the plane napari shows first: step int((10 - 1) / 2)
+    data[5] = -np.arange(30)  # ... counted from the far end along a flipped axis
+    data[0] = 999  # in neither
     assert _mapping.contrast_limits_from_sample(data) == (0.0, 29.0)
+    assert _mapping.contrast_limits_from_sample(data, scale=[2.0, 1, 1]) == (0.0, 29.0)
+    assert _mapping.contrast_limits_from_sample(data, scale=[-2.0, 1, 1]) == (-29.0, 0.0)
     assert _mapping.contrast_limits_from_sample(np.full((4, 4), np.nan)) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "scale", "plane"),
+    [
+        ((10, 20, 30), None, (4,)),
+        ((11, 20, 30), None, (5,)),
+        ((10, 20, 30), [-1.0, 1.0, 1.0], (5,)),
+        ((11, 20, 30), [-1.0, 1.0, 1.0], (5,)),
+        ((1, 20, 30), [-1.0, 1.0, 1.0], (0,)),
+        ((4, 10, 20, 30), [1.0, -1.0, 1.0, 1.0], (1, 5)),
+        ((20, 30), [1.0, 1.0], ()),
+    ],
+)
+def test_first_plane_is_the_one_napari_shows(shape, scale, plane):
+    assert _mapping.first_plane(shape, scale) == plane
 
 
 @pytest.mark.parametrize(

@@ -133,3 +133,40 @@ def test_opening_a_big_volume_reads_one_plane(make_napari_viewer, tmp_path, read
     assert layer.contrast_limits == [0.0, 1000.0]
     assert read_counter.total <= 4 * 256 * 256  # a few planes, not 256 of them
     assert read_counter.total < data.size / 50
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_contrast_comes_from_the_plane_napari_shows_first(make_napari_viewer, tmp_path, flipped):
+    """The reader's contrast sample is the plane of the first frame (no other block layer
+    is decoded for it), also along a flipped slider axis (a negative scale)."""
+    from mlarray import MLArray
+    from mlarray.io import save_mla
+    from napari_mlarray._mapping import first_plane
+
+    # every plane along the slider axis holds its own index; block layers 16 planes deep,
+    # so the middle planes 31 and 32 of 64 lie in different block layers
+    if flipped:  # LPS: stored axis 2 becomes the slider axis, flipped
+        data = np.broadcast_to(np.arange(64, dtype=np.int16), (32, 32, 64)).copy()
+        meta, chunks, blocks, axis = (
+            {"spatial": {"coord_system": "LPS"}},
+            (32, 32, 64),
+            (32, 32, 16),
+            2,
+        )
+    else:
+        data = np.broadcast_to(np.arange(64, dtype=np.int16)[:, None, None], (64, 32, 32)).copy()
+        meta, chunks, blocks, axis = {}, (64, 32, 32), (16, 32, 32), 0
+    path = save_mla(
+        tmp_path / "ct.mla", data, meta, patch_size=None, chunk_size=chunks, block_size=blocks
+    )
+    assert MLArray.open(path).blocks == blocks
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=None)
+    assert layer.data.perm[0] == axis and (layer.scale[0] < 0) == flipped
+    shown = round(float(layer.world_to_data(viewer.dims.point)[0]))  # napari's first plane
+    assert shown == first_plane(layer.data.shape, layer.scale)[0] == (32 if flipped else 31)
+    assert list(layer.contrast_limits) == [shown, shown + 1]  # a constant plane: (v, v + 1)
+    decoded = {key for key in layer.data.source._chunk_cache._chunks if key[:2] == ("layer", axis)}
+    assert ("layer", axis, 0, shown // 16) in decoded
+    other = 63 - shown  # the middle plane in the other block layer
+    assert ("layer", axis, 0, other // 16) not in decoded
