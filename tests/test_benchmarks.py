@@ -6,10 +6,14 @@ data and write the report and the plot.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,33 @@ def test_benchmark_smoke_run_writes_results_and_plot(tmp_path):
     assert ("reference: mlarray 0.0.54" in report) == bool(ref)
     png = (tmp_path / "patch_reads.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.qt
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed")
+def test_napari_benchmark_smoke_run_writes_its_goal_rows(tmp_path):
+    """bench_napari.py --smoke: every kind opens and draws in its fresh process (ours and
+    napari's own .npy reader, by drag-and-drop and called directly), and the two napari
+    goals come out as rows for run_all.py's goal table."""
+    goals = tmp_path / "goals.json"
+    args = [sys.executable, str(REPO / "benchmarks" / "bench_napari.py"), "--smoke"]
+    args += ["--goals", str(goals)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "failed" not in out, out[-3000:]
+    for name in (
+        "ours: viewer.open(path.mla, plugin=None)",
+        "ours: read_mla(path.mla)",
+        "napari's own .npy reader: viewer.open(path.npy, plugin=None)",
+        "napari's own .npy reader called directly",
+        "npy memmap added by hand",
+    ):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name}"))
+        assert row.rstrip(" |").endswith("True"), row  # the frames were not blank
+    rows = json.loads(goals.read_text())
+    first, third = rows
+    assert first["unit"] == "s" and first["met"] == (first["ratio"] <= first["limit"] == 0.1)
+    assert "unit" not in third and third["met"] == (third["ratio"] <= third["limit"] == 1.2)
+    if not first["met"]:
+        assert "napari's own .npy via viewer.open" in first["why"]
