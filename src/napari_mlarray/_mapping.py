@@ -83,7 +83,8 @@ def first_plane(shape, scale=None) -> tuple[int, ...]:
     """Index, along each slider axis (all but the last two), of the plane napari shows
     first in a new viewer: the middle step ``int((n - 1) / 2)`` of each slider, counted
     from the start of the world range, which is the last index along an axis with a
-    negative scale (a flipped axis).
+    negative scale (a flipped axis). With an oblique ``rotate`` it is a plane near the
+    middle.
 
     Parameters
     ----------
