@@ -441,3 +441,70 @@ def test_a_tracer_reading_locals_does_not_make_a_used_array_look_unused(tmp_path
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[False, False, False]"
+
+
+# -- the mapping cache's size and what it lets go ------------------------------------------
+
+
+@pytest.mark.parametrize(("soft", "kept"), [(64, 8), (1024, 128), (20000, 1024)])
+def test_the_mapping_cache_keeps_an_eighth_of_the_descriptor_limit(tmp_path, soft, kept):
+    """A training set of hundreds of files stays mapped where descriptors allow it;
+    under a low descriptor limit the cache stays small (each mapping holds one)."""
+    files = []
+    for i in range(kept + 5):
+        q = tmp_path / f"cap_{i}.mla"
+        if i == 0:
+            MLArray(np.arange(64, dtype=np.int16).reshape(4, 4, 4)).save(q)
+        else:
+            q.write_bytes(files[0].read_bytes())
+        files.append(q)
+    code = (
+        "import resource, sys, os\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))\n"
+        "from mlarray import MLArray\n"
+        "before = len(os.listdir('/proc/self/fd'))\n"
+        "for f in sys.argv[2:]:\n"
+        "    assert MLArray.open(f)[1, 2, 3] == 16 + 8 + 3\n"
+        "maps = sum(1 for line in open('/proc/self/maps') if 'cap_' in line)\n"
+        "print(maps, len(os.listdir('/proc/self/fd')) - before)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(soft), *map(os.fspath, files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    maps, fds = map(int, r.stdout.split())
+    assert maps == kept
+    assert fds <= kept
+
+
+def test_files_replaced_or_deleted_by_another_program_are_let_go(tmp_path):
+    """The cache does not keep a file another program replaced or deleted allocated on
+    disk: opening other files drops its mapping (a handle still using it keeps it)."""
+    a = tmp_path / "gone_replaced.mla"
+    b = tmp_path / "gone_deleted.mla"
+    x = _volume()
+    MLArray(x).save(a)
+    MLArray(x).save(b)
+    kept = MLArray.open(a)  # in use: keeps the old file of a readable
+    MLArray.open(b)[0]
+    tmp = tmp_path / "other.tmp"
+    MLArray(x + 1).save(tmp_path / "other.mla")
+    os.replace(tmp_path / "other.mla", a)  # another program's save over a
+    b.unlink()
+    del tmp
+    for i in range(6):  # new mappings: each looks at a few cached paths
+        q = tmp_path / f"gone_other_{i}.mla"
+        MLArray(x).save(q)
+        MLArray.open(q)[0]
+    gc.collect()
+    deleted = [line for line in _mapped("gone_") if "(deleted)" in line]
+    assert len(deleted) == 1 and "gone_replaced.mla" in deleted[0]  # only kept's
+    np.testing.assert_array_equal(kept[...], x)
+    del kept
+    gc.collect()
+    assert not [line for line in _mapped("gone_") if "(deleted)" in line]
+    np.testing.assert_array_equal(MLArray.open(a)[...], x + 1)

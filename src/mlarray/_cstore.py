@@ -186,11 +186,9 @@ def _map(p: Path) -> tuple[Any, tuple] | None:
     """The shared read-only mapping of the regular file ``p`` (:mod:`mlarray._maps`, the
     one ``MLArray.open`` uses too) and its version, or None."""
     try:
-        buf, version, replaced = _maps.map_file(p, _mappable)
+        buf, version, _ = _maps.map_file(p, _mappable)
     except (OSError, ValueError, _NotMappable):
         return None
-    if replaced is not None:
-        _prefetch.forget(replaced)
     return buf, version
 
 

@@ -9,11 +9,15 @@ So the mapping of a file version (device, inode, size, mtime, ctime) is made onc
 and shared by every handle of that version; handles hold it for as long as they
 live, this cache keeps the most recently used ones.
 
-Each cached mapping holds a file descriptor (Python's ``mmap`` keeps one) and keeps
-its file allocated on disk after it was deleted or replaced, so the cache is small
-(64 files, fewer under a low descriptor limit). Only the newest version of a path is
-kept: a file replaced by a save through mlarray, or opened again after it was
-replaced, is dropped from the cache (handles that still use it keep it).
+A training set is hundreds of files, opened in random order: the cache keeps up to
+1024 of them. Each cached mapping holds a file descriptor (Python's ``mmap`` keeps
+one), so it keeps at most an eighth of the process's descriptor limit (128 files
+under the common limit of 1024). A mapping keeps its file allocated on disk after it
+was deleted or replaced, so only the newest version of a path is kept: a file
+replaced by a save through mlarray, or opened again after it was replaced, is dropped
+from the cache (handles that still use it keep it), and every new mapping looks at a
+few cached paths in turn (:func:`_sweep`) and drops those that now name another file
+or none (replaced or deleted by another program).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ def _limit() -> int:
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
-        return 64
+        return 128
     if soft == resource.RLIM_INFINITY:
-        return 64
-    return max(8, min(64, soft // 16))
+        return 1024
+    return max(8, min(1024, soft // 8))
 
 
 _MAX = _limit()
@@ -90,6 +94,7 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
             if buf is not None:
                 _MAPS.move_to_end(version)
                 return buf, version, None
+    _sweep()
     buf, st = _map_new(key, p, check)
     version = version_of(st)
     with _LOCK:
@@ -106,6 +111,38 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
             for k in [k for k, v in _PATHS.items() if v == gone]:
                 del _PATHS[k]
     return buf, version, replaced
+
+
+_SWEEP = 4  # cached paths looked at per new mapping
+_cursor = 0
+
+
+def _sweep() -> None:
+    """Drop the cached mappings of a few paths (:data:`_SWEEP`, in turn) that now name
+    another file or none: replaced or deleted by another program, their old file would
+    stay allocated on disk for as long as the cache kept it. A handle that still uses
+    such a mapping keeps it."""
+    global _cursor
+    with _LOCK:
+        n = len(_PATHS)
+        if not n:
+            return
+        start = _cursor % n
+        items = list(_PATHS.items())
+        todo = [items[(start + i) % n] for i in range(min(_SWEEP, n))]
+        _cursor = start + len(todo)
+    for key, version in todo:
+        try:
+            st = os.stat(key)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == version[:2]:
+            continue  # the same file (written in place, perhaps: its pages are the same)
+        with _LOCK:
+            if _PATHS.get(key) == version:
+                del _PATHS[key]
+                if version not in _PATHS.values():
+                    _drop(version)
 
 
 def map_private(p: Path, check: Any) -> mmap.mmap | bytes:

@@ -14,7 +14,6 @@ was opened.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import mmap
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mlarray import _maps
 from mlarray.frame import FrameInfo
 from mlarray.indexing import key_bounds
 
@@ -158,33 +158,26 @@ class Prefetcher:
         return sum(self._ask(a, b, False) for a, b in spans)
 
 
-# Prefetchers of recently opened file versions (device, inode, size, mtime, ctime), shared
-# by their handles: each uses the shared mapping of its file (mlarray._maps), and a data
-# loader opening the same files again and again builds each once.
-_PREFETCHERS: collections.OrderedDict[tuple, Prefetcher] = collections.OrderedDict()
-_PREFETCHERS_MAX = 32
+_KEY = "prefetch.prefetcher"
 
 
 def for_frame(buf: Any, info: FrameInfo, version: tuple) -> Prefetcher | None:
     """The prefetcher of file version ``version`` mapped in ``buf`` (None where ``madvise``
-    is not available)."""
+    is not available).
+
+    Kept with the shared mapping of the file (:func:`mlarray._maps.attached`) and
+    shared by its handles, so a data loader opening the same files again and again
+    builds each once, and a mapping the cache lets go is not kept alive by it.
+    """
     if _WILLNEED is None or not isinstance(buf, mmap.mmap) or not info.nchunks:
         return None
-    pre = _PREFETCHERS.get(version)
-    if pre is None or pre.buf is not buf:
-        pre = _PREFETCHERS[version] = Prefetcher(buf, info)
-        with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
-            while len(_PREFETCHERS) > _PREFETCHERS_MAX:
-                _PREFETCHERS.popitem(last=False)
-    else:
-        with contextlib.suppress(KeyError):  # another thread's save may have dropped it
-            _PREFETCHERS.move_to_end(version)
+    extras = _maps.attached(version, buf)
+    if extras is None:  # not (or no longer) the cached mapping of the file
+        return Prefetcher(buf, info)
+    pre = extras.get(_KEY)
+    if pre is None:
+        pre = extras.setdefault(_KEY, Prefetcher(buf, info))
     return pre
-
-
-def forget(version: tuple) -> None:
-    """Drop the prefetcher of ``version`` (its file was replaced)."""
-    _PREFETCHERS.pop(version, None)
 
 
 def attach(store: Any, prefetcher: Prefetcher | None) -> None:

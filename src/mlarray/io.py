@@ -366,7 +366,6 @@ def _map_versioned(p: Path) -> tuple[Any, tuple]:
 
 def _forget_version(version: tuple) -> None:
     _CHECKED_FRAMES.pop(version, None)
-    _prefetch.forget(version)
 
 
 def forget_file(p: Path) -> None:
