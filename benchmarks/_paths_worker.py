@@ -780,7 +780,49 @@ def task_memory(t: dict) -> dict:
     }
 
 
+def task_dataset(t: dict) -> dict:
+    """Open per read over a set of files (a training set): each read opens a random
+    file of the set, reads its metadata and one patch; the same reads on one file of
+    the set for comparison. Every file is warm and was opened once before (an epoch)."""
+    paths, size = t["paths"], np.array(t["patch_size"])
+    for p in paths:
+        warm(p)
+    for p in paths:
+        _open_mla(p)[tuple(slice(0, int(n)) for n in size)]
+    picks = [(int(i), np.array(lo)) for i, lo in t["picks"]]
+
+    def sl(lo: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(a + n)) for a, n in zip(lo, size, strict=True))
+
+    fns = {
+        "mla_open_many": lambda i, lo: _open_mla(paths[i])[sl(lo)],
+        "mla_open_one": lambda i, lo: _open_mla(paths[0])[sl(lo)],
+    }
+    times: dict[str, list[float]] = {k: [] for k in t["kinds"]}
+    times["mla_open_many_early"] = []
+    shuffle = random.Random(len(picks)).shuffle
+    early = len(picks) // 3
+    for j, (i, lo) in enumerate(picks):
+        if j == early:  # the steady state: every file read many times (an epoch or so)
+            rng = np.random.default_rng(len(picks))
+            hi = np.array(t["shape"]) - size + 1
+            for _ in range(t["warm_reads"]):
+                fns["mla_open_many"](int(rng.integers(len(paths))), rng.integers(0, hi))
+        if j < early:  # right after each file was opened and read once
+            order = ["mla_open_many_early"]
+            fns["mla_open_many_early"] = fns["mla_open_many"]
+        else:
+            order = list(t["kinds"])
+            shuffle(order)
+        for k in order:
+            s = time.perf_counter()
+            fns[k](i, lo)
+            times[k].append(time.perf_counter() - s)
+    return {"times": times, "ok": True}
+
+
 TASKS = {
+    "dataset": task_dataset,
     "patches": task_patches,
     "cold": task_cold,
     "load": task_load,

@@ -15,6 +15,8 @@ the same run.
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +64,17 @@ CODECS = {
     "ZSTD-1 + shuffle": {"codec": 5, "clevel": 1},
     "ZSTD-5 + shuffle": {"codec": 5, "clevel": 5},
 }
-SECTIONS = ("patches", "cold", "layout", "load", "save", "scroll", "codecs", "memory")
+SECTIONS = (
+    "patches",
+    "dataset",
+    "cold",
+    "layout",
+    "load",
+    "save",
+    "scroll",
+    "codecs",
+    "memory",
+)
 MNI_NAME = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 CACHE = REPO / "benchmarks" / "_data"
 
@@ -590,6 +602,91 @@ def layout_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int
     return lines
 
 
+DATASET = {
+    "smoke": (4, (16, 24, 24)),
+    "quick": (40, (64, 96, 96)),
+    "default": (200, (128, 192, 192)),
+}
+DATASET["full"] = DATASET["default"]
+
+
+def dataset_files(run: Runner, size: str, seed: int) -> dict[str, list[Path]]:
+    """A training set: copies of one CT volume saved by ours and by the reference (one
+    file each, copied: every copy is a file of its own, as the cases of a data set)."""
+    n, shape = DATASET[size]
+    ct, _ = make_volumes(shape, seed + 7)
+    one = save_files(run, {"case": ct})
+    out: dict[str, list[Path]] = {}
+    for who in ("ours", "ref"):
+        src = one[f"case.{who}"]
+        paths = [src]
+        if src.exists():
+            for i in range(1, n):
+                q = run.d / f"case{i:03d}_{who}.mla"
+                shutil.copyfile(src, q)
+                paths.append(q)
+        out[who] = paths
+    return out
+
+
+def dataset_section(run: Runner, sets: dict, size: str, plan: dict, seed: int):
+    n, shape = DATASET[size]
+    ps = tuple(min(96, s) for s in shape)
+    out = [f"\n## Open per read over a training set ({n} files)\n"]
+    rng = random.Random(seed + 40)
+    picks = [
+        (rng.randrange(n), [rng.randrange(0, s - p + 1) for s, p in zip(shape, ps, strict=True)])
+        for _ in range(plan["n"] * 4 * plan["rounds"])
+    ]
+
+    def task(who: str):
+        return lambda r: {
+            "task": "dataset",
+            "paths": [str(p) for p in sets[who]],
+            "patch_size": list(ps),
+            "picks": picks[r :: plan["rounds"]],
+            "kinds": ["mla_open_many", "mla_open_one"],
+            "shape": list(shape),
+            "warm_reads": 10 * n,
+        }
+
+    res = yield {"ours": (run.ours_py, task("ours")), "ref": (run.ref_py, task("ref"))}
+    o, rf = res["ours"], res["ref"]
+    many, one = med(o, "mla_open_many"), med(o, "mla_open_one")
+    rmany, rone = med(rf, "mla_open_many"), med(rf, "mla_open_one")
+    early, rearly = med(o, "mla_open_many_early"), med(rf, "mla_open_many_early")
+    out.append(
+        f"nnU-Net's reads: every patch ({'x'.join(map(str, ps))}) opens one of {n} CT-like "
+        f"int16 files {shape} (copies of one volume, each saved with its package's "
+        "defaults), reads its metadata and the patch; the file is drawn at random, as a "
+        "data loader draws training cases. All files are in the page cache. `early`: "
+        "each file was opened and read once before, so most chunks a read touches are "
+        "touched for the first time in the process (ours hashes them against their "
+        "checksums once, and faults their pages into its mapping once); `steady`: after "
+        f"{10 * n} more reads (10 per file), as in a training run's later epochs. "
+        "`one file` makes the steady reads on the first file only (what the patch-read "
+        "table above measures). mlarray keeps the mapping of recently opened files (up to "
+        "1024, an eighth of the descriptor limit) and the unused handles built on them.\n"
+    )
+    out.append(
+        table(
+            ["reads", "ours ms", "reference ms", "ours / reference"],
+            [
+                [f"open per read, {n} files, early", ms(early), ms(rearly), rel(early, rearly)],
+                [
+                    f"open per read, {n} files, steady",
+                    ms(many),
+                    ms(rmany),
+                    goal(many, rmany, 0.75, f"open per read over {n} files, ct 96^3 / reference"),
+                ],
+                ["open per read, one file", ms(one), ms(rone), rel(one, rone)],
+            ],
+        )
+    )
+    out.append(f"\ncheck: {'ok' if o.get('ok') and rf.get('ok', True) else 'WRONG DATA'}")
+    return out
+
+
 def cold_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int):
     out = ["\n## Cold patch reads (file evicted with posix_fadvise DONTNEED before every read)\n"]
     rows = []
@@ -1071,7 +1168,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in machine_info(ref_py, ref_note, d):
             print(f"- {line}")
         ct, seg = make_volumes(shape, args.seed)
-        ct_only = only <= {"load", "scroll", "memory"}  # these read the CT only
+        ct_only = only <= {"load", "scroll", "memory", "dataset"}  # these read the CT only
         chosen = ", ".join(x for x in SECTIONS if x in only)
         mni, mni_src = (
             (None, "not used by these sections")
@@ -1089,7 +1186,9 @@ def main(argv: list[str] | None = None) -> int:
         if mni is not None:
             volumes["mni"] = mni
         files = save_files(run, volumes)
+        sets = dataset_files(run, size, args.seed) if "dataset" in only else {}
         interleaved = {
+            "dataset": lambda: dataset_section(run, sets, size, plan, args.seed),
             "patches": lambda: patch_section(run, files, shape, plan, args.seed, plot_rows),
             "cold": lambda: cold_section(run, files, shape, plan, args.seed),
             "layout": lambda: layout_section(run, files, shape, plan, args.seed),
