@@ -1,9 +1,26 @@
-"""Waiting for a forked child in tests, with a deadline (a hung child is killed)."""
+"""Children of tests: a forked child waited for with a deadline (a hung child is killed),
+a Python child running a script."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+
+
+def run_python(code: str, *args: object, timeout: float = 120) -> str:
+    """Run ``code`` in a new Python with ``args`` as ``sys.argv[1:]``; its standard
+    output (the test fails with its standard error if it did not exit with 0)."""
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+    r = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
 
 
 def wait_status(pid: int, seconds: float = 60) -> int | None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mlarray import Meta, MLArray
 from mlarray.errors import CorruptChunkError, MetaValidationError, ReadOnlyError
-from tests._children import wait_status
+from tests._children import run_python, wait_status
 
 
 def _fds() -> int:
@@ -104,11 +102,7 @@ def test_read_only_handles_refuse_writes(tmp_path):
         "        sys.exit('written')\n"
         "print(int(a[...].sum()))\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert int(r.stdout) == int(x.sum(dtype=np.int64))
+    assert int(run_python(code, p)) == int(x.sum(dtype=np.int64))
     with pytest.raises(ReadOnlyError):
         MLArray.open(p)[0] = 1
     np.testing.assert_array_equal(MLArray.open(p)[...], x)
@@ -196,10 +190,7 @@ def test_internal_writers_refuse_read_only_handles(tmp_path):
         "        sys.exit('written')\n"
         "print('ok')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+    assert run_python(code, p).strip() == "ok"
 
 
 def test_a_child_forked_while_the_mapping_cache_is_locked_can_open_files(tmp_path):
@@ -436,11 +427,7 @@ def test_a_tracer_reading_locals_does_not_make_a_used_array_look_unused(tmp_path
         "    del s1, s2\n"
         "print(shared)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "[False, False, False]"
+    assert run_python(code, p).strip() == "[False, False, False]"
 
 
 # -- the mapping cache's size and what it lets go ------------------------------------------
@@ -469,14 +456,7 @@ def test_the_mapping_cache_keeps_an_eighth_of_the_descriptor_limit(tmp_path, sof
         "maps = sum(1 for line in open('/proc/self/maps') if 'cap_' in line)\n"
         "print(maps, len(os.listdir('/proc/self/fd')) - before)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, str(soft), *map(os.fspath, files)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    maps, fds = map(int, r.stdout.split())
+    maps, fds = map(int, run_python(code, soft, *files, timeout=300).split())
     assert maps == kept
     assert fds <= kept
 
