@@ -18,6 +18,15 @@ replaced by a save through mlarray, or opened again after it was replaced, is dr
 from the cache (handles that still use it keep it), and every new mapping looks at a
 few cached paths in turn (:func:`_sweep`) and drops those that now name another file
 or none (replaced or deleted by another program).
+
+A mapping is only as long-lived as its file's length: a page past the end of a file
+that another program truncated or rewrote in place (``open(path, "wb")``,
+``truncate -s 0``) is a SIGBUS when touched, and the whole process dies. Replacing the
+file by a rename (as mlarray saves) is safe: the old file stays mapped. So every store
+that decodes from a mapping carries a :class:`Watch` of its file, and every read checks
+it (:func:`check`, through the read hooks of :mod:`mlarray.integrity`) before c-blosc2
+or numpy touches the mapping: a file changed in place raises
+:class:`~mlarray.errors.FileChangedError`, naming the file and its sizes then and now.
 """
 
 from __future__ import annotations
@@ -31,7 +40,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Version", "attached", "forget", "map_file", "map_private", "version_of"]
+__all__ = [
+    "Version",
+    "Watch",
+    "attached",
+    "check",
+    "forget",
+    "map_file",
+    "map_private",
+    "resync",
+    "same_file",
+    "version_of",
+    "watch",
+]
 
 Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
 
@@ -226,3 +247,112 @@ def refuse_write(store: Any, path: Any) -> None:
         raise ReadOnlyError(
             f"{path}: opened read-only; use MLArray.open(path, mmap_mode='r+') to write"
         )
+
+
+_WATCH = "_mlarray_watch"  # a store decoding from a mapping of a file holds its Watch here
+
+
+class Watch:
+    """What a handle decoding from a mapping of a file expects that file to be.
+
+    The file is the one :func:`map_file` mapped: ``version`` is its (device, inode,
+    size, mtime, ctime) then, ``buf`` its mapping (Python's ``mmap`` keeps a descriptor
+    of it, so no descriptor is added per handle). :meth:`check` costs one ``stat``:
+
+    * while ``path`` still names that file, any change of its size or modification
+      time (a truncation, a rewrite in place, an append: writes by other programs or
+      other handles) raises; the bytes a mapping shows may no longer be the frame the
+      handle was opened on, and pages past a new, shorter end would be a SIGBUS;
+    * once ``path`` names another file or none (replaced by a rename, deleted), the
+      mapped file can only be changed through a descriptor someone kept: its size is
+      checked through the mapping's own descriptor (``mmap.size()``, an ``fstat``).
+
+    Not closed: a truncation *during* a read that already passed its check (the few
+    milliseconds c-blosc2 decodes, per group of chunks for whole-volume reads) is still
+    a SIGBUS. Nothing in-process can turn that into an error safely (see
+    :func:`check`); the window is one read long instead of the handle's lifetime.
+    """
+
+    __slots__ = ("buf", "dev", "ino", "mtime", "path", "size")
+
+    def __init__(self, path: Any, buf: Any, version: Version) -> None:
+        self.path = os.path.abspath(path)
+        self.buf = buf
+        self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
+
+    def check(self) -> None:
+        """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
+        try:
+            st = os.stat(self.path)
+        except (OSError, ValueError):
+            st = None
+        if st is not None and st.st_ino == self.ino and st.st_dev == self.dev:
+            if st.st_size == self.size and st.st_mtime_ns == self.mtime:
+                return
+            self._changed(st.st_size)
+        try:
+            now = self.buf.size()  # fstat of the descriptor the mapping keeps
+        except (OSError, ValueError, AttributeError):
+            return  # no descriptor (not an mmap) or a closed one: nothing mapped to lose
+        if now < self.size:
+            self._changed(now)
+
+    def _changed(self, now: int) -> None:
+        from mlarray.errors import FileChangedError
+
+        if now < self.size:
+            how = "truncated or rewritten in place by another program"
+        else:
+            how = "written to in place by another program or handle"
+        raise FileChangedError(
+            self.path,
+            f"changed on disk while open: it is now {now} bytes, was {self.size} ({how}); "
+            "reopen it to read the new version",
+            size=now,
+            was=self.size,
+        )
+
+    def resync(self, st: os.stat_result) -> None:
+        """The handle changed the file itself (an in-place write): expect it as ``st``."""
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+            self.size, self.mtime = st.st_size, st.st_mtime_ns
+
+
+def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
+    """Give ``store``, which decodes from (a mapping of) the file version ``version``
+    of ``path`` mapped as ``buf``, the :class:`Watch` its reads check."""
+    with contextlib.suppress(AttributeError):
+        setattr(store, _WATCH, Watch(path, buf, version))
+
+
+def check(store: Any) -> None:
+    """Raise :class:`~mlarray.errors.FileChangedError` if the file ``store`` decodes from
+    was changed in place since it was opened; nothing for stores without a file.
+
+    Called before anything reads from the mapping. The alternatives to a check before
+    the read were weighed: a SIGBUS handler cannot return into the faulting C code
+    (Python runs its handlers between bytecodes, after the fault; a C handler that
+    jumps out of c-blosc2 would leave its contexts and allocator inconsistent), and
+    reading the chunks with ``pread`` instead of from the mapping would cost a copy of
+    the compressed bytes on every read.
+    """
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.check()
+
+
+def same_file(a: Any, b: Any) -> bool:
+    """Whether stores ``a`` and ``b`` were opened on the same version of the same file."""
+    wa, wb = getattr(a, _WATCH, None), getattr(b, _WATCH, None)
+    return (
+        wa is not None
+        and wb is not None
+        and (wa.dev, wa.ino, wa.size, wa.mtime) == (wb.dev, wb.ino, wb.size, wb.mtime)
+    )
+
+
+def resync(store: Any, st: os.stat_result) -> None:
+    """``store`` wrote its file in place (now described by ``st``): its reads expect that."""
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.resync(st)

@@ -20,10 +20,11 @@ How it is used:
 * :func:`attach` (called by :func:`mlarray.io.open_store`) gives an opened
   Blosc2 array a :class:`ChunkVerifier` when the file has checksums;
 * :func:`verify_read` is **the read hook**: ``verify_read(store, key)``
-  verifies the chunks a read of ``key`` touches, each chunk at most once per
-  handle. Fast read paths that bypass ``MLArray.__getitem__`` call it (or
-  :func:`verify_region` with per-axis ``(start, stop)`` bounds) before
-  decompressing;
+  checks that the file was not changed in place since it was opened
+  (:func:`mlarray._maps.check`) and verifies the chunks a read of ``key``
+  touches, each chunk at most once per handle. Fast read paths that bypass
+  ``MLArray.__getitem__`` call it (or :func:`verify_region` with per-axis
+  ``(start, stop)`` bounds) before decompressing;
 * :func:`note_write` marks a handle's file as modified in place (checking
   stops for that handle); each in-place write stores the digests of the
   chunks it rewrote (:func:`updated_entry`, called by
@@ -409,23 +410,39 @@ def verify_read(store: Any, key: Any, box: Box | None = None) -> None:
 
     Call it with a key numpy accepts, after the key was validated against the
     shape; ``box`` is the key's :func:`~mlarray.indexing.box_of_key` if the caller
-    worked it out already. Does nothing for arrays without checksums, with
+    worked it out already. Verifies nothing for arrays without checksums, with
     verification switched off, or after this handle wrote to its file.
+
+    First, for a store that decodes from a mapping of its file, checks that no other
+    program changed the file in place since it was opened (:func:`mlarray._maps.check`:
+    a truncated file would be a SIGBUS, not an error, once the read touches it).
+
+    Raises
+    ------
+    FileChangedError
+        If the file was truncated or rewritten in place since the store was opened.
+    CorruptChunkError
+        If a touched chunk does not match its checksum.
     """
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled and not verifier.done:
         verifier.verify_key(key, box)
 
 
 def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
-    """Verify the chunks overlapping ``[(start, stop), ...]`` (one pair per axis) of ``store``."""
+    """Verify the chunks overlapping ``[(start, stop), ...]`` (one pair per axis) of ``store``
+    (after the file check of :func:`verify_read`)."""
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled:
         verifier.verify_region(bounds)
 
 
 def verify_all(store: Any) -> None:
-    """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics)."""
+    """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics),
+    after the file check of :func:`verify_read`."""
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled:
         verifier.verify_all()

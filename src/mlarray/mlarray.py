@@ -10,7 +10,18 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _direct, _fork, _fullread, _prefetch, _read, geometry, integrity, io, layout
+from mlarray import (
+    _direct,
+    _fork,
+    _fullread,
+    _maps,
+    _prefetch,
+    _read,
+    geometry,
+    integrity,
+    io,
+    layout,
+)
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
@@ -912,6 +923,7 @@ class MLArray:
             return (_unpickle_file, (where, mode, self._mmap_mode, record))
         store = self._store
         if isinstance(store, blosc2.NDArray):
+            _maps.check(store)  # a copy-on-write view reads its file's mapping whole
             return (_unpickle_cframe, (store.to_cframe(), record))
         return (_unpickle_memory, (store, record))
 
@@ -1170,6 +1182,8 @@ class MLArray:
         if isinstance(store, np.ndarray):
             store[key] = value
             return
+        if store is self._file_store:
+            _maps.check(store)  # a file cut short by another program: an error, not SIGBUS
         if store is self._file_store and self._mmap_mode == "c":
             # Copy-on-write edits go into a copy of the frame in memory: c-blosc2 grows a
             # frame it rewrites past the end of the private mapping (SIGBUS, as in the
