@@ -301,7 +301,7 @@ class Watch:
         from mlarray.errors import FileChangedError
 
         if now < self.size:
-            how = "truncated or rewritten in place by another program"
+            how = "truncated or rewritten in place by another program or handle"
         else:
             how = "written to in place by another program or handle"
         raise FileChangedError(

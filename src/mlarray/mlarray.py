@@ -842,6 +842,8 @@ class MLArray:
         out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._file_store = out._store
+        with io.os_errors(path, "cannot create"):  # writes check the file was not cut short
+            _maps.watch(out._store, path, None, _maps.version_of(os.stat(path)))
         out._track_threads()
         out._flush_meta(checksums=True)  # then each write keeps them current
         return out
