@@ -48,6 +48,7 @@ __all__ = [
     "forget",
     "map_file",
     "map_private",
+    "map_private_watched",
     "resync",
     "same_file",
     "version_of",
@@ -171,6 +172,13 @@ def map_private(p: Path, check: Any) -> mmap.mmap | bytes:
     file). Opened non-blocking (a FIFO cannot hang the caller); ``check(p, st)`` vets
     the ``fstat`` of the open descriptor first. ``OSError`` propagates."""
     return _map_new(p, p, check)[0]
+
+
+def map_private_watched(p: Path, check: Any) -> tuple[mmap.mmap | bytes, Watch | None]:
+    """:func:`map_private`, and the :class:`Watch` of the file it mapped (None when
+    empty): for long reads of the mapping that check it as they go."""
+    buf, st = _map_new(p, p, check)
+    return buf, (Watch(p, buf, version_of(st)) if st.st_size else None)
 
 
 def _map_new(name: Any, p: Path, check: Any) -> tuple[Any, os.stat_result]:
@@ -323,6 +331,11 @@ def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
     of ``path`` mapped as ``buf``, the :class:`Watch` its reads check."""
     with contextlib.suppress(AttributeError):
         setattr(store, _WATCH, Watch(path, buf, version))
+
+
+def watch_of(store: Any) -> Watch | None:
+    """The :class:`Watch` of ``store`` (None for a store without a file)."""
+    return getattr(store, _WATCH, None)
 
 
 def check(store: Any) -> None:

@@ -112,24 +112,38 @@ def _release(buf: Any, lo: int, hi: int) -> None:
             buf.madvise(mmap.MADV_DONTNEED, start, hi - start)
 
 
-def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
+_CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file's size
+
+
+def chunk_digests(
+    buf: Any, info: FrameInfo, ids: Sequence[int] | None = None, watch: Any = None
+) -> np.ndarray:
     """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``.
 
     The chunks are hashed where they are (a mapped file is not copied); a mapped
-    ``buf`` keeps no hashed page resident (see :func:`_release`).
+    ``buf`` keeps no hashed page resident (see :func:`_release`). ``watch`` (a
+    :class:`mlarray._maps.Watch` of the mapped file) is checked before the first chunk
+    and every few MiB hashed: a file cut short meanwhile raises
+    :class:`~mlarray.errors.FileChangedError` instead of a SIGBUS.
     """
     mv = memoryview(buf).cast("B")
     idx = range(info.nchunks) if ids is None else ids
     out = np.empty(len(idx), dtype=np.uint64)
     pos, cb, raw = info.chunk_pos, info.chunk_cbytes, info.raw_offsets
     h = xxhash.xxh3_64_intdigest
+    due = 0  # bytes hashed since the last check
     for j, i in enumerate(idx):
         p = int(pos[i])
         if p < 0:
             out[j] = h(raw[i : i + 1].tobytes())
             continue
-        out[j] = h(mv[p : p + int(cb[i])])
-        _release(buf, p, p + int(cb[i]))
+        n = int(cb[i])
+        if watch is not None and (due == 0 or due >= _CHECK_EVERY):
+            watch.check()
+            due = 0
+        due += n
+        out[j] = h(mv[p : p + n])
+        _release(buf, p, p + n)
     return out
 
 
@@ -275,6 +289,7 @@ class ChunkVerifier:
         info: FrameInfo,
         expected: np.ndarray,
         version: tuple | None = None,
+        watch: Any = None,
     ):
         self.path = path
         self.version = version
@@ -282,6 +297,9 @@ class ChunkVerifier:
         # file version (shared by all its handles, see mlarray._maps): the chunks are
         # hashed where they are read from, even after the file was replaced on disk.
         self.buf = buf
+        #: the store's :class:`mlarray._maps.Watch` of its file (None in memory): a file cut
+        #: short while a long verification hashes it is an error, not a SIGBUS
+        self.watch = watch
         self.info = info
         self.expected = expected
         self.checked = _verified_mask(version, info.nchunks)
@@ -302,7 +320,7 @@ class ChunkVerifier:
 
     def _hash(self, todo: list[int]) -> None:
         """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
-        got = chunk_digests(self.buf, self.info, todo)
+        got = chunk_digests(self.buf, self.info, todo, self.watch)
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
@@ -386,7 +404,7 @@ def attach(
         (expected,) = cached
     if expected is None:
         return None
-    verifier = ChunkVerifier(path, buf, info, expected, version)
+    verifier = ChunkVerifier(path, buf, info, expected, version, _maps.watch_of(store))
     try:
         setattr(store, _VERIFIER_ATTR, verifier)
     except AttributeError:  # pragma: no cover - blosc2 arrays accept attributes
@@ -521,15 +539,16 @@ def _regular(p: Any, st: os.stat_result) -> None:
         raise InvalidPathError(p, "is not a regular file")
 
 
-def _map(path: Any) -> Any:
-    """A private read-only mapping of the file ``path`` (``b""`` if it is empty)."""
+def _map(path: Any) -> tuple[Any, Any]:
+    """A private read-only mapping of the file ``path`` (``b""`` if it is empty) and
+    the :class:`mlarray._maps.Watch` of it (None for an empty file)."""
     with os_errors(path, "cannot read"):
-        return _maps.map_private(path, _regular)
+        return _maps.map_private_watched(path, _regular)
 
 
 def digest_file(path: Any) -> bytes:
     """Inspect the frame at ``path`` and return its encoded checksum entry."""
-    buf = _map(path)
+    buf, _ = _map(path)
     info = inspect_frame(buf, path)
     return encode_digests(buf, info)
 
@@ -557,12 +576,12 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     MLArrayFormatError
         If the frame structure is invalid (always raised).
     """
-    buf = _map(path)
+    buf, watch = _map(path)
     info = inspect_frame(buf, path)
     expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
     damaged: list[int] = []
     if expected is not None and info.nchunks:
-        got = chunk_digests(buf, info)
+        got = chunk_digests(buf, info, watch=watch)
         damaged = [int(i) for i in np.flatnonzero(got != expected)]
         if damaged and raise_on_error:
             i = damaged[0]

@@ -426,6 +426,8 @@ def _verified_frame(p: Path, buf: Any, version: tuple | None = None) -> tuple[An
     """
     info = _frame.inspect_frame(buf, p)
     store_like = _FrameBytes(tuple(info.shape))
+    if version is not None:  # hashing a big file takes a while: checked as it goes
+        _maps.watch(store_like, p, buf, version)
     checked = integrity.attach(store_like, p, buf, info, version) is not None
     if checked:
         integrity.verify_all(store_like)

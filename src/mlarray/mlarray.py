@@ -765,6 +765,17 @@ class MLArray:
         was before it (:func:`mlarray.io.write_in_place`). Opening a file
         whose writer was killed in the middle of a write first restores it.
 
+        The file is read through a memory mapping. If another program cuts it
+        short or rewrites it in place while it is open (``truncate``,
+        ``open(path, "wb")``, ``cp`` over it), the next read or write raises
+        :class:`~mlarray.errors.FileChangedError` instead of touching pages
+        that are gone (which would kill the process with SIGBUS); reopen the
+        file to read its new version. A file replaced by a rename (how
+        mlarray and Blosc2 save) or deleted stays readable as it was. Each
+        read checks the file once before it starts (a ``stat``), whole-volume
+        reads once per few MiB: a truncation in the milliseconds a read is
+        already decoding is not caught (see :class:`mlarray._maps.Watch`).
+
         Raises
         ------
         InvalidPathError
