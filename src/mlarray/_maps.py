@@ -281,21 +281,22 @@ class Watch:
     :func:`check`); the window is one read long instead of the handle's lifetime.
     """
 
-    __slots__ = ("buf", "dev", "ino", "mtime", "path", "size")
+    __slots__ = ("_stat_path", "buf", "dev", "ino", "mtime", "path", "size")
 
     def __init__(self, path: Any, buf: Any, version: Version) -> None:
         self.path = os.path.abspath(path)
+        self._stat_path = os.fsencode(self.path)  # not encoded again on every check
         self.buf = buf
         self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
 
     def check(self) -> None:
         """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._stat_path)
         except (OSError, ValueError):
             st = None
         if st is not None and st.st_ino == self.ino and st.st_dev == self.dev:
-            if st.st_size == self.size and st.st_mtime_ns == self.mtime:
+            if st.st_mtime_ns == self.mtime and st.st_size == self.size:
                 return
             self._changed(st.st_size)
         try:
