@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,8 +180,6 @@ def test_whole_volume_reads_after_the_file_was_cut_short(tmp_path, operation):
             return "saved"
         return a.to_dask().compute().shape
 
-    if operation == "to_dask_compute":
-        pytest.importorskip("dask")
     text = _in_child(child)
     if operation == "to_dask_compute":
         # each dask task reopens the file by its path: the file as it is now is refused
@@ -330,17 +329,28 @@ def test_a_grown_file_never_reads_as_other_data(tmp_path, mmap_mode, how):
     _changed(text, p)
 
 
-@pytest.mark.parametrize("how", ["mlarray_save", "blosc2_mode_w", "delete"])
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+_SAVERS = ["mlarray_save", "blosc2_mode_w", "delete", "reference_save"]
+
+
+@pytest.mark.parametrize("how", _SAVERS)
 def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how):
     """Saving over the path through a new file (mlarray's rename, Blosc2's mode "w"
-    that removes the file first) or deleting it leaves the mapped file alone: open
-    handles (and the viewer's source) keep reading it, and saving such a handle
-    elsewhere writes its data, not the new file's."""
+    and the reference package's save, which remove the file first) or deleting it
+    leaves the mapped file alone: open handles (and the viewer's source) keep reading
+    it, and saving such a handle elsewhere writes its data, not the new file's."""
     from napari_mlarray._source import open_source
 
+    if how == "reference_save" and not REFERENCE_PYTHON:
+        pytest.skip("set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)")
     p, x = _file(tmp_path)
     y = _volume(5)
     dst = tmp_path / "handle_copy.mla"
+    script = (
+        "import sys, numpy as np; from mlarray import MLArray; "
+        "MLArray(np.load(sys.argv[1])).save(sys.argv[2])"
+    )
+    np.save(tmp_path / "y.npy", y)
 
     def child() -> object:
         a = MLArray.open(p)
@@ -350,6 +360,13 @@ def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how
             MLArray(y).save(p)
         elif how == "blosc2_mode_w":
             blosc2.asarray(y, urlpath=os.fspath(p), mode="w")
+        elif how == "reference_save":  # another program: the reference package
+            subprocess.run(
+                [REFERENCE_PYTHON, "-c", script, os.fspath(tmp_path / "y.npy"), os.fspath(p)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         else:
             os.remove(p)
         same = np.array_equal(a[...], x) and np.array_equal(src[...], x)
