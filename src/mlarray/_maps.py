@@ -37,6 +37,7 @@ import mmap
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "Version",
     "Watch",
     "attached",
+    "changed_by_this_process",
     "check",
     "forget",
     "map_file",
@@ -53,6 +55,8 @@ __all__ = [
     "same_file",
     "version_of",
     "watch",
+    "watch_of",
+    "writing",
 ]
 
 Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
@@ -281,16 +285,23 @@ class Watch:
     :func:`check`); the window is one read long instead of the handle's lifetime.
     """
 
-    __slots__ = ("_stat_path", "buf", "dev", "ino", "mtime", "path", "size")
+    __slots__ = ("_stat_path", "buf", "dev", "ino", "mtime", "path", "size", "writes", "writing")
 
     def __init__(self, path: Any, buf: Any, version: Version) -> None:
         self.path = os.path.abspath(path)
         self._stat_path = os.fsencode(self.path)  # not encoded again on every check
         self.buf = buf
         self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
+        #: in-place writes through this very handle under way (see :func:`writing`): its
+        #: reads from other threads meanwhile see the file change as the write goes
+        self.writing = 0
+        self.writes = 0  # in-place writes through this handle begun so far
 
     def check(self) -> None:
         """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
+        begun = self.writes
+        if self.writing:
+            return
         try:
             st = os.stat(self._stat_path)
         except (OSError, ValueError):
@@ -298,6 +309,8 @@ class Watch:
         if st is not None and st.st_ino == self.ino and st.st_dev == self.dev:
             if st.st_mtime_ns == self.mtime and st.st_size == self.size:
                 return
+            if self.writing or self.writes != begun:
+                return  # this handle began a write while the stat ran: its own change
             self._changed(st.st_size)
         try:
             now = self.buf.size()  # fstat of the descriptor the mapping keeps
@@ -325,6 +338,18 @@ class Watch:
         """The handle changed the file itself (an in-place write): expect it as ``st``."""
         if (st.st_dev, st.st_ino) == (self.dev, self.ino):
             self.size, self.mtime = st.st_size, st.st_mtime_ns
+
+    def changed_by_this_process(self) -> bool:
+        """Whether the file changed in place since the handle opened it, and is now as
+        the last in-place write of this process left it (through another handle)."""
+        try:
+            st = os.stat(self._stat_path)
+        except (OSError, ValueError):
+            return False
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            return False
+        now = (st.st_size, st.st_mtime_ns)
+        return now != (self.size, self.mtime) and _OWN.get((self.dev, self.ino)) == now
 
 
 def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
@@ -365,8 +390,41 @@ def same_file(a: Any, b: Any) -> bool:
     )
 
 
+# The state (size, mtime) the last in-place write of this process left each file in, by
+# (device, inode): another handle of the same file can tell that change from another
+# program's (see Watch.changed_by_this_process).
+_OWN: dict[tuple[int, int], tuple[int, int]] = {}
+_OWN_MAX = 4096
+
+
+@contextlib.contextmanager
+def writing(store: Any) -> Iterator[None]:
+    """An in-place write through ``store`` is under way: its reads do not report the
+    changes of its file meanwhile."""
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.writes += 1
+        w.writing += 1
+    try:
+        yield
+    finally:
+        if w is not None:
+            w.writing -= 1
+
+
 def resync(store: Any, st: os.stat_result) -> None:
-    """``store`` wrote its file in place (now described by ``st``): its reads expect that."""
+    """``store`` wrote its file in place (now described by ``st``): its reads expect that,
+    and other handles of this process can tell it was this process's write."""
     w = getattr(store, _WATCH, None)
     if w is not None:
         w.resync(st)
+    _OWN[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns)
+    while len(_OWN) > _OWN_MAX:
+        _OWN.pop(next(iter(_OWN)))
+
+
+def changed_by_this_process(store: Any) -> bool:
+    """Whether the file of ``store`` was changed in place since it was opened, by an
+    in-place write of this process through another handle (and nothing since)."""
+    w = getattr(store, _WATCH, None)
+    return w is not None and w.changed_by_this_process()

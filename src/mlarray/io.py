@@ -1380,10 +1380,13 @@ def write_in_place(
     with os_errors(p, "cannot write in place"):
         fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
-        _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+        with _maps.writing(store):  # its readers on other threads see the file change
+            try:
+                _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+            finally:
+                with contextlib.suppress(OSError):
+                    _maps.resync(store, os.fstat(fd))  # this handle's own change of its file
     finally:
-        with contextlib.suppress(OSError):
-            _maps.resync(store, os.fstat(fd))  # this handle's own change of its file
         os.close(fd)
 
 

@@ -862,6 +862,11 @@ class MLArray:
     def _flush_meta(self, checksums: bool = False) -> None:
         fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
+            if _maps.changed_by_this_process(fs):
+                # another handle of this process wrote the file in place since: this one's
+                # view of the frame is stale, its metadata goes in through a fresh one
+                self._reopen_file()
+                fs = self._file_store
             io.flush_meta(fs, self._path, self.meta, reopen=self._reopen_file, checksums=checksums)
 
     def _reopen_file(self) -> None:
