@@ -51,6 +51,7 @@ __all__ = [
     "map_file",
     "map_private",
     "map_private_watched",
+    "rename",
     "resync",
     "same_file",
     "version_of",
@@ -285,17 +286,32 @@ class Watch:
     :func:`check`); the window is one read long instead of the handle's lifetime.
     """
 
-    __slots__ = ("_stat_path", "buf", "dev", "ino", "mtime", "path", "size", "writes", "writing")
+    __slots__ = (
+        "_given",
+        "_stat_path",
+        "buf",
+        "dev",
+        "ino",
+        "mtime",
+        "path",
+        "size",
+        "writes",
+        "writing",
+    )
 
     def __init__(self, path: Any, buf: Any, version: Version) -> None:
-        self.path = os.path.abspath(path)
-        self._stat_path = os.fsencode(self.path)  # not encoded again on every check
+        self._name(path)
         self.buf = buf
         self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
         #: in-place writes through this very handle under way (see :func:`writing`): its
         #: reads from other threads meanwhile see the file change as the write goes
         self.writing = 0
         self.writes = 0  # in-place writes through this handle begun so far
+
+    def _name(self, path: Any) -> None:
+        self._given = os.fspath(path)
+        self.path = os.path.abspath(self._given)
+        self._stat_path = os.fsencode(self.path)  # not encoded again on every check
 
     def check(self) -> None:
         """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
@@ -357,6 +373,14 @@ def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
     of ``path`` mapped as ``buf``, the :class:`Watch` its reads check."""
     with contextlib.suppress(AttributeError):
         setattr(store, _WATCH, Watch(path, buf, version))
+
+
+def rename(store: Any, path: Any) -> None:
+    """A kept handle of the same file version is handed to an open of ``path`` (another
+    spelling, maybe): its checks stat and name that path."""
+    w = getattr(store, _WATCH, None)
+    if w is not None and w._given != os.fspath(path):
+        w._name(path)
 
 
 def watch_of(store: Any) -> Watch | None:

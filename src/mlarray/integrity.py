@@ -112,39 +112,46 @@ def _release(buf: Any, lo: int, hi: int) -> None:
             buf.madvise(mmap.MADV_DONTNEED, start, hi - start)
 
 
-_CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file's size
-
-
-def chunk_digests(
-    buf: Any, info: FrameInfo, ids: Sequence[int] | None = None, watch: Any = None
-) -> np.ndarray:
+def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
     """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``.
 
     The chunks are hashed where they are (a mapped file is not copied); a mapped
-    ``buf`` keeps no hashed page resident (see :func:`_release`). ``watch`` (a
-    :class:`mlarray._maps.Watch` of the mapped file) is checked before the first chunk
-    and every few MiB hashed: a file cut short meanwhile raises
-    :class:`~mlarray.errors.FileChangedError` instead of a SIGBUS.
+    ``buf`` keeps no hashed page resident (see :func:`_release`).
     """
     mv = memoryview(buf).cast("B")
     idx = range(info.nchunks) if ids is None else ids
     out = np.empty(len(idx), dtype=np.uint64)
     pos, cb, raw = info.chunk_pos, info.chunk_cbytes, info.raw_offsets
     h = xxhash.xxh3_64_intdigest
-    due = 0  # bytes hashed since the last check
     for j, i in enumerate(idx):
         p = int(pos[i])
         if p < 0:
             out[j] = h(raw[i : i + 1].tobytes())
             continue
-        n = int(cb[i])
-        if watch is not None and (due == 0 or due >= _CHECK_EVERY):
-            watch.check()
-            due = 0
-        due += n
-        out[j] = h(mv[p : p + n])
-        _release(buf, p, p + n)
+        out[j] = h(mv[p : p + int(cb[i])])
+        _release(buf, p, p + int(cb[i]))
     return out
+
+
+_CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file
+
+
+def _watched_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch: Any) -> Any:
+    """:func:`chunk_digests`, with ``watch`` (a :class:`mlarray._maps.Watch` of the mapped
+    file, or None) checked before the first chunk and every few MiB hashed: a file cut
+    short meanwhile raises :class:`~mlarray.errors.FileChangedError`, not a SIGBUS."""
+    if watch is None:
+        return chunk_digests(buf, info, ids)
+    idx = list(range(info.nchunks) if ids is None else ids)
+    cb = info.chunk_cbytes
+    parts, start, due = [], 0, 0
+    for j, i in enumerate(idx):
+        due += max(int(cb[i]), 0)
+        if due >= _CHECK_EVERY or j == len(idx) - 1:
+            watch.check()
+            parts.append(chunk_digests(buf, info, idx[start : j + 1]))
+            start, due = j + 1, 0
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
 
 def layout_digest(buf: Any, info: FrameInfo) -> int:
@@ -320,7 +327,7 @@ class ChunkVerifier:
 
     def _hash(self, todo: list[int]) -> None:
         """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
-        got = chunk_digests(self.buf, self.info, todo, self.watch)
+        got = _watched_digests(self.buf, self.info, todo, self.watch)
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
@@ -581,7 +588,7 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
     damaged: list[int] = []
     if expected is not None and info.nchunks:
-        got = chunk_digests(buf, info, watch=watch)
+        got = _watched_digests(buf, info, None, watch)
         damaged = [int(i) for i in np.flatnonzero(got != expected)]
         if damaged and raise_on_error:
             i = damaged[0]

@@ -161,6 +161,7 @@ def open_store(
         store = _idle_store(buf, version, _pool_key(dp, verify))
         if store is not None:
             integrity.reattach(store, p)
+            _maps.rename(store, p)  # its file checks name the path of this open
             return store, proto._clone()
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
