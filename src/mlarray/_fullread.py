@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray import _fork, integrity
+from mlarray import _fork, _maps, integrity
 from mlarray.errors import CorruptChunkError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
@@ -277,6 +277,9 @@ def _work(
             group = next(todo, None)
         if group is None:
             return
+        # the file may be cut short while a big volume decodes: checked again per group
+        # (a few MiB), so only a truncation during one group's decoding is not caught
+        _maps.check(store)
         n0, k = group
         for j in range(k):
             n = n0 + j

@@ -18,6 +18,15 @@ replaced by a save through mlarray, or opened again after it was replaced, is dr
 from the cache (handles that still use it keep it), and every new mapping looks at a
 few cached paths in turn (:func:`_sweep`) and drops those that now name another file
 or none (replaced or deleted by another program).
+
+A mapping is only as long-lived as its file's length: a page past the end of a file
+that another program truncated or rewrote in place (``open(path, "wb")``,
+``truncate -s 0``) is a SIGBUS when touched, and the whole process dies. Replacing the
+file by a rename (as mlarray saves) is safe: the old file stays mapped. So every store
+that decodes from a mapping carries a :class:`Watch` of its file, and every read checks
+it (:func:`check`, through the read hooks of :mod:`mlarray.integrity`) before c-blosc2
+or numpy touches the mapping: a file changed in place raises
+:class:`~mlarray.errors.FileChangedError`, naming the file and its sizes then and now.
 """
 
 from __future__ import annotations
@@ -28,10 +37,28 @@ import mmap
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Version", "attached", "forget", "map_file", "map_private", "version_of"]
+__all__ = [
+    "Version",
+    "Watch",
+    "attached",
+    "changed_by_this_process",
+    "check",
+    "forget",
+    "map_file",
+    "map_private",
+    "map_private_watched",
+    "rename",
+    "resync",
+    "same_file",
+    "version_of",
+    "watch",
+    "watch_of",
+    "writing",
+]
 
 Version = tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
 
@@ -152,6 +179,13 @@ def map_private(p: Path, check: Any) -> mmap.mmap | bytes:
     return _map_new(p, p, check)[0]
 
 
+def map_private_watched(p: Path, check: Any) -> tuple[mmap.mmap | bytes, Watch | None]:
+    """:func:`map_private`, and the :class:`Watch` of the file it mapped (None when
+    empty): for long reads of the mapping that check it as they go."""
+    buf, st = _map_new(p, p, check)
+    return buf, (Watch(p, buf, version_of(st)) if st.st_size else None)
+
+
 def _map_new(name: Any, p: Path, check: Any) -> tuple[Any, os.stat_result]:
     """Map the file ``name`` (``p`` is how the caller names it); with its ``fstat``."""
     fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -226,3 +260,195 @@ def refuse_write(store: Any, path: Any) -> None:
         raise ReadOnlyError(
             f"{path}: opened read-only; use MLArray.open(path, mmap_mode='r+') to write"
         )
+
+
+_WATCH = "_mlarray_watch"  # a store decoding from a mapping of a file holds its Watch here
+
+
+class Watch:
+    """What a handle decoding from a mapping of a file expects that file to be.
+
+    The file is the one :func:`map_file` mapped: ``version`` is its (device, inode,
+    size, mtime, ctime) then, ``buf`` its mapping (Python's ``mmap`` keeps a descriptor
+    of it, so no descriptor is added per handle). :meth:`check` costs one ``stat``:
+
+    * while ``path`` still names that file, any change of its size or modification
+      time (a truncation, a rewrite in place, an append: writes by other programs or
+      other handles) raises; the bytes a mapping shows may no longer be the frame the
+      handle was opened on, and pages past a new, shorter end would be a SIGBUS;
+    * once ``path`` names another file or none (replaced by a rename, deleted), the
+      mapped file can only be changed through a descriptor someone kept: its size is
+      checked through the mapping's own descriptor (``mmap.size()``, an ``fstat``).
+
+    Not closed: a truncation *during* a read that already passed its check (the few
+    milliseconds c-blosc2 decodes, per group of chunks for whole-volume reads) is still
+    a SIGBUS. Nothing in-process can turn that into an error safely (see
+    :func:`check`); the window is one read long instead of the handle's lifetime.
+    """
+
+    __slots__ = (
+        "_given",
+        "_stat_path",
+        "buf",
+        "dev",
+        "ino",
+        "mtime",
+        "path",
+        "size",
+        "writes",
+        "writing",
+    )
+
+    def __init__(self, path: Any, buf: Any, version: Version) -> None:
+        self._name(path)
+        self.buf = buf
+        self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
+        #: in-place writes through this very handle under way (see :func:`writing`): its
+        #: reads from other threads meanwhile see the file change as the write goes
+        self.writing = 0
+        self.writes = 0  # in-place writes through this handle begun so far
+
+    def _name(self, path: Any) -> None:
+        self._given = os.fspath(path)
+        self.path = os.path.abspath(self._given)
+        self._stat_path = os.fsencode(self.path)  # not encoded again on every check
+
+    def check(self) -> None:
+        """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
+        begun = self.writes
+        if self.writing:
+            return
+        try:
+            st = os.stat(self._stat_path)
+        except (OSError, ValueError):
+            st = None
+        if st is not None and st.st_ino == self.ino and st.st_dev == self.dev:
+            if st.st_mtime_ns == self.mtime and st.st_size == self.size:
+                return
+            if self.writing or self.writes != begun:
+                return  # this handle began a write while the stat ran: its own change
+            self._changed(st.st_size)
+        try:
+            now = self.buf.size()  # fstat of the descriptor the mapping keeps
+        except (OSError, ValueError, AttributeError):
+            return  # no descriptor (not an mmap) or a closed one: nothing mapped to lose
+        if now < self.size:
+            self._changed(now)
+
+    def _changed(self, now: int) -> None:
+        from mlarray.errors import FileChangedError
+
+        if now < self.size:
+            how = "truncated or rewritten in place by another program or handle"
+        else:
+            how = "written to in place by another program or handle"
+        raise FileChangedError(
+            self.path,
+            f"changed on disk while open: it is now {now} bytes, was {self.size} ({how}); "
+            "reopen it to read the new version",
+            size=now,
+            was=self.size,
+        )
+
+    def resync(self, st: os.stat_result) -> None:
+        """The handle changed the file itself (an in-place write): expect it as ``st``."""
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+            self.size, self.mtime = st.st_size, st.st_mtime_ns
+
+    def changed_by_this_process(self) -> bool:
+        """Whether the file changed in place since the handle opened it, and is now as
+        the last in-place write of this process left it (through another handle)."""
+        try:
+            st = os.stat(self._stat_path)
+        except (OSError, ValueError):
+            return False
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            return False
+        now = (st.st_size, st.st_mtime_ns)
+        return now != (self.size, self.mtime) and _OWN.get((self.dev, self.ino)) == now
+
+
+def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
+    """Give ``store``, which decodes from (a mapping of) the file version ``version``
+    of ``path`` mapped as ``buf``, the :class:`Watch` its reads check."""
+    with contextlib.suppress(AttributeError):
+        setattr(store, _WATCH, Watch(path, buf, version))
+
+
+def rename(store: Any, path: Any) -> None:
+    """A kept handle of the same file version is handed to an open of ``path`` (another
+    spelling, maybe): its checks stat and name that path."""
+    w = getattr(store, _WATCH, None)
+    if w is not None and w._given != os.fspath(path):
+        w._name(path)
+
+
+def watch_of(store: Any) -> Watch | None:
+    """The :class:`Watch` of ``store`` (None for a store without a file)."""
+    return getattr(store, _WATCH, None)
+
+
+def check(store: Any) -> None:
+    """Raise :class:`~mlarray.errors.FileChangedError` if the file ``store`` decodes from
+    was changed in place since it was opened; nothing for stores without a file.
+
+    Called before anything reads from the mapping. The alternatives to a check before
+    the read were weighed: a SIGBUS handler cannot return into the faulting C code
+    (Python runs its handlers between bytecodes, after the fault; a C handler that
+    jumps out of c-blosc2 would leave its contexts and allocator inconsistent), and
+    reading the chunks with ``pread`` instead of from the mapping would cost a copy of
+    the compressed bytes on every read.
+    """
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.check()
+
+
+def same_file(a: Any, b: Any) -> bool:
+    """Whether stores ``a`` and ``b`` were opened on the same version of the same file."""
+    wa, wb = getattr(a, _WATCH, None), getattr(b, _WATCH, None)
+    return (
+        wa is not None
+        and wb is not None
+        and (wa.dev, wa.ino, wa.size, wa.mtime) == (wb.dev, wb.ino, wb.size, wb.mtime)
+    )
+
+
+# The state (size, mtime) the last in-place write of this process left each file in, by
+# (device, inode): another handle of the same file can tell that change from another
+# program's (see Watch.changed_by_this_process).
+_OWN: dict[tuple[int, int], tuple[int, int]] = {}
+_OWN_MAX = 4096
+
+
+@contextlib.contextmanager
+def writing(store: Any) -> Iterator[None]:
+    """An in-place write through ``store`` is under way: its reads do not report the
+    changes of its file meanwhile."""
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.writes += 1
+        w.writing += 1
+    try:
+        yield
+    finally:
+        if w is not None:
+            w.writing -= 1
+
+
+def resync(store: Any, st: os.stat_result) -> None:
+    """``store`` wrote its file in place (now described by ``st``): its reads expect that,
+    and other handles of this process can tell it was this process's write."""
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.resync(st)
+    _OWN[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns)
+    while len(_OWN) > _OWN_MAX:
+        _OWN.pop(next(iter(_OWN)))
+
+
+def changed_by_this_process(store: Any) -> bool:
+    """Whether the file of ``store`` was changed in place since it was opened, by an
+    in-place write of this process through another handle (and nothing since)."""
+    w = getattr(store, _WATCH, None)
+    return w is not None and w.changed_by_this_process()

@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = [
     "CorruptChunkError",
     "DiskFullError",
+    "FileChangedError",
     "IndexingError",
     "InvalidModeError",
     "InvalidPathError",
@@ -84,6 +85,28 @@ class MLArrayFormatError(MLArrayError, ValueError):
     def __init__(self, path: str | os.PathLike | None, message: str):
         self.path = None if path is None else os.fspath(path)
         super().__init__(_with_path(path, message))
+
+
+class FileChangedError(MLArrayFormatError):
+    """The file of an open handle was changed on disk by another program (truncated,
+    rewritten or written to in place) since the handle was opened; reopen it to read
+    the new version.
+
+    ``size`` is its size now (None if it cannot be told), ``was`` its size when it
+    was opened. A file replaced by a new one (saved through a temporary file and
+    renamed, as mlarray saves) does not count: the handle keeps reading its own.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        message: str,
+        size: int | None = None,
+        was: int | None = None,
+    ):
+        super().__init__(path, message)
+        self.size = size
+        self.was = was
 
 
 class UnsafeRecordError(MLArrayFormatError):

@@ -20,10 +20,11 @@ How it is used:
 * :func:`attach` (called by :func:`mlarray.io.open_store`) gives an opened
   Blosc2 array a :class:`ChunkVerifier` when the file has checksums;
 * :func:`verify_read` is **the read hook**: ``verify_read(store, key)``
-  verifies the chunks a read of ``key`` touches, each chunk at most once per
-  handle. Fast read paths that bypass ``MLArray.__getitem__`` call it (or
-  :func:`verify_region` with per-axis ``(start, stop)`` bounds) before
-  decompressing;
+  checks that the file was not changed in place since it was opened
+  (:func:`mlarray._maps.check`) and verifies the chunks a read of ``key``
+  touches, each chunk at most once per handle. Fast read paths that bypass
+  ``MLArray.__getitem__`` call it (or :func:`verify_region` with per-axis
+  ``(start, stop)`` bounds) before decompressing;
 * :func:`note_write` marks a handle's file as modified in place (checking
   stops for that handle); each in-place write stores the digests of the
   chunks it rewrote (:func:`updated_entry`, called by
@@ -130,6 +131,27 @@ def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -
         out[j] = h(mv[p : p + int(cb[i])])
         _release(buf, p, p + int(cb[i]))
     return out
+
+
+_CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file
+
+
+def _watched_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch: Any) -> Any:
+    """:func:`chunk_digests`, with ``watch`` (a :class:`mlarray._maps.Watch` of the mapped
+    file, or None) checked before the first chunk and every few MiB hashed: a file cut
+    short meanwhile raises :class:`~mlarray.errors.FileChangedError`, not a SIGBUS."""
+    if watch is None:
+        return chunk_digests(buf, info, ids)
+    idx = list(range(info.nchunks) if ids is None else ids)
+    cb = info.chunk_cbytes
+    parts, start, due = [], 0, 0
+    for j, i in enumerate(idx):
+        due += max(int(cb[i]), 0)
+        if due >= _CHECK_EVERY or j == len(idx) - 1:
+            watch.check()
+            parts.append(chunk_digests(buf, info, idx[start : j + 1]))
+            start, due = j + 1, 0
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
 
 def layout_digest(buf: Any, info: FrameInfo) -> int:
@@ -274,6 +296,7 @@ class ChunkVerifier:
         info: FrameInfo,
         expected: np.ndarray,
         version: tuple | None = None,
+        watch: Any = None,
     ):
         self.path = path
         self.version = version
@@ -281,6 +304,9 @@ class ChunkVerifier:
         # file version (shared by all its handles, see mlarray._maps): the chunks are
         # hashed where they are read from, even after the file was replaced on disk.
         self.buf = buf
+        #: the store's :class:`mlarray._maps.Watch` of its file (None in memory): a file cut
+        #: short while a long verification hashes it is an error, not a SIGBUS
+        self.watch = watch
         self.info = info
         self.expected = expected
         self.checked = _verified_mask(version, info.nchunks)
@@ -301,7 +327,7 @@ class ChunkVerifier:
 
     def _hash(self, todo: list[int]) -> None:
         """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
-        got = chunk_digests(self.buf, self.info, todo)
+        got = _watched_digests(self.buf, self.info, todo, self.watch)
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
@@ -385,7 +411,7 @@ def attach(
         (expected,) = cached
     if expected is None:
         return None
-    verifier = ChunkVerifier(path, buf, info, expected, version)
+    verifier = ChunkVerifier(path, buf, info, expected, version, _maps.watch_of(store))
     try:
         setattr(store, _VERIFIER_ATTR, verifier)
     except AttributeError:  # pragma: no cover - blosc2 arrays accept attributes
@@ -409,23 +435,39 @@ def verify_read(store: Any, key: Any, box: Box | None = None) -> None:
 
     Call it with a key numpy accepts, after the key was validated against the
     shape; ``box`` is the key's :func:`~mlarray.indexing.box_of_key` if the caller
-    worked it out already. Does nothing for arrays without checksums, with
+    worked it out already. Verifies nothing for arrays without checksums, with
     verification switched off, or after this handle wrote to its file.
+
+    First, for a store that decodes from a mapping of its file, checks that no other
+    program changed the file in place since it was opened (:func:`mlarray._maps.check`:
+    a truncated file would be a SIGBUS, not an error, once the read touches it).
+
+    Raises
+    ------
+    FileChangedError
+        If the file was truncated or rewritten in place since the store was opened.
+    CorruptChunkError
+        If a touched chunk does not match its checksum.
     """
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled and not verifier.done:
         verifier.verify_key(key, box)
 
 
 def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
-    """Verify the chunks overlapping ``[(start, stop), ...]`` (one pair per axis) of ``store``."""
+    """Verify the chunks overlapping ``[(start, stop), ...]`` (one pair per axis) of ``store``
+    (after the file check of :func:`verify_read`)."""
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled:
         verifier.verify_region(bounds)
 
 
 def verify_all(store: Any) -> None:
-    """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics)."""
+    """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics),
+    after the file check of :func:`verify_read`."""
+    _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
     if verifier is not None and verifier.enabled:
         verifier.verify_all()
@@ -504,15 +546,16 @@ def _regular(p: Any, st: os.stat_result) -> None:
         raise InvalidPathError(p, "is not a regular file")
 
 
-def _map(path: Any) -> Any:
-    """A private read-only mapping of the file ``path`` (``b""`` if it is empty)."""
+def _map(path: Any) -> tuple[Any, Any]:
+    """A private read-only mapping of the file ``path`` (``b""`` if it is empty) and
+    the :class:`mlarray._maps.Watch` of it (None for an empty file)."""
     with os_errors(path, "cannot read"):
-        return _maps.map_private(path, _regular)
+        return _maps.map_private_watched(path, _regular)
 
 
 def digest_file(path: Any) -> bytes:
     """Inspect the frame at ``path`` and return its encoded checksum entry."""
-    buf = _map(path)
+    buf, _ = _map(path)
     info = inspect_frame(buf, path)
     return encode_digests(buf, info)
 
@@ -540,12 +583,12 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     MLArrayFormatError
         If the frame structure is invalid (always raised).
     """
-    buf = _map(path)
+    buf, watch = _map(path)
     info = inspect_frame(buf, path)
     expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
     damaged: list[int] = []
     if expected is not None and info.nchunks:
-        got = chunk_digests(buf, info)
+        got = _watched_digests(buf, info, None, watch)
         damaged = [int(i) for i in np.flatnonzero(got != expected)]
         if damaged and raise_on_error:
             i = damaged[0]

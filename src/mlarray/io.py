@@ -40,6 +40,7 @@ from mlarray import frame as _frame
 from mlarray._sidefiles import SUFFIX, _temp_prefix, journal_path
 from mlarray.errors import (
     DiskFullError,
+    FileChangedError,
     InvalidModeError,
     InvalidPathError,
     MetaValidationError,
@@ -160,6 +161,7 @@ def open_store(
         store = _idle_store(buf, version, _pool_key(dp, verify))
         if store is not None:
             integrity.reattach(store, p)
+            _maps.rename(store, p)  # its file checks name the path of this open
             return store, proto._clone()
     read_only = not writable and mmap_mode in ("r", None)  # "c": writes may move chunks
     prefetcher = _prefetch.for_frame(buf, info, version) if read_only else None
@@ -206,8 +208,9 @@ def open_store(
         or np.dtype(store.dtype) != info.dtype
         or (info.nchunks and tuple(store.chunks) != info.chunks)
     ):
-        raise MLArrayFormatError(p, "the file changed while it was being opened")
+        raise FileChangedError(p, "the file changed while it was being opened")
     _direct.guard(store, info)
+    _maps.watch(store, p, buf, version)  # every read checks the file was not cut short
     integrity.attach(store, p, buf, info, version, verify=verify)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)
@@ -398,6 +401,7 @@ def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
     p = Path(os.fspath(path))
     buf, version = _map_versioned(p)
     info, _ = _verified_frame(p, buf, version)
+    _maps.Watch(p, buf, version).check()  # not cut short since it was mapped: copy it
     with memoryview(buf) as view:
         # copy=True: a view over the mapping would abort the process on write
         arr = blosc2.ndarray_from_cframe(view, copy=True)
@@ -423,6 +427,8 @@ def _verified_frame(p: Path, buf: Any, version: tuple | None = None) -> tuple[An
     """
     info = _frame.inspect_frame(buf, p)
     store_like = _FrameBytes(tuple(info.shape))
+    if version is not None:  # hashing a big file takes a while: checked as it goes
+        _maps.watch(store_like, p, buf, version)
     checked = integrity.attach(store_like, p, buf, info, version) is not None
     if checked:
         integrity.verify_all(store_like)
@@ -622,7 +628,9 @@ def streaming_store(arr: Any) -> Any:
         plain, _ = open_store(path, mmap_mode=None)
     except MLArrayError:  # the file changed or went away: read what we have
         return store
-    if tuple(plain.shape) != tuple(store.shape) or plain.dtype != store.dtype:
+    if not _maps.same_file(plain, store):
+        # replaced since the handle was opened (its own file is read: the data the handle
+        # shows), or changed in place (the handle's reads report it)
         return store
     return plain
 
@@ -1368,11 +1376,17 @@ def write_in_place(
     _maps.refuse_write(store, path)
     p = Path(os.fspath(path))
     integrity.check_identity(store)
+    _maps.check(store)  # c-blosc2 reads (and rewrites) the chunks it keeps mapped
     vlmeta = dict(vlmeta or {})
     with os_errors(p, "cannot write in place"):
         fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
-        _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+        with _maps.writing(store):  # its readers on other threads see the file change
+            try:
+                _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+            finally:
+                with contextlib.suppress(OSError):
+                    _maps.resync(store, os.fstat(fd))  # this handle's own change of its file
     finally:
         os.close(fd)
 

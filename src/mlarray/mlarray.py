@@ -10,7 +10,18 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _direct, _fork, _fullread, _prefetch, _read, geometry, integrity, io, layout
+from mlarray import (
+    _direct,
+    _fork,
+    _fullread,
+    _maps,
+    _prefetch,
+    _read,
+    geometry,
+    integrity,
+    io,
+    layout,
+)
 from mlarray.errors import (
     CorruptChunkError,
     IndexingError,
@@ -754,6 +765,17 @@ class MLArray:
         was before it (:func:`mlarray.io.write_in_place`). Opening a file
         whose writer was killed in the middle of a write first restores it.
 
+        The file is read through a memory mapping. If another program cuts it
+        short or rewrites it in place while it is open (``truncate``,
+        ``open(path, "wb")``, ``cp`` over it), the next read or write raises
+        :class:`~mlarray.errors.FileChangedError` instead of touching pages
+        that are gone (which would kill the process with SIGBUS); reopen the
+        file to read its new version. A file replaced by a rename (how
+        mlarray and Blosc2 save) or deleted stays readable as it was. Each
+        read checks the file once before it starts (a ``stat``), whole-volume
+        reads once per few MiB: a truncation in the milliseconds a read is
+        already decoding is not caught (see :class:`mlarray._maps.Watch`).
+
         Raises
         ------
         InvalidPathError
@@ -831,6 +853,8 @@ class MLArray:
         out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._file_store = out._store
+        with io.os_errors(path, "cannot create"):  # writes check the file was not cut short
+            _maps.watch(out._store, path, None, _maps.version_of(os.stat(path)))
         out._track_threads()
         out._flush_meta(checksums=True)  # then each write keeps them current
         return out
@@ -838,6 +862,11 @@ class MLArray:
     def _flush_meta(self, checksums: bool = False) -> None:
         fs = self._file_store
         if fs is not None and self._writable and self._mmap_mode != "c":
+            if _maps.changed_by_this_process(fs):
+                # another handle of this process wrote the file in place since: this one's
+                # view of the frame is stale, its metadata goes in through a fresh one
+                self._reopen_file()
+                fs = self._file_store
             io.flush_meta(fs, self._path, self.meta, reopen=self._reopen_file, checksums=checksums)
 
     def _reopen_file(self) -> None:
@@ -912,6 +941,7 @@ class MLArray:
             return (_unpickle_file, (where, mode, self._mmap_mode, record))
         store = self._store
         if isinstance(store, blosc2.NDArray):
+            _maps.check(store)  # a copy-on-write view reads its file's mapping whole
             return (_unpickle_cframe, (store.to_cframe(), record))
         return (_unpickle_memory, (store, record))
 
@@ -1170,6 +1200,8 @@ class MLArray:
         if isinstance(store, np.ndarray):
             store[key] = value
             return
+        if store is self._file_store:
+            _maps.check(store)  # a file cut short by another program: an error, not SIGBUS
         if store is self._file_store and self._mmap_mode == "c":
             # Copy-on-write edits go into a copy of the frame in memory: c-blosc2 grows a
             # frame it rewrites past the end of the private mapping (SIGBUS, as in the

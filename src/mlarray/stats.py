@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mlarray import _maps
 from mlarray.errors import MetaValidationError
 
 __all__ = ["STAT_KEYS", "compute_stats"]
@@ -362,6 +363,7 @@ def compute_stats(
             index = tuple(
                 slice(s, min(s + c, n)) for s, c, n in zip(starts, chunk, shape, strict=True)
             )
+            _maps.check(array)  # an opened file cut short by another program: an error
             values = np.asarray(array[index]).reshape(-1).astype(work, copy=False)
             if work.kind == "f":
                 values = values[~np.isnan(values)]

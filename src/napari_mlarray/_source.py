@@ -66,14 +66,14 @@ class FileSource:
         with self._lock:
             if self._full is None:
                 from mlarray import MLArray, _maps
-                from mlarray.errors import MLArrayFormatError
+                from mlarray.errors import FileChangedError, MLArrayFormatError
 
                 try:
                     now = _maps.version_of(os.stat(self.path))
                 except OSError:
                     now = None
                 if now != self._cstore.version:  # MLArray.open would show other data
-                    raise MLArrayFormatError(
+                    raise FileChangedError(
                         self.path, "changed on disk since it was opened in the viewer; reopen it"
                     )
                 arr = MLArray.open(self.path, dparams={"nthreads": self._nthreads})

@@ -1,0 +1,472 @@
+"""A file changed on disk under an open handle: an error naming the file, never a SIGBUS.
+
+mlarray decodes straight from memory mappings of its files. When another program cuts
+a mapped file short in place (``truncate``, ``open(path, "wb")``, ``cp``/
+``shutil.copyfile`` over it), touching a page past the new end kills the whole process
+with SIGBUS: a napari session with unsaved annotations, a training run. Every scenario
+runs in a forked child, and the parent asserts the child ended normally (not killed by
+a signal) with :class:`~mlarray.errors.FileChangedError`, or read the data it had
+opened. A file replaced by a rename (how mlarray and Blosc2 save) keeps its old
+version readable.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+
+from mlarray import MLArray
+from mlarray.errors import FileChangedError, MLArrayError, MLArrayFormatError
+from tests._children import wait_status
+
+SHAPE = (48, 64, 80)
+
+
+def _volume(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1000, 3000, shape).astype(np.int16)
+
+
+def _file(tmp_path: Path, name: str = "case.mla", seed: int = 0) -> tuple[Path, np.ndarray]:
+    p = tmp_path / name
+    x = _volume(seed)
+    MLArray(x).save(p)
+    return p, x
+
+
+def _smaller(tmp_path: Path) -> Path:
+    """Another, much smaller ``.mla`` file (what a script saved meanwhile)."""
+    q = tmp_path / "other_small.mla"
+    MLArray(_volume(7, (8, 8, 8))).save(q)
+    return q
+
+
+def _shrink(p: Path, how: str, smaller: Path) -> None:
+    """Cut ``p`` short in place, as another program would."""
+    if how == "zero":
+        os.truncate(p, 0)
+    elif how == "half":
+        os.truncate(p, os.path.getsize(p) // 2)
+    else:  # "rewrite": copied over in place (O_TRUNC, then the smaller file's bytes)
+        shutil.copyfile(smaller, p)
+
+
+def _in_child(fn: Callable[[], object]) -> str:
+    """Run ``fn`` in a forked child; what it returned or raised, as text.
+
+    Fails if the child was killed by a signal (SIGBUS) or hung.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = fn()
+            except MLArrayError as exc:
+                text = f"{type(exc).__name__}: {exc}"
+            except BaseException as exc:  # not ours: reported, and a failing exit code
+                text, code = f"OTHER {type(exc).__name__}: {exc}", 3
+            else:
+                text = f"returned: {out}"
+            os.write(w, text.encode()[:8192])
+        finally:
+            os._exit(code)
+    os.close(w)
+    status = wait_status(pid)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    assert status is not None, "the child hung"
+    assert not os.WIFSIGNALED(status), (
+        f"the child was killed by {signal.Signals(os.WTERMSIG(status)).name}: {text}"
+    )
+    assert os.WEXITSTATUS(status) == 0, text
+    return text
+
+
+def _changed(text: str, p: Path) -> None:
+    """``text`` reports our error naming the file and its sizes."""
+    assert text.startswith("FileChangedError: "), text
+    assert str(p) in text, text
+    assert "changed on disk while open" in text and " bytes, was " in text, text
+
+
+@pytest.mark.parametrize("how", ["zero", "half", "rewrite"])
+@pytest.mark.parametrize("mmap_mode", ["r", "c", "r+", None])
+def test_patch_read_after_the_file_was_cut_short(tmp_path, mmap_mode, how):
+    p, x = _file(tmp_path)
+    smaller = _smaller(tmp_path)
+    size = os.path.getsize(p)
+
+    def child() -> object:
+        a = MLArray.open(p, mmap_mode=mmap_mode)
+        assert np.array_equal(a[0:8, 0:8, 0:8], x[0:8, 0:8, 0:8])
+        _shrink(p, how, smaller)
+        return a[30:48, 30:64, 40:80].shape
+
+    text = _in_child(child)
+    _changed(text, p)
+    assert f"was {size} (" in text, text
+    assert f"now {os.path.getsize(p)} bytes" in text, text
+
+
+def test_the_error_is_a_format_error_with_the_sizes(tmp_path):
+    p, _ = _file(tmp_path)
+    size = os.path.getsize(p)
+
+    def child() -> object:
+        a = MLArray.open(p)
+        os.truncate(p, 1000)
+        try:
+            a[5]
+        except FileChangedError as exc:
+            return (isinstance(exc, MLArrayFormatError), exc.path, exc.size, exc.was)
+        return "no error"
+
+    assert _in_child(child) == f"returned: {(True, str(p), 1000, size)}"
+
+
+@pytest.mark.parametrize("how", ["zero", "half", "rewrite"])
+def test_cached_plane_and_patch_reads_after_the_file_was_cut_short(tmp_path, how):
+    p, x = _file(tmp_path)
+    smaller = _smaller(tmp_path)
+
+    def child() -> object:
+        a = MLArray.open(p)
+        a.set_chunk_cache()
+        assert np.array_equal(a[5], x[5])  # the block layer under plane 5 is kept
+        _shrink(p, how, smaller)
+        # planes the cache holds were decoded from the file as opened: still that data
+        assert np.array_equal(a[6], x[6])
+        out = []
+        for key in (np.s_[:, 7], np.s_[..., 9], np.s_[20:30, 10:20, 10:20]):
+            try:
+                a[key]
+            except FileChangedError as exc:
+                out.append(str(exc))
+        return out
+
+    text = _in_child(child)
+    assert text.startswith("returned: ["), text
+    assert text.count("changed on disk while open") == 3, text
+
+
+@pytest.mark.parametrize(
+    "operation", ["to_numpy", "compute_stats", "save_elsewhere", "to_dask_compute"]
+)
+def test_whole_volume_reads_after_the_file_was_cut_short(tmp_path, operation):
+    p, _ = _file(tmp_path)
+    dst = tmp_path / "copy.mla"
+
+    def child() -> object:
+        a = MLArray.open(p)
+        a[0]
+        os.truncate(p, os.path.getsize(p) // 3)
+        if operation == "to_numpy":
+            return a.to_numpy().shape
+        if operation == "compute_stats":
+            return a.compute_stats()
+        if operation == "save_elsewhere":
+            a.save(dst)
+            return "saved"
+        # in one thread: a forked child has none of the parent's pool threads
+        return a.to_dask().compute(scheduler="synchronous").shape
+
+    text = _in_child(child)
+    if operation == "to_dask_compute":
+        # each dask task reopens the file by its path: the file as it is now is refused
+        assert text.startswith("MLArrayFormatError: "), text
+        assert str(p) in text, text
+    else:
+        _changed(text, p)
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("how", ["zero", "half", "rewrite"])
+def test_napari_reader_source_after_the_file_was_cut_short(tmp_path, how):
+    """The viewer's C path (no napari, no Qt: the reader's data source read directly)."""
+    from napari_mlarray._source import open_source
+
+    p, x = _file(tmp_path)
+    smaller = _smaller(tmp_path)
+
+    def child() -> object:
+        opened = open_source(os.fspath(p), 1)
+        assert opened is not None and opened[0] is not None
+        src = opened[0]
+        assert np.array_equal(src[3:4], x[3:4])  # a plane, as napari asks for it
+        _shrink(p, how, smaller)
+        out = []
+        for key in (np.s_[:, :, 5:6], np.s_[10:20, 5:30, 5:30], np.s_[...]):
+            try:
+                src[key]
+            except FileChangedError as exc:
+                out.append(str(exc))
+        try:
+            src.full()  # what saving the layer opens
+        except FileChangedError as exc:
+            out.append(str(exc))
+        return out
+
+    text = _in_child(child)
+    assert text.startswith("returned: ["), text
+    assert text.count(str(p)) == 4, text
+    assert text.count("changed on disk while open") == 3, text
+
+
+@pytest.mark.parametrize("mmap_mode", ["r+", "c", None])
+def test_writes_after_the_file_was_cut_short_leave_it_as_it_is(tmp_path, mmap_mode):
+    p, _ = _file(tmp_path)
+    half = os.path.getsize(p) // 2
+
+    def child() -> object:
+        a = MLArray.open(p, mode="a" if mmap_mode is None else "r", mmap_mode=mmap_mode)
+        a[0, 0, 0]
+        os.truncate(p, half)
+        out = []
+        try:
+            a[10:20, 10:20, 10:20] = 7
+        except FileChangedError as exc:
+            out.append(str(exc))
+        try:
+            a.close()  # writable handles store their metadata
+        except FileChangedError as exc:
+            out.append(str(exc))
+        return out
+
+    text = _in_child(child)
+    assert "changed on disk while open" in text, text
+    assert os.path.getsize(p) == half  # nothing written into what the other program left
+
+
+@pytest.mark.parametrize("mmap_mode", ["w+", None])
+def test_a_created_file_cut_short_while_it_is_written(tmp_path, mmap_mode):
+    p = tmp_path / "created.mla"
+
+    def child() -> object:
+        a = MLArray.create(p, SHAPE, np.int16, mmap_mode=mmap_mode)
+        a[0:8] = 3
+        os.truncate(p, 100)
+        out = []
+        try:
+            a[10:20] = 4
+        except FileChangedError as exc:
+            out.append(str(exc))
+        try:
+            a[0:8]
+        except FileChangedError as exc:
+            out.append(str(exc))
+        return out
+
+    text = _in_child(child)
+    assert text.count("changed on disk while open") == 2, text
+    assert os.path.getsize(p) == 100
+
+
+def test_a_copy_on_write_handle_pickled_after_the_file_was_cut_short(tmp_path):
+    p, _ = _file(tmp_path)
+
+    def child() -> object:
+        a = MLArray.open(p, mmap_mode="c")  # pickles as its frame's bytes
+        a[0]
+        os.truncate(p, 4096)
+        return len(pickle.dumps(a))
+
+    _changed(_in_child(child), p)
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_load_reads_the_file_as_it_is_now(tmp_path, compressed):
+    """``MLArray.load`` maps the file version it finds (the shared mapping of the cut
+    file is not reused): a file cut short is refused as what it is now."""
+    p, _ = _file(tmp_path)
+
+    def child() -> object:
+        a = MLArray.open(p)
+        a[0]
+        os.truncate(p, os.path.getsize(p) // 2)
+        return MLArray.load(p, compressed=compressed).shape
+
+    text = _in_child(child)
+    assert text.startswith("MLArrayFormatError: "), text
+    assert str(p) in text, text
+
+
+@pytest.mark.parametrize("mmap_mode", ["r", "c", None])
+@pytest.mark.parametrize("how", ["append", "rewrite_larger"])
+def test_a_grown_file_never_reads_as_other_data(tmp_path, mmap_mode, how):
+    """Appended to, or rewritten in place with a larger file: the handle reports it.
+
+    The bytes under the old length may not be the frame the handle opened any more (a
+    larger file copied over it: plain file I/O would decode bytes of neither file, the
+    copy-on-write mapping would still die of SIGBUS); an append cannot be told apart
+    from such a rewrite by the file's size and time, so it is reported too."""
+    p, x = _file(tmp_path)
+    larger = tmp_path / "other_large.mla"
+    y = _volume(3, SHAPE)
+    MLArray(y, patch_size=None, chunk_size=(16, 64, 80), block_size=(4, 32, 32)).save(larger)
+    assert os.path.getsize(larger) > os.path.getsize(p)
+
+    def child() -> object:
+        a = MLArray.open(p, mmap_mode=mmap_mode)
+        assert np.array_equal(a[...], x)
+        if how == "append":
+            with open(p, "ab") as f:
+                f.write(b"\0" * 100_000)
+        else:
+            shutil.copyfile(larger, p)
+        return np.array_equal(a[...], x)
+
+    text = _in_child(child)
+    _changed(text, p)
+
+
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+_SAVERS = ["mlarray_save", "blosc2_mode_w", "delete", "reference_save"]
+
+
+@pytest.mark.parametrize("how", _SAVERS)
+def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how):
+    """Saving over the path through a new file (mlarray's rename, Blosc2's mode "w"
+    and the reference package's save, which remove the file first) or deleting it
+    leaves the mapped file alone: open handles (and the viewer's source) keep reading
+    it, and saving such a handle elsewhere writes its data, not the new file's."""
+    from napari_mlarray._source import open_source
+
+    if how == "reference_save" and not REFERENCE_PYTHON:
+        pytest.skip("set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)")
+    p, x = _file(tmp_path)
+    y = _volume(5)
+    dst = tmp_path / "handle_copy.mla"
+    script = (
+        "import sys, numpy as np; from mlarray import MLArray; "
+        "MLArray(np.load(sys.argv[1])).save(sys.argv[2])"
+    )
+    np.save(tmp_path / "y.npy", y)
+
+    def child() -> object:
+        a = MLArray.open(p)
+        src = open_source(os.fspath(p), 1)[0]
+        assert np.array_equal(a[1], x[1]) and np.array_equal(src[1:2], x[1:2])
+        if how == "mlarray_save":
+            MLArray(y).save(p)
+        elif how == "blosc2_mode_w":
+            blosc2.asarray(y, urlpath=os.fspath(p), mode="w")
+        elif how == "reference_save":  # another program: the reference package
+            subprocess.run(
+                [REFERENCE_PYTHON, "-c", script, os.fspath(tmp_path / "y.npy"), os.fspath(p)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        else:
+            os.remove(p)
+        same = np.array_equal(a[...], x) and np.array_equal(src[...], x)
+        a.save(dst)
+        return same and np.array_equal(MLArray.open(dst)[...], x)
+
+    assert _in_child(child) == "returned: True"
+
+
+def test_own_writes_keep_the_handle_readable_other_handles_report_them(tmp_path):
+    p, x = _file(tmp_path)
+
+    def child() -> object:
+        reader = MLArray.open(p)
+        writer = MLArray.open(p, mmap_mode="r+")
+        assert np.array_equal(reader[2], x[2])
+        for v in (1, 2, 3):  # each write may move chunks and grow the file
+            writer[v * 5 : v * 5 + 10, :, :] = v
+        expected = x.copy()
+        for v in (1, 2, 3):
+            expected[v * 5 : v * 5 + 10] = v
+        ok = np.array_equal(writer[...], expected)
+        try:
+            reader[2]
+        except FileChangedError as exc:
+            return ok, str(exc)
+        return ok, "no error"
+
+    text = _in_child(child)
+    assert text.startswith("returned: (True, "), text
+    assert "changed on disk while open" in text and "another program or handle" in text, text
+
+
+def test_reads_on_other_threads_during_the_handles_own_writes_report_nothing(tmp_path):
+    """napari's async slicing reads planes while labels are painted through the same
+    handle: the handle's own in-place writes are not a change of its file."""
+    import threading
+
+    p, _ = _file(tmp_path)
+    a = MLArray.open(p, mode="a")
+    a.set_chunk_cache(SHAPE[0] * SHAPE[1] * 16 * 2)
+    errors: list[BaseException] = []
+
+    def scroll(done: threading.Event) -> None:
+        while not done.is_set():
+            try:
+                a[:, :, 60]
+                a[:, :, 20]
+            except BaseException as exc:  # collected: the assert below shows it
+                errors.append(exc)
+                return
+
+    for it in range(1, 16):
+        done = threading.Event()
+        reader = threading.Thread(target=scroll, args=(done,))
+        reader.start()
+        try:
+            a[:, :, 20] = it
+        finally:
+            done.set()
+            reader.join()
+        assert (a[:, :, 20] == it).all()
+    assert not errors, errors
+    a.close()
+    assert MLArray.open(p).verify().ok
+
+
+def test_two_writable_handles_of_one_process_close_in_turn(tmp_path):
+    """Another handle of this process wrote the file in place: a handle's reads report
+    it (its view of the frame is stale; it used to read through pages past the new end:
+    SIGBUS), its ``close()`` stores its metadata through a fresh view of the file;
+    another program's change is still refused."""
+    p, x = _file(tmp_path)
+    expected = x.copy()
+    expected[0:4] = 5
+
+    def child() -> object:
+        out = []
+        first = MLArray.open(p, mode="a")
+        second = MLArray.open(p, mode="a", mmap_mode=None)
+        first[0:4] = 5
+        first.meta.extra = {"by": "first"}
+        first.close()
+        try:
+            second[10]
+        except FileChangedError as exc:
+            out.append("another program or handle" in str(exc))
+        second.meta.extra = {"by": "second"}
+        second.close()
+        final = MLArray.open(p)
+        out.append(final.meta.extra == {"by": "second"})
+        out.append(np.array_equal(final[...], expected) and final.verify().ok)
+        third = MLArray.open(p, mode="a")
+        with open(p, "ab") as f:  # another program
+            f.write(b"\0" * 4096)
+        try:
+            third.close()
+        except FileChangedError:
+            out.append(True)
+        return out
+
+    assert _in_child(child) == "returned: [True, True, True, True]"
