@@ -225,7 +225,7 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
         # reference: MLArray reads those files through its guarded path (mlarray._direct)
         return None
     store = CStore(p, buf, info, lib, nthreads, version)
-    _maps.watch(store, p, buf, version)  # reads check the file was not cut short (SIGBUS)
+    _maps.watch(store, p, buf, version, info)  # reads check the file was not cut short
     integrity.attach(store, p, buf, info, version)
     _prefetch.attach(store, _prefetch.for_frame(buf, info, version))
     return store, meta

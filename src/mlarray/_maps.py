@@ -288,6 +288,8 @@ class Watch:
 
     __slots__ = (
         "_given",
+        "_print",
+        "_spans",
         "_stat_path",
         "buf",
         "dev",
@@ -295,14 +297,24 @@ class Watch:
         "mtime",
         "path",
         "size",
+        "touched",
         "writes",
         "writing",
     )
 
-    def __init__(self, path: Any, buf: Any, version: Version) -> None:
+    def __init__(self, path: Any, buf: Any, version: Version, spans: Any = None) -> None:
         self._name(path)
         self.buf = buf
         self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
+        # The byte ranges of the mapping that describe the frame (its header, and its
+        # trailer with the chunk index and the metadata, chunk checksums included) and
+        # their digest now: a file whose modification time moved while these stayed the
+        # same was touched, not rewritten (see check).
+        self._spans = spans if buf is not None else None
+        self._print = self._fingerprint()
+        #: times the file was found touched: its chunks are checked against their
+        #: checksums again (integrity), for a chunk rewritten in place keeps the trailer
+        self.touched = 0
         #: in-place writes through this very handle under way (see :func:`writing`): its
         #: reads from other threads meanwhile see the file change as the write goes
         self.writing = 0
@@ -327,13 +339,33 @@ class Watch:
                 return
             if self.writing or self.writes != begun:
                 return  # this handle began a write while the stat ran: its own change
+            if (
+                st.st_size == self.size
+                and self._print is not None
+                and self._fingerprint() == self._print  # same size: safe to read
+            ):
+                self.mtime = st.st_mtime_ns  # touched, not rewritten
+                self.touched += 1
+                return
             self._changed(st.st_size)
         try:
             now = self.buf.size()  # fstat of the descriptor the mapping keeps
         except (OSError, ValueError, AttributeError):
             return  # no descriptor (not an mmap) or a closed one: nothing mapped to lose
-        if now < self.size:
+        if now != self.size:  # the mapped file itself, whatever its path names now
             self._changed(now)
+
+    def _fingerprint(self) -> int | None:
+        """XXH3-64 of the frame's header and trailer in the mapping (None without them)."""
+        if not self._spans:
+            return None
+        import xxhash
+
+        h = xxhash.xxh3_64()
+        with memoryview(self.buf) as view:
+            for a, b in self._spans:
+                h.update(view[a:b])
+        return h.intdigest()
 
     def _changed(self, now: int) -> None:
         from mlarray.errors import FileChangedError
@@ -354,6 +386,7 @@ class Watch:
         """The handle changed the file itself (an in-place write): expect it as ``st``."""
         if (st.st_dev, st.st_ino) == (self.dev, self.ino):
             self.size, self.mtime = st.st_size, st.st_mtime_ns
+            self._print = None  # its frame moved: a later touch is reported as a change
 
     def changed_by_this_process(self) -> bool:
         """Whether the file changed in place since the handle opened it, and is now as
@@ -368,19 +401,24 @@ class Watch:
         return now != (self.size, self.mtime) and _OWN.get((self.dev, self.ino)) == now
 
 
-def watch(store: Any, path: Any, buf: Any, version: Version) -> None:
+def watch(store: Any, path: Any, buf: Any, version: Version, info: Any = None) -> None:
     """Give ``store``, which decodes from (a mapping of) the file version ``version``
-    of ``path`` mapped as ``buf``, the :class:`Watch` its reads check."""
+    of ``path`` mapped as ``buf``, the :class:`Watch` its reads check; ``info`` (the
+    frame's :class:`~mlarray.frame.FrameInfo`) lets it tell a touched file from a
+    rewritten one."""
+    spans = None
+    if info is not None:
+        spans = ((0, info.header_len), (info.header_len + info.cbytes, version[2]))
     with contextlib.suppress(AttributeError):
-        setattr(store, _WATCH, Watch(path, buf, version))
+        setattr(store, _WATCH, Watch(path, buf, version, spans))
 
 
 def rename(store: Any, path: Any) -> None:
     """A kept handle of the same file version is handed to an open of ``path`` (another
     spelling, maybe): its checks stat and name that path."""
     w = getattr(store, _WATCH, None)
-    if w is not None and w._given != os.fspath(path):
-        w._name(path)
+    if w is not None and (w._given != os.fspath(path) or w.path != os.path.abspath(path)):
+        w._name(path)  # another spelling, or the same one from another working directory
 
 
 def watch_of(store: Any) -> Watch | None:
@@ -444,7 +482,8 @@ def resync(store: Any, st: os.stat_result) -> None:
         w.resync(st)
     _OWN[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns)
     while len(_OWN) > _OWN_MAX:
-        _OWN.pop(next(iter(_OWN)))
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread's
+            _OWN.pop(next(iter(_OWN)))
 
 
 def changed_by_this_process(store: Any) -> bool:

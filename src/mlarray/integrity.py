@@ -307,6 +307,7 @@ class ChunkVerifier:
         #: the store's :class:`mlarray._maps.Watch` of its file (None in memory): a file cut
         #: short while a long verification hashes it is an error, not a SIGBUS
         self.watch = watch
+        self.touched = 0 if watch is None else watch.touched
         self.info = info
         self.expected = expected
         self.checked = _verified_mask(version, info.nchunks)
@@ -451,8 +452,21 @@ def verify_read(store: Any, key: Any, box: Box | None = None) -> None:
     """
     _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
-    if verifier is not None and verifier.enabled and not verifier.done:
-        verifier.verify_key(key, box)
+    if verifier is not None:
+        _after_touch(verifier)
+        if verifier.enabled and not verifier.done:
+            verifier.verify_key(key, box)
+
+
+def _after_touch(verifier: ChunkVerifier) -> None:
+    """A file found touched since the verifier last looked (same size, frame header and
+    trailer: :class:`mlarray._maps.Watch`) has its chunks checked again as they are read:
+    bytes of a chunk changed in place would leave those the same."""
+    w = verifier.watch
+    if w is not None and w.touched != verifier.touched:
+        verifier.touched = w.touched
+        verifier.checked = bytearray(verifier.info.nchunks)
+        verifier.done = not verifier.info.nchunks
 
 
 def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
@@ -460,8 +474,10 @@ def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
     (after the file check of :func:`verify_read`)."""
     _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
-    if verifier is not None and verifier.enabled:
-        verifier.verify_region(bounds)
+    if verifier is not None:
+        _after_touch(verifier)
+        if verifier.enabled:
+            verifier.verify_region(bounds)
 
 
 def verify_all(store: Any) -> None:
@@ -469,8 +485,10 @@ def verify_all(store: Any) -> None:
     after the file check of :func:`verify_read`."""
     _maps.check(store)
     verifier = getattr(store, _VERIFIER_ATTR, None)
-    if verifier is not None and verifier.enabled:
-        verifier.verify_all()
+    if verifier is not None:
+        _after_touch(verifier)
+        if verifier.enabled:
+            verifier.verify_all()
 
 
 def note_write(store: Any) -> None:

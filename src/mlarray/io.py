@@ -210,7 +210,7 @@ def open_store(
     ):
         raise FileChangedError(p, "the file changed while it was being opened")
     _direct.guard(store, info)
-    _maps.watch(store, p, buf, version)  # every read checks the file was not cut short
+    _maps.watch(store, p, buf, version, info)  # every read checks the file was not cut short
     integrity.attach(store, p, buf, info, version, verify=verify)
     if writable or mmap_mode in ("r+",):
         integrity.remember_identity(store, p)

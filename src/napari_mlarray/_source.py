@@ -72,10 +72,12 @@ class FileSource:
                     now = _maps.version_of(os.stat(self.path))
                 except OSError:
                     now = None
-                if now != self._cstore.version:  # MLArray.open would show other data
+                # MLArray.open would show another file (a chmod or a touch is no change)
+                if now is None or now[:2] != self._cstore.version[:2]:
                     raise FileChangedError(
                         self.path, "changed on disk since it was opened in the viewer; reopen it"
                     )
+                _maps.check(self._cstore)  # rewritten in place (FileChangedError)
                 arr = MLArray.open(self.path, dparams={"nthreads": self._nthreads})
                 if tuple(arr.shape) != self.shape or np.dtype(arr.dtype) != self.dtype:
                     raise MLArrayFormatError(self.path, "the file changed since it was opened")
