@@ -516,3 +516,35 @@ def test_a_chunk_changed_in_place_under_a_touch_is_still_caught(tmp_path):
 
     text = _in_child(child)
     assert text.startswith("CorruptChunkError: ") and str(p) in text, text
+
+
+def test_dask_blocks_of_a_file_replaced_since_to_dask_are_refused(tmp_path):
+    """Each dask task opens the file by its path: a file replaced since ``to_dask()``
+    (a save over it) is refused, never mixed into the result, while the handle keeps
+    reading the version it opened."""
+    pytest.importorskip("dask")
+    p, x = _file(tmp_path)
+    a = MLArray.open(p)
+    d = a.to_dask()
+    MLArray(_volume(5)).save(p)  # a new file under the same name
+    with pytest.raises(FileChangedError, match="since to_dask"):
+        d.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(a[...], x)
+    np.testing.assert_array_equal(MLArray.open(p).to_dask().compute(), _volume(5))
+
+
+@pytest.mark.parametrize("mmap_mode", ["r", "c", "r+", None])
+def test_dask_blocks_of_an_unchanged_file_read_in_every_mode(tmp_path, mmap_mode):
+    """The version check of dask tasks refuses nothing while the file is as it was (a
+    copy-on-write handle's edits travel with it); a touch is no change."""
+    pytest.importorskip("dask")
+    p, x = _file(tmp_path)
+    a = MLArray.open(p, mmap_mode=mmap_mode)
+    want = x.copy()
+    if mmap_mode == "c":
+        a[0:2] = 7
+        want[0:2] = 7
+    d = a.to_dask()
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
+    np.testing.assert_array_equal(d.compute(scheduler="synchronous"), want)

@@ -23,17 +23,33 @@ class _Reader:
     before dask asks for a block.
     """
 
-    def __init__(self, payload: bytes, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(
+        self,
+        payload: bytes,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        expect: tuple | None = None,
+    ):
         self._payload = payload
         self.shape = shape
         self.dtype = dtype
         self.ndim = len(shape)
+        self._expect = expect  # the file the MLArray had open (see _file_of)
         self._local = threading.local()
 
     def _array(self) -> Any:
         arr = getattr(self._local, "array", None)
         if arr is None:
             arr = pickle.loads(self._payload)
+            got = _file_of(arr._store)
+            if self._expect is not None and got is not None and got != self._expect:
+                from mlarray.errors import FileChangedError
+
+                raise FileChangedError(
+                    arr._path,
+                    "changed on disk since to_dask() was called (replaced or rewritten): "
+                    "its blocks would mix two versions; call to_dask() again",
+                )
             self._local.array = arr
         return arr
 
@@ -41,7 +57,18 @@ class _Reader:
         return np.asarray(self._array()[key])
 
     def __reduce__(self) -> tuple:
-        return (_Reader, (self._payload, self.shape, self.dtype))
+        return (_Reader, (self._payload, self.shape, self.dtype, self._expect))
+
+
+def _file_of(store: Any) -> tuple | None:
+    """Which file version ``store`` reads: device, inode, size and the digest of its
+    frame's header and trailer (a touch changes none of them); None in memory."""
+    from mlarray import _maps
+
+    w = _maps.watch_of(store)
+    if w is None or w.buf is None:
+        return None
+    return (w.dev, w.ino, w.size, w._print if w._print is not None else w.mtime)
 
 
 def to_dask(mlarray: Any, chunks: Any = None) -> Any:
@@ -73,7 +100,8 @@ def to_dask(mlarray: Any, chunks: Any = None) -> Any:
     dtype = np.dtype(store.dtype)
     if chunks is None:
         chunks = tuple(getattr(store, "chunks", None) or shape)
-    reader = _Reader(pickle.dumps(mlarray, protocol=pickle.HIGHEST_PROTOCOL), shape, dtype)
+    payload = pickle.dumps(mlarray, protocol=pickle.HIGHEST_PROTOCOL)
+    reader = _Reader(payload, shape, dtype, _file_of(store))
     name = f"mlarray-{uuid.uuid4().hex}"
     return da.from_array(
         reader,
