@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -478,17 +479,26 @@ def test_files_replaced_or_deleted_by_another_program_are_let_go(tmp_path):
     del tmp
     from mlarray import _maps
 
-    # new mappings: each looks at a few of the cached paths (this process's earlier
-    # tests cached others), in turn
-    for i in range(len(_maps._PATHS) // _maps._SWEEP + 2):
-        q = tmp_path / f"gone_other_{i}.mla"
-        MLArray(x).save(q)
-        MLArray.open(q)[0]
-    gc.collect()
-    deleted = [line for line in _mapped("gone_") if "(deleted)" in line]
+    def deleted_files() -> list[str]:
+        gc.collect()
+        return [line for line in _mapped("gone_") if "(deleted)" in line]
+
+    def open_new_files_until(done: Any) -> None:
+        # each new mapping looks at a few of the cached paths in turn (earlier tests of
+        # this process cached others): within as many new mappings as there are cached
+        # paths, every one of them was looked at
+        for i in range(len(_maps._PATHS) + 2):
+            if done():
+                return
+            q = tmp_path / f"gone_other_{i}_{len(_maps._PATHS)}.mla"
+            MLArray(x).save(q)
+            MLArray.open(q)[0]
+
+    open_new_files_until(lambda: not any("gone_deleted" in line for line in deleted_files()))
+    deleted = deleted_files()
     assert len(deleted) == 1 and "gone_replaced.mla" in deleted[0]  # only kept's
     np.testing.assert_array_equal(kept[...], x)
     del kept
-    gc.collect()
-    assert not [line for line in _mapped("gone_") if "(deleted)" in line]
+    open_new_files_until(lambda: not deleted_files())
+    assert not deleted_files()
     np.testing.assert_array_equal(MLArray.open(a)[...], x + 1)
