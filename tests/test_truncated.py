@@ -93,6 +93,17 @@ def _in_child(fn: Callable[[], object]) -> str:
     return text
 
 
+def _changes(*calls: Callable[[], object]) -> list[str]:
+    """The messages of the FileChangedErrors ``calls`` raise, one by one."""
+    out = []
+    for call in calls:
+        try:
+            call()
+        except FileChangedError as exc:
+            out.append(str(exc))
+    return out
+
+
 def _changed(text: str, p: Path) -> None:
     """``text`` reports our error naming the file and its sizes."""
     assert text.startswith("FileChangedError: "), text
@@ -205,17 +216,9 @@ def test_napari_reader_source_after_the_file_was_cut_short(tmp_path, how):
         src = opened[0]
         assert np.array_equal(src[3:4], x[3:4])  # a plane, as napari asks for it
         _shrink(p, how, smaller)
-        out = []
-        for key in (np.s_[:, :, 5:6], np.s_[10:20, 5:30, 5:30], np.s_[...]):
-            try:
-                src[key]
-            except FileChangedError as exc:
-                out.append(str(exc))
-        try:
-            src.full()  # what saving the layer opens
-        except FileChangedError as exc:
-            out.append(str(exc))
-        return out
+        keys = (np.s_[:, :, 5:6], np.s_[10:20, 5:30, 5:30], np.s_[...])
+        reads = [lambda key=key: src[key] for key in keys]
+        return _changes(*reads, src.full)  # full(): what saving the layer opens
 
     text = _in_child(child)
     assert text.startswith("returned: ["), text
@@ -232,16 +235,11 @@ def test_writes_after_the_file_was_cut_short_leave_it_as_it_is(tmp_path, mmap_mo
         a = MLArray.open(p, mode="a" if mmap_mode is None else "r", mmap_mode=mmap_mode)
         a[0, 0, 0]
         os.truncate(p, half)
-        out = []
-        try:
+
+        def write() -> None:
             a[10:20, 10:20, 10:20] = 7
-        except FileChangedError as exc:
-            out.append(str(exc))
-        try:
-            a.close()  # writable handles store their metadata
-        except FileChangedError as exc:
-            out.append(str(exc))
-        return out
+
+        return _changes(write, a.close)  # close(): writable handles store their metadata
 
     text = _in_child(child)
     assert "changed on disk while open" in text, text
