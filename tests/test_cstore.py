@@ -20,7 +20,7 @@ from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
 from mlarray.frame import decompress_chunk_bytes, inspect_frame
 from mlarray.io import save_mla
 from mlarray.meta import Meta
-from tests.conftest import FIXTURES, fixture_names
+from tests.conftest import FIXTURES, fixture_names, plain_blosc2_file
 
 
 def _lib_or_skip() -> _clib.CLib:
@@ -226,16 +226,7 @@ def test_an_undecodable_chunk_raises_ours_without_checksums(tmp_path):
     _lib_or_skip()
     p = tmp_path / "plain.mla"
     ref = _values((20, 30, 40), np.int32, seed=2)
-    blosc2.asarray(
-        ref,
-        urlpath=str(p),
-        mode="w",
-        chunks=(10, 30, 40),
-        blocks=(5, 10, 40),
-        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
-    )
-    buf = bytearray(p.read_bytes())
-    info = inspect_frame(bytes(buf))
+    buf, info = plain_blosc2_file(p, ref, clevel=1)
     pos, cb = int(info.chunk_pos[1]), int(info.chunk_cbytes[1])
     data_start = 32 + 4 * 2 * 3  # header, then the block starts (2 x 3 blocks) stay intact
     # the compressed streams inverted (zeroed streams would read as zeros: a stream of
@@ -455,16 +446,7 @@ def test_a_damaged_block_start_is_refused_before_c_reads_it(tmp_path):
 
     p = tmp_path / "bstart.mla"
     ref = _values((20, 30, 40), np.int32, seed=6)
-    blosc2.asarray(
-        ref,
-        urlpath=str(p),
-        mode="w",
-        chunks=(10, 30, 40),
-        blocks=(5, 10, 40),
-        cparams={"codec": blosc2.Codec.LZ4, "clevel": 5},
-    )
-    buf = bytearray(p.read_bytes())
-    info = inspect_frame(bytes(buf))
+    buf, info = plain_blosc2_file(p, ref, clevel=5)
     pos = int(info.chunk_pos[1])
     buf[pos + 32 + 4 * 2 : pos + 32 + 4 * 3] = (2**31 - 16).to_bytes(4, "little")
     p.write_bytes(bytes(buf))

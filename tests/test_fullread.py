@@ -14,6 +14,7 @@ from mlarray.errors import CorruptChunkError
 from mlarray.frame import inspect_frame
 from mlarray.io import save_mla
 from mlarray.meta import Meta
+from tests.conftest import plain_blosc2_file
 
 DTYPES = [
     np.bool_,
@@ -144,16 +145,7 @@ def test_an_undecodable_chunk_raises_ours_without_checksums(tmp_path):
     # short cannot be decoded: the serial and the threaded path both report it.
     p = tmp_path / "plain.mla"
     ref = _values((20, 30, 40), np.int32, seed=2)
-    blosc2.asarray(
-        ref,
-        urlpath=str(p),
-        mode="w",
-        chunks=(10, 30, 40),
-        blocks=(5, 10, 40),
-        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
-    )
-    buf = bytearray(p.read_bytes())
-    info = inspect_frame(bytes(buf))
+    buf, info = plain_blosc2_file(p, ref, clevel=1)
     pos, cb = int(info.chunk_pos[1]), int(info.chunk_cbytes[1])
     buf[pos + 40 : pos + cb] = bytes(cb - 40)  # the block offsets and data zeroed
     p.write_bytes(bytes(buf))

@@ -37,6 +37,7 @@ from mlarray.errors import (
 )
 from mlarray.frame import inspect_frame
 from mlarray.integrity import CHECKSUM_KEY, verify_file
+from tests._children import run_python
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
 MEMORY_CAP = 1 << 30
@@ -379,10 +380,7 @@ def test_stored_thread_count_is_clamped(tmp_path):
         "print(a._store.schunk.dparams.nthreads)\n"
         "print(open('/proc/self/status').read().split('Threads:')[1].split()[0])"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=60
-    )
-    nthreads, threads = (int(x) for x in proc.stdout.split())
+    nthreads, threads = (int(x) for x in run_python(code, p, timeout=60).split())
     assert nthreads <= (os.cpu_count() or 1)
     assert threads < 64
 
@@ -829,8 +827,5 @@ def test_copy_on_write_edits_that_grow_the_frame_do_not_crash(tmp_path):
         "assert np.array_equal(MLArray.open(sys.argv[1] + '.saved.mla')[...], x)\n"
         "print('ok')\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, os.fspath(p)], capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-1500:])
+    assert run_python(code, p).strip() == "ok"
     assert p.read_bytes() == before
