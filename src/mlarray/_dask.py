@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mlarray import _maps
 from mlarray.errors import NoArrayError
 
 __all__ = ["to_dask"]
@@ -34,14 +35,14 @@ class _Reader:
         self.shape = shape
         self.dtype = dtype
         self.ndim = len(shape)
-        self._expect = expect  # the file the MLArray had open (see _file_of)
+        self._expect = expect  # the file the MLArray had open (_maps.identity)
         self._local = threading.local()
 
     def _array(self) -> Any:
         arr = getattr(self._local, "array", None)
         if arr is None:
             arr = pickle.loads(self._payload)
-            got = _file_of(arr._store)
+            got = _maps.identity(arr._store)
             if self._expect is not None and got is not None and got != self._expect:
                 from mlarray.errors import FileChangedError
 
@@ -58,17 +59,6 @@ class _Reader:
 
     def __reduce__(self) -> tuple:
         return (_Reader, (self._payload, self.shape, self.dtype, self._expect))
-
-
-def _file_of(store: Any) -> tuple | None:
-    """Which file version ``store`` reads: device, inode, size and the digest of its
-    frame's header and trailer (a touch changes none of them); None in memory."""
-    from mlarray import _maps
-
-    w = _maps.watch_of(store)
-    if w is None or w.buf is None:
-        return None
-    return (w.dev, w.ino, w.size, w._print if w._print is not None else w.mtime)
 
 
 def to_dask(mlarray: Any, chunks: Any = None) -> Any:
@@ -101,7 +91,7 @@ def to_dask(mlarray: Any, chunks: Any = None) -> Any:
     if chunks is None:
         chunks = tuple(getattr(store, "chunks", None) or shape)
     payload = pickle.dumps(mlarray, protocol=pickle.HIGHEST_PROTOCOL)
-    reader = _Reader(payload, shape, dtype, _file_of(store))
+    reader = _Reader(payload, shape, dtype, _maps.identity(store))
     name = f"mlarray-{uuid.uuid4().hex}"
     return da.from_array(
         reader,

@@ -48,6 +48,7 @@ __all__ = [
     "changed_by_this_process",
     "check",
     "forget",
+    "identity",
     "map_file",
     "map_private",
     "map_private_watched",
@@ -442,14 +443,20 @@ def check(store: Any) -> None:
         w.check()
 
 
+def identity(store: Any) -> tuple | None:
+    """Which file version ``store`` reads: device, inode, size and the digest of its
+    frame's header and trailer (a touch changes none of them; the modification time
+    where there is no digest); None for a store without a mapped file."""
+    w = getattr(store, _WATCH, None)
+    if w is None or w.buf is None:
+        return None
+    return (w.dev, w.ino, w.size, w._print if w._print is not None else w.mtime)
+
+
 def same_file(a: Any, b: Any) -> bool:
     """Whether stores ``a`` and ``b`` were opened on the same version of the same file."""
-    wa, wb = getattr(a, _WATCH, None), getattr(b, _WATCH, None)
-    return (
-        wa is not None
-        and wb is not None
-        and (wa.dev, wa.ino, wa.size, wa.mtime) == (wb.dev, wb.ino, wb.size, wb.mtime)
-    )
+    ida = identity(a)
+    return ida is not None and ida == identity(b)
 
 
 # The state (size, mtime) the last in-place write of this process left each file in, by
