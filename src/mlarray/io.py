@@ -156,8 +156,8 @@ def open_store(
             _CHECKED_FRAMES.move_to_end(version)
     info, proto, accepted, _ = checked
     verify = integrity.verifying()  # once: what the handle does and which kept one fits
+    dp = clamp_dparams(dparams or _stored_dparams(proto))
     if mmap_mode == "r" and not writable and accepted:
-        dp = clamp_dparams(dparams or _stored_dparams(proto))
         store = _idle_store(buf, version, _pool_key(dp, verify))
         if store is not None:
             integrity.reattach(store, p)
@@ -173,7 +173,7 @@ def open_store(
         kwargs["mmap_mode"] = mmap_mode
     else:
         kwargs["mode"] = "a" if writable else "r"
-    kwargs["dparams"] = clamp_dparams(dparams or _stored_dparams(meta))
+    kwargs["dparams"] = dp
     if (writable or mmap_mode == "r+") and not _may_write(p):
         raise MLArrayIOError(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
