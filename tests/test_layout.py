@@ -374,6 +374,19 @@ def test_normalize_dparams():
         normalize_dparams({"nthreads": "2"})
 
 
+def test_normalize_dparams_repeated_calls_check_and_copy_every_time():
+    """Data loaders pass the same dict on every open (its result is kept): each call
+    still refuses bad values and returns its own dict."""
+    first = normalize_dparams({"nthreads": 2})
+    first["nthreads"] = 99
+    assert normalize_dparams({"nthreads": 2}) == {"nthreads": 2}
+    for bad in ({"nthreads": True}, {"nthreads": -1}, {"nthreads": 2.0}):
+        for _ in range(2):
+            with pytest.raises(MetaValidationError):
+                normalize_dparams(bad)
+    assert normalize_dparams({"nthreads": np.int64(3)}) == {"nthreads": 3}
+
+
 def test_blosc2_parameter_objects():
     opts = resolve_storage(
         (10, 10),

@@ -502,3 +502,28 @@ def test_files_replaced_or_deleted_by_another_program_are_let_go(tmp_path):
     open_new_files_until(lambda: not deleted_files())
     assert not deleted_files()
     np.testing.assert_array_equal(MLArray.open(a)[...], x + 1)
+
+
+def test_paths_with_dotdot_through_a_symlinked_folder_name_what_the_os_finds(tmp_path, monkeypatch):
+    """``link/../x.mla`` is the file next to the link's target, as ``open()`` and
+    ``os.stat`` find it; dropping ``link/..`` as text named a file that does not exist.
+    Opens (absolute and relative, after a chdir), loads, writes through a handle, and a
+    handle sent to a worker (pickled with its absolute path) all read the right file."""
+    import pickle
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "link").symlink_to(tmp_path / "real" / "sub")
+    vol = _volume()
+    MLArray(vol).save(tmp_path / "real" / "x.mla")
+    through = tmp_path / "other" / "link" / ".." / "x.mla"
+    assert through.exists()
+    np.testing.assert_array_equal(MLArray.open(through)[...], vol)
+    np.testing.assert_array_equal(MLArray.load(through).to_numpy(), vol)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(MLArray.open(through)))[...], vol)
+    with MLArray.open(through, mode="a") as a:
+        a[0] = 7
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "real" / "x.mla")[0], 7)
+    monkeypatch.chdir(tmp_path / "other")
+    np.testing.assert_array_equal(MLArray.open("link/../x.mla")[1:], vol[1:])
+    assert not (tmp_path / "other" / "x.mla").exists()

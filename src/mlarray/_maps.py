@@ -44,6 +44,7 @@ from typing import Any
 __all__ = [
     "Version",
     "Watch",
+    "absolute",
     "attached",
     "changed_by_this_process",
     "check",
@@ -100,6 +101,14 @@ def version_of(st: os.stat_result) -> Version:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def absolute(path: os.PathLike | str) -> str:
+    """``path`` made absolute against the working directory of now, ``..`` left in
+    place: ``link/../x.mla`` names what the operating system finds through the link
+    (``os.path.abspath`` would drop ``link/..`` as text and name another file)."""
+    s = os.fsdecode(path)
+    return s if os.path.isabs(s) else os.path.join(os.getcwd(), s)
+
+
 def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
     """A read-only mapping of the regular file ``p``, its version, and the version of
     ``p`` this replaced in the cache (or None).
@@ -110,7 +119,7 @@ def map_file(p: Path, check: Any) -> tuple[mmap.mmap, Version, Version | None]:
     for anything that is not a file worth mapping), and the new mapping is cached.
     ``OSError`` propagates for the caller to name the file.
     """
-    key = os.path.abspath(p)
+    key = absolute(p)
     try:
         st = os.stat(key)
     except OSError:
@@ -220,7 +229,7 @@ def forget(p: os.PathLike | str) -> Version | None:
     """Drop the cached mapping of ``p`` (after this process replaced the file); return
     the version it had, or None."""
     with _LOCK:
-        version = _PATHS.pop(os.path.abspath(p), None)
+        version = _PATHS.pop(absolute(p), None)
         if version is not None:
             _drop(version)
     return version
@@ -323,7 +332,7 @@ class Watch:
 
     def _name(self, path: Any) -> None:
         self._given = os.fspath(path)
-        self.path = os.path.abspath(self._given)
+        self.path = absolute(self._given)
         self._stat_path = os.fsencode(self.path)  # not encoded again on every check
 
     def check(self) -> None:
@@ -418,7 +427,7 @@ def rename(store: Any, path: Any) -> None:
     """A kept handle of the same file version is handed to an open of ``path`` (another
     spelling, maybe): its checks stat and name that path."""
     w = getattr(store, _WATCH, None)
-    if w is not None and (w._given != os.fspath(path) or w.path != os.path.abspath(path)):
+    if w is not None and (w._given != os.fspath(path) or w.path != absolute(path)):
         w._name(path)  # another spelling, or the same one from another working directory
 
 

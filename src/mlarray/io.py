@@ -74,14 +74,28 @@ __all__ = [
 Progress = Callable[[int, int], Any]
 
 
+#: Paths (as given, str) that passed :func:`check_path`'s suffix check, as Paths: a data
+#: loader opens the same few thousand paths again and again, and building a Path is a
+#: tenth of an open once a patch read has pushed this code out of the CPU caches.
+_CHECKED_PATHS: dict[str, Path] = {}
+_CHECKED_PATHS_MAX = 4096
+
+
 def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
     """Return ``path`` as a Path after checking its suffix (and existence when asked)."""
     try:
-        p = Path(os.fspath(path))
+        s = os.fspath(path)
+        known = _CHECKED_PATHS.get(s) if type(s) is str else None
+        p = known if known is not None else Path(s)
     except TypeError:
         raise InvalidPathError(None, f"expected a file path, got {type(path).__name__}") from None
-    if p.suffix.lower() != SUFFIX:
-        raise InvalidPathError(p, f"an MLArray file must end with '{SUFFIX}'")
+    if known is None:
+        if p.suffix.lower() != SUFFIX:
+            raise InvalidPathError(p, f"an MLArray file must end with '{SUFFIX}'")
+        if type(s) is str:
+            if len(_CHECKED_PATHS) >= _CHECKED_PATHS_MAX:
+                _CHECKED_PATHS.clear()
+            _CHECKED_PATHS[s] = p
     if must_exist:
         if p.is_dir():
             raise InvalidPathError(p, "is a directory, not an .mla file")

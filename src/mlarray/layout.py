@@ -476,13 +476,25 @@ def normalize_dparams(dparams: Mapping[str, Any] | blosc2.DParams | None) -> dic
     """
     if dparams is None:
         return dict(DEFAULT_DPARAMS)
+    key = None
+    if type(dparams) is dict and all(type(v) is int for v in dparams.values()):
+        key = tuple(dparams.items())  # a data loader's {"nthreads": 1}, on every open
+        known = _NORMALIZED_DPARAMS.get(key)
+        if known is not None:
+            return dict(known)
     if not isinstance(dparams, blosc2.DParams):
         given = _given_mapping("dparams", dparams, "blosc2.DParams", _DPARAMS_FIELDS)
         dparams = blosc2.DParams(**{**DEFAULT_DPARAMS, **given})
     out = {name: _plain(getattr(dparams, name)) for name in _DPARAMS_FIELDS}
-    for key, value in out.items():
-        _check_value("dparams", key, value)
+    for name, value in out.items():
+        _check_value("dparams", name, value)
+    if key is not None and len(_NORMALIZED_DPARAMS) < 64:
+        _NORMALIZED_DPARAMS[key] = dict(out)
     return out
+
+
+#: Results of :func:`normalize_dparams` for dicts of plain ints (bounded, never evicted).
+_NORMALIZED_DPARAMS: dict[tuple, dict[str, Any]] = {}
 
 
 # ----------------------------------------------------------------------------- funnel

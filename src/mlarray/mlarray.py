@@ -937,7 +937,7 @@ class MLArray:
             and self._mmap_mode != "c"
         ):
             mode = "a" if self._writable and self._mmap_mode is None else "r"
-            where = os.path.abspath(self._path)  # a worker may run in another directory
+            where = _maps.absolute(self._path)  # a worker may run in another directory
             return (_unpickle_file, (where, mode, self._mmap_mode, record))
         store = self._store
         if isinstance(store, blosc2.NDArray):
