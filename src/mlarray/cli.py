@@ -365,7 +365,7 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         result = convert_file(
             src,
             dst,
-            overwrite=True,
+            overwrite=args.overwrite,
             progress=progress,
             to="dicom" if args.to == "dicom" else None,
             **_convert_options(args),

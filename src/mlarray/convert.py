@@ -740,12 +740,35 @@ def _tmp_dir_for(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
 
 
-def _publish(tmpdir: Path, target: Path) -> None:
-    """Move every file written in ``tmpdir`` next to ``target``, the header (target) last."""
-    others = [p for p in tmpdir.iterdir() if p.name != target.name]
+def _written_name(target: Path) -> str:
+    """The name to write ``target`` as: its suffix in lower case.
+
+    SimpleITK picks the writer, and MetaImage's single-file or header+data
+    layout, from the lower-case suffix only (``X.MHA`` would become ``X.mhd``
+    plus ``X.zraw``); the file is renamed to ``target`` when published.
+    """
+    stem, suffix = split_suffix(target.name)
+    return stem + suffix.lower()
+
+
+def _publish(tmpdir: Path, written: str, target: Path, overwrite: bool) -> None:
+    """Move every file written in ``tmpdir`` next to ``target``, the header (``written``) last.
+
+    A data file written beside the header (``X.zraw`` of ``X.mhd``) does not
+    replace an existing file of that name unless ``overwrite``.
+    """
+    others = [p for p in tmpdir.iterdir() if p.name != written]
+    if not overwrite:
+        for p in others:
+            if os.path.lexists(target.parent / p.name):
+                raise ConversionError(
+                    target,
+                    f"its data file {p.name} exists already beside it (use --overwrite to "
+                    "replace it)",
+                )
     for p in others:
         os.replace(p, target.parent / p.name)
-    os.replace(tmpdir / target.name, target)
+    os.replace(tmpdir / written, target)
 
 
 def _source_for(meta: Meta, fmt: str) -> dict[str, Any]:
@@ -1002,6 +1025,7 @@ def to_file(
     frame = _world_frame(meta.spatial, told)
     data = img.to_numpy()
     tmpdir = _tmp_dir_for(target)
+    written = _written_name(target)
     try:
         if fmt == "dicom":
             data = data.transpose(index_axes[::-1])
@@ -1019,7 +1043,7 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            _write_nifti(data, affine3, meta, tmpdir / target.name)
+            _write_nifti(data, affine3, meta, tmpdir / written)
         else:
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
             affine_lps = _into_frame(affine, frame, "LPS")
@@ -1030,9 +1054,9 @@ def to_file(
                 bool(chan_axes),
                 meta,
                 fmt,
-                tmpdir / target.name,
+                tmpdir / written,
             )
-        _publish(tmpdir, target)
+        _publish(tmpdir, written, target, overwrite)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target
@@ -1117,7 +1141,7 @@ def convert_file(
             **_storage(patch_size, chunk_size, block_size, cparams, dparams),
         )
     else:
-        to_file(MLArray.open(s), d, overwrite=True, notes=notes, format=to)
+        to_file(MLArray.open(s), d, overwrite=overwrite, notes=notes, format=to)
     return ConversionResult(d, notes)
 
 

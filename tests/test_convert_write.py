@@ -1,0 +1,39 @@
+"""mlarray.convert, the writing side: outputs as the other tools write and read them."""
+
+from __future__ import annotations
+
+import pytest
+import SimpleITK as sitk
+
+from mlarray.convert import ConversionError, convert_file, from_file, to_file
+from tests._worldcheck import assert_same_world, oblique_sitk, ours, run_cli, sitk_world
+
+
+@pytest.mark.parametrize("name", ["X.MHA", "X.Mha", "X.MHD", "X.NRRD", "X.NHDR", "X.NII.GZ"])
+def test_upper_case_suffix_written_as_that_file_and_nothing_else_replaced(tmp_path, name):
+    src = from_file(oblique_sitk(tmp_path, ".nrrd"))
+    own = tmp_path / "X.mhd"
+    own.write_text("ObjectType = Image\n# the user's own header\n")
+    to_file(src, tmp_path / name, overwrite=False)
+    assert own.read_text().endswith("# the user's own header\n")
+    assert (tmp_path / name).is_file()
+    io = {"X.NII.GZ": "NiftiImageIO", "X.NRRD": "NrrdImageIO", "X.NHDR": "NrrdImageIO"}
+    back = sitk.ReadImage(str(tmp_path / name), imageIO=io.get(name, "MetaImageIO"))
+    assert_same_world(*ours(src), *sitk_world(back), atol=1e-4)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_data_file_beside_a_header_is_not_replaced_without_overwrite(tmp_path):
+    src = from_file(oblique_sitk(tmp_path, ".nrrd"))
+    src.save(tmp_path / "img.mla")
+    (tmp_path / "X.zraw").write_bytes(b"the user's own data")
+    proc = run_cli("convert", tmp_path / "img.mla", tmp_path / "X.mhd")
+    assert proc.returncode != 0
+    assert "X.zraw" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
+    assert (tmp_path / "X.zraw").read_bytes() == b"the user's own data"
+    assert not (tmp_path / "X.mhd").exists()
+    with pytest.raises(ConversionError, match=r"X\.zraw"):
+        convert_file(tmp_path / "img.mla", tmp_path / "X.mhd")
+    convert_file(tmp_path / "img.mla", tmp_path / "X.mhd", overwrite=True)
+    assert_same_world(*ours(src), *sitk_world(sitk.ReadImage(str(tmp_path / "X.mhd"))), atol=1e-4)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
