@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import nibabel as nib
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -37,3 +39,28 @@ def test_data_file_beside_a_header_is_not_replaced_without_overwrite(tmp_path):
     convert_file(tmp_path / "img.mla", tmp_path / "X.mhd", overwrite=True)
     assert_same_world(*ours(src), *sitk_world(sitk.ReadImage(str(tmp_path / "X.mhd"))), atol=1e-4)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_slightly_sheared_nifti_keeps_a_qform_itk_reads(tmp_path):
+    """A registration output (sform with 0.1 % shear, orthogonal qform) comes back as a NIfTI
+    SimpleITK reads as it reads the source; nibabel's affine is the source's sform."""
+    q = np.diag([0.9, 0.9, 1.2, 1.0])
+    q[:3, 3] = [-50, -60, -30]
+    s = q.copy()
+    s[0, 1] = 1e-3
+    a = np.random.default_rng(0).integers(0, 1000, (8, 9, 10)).astype(np.int16)
+    img = nib.Nifti1Image(a, s)
+    img.set_qform(q, code=1)
+    img.set_sform(s, code=2)
+    nib.save(img, tmp_path / "registered.nii.gz")
+    convert_file(tmp_path / "registered.nii.gz", tmp_path / "registered.mla")
+    convert_file(tmp_path / "registered.mla", tmp_path / "back.nii.gz")
+    back = nib.load(tmp_path / "back.nii.gz")
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (2, 1)
+    np.testing.assert_allclose(back.affine, nib.load(tmp_path / "registered.nii.gz").affine)
+    theirs, ours_ = (
+        sitk.ReadImage(str(tmp_path / n)) for n in ("registered.nii.gz", "back.nii.gz")
+    )
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(ours_, get)(), getattr(theirs, get)(), atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from mlarray import geometry, io
-from mlarray.errors import MetaValidationError, MLArrayError
+from mlarray.errors import MLArrayError
 from mlarray.meta import (
     Meta,
     MetaImageFormat,
@@ -818,11 +818,12 @@ def _write_nifti(data: np.ndarray, affine_ras: np.ndarray, meta: Meta, target: P
     sform = int(src.get("sform_code") or 1)
     qform = int(src.get("qform_code") or 1)
     img.set_sform(affine_ras, code=sform)
+    # The qform cannot hold shear: nibabel stores the nearest rotation. ITK reads a NIfTI
+    # through its qform when the sform is sheared, so a qform is always written.
     try:
-        spacing_origin_ok = geometry.spacing_origin_direction(affine_ras[:4, :4], atol=1e-6)
-    except MetaValidationError:
-        spacing_origin_ok = None
-    img.set_qform(affine_ras, code=qform if spacing_origin_ok is not None else 0)
+        img.set_qform(affine_ras, code=qform, strip_shears=True)
+    except (nib.spatialimages.HeaderDataError, np.linalg.LinAlgError):
+        img.set_qform(None, code=0)  # a degenerate affine (a zero voxel size): sform only
     nib.save(img, str(target))
 
 
