@@ -8,7 +8,14 @@ import pytest
 import SimpleITK as sitk
 
 from mlarray.convert import ConversionError, convert_file, from_file, to_file
-from tests._worldcheck import assert_same_world, oblique_sitk, ours, run_cli, sitk_world
+from tests._worldcheck import (
+    assert_same_world,
+    make_dicom_series,
+    oblique_sitk,
+    ours,
+    run_cli,
+    sitk_world,
+)
 
 
 @pytest.mark.parametrize("name", ["X.MHA", "X.Mha", "X.MHD", "X.NRRD", "X.NHDR", "X.NII.GZ"])
@@ -64,3 +71,25 @@ def test_slightly_sheared_nifti_keeps_a_qform_itk_reads(tmp_path):
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(ours_, get)(), getattr(theirs, get)(), atol=1e-3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))
+
+
+def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_slice_value(tmp_path):
+    """PET-like: slope 1 on the first slice, 0.37 on the others; SimpleITK would pick int16
+    from the first slice and truncate the rest."""
+    import pydicom
+
+    make_dicom_series(tmp_path / "pet", n_slices=4)
+    want = {}
+    for f in (tmp_path / "pet").iterdir():
+        ds = pydicom.dcmread(f)
+        if int(ds.InstanceNumber) != 1:
+            ds.RescaleSlope = "0.37"
+            ds.save_as(f)
+        rescaled = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        want[int(ds.InstanceNumber) - 1] = rescaled
+    img = from_file(tmp_path / "pet")
+    assert img.dtype == np.float32
+    got = img.to_numpy()
+    for k, values in want.items():
+        np.testing.assert_allclose(got[k], values, rtol=1e-6)
+    assert np.any(got[1] != np.round(got[1]))

@@ -360,6 +360,32 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
         )
 
 
+def _rescaled_per_slice(sitk: Any, reader: Any, img: Any, n: int) -> Any:
+    """The series read again as float32 when its slices' RescaleSlope/Intercept differ.
+
+    SimpleITK picks the pixel type from the first slice and applies each
+    slice's own rescale into it: with a slope of 1 there and 0.37 elsewhere (PET
+    stores one per slice) every other slice would be truncated to integers.
+    """
+    if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return img
+
+    def values(tag: str, default: float) -> set[float]:
+        found = set()
+        for i in range(n):
+            try:
+                found.add(float(reader.GetMetaData(i, tag)))
+            except (RuntimeError, ValueError):
+                found.add(default)
+        return found
+
+    slopes, intercepts = values("0028|1053", 1.0), values("0028|1052", 0.0)
+    if len(slopes) == 1 and len(intercepts) == 1:
+        return img
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    return reader.Execute()
+
+
 def _sitk_itemsize(sitk: Any, reader: Any) -> int:
     """Bytes per pixel component of the image a SimpleITK reader is about to read."""
     name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower()
@@ -381,6 +407,7 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 reader.MetaDataDictionaryArrayUpdateOn()
                 img = reader.Execute()
                 _check_dicom_spacing(path, reader, len(files))
+                img = _rescaled_per_slice(sitk, reader, img, len(files))
                 source = {k: reader.GetMetaData(0, k) for k in reader.GetMetaDataKeys(0)}
                 source["SeriesInstanceUID"] = uid
                 source["number_of_files"] = len(files)
