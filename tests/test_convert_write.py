@@ -93,3 +93,25 @@ def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_slice_value(tmp
     for k, values in want.items():
         np.testing.assert_allclose(got[k], values, rtol=1e-6)
     assert np.any(got[1] != np.round(got[1]))
+
+
+def test_gantry_tilted_dicom_series_is_refused(tmp_path):
+    """Each slice shifted 1.5 mm in-plane per 3 mm step (a 26.6 degree tilt): SimpleITK
+    would place every slice on the normal through the first, up to 16.5 mm off."""
+    import pydicom
+
+    make_dicom_series(tmp_path / "ct", n_slices=4, step=3.0)
+    make_dicom_series(tmp_path / "tilted", n_slices=12, step=3.0)
+    for f in (tmp_path / "tilted").iterdir():
+        ds = pydicom.dcmread(f)
+        col_cos = np.array(ds.ImageOrientationPatient[3:], dtype=np.float64)
+        shift = 1.5 * (int(ds.InstanceNumber) - 1) * col_cos
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.add(ds.ImagePositionPatient, shift)]
+        ds.save_as(f)
+    with pytest.raises(ConversionError, match="gantry tilt") as err:
+        from_file(tmp_path / "tilted")
+    assert "tilted" in str(err.value) and "slice 12 is 16.5 mm" in str(err.value)
+    proc = run_cli("convert", tmp_path / "tilted", tmp_path / "tilted.mla", "--no-seg")
+    assert proc.returncode != 0 and "gantry tilt" in proc.stderr
+    assert not (tmp_path / "tilted.mla").exists()
+    assert from_file(tmp_path / "ct").shape[0] == 4  # an untilted series (positions rounded)

@@ -336,8 +336,9 @@ def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str
 
 
 def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
-    """Refuse a series whose slices are not evenly spaced (a missing or repeated slice)."""
-    if n < 3:
+    """Refuse a series whose slices are not evenly spaced (a missing or repeated slice) or
+    do not lie on one line along the slice normal (gantry tilt)."""
+    if n < 2:
         return
     try:
         pos = np.array(
@@ -349,6 +350,19 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     normal = np.cross(cosines[:3], cosines[3:])
     along = pos @ normal
     gaps = np.diff(along)
+    # in-plane drift of each slice from the line through the first along the normal
+    drift = np.linalg.norm((pos - pos[0]) - np.outer(along - along[0], normal), axis=1)
+    worst = int(np.argmax(drift))
+    if drift[worst] > max(1e-2, 0.01 * float(np.median(np.abs(gaps)))):
+        raise ConversionError(
+            path,
+            f"the DICOM slices do not lie on a line along the slice normal (slice {worst + 1} "
+            f"is {drift[worst]:.4g} mm off it in-plane): gantry tilt or a sheared acquisition, "
+            "whose geometry a volume with one direction per axis cannot hold; resample it "
+            "first (e.g. dcm2niix corrects gantry tilt)",
+        )
+    if n < 3:
+        return
     step = float(np.median(gaps))
     if step == 0 or np.any(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step))):
         worst = int(np.argmax(np.abs(gaps - step)))
