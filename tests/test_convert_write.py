@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -115,3 +117,53 @@ def test_gantry_tilted_dicom_series_is_refused(tmp_path):
     assert proc.returncode != 0 and "gantry tilt" in proc.stderr
     assert not (tmp_path / "tilted.mla").exists()
     assert from_file(tmp_path / "ct").shape[0] == 4  # an untilted series (positions rounded)
+
+
+def test_reference_4d_file_goes_back_to_a_4d_nifti_and_nrrd(tmp_path):
+    """The reference converter stores a 4-D NIfTI's time as a fourth "spatial" axis, 2000
+    (ms) apart: written back, time is the fourth NIfTI dimension again with pixdim[4] 2000
+    ms, every frame's voxels at their world points, and 2 s apart in SimpleITK's NRRD."""
+    from tests.data.make_converted import ras_affine, time_series
+
+    src = Path(__file__).parent / "data" / "converted" / "series_4d.mla"
+    to_file(src, tmp_path / "back.nii.gz")
+    back = nib.load(tmp_path / "back.nii.gz")
+    assert back.ndim == 4 and back.shape[3] == 3
+    assert back.header.get_zooms()[3] == 2000 and back.header.get_xyzt_units()[1] == "msec"
+    assert int(back.header["qform_code"]) > 0 and int(back.header["sform_code"]) > 0
+    data = np.asarray(back.dataobj)
+    for t in range(3):
+        assert_same_world(time_series()[..., t], ras_affine(), data[..., t], back.affine, 1e-5)
+    assert sitk.ReadImage(str(tmp_path / "back.nii.gz")).GetSpacing()[3] == pytest.approx(2.0)
+    run_cli("convert", src, tmp_path / "back.nrrd", check_rc=0)
+    nrrd = sitk.ReadImage(str(tmp_path / "back.nrrd"))
+    assert nrrd.GetSize()[3] == 3 and nrrd.GetSpacing()[3] == pytest.approx(2.0)
+    for t in range(3):
+        assert_same_world(
+            time_series()[..., t], ras_affine(), *sitk_world(nrrd[:, :, :, t]), atol=1e-5
+        )
+
+
+def test_time_step_survives_a_change_of_format(tmp_path):
+    """fMRI NIfTI (TR 2.5 s) -> .mla -> NRRD, and a 4-D NRRD (1.5 s) -> .mla -> NIfTI keep
+    the time step and origin SimpleITK reads from the source."""
+    bold = nib.Nifti1Image(
+        np.random.default_rng(0).random((6, 7, 8, 5), np.float32), np.diag([2.0, 2, 3, 1])
+    )
+    bold.header.set_zooms((2, 2, 3, 2500))
+    bold.header.set_xyzt_units("mm", "msec")
+    bold.header["toffset"] = 500
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    frames = [sitk.GetImageFromArray(np.full((4, 5, 6), t, np.float32)) for t in range(3)]
+    sitk.WriteImage(sitk.JoinSeries(frames, 7.0, 1.5), str(tmp_path / "dyn.nrrd"))
+    for stem, out in (("bold", "bold.nrrd"), ("bold", "bold.mha"), ("dyn", "dyn.nii.gz")):
+        src = next(tmp_path.glob(f"{stem}.n*"))
+        convert_file(src, tmp_path / f"{stem}.mla", overwrite=True)
+        convert_file(tmp_path / f"{stem}.mla", tmp_path / out)
+        theirs, ours_ = sitk.ReadImage(str(src)), sitk.ReadImage(str(tmp_path / out))
+        assert ours_.GetDimension() == 4
+        np.testing.assert_allclose(ours_.GetSpacing(), theirs.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(ours_.GetOrigin(), theirs.GetOrigin(), atol=1e-6)
+    dyn = nib.load(tmp_path / "dyn.nii.gz").header
+    assert dyn.get_zooms()[3] == pytest.approx(1.5) and dyn.get_xyzt_units()[1] == "sec"
+    assert float(dyn["toffset"]) == pytest.approx(7.0)

@@ -840,7 +840,13 @@ _NIFTI_KEEP = (
 )
 
 
-def _write_nifti(data: np.ndarray, affine_ras: np.ndarray, meta: Meta, target: Path) -> None:
+def _write_nifti(
+    data: np.ndarray,
+    affine_ras: np.ndarray,
+    meta: Meta,
+    target: Path,
+    time: tuple[float, float] | None,
+) -> None:
     nib = _require("nibabel", target)
     if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
         data = data.astype(np.int32)
@@ -856,6 +862,12 @@ def _write_nifti(data: np.ndarray, affine_ras: np.ndarray, meta: Meta, target: P
     pixdim = src.get("pixdim")
     if isinstance(pixdim, list) and len(pixdim) == 8 and data.ndim >= 4:
         hdr["pixdim"][4:] = [v if v is not None else 1.0 for v in pixdim[4:]]
+    if time is not None:  # seconds; in the source's own time unit for a NIfTI source
+        if not src:
+            hdr.set_xyzt_units("mm", "sec")
+        unit = _nifti_time_unit(hdr["xyzt_units"])
+        hdr["pixdim"][4] = time[0] / unit
+        hdr["toffset"] = time[1] / unit
     sform = int(src.get("sform_code") or 1)
     qform = int(src.get("qform_code") or 1)
     img.set_sform(affine_ras, code=sform)
@@ -868,10 +880,83 @@ def _write_nifti(data: np.ndarray, affine_ras: np.ndarray, meta: Meta, target: P
     nib.save(img, str(target))
 
 
+# NIfTI xyzt_units time codes (bits 0x38) in seconds: sec, msec, usec
+_NIFTI_TIME_UNITS = {8: 1.0, 16: 1e-3, 24: 1e-6}
+
+
+def _nifti_time_unit(xyzt_units: Any) -> float:
+    """Seconds per unit of a NIfTI header's time values (1 when unknown), as ITK reads them."""
+    try:
+        return _NIFTI_TIME_UNITS.get(int(xyzt_units) & 0x38, 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _positive(value: Any, default: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) and v > 0 else default
+
+
+def _finite(value: Any, default: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def _time_from_space(
+    target: Path, meta: Meta, spatial: list[int], affine: np.ndarray
+) -> tuple[list[int], list[int], dict[str, Any] | None]:
+    """Time stored as a fourth "spatial" axis (the reference converter's 4-D NIfTI).
+
+    With an anatomical frame, spatial axes beyond the three that run along
+    its world axes are time: returns the anatomical spatial axes, that time
+    axis and ``{"step", "origin", "affine"}`` (its scale and offset, the 3-D
+    affine). Otherwise the axes unchanged, no time axis and None.
+    """
+    if len(spatial) <= 3 or meta.spatial.world_frame is None:
+        return spatial, [], None
+    try:
+        keep, extra, sub = geometry.anatomical_part(affine)
+    except MLArrayError as exc:
+        raise ConversionError(target, f"{len(spatial)} spatial axes: {exc}") from None
+    if len(keep) != 3 or len(extra) != 1:
+        return spatial, [], None
+    j, n = extra[0], len(spatial)
+    step, origin = abs(float(affine[3:n, j].sum())), float(affine[3, n])
+    found = {"step": step, "origin": origin, "affine": sub}
+    return [spatial[k] for k in keep], [spatial[j]], found
+
+
+def _time_axis(meta: Meta, in_space: dict[str, Any] | None) -> tuple[float, float]:
+    """(time step, time origin) in seconds, as SimpleITK gives them, of an image with time.
+
+    From a NIfTI source's ``pixdim[4]``/``toffset`` in its ``xyzt_units``
+    (or the reference's fourth spatial axis, in those units), an ITK
+    source's time spacing and origin, else 1 and 0.
+    """
+    src = meta.source.data or {}
+    fmt = meta._image_meta_format.image_meta_format or ""
+    if fmt == "nifti":
+        unit = _nifti_time_unit(src.get("xyzt_units"))
+        pixdim = src.get("pixdim")
+        step = pixdim[4] if isinstance(pixdim, list) and len(pixdim) == 8 else None
+        origin = src.get("toffset")
+    else:
+        unit, step, origin = 1.0, src.get("time_spacing"), src.get("time_origin")
+    if in_space is not None:
+        step, origin = in_space["step"], in_space["origin"]
+    return _positive(step, 1.0) * unit, _finite(origin, 0.0) * unit
+
+
 def _write_sitk(
     data: np.ndarray,
     affine_lps: np.ndarray,
-    n_time: int,
+    time: tuple[float, float] | None,
     vector: bool,
     meta: Meta,
     fmt: str,
@@ -880,11 +965,10 @@ def _write_sitk(
     sitk = _require("SimpleITK", target)
     n_sp = affine_lps.shape[0] - 1
     spacing, origin, direction = _spacing_origin_direction(affine_lps, target)
-    dim = n_sp + n_time
-    full_dir = np.eye(dim)
+    full_dir = np.eye(n_sp + (time is not None))
     full_dir[:n_sp, :n_sp] = direction
-    sp = list(spacing) + [float(meta.source.data.get("time_spacing") or 1.0)] * n_time
-    og = list(origin) + [float(meta.source.data.get("time_origin") or 0.0)] * n_time
+    sp = list(spacing) + ([time[0]] if time is not None else [])
+    og = list(origin) + ([time[1]] if time is not None else [])
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     with _quiet_itk(sitk):
@@ -1047,19 +1131,23 @@ def to_file(
     labels = meta.spatial.axis_labels
     mask = img.spatial_axis_mask
     spatial = [ax for ax, m in enumerate(mask) if m]
+    a = np.asarray(img.affine, dtype=np.float64)
+    spatial, time_axes, time_in_space = _time_from_space(target, meta, spatial, a)
+    if time_in_space is not None:
+        a = time_in_space.pop("affine")
     if fmt == "dicom" and (len(spatial) != 3 or len(spatial) != len(mask)):
         raise ConversionError(target, "DICOM output needs a 3-D image without channels or time")
     if not 1 <= len(spatial) <= 3:
         raise ConversionError(target, f"{len(spatial)} spatial axes; NIfTI/NRRD/MHA hold 1 to 3")
     nonspatial = [ax for ax, m in enumerate(mask) if not m]
-    time_axes = [ax for ax in nonspatial if labels and labels[ax] == "temporal"]
+    time_axes += [ax for ax in nonspatial if labels and labels[ax] == "temporal"]
     chan_axes = [ax for ax in nonspatial if ax not in time_axes]
     if len(time_axes) > 1 or len(chan_axes) > 1:
         raise ConversionError(
             target, f"axes {labels}: at most one time and one channel axis can be written"
         )
+    time = _time_axis(meta, time_in_space) if time_axes else None
     index_axes = _index_axes_of(labels, spatial)
-    a = np.asarray(img.affine, dtype=np.float64)
     n = len(spatial)
     cols = [spatial.index(ax) for ax in index_axes]
     affine = a.copy()
@@ -1085,14 +1173,14 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            _write_nifti(data, affine3, meta, tmpdir / written)
+            _write_nifti(data, affine3, meta, tmpdir / written, time)
         else:
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
             affine_lps = _into_frame(affine, frame, "LPS")
             _write_sitk(
                 data,
                 affine_lps,
-                len(time_axes),
+                time,
                 bool(chan_axes),
                 meta,
                 fmt,

@@ -28,6 +28,7 @@ from mlarray.errors import MetaValidationError
 
 __all__ = [
     "anatomical_frame",
+    "anatomical_part",
     "axis_codes",
     "axis_world_map",
     "compose_affine",
@@ -343,6 +344,66 @@ def axis_world_map(direction: ArrayLike) -> list[tuple[int, int]]:
         if len(world_of) == n:
             break
     return [(world_of[j], -1 if dr[world_of[j], j] < 0 else 1) for j in range(n)]
+
+
+def anatomical_part(
+    affine: ArrayLike, n_world: int = 3, *, atol: float = 1e-6
+) -> tuple[list[int], list[int], np.ndarray]:
+    """Split an affine over more spatial axes than world axes ``0 .. n_world-1`` into the
+    anatomical part and the rest.
+
+    The reference converter stores a 4-D NIfTI's time as a fourth "spatial"
+    axis (a 5 x 5 affine, 2000 "mm" per frame): the array axes that run along
+    world axes ``n_world`` and beyond (:func:`axis_world_map`) are not anatomy.
+
+    Parameters
+    ----------
+    affine : (n+1, n+1) array_like
+        Homogeneous affine with ``n >= n_world``.
+    n_world : int, optional
+        Number of anatomical world axes (the first ones).
+    atol : float, optional
+        Largest entry, relative to the axis' scale, still treated as no mixing.
+
+    Returns
+    -------
+    keep : list of int
+        The spatial array axes (positions among the ``n``) along world axes
+        ``0 .. n_world-1``, in array order.
+    extra : list of int
+        The others, in array order.
+    sub : (n_world+1, n_world+1) numpy.ndarray
+        The affine of the ``keep`` axes onto the anatomical world axes.
+
+    Raises
+    ------
+    MetaValidationError
+        When an extra axis moves along an anatomical world axis or an
+        anatomical array axis along an extra world axis (time mixed with
+        space), or for a zero voxel size.
+    """
+    a = _as_affine(affine)
+    n = a.shape[0] - 1
+    if n < n_world:
+        raise MetaValidationError("affine", f"expected at least {n_world} spatial axes, got {n}")
+    linear = a[:n, :n]
+    norms = np.linalg.norm(linear, axis=0)
+    if np.any(norms == 0):
+        raise MetaValidationError("affine", "an axis has a zero voxel size")
+    mapping = axis_world_map(linear / norms[np.newaxis, :])
+    keep = [j for j in range(n) if mapping[j][0] < n_world]
+    extra = [j for j in range(n) if mapping[j][0] >= n_world]
+    unit = linear / norms[np.newaxis, :]
+    if np.any(np.abs(unit[:n_world][:, extra]) > atol) or np.any(
+        np.abs(unit[n_world:][:, keep]) > atol
+    ):
+        raise MetaValidationError(
+            "affine", "the axes beyond the anatomical ones mix with the anatomical world axes"
+        )
+    sub = np.eye(n_world + 1)
+    sub[:n_world, :n_world] = linear[:n_world][:, keep]
+    sub[:n_world, n_world] = a[:n_world, n]
+    return keep, extra, sub
 
 
 # --------------------------------------------------------------------------- anatomical frames
