@@ -167,3 +167,30 @@ def test_time_step_survives_a_change_of_format(tmp_path):
     dyn = nib.load(tmp_path / "dyn.nii.gz").header
     assert dyn.get_zooms()[3] == pytest.approx(1.5) and dyn.get_xyzt_units()[1] == "sec"
     assert float(dyn["toffset"]) == pytest.approx(7.0)
+
+
+def test_channels_go_back_to_the_nifti_layout_they_came_from(tmp_path):
+    """A 4-modality NIfTI (x, y, z, 4) read with fourth_axis='channel' comes back 4-D; a
+    vector NRRD (displacement field) goes to NIfTI as SimpleITK writes it (5-D, intent
+    vector), which SimpleITK reads back as a vector image."""
+    a = np.random.default_rng(1).random((12, 10, 8, 4), np.float32)
+    nib.save(nib.Nifti1Image(a, np.diag([1.0, 1.2, 2.0, 1.0])), tmp_path / "brats.nii.gz")
+    img = from_file(tmp_path / "brats.nii.gz", fourth_axis="channel")
+    to_file(img, tmp_path / "back.nii.gz")
+    back = nib.load(tmp_path / "back.nii.gz")
+    assert back.shape == a.shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), a)
+    np.testing.assert_allclose(back.affine, nib.load(tmp_path / "brats.nii.gz").affine)
+    field = np.random.default_rng(2).random((6, 7, 8, 3), np.float32)
+    vec = sitk.GetImageFromArray(field, isVector=True)
+    vec.SetSpacing((0.5, 0.6, 0.7))
+    sitk.WriteImage(vec, str(tmp_path / "field.nrrd"))
+    to_file(from_file(tmp_path / "field.nrrd"), tmp_path / "field.nii.gz")
+    sitk.WriteImage(vec, str(tmp_path / "theirs.nii.gz"))
+    ours_, theirs = (nib.load(tmp_path / n) for n in ("field.nii.gz", "theirs.nii.gz"))
+    assert ours_.shape == theirs.shape == (8, 7, 6, 1, 3)
+    assert int(ours_.header["intent_code"]) == int(theirs.header["intent_code"]) == 1007
+    again = sitk.ReadImage(str(tmp_path / "field.nii.gz"))
+    assert again.GetSize() == (8, 7, 6) and again.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), field)
+    np.testing.assert_allclose(again.GetSpacing(), (0.5, 0.6, 0.7), rtol=1e-6)

@@ -840,12 +840,19 @@ _NIFTI_KEEP = (
 )
 
 
+def _nifti_4d_source(meta: Meta) -> bool:
+    """Whether the image came from a 4-D NIfTI (its channels were ``dim[4]``, not vectors)."""
+    dim = _source_for(meta, "nifti").get("dim")
+    return isinstance(dim, list) and bool(dim) and dim[0] == 4
+
+
 def _write_nifti(
     data: np.ndarray,
     affine_ras: np.ndarray,
     meta: Meta,
     target: Path,
     time: tuple[float, float] | None,
+    vector: bool,
 ) -> None:
     nib = _require("nibabel", target)
     if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
@@ -868,6 +875,8 @@ def _write_nifti(
         unit = _nifti_time_unit(hdr["xyzt_units"])
         hdr["pixdim"][4] = time[0] / unit
         hdr["toffset"] = time[1] / unit
+    if vector:  # as SimpleITK writes a vector image (and reads it back as one)
+        hdr.set_intent("vector")
     sform = int(src.get("sform_code") or 1)
     qform = int(src.get("qform_code") or 1)
     img.set_sform(affine_ras, code=sform)
@@ -1167,13 +1176,14 @@ def to_file(
             data = data.transpose(index_axes + time_axes + chan_axes)
             if pad:
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
-            if chan_axes and not time_axes:
+            vector = bool(chan_axes) and not (not time_axes and _nifti_4d_source(meta))
+            if vector and not time_axes:  # NIfTI keeps vector components in dim 5
                 data = data.reshape((*data.shape[:3], 1, *data.shape[3:]))
             affine3 = np.eye(4)
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            _write_nifti(data, affine3, meta, tmpdir / written, time)
+            _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
         else:
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
             affine_lps = _into_frame(affine, frame, "LPS")
