@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -194,3 +196,16 @@ def test_channels_go_back_to_the_nifti_layout_they_came_from(tmp_path):
     assert again.GetSize() == (8, 7, 6) and again.GetNumberOfComponentsPerPixel() == 3
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again), field)
     np.testing.assert_allclose(again.GetSpacing(), (0.5, 0.6, 0.7), rtol=1e-6)
+
+
+def test_dicom_series_folder_gets_the_umask_permissions(tmp_path):
+    src = from_file(oblique_sitk(tmp_path, ".nrrd"))
+    old = os.umask(0o022)
+    try:
+        to_file(src, tmp_path / "series", format="dicom")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "series").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "series").iterdir()} == {0o644}

@@ -33,8 +33,8 @@ import contextlib
 import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -778,7 +778,19 @@ def _into_frame(affine: np.ndarray, frame: str, target: str) -> np.ndarray:
 
 
 def _tmp_dir_for(target: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    """A new folder next to ``target`` to write into, with the umask's permissions.
+
+    ``tempfile.mkdtemp`` makes it 0700, and a DICOM series folder is this
+    folder renamed into place: it must get the mode a plain ``mkdir`` gives.
+    """
+    for _ in range(100):
+        path = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise ConversionError(target, f"cannot make a temporary folder in {target.parent}")
 
 
 def _written_name(target: Path) -> str:
