@@ -209,3 +209,26 @@ def test_dicom_series_folder_gets_the_umask_permissions(tmp_path):
     mode = stat.S_IMODE((tmp_path / "series").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
     assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "series").iterdir()} == {0o644}
+
+
+def test_singleton_dimensions_go_out_as_the_source_had_them(tmp_path):
+    """A NIfTI (x, y, z, 1), which SimpleITK reads as 3-D, becomes a 3-D NRRD/MHA (and a
+    4-D NIfTI again); a 2-D NIfTI comes back 2-D."""
+    vol = np.random.default_rng(4).random((5, 6, 7, 1), np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.6, 0.7, 1.0])), tmp_path / "vol1.nii.gz")
+    src = from_file(tmp_path / "vol1.nii.gz")
+    for name in ("vol1.nrrd", "vol1.mha"):
+        to_file(src, tmp_path / name)
+        ours_, theirs = (sitk.ReadImage(str(tmp_path / n)) for n in (name, "vol1.nii.gz"))
+        assert ours_.GetSize() == theirs.GetSize() == (5, 6, 7)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))
+        assert_same_world(*sitk_world(theirs), *sitk_world(ours_), atol=1e-5)
+    to_file(src, tmp_path / "vol1_back.nii.gz")
+    assert nib.load(tmp_path / "vol1_back.nii.gz").shape == (5, 6, 7, 1)
+    flat = np.random.default_rng(5).random((5, 6), np.float32)
+    nib.save(nib.Nifti1Image(flat, np.diag([0.5, 0.6, 1.0, 1.0])), tmp_path / "slice.nii.gz")
+    to_file(from_file(tmp_path / "slice.nii.gz"), tmp_path / "slice_back.nii.gz")
+    back = nib.load(tmp_path / "slice_back.nii.gz")
+    assert back.shape == (5, 6)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), flat)
+    np.testing.assert_allclose(back.affine, nib.load(tmp_path / "slice.nii.gz").affine)

@@ -858,6 +858,18 @@ def _nifti_4d_source(meta: Meta) -> bool:
     return isinstance(dim, list) and bool(dim) and dim[0] == 4
 
 
+def _nifti_shape(meta: Meta, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without the trailing 1s a NIfTI source did not have (a 2-D NIfTI read as
+    ``(x, y, 1)`` goes back as ``(x, y)``)."""
+    dim = _source_for(meta, "nifti").get("dim")
+    if not (isinstance(dim, list) and dim and isinstance(dim[0], int) and 1 <= dim[0] < 8):
+        return shape
+    n = dim[0]
+    if len(shape) > n and all(v == 1 for v in shape[n:]):
+        return shape[:n]
+    return shape
+
+
 def _write_nifti(
     data: np.ndarray,
     affine_ras: np.ndarray,
@@ -1195,8 +1207,18 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
+            data = data.reshape(_nifti_shape(meta, data.shape))
             _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
         else:
+            singleton = time_axes and data.shape[time_axes[0]] == 1 and _nifti_4d_source(meta)
+            if singleton:  # SimpleITK reads a NIfTI whose dim[4] is 1 as 3-D: so is its copy
+                data, time = (
+                    data.reshape(data.shape[: time_axes[0]] + data.shape[time_axes[0] + 1 :]),
+                    None,
+                )
+                chan_axes = [ax - (ax > time_axes[0]) for ax in chan_axes]
+                index_axes = [ax - (ax > time_axes[0]) for ax in index_axes]
+                time_axes = []
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
             affine_lps = _into_frame(affine, frame, "LPS")
             _write_sitk(
