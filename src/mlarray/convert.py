@@ -375,7 +375,8 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
 
 
 def _rescaled_per_slice(sitk: Any, reader: Any, img: Any, n: int) -> Any:
-    """The series read again as float32 when its slices' RescaleSlope/Intercept differ.
+    """The series read again as float64 (as SimpleITK reads a fractional slope) when its
+    slices' RescaleSlope/Intercept differ.
 
     SimpleITK picks the pixel type from the first slice and applies each
     slice's own rescale into it: with a slope of 1 there and 0.37 elsewhere (PET
@@ -396,7 +397,7 @@ def _rescaled_per_slice(sitk: Any, reader: Any, img: Any, n: int) -> Any:
     slopes, intercepts = values("0028|1053", 1.0), values("0028|1052", 0.0)
     if len(slopes) == 1 and len(intercepts) == 1:
         return img
-    reader.SetOutputPixelType(sitk.sitkFloat32)
+    reader.SetOutputPixelType(sitk.sitkFloat64)
     return reader.Execute()
 
 
