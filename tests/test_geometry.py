@@ -382,3 +382,18 @@ def test_anatomical_frame_reads_world_frames_and_the_converters_axis_codes():
     four = np.eye(5)
     four[:3, :3] = np.asarray(slp)[:3, :3]
     assert anatomical_frame("SLP+", four) == "RAS"
+
+
+def test_anatomical_part_splits_time_stored_as_a_fourth_spatial_axis():
+    from mlarray import geometry
+
+    a = np.eye(5)
+    a[:4, :4] = np.diag([1.0, 1.5, 2.0, 2000.0])[:, [2, 0, 1, 3]]  # z, x, y stored first
+    a[:4, 4] = [-10, -18, -28, 5]
+    keep, extra, sub = geometry.anatomical_part(a)
+    assert (keep, extra) == ([0, 1, 2], [3])
+    np.testing.assert_array_equal(sub[:3, :3], a[:3, :3])
+    np.testing.assert_array_equal(sub[:3, 3], [-10, -18, -28])
+    a[0, 3] = 0.5  # time moving along x: not separable
+    with pytest.raises(MetaValidationError, match="mix"):
+        geometry.anatomical_part(a)
