@@ -348,12 +348,18 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     except (RuntimeError, ValueError):
         return  # no positions (e.g. secondary capture): nothing to check against
     normal = np.cross(cosines[:3], cosines[3:])
+    normal = normal / (np.linalg.norm(normal) or 1.0)
     along = pos @ normal
     gaps = np.diff(along)
-    # in-plane drift of each slice from the line through the first along the normal
+    # in-plane drift of each slice from the line through the first along the normal; up to
+    # a tenth of a pixel is rounding of the header values, not a tilt
     drift = np.linalg.norm((pos - pos[0]) - np.outer(along - along[0], normal), axis=1)
+    try:
+        pixel = min(float(v) for v in reader.GetMetaData(0, "0028|0030").split("\\"))
+    except (RuntimeError, ValueError):
+        pixel = 0.0
     worst = int(np.argmax(drift))
-    if drift[worst] > max(1e-2, 0.01 * float(np.median(np.abs(gaps)))):
+    if drift[worst] > max(1e-2, 0.1 * pixel):
         raise ConversionError(
             path,
             f"the DICOM slices do not lie on a line along the slice normal (slice {worst + 1} "
