@@ -1214,7 +1214,8 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            data = data.reshape(_nifti_shape(meta, data.shape))
+            if not time_axes and not chan_axes:
+                data = data.reshape(_nifti_shape(meta, data.shape))
             _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
         else:
             singleton = time_axes and data.shape[time_axes[0]] == 1 and _nifti_4d_source(meta)
