@@ -233,3 +233,9 @@ def test_singleton_dimensions_go_out_as_the_source_had_them(tmp_path):
     assert back.shape == (5, 6)
     np.testing.assert_array_equal(np.asarray(back.dataobj), flat)
     np.testing.assert_allclose(back.affine, nib.load(tmp_path / "slice.nii.gz").affine)
+    to_file(from_file(tmp_path / "slice.nii.gz"), tmp_path / "slice.nrrd")
+    ours_, theirs = (sitk.ReadImage(str(tmp_path / n)) for n in ("slice.nrrd", "slice.nii.gz"))
+    assert ours_.GetSize() == theirs.GetSize() == (5, 6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(ours_, get)(), getattr(theirs, get)(), atol=1e-6)

@@ -877,6 +877,18 @@ def _nifti_shape(meta: Meta, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+def _as_2d_source(
+    meta: Meta, data: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(1, j, i)`` image of a 2-D NIfTI as the 2-D image SimpleITK reads from that NIfTI
+    (when its third axis is apart from the other two), else unchanged."""
+    dim = _source_for(meta, "nifti").get("dim")
+    separate = not np.any(affine[:2, 2]) and not np.any(affine[2, :2])
+    if isinstance(dim, list) and dim and dim[0] == 2 and data.shape[0] == 1 and separate:
+        return data[0], affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    return data, affine
+
+
 def _write_nifti(
     data: np.ndarray,
     affine_ras: np.ndarray,
@@ -1229,6 +1241,8 @@ def to_file(
                 time_axes = []
             data = data.transpose(time_axes + index_axes[::-1] + chan_axes)
             affine_lps = _into_frame(affine, frame, "LPS")
+            if not time_axes and not chan_axes and n == 3:
+                data, affine_lps = _as_2d_source(meta, data, affine_lps)
             _write_sitk(
                 data,
                 affine_lps,
