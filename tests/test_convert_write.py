@@ -131,7 +131,8 @@ def test_reference_4d_file_goes_back_to_a_4d_nifti_and_nrrd(tmp_path):
     src = Path(__file__).parent / "data" / "converted" / "series_4d.mla"
     to_file(src, tmp_path / "back.nii.gz")
     back = nib.load(tmp_path / "back.nii.gz")
-    assert back.ndim == 4 and back.shape[3] == 3
+    assert back.shape == (10, 12, 14, 3)  # the layout the reference writes
+    np.testing.assert_allclose(back.affine, ras_affine())
     assert back.header.get_zooms()[3] == 2000 and back.header.get_xyzt_units()[1] == "msec"
     assert int(back.header["qform_code"]) > 0 and int(back.header["sform_code"]) > 0
     data = np.asarray(back.dataobj)

@@ -1200,6 +1200,8 @@ def to_file(
         )
     time = _time_axis(meta, time_in_space) if time_axes else None
     index_axes = _index_axes_of(labels, spatial)
+    if time_in_space is not None and labels is None:
+        index_axes = spatial  # x, y, z as stored, as the reference labels its 3-D files
     n = len(spatial)
     cols = [spatial.index(ax) for ax in index_axes]
     affine = a.copy()
