@@ -33,6 +33,7 @@ def test_upper_case_suffix_written_as_that_file_and_nothing_else_replaced(tmp_pa
     io = {"X.NII.GZ": "NiftiImageIO", "X.NRRD": "NrrdImageIO", "X.NHDR": "NrrdImageIO"}
     back = sitk.ReadImage(str(tmp_path / name), imageIO=io.get(name, "MetaImageIO"))
     assert_same_world(*ours(src), *sitk_world(back), atol=1e-4)
+    assert_same_world(*ours(src), *ours(from_file(tmp_path / name)), atol=1e-6)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

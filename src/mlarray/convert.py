@@ -435,6 +435,8 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
             else:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(str(path))
+                if fmt == "metaimage":  # ITK finds it by the lower-case suffix only
+                    reader.SetImageIO("MetaImageIO")
                 reader.ReadImageInformation()
                 n_voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
                 n_values = n_voxels * reader.GetNumberOfComponents()
