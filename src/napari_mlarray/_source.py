@@ -7,9 +7,18 @@ importing python-blosc2 alone takes several times as long as reading those.
 via ctypes, the chunks verified against their checksums first), which serves
 every basic key: planes from the block-layer cache while scrolling, sub-volumes
 and the whole volume for the 3D view. Only what needs more than reading (other
-kinds of keys, saving the layer, any attribute of :class:`mlarray.MLArray` this
-class does not have) opens the file as an ``MLArray`` (:meth:`FileSource.full`),
-once, and hands it over.
+kinds of keys, any attribute of :class:`mlarray.MLArray` this class does not
+have) opens the file as an ``MLArray`` (:meth:`FileSource.full`), once, and hands
+it over; so does saving the layer, whose compressed chunks are then copied as
+they are.
+
+Once the path names another file (replaced by a rename, as mlarray and Blosc2
+save, or deleted), the version on screen stays readable through its mapping, but
+no ``MLArray`` of it can be opened by path any more: attributes of ``MLArray``
+then raise :class:`~mlarray.errors.FileChangedError` (nothing silently switches
+to the new file), while saving the layer still works, streaming the version on
+screen through :meth:`FileSource.__getitem__` (the user's only copy of it may be
+the one in the viewer). A file rewritten in place cannot be read at all.
 """
 
 from __future__ import annotations
@@ -61,6 +70,16 @@ class FileSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _replaced(self) -> bool:
+        """Whether the path names another file than the one this source maps (or none)."""
+        from mlarray import _maps
+
+        try:
+            now = _maps.version_of(os.stat(self.path))
+        except OSError:
+            return True
+        return now[:2] != self._cstore.version[:2]  # a chmod or a touch is no change
+
     def full(self) -> Any:
         """The file opened as an :class:`mlarray.MLArray` (imports python-blosc2 once)."""
         with self._lock:
@@ -68,12 +87,7 @@ class FileSource:
                 from mlarray import MLArray, _maps
                 from mlarray.errors import FileChangedError, MLArrayFormatError
 
-                try:
-                    now = _maps.version_of(os.stat(self.path))
-                except OSError:
-                    now = None
-                # MLArray.open would show another file (a chmod or a touch is no change)
-                if now is None or now[:2] != self._cstore.version[:2]:
+                if self._replaced():  # MLArray.open would show another file
                     raise FileChangedError(
                         self.path, "changed on disk since it was opened in the viewer; reopen it"
                     )
@@ -97,6 +111,17 @@ class FileSource:
     def __getattr__(self, name: str) -> Any:
         # only called for names this class lacks: those of MLArray (affine, _store...)
         if name.startswith("__") or name in ("_full", "_lock", "_cstore"):
+            raise AttributeError(name)
+        if name.startswith("_mlarray_"):
+            # mlarray's hooks of a store (file watch, checksums, prefetch): those of the
+            # file version this source decodes
+            return getattr(self._cstore, name)
+        if name == "_store" and self._full is None and self._replaced():
+            # mlarray.io.save_mla copies an MLArray's chunks through its store; without
+            # one it reads this array-like chunk by chunk: the version on screen
+            from mlarray import _maps
+
+            _maps.check(self._cstore)  # unless it was rewritten in place
             raise AttributeError(name)
         return getattr(self.full(), name)
 

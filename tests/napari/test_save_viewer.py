@@ -170,3 +170,51 @@ def test_saving_image_and_labels_together_shows_our_message(
     with pytest.raises(LayerSaveError, match=message):
         viewer.window._qt_viewer._save_layers_dialog(selected=True)
     assert not out.exists()
+
+
+def test_layer_whose_file_was_replaced_still_saves_what_the_viewer_shows(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from mlarray import MLArray
+    from napari_mlarray._recompress import PRESETS, recompress
+
+    ct = write_mla(tmp_path / "ct.mla", ct_volume, spacing=(2.5, 0.8, 0.7))
+    seg = write_mla(tmp_path / "seg.mla", (ct_volume > 0).astype(np.uint8), meta={"is_seg": True})
+    viewer = make_napari_viewer()
+    image, labels = viewer.open([str(ct), str(seg)], plugin=None)
+    assert labels._type_string == "labels"
+    # the label map saved over the CT by mistake: only the viewer still holds the CT
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(ct), selected=True)
+    assert MLArray.open(ct).meta.is_seg.is_seg is True
+    viewer.layers.selection = {image}
+    for target in (tmp_path / "rescued.mla", ct):
+        assert viewer.layers.save(str(target), selected=True) == [str(target)]
+        np.testing.assert_array_equal(MLArray.open(target)[...], ct_volume)
+
+    # the plugin's own in-place recompression of the open file, then a geometry fix saved
+    (image,) = viewer.open(str(ct), plugin=None)
+    recompress(ct, None, storage=PRESETS["archive"])
+    image.translate = np.asarray(image.translate) + np.array([0.0, 0.0, 1.5])
+    viewer.layers.selection = {image}
+    assert viewer.layers.save(str(ct), selected=True) == [str(ct)]
+    saved = MLArray.open(ct)
+    np.testing.assert_array_equal(saved[...], ct_volume)
+    assert saved.meta.spatial.origin[2] == pytest.approx(1.5)
+
+
+def test_layer_whose_file_was_rewritten_in_place_refuses_to_save(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from napari_mlarray._writer import LayerSaveError
+
+    ct = write_mla(tmp_path / "ct.mla", ct_volume, spacing=(2.5, 0.8, 0.7))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(ct), plugin=None)
+    with open(ct, "r+b") as f:  # cut short in place (the mapping's pages are gone)
+        f.truncate(200)
+    viewer.layers.selection = {image}
+    out = tmp_path / "out.mla"
+    with pytest.raises(LayerSaveError, match=r"ct\.mla: changed on disk while open"):
+        viewer.layers.save(str(out), selected=True)
+    assert not out.exists()
