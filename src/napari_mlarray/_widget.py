@@ -160,7 +160,8 @@ class RecompressWidget(Container):
         self.chunk_size.visible = self.block_size.visible = not patch
 
     def storage(self) -> dict[str, Any]:
-        """The storage keywords as chosen: a preset's dict, or the fields (layer axis order).
+        """The storage keywords as chosen: a preset's dict, or the fields (a layer's axis
+        order, or a file's stored one).
 
         Returns
         -------
@@ -218,14 +219,31 @@ class RecompressWidget(Container):
         self.in_place.enabled = self._source_mla() is not None
         if not self.in_place.enabled:
             self.in_place.value = False
-        if not is_file and self.layer.value is not None:
-            self._fit_tuples(self.layer.value.ndim)
+        ndim = self._source_ndim()
+        if ndim:
+            self._fit_tuples(ndim)
         output = self._suggest_output()
         if output is not None:
             self.output.value = output
 
+    def _source_ndim(self) -> int | None:
+        """Axes of the source: the layer's, or the stored array's of the file (None for a
+        file without an array or one that cannot be read: running reports it)."""
+        if self.source.value != "file":
+            return None if self.layer.value is None else self.layer.value.ndim
+        src = self._source_mla()
+        if src is None:
+            return None
+        from mlarray.io import read_meta
+
+        try:
+            shape = read_meta(src).spatial.shape
+        except (MLArrayError, OSError):
+            return None
+        return len(shape) if shape else None
+
     def _fit_tuples(self, ndim: int) -> None:
-        """One chunk/block entry per layer axis."""
+        """One chunk/block entry per axis of the source (layer axes, or the file's)."""
         for attr, default in (("chunk_size", 256), ("block_size", 64)):
             old = getattr(self, attr)
             if len(old.value) == ndim:

@@ -285,3 +285,32 @@ def test_chunk_and_block_fields_follow_the_layer_dimensions(viewer):
     widget.block_size.value = (600, 30)
     assert widget.storage()["chunk_size"] == [1200, 30]
     assert not widget.chunk_size.native.isHidden()
+
+
+@pytest.mark.parametrize(
+    ("shape", "labels"),
+    [((300, 40), None), ((2, 10, 16, 12), ["channel", "spatial_z", "spatial_y", "spatial_x"])],
+)
+def test_chunk_and_block_fields_follow_the_chosen_file(viewer, qtbot, tmp_path, shape, labels):
+    from mlarray import MLArray
+
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    spatial = {"spacing": [1.0] * (len(shape) - (labels is not None)), "axis_labels": labels}
+    src = _save(tmp_path / "f.mla", data, {"spatial": spatial})
+    widget = _add_widget(viewer)
+    widget.layer.value = viewer.add_image(np.zeros((4, 5, 6), np.uint8), name="other")
+    widget.source.value = "file"
+    widget.source_file.value = src
+    widget.layout_mode.value = "chunks"
+    assert len(widget.chunk_size.value) == len(widget.block_size.value) == len(shape)
+    assert not widget.chunk_size.native.isHidden()
+    chunks = tuple(min(n, 8) for n in shape)  # stored axis order
+    widget.chunk_size.value = chunks
+    widget.block_size.value = tuple(min(n, 4) for n in shape)
+    widget.output.value = tmp_path / "out.mla"
+
+    _run(widget, qtbot)
+
+    assert widget.result is not None, widget.status.value
+    back = MLArray.open(tmp_path / "out.mla")
+    assert back.chunks == chunks and np.array_equal(back[...], data)
