@@ -22,7 +22,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["CTSample", "make_ct_sample", "make_sample_data", "sample_records", "write_sample"]
+__all__ = [
+    "CTSample",
+    "in_sample_folder",
+    "make_ct_sample",
+    "make_sample_data",
+    "sample_records",
+    "write_sample",
+]
 
 SHAPE = (64, 128, 128)
 SPACING = (2.5, 0.8, 0.8)
@@ -268,6 +275,17 @@ def _read_with_plugin(path: Path) -> list[tuple]:
     return list(reader(os.fspath(path)))
 
 
+#: folders :func:`make_sample_data` wrote to in this process (removed when it exits)
+_TEMPORARY_FOLDERS: list[Path] = []
+
+
+def in_sample_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies in a folder the sample data was written to, which is removed
+    when Python exits: nothing the user keeps may be proposed there."""
+    p = Path(os.path.abspath(path))
+    return any(p == f or f in p.parents for f in _TEMPORARY_FOLDERS)
+
+
 def make_sample_data() -> list[tuple]:
     """napari sample data: the CT volume, its segmentation and boxes.
 
@@ -281,6 +299,7 @@ def make_sample_data() -> list[tuple]:
         Layer data tuples: an image, a labels and a shapes layer.
     """
     folder = Path(tempfile.mkdtemp(prefix="napari-mlarray-sample-"))
+    _TEMPORARY_FOLDERS.append(folder)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     paths = write_sample(folder)
     layers: list[tuple] = []

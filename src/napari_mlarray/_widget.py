@@ -37,6 +37,7 @@ from napari_mlarray._recompress import (
     recompress,
     suggest_output,
 )
+from napari_mlarray._sample_data import in_sample_folder
 from napari_mlarray._writer import stored_axes
 
 __all__ = ["Codec", "Filter", "RecompressWidget"]
@@ -48,6 +49,15 @@ Filter = enum.Enum("Filter", {n: n for n in ("NOFILTER", "SHUFFLE", "BITSHUFFLE"
 def _sizes(label: str, value: tuple[int, ...], **kwargs: Any) -> TupleEdit:
     """One integer field per array axis (chunk or block size)."""
     return TupleEdit(label=label, value=value, options={"min": 1, "max": 1 << 20}, **kwargs)
+
+
+def _open_folder() -> Path:
+    """The folder files were last opened from in napari (else the home folder), not a
+    sample data folder."""
+    from napari.utils.history import get_open_history
+
+    folders = [f for f in get_open_history() if not in_sample_folder(f)]
+    return Path(folders[0] if folders else Path.home())
 
 
 class RecompressWidget(Container):
@@ -199,24 +209,29 @@ class RecompressWidget(Container):
         return None
 
     def _suggest_output(self) -> Path | None:
-        """Next to the file the source was read from, else next to the file it was made for."""
-        from napari.utils.history import get_open_history
-
+        """Next to the file the source was read from, else next to the file it was made for,
+        else in the folder files were last opened from; never in the sample data's
+        temporary folder (removed when napari exits): in that last folder then."""
         layer = None if self.source.value == "file" else self.layer.value
         if layer is None:
             src = self._source_mla()
-            return None if src is None else suggest_output(src, "", src.parent)
-        parent = layer.source.parent
-        block = layer.metadata.get(KEY) or {}
-        made_for = parent.source.path if parent is not None else block.get("made_for")
-        folder = Path(made_for).parent if made_for else Path(get_open_history()[0])
-        own = layer.source.path or block.get("path")
-        return suggest_output(Path(own) if own else None, layer.name, folder)
+            out = None if src is None else suggest_output(src, "", src.parent)
+        else:
+            parent = layer.source.parent
+            block = layer.metadata.get(KEY) or {}
+            made_for = parent.source.path if parent is not None else block.get("made_for")
+            folder = Path(made_for).parent if made_for else _open_folder()
+            own = layer.source.path or block.get("path")
+            out = suggest_output(Path(own) if own else None, layer.name, folder)
+        if out is not None and in_sample_folder(out):
+            out = _open_folder() / out.name
+        return out
 
     def _on_source(self, _value: Any = None) -> None:
         is_file = self.source.value == "file"
         self.layer.visible, self.source_file.visible = not is_file, is_file
-        self.in_place.enabled = self._source_mla() is not None
+        src = self._source_mla()
+        self.in_place.enabled = src is not None and not in_sample_folder(src)
         if not self.in_place.enabled:
             self.in_place.value = False
         ndim = self._source_ndim()

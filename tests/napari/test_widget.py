@@ -314,3 +314,32 @@ def test_chunk_and_block_fields_follow_the_chosen_file(viewer, qtbot, tmp_path, 
     assert widget.result is not None, widget.status.value
     back = MLArray.open(tmp_path / "out.mla")
     assert back.chunks == chunks and np.array_equal(back[...], data)
+
+
+def test_sample_data_output_is_proposed_where_it_outlives_napari(
+    viewer, qtbot, tmp_path, isolated_settings
+):
+    from mlarray import MLArray
+    from napari_mlarray._layer_common import KEY
+    from napari_mlarray._sample_data import in_sample_folder
+
+    isolated_settings.get_settings().application.open_history = [str(tmp_path)]
+    viewer.open_sample("napari-mlarray", "ct_sample")
+    seg = viewer.layers["ct_seg"]
+    seg_file = seg.metadata[KEY]["path"]
+    assert in_sample_folder(seg_file)  # removed when napari exits
+    widget = _add_widget(viewer)
+    widget.layer.value = seg
+    assert widget.output.value == tmp_path / "ct_seg_recompressed.mla"
+    assert not widget.in_place.enabled  # the sample file itself goes at exit
+    widget.source.value = "file"
+    widget.source_file.value = seg_file
+    assert widget.output.value == tmp_path / "ct_seg_recompressed.mla"
+    assert not widget.in_place.enabled
+    widget.source.value = "layer"
+
+    _run(widget, qtbot)
+
+    assert widget.result is not None, widget.status.value
+    assert widget.result.path == tmp_path / "ct_seg_recompressed.mla"
+    np.testing.assert_array_equal(MLArray.open(widget.result.path)[...], seg.data[...])
