@@ -21,7 +21,9 @@ the right, a right-handed set. Hence, with the default axis order:
 
 The frame is right-handed, so no view is a mirror image. Flips and axis
 permutations go into a lazy transpose of the data and into the sign of
-``scale``; napari gets at most a small residual rotation and a shear.
+``scale``; napari gets at most the residual rotation of an oblique acquisition
+and a shear (its 3D view is then exact; its 2-D slicing of a rotated layer is
+not: see the README on oblique acquisitions).
 
 Vocabulary
 ----------
