@@ -13,6 +13,7 @@ from mlarray.geometry import (
     compose_affine,
     decompose_affine,
     is_orthonormal,
+    obliquity,
     rotation,
     scale,
     shear,
@@ -397,3 +398,17 @@ def test_anatomical_part_splits_time_stored_as_a_fourth_spatial_axis():
     a[0, 3] = 0.5  # time moving along x: not separable
     with pytest.raises(MetaValidationError, match="mix"):
         geometry.anatomical_part(a)
+
+
+def test_obliquity_is_the_largest_tilt_of_an_axis_from_its_world_axis():
+    a = np.radians(10.0)
+    tilt_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    assert obliquity(tilt_x @ np.diag([8.0, 1.4, 1.4])) == pytest.approx(10.0)
+    # axis order, flips and spacing are no tilt
+    assert obliquity([[0, 0, -2.0], [0, 0.7, 0], [3.0, 0, 0]]) == 0.0
+    assert obliquity(np.eye(2)) == 0.0
+    near45 = np.radians(44.0)
+    in_plane = [[np.cos(near45), -np.sin(near45)], [np.sin(near45), np.cos(near45)]]
+    assert obliquity(in_plane) == pytest.approx(44.0)
+    with pytest.raises(MetaValidationError):
+        obliquity([[1.0, np.nan], [0.0, 1.0]])

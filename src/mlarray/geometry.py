@@ -35,6 +35,7 @@ __all__ = [
     "decompose_affine",
     "frame_matrix",
     "is_orthonormal",
+    "obliquity",
     "parse_axis_codes",
     "rotation",
     "scale",
@@ -404,6 +405,42 @@ def anatomical_part(
     sub[:n_world, :n_world] = linear[:n_world][:, keep]
     sub[:n_world, n_world] = a[:n_world, n]
     return keep, extra, sub
+
+
+# --------------------------------------------------------------------------- anatomical frames
+
+# anatomical letter -> (RAS world axis, +1 if the letter is that axis' positive end)
+_RAS_LETTERS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+_RAS_NAMES = ("RL", "AP", "SI")  # positive, negative end of each RAS axis
+
+
+def obliquity(direction: ArrayLike) -> float:
+    """The largest angle, in degrees, between a spatial array axis and the world axis it
+    runs along most (:func:`axis_world_map`): 0 for an axis-aligned volume, the tilt of an
+    oblique acquisition.
+
+    Parameters
+    ----------
+    direction : (n, n) array_like
+        Column ``j`` is the world direction of array axis ``j`` (any length: the
+        linear part of an affine will do).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    MetaValidationError
+        When ``direction`` is not a finite square matrix.
+    """
+    dr = _as_square("direction", direction)
+    if not dr.size:
+        return 0.0
+    norms = np.linalg.norm(dr, axis=0)
+    unit = dr / np.where(norms == 0, 1.0, norms)[np.newaxis, :]
+    cosines = [abs(unit[i, j]) for j, (i, _) in enumerate(axis_world_map(unit))]
+    return float(np.degrees(np.arccos(np.clip(min(cosines), 0.0, 1.0))))
 
 
 # --------------------------------------------------------------------------- anatomical frames

@@ -65,6 +65,8 @@ __all__ = [
     "spatial_mask",
 ]
 
+#: tilt (degrees) from which opening a volume says what napari's 2-D views show of it
+OBLIQUE_NOTE_DEGREES = 0.1
 #: napari world axis -> its label, "from-to" in the direction of increasing coordinates
 ANATOMY_LABELS = ("S-I", "A-P", "R-L")
 #: napari world (inferior, posterior, left) from RAS world
@@ -404,6 +406,14 @@ def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Ori
                 f"{who}no anatomical coord_system ({what}): shown as stored, "
                 "not in the radiological orientation"
             )
+    tilt = geometry.obliquity(full[:n, :n]) if n >= 3 else 0.0
+    if tilt >= OBLIQUE_NOTE_DEGREES:
+        notes.append(
+            f"{who}an oblique acquisition (stored axes tilted up to {tilt:.1f} degrees from "
+            "the world axes): the 3D view shows it exactly, but napari's 2-D views do not "
+            "reslice it: they show whole stored slices placed by the world origin, so for a "
+            "volume away from it some slider steps stay black and some slices show only in 3D"
+        )
     perm = tuple([a for a in range(ndim) if not mask[a]] + [sp_axes[j] for j in order])
     return Orientation(
         perm,

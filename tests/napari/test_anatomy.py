@@ -301,3 +301,22 @@ def test_real_volume_axial_is_radiological_and_3d_is_not_a_blob(make_napari_view
     grey = viewer.screenshot(canvas_only=True, flash=False)[..., :3].mean(-1)
     rows, cols = np.nonzero(grey > 240)
     assert rows.size > 20 and cols.mean() / grey.shape[1] < 0.4
+
+
+def test_an_oblique_volume_is_said_once_when_opened(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from mlarray import Meta
+    from mlarray.io import save_mla
+    from tests.napari.test_orientation import _tilted
+
+    path = save_mla(tmp_path / "mr.mla", phantom(), Meta.from_mapping(_tilted(10.0)))
+    heard = []
+    notification_manager.notification_ready.connect(heard.append)
+    try:
+        viewer = make_napari_viewer()
+        viewer.open(str(path), plugin=None)
+    finally:
+        notification_manager.notification_ready.disconnect(heard.append)
+    notes = [str(n.message) for n in heard if "oblique" in str(n.message)]
+    assert len(notes) == 1 and "tilted up to 10.0 degrees" in notes[0]

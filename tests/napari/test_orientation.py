@@ -139,3 +139,29 @@ def test_every_storage_order_shows_axial_first(perm, signs):
         napari_from_ras = np.array([[0, 0, -1], [0, -1, 0], [-1, 0, 0]])
         M = napari_from_ras @ linear[:, list(orient.perm)]
         assert np.allclose(M, np.diag(kw["scale"]))
+
+
+def _tilted(deg: float) -> dict:
+    a = np.radians(deg)
+    tilt_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    zyx = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # stored z, y, x
+    spatial = {
+        "spacing": [8.0, 1.4, 1.4],
+        "origin": [-100.0, 150.0, 60.0],
+        "direction": (tilt_x @ zyx).tolist(),
+        "coord_system": "LPS",
+    }
+    return {"spatial": spatial}
+
+
+def test_an_oblique_volume_says_what_the_2d_views_show():
+    orient = orientation_for(_tilted(10.0), 3, name="mr.mla")
+    (note,) = orient.notes
+    assert note.startswith("mr.mla: an oblique acquisition (stored axes tilted up to 10.0 degrees")
+    assert "2-D views do not reslice it" in note
+    for straight in (0.0, 1e-6):  # axis-aligned, or a float32 round-off of it
+        assert not orientation_for(_tilted(straight), 3).notes
+    rotated_2d = {
+        "spatial": {"direction": [[0.9, -0.43589], [0.43589, 0.9]], "coord_system": "LPS"}
+    }
+    assert not orientation_for(rotated_2d, 2).notes  # in-plane: napari shows it exactly
