@@ -259,3 +259,15 @@ def test_file_source_refuses_a_file_changed_on_disk(tmp_path):
     # ...and nothing silently switches to the new one
     with pytest.raises(MLArrayFormatError, match=r"ct\.mla: changed on disk"):
         src.affine  # noqa: B018
+
+
+def test_a_layer_whose_file_was_deleted_still_saves_the_version_shown(tmp_path):
+    path, data = _oblique(tmp_path)
+    ((view, kw, _),) = read_mla(str(path))
+    affine = np.asarray(MLArray.open(path).affine)
+    path.unlink()  # the mapping keeps the version on screen
+    out = tmp_path / "rescued.mla"
+    assert save_layers(out, [(view, kw, "image")]) == [str(out)]
+    saved = MLArray.open(out)
+    np.testing.assert_array_equal(saved[...], data)
+    np.testing.assert_allclose(np.asarray(saved.affine), affine)
