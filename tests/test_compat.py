@@ -84,7 +84,7 @@ def test_source_and_extra_behave_as_dicts_and_changes_are_saved(tmp_path):
     with pytest.raises(MetaTypeError):
         s["bad"] = object()
     with pytest.raises(MetaTypeError):
-        s[1] = "int key"
+        s[(1, 2)] = "tuple key"
     a.meta.extra["stage"] = "train"
     a.meta.extra.update(fold=2)
     p = tmp_path / "d.mla"

@@ -135,9 +135,11 @@ def test_meta_from_record_warns_and_drops_unknown_keys():
     assert m.spatial.spacing == [1.0]
 
 
-def test_meta_from_record_invalid_values_name_the_file():
-    with pytest.raises(MLArrayFormatError, match=r"v\.mla.*spatial\.spacing"):
-        meta_from_record({"spatial": {"spacing": ["a"]}}, "v.mla")
+def test_meta_from_record_invalid_values_are_ignored_naming_the_file():
+    # the image stays readable (as in the reference package); the field is left unset
+    with pytest.warns(UserWarning, match=r"v\.mla.*spatial\.spacing"):
+        m = meta_from_record({"spatial": {"spacing": ["a"], "origin": [1.0]}}, "v.mla")
+    assert m.spatial.spacing is None and m.spatial.origin == [1.0]
 
 
 # ----------------------------------------------------------------------------- hostile bytes

@@ -245,6 +245,49 @@ def parse_str_list(name: str, value: Any) -> list[str] | None:
 
 _JSON_MAX_DEPTH = 64
 
+#: Integer dict keys in free-form metadata stay below this magnitude: every such int
+#: hashes to itself, so a record's keys can never be made to collide in one hash bucket
+#: (inserting colliding keys is quadratic: a crafted record would take minutes to read).
+_KEY_INT_LIMIT = 2**61 - 1
+#: Float keys (whose hashes can be made to collide) are capped per record.
+MAX_FLOAT_KEYS = 1000
+
+
+def record_key_ok(key: Any) -> bool:
+    """Whether ``key`` may be a dict key inside free-form metadata (``source``/``extra``).
+
+    Strings, booleans, None, integers of magnitude below 2**61 - 1 and floats are
+    kept as the user wrote them (a label map ``{0: "background", 1: "liver"}``);
+    records hold at most :data:`MAX_FLOAT_KEYS` float keys.
+    """
+    t = type(key)
+    if t is str or t is bool or key is None or t is float:
+        return True
+    return t is int and -_KEY_INT_LIMIT < key < _KEY_INT_LIMIT
+
+
+def _record_key(name: str, key: Any) -> Any:
+    """``key`` as stored: plain str/int/float/bool/None, or MetaTypeError."""
+    if isinstance(key, Enum):
+        key = key.value
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        key = str(key)
+    elif isinstance(key, bool) or key is None:
+        pass
+    elif isinstance(key, numbers.Integral):
+        key = int(key)
+    elif isinstance(key, numbers.Real):
+        key = float(key)
+    if not record_key_ok(key):
+        raise MetaTypeError(
+            name,
+            "keys must be strings, integers (below 2**61 in magnitude), floats, booleans "
+            f"or None, got {key!r}",
+        )
+    return key
+
 
 def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
     """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only."""
@@ -259,8 +302,7 @@ def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise MetaTypeError(name, f"keys must be strings, got {k!r}")
+            k = _record_key(name, k)
             out[k] = _to_json_like(f"{name}.{k}", v, depth + 1)
         return out
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -647,9 +689,8 @@ class _DictMeta(SingleKeyBaseMeta, MutableMapping):
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str):
-            raise MetaTypeError(self._prefix, f"keys must be strings, got {key!r}")
+    def __setitem__(self, key: Any, value: Any) -> None:
+        key = _record_key(self._prefix, key)
         self.data[key] = _to_json_like(f"{self._prefix}.{key}", value)
 
     def __delitem__(self, key: str) -> None:

@@ -21,7 +21,15 @@ from dataclasses import fields
 from typing import Any
 
 from mlarray.errors import MetaValidationError, MLArrayFormatError, UnsafeRecordError
-from mlarray.meta import FORMAT_VERSION, META_PARTS, Meta, SingleKeyBaseMeta, _meta_internal_write
+from mlarray.meta import (
+    FORMAT_VERSION,
+    MAX_FLOAT_KEYS,
+    META_PARTS,
+    Meta,
+    SingleKeyBaseMeta,
+    _meta_internal_write,
+    record_key_ok,
+)
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -83,6 +91,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file: Any):
         super().__init__(file)
         self._ops = 0
+        self._float_keys = 0
 
     def _count(self) -> None:
         self._ops += 1
@@ -91,10 +100,17 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def _setitems_checked(self, items: list) -> None:
         # Keys are checked before any dict sees them: int or float keys can be made to
-        # collide in one hash bucket (100k of them take minutes to insert).
+        # collide in one hash bucket (100k of them take minutes to insert). Ints below
+        # 2**61 hash to themselves (no collisions); floats are few (meta.record_key_ok).
         for k in items[0::2]:
-            if type(k) is not str:
-                raise pickle.UnpicklingError(f"non-string key of type {type(k).__name__}")
+            if not record_key_ok(k):
+                raise pickle.UnpicklingError(
+                    f"non-string key {k!r:.40} (only ints below 2**61, floats, bools and None)"
+                )
+            if type(k) is float:
+                self._float_keys += 1
+                if self._float_keys > MAX_FLOAT_KEYS:
+                    raise pickle.UnpicklingError(f"more than {MAX_FLOAT_KEYS} float dict keys")
 
     def load_setitem(self) -> None:
         self._setitems_checked([self.stack[-2]])
@@ -184,10 +200,17 @@ def _gunzip_capped(raw: bytes, path: Any) -> bytes:
     return out
 
 
-def _check_plain(obj: Any, path: Any) -> None:
-    """Walk ``obj`` iteratively; refuse anything but plain containers and scalars."""
+def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
+    """Walk ``obj`` iteratively; refuse anything but plain containers and scalars.
+
+    Keys of the top-level dict (the record's parts) are strings; deeper keys follow
+    :func:`mlarray.meta.record_key_ok`. With ``read``, tuples (which the reference
+    package stores as its users wrote them, e.g. ``sitk_image.GetSpacing()``) are
+    replaced by lists in place: a record is made of lists, as our own metadata is.
+    """
     stack = [(obj, 0)]
     nodes = 0
+    float_keys = 0
     while stack:
         value, depth = stack.pop()
         nodes += 1
@@ -199,10 +222,21 @@ def _check_plain(obj: Any, path: Any) -> None:
             )
         if type(value) is dict:
             for k, v in value.items():
-                if type(k) is not str:
+                if type(k) is not str and (depth == 0 or not record_key_ok(k)):
                     raise MLArrayFormatError(path, f"metadata record has a non-string key {k!r}")
+                float_keys += type(k) is float
+                if read and type(v) is tuple:
+                    value[k] = v = list(v)
                 stack.append((v, depth + 1))
+            if float_keys > MAX_FLOAT_KEYS:
+                raise MLArrayFormatError(
+                    path, f"metadata record has more than {MAX_FLOAT_KEYS} float dict keys"
+                )
         elif type(value) is list:
+            if read:
+                for i, v in enumerate(value):
+                    if type(v) is tuple:
+                        value[i] = list(v)
             stack.extend((v, depth + 1) for v in value)
         elif type(value) not in _SCALARS:
             raise MLArrayFormatError(
@@ -245,11 +279,11 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
         raise MLArrayFormatError(
             path, f"metadata record is not a valid pickle ({type(exc).__name__}: {exc})"
         ) from None
-    _check_plain(record, path)
     if type(record) is not dict:
         raise MLArrayFormatError(
             path, f"metadata record must be a dict, found {type(record).__name__}"
         )
+    _check_plain(record, path, read=True)
     return record
 
 
@@ -274,34 +308,75 @@ def record_from_meta(meta: Meta) -> dict[str, Any]:
 _FIELD_NAMES = {key: frozenset(f.name for f in fields(cls)) for key, cls in META_PARTS.items()}
 
 
+_GEOMETRY = ("spacing", "origin", "direction", "affine")
+
+
+def _fields_named(exc: MetaValidationError, key: str) -> tuple[str, ...]:
+    """The fields of part ``key`` a validation error is about (all geometry for ``spatial``)."""
+    name = exc.field.split("[", 1)[0]
+    if name == key:
+        return _GEOMETRY if key == "spatial" else ()
+    head, _, rest = name.partition(".")
+    if head != key or not rest:
+        return ()
+    return (rest.split(".", 1)[0],)
+
+
+def _warn(path: Any, message: str) -> None:
+    where = f"{os.fspath(path)}: " if path is not None else ""
+    warnings.warn(f"{where}{message}", UserWarning, stacklevel=4)
+
+
+def _part_from_record(key: str, value: Any, ignored: list[str]) -> Any:
+    """Part ``key`` of a record; a field whose value this version refuses (NaN spacing,
+    an affine whose last row is not [0, ..., 0, 1], ...) is left unset and named in
+    ``ignored``, a part that cannot be read at all takes its default."""
+    cls = META_PARTS[key]
+    for _ in range(len(_FIELD_NAMES[key]) + 1):
+        try:
+            return cls.ensure(value)
+        except (MetaValidationError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            drop = _fields_named(exc, key) if isinstance(exc, MetaValidationError) else ()
+            drop = tuple(f for f in drop if isinstance(value, Mapping) and value.get(f) is not None)
+            if not drop or issubclass(cls, SingleKeyBaseMeta):
+                ignored.append(f"{key} ({exc})")
+                return cls()
+            ignored += [f"{key}.{f} ({exc})" for f in drop]
+            value = {k: v for k, v in value.items() if k not in drop}
+    ignored.append(key)
+    return cls()
+
+
 def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
     """Build a :class:`Meta` from a decoded record, following FORMAT.md's reading rules.
 
     Missing keys take their defaults; single-key parts may be wrapped or
     bare; keys this version does not know are dropped with a warning (the
-    file stays readable); invalid values raise :class:`MLArrayFormatError`.
+    file stays readable). Values this version refuses to hold (non-finite
+    spacing or origin, an affine that is not homogeneous, wrong types, ...)
+    are left unset, with a warning naming the file and the fields: the image
+    stays readable, as it is in the reference package.
     """
     parts: dict[str, Any] = {}
     unknown: list[str] = []
     for key, value in record.items():
         cls = META_PARTS.get(key)
         if cls is None:
-            unknown.append(key)
+            unknown.append(str(key))
             continue
         if not issubclass(cls, SingleKeyBaseMeta) and isinstance(value, Mapping):
-            extra = sorted(set(value) - _FIELD_NAMES[key])
-            unknown += [f"{key}.{k}" for k in extra]
+            extra = [k for k in value if k not in _FIELD_NAMES[key]]
+            unknown += sorted(f"{key}.{k}" for k in extra)
             value = {k: v for k, v in value.items() if k not in extra}
         parts[key] = value
     if unknown:
-        where = f"{os.fspath(path)}: " if path is not None else ""
-        warnings.warn(
-            f"{where}ignoring metadata keys unknown to this version of mlarray: {unknown}",
-            UserWarning,
-            stacklevel=3,
-        )
+        _warn(path, f"ignoring metadata keys unknown to this version of mlarray: {unknown}")
+    ignored: list[str] = []
+    built = {k: _part_from_record(k, v, ignored) for k, v in parts.items()}
+    if ignored:
+        _warn(path, f"ignoring metadata values this version of mlarray refuses: {ignored}")
     try:
-        return Meta(**{k: META_PARTS[k].ensure(v) for k, v in parts.items()})
+        return Meta(**built)
     except (MetaValidationError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None
 
@@ -314,7 +389,8 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
     flag must not hide an array, or a later metadata save would drop it).
     ``raw`` is the file's ``mlarray`` vlmeta value (None without one), ``shape``
     the frame's array shape; ``record``, if given, is ``raw`` already decoded (it is
-    not modified).
+    not modified). Spatial fields that do not fit the stored array (spacing for
+    another number of axes, ...) are left unset with a warning.
     """
     if raw is None:
         meta = Meta()
@@ -328,12 +404,26 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
         raise MLArrayFormatError(
             path, "record says the file holds an array, but the array is empty"
         )
-    try:
-        with _meta_internal_write():
-            meta._has_array.has_array = bool(has_array)
-            meta.spatial.shape = list(shape) if has_array else None
-    except MetaValidationError as exc:
-        raise MLArrayFormatError(path, f"metadata does not fit the stored array: {exc}") from None
+    ignored: list[str] = []
+    with _meta_internal_write():
+        meta._has_array.has_array = bool(has_array)
+        for _ in range(len(_FIELD_NAMES["spatial"]) + 1):
+            try:
+                meta.spatial.shape = list(shape) if has_array else None
+                break
+            except MetaValidationError as exc:
+                drop = [f for f in _fields_named(exc, "spatial") if getattr(meta.spatial, f)]
+                if not drop:
+                    raise MLArrayFormatError(
+                        path, f"metadata does not fit the stored array: {exc}"
+                    ) from None
+                for f in drop:
+                    setattr(meta.spatial, f, None)
+                ignored += [f"spatial.{f} ({exc})" for f in drop]
+        else:
+            raise MLArrayFormatError(path, "metadata does not fit the stored array")
+    if ignored:
+        _warn(path, f"ignoring metadata that does not fit the stored array: {ignored}")
     return meta
 
 
