@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from mlarray import Meta, MLArray
-from mlarray.errors import MetaTypeError, MLArrayFormatError
+from mlarray.errors import ClosedError, MetaTypeError, MLArrayFormatError
 from mlarray.record import decode_record
 
 ODD = Path(__file__).parent / "data" / "reference-odd-meta"
@@ -184,3 +184,31 @@ def test_reference_and_we_read_each_others_ordinary_metadata(tmp_path):
 def test_meta_from_mapping_accepts_int_keys():
     m = Meta.from_mapping({"source": {"labels": {0: "bg"}}})
     assert m.source["labels"] == {0: "bg"}
+
+
+# ----------------------------------------------------------------------------- finding 3
+
+
+@pytest.mark.parametrize("how", ["close", "with", "in_memory"])
+def test_save_after_close_refuses_and_keeps_the_file(tmp_path, how):
+    p = tmp_path / "case.mla"
+    data = np.arange(40 * 50 * 6, dtype=np.int16).reshape(40, 50, 6)
+    MLArray(data, spacing=(1.0, 0.8, 0.8)).save(p)
+    before = p.read_bytes()
+    if how == "with":
+        with MLArray.open(p, mode="a") as h:
+            h.meta.extra["reviewed"] = True
+    else:
+        h = MLArray.open(p) if how == "close" else MLArray(p)
+        h.meta.extra["reviewed"] = True
+        h.close()
+    with pytest.raises(ClosedError, match=r"case\.mla.*closed"):
+        h.save(p)
+    with pytest.raises(ValueError):  # a ValueError, as for a closed Python file
+        h.save(tmp_path / "other.mla")
+    assert not (tmp_path / "other.mla").exists()
+    if how != "with":
+        assert p.read_bytes() == before
+    a = MLArray.open(p)
+    np.testing.assert_array_equal(a[...], data)
+    assert a.meta.extra.get("reviewed") is (True if how == "with" else None)

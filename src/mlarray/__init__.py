@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _WHERE = {
+    "ClosedError": "mlarray.errors",
     "InvalidModeError": "mlarray.errors",
     "InvalidPathError": "mlarray.errors",
     "LayoutError": "mlarray.errors",
@@ -79,6 +80,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
     from mlarray.errors import (
+        ClosedError,
         InvalidModeError,
         InvalidPathError,
         LayoutError,
@@ -113,6 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
 __all__ = [
     "MLARRAY_DEFAULT_PATCH_SIZE",
     "AxisLabel",
+    "ClosedError",
     "CoordSystem",
     "InvalidModeError",
     "InvalidPathError",

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "ClosedError",
     "CorruptChunkError",
     "DiskFullError",
     "FileChangedError",
@@ -143,6 +144,11 @@ class LayoutError(MLArrayError, RuntimeError):
 
 class NoArrayError(MLArrayError, TypeError):
     """An operation needs array data, but this MLArray holds none."""
+
+
+class ClosedError(MLArrayError, ValueError):
+    """An operation on an MLArray after :meth:`~mlarray.MLArray.close` (a ValueError, as
+    for a closed Python file): it no longer holds its array, so it cannot be saved."""
 
 
 class ReadOnlyError(MLArrayError, PermissionError):

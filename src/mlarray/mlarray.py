@@ -23,6 +23,7 @@ from mlarray import (
     layout,
 )
 from mlarray.errors import (
+    ClosedError,
     CorruptChunkError,
     IndexingError,
     InvalidModeError,
@@ -164,6 +165,8 @@ class MLArray:
     :meth:`linspace`, the ``*_like`` variants and :meth:`create`) funnels
     into one private path, ``_setup``.
     """
+
+    _closed = False  # set by close()
 
     def __init__(
         self,
@@ -888,6 +891,13 @@ class MLArray:
         InvalidPathError
             (a RuntimeError) if the path does not end with ``.mla``.
         """
+        if self._closed:
+            where = f" (opened from {self._path})" if self._path is not None else ""
+            raise ClosedError(
+                f"cannot save to {os.fspath(filepath)}: this MLArray{where} was closed and no "
+                "longer holds its array (saving it would write a file without the image); "
+                "open the file again to save changes"
+            )
         path = io.check_path(filepath, must_exist=False)
         req = self._storage_request()
         io.save_mla(path, self if self._store is not None else None, self.meta, **req.as_kwargs())
@@ -915,11 +925,14 @@ class MLArray:
     def close(self) -> None:
         """Flush metadata (for writable files) and release the array.
 
-        After closing, the instance holds no array.
+        After closing, the instance holds no array; :meth:`save` raises
+        :class:`~mlarray.errors.ClosedError` (it would write a file without
+        the image). Closing twice does nothing more.
         """
         self._flush_meta()
         self._store = None
         self._file_store = None
+        self._closed = True
 
     def __reduce__(self) -> tuple:
         """Pickle support, e.g. for data-loader worker processes.
