@@ -212,3 +212,39 @@ def test_save_after_close_refuses_and_keeps_the_file(tmp_path, how):
     a = MLArray.open(p)
     np.testing.assert_array_equal(a[...], data)
     assert a.meta.extra.get("reviewed") is (True if how == "with" else None)
+
+
+# ----------------------------------------------------------------------------- finding 7
+
+
+@pytest.mark.parametrize("how", ["r+", "a", "create", "load_save"])
+def test_handles_opened_with_a_relative_path_keep_their_file_after_chdir(
+    tmp_path, monkeypatch, how
+):
+    for d in "AB":
+        (tmp_path / d).mkdir()
+        MLArray(np.zeros((10, 10, 10), np.int16)).save(tmp_path / d / "case.mla")
+    monkeypatch.chdir(tmp_path / "A")
+    if how == "r+":
+        h = MLArray.open("case.mla", mmap_mode="r+")
+    elif how == "a":
+        h = MLArray.open("case.mla", mode="a", mmap_mode=None)
+    elif how == "create":
+        (tmp_path / "A" / "case.mla").unlink()
+        h = MLArray.create("case.mla", (10, 10, 10), np.int16)
+    else:
+        h = MLArray("case.mla")
+    assert h.filepath == "case.mla"  # as given, as in the reference
+    monkeypatch.chdir(tmp_path / "B")  # a pipeline step that changes the working directory
+    if how == "load_save":
+        h[0, 0, 0] = 5
+        h.spacing = [2.0, 2.0, 2.0]
+        h.save(h.path)  # the path it was loaded from, whatever the directory now
+    else:
+        h[0, 0, 0] = 5
+        h.spacing = [2.0, 2.0, 2.0]
+        h.close()
+    a = MLArray.open(tmp_path / "A" / "case.mla")
+    assert a[0, 0, 0] == 5 and a.spacing == [2.0, 2.0, 2.0]
+    b = MLArray.open(tmp_path / "B" / "case.mla")
+    assert b[0, 0, 0] == 0 and b.spacing is None

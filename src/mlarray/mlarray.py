@@ -167,6 +167,7 @@ class MLArray:
     """
 
     _closed = False  # set by close()
+    _given: str | None = None  # the path as the user gave it (``filepath``)
 
     def __init__(
         self,
@@ -266,7 +267,8 @@ class MLArray:
     def _reset_state(self, meta: Meta | None = None) -> None:
         self._store: Any = None
         self._file_store: Any = None
-        self._path: Path | None = None
+        self._path: Path | None = None  # absolute: the file, whatever the working directory
+        self._given: str | None = None  # the path as the user gave it (``filepath``)
         self._writable = False
         self._mode: str | None = None
         self._mmap_mode: str | None = None
@@ -718,6 +720,7 @@ class MLArray:
             If the file is missing or not a valid ``.mla`` file.
         """
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
+        given, filepath = filepath, _absolute(filepath)
         store, meta = io.open_store(filepath, mmap_mode="r", dparams=dp)
         out = cls._bare(meta)
         if meta._has_array.has_array:
@@ -725,7 +728,7 @@ class MLArray:
                 out._store = io.load_frame(filepath, store.schunk.dparams)
             else:
                 out._store = _fullread.read_all(store, path=filepath)
-        out._path = Path(filepath)
+        out._path, out._given = filepath, os.fspath(given)
         out._writable = True
         out._track_threads()
         del store
@@ -794,10 +797,11 @@ class MLArray:
         if mode == "a" and mmap_mode == "r":
             mmap_mode = "r+"
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
+        given, filepath = filepath, _absolute(filepath)
         store, meta = io.open_store(filepath, mmap_mode=mmap_mode, writable=mode == "a", dparams=dp)
         out = cls._bare(meta)
         out._store = store if meta._has_array.has_array else None
-        out._path = Path(filepath)
+        out._path, out._given = filepath, os.fspath(given)
         out._mode, out._mmap_mode = mode, mmap_mode
         out._writable = mmap_mode in ("r+", "c") or (mmap_mode is None and mode == "a")
         out._file_store = store
@@ -839,7 +843,7 @@ class MLArray:
             raise InvalidModeError(
                 f"{filepath}: mmap_mode must be 'w+' or None to create, got {mmap_mode!r}"
             )
-        path = io.check_path(filepath, must_exist=False)
+        path = _absolute(filepath)  # writes after an os.chdir still find the file
         if not path.parent.is_dir():
             raise InvalidPathError(path, f"folder {path.parent} does not exist")
         if path.is_dir():  # Blosc2's mode "w" would delete the folder and all it holds
@@ -855,6 +859,7 @@ class MLArray:
         out = cls.__new__(cls)
         out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
+        out._given = os.fspath(filepath)
         out._file_store = out._store
         with io.os_errors(path, "cannot create"):  # writes check the file was not cut short
             _maps.watch(out._store, path, None, _maps.version_of(os.stat(path)))
@@ -917,7 +922,9 @@ class MLArray:
         ):
             self._set_meta(io.read_meta(path))
             return
-        store, meta = io.open_store(path, mmap_mode=self._mmap_mode, writable=self._writable)
+        store, meta = io.open_store(
+            _absolute(path), mmap_mode=self._mmap_mode, writable=self._writable
+        )
         self._store = self._file_store = store
         self._track_threads()
         self._set_meta(meta)
@@ -1039,6 +1046,7 @@ class MLArray:
     def _detach(self) -> None:
         self._file_store = None
         self._path, self._writable, self._mode, self._mmap_mode = None, True, None, None
+        self._given = None
 
     def to_numpy(self) -> np.ndarray:
         """Return the data as a NumPy array (decompressing everything).
@@ -1314,7 +1322,9 @@ class MLArray:
     @property
     def filepath(self) -> str | None:
         """The file this instance was opened from, loaded from or created at; None in memory."""
-        return None if self._path is None else str(self._path)
+        if self._path is None:
+            return None
+        return self._given if self._given is not None else str(self._path)
 
     @property
     def mode(self) -> str | None:
@@ -1550,7 +1560,14 @@ def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
+        return _maps.absolute(a) == _maps.absolute(b)
+
+
+def _absolute(filepath: str | os.PathLike) -> Path:
+    """``filepath`` checked (suffix) and made absolute now: a handle keeps naming the
+    same file after an ``os.chdir`` (``..`` is kept, see :func:`mlarray._maps.absolute`)."""
+    p = io.check_path(filepath, must_exist=False)
+    return p if p.is_absolute() else Path(_maps.absolute(p))
 
 
 def _maker(array: Any) -> tuple[Maker, tuple[int, ...], Any] | None:
