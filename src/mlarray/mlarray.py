@@ -535,8 +535,10 @@ class MLArray:
     ) -> MLArray:
         """Create an in-memory MLArray with evenly spaced values (as :func:`numpy.arange`).
 
-        ``shape`` reshapes the 1-d sequence (its size must match);
-        ``patch_size`` defaults to None here.
+        ``shape`` reshapes the 1-d sequence in C order (its size must match);
+        ``patch_size`` defaults to None here. ``c_order`` is accepted for the
+        reference's signature (there, as in :func:`blosc2.arange`, it only says
+        how the container is filled): the values are the same either way.
 
         Raises
         ------
@@ -546,7 +548,7 @@ class MLArray:
         values = np.arange(start, stop, step) if stop is not None else np.arange(start)
         values = values.astype(dtype) if dtype is not None else values
         req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        return cls._make(_sequence_maker(values, shape, c_order), meta, req, compressed)
+        return cls._make(_sequence_maker(values, shape), meta, req, compressed)
 
     @classmethod
     def linspace(
@@ -568,7 +570,8 @@ class MLArray:
     ) -> MLArray:
         """Create an in-memory MLArray with evenly spaced samples (as :func:`numpy.linspace`).
 
-        ``num`` defaults to the size of ``shape``.
+        ``num`` defaults to the size of ``shape``, which the samples fill in C
+        order; ``c_order`` changes nothing about the values (see :meth:`arange`).
 
         Raises
         ------
@@ -581,7 +584,7 @@ class MLArray:
             num = int(np.prod(_as_shape(shape)))
         values = np.linspace(start, stop, num, endpoint=endpoint, dtype=dtype)
         req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        return cls._make(_sequence_maker(values, shape, c_order), meta, req, compressed)
+        return cls._make(_sequence_maker(values, shape), meta, req, compressed)
 
     @classmethod
     def zeros_like(
@@ -1605,9 +1608,9 @@ def _empty_maker(shape: Any, dtype: Any) -> tuple[Maker, Any, Any]:
     return make, shape, dtype
 
 
-def _sequence_maker(values: np.ndarray, shape: Any, c_order: bool) -> tuple[Maker, Any, Any]:
+def _sequence_maker(values: np.ndarray, shape: Any) -> tuple[Maker, Any, Any]:
     shape = values.shape if shape is None else _as_shape(shape)
     if int(np.prod(shape)) != values.size:
         raise ValueError(f"shape {shape} does not hold the {values.size} generated values")
-    values = values.reshape(shape, order="C" if c_order else "F")
+    values = values.reshape(shape)  # C order, as blosc2.arange/linspace whatever their c_order
     return _maker(values)
