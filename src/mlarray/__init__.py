@@ -46,6 +46,9 @@ _WHERE = {
     "MetaStatistics": "mlarray.meta",
     "MetaVersion": "mlarray.meta",
     "MLArray": "mlarray.mlarray",
+    "is_serializable": "mlarray.utils",
+    "cli_print_header": "mlarray.cli",
+    "cli_convert_to_mlarray": "mlarray.cli",
 }
 # names bound under another name in their module
 _RENAMED = {
@@ -79,6 +82,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
+    from mlarray.cli import cli_convert_to_mlarray, cli_print_header
     from mlarray.errors import (
         ClosedError,
         InvalidModeError,
@@ -111,6 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
         MetaVersion,
     )
     from mlarray.mlarray import MLArray
+    from mlarray.utils import is_serializable
 
 __all__ = [
     "MLARRAY_DEFAULT_PATCH_SIZE",
@@ -142,4 +147,7 @@ __all__ = [
     "ReadOnlyError",
     "UnsafeRecordError",
     "__version__",
+    "cli_convert_to_mlarray",
+    "cli_print_header",
+    "is_serializable",
 ]
