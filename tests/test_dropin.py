@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from mlarray import Meta, MLArray
-from mlarray.errors import ClosedError, MetaTypeError, MLArrayFormatError
+from mlarray.errors import ClosedError, LayoutError, MetaTypeError, MLArrayFormatError
 from mlarray.record import decode_record
 
 ODD = Path(__file__).parent / "data" / "reference-odd-meta"
@@ -362,3 +362,70 @@ def test_is_serializable_answers_as_the_reference(tmp_path):
 
     want = strategies.comp_blosc2_params_spatial_only_magnitude((512, 512, 512), (192, 192, 192))
     assert layout == repr(tuple(want)) or layout == repr(want)
+
+
+# ----------------------------------------------------------------------------- finding 4
+
+
+def test_chunk_and_block_size_are_honoured_with_the_default_patch_size(tmp_path):
+    a = np.zeros((20, 60, 80), np.float32)
+    chunks, blocks = (10, 30, 40), (5, 10, 10)
+    made = {
+        "MLArray": MLArray(a, chunk_size=chunks, block_size=blocks),
+        "asarray": MLArray.asarray(a, chunk_size=chunks, block_size=blocks),
+        "zeros": MLArray.zeros(a.shape, np.float32, chunk_size=chunks, block_size=blocks),
+        "create": MLArray.create(
+            tmp_path / "c.mla", a.shape, np.float32, chunk_size=chunks, block_size=blocks
+        ),
+    }
+    made["create"].close()
+    made["create"] = MLArray.open(tmp_path / "c.mla")
+    for name, m in made.items():
+        assert m.chunks == chunks and m.blocks == blocks, name
+        assert m.meta.blosc2.chunk_size == list(chunks), name
+        assert m.meta.blosc2.patch_size is None, name
+    with pytest.raises(LayoutError, match="both chunk_size and block_size") as info:
+        MLArray(a, chunk_size=chunks)
+    assert isinstance(info.value, RuntimeError)  # what the reference raises
+    with pytest.raises(LayoutError, match="both chunk_size and block_size"):
+        MLArray.zeros(a.shape, np.float32, block_size=blocks)
+    with pytest.raises(LayoutError, match="patch_size"):
+        MLArray(a, patch_size=64, chunk_size=chunks, block_size=blocks)
+    # patch_size=None: one of them alone, the other left to Blosc2 (ours, documented)
+    assert MLArray(a, patch_size=None, chunk_size=chunks).chunks == chunks
+
+
+@needs_reference
+def test_chunk_and_block_size_as_the_reference(tmp_path):
+    out = _reference(
+        """
+        import numpy as np; from mlarray import MLArray
+        a = np.zeros((20, 60, 80), np.float32)
+        def t(**kw):
+            try:
+                m = MLArray(a, **kw)
+                return [m.meta.blosc2.chunk_size, m.meta.blosc2.block_size]
+            except Exception as e:
+                return type(e).__name__ if isinstance(e, RuntimeError) else repr(e)
+        print(repr([t(chunk_size=(10, 30, 40), block_size=(5, 10, 10)),
+                    t(chunk_size=(10, 30, 40)), t(block_size=(5, 10, 10)),
+                    t(patch_size=64, chunk_size=(10, 30, 40), block_size=(5, 10, 10))]))
+        """,
+        tmp_path,
+    )
+    a = np.zeros((20, 60, 80), np.float32)
+
+    def t(**kw):
+        try:
+            m = MLArray(a, **kw)
+            return [m.meta.blosc2.chunk_size, m.meta.blosc2.block_size]
+        except RuntimeError:
+            return "RuntimeError"
+
+    ours = [
+        t(chunk_size=(10, 30, 40), block_size=(5, 10, 10)),
+        t(chunk_size=(10, 30, 40)),
+        t(block_size=(5, 10, 10)),
+        t(patch_size=64, chunk_size=(10, 30, 40), block_size=(5, 10, 10)),
+    ]
+    assert repr(ours) == out.strip().splitlines()[-1]

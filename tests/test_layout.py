@@ -192,10 +192,11 @@ def test_patch_size_forms():
     assert opts.chunk_size[0] == opts.block_size[0] == 1
 
 
-def test_patch_size_overrides_chunk_and_block():
-    opts = resolve_storage((512, 512), "f4", patch_size=192, chunk_size=64, block_size=16)
-    assert opts.chunk_size == (320, 320)
-    assert opts.block_size == (80, 80)
+def test_explicit_patch_size_with_chunk_and_block_is_refused_as_in_the_reference():
+    with pytest.raises(LayoutError, match="patch_size"):
+        resolve_storage((512, 512), "f4", patch_size=192, chunk_size=64, block_size=16)
+    opts = resolve_storage((512, 512), "f4", chunk_size=64, block_size=16)  # patch "default"
+    assert (opts.chunk_size, opts.block_size, opts.patch_size) == ((64, 64), (16, 16), None)
 
 
 @pytest.mark.parametrize("patch_size", [[1, 2, 3, 4], [192], "big", 0, -5, [192, 0, 1], 1.5, True])

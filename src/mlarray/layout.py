@@ -7,15 +7,20 @@ same five keywords, documented once here:
 patch_size : int, sequence of int, "default" or None
     Typical read size per spatial axis (for example a training patch). When
     not None the chunk and block shapes are computed from it by
-    :func:`comp_blosc2_params` and ``chunk_size``/``block_size`` are ignored.
-    ``"default"`` means :data:`DEFAULT_PATCH_SIZE` on every spatial axis, an
-    int that value on every spatial axis; a sequence has one entry per
-    spatial axis (or one per array axis, the non-spatial entries then being
-    ignored).
+    :func:`comp_blosc2_params`. ``"default"`` (what every constructor but
+    ``arange``/``linspace`` defaults to) means :data:`DEFAULT_PATCH_SIZE` on
+    every spatial axis, unless ``chunk_size`` and ``block_size`` are given;
+    an int means that value on every spatial axis; a sequence has one entry
+    per spatial axis (or one per array axis, the non-spatial entries then
+    being ignored).
 chunk_size, block_size : int, sequence of int or None
-    Explicit Blosc2 chunk and block shapes, used only when ``patch_size`` is
-    None. An int means that size on every axis; values are clipped to the
-    array shape. None leaves the choice to Blosc2.
+    Explicit Blosc2 chunk and block shapes. An int means that size on every
+    axis; values are clipped to the array shape. As in the reference
+    package, giving both (with ``patch_size`` left at ``"default"``) uses
+    them, and giving only one of them, or either with an explicit
+    ``patch_size``, raises :class:`~mlarray.errors.LayoutError` (a
+    RuntimeError). With ``patch_size=None``, one of them alone may be given
+    and None leaves that choice to Blosc2.
 cparams : dict, blosc2.CParams or None
     Compression parameters. A dict may use enum members, ints or enum names
     as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``).
@@ -641,7 +646,9 @@ def resolve_storage(
     LayoutError
         (a RuntimeError) for values that do not fit together: a
         ``chunk_size``/``block_size``/``spatial_axis_mask`` length that
-        differs from the array's, or a block larger than its chunk.
+        differs from the array's, a block larger than its chunk, only one of
+        ``chunk_size``/``block_size`` with ``patch_size="default"``, or
+        either with an explicit ``patch_size``.
     """
     shape_t = tuple(int(n) for n in shape)
     if any(n < 0 for n in shape_t):
@@ -654,6 +661,19 @@ def resolve_storage(
     dp = normalize_dparams(dparams)
     degenerate = len(shape_t) == 0 or 0 in shape_t
 
+    if patch_size is not None and (chunk_size is not None or block_size is not None):
+        if not (isinstance(patch_size, str) and patch_size == "default"):
+            raise LayoutError(
+                f"patch_size {patch_size!r} and chunk_size/block_size cannot both be given: "
+                "the layout is computed from the patch size, or set by chunk_size and "
+                "block_size"
+            )
+        if chunk_size is None or block_size is None:
+            raise LayoutError(
+                "give both chunk_size and block_size (or patch_size=None to let Blosc2 "
+                f"choose the other); got chunk_size={chunk_size!r}, block_size={block_size!r}"
+            )
+        patch_size = None  # the layout the caller asked for, as in the reference
     if patch_size is not None:
         patch = _patch_per_spatial_axis(patch_size, mask)
         if degenerate or not patch:
