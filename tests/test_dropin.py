@@ -429,3 +429,24 @@ def test_chunk_and_block_size_as_the_reference(tmp_path):
         t(patch_size=64, chunk_size=(10, 30, 40), block_size=(5, 10, 10)),
     ]
     assert repr(ours) == out.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- finding 9
+
+
+@pytest.mark.parametrize("how", ["load", "constructor"])
+def test_decompressed_load_saves_with_the_files_layout(tmp_path, how):
+    p = tmp_path / "case.mla"
+    a = np.random.default_rng(0).random((30, 40, 50)).astype(np.float32)
+    MLArray(
+        a, patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 25), cparams={"codec": 5}
+    ).save(p)
+    m = MLArray.load(p, compressed=False) if how == "load" else MLArray(p, compressed=False)
+    assert isinstance(m._store, np.ndarray)
+    m[0] = 0
+    m.save(p)
+    o = MLArray.open(p)
+    assert o.chunks == (10, 20, 25) and o.blocks == (5, 10, 25)
+    assert o.meta.blosc2.cparams["codec"] == 5
+    a[0] = 0
+    np.testing.assert_array_equal(o[...], a)

@@ -412,6 +412,17 @@ class MLArray:
                 b.dparams,
                 keep_layout=True,
             )
+        ndim = getattr(store, "ndim", None)
+        if (
+            b.chunk_size is not None
+            and b.block_size is not None
+            and len(b.chunk_size) == len(b.block_size) == ndim
+        ):
+            # decompressed from a file (load(compressed=False)): saved with the file's layout
+            chunks, blocks = list(b.chunk_size), list(b.block_size)
+            return layout.StorageRequest(
+                b.patch_size, chunks, blocks, b.cparams, b.dparams, keep_layout=True
+            )
         return layout.StorageRequest("default", None, None, b.cparams, b.dparams)
 
     # ------------------------------------------------------------------ constructors
