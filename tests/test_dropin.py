@@ -450,3 +450,27 @@ def test_decompressed_load_saves_with_the_files_layout(tmp_path, how):
     assert o.meta.blosc2.cparams["codec"] == 5
     a[0] = 0
     np.testing.assert_array_equal(o[...], a)
+
+
+# ----------------------------------------------------------------------------- minor
+
+
+def test_zeros_and_empty_default_to_float64_as_numpy():
+    assert MLArray.zeros((2, 2), None).dtype == np.zeros((2, 2)).dtype == np.float64
+    assert MLArray.empty((2, 2), None).dtype == np.float64
+    assert MLArray.ones((2, 2)).dtype == np.float64
+
+
+def test_storage_keywords_with_a_path_are_refused_not_ignored(tmp_path):
+    p = tmp_path / "x.mla"
+    MLArray(np.zeros((30, 40, 50), np.float32)).save(p)
+    for kw in (
+        {"patch_size": 64},
+        {"chunk_size": (10, 10, 10), "block_size": (5, 5, 5)},
+        {"cparams": {"codec": 5}},
+    ):
+        with pytest.raises(LayoutError, match=r"x\.mla.*cannot be given when loading") as info:
+            MLArray(p, **kw)
+        assert isinstance(info.value, RuntimeError)  # what the reference raises
+    a = MLArray(p, dparams={"nthreads": 2}, compressed=False)  # load parameters apply
+    assert a.shape == (30, 40, 50)

@@ -28,6 +28,7 @@ from mlarray.errors import (
     IndexingError,
     InvalidModeError,
     InvalidPathError,
+    LayoutError,
     MetaValidationError,
     MLArrayMemoryError,
     NoArrayError,
@@ -197,6 +198,20 @@ class MLArray:
         }
         base = None if copy is None else copy.meta
         if isinstance(array, (str, os.PathLike)):
+            default_patch = isinstance(patch_size, str) and patch_size == "default"
+            given = {
+                "patch_size": None if default_patch else patch_size,
+                "chunk_size": chunk_size,
+                "block_size": block_size,
+                "cparams": cparams,
+            }
+            names = ", ".join(k for k, v in given.items() if v is not None)
+            if names:
+                raise LayoutError(
+                    f"{os.fspath(array)}: {names} cannot be given when loading a file (the "
+                    "array keeps the file's layout and codec; they apply when saving, e.g. "
+                    "mlarray.io.save_mla, or when building an array from data)"
+                )
             self._adopt(type(self).load(array, dparams=dparams, compressed=compressed))
             if base is None:
                 base = self._meta
@@ -467,8 +482,9 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray filled with zeros."""
+        """Create an in-memory MLArray filled with zeros (float64 when ``dtype`` is None)."""
         req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        dtype = np.float64 if dtype is None else dtype
         return cls._make(_full_maker(shape, 0, dtype), meta, req, compressed)
 
     @classmethod
@@ -502,8 +518,9 @@ class MLArray:
         dparams=None,
         compressed=True,
     ) -> MLArray:
-        """Create an in-memory MLArray with uninitialized values."""
+        """Create an in-memory MLArray with uninitialized values (float64 for ``dtype=None``)."""
         req = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
+        dtype = np.float64 if dtype is None else dtype
         return cls._make(_empty_maker(shape, dtype), meta, req, compressed)
 
     @classmethod
