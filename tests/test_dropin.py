@@ -474,3 +474,20 @@ def test_storage_keywords_with_a_path_are_refused_not_ignored(tmp_path):
         assert isinstance(info.value, RuntimeError)  # what the reference raises
     a = MLArray(p, dparams={"nthreads": 2}, compressed=False)  # load parameters apply
     assert a.shape == (30, 40, 50)
+
+
+def test_int_keys_in_source_do_not_break_export(tmp_path):
+    pytest.importorskip("SimpleITK")
+    from mlarray.convert import to_file
+    from mlarray.meta import _meta_internal_write
+
+    a = MLArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=(1.0, 2.0, 3.0))
+    a.meta.source.update({0: "background", "NOTE": "kept"})
+    with _meta_internal_write():
+        a.meta._image_meta_format = "nrrd"
+    out = to_file(a, tmp_path / "x.nrrd")
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(out))
+    assert img.GetMetaData("NOTE") == "kept"
+    assert sitk.GetArrayFromImage(img).sum() == np.arange(24).sum()

@@ -1032,7 +1032,11 @@ def _write_sitk(
             img.SetOrigin([float(v) for v in og])
             img.SetDirection([float(v) for v in full_dir.ravel()])
             for key, value in _source_for(meta, fmt).items():
-                if isinstance(value, str) and not key.startswith(("NRRD_", "ITK_")):
+                if (
+                    isinstance(key, str)  # source dicts may have int keys (a label map)
+                    and isinstance(value, str)
+                    and not key.startswith(("NRRD_", "ITK_"))
+                ):
                     img.SetMetaData(key, value)
             sitk.WriteImage(img, str(target), useCompression=True)
         except RuntimeError as exc:
