@@ -305,6 +305,9 @@ class RecompressWidget(Container):
         data = layer_data[0]
         shape = [1 if a is None else data.shape[a] for a in axes]
         resolve_storage(shape, data.dtype, **storage)
+        if self.in_place.value and (self.layer.value.metadata.get(KEY) or {}).get("channel"):
+            # one channel of its file: overwriting the file recompresses all its channels
+            return src, dst, {"storage": storage}
         return layer_data, dst, {"storage": storage, "source_path": src}
 
     def start(self, _value: Any = None) -> None:

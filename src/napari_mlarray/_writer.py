@@ -30,7 +30,7 @@ from napari_mlarray import _mapping
 from napari_mlarray._boxes import boxes_from_shapes
 from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
-from napari_mlarray._orientation import layer_matrix
+from napari_mlarray._orientation import as_meta, layer_matrix
 
 __all__ = [
     "LayerSaveError",
@@ -142,6 +142,7 @@ def save_layers(
             data = data[0]
         if meta.get("rgb"):
             meta = _rgb_as_channel_axis(meta, len(data.shape))
+        _refuse_channel_over_its_file(path, meta)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
         if isinstance(out, LazyView):
@@ -170,6 +171,31 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:
+    """Raise when ``meta`` is one channel of a multi-channel file and ``path`` is that file.
+
+    The layer holds one channel; written there it would replace the file and
+    delete the other channels.
+    """
+    block = (meta.get("metadata") or {}).get(KEY) or {}
+    channel, source = block.get("channel"), block.get("path")
+    if channel is None or source is None:
+        return
+    shape = as_meta(block["record"]).spatial.shape
+    n = None if shape is None else int(shape[channel["axis"]])
+    try:
+        same = os.path.samefile(path, source)
+    except OSError:  # one of them does not exist: not the same file
+        return
+    if same and n != 1:
+        raise LayerSaveError(
+            f"{os.fspath(path)}: layer {meta.get('name')!r} is channel {channel['index']} of "
+            f"the {n} channels in this file; saving it over the file would delete the other "
+            "channels. Save it to a new .mla file, or recompress the whole file (Recompress "
+            ".mla, source: file)."
+        )
 
 
 def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:

@@ -218,3 +218,64 @@ def test_layer_whose_file_was_rewritten_in_place_refuses_to_save(
     with pytest.raises(LayerSaveError, match=r"ct\.mla: changed on disk while open"):
         viewer.layers.save(str(out), selected=True)
     assert not out.exists()
+
+
+def _two_channel_file(path):
+    from mlarray import Meta
+    from mlarray.io import save_mla
+
+    data = np.random.default_rng(2).integers(0, 1000, (2, 6, 7, 8)).astype(np.float32)
+    spatial = {
+        "spacing": [3.0, 1.0, 0.5],
+        "origin": [1.0, 2.0, 3.0],
+        "coord_system": "LPS",
+        "axis_labels": ["channel", "spatial_z", "spatial_y", "spatial_x"],
+    }
+    return save_mla(path, data, Meta.from_mapping({"spatial": spatial})), data
+
+
+def test_one_channel_saved_over_its_multichannel_file_is_refused(make_napari_viewer, tmp_path):
+    from mlarray import MLArray
+    from napari_mlarray._writer import LayerSaveError
+
+    path, data = _two_channel_file(tmp_path / "two.mla")
+    before = path.read_bytes()
+    viewer = make_napari_viewer()
+    first, _ = viewer.open(str(path), plugin=None)  # one layer per channel
+    first.translate = np.asarray(first.translate) + np.array([0, 0, 0.5])  # fixing its registration
+    viewer.layers.selection = {first}
+    with pytest.raises(LayerSaveError, match=r"two.mla.*channel 0 of the 2 channels"):
+        viewer.layers.save(str(path), selected=True)
+    assert path.read_bytes() == before
+    # to a new file it saves: that channel alone
+    out = tmp_path / "channel0.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    back = MLArray.open(out)
+    assert back.shape == (1, 6, 7, 8) and np.array_equal(back[...], data[:1])
+
+
+def test_recompressing_a_channel_layer_in_place_recompresses_every_channel(
+    make_napari_viewer, qtbot, tmp_path
+):
+    import blosc2
+
+    from mlarray import MLArray
+    from napari_mlarray._widget import RecompressWidget
+
+    path, data = _two_channel_file(tmp_path / "two.mla")
+    viewer = make_napari_viewer()
+    first, _ = viewer.open(str(path), plugin=None)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mlarray", "Recompress .mla")
+    assert isinstance(widget, RecompressWidget)
+    widget.layer.value = first
+    assert widget.in_place.enabled
+    widget.in_place.value = True
+    widget.preset.value = "archive"
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30_000)
+
+    assert widget.result is not None and widget.result.path == path, widget.status.value
+    back = MLArray.open(path)
+    assert back.shape == (2, 6, 7, 8) and np.array_equal(back[...], data)
+    assert back.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    assert blosc2.open(str(path)).schunk.cparams.codec == blosc2.Codec.ZSTD
