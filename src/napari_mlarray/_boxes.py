@@ -10,6 +10,7 @@ import.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from typing import Any
@@ -154,13 +155,13 @@ def shapes_layer_data(
         kw = drop_axes(kw, [k for k in range(len(orient.perm)) if k not in shown])
     data, box_id, labels, scores = [], [], [], []
     extent = None if shape is None else [shape[axes[orient.perm[k]]] for k in shown]
-    left_out = 0
+    left_out = []
     for i, box in enumerate(boxes):
         if len(box) != n_box:
             raise ValueError(f"bbox {i} has {len(box)} axes, expected {n_box}")
         view = _clip_box([tuple(float(v) for v in box[orient.perm[k]]) for k in shown], extent)
         if len(data) + _rectangle_count(view) > MAX_RECTANGLES:
-            left_out += 1
+            left_out.append(i)
             continue
         rects = _rectangles(view)
         data += rects
@@ -171,13 +172,16 @@ def shapes_layer_data(
         scores += [math.nan if sc is None else float(sc)] * len(rects)
     if left_out:
         warnings.warn(
-            f"{path or name}: {left_out} of {len(boxes)} boxes not shown "
-            f"(more than {MAX_RECTANGLES} rectangles, one per box and slice)",
+            f"{path or name}: {len(left_out)} of {len(boxes)} boxes not shown "
+            f"(more than {MAX_RECTANGLES} rectangles, one per box and slice); "
+            "a save keeps them as stored",
             UserWarning,
             stacklevel=2,
         )
     block["box_axes"] = axes
     block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
+    block["extent"] = extent  # what the boxes were clipped to (per Shapes dim)
+    block["left_out"] = left_out  # boxes not drawn: the writer adds them back
     with_metadata(kw, block)
     kw.update(
         shape_type="rectangle",
@@ -269,6 +273,16 @@ def boxes_from_shapes(
             target is None
             or (block.get("path") is not None and block["path"] == target.get("path"))
         )
+        col = _feature_columns(meta.get("features"), len(data))
+        extent = None if block is None else block.get("extent")
+        left_out = [] if block is None else list(block.get("left_out") or [])
+        if left_out and not same_file:  # boxed into another array: map them like shapes
+            for bid in left_out:
+                data.append(_box_vertices(_stored_view(stored[0][bid], block, extent)))
+                col["box"].append(bid)
+                col["label"].append(_label_text(None if stored[2] is None else stored[2][bid]))
+                col["score"].append(_score_value(None if stored[1] is None else stored[1][bid]))
+            left_out = []
         if same_file:
             box_axes, dims = list(block["box_axes"]), list(block["shown_axes"])
         elif target is not None:
@@ -280,7 +294,7 @@ def boxes_from_shapes(
             box_axes, dims = list(range(m)), list(range(m))
         if target is not None:
             data = _to_target(data, meta, m, np.asarray(target["matrix"], dtype=float))
-        col = _feature_columns(meta.get("features"), len(data))
+        layer_entries = []  # (order, entry): a file's boxes in file order, then new ones
         groups: dict[tuple, list[int]] = {}
         for i in range(len(data)):
             bid = col["box"][i]
@@ -302,8 +316,7 @@ def boxes_from_shapes(
                     label = slabels[bid]
                 if sscores is not None and _same_score(score, sscores[bid]):
                     score = sscores[bid]
-                expected = [tuple(float(v) for v in original[box_axes.index(a)]) for a in dims]
-                rects = _rectangles(expected)
+                rects = _rectangles(_stored_view(original, block, extent))  # as the reader drew it
                 same = len(rects) == len(idx) and all(
                     np.allclose(np.sort(r, axis=0), np.sort(data[i], axis=0), atol=1e-6)
                     for r, i in zip(rects, idx, strict=True)
@@ -318,7 +331,18 @@ def boxes_from_shapes(
                 label = None
             if isinstance(score, float) and math.isnan(score):
                 score = None
-            entries.append((box, box_axes, label, score))
+            order = (0, bid) if kind == "file" else (1, len(layer_entries))
+            layer_entries.append((order, (box, box_axes, label, score)))
+        for bid in left_out:  # not drawn, so not edited: as stored
+            sboxes, sscores, slabels = stored
+            label = None if slabels is None else slabels[bid]
+            score = None if sscores is None else sscores[bid]
+            if isinstance(score, float) and math.isnan(score):
+                score = None
+            layer_entries.append(
+                ((0, bid), (copy.deepcopy(list(sboxes[bid])), box_axes, label, score))
+            )
+        entries += [entry for _, entry in sorted(layer_entries, key=lambda e: e[0])]
     if not entries:
         return {"bboxes": None, "scores": None, "labels": None}, base_record
     axes_sets = {tuple(e[1]) for e in entries}
@@ -342,6 +366,27 @@ def boxes_from_shapes(
         else None,
         "labels": labels if any(x is not None for x in labels) else None,
     }, base_record
+
+
+def _stored_view(box, block: dict, extent) -> list[tuple[float, float]]:
+    """A stored box in the Shapes layer's dims (``block``), clipped as the reader drew it."""
+    axes = list(block["box_axes"])
+    view = [tuple(float(v) for v in box[axes.index(a)]) for a in block["shown_axes"]]
+    return _clip_box(view, extent)
+
+
+def _box_vertices(box_view: list[tuple[float, float]]) -> np.ndarray:
+    """One vertex array whose bounds (:func:`_shape_bounds`) are the box: the corners of its
+    first and last rectangle."""
+    *lead, (r0, r1), (c0, c1) = box_view
+    ends = [(math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1) - 1) for lo, hi in lead]
+    corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
+    points = [[*pos, r - 0.5, c - 0.5] for pos in itertools.product(*ends) for r, c in corners]
+    return np.array(points, dtype=float)
+
+
+def _score_value(score) -> float:
+    return math.nan if score is None else float(score)
 
 
 def _full_extent(shape, axis: int) -> list[int]:
