@@ -17,7 +17,9 @@ writes a temporary file and replaces the old one atomically).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -144,6 +146,8 @@ def save_layers(
             meta = _rgb_as_channel_axis(meta, len(data.shape))
         _refuse_channel_over_its_file(path, meta)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
+        if undo.dtype is not None and not _casts_losslessly(data, undo.dtype):
+            undo = dataclasses.replace(undo, dtype=None)  # values the file's dtype cannot hold
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
         if isinstance(out, LazyView):
             out = out.simplified()  # an unchanged opened image: its own chunks are copied
@@ -171,6 +175,36 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+#: Elements compared at a time when checking that a cast back to the stored dtype is exact.
+_CAST_CHECK_ELEMENTS = 1 << 24
+
+
+def _casts_losslessly(data: Any, dtype: str) -> bool:
+    """True when every value of ``data`` survives a cast to ``dtype`` unchanged.
+
+    The reader widens some stored dtypes (a bool mask opens as uint8 labels, a
+    float mask as integers) and napari can convert a layer's dtype; the save
+    casts back to the stored dtype only when no painted value changes.
+    Checked a slab at a time along the first axis.
+    """
+    src, dst = np.dtype(data.dtype), np.dtype(dtype)
+    if src == dst or np.can_cast(src, dst, casting="safe"):
+        return True
+    n = len(data.shape)
+    if n == 0:
+        value = np.asarray(data)
+        return bool(np.array_equal(value.astype(dst).astype(src), value, equal_nan=src.kind == "f"))
+    row = max(1, math.prod(data.shape[1:]))
+    step = max(1, _CAST_CHECK_ELEMENTS // row)
+    for start in range(0, data.shape[0], step):
+        slab = np.asarray(data[start : start + step])
+        with np.errstate(invalid="ignore", over="ignore"):
+            back = slab.astype(dst).astype(src)
+        if not np.array_equal(back, slab, equal_nan=src.kind == "f"):
+            return False
+    return True
 
 
 def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:

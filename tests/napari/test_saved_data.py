@@ -122,3 +122,62 @@ def test_viewer_plain_save_keeps_boxes_outside_the_array(make_napari_viewer, tmp
     viewer.layers.selection = set(viewer.layers)
     viewer.layers.save(str(path), selected=True)
     assert MLArray.open(path).meta.bbox.bboxes == boxes
+
+
+def _mask_file(path, data):
+    record = Meta().to_mapping()
+    record["spatial"].update(spacing=[1.0, 2.0, 3.0], coord_system="LPS")
+    record["is_seg"]["is_seg"] = True
+    return save_mla(path, data, Meta.from_mapping(record))
+
+
+@pytest.mark.qt
+def test_viewer_saves_painted_labels_the_file_dtype_cannot_hold_in_a_wider_dtype(
+    make_napari_viewer, tmp_path
+):
+    viewer = make_napari_viewer()
+    # a bool mask opens as uint8 labels: painting label 2 is allowed, and must stay 2
+    path = _mask_file(tmp_path / "mask.mla", np.zeros((6, 7, 8), bool))
+    [labels] = viewer.open(str(path), plugin=None)
+    labels.paint((2, 3, 4), 2, refresh=False)
+    expected = np.asarray(labels.data).copy()
+    viewer.layers.save(str(path), selected=True)
+    back = MLArray.open(path)
+    assert back.dtype == np.uint8 and (back[...] == 2).sum() == (expected == 2).sum() > 0
+    [again] = viewer.open(str(path), plugin=None)
+    assert np.array_equal(again.data, expected)
+    # a uint8 label map converted to uint16 in napari (its layer menu), labels 300 and 256
+    path = _mask_file(tmp_path / "u8.mla", np.zeros((6, 7, 8), np.uint8))
+    [labels] = viewer.open(str(path), plugin=None)
+    labels.data = labels.data.astype(np.uint16)
+    labels.data[1, 1, 1], labels.data[4, 4, 4] = 300, 256
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(path), selected=True)
+    back = MLArray.open(path)
+    assert back.dtype == np.uint16 and back[1, 1, 1] == 300 and back[4, 4, 4] == 256
+    # values that fit: the file keeps its dtype
+    path = _mask_file(tmp_path / "fits.mla", np.zeros((6, 7, 8), bool))
+    [labels] = viewer.open(str(path), plugin=None)
+    labels.paint((2, 3, 4), 1, refresh=False)
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(path), selected=True)
+    back = MLArray.open(path)
+    assert back.dtype == bool and back[...].sum() == (np.asarray(labels.data) == 1).sum() > 0
+
+
+def test_labels_cast_back_to_a_float_file_dtype_only_when_exact(tmp_path):
+    from napari_mlarray._reader import read_mla
+    from napari_mlarray._writer import save_layers
+
+    path = _mask_file(tmp_path / "f.mla", np.zeros((4, 5, 6), np.float32))
+    [(data, kw, kind)] = read_mla(str(path))
+    assert kind == "labels" and data.dtype == np.uint8
+    data = data.astype(np.int32)
+    data[0, 0, 0] = 2**24 + 1  # not a float32
+    save_layers(tmp_path / "out.mla", [(data, kw, "labels")])
+    back = MLArray.open(tmp_path / "out.mla")
+    assert back.dtype == np.int32 and back[0, 0, 0] == 2**24 + 1
+    data[0, 0, 0] = 7
+    save_layers(tmp_path / "out.mla", [(data, kw, "labels")])
+    back = MLArray.open(tmp_path / "out.mla")
+    assert back.dtype == np.float32 and back[0, 0, 0] == 7
