@@ -71,6 +71,15 @@ def _clip_box(
     return out
 
 
+def _geometry_ndim(meta: Meta) -> int:
+    """Number of axes of a boxes-only record without boxes: from its geometry (else 2)."""
+    sp = meta.spatial
+    for values in (sp.axis_labels, sp.axis_units, sp.spacing, sp.origin, sp.direction):
+        if values:
+            return max(2, len(values))
+    return max(2, len(sp.affine) - 1) if sp.affine else 2
+
+
 def _rectangle_count(box_view: list[tuple[float, float]]) -> int:
     *lead, _, _ = box_view
     return math.prod(max(math.ceil(hi), math.floor(lo) + 1) - math.floor(lo) for lo, hi in lead)
@@ -124,14 +133,15 @@ def shapes_layer_data(
     Returns
     -------
     (list of numpy.ndarray, dict) or None
-        ``None`` when the record holds no boxes (or they have fewer than 2 axes).
+        ``None`` when the record holds no boxes (or they have fewer than 2 axes),
+        except for a boxes-only file: an empty layer with the file's geometry.
     """
     meta = as_meta(record)
     bbox = meta.bbox
-    boxes = bbox.bboxes
-    if not boxes:
+    boxes = bbox.bboxes or []
+    if not boxes and ndim is not None:
         return None
-    n_box = len(boxes[0])
+    n_box = len(boxes[0]) if boxes else _geometry_ndim(meta)
     ndim = n_box if ndim is None else ndim
     axes = _box_axes(meta, ndim, n_box)
     sub = meta.to_mapping()
@@ -185,7 +195,13 @@ def shapes_layer_data(
     with_metadata(kw, block)
     kw.update(
         shape_type="rectangle",
-        features={"box": box_id, "label": labels, "score": scores},
+        features={"box": box_id, "label": labels, "score": scores}
+        if data  # typed when empty, so that napari takes the defaults below
+        else {
+            "box": np.zeros(0, np.int64),
+            "label": np.zeros(0, object),
+            "score": np.zeros(0, float),
+        },
         feature_defaults={"box": -1, "label": "", "score": math.nan},
         edge_color="label",
         edge_color_cycle=BOX_COLORS,

@@ -181,3 +181,32 @@ def test_labels_cast_back_to_a_float_file_dtype_only_when_exact(tmp_path):
     save_layers(tmp_path / "out.mla", [(data, kw, "labels")])
     back = MLArray.open(tmp_path / "out.mla")
     assert back.dtype == np.float32 and back[0, 0, 0] == 7
+
+
+@pytest.mark.qt
+def test_viewer_boxes_file_without_boxes_reopens_as_an_empty_shapes_layer(
+    make_napari_viewer, tmp_path
+):
+    from napari_mlarray._sample_data import make_ct_sample, write_sample
+
+    paths = write_sample(tmp_path, make_ct_sample((16, 48, 48)))
+    viewer = make_napari_viewer()
+    [shapes] = viewer.open(str(paths["boxes"]), plugin=None)
+    world = shapes.data_to_world([1, 2, 3])
+    shapes.selected_data = set(range(len(shapes.data)))
+    shapes.remove_selected()  # the predicted boxes were false positives
+    out = tmp_path / "reviewed.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    assert MLArray.open(out).meta.bbox.bboxes is None
+
+    [empty] = viewer.open(str(out), plugin=None)
+    assert empty._type_string == "shapes" and len(empty.data) == 0 and empty.ndim == 3
+    np.testing.assert_allclose(empty.data_to_world([1, 2, 3]), world)
+    # a box drawn into it is saved with that geometry
+    empty.add_rectangles(np.array([[2, 3.5, 4.5], [2, 3.5, 9.5], [2, 7.5, 9.5], [2, 7.5, 4.5]]))
+    viewer.layers.selection = {empty}
+    viewer.layers.save(str(out), selected=True)
+    [again] = viewer.open(str(out), plugin=None)
+    assert len(again.data) == 1
+    np.testing.assert_allclose(again.data_to_world([1, 2, 3]), world)
+    np.testing.assert_allclose(np.sort(again.data[0], axis=0), np.sort(empty.data[0], axis=0))
