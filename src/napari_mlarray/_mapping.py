@@ -342,6 +342,17 @@ def _norm_units(units) -> list | None:
     return _or_none([short_unit(u) for u in units])
 
 
+#: What an axis without a physical unit (napari's "pixel") is stored as in a list of units
+#: whose other axes have one: the format's ``axis_units`` entries are strings.
+_NO_UNIT = "pixel"
+
+
+def _stored_units(units: list | None) -> list[str] | None:
+    """``spatial.axis_units`` for per-axis short units (``None``: no unit), or ``None`` for none."""
+    units = _or_none(list(units)) if units is not None else None
+    return None if units is None else [_NO_UNIT if u is None else u for u in units]
+
+
 def _unchanged(meta: dict, read: dict, ndim: int) -> tuple[bool, bool, bool]:
     """(geometry, axis_labels, units) of the layer equal what the reader handed napari."""
     geom = np.allclose(
@@ -430,7 +441,7 @@ def record_from_layer(
         mla_labels = None
     sp = rec["spatial"]
     sp["axis_labels"] = mla_labels
-    sp["axis_units"] = _norm_units(meta.get("units"))
+    sp["axis_units"] = _stored_units(_norm_units(meta.get("units")))
     mask = [True] * ndim if mla_labels is None else [is_spatial_label(x) for x in mla_labels]
     spatial_view = [k for k in range(ndim) if mask[k]]
     n = len(spatial_view)
@@ -540,7 +551,7 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
         stored = list(sp["axis_units"] or [None] * stored_ndim)
         for i, k in enumerate(view_axes):
             stored[perm[k]] = None if new is None else new[i]
-        sp["axis_units"] = _or_none(stored)
+        sp["axis_units"] = _stored_units(stored)
     if layer_type == "labels":
         rec["is_seg"]["is_seg"] = True
         rec["stats"] = MetaStatistics().to_mapping()  # painted data: stored stats may be stale

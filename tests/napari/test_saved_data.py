@@ -210,3 +210,67 @@ def test_viewer_boxes_file_without_boxes_reopens_as_an_empty_shapes_layer(
     assert len(again.data) == 1
     np.testing.assert_allclose(again.data_to_world([1, 2, 3]), world)
     np.testing.assert_allclose(np.sort(again.data[0], axis=0), np.sort(empty.data[0], axis=0))
+
+
+def test_layer_with_pixel_and_mm_axes_stores_a_unit_per_axis():
+    from napari_mlarray._mapping import record_from_layer
+
+    meta = {"scale": (1.0, 2.0, 2.0, 2.0), "units": ("pixel", "mm", "mm", "mm")}
+    record, _ = record_from_layer((2, 3, 4, 5), np.uint8, meta, "labels")
+    assert record["spatial"]["axis_units"] == ["pixel", "mm", "mm", "mm"]
+    Meta.from_mapping(record)  # a valid record
+    record, _ = record_from_layer((2, 3), np.uint8, {"units": ("pixel", "pixel")}, "labels")
+    assert record["spatial"]["axis_units"] is None
+
+
+@pytest.mark.qt
+def test_viewer_saves_new_labels_over_a_time_series(make_napari_viewer, tmp_path):
+    from tests.napari._helpers import write_mla
+
+    path = write_mla(
+        tmp_path / "series.mla",
+        np.zeros((3, 4, 5, 6), np.int16),
+        spacing=[2.0, 2.0, 2.0],
+        coord_system="LPS",
+        axis_labels=["temporal", "spatial_z", "spatial_y", "spatial_x"],
+    )
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(path), plugin=None)
+    assert [str(u) for u in image.units] == ["pixel", *["millimeter"] * 3]
+    viewer._new_labels()  # the layer list's "new labels" button
+    labels = viewer.layers[-1]
+    labels.data[1, 2, 3, 3] = 5
+    viewer.layers.selection = {labels}
+    out = tmp_path / "seg.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    [again] = viewer.open(str(out), plugin=None)
+    assert again.data[1, 2, 3, 3] == 5
+    assert [str(u) for u in again.units] == [str(u) for u in labels.units]
+    np.testing.assert_allclose(
+        again.data_to_world([1, 2, 3, 3]), labels.data_to_world([1, 2, 3, 3])
+    )
+    # a plain layer made in napari, and a Shapes layer with those units
+    plain = viewer.add_labels(np.zeros((2, 3, 4, 5), np.uint8), units=("pixel", "mm", "mm", "mm"))
+    viewer.layers.selection = {plain}
+    viewer.layers.save(str(tmp_path / "plain.mla"), selected=True)
+    assert MLArray.open(tmp_path / "plain.mla").meta.spatial.axis_units == [
+        "pixel",
+        "mm",
+        "mm",
+        "mm",
+    ]
+    rect = np.array([[0, 1, 1, 1], [0, 1, 1, 3], [0, 1, 3, 3], [0, 1, 3, 1]], float)
+    shapes = viewer.add_shapes([rect], shape_type="rectangle", units=image.units)
+    viewer.layers.selection = {shapes}
+    viewer.layers.save(str(tmp_path / "boxes.mla"), selected=True)
+    assert MLArray.open(tmp_path / "boxes.mla").meta.spatial.axis_units[0] == "pixel"
+
+
+def test_opened_layer_given_pixel_and_mm_units_saves_them(tmp_path):
+    from napari_mlarray._reader import read_mla
+    from napari_mlarray._writer import save_layers
+
+    path = save_mla(tmp_path / "plain.mla", np.zeros((3, 4, 5), np.int16), Meta())
+    [(data, kw, kind)] = read_mla(str(path))
+    save_layers(tmp_path / "out.mla", [(data, {**kw, "units": ("pixel", "mm", "mm")}, kind)])
+    assert MLArray.open(tmp_path / "out.mla").meta.spatial.axis_units == ["pixel", "mm", "mm"]
