@@ -128,7 +128,8 @@ def shapes_layer_data(
     shape : tuple of int, optional
         Stored array shape: boxes are clipped to it. At most
         :data:`MAX_RECTANGLES` rectangles are drawn (a warning says how many
-        boxes were left out).
+        boxes were left out; the layer's metadata lists them, and a save
+        writes them back as stored).
 
     Returns
     -------

@@ -104,7 +104,8 @@ def save_layers(
         file's boxes; Shapes alone give a boxes-only file. Without Shapes, an
         opened layer keeps the boxes its file had. A multiscale layer is saved
         at full resolution; an RGB(A) layer with its colours as a trailing
-        ``channel`` axis.
+        ``channel`` axis. An opened layer is stored in its file's dtype unless
+        one of its values does not survive that cast; then in its own dtype.
     storage : dict, optional
         Keyword arguments for :func:`mlarray.io.save_mla` (``patch_size``,
         ``chunk_size``, ``block_size``, ``cparams``, ``dparams``).
@@ -120,7 +121,8 @@ def save_layers(
     ------
     LayerSaveError
         For a selection an ``.mla`` file cannot hold (two images, an image and
-        a labels layer, points...); the message says what to select instead.
+        a labels layer, points...), or one channel of a multi-channel file
+        saved over that file; the message says what to do instead.
     """
     from mlarray.io import save_mla
 
