@@ -350,7 +350,7 @@ def boxes_from_shapes(
                 score = None
             order = (0, bid) if kind == "file" else (1, len(layer_entries))
             layer_entries.append((order, (box, box_axes, label, score)))
-        for bid in left_out:  # not drawn, so not edited: as stored
+        for bid in (b for b in left_out if ("file", b) not in groups):  # not drawn: as stored
             sboxes, sscores, slabels = stored
             label = None if slabels is None else slabels[bid]
             score = None if sscores is None else sscores[bid]

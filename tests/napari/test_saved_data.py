@@ -58,6 +58,12 @@ def test_boxes_left_out_of_the_drawing_are_kept_by_a_save(monkeypatch):
     assert len(data) == 30 and sorted(set(kw["features"]["box"])) == list(range(6))
     bbox, _ = boxes_from_shapes([(data, _shapes_meta(kw))])
     assert bbox["bboxes"] == boxes and bbox["labels"] == record["bbox"]["labels"]
+    # a rectangle carrying a left-out box's id (its features pasted) is that box, once
+    meta = _shapes_meta(kw)
+    meta["features"] = {k: [*v, v[0]] for k, v in meta["features"].items()}
+    meta["features"]["box"][-1] = 9
+    bbox, _ = boxes_from_shapes([([*data, data[0]], meta)])
+    assert len(bbox["bboxes"]) == 10 and bbox["bboxes"][9] != boxes[9]
     # boxed into another array (a different file): mapped like the drawn boxes
     target = {"axes": [0, 1, 2], "shape": (20, 20, 20), "matrix": layer_matrix(kw, 3)}
     bbox, _ = boxes_from_shapes([(data, _shapes_meta(kw))], target={**target, "path": "other"})
