@@ -226,11 +226,11 @@ def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:
     except OSError:  # one of them does not exist: not the same file
         return
     if same and n != 1:
+        count = "" if n is None else f"{n} "
         raise LayerSaveError(
             f"{os.fspath(path)}: layer {meta.get('name')!r} is channel {channel['index']} of "
-            f"the {n} channels in this file; saving it over the file would delete the other "
-            "channels. Save it to a new .mla file, or recompress the whole file (Recompress "
-            ".mla, source: file)."
+            f"the {count}channels in this file; saving it over the file would delete the "
+            "other channels. Save it to a new .mla file."
         )
 
 
