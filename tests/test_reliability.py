@@ -18,6 +18,8 @@ import stat
 import struct
 import subprocess
 import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import blosc2
@@ -36,7 +38,7 @@ from mlarray.errors import (
     UnsafeRecordError,
 )
 from mlarray.frame import inspect_frame
-from mlarray.integrity import CHECKSUM_KEY, verify_file
+from mlarray.integrity import CHECKSUM_KEY, StaleChecksumsWarning, verify_file
 from tests._children import run_python
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
@@ -298,6 +300,119 @@ def test_files_without_checksums_open_and_in_place_writes_keep_them_current(tmp_
         report = MLArray.open(q).verify()
         assert report.has_checksums and report.ok
         assert MLArray.open(q)[3, 50] == -1
+
+
+def _other_tools_copy(src: Path, dst: Path, data: np.ndarray) -> None:
+    """What another tool's save-as does: a new frame of ``data`` (same layout), with every
+    vlmeta entry of ``src`` copied as it was (our checksum entry too)."""
+    a = blosc2.open(os.fspath(src))
+    new = blosc2.asarray(data, urlpath=os.fspath(dst), mode="w", chunks=a.chunks, blocks=a.blocks)
+    for key in a.schunk.vlmeta.getall():
+        new.schunk.vlmeta[key] = a.schunk.vlmeta[key]
+
+
+def test_checksums_another_tool_left_stale_read_unverified_with_one_warning(tmp_path):
+    """Another tool rewriting chunks of our file (in place, or a save-as copying our vlmeta)
+    keeps our checksum entry: its digests no longer fit. That is not damage: the file reads
+    (unverified, one warning naming it), and our next write stores current checksums."""
+    p = tmp_path / "ours.mla"
+    truth = good_file(p)
+    edited = truth.copy()
+    edited[30:, :5] = 7
+    inplace, saved_as = tmp_path / "inplace.mla", tmp_path / "saved_as.mla"
+    inplace.write_bytes(p.read_bytes())
+    other = blosc2.open(os.fspath(inplace), mode="a")
+    other[30:, :5] = 7
+    del other
+    _other_tools_copy(p, saved_as, edited)
+    for q in (inplace, saved_as):
+        with pytest.warns(StaleChecksumsWarning, match=rf"{q.name}: its chunk checksums") as got:
+            a = MLArray.open(q)
+            assert np.array_equal(a[...], edited)
+            assert np.array_equal(MLArray.load(q).to_numpy(), edited)
+        assert len(got) == 1  # one warning per file, not per open or read
+        with pytest.warns(StaleChecksumsWarning):
+            report = a.verify()
+        assert report.ok and not report.has_checksums and report.stale_checksums
+        b = MLArray.open(q, mmap_mode="r+")
+        b[0, 0, 0] = 5
+        b.close()
+        edited_q = edited.copy()
+        edited_q[0, 0, 0] = 5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StaleChecksumsWarning)
+            report = MLArray.open(q).verify()
+            assert report.has_checksums and report.ok and not report.stale_checksums
+            assert np.array_equal(MLArray.open(q)[...], edited_q)
+    # a file of ours damaged on disk keeps its chunk index: still reported damaged
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[-1])
+    buf[int(info.chunk_pos[i]) + 40] ^= 0xFF
+    (tmp_path / "damaged.mla").write_bytes(bytes(buf))
+    with pytest.raises(CorruptChunkError, match=rf"chunk {i} .*the file is damaged"):
+        MLArray.open(tmp_path / "damaged.mla")[...]
+
+
+def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
+    """Entries written before the binding (tag ...\\x01: layout and chunk digests only)
+    are verified as they always were: intact files pass, a damaged chunk is reported."""
+    p = tmp_path / "old.mla"
+    truth = good_file(p)
+    plain = blosc2.open(os.fspath(p))
+    entry = plain.schunk.vlmeta[CHECKSUM_KEY]
+    del plain
+    assert entry[:8] == b"MLAXXH3\x02"
+    s = blosc2.open(os.fspath(p), mode="a")
+    s.schunk.vlmeta[CHECKSUM_KEY] = b"MLAXXH3\x01" + entry[16:]  # no binding digest
+    del s
+    report = verify_file(p)
+    assert report.ok and report.has_checksums
+    assert np.array_equal(MLArray.open(p)[...], truth)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[0])
+    buf[int(info.chunk_pos[i]) + 40] ^= 0xFF
+    p.write_bytes(bytes(buf))
+    with pytest.raises(CorruptChunkError, match=rf"chunk {i} "):
+        MLArray.open(p)[...]
+    assert verify_file(p, raise_on_error=False).damaged == [i]
+
+
+REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_our_files_edited_by_the_reference_package_read_here(tmp_path):
+    """The reference package copies our checksum entry without updating it: its load ->
+    edit -> save-as, copy-on-write save-as and in-place edits must not read as damaged."""
+    data = np.random.default_rng(0).random((40, 50, 60)).astype(np.float32)
+    MLArray(data, spacing=(1, 2, 3)).save(tmp_path / "case.mla")
+    code = """
+        import shutil
+        from mlarray import MLArray
+        m = MLArray.load("case.mla"); m[0] = 0; m.save("edited.mla")
+        m = MLArray.open("case.mla", mmap_mode="c"); m[0] = 0; m.save("cow.mla")
+        shutil.copy("case.mla", "inplace.mla")
+        m = MLArray.open("inplace.mla", mmap_mode="r+"); m[0] = 0; m.close()
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run(
+        [REFERENCE_PYTHON, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    data[0] = 0
+    for name in ("edited.mla", "cow.mla", "inplace.mla"):
+        with pytest.warns(StaleChecksumsWarning, match=name):
+            assert np.array_equal(MLArray.open(tmp_path / name)[...], data)
 
 
 def test_compute_stats_on_a_damaged_chunk_raises_ours(tmp_path):

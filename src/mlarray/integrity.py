@@ -8,12 +8,24 @@ variable-length metalayer, ``vlmeta["mlarray_checksums"]``. The reference
 package ignores that entry, so files stay readable there; files without it
 (written by other tools) open as before, unverified.
 
-Entry layout (bytes): the 8-byte tag ``b"MLAXXH3\\x01"``, the little-endian
-``uint64`` digest of the ``b2nd`` metalayer (shape, chunk and block shapes,
-dtype: a forged header shape is detected), then one little-endian ``uint64``
-digest per chunk in chunk order. A chunk stored as a
-special value in the chunk offsets (all zeros, all NaN, uninitialized) is
-digested over its 8-byte offset value.
+Entry layout (bytes): the 8-byte tag ``b"MLAXXH3\\x02"``, the little-endian
+``uint64`` digest of the frame's chunk index (every chunk's offset and
+compressed size, :func:`frame_binding`: which frame the digests were computed
+for), the ``uint64`` digest of the ``b2nd`` metalayer (shape, chunk and block
+shapes, dtype: a forged header shape is detected), then one little-endian
+``uint64`` digest per chunk in chunk order. A chunk stored as a special value
+in the chunk offsets (all zeros, all NaN, uninitialized) is digested over its
+8-byte offset value. Entries written before the binding existed (tag
+``b"MLAXXH3\\x01"``: no binding digest) are verified as they always were.
+
+Other tools copy the entry without updating it (the reference package's
+``save`` of a file it read from ours, its in-place writes). Their rewrite moves
+or resizes chunks, so the chunk index no longer matches the entry's binding:
+the digests are stale, and the file is read unverified, with one
+:class:`StaleChecksumsWarning` naming it, instead of being reported damaged.
+Damage to the data of a file we wrote leaves its chunk index as it was: the
+binding matches and the damaged chunk raises
+:class:`~mlarray.errors.CorruptChunkError`.
 
 How it is used:
 
@@ -45,6 +57,7 @@ import contextlib
 import mmap
 import os
 import stat
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,12 +73,14 @@ from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 __all__ = [
     "CHECKSUM_KEY",
     "ChunkVerifier",
+    "StaleChecksumsWarning",
     "VerifyReport",
     "attach",
     "chunk_digests",
     "chunks_in_box",
     "digest_file",
     "encode_digests",
+    "frame_binding",
     "note_write",
     "refresh_file",
     "set_verify_on_read",
@@ -78,7 +93,8 @@ __all__ = [
 ]
 
 CHECKSUM_KEY = "mlarray_checksums"
-_TAG = b"MLAXXH3\x01"
+_TAG = b"MLAXXH3\x02"  # binding, layout and chunk digests
+_TAG_V1 = b"MLAXXH3\x01"  # layout and chunk digests (files written before the binding)
 _VERIFIER_ATTR = "_mlarray_verifier"
 
 _verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
@@ -160,17 +176,59 @@ def layout_digest(buf: Any, info: FrameInfo) -> int:
     return xxhash.xxh3_64_intdigest(memoryview(buf).cast("B")[lo:hi])
 
 
+class StaleChecksumsWarning(UserWarning):
+    """A file's checksum entry was computed for another version of its frame: another
+    tool rewrote chunks and copied the entry unchanged. The file is read unverified."""
+
+
+def frame_binding(info: FrameInfo) -> int:
+    """XXH3-64 digest of the frame's chunk index: each chunk's offset (or special value)
+    and compressed size. Any rewrite of a chunk by a Blosc2 writer moves or resizes it."""
+    index = np.concatenate([info.raw_offsets, info.chunk_cbytes]).astype("<i8")
+    return xxhash.xxh3_64_intdigest(index.tobytes())
+
+
+def _head(buf: Any, info: FrameInfo) -> bytes:
+    return _TAG + np.array([frame_binding(info), layout_digest(buf, info)], dtype="<u8").tobytes()
+
+
 def encode_digests(buf: Any, info: FrameInfo) -> bytes:
-    """The checksum entry of the frame in ``buf`` (tag, layout digest, chunk digests)."""
-    head = np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
-    return _TAG + head + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
+    """The checksum entry of the frame in ``buf`` (tag, binding, layout and chunk digests)."""
+    return _head(buf, info) + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
 
 
 def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
-    """The stored chunk digests (None without a checksum entry of ours); checks the layout."""
+    """The stored chunk digests (None without a checksum entry of ours, or with one
+    another tool left stale: a :class:`StaleChecksumsWarning` says so); checks the layout."""
+    digests, stale = _read_entry(raw, buf, info, path)
+    if stale:
+        _warn_stale(path)
+    return digests
+
+
+def _warn_stale(path: Any) -> None:
+    warnings.warn(
+        f"{os.fspath(path)}: its chunk checksums were written for another version of "
+        "the file (another tool rewrote chunks and kept mlarray's checksum entry); "
+        "reading it unverified. Saving it with mlarray writes current checksums.",
+        StaleChecksumsWarning,
+        stacklevel=5,
+    )
+
+
+def _read_entry(raw: Any, buf: Any, info: FrameInfo, path: Any) -> tuple[np.ndarray | None, bool]:
+    """``(chunk digests, stale)`` of the entry ``raw``: ``(None, False)`` without an
+    entry, ``(None, True)`` for an entry bound to another frame (see :func:`frame_binding`)."""
     if raw is None:
-        return None
-    if not isinstance(raw, bytes) or not raw.startswith(_TAG):
+        return None, False
+    if isinstance(raw, bytes) and raw.startswith(_TAG) and len(raw) >= len(_TAG) + 8:
+        bound = int.from_bytes(raw[len(_TAG) : len(_TAG) + 8], "little")
+        if bound != frame_binding(info):
+            return None, True
+        body = raw[len(_TAG) + 8 :]
+    elif isinstance(raw, bytes) and raw.startswith(_TAG_V1):
+        body = raw[len(_TAG_V1) :]
+    else:
         # Anything else under our key is damage (or a newer format this version cannot
         # check): never fall back to reading unverified data silently.
         raise CorruptChunkError(
@@ -178,7 +236,6 @@ def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarra
             f"the checksum entry {CHECKSUM_KEY!r} is damaged or of a newer mlarray "
             "(MLARRAY_VERIFY=0 reads the file unverified)",
         )
-    body = raw[len(_TAG) :]
     if len(body) != 8 * (info.nchunks + 1):
         raise CorruptChunkError(
             path, f"checksum entry holds {len(body) // 8 - 1} digests for {info.nchunks} chunks"
@@ -190,7 +247,7 @@ def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarra
             f"the array layout in the header (shape {info.shape}, chunks {info.chunks}, "
             f"dtype {info.dtype}) does not match its checksum; the header is damaged or forged",
         )
-    return values[1:]
+    return values[1:], False
 
 
 def chunks_in_box(info: FrameInfo, bounds: Sequence[tuple[int, int]] | None) -> np.ndarray:
@@ -203,14 +260,16 @@ def chunks_in_box(info: FrameInfo, bounds: Sequence[tuple[int, int]] | None) -> 
 
 
 def stored_digests(buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
-    """The chunk digests stored in the frame in ``buf`` (None without a checksum entry).
+    """The chunk digests stored in the frame in ``buf`` (None without a checksum entry,
+    or with one another tool left stale: the file needs all of them computed anew).
 
     Raises
     ------
     CorruptChunkError
         If the entry is damaged or does not match the layout.
     """
-    return _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+    raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
+    return _read_entry(raw, buf, info, path)[0]
 
 
 def updated_entry(buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarray) -> bytes:
@@ -223,8 +282,7 @@ def updated_entry(buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarra
     out = np.array(digests, dtype=np.uint64, copy=True)
     if len(ids):
         out[ids] = chunk_digests(buf, info, [int(i) for i in ids])
-    head = np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
-    return _TAG + head + out.astype("<u8").tobytes()
+    return _head(buf, info) + out.astype("<u8").tobytes()
 
 
 def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
@@ -391,7 +449,9 @@ def attach(
     *,
     verify: bool | None = None,
 ) -> ChunkVerifier | None:
-    """Give an opened Blosc2 array the verifier of its file (None without checksums).
+    """Give an opened Blosc2 array the verifier of its file (None without checksums, or
+    with checksums another tool left stale: one :class:`StaleChecksumsWarning` per file
+    version and process says so).
 
     With verification switched off (:func:`set_verify_on_read`, or ``verify=False``:
     the setting the caller read once), nothing is checked, so the data of a damaged
@@ -552,6 +612,9 @@ class VerifyReport:
     nchunks: int
     has_checksums: bool
     damaged: list[int]
+    #: the file's checksum entry was left stale by another tool (``has_checksums`` is
+    #: False: nothing could be verified; see :class:`StaleChecksumsWarning`)
+    stale_checksums: bool = False
 
     @property
     def ok(self) -> bool:
@@ -603,7 +666,10 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     """
     buf, watch = _map(path)
     info = inspect_frame(buf, path)
-    expected = _decode_digests(read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path), buf, info, path)
+    raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
+    expected, stale = _read_entry(raw, buf, info, path)
+    if stale:
+        _warn_stale(path)
     damaged: list[int] = []
     if expected is not None and info.nchunks:
         got = _watched_digests(buf, info, None, watch)
@@ -616,4 +682,4 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
                 f"checksum; {len(damaged)} of {info.nchunks} chunks are damaged",
                 chunk=i,
             )
-    return VerifyReport(os.fspath(path), info.nchunks, expected is not None, damaged)
+    return VerifyReport(os.fspath(path), info.nchunks, expected is not None, damaged, stale)
