@@ -17,6 +17,7 @@ import pickle
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -546,3 +547,82 @@ def test_dask_blocks_of_an_unchanged_file_read_in_every_mode(tmp_path, mmap_mode
     st = os.stat(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
     np.testing.assert_array_equal(d.compute(scheduler="synchronous"), want)
+
+
+def test_a_read_during_another_programs_in_place_write_is_a_change_not_damage(tmp_path):
+    """An mlarray writer in another process keeps an undo journal while it writes; bytes
+    it rewrote show through the reader's mapping before the file's timestamp moves (one
+    tick). The read that trips over them says the file changed, not that it is damaged;
+    the same bytes with no write under way are damage."""
+    from mlarray._sidefiles import journal_path
+    from mlarray.errors import CorruptChunkError
+    from mlarray.frame import inspect_frame
+    from mlarray.integrity import forget_verified
+
+    p, x = tmp_path / "w.mla", _volume()
+    MLArray(x, patch_size=None, chunk_size=(16, 64, 80)).save(p)
+    forget_verified()  # as in a data loader's process: no chunk verified yet
+    a = MLArray.open(p)
+    assert np.array_equal(a[:4], x[:4])
+    st = os.stat(p)
+    info = inspect_frame(p.read_bytes(), p)
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[-1])
+    journal_path(p).write_bytes(b"")  # a write under way (its journal)
+    with open(p, "r+b") as f:
+        f.seek(int(info.chunk_pos[i]) + int(info.chunk_cbytes[i]) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # within the same timestamp tick
+    with pytest.raises(FileChangedError, match="changed on disk while it was being read"):
+        a[...]
+    with pytest.raises(FileChangedError):
+        a.verify()
+    journal_path(p).unlink()  # no write under way: the same bytes are damage
+    with pytest.raises(CorruptChunkError, match=rf"chunk {i} "):
+        a[...]
+
+
+def test_readers_opening_a_file_another_process_writes_see_changes_not_damage(tmp_path):
+    """A data loader opening and reading a file while another process writes it in place:
+    each read gives consistent data or FileChangedError, never a 'corrupt' error."""
+    p = tmp_path / "cc.mla"
+    MLArray(
+        np.zeros((16, 64, 64), np.float32),
+        patch_size=None,
+        chunk_size=(2, 64, 64),
+        block_size=(1, 32, 32),
+    ).save(p)
+    code = f"""
+import numpy as np, time
+from mlarray import MLArray
+h = MLArray.open({os.fspath(p)!r}, mmap_mode="r+")
+print("ready", flush=True)
+rng = np.random.default_rng(0)
+for i in range(16):
+    h[i] = (i + 1) + rng.random((64, 64), dtype=np.float32) * 1e-3
+    time.sleep(0.02)
+h.close()
+"""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
+        seen, other = 0, []
+        while writer.poll() is None:
+            try:
+                y = MLArray.open(p)[...]
+            except FileChangedError:
+                continue
+            except MLArrayError as exc:
+                other.append(f"{type(exc).__name__}: {exc}")
+                continue
+            seen += 1
+            for i in range(16):  # each plane: not written yet, or all written
+                assert (y[i] == 0).all() or ((y[i] >= i + 1) & (y[i] < i + 1.01)).all()
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert not other, other
+    assert seen and MLArray.open(p).verify().ok

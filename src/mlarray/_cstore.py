@@ -41,7 +41,7 @@ from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import CorruptChunkError, IndexingError
+from mlarray.errors import IndexingError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -289,6 +289,8 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     except IndexError as err:
         raise IndexingError(f"{store.path}: {err}") from None
     except RuntimeError as exc:  # c-blosc2 refused a chunk its checksum did not catch
-        raise CorruptChunkError(
-            store.path, f"cannot decompress the requested data, the file may be corrupt ({exc})"
+        raise integrity.damage_error(  # or the file was written meanwhile
+            store,
+            store.path,
+            f"cannot decompress the requested data, the file may be corrupt ({exc})",
         ) from None

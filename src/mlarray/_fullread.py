@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mlarray import _fork, _maps, integrity
-from mlarray.errors import CorruptChunkError
+from mlarray.errors import MLArrayFormatError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
 
@@ -196,9 +196,9 @@ class _Plan:
             np.copyto(dst.reshape(split), src)
 
 
-def _corrupt(path: Any, n: int, exc: BaseException) -> CorruptChunkError:
-    return CorruptChunkError(
-        path, f"cannot decompress chunk {n}, the file may be corrupt ({exc})", chunk=n
+def _corrupt(store: Any, path: Any, n: int, exc: BaseException) -> MLArrayFormatError:
+    return integrity.damage_error(
+        store, path, f"cannot decompress chunk {n}, the file may be corrupt ({exc})", chunk=n
     )
 
 
@@ -297,7 +297,7 @@ def _work(
                     raise RuntimeError("its header gives another uncompressed size")
                 blosc2.decompress2(chunk, dst=dst, nthreads=1)  # without the GIL
             except (RuntimeError, ValueError) as exc:
-                raise _corrupt(path, n, exc) from None
+                raise _corrupt(store, path, n, exc) from None
         if plan.direct(n0) is None:
             plan.place(n0, k, slab[:k].reshape((k, *plan.bgrid, *plan.blocks)))
 

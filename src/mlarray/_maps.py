@@ -47,6 +47,8 @@ __all__ = [
     "absolute",
     "attached",
     "changed_by_this_process",
+    "changed_error",
+    "changed_since",
     "check",
     "forget",
     "identity",
@@ -59,6 +61,7 @@ __all__ = [
     "version_of",
     "watch",
     "watch_of",
+    "write_under_way",
     "writing",
 ]
 
@@ -365,6 +368,34 @@ class Watch:
         if now != self.size:  # the mapped file itself, whatever its path names now
             self._changed(now)
 
+    def changed_error(self) -> Exception | None:
+        """The :class:`~mlarray.errors.FileChangedError` to raise instead of a "damaged"
+        error a read just hit, if the file changed since the handle opened it (or is being
+        written in place right now); None if it did not: the damage is real.
+
+        Called only after a read failed. It looks further than :meth:`check`: the frame's
+        header and trailer in the mapping even when size and modification time are the
+        same (a write within one timestamp tick), and the undo journal mlarray's in-place
+        writers keep while a write is under way.
+        """
+        from mlarray.errors import FileChangedError
+
+        try:
+            self.check()
+        except FileChangedError as exc:
+            return exc
+        if self.writing:
+            return None  # this handle's own write: its reads are not told about it
+        rewritten = self._print is not None and self._fingerprint() != self._print
+        if rewritten or write_under_way(self.path):
+            return FileChangedError(
+                self.path,
+                "changed on disk while it was being read (written in place by another "
+                "program or handle); reopen it to read the new version",
+                was=self.size,
+            )
+        return None
+
     def _fingerprint(self) -> int | None:
         """XXH3-64 of the frame's header and trailer in the mapping (None without them)."""
         if not self._spans:
@@ -450,6 +481,34 @@ def check(store: Any) -> None:
     w = getattr(store, _WATCH, None)
     if w is not None:
         w.check()
+
+
+def changed_error(store: Any) -> Exception | None:
+    """:meth:`Watch.changed_error` of ``store`` (None for a store without a file)."""
+    w = getattr(store, _WATCH, None)
+    return None if w is None else w.changed_error()
+
+
+def write_under_way(path: Any) -> bool:
+    """Whether an in-place write of mlarray into ``path`` is under way (or was interrupted):
+    its undo journal exists (:func:`mlarray._sidefiles.journal_path`)."""
+    from mlarray._sidefiles import journal_path
+
+    try:
+        return journal_path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def changed_since(path: Any, version: Version) -> bool:
+    """Whether the file ``path`` is no longer the file version ``version`` (written,
+    replaced or deleted since), or is being written in place by mlarray now: what an
+    open that found its frame inconsistent asks before calling the file damaged."""
+    try:
+        st = os.stat(absolute(path))
+    except OSError:
+        return True
+    return version_of(st) != version or write_under_way(path)
 
 
 def identity(store: Any) -> tuple | None:

@@ -66,7 +66,14 @@ import numpy as np
 import xxhash
 
 from mlarray import _maps
-from mlarray.errors import CorruptChunkError, InvalidPathError, MLArrayIOError, os_errors
+from mlarray.errors import (
+    CorruptChunkError,
+    FileChangedError,
+    InvalidPathError,
+    MLArrayFormatError,
+    MLArrayIOError,
+    os_errors,
+)
 from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 
@@ -202,6 +209,12 @@ def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarra
     another tool left stale: a :class:`StaleChecksumsWarning` says so); checks the layout."""
     digests, stale = _read_entry(raw, buf, info, path)
     if stale:
+        if _maps.write_under_way(path):  # chunks moved by a write of mlarray under way
+            raise FileChangedError(
+                path,
+                "is being written in place by another program or handle; "
+                "open it again once the write is done",
+            )
         _warn_stale(path)
     return digests
 
@@ -390,6 +403,9 @@ class ChunkVerifier:
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
+            changed = None if self.watch is None else self.watch.changed_error()
+            if changed is not None:  # written by another program while being read
+                raise changed
             i = bad[0]
             coords = _chunk_coords(self.info, i)
             raise CorruptChunkError(
@@ -540,6 +556,19 @@ def verify_region(store: Any, bounds: Sequence[tuple[int, int]]) -> None:
             verifier.verify_region(bounds)
 
 
+def damage_error(
+    store: Any, path: Any, message: str, chunk: int | None = None
+) -> MLArrayFormatError:
+    """The error for a read of ``store`` that found its data undecodable: a
+    :class:`~mlarray.errors.FileChangedError` if the file was written meanwhile (by
+    another program, or another handle: see :meth:`mlarray._maps.Watch.changed_error`),
+    else :class:`~mlarray.errors.CorruptChunkError` with ``message``."""
+    changed = _maps.changed_error(store)
+    if changed is not None:
+        return changed
+    return CorruptChunkError(path, message, chunk=chunk)
+
+
 def verify_all(store: Any) -> None:
     """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics),
     after the file check of :func:`verify_read`."""
@@ -667,13 +696,15 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     buf, watch = _map(path)
     info = inspect_frame(buf, path)
     raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
-    expected, stale = _read_entry(raw, buf, info, path)
-    if stale:
-        _warn_stale(path)
+    expected = _decode_digests(raw, buf, info, path)
+    stale = raw is not None and expected is None
     damaged: list[int] = []
     if expected is not None and info.nchunks:
         got = _watched_digests(buf, info, None, watch)
         damaged = [int(i) for i in np.flatnonzero(got != expected)]
+        changed = None if not damaged or watch is None else watch.changed_error()
+        if changed is not None:  # written by another program while being verified
+            raise changed
         if damaged and raise_on_error:
             i = damaged[0]
             raise CorruptChunkError(

@@ -145,7 +145,35 @@ def open_store(
             f"{path}: mmap_mode must be 'r', 'r+', 'c' or None to open a file, got {mmap_mode!r}"
         )
     p = check_path(path, must_exist=False)  # the stat of the mapping below: missing, a folder
-    buf, version = _map_versioned(p)
+    for attempt in range(_OPEN_ATTEMPTS):
+        buf, version = _map_versioned(p)
+        try:
+            return _open_mapped(p, buf, version, mmap_mode, writable, dparams)
+        except MLArrayFormatError as exc:  # damaged, or read while another program wrote it
+            if not _maps.changed_since(p, version):
+                raise
+            _forget_version(version)  # what was learned from a frame changing meanwhile
+            if attempt + 1 == _OPEN_ATTEMPTS:
+                if isinstance(exc, FileChangedError):
+                    raise
+                raise FileChangedError(
+                    p,
+                    "changed on disk while it was being opened (another program or handle "
+                    "is writing it in place); open it again once the write is done",
+                ) from exc
+            # the next attempt waits for an in-place write of mlarray under way to end
+    raise AssertionError("unreachable")
+
+
+# Opens of a file found changing while it was being opened (another process writing it in
+# place): the last one that fails raises FileChangedError, not the damage it saw.
+_OPEN_ATTEMPTS = 3
+
+
+def _open_mapped(
+    p: Path, buf: Any, version: tuple, mmap_mode: str | None, writable: bool, dparams: Any
+) -> tuple[blosc2.NDArray, Meta]:
+    """:func:`open_store` of the file version ``version`` of ``p``, mapped as ``buf``."""
     checked = _CHECKED_FRAMES.get(version)
     if checked is None or not checked[3]:
         # An in-place write a crash interrupted is rolled back first. Such a write

@@ -24,7 +24,6 @@ from mlarray import (
 )
 from mlarray.errors import (
     ClosedError,
-    CorruptChunkError,
     IndexingError,
     InvalidModeError,
     InvalidPathError,
@@ -1124,8 +1123,10 @@ class MLArray:
                 store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
             )
         except RuntimeError as exc:
-            raise CorruptChunkError(
-                self._path, f"cannot decompress the data, the file may be corrupt ({exc})"
+            raise integrity.damage_error(  # or the file was written meanwhile
+                self._store,
+                self._path,
+                f"cannot decompress the data, the file may be corrupt ({exc})",
             ) from None
         self.meta.stats = MetaStatistics(**values)
         return self.meta.stats
@@ -1222,8 +1223,10 @@ class MLArray:
         except NotImplementedError:  # a RuntimeError, but not a sign of corruption
             raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
-            raise CorruptChunkError(
-                self._path, f"cannot decompress the requested data, the file may be corrupt ({exc})"
+            raise integrity.damage_error(  # or the file was written meanwhile
+                store,
+                self._path,
+                f"cannot decompress the requested data, the file may be corrupt ({exc})",
             ) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
