@@ -626,3 +626,39 @@ h.close()
     assert writer.returncode == 0, writer.stderr.read()
     assert not other, other
     assert seen and MLArray.open(p).verify().ok
+
+
+@pytest.mark.parametrize("mmap_mode", ["r+", None])
+def test_two_writable_handles_of_one_process_both_write(tmp_path, mmap_mode):
+    """Two writable handles of one file in one process (two tools, two widgets): after
+    one wrote in place, the other's writes and metadata edits land too (it writes through
+    a fresh view of the file); another program's change is still refused."""
+    p, x = _file(tmp_path)
+    mode = "a" if mmap_mode is None else "r"
+    expected = x.copy()
+    expected[0:10] = 1
+    expected[10:20] = 2
+    expected[20:24] = 3
+
+    def child() -> object:
+        img = MLArray.open(p, mode=mode, mmap_mode=mmap_mode)
+        lab = MLArray.open(p, mode=mode, mmap_mode=mmap_mode)
+        img[0:10] = 1
+        lab[10:20] = 2
+        lab.meta.extra = {"fixed": True}
+        img[20:24] = 3  # and back
+        img.close()
+        lab.close()
+        final = MLArray.open(p)
+        out = [np.array_equal(final[...], expected), final.verify().ok]
+        out.append(final.meta.extra == {"fixed": True})
+        third = MLArray.open(p, mode=mode, mmap_mode=mmap_mode)
+        with open(p, "ab") as f:  # another program
+            f.write(b"\0" * 4096)
+        try:
+            third[0] = 4
+        except FileChangedError:
+            out.append(True)
+        return out
+
+    assert _in_child(child) == "returned: [True, True, True, True]"

@@ -1256,6 +1256,9 @@ class MLArray:
             store[key] = value
             return
         if store is self._file_store:
+            if self._mmap_mode != "c" and _maps.changed_by_this_process(store):
+                self._reopen_file()  # another handle of this process wrote the file in place:
+                store = self._file_store  # this one writes through a fresh view of it
             _maps.check(store)  # a file cut short by another program: an error, not SIGBUS
         if store is self._file_store and self._mmap_mode == "c":
             # Copy-on-write edits go into a copy of the frame in memory: c-blosc2 grows a
