@@ -234,6 +234,15 @@ def _open_mapped(
         else:
             store = blosc2.open(os.fspath(p), **kwargs)
             checked[2] = True
+            if (
+                mmap_mode == "r"
+                and not writable
+                and (prefetcher is None or prefetcher.headers_resident())
+            ):
+                # Blosc2 accepted this version: decode from the shared mapping instead of
+                # keeping Blosc2's own handle, and its file descriptor, for this one
+                store = _store_in(buf, kwargs["dparams"])
+                pooled = True
     except MLArrayError:
         raise
     except PermissionError as exc:
