@@ -38,7 +38,7 @@ from mlarray.errors import (
     UnsafeRecordError,
 )
 from mlarray.frame import inspect_frame
-from mlarray.integrity import CHECKSUM_KEY, StaleChecksumsWarning, verify_file
+from mlarray.integrity import CHECKSUM_KEY, FRAME_KEY, StaleChecksumsWarning, verify_file
 from tests._children import run_python
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
@@ -355,20 +355,21 @@ def test_checksums_another_tool_left_stale_read_unverified_with_one_warning(tmp_
 
 
 def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
-    """Entries written before the binding (tag ...\\x01: layout and chunk digests only)
-    are verified as they always were: intact files pass, a damaged chunk is reported."""
+    """Files written before the entry naming the frame existed (only
+    ``mlarray_checksums``) are verified as they always were: intact files pass, a damaged
+    chunk is reported; our next in-place write names the frame."""
     p = tmp_path / "old.mla"
     truth = good_file(p)
-    plain = blosc2.open(os.fspath(p))
-    entry = plain.schunk.vlmeta[CHECKSUM_KEY]
-    del plain
-    assert entry[:8] == b"MLAXXH3\x02"
     s = blosc2.open(os.fspath(p), mode="a")
-    s.schunk.vlmeta[CHECKSUM_KEY] = b"MLAXXH3\x01" + entry[16:]  # no binding digest
+    assert s.schunk.vlmeta[FRAME_KEY][:8] == b"MLAFRM\x00\x01"
+    assert s.schunk.vlmeta[CHECKSUM_KEY][:8] == b"MLAXXH3\x01"  # as older versions read it
+    del s.schunk.vlmeta[FRAME_KEY]
     del s
     report = verify_file(p)
     assert report.ok and report.has_checksums
     assert np.array_equal(MLArray.open(p)[...], truth)
+    q = tmp_path / "written.mla"
+    q.write_bytes(p.read_bytes())
     buf = bytearray(p.read_bytes())
     info = inspect_frame(bytes(buf))
     i = int(np.flatnonzero(info.chunk_pos >= 0)[0])
@@ -377,6 +378,11 @@ def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
     with pytest.raises(CorruptChunkError, match=rf"chunk {i} "):
         MLArray.open(p)[...]
     assert verify_file(p, raise_on_error=False).damaged == [i]
+    a = MLArray.open(q, mmap_mode="r+")
+    a[0, 0, 0] = 9
+    a.close()
+    assert FRAME_KEY in blosc2.open(os.fspath(q)).schunk.vlmeta
+    assert verify_file(q).ok and verify_file(q).has_checksums
 
 
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")

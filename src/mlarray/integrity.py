@@ -8,15 +8,18 @@ variable-length metalayer, ``vlmeta["mlarray_checksums"]``. The reference
 package ignores that entry, so files stay readable there; files without it
 (written by other tools) open as before, unverified.
 
-Entry layout (bytes): the 8-byte tag ``b"MLAXXH3\\x02"``, the little-endian
-``uint64`` digest of the frame's chunk index (every chunk's offset and
-compressed size, :func:`frame_binding`: which frame the digests were computed
-for), the ``uint64`` digest of the ``b2nd`` metalayer (shape, chunk and block
-shapes, dtype: a forged header shape is detected), then one little-endian
-``uint64`` digest per chunk in chunk order. A chunk stored as a special value
-in the chunk offsets (all zeros, all NaN, uninitialized) is digested over its
-8-byte offset value. Entries written before the binding existed (tag
-``b"MLAXXH3\\x01"``: no binding digest) are verified as they always were.
+Entry layout (bytes): the 8-byte tag ``b"MLAXXH3\\x01"``, the little-endian
+``uint64`` digest of the ``b2nd`` metalayer (shape, chunk and block shapes,
+dtype: a forged header shape is detected), then one little-endian ``uint64``
+digest per chunk in chunk order. A chunk stored as a special value in the chunk
+offsets (all zeros, all NaN, uninitialized) is digested over its 8-byte offset
+value. A second entry, ``vlmeta["mlarray_checksums_frame"]`` (:data:`FRAME_KEY`),
+names the frame the digests were computed for: the 8-byte tag
+``b"MLAFRM\\x00\\x01"`` and the little-endian ``uint64`` digest of the frame's
+chunk index (every chunk's offset and compressed size, :func:`frame_binding`).
+It is a separate entry so that mlarray versions that predate it still read and
+verify new files; files without it (written before it existed) are verified as
+they always were.
 
 Other tools copy the entry without updating it (the reference package's
 ``save`` of a file it read from ours, its in-place writes). Their rewrite moves
@@ -79,6 +82,7 @@ from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 
 __all__ = [
     "CHECKSUM_KEY",
+    "FRAME_KEY",
     "ChunkVerifier",
     "StaleChecksumsWarning",
     "VerifyReport",
@@ -86,6 +90,7 @@ __all__ = [
     "chunk_digests",
     "chunks_in_box",
     "digest_file",
+    "encode_binding",
     "encode_digests",
     "frame_binding",
     "note_write",
@@ -100,8 +105,10 @@ __all__ = [
 ]
 
 CHECKSUM_KEY = "mlarray_checksums"
-_TAG = b"MLAXXH3\x02"  # binding, layout and chunk digests
-_TAG_V1 = b"MLAXXH3\x01"  # layout and chunk digests (files written before the binding)
+_TAG = b"MLAXXH3\x01"
+#: vlmeta entry naming the frame the checksums were computed for (:func:`frame_binding`)
+FRAME_KEY = "mlarray_checksums_frame"
+_FRAME_TAG = b"MLAFRM\x00\x01"
 _VERIFIER_ATTR = "_mlarray_verifier"
 
 _verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
@@ -195,19 +202,33 @@ def frame_binding(info: FrameInfo) -> int:
     return xxhash.xxh3_64_intdigest(index.tobytes())
 
 
+def encode_binding(info: FrameInfo) -> bytes:
+    """The value of :data:`FRAME_KEY` for the frame ``info`` describes."""
+    return _FRAME_TAG + frame_binding(info).to_bytes(8, "little")
+
+
 def _head(buf: Any, info: FrameInfo) -> bytes:
-    return _TAG + np.array([frame_binding(info), layout_digest(buf, info)], dtype="<u8").tobytes()
+    return _TAG + np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
 
 
-def encode_digests(buf: Any, info: FrameInfo) -> bytes:
-    """The checksum entry of the frame in ``buf`` (tag, binding, layout and chunk digests)."""
-    return _head(buf, info) + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
+def encode_digests(buf: Any, info: FrameInfo) -> dict[str, bytes]:
+    """The checksum entries of the frame in ``buf``: :data:`CHECKSUM_KEY` (tag, layout
+    and chunk digests) and :data:`FRAME_KEY` (which frame they were computed for)."""
+    entry = _head(buf, info) + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
+    return {CHECKSUM_KEY: entry, FRAME_KEY: encode_binding(info)}
 
 
-def _decode_digests(raw: Any, buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
+def _stored(buf: Any, info: FrameInfo, path: Any) -> tuple[Any, Any]:
+    """The raw values of the checksum entry and of its frame binding (None if absent)."""
+    raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
+    bound = read_vlmeta_bytes(buf, info, FRAME_KEY, path) if raw is not None else None
+    return raw, bound
+
+
+def _decode_digests(raw: Any, bound: Any, buf: Any, info: FrameInfo, path: Any) -> Any:
     """The stored chunk digests (None without a checksum entry of ours, or with one
     another tool left stale: a :class:`StaleChecksumsWarning` says so); checks the layout."""
-    digests, stale = _read_entry(raw, buf, info, path)
+    digests, stale = _read_entry(raw, bound, buf, info, path)
     if stale:
         if _maps.write_under_way(path):  # chunks moved by a write of mlarray under way
             raise FileChangedError(
@@ -229,19 +250,25 @@ def _warn_stale(path: Any) -> None:
     )
 
 
-def _read_entry(raw: Any, buf: Any, info: FrameInfo, path: Any) -> tuple[np.ndarray | None, bool]:
-    """``(chunk digests, stale)`` of the entry ``raw``: ``(None, False)`` without an
-    entry, ``(None, True)`` for an entry bound to another frame (see :func:`frame_binding`)."""
+def _read_entry(
+    raw: Any, bound: Any, buf: Any, info: FrameInfo, path: Any
+) -> tuple[np.ndarray | None, bool]:
+    """``(chunk digests, stale)`` of the entry ``raw`` and its binding ``bound``:
+    ``(None, False)`` without an entry, ``(None, True)`` for an entry bound to another
+    frame (see :func:`frame_binding`). An entry without a binding (written before it
+    existed) is used as it is."""
     if raw is None:
         return None, False
-    if isinstance(raw, bytes) and raw.startswith(_TAG) and len(raw) >= len(_TAG) + 8:
-        bound = int.from_bytes(raw[len(_TAG) : len(_TAG) + 8], "little")
-        if bound != frame_binding(info):
+    if bound is not None:
+        if not (isinstance(bound, bytes) and len(bound) == 16 and bound.startswith(_FRAME_TAG)):
+            raise CorruptChunkError(
+                path,
+                f"the checksum entry {FRAME_KEY!r} is damaged or of a newer mlarray "
+                "(MLARRAY_VERIFY=0 reads the file unverified)",
+            )
+        if int.from_bytes(bound[8:], "little") != frame_binding(info):
             return None, True
-        body = raw[len(_TAG) + 8 :]
-    elif isinstance(raw, bytes) and raw.startswith(_TAG_V1):
-        body = raw[len(_TAG_V1) :]
-    else:
+    if not isinstance(raw, bytes) or not raw.startswith(_TAG):
         # Anything else under our key is damage (or a newer format this version cannot
         # check): never fall back to reading unverified data silently.
         raise CorruptChunkError(
@@ -249,6 +276,7 @@ def _read_entry(raw: Any, buf: Any, info: FrameInfo, path: Any) -> tuple[np.ndar
             f"the checksum entry {CHECKSUM_KEY!r} is damaged or of a newer mlarray "
             "(MLARRAY_VERIFY=0 reads the file unverified)",
         )
+    body = raw[len(_TAG) :]
     if len(body) != 8 * (info.nchunks + 1):
         raise CorruptChunkError(
             path, f"checksum entry holds {len(body) // 8 - 1} digests for {info.nchunks} chunks"
@@ -281,12 +309,14 @@ def stored_digests(buf: Any, info: FrameInfo, path: Any) -> np.ndarray | None:
     CorruptChunkError
         If the entry is damaged or does not match the layout.
     """
-    raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
-    return _read_entry(raw, buf, info, path)[0]
+    return _read_entry(*_stored(buf, info, path), buf, info, path)[0]
 
 
-def updated_entry(buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarray) -> bytes:
-    """The checksum entry of the frame in ``buf`` after chunks ``ids`` were rewritten.
+def updated_entry(
+    buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarray
+) -> dict[str, bytes]:
+    """The checksum entries of the frame in ``buf`` after chunks ``ids`` were rewritten
+    (see :func:`encode_digests`).
 
     ``digests`` are the digests stored before the write (chunks other than
     ``ids`` keep theirs: rewriting a chunk may move the others, but not change
@@ -295,7 +325,10 @@ def updated_entry(buf: Any, info: FrameInfo, digests: np.ndarray, ids: np.ndarra
     out = np.array(digests, dtype=np.uint64, copy=True)
     if len(ids):
         out[ids] = chunk_digests(buf, info, [int(i) for i in ids])
-    return _head(buf, info) + out.astype("<u8").tobytes()
+    return {
+        CHECKSUM_KEY: _head(buf, info) + out.astype("<u8").tobytes(),
+        FRAME_KEY: encode_binding(info),
+    }
 
 
 def _chunk_coords(info: FrameInfo, i: int) -> tuple[int, ...]:
@@ -478,8 +511,7 @@ def attach(
         return None
     cached = _EXPECTED.get(version) if version is not None else None
     if cached is None:
-        raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
-        expected = _decode_digests(raw, buf, info, path)
+        expected = _decode_digests(*_stored(buf, info, path), buf, info, path)
         if version is not None:
             _EXPECTED[version] = (expected,)
             while len(_EXPECTED) > _VERIFIED_FILES:
@@ -663,8 +695,9 @@ def _map(path: Any) -> tuple[Any, Any]:
         return _maps.map_private_watched(path, _regular)
 
 
-def digest_file(path: Any) -> bytes:
-    """Inspect the frame at ``path`` and return its encoded checksum entry."""
+def digest_file(path: Any) -> dict[str, bytes]:
+    """Inspect the frame at ``path`` and return its checksum entries (name: value, see
+    :func:`encode_digests`), for storing in its vlmeta."""
     buf, _ = _map(path)
     info = inspect_frame(buf, path)
     return encode_digests(buf, info)
@@ -673,8 +706,8 @@ def digest_file(path: Any) -> bytes:
 def refresh_file(store: Any, path: Any) -> None:
     """Recompute and store the digests of ``path`` through its open ``store``."""
     _maps.refuse_write(store, path)
-    value = digest_file(path)
-    store.schunk.vlmeta[CHECKSUM_KEY] = value
+    for key, value in digest_file(path).items():
+        store.schunk.vlmeta[key] = value
 
 
 def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
@@ -695,8 +728,8 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     """
     buf, watch = _map(path)
     info = inspect_frame(buf, path)
-    raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
-    expected = _decode_digests(raw, buf, info, path)
+    raw, bound = _stored(buf, info, path)
+    expected = _decode_digests(raw, bound, buf, info, path)
     stale = raw is not None and expected is None
     damaged: list[int] = []
     if expected is not None and info.nchunks:

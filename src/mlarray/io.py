@@ -897,7 +897,8 @@ def _write_frame(
     dst.schunk.vlmeta[VLMETA_KEY] = record
     for key, value in _other_vlmeta(src).items():
         dst.schunk.vlmeta[key] = value
-    dst.schunk.vlmeta[integrity.CHECKSUM_KEY] = integrity.digest_file(tmp)
+    for key, value in integrity.digest_file(tmp).items():
+        dst.schunk.vlmeta[key] = value
     del dst
 
 
@@ -936,7 +937,7 @@ def _other_vlmeta(src: Any) -> dict[str, Any]:
         return {}
 
 
-_OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY)
+_OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY, integrity.FRAME_KEY)
 
 
 # ------------------------------------------------------------------ in-place writes
@@ -1386,6 +1387,7 @@ def _growth_bound(info: Any, ids: np.ndarray, vlmeta_bytes: int) -> int:
     grow = int(np.maximum(chunk - np.asarray(old, dtype=np.int64), 0).sum())
     offsets = 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
     digests = 8 * info.nchunks + 16 + _BLOSC2_MAX_OVERHEAD
+    digests += 16 + _BLOSC2_MAX_OVERHEAD  # the entry naming the frame (integrity.FRAME_KEY)
     return grow + offsets + 2 * (vlmeta_bytes + digests) + 4096
 
 
@@ -1546,9 +1548,10 @@ def _transaction(
         elif len(ids):
             new = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             info_new = _frame.inspect_frame(new, p)  # c-blosc2 left a valid frame
-            entry = integrity.updated_entry(new, info_new, digests, ids)
+            entries = integrity.updated_entry(new, info_new, digests, ids)
             del new, info_new
-            schunk.vlmeta[integrity.CHECKSUM_KEY] = entry
+            for key, value in entries.items():
+                schunk.vlmeta[key] = value
         _datasync(fd)  # the write is on disk before its journal goes
     except BaseException as exc:
         _fail(p, fd, jfd, jpath, exc, reopen)
