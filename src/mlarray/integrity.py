@@ -60,6 +60,7 @@ import contextlib
 import mmap
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -241,12 +242,17 @@ def _decode_digests(raw: Any, bound: Any, buf: Any, info: FrameInfo, path: Any) 
 
 
 def _warn_stale(path: Any) -> None:
+    # the warning names the caller's line outside mlarray (MLArray.open, load, verify)
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
     warnings.warn(
         f"{os.fspath(path)}: its chunk checksums were written for another version of "
         "the file (another tool rewrote chunks and kept mlarray's checksum entry); "
         "reading it unverified. Saving it with mlarray writes current checksums.",
         StaleChecksumsWarning,
-        stacklevel=5,
+        stacklevel=level,
     )
 
 
