@@ -218,7 +218,7 @@ def _check_claimed_size(path: Path, claimed: int, available: int | None) -> None
     if available is not None and claimed > available:
         raise ConversionError(
             path,
-            f"the header claims {claimed} bytes of voxel data but the file holds only "
+            f"the header claims {claimed} bytes of voxel data but the file can hold at most "
             f"{available}; it is truncated or its header is damaged",
         )
     budget = _memory_budget()
@@ -230,17 +230,78 @@ def _check_claimed_size(path: Path, claimed: int, available: int | None) -> None
         )
 
 
-def _nifti_available_bytes(path: Path, offset: int) -> int | None:
-    """Voxel bytes present after the header: file size for .nii, the gzip trailer for .nii.gz."""
-    size = path.stat().st_size
+def _nifti_available_bytes(path: Path, offset: int) -> int:
+    """Voxel bytes present after the header of an uncompressed ``.nii``."""
+    return max(0, path.stat().st_size - offset)
+
+
+_DEFLATE_MAX_RATIO = 1032  # zlib cannot expand a byte of input into more than this
+_STREAM_STEP = 1 << 24
+
+
+def _gz_payload(path: Path, offset: int, claimed: int, keep: bool) -> bytearray:
+    """The ``claimed`` bytes after ``offset`` in a gzip file, read to its end.
+
+    Reading on to the end makes :mod:`gzip` check every member's CRC and
+    length, so a damaged file is refused rather than decoded into wrong
+    voxels; the buffer grows with the bytes really there, never to what the
+    header merely claims. ``keep=False`` only counts (for an image too big for
+    memory: a truncated file is still told apart from a big one).
+    """
+    import gzip
+    import zlib
+
+    buf = bytearray()
+    have = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            skipped = 0
+            while skipped < offset:
+                step = fh.read(min(_STREAM_STEP, offset - skipped))
+                if not step:
+                    break
+                skipped += len(step)
+            while skipped == offset and have < claimed:
+                step = fh.read(min(_STREAM_STEP, claimed - have))
+                if not step:
+                    break
+                have += len(step)
+                if keep:
+                    buf += step
+            while fh.read(_STREAM_STEP):  # to the end: CRC and length of every member
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConversionError(
+            path, f"the gzip data are damaged or cut short ({reason}); the file cannot be read"
+        ) from None
+    if have < claimed:
+        raise ConversionError(
+            path,
+            f"the header claims {claimed} bytes of voxel data but the file holds only {have}; "
+            "it is truncated or its header is damaged",
+        )
+    return buf
+
+
+def _nifti_voxels(img: Any, path: Path, claimed: int, offset: int) -> np.ndarray:
+    """The scaled voxel array of a NIfTI image, the file checked against its header first."""
     if not path.name.lower().endswith(".gz"):
-        return max(0, size - offset)
-    if size < 18:
-        return 0
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        isize = int.from_bytes(fh.read(4), "little")  # uncompressed size mod 2**32
-    return None if size > 2**31 else max(0, isize - offset)
+        _check_claimed_size(path, claimed, _nifti_available_bytes(path, offset))
+        return np.asanyarray(img.dataobj)
+    _check_claimed_size(path, claimed, path.stat().st_size * _DEFLATE_MAX_RATIO)
+    fits = claimed <= _memory_budget()
+    buf = _gz_payload(path, offset, claimed, keep=fits)
+    _check_claimed_size(path, claimed, None)  # read to the end: the size is real
+    proxy = img.dataobj
+    raw = np.frombuffer(buf, dtype=proxy.dtype, count=int(np.prod(proxy.shape)))
+    raw = raw.reshape(proxy.shape, order=proxy.order)
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    if np.can_cast(inter, slope.dtype):  # as nibabel's own proxy scales
+        inter = inter.astype(slope.dtype)
+    from nibabel.volumeutils import apply_read_scaling
+
+    return apply_read_scaling(raw, slope, inter)
 
 
 def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
@@ -251,12 +312,8 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
             raise ConversionError(path, f"not a NIfTI image (nibabel reads a {type(img).__name__})")
         hdr = img.header
         claimed = int(np.prod(img.shape, dtype=np.float64)) * hdr.get_data_dtype().itemsize
-        offset = int(hdr.get_data_offset())
-        if claimed + offset < 2**32 or not path.name.lower().endswith(".gz"):
-            _check_claimed_size(path, claimed, _nifti_available_bytes(path, offset))
-        else:
-            _check_claimed_size(path, claimed, None)
-        data = np.asanyarray(img.dataobj)
+        offset = int(img.dataobj.offset)  # the header may say 0 for "right after me"
+        data = _nifti_voxels(img, path, claimed, offset)
     except ConversionError:
         raise
     except MemoryError:
@@ -416,6 +473,56 @@ def _sitk_itemsize(sitk: Any, reader: Any) -> int:
     return 8
 
 
+def _header_fields(path: Path, sep: str) -> dict[str, str]:
+    """``key<sep>value`` lines of a text header (NRRD, MetaImage), lower-case keys."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16).decode("latin-1")
+    fields = {}
+    for line in head.splitlines():
+        if not line.strip():
+            break  # the end of an attached NRRD header
+        key, found, value = line.partition(sep)
+        if found:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _sitk_data_bound(path: Path, fmt: str) -> int | None:
+    """Most voxel bytes an NRRD or MetaImage file (and its data file) can decode to.
+
+    Raw data hold their size; text encodings at most 4 bytes a character;
+    deflate at most 1032 bytes a byte. ``None`` when it cannot be told (data
+    split over several files, bzip2).
+    """
+    if fmt not in ("nrrd", "metaimage"):
+        return None
+    fields = _header_fields(path, ":" if fmt == "nrrd" else "=")
+    if fmt == "nrrd":
+        encoding = fields.get("encoding", "raw").lower()
+        data_file = fields.get("data file") or fields.get("datafile")
+        deflate = _DEFLATE_MAX_RATIO
+        factor = {"raw": 1, "ascii": 4, "text": 4, "txt": 4, "hex": 1, "gzip": deflate}
+        ratio = factor.get("gzip" if encoding == "gz" else encoding)
+    else:
+        data_file = fields.get("elementdatafile")
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        ratio = _DEFLATE_MAX_RATIO if compressed else 1
+        if data_file is not None and data_file.upper() == "LOCAL":
+            data_file = None
+    if ratio is None:
+        return None
+    size = path.stat().st_size
+    if data_file is not None:
+        if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+            return None
+        other = path.parent / data_file
+        try:
+            size = other.stat().st_size
+        except OSError:
+            return None  # ITK says what is missing
+    return size * ratio
+
+
 def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
     sitk = _require("SimpleITK", path)
     notes: list[str] = []
@@ -440,7 +547,9 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 reader.ReadImageInformation()
                 n_voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
                 n_values = n_voxels * reader.GetNumberOfComponents()
-                _check_claimed_size(path, n_values * _sitk_itemsize(sitk, reader), None)
+                _check_claimed_size(
+                    path, n_values * _sitk_itemsize(sitk, reader), _sitk_data_bound(path, fmt)
+                )
                 img = reader.Execute()
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
