@@ -323,3 +323,46 @@ def test_info_reads_the_header_only(tmp_path):
     assert "(64, 64, 64) int16" in text
     assert "boxes        1 labels ['nodule']" in text
     assert "chunks       (16, 64, 64)  blocks (8, 32, 32)" in text
+
+
+def test_folder_mode_converts_images_beside_dicom_files_and_series_below_a_dicomdir(
+    tmp_path, capsys
+):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    raw = tmp_path / "raw"
+    (raw / "case1" / "extra").mkdir(parents=True)
+    (raw / "case2").mkdir()
+    rng = np.random.default_rng(0)
+    images = ["case1/ct.nii.gz", "case1/seg.nii.gz", "case1/extra/ct.nii.gz", "case2/ct.nii.gz"]
+    for name in images:
+        a = rng.integers(0, 1000, (4, 5, 6)).astype(np.int16)
+        nib.save(nib.Nifti1Image(a, np.eye(4)), raw / name)
+    shutil.copy(get_testdata_file("CT_small.dcm"), raw / "case1" / "scout.dcm")  # a stray file
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["convert", str(raw), str(out), "--no-seg"]) == 0
+    report = capsys.readouterr().out
+    assert "5 files: 5 done, 0 skipped, 0 failed" in report, report
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mla"))
+    expected = [n.replace(".nii.gz", ".mla") for n in images] + ["case1.mla"]
+    assert written == sorted(expected)
+    assert MLArray.open(out / "case1.mla").meta._image_meta_format.image_meta_format == "dicom"
+
+    # a CD / PACS export: DICOMDIR at the root, series in subfolders, files without a suffix
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    shutil.copy(get_testdata_file("DICOMDIR"), cd / "DICOMDIR")
+    for series in ("SE0", "SE1"):
+        folder = cd / "DICOM" / "ST0" / series
+        make_dicom_series(folder, n_slices=3)
+        for i, f in enumerate(sorted(folder.iterdir())):
+            f.rename(folder / f"IM{i}")
+    cdout = tmp_path / "cdout"
+    cdout.mkdir()
+    assert main(["convert", str(cd), str(cdout)]) == 0
+    written = sorted(p.relative_to(cdout).as_posix() for p in cdout.rglob("*.mla"))
+    assert written == ["DICOM/ST0/SE0.mla", "DICOM/ST0/SE1.mla"]
+    assert MLArray.open(cdout / "DICOM/ST0/SE0.mla").shape == (3, 128, 128)

@@ -81,18 +81,25 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def dicom_files_in(folder: Path) -> bool:
-    """Whether ``folder`` directly holds DICOM files (``.dcm`` or the ``DICM`` magic)."""
+def _is_dicom_slice(path: Path) -> bool:
+    """A DICOM file of a series (``.dcm`` or the ``DICM`` magic), not a ``DICOMDIR`` index."""
     from mlarray.convert import is_dicom_file
 
+    if path.name.upper() == "DICOMDIR":
+        return False
+    return path.name.lower().endswith(".dcm") or is_dicom_file(path)
+
+
+def dicom_files_in(folder: Path) -> bool:
+    """Whether ``folder`` directly holds DICOM files (``.dcm`` or the ``DICM`` magic).
+
+    A ``DICOMDIR`` (the index at the root of a CD or PACS export) does not count.
+    """
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return False
-    for e in entries:
-        if e.is_file() and (e.name.lower().endswith(".dcm") or is_dicom_file(e.path)):
-            return True
-    return False
+    return any(e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
 
 
 def _wanted(path: Path, accept: Callable[[Path], bool]) -> bool:
@@ -100,15 +107,21 @@ def _wanted(path: Path, accept: Callable[[Path], bool]) -> bool:
 
 
 def _walk(folder: Path, accept: Callable[[Path], bool], dicom: bool) -> list[Path]:
+    """Files ``accept`` takes in ``folder`` and below; with ``dicom``, each folder that
+    holds DICOM files is one item (its series) and its other files and subfolders are
+    still searched."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        if dicom and here != folder and dicom_files_in(here):
-            out.append(here)
-            dirnames[:] = []
-            continue
-        out.extend(here / f for f in sorted(filenames) if _wanted(here / f, accept))
+        files = [here / f for f in sorted(filenames)]
+        if dicom:
+            slices = [f for f in files if f.is_file() and _is_dicom_slice(f)]
+            if slices:
+                out.append(here)
+            taken = set(slices)
+            files = [f for f in files if f not in taken and f.name.upper() != "DICOMDIR"]
+        out.extend(f for f in files if _wanted(f, accept))
     return out
 
 
@@ -119,7 +132,8 @@ def expand_inputs(
 
     ``root`` is the folder an item's output path is made relative to.
     Folders are searched recursively for files ``accept`` takes; with
-    ``dicom=True`` a subfolder holding DICOM files is one item (a series).
+    ``dicom=True`` a folder holding DICOM files is also one item (a series),
+    beside the other images in it and below it.
 
     Returns
     -------
@@ -146,14 +160,12 @@ def expand_inputs(
         )
         root_of_glob = _glob_root(pattern)
         for m in matches:
+            own_root = m.parent if not _has_glob(pattern) else root_of_glob
             if m.is_dir():
-                if dicom and dicom_files_in(m):
-                    add(m, m.parent if not _has_glob(pattern) else root_of_glob)
-                    continue
                 for p in _walk(m, accept, dicom):
-                    add(p, m)
+                    add(p, own_root if p == m else m)
             elif m.is_file() and (accept(m) or not _has_glob(pattern)):
-                add(m, m.parent if not _has_glob(pattern) else root_of_glob)
+                add(m, own_root)
         if len(items) == before:
             unmatched.append(pattern)
     return items, unmatched
