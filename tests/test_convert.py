@@ -159,6 +159,25 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
     assert str(tmp_path / "gap") in str(err.value)
 
 
+def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    make_dicom_series(tmp_path / "ct", n_slices=5)
+    shutil.copy(get_testdata_file("rtplan.dcm"), tmp_path / "ct" / "plan.dcm")  # not a slice
+    assert from_file(tmp_path / "ct").shape == (5, 128, 128)
+    end = tmp_path / "ct" / "IM0001.dcm"  # the last slice: no gap shows it missing
+    end.write_bytes(end.read_bytes()[:-40])
+    with pytest.raises(ConversionError, match="cannot be read") as err:
+        from_file(tmp_path / "ct")
+    assert str(err.value).startswith(str(end))
+    end.write_bytes(b"DICM but not really")  # not even a DICOM header: named too
+    with pytest.raises(ConversionError, match="cannot be read") as err:
+        from_file(tmp_path / "ct")
+    assert str(err.value).startswith(str(end))
+
+
 def test_dicom_folder_with_two_series_asks_which(tmp_path):
     make_dicom_series(tmp_path / "two" / "a", n_slices=3)
     make_dicom_series(tmp_path / "two" / "b", n_slices=3)

@@ -389,7 +389,49 @@ def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str
     elif series not in ids:
         raise ConversionError(folder, f"no series {series!r} here; found {', '.join(ids)}")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series))
+    _check_left_out(folder, files, series)
     return files, series
+
+
+def _check_left_out(folder: Path, files: list[str], series: str) -> None:
+    """Refuse a series GDCM read without some of its files (cut short, damaged).
+
+    GDCM leaves a file it cannot parse out of every series without a word, and
+    a missing end slice leaves no gap to see; so every DICOM file in the folder
+    that is not in the series is opened with pydicom: one of this series, or one
+    that cannot be read at all, is named. Other objects (an RT plan, a report)
+    are left alone.
+    """
+    taken = {os.path.basename(f) for f in files}
+    others = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name in taken or e.name.upper() == "DICOMDIR" or not e.is_file():
+                continue
+            if e.name.lower().endswith(".dcm") or is_dicom_file(e.path):
+                others.append(Path(e.path))
+    if not others:
+        return
+    pydicom = _require("pydicom", folder)
+    for other in sorted(others):
+        try:
+            ds = pydicom.dcmread(other, stop_before_pixels=True, force=True)
+            uid = str(ds.get("SeriesInstanceUID", ""))
+            if not uid:
+                raise ValueError("no SeriesInstanceUID")
+        except Exception as exc:  # pydicom raises many types for damaged files
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ConversionError(
+                other,
+                f"cannot be read as DICOM ({reason}); it may be a slice of the series in "
+                f"{folder}: repair or remove it",
+            ) from None
+        if uid == series:
+            raise ConversionError(
+                other,
+                "a slice of this DICOM series that cannot be read (truncated or damaged); "
+                "converting without it would lose the slice",
+            )
 
 
 def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
