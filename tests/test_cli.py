@@ -366,3 +366,34 @@ def test_folder_mode_converts_images_beside_dicom_files_and_series_below_a_dicom
     written = sorted(p.relative_to(cdout).as_posix() for p in cdout.rglob("*.mla"))
     assert written == ["DICOM/ST0/SE0.mla", "DICOM/ST0/SE1.mla"]
     assert MLArray.open(cdout / "DICOM/ST0/SE0.mla").shape == (3, 128, 128)
+
+
+def test_convert_names_a_missing_or_odd_input_not_the_output_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "case_0001.nii.gz", "case_0001.mla"]) == 2
+    err = capsys.readouterr().err
+    assert "case_0001.nii.gz: no such file or folder" in err and "output folder" not in err
+    os.mkfifo(tmp_path / "pipe.nii.gz")  # would block nibabel forever
+    assert main(["convert", "pipe.nii.gz", "pipe.mla"]) == 2
+    assert "pipe.nii.gz: not a regular file or folder" in capsys.readouterr().err
+    (tmp_path / "images").mkdir()
+    assert main(["convert", "images", "images.mla"]) == 2
+    err = capsys.readouterr().err
+    assert "images.mla: the output folder does not exist" in err and "the folder images" in err
+    make_dicom_series(tmp_path / "x.nrrd", n_slices=3)  # a series folder with an odd name
+    assert main(["convert", "x.nrrd", "x.mla"]) == 0
+    assert MLArray.open(tmp_path / "x.mla").shape == (3, 128, 128)
+
+
+def test_convert_into_the_input_folder_itself(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    a = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(a, np.eye(4)), raw / f"{name}.nii.gz")
+    assert main(["convert", str(raw), str(raw), "--no-seg"]) == 0
+    assert "2 files: 2 done" in capsys.readouterr().out
+    np.testing.assert_array_equal(MLArray.open(raw / "a.mla").to_numpy(), a.transpose(2, 1, 0))
+    assert main(["convert", str(raw / "*.nii.gz"), str(raw)]) == 0  # a rerun: outputs exist
+    assert "2 files: 0 done, 2 skipped, 0 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in raw.iterdir()) == ["a.mla", "a.nii.gz", "b.mla", "b.nii.gz"]

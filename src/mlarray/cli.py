@@ -402,15 +402,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError("convert needs an input and an output: mlarray convert IN... OUT")
     *inputs, out_arg = args.paths
     out = Path(out_arg)
-    single = (
-        len(inputs) == 1
-        and not any(c in inputs[0] for c in "*?[")
-        and not out.is_dir()
-        and (Path(inputs[0]).is_file() or dicom_files_in(Path(inputs[0])))
-    )
-    if single:
-        src = Path(inputs[0])
-        return _single_convert(args, src, out)
+    one = Path(inputs[0]) if len(inputs) == 1 and not any(c in inputs[0] for c in "*?[") else None
+    if one is not None and not out.is_dir():
+        if not one.exists():
+            raise UsageError(f"{one}: no such file or folder")
+        if not one.is_file() and not one.is_dir():
+            raise UsageError(f"{one}: not a regular file or folder (a pipe or a device?)")
+        if one.is_file() or dicom_files_in(one):
+            return _single_convert(args, one, out)
+        raise UsageError(
+            f"{out}: the output folder does not exist (converting the images in the folder "
+            f"{one} needs an existing output folder)"
+        )
     if not out.is_dir():
         raise UsageError(
             f"{out}: the output folder does not exist (several inputs need an existing folder)"
@@ -427,7 +430,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if unmatched:
         raise UsageError(f"{unmatched[0]}: no input files match")
     out_root = out.resolve()
-    items = [(p, r) for p, r in items if out_root not in p.resolve().parents]  # not our outputs
+    # files in OUT may be earlier outputs: when OUT is beside or inside the inputs, only the
+    # files outside it are inputs; when OUT is the input folder itself, all of them are
+    outside = [(p, r) for p, r in items if out_root not in (p.resolve(), *p.resolve().parents)]
+    items = outside or items
     # one direction per run: images to .mla when there are images, else .mla to --to
     images = [(p, r) for p, r in items if image_format(p) != "mla"]
     items = images or items

@@ -636,7 +636,9 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
 def _read(path: Path, series: str | None = None, fourth_axis: str | None = None) -> _Loaded:
     if not path.exists():
         raise ConversionError(path, "no such file or folder")
-    fmt = image_format(path)
+    if not path.is_file() and not path.is_dir():
+        raise ConversionError(path, "not a regular file or folder (a pipe or a device?)")
+    fmt = "dicom" if path.is_dir() else image_format(path)  # a series folder named x.nrrd too
     if fmt is None or fmt == "mla":
         raise ConversionError(
             path,
