@@ -232,6 +232,35 @@ def test_bad_inputs_name_the_file(tmp_path):
         convert_file(tmp_path / "a.nii", tmp_path / "a.mla")
 
 
+def test_simpleitk_read_errors_say_what_is_wrong(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (tmp_path / "cut_ct.dcm").write_bytes(ct[:5000])
+    (tmp_path / "empty.mha").write_bytes(b"")
+    a = np.random.default_rng(0).integers(0, 1000, (16, 17, 18)).astype(np.int16)
+    for suffix in (".mha", ".nrrd", ".mhd"):
+        sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / f"full{suffix}"), True)
+        whole = (tmp_path / f"full{suffix}").read_bytes()
+        (tmp_path / f"cut{suffix}").write_bytes(whole[:-300])
+    (tmp_path / "cut.mhd").write_bytes((tmp_path / "full.mhd").read_bytes())
+    (tmp_path / "full.zraw").unlink()
+    cases = [
+        (tmp_path / "cut_ct.dcm", "CT Image Storage file without its pixel data: it is cut short"),
+        (Path(get_testdata_file("rtstruct.dcm")), "not an image: a DICOM RT Structure Set"),
+        (tmp_path / "empty.mha", "no reader that takes it"),
+        (tmp_path / "cut.mha", "cut short or damaged"),
+        (tmp_path / "cut.nrrd", r"expected 9792 bytes but received \d+"),
+        (tmp_path / "cut.mhd", r"its data file .*full\.zraw does not exist"),
+    ]
+    for path, words in cases:
+        with pytest.raises(ConversionError, match=words) as err:
+            from_file(path)
+        message = str(err.value)
+        assert message.startswith(str(path)), message
+        assert ".cxx" not in message and "No such file" not in message, message
+
+
 # ----------------------------------------------------------------------------- reference names
 
 

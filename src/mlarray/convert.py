@@ -366,11 +366,55 @@ def _quiet_itk(sitk: Any) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
 
 
+_SITK_NOISE = (
+    re.compile(r"^Exception thrown in SimpleITK \S+:\s*"),  # the call that failed
+    re.compile(r"^\S+\.(?:cxx|cpp|hxx|h):\d+:\s*"),  # a source location
+    re.compile(r"^(?:sitk::)?ERROR:\s*"),
+    re.compile(r"^ITK ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?"),
+    re.compile(r"^\[nrrd\]\s*(?:\w+:\s*)?"),  # teem's call chain
+)
+_SITK_VAGUE = ("trouble", "error reading", "read: error reading")
+
+
+def _sitk_reason(path: Path, exc: Exception) -> str:
+    """What went wrong, from a SimpleITK error: its most specific line, without the call
+    chain, source locations, the file name (the message names it) or a stale errno."""
+    reasons = []
+    for line in str(exc).splitlines():
+        line = line.strip()
+        for noise in _SITK_NOISE:
+            line = noise.sub("", line)
+        line = line.replace(f'"{path}"', "").replace(str(path), "").strip(" :.")
+        if line.startswith("Reason:") and path.exists():
+            continue  # ITK appends strerror(errno) of an earlier call: misleading
+        if line and not line.lower().startswith(_SITK_VAGUE):
+            reasons.append(line)
+    reason = reasons[-1] if reasons else type(exc).__name__
+    if reason.startswith("Unable to determine ImageIO reader for"):
+        return "SimpleITK finds no reader that takes it (not an image, or cut short or damaged)"
+    if reason.startswith("File cannot be read") and path.exists():
+        return "the reader cannot read it; it is cut short or damaged"
+    return reason
+
+
 def _sitk_error(path: Path, exc: Exception, doing: str) -> ConversionError:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = next((ln for ln in reversed(lines) if not ln.startswith("sitk::")), "")
-    detail = re.sub(r"^.*?(ERROR|Exception thrown)[^:]*:\s*", "", detail)
-    return ConversionError(path, f"{doing}: {detail or exc.__class__.__name__}")
+    return ConversionError(path, f"{doing}: {_sitk_reason(path, exc)}")
+
+
+def _dicom_not_an_image(path: Path) -> str | None:
+    """For a DICOM file SimpleITK cannot read: why, when it is an object without pixels."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, force=True, defer_size=256)
+    except Exception:  # pydicom missing or the file damaged: no better reason
+        return None
+    if "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return None
+    kind = getattr(ds.get("SOPClassUID"), "name", None) or str(ds.get("Modality", "")) or "object"
+    if "Image" in kind:
+        return f"a DICOM {kind} file without its pixel data: it is cut short or damaged"
+    return f"not an image: a DICOM {kind} without pixel data"
 
 
 def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str], str]:
@@ -560,8 +604,10 @@ def _sitk_data_bound(path: Path, fmt: str) -> int | None:
         other = path.parent / data_file
         try:
             size = other.stat().st_size
+        except FileNotFoundError:
+            raise ConversionError(path, f"its data file {other} does not exist") from None
         except OSError:
-            return None  # ITK says what is missing
+            return None
     return size * ratio
 
 
@@ -598,6 +644,9 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
         except ConversionError:
             raise
         except RuntimeError as exc:
+            why = _dicom_not_an_image(path) if fmt == "dicom" and path.is_file() else None
+            if why is not None:
+                raise ConversionError(path, why) from None
             raise _sitk_error(path, exc, f"cannot read {fmt.upper()}") from None
         except MemoryError:
             raise ConversionError(path, "the image does not fit in memory") from None
