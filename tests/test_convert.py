@@ -261,6 +261,21 @@ def test_simpleitk_read_errors_say_what_is_wrong(tmp_path):
         assert ".cxx" not in message and "No such file" not in message, message
 
 
+def test_write_errors_name_the_output_not_its_temporary_file(tmp_path):
+    affine = np.eye(4)
+    affine[0, 1] = 0.3  # sheared: NRRD cannot hold it
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), tmp_path / "shear.nii.gz")
+    from_file(tmp_path / "shear.nii.gz").save(tmp_path / "shear.mla")
+    with pytest.raises(ConversionError, match="sheared") as err:
+        to_file(tmp_path / "shear.mla", tmp_path / "out.nrrd")
+    assert str(err.value).startswith(f"{tmp_path / 'out.nrrd'}: the geometry"), str(err.value)
+    long = tmp_path / ("x" * 240 + ".nii.gz")  # a valid name; its temporary name is too long
+    with pytest.raises(ConversionError, match="cannot write: File name too long") as err:
+        to_file(tmp_path / "shear.mla", long)
+    assert str(err.value).startswith(str(long)) and ".tmp" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shear.mla", "shear.nii.gz"]
+
+
 # ----------------------------------------------------------------------------- reference names
 
 

@@ -1000,8 +1000,22 @@ def _tmp_dir_for(target: Path) -> Path:
             path.mkdir(mode=0o777)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise _error_of(target, exc) from None
         return path
     raise ConversionError(target, f"cannot make a temporary folder in {target.parent}")
+
+
+def _error_of(target: Path, exc: Exception) -> ConversionError:
+    """A writing error named after the output the user asked for, not the hidden
+    temporary file or folder it was being written as."""
+    if isinstance(exc, ConversionError):
+        text = str(exc)
+        if exc.path is not None and text.startswith(f"{exc.path}: "):
+            text = text[len(exc.path) + 2 :]
+        return ConversionError(target, text)
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+    return ConversionError(target, f"cannot write: {reason}")
 
 
 def _written_name(target: Path) -> str:
@@ -1463,6 +1477,8 @@ def to_file(
                 tmpdir / written,
             )
         _publish(tmpdir, written, target, overwrite)
+    except (ConversionError, OSError) as exc:
+        raise _error_of(target, exc) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target
