@@ -83,11 +83,15 @@ def _glob_root(pattern: str) -> Path:
 
 def _is_dicom_slice(path: Path) -> bool:
     """A DICOM file of a series (``.dcm`` or the ``DICM`` magic), not a ``DICOMDIR`` index."""
-    from mlarray.convert import is_dicom_file
+    from mlarray.convert import FORMAT_SUFFIXES, is_dicom_file
 
-    if path.name.upper() == "DICOMDIR":
+    name = path.name.lower()
+    if name == "dicomdir":
         return False
-    return path.name.lower().endswith(".dcm") or is_dicom_file(path)
+    if name.endswith(".dcm"):
+        return True
+    others = (s for fmt, sufs in FORMAT_SUFFIXES.items() if fmt != "dicom" for s in sufs)
+    return not name.endswith(tuple(others)) and is_dicom_file(path)
 
 
 def dicom_files_in(folder: Path) -> bool:
