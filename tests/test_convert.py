@@ -238,6 +238,7 @@ def test_simpleitk_read_errors_say_what_is_wrong(tmp_path):
     ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     (tmp_path / "cut_ct.dcm").write_bytes(ct[:5000])
     (tmp_path / "empty.mha").write_bytes(b"")
+    (tmp_path / "text.mha").write_text("not a MetaImage header\n")
     a = np.random.default_rng(0).integers(0, 1000, (16, 17, 18)).astype(np.int16)
     for suffix in (".mha", ".nrrd", ".mhd"):
         sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / f"full{suffix}"), True)
@@ -248,7 +249,8 @@ def test_simpleitk_read_errors_say_what_is_wrong(tmp_path):
     cases = [
         (tmp_path / "cut_ct.dcm", "CT Image Storage file without its pixel data: it is cut short"),
         (Path(get_testdata_file("rtstruct.dcm")), "not an image: a DICOM RT Structure Set"),
-        (tmp_path / "empty.mha", "no reader that takes it"),
+        (tmp_path / "empty.mha", "the file is empty"),
+        (tmp_path / "text.mha", "cut short or damaged"),
         (tmp_path / "cut.mha", "cut short or damaged"),
         (tmp_path / "cut.nrrd", r"expected 9792 bytes but received \d+"),
         (tmp_path / "cut.mhd", r"its data file .*full\.zraw does not exist"),

@@ -687,6 +687,8 @@ def _read(path: Path, series: str | None = None, fourth_axis: str | None = None)
         raise ConversionError(path, "no such file or folder")
     if not path.is_file() and not path.is_dir():
         raise ConversionError(path, "not a regular file or folder (a pipe or a device?)")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConversionError(path, "the file is empty")
     fmt = "dicom" if path.is_dir() else image_format(path)  # a series folder named x.nrrd too
     if fmt is None or fmt == "mla":
         raise ConversionError(
