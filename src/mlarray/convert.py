@@ -376,6 +376,59 @@ _SITK_NOISE = (
 _SITK_VAGUE = ("trouble", "error reading", "read: error reading")
 
 
+@contextlib.contextmanager
+def _printed_by_readers(said: list[str]) -> Iterator[None]:
+    """Collect what C++ readers print on the terminal themselves while reading (MetaIO
+    says why a MetaImage fails there): the error message tells it instead."""
+    import ctypes
+    import sys
+    import tempfile
+
+    try:
+        flush_c = ctypes.CDLL(None).fflush
+    except (OSError, AttributeError):  # no C library to flush (Windows): nothing to do
+        flush_c = None
+    try:
+        saved = (os.dup(1), os.dup(2))
+    except OSError:  # no terminal streams at all
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with tempfile.TemporaryFile() as sink:
+        try:
+            if flush_c is not None:
+                flush_c(None)
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            if flush_c is not None:
+                flush_c(None)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            said.append(sink.read(1 << 16).decode("utf-8", "replace"))
+
+
+def _reader_said(said: list[str]) -> str:
+    """The lines a reader printed, without its call chain, as one line."""
+    lines = []
+    for line in "".join(said).splitlines():
+        line = re.sub(r"^(?:\w+: )*", "", line.strip())  # MetaImage: M_Read: ...
+        if line and not line.lower().startswith(("error parsing", "cannot parse", "met_read")):
+            lines.append(line)
+    text = " ".join(" ".join(lines).split())[:300]
+    return re.sub(
+        r"data not read completely\s*ideal = (\d+) : actual = (\d+)",
+        r"the data end early (\2 of \1 bytes): it is cut short",
+        text,
+    )
+
+
 def _sitk_reason(path: Path, exc: Exception) -> str:
     """What went wrong, from a SimpleITK error: its most specific line, without the call
     chain, source locations, the file name (the message names it) or a stale errno."""
@@ -614,6 +667,7 @@ def _sitk_data_bound(path: Path, fmt: str) -> int | None:
 def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
     sitk = _require("SimpleITK", path)
     notes: list[str] = []
+    said: list[str] = []  # what a reader printed itself
     with _quiet_itk(sitk):
         try:
             if path.is_dir():
@@ -632,13 +686,15 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 reader.SetFileName(str(path))
                 if fmt == "metaimage":  # ITK finds it by the lower-case suffix only
                     reader.SetImageIO("MetaImageIO")
-                reader.ReadImageInformation()
+                with _printed_by_readers(said) if fmt == "metaimage" else contextlib.nullcontext():
+                    reader.ReadImageInformation()
                 n_voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
                 n_values = n_voxels * reader.GetNumberOfComponents()
                 _check_claimed_size(
                     path, n_values * _sitk_itemsize(sitk, reader), _sitk_data_bound(path, fmt)
                 )
-                img = reader.Execute()
+                with _printed_by_readers(said) if fmt == "metaimage" else contextlib.nullcontext():
+                    img = reader.Execute()
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
         except ConversionError:
@@ -647,7 +703,11 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
             why = _dicom_not_an_image(path) if fmt == "dicom" and path.is_file() else None
             if why is not None:
                 raise ConversionError(path, why) from None
-            raise _sitk_error(path, exc, f"cannot read {fmt.upper()}") from None
+            error = _sitk_error(path, exc, f"cannot read {fmt.upper()}")
+            printed = _reader_said(said)
+            if printed:
+                error = ConversionError(path, f"cannot read {fmt.upper()}: {printed}")
+            raise error from None
         except MemoryError:
             raise ConversionError(path, "the image does not fit in memory") from None
     dim = img.GetDimension()
