@@ -388,6 +388,18 @@ def test_small_compressed_files_claiming_gigabytes_are_refused_as_truncated(tmp_
         assert name in line and "truncated" in line, line
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "compressed"])
+def test_honest_nrrd_and_metaimage_files_pass_the_size_bound(tmp_path, compress):
+    a = np.random.default_rng(0).integers(0, 3, (40, 50, 60)).astype(np.int16)  # compresses well
+    for suffix in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        sitk.WriteImage(sitk.GetImageFromArray(a), str(tmp_path / f"a{suffix}"), compress)
+        np.testing.assert_array_equal(from_file(tmp_path / f"a{suffix}").to_numpy(), a)
+    (tmp_path / "text.nrrd").write_text(
+        "NRRD0004\ntype: double\ndimension: 3\nsizes: 2 1 1\nencoding: ascii\n\n1 2"
+    )
+    np.testing.assert_array_equal(from_file(tmp_path / "text.nrrd").to_numpy(), [[[1.0, 2.0]]])
+
+
 def _nib_payload(name: str) -> bytes:
     import gzip
 

@@ -629,7 +629,7 @@ def _header_fields(path: Path, sep: str) -> dict[str, str]:
 def _sitk_data_bound(path: Path, fmt: str) -> int | None:
     """Most voxel bytes an NRRD or MetaImage file (and its data file) can decode to.
 
-    Raw data hold their size; text encodings at most 4 bytes a character;
+    Raw data hold their size; text at most 8 bytes a character (one digit, a double);
     deflate at most 1032 bytes a byte. ``None`` when it cannot be told (data
     split over several files, bzip2).
     """
@@ -640,7 +640,7 @@ def _sitk_data_bound(path: Path, fmt: str) -> int | None:
         encoding = fields.get("encoding", "raw").lower()
         data_file = fields.get("data file") or fields.get("datafile")
         deflate = _DEFLATE_MAX_RATIO
-        factor = {"raw": 1, "ascii": 4, "text": 4, "txt": 4, "hex": 1, "gzip": deflate}
+        factor = {"raw": 1, "ascii": 8, "text": 8, "txt": 8, "hex": 1, "gzip": deflate}
         ratio = factor.get("gzip" if encoding == "gz" else encoding)
     else:
         data_file = fields.get("elementdatafile")
