@@ -421,12 +421,7 @@ def _reader_said(said: list[str]) -> str:
         line = re.sub(r"^(?:\w+: )*", "", line.strip())  # MetaImage: M_Read: ...
         if line and not line.lower().startswith(("error parsing", "cannot parse", "met_read")):
             lines.append(line)
-    text = " ".join(" ".join(lines).split())[:300]
-    return re.sub(
-        r"data not read completely\s*ideal = (\d+) : actual = (\d+)",
-        r"the data end early (\2 of \1 bytes): it is cut short",
-        text,
-    )
+    return " ".join(" ".join(lines).split())[:300]
 
 
 def _sitk_reason(path: Path, exc: Exception) -> str:
@@ -664,6 +659,74 @@ def _sitk_data_bound(path: Path, fmt: str) -> int | None:
     return size * ratio
 
 
+def _checking(check: Callable[[Path], None], path: Path) -> Callable[[], None]:
+    """Run ``check(path)`` in a thread beside the read (zlib works without the GIL, so
+    checking adds no wall time); the returned function waits and raises what it found."""
+    import threading
+
+    found: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check(path)
+        except BaseException as exc:  # handed to the reading thread
+            found.append(exc)
+
+    thread = threading.Thread(target=run, name="mlarray-check", daemon=True)
+    thread.start()
+
+    def result() -> None:
+        thread.join()
+        if found:
+            raise found[0]
+
+    return result
+
+
+def _check_metaimage_zlib(path: Path) -> None:
+    """Refuse compressed MetaImage data whose zlib checksum fails or that end early.
+
+    MetaIO decodes a damaged stream into wrong voxels without a word; reading the
+    stream once here (a chunk at a time) checks its Adler-32 and its end.
+    """
+    import zlib
+
+    fields = _header_fields(path, "=")
+    if fields.get("compresseddata", "false").lower() != "true":
+        return
+    data_file = fields.get("elementdatafile", "")
+    if data_file.upper() == "LOCAL":
+        source, start = path, None
+    elif data_file and not data_file.upper().startswith("LIST") and "%" not in data_file:
+        source, start = path.parent / data_file, 0
+    else:
+        return  # data split over several files: MetaIO's own checks only
+    with open(source, "rb") as fh:
+        if start is None:  # after the ElementDataFile line, which ends the header
+            head = fh.read(1 << 16)
+            at = re.search(rb"ElementDataFile\s*=\s*LOCAL[^\n]*\n", head)
+            if at is None:
+                return
+            fh.seek(at.end())
+        inflate, ended = zlib.decompressobj(), False
+        try:
+            while chunk := fh.read(1 << 20):
+                while chunk:
+                    if inflate.eof:  # a further zlib stream follows
+                        inflate = zlib.decompressobj()
+                    inflate.decompress(chunk, 1 << 20)  # the output is thrown away
+                    while inflate.unconsumed_tail and not inflate.eof:
+                        inflate.decompress(inflate.unconsumed_tail, 1 << 20)
+                    chunk = inflate.unused_data if inflate.eof else b""
+                    ended = inflate.eof
+        except zlib.error as exc:
+            raise ConversionError(
+                path, f"the compressed voxel data are damaged ({exc}); the file cannot be read"
+            ) from None
+    if not ended:
+        raise ConversionError(path, "the compressed voxel data end early: the file is cut short")
+
+
 def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
     sitk = _require("SimpleITK", path)
     notes: list[str] = []
@@ -693,8 +756,13 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 _check_claimed_size(
                     path, n_values * _sitk_itemsize(sitk, reader), _sitk_data_bound(path, fmt)
                 )
-                with _printed_by_readers(said) if fmt == "metaimage" else contextlib.nullcontext():
-                    img = reader.Execute()
+                checked = _checking(_check_metaimage_zlib, path) if fmt == "metaimage" else None
+                try:
+                    with _printed_by_readers(said) if checked else contextlib.nullcontext():
+                        img = reader.Execute()
+                finally:
+                    if checked is not None:
+                        checked()  # raises what the check found, before ITK's error
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
         except ConversionError:
