@@ -618,6 +618,8 @@ def _header_fields(path: Path, sep: str) -> dict[str, str]:
         key, found, value = line.partition(sep)
         if found:
             fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                break  # the last MetaImage header line: binary data may follow
     return fields
 
 
