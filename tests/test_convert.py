@@ -178,6 +178,24 @@ def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path):
     assert str(err.value).startswith(str(end))
 
 
+def test_dicom_folder_without_an_image_series_says_what_its_files_are(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "rt"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("rtplan.dcm"), folder / "plan.dcm")
+    shutil.copy(get_testdata_file("rtstruct.dcm"), folder / "structures.dcm")
+    with pytest.raises(ConversionError, match="RT Plan Storage, RT Structure Set Storage, not"):
+        from_file(folder)
+    cut = folder / "ct.dcm"
+    cut.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:5000])
+    with pytest.raises(ConversionError, match="CT Image Storage file that cannot be read") as err:
+        from_file(folder)
+    assert str(err.value).startswith(str(cut))
+
+
 def test_dicom_folder_with_two_series_asks_which(tmp_path):
     make_dicom_series(tmp_path / "two" / "a", n_slices=3)
     make_dicom_series(tmp_path / "two" / "b", n_slices=3)

@@ -469,6 +469,13 @@ def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str
     reader = sitk.ImageSeriesReader
     ids = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
+        kinds = _check_left_out(folder, [], None)
+        if kinds:
+            raise ConversionError(
+                folder,
+                f"no DICOM image series in this folder: its DICOM files are "
+                f"{', '.join(sorted(set(kinds)))}, not images",
+            )
         raise ConversionError(folder, "no DICOM series found in this folder")
     if series is None:
         if len(ids) > 1:
@@ -485,14 +492,15 @@ def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str
     return files, series
 
 
-def _check_left_out(folder: Path, files: list[str], series: str) -> None:
+def _check_left_out(folder: Path, files: list[str], series: str | None) -> list[str]:
     """Refuse a series GDCM read without some of its files (cut short, damaged).
 
     GDCM leaves a file it cannot parse out of every series without a word, and
     a missing end slice leaves no gap to see; so every DICOM file in the folder
     that is not in the series is opened with pydicom: one of this series, or one
     that cannot be read at all, is named. Other objects (an RT plan, a report)
-    are left alone.
+    are left alone; their kinds are returned. With no series (GDCM found none),
+    an image file left out is named.
     """
     taken = {os.path.basename(f) for f in files}
     others = []
@@ -502,8 +510,9 @@ def _check_left_out(folder: Path, files: list[str], series: str) -> None:
                 continue
             if e.name.lower().endswith(".dcm") or is_dicom_file(e.path):
                 others.append(Path(e.path))
+    kinds: list[str] = []
     if not others:
-        return
+        return kinds
     pydicom = _require("pydicom", folder)
     for other in sorted(others):
         try:
@@ -524,6 +533,13 @@ def _check_left_out(folder: Path, files: list[str], series: str) -> None:
                 "a slice of this DICOM series that cannot be read (truncated or damaged); "
                 "converting without it would lose the slice",
             )
+        kind = getattr(ds.get("SOPClassUID"), "name", None) or str(ds.get("Modality") or "")
+        if series is None and "Image" in kind:
+            raise ConversionError(
+                other, f"a DICOM {kind} file that cannot be read (truncated or damaged)"
+            )
+        kinds.append(kind or "objects of an unknown kind")
+    return kinds
 
 
 def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
