@@ -34,9 +34,9 @@ _OPEN = (
 )
 
 
-def _file(tmp_path, name: str) -> tuple[bytes, object]:
+def _file(tmp_path, name: str, planes: int = 24) -> tuple[bytes, object]:
     p = tmp_path / name
-    x = np.zeros((24, 40, 40), np.float32)
+    x = np.zeros((planes, 40, 40), np.float32)
     x[8:16] = np.random.default_rng(2).random((8, 40, 40))  # chunks that store blocks
     x[16:] = 3.5
     MLArray(x, patch_size=None, chunk_size=(8, 20, 20), block_size=(4, 10, 10)).save(p)
@@ -58,7 +58,11 @@ def _damaged(tmp_path, name: str, raw: bytes, at: int, value: int) -> str:
 
 @pytest.mark.parametrize("value", [0x40, 0x08, 0x7F])
 def test_damaged_block_start_of_a_metadata_entry_is_refused(tmp_path, value):
-    raw, info = _file(tmp_path, "vlmeta_ok.mla")
+    # Blosc2's compressed bytes of the random chunks vary between saves, and so do their
+    # digests: with only a few constant chunks the checksums entry sometimes stayed
+    # uncompressed (no block starts to damage). 40 more constant planes: 20 more equal
+    # digests, an entry that always compresses.
+    raw, info = _file(tmp_path, "vlmeta_ok.mla", planes=64)
     pos, _n = info.vlmeta["mlarray_checksums"]  # compressed (the record is stored as is)
     assert not raw[pos + 2] & 0x02
     out = _damaged(tmp_path, "vlmeta_bad.mla", raw, pos + 35, value)  # first start's top byte
