@@ -354,6 +354,33 @@ def test_checksums_another_tool_left_stale_read_unverified_with_one_warning(tmp_
         MLArray.open(tmp_path / "damaged.mla")[...]
 
 
+def test_a_chunk_index_pointing_at_another_chunk_is_damage_not_stale_checksums(tmp_path):
+    """Swapped (or copied) chunk offsets change the chunk index like a rewrite by another
+    tool does, but no writer puts a chunk where another one was: reading it would return
+    the other chunk's voxels. It is reported as damage, never read unverified."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 1000, (4, 64, 64)).astype(np.int16)
+    a[0] = 7  # a chunk stored as a special value: shared offsets must not count
+    p = tmp_path / "swapped.mla"
+    MLArray(a, patch_size=None, chunk_size=(1, 64, 64), block_size=(1, 32, 32)).save(p)
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    raw = np.asarray(info.raw_offsets, dtype="<i8")
+    at = bytes(buf).find(raw.tobytes())  # the frame's own index comes before the vlmeta
+    assert 0 < at < int(info.header_len) + int(info.cbytes) + raw.nbytes + 64
+    swapped = raw.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]
+    buf[at : at + raw.nbytes] = swapped.tobytes()
+    p.write_bytes(bytes(buf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleChecksumsWarning)
+        for read in (lambda: MLArray.open(p)[...], lambda: MLArray.load(p).to_numpy()):
+            with pytest.raises(CorruptChunkError, match="chunk 2 .*chunk index is damaged"):
+                read()
+        with pytest.raises(CorruptChunkError, match="chunk index is damaged"):
+            verify_file(p, raise_on_error=False)
+
+
 def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
     """Files written before the entry naming the frame existed (only
     ``mlarray_checksums``) are verified as they always were: intact files pass, a damaged
@@ -361,7 +388,7 @@ def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
     p = tmp_path / "old.mla"
     truth = good_file(p)
     s = blosc2.open(os.fspath(p), mode="a")
-    assert s.schunk.vlmeta[FRAME_KEY][:8] == b"MLAFRM\x00\x01"
+    assert s.schunk.vlmeta[FRAME_KEY][:8] == b"MLAFRM\x00\x02"
     assert s.schunk.vlmeta[CHECKSUM_KEY][:8] == b"MLAXXH3\x01"  # as older versions read it
     del s.schunk.vlmeta[FRAME_KEY]
     del s

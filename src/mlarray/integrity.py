@@ -109,7 +109,8 @@ CHECKSUM_KEY = "mlarray_checksums"
 _TAG = b"MLAXXH3\x01"
 #: vlmeta entry naming the frame the checksums were computed for (:func:`frame_binding`)
 FRAME_KEY = "mlarray_checksums_frame"
-_FRAME_TAG = b"MLAFRM\x00\x01"
+_FRAME_TAG = b"MLAFRM\x00\x01"  # digest only (written by one earlier build)
+_FRAME_TAG2 = b"MLAFRM\x00\x02"  # digest + every chunk's offset
 _VERIFIER_ATTR = "_mlarray_verifier"
 
 _verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
@@ -204,8 +205,31 @@ def frame_binding(info: FrameInfo) -> int:
 
 
 def encode_binding(info: FrameInfo) -> bytes:
-    """The value of :data:`FRAME_KEY` for the frame ``info`` describes."""
-    return _FRAME_TAG + frame_binding(info).to_bytes(8, "little")
+    """The value of :data:`FRAME_KEY` for the frame ``info`` describes: the tag, the
+    :func:`frame_binding` digest and every chunk's offset (raw, as the frame's index
+    holds it), so a frame whose index differs can be told apart from a rewrite."""
+    offsets = np.asarray(info.raw_offsets, dtype="<i8").tobytes()
+    return _FRAME_TAG2 + frame_binding(info).to_bytes(8, "little") + offsets
+
+
+def _index_damaged(bound: bytes, info: FrameInfo) -> int | None:
+    """A chunk whose offset is now another stored chunk's offset of the frame the
+    checksums were computed for (``bound``, a :data:`_FRAME_TAG2` entry), or None.
+
+    A Blosc2 writer rewriting chunks puts them at new places (appended, or a new file
+    written in order); a chunk pointing where another chunk was is a damaged index (a
+    swapped or copied offset): its data would be the other chunk's."""
+    old = np.frombuffer(bound[16:], dtype="<i8")
+    new = np.asarray(info.raw_offsets, dtype=np.int64)
+    if len(old) != len(new):
+        return None
+    data = old >= 0  # special values (zeros, NaNs, ...) are shared by many chunks
+    where = dict(zip(old[data].tolist(), np.flatnonzero(data).tolist(), strict=True))
+    for i in np.flatnonzero((new != old) & (new >= 0)).tolist():
+        j = where.get(int(new[i]))
+        if j is not None and j != i:
+            return i
+    return None
 
 
 def _head(buf: Any, info: FrameInfo) -> bytes:
@@ -266,13 +290,28 @@ def _read_entry(
     if raw is None:
         return None, False
     if bound is not None:
-        if not (isinstance(bound, bytes) and len(bound) == 16 and bound.startswith(_FRAME_TAG)):
+        v1 = isinstance(bound, bytes) and len(bound) == 16 and bound.startswith(_FRAME_TAG)
+        v2 = (
+            isinstance(bound, bytes)
+            and len(bound) >= 16
+            and len(bound) % 8 == 0
+            and bound.startswith(_FRAME_TAG2)
+        )
+        if not (v1 or v2):
             raise CorruptChunkError(
                 path,
                 f"the checksum entry {FRAME_KEY!r} is damaged or of a newer mlarray "
                 "(MLARRAY_VERIFY=0 reads the file unverified)",
             )
-        if int.from_bytes(bound[8:], "little") != frame_binding(info):
+        if int.from_bytes(bound[8:16], "little") != frame_binding(info):
+            i = _index_damaged(bound, info) if v2 else None
+            if i is not None:
+                raise CorruptChunkError(
+                    path,
+                    f"chunk {i} (chunk grid position {_chunk_coords(info, i)}) points at "
+                    "another chunk's data: the chunk index is damaged",
+                    chunk=i,
+                )
             return None, True
     if not isinstance(raw, bytes) or not raw.startswith(_TAG):
         # Anything else under our key is damage (or a newer format this version cannot
