@@ -375,7 +375,7 @@ def test_a_chunk_index_pointing_at_another_chunk_is_damage_not_stale_checksums(t
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleChecksumsWarning)
         for read in (lambda: MLArray.open(p)[...], lambda: MLArray.load(p).to_numpy()):
-            with pytest.raises(CorruptChunkError, match="chunk 2 .*chunk index is damaged"):
+            with pytest.raises(CorruptChunkError, match=r"chunk 2 .*chunk index is damaged"):
                 read()
         with pytest.raises(CorruptChunkError, match="chunk index is damaged"):
             verify_file(p, raise_on_error=False)
