@@ -24,6 +24,7 @@ from mlarray import (
 )
 from mlarray.errors import (
     ClosedError,
+    FileChangedError,
     IndexingError,
     InvalidModeError,
     InvalidPathError,
@@ -913,6 +914,8 @@ class MLArray:
         self._file_store = io.reopen_store(self._file_store, self._path, self._mmap_mode, True)
         if keep:
             self._store = self._file_store
+        if self._chunk_cache is not None:  # decoded from the old view of the file
+            self._chunk_cache.clear()
         self._track_threads()
 
     def save(self, filepath: str | os.PathLike) -> None:
@@ -1178,6 +1181,22 @@ class MLArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` as numpy would; only the chunks it touches are decompressed."""
         store = self._require()
+        try:
+            return self._read(store, key)
+        except FileChangedError:
+            if not (
+                store is self._file_store
+                and self._writable
+                and self._mmap_mode != "c"
+                and _maps.changed_by_this_process(store)
+            ):
+                raise
+        # another writable handle of this process wrote the file in place: this one reads
+        # (as it writes, see __setitem__) through a fresh view of the file
+        self._reopen_file()
+        return self._read(self._require(), key)
+
+    def _read(self, store: Any, key: Any) -> np.ndarray:
         cache = self._chunk_cache
         if cache is not None and _direct.is_guarded(store):
             cache = None  # a cache would decode its blocks unguarded (see _direct.guard)
