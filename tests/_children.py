@@ -35,3 +35,22 @@ def wait_status(pid: int, seconds: float = 60) -> int | None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     return None
+
+
+def run_reference(code: str, cwd: os.PathLike | str, timeout: float = 300) -> str:
+    """Run ``code`` (dedented) under the reference package's Python
+    (``MLARRAY_REFERENCE_PYTHON``, a black box) in ``cwd``; its standard output. The
+    child gets no ``PYTHONPATH``: it must import the reference, never this tree."""
+    import textwrap
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [os.environ["MLARRAY_REFERENCE_PYTHON"], "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout

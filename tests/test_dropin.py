@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 from mlarray import Meta, MLArray
 from mlarray.errors import ClosedError, LayoutError, MetaTypeError, MLArrayFormatError
 from mlarray.record import decode_record
+from tests._children import run_reference
 
 ODD = Path(__file__).parent / "data" / "reference-odd-meta"
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
@@ -36,17 +35,7 @@ needs_reference = pytest.mark.skipif(
 
 def _reference(code: str, cwd: Path) -> str:
     """Run ``code`` under the reference package (a black box) in ``cwd``; its stdout."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run(
-        [REFERENCE_PYTHON, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=env,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
+    return run_reference(code, cwd)
 
 
 def _expected_data(name: str) -> str:

@@ -18,7 +18,6 @@ import stat
 import struct
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from mlarray.errors import (
 )
 from mlarray.frame import inspect_frame
 from mlarray.integrity import CHECKSUM_KEY, FRAME_KEY, StaleChecksumsWarning, verify_file
-from tests._children import run_python
+from tests._children import run_python, run_reference
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
 MEMORY_CAP = 1 << 30
@@ -432,16 +431,7 @@ def test_our_files_edited_by_the_reference_package_read_here(tmp_path):
         shutil.copy("case.mla", "inplace.mla")
         m = MLArray.open("inplace.mla", mmap_mode="r+"); m[0] = 0; m.close()
     """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run(
-        [REFERENCE_PYTHON, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_reference(code, tmp_path)
     data[0] = 0
     for name in ("edited.mla", "cow.mla", "inplace.mla"):
         with pytest.warns(StaleChecksumsWarning, match=name):
