@@ -21,38 +21,14 @@ __all__ = [
     "comp_blosc2_params_spatial_only_magnitude",
 ]
 
-_L1 = 32768
-_L3 = 1441792
-
-
-def comp_blosc2_params_spatial_only_magnitude(
-    image_size: Sequence[int],
-    patch_size: Sequence[int],
-    spatial_axis_mask: Sequence[bool] | None = None,
-    bytes_per_pixel: int = 4,
-    l1_cache_size_per_core_in_bytes: int = _L1,
-    l3_cache_size_per_core_in_bytes: int = _L3,
-    safety_factor: float = 0.8,
-) -> tuple[list[int], list[int]]:
-    """``(chunk_size, block_size)``: :func:`mlarray.layout.comp_blosc2_params`."""
-    return comp_blosc2_params(
-        image_size,
-        patch_size,
-        spatial_axis_mask,
-        bytes_per_pixel,
-        l1_cache_size_per_core_in_bytes,
-        l3_cache_size_per_core_in_bytes,
-        safety_factor,
-    )
-
 
 def comp_blosc2_params_spatial_only(
     image_size: Sequence[int],
     patch_size: Sequence[int],
     spatial_axis_mask: Sequence[bool] | None = None,
     bytes_per_pixel: int = 4,
-    l1_cache_size_per_core_in_bytes: int = _L1,
-    l3_cache_size_per_core_in_bytes: int = _L3,
+    l1_cache_size_per_core_in_bytes: int = 32768,
+    l3_cache_size_per_core_in_bytes: int = 1441792,
     safety_factor: float = 0.9,
 ) -> tuple[list[int], list[int]]:
     """:func:`mlarray.layout.comp_blosc2_params` (default ``safety_factor`` 0.9, as the
@@ -68,6 +44,8 @@ def comp_blosc2_params_spatial_only(
     )
 
 
-#: The reference's other two strategies: here the same single layout rule.
-comp_blosc2_params_baseline = comp_blosc2_params_spatial_only_magnitude
-comp_blosc2_params_generalized = comp_blosc2_params_spatial_only_magnitude
+#: The reference's other strategies: here the single layout rule itself (same
+#: arguments and defaults as the reference's ``..._spatial_only_magnitude``).
+comp_blosc2_params_spatial_only_magnitude = comp_blosc2_params
+comp_blosc2_params_baseline = comp_blosc2_params
+comp_blosc2_params_generalized = comp_blosc2_params
