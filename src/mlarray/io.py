@@ -1387,7 +1387,8 @@ def _growth_bound(info: Any, ids: np.ndarray, vlmeta_bytes: int) -> int:
     grow = int(np.maximum(chunk - np.asarray(old, dtype=np.int64), 0).sum())
     offsets = 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
     digests = 8 * info.nchunks + 16 + _BLOSC2_MAX_OVERHEAD
-    digests += 16 + _BLOSC2_MAX_OVERHEAD  # the entry naming the frame (integrity.FRAME_KEY)
+    # the entry naming the frame (integrity.FRAME_KEY): tag, digest, every chunk's offset
+    digests += 16 + 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
     return grow + offsets + 2 * (vlmeta_bytes + digests) + 4096
 
 
