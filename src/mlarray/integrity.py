@@ -15,8 +15,10 @@ digest per chunk in chunk order. A chunk stored as a special value in the chunk
 offsets (all zeros, all NaN, uninitialized) is digested over its 8-byte offset
 value. A second entry, ``vlmeta["mlarray_checksums_frame"]`` (:data:`FRAME_KEY`),
 names the frame the digests were computed for: the 8-byte tag
-``b"MLAFRM\\x00\\x01"`` and the little-endian ``uint64`` digest of the frame's
-chunk index (every chunk's offset and compressed size, :func:`frame_binding`).
+``b"MLAFRM\\x00\\x02"``, the little-endian ``uint64`` digest of the frame's
+chunk index (every chunk's offset and compressed size, :func:`frame_binding`)
+and every chunk's offset (little-endian ``int64``: a chunk now pointing where
+another chunk's data were is a damaged index, not a rewrite).
 It is a separate entry so that mlarray versions that predate it still read and
 verify new files; files without it (written before it existed) are verified as
 they always were.
@@ -109,8 +111,7 @@ CHECKSUM_KEY = "mlarray_checksums"
 _TAG = b"MLAXXH3\x01"
 #: vlmeta entry naming the frame the checksums were computed for (:func:`frame_binding`)
 FRAME_KEY = "mlarray_checksums_frame"
-_FRAME_TAG = b"MLAFRM\x00\x01"  # digest only (written by one earlier build)
-_FRAME_TAG2 = b"MLAFRM\x00\x02"  # digest + every chunk's offset
+_FRAME_TAG = b"MLAFRM\x00\x02"  # digest + every chunk's offset
 _VERIFIER_ATTR = "_mlarray_verifier"
 
 _verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
@@ -209,12 +210,12 @@ def encode_binding(info: FrameInfo) -> bytes:
     :func:`frame_binding` digest and every chunk's offset (raw, as the frame's index
     holds it), so a frame whose index differs can be told apart from a rewrite."""
     offsets = np.asarray(info.raw_offsets, dtype="<i8").tobytes()
-    return _FRAME_TAG2 + frame_binding(info).to_bytes(8, "little") + offsets
+    return _FRAME_TAG + frame_binding(info).to_bytes(8, "little") + offsets
 
 
 def _index_damaged(bound: bytes, info: FrameInfo) -> int | None:
     """A chunk whose offset is now another stored chunk's offset of the frame the
-    checksums were computed for (``bound``, a :data:`_FRAME_TAG2` entry), or None.
+    checksums were computed for (``bound``, a :data:`_FRAME_TAG` entry), or None.
 
     A Blosc2 writer rewriting chunks puts them at new places (appended, or a new file
     written in order); a chunk pointing where another chunk was is a damaged index (a
@@ -290,21 +291,19 @@ def _read_entry(
     if raw is None:
         return None, False
     if bound is not None:
-        v1 = isinstance(bound, bytes) and len(bound) == 16 and bound.startswith(_FRAME_TAG)
-        v2 = (
+        if not (
             isinstance(bound, bytes)
             and len(bound) >= 16
             and len(bound) % 8 == 0
-            and bound.startswith(_FRAME_TAG2)
-        )
-        if not (v1 or v2):
+            and bound.startswith(_FRAME_TAG)
+        ):
             raise CorruptChunkError(
                 path,
                 f"the checksum entry {FRAME_KEY!r} is damaged or of a newer mlarray "
                 "(MLARRAY_VERIFY=0 reads the file unverified)",
             )
         if int.from_bytes(bound[8:16], "little") != frame_binding(info):
-            i = _index_damaged(bound, info) if v2 else None
+            i = _index_damaged(bound, info)
             if i is not None:
                 raise CorruptChunkError(
                     path,
