@@ -397,3 +397,33 @@ def test_convert_into_the_input_folder_itself(tmp_path, capsys):
     assert main(["convert", str(raw / "*.nii.gz"), str(raw)]) == 0  # a rerun: outputs exist
     assert "2 files: 0 done, 2 skipped, 0 failed" in capsys.readouterr().out
     assert sorted(p.name for p in raw.iterdir()) == ["a.mla", "a.nii.gz", "b.mla", "b.nii.gz"]
+
+
+def test_rerun_into_the_input_folder_never_replaces_an_input(tmp_path, capsys):
+    # .mla files exported to NIfTI beside them: a rerun (with --overwrite too) must not take
+    # the exports for images to convert back over the user's originals, and goes on with
+    # what is new in either direction
+    d = tmp_path / "cases"
+    d.mkdir()
+    a = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    for name in ("a", "b"):
+        MLArray(a, spacing=[1.0, 2.0, 3.0], meta={"source": {"case": name}}).save(d / f"{name}.mla")
+    originals = {n: (d / f"{n}.mla").read_bytes() for n in ("a", "b")}
+    assert main(["convert", str(d), str(d)]) == 0
+    assert "2 files: 2 done" in capsys.readouterr().out
+    assert main(["convert", str(d), str(d), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "0 done, 2 skipped, 0 failed" in out and "also an input" in out
+    assert {n: (d / f"{n}.mla").read_bytes() for n in ("a", "b")} == originals
+    # a new .mla beside them is exported, the pairs stay as they are
+    MLArray(a, spacing=[1.0, 2.0, 3.0]).save(d / "c.mla")
+    nifti_a = (d / "a.nii.gz").read_bytes()
+    assert main(["convert", str(d), str(d), "--overwrite"]) == 0
+    assert "3 files: 1 done, 2 skipped, 0 failed" in capsys.readouterr().out
+    assert (d / "c.nii.gz").exists() and (d / "a.nii.gz").read_bytes() == nifti_a
+    # a new NIfTI beside them turns the run around: it becomes an .mla, the pairs stay
+    nib.save(nib.Nifti1Image(a, np.eye(4)), d / "z.nii.gz")
+    assert main(["convert", str(d), str(d), "--overwrite", "--no-seg"]) == 0
+    assert "4 files: 1 done, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert {n: (d / f"{n}.mla").read_bytes() for n in ("a", "b")} == originals
+    np.testing.assert_array_equal(MLArray.open(d / "z.mla").to_numpy(), a.transpose(2, 1, 0))

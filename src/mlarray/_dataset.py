@@ -48,6 +48,8 @@ class Task:
     options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     debug: bool = False
+    #: why the job is not run (reported as a ``skipped`` row), e.g. its output is an input
+    skip: str = ""
 
 
 @dataclass
@@ -298,6 +300,10 @@ def run_task(task: Task, progress: Callable[[int, int], None] | None = None) -> 
     """Run one job; a failure becomes a ``failed`` row naming the file, never an exception."""
     row = Row(src=task.src, dst=task.dst, status="ok", in_bytes=_size(task.src))
     start = time.perf_counter()
+    if task.skip:
+        row.status, row.message = "skipped", task.skip
+        row.out_bytes = _size(task.dst) if task.dst else 0
+        return row
     if task.kind == "convert" and task.dst and Path(task.dst).exists() and not task.overwrite:
         row.status, row.message = "skipped", "output exists (--overwrite to redo)"
         row.out_bytes = _size(task.dst)

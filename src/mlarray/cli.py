@@ -434,21 +434,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     # files outside it are inputs; when OUT is the input folder itself, all of them are
     outside = [(p, r) for p, r in items if out_root not in (p.resolve(), *p.resolve().parents)]
     items = outside or items
-    # one direction per run: images to .mla when there are images, else .mla to --to
+
+    def target(item: Path, root: Path) -> Path:
+        mla = image_format(item) == "mla"
+        return _dataset_target(item, root, out, to_suffix if mla else ".mla")
+
+    # An input whose output is another input (a.nii.gz beside a.mla: OUT is the input
+    # folder of an earlier run) is never written over, --overwrite or not: which of
+    # the two is the original is not known. One direction per run: images to .mla when
+    # there are images without such a twin, else .mla to --to.
+    inputs_at = {p.resolve() for p, _ in items}
+    twins = {p for p, r in items if target(p, r).resolve() in inputs_at}
     images = [(p, r) for p, r in items if image_format(p) != "mla"]
-    items = images or items
+    single = [(p, r) for p, r in items if p not in twins]
+    if any(image_format(p) != "mla" for p, _ in single) or not single:
+        items = images or items
+    else:
+        items = [(p, r) for p, r in items if image_format(p) == "mla"]
     opts = _convert_options(args)
     tasks, planned = [], {}
     for item, root in items:
         is_mla = image_format(item) == "mla"
-        dst = _dataset_target(item, root, out, to_suffix if is_mla else ".mla")
+        dst = target(item, root)
         if dst in planned:
             raise UsageError(
                 f"{item} and {planned[dst]} would both be written to {dst}; convert them separately"
             )
         planned[dst] = item
         task_opts = ({"to": "dicom"} if to == "dicom" else {}) if is_mla else opts
-        tasks.append(Task("convert", str(item), str(dst), task_opts, args.overwrite, args.debug))
+        skip = ""
+        if item in twins:
+            skip = (
+                f"output is also an input here ({dst.name}: converted from it earlier?), "
+                "never replaced; convert it by name or into another folder"
+            )
+        tasks.append(
+            Task("convert", str(item), str(dst), task_opts, args.overwrite, args.debug, skip)
+        )
     if not tasks:
         raise UsageError(f"{', '.join(inputs)}: no images to convert")
     for t in tasks:
