@@ -480,3 +480,25 @@ def test_int_keys_in_source_do_not_break_export(tmp_path):
     img = sitk.ReadImage(str(out))
     assert img.GetMetaData("NOTE") == "kept"
     assert sitk.GetArrayFromImage(img).sum() == np.arange(24).sum()
+
+
+def test_the_reference_s_except_clauses_catch_our_errors(tmp_path):
+    # loaders written for the reference skip unreadable cases with `except RuntimeError`
+    # (Blosc2's error there) and catch writes to read-only handles with `except ValueError`
+    good = tmp_path / "good.mla"
+    MLArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5)).save(good)
+    data = good.read_bytes()
+    (tmp_path / "empty.mla").write_bytes(b"")
+    (tmp_path / "trunc.mla").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.mla").write_text("not an mla file\n" * 50)
+    for name in ("empty.mla", "trunc.mla", "text.mla"):
+        for read in (MLArray.open, MLArray.load, MLArray):
+            with pytest.raises(RuntimeError, match=name) as info:
+                read(tmp_path / name)
+            assert isinstance(info.value, MLArrayFormatError)  # and still a ValueError
+            assert isinstance(info.value, ValueError)
+    handle = MLArray.open(good)
+    with pytest.raises(ValueError) as info:
+        handle[0, 0, 0] = 1
+    assert isinstance(info.value, PermissionError)
+    assert MLArray.open(good)[0, 0, 0] == 0

@@ -41,7 +41,7 @@ from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import IndexingError
+from mlarray.errors import IndexingError, MLArrayError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -288,6 +288,8 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
         return out
     except IndexError as err:
         raise IndexingError(f"{store.path}: {err}") from None
+    except MLArrayError:  # ours (also RuntimeErrors, as the reference raises): as they are
+        raise
     except RuntimeError as exc:  # c-blosc2 refused a chunk its checksum did not catch
         raise integrity.damage_error(  # or the file was written meanwhile
             store,

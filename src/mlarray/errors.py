@@ -80,8 +80,13 @@ class MLArrayIOError(MLArrayError, OSError):
         self.errno = errno
 
 
-class MLArrayFormatError(MLArrayError, ValueError):
-    """A file that is not a valid ``.mla`` file (bad container, bad record...)."""
+class MLArrayFormatError(MLArrayError, ValueError, RuntimeError):
+    """A file that is not a valid ``.mla`` file (bad container, bad record...).
+
+    Also a ``RuntimeError``, which is what the reference package raises for such a
+    file (Blosc2 cannot open it), so ``except RuntimeError`` in code written for it
+    still catches it.
+    """
 
     def __init__(self, path: str | os.PathLike | None, message: str):
         self.path = None if path is None else os.fspath(path)
@@ -151,8 +156,9 @@ class ClosedError(MLArrayError, ValueError):
     for a closed Python file): it no longer holds its array, so it cannot be saved."""
 
 
-class ReadOnlyError(MLArrayError, PermissionError):
-    """A write to an array opened read-only."""
+class ReadOnlyError(MLArrayError, PermissionError, ValueError):
+    """A write to an array opened read-only (also a ``ValueError``, which is what the
+    reference package raises for it)."""
 
 
 class CorruptChunkError(MLArrayFormatError):

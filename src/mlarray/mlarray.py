@@ -30,6 +30,7 @@ from mlarray.errors import (
     InvalidPathError,
     LayoutError,
     MetaValidationError,
+    MLArrayError,
     MLArrayMemoryError,
     NoArrayError,
     ReadOnlyError,
@@ -1125,6 +1126,8 @@ class MLArray:
             values = compute_stats(
                 store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
             )
+        except MLArrayError:  # ours (also RuntimeErrors): as they are
+            raise
         except RuntimeError as exc:
             raise integrity.damage_error(  # or the file was written meanwhile
                 self._store,
@@ -1239,7 +1242,7 @@ class MLArray:
             raise MLArrayMemoryError(
                 f"{self._path or 'MLArray'}: not enough memory to read {_nbytes(store, key)} bytes"
             ) from None
-        except NotImplementedError:  # a RuntimeError, but not a sign of corruption
+        except (NotImplementedError, MLArrayError):  # RuntimeErrors, not blosc2's
             raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
             raise integrity.damage_error(  # or the file was written meanwhile
