@@ -502,3 +502,13 @@ def test_the_reference_s_except_clauses_catch_our_errors(tmp_path):
         handle[0, 0, 0] = 1
     assert isinstance(info.value, PermissionError)
     assert MLArray.open(good)[0, 0, 0] == 0
+
+
+def test_a_metadata_only_mlarray_is_empty_and_falsy(tmp_path):
+    # loaders skip sidecar files with `if not m:` / len(m) == 0, as with the reference
+    MLArray(spacing=[1.0, 2.0, 3.0], meta={"case": "sidecar"}).save(tmp_path / "meta_only.mla")
+    m = MLArray.open(tmp_path / "meta_only.mla")
+    assert len(m) == 0 and not m
+    assert len(MLArray()) == 0 and not MLArray()
+    full = MLArray(np.zeros((2, 3, 4), np.uint8))
+    assert len(full) == 2 and full

@@ -1336,6 +1336,8 @@ class MLArray:
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def __len__(self) -> int:
+        if self._store is None and not self._closed:
+            return 0  # metadata only: empty (and falsy), as in the reference
         shape = self._require().shape
         if not shape:
             raise TypeError("len() of a 0-d MLArray")
