@@ -454,3 +454,37 @@ def test_create_refuses_a_directory_and_keeps_its_contents(tmp_path):
     with pytest.raises(InvalidPathError, match="is a directory"):
         MLArray.create(d, (3,), "f4")
     assert (d / "precious.txt").read_text() == "keep me"
+
+
+def test_loading_a_volume_bigger_than_memory_raises_our_error_naming_the_file(tmp_path):
+    # an honest 8 GiB volume of zeros, a few kB on disk, loaded under a 3 GiB address space
+    import blosc2
+
+    from tests._children import run_python
+
+    path = tmp_path / "big.mla"
+    blosc2.zeros(
+        (512, 4096, 4096),
+        dtype=np.uint8,
+        chunks=(512, 64, 64),
+        blocks=(64, 64, 64),
+        urlpath=str(path),
+        mode="w",
+    )
+    out = run_python(
+        """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from mlarray import MLArray
+from mlarray.errors import MLArrayMemoryError
+for read in (lambda p: MLArray.load(p, compressed=False),
+             lambda p: MLArray(p, compressed=False),
+             lambda p: MLArray.open(p)[...]):
+    try:
+        read(sys.argv[1])
+    except MLArrayMemoryError as exc:
+        print(sys.argv[1] in str(exc), str(8 << 30) in str(exc))
+""",
+        path,
+    )
+    assert out.split() == ["True", "True"] * 3

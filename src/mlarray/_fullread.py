@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mlarray import _fork, _maps, integrity
-from mlarray.errors import MLArrayFormatError
+from mlarray.errors import MLArrayFormatError, MLArrayMemoryError
 
 __all__ = ["read_all", "read_threads", "selects_all"]
 
@@ -224,12 +224,21 @@ def read_all(
     ------
     CorruptChunkError
         If a chunk does not match its checksum or cannot be decompressed.
+    MLArrayMemoryError
+        If the output array cannot be allocated.
     """
     shape = tuple(int(n) for n in store.shape)
     if not shape or 0 in shape or not int(store.schunk.nchunks):
         return np.asarray(store[...])
     integrity.verify_all(store)
-    out = np.empty(shape, dtype=store.dtype)
+    try:
+        out = np.empty(shape, dtype=store.dtype)
+    except MemoryError:
+        nbytes = int(np.prod(shape)) * np.dtype(store.dtype).itemsize
+        where = f"{os.fspath(path)}: " if path is not None else ""
+        raise MLArrayMemoryError(
+            f"{where}not enough memory to read the whole array ({nbytes} bytes)"
+        ) from None
     plan = _Plan.of(store, out, group_bytes)
     threads = min(read_threads(store, nthreads), len(plan.groups))
     todo = iter(plan.groups)
