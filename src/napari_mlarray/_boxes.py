@@ -381,7 +381,11 @@ def boxes_from_shapes(
         "scores": [math.nan if s is None else s for s in scores]
         if any(s is not None for s in scores)
         else None,
-        "labels": labels if any(x is not None for x in labels) else None,
+        # a box without a label next to labelled ones (drawn with napari's rectangle tool):
+        # the empty label it was shown with (the format's labels are strings or numbers)
+        "labels": ["" if x is None else x for x in labels]
+        if any(x is not None for x in labels)
+        else None,
     }, base_record
 
 

@@ -280,3 +280,38 @@ def test_opened_layer_given_pixel_and_mm_units_saves_them(tmp_path):
     [(data, kw, kind)] = read_mla(str(path))
     save_layers(tmp_path / "out.mla", [(data, {**kw, "units": ("pixel", "mm", "mm")}, kind)])
     assert MLArray.open(tmp_path / "out.mla").meta.spatial.axis_units == ["pixel", "mm", "mm"]
+
+
+@pytest.mark.qt
+def test_viewer_a_box_drawn_beside_labelled_boxes_saves_with_an_empty_label(
+    make_napari_viewer, tmp_path
+):
+    # napari's rectangle tool gives a new box the layer's default label "": the save wrote
+    # None into the labels list and was refused; the other way round too
+    from napari_mlarray._sample_data import make_ct_sample, write_sample
+
+    paths = write_sample(tmp_path, make_ct_sample((16, 48, 48)))
+    viewer = make_napari_viewer()
+    opened = viewer.open(str(paths["boxes"]), plugin=None)
+    [shapes] = [lay for lay in opened if lay._type_string == "shapes"]
+    viewer.layers.selection = {shapes}
+    before = MLArray.open(paths["boxes"]).meta.bbox
+    assert before.labels and all(before.labels)
+    shapes.add_rectangles(np.array([[8, 3.5, 4.5], [8, 3.5, 9.5], [8, 7.5, 9.5], [8, 7.5, 4.5]]))
+    out = tmp_path / "more.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    after = MLArray.open(out).meta.bbox
+    assert after.labels == [*before.labels, ""] and len(after.bboxes) == len(before.bboxes) + 1
+
+    # a file whose boxes have no labels, one new box labelled by the annotator
+    unlabelled = tmp_path / "unlabelled.mla"
+    box = {"bboxes": [[[1, 5], [2, 9], [3, 9]]]}
+    MLArray(np.zeros((16, 48, 48), np.uint8), meta=Meta(bbox=box)).save(unlabelled)
+    opened = viewer.open(str(unlabelled), plugin=None)
+    [boxes] = [lay for lay in opened if lay._type_string == "shapes"]
+    boxes.add_rectangles(np.array([[4, 10, 10], [4, 10, 20], [4, 20, 20], [4, 20, 10]]))
+    boxes.features.loc[len(boxes.data) - 1, "label"] = "lesion"
+    viewer.layers.selection = {boxes}
+    out2 = tmp_path / "labelled.mla"
+    assert viewer.layers.save(str(out2), selected=True) == [str(out2)]
+    assert MLArray.open(out2).meta.bbox.labels == ["", "lesion"]
