@@ -137,6 +137,11 @@ def contrast_limits_from_sample(
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
+#: Files with more channels than this open as one layer with a channel slider, not one
+#: layer per channel (napari slows down with every layer added: 800 took 135 s).
+MAX_CHANNEL_LAYERS = 16
+
+
 def image_layer_kwargs(
     record: Meta | dict,
     ndim: int,
@@ -152,6 +157,8 @@ def image_layer_kwargs(
     A ``channel`` axis becomes ``channel_axis`` (index in view order); the
     per-layer keywords are then given as one entry per channel, except
     ``rotate`` and ``shear``, which napari's channel split repeats itself.
+    With more than :data:`MAX_CHANNEL_LAYERS` channels the axis stays a slider of one
+    layer instead.
 
     Parameters
     ----------
@@ -187,6 +194,11 @@ def image_layer_kwargs(
     if labels is not None:
         channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
     shape = spatial.shape
+    if channel is not None and shape is not None:
+        if int(shape[orient.perm[channel]]) > MAX_CHANNEL_LAYERS:
+            # napari's cost per added layer grows with the layers there are: thousands of
+            # one-channel layers freeze it for minutes. The channels stay a slider axis.
+            channel = None
     if channel is None or shape is None:
         with_metadata(kw, block)
         kw["contrast_limits"] = contrast_limits

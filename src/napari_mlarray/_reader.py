@@ -134,6 +134,16 @@ def _layers(path: str) -> list[tuple]:
         else:
             kw = _mapping.image_layer_kwargs(record, ndim, **args)
             channel = kw.get("channel_axis")
+            labels = record.spatial.axis_labels or ()
+            if channel is None and "channel" in labels:
+                n = arr.shape[list(labels).index("channel")]
+                _notify(
+                    [
+                        f"{name}: {n} channels, more than "
+                        f"{_mapping.MAX_CHANNEL_LAYERS} layers napari handles well: "
+                        "shown as one layer with a channel slider"
+                    ]
+                )
             if channel is None:  # stored stats span every channel: no use for one channel
                 kw["contrast_limits"] = _mapping.contrast_limits_from_stats(record)
             if kw["contrast_limits"] is None:
