@@ -194,11 +194,14 @@ def image_layer_kwargs(
     if labels is not None:
         channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
     shape = spatial.shape
-    if channel is not None and shape is not None:
-        if int(shape[orient.perm[channel]]) > MAX_CHANNEL_LAYERS:
-            # napari's cost per added layer grows with the layers there are: thousands of
-            # one-channel layers freeze it for minutes. The channels stay a slider axis.
-            channel = None
+    if (
+        channel is not None
+        and shape is not None
+        and int(shape[orient.perm[channel]]) > MAX_CHANNEL_LAYERS
+    ):
+        # napari's cost per added layer grows with the layers there are: thousands of
+        # one-channel layers freeze it for minutes. The channels stay a slider axis.
+        channel = None
     if channel is None or shape is None:
         with_metadata(kw, block)
         kw["contrast_limits"] = contrast_limits

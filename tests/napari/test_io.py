@@ -406,3 +406,27 @@ def test_reader_scrolls_planes_from_the_chunk_cache(tmp_path):
             key = (slice(None),) * axis + (i,)
             np.testing.assert_array_equal(np.asarray(view.source[key]), data[key])
     assert cache.hits > 100 and cache.misses <= 3 * 8
+
+
+def test_many_channels_open_as_one_layer_with_a_channel_slider(tmp_path, monkeypatch):
+    # one layer per channel made napari slow down with every layer (800 channels: 135 s)
+    from mlarray import MLArray
+    from napari_mlarray import _mapping, _reader
+
+    shown = []
+    monkeypatch.setattr(_reader, "_notify", lambda notes: shown.extend(notes or []))
+    labels = ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    few, many = tmp_path / "few.mla", tmp_path / "many.mla"
+    n = _mapping.MAX_CHANNEL_LAYERS + 1
+    data = np.arange(n * 8, dtype=np.uint8).reshape(n, 2, 2, 2)
+    MLArray(data[:3], axis_labels=labels).save(few)
+    MLArray(data, axis_labels=labels).save(many)
+    [(view, kw, kind)] = read_mla(str(few))
+    assert kw["channel_axis"] is not None and len(kw["name"]) == 3
+    [(view, kw, kind)] = read_mla(str(many))
+    assert kind == "image" and "channel_axis" not in kw and view.shape[0] == n
+    np.testing.assert_array_equal(np.asarray(view[n - 1]), data[n - 1])
+    assert any(f"{n} channels" in note for note in shown)
+    # saved back as it is: every channel
+    save_layers(tmp_path / "back.mla", [(view, kw, "image")])
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "back.mla")[...], data)
