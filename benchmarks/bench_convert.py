@@ -35,7 +35,12 @@ from _common import (
     table,
 )
 
-SIZES = {"quick": (96, 160, 160), "default": (160, 256, 256), "full": (320, 512, 512)}
+SIZES = {
+    "smoke": (32, 48, 48),
+    "quick": (96, 160, 160),
+    "default": (160, 256, 256),
+    "full": (320, 512, 512),
+}
 _WRAP = (
     "import json, resource, subprocess, sys, time\n"
     "t = time.perf_counter()\n"

@@ -40,7 +40,7 @@ from _common import (
     table,
 )
 
-REPS = {"quick": 2, "default": 5, "full": 3}
+REPS = {"smoke": 1, "quick": 2, "default": 5, "full": 3}
 RECHUNK_PATCH = (64, 160, 160)
 
 

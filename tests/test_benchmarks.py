@@ -77,3 +77,19 @@ def test_napari_benchmark_smoke_run_writes_its_goal_rows(tmp_path):
         assert "napari's own .npy via viewer.open" in first_frame["why"]
     assert "unit" not in frame3d and frame3d["limit"] == 1.2
     assert frame3d["met"] == (frame3d["ratio"] <= 1.2)
+
+
+@pytest.mark.parametrize(
+    ("script", "extra", "expect"),
+    [
+        ("bench_io.py", [], "peak RSS"),
+        ("bench_convert.py", ["--repeat", "1", "--files", "2"], "--jobs 1"),
+    ],
+)
+def test_the_other_benchmark_scripts_run_with_smoke(tmp_path, script, extra, expect):
+    # benchmarks/README lists --smoke among every script's options
+    args = [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--no-reference"]
+    args += ["--dir", str(tmp_path / "data"), *extra]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert expect in proc.stdout
