@@ -427,3 +427,20 @@ def test_rerun_into_the_input_folder_never_replaces_an_input(tmp_path, capsys):
     assert "4 files: 1 done, 3 skipped, 0 failed" in capsys.readouterr().out
     assert {n: (d / f"{n}.mla").read_bytes() for n in ("a", "b")} == originals
     np.testing.assert_array_equal(MLArray.open(d / "z.mla").to_numpy(), a.transpose(2, 1, 0))
+
+
+def test_console_scripts_say_so_when_the_reference_replaced_our_files(tmp_path):
+    # the reference package installed after this project replaces mlarray/cli.py: the
+    # scripts (outside the mlarray package) name the cause and the fix, not an ImportError
+    fake = tmp_path / "site" / "mlarray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text("def cli_print_header():\n    pass\n")  # no main()
+    code = "from napari_mlarray._console import main; raise SystemExit(main())"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "mlarray: error: cannot start" in r.stderr and "pip uninstall -y mlarray" in r.stderr
+    # with this project's files the same script runs the command line
+    r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "convert" in r.stdout
