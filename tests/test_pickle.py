@@ -74,3 +74,20 @@ def test_worker_processes_read_patches(saved):
     with mp.get_context("spawn").Pool(2) as pool:
         got = pool.map(_patch_sum, [a, a])
     assert got == [int(data[10:20, 10:20, 10:20].astype(np.int64).sum())] * 2
+
+
+def test_a_file_replaced_after_pickling_is_refused_not_paired_with_the_old_metadata(tmp_path):
+    # a worker unpickling a handle of a case re-saved meanwhile got the new voxels with the
+    # old spacing / is_seg / boxes
+    from mlarray.errors import FileChangedError
+
+    p = tmp_path / "case.mla"
+    MLArray(np.zeros((4, 5, 6), np.uint8), spacing=[1.0, 1.0, 1.0]).save(p)
+    blob = pickle.dumps(MLArray.open(p))
+    again = pickle.loads(blob)  # unchanged file: reopens
+    assert again.spacing == [1.0, 1.0, 1.0] and again.shape == (4, 5, 6)
+    MLArray(np.ones((5, 6, 7), np.uint8), spacing=[2.0, 2.0, 2.0], meta=Meta(is_seg=True)).save(p)
+    with pytest.raises(FileChangedError, match=r"case\.mla"):
+        pickle.loads(blob)
+    fresh = pickle.loads(pickle.dumps(MLArray.open(p)))  # pickled anew: the new version
+    assert fresh.shape == (5, 6, 7) and fresh.spacing == [2.0, 2.0, 2.0] and fresh.meta.is_seg

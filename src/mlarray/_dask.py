@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from mlarray import _maps
 from mlarray.errors import NoArrayError
 
 __all__ = ["to_dask"]
@@ -29,28 +28,26 @@ class _Reader:
         payload: bytes,
         shape: tuple[int, ...],
         dtype: np.dtype,
-        expect: tuple | None = None,
     ):
         self._payload = payload
         self.shape = shape
         self.dtype = dtype
         self.ndim = len(shape)
-        self._expect = expect  # the file the MLArray had open (_maps.identity)
         self._local = threading.local()
 
     def _array(self) -> Any:
         arr = getattr(self._local, "array", None)
         if arr is None:
-            arr = pickle.loads(self._payload)
-            got = _maps.identity(arr._store)
-            if self._expect is not None and got is not None and got != self._expect:
-                from mlarray.errors import FileChangedError
+            from mlarray.errors import FileChangedError
 
+            try:  # a file changed since to_dask(): the unpickling refuses it
+                arr = pickle.loads(self._payload)
+            except FileChangedError as exc:
                 raise FileChangedError(
-                    arr._path,
+                    exc.path,
                     "changed on disk since to_dask() was called (replaced or rewritten): "
                     "its blocks would mix two versions; call to_dask() again",
-                )
+                ) from None
             self._local.array = arr
         return arr
 
@@ -58,7 +55,7 @@ class _Reader:
         return np.asarray(self._array()[key])
 
     def __reduce__(self) -> tuple:
-        return (_Reader, (self._payload, self.shape, self.dtype, self._expect))
+        return (_Reader, (self._payload, self.shape, self.dtype))
 
 
 def to_dask(mlarray: Any, chunks: Any = None) -> Any:
@@ -91,7 +88,7 @@ def to_dask(mlarray: Any, chunks: Any = None) -> Any:
     if chunks is None:
         chunks = tuple(getattr(store, "chunks", None) or shape)
     payload = pickle.dumps(mlarray, protocol=pickle.HIGHEST_PROTOCOL)
-    reader = _Reader(payload, shape, dtype, _maps.identity(store))
+    reader = _Reader(payload, shape, dtype)
     name = f"mlarray-{uuid.uuid4().hex}"
     return da.from_array(
         reader,

@@ -981,7 +981,10 @@ class MLArray:
         An array opened from a file (modes ``r``, ``r+``, ``a``) pickles as its
         path and modes and is reopened lazily on unpickling, so sending it to a
         worker costs a few hundred bytes; in-memory data (and copy-on-write
-        views, whose edits live only in memory) travel compressed.
+        views, whose edits live only in memory) travel compressed. A file replaced
+        or rewritten between pickling and unpickling raises
+        :class:`~mlarray.errors.FileChangedError` on unpickling (its metadata
+        travelled with the pickle and belongs to the version that was open).
         """
         record = self.meta.to_mapping()
         if (
@@ -992,7 +995,10 @@ class MLArray:
         ):
             mode = "a" if self._writable and self._mmap_mode is None else "r"
             where = _maps.absolute(self._path)  # a worker may run in another directory
-            return (_unpickle_file, (where, mode, self._mmap_mode, record))
+            # the record belongs to the version open now (a writable handle's own writes
+            # may change the file after pickling: not checked)
+            version = None if self._writable else _maps.identity(self._store)
+            return (_unpickle_file, (where, mode, self._mmap_mode, record, version))
         store = self._store
         if isinstance(store, blosc2.NDArray):
             _maps.check(store)  # a copy-on-write view reads its file's mapping whole
@@ -1592,8 +1598,19 @@ def _write_advanced(store: Any, key: Any, values: np.ndarray) -> None:
     store[box] = region
 
 
-def _unpickle_file(path: str, mode: str, mmap_mode: str | None, record: dict) -> MLArray:
+def _unpickle_file(
+    path: str, mode: str, mmap_mode: str | None, record: dict, version: tuple | None = None
+) -> MLArray:
     out = MLArray.open(path, mode=mode, mmap_mode=mmap_mode)
+    now = _maps.identity(out._store)
+    if version is not None and now is not None and tuple(now) != tuple(version):
+        out.close()
+        raise FileChangedError(
+            path,
+            "changed on disk since this MLArray was pickled (replaced or rewritten): its "
+            "metadata travelled with the pickle and belongs to the version that was open; "
+            "open the file again (in the sending process)",
+        )
     with _meta_internal_write():
         out._set_meta(Meta.from_mapping(record))
     return out
