@@ -241,3 +241,22 @@ def test_singleton_dimensions_go_out_as_the_source_had_them(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(ours_, get)(), getattr(theirs, get)(), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_bool_masks_and_float16_images_convert_to_every_format(tmp_path, suffix):
+    # a bool mask (MLArray(mask.astype(bool))) and a float16 image died with nibabel's /
+    # SimpleITK's traceback: stored as uint8 / float32, values kept
+    from mlarray import MLArray
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((4, 5, 6)) > 0.5
+    image = rng.normal(size=(4, 5, 6)).astype(np.float16)
+    for name, data, dtype in (("mask", mask, np.uint8), ("image", image, np.float32)):
+        src = tmp_path / f"{name}.mla"
+        MLArray(data, spacing=[2.0, 1.0, 1.0]).save(src)
+        out = tmp_path / f"{name}{suffix}"
+        convert_file(src, out)
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+        assert back.dtype == dtype
+        np.testing.assert_array_equal(back, data.astype(dtype))

@@ -1255,6 +1255,16 @@ def _as_2d_source(
     return data, affine
 
 
+def _common_dtype(data: np.ndarray) -> np.ndarray:
+    """``data`` in a dtype every output format holds: a bool mask as uint8, float16 as
+    float32 (neither NIfTI nor ITK stores them); others unchanged."""
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    return data
+
+
 def _write_nifti(
     data: np.ndarray,
     affine_ras: np.ndarray,
@@ -1264,6 +1274,7 @@ def _write_nifti(
     vector: bool,
 ) -> None:
     nib = _require("nibabel", target)
+    data = _common_dtype(data)
     if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
         data = data.astype(np.int32)
     elif data.dtype == np.uint64 and data.size and data.max() < 2**32:
@@ -1387,8 +1398,7 @@ def _write_sitk(
     full_dir[:n_sp, :n_sp] = direction
     sp = list(spacing) + ([time[0]] if time is not None else [])
     og = list(origin) + ([time[1]] if time is not None else [])
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
+    data = _common_dtype(data)
     with _quiet_itk(sitk):
         try:
             img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
@@ -1434,8 +1444,7 @@ def _new_uid() -> str:
 def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: Path) -> None:
     """Write a 3-D (k, j, i) array as a DICOM series, one file per slice, into ``folder``."""
     sitk = _require("SimpleITK", folder)
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
+    data = _common_dtype(data)
     if data.dtype.kind not in "iu" or data.dtype.itemsize > 4:
         raise ConversionError(
             folder, f"DICOM output needs 8, 16 or 32-bit integers; the image is {data.dtype}"
