@@ -444,3 +444,18 @@ def test_console_scripts_say_so_when_the_reference_replaced_our_files(tmp_path):
     # with this project's files the same script runs the command line
     r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "convert" in r.stdout
+
+
+def test_an_unforeseen_error_is_one_line_naming_its_type(tmp_path, capsys, monkeypatch):
+    import mlarray.cli as cli
+
+    def broken(args):
+        raise KeyError("spacing")
+
+    monkeypatch.setattr(cli, "_cmd_info", broken)
+    assert main(["info", str(tmp_path / "x.mla")]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "mlarray info: error: KeyError: 'spacing'" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert main(["info", "--debug", str(tmp_path / "x.mla")]) == cli.EXIT_FAILED
+    assert "Traceback" in capsys.readouterr().err

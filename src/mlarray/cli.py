@@ -719,6 +719,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _write(f"mlarray {args.command}: error: {' '.join(str(exc).split())}", err=True)
         return EXIT_FAILED
+    except Exception as exc:  # a failure nobody foresaw: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        text = " ".join(str(exc).split()) or "(no message)"
+        hint = "" if args.debug else "; --debug shows where"
+        _write(
+            f"mlarray {args.command}: error: {type(exc).__name__}: {text} "
+            f"(an unexpected error{hint})",
+            err=True,
+        )
+        return EXIT_FAILED
 
 
 # ----------------------------------------------------------------------------- reference names
