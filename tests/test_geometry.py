@@ -352,6 +352,34 @@ def test_frame_handedness():
     assert np.linalg.det(frame_matrix("LAS")) == -1
 
 
+@pytest.mark.parametrize(
+    ("axes", "code"),
+    [((0, 1, 2), "LPS"), ((2, 0, 1), "LPS"), ((0, 1), "LPS"), ((2, 0), "LSA"), ((1, 2), "PSL")],
+)
+def test_frame_with_axes_starts_with_those_axes_and_is_right_handed(axes, code):
+    from mlarray.geometry import frame_matrix, frame_with_axes
+
+    got = frame_with_axes(axes)
+    assert got == code
+    F = frame_matrix(got)
+    # its first world axes run along the wanted RAS axes, with LPS's sign (toward L, P, S)
+    lps = frame_matrix("LPS")
+    for i in range(len(axes)):
+        (ras_axis,) = np.flatnonzero(F[:, i])
+        assert ras_axis in axes and F[ras_axis, i] == lps[ras_axis, ras_axis]
+    assert np.linalg.det(F) == 1
+
+
+def test_frame_with_axes_refuses_what_names_no_frame():
+    from mlarray.geometry import frame_with_axes
+
+    for bad in ((0, 0), (3,), (-1, 1)):
+        with pytest.raises(MetaValidationError):
+            frame_with_axes(bad)
+    with pytest.raises(MetaValidationError):
+        frame_with_axes((0,), base="XYZ")
+
+
 def test_axis_codes_like_nibabel():
     from mlarray.geometry import axis_codes
 

@@ -34,6 +34,7 @@ __all__ = [
     "compose_affine",
     "decompose_affine",
     "frame_matrix",
+    "frame_with_axes",
     "is_orthonormal",
     "obliquity",
     "parse_axis_codes",
@@ -503,6 +504,50 @@ def frame_matrix(code: str) -> np.ndarray:
         axis, sign = _RAS_LETTERS[c]
         out[axis, i] = sign
     return out
+
+
+def frame_with_axes(ras_axes: Sequence[int], base: str = "LPS") -> str:
+    """Anatomical frame whose first world axes run along the given RAS axes.
+
+    A world of ``n < 3`` anatomical axes is the first ``n`` axes of the frame
+    its ``coord_system`` names (FORMAT.md section 4): a 2-D coronal plane
+    (patient left and superior) needs a frame starting with ``L`` and ``S``.
+
+    Parameters
+    ----------
+    ras_axes : sequence of int
+        Distinct RAS world axes (0: R-L, 1: A-P, 2: S-I) the first world axes
+        must run along, in any order.
+    base : str
+        Anatomical frame giving the direction (letter) of each axis and their
+        order; ``"LPS"`` by default.
+
+    Returns
+    -------
+    str
+        Three letters: the ``base`` letters of ``ras_axes`` in ``base`` order,
+        then the remaining ones, the last of them reversed when that makes the
+        frame right-handed (base LPS: ``"LPS"`` for all three axes or for R-L
+        and A-P, ``"LSA"`` for R-L and S-I).
+
+    Raises
+    ------
+    MetaValidationError
+        When ``base`` is not anatomical or ``ras_axes`` repeats or leaves 0..2.
+    """
+    letters = parse_axis_codes(base)
+    if letters is None:
+        raise MetaValidationError("coord_system", f"not an anatomical frame: {base!r}")
+    wanted = [int(a) for a in ras_axes]
+    if len(set(wanted)) != len(wanted) or any(a not in (0, 1, 2) for a in wanted):
+        raise MetaValidationError("coord_system", f"not distinct RAS axes 0..2: {ras_axes!r}")
+    first = [c for c in letters if _RAS_LETTERS[c][0] in wanted]
+    rest = [c for c in letters if _RAS_LETTERS[c][0] not in wanted]
+    code = "".join(first + rest)
+    if rest and np.linalg.det(frame_matrix(code)) < 0:  # reverse the last free letter
+        flipped = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}[rest[-1]]
+        code = "".join(first + rest[:-1] + [flipped])
+    return code
 
 
 def axis_codes(linear: ArrayLike, frame: str = "RAS") -> str:

@@ -27,7 +27,13 @@ import numpy as np
 
 from mlarray.meta import Meta, MetaStatistics, is_spatial_label
 from napari_mlarray._layer_common import KEY, as_read, common_layer_kwargs, drop_axes, with_metadata
-from napari_mlarray._orientation import ANATOMY_LABELS, as_meta, layer_matrix, spatial_mask
+from napari_mlarray._orientation import (
+    ANATOMY_LABELS,
+    as_meta,
+    display_frame,
+    layer_matrix,
+    spatial_mask,
+)
 
 __all__ = [
     "Undo",
@@ -423,7 +429,12 @@ def record_from_layer(
     units changed, and then re-derived from the layer in the file's own world
     frame and axis order. A layer made in napari is stored as napari holds it:
     data in layer order, and the file world is the napari world (the layer's
-    data-to-world matrix becomes the file's affine, no ``coord_system``).
+    data-to-world matrix becomes the file's affine, no ``coord_system``). When
+    the layer's spatial axis labels are the reader's anatomy labels (``S-I``,
+    ``A-P``, ``R-L``: napari's "new labels" over an opened image copies them),
+    its world is the display frame: the geometry is stored in the anatomical
+    frame it shows (:func:`napari_mlarray._orientation.display_frame`, LPS for
+    a volume) with that ``coord_system``, so the voxels keep their anatomy.
 
     Parameters
     ----------
@@ -461,12 +472,17 @@ def record_from_layer(
     spatial_view = [k for k in range(ndim) if mask[k]]
     n = len(spatial_view)
     if n:
-        # what you set is what you get: the file world is the layer's world, axis for axis
+        # what you set is what you get: the file world is the layer's world, axis for axis;
+        # a world labelled with the reader's anatomy labels is the display frame: stored
+        # as the anatomical frame it shows
+        display = display_frame(None if labels is None else [labels[k] for k in spatial_view])
+        code, frame = (None, np.eye(n)) if display is None else display
         linear = T[np.ix_(spatial_view, spatial_view)]
         gram = linear.T @ linear
         orthogonal = np.allclose(gram, np.diag(np.diag(gram)), rtol=0, atol=1e-9 * gram.max())
         form = "spacing" if orthogonal else "affine"
-        sp.update(_spatial_from_matrix(T, spatial_view, np.eye(n), list(range(n)), form))
+        sp.update(_spatial_from_matrix(T, spatial_view, frame, list(range(n)), form))
+        sp["coord_system"] = code
     rec["is_seg"]["is_seg"] = True if layer_type == "labels" else None
     return rec, Undo(tuple(range(ndim)))
 

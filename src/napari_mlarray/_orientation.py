@@ -56,6 +56,7 @@ __all__ = [
     "Orientation",
     "affine_from_layer",
     "as_meta",
+    "display_frame",
     "expand_upper_triangular",
     "layer_matrix",
     "napari_from_frame",
@@ -163,6 +164,39 @@ def napari_from_frame(frame: str, n: int) -> tuple[np.ndarray, list[str]]:
     cols = full[:, :n]
     rows = [r for r in range(3) if np.any(cols[r])]
     return cols[rows], [ANATOMY_LABELS[r] for r in rows]
+
+
+def display_frame(labels) -> tuple[str, np.ndarray] | None:
+    """The anatomical frame of a napari world labelled with this convention's axis labels.
+
+    A layer made in napari over an opened file (napari's own "new labels",
+    a layer added with the viewer's axis labels) lives in the display world;
+    its axis labels (:data:`ANATOMY_LABELS`) say which anatomical axis each
+    world axis is.
+
+    Parameters
+    ----------
+    labels : sequence of str or None
+        The axis label of each spatial world axis of the layer.
+
+    Returns
+    -------
+    (str, numpy.ndarray) or None
+        A frame code (LPS letters, :func:`mlarray.geometry.frame_with_axes`)
+        and ``D``, with ``layer world = D @ frame world`` over those axes (its
+        transpose is the way back); ``None`` unless every label is a distinct
+        anatomy label.
+    """
+    if (
+        not labels
+        or any(x not in ANATOMY_LABELS for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        return None
+    rows = [ANATOMY_LABELS.index(x) for x in labels]
+    code = geometry.frame_with_axes([int(np.flatnonzero(_NAPARI_FROM_RAS[r])[0]) for r in rows])
+    D, shown = napari_from_frame(code, len(labels))
+    return code, D[[shown.index(x) for x in labels]]
 
 
 def expand_upper_triangular(values, n: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,8 @@ except Exception as exc:  # qtpy raises its own error types for a missing bindin
     pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
 
 from tests.napari._helpers import write_mla
+
+DATA = Path(__file__).parents[1] / "data"
 
 pytestmark = pytest.mark.qt
 
@@ -78,6 +82,56 @@ def test_new_labels_for_this_image_from_the_menu_pairs_with_the_image(
     (again,) = viewer.open(str(out), plugin=None)
     assert again._type_string == "labels"
     np.testing.assert_allclose(again.data_to_world([5, 10, 12]), image.data_to_world([5, 10, 12]))
+
+
+def test_napari_new_labels_button_mask_exports_over_the_image_anatomy(make_napari_viewer, tmp_path):
+    """napari's own "new labels" button over an image converted from NIfTI: the painted
+    voxel, saved with our writer and converted back to NIfTI, is at the RAS position of the
+    image voxel it was painted over."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from mlarray import MLArray
+    from mlarray.convert import convert_file
+
+    mni = nib.load(DATA / "mni152_t1_2mm.nii.gz")
+    data = np.asarray(mni.dataobj).astype(np.int16)
+    ijk = np.round(np.linalg.solve(mni.affine, [-50.0, 40.0, 30.0, 1.0])[:3]).astype(int)
+    marker = int(data.max()) + 1
+    data[tuple(ijk)] = marker  # left frontal
+    turned = nib.Nifti1Image(data, mni.affine).as_reoriented(
+        ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(("P", "I", "R")))
+    )
+    nib.save(turned, tmp_path / "mni_pir.nii.gz")
+    convert_file(tmp_path / "mni_pir.nii.gz", tmp_path / "mni.mla")
+    ras = turned.affine @ np.r_[np.argwhere(np.asarray(turned.dataobj) == marker)[0], 1.0]
+
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(tmp_path / "mni.mla"), plugin=None)
+    viewer.layers.selection.active = image
+    viewer.window._qt_viewer.layerButtons.newLabelsButton.click()  # napari's own button
+    labels = viewer.layers[-1]
+    assert labels._type_string == "labels" and "mlarray" not in labels.metadata
+    under = np.argwhere(np.asarray(image.data) == marker)[0]
+    index = np.round(labels.world_to_data(image.data_to_world(under))).astype(int)
+    labels.brush_size = 1
+    labels.paint(tuple(index), 1, refresh=False)
+    out = tmp_path / "mask.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    assert MLArray.open(out).meta.spatial.coord_system is not None
+    convert_file(out, tmp_path / "mask.nii.gz")
+    mask = nib.load(tmp_path / "mask.nii.gz")
+    painted = np.argwhere(np.asarray(mask.dataobj) == 1)
+    assert len(painted) == 1
+    np.testing.assert_allclose((mask.affine @ np.r_[painted[0], 1.0])[:3], ras[:3], atol=1e-6)
+    # reopened next to the image: the same place in the viewer, with its anatomy
+    (again,) = viewer.open(str(out), plugin=None)
+    assert again.axis_labels == image.axis_labels
+    np.testing.assert_allclose(
+        again.data_to_world(np.argwhere(np.asarray(again.data) == 1)[0]),
+        image.data_to_world(under),
+        atol=1e-6,
+    )
 
 
 def test_new_labels_over_one_channel_pair_with_the_image_spatial_axes(make_napari_viewer, tmp_path):

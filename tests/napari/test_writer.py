@@ -5,6 +5,8 @@ Layers are real ``napari.layers`` objects (napari without a viewer or Qt).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,47 @@ def test_layer_made_in_napari_reopens_where_it_was(tmp_path, transform):
     again = Image(d2, **{k: kw[k] for k in ("scale", "translate", "rotate", "shear")})
     for idx in ([0, 0, 0], [3, 4, 5], [1, 2, 3]):
         np.testing.assert_allclose(again.data_to_world(idx), layer.data_to_world(idx), atol=1e-9)
+
+
+def _ras_of_display(world) -> np.ndarray:
+    """RAS position of a point of the display world: napari world axes point toward the
+    patient's inferior, posterior and left (README), i.e. ``napari = (-S, -A, -R)``."""
+    inferior, posterior, left = world
+    return np.array([-left, -posterior, -inferior])
+
+
+@pytest.mark.parametrize(
+    ("labels", "transform"),
+    [
+        (("S-I", "A-P", "R-L"), {"scale": (2.5, -0.8, 0.7), "translate": (5.0, 6.0, -7.0)}),
+        (("S-I", "A-P", "R-L"), {"affine": SHEARED}),
+        (("S-I", "R-L", "A-P"), {"scale": (3.0, 1.0, 0.5), "translate": (1.0, -2.0, 3.0)}),
+        (("S-I", "R-L"), {"scale": (2.0, 0.5), "translate": (-4.0, 9.0)}),
+        (("A-P", "R-L"), {"scale": (1.5, -0.5), "translate": (4.0, 2.0)}),
+    ],
+    ids=["volume", "sheared", "labels-reordered", "coronal-plane", "axial-plane"],
+)
+def test_layer_made_in_the_display_world_keeps_its_anatomy(tmp_path, labels, transform):
+    """A layer napari made over an opened file (its "new labels" copies the reader's axis
+    labels) lives in the display world: saved, each voxel keeps its anatomical position."""
+    from napari.layers import Labels
+
+    from mlarray import MLArray, geometry
+
+    shape = (4, 5, 6)[-len(labels) :]
+    layer = Labels(np.zeros(shape, np.uint8), axis_labels=labels, **transform)
+    out = tmp_path / "mask.mla"
+    _save(layer, out)
+    back = MLArray.open(out)
+    frame = geometry.anatomical_frame(back.meta.spatial.coord_system, None)
+    assert frame is not None
+    n = len(shape)
+    to_ras = geometry.frame_matrix(frame)[:, :n]
+    for idx in itertools.product(*[(0, s - 1) for s in shape]):
+        world = dict(zip(labels, layer.data_to_world(idx), strict=True))
+        display = [world.get(x, 0.0) for x in ("S-I", "A-P", "R-L")]
+        file_world = (np.asarray(back.affine) @ np.r_[idx, 1.0])[:n]
+        np.testing.assert_allclose(to_ras @ file_world, _ras_of_display(display), atol=1e-9)
 
 
 def _layer_affine(layer) -> np.ndarray:
