@@ -3,21 +3,44 @@
 Nothing is read when a view is built. Indexing with slices/ints reads only the
 needed region of the source and returns a C-contiguous numpy array; indexing that only fixes axes
 (ints and full slices, as napari's ``channel_axis`` split does) returns another
-lazy view, like dask.
+lazy view, like dask. Integer-array (fancy) indexing reads the box the indices
+span.
+
+Writing is copy-on-write: the first assignment reads the view into one writable
+numpy array (at most :data:`MAX_EAGER_LABELS_BYTES`), which every later read and
+write uses; the source is never written. napari paints into a Labels layer's
+data this way, e.g. after "Convert to Labels" on an integer image opened lazily.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-__all__ = ["LazyView"]
+__all__ = ["MAX_EAGER_LABELS_BYTES", "LazyView"]
+
+#: Largest view (bytes) read into one writable numpy array: a label map opened by the
+#: reader, or a lazy view on its first write. Larger ones stay read-only on demand.
+MAX_EAGER_LABELS_BYTES = 1 << 30
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _is_array_index(k) -> bool:
+    return isinstance(k, np.ndarray | list)
 
 
 def _full_slice(k) -> bool:
     return isinstance(k, slice) and k.start is None and k.stop is None and k.step is None
 
 
-def _normalize_key(key, ndim: int) -> tuple:
+def _normalize_key(key, ndim: int, arrays: bool = False) -> tuple:
     if not isinstance(key, tuple):
         key = (key,)
     if any(k is Ellipsis for k in key):
@@ -28,8 +51,11 @@ def _normalize_key(key, ndim: int) -> tuple:
         raise IndexError(f"too many indices: {len(key)} for a {ndim}-d view")
     key = key + (slice(None),) * (ndim - len(key))
     for k in key:
-        if not isinstance(k, slice | int | np.integer):
-            raise TypeError(f"LazyView supports ints, slices and Ellipsis, not {type(k).__name__}")
+        if not (isinstance(k, slice | int | np.integer) or (arrays and _is_array_index(k))):
+            raise TypeError(
+                "LazyView supports ints, slices, Ellipsis and 1-d integer arrays, "
+                f"not {type(k).__name__}"
+            )
     return key
 
 
@@ -51,10 +77,17 @@ class LazyView:
         Source axes fixed to one index (removed from the view).
     insert : sequence of int, optional
         Positions (in the final view) of new length-1 axes.
+    path : str, optional
+        File the data comes from (named in errors); a view of another view
+        inherits it.
     """
 
-    def __init__(self, source, *, perm=None, flip=None, dtype=None, fixed=None, insert=()):
+    def __init__(
+        self, source, *, perm=None, flip=None, dtype=None, fixed=None, insert=(), path=None
+    ):
         self.source = source
+        self.path = getattr(source, "path", None) if path is None else os.fspath(path)
+        self._written: np.ndarray | None = None  # the copy, once written to
         self.fixed = {int(a) % source.ndim: int(i) for a, i in (fixed or {}).items()}
         for a, i in self.fixed.items():
             if not -source.shape[a] <= i < source.shape[a]:
@@ -108,7 +141,8 @@ class LazyView:
 
     def _is_plain_transpose(self) -> bool:
         return (
-            not self.fixed
+            self._written is None
+            and not self.fixed
             and not self.insert
             and not any(self.flip)
             and (self.dtype == np.dtype(self.source.dtype))
@@ -118,9 +152,21 @@ class LazyView:
         """The same data with stacked transposes merged, or the source itself for an identity.
 
         Saving an unchanged layer then hands the writer the opened file's own
-        array, whose compressed chunks can be copied as they are.
+        array, whose compressed chunks can be copied as they are. A view that
+        was written to is its numpy copy; a view of one reads that copy.
         """
+        if self._written is not None:
+            return self._written
         view = self
+        if isinstance(view.source, LazyView) and view.source._written is not None:
+            view = LazyView(
+                view.source._written,
+                perm=view.perm,
+                flip=view.flip,
+                dtype=view.dtype,
+                fixed=view.fixed,
+                insert=view.insert,
+            )
         while (
             isinstance(view.source, LazyView)
             and view._is_plain_transpose()
@@ -140,16 +186,99 @@ class LazyView:
         return f"LazyView(shape={self.shape}, dtype={self.dtype}, source={src})"
 
     def __array__(self, dtype=None, copy=None):
-        out = self[(slice(None),) * self.ndim] if self.ndim else self._read(())
+        if self._written is not None:
+            out = np.array(self._written, copy=True) if copy else self._written
+        else:
+            out = self[(slice(None),) * self.ndim] if self.ndim else self._read(())
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    @property
+    def writable(self) -> bool:
+        """True once written to: the data is then a numpy copy (see :meth:`__setitem__`)."""
+        return self._written is not None
+
+    def __setitem__(self, key, value) -> None:
+        """Write into the view's copy: the first write reads the whole view into a writable
+        numpy array (copy-on-write); the source is left as it is.
+
+        Raises
+        ------
+        mlarray.errors.ReadOnlyError
+            When the view is larger than :data:`MAX_EAGER_LABELS_BYTES`.
+        """
+        self._copy()[key] = value
+
+    def _copy(self) -> np.ndarray:
+        """The writable copy, read slab by slab along the first axis on first use."""
+        if self._written is not None:
+            return self._written
+        if self.nbytes > MAX_EAGER_LABELS_BYTES:
+            from mlarray.errors import ReadOnlyError
+
+            where = f"{self.path}: " if self.path else ""
+            raise ReadOnlyError(
+                f"{where}this layer ({_size(self.nbytes)}) reads its data from the file on "
+                f"demand and cannot be painted: napari-mlarray copies at most "
+                f"{_size(MAX_EAGER_LABELS_BYTES)} into memory for editing. Paint a crop of "
+                "it, or edit the file in Python (MLArray.open(path, mode='a'), then assign "
+                "to it)"
+            )
+        out = np.empty(self.shape, self.dtype)
+        if not self.ndim:
+            out[()] = self._read(())
+        else:
+            full = (slice(None),) * (self.ndim - 1)
+            step = max(1, (self.chunks or (1,))[0])
+            for start in range(0, self.shape[0], step):
+                sl = slice(start, start + step)
+                out[sl] = self._read((sl, *full))
+        self._written = out
+        return out
+
     def __getitem__(self, key):
+        if self._written is not None:
+            return self._written[key]
+        if any(_is_array_index(k) for k in (key if isinstance(key, tuple) else (key,))):
+            return self._read_fancy(_normalize_key(key, self.ndim, arrays=True))
         key = _normalize_key(key, self.ndim)
         ints = [isinstance(k, int | np.integer) for k in key]
         lazy = any(ints) and not all(ints)  # fix some axes, keep the others whole
         if lazy and all(i or _full_slice(k) for i, k in zip(ints, key, strict=True)):
             return self._fix(key)
         return self._read(key)
+
+    def _read_fancy(self, key) -> np.ndarray:
+        """numpy's result for a key with integer (or 1-d boolean) arrays: the box the
+        indices span is read, then indexed like numpy (same result axes)."""
+        box, inner = [], []
+        for k, (idx, size) in enumerate(zip(key, self.shape, strict=True)):
+            if isinstance(idx, slice):
+                box.append(idx)
+                inner.append(slice(None))
+                continue
+            if isinstance(idx, int | np.integer):
+                if not -size <= idx < size:
+                    raise IndexError(f"index {idx} out of range for axis {k} of size {size}")
+                i = int(idx) % size
+                box.append(slice(i, i + 1))
+                inner.append(np.intp(0))  # still an advanced index, as in numpy
+                continue
+            arr = np.asarray(idx)
+            if arr.dtype == bool:
+                if arr.shape != (size,):
+                    raise IndexError(f"boolean index of shape {arr.shape} for axis {k} of {size}")
+                arr = np.flatnonzero(arr)
+            if arr.size and arr.dtype.kind not in "iu":
+                raise IndexError(f"arrays used as indices must be integers, not {arr.dtype}")
+            arr = arr.astype(np.intp, copy=False)
+            if arr.size and (arr.min() < -size or arr.max() >= size):
+                raise IndexError(f"index out of range for axis {k} of size {size}")
+            arr = arr % size if size else arr
+            lo = int(arr.min()) if arr.size else 0
+            hi = int(arr.max()) + 1 if arr.size else 0
+            box.append(slice(lo, hi))
+            inner.append(arr - lo)
+        return self._read(tuple(box))[tuple(inner)]
 
     def _fix(self, key) -> LazyView:
         """Lazy view with the integer-indexed axes removed."""

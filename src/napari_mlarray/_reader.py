@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mlarray import _mapping
+from napari_mlarray import _lazy, _mapping
 from napari_mlarray._boxes import shapes_layer_data
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._orientation import orientation_for
@@ -125,7 +125,7 @@ def _layers(path: str) -> list[tuple]:
     if has_array:
         orient = orientation_for(record, ndim, name=name)
         _notify(orient.notes)
-        view = LazyView(arr, perm=orient.perm)
+        view = LazyView(arr, perm=orient.perm, path=path)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
         labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
@@ -179,11 +179,6 @@ def _notify(notes) -> None:
             show_info(note)
 
 
-#: Label maps larger than this (bytes) stay lazy (read on demand) instead of being
-#: read into one writable numpy array.
-MAX_EAGER_LABELS_BYTES = 1 << 30
-
-
 def _channels(view: LazyView, axis: int) -> list:
     return [view[(slice(None),) * axis + (c,)] for c in range(view.shape[axis])]
 
@@ -199,10 +194,10 @@ def _labels_data(view: LazyView) -> np.ndarray | None:
 
     Float masks with integral values are cast to the smallest integer dtype
     holding them, slab by slab (peak memory: the result plus one chunk slab).
-    Integer maps above :data:`MAX_EAGER_LABELS_BYTES` are returned lazily
+    Integer maps above :data:`napari_mlarray._lazy.MAX_EAGER_LABELS_BYTES` are returned lazily
     (napari reads the slices it shows); float ones that large open as images.
     """
-    if int(np.prod(view.shape)) * max(view.dtype.itemsize, 1) > MAX_EAGER_LABELS_BYTES:
+    if int(np.prod(view.shape)) * max(view.dtype.itemsize, 1) > _lazy.MAX_EAGER_LABELS_BYTES:
         if view.dtype.kind in "iu":
             warnings.warn(
                 f"label map of shape {tuple(view.shape)} is large: opened read-only on demand",

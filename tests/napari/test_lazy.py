@@ -89,7 +89,11 @@ def test_errors(arr):
     with pytest.raises(IndexError):
         view[0, 0, 0, 0, 0]
     with pytest.raises(TypeError):
-        view[[0, 1]]
+        view[None]
+    with pytest.raises(TypeError):
+        view[0.5]
+    with pytest.raises(IndexError):
+        view[np.array([4]), 0]
 
 
 def test_simplified_merges_transposes_and_drops_identities(arr):
@@ -102,3 +106,68 @@ def test_simplified_merges_transposes_and_drops_identities(arr):
     assert flipped.simplified() is flipped
     cast = LazyView(arr, dtype=np.float32)
     assert cast.simplified() is cast
+
+
+FANCY = [  # for a view of shape (6, 4, 3, 5)
+    (np.array([0, 2, 5]), np.array([1, 0, 3]), np.array([2, 2, 0]), np.array([4, 1, 2])),
+    (np.array([-1, 0]), slice(1, 3), 2, np.array([0, -1])),
+    (1, slice(None), np.array([2, 1]), slice(None, None, -2)),
+    (np.array([True, False, False, False, False, True]), Ellipsis, np.array([0, 4])),
+    (np.array([], int), np.array([], int), np.array([], int), np.array([], int)),
+    ([2, 0], 1),
+]
+
+
+@pytest.mark.parametrize("key", FANCY, ids=range(len(FANCY)))
+def test_integer_array_indexing_matches_numpy(arr, key):
+    """napari's Labels reads ``data[tuple of index arrays]`` before each brush stroke."""
+    perm, flip = (3, 1, 0, 2), (True, False, False, True)
+    view = LazyView(arr, perm=perm, flip=flip)
+    ref = reference(arr, perm, flip, arr.dtype)
+    np.testing.assert_array_equal(view[key], ref[key])
+
+
+def test_integer_array_indexing_reads_the_box_of_the_indices(arr):
+    src = CountingArray(arr)
+    view = LazyView(src, perm=(3, 1, 0, 2))
+    key = (np.array([1, 2]), np.array([1, 1]), np.array([0, 1]), np.array([2, 3]))
+    np.testing.assert_array_equal(view[key], np.transpose(arr, (3, 1, 0, 2))[key])
+    assert src.reads == [2 * 1 * 2 * 2]
+
+
+def test_a_write_copies_the_view_and_leaves_the_source(arr):
+    source = arr.copy()
+    perm, flip = (3, 1, 0, 2), (True, False, False, True)
+    view = LazyView(source, perm=perm, flip=flip, path="/data/seg.mla")
+    ref = reference(arr, perm, flip, arr.dtype)
+    plane = view[2]  # a lazy view of the view (napari's channel split, slicing)
+    assert not view.writable
+    key = (np.array([2, 2, 5]), np.array([0, 3, 3]), np.array([1, 1, 2]), np.array([0, 2, 1]))
+    view[key] = 7  # how napari's brush writes: Labels.data_setitem
+    view[0, :, 1] = -3
+    ref[key] = 7
+    ref[0, :, 1] = -3
+    assert view.writable
+    np.testing.assert_array_equal(source, arr)  # the file's array is never written
+    np.testing.assert_array_equal(np.asarray(view), ref)
+    np.testing.assert_array_equal(view[key], ref[key])
+    np.testing.assert_array_equal(view[1:4, ::-1], ref[1:4, ::-1])
+    np.testing.assert_array_equal(np.asarray(plane), ref[2])
+    # what the writer saves: the copy, also through the transpose back to stored order
+    assert view.simplified() is view._written
+    back = LazyView(view, perm=np.argsort(perm)).simplified()
+    np.testing.assert_array_equal(np.asarray(back), np.transpose(ref, np.argsort(perm)))
+
+
+def test_a_view_larger_than_the_budget_refuses_writes_naming_the_file(arr, monkeypatch):
+    from mlarray.errors import ReadOnlyError
+    from napari_mlarray import _lazy
+
+    view = LazyView(LazyView(arr, path="/data/seg.mla"), perm=(1, 0, 2, 3))
+    monkeypatch.setattr(_lazy, "MAX_EAGER_LABELS_BYTES", arr.nbytes - 1)
+    with pytest.raises(ReadOnlyError, match=r"^/data/seg\.mla: .*on demand.*mode='a'"):
+        view[0, 0, 0, 0] = 1
+    assert not view.writable
+    monkeypatch.setattr(_lazy, "MAX_EAGER_LABELS_BYTES", arr.nbytes)
+    view[0, 0, 0, 0] = 5000
+    assert view[0, 0, 0, 0] == 5000 and arr.max() < 1000

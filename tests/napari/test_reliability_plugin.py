@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mlarray import MLArray
-from mlarray.errors import MLArrayFormatError
-from napari_mlarray import _boxes, _mapping, _reader
+from mlarray.errors import MLArrayFormatError, ReadOnlyError
+from napari_mlarray import _boxes, _lazy, _mapping
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._reader import read_mla
 
@@ -64,12 +64,16 @@ def test_large_label_maps_stay_lazy(tmp_path, monkeypatch):
     MLArray(np.ones((4, 5, 6), np.uint8)).save(p)
     _forge(p, is_seg={"is_seg": True})
     assert isinstance(read_mla(str(p))[0][0], np.ndarray)
-    monkeypatch.setattr(_reader, "MAX_EAGER_LABELS_BYTES", 64)
+    monkeypatch.setattr(_lazy, "MAX_EAGER_LABELS_BYTES", 64)
     with pytest.warns(UserWarning, match="opened read-only on demand"):
         layers = read_mla(str(p))
     data, _kw, kind = layers[0]
     assert kind == "labels" and isinstance(data, LazyView)
     assert np.asarray(data[1]).sum() == 30
+    # beyond the budget a write is refused with our error naming the file and the way out
+    with pytest.raises(ReadOnlyError, match=r"seg\.mla: .*on demand.*mode='a'"):
+        data[(np.array([1]), np.array([2]), np.array([3]))] = 5
+    assert not data.writable and np.asarray(MLArray.open(p)[...]).sum() == 120
 
 
 def test_zero_spacing_and_singular_affine_are_refused_at_open(tmp_path):

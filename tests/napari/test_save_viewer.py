@@ -134,6 +134,60 @@ def test_napari_new_labels_button_mask_exports_over_the_image_anatomy(make_napar
     )
 
 
+def test_integer_image_converted_to_labels_paints_with_the_brush_and_saves(
+    make_napari_viewer, tmp_path
+):
+    """A label map converted by the reference tools has no is_seg: it opens as a lazy Image.
+    napari's "Convert to Labels" keeps that data; the brush then paints into a copy (the
+    file is untouched until saved) and the save writes the painted voxel."""
+    import shutil
+
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    from mlarray import MLArray
+
+    path = tmp_path / "seg.mla"
+    shutil.copy(DATA / "converted" / "phantom_PIR.mla", path)  # int16, no is_seg
+    before = MLArray.open(path)[...]
+    assert MLArray.open(path).meta.is_seg.is_seg is not True and before.dtype.kind == "i"
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    assert image._type_string == "image"
+    viewer.layers.selection.active = image
+    _run_command("napari.layer.convert_to_labels")  # the layer list's context menu
+    labels = viewer.layers[-1]
+    assert labels._type_string == "labels" and labels.data is image.data  # napari kept it
+
+    index = np.array(labels.data.shape) // 2
+    world = labels.data_to_world(index)
+    viewer.dims.set_point(0, world[0])
+    labels.mode, labels.selected_label, labels.brush_size = "paint", 7, 1
+    for kind, callbacks in (
+        ("mouse_press", mouse_press_callbacks),
+        ("mouse_release", mouse_release_callbacks),
+    ):  # a click of the brush: napari's own paint mouse binding
+        event = read_only_mouse_event(
+            type=kind,
+            position=tuple(world),
+            view_direction=[1, 0, 0],
+            dims_displayed=[1, 2],
+        )
+        callbacks(labels, event)
+    assert labels.data[tuple(index)] == 7 and (np.asarray(labels.data) == 7).sum() == 1
+    np.testing.assert_array_equal(MLArray.open(path)[...], before)  # not written yet
+
+    out = tmp_path / "painted.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    saved = MLArray.open(out)
+    stored = np.empty(3, int)
+    stored[labels.metadata["mlarray"]["perm"]] = index  # view axis k is stored axis perm[k]
+    expected = before.copy()
+    expected[tuple(stored)] = 7
+    np.testing.assert_array_equal(saved[...], expected)
+    assert saved.meta.is_seg.is_seg is True
+
+
 def test_new_labels_over_one_channel_pair_with_the_image_spatial_axes(make_napari_viewer, tmp_path):
     from mlarray import MLArray
 
