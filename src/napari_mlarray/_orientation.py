@@ -58,6 +58,8 @@ __all__ = [
     "as_meta",
     "display_frame",
     "expand_upper_triangular",
+    "frame_by_geometry",
+    "geometry_key",
     "layer_matrix",
     "napari_from_frame",
     "napari_transforms",
@@ -459,6 +461,63 @@ def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Ori
         None if world_labels is None else tuple(world_labels),
         tuple(notes),
     )
+
+
+def geometry_key(record: Meta | Mapping, ndim: int) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """The grid of a record's spatial axes: their shape and the file-world affine.
+
+    Parameters
+    ----------
+    record : Meta or mapping
+    ndim : int
+        Number of stored axes.
+
+    Returns
+    -------
+    (tuple of int, numpy.ndarray) or None
+        ``None`` without spatial axes or shape.
+    """
+    meta = as_meta(record)
+    mask = spatial_mask(meta, ndim)
+    n = sum(mask)
+    if not n or meta.spatial.shape is None:
+        return None
+    shape = tuple(int(meta.spatial.shape[a]) for a in range(ndim) if mask[a])
+    return shape, record_affine(meta, n)
+
+
+def frame_by_geometry(record: Meta | Mapping, ndim: int, others) -> tuple[str, str] | None:
+    """The world frame of another file on exactly this record's grid, for a record without one.
+
+    A mask saved with its image's spacing, origin and direction but no
+    ``coord_system`` (code written for the reference package does that) lives
+    in its image's world: shown in that frame, it overlays the image.
+
+    Parameters
+    ----------
+    record : Meta or mapping
+        A record without an anatomical frame.
+    ndim : int
+        Number of its stored axes.
+    others : iterable of (str, str, key)
+        ``(name, frame, geometry_key)`` of files with a ``RAS`` or ``LPS`` world.
+
+    Returns
+    -------
+    (str, str) or None
+        ``(frame, name)`` of the first file on the same grid (same spatial shape
+        and affine, to 1e-6 of the voxel size).
+    """
+    mine = geometry_key(record, ndim)
+    if mine is None or len(mine[0]) > 3:
+        return None
+    shape, affine = mine
+    tol = 1e-6 * max(1.0, float(np.abs(affine[:-1, :-1]).max()))
+    for name, frame, key in others:
+        same_grid = key is not None and key[0] == shape and key[1].shape == affine.shape
+        if same_grid and np.allclose(key[1], affine, rtol=0, atol=tol):
+            return frame, name
+    return None
 
 
 def napari_transforms(orient: Orientation, ndim: int) -> dict:

@@ -13,15 +13,18 @@ arrays; label maps compress well and are small next to the images they annotate.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from mlarray.meta import Meta
 from napari_mlarray import _lazy, _mapping
 from napari_mlarray._boxes import shapes_layer_data
+from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
-from napari_mlarray._orientation import orientation_for
+from napari_mlarray._orientation import as_meta, frame_by_geometry, geometry_key, orientation_for
 
 __all__ = ["get_reader", "read_mla"]
 
@@ -69,7 +72,46 @@ def read_mla(path) -> list[tuple]:
     mlarray.MLArrayError
         For a file that is not a valid ``.mla`` file (the message names it).
     """
-    return [layer for p in _paths(path) or [] for layer in _read_one(p)]
+    paths = _paths(path) or []
+    opened = [_open(p) for p in paths]
+    # files opened together, and layers already in the viewer, with an anatomical world:
+    # a file without one on the same grid (a mask saved with its image's geometry) is
+    # shown in that world
+    framed = [*_viewer_frames()]
+    for p, (arr, record) in zip(paths, opened, strict=True):
+        frame = _framed(record, None if arr is None else arr.ndim)
+        if frame is not None:
+            framed.append((Path(p).stem, *frame))
+    return [layer for p, o in zip(paths, opened, strict=True) for layer in _read_one(p, o, framed)]
+
+
+def _framed(record, ndim: int | None, frame: str | None = None):
+    """``(frame, geometry_key)`` of a record in a RAS or LPS world, else ``None``."""
+    from mlarray.errors import MetaValidationError
+
+    try:
+        frame = frame or record.spatial.world_frame
+        if frame not in ("RAS", "LPS") or ndim is None:
+            return None
+        return frame, geometry_key(record, ndim)
+    except MetaValidationError:  # reported when the file itself is read
+        return None
+
+
+def _viewer_frames() -> list[tuple]:
+    """``(name, frame, geometry_key)`` of the layers of the current napari viewer that
+    were read from ``.mla`` files in a RAS or LPS world."""
+    napari = sys.modules.get("napari")  # no napari imported: no viewer to look at
+    viewer = None if napari is None else napari.current_viewer()
+    out = []
+    for layer in [] if viewer is None else viewer.layers:
+        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+        if not isinstance(block, dict) or block.get("layer") not in ("image", "labels"):
+            continue
+        found = _framed(as_meta(block["record"]), len(block["perm"]), block.get("world_frame"))
+        if found is not None:
+            out.append((layer.name, *found))
+    return out
 
 
 def _unit_ok(unit: str) -> bool:
@@ -107,23 +149,37 @@ def _open(path: str):
         raise MLArrayFormatError(path, f"cannot be read as an .mla file: {exc}") from exc
 
 
-def _read_one(path: str) -> list[tuple]:
+def _read_one(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     from mlarray.errors import MetaValidationError, MLArrayFormatError
 
     try:
-        return _layers(path)
+        return _layers(path, opened, framed)
     except MetaValidationError as exc:  # geometry napari cannot show (zero spacing...)
         raise MLArrayFormatError(path, f"cannot be displayed: {exc}") from None
 
 
-def _layers(path: str) -> list[tuple]:
-    arr, record = _open(path)
+def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
+    arr, stored = _open(path) if opened is None else opened
     name = Path(path).stem
     layers, skip = [], ()
-    has_array = bool(record._has_array) and arr is not None and arr.shape is not None
+    has_array = bool(stored._has_array) and arr is not None and arr.shape is not None
     ndim = arr.ndim if has_array else None
+    record = stored
+    adopted = None
+    if has_array and stored.spatial.world_frame is None:
+        adopted = frame_by_geometry(stored, ndim, framed)
+    if adopted is not None:  # shown in that world; the record itself stays as stored
+        record = Meta.from_mapping(stored.to_mapping())
+        record.spatial.coord_system = adopted[0]
     if has_array:
         orient = orientation_for(record, ndim, name=name)
+        if adopted is not None:
+            _notify(
+                [
+                    f"{name}: no coord_system, but the grid of {adopted[1]} (spacing, origin, "
+                    f"direction): shown in its {adopted[0]} world, overlaying it"
+                ]
+            )
         _notify(orient.notes)
         view = LazyView(arr, perm=orient.perm, path=path)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
@@ -167,6 +223,11 @@ def _layers(path: str) -> list[tuple]:
     )
     if shapes is not None:
         layers.append((*shapes, "shapes"))
+    if adopted is not None:
+        for _, kw, _ in layers:
+            metas = kw["metadata"] if isinstance(kw["metadata"], list) else [kw["metadata"]]
+            for m in metas:
+                m[KEY]["record"] = stored.to_mapping()
     return layers
 
 

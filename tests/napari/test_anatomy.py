@@ -211,6 +211,63 @@ def test_no_coord_system_is_said_once_and_shown_as_stored(make_napari_viewer, tm
     assert viewer.dims.axis_labels != ("S-I", "A-P", "R-L")
 
 
+def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
+    make_napari_viewer, mni, tmp_path
+):
+    """Code written for the reference package saves a prediction with its image's spacing,
+    origin and direction and no coord_system: it lives in the image's world and must overlay
+    the image, opened after it or in one read with it (before: mirrored through the origin)."""
+    from napari.layers import Image, Labels
+    from napari.utils.notifications import notification_manager
+
+    from mlarray import Meta, MLArray, geometry
+    from napari_mlarray._reader import read_mla
+
+    volume = np.asarray(MLArray.open(mni)[...])
+    spacing, origin, direction = geometry.spacing_origin_direction(MLArray.open(mni).affine)
+    grid = {"spacing": spacing.tolist(), "origin": origin.tolist(), "direction": direction.tolist()}
+    mni = tmp_path / "case.mla"  # as `mlarray convert` writes it: spacing, origin, direction
+    MLArray(volume, **grid, meta=_meta({"coord_system": "RAS"})).save(mni)
+    img = MLArray.open(mni)
+    pred = tmp_path / "pred.mla"
+    mask = (volume == 1000).astype(np.uint8)
+    meta = Meta(is_seg=True)
+    MLArray(mask, spacing=img.spacing, origin=img.origin, direction=img.direction, meta=meta).save(
+        pred
+    )
+    assert MLArray.open(pred).meta.spatial.coord_system is None
+
+    def centres(image, labels):
+        return [
+            np.mean([layer.data_to_world(i) for i in np.argwhere(np.asarray(layer.data) == v)], 0)
+            for layer, v in ((image, 1000), (labels, 1))
+        ]
+
+    heard = []
+    notification_manager.notification_ready.connect(heard.append)
+    try:
+        viewer = make_napari_viewer()
+        (image,) = viewer.open(str(mni), plugin=None)
+        (labels,) = viewer.open(str(pred), plugin=None)
+        at_image, at_labels = centres(image, labels)
+        np.testing.assert_allclose(at_labels, at_image, atol=1e-6)
+        assert labels.axis_labels == image.axis_labels == ("S-I", "A-P", "R-L")
+        assert labels.metadata["mlarray"]["record"]["spatial"]["coord_system"] is None
+    finally:
+        notification_manager.notification_ready.disconnect(heard.append)
+    notes = [str(n.message) for n in heard if str(n.message).startswith("pred:")]
+    assert notes and all("shown in its RAS world" in n for n in notes)
+    # saved unchanged, the file keeps its record (no coord_system added)
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(tmp_path / "again.mla"), selected=True)
+    assert MLArray.open(tmp_path / "again.mla").meta.spatial.coord_system is None
+    # one read of both files, the prediction first (nothing in the viewer)
+    viewer.layers.clear()
+    (mask_data, mask_kw, _), (image_data, image_kw, _) = read_mla([str(pred), str(mni)])
+    at_image, at_labels = centres(Image(image_data, **image_kw), Labels(mask_data, **mask_kw))
+    np.testing.assert_allclose(at_labels, at_image, atol=1e-6)
+
+
 def test_a_4d_file_without_labels_has_a_non_spatial_slider(make_napari_viewer):
     from napari.utils.notifications import notification_manager
 

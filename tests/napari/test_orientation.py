@@ -165,3 +165,24 @@ def test_an_oblique_volume_says_what_the_2d_views_show():
         "spatial": {"direction": [[0.9, -0.43589], [0.43589, 0.9]], "coord_system": "LPS"}
     }
     assert not orientation_for(rotated_2d, 2).notes  # in-plane: napari shows it exactly
+
+
+def test_a_frameless_record_takes_the_frame_of_the_same_grid_only():
+    from napari_mlarray._orientation import frame_by_geometry, geometry_key
+
+    def record(origin, shape=(4, 5, 6), coord_system=None):
+        spatial = {
+            "shape": list(shape),
+            "spacing": [2.0, 1.0, 0.5],
+            "origin": list(origin),
+            "direction": [[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]],
+            "coord_system": coord_system,
+        }
+        return Meta.from_mapping({"spatial": spatial})
+
+    image = record((10.0, -20.0, 30.0), coord_system="LPS")
+    others = [("other", "RAS", geometry_key(record((0.0, 0.0, 0.0)), 3))]
+    others.append(("image", "LPS", geometry_key(image, 3)))
+    assert frame_by_geometry(record((10.0, -20.0, 30.0)), 3, others) == ("LPS", "image")
+    assert frame_by_geometry(record((10.0, -20.0, 30.5)), 3, others) is None  # moved
+    assert frame_by_geometry(record((10.0, -20.0, 30.0), (4, 5, 7)), 3, others) is None
