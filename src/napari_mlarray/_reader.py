@@ -173,6 +173,9 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
         record.spatial.coord_system = adopted[0]
     if has_array:
         orient = orientation_for(record, ndim, name=name)
+        found = _framed(stored, ndim)
+        if found is not None:
+            _reorient_open_layers(name, *found)
         if adopted is not None:
             _notify(
                 [
@@ -229,6 +232,72 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             for m in metas:
                 m[KEY]["record"] = stored.to_mapping()
     return layers
+
+
+def _reorient_open_layers(name: str, frame: str, key) -> None:
+    """Show the viewer's layers of files without a world on this file's grid in its world.
+
+    The counterpart of :func:`frame_by_geometry` at open time, for a prediction opened
+    before its image: a layer read as stored, not moved since, of a file without boxes, is
+    re-oriented in place (its data is transposed as a view: what was painted stays).
+    """
+    napari = sys.modules.get("napari")
+    viewer = None if napari is None else napari.current_viewer()
+    if viewer is None:
+        return
+    with_boxes = set()
+    for layer in viewer.layers:
+        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+        if isinstance(block, dict) and block.get("layer") == "shapes":
+            with_boxes.add(block.get("path"))
+    for layer in list(viewer.layers):
+        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+        if not isinstance(block, dict) or block.get("layer") not in ("image", "labels"):
+            continue
+        if (
+            block.get("world_frame") is not None
+            or "channel" in block
+            or block.get("path") in (with_boxes)
+        ):
+            continue
+        ndim = len(block["perm"])
+        meta = layer.as_layer_data_tuple()[1]
+        if not all(_mapping._unchanged(meta, block["as_read"], ndim)):
+            continue  # moved or relabelled by the user: left as it is
+        stored = as_meta(block["record"])
+        if frame_by_geometry(stored, ndim, [(name, frame, key)]) is None:
+            continue
+        shown = Meta.from_mapping(stored.to_mapping())
+        shown.spatial.coord_system = frame
+        make = _mapping.labels_layer_kwargs if block["layer"] == "labels" else None
+        make = make or _mapping.image_layer_kwargs
+        kw = make(
+            shown,
+            ndim,
+            name=layer.name,
+            path=block.get("path"),
+            dtype=block.get("dtype"),
+            unit_ok=_unit_ok,
+        )
+        new = kw["metadata"][KEY]
+        new["record"] = stored.to_mapping()
+        axes = [block["perm"].index(a) for a in new["perm"]]
+        data = layer.data
+        if isinstance(data, np.ndarray):
+            data = data.transpose(axes)
+        else:
+            data = LazyView(data, perm=axes).simplified()
+        layer.data = data
+        for attr in ("scale", "translate", "rotate", "shear", "axis_labels", "units"):
+            if kw.get(attr) is not None:
+                setattr(layer, attr, kw[attr])
+        layer.metadata = {**layer.metadata, KEY: new}
+        _notify(
+            [
+                f"{layer.name}: no coord_system, but the grid of {name} (spacing, origin, "
+                f"direction): now shown in its {frame} world, overlaying it"
+            ]
+        )
 
 
 def _notify(notes) -> None:

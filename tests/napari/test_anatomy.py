@@ -266,6 +266,27 @@ def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
     (mask_data, mask_kw, _), (image_data, image_kw, _) = read_mla([str(pred), str(mni)])
     at_image, at_labels = centres(Image(image_data, **image_kw), Labels(mask_data, **mask_kw))
     np.testing.assert_allclose(at_labels, at_image, atol=1e-6)
+    # the prediction opened (and painted) first, its image after: re-oriented over it
+    viewer.layers.clear()
+    (labels,) = viewer.open(str(pred), plugin=None)
+    assert labels.axis_labels != ("S-I", "A-P", "R-L")  # shown as stored, for now
+    painted = tuple(np.argwhere(np.asarray(labels.data) == 1)[0])
+    labels.data[painted] = 2
+    (image,) = viewer.open(str(mni), plugin=None)
+    assert labels.axis_labels == ("S-I", "A-P", "R-L")
+    at_image, _ = centres(image, labels)
+    at_two = labels.data_to_world(np.argwhere(np.asarray(labels.data) == 2)[0])
+    ones = np.argwhere(np.asarray(labels.data) >= 1)
+    np.testing.assert_allclose(np.mean([labels.data_to_world(i) for i in ones], 0), at_image)
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(tmp_path / "painted.mla"), selected=True)
+    saved = MLArray.open(tmp_path / "painted.mla")
+    expected = mask.copy()
+    expected[painted] = 2  # shown as stored: layer index = stored index
+    np.testing.assert_array_equal(saved[...], expected)
+    assert saved.meta.spatial.coord_system is None
+    world = (np.asarray(img.affine) @ np.r_[painted, 1.0])[:3]  # RAS
+    np.testing.assert_allclose(at_two, [-world[2], -world[1], -world[0]], atol=1e-6)
 
 
 def test_a_4d_file_without_labels_has_a_non_spatial_slider(make_napari_viewer):
