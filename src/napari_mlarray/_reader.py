@@ -285,8 +285,10 @@ def _reorient_open_layers(name: str, frame: str, key) -> None:
         data = layer.data
         if isinstance(data, np.ndarray):
             data = data.transpose(axes)
+        elif isinstance(data, LazyView) and data._is_plain_transpose():
+            data = LazyView(data.source, perm=[data.perm[a] for a in axes], path=data.path)
         else:
-            data = LazyView(data, perm=axes).simplified()
+            data = LazyView(data, perm=axes)
         layer.data = data
         for attr in ("scale", "translate", "rotate", "shear", "axis_labels", "units"):
             if kw.get(attr) is not None:

@@ -268,6 +268,9 @@ def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
     np.testing.assert_allclose(at_labels, at_image, atol=1e-6)
     # the prediction opened (and painted) first, its image after: re-oriented over it
     viewer.layers.clear()
+    probs = tmp_path / "probs.mla"  # a frame-less image too (a probability map)
+    MLArray(mask.astype(np.float32), **grid).save(probs)
+    (prob_layer,) = viewer.open(str(probs), plugin=None)
     (labels,) = viewer.open(str(pred), plugin=None)
     assert labels.axis_labels != ("S-I", "A-P", "R-L")  # shown as stored, for now
     painted = tuple(np.argwhere(np.asarray(labels.data) == 1)[0])
@@ -278,6 +281,11 @@ def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
     at_two = labels.data_to_world(np.argwhere(np.asarray(labels.data) == 2)[0])
     ones = np.argwhere(np.asarray(labels.data) >= 1)
     np.testing.assert_allclose(np.mean([labels.data_to_world(i) for i in ones], 0), at_image)
+    hot = np.argwhere(np.asarray(prob_layer.data) == 1)
+    np.testing.assert_allclose(np.mean([prob_layer.data_to_world(i) for i in hot], 0), at_image)
+    viewer.layers.selection = {prob_layer}
+    viewer.layers.save(str(tmp_path / "probs_again.mla"), selected=True)
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "probs_again.mla")[...], mask)
     viewer.layers.selection = {labels}
     viewer.layers.save(str(tmp_path / "painted.mla"), selected=True)
     saved = MLArray.open(tmp_path / "painted.mla")
