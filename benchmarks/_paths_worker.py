@@ -752,14 +752,25 @@ def task_memory(t: dict) -> dict:
     from mlarray.io import save_mla
 
     src, dst, op = t["src"], t.get("dst"), t["op"]
+    if op.startswith("cli_"):
+        from mlarray import _dataset, stats  # noqa: F401  (imported before measuring)
+        from mlarray.cli import main as cli
     gc.collect()
     hwm_reset = _reset_peak_rss()
     base_rss, base_anon = _proc_status("VmRSS"), _proc_status("RssAnon")
     base_hwm = _proc_status("VmHWM")
     s = time.perf_counter()
     with _AnonSampler() as sampler:
-        a = MLArray.open(src, mmap_mode=t.get("mmap_mode", "r"))
-        if op == "resave_rechunk":
+        if op == "cli_recompress":  # the command rewrites src itself
+            a = cli(["recompress", src, "--codec", "zstd", "--clevel", "1"])
+        elif op == "cli_stats":
+            a = cli(["stats", src, "--overwrite"])
+        else:
+            a = MLArray.open(src, mmap_mode=t.get("mmap_mode", "r"))
+        if op.startswith("cli_"):
+            if a != 0:
+                raise RuntimeError(f"mlarray {op[4:]} exited with {a}")
+        elif op == "resave_rechunk":
             save_mla(dst, a, a.meta, patch_size=t["patch_size"])
         elif op == "recompress_codec":
             save_mla(dst, a, a.meta, cparams={"codec": "zstd", "clevel": 1})

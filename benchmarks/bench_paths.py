@@ -1109,6 +1109,9 @@ def memory_section(run: Runner, d: Path, ct: np.ndarray, plan: dict) -> list[str
         ),
         ("MLArray.open(old).compute_stats()", "stats", "r"),
         ("same re-chunk, MLArray.open(old, mmap_mode=None)", "resave_rechunk", None),
+        # the commands rewrite their file: last
+        ("mlarray stats old --overwrite", "cli_stats", None),
+        ("mlarray recompress old --codec zstd --clevel 1", "cli_recompress", None),
     ]
     rows = []
     for name, op, mmap in ops:

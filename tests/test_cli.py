@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from mlarray import MLArray
-from mlarray.cli import main
+from mlarray.cli import header_info, main
 from mlarray.convert import from_file
 from tests._worldcheck import (
     MLARRAY_EXE,
@@ -459,3 +459,55 @@ def test_an_unforeseen_error_is_one_line_naming_its_type(tmp_path, capsys, monke
     assert "Traceback" not in err
     assert main(["info", "--debug", str(tmp_path / "x.mla")]) == cli.EXIT_FAILED
     assert "Traceback" in capsys.readouterr().err
+
+
+_CLI_RSS_SCRIPT = """
+import sys
+from mlarray.cli import main
+
+
+def status(key):  # kB; VmHWM is this process's peak (ru_maxrss survives exec from pytest)
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith(key + ":")).split()[1])
+
+
+*argv, small, big = sys.argv[1:]
+assert main([*argv, small]) == 0  # every module the command needs imported
+with open("/proc/self/clear_refs", "w") as fh:  # VmHWM := VmRSS now
+    fh.write("5")
+before = status("VmRSS")
+assert main([*argv, big]) == 0
+print((status("VmHWM") - before) * 1024)
+"""
+
+
+def test_recompress_and_stats_commands_keep_the_file_out_of_resident_memory(tmp_path):
+    """``mlarray recompress``/``stats`` read their file once, a few chunks at a time, as the
+    library's save and compute_stats do: the compressed file does not stay resident (a
+    cluster that limits a job's RSS would otherwise need memory for the whole file)."""
+    src = tmp_path / "big.mla"
+    # 1 MiB chunks: what the statistics hold per chunk stays small beside the file
+    a = MLArray.create(src, (256, 512, 512), np.int16, patch_size=None, chunk_size=(2, 512, 512))
+    rng = np.random.default_rng(0)
+    for z in range(0, 256, 16):  # noise, made a few chunks at a time: it does not compress
+        a[z : z + 16] = rng.integers(-(2**15), 2**15, (16, 512, 512), dtype=np.int16)
+    a.close()
+    size = src.stat().st_size
+    assert size > 120e6
+    small = tmp_path / "small.mla"
+    MLArray(np.arange(4096, dtype=np.int16).reshape(16, 16, 16)).save(small)
+    for argv in (["recompress", "--codec", "zstd", "--clevel", "1"], ["stats", "--overwrite"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLI_RSS_SCRIPT, *argv, str(small), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        grown = int(proc.stdout.split()[-1])
+        assert grown < size / 3, (
+            f"mlarray {argv[0]} grew the peak RSS by {grown / 1e6:.0f} MB "
+            f"({size / 1e6:.0f} MB file)"
+        )
+    assert header_info(src)["codec"] == "ZSTD"  # both did their work
+    assert MLArray.open(src).meta.stats.min == -(2**15)

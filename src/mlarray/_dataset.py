@@ -230,7 +230,7 @@ def _do_convert(task: Task, row: Row, progress: Callable[[int, int], None] | Non
 def _do_recompress(task: Task, row: Row, progress: Callable[[int, int], None] | None) -> None:
     from mlarray import io, layout
 
-    store, meta = io.open_store(task.src, mmap_mode="r")
+    store, meta = io.open_streaming(task.src)  # read once: no map held resident
     if not meta._has_array.has_array:
         row.status, row.message = "skipped", "no array (metadata only)"
         return
@@ -268,7 +268,7 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
     from mlarray.meta import MetaStatistics
     from mlarray.stats import compute_stats
 
-    store, meta = io.open_store(task.src, mmap_mode="r")
+    store, meta = io.open_streaming(task.src)  # read once: no map held resident
     if not meta._has_array.has_array:
         row.status, row.message = "skipped", "no array (metadata only)"
         return

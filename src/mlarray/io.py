@@ -656,14 +656,23 @@ def _source_array(data: Any) -> Any:
     return data if store is None else streaming_store(data)
 
 
+def open_streaming(path: str | os.PathLike) -> tuple[blosc2.NDArray, Meta]:
+    """Open an ``.mla`` file read-only to read its data once, front to back (save,
+    recompress, statistics); return its store and :class:`Meta` as :func:`open_store`.
+
+    Its chunks are read through plain file I/O, not a memory map: their pages stay in
+    the page cache instead of adding the whole compressed file to the process's
+    resident memory (a 2 GB volume would otherwise show a 1 GB peak RSS).
+    """
+    return open_store(path, mmap_mode=None)
+
+
 def streaming_store(arr: Any) -> Any:
     """The store to read an MLArray's data from once, front to back (save, recompress,
     statistics).
 
-    A file opened read-only and memory-mapped is read again through plain file I/O:
-    its pages then stay in the page cache instead of adding the whole compressed file
-    to the process's resident memory (a 2 GB volume would otherwise show a 1 GB peak
-    RSS). Anything else (in-memory data, writable or copy-on-write maps, whose changes
+    A file opened read-only and memory-mapped is read again as :func:`open_streaming`
+    opens it. Anything else (in-memory data, writable or copy-on-write maps, whose changes
     may live only in the map) is read as it is.
     """
     store = arr._store
@@ -677,7 +686,7 @@ def streaming_store(arr: Any) -> Any:
     ):
         return store
     try:
-        plain, _ = open_store(path, mmap_mode=None)
+        plain, _ = open_streaming(path)
     except MLArrayError:  # the file changed or went away: read what we have
         return store
     if not _maps.same_file(plain, store):
