@@ -338,7 +338,9 @@ def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how
     """Saving over the path through a new file (mlarray's rename, Blosc2's mode "w"
     and the reference package's save, which remove the file first) or deleting it
     leaves the mapped file alone: open handles (and the viewer's source) keep reading
-    it, and saving such a handle elsewhere writes its data, not the new file's."""
+    it, and saving such a handle elsewhere writes its data, not the new file's. So does
+    a handle reading through plain file I/O (``mmap_mode=None``), whose reads once went
+    to whatever file the path named then (the new file's voxels, silently)."""
     from napari_mlarray._source import open_source
 
     if how == "reference_save" and not REFERENCE_PYTHON:
@@ -354,8 +356,10 @@ def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how
 
     def child() -> object:
         a = MLArray.open(p)
+        plain = MLArray.open(p, mmap_mode=None)
         src = open_source(os.fspath(p), 1)[0]
         assert np.array_equal(a[1], x[1]) and np.array_equal(src[1:2], x[1:2])
+        assert np.array_equal(plain[1], x[1])
         if how == "mlarray_save":
             MLArray(y).save(p)
         elif how == "blosc2_mode_w":
@@ -370,10 +374,13 @@ def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how
         else:
             os.remove(p)
         same = np.array_equal(a[...], x) and np.array_equal(src[...], x)
+        plain_same = np.array_equal(plain[2:40], x[2:40]) and np.array_equal(plain[...], x)
         a.save(dst)
-        return same and np.array_equal(MLArray.open(dst)[...], x)
+        saved = np.array_equal(MLArray.open(dst)[...], x)
+        plain.save(dst)
+        return (same, plain_same, saved, np.array_equal(MLArray.open(dst)[...], x))
 
-    assert _in_child(child) == "returned: True"
+    assert _in_child(child) == "returned: (True, True, True, True)"
 
 
 def test_own_writes_keep_the_handle_readable_other_handles_report_them(tmp_path):
@@ -513,6 +520,48 @@ def test_a_chunk_changed_in_place_under_a_touch_is_still_caught(tmp_path):
 
     text = _in_child(child)
     assert text.startswith("CorruptChunkError: ") and str(p) in text, text
+
+
+_RESAVER = """
+import sys, numpy as np
+from mlarray import MLArray
+x = np.load(sys.argv[1])
+for k in range(1, int(sys.argv[3]) + 1):  # new versions saved over the path, one by one
+    MLArray(x + 3000 * (k % 3)).save(sys.argv[2])
+"""
+
+
+def test_plain_io_reads_while_another_process_saves_over_the_file_are_one_version(tmp_path):
+    """A data loader reading with ``mmap_mode=None`` while another process re-saves the
+    case: a handle opened before reads its own version to the end, and a handle opened
+    per patch reads one whole version per patch, never chunks of two files (a patch
+    mixed two versions silently when reads went to whatever the path named)."""
+    p = tmp_path / "case.mla"
+    x = np.random.default_rng(0).integers(0, 1000, (96, 128, 128)).astype(np.int16)
+    versions = [x + 3000 * k for k in range(3)]
+    MLArray(x, chunk_size=(16, 16, 16), block_size=(8, 8, 8)).save(p)
+    np.save(tmp_path / "x.npy", x)
+    held = MLArray.open(p, mmap_mode=None)
+    first = os.stat(p).st_ino
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _RESAVER, os.fspath(tmp_path / "x.npy"), os.fspath(p), "25"]
+    )
+    rng = np.random.default_rng(1)
+    held_reads = fresh_reads = 0
+    try:
+        while writer.poll() is None:
+            lo = [int(rng.integers(0, n - 48)) for n in x.shape]
+            sl = tuple(slice(a, a + 48) for a in lo)
+            assert np.array_equal(held[sl], x[sl]), "the held handle read another version"
+            held_reads += os.stat(p).st_ino != first  # a read after a replacement
+            patch = MLArray.open(p, mmap_mode=None)[sl]
+            assert any(np.array_equal(patch, v[sl]) for v in versions), "a mixed patch"
+            fresh_reads += 1
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0
+    assert held_reads > 5 and fresh_reads > 5  # the reads overlapped the saves
+    assert np.array_equal(held[...], x)
 
 
 def test_dask_blocks_of_a_file_replaced_since_to_dask_are_refused(tmp_path):

@@ -221,6 +221,10 @@ def _open_mapped(
         raise MLArrayIOError(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
+    source = os.fspath(p)
+    pin = _pin(p, version) if mmap_mode is None and not writable else None
+    if pin is not None:
+        source = pin.path
     pooled = False
     try:
         if (
@@ -232,7 +236,7 @@ def _open_mapped(
             store = _store_in(buf, kwargs["dparams"])
             pooled = True
         else:
-            store = blosc2.open(os.fspath(p), **kwargs)
+            store = blosc2.open(source, **kwargs)
             checked[2] = True
             if (
                 mmap_mode == "r"
@@ -261,6 +265,8 @@ def _open_mapped(
         or (info.nchunks and tuple(store.chunks) != info.chunks)
     ):
         raise FileChangedError(p, "the file changed while it was being opened")
+    if pin is not None:
+        store._mlarray_pin = pin  # the descriptor lives as long as the handle
     _direct.guard(store, info)
     _maps.watch(store, p, buf, version, info)  # every read checks the file was not cut short
     integrity.attach(store, p, buf, info, version, verify=verify)
@@ -271,6 +277,49 @@ def _open_mapped(
     if pooled and kwargs["dparams"].get("nthreads", 1) == 1:
         _pool_store(buf, version, _pool_key(kwargs["dparams"], verify), store)
     return store, meta
+
+
+# Where an open descriptor can be opened again by name: c-blosc2 opens the file it
+# reads by its path for every chunk it reads.
+_FD_DIR = "/proc/self/fd"
+
+
+class _Pinned:
+    """A descriptor of the file version a read-only plain-I/O handle opened, and the
+    name under which opening it again gives that very file (``/proc/self/fd/N``).
+
+    c-blosc2 opens the path it was given for each chunk read: given the file's own
+    path, a handle would read whatever the path names at that moment, and a save over
+    the path (a new file renamed onto it) in between two reads would give one patch of
+    two versions, or the new version through the checks of the old. Given this name it
+    reads the version it opened, as a memory-mapped handle does, whatever the path
+    names later (another file, or none).
+    """
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.path = f"{_FD_DIR}/{fd}"
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _pin(p: Path, version: tuple) -> _Pinned | None:
+    """A :class:`_Pinned` of ``p`` if ``p`` is still the file version ``version`` (else
+    :class:`~mlarray.errors.FileChangedError`: the open tries again); None where an
+    open descriptor has no name to open it by (not Linux)."""
+    if not os.path.isdir(_FD_DIR):
+        return None
+    with os_errors(p, "cannot read"):
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO put there: no wait
+    pin = _Pinned(fd)
+    st = os.fstat(fd)
+    if _maps.version_of(st) != version:
+        raise FileChangedError(p, "the file changed while it was being opened")
+    return pin
 
 
 def _stored_dparams(meta: Meta) -> dict | None:
