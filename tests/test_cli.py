@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from mlarray import MLArray
 from mlarray.cli import header_info, main
-from mlarray.convert import from_file
+from mlarray.convert import ConversionError, convert_file, from_file
 from tests._worldcheck import (
     MLARRAY_EXE,
     NIB_DATA,
@@ -511,3 +511,20 @@ def test_recompress_and_stats_commands_keep_the_file_out_of_resident_memory(tmp_
         )
     assert header_info(src)["codec"] == "ZSTD"  # both did their work
     assert MLArray.open(src).meta.stats.min == -(2**15)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_a_zero_voxel_size_is_refused_naming_the_file_for_every_format(tmp_path, capsys, suffix):
+    """A spacing with a 0 (the library writes and reads it) cannot place voxels in any
+    image format: every export refuses it with one line naming the file, and writes
+    nothing (NIfTI died in nibabel with a traceback naming no file)."""
+    src = tmp_path / "zero.mla"
+    MLArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6), spacing=[1.0, 0.0, 1.0]).save(src)
+    out = tmp_path / f"zero{suffix}"
+    assert main(["convert", str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"mlarray: error: {src}: the geometry has a zero voxel size", err
+    with pytest.raises(ConversionError, match="zero voxel size") as caught:
+        convert_file(src, out)
+    assert str(src) in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zero.mla"]

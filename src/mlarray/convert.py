@@ -915,13 +915,20 @@ def _flip_frame(affine: np.ndarray, src: str, dst: str) -> np.ndarray:
     return flip[:, np.newaxis] * affine
 
 
+def _voxel_sizes(linear: np.ndarray, path: Any) -> np.ndarray:
+    """The column norms of an affine's linear part; a zero one (no image format can
+    place such voxels) is a :class:`ConversionError` naming ``path``."""
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing == 0):
+        raise ConversionError(path, "the geometry has a zero voxel size")
+    return spacing
+
+
 def _spacing_origin_direction(affine: np.ndarray, path: Any) -> tuple[np.ndarray, ...]:
     """Column norms and unit columns of an affine whose axes are orthogonal, else an error."""
     n = affine.shape[0] - 1
     linear = affine[:n, :n]
-    spacing = np.linalg.norm(linear, axis=0)
-    if np.any(spacing == 0):
-        raise ConversionError(path, "the geometry has a zero voxel size")
+    spacing = _voxel_sizes(linear, path)
     direction = linear / spacing[np.newaxis, :]
     if not geometry.is_orthonormal(direction, atol=1e-5):
         raise ConversionError(
@@ -1305,7 +1312,7 @@ def _write_nifti(
     try:
         img.set_qform(affine_ras, code=qform, strip_shears=True)
     except (nib.spatialimages.HeaderDataError, np.linalg.LinAlgError):
-        img.set_qform(None, code=0)  # a degenerate affine (a zero voxel size): sform only
+        img.set_qform(None, code=0)  # an affine nibabel cannot decompose: sform only
     nib.save(img, str(target))
 
 
@@ -1585,6 +1592,8 @@ def to_file(
     cols = [spatial.index(ax) for ax in index_axes]
     affine = a.copy()
     affine[:n, :n] = a[:n, :n][:, cols]
+    # any format, before a voxel is read; the file whose geometry it is named if any
+    _voxel_sizes(affine[:n, :n], getattr(img, "_path", None) or target)
     frame = _world_frame(meta.spatial, told)
     data = img.to_numpy()
     tmpdir = _tmp_dir_for(target)
