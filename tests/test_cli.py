@@ -528,3 +528,23 @@ def test_a_zero_voxel_size_is_refused_naming_the_file_for_every_format(tmp_path,
         convert_file(src, out)
     assert str(src) in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zero.mla"]
+
+
+def test_info_shows_a_filter_id_blosc2_has_no_name_for_as_its_number(tmp_path, capsys):
+    """A frame header whose filter pipeline lists an id blosc2 does not know (one byte
+    damaged, or a newer writer) still gets its header shown: the id as a number (info
+    died with an AttributeError traceback and showed nothing)."""
+    ok = tmp_path / "ok.mla"
+    x = np.arange(12 * 16 * 20, dtype=np.int16).reshape(12, 16, 20)
+    MLArray(x, spacing=[1, 1, 1]).save(ok)
+    raw = bytearray(ok.read_bytes())
+    assert raw[72] == 0  # the frame header's filter pipeline: a NOFILTER slot
+    raw[72] = 0xFF
+    odd = tmp_path / "odd.mla"
+    odd.write_bytes(bytes(raw))
+    assert np.array_equal(MLArray.open(odd)[...], x)  # the chunks carry their own filters
+    assert main(["info", "--json", str(ok), str(odd)]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [i["filters"] for i in infos] == [["SHUFFLE"], ["255", "SHUFFLE"]]
+    assert main(["info", str(odd)]) == 0
+    assert "filters 255,SHUFFLE" in capsys.readouterr().out

@@ -211,6 +211,27 @@ def _codec_name(value: Any) -> str:
         return str(value)
 
 
+def _filter_names(filters: Any) -> list[str]:
+    """Names of a frame header's filters (NOFILTER left out); blosc2 gives an id it has
+    no name for (a damaged or newer header) as a plain int: shown as that number."""
+    import blosc2
+
+    names = []
+    for f in filters:
+        try:
+            number = int(getattr(f, "value", f))
+        except (TypeError, ValueError):
+            names.append(str(f))
+            continue
+        if number == 0:
+            continue
+        try:
+            names.append(blosc2.Filter(number).name)
+        except ValueError:
+            names.append(str(number))
+    return names
+
+
 def header_info(path: str | os.PathLike) -> dict[str, Any]:
     """What ``mlarray info`` shows, read from the file's header only (no data decompressed)."""
     from mlarray import io
@@ -227,7 +248,7 @@ def header_info(path: str | os.PathLike) -> dict[str, Any]:
         "blocks": list(store.blocks) if has else None,
         "codec": _codec_name(cp.codec),
         "clevel": int(cp.clevel),
-        "filters": [f.name for f in cp.filters if int(f.value) != 0],
+        "filters": _filter_names(cp.filters),
         "nbytes": int(schunk.nbytes),
         "cbytes": int(schunk.cbytes),
         "ratio": float(schunk.nbytes / schunk.cbytes) if schunk.cbytes else None,
