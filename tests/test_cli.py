@@ -548,3 +548,46 @@ def test_info_shows_a_filter_id_blosc2_has_no_name_for_as_its_number(tmp_path, c
     assert [i["filters"] for i in infos] == [["SHUFFLE"], ["255", "SHUFFLE"]]
     assert main(["info", str(odd)]) == 0
     assert "filters 255,SHUFFLE" in capsys.readouterr().out
+
+
+def test_storage_option_help_says_what_convert_and_recompress_really_write(tmp_path, capsys):
+    """``--help`` states the defaults the commands use: convert picks codec and filter by
+    content, recompress keeps the file's own settings (the help claimed lz4hc, level 8
+    and shuffle, the reference package's defaults, for both)."""
+
+    def help_of(command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    def written(path: Path) -> tuple:
+        h = header_info(path)
+        return h["codec"], h["clevel"], h["filters"]
+
+    text = help_of("convert")
+    assert "(default by content: lz4 for images, lz4hc for label maps)" in text
+    assert "level (default 9)" in text
+    assert "default shuffle; none for one-byte data such as uint8 when no other" in text
+    x = (np.arange(32**3) % 200).reshape(32, 32, 32)
+    for dtype, options, expected in (
+        (np.int16, [], ("LZ4", 9, ["SHUFFLE"])),
+        (np.uint8, [], ("LZ4", 9, [])),
+        (np.uint8, ["--seg"], ("LZ4HC", 9, [])),
+        (np.int16, ["--seg"], ("LZ4HC", 9, ["SHUFFLE"])),
+        (np.uint8, ["--clevel", "5"], ("LZ4", 5, ["SHUFFLE"])),
+    ):
+        src = tmp_path / f"{np.dtype(dtype).name}.nii.gz"
+        nib.save(nib.Nifti1Image(x.astype(dtype), np.eye(4)), src)
+        assert main(["convert", str(src), str(tmp_path / "o.mla"), "--overwrite", *options]) == 0
+        assert written(tmp_path / "o.mla") == expected, (dtype, options)
+
+    text = help_of("recompress")
+    for option in ("Blosc2 codec", "level", "byte filter"):
+        assert f"{option} (default: the file's current one)" in text
+    assert "lz4hc" not in text.replace("{blosclz,lz4,lz4hc,zlib,zstd}", "")
+    p = tmp_path / "z.mla"
+    MLArray(x.astype(np.uint8), cparams={"codec": "zstd", "clevel": 3, "filters": [2]}).save(p)
+    assert main(["recompress", str(p), "--clevel", "5"]) == 0
+    assert written(p) == ("ZSTD", 5, ["BITSHUFFLE"])
+    assert main(["recompress", str(p), "--codec", "lz4"]) == 0
+    assert written(p) == ("LZ4", 5, ["BITSHUFFLE"])

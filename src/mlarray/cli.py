@@ -118,11 +118,26 @@ def _int_list(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
-def _add_storage_options(p: argparse.ArgumentParser) -> None:
+# What a file is written with when an option is not given: the library's defaults by
+# content (mlarray.layout.DEFAULT_CPARAMS, DEFAULT_SEG_CPARAMS, NO_FILTER) for a new file,
+# the file's own settings for a rewritten one
+_NEW_DEFAULTS = {
+    "codec": "default by content: lz4 for images, lz4hc for label maps",
+    "clevel": "default 9",
+    "filter": "default shuffle; none for one-byte data such as uint8 when no other "
+    "--codec/--clevel/--nthreads is given",
+}
+_KEPT_DEFAULTS = dict.fromkeys(_NEW_DEFAULTS, "default: the file's current one")
+
+
+def _add_storage_options(p: argparse.ArgumentParser, *, rewrite: bool = False) -> None:
+    d = _KEPT_DEFAULTS if rewrite else _NEW_DEFAULTS
     g = p.add_argument_group("compression and layout (as in the library)")
-    g.add_argument("--codec", choices=_CODECS, help="Blosc2 codec (default lz4hc)")
-    g.add_argument("--clevel", type=int, choices=range(10), metavar="0-9", help="level (default 8)")
-    g.add_argument("--filter", choices=sorted(_FILTERS), help="byte filter (default shuffle)")
+    g.add_argument("--codec", choices=_CODECS, help=f"Blosc2 codec ({d['codec']})")
+    g.add_argument(
+        "--clevel", type=int, choices=range(10), metavar="0-9", help=f"level ({d['clevel']})"
+    )
+    g.add_argument("--filter", choices=sorted(_FILTERS), help=f"byte filter ({d['filter']})")
     g.add_argument(
         "--patch-size", type=_int_list, metavar="N[,N,N]", help="patch size hint per spatial axis"
     )
@@ -670,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".mla files, folders or globs")
-    _add_storage_options(p)
+    _add_storage_options(p, rewrite=True)
     _add_parallel_options(p)
     p.set_defaults(func=_cmd_recompress)
 
