@@ -564,6 +564,29 @@ def test_plain_io_reads_while_another_process_saves_over_the_file_are_one_versio
     assert np.array_equal(held[...], x)
 
 
+@pytest.mark.parametrize("how", ["replace", "delete"])
+def test_without_a_descriptor_name_a_plain_io_handle_refuses_a_replaced_file(
+    tmp_path, monkeypatch, how
+):
+    """Where c-blosc2 cannot be given a name of the opened file's descriptor (no
+    /proc/self/fd: not Linux), a read-only plain-I/O handle reads the file by its path:
+    once the path names another file or none, its reads raise FileChangedError naming
+    the file instead of reading whatever the path names."""
+    from mlarray import io
+
+    monkeypatch.setattr(io, "_FD_DIR", os.fspath(tmp_path / "no_fd_dir"))
+    p, x = _file(tmp_path)
+    plain = MLArray.open(p, mmap_mode=None)
+    assert np.array_equal(plain[1:3], x[1:3])
+    if how == "replace":
+        MLArray(_volume(5)).save(p)
+    else:
+        os.remove(p)
+    with pytest.raises(FileChangedError, match="replaced or deleted since it was opened") as err:
+        plain[...]
+    assert str(p) in str(err.value)
+
+
 def test_dask_blocks_of_a_file_replaced_since_to_dask_are_refused(tmp_path):
     """Each dask task opens the file by its path: a file replaced since ``to_dask()``
     (a save over it) is refused, never mixed into the result, while the handle keeps

@@ -305,6 +305,7 @@ class Watch:
         "_spans",
         "_stat_path",
         "buf",
+        "by_path",
         "dev",
         "ino",
         "mtime",
@@ -332,6 +333,8 @@ class Watch:
         #: reads from other threads meanwhile see the file change as the write goes
         self.writing = 0
         self.writes = 0  # in-place writes through this handle begun so far
+        #: the handle's reads open the file by its path (see :func:`watch`)
+        self.by_path = False
 
     def _name(self, path: Any) -> None:
         self._given = os.fspath(path)
@@ -361,6 +364,15 @@ class Watch:
                 self.touched += 1
                 return
             self._changed(st.st_size)
+        if self.by_path:  # its reads would go to the file the path names now
+            from mlarray.errors import FileChangedError
+
+            raise FileChangedError(
+                self.path,
+                "replaced or deleted since it was opened (this handle reads the file by "
+                "its path); reopen it to read the new version",
+                was=self.size,
+            )
         try:
             now = self.buf.size()  # fstat of the descriptor the mapping keeps
         except (OSError, ValueError, AttributeError):
@@ -442,16 +454,21 @@ class Watch:
         return now != (self.size, self.mtime) and _OWN.get((self.dev, self.ino)) == now
 
 
-def watch(store: Any, path: Any, buf: Any, version: Version, info: Any = None) -> None:
+def watch(
+    store: Any, path: Any, buf: Any, version: Version, info: Any = None, by_path: bool = False
+) -> None:
     """Give ``store``, which decodes from (a mapping of) the file version ``version``
     of ``path`` mapped as ``buf``, the :class:`Watch` its reads check; ``info`` (the
     frame's :class:`~mlarray.frame.FrameInfo`) lets it tell a touched file from a
-    rewritten one."""
+    rewritten one. ``by_path``: the store's reads open ``path`` itself, so once ``path``
+    names another file or none its reads raise instead of reading that file."""
     spans = None
     if info is not None:
         spans = ((0, info.header_len), (info.header_len + info.cbytes, version[2]))
+    w = Watch(path, buf, version, spans)
+    w.by_path = by_path
     with contextlib.suppress(AttributeError):
-        setattr(store, _WATCH, Watch(path, buf, version, spans))
+        setattr(store, _WATCH, w)
 
 
 def rename(store: Any, path: Any) -> None:
