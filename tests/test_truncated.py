@@ -564,6 +564,27 @@ def test_plain_io_reads_while_another_process_saves_over_the_file_are_one_versio
     assert np.array_equal(held[...], x)
 
 
+def test_plain_io_handles_of_one_file_share_the_descriptor_that_keeps_its_version(tmp_path):
+    """The descriptor that keeps a plain-I/O handle's file version is one per file
+    version, not one more per handle (a loader holding many handles stays far from the
+    open-files limit)."""
+    p, x = _file(tmp_path)
+
+    def descriptors() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == os.fspath(p)
+            except OSError:  # the listing's own descriptor, closed meanwhile
+                continue
+        return n
+
+    before = descriptors()
+    handles = [MLArray.open(p, mmap_mode=None) for _ in range(20)]
+    assert all(np.array_equal(h[3], x[3]) for h in handles)
+    assert descriptors() - before <= len(handles) + 1  # Blosc2's own, and one shared
+
+
 @pytest.mark.parametrize("how", ["replace", "delete"])
 def test_without_a_descriptor_name_a_plain_io_handle_refuses_a_replaced_file(
     tmp_path, monkeypatch, how

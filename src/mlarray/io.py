@@ -222,7 +222,7 @@ def _open_mapped(
             p, "cannot open for writing: the file is write-protected", errno.EACCES
         )
     source = os.fspath(p)
-    pin = _pin(p, version) if mmap_mode is None and not writable else None
+    pin = _pin(p, version, buf) if mmap_mode is None and not writable else None
     if pin is not None:
         source = pin.path
     pooled = False
@@ -285,6 +285,7 @@ def _open_mapped(
 # Where an open descriptor can be opened again by name: c-blosc2 opens the file it
 # reads by its path for every chunk it reads.
 _FD_DIR = "/proc/self/fd"
+_PIN_KEY = "io.pin"
 
 
 class _Pinned:
@@ -305,23 +306,32 @@ class _Pinned:
         self.fd = fd
         self.path = f"{_FD_DIR}/{fd}"
 
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        try:  # kept ones go at interpreter exit, when module globals may be gone
+            _close(self.fd)
+        except OSError:  # (not contextlib: it may be gone by then)
+            return
 
 
-def _pin(p: Path, version: tuple) -> _Pinned | None:
+def _pin(p: Path, version: tuple, buf: Any) -> _Pinned | None:
     """A :class:`_Pinned` of ``p`` if ``p`` is still the file version ``version`` (else
     :class:`~mlarray.errors.FileChangedError`: the open tries again); None where an
-    open descriptor has no name to open it by (not Linux)."""
+    open descriptor has no name to open it by (not Linux). One per file version while
+    its mapping ``buf`` is cached: handles of one file share a descriptor."""
     if not os.path.isdir(_FD_DIR):
         return None
+    extras = _maps.attached(version, buf)
+    kept = None if extras is None else extras.get(_PIN_KEY)
+    if kept is not None:
+        return kept
     with os_errors(p, "cannot read"):
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO put there: no wait
     pin = _Pinned(fd)
     st = os.fstat(fd)
     if _maps.version_of(st) != version:
         raise FileChangedError(p, "the file changed while it was being opened")
+    if extras is not None:
+        extras[_PIN_KEY] = pin
     return pin
 
 
