@@ -753,3 +753,31 @@ def test_two_writable_handles_of_one_process_both_write(tmp_path, mmap_mode):
         return out
 
     assert _in_child(child) == "returned: [True, True, True, True]"
+
+
+@pytest.mark.parametrize("recompress", [False, True])
+def test_saving_a_handle_while_its_file_is_replaced_writes_the_handle_s_own_version(
+    tmp_path, recompress
+):
+    # the save streams from a second, plain-I/O store of the file: it read by path, so a
+    # save over the path landing during it gave a copy of two versions (checksums passing)
+    from mlarray.io import save_mla
+
+    src, copy = tmp_path / "src.mla", tmp_path / "copy.mla"
+    a = np.random.default_rng(0).integers(0, 1000, (96, 128, 128)).astype(np.int16)
+    b = a + 3000
+    MLArray(a).save(src)
+    handle = MLArray.open(src)
+    replaced = []
+
+    def progress(done, total):  # another process's save lands after the first chunk
+        if not replaced:
+            replaced.append(True)
+            MLArray(b).save(src)
+
+    kw = {"cparams": {"codec": "zstd", "clevel": 1}} if recompress else {}
+    save_mla(copy, handle, handle.meta, progress=progress, **kw)
+    assert replaced
+    np.testing.assert_array_equal(MLArray.open(copy)[...], a)
+    np.testing.assert_array_equal(handle[...], a)
+    np.testing.assert_array_equal(MLArray.open(src)[...], b)
