@@ -182,7 +182,8 @@ def test_like_constructors_copy_metadata_unless_overridden(tmp_path):
     over = MLArray.zeros_like(base, meta=Meta(is_seg=False, spatial={"spacing": [1, 1, 1]}))
     assert over.meta.is_seg == False  # noqa: E712 - the flag compares as a bool
     assert over.spacing == [1.0, 1.0, 1.0] and over.origin == [1.0, 2.0, 3.0]
-    assert over.meta.source == {"case": 7}
+    # an explicit meta replaces the model's case metadata (its grid stays)
+    assert over.meta.source == {} and over.meta.extra == {}
     assert MLArray.zeros_like(base, meta={"new": 1}).meta.source == {"new": 1}
     plain = MLArray.zeros_like(np.ones((2, 3), np.uint8))
     assert plain.dtype == np.uint8 and plain.spacing is None
@@ -191,6 +192,38 @@ def test_like_constructors_copy_metadata_unless_overridden(tmp_path):
     like = MLArray.zeros_like(base)
     like.save(tmp_path / "like.mla")
     assert MLArray(tmp_path / "like.mla").spacing == [2.5, 0.8, 0.8]
+
+
+def test_like_with_explicit_meta_does_not_inherit_the_label_map_flag(tmp_path):
+    """A probability map allocated next to a label map is not a label map.
+
+    Reference 0.0.54 (recorded): ``zeros_like(seg, float32, meta={...})`` has
+    ``is_seg`` None, ``source`` the given dict and ``extra`` {}; without
+    ``meta`` it keeps the model's is_seg/source/extra. Here the model's grid
+    (spacing, origin, axis labels) stays in both cases (the reference drops it
+    with an explicit meta).
+    """
+    seg = MLArray(
+        np.zeros((2, 8, 8, 8), np.uint8),
+        spacing=[1, 1, 3],
+        origin=[1, 2, 3],
+        axis_labels=["channel", "spatial", "spatial", "spatial"],
+        meta=Meta(source={"labels": {"1": "liver"}}, extra={"e": 2}, is_seg=True),
+    )
+    for make in (MLArray.zeros_like, MLArray.ones_like, MLArray.empty_like):
+        prob = make(seg, dtype=np.float32, meta={"model": "unet", "kind": "probability"})
+        prob.save(tmp_path / "prob.mla")
+        back = MLArray.open(tmp_path / "prob.mla")
+        assert back.meta.is_seg.is_seg is None
+        assert back.meta.source == {"model": "unet", "kind": "probability"}
+        assert back.meta.extra == {}
+        assert back.spacing == [1.0, 1.0, 3.0] and back.origin == [1.0, 2.0, 3.0]
+        assert back.meta.spatial.axis_labels == ["channel", "spatial", "spatial", "spatial"]
+    given = MLArray.full_like(seg, 0.5, dtype=np.float32, meta=Meta(extra={"z": 1}))
+    assert given.meta.is_seg.is_seg is None and given.meta.source == {}
+    assert given.meta.extra == {"z": 1}
+    kept = MLArray.zeros_like(seg, dtype=np.float32)
+    assert kept.meta.is_seg and kept.meta.source == {"labels": {"1": "liver"}}
 
 
 def test_copy_argument_copies_what_is_not_given_explicitly(tmp_path):

@@ -50,6 +50,8 @@ _USER_PARTS = ("source", "extra", "spatial", "stats", "bbox", "is_seg")
 #: Metadata parts ``*_like`` constructors take over from their model: what
 #: describes the grid and the case, not the values (stats, boxes).
 _LIKE_PARTS = ("source", "extra", "spatial", "is_seg")
+#: What ``*_like(x, meta=...)`` takes over from x: its grid (the given meta decides the rest).
+_LIKE_GRID_PARTS = ("spatial",)
 _SOD = ("spacing", "origin", "direction")
 
 #: ``make(shape, dtype, blosc2_kwargs)`` builds a store: a Blosc2 NDArray when
@@ -274,10 +276,16 @@ class MLArray:
         compressed: bool,
         like: Any = None,
     ) -> MLArray:
-        """A new in-memory instance through :meth:`_setup` (``like``: a ``*_like`` model)."""
+        """A new in-memory instance through :meth:`_setup` (``like``: a ``*_like`` model).
+
+        An explicit ``meta`` replaces the model's ``source``, ``extra`` and
+        ``is_seg`` (as in the reference: a float map made from a label map is
+        not flagged a label map); the model's geometry and axis labels stay.
+        """
         out = cls.__new__(cls)
         base = like.meta if isinstance(like, MLArray) else None
-        out._setup(make, base, _LIKE_PARTS, meta, {}, request, compressed)
+        parts = _LIKE_PARTS if meta is None else _LIKE_GRID_PARTS
+        out._setup(make, base, parts, meta, {}, request, compressed)
         return out
 
     def _reset_state(self, meta: Meta | None = None) -> None:
