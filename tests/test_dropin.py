@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 
 from mlarray import Meta, MLArray
-from mlarray.errors import ClosedError, LayoutError, MetaTypeError, MLArrayFormatError
+from mlarray.errors import (
+    ClosedError,
+    LayoutError,
+    MetaTypeError,
+    MetaValidationError,
+    MLArrayFormatError,
+)
 from mlarray.record import decode_record
 from tests._children import run_reference
 
@@ -512,3 +518,45 @@ def test_a_metadata_only_mlarray_is_empty_and_falsy(tmp_path):
     assert len(MLArray()) == 0 and not MLArray()
     full = MLArray(np.zeros((2, 3, 4), np.uint8))
     assert len(full) == 2 and full
+
+
+def test_axis_units_per_spatial_axis_are_accepted_and_kept(tmp_path):
+    """One unit per spatial axis on a channel-first image (parallel to spacing): the
+    reference writes and keeps it; here it was refused and dropped from its files."""
+    labels = ["channel", "spatial", "spatial", "spatial"]
+    m = MLArray(np.zeros((2, 4, 5, 6), np.float32), axis_labels=labels, spacing=[1, 1, 2])
+    m.meta.spatial.axis_units = ["mm", "mm", "mm"]
+    m.save(tmp_path / "units.mla")
+    back = MLArray.load(tmp_path / "units.mla")
+    assert back.meta.spatial.axis_units == ["mm", "mm", "mm"]
+    assert back.meta.spatial.units_per_axis() == [None, "mm", "mm", "mm"]
+    back.save(tmp_path / "resaved.mla")
+    assert MLArray.open(tmp_path / "resaved.mla").meta.spatial.axis_units == ["mm", "mm", "mm"]
+    given = Meta(spatial={"axis_units": ["mm", "mm", "mm"], "axis_labels": labels})
+    assert MLArray(np.zeros((2, 4, 5, 6)), meta=given).meta.spatial.axis_units == ["mm"] * 3
+    per_axis = ["", "mm", "mm", "mm"]
+    m.meta.spatial.axis_units = per_axis  # one per array axis, as before
+    assert m.meta.spatial.units_per_axis() == per_axis
+    with pytest.raises(MetaValidationError, match="one per spatial axis"):
+        m.meta.spatial.axis_units = ["mm", "mm"]
+
+
+@needs_reference
+def test_reference_files_with_units_per_spatial_axis_keep_them(tmp_path):
+    _reference(
+        """
+        import numpy as np
+        from mlarray import MLArray
+        m = MLArray(np.zeros((2, 4, 5, 6), np.float32), spacing=[1, 1, 2],
+                    axis_labels=["channel", "spatial", "spatial", "spatial"])
+        m.meta.spatial.axis_units = ["mm", "mm", "mm"]
+        m.save("units.mla")
+        """,
+        tmp_path,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is ignored
+        m = MLArray.load(tmp_path / "units.mla")
+    assert m.meta.spatial.axis_units == ["mm", "mm", "mm"]
+    m.save(tmp_path / "resaved.mla")
+    assert MLArray.open(tmp_path / "resaved.mla").meta.spatial.axis_units == ["mm", "mm", "mm"]

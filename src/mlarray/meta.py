@@ -747,6 +747,9 @@ class MetaSpatial(BaseMeta):
     spatial axis j) or a homogeneous ``affine`` of shape (n+1, n+1), never
     both. ``axis_labels`` and ``axis_units`` have one entry per array axis;
     ``coord_system`` names the world frame (``"LPS"``, ``"RAS"``, ...).
+    ``axis_units`` may instead have one entry per spatial axis, as
+    ``spacing`` (the reference package writes either):
+    :meth:`units_per_axis` gives them per array axis.
     """
 
     _prefix: ClassVar[str] = "spatial"
@@ -788,12 +791,18 @@ class MetaSpatial(BaseMeta):
             object.__setattr__(self, "_num_spatial_axes", n_sp)
             object.__setattr__(self, "_num_non_spatial_axes", len(self.axis_labels) - n_sp)
         ndim = self.ndim
-        for name in ("axis_labels", "axis_units"):
-            v = getattr(self, name)
-            if v is not None and ndim is not None and len(v) != ndim:
-                raise MetaValidationError(
-                    f"spatial.{name}", f"has {len(v)} entries but the array has {ndim} axes"
-                )
+        if self.axis_labels is not None and ndim is not None and len(self.axis_labels) != ndim:
+            raise MetaValidationError(
+                "spatial.axis_labels",
+                f"has {len(self.axis_labels)} entries but the array has {ndim} axes",
+            )
+        units, n_sp = self.axis_units, self.spatial_ndim
+        if units is not None and ndim is not None and len(units) not in (ndim, n_sp):
+            raise MetaValidationError(
+                "spatial.axis_units",
+                f"has {len(units)} entries but the array has {ndim} axes ({n_sp} spatial): "
+                "give one unit per array axis or one per spatial axis",
+            )
         n = self.spatial_ndim
         lengths = {}
         for name in ("spacing", "origin"):
@@ -852,6 +861,27 @@ class MetaSpatial(BaseMeta):
         """Number of spatial axes (None when unknown)."""
         mask = self.spatial_axis_mask
         return None if mask is None else sum(mask)
+
+    def units_per_axis(self, ndim: int | None = None) -> list[str | None] | None:
+        """``axis_units`` with one entry per array axis (None: no units recorded).
+
+        Units given per spatial axis (as ``spacing``) are placed on the
+        spatial axes, the others get None. ``ndim``: the number of array
+        axes when the record does not say (None is returned when the units
+        fit neither it nor the spatial axes).
+        """
+        units = self.axis_units
+        ndim = self.ndim if ndim is None else ndim
+        if units is None or ndim is None:
+            return None
+        if len(units) == ndim:
+            return list(units)
+        mask = self.spatial_axis_mask if self.ndim == ndim else None
+        mask = [True] * ndim if mask is None else mask
+        if len(units) != sum(mask):
+            return None
+        it = iter(units)
+        return [next(it) if spatial else None for spatial in mask]
 
 
 @dataclass

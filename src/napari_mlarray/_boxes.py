@@ -153,8 +153,8 @@ def shapes_layer_data(
         sp["axis_labels"] = None
         sp["shape"] = [sp["shape"][a] for a in axes]
         sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
-        if meta.spatial.axis_units is not None:
-            sp["axis_units"] = [meta.spatial.axis_units[a] for a in axes]
+        units = meta.spatial.units_per_axis()
+        sp["axis_units"] = None if units is None else [units[a] for a in axes]
     kw, orient, block = common_layer_kwargs(
         sub, len(axes), name=name, path=path, layer="shapes", unit_ok=unit_ok
     )

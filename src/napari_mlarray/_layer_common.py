@@ -45,8 +45,8 @@ def common_layer_kwargs(
     orient = orientation_for(meta, ndim, name=name)
     kw: dict[str, Any] = napari_transforms(orient, ndim)
     kw["axis_labels"] = orient.view_labels(spatial.axis_labels)
-    units = spatial.axis_units
-    if units is not None and len(units) == ndim:
+    units = spatial.units_per_axis(ndim)
+    if units is not None:
         kw["units"] = [("pixel" if units[a] in (None, "") else str(units[a])) for a in orient.perm]
     elif orient.world_frame is not None and orient.n_spatial:
         kw["units"] = ["mm" if orient.spatial[a] else "pixel" for a in orient.perm]

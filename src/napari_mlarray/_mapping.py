@@ -534,6 +534,7 @@ def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None
     if block.get("spatial") is not None:
         block["spatial"] = [s for a, s in enumerate(block["spatial"]) if a != axis]
     sp = rec["spatial"]
+    sp["axis_units"] = as_meta(rec).spatial.units_per_axis()  # per spatial axis: per array axis
     for key in ("shape", "axis_labels", "axis_units"):
         if sp.get(key) is not None:
             sp[key] = [v for a, v in enumerate(sp[key]) if a != axis]
@@ -579,7 +580,7 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
             sp["axis_labels"] = stored
     if not units_same:
         new = _norm_units(meta.get("units"))
-        stored = list(sp["axis_units"] or [None] * stored_ndim)
+        stored = as_meta(rec).spatial.units_per_axis(stored_ndim) or [None] * stored_ndim
         for i, k in enumerate(view_axes):
             stored[perm[k]] = None if new is None else new[i]
         sp["axis_units"] = _stored_units(stored)

@@ -542,3 +542,30 @@ def test_spatial_only_boxes_on_a_time_series():
     assert kw["ndim"] == 3 and len(data) == 2  # napari broadcasts over time
     bbox, _ = boxes_from_shapes([(data, _shapes_meta(data, kw))])
     assert bbox["bboxes"] == rec["bbox"]["bboxes"]
+
+
+def test_units_per_spatial_axis_on_a_channel_first_record():
+    """axis_units with one unit per spatial axis (as spacing; the reference writes them)."""
+    rec = make_record(
+        spacing=[1, 2, 3],
+        origin=[0, 0, 0],
+        direction=np.eye(3),
+        coord_system="LPS",
+        axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
+        axis_units=["mm", "mm", "mm"],
+        shape=[2, 5, 6, 7],
+    )
+    assert Meta.from_mapping(rec).spatial.units_per_axis() == [None, "mm", "mm", "mm"]
+    kw = _mapping.image_layer_kwargs(rec, 4, name="img", contrast_limits=(0, 10))
+    assert kw["channel_axis"] == 0
+    assert [list(u) for u in kw["units"]] == [["mm", "mm", "mm"]] * 2  # one list per channel
+    one = {k: v if k in ("rotate", "shear") else v[1] for k, v in kw.items() if k != "channel_axis"}
+    back, undo = _mapping.record_from_layer((5, 6, 7), "uint8", layer_meta(one), "image")
+    assert undo.insert == (0,)
+    assert Meta.from_mapping(back).spatial.units_per_axis() == [None, "mm", "mm", "mm"]
+    lk = _mapping.labels_layer_kwargs(rec, 4, name="seg")
+    assert list(lk["units"])[-3:] == ["mm", "mm", "mm"]
+    # boxes over the spatial axes only keep the spatial axes' units
+    rec["bbox"]["bboxes"] = [[[0, 2], [1, 3], [2, 4]]]
+    shapes = shapes_layer_data(rec, 4, name="boxes")
+    assert shapes is not None and list(shapes[1]["units"]) == ["mm", "mm", "mm"]
