@@ -560,3 +560,50 @@ def test_reference_files_with_units_per_spatial_axis_keep_them(tmp_path):
     assert m.meta.spatial.axis_units == ["mm", "mm", "mm"]
     m.save(tmp_path / "resaved.mla")
     assert MLArray.open(tmp_path / "resaved.mla").meta.spatial.axis_units == ["mm", "mm", "mm"]
+
+
+def test_a_given_meta_lays_the_new_array_out_for_its_recorded_patch_size(tmp_path):
+    """Reference 0.0.54 (recorded): ``MLArray(seg, meta=img.meta)`` (and asarray, zeros,
+    ones, full, empty, create, ``*_like``) records patch [16, 16, 16] for an image saved
+    with it, chunks (28, 30, 30); ``copy=img``, an explicit patch/chunk size and a Meta
+    without a layout keep the default."""
+    shape = (40, 50, 60)
+    MLArray(np.zeros(shape, np.float32), spacing=[1, 1, 1], patch_size=[16] * 3).save(
+        tmp_path / "img.mla"
+    )
+    img = MLArray.open(tmp_path / "img.mla")
+    seg = np.zeros(shape, np.uint8)
+    laid_out = [
+        MLArray(seg, meta=img.meta),
+        MLArray.asarray(seg, meta=img.meta),
+        MLArray.zeros(shape, np.uint8, meta=img.meta),
+        MLArray.ones(shape, np.uint8, meta=img.meta),
+        MLArray.full(shape, 2, np.uint8, meta=img.meta),
+        MLArray.empty(shape, np.uint8, meta=img.meta),
+        MLArray.zeros_like(img, dtype=np.uint8),
+        MLArray.zeros_like(img, dtype=np.uint8, meta=img.meta),
+        MLArray.create(tmp_path / "c.mla", shape, np.uint8, meta=img.meta),
+    ]
+    for a in laid_out:
+        assert a.meta.blosc2.patch_size == [16, 16, 16]
+        assert a.chunks == (28, 30, 30)
+    default = [192, 192, 192]
+    assert MLArray(seg, copy=img).meta.blosc2.patch_size == default
+    assert MLArray(seg, meta=Meta()).meta.blosc2.patch_size == default
+    assert MLArray.zeros_like(img, dtype=np.uint8, meta={"k": 1}).meta.blosc2.patch_size == default
+    assert MLArray(seg, meta=img.meta, patch_size=[8] * 3).meta.blosc2.patch_size == [8] * 3
+    given = MLArray(seg, meta=img.meta, chunk_size=[10] * 3, block_size=[5] * 3)
+    assert given.chunks == (10, 10, 10) and given.meta.blosc2.patch_size is None
+    four_d = MLArray(
+        np.zeros((2, *shape), np.uint8),
+        meta=img.meta,
+        axis_labels=["channel", "spatial", "spatial", "spatial"],
+    )
+    assert four_d.meta.blosc2.patch_size == [16, 16, 16]  # one per spatial axis
+    # a recorded patch that does not fit the new array's spatial axes: the default
+    # (the reference raises RuntimeError)
+    plane = MLArray(np.zeros((40, 50), np.float32), patch_size=[16, 16])
+    assert MLArray(seg, meta=plane.meta).meta.blosc2.patch_size == default
+    saved = MLArray(seg, meta=img.meta)
+    saved.save(tmp_path / "seg.mla")
+    assert MLArray.open(tmp_path / "seg.mla").meta.blosc2.patch_size == [16, 16, 16]

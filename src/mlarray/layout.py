@@ -9,7 +9,10 @@ patch_size : int, sequence of int, "default" or None
     not None the chunk and block shapes are computed from it by
     :func:`comp_blosc2_params`. ``"default"`` (what every constructor but
     ``arange``/``linspace`` defaults to) means :data:`DEFAULT_PATCH_SIZE` on
-    every spatial axis, unless ``chunk_size`` and ``block_size`` are given;
+    every spatial axis, unless ``chunk_size`` and ``block_size`` are given,
+    or the constructor's ``meta`` Meta (or a ``*_like`` model without
+    ``meta``) records a patch size with one entry per spatial axis of the
+    new array, which is then used (as in the reference);
     an int means that value on every spatial axis; a sequence has one entry
     per spatial axis (or one per array axis, the non-spatial entries then
     being ignored).

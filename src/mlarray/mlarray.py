@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -133,6 +134,28 @@ def _compose_meta(
     return out
 
 
+def _recorded_patch(
+    request: layout.StorageRequest, model: Meta | None, meta: Meta
+) -> layout.StorageRequest:
+    """``request`` with the patch size ``model`` records, when the caller left it at its default.
+
+    As the reference: ``MLArray(seg, meta=img.meta)`` lays the new array out for
+    the patch size recorded in ``img.meta.blosc2`` (so an image and its label map
+    are laid out for the same patch reads), when it has one entry per spatial
+    axis of the new array and no chunk/block size is given.
+    """
+    patch = None if model is None else model.blosc2.patch_size
+    if (
+        patch is None
+        or not (isinstance(request.patch_size, str) and request.patch_size == "default")
+        or request.chunk_size is not None
+        or request.block_size is not None
+        or len(patch) != meta.spatial.spatial_ndim
+    ):
+        return request
+    return dataclasses.replace(request, patch_size=list(patch))
+
+
 class MLArray:
     """An N-dimensional image in the ``.mla`` format: Blosc2-compressed data plus metadata.
 
@@ -221,7 +244,10 @@ class MLArray:
             self._remeta(base, _USER_PARTS, meta, spatial_args)
             return
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        self._setup(_maker(array), base, _USER_PARTS, meta, spatial_args, request, compressed)
+        model = meta if isinstance(meta, Meta) else None
+        self._setup(
+            _maker(array), base, _USER_PARTS, meta, spatial_args, request, compressed, model
+        )
 
     # ------------------------------------------------------------------ the funnel
     def _setup(
@@ -233,12 +259,14 @@ class MLArray:
         spatial_args: Mapping[str, Any],
         request: layout.StorageRequest,
         compressed: bool,
+        layout_model: Meta | None = None,
     ) -> None:
         """The one path of every constructor.
 
         ``make`` is ``(maker, shape, dtype)`` (None for an instance without
         an array); the metadata is composed by :func:`_compose_meta`, the
-        storage keywords resolved by :func:`mlarray.layout.resolve_storage`.
+        storage keywords resolved by :func:`mlarray.layout.resolve_storage`
+        (the patch size ``layout_model`` records replaces a default one).
         """
         self._reset_state()
         if make is None:
@@ -247,6 +275,7 @@ class MLArray:
         maker, shape, dtype = make
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
         self._meta = _compose_meta(shape, base, base_parts, meta, spatial_args)
+        request = _recorded_patch(request, layout_model, self._meta)
         self._fill((maker, shape, dtype), request, compressed)
 
     def _fill(
@@ -285,7 +314,8 @@ class MLArray:
         out = cls.__new__(cls)
         base = like.meta if isinstance(like, MLArray) else None
         parts = _LIKE_PARTS if meta is None else _LIKE_GRID_PARTS
-        out._setup(make, base, parts, meta, {}, request, compressed)
+        model = meta if isinstance(meta, Meta) else base if meta is None else None
+        out._setup(make, base, parts, meta, {}, request, compressed, model)
         return out
 
     def _reset_state(self, meta: Meta | None = None) -> None:
@@ -897,7 +927,8 @@ class MLArray:
 
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
         out = cls.__new__(cls)
-        out._setup((make, shape, dtype), None, (), meta, {}, request, compressed=True)
+        model = meta if isinstance(meta, Meta) else None
+        out._setup((make, shape, dtype), None, (), meta, {}, request, True, model)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._given = os.fspath(filepath)
         out._file_store = out._store
