@@ -607,3 +607,32 @@ def test_a_given_meta_lays_the_new_array_out_for_its_recorded_patch_size(tmp_pat
     saved = MLArray(seg, meta=img.meta)
     saved.save(tmp_path / "seg.mla")
     assert MLArray.open(tmp_path / "seg.mla").meta.blosc2.patch_size == [16, 16, 16]
+
+
+_A = np.zeros((4, 5, 6), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("make", "reference_class"),
+    [  # the class reference 0.0.54 raises (recorded)
+        (lambda: MLArray(_A, meta=[1, 2]), ValueError),
+        (lambda: MLArray(_A, meta="CT"), ValueError),
+        (lambda: MLArray.zeros_like(_A, meta="x"), ValueError),
+        (lambda: MLArray(_A, cparams=[5]), TypeError),
+        (lambda: MLArray(_A, cparams={"clevel": "x"}), TypeError),
+        (lambda: MLArray(_A, dparams=[1]), TypeError),
+        (lambda: MLArray(_A, dparams={"nthreads": "x"}), TypeError),
+        (lambda: MLArray(_A, spacing=[None, 1, 1]), TypeError),
+        (lambda: MLArray(_A, origin=[None, 1, 1]), TypeError),
+        (lambda: MLArray(_A, direction=[[None] * 3] * 3), TypeError),
+        (lambda: Meta(spatial={"spacing": [None, 1, 1]}), TypeError),
+        (lambda: MLArray(_A, patch_size=[None] * 3), TypeError),
+        (lambda: MLArray(_A, chunk_size="x", block_size="x"), TypeError),
+    ],
+)
+def test_wrong_types_are_both_value_and_type_errors(make, reference_class):
+    """README: wrong metadata types are a ValueError and a TypeError, so the reference's
+    ``except`` clause catches them whichever it was."""
+    with pytest.raises(reference_class) as info:
+        make()
+    assert isinstance(info.value, MetaTypeError)  # ours: ValueError and TypeError

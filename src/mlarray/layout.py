@@ -57,7 +57,7 @@ import numpy as np
 
 from mlarray import _fork
 from mlarray._fork import usable_cores
-from mlarray.errors import LayoutError, MetaValidationError
+from mlarray.errors import LayoutError, MetaTypeError, MetaValidationError
 
 __all__ = [
     "DEFAULT_CPARAMS",
@@ -114,10 +114,10 @@ def _positive_ints(field: str, values: Any) -> list[int]:
     try:
         out = [int(v) for v in values]
     except (TypeError, ValueError) as exc:
-        raise MetaValidationError(field, f"expected integers, got {values!r}") from exc
-    if any(isinstance(v, bool) for v in values) or any(
-        int(v) != v for v in values if isinstance(v, float | np.floating)
-    ):
+        raise MetaTypeError(field, f"expected integers, got {values!r}") from exc
+    if any(isinstance(v, bool) for v in values):
+        raise MetaTypeError(field, f"expected integers, got {values!r}")
+    if any(int(v) != v for v in values if isinstance(v, float | np.floating)):
         raise MetaValidationError(field, f"expected integers, got {values!r}")
     if any(v < 1 for v in out):
         raise MetaValidationError(field, f"every entry must be >= 1, got {out}")
@@ -369,11 +369,13 @@ def _check_value(field: str, key: str, value: Any) -> None:
     """Refuse what Blosc2's parameter objects let through: wrong types, out-of-range ints."""
     if key == "use_dict":
         if not isinstance(value, bool):
-            raise MetaValidationError(field, f"use_dict: expected a bool, got {value!r}")
+            raise MetaTypeError(field, f"use_dict: expected a bool, got {value!r}")
         return
     for v in value if isinstance(value, list) else [value]:
         lo, hi = _INT_RANGES[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise MetaTypeError(field, f"{key}: expected an int, got {v!r}")
+        if v < lo or (hi is not None and v > hi):
             bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
             raise MetaValidationError(field, f"{key}: expected an int {bound}, got {v!r}")
         if key in _MEMBERS_ONLY and v not in _MEMBERS_ONLY[key]:
@@ -386,7 +388,7 @@ def _given_mapping(
 ) -> dict[str, Any]:
     """``value`` as a dict of parameters, refusing other types and keys not in ``allowed``."""
     if not isinstance(value, Mapping):
-        raise MetaValidationError(
+        raise MetaTypeError(
             field, f"expected a dict, a {object_name} or None, got {type(value).__name__}"
         )
     unknown = [k for k in value if k not in allowed]
@@ -400,7 +402,7 @@ def _given_mapping(
 def _lists(key: str, value: Any) -> Any:
     if key in ("filters", "filters_meta"):
         if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-            raise MetaValidationError("cparams", f"{key}: expected a list, got {value!r}")
+            raise MetaTypeError("cparams", f"{key}: expected a list, got {value!r}")
         return [_by_name(key, v) for v in value]
     return value
 
@@ -574,7 +576,7 @@ def _per_axis(field: str, value: Any, ndim: int) -> list[int]:
                 "give an int or one entry per array axis"
             )
     else:
-        raise MetaValidationError(field, f"expected an int or a sequence of ints, got {value!r}")
+        raise MetaTypeError(field, f"expected an int or a sequence of ints, got {value!r}")
     return _positive_ints(field, values)
 
 
@@ -589,7 +591,7 @@ def _patch_per_spatial_axis(patch_size: Any, mask: list[bool]) -> tuple[int, ...
     if isinstance(patch_size, int | np.integer) and not isinstance(patch_size, bool):
         return tuple(_positive_ints("patch_size", [patch_size] * n_spatial))
     if not isinstance(patch_size, Sequence | np.ndarray):
-        raise MetaValidationError(
+        raise MetaTypeError(
             "patch_size", f"expected 'default', an int, a sequence or None, got {patch_size!r}"
         )
     values = _positive_ints("patch_size", list(patch_size))

@@ -204,7 +204,9 @@ def parse_float_list(name: str, value: Any) -> list[float] | None:
     out = []
     for i, v in enumerate(_as_list(name, value)):
         f = parse_optional_float(f"{name}[{i}]", v)
-        if f is None or not math.isfinite(f):
+        if f is None:
+            raise MetaTypeError(name, f"entry {i} must be a number, got None")
+        if not math.isfinite(f):
             raise MetaValidationError(name, f"entry {i} must be a finite number, got {v!r}")
         out.append(f)
     return out
@@ -216,7 +218,9 @@ def parse_int_list(name: str, value: Any, minimum: int = 0) -> list[int] | None:
     out = []
     for i, v in enumerate(_as_list(name, value)):
         n = parse_optional_int(f"{name}[{i}]", v)
-        if n is None or n < minimum:
+        if n is None:
+            raise MetaTypeError(name, f"entry {i} must be an integer, got None")
+        if n < minimum:
             raise MetaValidationError(name, f"entry {i} must be an integer >= {minimum}, got {v!r}")
         out.append(n)
     return out

@@ -30,6 +30,7 @@ from mlarray.errors import (
     InvalidModeError,
     InvalidPathError,
     LayoutError,
+    MetaTypeError,
     MetaValidationError,
     MLArrayError,
     MLArrayMemoryError,
@@ -72,7 +73,7 @@ def _as_meta(meta: Meta | Mapping | None) -> Meta | None:
         return meta
     if isinstance(meta, Mapping):
         return Meta(source=meta)
-    raise TypeError(f"meta must be a Meta, a dict or None, got {type(meta).__name__}")
+    raise MetaTypeError("meta", f"meta must be a Meta, a dict or None, got {type(meta).__name__}")
 
 
 def _overlay_spatial(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
