@@ -10,6 +10,7 @@ import blosc2
 import numpy as np
 import pytest
 
+from mlarray import MLArray
 from mlarray.errors import MetaValidationError, MLArrayError
 from mlarray.layout import (
     DEFAULT_CPARAMS,
@@ -25,6 +26,7 @@ from mlarray.layout import (
     resolve_storage,
     usable_cores,
 )
+from tests._children import run_python
 
 L1, L3, SAFETY = 32768, 1441792, 0.8
 
@@ -463,3 +465,30 @@ def test_blosc2_round_trip_with_resolved_options():
         dparams=opts.blosc2_dparams(),
     )
     np.testing.assert_array_equal(arr[...], data)
+
+
+@pytest.mark.parametrize("codec", [3, 6, 99, 200])
+def test_unknown_codec_ids_are_refused_up_front(tmp_path, codec):
+    """Reference 0.0.54 (recorded): ``ValueError: 3 is not a valid Codec``. Here the file
+    was created and the first write failed with Blosc2's bare RuntimeError."""
+    with pytest.raises(MetaValidationError, match=f"codec: {codec} is not a Blosc2 codec"):
+        MLArray.create(tmp_path / "c.mla", (32, 32, 32), np.float32, cparams={"codec": codec})
+    assert not (tmp_path / "c.mla").exists()
+    with pytest.raises(ValueError, match=f"codec: {codec} "):
+        MLArray(np.ones((8, 8, 8), np.float32), cparams={"codec": codec})
+    with pytest.raises(ValueError, match=f"codec: {codec} "):
+        MLArray.zeros((8, 8, 8), np.float32, cparams={"codec": codec})
+
+
+def test_codecs_registered_in_this_process_are_accepted():
+    out = run_python(
+        """
+import blosc2, numpy as np
+from mlarray import MLArray
+blosc2.register_codec("stored", 200, lambda *a: 0, lambda *a: 0)  # 0: kept uncompressed
+data = np.arange(512, dtype=np.float32).reshape(8, 8, 8)
+m = MLArray(data, cparams={"codec": 200, "nthreads": 1})
+print(m.meta.blosc2.cparams["codec"], np.array_equal(m[...], data))
+"""
+    )
+    assert out.split() == ["200", "True"]

@@ -32,6 +32,10 @@ cparams : dict, blosc2.CParams or None
     level 9 + shuffle) for label maps (``meta.is_seg``); with no cparams at
     all, one-byte dtypes get no filter (:data:`NO_FILTER`). Compression
     runs on every usable core unless ``nthreads`` is given (not recorded).
+    ``codec`` must be a :class:`blosc2.Codec` or a codec registered in this
+    process with :func:`blosc2.register_codec`; another id raises
+    :class:`~mlarray.errors.MetaValidationError` (a ValueError, as the
+    reference) before any file is created.
 dparams : dict, blosc2.DParams or None
     Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
     (``{"nthreads": 1}``: right for data loaders, which run one process per
@@ -326,7 +330,7 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
 }
 #: Integer fields and their allowed range (None: no upper bound).
 _INT_RANGES = {
-    "codec": (0, 255),  # user-defined codecs have no enum member, as in blosc2
+    "codec": (0, 255),  # and a blosc2.Codec member or a registered user codec
     "codec_meta": (0, 255),
     "clevel": (0, 9),
     "typesize": (1, 255),
@@ -341,6 +345,8 @@ _INT_RANGES = {
 
 #: Fields whose ints must name a member (splitmode and tuner have no user-defined values).
 _MEMBERS_ONLY = {key: {m.value for m in _ENUM_FIELDS[key]} for key in ("splitmode", "tuner")}
+#: Blosc2's codecs; user-defined ids are accepted once registered (``blosc2.ucodecs_registry``).
+_CODEC_IDS = frozenset(m.value for m in blosc2.Codec)
 
 
 def _plain(value: Any) -> Any:
@@ -381,6 +387,13 @@ def _check_value(field: str, key: str, value: Any) -> None:
         if key in _MEMBERS_ONLY and v not in _MEMBERS_ONLY[key]:
             allowed = ", ".join(f"{m.value} ({m.name})" for m in _ENUM_FIELDS[key])
             raise MetaValidationError(field, f"{key}: {v} is not one of {allowed}")
+        if key == "codec" and v not in _CODEC_IDS and v not in blosc2.ucodecs_registry:
+            known = ", ".join(f"{m.value} ({m.name})" for m in blosc2.Codec)
+            raise MetaValidationError(
+                field,
+                f"codec: {v} is not a Blosc2 codec ({known}) nor one registered in this "
+                "process with blosc2.register_codec",
+            )
 
 
 def _given_mapping(
