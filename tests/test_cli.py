@@ -591,3 +591,21 @@ def test_storage_option_help_says_what_convert_and_recompress_really_write(tmp_p
     assert written(p) == ("ZSTD", 5, ["BITSHUFFLE"])
     assert main(["recompress", str(p), "--codec", "lz4"]) == 0
     assert written(p) == ("LZ4", 5, ["BITSHUFFLE"])
+
+
+def test_stats_command_names_a_damaged_chunk_and_leaves_the_file(tmp_path, capsys):
+    # it decoded without the checksum check: blosc2's "Error while getting the buffer"
+    # (or statistics of damaged values) instead of the library's CorruptChunkError
+    from mlarray import frame
+
+    p = tmp_path / "case.mla"
+    data = np.random.default_rng(0).integers(0, 1000, (40, 48, 48)).astype(np.int16)
+    MLArray(data, chunk_size=[20, 24, 24], block_size=[10, 12, 12]).save(p)
+    raw = bytearray(p.read_bytes())
+    info = frame.inspect_frame(bytes(raw), str(p))
+    raw[int(info.chunk_pos[3]) + 40] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    assert main(["stats", str(p)]) != 0
+    out = capsys.readouterr().out
+    assert "chunk 3" in out and "checksum" in out
+    assert p.read_bytes() == bytes(raw)

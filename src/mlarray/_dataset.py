@@ -266,7 +266,7 @@ def _do_recompress(task: Task, row: Row, progress: Callable[[int, int], None] | 
 def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None) -> None:
     from mlarray import io
     from mlarray.meta import MetaStatistics
-    from mlarray.stats import compute_stats
+    from mlarray.stats import file_stats
 
     store, meta = io.open_streaming(task.src)  # read once: no map held resident
     if not meta._has_array.has_array:
@@ -276,7 +276,7 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
         row.status, row.message = "skipped", "stats already computed (--overwrite to redo)"
         return
     pct = tuple(task.options.get("percentiles") or (0.5, 99.5))
-    values = compute_stats(store, percentiles=pct, chunk_shape=tuple(store.chunks))
+    values = file_stats(store, task.src, pct)
     meta.stats = MetaStatistics(**values)
     io.save_mla(
         task.src,

@@ -1164,22 +1164,11 @@ class MLArray:
         MetaStatistics
             The new ``meta.stats``.
         """
-        from mlarray.stats import compute_stats
+        from mlarray.stats import file_stats
 
-        integrity.verify_all(self._require())
-        store = io.streaming_store(self)
-        try:
-            values = compute_stats(
-                store, percentiles=percentiles, chunk_shape=getattr(store, "chunks", None)
-            )
-        except MLArrayError:  # ours (also RuntimeErrors): as they are
-            raise
-        except RuntimeError as exc:
-            raise integrity.damage_error(  # or the file was written meanwhile
-                self._store,
-                self._path,
-                f"cannot decompress the data, the file may be corrupt ({exc})",
-            ) from None
+        values = file_stats(
+            self._require(), self._path, percentiles, read=lambda: io.streaming_store(self)
+        )
         self.meta.stats = MetaStatistics(**values)
         return self.meta.stats
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlarray import _maps
-from mlarray.errors import MetaValidationError
+from mlarray.errors import MetaValidationError, MLArrayError
 
 __all__ = ["STAT_KEYS", "compute_stats"]
 
@@ -298,6 +298,36 @@ def _check_percentiles(percentiles: Any) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def file_stats(
+    store: Any,
+    path: Any,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    read: Callable[[], Any] | None = None,
+) -> dict[str, float | None]:
+    """:func:`compute_stats` of an opened file: its chunks are checked against their
+    checksums first, and a chunk Blosc2 cannot decode is a
+    :class:`~mlarray.errors.CorruptChunkError` naming ``path`` (or a
+    :class:`~mlarray.errors.FileChangedError` if the file was written meanwhile).
+
+    ``read`` gives the store to stream the values from, once the checks passed
+    (default: ``store``).
+    """
+    from mlarray import integrity
+
+    integrity.verify_all(store)
+    source = store if read is None else read()
+    try:
+        return compute_stats(
+            source, percentiles=percentiles, chunk_shape=getattr(source, "chunks", None)
+        )
+    except MLArrayError:  # ours (also RuntimeErrors): as they are
+        raise
+    except RuntimeError as exc:
+        raise integrity.damage_error(
+            store, path, f"cannot decompress the data, the file may be corrupt ({exc})"
+        ) from None
 
 
 def compute_stats(
