@@ -2,9 +2,10 @@
 
 Reading: :func:`shapes_layer_data` draws each box as rectangles (one per slice
 it overlaps), with ``box``/``label``/``score`` features. Writing:
-:func:`boxes_from_shapes` groups the rectangles back into boxes and keeps a
-box exactly as stored when its rectangles did not change. No napari or Qt
-import.
+:func:`boxes_from_shapes` groups the rectangles back into boxes, keeps a box
+exactly as stored when its rectangles did not change, and applies an edit of
+some of its rectangles (napari edits the one on the shown slice) to the whole
+box. No napari or Qt import.
 """
 
 from __future__ import annotations
@@ -249,7 +250,8 @@ def boxes_from_shapes(
 
     Rectangles read from a file are grouped back into their box by the
     ``box`` feature, and a box whose rectangles are unchanged is written
-    exactly as stored (float extents, axes not shown). Other shapes become one
+    exactly as stored (float extents, axes not shown); an edit of some of them
+    applies to the whole box (:func:`_edited_box`). Other shapes become one
     box each from their bounds (a rectangle on slice ``s`` spans ``[s, s+1)``).
 
     Parameters
@@ -333,17 +335,24 @@ def boxes_from_shapes(
                     label = slabels[bid]
                 if sscores is not None and _same_score(score, sscores[bid]):
                     score = sscores[bid]
-                rects = _rectangles(_stored_view(original, block, extent))  # as the reader drew it
+                view = _stored_view(original, block, extent)
+                rects = _rectangles(view)  # as the reader drew it
                 same = len(rects) == len(idx) and all(
                     np.allclose(np.sort(r, axis=0), np.sort(data[i], axis=0), atol=1e-6)
                     for r, i in zip(rects, idx, strict=True)
                 )
                 box = copy.deepcopy(list(original)) if same else [list(p) for p in original]
+                if not same:
+                    who = f"{meta.get('name') or 'boxes'}: box {bid}"
+                    if slabels is not None and slabels[bid] not in (None, ""):
+                        who += f" ({slabels[bid]!r})"
+                    merged = _edited_box(view, bounds, who)
             else:
                 box = [_full_extent(full_shape, a) for a in box_axes]
             if not same:
                 for d, a in enumerate(dims):
-                    box[box_axes.index(a)] = [_clean_number(v) for v in merged[d]]
+                    if merged[d] is not None:  # None: that extent was not edited
+                        box[box_axes.index(a)] = [_clean_number(v) for v in merged[d]]
             if isinstance(label, str) and label == "":
                 label = None
             if isinstance(score, float) and math.isnan(score):
@@ -387,6 +396,90 @@ def boxes_from_shapes(
         if any(x is not None for x in labels)
         else None,
     }, base_record
+
+
+def _edited_box(
+    view: list[tuple[float, float]], bounds: list[list[tuple[float, float]]], who: str
+) -> list[tuple[float, float] | None]:
+    """A stored box after the user edited some of its rectangles (one per slice).
+
+    napari edits the rectangle on the slice shown, so the edit applies to the
+    whole box: its in-plane extent is the edited rectangles' (a box whose
+    rectangles were edited differently gets the extent around all edited
+    ones, with a warning), its slice range the rectangles present (deleting
+    the end slices' rectangles shortens the box). An extent the user did not
+    change is ``None`` (the stored value stays, float or outside the array).
+
+    Parameters
+    ----------
+    view : list of (float, float)
+        The stored box as the reader drew it (Shapes dims, clipped).
+    bounds : list of list of (float, float)
+        :func:`_shape_bounds` of each rectangle of the box in the layer.
+    who : str
+        The box, for the warnings.
+
+    Returns
+    -------
+    list of (float, float) or None
+        Per Shapes dim.
+    """
+    m = len(view)
+    out: list[tuple[float, float] | None] = []
+    span = []  # slices covered per slice axis, after the edit
+    for d in range(m - 2):  # slice axes: the range of the rectangles present
+        lo, hi = view[d]
+        drawn = (float(math.floor(lo)), float(max(math.ceil(hi), math.floor(lo) + 1)))
+        present = (min(b[d][0] for b in bounds), max(b[d][1] for b in bounds))
+        out.append(None if present == drawn else present)
+        span.append(range(int(present[0]), int(present[1])))
+    have = {tuple(int(b[d][0]) for d in range(m - 2)) for b in bounds}
+    holes = [p for p in itertools.product(*span) if p not in have] if span else []
+    if holes:
+        where = ", ".join(str(p[0] if len(p) == 1 else p) for p in holes[:8])
+        more = f" and {len(holes) - 8} more" if len(holes) > 8 else ""
+        warnings.warn(
+            f"{who}: its rectangles on slice(s) {where}{more} were deleted inside its "
+            "slice range; a box spans every slice between its ends, so it is saved "
+            "over them (delete the end slices' rectangles to shorten it, or all of "
+            "them to delete it)",
+            UserWarning,
+            stacklevel=3,
+        )
+    plane = view[m - 2 :]
+    edited = [
+        b
+        for b in bounds
+        if not all(
+            math.isclose(b[m - 2 + k][e], plane[k][e], abs_tol=1e-6)
+            for k in range(2)
+            for e in (0, 1)
+        )
+    ]
+    if not edited:
+        return [*out, None, None]
+    union = [
+        (min(b[m - 2 + k][0] for b in edited), max(b[m - 2 + k][1] for b in edited))
+        for k in range(2)
+    ]
+    differ = any(
+        not math.isclose(b[m - 2 + k][e], edited[0][m - 2 + k][e], abs_tol=1e-6)
+        for b in edited
+        for k in range(2)
+        for e in (0, 1)
+    )
+    if differ:
+        slices = sorted({b[0][0] for b in edited}) if m > 2 else []
+        on = ", ".join(str(int(s)) for s in slices[:8]) + (" ..." if len(slices) > 8 else "")
+        warnings.warn(
+            f"{who}: its rectangles were edited differently on slices {on}; a box has one "
+            "in-plane extent, so it is saved as the box around all its edited rectangles "
+            f"({', '.join(f'[{_clean_number(lo)}, {_clean_number(hi)})' for lo, hi in union)}"
+            " in the shown axes)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [*out, *union]
 
 
 def _stored_view(box, block: dict, extent) -> list[tuple[float, float]]:

@@ -82,13 +82,112 @@ def test_boxes_reaching_outside_the_array_are_saved_as_stored_when_unedited():
     data, kw = shapes_layer_data(record, 3, name="b", shape=(20, 30, 30))
     bbox, _ = boxes_from_shapes([(data, _shapes_meta(kw))])
     assert bbox["bboxes"] == boxes
-    # an edited box is written from what the user sees (inside the array)
+    # an edited box is written from what the user sees (inside the array) in the edited
+    # axes; its slice range, not edited, stays as stored
     moved = [
         d + np.array([0.0, 0.0, 1.0]) if b == 0 else d
         for d, b in zip(data, kw["features"]["box"], strict=True)
     ]
     bbox, _ = boxes_from_shapes([(moved, _shapes_meta(kw))])
-    assert bbox["bboxes"][0] == [[0, 5], [2, 30], [4, 8]] and bbox["bboxes"][1:] == boxes[1:]
+    assert bbox["bboxes"][0] == [[-3, 5], [2, 30], [4, 8]] and bbox["bboxes"][1:] == boxes[1:]
+
+
+def _edit_box_rectangles(data, kw, box, edit):
+    """``data`` with ``edit(rectangle, slice)`` applied to box ``box``'s rectangles."""
+    return [
+        edit(d.copy(), round(d[0, 0])) if b == box else d
+        for d, b in zip(data, kw["features"]["box"], strict=True)
+    ]
+
+
+def test_an_edit_of_one_rectangle_of_a_box_applies_to_the_whole_box():
+    # view order = stored order (no geometry); box 0 has a rectangle on slices 2..7
+    boxes = [[[2, 8], [4, 14], [6, 18]], [[0, 3], [0, 5], [0, 5]]]
+    record = Meta().to_mapping()
+    record["spatial"]["shape"] = [12, 20, 24]
+    record["bbox"] = {"bboxes": boxes, "labels": ["lesion", "cyst"], "scores": None}
+    data, kw = shapes_layer_data(record, 3, name="b", shape=(12, 20, 24))
+
+    def save(edited):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a consistent edit says nothing
+            return boxes_from_shapes([(edited, _shapes_meta(kw))])[0]["bboxes"]
+
+    def on_slice(z, change):
+        return lambda r, s: change(r) if s == z else r
+
+    def shrink(r):  # to the middle half of the rectangle, as a corner drag does
+        c = r[:, 1:].mean(0)
+        r[:, 1:] = c + (r[:, 1:] - c) * 0.5
+        return r
+
+    def move(r):
+        r[:, 2] += 3
+        return r
+
+    assert save(data) == boxes  # untouched
+    assert save(_edit_box_rectangles(data, kw, 0, on_slice(5, shrink))) == [
+        [[2, 8], [6.5, 11.5], [9, 15]],
+        boxes[1],
+    ]
+    assert save(_edit_box_rectangles(data, kw, 0, on_slice(5, move))) == [
+        [[2, 8], [4, 14], [9, 21]],
+        boxes[1],
+    ]
+    # the same edit on every slice (all rectangles selected and dragged) is the same box
+    assert save(_edit_box_rectangles(data, kw, 0, lambda r, s: move(r)))[0] == [
+        [2, 8],
+        [4, 14],
+        [9, 21],
+    ]
+    # deleting the rectangles at the ends shortens the box; the other box is untouched
+    kept = [
+        (d, i)
+        for i, (d, b) in enumerate(zip(data, kw["features"]["box"], strict=True))
+        if not (b == 0 and int(d[0, 0]) in (2, 7))
+    ]
+    meta = _shapes_meta(kw)
+    meta["features"] = {k: [v[i] for _, i in kept] for k, v in meta["features"].items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bbox, _ = boxes_from_shapes([([d for d, _ in kept], meta)])
+    assert bbox["bboxes"] == [[[3, 7], [4, 14], [6, 18]], boxes[1]]
+    assert bbox["labels"] == ["lesion", "cyst"]
+
+
+def test_contradicting_edits_of_a_box_are_saved_by_a_stated_rule():
+    boxes = [[[2, 8], [4, 14], [6, 18]]]
+    record = Meta().to_mapping()
+    record["spatial"]["shape"] = [12, 20, 24]
+    record["bbox"] = {"bboxes": boxes, "labels": ["lesion"], "scores": None}
+    data, kw = shapes_layer_data(record, 3, name="det boxes", shape=(12, 20, 24))
+
+    def two_moves(r, s):  # slice 3 moved right by 3, slice 6 down by 2
+        if s == 3:
+            r[:, 2] += 3
+        elif s == 6:
+            r[:, 1] += 2
+        return r
+
+    edited = _edit_box_rectangles(data, kw, 0, two_moves)
+    with pytest.warns(
+        UserWarning,
+        match=r"det boxes: box 0 \('lesion'\).*edited differently on "
+        r"slices 3, 6.*around all its edited rectangles",
+    ):
+        bbox, _ = boxes_from_shapes([(edited, _shapes_meta(kw))])
+    assert bbox["bboxes"] == [[[2, 8], [4, 16], [6, 21]]]
+    # a rectangle deleted inside the range: the box still spans it, and the user is told
+    keep = [i for i, d in enumerate(data) if int(d[0, 0]) != 4]
+    meta = _shapes_meta(kw)
+    meta["features"] = {k: [v[i] for i in keep] for k, v in meta["features"].items()}
+    with pytest.warns(
+        UserWarning,
+        match=r"box 0 \('lesion'\): its rectangles on slice\(s\) 4 "
+        "were deleted inside its slice range",
+    ):
+        bbox, _ = boxes_from_shapes([([data[i] for i in keep], meta)])
+    assert bbox["bboxes"] == boxes
 
 
 # --------------------------------------------------------------------------- viewer
@@ -128,6 +227,70 @@ def test_viewer_plain_save_keeps_boxes_outside_the_array(make_napari_viewer, tmp
     viewer.layers.selection = set(viewer.layers)
     viewer.layers.save(str(path), selected=True)
     assert MLArray.open(path).meta.bbox.bboxes == boxes
+
+
+@pytest.mark.qt
+def test_viewer_edit_of_a_box_on_the_shown_slice_is_saved(make_napari_viewer, tmp_path):
+    from napari_mlarray._layer_common import KEY
+
+    boxes = [[[2, 8], [4, 14], [6, 18]], [[0, 3], [0, 5], [0, 5]]]
+    path, data = _boxes_file(tmp_path / "det.mla", (12, 20, 24), boxes, labels=["a", "b"])
+    viewer = make_napari_viewer()
+
+    def open_box0():
+        image, shapes = viewer.open(str(path), plugin=None)
+        shown = shapes.metadata[KEY]["shown_axes"]  # stored axis of each Shapes dim
+        view = [boxes[0][a] for a in shown]  # (the stored box, as drawn)
+        z = view[0][0] + 2
+        viewer.dims.set_current_step(0, z)
+        [i] = [
+            k
+            for k, (d, b) in enumerate(zip(shapes.data, shapes.features["box"], strict=True))
+            if b == 0 and d[0, 0] == z
+        ]
+        return image, shapes, shown, i
+
+    def save_and_reload(image, shapes):
+        viewer.layers.selection = {image, shapes}
+        viewer.layers.save(str(path), selected=True)
+        viewer.layers.clear()
+        back = MLArray.open(path)
+        assert np.array_equal(back[...], data)
+        return back.meta.bbox.bboxes
+
+    # untouched: saved as stored
+    image, shapes, shown, i = open_box0()
+    assert save_and_reload(image, shapes) == boxes
+    # dragged 3 voxels along the last shown axis (napari's move: a 2-D shift of the shape)
+    image, shapes, shown, i = open_box0()
+    shapes._data_view.shift(i, np.array([0.0, 3.0]))
+    shapes.refresh()
+    expected = [list(p) for p in boxes[0]]
+    expected[shown[2]] = [v + 3 for v in expected[shown[2]]]
+    assert save_and_reload(image, shapes) == [expected, boxes[1]]
+    # shrunk to half about its centre (napari's corner drag: a scale of the shape)
+    image, shapes, shown, i = open_box0()
+    centre = shapes.data[i][:, 1:].mean(0)
+    shapes._data_view.scale(i, [0.5, 0.5], center=centre)
+    shapes.refresh()
+    for k in (1, 2):
+        lo, hi = expected[shown[k]]
+        expected[shown[k]] = [lo + (hi - lo) / 4, hi - (hi - lo) / 4]
+    saved = save_and_reload(image, shapes)
+    assert saved[1] == boxes[1]
+    np.testing.assert_allclose(np.array(saved[0], float), np.array(expected, float))
+    # its first slice's rectangle deleted: the box starts one slice later
+    image, shapes, shown, i = open_box0()
+    first = min(d[0, 0] for d, b in zip(shapes.data, shapes.features["box"], strict=True) if b == 0)
+    shapes.selected_data = {
+        k
+        for k, (d, b) in enumerate(zip(shapes.data, shapes.features["box"], strict=True))
+        if b == 0 and d[0, 0] == first
+    }
+    shapes.remove_selected()
+    expected[shown[0]] = [expected[shown[0]][0] + 1, expected[shown[0]][1]]
+    saved = save_and_reload(image, shapes)
+    np.testing.assert_allclose(np.array(saved[0], float), np.array(expected, float))
 
 
 def _mask_file(path, data):
