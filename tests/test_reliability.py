@@ -538,6 +538,36 @@ def test_record_without_has_array_does_not_hide_the_array(tmp_path):
     assert np.array_equal(MLArray.open(p)[...], data)
 
 
+def test_boxes_with_another_number_of_axes_are_ignored_naming_the_file(tmp_path):
+    p = tmp_path / "bx7.mla"
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    MLArray(data, spacing=[1, 1, 1]).save(p)
+    rec = MLArray.open(p).meta.to_mapping(include_none=True)
+    rec["_mlarray_version"] = "v0"
+    rec["bbox"] = {"bboxes": [[[0, 1]] * 7], "labels": ["x"], "scores": [0.5]}
+    set_record(p, gzip.compress(pickle.dumps(rec, 4), mtime=0))
+    with pytest.warns(UserWarning, match=r"bx7\.mla: ignoring metadata .*bbox .*7 axes"):
+        a = MLArray.open(p)
+    assert a.meta.bbox.bboxes is None and a.meta.bbox.labels is None
+    assert a.meta.spatial.spacing == [1, 1, 1] and np.array_equal(a[...], data)
+    a.save(tmp_path / "copy.mla")  # save-as works (the boxes are not carried over)
+    assert np.array_equal(MLArray.open(tmp_path / "copy.mla")[...], data)
+    # boxes over the spatial axes of a channel array fit, and are kept
+    p = tmp_path / "ch.mla"
+    arr = MLArray(
+        np.zeros((2, 4, 5, 6), np.int16),
+        axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"],
+    )
+    arr.save(p)
+    rec = MLArray.open(p).meta.to_mapping(include_none=True)
+    rec["_mlarray_version"] = "v0"
+    rec["bbox"] = {"bboxes": [[[0, 1], [0, 2], [1, 3]]], "labels": None, "scores": None}
+    set_record(p, gzip.compress(pickle.dumps(rec, 4), mtime=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MLArray.open(p).meta.bbox.bboxes == [[[0, 1], [0, 2], [1, 3]]]
+
+
 # ----------------------------------------------------------------------------- paths
 
 

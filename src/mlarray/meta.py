@@ -926,6 +926,32 @@ class MetaBbox(BaseMeta):
     def __len__(self) -> int:
         return 0 if self.bboxes is None else len(self.bboxes)
 
+    def axes_problem(self, spatial: MetaSpatial) -> str | None:
+        """Why the boxes do not fit the array ``spatial`` describes, or ``None``.
+
+        A box has one ``[min, max]`` per array axis, or per spatial axis (boxes
+        over the image axes of a multi-channel or time series array).
+
+        Parameters
+        ----------
+        spatial : MetaSpatial
+            The array's spatial metadata (its ``shape`` set).
+
+        Returns
+        -------
+        str or None
+        """
+        mask = spatial.spatial_axis_mask
+        if not self.bboxes or mask is None:
+            return None
+        n = len(self.bboxes[0])  # every box has as many (parse_bboxes)
+        if n in (len(mask), sum(mask)):
+            return None
+        return (
+            f"{len(self.bboxes)} box(es) with {n} axes for an array with {len(mask)} axes "
+            f"({sum(mask)} spatial)"
+        )
+
 
 class _FlagMeta(SingleKeyBaseMeta):
     """A wrapped flag that behaves as its value: ``if meta.is_seg:`` tests the flag."""

@@ -26,6 +26,7 @@ from mlarray.meta import (
     MAX_FLOAT_KEYS,
     META_PARTS,
     Meta,
+    MetaBbox,
     SingleKeyBaseMeta,
     _meta_internal_write,
     record_key_ok,
@@ -390,7 +391,8 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
     ``raw`` is the file's ``mlarray`` vlmeta value (None without one), ``shape``
     the frame's array shape; ``record``, if given, is ``raw`` already decoded (it is
     not modified). Spatial fields that do not fit the stored array (spacing for
-    another number of axes, ...) are left unset with a warning.
+    another number of axes, ...), and boxes with another number of axes
+    (:meth:`MetaBbox.axes_problem`), are left unset with a warning.
     """
     if raw is None:
         meta = Meta()
@@ -422,6 +424,10 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
                 ignored += [f"spatial.{f} ({exc})" for f in drop]
         else:
             raise MLArrayFormatError(path, "metadata does not fit the stored array")
+        problem = meta.bbox.axes_problem(meta.spatial) if has_array else None
+        if problem is not None:  # a viewer or a training pipeline would index the wrong axes
+            meta.bbox = MetaBbox()
+            ignored.append(f"bbox ({problem})")
     if ignored:
         _warn(path, f"ignoring metadata that does not fit the stored array: {ignored}")
     return meta

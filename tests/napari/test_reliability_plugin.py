@@ -41,6 +41,21 @@ def test_boxes_are_clipped_to_the_array(tmp_path):
     assert all(np.all(np.isfinite(r)) for r in data)
 
 
+def test_boxes_with_the_wrong_number_of_axes_leave_the_image_shown(tmp_path):
+    from napari_mlarray._writer import save_layers
+
+    p = tmp_path / "bx7.mla"
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    MLArray(data, spacing=[1, 1, 1]).save(p)
+    _forge(p, bbox={"bboxes": [[[0, 1]] * 7], "scores": None, "labels": None})
+    with pytest.warns(UserWarning, match=r"bx7\.mla: ignoring metadata .*bbox .*7 axes"):
+        layers = read_mla(str(p))
+    assert [kind for *_, kind in layers] == ["image"]  # the image, without the boxes
+    out = tmp_path / "copy.mla"
+    save_layers(out, layers)  # save-as of what napari shows
+    assert np.array_equal(MLArray.open(out)[...], data)
+
+
 def test_rectangles_are_capped_with_a_warning(tmp_path):
     p = tmp_path / "only.mla"
     MLArray(None).save(p)
