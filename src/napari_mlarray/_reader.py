@@ -164,6 +164,15 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     layers, skip = [], ()
     has_array = bool(stored._has_array) and arr is not None and arr.shape is not None
     ndim = arr.ndim if has_array else None
+    if has_array and np.dtype(arr.dtype).kind == "c":
+        from mlarray.errors import MLArrayFormatError
+
+        raise MLArrayFormatError(
+            path,
+            f"cannot be displayed: it holds complex data ({np.dtype(arr.dtype).name}) and napari "
+            "shows real-valued images only; read it with mlarray and add the part you want as "
+            "an image, e.g. viewer.add_image(np.abs(MLArray.open(path)[...])) for the magnitude",
+        )
     record = stored
     adopted = None
     if has_array and stored.spatial.world_frame is None:

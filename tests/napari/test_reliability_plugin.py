@@ -104,6 +104,29 @@ def test_zero_spacing_and_singular_affine_are_refused_at_open(tmp_path):
         read_mla(str(p))
 
 
+def _complex_file(path, dtype):
+    MLArray((np.ones((3, 4, 5)) + 1j).astype(dtype), spacing=[1, 1, 1]).save(path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_data_is_refused_naming_the_file_and_dtype(tmp_path, dtype):
+    p = _complex_file(tmp_path / "phase.mla", dtype)
+    name = np.dtype(dtype).name
+    with pytest.raises(MLArrayFormatError, match=rf"phase\.mla: cannot be displayed.*{name}"):
+        read_mla(str(p))
+
+
+@pytest.mark.qt
+def test_viewer_complex_file_gives_our_message(make_napari_viewer, tmp_path):
+    p = _complex_file(tmp_path / "phase.mla", np.complex64)
+    viewer = make_napari_viewer()
+    # what napari shows on drag-and-drop: our message, not napari's bare NotImplementedError
+    with pytest.raises(Exception, match=r"phase\.mla: cannot be displayed.*complex data"):
+        viewer.open(str(p), plugin=None)
+    assert len(viewer.layers) == 0
+
+
 def test_writer_refuses_a_zero_scale():
     with pytest.raises(ValueError, match="nonzero spacing"):
         _mapping.record_from_layer((4, 5), np.uint8, {"scale": [0.0, 1.0]}, "image")
