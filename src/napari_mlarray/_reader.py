@@ -224,6 +224,16 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             if channel is not None:
                 skip = (view.perm[channel],)
             layers.append((view, kw, "image"))
+        n = orient.n_spatial
+        names = orient.view_labels(record.spatial.axis_labels)
+        _notify(
+            _edge_on_notes(
+                view.shape[ndim - n :],
+                None if names is None else names[ndim - n :],
+                ndim - n - (1 if skip else 0),  # non-spatial dims of the layer
+                name,
+            )
+        )
     shapes = shapes_layer_data(
         record,
         ndim,
@@ -318,6 +328,44 @@ def _notify(notes) -> None:
 
         for note in notes:
             show_info(note)
+
+
+_PLANES = {"R-L": "sagittal ", "A-P": "coronal ", "S-I": "axial "}
+
+
+def _edge_on_notes(shape, labels, m: int, name: str) -> list[str]:
+    """A note for a single slice that napari's default view shows edge-on.
+
+    napari displays the last two dims; a volume whose one slice lies across
+    them (a sagittal or coronal localizer, ``shape`` ``(16, 16, 1)`` in the
+    S-I, A-P, R-L view) shows as a line one voxel wide. napari's Roll button
+    skips one-step dims, so the note gives the dims order that shows the slice
+    in its plane (a reader cannot set it: it has no viewer).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The shown spatial axes' lengths, in view order.
+    labels : list of str or None
+        Their axis labels.
+    m : int
+        Number of non-spatial dims before them in the layer.
+    name : str
+        Layer name.
+    """
+    if len(shape) != 3 or shape[0] <= 1 or [shape[1], shape[2]].count(1) != 1:
+        return []
+    flat = 1 if shape[1] == 1 else 2
+    rest = [k for k in range(3) if k != flat]
+    lab = list(labels) if labels is not None else [f"axis {m + k}" for k in range(3)]
+    order = (*range(m), m + flat, *(m + k for k in rest))
+    plane = _PLANES.get(lab[flat], "")
+    return [
+        f"{name}: a single {plane}slice ({lab[rest[0]]} x {lab[rest[1]]}, one voxel along "
+        f"{lab[flat]}): the default view shows it edge-on, as a line one voxel wide. To see "
+        f"it in its plane, right-click the Roll dimensions button and drag {lab[flat]} to the "
+        f"top of the list (viewer.dims.order = {order}), or switch to the 3D view."
+    ]
 
 
 def _channels(view: LazyView, axis: int) -> list:
