@@ -302,6 +302,8 @@ def boxes_from_shapes(
                 col["label"].append(_label_text(None if stored[2] is None else stored[2][bid]))
                 col["score"].append(_score_value(None if stored[1] is None else stored[1][bid]))
             left_out = []
+        if stored is not None and not same_file:  # each stored box as one shape, edits applied
+            data, col = _one_shape_per_box(data, col, stored, block, extent, meta.get("name"))
         if same_file:
             box_axes, dims = list(block["box_axes"]), list(block["shown_axes"])
         elif target is not None:
@@ -343,10 +345,7 @@ def boxes_from_shapes(
                 )
                 box = copy.deepcopy(list(original)) if same else [list(p) for p in original]
                 if not same:
-                    who = f"{meta.get('name') or 'boxes'}: box {bid}"
-                    if slabels is not None and slabels[bid] not in (None, ""):
-                        who += f" ({slabels[bid]!r})"
-                    merged = _edited_box(view, bounds, who)
+                    merged = _edited_box(view, bounds, _box_name(meta.get("name"), bid, slabels))
             else:
                 box = [_full_extent(full_shape, a) for a in box_axes]
             if not same:
@@ -396,6 +395,42 @@ def boxes_from_shapes(
         if any(x is not None for x in labels)
         else None,
     }, base_record
+
+
+def _box_name(layer: str | None, bid: int, labels) -> str:
+    """A stored box, as the warnings name it."""
+    who = f"{layer or 'boxes'}: box {bid}"
+    if labels is not None and labels[bid] not in (None, ""):
+        who += f" ({labels[bid]!r})"
+    return who
+
+
+def _one_shape_per_box(
+    data: list[np.ndarray], col: dict[str, list], stored, block: dict, extent, layer: str | None
+) -> tuple[list[np.ndarray], dict[str, list]]:
+    """The rectangles of each stored box replaced by one shape spanning the box as edited
+    (:func:`_edited_box`), for boxes saved into another file's array (mapped like shapes)."""
+    sboxes, _, slabels = stored
+    members: dict[int, list[int]] = {}
+    for i, bid in enumerate(col["box"]):
+        if bid is not None and 0 <= bid < len(sboxes):
+            members.setdefault(bid, []).append(i)
+    out: list[np.ndarray] = []
+    out_col: dict[str, list] = {k: [] for k in col}
+    for i, shape in enumerate(data):
+        bid = col["box"][i]
+        if bid in members:
+            idx = members[bid]
+            if i != idx[0]:
+                continue
+            view = _stored_view(sboxes[bid], block, extent)
+            bounds = [_shape_bounds(data[j]) for j in idx]
+            edit = _edited_box(view, bounds, _box_name(layer, bid, slabels))
+            shape = _box_vertices([v if e is None else e for e, v in zip(edit, view, strict=True)])
+        out.append(shape)
+        for k in col:
+            out_col[k].append(col[k][i])
+    return out, out_col
 
 
 def _edited_box(

@@ -153,6 +153,21 @@ def test_an_edit_of_one_rectangle_of_a_box_applies_to_the_whole_box():
         bbox, _ = boxes_from_shapes([([d for d, _ in kept], meta)])
     assert bbox["bboxes"] == [[[3, 7], [4, 14], [6, 18]], boxes[1]]
     assert bbox["labels"] == ["lesion", "cyst"]
+    # the same when the boxes (a boxes-only file) are saved with another file's image
+    target = {"axes": [0, 1, 2], "shape": (12, 20, 24), "matrix": layer_matrix(kw, 3)}
+    target["path"] = "image.mla"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for edit, expected in [
+            (on_slice(5, shrink), [[2, 8], [6.5, 11.5], [9, 15]]),
+            (on_slice(5, move), [[2, 8], [4, 14], [9, 21]]),
+            (lambda r, s: r, boxes[0]),
+        ]:
+            edited = _edit_box_rectangles(data, kw, 0, edit)
+            bbox, _ = boxes_from_shapes([(edited, _shapes_meta(kw))], target=target)
+            assert bbox["bboxes"] == [expected, boxes[1]]
+        bbox, _ = boxes_from_shapes([([d for d, _ in kept], meta)], target=target)
+        assert bbox["bboxes"] == [[[3, 7], [4, 14], [6, 18]], boxes[1]]
 
 
 def test_contradicting_edits_of_a_box_are_saved_by_a_stated_rule():
@@ -291,6 +306,34 @@ def test_viewer_edit_of_a_box_on_the_shown_slice_is_saved(make_napari_viewer, tm
     expected[shown[0]] = [expected[shown[0]][0] + 1, expected[shown[0]][1]]
     saved = save_and_reload(image, shapes)
     np.testing.assert_allclose(np.array(saved[0], float), np.array(expected, float))
+
+
+@pytest.mark.qt
+def test_viewer_edited_box_of_a_boxes_file_saved_with_the_image(make_napari_viewer, tmp_path):
+    from napari_mlarray._layer_common import KEY
+    from napari_mlarray._sample_data import make_ct_sample, write_sample
+
+    sample = make_ct_sample((16, 48, 48))
+    paths = write_sample(tmp_path, sample)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(paths["image"]), plugin=None)
+    [shapes] = viewer.open(str(paths["boxes"]), plugin=None)
+    stored = sample.boxes["bboxes"]
+    shown = shapes.metadata[KEY]["shown_axes"]
+    # the annotator drags the liver box's rectangle on a middle slice by 2 voxels (last axis)
+    ids = list(shapes.features["box"])
+    slices = sorted(shapes.data[k][0, 0] for k in range(len(ids)) if ids[k] == 0)
+    z = slices[len(slices) // 2]
+    [i] = [k for k in range(len(ids)) if ids[k] == 0 and shapes.data[k][0, 0] == z]
+    viewer.dims.set_current_step(0, z)
+    shapes._data_view.shift(i, np.array([0.0, 2.0]))  # napari's move of a dragged shape
+    shapes.refresh()
+    out = tmp_path / "reviewed.mla"
+    viewer.layers.selection = {image, shapes}
+    viewer.layers.save(str(out), selected=True)
+    expected = [list(p) for p in stored[0]]
+    expected[shown[2]] = [v + 2 for v in expected[shown[2]]]
+    assert MLArray.open(out).meta.bbox.bboxes == [expected, stored[1]]
 
 
 def _mask_file(path, data):
