@@ -302,6 +302,8 @@ def boxes_from_shapes(
                 col["label"].append(_label_text(None if stored[2] is None else stored[2][bid]))
                 col["score"].append(_score_value(None if stored[1] is None else stored[1][bid]))
             left_out = []
+        if stored is not None:
+            _copies_are_new_boxes(data, col, stored[0], block, extent)
         if stored is not None and not same_file:  # each stored box as one shape, edits applied
             data, col = _one_shape_per_box(data, col, stored, block, extent, meta.get("name"))
         if same_file:
@@ -403,6 +405,36 @@ def _box_name(layer: str | None, bid: int, labels) -> str:
     if labels is not None and labels[bid] not in (None, ""):
         who += f" ({labels[bid]!r})"
     return who
+
+
+def _copies_are_new_boxes(data, col: dict[str, list], sboxes, block: dict, extent) -> None:
+    """A second rectangle of a stored box on one slice (a copy pasted there: napari copies the
+    ``box`` feature too) is a new box: its ``box`` entry is set to ``None``, in place. The
+    rectangle the reader drew there, if still there, stays the box's."""
+    at: dict[tuple, list[int]] = {}
+    for i, bid in enumerate(col["box"]):
+        if bid is not None and 0 <= bid < len(sboxes):
+            pos = tuple(math.floor(float(v) + 0.5) for v in data[i][0, :-2])
+            at.setdefault((bid, pos), []).append(i)
+    for (bid, pos), idx in at.items():
+        if len(idx) < 2:
+            continue
+        drawn = {
+            tuple(math.floor(float(v) + 0.5) for v in r[0, :-2]): r
+            for r in _rectangles(_stored_view(sboxes[bid], block, extent))
+        }.get(pos)
+        keep = next(
+            (
+                i
+                for i in idx
+                if drawn is not None
+                and np.allclose(np.sort(drawn, axis=0), np.sort(data[i], axis=0), atol=1e-6)
+            ),
+            idx[0],
+        )
+        for i in idx:
+            if i != keep:
+                col["box"][i] = None
 
 
 def _one_shape_per_box(

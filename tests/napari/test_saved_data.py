@@ -170,6 +170,34 @@ def test_an_edit_of_one_rectangle_of_a_box_applies_to_the_whole_box():
         assert bbox["bboxes"] == [[[3, 7], [4, 14], [6, 18]], boxes[1]]
 
 
+def test_a_pasted_copy_of_a_rectangle_is_a_new_box():
+    # napari's copy/paste copies the features: the copy carries the stored box's id
+    boxes = [[[2, 8], [4, 14], [6, 18]]]
+    record = Meta().to_mapping()
+    record["spatial"]["shape"] = [12, 20, 24]
+    record["bbox"] = {"bboxes": boxes, "labels": ["lesion"], "scores": [0.5]}
+    data, kw = shapes_layer_data(record, 3, name="b", shape=(12, 20, 24))
+    [i] = [k for k, d in enumerate(data) if d[0, 0] == 5]
+    copy = data[i].copy()
+    copy[:, 2] += 10  # pasted on the same slice and dragged aside
+    meta = _shapes_meta(kw)
+    meta["features"] = {k: [*v, v[i]] for k, v in meta["features"].items()}
+    target = {"axes": [0, 1, 2], "shape": (12, 20, 24), "matrix": layer_matrix(kw, 3)}
+    for where in (None, {**target, "path": "image.mla"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            bbox, _ = boxes_from_shapes([([*data, copy], meta)], target=where)
+        assert bbox["bboxes"] == [boxes[0], [[5, 6], [4, 14], [16, 28]]]
+        assert bbox["labels"] == ["lesion", "lesion"] and bbox["scores"] == [0.5, 0.5]
+    # the copy dragged and the original rectangle dragged too: the one first in the layer
+    # stays the box's
+    moved = [d + np.array([0.0, 0.0, 1.0]) if k == i else d for k, d in enumerate(data)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bbox, _ = boxes_from_shapes([([*moved, copy], meta)])
+    assert bbox["bboxes"] == [[[2, 8], [4, 14], [7, 19]], [[5, 6], [4, 14], [16, 28]]]
+
+
 def test_contradicting_edits_of_a_box_are_saved_by_a_stated_rule():
     boxes = [[[2, 8], [4, 14], [6, 18]]]
     record = Meta().to_mapping()
