@@ -636,3 +636,92 @@ def test_wrong_types_are_both_value_and_type_errors(make, reference_class):
     with pytest.raises(reference_class) as info:
         make()
     assert isinstance(info.value, MetaTypeError)  # ours: ValueError and TypeError
+
+
+# ------------------------------------------------------------------------ r16: compressed=False
+
+
+def _file_storage(path: Path) -> tuple:
+    s = blosc2.open(str(path), mode="r")
+    return int(s.cparams.codec.value), s.cparams.clevel, s.chunks, s.blocks
+
+
+_A16 = (np.arange(20 * 30 * 40) % 97).astype(np.int16).reshape(20, 30, 40)
+_NUMPY_BUILT = {
+    "MLArray+dict": lambda c: MLArray(_A16, cparams={"codec": "zstd", "clevel": 1}, compressed=c),
+    "asarray+CParams": lambda c: MLArray.asarray(
+        _A16, cparams=blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3), compressed=c
+    ),
+    "zeros+CParams": lambda c: MLArray.zeros(
+        _A16.shape,
+        np.int16,
+        cparams=blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3),
+        compressed=c,
+    ),
+    "full+dict": lambda c: MLArray.full(
+        _A16.shape, 7, np.int16, cparams={"codec": blosc2.Codec.ZSTD, "clevel": 2}, compressed=c
+    ),
+    "MLArray+patch": lambda c: MLArray(_A16, patch_size=16, compressed=c),
+    "empty+patch": lambda c: MLArray.empty(_A16.shape, np.int16, patch_size=8, compressed=c),
+    "ones_like+patch": lambda c: MLArray.ones_like(_A16, patch_size=[8, 16, 8], compressed=c),
+    "MLArray+chunk+block": lambda c: MLArray(
+        _A16, chunk_size=[10, 15, 20], block_size=[5, 5, 10], compressed=c
+    ),
+    "zeros+chunk+block": lambda c: MLArray.zeros(
+        _A16.shape,
+        np.int16,
+        patch_size=None,
+        chunk_size=[10, 15, 20],
+        block_size=[5, 5, 10],
+        compressed=c,
+    ),
+    "arange+dict": lambda c: MLArray.arange(0, 5000, cparams={"clevel": 2}, compressed=c),
+}
+
+
+@pytest.mark.parametrize("name", list(_NUMPY_BUILT))
+def test_compressed_false_saves_with_the_storage_keywords_given(tmp_path, name):
+    # as the reference: a numpy-backed array built with storage keywords is saved with them,
+    # the same file as when built compressed; meta.blosc2 says so before the save
+    numpy_backed, compressed = _NUMPY_BUILT[name](False), _NUMPY_BUILT[name](True)
+    assert isinstance(numpy_backed._store, np.ndarray)
+    nb, cb = numpy_backed.meta.blosc2, compressed.meta.blosc2
+    assert nb.cparams is not None
+    assert (nb.patch_size, nb.cparams, nb.dparams) == (cb.patch_size, cb.cparams, cb.dparams)
+    if name.startswith("arange"):  # patch_size None: Blosc2 chooses the layout when it compresses
+        assert nb.chunk_size is nb.block_size is None
+    else:
+        assert (nb.chunk_size, nb.block_size) == (cb.chunk_size, cb.block_size)
+    numpy_backed.save(tmp_path / "n.mla")
+    compressed.save(tmp_path / "c.mla")
+    assert _file_storage(tmp_path / "n.mla") == _file_storage(tmp_path / "c.mla")
+    o = MLArray.open(tmp_path / "n.mla")
+    np.testing.assert_array_equal(o[...], numpy_backed.to_numpy())
+    assert o.meta.blosc2.cparams == numpy_backed.meta.blosc2.cparams
+
+
+def test_compressed_false_storage_as_the_reference_wrote_it(tmp_path):
+    # what mlarray 0.0.54 writes for these requests (codec, clevel, chunks, blocks; recorded)
+    MLArray(_A16, compressed=False, cparams={"codec": blosc2.Codec.ZSTD, "clevel": 1}).save(
+        tmp_path / "a.mla"
+    )
+    assert _file_storage(tmp_path / "a.mla") == (5, 1, (20, 30, 40), (20, 24, 26))
+    MLArray.zeros(
+        _A16.shape,
+        np.int16,
+        compressed=False,
+        cparams=blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3),
+    ).save(tmp_path / "b.mla")
+    assert _file_storage(tmp_path / "b.mla") == (4, 3, (20, 30, 40), (20, 24, 26))
+    m = MLArray(_A16, compressed=False, patch_size=16)
+    assert (m.meta.blosc2.patch_size, m.meta.blosc2.chunk_size) == ([16] * 3, [20, 30, 26])
+    m.save(tmp_path / "c.mla")
+    assert _file_storage(tmp_path / "c.mla")[2:] == ((20, 30, 26), (20, 24, 26))
+    m = MLArray(
+        _A16, compressed=False, patch_size=None, chunk_size=[10, 15, 20], block_size=[5, 5, 10]
+    )
+    assert (m.meta.blosc2.chunk_size, m.meta.blosc2.block_size) == ([10, 15, 20], [5, 5, 10])
+    m.save(tmp_path / "d.mla")
+    assert _file_storage(tmp_path / "d.mla")[2:] == ((10, 15, 20), (5, 5, 10))
+    m = MLArray(_A16, compressed=False, dparams={"nthreads": 3})
+    assert m.meta.blosc2.dparams == {"nthreads": 3}

@@ -116,8 +116,8 @@ def test_constructors(factory, expected, compressed):
     assert a.meta._has_array.has_array
     if compressed:
         assert a.chunks is not None and a.meta.blosc2.chunk_size == list(a.chunks)
-    else:
-        assert a.chunks is None and a.meta.blosc2.chunk_size is None
+    else:  # a numpy store; meta.blosc2 holds the layout save() will write (as the reference)
+        assert a.chunks is None and a.meta.blosc2.cparams is not None
 
 
 def test_empty_like_and_explicit_layout():

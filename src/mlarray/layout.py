@@ -42,6 +42,11 @@ dparams : dict, blosc2.DParams or None
     core). Whole-volume reads and viewers decode faster on every core:
     ``MLArray.open(path, dparams={"nthreads": usable_cores()})`` (the napari
     reader does this); see benchmarks/RESULTS.md, "Full load".
+compressed : bool
+    True (the default) builds a Blosc2 array in memory; False keeps a numpy
+    array. The other keywords are resolved either way and recorded in
+    ``meta.blosc2``: :meth:`MLArray.save` writes the numpy array with them,
+    as the reference package does.
 
 :func:`resolve_storage` turns them into one frozen :class:`StorageOptions`;
 nothing else in the package interprets these keywords.

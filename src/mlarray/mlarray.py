@@ -184,7 +184,7 @@ class MLArray:
     patch_size, chunk_size, block_size, cparams, dparams, compressed
         The storage keywords, the same for every constructor; documented
         once in :mod:`mlarray.layout`. ``compressed=False`` keeps a numpy
-        array in memory.
+        array in memory (saved with the storage keywords given).
 
     Notes
     -----
@@ -285,15 +285,18 @@ class MLArray:
         request: layout.StorageRequest,
         compressed: bool,
     ) -> None:
-        """Build the store with ``make`` and record its layout in ``meta.blosc2``."""
+        """Build the store with ``make`` and record its layout in ``meta.blosc2``.
+
+        A numpy store (``compressed=False``) records the resolved request too,
+        as the reference package does: :meth:`save` writes the file with it.
+        """
         maker, shape, dtype = make
+        opts = self._resolve(shape, dtype, request)
         if compressed:
-            opts = self._resolve(shape, dtype, request)
             self._store = _direct.guard(maker(shape, dtype, opts.blosc2_kwargs(dtype)))
-            self._record_storage(opts)
         else:
             self._store = np.asarray(maker(shape, dtype, None))
-            self._record_storage(None)
+        self._record_storage(opts)
         self._writable = True
         self._track_threads()
 
@@ -390,15 +393,21 @@ class MLArray:
         )
 
     def _record_storage(self, opts: layout.StorageOptions | None) -> None:
-        """Record the layout and codec of the store (cleared for numpy stores)."""
+        """Record the layout and codec of the store, or for a numpy store the
+        ones it will be saved with (``opts`` None: cleared)."""
         store = self._store
         with _meta_internal_write():
-            if opts is None or not isinstance(store, blosc2.NDArray):
+            if opts is None:
                 self.meta.blosc2 = MetaBlosc2()
                 return
+            if isinstance(store, blosc2.NDArray):
+                chunks, blocks = list(store.chunks), list(store.blocks)
+            else:
+                chunks = None if opts.chunk_size is None else list(opts.chunk_size)
+                blocks = None if opts.block_size is None else list(opts.block_size)
             self.meta.blosc2 = MetaBlosc2(
-                chunk_size=list(store.chunks),
-                block_size=list(store.blocks),
+                chunk_size=chunks,
+                block_size=blocks,
                 patch_size=None if opts.patch_size is None else list(opts.patch_size),
                 cparams=opts.cparams,
                 dparams=opts.dparams,
@@ -468,16 +477,18 @@ class MLArray:
                 keep_layout=True,
             )
         ndim = getattr(store, "ndim", None)
-        if (
-            b.chunk_size is not None
-            and b.block_size is not None
-            and len(b.chunk_size) == len(b.block_size) == ndim
-        ):
-            # decompressed from a file (load(compressed=False)): saved with the file's layout
-            chunks, blocks = list(b.chunk_size), list(b.block_size)
+        chunks, blocks = b.chunk_size, b.block_size
+        if any(v is not None and len(v) != ndim for v in (chunks, blocks)):
+            chunks = blocks = None
+        if chunks is not None or blocks is not None:
+            # decompressed from a file (load(compressed=False)), or built with compressed=False
+            # and a layout: saved with that layout
             return layout.StorageRequest(
                 b.patch_size, chunks, blocks, b.cparams, b.dparams, keep_layout=True
             )
+        if b.cparams is not None:
+            # built with compressed=False: its patch size (None: Blosc2 chooses the layout)
+            return layout.StorageRequest(b.patch_size, None, None, b.cparams, b.dparams)
         return layout.StorageRequest("default", None, None, b.cparams, b.dparams)
 
     # ------------------------------------------------------------------ constructors
