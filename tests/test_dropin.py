@@ -725,3 +725,23 @@ def test_compressed_false_storage_as_the_reference_wrote_it(tmp_path):
     assert _file_storage(tmp_path / "d.mla")[2:] == ((10, 15, 20), (5, 5, 10))
     m = MLArray(_A16, compressed=False, dparams={"nthreads": 3})
     assert m.meta.blosc2.dparams == {"nthreads": 3}
+
+
+@pytest.mark.parametrize("how", ["load", "constructor"])
+def test_integer_index_of_a_numpy_backed_array_is_numpy_s_scalar(tmp_path, how):
+    # as the reference (and numpy): m[z, y, x] is a hashable numpy scalar, label sets work
+    seg = np.zeros((4, 5, 6), np.uint8)
+    seg[1:3, 1:3, 1:3] = 2
+    MLArray(seg).save(tmp_path / "seg.mla")
+    if how == "load":
+        m = MLArray.load(tmp_path / "seg.mla", compressed=False)
+    else:
+        m = MLArray(seg, compressed=False)
+    v = m[1, 1, 1]
+    assert type(v) is np.uint8 and v == 2
+    assert {m[z, y, x] for z, y, x in [(0, 0, 0), (1, 1, 1), (2, 2, 2)]} == {0, 2}
+    assert {0: "bg", 2: "liver"}[m[1, 1, 1]] == "liver"
+    for key in [(1, 1, 1), (-1, 0, 2), 1, (slice(1, 3), 2), ..., seg > 0, ([0, 1], [1, 2], 1)]:
+        got, want = m[key], seg[key]
+        assert type(got) is type(want)
+        np.testing.assert_array_equal(got, want)

@@ -1275,7 +1275,9 @@ class MLArray:
                     return out
             if box is not None:
                 return _direct.read_box(store, box)
-            if isinstance(store, np.ndarray) or _is_basic_key(key):
+            if isinstance(store, np.ndarray):
+                return store[key]  # numpy's own result: a numpy scalar for integer keys
+            if _is_basic_key(key):
                 return np.asarray(store[key])
             return _read_advanced(store, key)
         except IndexError:
