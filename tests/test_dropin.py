@@ -745,3 +745,20 @@ def test_integer_index_of_a_numpy_backed_array_is_numpy_s_scalar(tmp_path, how):
         got, want = m[key], seg[key]
         assert type(got) is type(want)
         np.testing.assert_array_equal(got, want)
+
+
+def test_all_non_spatial_axes_have_the_reference_s_geometry(tmp_path):
+    # mlarray 0.0.54 gives affine [[1.0]] and empty parts for an array without a spatial axis
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    labels = ["channel", "temporal", "channel"]
+    MLArray(a, axis_labels=labels, patch_size=None).save(tmp_path / "c.mla")
+    for m in (MLArray(a, axis_labels=labels), MLArray.open(tmp_path / "c.mla")):
+        assert m.spatial_ndim == 0
+        got = [m.affine, m.translation, m.scale, m.rotation, m.shear]
+        assert got == [[[1.0]], [], [], [], []]
+    m = MLArray(a, axis_labels=labels)
+    m.affine = [[1.0]]  # accepted by the reference, and saved
+    m.save(tmp_path / "d.mla")
+    assert MLArray.open(tmp_path / "d.mla").meta.spatial.affine == [[1.0]]
+    with pytest.raises(ValueError):
+        m.affine = [[1.0, 0.0], [0.0, 1.0]]  # one spatial axis, the array has none

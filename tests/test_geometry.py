@@ -92,7 +92,8 @@ def test_compose_defaults():
         ({"spacing": [[1.0, 2.0]]}, "spacing"),
         ({"spacing": ["a", "b"]}, "spacing"),
         ({}, "ndim"),
-        ({"ndim": 0}, "ndim"),
+        ({"ndim": -1}, "ndim"),
+        ({"ndim": 1.0}, "ndim"),
     ],
 )
 def test_compose_errors_name_the_field(kwargs, field):
@@ -100,6 +101,18 @@ def test_compose_errors_name_the_field(kwargs, field):
         compose_affine(**kwargs)
     assert info.value.field == field
     assert isinstance(info.value, ValueError)
+
+
+def test_no_spatial_axis_is_the_1x1_identity_with_empty_parts():
+    # an array whose axes are all non-spatial (channels, time): as the reference package
+    np.testing.assert_array_equal(compose_affine(ndim=0), [[1.0]])
+    np.testing.assert_array_equal(compose_affine(spacing=[], origin=[]), [[1.0]])
+    t, r, z, s = decompose_affine([[1.0]])
+    assert (t.shape, r.shape, z.shape, s.shape) == ((0,), (0, 0), (0, 0), (0,))
+    assert [t.tolist(), r.tolist(), z.tolist(), s.tolist()] == [[], [], [], []]
+    assert spacing_origin_direction([[1.0]])[0].tolist() == []
+    with pytest.raises(MetaValidationError, match="last row"):
+        decompose_affine([[2.0]])
 
 
 # ----------------------------------------------------------------------------- decompose
@@ -200,7 +213,7 @@ def test_reflection_stays_in_rotation():
         np.diag([1.0, np.nan, 1.0]),
         np.diag([1.0, np.inf, 1.0]),
         np.eye(3)[:2],  # not square
-        np.eye(1),  # no spatial axis
+        np.array([[2.0]]),  # no spatial axis, but not the identity
         np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 1.0]]),  # projective
         [[1, 0], "x"],
     ],

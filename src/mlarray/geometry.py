@@ -79,11 +79,15 @@ def _as_square(field: str, value: ArrayLike) -> np.ndarray:
 
 
 def _as_affine(affine: ArrayLike) -> np.ndarray:
-    """Validate a homogeneous affine: square, at least 2 x 2, finite, last row ``[0..0, 1]``."""
+    """Validate a homogeneous affine: square, at least 1 x 1, finite, last row ``[0..0, 1]``.
+
+    ``[[1.0]]`` is the affine of no spatial axis (an array whose axes are all
+    channels, time, ...), as in the reference package.
+    """
     arr = _as_square("affine", affine)
-    if arr.shape[0] < 2:
+    if arr.shape[0] < 1:
         raise MetaValidationError(
-            "affine", f"expected shape (n+1, n+1) with n >= 1, got {arr.shape}"
+            "affine", f"expected shape (n+1, n+1) with n >= 0, got {arr.shape}"
         )
     last = np.zeros(arr.shape[0])
     last[-1] = 1.0
@@ -121,7 +125,8 @@ def compose_affine(
     -------
     numpy.ndarray
         ``(n+1, n+1)`` float64 affine with ``A[:n, :n] = direction @
-        diag(spacing)``, ``A[:n, n] = origin`` and last row ``[0, ..., 0, 1]``.
+        diag(spacing)``, ``A[:n, n] = origin`` and last row ``[0, ..., 0, 1]``;
+        ``[[1.0]]`` for no spatial axis (``n = 0``), as in the reference package.
 
     Raises
     ------
@@ -141,8 +146,8 @@ def compose_affine(
         dr = _as_square("direction", direction)
         sizes["direction"] = dr.shape[0]
     if ndim is not None:
-        if isinstance(ndim, bool) or not isinstance(ndim, int | np.integer) or ndim < 1:
-            raise MetaValidationError("ndim", f"expected a positive integer, got {ndim!r}")
+        if isinstance(ndim, bool) or not isinstance(ndim, int | np.integer) or ndim < 0:
+            raise MetaValidationError("ndim", f"expected an integer >= 0, got {ndim!r}")
         sizes["ndim"] = int(ndim)
     if not sizes:
         raise MetaValidationError(
@@ -155,11 +160,6 @@ def compose_affine(
             field, f"spatial dimensionality disagrees ({detail}); give one value per spatial axis"
         )
     n = next(iter(sizes.values()))
-    if n < 1:
-        raise MetaValidationError(
-            next(iter(sizes)), "at least one spatial axis is needed to build an affine"
-        )
-
     linear = np.eye(n) if dr is None else dr.copy()
     if sp is not None:
         linear = linear * sp[np.newaxis, :]
@@ -195,6 +195,8 @@ def decompose_affine(
     scale : (n,) numpy.ndarray
         Strictly positive.
 
+    For no spatial axis (``[[1.0]]``) all four are empty.
+
     Raises
     ------
     MetaValidationError
@@ -202,6 +204,8 @@ def decompose_affine(
     """
     arr = _as_affine(affine)
     n = arr.shape[0] - 1
+    if n == 0:
+        return np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
     linear = arr[:n, :n]
     q, r = np.linalg.qr(linear)
     diag = np.diag(r)

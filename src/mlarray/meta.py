@@ -827,7 +827,7 @@ class MetaSpatial(BaseMeta):
                     "(the reference package refuses files holding both)",
                 )
             a = self.affine
-            if len(a) != len(a[0]) or len(a) < 2:
+            if len(a) != len(a[0]) or len(a) < 1:
                 raise MetaValidationError("spatial.affine", "must be a square (n+1) x (n+1) matrix")
             if any(abs(x) > 1e-8 for x in a[-1][:-1]) or abs(a[-1][-1] - 1) > 1e-8:
                 raise MetaValidationError("spatial.affine", "last row must be [0, ..., 0, 1]")
