@@ -191,7 +191,7 @@ def test_save_after_close_refuses_and_keeps_the_file(tmp_path, how):
     MLArray(data, spacing=(1.0, 0.8, 0.8)).save(p)
     before = p.read_bytes()
     if how == "with":
-        with MLArray.open(p, mode="a") as h:
+        with MLArray.open(p, mode="a", mmap_mode="r+") as h:
             h.meta.extra["reviewed"] = True
     else:
         h = MLArray.open(p) if how == "close" else MLArray(p)
@@ -762,3 +762,30 @@ def test_all_non_spatial_axes_have_the_reference_s_geometry(tmp_path):
     assert MLArray.open(tmp_path / "d.mla").meta.spatial.affine == [[1.0]]
     with pytest.raises(ValueError):
         m.affine = [[1.0, 0.0], [0.0, 1.0]]  # one spatial axis, the array has none
+
+
+def test_mode_a_with_the_default_mmap_mode_stays_read_only(tmp_path):
+    # mmap_mode overrides mode (the reference): open(p, mode="a") maps the file read-only;
+    # voxel writes raise a ValueError, metadata edits stay in memory, close leaves the file
+    p = tmp_path / "img.mla"
+    MLArray(np.zeros((4, 5, 6), np.int16), spacing=[1, 1, 1]).save(p)
+    before = p.read_bytes()
+    h = MLArray.open(p, mode="a")
+    assert (h.mode, h.mmap_mode) == ("a", "r")
+    h.spacing = [2, 2, 2]
+    h.meta.source["k"] = 1
+    with pytest.raises(ValueError, match=r"img\.mla.*read-only"):
+        h[0, 0, 0] = 7
+    assert h.spacing == [2, 2, 2] and h.meta.source["k"] == 1  # kept in memory
+    h2 = pickle.loads(pickle.dumps(h))
+    with pytest.raises(ValueError):
+        h2[0, 0, 0] = 7
+    h.close()
+    assert p.read_bytes() == before
+    # the writable forms still write
+    for kw in ({"mmap_mode": "r+"}, {"mode": "a", "mmap_mode": None}):
+        w = MLArray.open(p, **kw)
+        w[0, 0, 0] = 7
+        w.close()
+        assert MLArray.open(p)[0, 0, 0] == 7
+        MLArray(np.zeros((4, 5, 6), np.int16)).save(p)

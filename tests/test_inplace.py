@@ -386,7 +386,7 @@ def test_a_writer_killed_before_its_write_commits_is_rolled_back_on_open(tmp_pat
     assert not io.journal_path(p).exists() and _left_behind(p) == []
     assert verify_file(p).ok
     assert np.array_equal(a[...], _volume())
-    b = MLArray.open(p, mode="a")  # and it can be written again
+    b = MLArray.open(p, mode="a", mmap_mode="r+")  # and it can be written again
     b[0] = 3
     b.close()
     assert np.all(MLArray.open(p)[0] == 3) and verify_file(p).ok
@@ -433,7 +433,9 @@ def test_writers_through_a_symbolic_link_share_the_real_files_journal(tmp_path):
     link.symlink_to(real)
     assert io.journal_path(link) == io.journal_path(real)
     _kill_writer(tmp_path, link, "none", "write", "digests")
-    b = MLArray.open(real, mode="a")  # rolls the crashed write back first, then writes
+    b = MLArray.open(
+        real, mode="a", mmap_mode="r+"
+    )  # rolls the crashed write back first, then writes
     assert np.array_equal(b[...], _volume())
     b[...] = 42
     b.close()
@@ -637,7 +639,7 @@ def _owned_by_runner(p: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "how", [{"mode": "a"}, {"mode": "a", "mmap_mode": None}, {"mmap_mode": "r+"}]
+    "how", [{"mode": "a", "mmap_mode": "r+"}, {"mode": "a", "mmap_mode": None}, {"mmap_mode": "r+"}]
 )
 def test_writable_open_of_a_file_the_user_cannot_write_is_refused(how):
     d = _world_dir()
@@ -672,7 +674,7 @@ def test_save_does_not_replace_a_file_its_owner_made_read_only():
         with pytest.raises(MLArrayIOError, match=r"mine\.mla.*read-only"):
             _save_over(os.fspath(p))
         with pytest.raises(MLArrayIOError, match=r"mine\.mla.*write-protected"):
-            _open_for_writing(os.fspath(p), {"mode": "a"})
+            _open_for_writing(os.fspath(p), {"mode": "a", "mmap_mode": "r+"})
         assert p.read_bytes() == before and _left_behind(p) == []
     finally:
         shutil.rmtree(d)
@@ -763,7 +765,7 @@ def test_a_0d_write_refreshes_the_checksum_of_its_chunk(tmp_path):
     and refreshes its checksum (it was once taken for a metadata-only write)."""
     p = tmp_path / "z.mla"
     MLArray(np.array(5, dtype=np.int32)).save(p)
-    for how in ({"mode": "a"}, {"mode": "r", "mmap_mode": "r+"}):
+    for how in ({"mode": "a", "mmap_mode": None}, {"mode": "r", "mmap_mode": "r+"}):
         a = MLArray.open(p, **how)
         a[()] = 7
         a[...] = a[()] + 1
@@ -798,7 +800,7 @@ def test_writes_of_boolean_keys_journal_and_checksum_the_chunks_they_change(tmp_
         key = np.random.default_rng(0).random(shape) < 0.01
     want = np.zeros(shape, np.int16)
     want[key] = 9
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a[key] = 9
     a.close()
     assert MLArray.open(p).verify().ok
@@ -837,7 +839,9 @@ def test_in_place_writes_of_any_numpy_key_keep_the_file_valid(tmp_path):
         want[key] = values
         p = tmp_path / f"k{next(_WRITES)}.mla"
         MLArray(data, patch_size=None, chunk_size=(2, 3, 2), block_size=(2, 3, 2)).save(p)
-        opened = {"mode": "a"} if how == "a" else {"mode": "r", "mmap_mode": "r+"}
+        opened = (
+            {"mode": "a", "mmap_mode": "r+"} if how == "a" else {"mode": "r", "mmap_mode": "r+"}
+        )
         a = MLArray.open(p, **opened)
         a[key] = values
         a.close()

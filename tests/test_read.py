@@ -338,7 +338,7 @@ def test_a_decode_racing_a_write_is_not_cached(tmp_path, kind):
         block_size=(4, 16, 16),
         patch_size=None,
     )
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.set_chunk_cache()
     cache, store = a._chunk_cache, a._store
     if kind == "layer":  # plane 1: block layer 0 of chunk row 0 along axis 0
@@ -390,7 +390,7 @@ def test_planes_read_while_written_from_another_thread_are_never_stale(tmp_path)
         block_size=(16, 32, 32),
         patch_size=None,
     )
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.set_chunk_cache(64 * 256 * 32 * 2)  # one block layer along the last axis
 
     def scroll(done):
@@ -501,7 +501,7 @@ def test_scrolled_planes_equal_the_whole_read_before_and_after_writes(
     save_mla(p, ref, Meta(), chunk_size=chunks, block_size=blocks, patch_size=None)
     whole = MLArray.open(p)[...]
     np.testing.assert_array_equal(whole, ref)
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.set_chunk_cache()
 
     def check(want):

@@ -532,7 +532,7 @@ def test_record_without_has_array_does_not_hide_the_array(tmp_path):
     set_record(p, gzip.compress(pickle.dumps(rec, 4), mtime=0))
     a = MLArray.open(p)
     assert np.array_equal(a[...], data)
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.meta.is_seg.is_seg = False
     a.close()
     assert np.array_equal(MLArray.open(p)[...], data)
@@ -678,7 +678,7 @@ def test_close_validates_metadata_like_save(tmp_path):
     p = tmp_path / "v.mla"
     MLArray(np.zeros((4, 5, 6), np.float32), spacing=[1.0, 1.0, 1.0]).save(p)
     before = p.read_bytes()
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.meta.spatial.spacing.append(2.0)
     with pytest.raises(MetaValidationError):
         a.close()
@@ -776,10 +776,10 @@ viewer = MLArray.open(path, dparams={"nthreads": 2})  # as the napari reader ope
 viewer.set_chunk_cache()
 for z in range(0, 64, 5):
     viewer[z]
-writable = MLArray.open(wpath, mode="a", dparams={"nthreads": 2})
+writable = MLArray.open(wpath, mode="a", mmap_mode="r+", dparams={"nthreads": 2})
 writable[0:4] = 7.0  # compresses with threads; close() refreshes the checksums
 writable.close()
-writable = MLArray.open(wpath, mode="a", dparams={"nthreads": 2})
+writable = MLArray.open(wpath, mode="a", mmap_mode="r+", dparams={"nthreads": 2})
 writable[...]
 cow = MLArray.open(path, mmap_mode="c", dparams={"nthreads": 2})
 cow[0] = 1.0  # copy-on-write edits live only in this process's memory

@@ -521,7 +521,7 @@ def test_paths_with_dotdot_through_a_symlinked_folder_name_what_the_os_finds(tmp
     np.testing.assert_array_equal(MLArray.open(through)[...], vol)
     np.testing.assert_array_equal(MLArray.load(through).to_numpy(), vol)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(MLArray.open(through)))[...], vol)
-    with MLArray.open(through, mode="a") as a:
+    with MLArray.open(through, mode="a", mmap_mode="r+") as a:
         a[0] = 7
     np.testing.assert_array_equal(MLArray.open(tmp_path / "real" / "x.mla")[0], 7)
     monkeypatch.chdir(tmp_path / "other")

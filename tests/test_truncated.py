@@ -413,7 +413,7 @@ def test_reads_on_other_threads_during_the_handles_own_writes_report_nothing(tmp
     import threading
 
     p, _ = _file(tmp_path)
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a.set_chunk_cache(SHAPE[0] * SHAPE[1] * 16 * 2)
     errors: list[BaseException] = []
 
@@ -453,7 +453,7 @@ def test_two_writable_handles_of_one_process_close_in_turn(tmp_path):
 
     def child() -> object:
         out = []
-        first = MLArray.open(p, mode="a")
+        first = MLArray.open(p, mode="a", mmap_mode="r+")
         second = MLArray.open(p, mode="a", mmap_mode=None)
         first[0:4] = 5
         first.meta.extra = {"by": "first"}
@@ -464,7 +464,7 @@ def test_two_writable_handles_of_one_process_close_in_turn(tmp_path):
         final = MLArray.open(p)
         out.append(final.meta.extra == {"by": "second"})
         out.append(np.array_equal(final[...], expected) and final.verify().ok)
-        third = MLArray.open(p, mode="a")
+        third = MLArray.open(p, mode="a", mmap_mode="r+")
         with open(p, "ab") as f:  # another program
             f.write(b"\0" * 4096)
         try:

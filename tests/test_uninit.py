@@ -86,7 +86,7 @@ def test_copies_statistics_and_dask_see_zeros(uninit_file, tmp_path):
 
 def test_written_uninitialised_chunks_read_what_was_written(uninit_file):
     p, want = uninit_file
-    a = MLArray.open(p, mode="a")
+    a = MLArray.open(p, mode="a", mmap_mode="r+")
     a[22:28, 3:9] = 7
     want[22:28, 3:9] = 7
     np.testing.assert_array_equal(a[...], want)

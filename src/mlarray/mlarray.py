@@ -451,7 +451,8 @@ class MLArray:
                 del d["_fork_rebuild"]
                 return d[name]
             old = d["_fork_reopen"]
-            store = io.reopen_store(old, self._path, self._mmap_mode, self._mode in ("a", "w"))
+            writable = _file_writable(self._mode, self._mmap_mode)
+            store = io.reopen_store(old, self._path, self._mmap_mode, writable)
             d.update(_store=store, _file_store=store)
             del d["_fork_reopen"]
             return store
@@ -834,11 +835,13 @@ class MLArray:
         filepath : str or Path
             An existing file ending with ``.mla``.
         mode : {"r", "a"}
-            Read-only, or read/write.
+            Read-only, or read/write; applies with ``mmap_mode=None`` only.
         mmap_mode : {"r", "r+", "c"} or None
-            Memory-mapping mode; it overrides ``mode``: ``"r"`` read-only,
-            ``"r+"`` writes go to the file, ``"c"`` copy-on-write (writes stay
-            in memory). ``None`` uses plain file I/O in ``mode``.
+            Memory-mapping mode; it overrides ``mode``: ``"r"`` read-only
+            (also with ``mode="a"``, as in the reference package: writes raise
+            :class:`~mlarray.errors.ReadOnlyError`, metadata edits stay in
+            memory), ``"r+"`` writes go to the file, ``"c"`` copy-on-write
+            (writes stay in memory). ``None`` uses plain file I/O in ``mode``.
         dparams : dict, optional
             Blosc2 decompression parameters; ``nthreads`` (default 1, or what the
             file records) is also the number of threads whole-array reads
@@ -847,7 +850,7 @@ class MLArray:
 
         Notes
         -----
-        Writes into the file (``mode="a"``, ``mmap_mode="r+"``) are each
+        Writes into the file (``mmap_mode="r+"``, ``mode="a", mmap_mode=None``) are each
         all-or-nothing: when ``a[...] = v`` returns, it is on disk with its
         chunk checksums; if it fails (a full disk, a crash), the file is as it
         was before it (:func:`mlarray.io.write_in_place`). Opening a file
@@ -876,11 +879,11 @@ class MLArray:
         """
         if mode not in _OPEN_MODES:
             raise InvalidModeError(f"{filepath}: mode must be 'r' or 'a' to open, got {mode!r}")
-        if mode == "a" and mmap_mode == "r":
-            mmap_mode = "r+"
         dp = layout.normalize_dparams(dparams) if dparams is not None else None
         given, filepath = filepath, _absolute(filepath)
-        store, meta = io.open_store(filepath, mmap_mode=mmap_mode, writable=mode == "a", dparams=dp)
+        store, meta = io.open_store(
+            filepath, mmap_mode=mmap_mode, writable=_file_writable(mode, mmap_mode), dparams=dp
+        )
         out = cls._bare(meta)
         out._store = store if meta._has_array.has_array else None
         out._path, out._given = filepath, os.fspath(given)
@@ -1319,8 +1322,10 @@ class MLArray:
         """
         store = self._require()
         if not self._writable:
+            why = " (mmap_mode='r' overrides mode='a')" if self._mode == "a" else ""
             raise ReadOnlyError(
-                f"{self._path}: opened read-only; use MLArray.open(path, mmap_mode='r+') to write"
+                f"{self._path}: opened read-only{why}; use MLArray.open(path, mmap_mode='r+') "
+                "to write"
             )
         if isinstance(store, np.ndarray):
             store[key] = value
@@ -1546,6 +1551,14 @@ class MLArray:
         """Unit upper-triangular shear part of the affine, or None without an array."""
         a = self.affine
         return None if a is None else geometry.shear(a).tolist()
+
+
+def _file_writable(mode: str | None, mmap_mode: str | None) -> bool:
+    """Whether a handle opened with ``mode`` and ``mmap_mode`` may write its file (in
+    place, or its metadata on close): ``mmap_mode`` overrides ``mode``."""
+    if mmap_mode is None:
+        return mode in ("a", "w")
+    return mmap_mode in ("r+", "w+")
 
 
 def _write_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
