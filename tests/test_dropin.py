@@ -789,3 +789,18 @@ def test_mode_a_with_the_default_mmap_mode_stays_read_only(tmp_path):
         w.close()
         assert MLArray.open(p)[0, 0, 0] == 7
         MLArray(np.zeros((4, 5, 6), np.int16)).save(p)
+
+
+@pytest.mark.parametrize("given", [{"clevel": 9}, {"filters": [blosc2.Filter.BITSHUFFLE]}])
+def test_a_partial_cparams_dict_writes_what_the_reference_writes(tmp_path, given):
+    # mlarray 0.0.54 fills a dict's missing keys from Blosc2 (ZSTD, level 5, shuffle); the
+    # dict and the blosc2.CParams object of one request write the same data
+    a = (np.arange(20 * 30 * 40) % 251).astype(np.float32).reshape(20, 30, 40)
+    MLArray(a, cparams=given).save(tmp_path / "d.mla")
+    MLArray(a, cparams=blosc2.CParams(**given)).save(tmp_path / "o.mla")
+    want = (5, given.get("clevel", 5))  # recorded from the reference: ZSTD 9 / ZSTD 5
+    assert _file_storage(tmp_path / "d.mla")[:2] == want
+    assert _file_storage(tmp_path / "o.mla") == _file_storage(tmp_path / "d.mla")
+    d, o = (blosc2.open(str(tmp_path / n), mode="r") for n in ("d.mla", "o.mla"))
+    assert d.cparams.filters == o.cparams.filters
+    assert d.schunk.cbytes == o.schunk.cbytes

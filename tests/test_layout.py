@@ -282,9 +282,10 @@ def test_normalize_cparams_defaults_and_copies():
     assert seg == {"codec": 2, "clevel": 9}  # label maps: LZ4HC level 9
     seg["clevel"] = 1
     assert DEFAULT_SEG_CPARAMS == {"codec": 2, "clevel": 9}
-    # unset keys come from the content's defaults
-    assert normalize_cparams({"clevel": 3}, is_seg=True) == {"codec": 2, "clevel": 3}
-    assert normalize_cparams({"codec": "zstd"}, is_seg=True) == {"codec": 5, "clevel": 9}
+    # a given dict's unset keys come from Blosc2's defaults (ZSTD level 5), as in
+    # blosc2.CParams and the reference package; the content's defaults only replace None
+    assert normalize_cparams({"clevel": 3}, is_seg=True) == {"codec": 5, "clevel": 3}
+    assert normalize_cparams({"codec": "lz4"}, is_seg=True) == {"codec": 1, "clevel": 5}
 
 
 def test_resolve_storage_codec_by_content_and_all_cores_for_compression():
@@ -330,7 +331,35 @@ def test_normalize_cparams_dict_with_enums_and_names():
     assert all(type(v) in (int, bool, list) for v in out.values())
     json.dumps(out)
     assert normalize_cparams({"codec": "zstd"})["codec"] == 5
-    assert normalize_cparams({"clevel": 3}) == {"codec": 1, "clevel": 3}
+    assert normalize_cparams({"clevel": 3}) == {"codec": 5, "clevel": 3}
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"clevel": 9},
+        {"clevel": 1},
+        {"filters": [blosc2.Filter.BITSHUFFLE]},
+        {"nthreads": 2},
+        {"codec": blosc2.Codec.LZ4HC},
+        {"codec": blosc2.Codec.ZLIB, "clevel": 3, "use_dict": False},
+    ],
+)
+def test_a_cparams_dict_fills_what_it_leaves_out_as_blosc2_cparams_does(given):
+    # as the reference package (its {"clevel": 9} is ZSTD 9): the dict and the CParams
+    # object of one request are recorded alike and build the same Blosc2 parameters
+    as_dict = normalize_cparams(given, is_seg=True)
+    as_object = normalize_cparams(blosc2.CParams(**given), is_seg=True)
+    want = blosc2.CParams(**given)
+    assert (as_dict["codec"], as_dict["clevel"]) == (want.codec.value, want.clevel)
+    # recorded alike (a dict also records the keys it names, defaults or not)
+    named = set(given)
+    assert {k: v for k, v in as_dict.items() if k not in named} == {
+        k: v for k, v in as_object.items() if k not in named
+    }
+    for cp in (as_dict, as_object):
+        built = resolve_storage((4, 5), np.int16, cparams=cp).blosc2_cparams(np.int16)
+        assert (built.codec, built.clevel, built.filters) == (want.codec, want.clevel, want.filters)
 
 
 def test_normalize_cparams_from_dataclass():

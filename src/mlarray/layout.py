@@ -26,12 +26,16 @@ chunk_size, block_size : int, sequence of int or None
     and None leaves that choice to Blosc2.
 cparams : dict, blosc2.CParams or None
     Compression parameters. A dict may use enum members, ints or enum names
-    as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``).
-    Unset keys take the defaults of the content: :data:`DEFAULT_CPARAMS`
-    (LZ4 level 9 + shuffle) for images, :data:`DEFAULT_SEG_CPARAMS` (LZ4HC
-    level 9 + shuffle) for label maps (``meta.is_seg``); with no cparams at
-    all, one-byte dtypes get no filter (:data:`NO_FILTER`). Compression
-    runs on every usable core unless ``nthreads`` is given (not recorded).
+    as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``);
+    its unset keys take Blosc2's defaults, as in ``blosc2.CParams`` and the
+    reference package (``{"clevel": 9}`` is ZSTD level 9 + shuffle), so a
+    dict and a ``CParams`` object of one request give the same file. With
+    no cparams (None) the defaults of the content apply:
+    :data:`DEFAULT_CPARAMS` (LZ4 level 9 + shuffle) for images,
+    :data:`DEFAULT_SEG_CPARAMS` (LZ4HC level 9 + shuffle) for label maps
+    (``meta.is_seg``), and no filter for one-byte dtypes
+    (:data:`NO_FILTER`). Compression runs on every usable core unless
+    ``nthreads`` is given (not recorded).
     ``codec`` must be a :class:`blosc2.Codec` or a codec registered in this
     process with :func:`blosc2.register_codec`; another id raises
     :class:`~mlarray.errors.MetaValidationError` (a ValueError, as the
@@ -439,16 +443,20 @@ def normalize_cparams(
     ----------
     cparams : dict, blosc2.CParams or None
         A dict keyed by :class:`blosc2.CParams` field names, with enum
-        members, ints or enum names as values; or a ``CParams`` object, of
-        which the fields that differ from Blosc2's own defaults are kept
-        (plus ``codec`` and ``clevel``, always); or None.
+        members, ints or enum names as values, its missing keys taking
+        Blosc2's defaults (as a ``CParams`` object does, and as in the
+        reference package: ``{"clevel": 9}`` is ZSTD level 9); or a
+        ``CParams`` object; or None for the defaults of the content
+        (:data:`DEFAULT_CPARAMS`, or :data:`DEFAULT_SEG_CPARAMS` with
+        ``is_seg``).
 
     Returns
     -------
     dict
-        :data:`DEFAULT_CPARAMS` updated with the requested values, enums as
-        ints and filters as lists of ints; this is what the ``.mla`` record
-        stores.
+        ``codec``, ``clevel``, the keys a dict named and the fields that
+        differ from Blosc2's defaults; enums as ints and filters as lists of
+        ints. This is what the ``.mla`` record stores: a dict and a
+        ``CParams`` object of the same request give the same file.
 
     Raises
     ------
@@ -456,28 +464,31 @@ def normalize_cparams(
         For an unknown key (named in the message) or a value of the wrong
         type or range.
     """
-    defaults_of_content = default_cparams(is_seg)
     if cparams is None:
-        return defaults_of_content
+        return default_cparams(is_seg)
     if isinstance(cparams, blosc2.CParams):
-        obj, defaults = cparams, blosc2.CParams()
-        keys = [
-            name
-            for name in _CPARAMS_FIELDS
-            if name in defaults_of_content
-            or _plain(getattr(obj, name)) != _plain(getattr(defaults, name))
-        ]
+        obj, named = cparams, ()
     else:
         given = _given_mapping("cparams", cparams, "blosc2.CParams", _CPARAMS_FIELDS)
         given = {k: _lists(k, _by_name(k, v)) for k, v in given.items()}
         if "filters" in given and "filters_meta" not in given:
             given["filters_meta"] = [0] * len(given["filters"])
         try:
-            obj = blosc2.CParams(**{**defaults_of_content, **given})  # normalises enums, filters
+            obj = blosc2.CParams(**given)  # Blosc2's defaults for the rest; normalises enums
         except (TypeError, ValueError) as exc:
             raise MetaValidationError("cparams", f"filters, filters_meta: {exc}") from None
-        keys = [name for name in _CPARAMS_FIELDS if name in defaults_of_content or name in cparams]
+        named = tuple(cparams)
+    defaults = blosc2.CParams()
+    keys = [
+        name
+        for name in _CPARAMS_FIELDS
+        if name in ("codec", "clevel")
+        or name in named
+        or _plain(getattr(obj, name)) != _plain(getattr(defaults, name))
+    ]
     out = {name: _plain(getattr(obj, name)) for name in keys}
+    if "filters_meta" not in named and out.get("filters_meta") == [0] * len(obj.filters):
+        del out["filters_meta"]  # implied by the filters (StorageOptions.blosc2_cparams)
     for key, value in out.items():
         _check_value("cparams", key, value)
     return out
@@ -653,7 +664,7 @@ def resolve_storage(
     patch_size, chunk_size, block_size, cparams, dparams
         See the module docstring.
     is_seg : bool
-        The array is a label map: unset ``cparams`` keys take
+        The array is a label map: ``cparams=None`` means
         :data:`DEFAULT_SEG_CPARAMS` instead of :data:`DEFAULT_CPARAMS`.
 
     Returns
