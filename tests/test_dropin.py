@@ -29,7 +29,7 @@ from mlarray.errors import (
     MLArrayFormatError,
 )
 from mlarray.record import decode_record
-from tests._children import run_reference
+from tests._children import run_python, run_reference
 
 ODD = Path(__file__).parent / "data" / "reference-odd-meta"
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
@@ -804,3 +804,40 @@ def test_a_partial_cparams_dict_writes_what_the_reference_writes(tmp_path, given
     d, o = (blosc2.open(str(tmp_path / n), mode="r") for n in ("d.mla", "o.mla"))
     assert d.cparams.filters == o.cparams.filters
     assert d.schunk.cbytes == o.schunk.cbytes
+
+
+_STORAGE_REQUESTS = """
+import blosc2, numpy as np
+from mlarray import MLArray
+a = (np.arange(20 * 30 * 40) % 97).astype(np.int16).reshape(20, 30, 40)
+made = [
+    MLArray(a, compressed=False, cparams={"codec": blosc2.Codec.ZSTD, "clevel": 1}),
+    MLArray.zeros(a.shape, a.dtype, compressed=False,
+                  cparams=blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3)),
+    MLArray(a, compressed=False, patch_size=16, cparams={"clevel": 2}),
+    MLArray(a, compressed=False, patch_size=None, chunk_size=[10, 15, 20],
+            block_size=[5, 5, 10], cparams={"codec": blosc2.Codec.LZ4}),
+    MLArray(a, cparams={"clevel": 9}),
+    MLArray(a, cparams={"filters": [blosc2.Filter.BITSHUFFLE]}),
+    MLArray(a, compressed=False, cparams={"nthreads": 2}),
+]
+out = []
+for i, m in enumerate(made):
+    m.save(f"s{i}.mla")
+    s = blosc2.open(f"s{i}.mla", mode="r")
+    filters = [int(getattr(f, "value", f)) for f in s.cparams.filters]
+    out.append([int(s.cparams.codec.value), s.cparams.clevel, filters,
+                list(s.chunks), list(s.blocks)])
+print(out)
+"""
+
+
+@needs_reference
+def test_storage_requests_write_what_the_reference_writes(tmp_path):
+    # compressed=False arrays and partial cparams dicts: the same codec, level, filters
+    # and layout as mlarray 0.0.54 writes (requests that name a codec or a level)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ours").mkdir()
+    want = _reference(_STORAGE_REQUESTS, tmp_path / "ref").strip().splitlines()[-1]
+    ours = run_python(f"import os; os.chdir({str(tmp_path / 'ours')!r})\n{_STORAGE_REQUESTS}")
+    assert ours.strip().splitlines()[-1] == want
