@@ -220,7 +220,7 @@ class LazyView:
                 f"{where}this layer ({_size(self.nbytes)}) reads its data from the file on "
                 f"demand and cannot be painted: napari-mlarray copies at most "
                 f"{_size(MAX_EAGER_LABELS_BYTES)} into memory for editing. Paint a crop of "
-                "it, or edit the file in Python (MLArray.open(path, mode='a'), then assign "
+                "it, or edit the file in Python (MLArray.open(path, mmap_mode='r+'), then assign "
                 "to it)"
             )
         out = np.empty(self.shape, self.dtype)
