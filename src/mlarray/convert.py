@@ -35,7 +35,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -957,6 +957,17 @@ def _arranged(loaded: _Loaded, axis_order: str) -> tuple[Any, list[str], np.ndar
     return loaded.data.transpose(perm), labels, affine, index_order
 
 
+def _by_content(cparams: Any, meta: Meta) -> Any:
+    """A converter's ``cparams``: a dict without a codec or level takes them from the
+    defaults of the content (an image or a label map), as ``mlarray convert`` says."""
+    if not isinstance(cparams, Mapping):
+        return cparams
+    from mlarray import layout
+    from mlarray.io import is_label_map
+
+    return {**layout.default_cparams(is_label_map(meta)), **cparams}
+
+
 def _storage(
     patch_size: Any, chunk_size: Any, block_size: Any, cparams: Any, dparams: Any
 ) -> dict[str, Any]:
@@ -1065,7 +1076,10 @@ def from_file(
     series : str, optional
         The SeriesInstanceUID to read from a folder that holds several series.
     patch_size, chunk_size, block_size, cparams, dparams
-        Storage options, as for :class:`MLArray`.
+        Storage options, as for :class:`MLArray`, except that a ``cparams`` dict
+        without ``codec`` (or ``clevel``) takes it from the defaults of the content
+        (:func:`mlarray.layout.default_cparams` of the image or label map), as the
+        ``mlarray convert`` options say.
     notes : list of str, optional
         Receives what the user should be told (a guessed segmentation, a
         NIfTI sform/qform mismatch).
@@ -1095,7 +1109,7 @@ def from_file(
     img = MLArray(
         np.ascontiguousarray(data),
         meta=meta,
-        **_storage(patch_size, chunk_size, block_size, cparams, dparams),
+        **_storage(patch_size, chunk_size, block_size, _by_content(cparams, meta), dparams),
     )
     with _meta_internal_write():  # the constructor keeps user fields only
         img.meta._image_meta_format = meta._image_meta_format.copy()
@@ -1726,7 +1740,7 @@ def convert_file(
             _ByChunk(data) if progress is not None else data,
             meta,
             progress=progress,
-            **_storage(patch_size, chunk_size, block_size, cparams, dparams),
+            **_storage(patch_size, chunk_size, block_size, _by_content(cparams, meta), dparams),
         )
     else:
         to_file(MLArray.open(s), d, overwrite=overwrite, notes=notes, format=to)
