@@ -143,6 +143,36 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _plain_scalar(value: Any) -> Any:
+    """``value`` as an exact builtin when it is a scalar of another type that stands for one.
+
+    numpy scalars (``arr.mean()``, ``affine[0, 0]``, ``np.str_``) become Python
+    numbers/strings, Enum members their value, and subclasses of bool/int/float/str
+    (``np.float64`` is a ``float``, an ``IntEnum`` member an ``int``) the exact builtin,
+    so what a record holds pickles as plain data (FORMAT.md section 2). Anything else is
+    returned unchanged (for the caller to accept or refuse).
+    """
+    for _ in range(3):  # an Enum whose value is a numpy scalar, ...
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, np.generic):
+            value = value.item()
+        else:
+            break
+    t = type(value)
+    if t is bool or t is int or t is float or t is str or value is None:
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return value
+
+
 def _as_list(name: str, value: Any) -> list:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -154,8 +184,7 @@ def _as_list(name: str, value: Any) -> list:
 def parse_optional_float(name: str, value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = _plain_scalar(value)
     if not _is_number(value):
         raise MetaTypeError(name, f"expected a number or None, got {value!r}")
     return float(value)
@@ -164,8 +193,7 @@ def parse_optional_float(name: str, value: Any) -> float | None:
 def parse_optional_bool(name: str, value: Any) -> bool | None:
     if value is None:
         return None
-    if isinstance(value, np.bool_):
-        value = bool(value)
+    value = _plain_scalar(value)
     if not isinstance(value, bool):
         raise MetaTypeError(name, f"expected True, False or None, got {value!r}")
     return value
@@ -181,9 +209,8 @@ def parse_bool(name: str, value: Any) -> bool:
 def parse_optional_str(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, Enum):
-        value = value.value
-    if not isinstance(value, str):
+    value = _plain_scalar(value)
+    if type(value) is not str:
         raise MetaTypeError(name, f"expected a string or None, got {value!r}")
     return value
 
@@ -191,9 +218,8 @@ def parse_optional_str(name: str, value: Any) -> str | None:
 def parse_optional_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
+    value = _plain_scalar(value)
+    if type(value) is not int:
         raise MetaTypeError(name, f"expected an integer or None, got {value!r}")
     return value
 
@@ -272,13 +298,8 @@ def record_key_ok(key: Any) -> bool:
 
 def _record_key(name: str, key: Any) -> Any:
     """``key`` as stored: plain str/int/float/bool/None, or MetaTypeError."""
-    if isinstance(key, Enum):
-        key = key.value
-    if isinstance(key, np.generic):
-        key = key.item()
-    if isinstance(key, str):
-        key = str(key)
-    elif isinstance(key, bool) or key is None:
+    key = _plain_scalar(key)
+    if isinstance(key, (str, bool)) or key is None:
         pass
     elif isinstance(key, numbers.Integral):
         key = int(key)
@@ -297,18 +318,18 @@ def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
     """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only."""
     if depth > _JSON_MAX_DEPTH:
         raise MetaValidationError(name, f"nested deeper than {_JSON_MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, str, int, float)):
+    value = _plain_scalar(value)
+    t = type(value)
+    if value is None or t is bool or t is str or t is int or t is float:
         return value
-    if isinstance(value, Enum):
-        return _to_json_like(name, value.value, depth)
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             k = _record_key(name, k)
             out[k] = _to_json_like(f"{name}.{k}", v, depth + 1)
         return out
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return _to_json_like(name, value.item(), depth)
     if isinstance(value, (list, tuple, np.ndarray)):
         items = value.tolist() if isinstance(value, np.ndarray) else value
         return [_to_json_like(name, v, depth + 1) for v in items]
@@ -341,7 +362,7 @@ def parse_bboxes(name: str, value: Any) -> list[list[list[float | int]]] | None:
                 raise MetaValidationError(
                     name, f"box {b} axis {a}: expected [min, max], got {pair!r}"
                 )
-            lo, hi = (v.item() if isinstance(v, np.generic) else v for v in pair)
+            lo, hi = (_plain_scalar(v) for v in pair)
             if not (_is_number(lo) and _is_number(hi)):
                 raise MetaTypeError(name, f"box {b} axis {a}: bounds must be numbers")
             if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -362,7 +383,7 @@ def parse_scores(name: str, value: Any) -> list[float | int] | None:
         return None
     out = []
     for i, v in enumerate(_as_list(name, value)):
-        v = v.item() if isinstance(v, np.generic) else v
+        v = _plain_scalar(v)
         if not _is_number(v):
             raise MetaTypeError(name, f"entry {i} must be a number, got {v!r}")
         out.append(v)
@@ -374,7 +395,7 @@ def parse_box_labels(name: str, value: Any) -> list[str | int | float] | None:
         return None
     out = []
     for i, v in enumerate(_as_list(name, value)):
-        v = v.item() if isinstance(v, np.generic) else v
+        v = _plain_scalar(v)
         if not (isinstance(v, str) or _is_number(v)):
             raise MetaTypeError(name, f"entry {i} must be a string or number, got {v!r}")
         out.append(v)

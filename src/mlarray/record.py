@@ -2,10 +2,18 @@
 
 The record is ``gzip(pickle(dict))`` (FORMAT.md section 2). This module is the
 only place that touches pickle: writing uses plain builtins only; reading uses
-a restricted unpickler that knows no global except the two container types
-the reference package emits, with caps on the decompressed size, the nesting
-depth and the number of nodes, so a crafted file can neither run code nor
-exhaust memory.
+a restricted unpickler that never imports or calls anything it finds in the file,
+with caps on the decompressed size, the nesting depth and the number of pickle
+operations, so a crafted file can neither run code nor exhaust memory.
+
+The reference package pickles metadata values as its users wrote them, so its
+files also name a few classes: its own frozen containers, ``OrderedDict`` /
+``defaultdict``, numpy scalars (``arr.mean()`` is an ``np.float64``, a ``float``)
+and user classes whose values are JSON data (``str``/``int`` Enum members,
+namedtuples, dict and list subclasses). Each decodes to the plain value it
+stands for, rebuilt by this module's own code from inert stand-ins: numpy
+scalars from their bytes (numeric and string dtypes only), the others from the
+arguments and items stored with them.
 """
 
 from __future__ import annotations
@@ -66,6 +74,138 @@ _ALLOWED_GLOBALS = {
 _SCALARS = (str, int, float, bool, type(None))
 
 
+class _Token:
+    """An inert stand-in for a global named in a record; only this module's code uses it."""
+
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+
+
+#: Globals the reference's records name for plain data, by kind of stand-in.
+_KNOWN_GLOBALS = {
+    ("collections", "OrderedDict"): "dict",
+    ("collections", "defaultdict"): "defaultdict",
+    ("numpy._core.multiarray", "scalar"): "npscalar",
+    ("numpy.core.multiarray", "scalar"): "npscalar",
+    ("numpy", "dtype"): "npdtype",
+}
+#: Modules whose globals are code, never data types: naming one refuses the record.
+_CODE_MODULES = frozenset(
+    {
+        "builtins",
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "importlib",
+        "pickle",
+        "_pickle",
+        "copyreg",
+        "shutil",
+        "socket",
+        "io",
+        "_io",
+        "codecs",
+        "types",
+        "functools",
+        "operator",
+        "runpy",
+        "ctypes",
+        "pty",
+        "code",
+        "codeop",
+        "webbrowser",
+        "marshal",
+        "posixpath",
+        "ntpath",
+        "pathlib",
+        "tempfile",
+        "glob",
+        "platform",
+        "signal",
+        "threading",
+        "multiprocessing",
+        "asyncio",
+        "select",
+        "mmap",
+        "gc",
+        "inspect",
+        "pdb",
+        "timeit",
+        "trace",
+    }
+)
+#: ``builtins`` types a ``defaultdict`` may name as its factory.
+_FACTORIES = frozenset({"list", "dict", "set", "int", "float", "str", "tuple", "bool", "object"})
+#: numpy scalar dtypes decoded (numeric and unicode; a record holds nothing else).
+_NUMPY_CODES = frozenset(["b1", "f2", "f4", "f8"] + [f"{k}{n}" for k in "iu" for n in (1, 2, 4, 8)])
+
+
+class _DType:
+    """Stand-in for ``numpy.dtype(code)``: the code and byte order, never a real dtype."""
+
+    __slots__ = ("code", "order")
+
+    def __init__(self, code: str) -> None:
+        self.code, self.order = code, "<"
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not tuple or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError("invalid numpy dtype state")
+        self.order = state[1]
+
+
+def _numpy_scalar(dtype: Any, data: Any) -> Any:
+    """The Python value of the numpy scalar of ``dtype`` stored as ``data``."""
+    import numpy as np
+
+    if type(dtype) is not _DType or type(data) is not bytes:
+        raise pickle.UnpicklingError("invalid numpy scalar")
+    code, order = dtype.code, dtype.order if dtype.order in "<>" else "|"
+    if code.startswith("U") and code[1:].isdigit() and len(data) == 4 * int(code[1:]):
+        text = data.decode("utf-32-le" if order != ">" else "utf-32-be", errors="strict")
+        return text.rstrip("\x00")
+    if code not in _NUMPY_CODES or len(data) != int(code[1:]):
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {code!r} is not allowed")
+    return np.frombuffer(data, dtype=np.dtype((order if order != "|" else "=") + code))[0].item()
+
+
+class _Bag:
+    """Stand-in for an instance of a class named in a record (a dict or list subclass,
+    a plain object): collects the items and state pickle gives it; its plain value
+    replaces it once the record is decoded (:func:`_plain_of_bag`)."""
+
+    __slots__ = ("items", "mapping", "state")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.mapping: dict = {}
+        self.state: Any = None
+
+    def append(self, value: Any) -> None:
+        self.items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.items.extend(values)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.mapping[key] = value
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _plain_of_bag(bag: _Bag) -> Any:
+    if bag.mapping or (not bag.items and type(bag.state) is not dict):
+        return bag.mapping
+    if bag.items:
+        return bag.items
+    return bag.state  # an object's attributes
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Pickle's pure-Python unpickler, restricted to builtin containers and scalars.
 
@@ -76,23 +216,39 @@ class _RestrictedUnpickler(pickle._Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+        """A stand-in for the global: nothing is ever imported."""
+        key = (module, name)
+        if key in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[key]
+        if key in _KNOWN_GLOBALS:
+            return _Token(_KNOWN_GLOBALS[key], f"{module}.{name}")
+        if module == "builtins" and name in _FACTORIES:
+            return _Token("factory", name)
+        root = module.split(".", 1)[0]
+        if module.startswith("mlarray.") or (
+            root not in _CODE_MODULES and name.lstrip("_")[:1].isupper() and name.isidentifier()
+        ):
+            # a user's class (Enum, namedtuple, dict subclass): decoded as its plain value
+            if not module.startswith("mlarray."):
+                self.foreign.add(f"{module}.{name}")
+            return _Token("foreign", f"{module}.{name}")
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
     def _refuse_binary(self) -> None:
         # BYTEARRAY8 would allocate its declared length (up to 2**64) before reading;
-        # the format holds no bytes at all, so every binary opcode is refused up front.
-        raise pickle.UnpicklingError("binary data (bytes, bytearray, buffers) is not allowed")
+        # records hold bytes only inside numpy scalars (a few bytes, BINBYTES and
+        # SHORT_BINBYTES, which read what the stream holds), every other binary opcode
+        # is refused up front.
+        raise pickle.UnpicklingError("binary data (bytearray, buffers) is not allowed")
 
     def __init__(self, file: Any):
         super().__init__(file)
         self._ops = 0
         self._float_keys = 0
+        self.foreign: set[str] = set()
 
     def _count(self) -> None:
         self._ops += 1
@@ -128,6 +284,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def load_reduce(self) -> None:
         func, args = self.stack[-2], self.stack[-1]
+        if type(func) is _Token and type(args) is tuple:
+            self.stack[-2:] = [self._rebuild(func, args)]
+            return
         ok = func in (list, dict) and (
             args == () or (type(args) is tuple and len(args) == 1 and type(args[0]) is func)
         )
@@ -136,9 +295,40 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().load_reduce()
 
     def load_newobj(self) -> None:
-        if self.stack[-1] != () or self.stack[-2] not in (list, dict):
+        cls, args = self.stack[-2], self.stack[-1]
+        if type(cls) is _Token and cls.kind == "foreign" and type(args) is tuple:
+            self.stack[-2:] = [self._rebuild(cls, args)]
+            return
+        if args != () or cls not in (list, dict):
             raise pickle.UnpicklingError("only empty plain lists and dicts may be created")
         super().load_newobj()
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]
+        if type(inst) not in (_DType, _Bag):
+            raise pickle.UnpicklingError("object state is only allowed for known classes")
+        state = self.stack.pop()
+        inst.__setstate__(state)
+
+    @staticmethod
+    def _rebuild(token: _Token, args: tuple) -> Any:
+        """The plain value for ``token(*args)``, built here (nothing named is called)."""
+        kind = token.kind
+        if kind == "dict" and args == ():
+            return {}
+        if kind == "defaultdict" and (
+            args == () or (len(args) == 1 and (args[0] is None or type(args[0]) is _Token))
+        ):
+            return {}
+        if kind == "npdtype" and len(args) == 3 and type(args[0]) is str and len(args[0]) < 16:
+            return _DType(args[0])
+        if kind == "npscalar" and len(args) == 2:
+            return _numpy_scalar(*args)
+        if kind == "foreign":
+            if not args:
+                return _Bag()  # items and state follow
+            return args[0] if len(args) == 1 else list(args)  # Enum member / namedtuple
+        raise pickle.UnpicklingError(f"cannot rebuild {token.name} from these arguments")
 
     def _refuse(self) -> None:
         raise pickle.UnpicklingError(
@@ -151,11 +341,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.DICT[0]] = load_dict
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.BUILD[0]] = load_build
     for _op in (
         pickle.LONG4,
         pickle.LONG,
         pickle.NEWOBJ_EX,
-        pickle.BUILD,
         pickle.INST,
         pickle.OBJ,
         pickle.EXT1,
@@ -167,8 +357,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     ):
         dispatch[_op[0]] = _refuse
     for _op in (
-        pickle.BINBYTES,
-        pickle.SHORT_BINBYTES,
         pickle.BINBYTES8,
         pickle.BYTEARRAY8,
         pickle.NEXT_BUFFER,
@@ -201,13 +389,18 @@ def _gunzip_capped(raw: bytes, path: Any) -> bytes:
     return out
 
 
+#: On read, values replaced by the plain value they stand for.
+_READ_AS = {tuple: list, _Bag: _plain_of_bag}
+
+
 def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
     """Walk ``obj`` iteratively; refuse anything but plain containers and scalars.
 
     Keys of the top-level dict (the record's parts) are strings; deeper keys follow
     :func:`mlarray.meta.record_key_ok`. With ``read``, tuples (which the reference
     package stores as its users wrote them, e.g. ``sitk_image.GetSpacing()``) are
-    replaced by lists in place: a record is made of lists, as our own metadata is.
+    replaced by lists in place: a record is made of lists, as our own metadata is;
+    instances of classes named in the record by their plain value.
     """
     stack = [(obj, 0)]
     nodes = 0
@@ -226,8 +419,8 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
                 if type(k) is not str and (depth == 0 or not record_key_ok(k)):
                     raise MLArrayFormatError(path, f"metadata record has a non-string key {k!r}")
                 float_keys += type(k) is float
-                if read and type(v) is tuple:
-                    value[k] = v = list(v)
+                if read and type(v) in _READ_AS:
+                    value[k] = v = _READ_AS[type(v)](v)
                 stack.append((v, depth + 1))
             if float_keys > MAX_FLOAT_KEYS:
                 raise MLArrayFormatError(
@@ -236,8 +429,8 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
         elif type(value) is list:
             if read:
                 for i, v in enumerate(value):
-                    if type(v) is tuple:
-                        value[i] = list(v)
+                    if type(v) in _READ_AS:
+                        value[i] = _READ_AS[type(v)](v)
             stack.extend((v, depth + 1) for v in value)
         elif type(value) not in _SCALARS:
             raise MLArrayFormatError(
@@ -266,8 +459,9 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MLArrayFormatError(path, f"metadata record must be bytes, found {type(raw).__name__}")
     data = _gunzip_capped(bytes(raw), path)
+    unpickler = _RestrictedUnpickler(io.BytesIO(data))
     try:
-        record = _RestrictedUnpickler(io.BytesIO(data)).load()
+        record = unpickler.load()
     except pickle.UnpicklingError as exc:
         if "forbidden global" in str(exc) or "persistent" in str(exc):
             raise UnsafeRecordError(path, f"metadata record refused: {exc}") from None
@@ -285,6 +479,12 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
             path, f"metadata record must be a dict, found {type(record).__name__}"
         )
     _check_plain(record, path, read=True)
+    if unpickler.foreign:
+        _warn(
+            path,
+            "metadata values of classes unknown here read as their plain values: "
+            f"{sorted(unpickler.foreign)}",
+        )
     return record
 
 
