@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import pickletools
+import warnings
 from pathlib import Path
 
 import blosc2
@@ -20,8 +21,13 @@ import numpy as np
 import pytest
 
 from mlarray import MLArray
-from mlarray.errors import MetaTypeError, MLArrayFormatError, UnsafeRecordError
-from mlarray.record import decode_record
+from mlarray.errors import (
+    MetaTypeError,
+    MetaValidationError,
+    MLArrayFormatError,
+    UnsafeRecordError,
+)
+from mlarray.record import MAX_RECORD_BYTES, decode_record
 from tests._children import run_reference
 
 ODD = Path(__file__).parent / "data" / "reference-odd-meta"
@@ -298,3 +304,81 @@ def test_reference_and_we_read_each_others_numpy_and_enum_metadata(tmp_path):
     assert _exact(r.spacing) == [("float", 0.5), ("float", 0.5), ("float", 3.0)]
     assert _exact(r.meta.source.data) == _exact({"mean": 11.5, "od": {"a": 1}, "ph": "venous"})
     assert _exact(r.meta.extra.data) == _exact({"thr": 0.25})
+
+
+# ----------------------------------------------------------------------------- big records
+
+
+def _dicom_like(slices: int, tags: int = 300) -> dict:
+    """Per-slice DICOM headers of a series: ``slices`` x ``tags`` short strings."""
+    return {
+        "per_slice": [
+            {f"({8 + j // 100:04X},{j % 100:04X})": f"slice {i} value {j}" for j in range(tags)}
+            for i in range(slices)
+        ]
+    }
+
+
+def _nest(n: int):
+    v = 1
+    for _ in range(n):
+        v = {"k": v}
+    return v
+
+
+def test_a_large_ordinary_record_and_deep_nesting_round_trip(tmp_path):
+    # 1100 x 300 tags: about 1.3 M pickle operations (beyond the former cap of 1 M)
+    hdr = _dicom_like(1100)
+    p = tmp_path / "ct.mla"
+    m = MLArray(np.zeros((4, 8, 8), np.int16), meta={"dicom": hdr})
+    m.meta.extra["deep"] = _nest(150)  # the former depth cap was 32
+    m.save(p)  # each of the 330 000 entries takes 4 opcodes (key, value, their memo entries)
+    r = MLArray.open(p)
+    assert r.meta.source["dicom"] == hdr
+    assert r.meta.extra["deep"] == _nest(150)
+
+
+def test_nesting_beyond_the_cap_is_refused_when_assigned(tmp_path):
+    p = tmp_path / "a.mla"
+    MLArray(np.zeros((2, 2), np.uint8)).save(p)
+    h = MLArray.open(p, mmap_mode="r+")
+    h.meta.extra["ok"] = _nest(190)
+    with pytest.raises(MetaValidationError, match="nested deeper"):
+        h.meta.extra["too_deep"] = _nest(260)
+    with pytest.raises(MetaValidationError, match="2\\*\\*2000"):
+        h.meta.extra["huge"] = 1 << 3000  # would be pickled as LONG4, which readers refuse
+    h.close()
+    assert MLArray.open(p).meta.extra["ok"] == _nest(190)
+
+
+def test_a_record_larger_than_readers_accept_is_refused_at_save_keeping_the_file(tmp_path):
+    p = tmp_path / "a.mla"
+    MLArray(np.zeros((2, 2), np.uint8), meta={"v": 1}).save(p)
+    before = p.read_bytes()
+    m = MLArray.open(p)
+    m.meta.extra["blob"] = "x" * (MAX_RECORD_BYTES + 1)
+    with pytest.raises(UnsafeRecordError, match="bytes, more than"):
+        m.save(p)
+    assert p.read_bytes() == before
+
+
+@needs_reference
+def test_we_read_the_reference_s_large_and_deep_records(tmp_path):
+    run_reference(
+        """
+        import numpy as np
+        from mlarray import MLArray
+        hdr = {"per_slice": [{f"({8 + j // 100:04X},{j % 100:04X})": f"slice {i} value {j}"
+                              for j in range(300)} for i in range(1100)]}
+        deep = 1
+        for _ in range(120):
+            deep = {"k": deep}
+        MLArray(np.zeros((4, 8, 8), np.int16), meta={"dicom": hdr, "deep": deep}).save("ct.mla")
+        """,
+        tmp_path,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = MLArray.open(tmp_path / "ct.mla")
+    assert r.meta.source["dicom"] == _dicom_like(1100)
+    assert r.meta.source["deep"] == _nest(120)

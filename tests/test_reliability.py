@@ -472,16 +472,9 @@ def _record_cases(tmp_path: Path) -> dict[str, Path]:
     make("not_gzip", b"\x00" * 100)
     make("global", gzip.compress(b"\x80\x04cos\nsystem\n.", mtime=0))
     make("set", gzip.compress(pickle.dumps({"a": {1, 2}}, 4), mtime=0))
-    make("deep", gzip.compress(pickle.dumps({"a": _nested(100)}, 4), mtime=0))
+    make("deep", gzip.compress(b"\x80\x04}\x8c\x01a" + b"]" * 1001 + b"a" * 1000 + b"s.", mtime=0))
     make("not_bytes", {"a": 1})
     return cases
-
-
-def _nested(n):
-    v = []
-    for _ in range(n):
-        v = [v]
-    return v
 
 
 def test_record_bombs_are_refused_within_budgets(tmp_path):

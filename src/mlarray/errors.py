@@ -118,8 +118,9 @@ class FileChangedError(MLArrayFormatError):
 class UnsafeRecordError(MLArrayFormatError):
     """The metadata record asks for something a safe reader refuses.
 
-    Raised for pickled globals outside the allowed set, records that expand
-    beyond the size cap, or records nested deeper than the depth cap.
+    Raised for pickled globals that name code (``os.system``, ``builtins.eval``, ...),
+    records beyond the caps on decompressed size, pickle operations or nesting
+    depth, and when writing a record a reader would refuse.
     """
 
 

@@ -273,7 +273,11 @@ def parse_str_list(name: str, value: Any) -> list[str] | None:
     return out
 
 
-_JSON_MAX_DEPTH = 64
+#: Nesting depth allowed in free-form metadata (``source``, ``extra``): far beyond what
+#: JSON-like metadata holds (the reference package's own limit is Python's recursion
+#: limit, about 330 levels), below :data:`mlarray.record.MAX_RECORD_DEPTH` by the two
+#: levels a record adds, so what a Meta accepts a record can hold.
+_JSON_MAX_DEPTH = 198
 
 #: Integer dict keys in free-form metadata stay below this magnitude: every such int
 #: hashes to itself, so a record's keys can never be made to collide in one hash bucket
@@ -320,6 +324,9 @@ def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
         raise MetaValidationError(name, f"nested deeper than {_JSON_MAX_DEPTH} levels")
     value = _plain_scalar(value)
     t = type(value)
+    if t is int and value.bit_length() > 2000:
+        # pickled as LONG4, which readers refuse (a crafted one would be gigabytes)
+        raise MetaValidationError(name, "integers in metadata stay below 2**2000 in magnitude")
     if value is None or t is bool or t is str or t is int or t is float:
         return value
     if isinstance(value, Mapping):

@@ -57,13 +57,17 @@ __all__ = [
 VLMETA_KEY = "mlarray"
 #: Cap on the decompressed size of a record (a 3 KB gzip can expand to GBs).
 MAX_RECORD_BYTES = 64 * 1024 * 1024
-#: Cap on the nesting depth of a record.
-MAX_RECORD_DEPTH = 32
+#: Cap on the nesting depth of a record (checked iteratively; free-form metadata
+#: nests at most ``_JSON_MAX_DEPTH`` levels, two less).
+MAX_RECORD_DEPTH = 200
 #: Cap on the number of containers and scalars visited in a record (shared
 #: references are counted each time, which defeats "billion laughs" records),
-#: and on the number of pickle opcodes run while decoding (each opcode makes at
-#: most one object, so decoding never holds more than this many objects).
-MAX_RECORD_NODES = 1_000_000
+#: and on the number of pickle opcodes run while decoding. Each opcode makes at
+#: most one object (about 100 bytes at worst, with its memo entry), so decoding
+#: never holds more than about 800 MB; an ordinary record costs as much per
+#: opcode (a DICOM-like header of short strings: 54 MB of pickle, 6 M opcodes),
+#: so records up to :data:`MAX_RECORD_BYTES` of such data are read.
+MAX_RECORD_NODES = 8_000_000
 
 PICKLE_PROTOCOL = 4
 
@@ -246,14 +250,30 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def __init__(self, file: Any):
         super().__init__(file)
-        self._ops = 0
         self._float_keys = 0
         self.foreign: set[str] = set()
 
-    def _count(self) -> None:
-        self._ops += 1
-        if self._ops > MAX_RECORD_NODES:
-            raise _Budget(f"more than {MAX_RECORD_NODES} pickle operations")
+    def load(self) -> Any:
+        """pickle's own loop, with every opcode counted against the budget before it runs."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._unframer.readline
+        self.metastack = []
+        self.stack = []
+        self.append = self.stack.append
+        self.proto = 0
+        read = self.read
+        dispatch = self.dispatch
+        try:
+            for _ in range(MAX_RECORD_NODES):
+                key = read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:
+            return stop.value
+        raise _Budget(f"more than {MAX_RECORD_NODES} pickle operations")
 
     def _setitems_checked(self, items: list) -> None:
         # Keys are checked before any dict sees them: int or float keys can be made to
@@ -364,10 +384,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     ):
         dispatch[_op[0]] = _refuse_binary
     del _op
-    # Every opcode counts against the budget before it runs.
-    dispatch = {
-        code: (lambda f: lambda self: (self._count(), f(self)))(fn) for code, fn in dispatch.items()
-    }
 
 
 class _Budget(Exception):
@@ -393,7 +409,7 @@ def _gunzip_capped(raw: bytes, path: Any) -> bytes:
 _READ_AS = {tuple: list, _Bag: _plain_of_bag}
 
 
-def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
+def _check_plain(obj: Any, path: Any, *, read: bool = False) -> int:
     """Walk ``obj`` iteratively; refuse anything but plain containers and scalars.
 
     Keys of the top-level dict (the record's parts) are strings; deeper keys follow
@@ -401,9 +417,14 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
     package stores as its users wrote them, e.g. ``sitk_image.GetSpacing()``) are
     replaced by lists in place: a record is made of lists, as our own metadata is;
     instances of classes named in the record by their plain value.
+
+    Returns an upper bound of the number of pickle opcodes the record takes (each
+    value or key two: the value and its memo entry; each container two per batch of
+    1000 items more), for the writer to refuse what the reader would.
     """
     stack = [(obj, 0)]
     nodes = 0
+    ops = 0
     float_keys = 0
     while stack:
         value, depth = stack.pop()
@@ -414,7 +435,9 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
             raise UnsafeRecordError(
                 path, f"metadata record is nested deeper than {MAX_RECORD_DEPTH} levels"
             )
+        ops += 2
         if type(value) is dict:
+            ops += 4 * (len(value) // 1000 + 1) + 2 * len(value)
             for k, v in value.items():
                 if type(k) is not str and (depth == 0 or not record_key_ok(k)):
                     raise MLArrayFormatError(path, f"metadata record has a non-string key {k!r}")
@@ -427,6 +450,7 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
                     path, f"metadata record has more than {MAX_FLOAT_KEYS} float dict keys"
                 )
         elif type(value) is list:
+            ops += 4 * (len(value) // 1000 + 1)
             if read:
                 for i, v in enumerate(value):
                     if type(v) in _READ_AS:
@@ -436,6 +460,7 @@ def _check_plain(obj: Any, path: Any, *, read: bool = False) -> None:
             raise MLArrayFormatError(
                 path, f"metadata record holds a {type(value).__name__}, which the format forbids"
             )
+    return ops
 
 
 def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
@@ -491,11 +516,26 @@ def decode_record(raw: Any, path: Any = None) -> dict[str, Any]:
 def encode_record(record: Mapping[str, Any]) -> bytes:
     """Encode a plain record as ``gzip(pickle(record))`` (protocol 4, gzip mtime 0).
 
-    The same record always gives the same bytes.
+    The same record always gives the same bytes. The record must be one this
+    version reads back: refused with :class:`~mlarray.errors.UnsafeRecordError`
+    beyond the caps on nesting depth, pickle operations and decompressed size.
     """
     plain = dict(record)
-    _check_plain(plain, None)
+    ops = _check_plain(plain, None)
+    # + PROTO, STOP and one FRAME opcode per 64 KB of at most MAX_RECORD_BYTES
+    if ops + 2 + MAX_RECORD_BYTES // 65536 > MAX_RECORD_NODES:
+        raise UnsafeRecordError(
+            None,
+            f"metadata record refused: about {ops} pickle operations, more than the "
+            f"{MAX_RECORD_NODES} a reader decodes (too many values in source/extra)",
+        )
     payload = pickle.dumps(plain, protocol=PICKLE_PROTOCOL)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise UnsafeRecordError(
+            None,
+            f"metadata record refused: {len(payload)} bytes, more than the "
+            f"{MAX_RECORD_BYTES} a reader decodes (too much data in source/extra)",
+        )
     return gzip.compress(payload, compresslevel=9, mtime=0)
 
 
