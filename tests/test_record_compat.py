@@ -382,3 +382,56 @@ def test_we_read_the_reference_s_large_and_deep_records(tmp_path):
         r = MLArray.open(tmp_path / "ct.mla")
     assert r.meta.source["dicom"] == _dicom_like(1100)
     assert r.meta.source["deep"] == _nest(120)
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def test_boxes_this_version_refuses_are_dropped_one_by_one():
+    from mlarray.record import meta_from_record
+
+    record = {
+        "bbox": {
+            "bboxes": [
+                [[5, 1], [0, 1], [0.5, 2.5]],  # min > max on axis 0: the interval [1, 5]
+                [[0, 2], [0, 2], [0, 2]],
+                [[0, float("nan")], [0, 1], [0, 1]],  # not finite: dropped
+                [[0, 1], [0, 1]],  # two axes among three-axis boxes: dropped
+                [[1, 2], [3, 4], [5, 6]],
+            ],
+            "scores": [0.9, 0.8, 0.7, 0.6, 0.5],
+            "labels": ["a", "b", "c", "d", "e"],
+        }
+    }
+    with pytest.warns(UserWarning, match=r"b\.mla: .*bbox\.bboxes\[0\].*min > max") as rec:
+        m = meta_from_record(record, "b.mla")
+    message = str(rec[0].message)
+    assert "bbox.bboxes[2]" in message and "bbox.bboxes[3]" in message
+    assert m.bbox.bboxes == [
+        [[1, 5], [0, 1], [0.5, 2.5]],
+        [[0, 2], [0, 2], [0, 2]],
+        [[1, 2], [3, 4], [5, 6]],
+    ]
+    assert m.bbox.scores == [0.9, 0.8, 0.5]
+    assert m.bbox.labels == ["a", "b", "e"]
+
+
+@needs_reference
+def test_the_reference_s_boxes_with_min_above_max_are_kept(tmp_path):
+    run_reference(
+        """
+        import numpy as np
+        from mlarray import MLArray
+        m = MLArray(np.zeros((4, 5, 6), np.uint8))
+        m.meta.bbox = {"bboxes": [[[5, 1], [0, 1], [0, 1]], [[0, 2], [1, 3], [2, 4]]],
+                       "scores": [0.9, 0.8], "labels": ["lesion", "cyst"]}
+        m.save("boxes.mla")
+        """,
+        tmp_path,
+    )
+    with pytest.warns(UserWarning, match=r"boxes\.mla: .*bbox\.bboxes\[0\]"):
+        m = MLArray.open(tmp_path / "boxes.mla")
+    assert m.meta.bbox.bboxes == [[[1, 5], [0, 1], [0, 1]], [[0, 2], [1, 3], [2, 4]]]
+    assert m.meta.bbox.scores == [0.9, 0.8] and m.meta.bbox.labels == ["lesion", "cyst"]
+    m.save(tmp_path / "again.mla")  # a load and save keeps every box
+    assert MLArray.open(tmp_path / "again.mla").meta.bbox.labels == ["lesion", "cyst"]

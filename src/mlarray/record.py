@@ -37,6 +37,7 @@ from mlarray.meta import (
     MetaBbox,
     SingleKeyBaseMeta,
     _meta_internal_write,
+    parse_bboxes,
     record_key_ok,
 )
 
@@ -568,11 +569,59 @@ def _warn(path: Any, message: str) -> None:
     warnings.warn(f"{where}{message}", UserWarning, stacklevel=4)
 
 
+def _bbox_from_record(value: Mapping[str, Any], ignored: list[str]) -> dict[str, Any]:
+    """The bbox part with each box this version refuses dropped (with its score and
+    label) and named in ``ignored``; the other boxes are kept. A box whose min exceeds
+    its max on an axis (the reference writes such boxes, e.g. converted to world
+    coordinates along a flipped axis) is read with that axis's bounds in order: the
+    same interval."""
+    boxes = value.get("bboxes")
+    if not isinstance(boxes, list):
+        return dict(value)
+    keep: list[int] = []
+    fixed: list[Any] = []
+    for i, box in enumerate(boxes):
+        if isinstance(box, list):
+            box = [
+                [pair[1], pair[0]]
+                if isinstance(pair, list)
+                and len(pair) == 2
+                and all(_is_real(x) for x in pair)
+                and pair[0] > pair[1]
+                else pair
+                for pair in box
+            ]
+        try:
+            parse_bboxes("bbox.bboxes", [*fixed[:1], box])
+        except (MetaValidationError, TypeError, ValueError) as exc:
+            ignored.append(f"bbox.bboxes[{i}] ({exc})")
+            continue
+        if box != boxes[i]:
+            ignored.append(
+                f"bbox.bboxes[{i}] (min > max on an axis: read with min and max in order)"
+            )
+        keep.append(i)
+        fixed.append(box)
+    out = dict(value)
+    out["bboxes"] = fixed
+    for name in ("scores", "labels"):
+        v = value.get(name)
+        if isinstance(v, list) and len(v) == len(boxes):
+            out[name] = [v[i] for i in keep]
+    return out
+
+
+def _is_real(x: Any) -> bool:
+    return type(x) in (int, float)
+
+
 def _part_from_record(key: str, value: Any, ignored: list[str]) -> Any:
     """Part ``key`` of a record; a field whose value this version refuses (NaN spacing,
     an affine whose last row is not [0, ..., 0, 1], ...) is left unset and named in
     ``ignored``, a part that cannot be read at all takes its default."""
     cls = META_PARTS[key]
+    if key == "bbox" and isinstance(value, Mapping):
+        value = _bbox_from_record(value, ignored)
     for _ in range(len(_FIELD_NAMES[key]) + 1):
         try:
             return cls.ensure(value)
