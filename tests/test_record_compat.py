@@ -132,6 +132,34 @@ def test_classes_named_in_a_record_are_never_imported_or_called(tmp_path):
     assert not _Touch.marker.exists()
 
 
+class Header(dict):
+    pass
+
+
+class Series(list):
+    pass
+
+
+class Study:
+    def __init__(self):
+        self.uid, self.n = "1.2.3", 4
+
+
+def test_instances_of_user_classes_read_as_their_items_or_attributes():
+    header, series = Header(a=1, b=[2]), Series([1, "x"])
+    header.note = "kept out"  # state of a dict subclass: its items are its value
+    raw = gzip.compress(
+        pickle.dumps({"source": {"h": header, "s": series, "o": Study(), "e": Header()}}, 4),
+        mtime=0,
+    )
+    with pytest.warns(UserWarning, match=r"u\.mla.*Header.*Series.*Study"):
+        rec = decode_record(raw, "u.mla")
+    assert rec == {
+        "source": {"h": {"a": 1, "b": [2]}, "s": [1, "x"], "o": {"uid": "1.2.3", "n": 4}, "e": {}}
+    }
+    assert all(type(v) in (dict, list) for v in rec["source"].values())
+
+
 @pytest.mark.parametrize(
     ("payload", "match"),
     [

@@ -185,18 +185,22 @@ class _Bag:
 
     __slots__ = ("items", "mapping", "state")
 
-    def __init__(self) -> None:
-        self.items: list = []
-        self.mapping: dict = {}
+    def __init__(self) -> None:  # containers made when used: a bag costs what a list does
+        self.items: list | None = None
+        self.mapping: dict | None = None
         self.state: Any = None
 
     def append(self, value: Any) -> None:
-        self.items.append(value)
+        self.extend((value,))
 
     def extend(self, values: Any) -> None:
+        if self.items is None:
+            self.items = []
         self.items.extend(values)
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self.mapping is None:
+            self.mapping = {}
         self.mapping[key] = value
 
     def __setstate__(self, state: Any) -> None:
@@ -204,11 +208,11 @@ class _Bag:
 
 
 def _plain_of_bag(bag: _Bag) -> Any:
-    if bag.mapping or (not bag.items and type(bag.state) is not dict):
+    if bag.mapping is not None:
         return bag.mapping
-    if bag.items:
+    if bag.items is not None:
         return bag.items
-    return bag.state  # an object's attributes
+    return bag.state if type(bag.state) is dict else {}  # an object's attributes
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -306,7 +310,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def load_reduce(self) -> None:
         func, args = self.stack[-2], self.stack[-1]
         if type(func) is _Token and type(args) is tuple:
-            self.stack[-2:] = [self._rebuild(func, args)]
+            value = self._rebuild(func, args)
+            del self.stack[-1]
+            self.stack[-1] = value
             return
         ok = func in (list, dict) and (
             args == () or (type(args) is tuple and len(args) == 1 and type(args[0]) is func)
@@ -318,7 +324,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def load_newobj(self) -> None:
         cls, args = self.stack[-2], self.stack[-1]
         if type(cls) is _Token and cls.kind == "foreign" and type(args) is tuple:
-            self.stack[-2:] = [self._rebuild(cls, args)]
+            value = self._rebuild(cls, args)
+            del self.stack[-1]
+            self.stack[-1] = value
             return
         if args != () or cls not in (list, dict):
             raise pickle.UnpicklingError("only empty plain lists and dicts may be created")
