@@ -375,6 +375,8 @@ def test_nesting_beyond_the_cap_is_refused_when_assigned(tmp_path):
         h.meta.extra["too_deep"] = _nest(260)
     with pytest.raises(MetaValidationError, match="2\\*\\*2000"):
         h.meta.extra["huge"] = 1 << 3000  # would be pickled as LONG4, which readers refuse
+    with pytest.raises(MetaValidationError, match="float keys"):
+        h.meta.extra["thresholds"] = {i + 0.5: i for i in range(1001)}
     h.close()
     assert MLArray.open(p).meta.extra["ok"] == _nest(190)
 
@@ -384,7 +386,10 @@ def test_a_record_larger_than_readers_accept_is_refused_at_save_keeping_the_file
     MLArray(np.zeros((2, 2), np.uint8), meta={"v": 1}).save(p)
     before = p.read_bytes()
     m = MLArray.open(p)
-    m.meta.extra["blob"] = "x" * (MAX_RECORD_BYTES + 1)
+    with pytest.raises(MetaValidationError, match=r"extra\.blob.*characters"):
+        m.meta.extra["blob"] = "x" * (MAX_RECORD_BYTES + 1)  # refused when assigned
+    m.meta.extra["blob"] = "x" * (MAX_RECORD_BYTES // 2 + 1)  # each fits; both do not
+    m.meta.source["blob"] = "y" * (MAX_RECORD_BYTES // 2 + 1)
     with pytest.raises(UnsafeRecordError, match="bytes, more than"):
         m.save(p)
     assert p.read_bytes() == before

@@ -273,11 +273,23 @@ def parse_str_list(name: str, value: Any) -> list[str] | None:
     return out
 
 
+#: Cap on the decompressed size of a record (a 3 KB gzip can expand to GBs).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+#: Cap on the nesting depth of a record (checked iteratively).
+MAX_RECORD_DEPTH = 200
+#: Cap on the number of containers and scalars visited in a record (shared
+#: references are counted each time, which defeats "billion laughs" records),
+#: and on the number of pickle opcodes run while decoding. Each opcode makes at
+#: most one object (about 100 bytes at worst, with its memo entry), so decoding
+#: never holds more than about 800 MB; an ordinary record costs as much per
+#: opcode (a DICOM-like header of short strings: 54 MB of pickle, 6 M opcodes),
+#: so records up to :data:`MAX_RECORD_BYTES` of such data are read.
+MAX_RECORD_NODES = 8_000_000
 #: Nesting depth allowed in free-form metadata (``source``, ``extra``): far beyond what
 #: JSON-like metadata holds (the reference package's own limit is Python's recursion
-#: limit, about 330 levels), below :data:`mlarray.record.MAX_RECORD_DEPTH` by the two
-#: levels a record adds, so what a Meta accepts a record can hold.
-_JSON_MAX_DEPTH = 198
+#: limit, about 330 levels), below :data:`MAX_RECORD_DEPTH` by the two levels a record
+#: adds, so what a Meta accepts a record can hold.
+_JSON_MAX_DEPTH = MAX_RECORD_DEPTH - 2
 
 #: Integer dict keys in free-form metadata stay below this magnitude: every such int
 #: hashes to itself, so a record's keys can never be made to collide in one hash bucket
@@ -318,28 +330,57 @@ def _record_key(name: str, key: Any) -> Any:
     return key
 
 
-def _to_json_like(name: str, value: Any, depth: int = 0) -> Any:
-    """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only."""
+def _to_json_like(name: str, value: Any) -> Any:
+    """Return a copy of ``value`` made of dict/list/str/int/float/bool/None only.
+
+    A value no record could hold is refused here, when it is assigned, not when the
+    file is saved (or an ``r+`` handle closed): beyond the nesting depth, more float
+    keys than a record holds, more values or characters than a reader decodes.
+    """
+    tally = [0, 0, 0]  # values and keys, float keys, characters
+    out = _json_like(name, value, 0, tally)
+    values, float_keys, chars = tally
+    if float_keys > MAX_FLOAT_KEYS:
+        raise MetaValidationError(name, f"has {float_keys} float keys, at most {MAX_FLOAT_KEYS}")
+    if 2 * values > MAX_RECORD_NODES or chars > MAX_RECORD_BYTES:
+        raise MetaValidationError(
+            name,
+            f"holds {values} values and keys and {chars} characters: more than a metadata "
+            f"record holds (about {MAX_RECORD_NODES // 2} and {MAX_RECORD_BYTES})",
+        )
+    return out
+
+
+def _json_like(name: str, value: Any, depth: int, tally: list[int]) -> Any:
     if depth > _JSON_MAX_DEPTH:
         raise MetaValidationError(name, f"nested deeper than {_JSON_MAX_DEPTH} levels")
+    tally[0] += 1
     value = _plain_scalar(value)
     t = type(value)
+    if t is str:
+        tally[2] += len(value)
+        return value
     if t is int and value.bit_length() > 2000:
         # pickled as LONG4, which readers refuse (a crafted one would be gigabytes)
         raise MetaValidationError(name, "integers in metadata stay below 2**2000 in magnitude")
-    if value is None or t is bool or t is str or t is int or t is float:
+    if value is None or t is bool or t is int or t is float:
         return value
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             k = _record_key(name, k)
-            out[k] = _to_json_like(f"{name}.{k}", v, depth + 1)
+            tally[0] += 1
+            if type(k) is str:
+                tally[2] += len(k)
+            elif type(k) is float:
+                tally[1] += 1
+            out[k] = _json_like(f"{name}.{k}", v, depth + 1, tally)
         return out
     if isinstance(value, np.ndarray) and value.ndim == 0:
-        return _to_json_like(name, value.item(), depth)
+        return _json_like(name, value.item(), depth, tally)
     if isinstance(value, (list, tuple, np.ndarray)):
         items = value.tolist() if isinstance(value, np.ndarray) else value
-        return [_to_json_like(name, v, depth + 1) for v in items]
+        return [_json_like(name, v, depth + 1, tally) for v in items]
     raise MetaTypeError(
         name, f"value {value!r} of type {type(value).__name__} is not JSON-compatible"
     )

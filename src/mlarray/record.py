@@ -32,6 +32,9 @@ from mlarray.errors import MetaValidationError, MLArrayFormatError, UnsafeRecord
 from mlarray.meta import (
     FORMAT_VERSION,
     MAX_FLOAT_KEYS,
+    MAX_RECORD_BYTES,
+    MAX_RECORD_DEPTH,
+    MAX_RECORD_NODES,
     META_PARTS,
     Meta,
     MetaBbox,
@@ -56,19 +59,6 @@ __all__ = [
 
 #: Name of the variable-length metalayer (``vlmeta``) entry holding the record.
 VLMETA_KEY = "mlarray"
-#: Cap on the decompressed size of a record (a 3 KB gzip can expand to GBs).
-MAX_RECORD_BYTES = 64 * 1024 * 1024
-#: Cap on the nesting depth of a record (checked iteratively; free-form metadata
-#: nests at most ``_JSON_MAX_DEPTH`` levels, two less).
-MAX_RECORD_DEPTH = 200
-#: Cap on the number of containers and scalars visited in a record (shared
-#: references are counted each time, which defeats "billion laughs" records),
-#: and on the number of pickle opcodes run while decoding. Each opcode makes at
-#: most one object (about 100 bytes at worst, with its memo entry), so decoding
-#: never holds more than about 800 MB; an ordinary record costs as much per
-#: opcode (a DICOM-like header of short strings: 54 MB of pickle, 6 M opcodes),
-#: so records up to :data:`MAX_RECORD_BYTES` of such data are read.
-MAX_RECORD_NODES = 8_000_000
 
 PICKLE_PROTOCOL = 4
 
