@@ -184,7 +184,7 @@ def test_code_globals_are_still_refused(payload, match):
     ],
 )
 def test_numpy_scalars_of_other_dtypes_are_refused(code, data, match):
-    state = b"(K\x03\x8c\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"[:-1]
+    state = b"(K\x03\x8c\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
     raw = (
         b"\x80\x04}\x8c\x06source}\x8c\x01v"
         b"cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\n"
