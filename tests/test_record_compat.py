@@ -280,6 +280,21 @@ def test_r_plus_close_keeps_the_sessions_metadata_with_numpy_values(tmp_path):
     assert _exact(m.meta.source.data) == _exact({"p": 0.5, "od": {"a": 1}})
 
 
+def test_numpy_values_put_into_the_dicts_directly_are_saved_as_plain_values(tmp_path):
+    p = tmp_path / "a.mla"
+    MLArray(np.zeros((4, 5, 6), np.int16)).save(p)
+    h = MLArray.open(p, mmap_mode="r+")
+    h.meta.source.data["mean"] = np.float64(2.5)  # ``data`` is the dict itself: unchecked
+    h.meta.extra.data["phase"] = Phase.arterial
+    h.close()
+    m = MLArray.open(p)
+    assert _exact(m.meta.source.data) == _exact({"mean": 2.5})
+    assert _exact(m.meta.extra.data) == _exact({"phase": "arterial"})
+    m.meta.source.data["bad"] = {1, 2}
+    with pytest.raises(MetaTypeError, match=r"source\.data\.bad.*set"):
+        m.save(tmp_path / "b.mla")
+
+
 @pytest.mark.parametrize(
     "value", [{1, 2}, 1 + 2j, np.datetime64("2020-01-01"), b"bytes", object(), np.complex64(1)]
 )

@@ -40,6 +40,7 @@ from mlarray.meta import (
     MetaBbox,
     SingleKeyBaseMeta,
     _meta_internal_write,
+    _to_json_like,
     parse_bboxes,
     record_key_ok,
 )
@@ -520,7 +521,18 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     beyond the caps on nesting depth, pickle operations and decompressed size.
     """
     plain = dict(record)
-    ops = _check_plain(plain, None)
+    try:
+        ops = _check_plain(plain, None)
+    except UnsafeRecordError:
+        raise
+    except MLArrayFormatError as exc:
+        # a value put into ``meta.source.data`` (the dict itself) directly, unchecked:
+        # numpy scalars, Enum members, ... are stored as the plain values they stand for
+        try:
+            plain = {k: _to_json_like(str(k), v) for k, v in plain.items()}
+        except MetaValidationError:
+            raise exc from None
+        ops = _check_plain(plain, None)
     # + PROTO, STOP and one FRAME opcode per 64 KB of at most MAX_RECORD_BYTES
     if ops + 2 + MAX_RECORD_BYTES // 65536 > MAX_RECORD_NODES:
         raise UnsafeRecordError(
