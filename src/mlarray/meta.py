@@ -143,6 +143,9 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+_EXACT_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain_scalar(value: Any) -> Any:
     """``value`` as an exact builtin when it is a scalar of another type that stands for one.
 
@@ -314,6 +317,8 @@ def record_key_ok(key: Any) -> bool:
 
 def _record_key(name: str, key: Any) -> Any:
     """``key`` as stored: plain str/int/float/bool/None, or MetaTypeError."""
+    if type(key) is str:
+        return key
     key = _plain_scalar(key)
     if isinstance(key, (str, bool)) or key is None:
         pass
@@ -355,8 +360,10 @@ def _json_like(name: str, value: Any, depth: int, tally: list[int]) -> Any:
     if depth > _JSON_MAX_DEPTH:
         raise MetaValidationError(name, f"nested deeper than {_JSON_MAX_DEPTH} levels")
     tally[0] += 1
-    value = _plain_scalar(value)
     t = type(value)
+    if t not in _EXACT_SCALARS:  # most values are plain: no conversion to try
+        value = _plain_scalar(value)
+        t = type(value)
     if t is str:
         tally[2] += len(value)
         return value
