@@ -39,9 +39,9 @@ import numpy as np
 
 from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
-from mlarray._read import ChunkCache, _basic_key, read_cached
+from mlarray._read import ChunkCache, DecodeMemoryError, _basic_key, read_cached
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import IndexingError, MLArrayError
+from mlarray.errors import IndexingError, MLArrayError, MLArrayMemoryError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -251,6 +251,15 @@ def _one_plane(norm: tuple, shape: tuple[int, ...]) -> int | None:
     return axis
 
 
+def _nbytes(store: CStore, norm: tuple) -> int:
+    """Bytes of ``store[norm]`` (a normalized basic key)."""
+    n = 1
+    for k, size in zip(norm, store.shape, strict=True):
+        if isinstance(k, slice):
+            n *= len(range(*k.indices(size)))
+    return n * store.dtype.itemsize
+
+
 def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray | None:
     """``store[key]`` for a basic key (ints, slices, ``...``), as ``MLArray`` reads it:
     the touched chunks verified against their checksums first, planes from the block
@@ -288,6 +297,12 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
         return out
     except IndexError as err:
         raise IndexingError(f"{store.path}: {err}") from None
+    except MemoryError as exc:
+        nbytes = _nbytes(store, norm)
+        message = f"{store.path}: not enough memory to read {nbytes} bytes"
+        if isinstance(exc, DecodeMemoryError) and exc.nbytes != nbytes:
+            message += f" ({exc.what}: {exc.nbytes} bytes)"
+        raise MLArrayMemoryError(message) from None
     except MLArrayError:  # ours (also RuntimeErrors, as the reference raises): as they are
         raise
     except RuntimeError as exc:  # c-blosc2 refused a chunk its checksum did not catch

@@ -14,7 +14,10 @@ least-recently-used cache:
   rearranging every plane of the layers it crosses. Along the last axis a plane's items
   are single items spread over the whole layer: there each chunk's blocks are put
   planes first once, in groups of 8 bytes, while still in the CPU cache; scrolling on
-  decodes the next layer;
+  decodes the next layer. A layer's size is the file's choice (blocks 512 planes deep
+  make a 16 MiB plane's layer 8 GiB): only a layer the cache can keep, and at most
+  :data:`_LAYER_PLANES` planes' worth, is decoded (:func:`layer_fits`); other planes are
+  read one chunk's block layer at a time (:func:`read_plane_direct`);
 * any other basic key is assembled chunk by chunk from whole decoded chunks, each chunk
   copying out only the selected elements (:func:`take`).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import math
 import os
 import threading
 import weakref
@@ -49,12 +53,15 @@ from mlarray._fullread import _pieces
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
+    "DecodeMemoryError",
     "cached_plane",
     "decode_chunk",
     "decode_layer",
+    "layer_fits",
     "layer_plane",
     "plane_of",
     "read_cached",
+    "read_plane_direct",
     "take",
 ]
 
@@ -64,6 +71,29 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 
 #: Reads that use more than 1/_DIRECT_FRACTION of the chunks they touch bypass the cache.
 _DIRECT_FRACTION = 4
+
+#: A block layer is decoded for a plane only if it is at most this many times the plane,
+#: or at most :data:`_LAYER_FLOOR` bytes, and fits in the cache (see :func:`layer_fits`).
+_LAYER_PLANES = 64
+_LAYER_FLOOR = 64 * 2**20
+
+
+class DecodeMemoryError(MemoryError):
+    """Not enough memory for the ``nbytes`` bytes a read decodes into (a block layer, a
+    chunk, the output): callers report the file and this size."""
+
+    def __init__(self, nbytes: int, what: str) -> None:
+        super().__init__(f"not enough memory for {what} of {nbytes} bytes")
+        self.nbytes = int(nbytes)
+        self.what = what
+
+
+def _empty(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
+    """``np.empty``, a MemoryError naming what and how much (:class:`DecodeMemoryError`)."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except MemoryError:
+        raise DecodeMemoryError(int(np.prod(shape)) * np.dtype(dtype).itemsize, what) from None
 
 
 #: Memory of decoded block layers that nothing references any more, kept for the next
@@ -111,7 +141,7 @@ class _Recycler:
                     del self._free[size]
         self._settle()
         if raw is None:
-            raw = np.empty(nbytes, dtype=np.uint8)
+            raw = _empty((nbytes,), np.uint8, "decoded blocks")
         return np.asarray(_Lease(self, raw, shape, dtype))
 
     def give(self, raw: np.ndarray) -> None:
@@ -328,7 +358,7 @@ def decode_chunk(store: Any, nchunk: int) -> np.ndarray:
     ext = tuple(int(n) for n in store.ext_chunks)
     blocks = tuple(int(n) for n in store.blocks)
     grid = tuple(e // b for e, b in zip(ext, blocks, strict=True))
-    flat = np.empty(int(np.prod(ext)), dtype=store.dtype)
+    flat = _empty((int(np.prod(ext)),), store.dtype, "a decoded chunk")
     store.schunk.decompress_chunk(nchunk, flat)
     return flat.reshape(grid + blocks)
 
@@ -621,6 +651,58 @@ def _read_plane(store: Any, axis: int, index: int, cache: ChunkCache) -> np.ndar
     return _plane(geo, cache.layer(store, axis, j, g), i)
 
 
+def layer_fits(store: Any, axis: int, cache: ChunkCache) -> bool:
+    """Whether planes along ``axis`` are read through block layers kept in ``cache``.
+
+    A layer is a block's thickness of planes over the chunks a plane crosses: its size is
+    the file's choice (blocks 512 planes deep make a 16 MiB plane's layer 8 GiB). Only a
+    layer the cache can keep, and at most :data:`_LAYER_PLANES` times the plane (or
+    :data:`_LAYER_FLOOR` bytes), is decoded; other planes are read chunk by chunk
+    (:func:`read_plane_direct`).
+    """
+    geo = cache.geometry(store, axis)
+    itemsize = np.dtype(store.dtype).itemsize
+    layer = math.prod(geo.layer_shape(geo.blocks[axis])) * itemsize
+    plane = math.prod(geo.shape[a] for a in geo.others) * itemsize
+    return layer <= cache.max_bytes and layer <= max(_LAYER_PLANES * plane, _LAYER_FLOOR)
+
+
+def read_plane_direct(store: Any, axis: int, index: int) -> np.ndarray:
+    """Plane ``index`` along ``axis`` as a new C-order array, decoded one chunk at a time:
+    in each chunk the plane crosses, only the blocks holding it (one block layer of that
+    chunk) go to a buffer of that size, reused, and the plane's items are copied out.
+
+    Memory: the plane and one chunk's block layer, whatever the block shape. Used for
+    planes whose whole block layer would be too big to decode at once
+    (:func:`layer_fits`).
+    """
+    geo = _geometry(store, axis)
+    j, local = divmod(index, geo.chunks[axis])
+    g, i = divmod(local, geo.blocks[axis])
+    m = len(geo.others)
+    shape_o = tuple(geo.shape[a] for a in geo.others)
+    chunks_o = tuple(geo.chunks[a] for a in geo.others)
+    ext_o = tuple(geo.ext[a] for a in geo.others)
+    out = _empty(shape_o, store.dtype, "a plane")
+    scratch = _empty(geo.decoded, store.dtype, "a chunk's block layer")
+    flat = scratch.reshape(-1)
+    # the plane inside the decoded blocks: (blocks along the others, block shape of the
+    # others), interleaved into the chunk's extent along the others
+    view = scratch[(slice(None),) * (m + axis) + (i,)]
+    order = [ax for k in range(m) for ax in (k, m + k)]
+    offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
+    for other, k, runs in geo.row:
+        _decode_runs(store, j * geo.row_stride + other, offset, runs, flat)
+        idx = np.unravel_index(k, geo.ogrid)
+        region = tuple(
+            slice(int(x) * c, min(int(x) * c + c, n))
+            for x, c, n in zip(idx, chunks_o, shape_o, strict=True)
+        )
+        part = view.transpose(order).reshape(ext_o)
+        out[region] = part[tuple(slice(0, r.stop - r.start) for r in region)]
+    return out
+
+
 def _plan(s: slice, block: int) -> tuple[slice, slice, slice, int]:
     """How :func:`take` reads the positive-step slice ``s`` of one chunk axis.
 
@@ -743,18 +825,24 @@ def read_cached(
         return None
     plane = _plane_key(store, norm, shape, always)
     if plane is not None:
-        return _read_plane(store, *plane, cache)
+        if layer_fits(store, plane[0], cache):
+            return _read_plane(store, *plane, cache)
+        return read_plane_direct(store, *plane)
     chunks = tuple(int(c) for c in store.chunks)
     axes = [_axis_pieces(n, c, k) for n, c, k in zip(shape, chunks, norm, strict=True)]
     wanted = touched = 1
     for (pieces, length, _), c in zip(axes, chunks, strict=True):
         wanted *= length
         touched *= len(pieces) * c
-    if not always and wanted * _DIRECT_FRACTION >= touched:
+    if not always and (
+        wanted * _DIRECT_FRACTION >= touched
+        or int(np.prod(store.ext_chunks)) * np.dtype(store.dtype).itemsize > cache.max_bytes
+    ):
         # The read uses most of every chunk it touches (a volume, a big patch): nothing to
-        # gain from keeping the chunks, and Blosc2 assembles them faster.
+        # gain from keeping the chunks, and Blosc2 assembles them faster. A chunk bigger
+        # than the cache could not be kept: Blosc2 decodes only the blocks read.
         return None
-    out = np.empty(tuple(length for _, length, _ in axes), dtype=store.dtype)
+    out = _empty(tuple(length for _, length, _ in axes), store.dtype, "the data read")
     if out.size:
         blocks = tuple(int(b) for b in store.blocks)
         grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]

@@ -1260,11 +1260,8 @@ class MLArray:
                 # after its open, and writes empty the cache): no file access.
                 try:
                     return _read.plane_of(*hit)
-                except MemoryError:
-                    raise MLArrayMemoryError(
-                        f"{self._path or 'MLArray'}: not enough memory to read "
-                        f"{_nbytes(store, key)} bytes"
-                    ) from None
+                except MemoryError as exc:
+                    raise _memory_error(self._path, store, key, exc) from None
         box = _direct.box_of(store, key)  # a box of a Blosc2 array: read by its C slicer
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
@@ -1289,10 +1286,8 @@ class MLArray:
             except IndexError as err:
                 raise IndexingError(f"{self._path or 'MLArray'}: {err}") from None
             raise
-        except MemoryError:
-            raise MLArrayMemoryError(
-                f"{self._path or 'MLArray'}: not enough memory to read {_nbytes(store, key)} bytes"
-            ) from None
+        except MemoryError as exc:
+            raise _memory_error(self._path, store, key, exc) from None
         except (NotImplementedError, MLArrayError):  # RuntimeErrors, not blosc2's
             raise
         except RuntimeError as exc:  # blosc2 reports corrupt chunks as RuntimeError
@@ -1577,6 +1572,17 @@ def _write_bounds(key: Any, shape: tuple[int, ...]) -> list[tuple[int, int]] | N
 def _probe(shape: tuple[int, ...]) -> np.ndarray:
     """A zero-memory numpy array of ``shape``: index it to learn what a key selects."""
     return np.broadcast_to(np.empty((), dtype=np.bool_), shape)
+
+
+def _memory_error(path: Any, store: Any, key: Any, exc: MemoryError) -> MLArrayMemoryError:
+    """The error for a read of ``store[key]`` that ran out of memory: the file, the bytes
+    read and, if decoding needed another amount (:class:`mlarray._read.DecodeMemoryError`),
+    what it needed."""
+    nbytes = _nbytes(store, key)
+    message = f"{path or 'MLArray'}: not enough memory to read {nbytes} bytes"
+    if isinstance(exc, _read.DecodeMemoryError) and exc.nbytes != nbytes:
+        message += f" ({exc.what}: {exc.nbytes} bytes)"
+    return MLArrayMemoryError(message)
 
 
 def _nbytes(store: Any, key: Any) -> int:
