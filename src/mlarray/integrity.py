@@ -71,21 +71,23 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from mlarray import _maps
+from mlarray import _clib, _maps
 from mlarray.errors import (
     CorruptChunkError,
     FileChangedError,
     InvalidPathError,
     MLArrayFormatError,
     MLArrayIOError,
+    MLArrayMemoryError,
     os_errors,
 )
-from mlarray.frame import FrameInfo, inspect_frame, read_vlmeta_bytes
+from mlarray.frame import FrameInfo, check_chunk_blocks, inspect_frame, read_vlmeta_bytes
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 
 __all__ = [
     "CHECKSUM_KEY",
     "FRAME_KEY",
+    "ChunkDecodeCheck",
     "ChunkVerifier",
     "StaleChecksumsWarning",
     "VerifyReport",
@@ -645,6 +647,13 @@ def damage_error(
     return CorruptChunkError(path, message, chunk=chunk)
 
 
+def verifies(store: Any) -> bool:
+    """Whether reads of ``store`` are verified against its file's checksums (a file with
+    current checksums, verification on, no in-place write through this handle)."""
+    verifier = getattr(store, _VERIFIER_ATTR, None)
+    return verifier is not None and verifier.enabled
+
+
 def verify_all(store: Any) -> None:
     """Verify every chunk of an opened ``store`` that has checksums (e.g. before statistics),
     after the file check of :func:`verify_read`."""
@@ -720,10 +729,14 @@ class VerifyReport:
     #: the file's checksum entry was left stale by another tool (``has_checksums`` is
     #: False: nothing could be verified; see :class:`StaleChecksumsWarning`)
     stale_checksums: bool = False
+    #: without (valid) checksums, every chunk was decompressed instead: ``damaged`` lists
+    #: those that cannot be; a chunk whose bytes changed but still decompress is not seen
+    decode_checked: bool = False
 
     @property
     def ok(self) -> bool:
-        """True when the structure is valid and no chunk failed its checksum."""
+        """True when the structure is valid and no chunk failed its checksum (or, in a
+        file without checksums, no chunk failed to decompress)."""
         return not self.damaged
 
 
@@ -757,6 +770,11 @@ def refresh_file(store: Any, path: Any) -> None:
 def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     """Check the whole file: frame structure and every chunk against its checksum.
 
+    A file without (valid) checksums, as every file other tools write, has each chunk
+    decompressed instead, one at a time (``decode_checked`` in the report): a chunk that
+    cannot be decompressed is damaged; one whose bytes changed but still decompress
+    cannot be told from an intact one.
+
     Parameters
     ----------
     path : str or PathLike
@@ -776,7 +794,20 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     expected = _decode_digests(raw, bound, buf, info, path)
     stale = raw is not None and expected is None
     damaged: list[int] = []
-    if expected is not None and info.nchunks:
+    if expected is None:
+        damaged = _undecodable(buf, info, path, watch, first_only=raise_on_error)
+        if damaged and raise_on_error:
+            i, why = damaged[0]
+            raise CorruptChunkError(
+                path,
+                f"chunk {i} (chunk grid position {_chunk_coords(info, i)}) cannot be "
+                f"decompressed ({why}); the file is damaged",
+                chunk=i,
+            )
+        return VerifyReport(
+            os.fspath(path), info.nchunks, False, [i for i, _ in damaged], stale, True
+        )
+    if info.nchunks:
         got = _watched_digests(buf, info, None, watch)
         damaged = [int(i) for i in np.flatnonzero(got != expected)]
         changed = None if not damaged or watch is None else watch.changed_error()
@@ -790,4 +821,81 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
                 f"checksum; {len(damaged)} of {info.nchunks} chunks are damaged",
                 chunk=i,
             )
-    return VerifyReport(os.fspath(path), info.nchunks, expected is not None, damaged, stale)
+    return VerifyReport(os.fspath(path), info.nchunks, True, damaged, stale)
+
+
+class ChunkDecodeCheck:
+    """Tells whether whole Blosc2 chunks decompress: what proves a chunk readable when
+    its file has no checksums.
+
+    Chunks are decoded one at a time into one buffer of the frame's chunk size, reused
+    (the data are thrown away): checking a file holds one chunk in memory, whatever its
+    size. What c-blosc2 trusts in a chunk (its sizes, its block starts:
+    :func:`mlarray.frame.check_chunk_blocks`) is checked before it decodes it.
+    """
+
+    def __init__(self, chunksize: int, path: Any) -> None:
+        self.chunksize = int(chunksize)
+        try:
+            self._out = np.empty(max(self.chunksize, 1), dtype=np.uint8)
+        except MemoryError:
+            raise MLArrayMemoryError(
+                f"{path}: not enough memory to decode a chunk of {self.chunksize} bytes"
+            ) from None
+        self._lib = _clib.get()
+
+    def problem(self, chunk: Any) -> str | None:
+        """Why the whole chunk held in the bytes-like ``chunk`` cannot be decompressed,
+        or None if it can."""
+        try:
+            check_chunk_blocks(chunk, "the chunk", self.chunksize)
+        except Exception as exc:  # frame._Bad
+            return str(exc)
+        mv = memoryview(chunk).cast("B")
+        nbytes = int.from_bytes(mv[4:8], "little", signed=True)
+        out = self._out
+        if self._lib is not None:
+            src = np.frombuffer(mv, dtype=np.uint8)
+            got = self._lib.decompress(src.ctypes.data, len(mv), out.ctypes.data, self.chunksize)
+            return None if got == nbytes else f"c-blosc2 error {got}"
+        import blosc2
+
+        try:
+            blosc2.decompress2(mv, dst=out[: max(nbytes, 1)])
+        except (RuntimeError, ValueError) as exc:
+            return str(exc) or type(exc).__name__
+        return None
+
+
+def _undecodable(
+    buf: Any, info: FrameInfo, path: Any, watch: Any, *, first_only: bool
+) -> list[tuple[int, str]]:
+    """The chunks of the frame in ``buf`` that cannot be decompressed, with why (only the
+    first one with ``first_only``): each decoded where it is mapped, one at a time, its
+    pages released after (:func:`_release`); ``watch`` (the file's
+    :class:`mlarray._maps.Watch`, or None) is checked every few MiB."""
+    if not info.nchunks:
+        return []
+    decoder = ChunkDecodeCheck(info.chunksize, path)
+    mv = memoryview(buf).cast("B")
+    pos, cb = info.chunk_pos.tolist(), info.chunk_cbytes.tolist()
+    bad: list[tuple[int, str]] = []
+    due = _CHECK_EVERY
+    for i in range(info.nchunks):
+        p = pos[i]
+        if p < 0:  # a special value in the chunk index: nothing stored to decode
+            continue
+        if watch is not None and due >= _CHECK_EVERY:
+            watch.check()
+            due = 0
+        due += cb[i]
+        why = decoder.problem(mv[p : p + cb[i]])
+        _release(buf, p, p + cb[i])
+        if why is not None:
+            bad.append((i, why))
+            if first_only:
+                break
+    changed = None if not bad or watch is None else watch.changed_error()
+    if changed is not None:  # written by another program while being checked
+        raise changed
+    return bad

@@ -712,6 +712,12 @@ def _fsync_path(p: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _path_of(data: Any) -> Any:
+    """The file an MLArray ``data`` was opened from (None for anything else)."""
+    path = getattr(data, "_path", None)
+    return path if isinstance(path, (str, os.PathLike)) else None
+
+
 def _source_array(data: Any) -> Any:
     """Unwrap an MLArray to a store to stream from; leave other array-likes alone."""
     store = getattr(data, "_store", None)
@@ -876,7 +882,7 @@ def save_mla(
         tmp = _temp_path(target)
     try:
         with os_errors(target, "cannot write"):
-            _write_frame(tmp, src, shape, dtype, opts, record, progress)
+            _write_frame(tmp, src, shape, dtype, opts, record, progress, _path_of(data))
         _fsync_path(tmp)
         if target.exists():
             with contextlib.suppress(OSError):
@@ -937,6 +943,7 @@ def _write_frame(
     opts: StorageOptions | None,
     record: bytes,
     progress: Progress | None,
+    src_path: Any = None,
 ) -> None:
     urlpath = os.fspath(tmp)
     if src is None:
@@ -954,12 +961,26 @@ def _write_frame(
             progress(1, 1)
     elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
         # Same layout and codec: copy the compressed chunks as they are (no recompression).
+        # The new file's checksums vouch for them: each is verified against the source's
+        # checksums first, or, without any (other tools' files), decompressed once.
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         n = src.schunk.nchunks
         boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
+        decoder = None
+        if not integrity.verifies(src):
+            decoder = integrity.ChunkDecodeCheck(src.schunk.chunksize, src_path)
         for i in range(n):
             integrity.verify_region(src, [(s.start, s.stop) for s in next(boxes)])
-            dst.schunk.update_chunk(i, src.schunk.get_chunk(i))
+            chunk = src.schunk.get_chunk(i)
+            why = None if decoder is None else decoder.problem(chunk)
+            if why is not None:
+                raise integrity.damage_error(
+                    src,
+                    src_path,
+                    f"chunk {i} cannot be decompressed ({why}), the file is damaged; not saved",
+                    chunk=i,
+                )
+            dst.schunk.update_chunk(i, chunk)
             if progress is not None:
                 progress(i + 1, n)
     else:

@@ -1062,16 +1062,21 @@ class MLArray:
     def verify(self) -> integrity.VerifyReport:
         """Check the whole file: its Blosc2 structure and every chunk against its checksum.
 
+        A file without checksums (written by another tool, e.g. the reference package)
+        has every chunk decompressed instead, one at a time: a chunk that cannot be is
+        damaged; damage that still decompresses cannot be told from data.
+
         Returns
         -------
         mlarray.integrity.VerifyReport
             ``has_checksums`` is False for files written without checksums
-            (their structure is still checked).
+            (their structure is still checked, and ``decode_checked`` is True).
 
         Raises
         ------
         CorruptChunkError
-            If a chunk does not match its checksum (names the file and chunk).
+            If a chunk does not match its checksum, or, without checksums, cannot be
+            decompressed (names the file and chunk).
         MLArrayFormatError
             If the frame structure is damaged.
         NoArrayError
