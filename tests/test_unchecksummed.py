@@ -82,6 +82,10 @@ def test_save_as_of_a_damaged_file_without_checksums_refuses_and_keeps_the_targe
     assert "copy.mla" not in str(e.value) and e.value.chunk == 3
     assert target.read_bytes() == before and p.read_bytes() == source
     assert sorted(q.name for q in tmp_path.iterdir()) == ["copy.mla", "plain.mla"]
+    # loaded into memory (compressed, nothing decoded), then saved: the same
+    with pytest.raises(CorruptChunkError, match=r"plain\.mla: chunk 3 cannot be decompressed"):
+        MLArray.load(p).save(target)
+    assert target.read_bytes() == before
     # verification switched off: chunks are not vouched for by checksums either
     q = tmp_path / "checked.mla"
     MLArray(data, patch_size=None, chunk_size=(20, 25, 30), block_size=(10, 25, 15)).save(q)

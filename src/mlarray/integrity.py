@@ -648,10 +648,23 @@ def damage_error(
 
 
 def verifies(store: Any) -> bool:
-    """Whether reads of ``store`` are verified against its file's checksums (a file with
-    current checksums, verification on, no in-place write through this handle)."""
+    """Whether the chunks of ``store`` are vouched for by its file's checksums: reads are
+    verified (a file with current checksums, verification on, no in-place write through
+    this handle), or every chunk was verified when it was loaded (:func:`mark_verified`)."""
+    if getattr(store, _LOADED_ATTR, False):
+        return True
     verifier = getattr(store, _VERIFIER_ATTR, None)
     return verifier is not None and verifier.enabled
+
+
+_LOADED_ATTR = "_mlarray_verified_whole"
+
+
+def mark_verified(store: Any) -> None:
+    """Every chunk of the in-memory ``store`` was verified against its file's checksums
+    when it was loaded (see :func:`verifies`)."""
+    with contextlib.suppress(AttributeError):
+        setattr(store, _LOADED_ATTR, True)
 
 
 def verify_all(store: Any) -> None:

@@ -514,11 +514,13 @@ def load_frame(path: str | os.PathLike, dparams: Any = None) -> blosc2.NDArray:
     """
     p = Path(os.fspath(path))
     buf, version = _map_versioned(p)
-    info, _ = _verified_frame(p, buf, version)
+    info, checked = _verified_frame(p, buf, version)
     _maps.Watch(p, buf, version).check()  # not cut short since it was mapped: copy it
     with memoryview(buf) as view:
         # copy=True: a view over the mapping would abort the process on write
         arr = blosc2.ndarray_from_cframe(view, copy=True)
+    if checked:
+        integrity.mark_verified(arr)
     if dparams is not None:
         arr.schunk.dparams = dparams
     return _direct.guard(arr, info)
@@ -713,8 +715,9 @@ def _fsync_path(p: Path, directory: bool = False) -> None:
 
 
 def _path_of(data: Any) -> Any:
-    """The file an MLArray ``data`` was opened from (None for anything else)."""
-    path = getattr(data, "_path", None)
+    """The file an MLArray ``data`` was opened or loaded from (None for anything else;
+    the instance's own attribute: an array-like's ``__getattr__`` is not asked)."""
+    path = getattr(data, "__dict__", {}).get("_path")
     return path if isinstance(path, (str, os.PathLike)) else None
 
 
@@ -961,13 +964,16 @@ def _write_frame(
             progress(1, 1)
     elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
         # Same layout and codec: copy the compressed chunks as they are (no recompression).
-        # The new file's checksums vouch for them: each is verified against the source's
-        # checksums first, or, without any (other tools' files), decompressed once.
+        # The new file's checksums vouch for them: each chunk read from a file is verified
+        # against its checksums first, or, without any (other tools' files), decompressed
+        # once (chunks this process compressed need neither).
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         n = src.schunk.nchunks
         boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
         decoder = None
-        if not integrity.verifies(src):
+        watch = _maps.watch_of(src)  # a store decoding from a mapped file
+        src_path = src_path or getattr(src, "urlpath", None) or getattr(watch, "path", None)
+        if src_path is not None and not integrity.verifies(src):
             decoder = integrity.ChunkDecodeCheck(src.schunk.chunksize, src_path)
         for i in range(n):
             integrity.verify_region(src, [(s.start, s.stop) for s in next(boxes)])
