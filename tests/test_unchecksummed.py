@@ -124,3 +124,23 @@ def test_verify_without_checksums_holds_one_chunk_at_a_time(tmp_path):
         tracemalloc.stop()
     assert report.ok and report.decode_checked and report.nchunks == 32
     assert peak < 3 * (1 << 20), peak
+
+
+def test_a_re_layout_of_a_damaged_file_without_checksums_names_the_source(plain, tmp_path):
+    """Saved with another layout (chunks decoded and compressed anew) or recompressed in
+    memory: the chunk that cannot be decompressed is our error naming the source file, not
+    Blosc2's bare RuntimeError ("Error while getting the buffer")."""
+    from mlarray.io import save_mla
+
+    p, _ = plain
+    _break_chunk(p, 7)
+    target = tmp_path / "relaid.mla"
+    MLArray(np.ones((4, 5), np.uint8)).save(target)
+    before = target.read_bytes()
+    a = MLArray.open(p)
+    layout = {"patch_size": None, "chunk_size": (10, 10, 10), "block_size": (5, 5, 5)}
+    with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress the data in"):
+        save_mla(target, a, a.meta, **layout)
+    assert target.read_bytes() == before
+    with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress the data in"):
+        MLArray.open(p).compress(**layout)

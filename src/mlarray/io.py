@@ -971,8 +971,7 @@ def _write_frame(
         n = src.schunk.nchunks
         boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
         decoder = None
-        watch = _maps.watch_of(src)  # a store decoding from a mapped file
-        src_path = src_path or getattr(src, "urlpath", None) or getattr(watch, "path", None)
+        src_path = _source_path(src, src_path)
         if src_path is not None and not integrity.verifies(src):
             decoder = integrity.ChunkDecodeCheck(src.schunk.chunksize, src_path)
         for i in range(n):
@@ -991,7 +990,7 @@ def _write_frame(
                 progress(i + 1, n)
     else:
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
-        copy_by_chunks(dst, src, progress)
+        copy_by_chunks(dst, src, progress, src_path=src_path)
     dst.schunk.vlmeta[VLMETA_KEY] = record
     for key, value in _other_vlmeta(src).items():
         dst.schunk.vlmeta[key] = value
@@ -1000,20 +999,45 @@ def _write_frame(
     del dst
 
 
-def copy_by_chunks(dst: blosc2.NDArray, src: Any, progress: Progress | None = None) -> None:
+def _source_path(src: Any, given: Any = None) -> Any:
+    """The file a Blosc2 source ``src`` reads from (``given``, else its own path or that of
+    the mapping it decodes from), for errors about its data; None for data in memory."""
+    if given is not None:
+        return given
+    watch = _maps.watch_of(src)  # a store decoding from a mapped file
+    return getattr(src, "urlpath", None) or getattr(watch, "path", None)
+
+
+def copy_by_chunks(
+    dst: blosc2.NDArray, src: Any, progress: Progress | None = None, *, src_path: Any = None
+) -> None:
     """Fill ``dst`` from the array-like ``src`` one chunk of ``dst`` at a time.
 
     Only a chunk of decoded data is held at once, whatever ``src`` is (a file
     opened lazily, a lazy view, a numpy array). A store opened from a file with
-    checksums has the chunks under each piece verified before they are read.
+    checksums has the chunks under each piece verified before they are read; data of
+    a Blosc2 source that cannot be decompressed is a
+    :class:`~mlarray.errors.CorruptChunkError` naming its file (``src_path``, else the
+    store's own).
     """
     shape, dtype = tuple(dst.shape), np.dtype(dst.dtype)
     slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
     for i, slc in enumerate(slices, 1):
         integrity.verify_region(src, [(s.start, s.stop) for s in slc])
+        try:
+            data = src[slc]
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, MLArrayError) or not isinstance(src, blosc2.NDArray):
+                raise
+            box = tuple((s.start, s.stop) for s in slc)
+            raise integrity.damage_error(
+                src,
+                _source_path(src, src_path),
+                f"cannot decompress the data in {box}, the file may be corrupt ({exc})",
+            ) from None
         # C order and the stored dtype: lazy views (transposes, casts) may return
         # strided blocks, which Blosc2 refuses.
-        block = np.asarray(src[slc]).astype(dtype, order="C", copy=False)
+        block = np.asarray(data).astype(dtype, order="C", copy=False)
         if block.shape != tuple(s.stop - s.start for s in slc):
             raise MLArrayFormatError(
                 None, f"source returned shape {block.shape} for slice {slc}; cannot save"

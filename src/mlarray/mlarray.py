@@ -1122,7 +1122,7 @@ class MLArray:
         def stream(shape: tuple[int, ...], dtype: np.dtype, kw: dict[str, Any] | None) -> Any:
             # chunk by chunk: a lazily opened file is never decoded whole
             new = blosc2.empty(shape, dtype=dtype, **kw)
-            io.copy_by_chunks(new, store)
+            io.copy_by_chunks(new, store, src_path=self._path)
             return new
 
         shape, dtype = tuple(int(n) for n in store.shape), np.dtype(store.dtype)
