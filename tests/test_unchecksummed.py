@@ -144,3 +144,30 @@ def test_a_re_layout_of_a_damaged_file_without_checksums_names_the_source(plain,
     assert target.read_bytes() == before
     with pytest.raises(CorruptChunkError, match=r"plain\.mla: cannot decompress the data in"):
         MLArray.open(p).compress(**layout)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MLARRAY_REFERENCE_PYTHON"),
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_a_damaged_file_the_reference_wrote_is_reported_and_not_saved(tmp_path):
+    from tests._children import run_reference
+
+    run_reference(
+        """
+        import numpy as np
+        from mlarray import MLArray
+        a = (np.arange(24 * 40 * 50) % 997).astype(np.int16).reshape(24, 40, 50)
+        MLArray(a, spacing=[1.5, 1.0, 2.0], patch_size=None, chunk_size=(12, 20, 25),
+                block_size=(6, 10, 25)).save("ref.mla")
+        """,
+        tmp_path,
+    )
+    p = tmp_path / "ref.mla"
+    assert not verify_file(p).has_checksums and verify_file(p).ok
+    _break_chunk(p, 5)
+    report = verify_file(p, raise_on_error=False)
+    assert report.damaged == [5] and report.decode_checked
+    with pytest.raises(CorruptChunkError, match=r"ref\.mla: chunk 5 cannot be decompressed"):
+        MLArray.open(p).save(tmp_path / "copy.mla")
+    assert not (tmp_path / "copy.mla").exists()
