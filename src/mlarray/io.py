@@ -1004,8 +1004,8 @@ def _source_path(src: Any, given: Any = None) -> Any:
     the mapping it decodes from), for errors about its data; None for data in memory."""
     if given is not None:
         return given
-    watch = _maps.watch_of(src)  # a store decoding from a mapped file
-    return getattr(src, "urlpath", None) or getattr(watch, "path", None)
+    watch = _maps.watch_of(src)  # a store opened by mlarray: the path it was opened as
+    return getattr(watch, "path", None) or getattr(src, "urlpath", None)
 
 
 def copy_by_chunks(
