@@ -54,3 +54,20 @@ def run_reference(code: str, cwd: os.PathLike | str, timeout: float = 300) -> st
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
+
+
+_RSS_PRELUDE = """
+def status(key):  # kB; VmHWM is this process's peak (ru_maxrss survives exec from pytest)
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith(key + ":")).split()[1])
+
+
+"""
+
+
+def peak_rss_growth(code: str, *args: object, timeout: float = 300) -> int:
+    """Bytes the peak resident memory of a new Python running ``code`` grew beyond
+    ``before`` (which ``code`` sets with ``before = status("VmRSS")`` before the work
+    measured; ``status(key)`` reads ``/proc/self/status``, in kB)."""
+    epilogue = '\nprint((status("VmHWM") - before) * 1024)\n'
+    return int(run_python(_RSS_PRELUDE + code + epilogue, *args, timeout=timeout).split()[-1])

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from mlarray import MLArray
 from mlarray.cli import header_info, main
 from mlarray.convert import ConversionError, convert_file, from_file
+from tests._children import peak_rss_growth
 from tests._worldcheck import (
     MLARRAY_EXE,
     NIB_DATA,
@@ -465,19 +466,12 @@ _CLI_RSS_SCRIPT = """
 import sys
 from mlarray.cli import main
 
-
-def status(key):  # kB; VmHWM is this process's peak (ru_maxrss survives exec from pytest)
-    with open("/proc/self/status") as fh:
-        return int(next(line for line in fh if line.startswith(key + ":")).split()[1])
-
-
 *argv, small, big = sys.argv[1:]
 assert main([*argv, small]) == 0  # every module the command needs imported
 with open("/proc/self/clear_refs", "w") as fh:  # VmHWM := VmRSS now
     fh.write("5")
 before = status("VmRSS")
 assert main([*argv, big]) == 0
-print((status("VmHWM") - before) * 1024)
 """
 
 
@@ -497,14 +491,7 @@ def test_recompress_and_stats_commands_keep_the_file_out_of_resident_memory(tmp_
     small = tmp_path / "small.mla"
     MLArray(np.arange(4096, dtype=np.int16).reshape(16, 16, 16)).save(small)
     for argv in (["recompress", "--codec", "zstd", "--clevel", "1"], ["stats", "--overwrite"]):
-        proc = subprocess.run(
-            [sys.executable, "-c", _CLI_RSS_SCRIPT, *argv, str(small), str(src)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        grown = int(proc.stdout.split()[-1])
+        grown = peak_rss_growth(_CLI_RSS_SCRIPT, *argv, small, src)
         assert grown < size / 3, (
             f"mlarray {argv[0]} grew the peak RSS by {grown / 1e6:.0f} MB "
             f"({size / 1e6:.0f} MB file)"

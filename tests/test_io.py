@@ -31,6 +31,7 @@ from mlarray.errors import (
 )
 from mlarray.io import FRAME_MAGIC, read_meta, save_mla
 from mlarray.meta import Meta
+from tests._children import peak_rss_growth
 
 FORMAT_KEYS = {
     "source": {"data"},
@@ -684,12 +685,6 @@ import sys
 import numpy as np
 from mlarray import MLArray
 
-
-def status(key):  # kB; VmHWM is this process's peak (ru_maxrss survives exec from pytest)
-    with open("/proc/self/status") as fh:
-        return int(next(line for line in fh if line.startswith(key + ":")).split()[1])
-
-
 src, dst, what = sys.argv[1:4]
 a = MLArray.open(src)
 before = status("VmRSS")
@@ -699,7 +694,6 @@ elif what == "stats":
     a.compute_stats()
 else:
     a.verify()
-print((status("VmHWM") - before) * 1024)
 """
 
 
@@ -713,14 +707,7 @@ def test_streaming_a_lazily_opened_file_keeps_it_out_of_resident_memory(tmp_path
     MLArray(noise, patch_size=None, chunk_size=(8, 512, 512)).save(src)
     size = src.stat().st_size
     assert size > 60e6  # noise does not compress
-    proc = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT, str(src), str(tmp_path / "out.mla"), what],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    grown = int(proc.stdout.split()[-1])
+    grown = peak_rss_growth(_RSS_SCRIPT, src, tmp_path / "out.mla", what)
     assert grown < size / 3, (
         f"{what} grew the peak RSS by {grown / 1e6:.0f} MB ({size / 1e6:.0f} MB file)"
     )
