@@ -98,15 +98,26 @@ def _framed(record, ndim: int | None, frame: str | None = None):
         return None
 
 
-def _viewer_frames() -> list[tuple]:
-    """``(name, frame, geometry_key)`` of the layers of the current napari viewer that
-    were read from ``.mla`` files in a RAS or LPS world."""
+def _viewer_layers() -> list[tuple]:
+    """``(layer, block)`` of the current napari viewer's layers that carry our metadata
+    block (layers read from or saved as ``.mla`` files); none when napari was not
+    imported or has no viewer."""
     napari = sys.modules.get("napari")  # no napari imported: no viewer to look at
     viewer = None if napari is None else napari.current_viewer()
     out = []
-    for layer in [] if viewer is None else viewer.layers:
+    for layer in [] if viewer is None else list(viewer.layers):
         block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
-        if not isinstance(block, dict) or block.get("layer") not in ("image", "labels"):
+        if isinstance(block, dict):
+            out.append((layer, block))
+    return out
+
+
+def _viewer_frames() -> list[tuple]:
+    """``(name, frame, geometry_key)`` of the layers of the current napari viewer that
+    were read from ``.mla`` files in a RAS or LPS world."""
+    out = []
+    for layer, block in _viewer_layers():
+        if block.get("layer") not in ("image", "labels"):
             continue
         found = _framed(as_meta(block["record"]), len(block["perm"]), block.get("world_frame"))
         if found is not None:
@@ -159,7 +170,7 @@ def _read_one(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
 
 
 def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
-    arr, stored = _open(path) if opened is None else opened
+    arr, stored = opened
     name = Path(path).stem
     layers, skip = [], ()
     has_array = bool(stored._has_array) and arr is not None and arr.shape is not None
@@ -260,23 +271,15 @@ def _reorient_open_layers(name: str, frame: str, key) -> None:
     before its image: a layer read as stored, not moved since, of a file without boxes, is
     re-oriented in place (its data is transposed as a view: what was painted stays).
     """
-    napari = sys.modules.get("napari")
-    viewer = None if napari is None else napari.current_viewer()
-    if viewer is None:
-        return
-    with_boxes = set()
-    for layer in viewer.layers:
-        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
-        if isinstance(block, dict) and block.get("layer") == "shapes":
-            with_boxes.add(block.get("path"))
-    for layer in list(viewer.layers):
-        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
-        if not isinstance(block, dict) or block.get("layer") not in ("image", "labels"):
+    ours = _viewer_layers()
+    with_boxes = {block.get("path") for _, block in ours if block.get("layer") == "shapes"}
+    for layer, block in ours:
+        if block.get("layer") not in ("image", "labels"):
             continue
         if (
             block.get("world_frame") is not None
             or "channel" in block
-            or block.get("path") in (with_boxes)
+            or block.get("path") in with_boxes
         ):
             continue
         ndim = len(block["perm"])
