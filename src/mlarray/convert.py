@@ -957,20 +957,17 @@ def _arranged(loaded: _Loaded, axis_order: str) -> tuple[Any, list[str], np.ndar
     return loaded.data.transpose(perm), labels, affine, index_order
 
 
-def _by_content(cparams: Any, meta: Meta) -> Any:
-    """A converter's ``cparams``: a dict without a codec or level takes them from the
-    defaults of the content (an image or a label map), as ``mlarray convert`` says."""
-    if not isinstance(cparams, Mapping):
-        return cparams
-    from mlarray import layout
-    from mlarray.io import is_label_map
-
-    return {**layout.default_cparams(is_label_map(meta)), **cparams}
-
-
 def _storage(
-    patch_size: Any, chunk_size: Any, block_size: Any, cparams: Any, dparams: Any
+    patch_size: Any, chunk_size: Any, block_size: Any, cparams: Any, dparams: Any, meta: Meta
 ) -> dict[str, Any]:
+    """The storage keywords of a conversion to ``.mla`` of the image ``meta`` describes:
+    a ``cparams`` dict without a codec or level takes them from the defaults of the
+    content (an image or a label map), as ``mlarray convert`` says."""
+    if isinstance(cparams, Mapping):
+        from mlarray import layout
+        from mlarray.io import is_label_map
+
+        cparams = {**layout.default_cparams(is_label_map(meta)), **cparams}
     return {
         "patch_size": patch_size,
         "chunk_size": chunk_size,
@@ -1109,7 +1106,7 @@ def from_file(
     img = MLArray(
         np.ascontiguousarray(data),
         meta=meta,
-        **_storage(patch_size, chunk_size, block_size, _by_content(cparams, meta), dparams),
+        **_storage(patch_size, chunk_size, block_size, cparams, dparams, meta),
     )
     with _meta_internal_write():  # the constructor keeps user fields only
         img.meta._image_meta_format = meta._image_meta_format.copy()
@@ -1740,7 +1737,7 @@ def convert_file(
             _ByChunk(data) if progress is not None else data,
             meta,
             progress=progress,
-            **_storage(patch_size, chunk_size, block_size, _by_content(cparams, meta), dparams),
+            **_storage(patch_size, chunk_size, block_size, cparams, dparams, meta),
         )
     else:
         to_file(MLArray.open(s), d, overwrite=overwrite, notes=notes, format=to)
