@@ -245,10 +245,7 @@ class MLArray:
             self._remeta(base, _USER_PARTS, meta, spatial_args)
             return
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
-        model = meta if isinstance(meta, Meta) else None
-        self._setup(
-            _maker(array), base, _USER_PARTS, meta, spatial_args, request, compressed, model
-        )
+        self._setup(_maker(array), base, _USER_PARTS, meta, spatial_args, request, compressed)
 
     # ------------------------------------------------------------------ the funnel
     def _setup(
@@ -260,14 +257,15 @@ class MLArray:
         spatial_args: Mapping[str, Any],
         request: layout.StorageRequest,
         compressed: bool,
-        layout_model: Meta | None = None,
+        like: Meta | None = None,
     ) -> None:
         """The one path of every constructor.
 
         ``make`` is ``(maker, shape, dtype)`` (None for an instance without
         an array); the metadata is composed by :func:`_compose_meta`, the
-        storage keywords resolved by :func:`mlarray.layout.resolve_storage`
-        (the patch size ``layout_model`` records replaces a default one).
+        storage keywords resolved by :func:`mlarray.layout.resolve_storage`.
+        A default patch size is replaced by the one recorded in ``meta`` when it
+        is a :class:`Meta`, else in ``like`` (a ``*_like`` model's metadata).
         """
         self._reset_state()
         if make is None:
@@ -276,7 +274,8 @@ class MLArray:
         maker, shape, dtype = make
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
         self._meta = _compose_meta(shape, base, base_parts, meta, spatial_args)
-        request = _recorded_patch(request, layout_model, self._meta)
+        model = meta if isinstance(meta, Meta) else like
+        request = _recorded_patch(request, model, self._meta)
         self._fill((maker, shape, dtype), request, compressed)
 
     def _fill(
@@ -318,8 +317,7 @@ class MLArray:
         out = cls.__new__(cls)
         base = like.meta if isinstance(like, MLArray) else None
         parts = _LIKE_PARTS if meta is None else _LIKE_GRID_PARTS
-        model = meta if isinstance(meta, Meta) else base if meta is None else None
-        out._setup(make, base, parts, meta, {}, request, compressed, model)
+        out._setup(make, base, parts, meta, {}, request, compressed, base if meta is None else None)
         return out
 
     def _reset_state(self, meta: Meta | None = None) -> None:
@@ -942,8 +940,7 @@ class MLArray:
 
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
         out = cls.__new__(cls)
-        model = meta if isinstance(meta, Meta) else None
-        out._setup((make, shape, dtype), None, (), meta, {}, request, True, model)
+        out._setup((make, shape, dtype), None, (), meta, {}, request, True)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._given = os.fspath(filepath)
         out._file_store = out._store
