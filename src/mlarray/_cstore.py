@@ -39,9 +39,9 @@ import numpy as np
 
 from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
-from mlarray._read import ChunkCache, DecodeMemoryError, _basic_key, read_cached
+from mlarray._read import ChunkCache, _basic_key, read_cached, read_memory_error
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import IndexingError, MLArrayError, MLArrayMemoryError
+from mlarray.errors import IndexingError, MLArrayError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -298,11 +298,7 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     except IndexError as err:
         raise IndexingError(f"{store.path}: {err}") from None
     except MemoryError as exc:
-        nbytes = _nbytes(store, norm)
-        message = f"{store.path}: not enough memory to read {nbytes} bytes"
-        if isinstance(exc, DecodeMemoryError) and exc.nbytes != nbytes:
-            message += f" ({exc.what}: {exc.nbytes} bytes)"
-        raise MLArrayMemoryError(message) from None
+        raise read_memory_error(store.path, _nbytes(store, norm), exc) from None
     except MLArrayError:  # ours (also RuntimeErrors, as the reference raises): as they are
         raise
     except RuntimeError as exc:  # c-blosc2 refused a chunk its checksum did not catch

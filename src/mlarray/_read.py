@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from mlarray._fullread import _pieces
+from mlarray.errors import MLArrayMemoryError
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -61,6 +62,7 @@ __all__ = [
     "layer_plane",
     "plane_of",
     "read_cached",
+    "read_memory_error",
     "read_plane_direct",
     "take",
 ]
@@ -86,6 +88,16 @@ class DecodeMemoryError(MemoryError):
         super().__init__(f"not enough memory for {what} of {nbytes} bytes")
         self.nbytes = int(nbytes)
         self.what = what
+
+
+def read_memory_error(path: Any, nbytes: int, exc: MemoryError) -> MLArrayMemoryError:
+    """The error for a read of ``nbytes`` bytes of the file ``path`` that ran out of
+    memory: the file, the bytes read and, if decoding needed another amount
+    (:class:`DecodeMemoryError`), what it needed."""
+    message = f"{path or 'MLArray'}: not enough memory to read {nbytes} bytes"
+    if isinstance(exc, DecodeMemoryError) and exc.nbytes != nbytes:
+        message += f" ({exc.what}: {exc.nbytes} bytes)"
+    return MLArrayMemoryError(message)
 
 
 def _empty(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:

@@ -1577,14 +1577,8 @@ def _probe(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _memory_error(path: Any, store: Any, key: Any, exc: MemoryError) -> MLArrayMemoryError:
-    """The error for a read of ``store[key]`` that ran out of memory: the file, the bytes
-    read and, if decoding needed another amount (:class:`mlarray._read.DecodeMemoryError`),
-    what it needed."""
-    nbytes = _nbytes(store, key)
-    message = f"{path or 'MLArray'}: not enough memory to read {nbytes} bytes"
-    if isinstance(exc, _read.DecodeMemoryError) and exc.nbytes != nbytes:
-        message += f" ({exc.what}: {exc.nbytes} bytes)"
-    return MLArrayMemoryError(message)
+    """The error for a read of ``store[key]`` that ran out of memory."""
+    return _read.read_memory_error(path, _nbytes(store, key), exc)
 
 
 def _nbytes(store: Any, key: Any) -> int:
