@@ -316,7 +316,9 @@ class Watch:
         "writing",
     )
 
-    def __init__(self, path: Any, buf: Any, version: Version, spans: Any = None) -> None:
+    def __init__(
+        self, path: Any, buf: Any, version: Version, spans: Any = None, by_path: bool = False
+    ) -> None:
         self._name(path)
         self.buf = buf
         self.dev, self.ino, self.size, self.mtime = version[0], version[1], version[2], version[3]
@@ -334,7 +336,7 @@ class Watch:
         self.writing = 0
         self.writes = 0  # in-place writes through this handle begun so far
         #: the handle's reads open the file by its path (see :func:`watch`)
-        self.by_path = False
+        self.by_path = by_path
 
     def _name(self, path: Any) -> None:
         self._given = os.fspath(path)
@@ -465,10 +467,8 @@ def watch(
     spans = None
     if info is not None:
         spans = ((0, info.header_len), (info.header_len + info.cbytes, version[2]))
-    w = Watch(path, buf, version, spans)
-    w.by_path = by_path
     with contextlib.suppress(AttributeError):
-        setattr(store, _WATCH, w)
+        setattr(store, _WATCH, Watch(path, buf, version, spans, by_path))
 
 
 def rename(store: Any, path: Any) -> None:
