@@ -91,3 +91,72 @@ def test_a_file_replaced_after_pickling_is_refused_not_paired_with_the_old_metad
         pickle.loads(blob)
     fresh = pickle.loads(pickle.dumps(MLArray.open(p)))  # pickled anew: the new version
     assert fresh.shape == (5, 6, 7) and fresh.spacing == [2.0, 2.0, 2.0] and fresh.meta.is_seg
+
+
+def _error_samples():
+    """One instance of every error class a user can meet, with its attributes set."""
+    import inspect
+
+    from mlarray import errors
+    from mlarray._dataset import SchedulerError
+    from mlarray._preview import PreviewError
+    from mlarray.convert import ConversionError
+
+    samples = []
+    classes = [getattr(errors, n) for n in errors.__all__]
+    classes += [SchedulerError, PreviewError, ConversionError]
+    for cls in classes:
+        try:
+            params = list(inspect.signature(cls).parameters)
+        except ValueError:  # the builtin's __init__: one message
+            params = []
+        if params[:2] == ["path", "message"]:
+            extra = {"errno": 28, "chunk": 3, "size": 10, "was": 20}
+            kwargs = {k: extra[k] for k in params[2:] if k in extra}
+            samples.append(cls("/data/case 1.mla", "what is wrong", **kwargs))
+        elif params[:1] == ["path"]:
+            samples.append(cls("/data/case 1.mla"))
+        elif params[:2] == ["field", "message"]:
+            samples.append(cls("spacing", "what is wrong"))
+        else:
+            samples.append(cls("/data/case 1.mla: what is wrong"))
+    return samples
+
+
+@pytest.mark.parametrize("err", _error_samples(), ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_message_and_attributes(err):
+    """Worker processes send errors to the parent pickled: ours failed to unpickle
+    (``__init__`` takes the path and the message apart), which hung Pool.map."""
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err)
+    assert str(back) == str(err) and back.args == err.args
+    assert vars(back) == vars(err)
+    if isinstance(err, OSError):
+        assert back.errno == err.errno
+
+
+def _sum_of(path):
+    return float(MLArray.open(path)[...].sum())
+
+
+def test_a_damaged_file_in_a_process_pool_raises_its_error_in_the_parent(saved, tmp_path):
+    """One bad file among many in a multiprocessing.Pool / ProcessPoolExecutor: the
+    parent gets our error naming the file (the pool hung or broke before)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mlarray.errors import MLArrayFormatError
+
+    p, data = saved
+    bad = tmp_path / "not really.mla"
+    bad.write_bytes(b"hello")
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        result = pool.map_async(_sum_of, [p, bad])
+        with pytest.raises(MLArrayFormatError, match=r"not really\.mla") as info:
+            result.get(timeout=60)
+    assert info.value.path == str(bad)
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        futures = [ex.submit(_sum_of, q) for q in (p, bad)]
+        assert futures[0].result(timeout=60) == float(data.sum())
+        with pytest.raises(MLArrayFormatError, match=r"not really\.mla"):
+            futures[1].result(timeout=60)

@@ -13,6 +13,7 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "ClosedError",
@@ -37,7 +38,32 @@ __all__ = [
 
 
 class MLArrayError(Exception):
-    """Base class of every error raised by mlarray."""
+    """Base class of every error raised by mlarray.
+
+    Every error pickles with its message and attributes (``path``, ``chunk``,
+    ``errno``...), so worker processes (``multiprocessing``, ``concurrent.futures``,
+    dask) hand it to the parent as it was raised.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without calling ``__init__``: subclasses take the path and the
+        # message apart and join them into the one message ``args`` holds.
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):
+            state["errno"] = self.errno  # a slot of OSError, not in ``__dict__``
+        return _rebuild, (type(self), self.args, state)
+
+
+def _rebuild(cls: type[MLArrayError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """An error of class ``cls`` with ``args`` and attributes ``state`` (unpickling)."""
+    try:
+        err = cls.__new__(cls, *args)
+    except TypeError:  # MemoryError's own __new__ refuses to build a subclass this way
+        err = BaseException.__new__(cls, *args)
+    err.args = args
+    for name, value in state.items():
+        setattr(err, name, value)
+    return err
 
 
 def _with_path(path: str | os.PathLike | None, message: str) -> str:
