@@ -851,3 +851,35 @@ def test_in_place_writes_of_any_numpy_key_keep_the_file_valid(tmp_path):
         p.unlink()
 
     check()
+
+
+def _open_read_close(args):
+    path, i = args
+    try:
+        a = MLArray.open(path, mmap_mode="r+")
+        total = float(a[i % 20 : i % 20 + 3].sum())
+        a.close()
+        return total
+    except Exception as exc:  # reported to the parent, with its type
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_writable_handles_that_change_nothing_write_nothing_on_close(tmp_path):
+    """Workers that open a file with mmap_mode="r+" and only read: every close() wrote
+    the metadata again, and failed ("another process is writing to it in place") when
+    another worker's close wrote at the same moment. Now a close with nothing changed
+    writes nothing; the file keeps its bytes and its modification time."""
+    p = tmp_path / "shared.mla"
+    data = np.random.default_rng(0).random((64, 64, 64)).astype(np.float32)
+    MLArray(data).save(p)
+    before, st = p.read_bytes(), os.stat(p)
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map(_open_read_close, [(p, i) for i in range(100)])
+    want = [float(data[i % 20 : i % 20 + 3].sum()) for i in range(100)]
+    assert [g for g in got if isinstance(g, str)] == []
+    assert got == want
+    assert p.read_bytes() == before and os.stat(p).st_mtime_ns == st.st_mtime_ns
+    a = MLArray.open(p, mmap_mode="r+")  # a change is still written on close
+    a.meta.extra.data = {"reviewed": True}
+    a.close()
+    assert MLArray.open(p).meta.extra.data == {"reviewed": True}

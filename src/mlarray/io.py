@@ -593,9 +593,20 @@ def flush_meta(
     shape = tuple(int(n) for n in store.shape) if has_array else None
     record = encode_record(record_from_meta(_prepare_meta(meta, shape, None, Path(path))))
     refresh = checksums or (integrity.was_written(store) and integrity.is_stale(store))
+    if not refresh and record == _stored_record(store):
+        return  # nothing to write (closing a handle that changed nothing writes nothing)
     write_in_place(
         store, path, [], None, vlmeta={VLMETA_KEY: record}, refresh=refresh, reopen=reopen
     )
+
+
+def _stored_record(store: Any) -> bytes | None:
+    """The record bytes ``store``'s frame holds as this handle knows it (None if unknown)."""
+    try:
+        value = store.schunk.vlmeta[VLMETA_KEY]
+    except Exception:  # no such entry, or a store without Blosc2 metadata
+        return None
+    return value if isinstance(value, bytes) else None
 
 
 def read_meta(path: str | os.PathLike) -> Meta:
