@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from mlarray import MLArray, io
-from mlarray.errors import MLArrayError, MLArrayIOError
+from mlarray.errors import FileChangedError, MLArrayError, MLArrayIOError
 from mlarray.integrity import verify_file
 
 MODES = [
@@ -883,3 +883,53 @@ def test_writable_handles_that_change_nothing_write_nothing_on_close(tmp_path):
     a.meta.extra.data = {"reviewed": True}
     a.close()
     assert MLArray.open(p).meta.extra.data == {"reviewed": True}
+
+
+def _write_constants(path, stop_at):
+    a = MLArray.open(path, mmap_mode="r+")
+    i = 0
+    while time.monotonic() < stop_at:
+        a[...] = np.full(a.shape, 1 + i % 30000, dtype=a.dtype)  # a new value each time
+        i += 1
+    a.close()
+    return i
+
+
+def _read_patches(args):
+    path, seed, long_lived, stop_at = args
+    rng = np.random.default_rng(seed)
+    one_version, changed, mixed = 0, 0, []
+    a = MLArray.open(path) if long_lived else None
+    while time.monotonic() < stop_at:
+        try:
+            h = a if long_lived else MLArray.open(path)
+            key = tuple(slice(int(o), int(o) + 8) for o in rng.integers(0, 24, 3))
+            v = np.asarray(h[key])
+            if (v == v.flat[0]).all():
+                one_version += 1
+            else:
+                mixed.append(sorted(np.unique(v).tolist())[:4])
+            if not long_lived:
+                h.close()
+        except FileChangedError:
+            changed += 1
+            if long_lived:
+                a = MLArray.open(path)  # what the error says to do
+    return one_version, changed, mixed
+
+
+def test_reads_racing_an_in_place_writer_get_one_version_or_file_changed(tmp_path):
+    """A patch read while another process wrote the file in place could hold voxels of
+    two writes (each write puts one constant everywhere), silently. Now the file is
+    checked again after the read decoded: one version, or FileChangedError."""
+    p = tmp_path / "cache.mla"
+    MLArray(np.zeros((32, 32, 32), np.int16), patch_size=(8, 8, 8)).save(p)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(3) as pool:
+        stop_at = time.monotonic() + 4.0
+        writes = pool.apply_async(_write_constants, (p, stop_at))
+        reads = pool.map(_read_patches, [(p, 1, False, stop_at), (p, 2, True, stop_at)])
+        assert writes.get(timeout=60) > 10
+    for one_version, changed, mixed in reads:
+        assert mixed == []
+        assert one_version > 0 and changed > 0

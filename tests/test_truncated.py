@@ -465,6 +465,7 @@ def test_two_writable_handles_of_one_process_close_in_turn(tmp_path):
         out.append(final.meta.extra == {"by": "second"})
         out.append(np.array_equal(final[...], expected) and final.verify().ok)
         third = MLArray.open(p, mode="a", mmap_mode="r+")
+        third.meta.extra = {"by": "third"}  # (a close with nothing to write writes nothing)
         with open(p, "ab") as f:  # another program
             f.write(b"\0" * 4096)
         try:

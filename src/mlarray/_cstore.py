@@ -41,7 +41,7 @@ from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached, read_memory_error
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import IndexingError, MLArrayError
+from mlarray.errors import FileChangedError, IndexingError, MLArrayError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -279,22 +279,9 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
         return None
     _prefetch.prefetch_read(store, key)
     integrity.verify_read(store, key)
+    touched = _maps.touched_count(store)
     try:
-        if selects_all(key, store.ndim) or all(
-            isinstance(k, slice) and k.indices(n) == (0, n, 1)
-            for k, n in zip(norm, store.shape, strict=True)
-        ):  # the whole volume (napari's 3D view asks for it as explicit slices)
-            return read_all(store, path=store.path)
-        axis = _one_plane(norm, store.shape)
-        if axis is not None and cache is not None:
-            # napari asks for a plane as a length-1 slice: read it as the plane it is
-            index = norm[axis].indices(store.shape[axis])[0]
-            plane = (*norm[:axis], index, *norm[axis + 1 :])
-            return np.expand_dims(read_cached(store, plane, cache, always=True), axis)
-        out = None if cache is None else read_cached(store, key, cache)
-        if out is None:  # most of every touched chunk: decoded once each, not kept
-            out = read_cached(store, key, ChunkCache(0), always=True)
-        return out
+        out = _decode(store, key, norm, cache)
     except IndexError as err:
         raise IndexingError(f"{store.path}: {err}") from None
     except MemoryError as exc:
@@ -307,3 +294,29 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
             store.path,
             f"cannot decompress the requested data, the file may be corrupt ({exc})",
         ) from None
+    try:  # the file did not change while the read decoded from it
+        _maps.check_read(store, touched)
+    except FileChangedError:
+        if cache is not None:  # it may hold blocks of both versions
+            cache.clear()
+        raise
+    return out
+
+
+def _decode(store: CStore, key: Any, norm: tuple, cache: ChunkCache | None) -> np.ndarray:
+    """``store[key]`` decoded (``norm``: the key normalized), the read of :func:`read`."""
+    if selects_all(key, store.ndim) or all(
+        isinstance(k, slice) and k.indices(n) == (0, n, 1)
+        for k, n in zip(norm, store.shape, strict=True)
+    ):  # the whole volume (napari's 3D view asks for it as explicit slices)
+        return read_all(store, path=store.path)
+    axis = _one_plane(norm, store.shape)
+    if axis is not None and cache is not None:
+        # napari asks for a plane as a length-1 slice: read it as the plane it is
+        index = norm[axis].indices(store.shape[axis])[0]
+        plane = (*norm[:axis], index, *norm[axis + 1 :])
+        return np.expand_dims(read_cached(store, plane, cache, always=True), axis)
+    out = None if cache is None else read_cached(store, key, cache)
+    if out is None:  # most of every touched chunk: decoded once each, not kept
+        out = read_cached(store, key, ChunkCache(0), always=True)
+    return out

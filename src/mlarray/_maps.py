@@ -50,6 +50,7 @@ __all__ = [
     "changed_error",
     "changed_since",
     "check",
+    "check_read",
     "forget",
     "identity",
     "map_file",
@@ -58,6 +59,7 @@ __all__ = [
     "rename",
     "resync",
     "same_file",
+    "touched_count",
     "version_of",
     "watch",
     "watch_of",
@@ -301,6 +303,7 @@ class Watch:
 
     __slots__ = (
         "_given",
+        "_journal",
         "_print",
         "_spans",
         "_stat_path",
@@ -342,6 +345,48 @@ class Watch:
         self._given = os.fspath(path)
         self.path = absolute(self._given)
         self._stat_path = os.fsencode(self.path)  # not encoded again on every check
+        self._journal: bytes | None = None  # the undo journal's name, worked out once
+
+    def _journal_exists(self) -> bool:
+        """Whether the undo journal of an in-place write of mlarray into the file exists
+        (a write under way, or one a crash interrupted)."""
+        if self._journal is None:
+            from mlarray._sidefiles import journal_path
+
+            self._journal = os.fsencode(journal_path(self.path))
+        try:
+            os.stat(self._journal)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def check_read(self, touched: int) -> None:
+        """After a read decoded from the file: raise
+        :class:`~mlarray.errors.FileChangedError` if the file changed while it did
+        (:meth:`check`, found touched since ``touched`` was this watch's count, or its
+        frame's header and trailer differ), or an in-place write of mlarray is under way
+        (its undo journal exists), for the read may hold voxels of two versions. The
+        modification time alone does not tell: it moves at most once per tick of the
+        kernel's clock, and not for every write through a shared mapping."""
+        if self.writing:
+            return  # this handle's own write: its reads are not told about it
+        self.check()
+        if self.writing:
+            return
+        if (
+            self.touched != touched
+            or self._journal_exists()
+            # a write that ended meanwhile within one tick of the file's clock
+            or (self._print is not None and self._fingerprint() != self._print)
+        ):
+            from mlarray.errors import FileChangedError
+
+            raise FileChangedError(
+                self.path,
+                "changed on disk while it was being read (written in place by another "
+                "program or handle); read it again, or reopen it to read the new version",
+                was=self.size,
+            )
 
     def check(self) -> None:
         """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
@@ -361,6 +406,7 @@ class Watch:
                 st.st_size == self.size
                 and self._print is not None
                 and self._fingerprint() == self._print  # same size: safe to read
+                and not self._journal_exists()  # not a write of mlarray under way
             ):
                 self.mtime = st.st_mtime_ns  # touched, not rewritten
                 self.touched += 1
@@ -498,6 +544,22 @@ def check(store: Any) -> None:
     w = getattr(store, _WATCH, None)
     if w is not None:
         w.check()
+
+
+def touched_count(store: Any) -> int:
+    """How often the file of ``store`` was found touched so far (0 without a file): what
+    :func:`check_read` compares with after the read."""
+    w = getattr(store, _WATCH, None)
+    return 0 if w is None else w.touched
+
+
+def check_read(store: Any, touched: int) -> None:
+    """:meth:`Watch.check_read` of ``store``'s file (nothing for a store without one):
+    called after a read that decoded from the file, with the :func:`touched_count`
+    taken after the check before it."""
+    w = getattr(store, _WATCH, None)
+    if w is not None:
+        w.check_read(touched)
 
 
 def changed_error(store: Any) -> Exception | None:

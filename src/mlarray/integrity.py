@@ -63,6 +63,7 @@ import mmap
 import os
 import stat
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ from mlarray.errors import (
     CorruptChunkError,
     FileChangedError,
     InvalidPathError,
+    MLArrayError,
     MLArrayFormatError,
     MLArrayIOError,
     MLArrayMemoryError,
@@ -169,6 +171,7 @@ def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -
 
 
 _CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file
+_SETTLE = 0.02  # s: a chunk failing its checksum is hashed again after this (see _rewritten)
 
 
 def _watched_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch: Any) -> Any:
@@ -483,6 +486,13 @@ class ChunkVerifier:
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
             changed = None if self.watch is None else self.watch.changed_error()
+            got_bad = [int(g) for i, g in zip(todo, got.tolist(), strict=True) if i in bad]
+            if changed is None and self._rewritten(bad, got_bad):
+                changed = FileChangedError(
+                    self.path,
+                    "changed on disk while it was being read (written in place by another "
+                    "program or handle); reopen it to read the new version",
+                )
             if changed is not None:  # written by another program while being read
                 raise changed
             i = bad[0]
@@ -498,6 +508,23 @@ class ChunkVerifier:
         for i in todo:
             checked[i] = 1
         self.done = 0 not in checked
+
+    def _rewritten(self, bad: list[int], got: list[int]) -> bool:
+        """Whether chunks ``bad`` (their digests ``got``), which failed their checksums
+        although the file's size, modification time, header and trailer looked unchanged,
+        were rewritten by another program rather than damaged: the file's checksum entry
+        no longer holds the digests this handle expected, or their bytes change again
+        within a moment. (The modification time moves at most once per tick of the
+        kernel's clock, so a whole in-place write can leave it, and this handle's idea of
+        the file version, as they were.)"""
+        try:
+            now = stored_digests(self.buf, self.info, self.path)
+        except MLArrayError:  # the entry read at open no longer parses: rewritten
+            return True
+        if now is None or any(int(now[i]) != int(self.expected[i]) for i in bad):
+            return True
+        time.sleep(_SETTLE)
+        return chunk_digests(self.buf, self.info, bad).tolist() != got
 
     def verify_region(self, bounds: Sequence[tuple[int, int]]) -> None:
         """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""

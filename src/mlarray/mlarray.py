@@ -1268,20 +1268,9 @@ class MLArray:
         # the touched chunks' bytes, asked for at once (a file not in the page cache)
         _prefetch.prefetch_read(store, key, None if box is None else box[:2])
         integrity.verify_read(store, key, box)  # the chunks it touches match their checksums
+        touched = _maps.touched_count(store)
         try:
-            if isinstance(store, blosc2.NDArray) and _fullread.selects_all(key, store.ndim):
-                return _fullread.read_all(store, path=self._path)
-            if cache is not None and isinstance(store, blosc2.NDArray):
-                out = _read.read_cached(store, key, cache)
-                if out is not None:
-                    return out
-            if box is not None:
-                return _direct.read_box(store, box)
-            if isinstance(store, np.ndarray):
-                return store[key]  # numpy's own result: a numpy scalar for integer keys
-            if _is_basic_key(key):
-                return np.asarray(store[key])
-            return _read_advanced(store, key)
+            out = self._decode(store, key, box, cache)
         except IndexError:
             try:
                 _probe(tuple(store.shape))[key]  # numpy's own message
@@ -1298,6 +1287,29 @@ class MLArray:
                 self._path,
                 f"cannot decompress the requested data, the file may be corrupt ({exc})",
             ) from None
+        try:  # the file did not change while the read decoded from it
+            _maps.check_read(store, touched)
+        except FileChangedError:
+            if cache is not None:  # it may hold blocks of both versions
+                cache.clear()
+            raise
+        return out
+
+    def _decode(self, store: Any, key: Any, box: Any, cache: Any) -> Any:
+        """``store[key]`` decoded (the read of :meth:`_read` after its checks)."""
+        if isinstance(store, blosc2.NDArray) and _fullread.selects_all(key, store.ndim):
+            return _fullread.read_all(store, path=self._path)
+        if cache is not None and isinstance(store, blosc2.NDArray):
+            out = _read.read_cached(store, key, cache)
+            if out is not None:
+                return out
+        if box is not None:
+            return _direct.read_box(store, box)
+        if isinstance(store, np.ndarray):
+            return store[key]  # numpy's own result: a numpy scalar for integer keys
+        if _is_basic_key(key):
+            return np.asarray(store[key])
+        return _read_advanced(store, key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Write ``value`` into ``key`` with numpy's indexing, broadcasting and casting.
