@@ -213,6 +213,98 @@ def test_single_dicom_file():
     assert img.meta.spatial.coord_system == "LPS"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rtdose_expb.dcm",  # 32-bit Explicit VR Big Endian: GDCM swapped the 16-bit halves
+        "SC_rgb_rle_16bit.dcm",  # RLE colour of more than 8 bits: GDCM mixed the planes
+        "SC_rgb_rle_16bit_2frame.dcm",
+        "SC_rgb_rle_32bit.dcm",
+        "SC_rgb_rle_32bit_2frame.dcm",
+        "liver_1frame.dcm",  # 1-bit DICOM SEG: GDCM gave 255 for segment 1
+        "liver_expb_1frame.dcm",
+        "rtdose.dcm",  # and files GDCM decodes right stay as they were
+        "SC_rgb_rle.dcm",
+        "MR_small_bigendian.dcm",
+    ],
+)
+def test_dicom_values_equal_pydicoms_pixel_array(name):
+    """Every voxel of pydicom's own test files equals pydicom's pixel_array, in the layouts
+    SimpleITK's GDCM decodes wrongly too."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    expected = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+        expected = expected[np.newaxis]  # the single plane is a z axis of one slice
+    img = from_file(get_testdata_file(name), is_seg=False)
+    got = img.to_numpy()
+    if int(ds.SamplesPerPixel) == 3:
+        got = np.moveaxis(got, 0, -1)  # channel first in .mla, last in pydicom
+        assert img.meta.spatial.axis_labels[0] == "channel"
+    assert got.dtype == expected.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_dicom_seg_keeps_its_segment_number(tmp_path):
+    """A one-segment BINARY DICOM SEG becomes a label map holding the segment's number;
+    one of several segments (a mask per frame, not one volume) is refused naming the file."""
+    import copy
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("liver_1frame.dcm"))
+    mask = ds.pixel_array.astype(bool)
+    img = from_file(get_testdata_file("liver_1frame.dcm"))
+    assert img.meta.is_seg.is_seg is True
+    np.testing.assert_array_equal(img.to_numpy()[0], mask.astype(np.uint8))
+    ds.SegmentSequence[0].SegmentNumber = 3
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber = 3
+    ds.save_as(tmp_path / "seg3.dcm")
+    got = from_file(tmp_path / "seg3.dcm").to_numpy()[0]
+    np.testing.assert_array_equal(got, np.where(mask, 3, 0))
+    second = copy.deepcopy(ds.SegmentSequence[0])
+    second.SegmentNumber = 4
+    ds.SegmentSequence.append(second)
+    ds.save_as(tmp_path / "two_segments.dcm")
+    with pytest.raises(ConversionError, match="DICOM SEG of 2 segments") as err:
+        from_file(tmp_path / "two_segments.dcm")
+    assert str(err.value).startswith(str(tmp_path / "two_segments.dcm"))
+
+
+def test_dicom_series_of_32_bit_big_endian_files_equal_pydicom(tmp_path):
+    """A series whose files GDCM decodes wrongly is decoded by pydicom slice by slice,
+    in the slice order SimpleITK sorted them into."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    name = get_testdata_file("rtdose_expb.dcm")
+    base = pydicom.dcmread(name).pixel_array[0].astype(np.uint32)
+    series = generate_uid()
+    folder = tmp_path / "dose"
+    folder.mkdir()
+    expected = []
+    for k in range(3):
+        ds = pydicom.dcmread(name)
+        del ds.NumberOfFrames, ds.GridFrameOffsetVector, ds.FrameIncrementPointer
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        plane = base + np.uint32(1_000_003 * k)
+        ds.PixelData = plane.astype(">u4").tobytes()
+        ds.save_as(folder / f"IM{3 - k}.dcm")  # file order is not slice order
+        expected.append(plane)
+    got = from_file(folder, is_seg=False).to_numpy()
+    assert got.dtype == np.uint32
+    np.testing.assert_array_equal(got, np.stack(expected))
+
+
 # ----------------------------------------------------------------------------- seg, errors
 
 

@@ -614,6 +614,99 @@ def _rescaled_per_slice(sitk: Any, reader: Any, img: Any, n: int) -> Any:
     return reader.Execute()
 
 
+def _gdcm_miscodes(ds: Any) -> str | None:
+    """Why GDCM (SimpleITK's DICOM reader) decodes the pixels of a file with header ``ds``
+    into wrong values without an error, or ``None`` when it decodes them right.
+
+    Found against pydicom's ``pixel_array`` on pydicom's test files: 32-bit
+    Explicit VR Big Endian data come out with their 16-bit halves swapped, RLE
+    colour data of more than 8 bits with the bytes of the colour planes mixed up,
+    and 1-bit (BINARY) data as 0/255 instead of 0/1.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    try:
+        bits = int(ds.get("BitsAllocated") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError):
+        return None
+    if bits == 1:
+        return "1-bit pixels"
+    if syntax == "1.2.840.10008.1.2.2" and bits > 16:  # Explicit VR Big Endian
+        return f"{bits}-bit big-endian pixels"
+    if syntax == "1.2.840.10008.1.2.5" and samples > 1 and bits > 8:  # RLE Lossless
+        return f"{bits}-bit RLE colour pixels"
+    return None
+
+
+def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray) -> np.ndarray:
+    """The voxels of DICOM ``files`` decoded by pydicom instead of GDCM where GDCM gets
+    them wrong (:func:`_gdcm_miscodes`); ``data`` (GDCM's decode) otherwise.
+
+    Each file's RescaleSlope/Intercept is applied as SimpleITK does; the result
+    keeps GDCM's dtype when it holds the values exactly. A layout pydicom cannot
+    take the place of GDCM for (another colour space, MONOCHROME1, a DICOM SEG
+    of several segments) is refused rather than converted wrong.
+    """
+    pydicom = _require("pydicom", path)
+    try:
+        first = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
+    except Exception:  # GDCM read it; pydicom's header check is only a second opinion
+        return data
+    why = _gdcm_miscodes(first)
+    if why is None:
+        return data
+    photometric = str(first.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME2", "RGB"):
+        raise ConversionError(
+            path,
+            f"SimpleITK decodes {why} wrongly, and in {photometric or 'its'} colour space "
+            "they are not decoded here otherwise; convert the file to a plain layout first "
+            "(e.g. dcmdjpeg/dcmconv +te)",
+        )
+    segment = None
+    if str(first.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.66.4":  # Segmentation
+        segments = first.get("SegmentSequence") or []
+        if len(segments) > 1:
+            raise ConversionError(
+                path,
+                f"a DICOM SEG of {len(segments)} segments, each frame a mask of one segment: "
+                "not one image volume; convert it with a SEG tool (e.g. dcmqi's segimage2itkimage)",
+            )
+        if segments and str(first.get("SegmentationType", "")).upper() == "BINARY":
+            segment = int(segments[0].get("SegmentNumber") or 1)
+    planes = []
+    try:
+        for name in files:
+            ds = pydicom.dcmread(name, force=True)
+            pixels = np.asarray(ds.pixel_array)
+            slope = float(ds.get("RescaleSlope", 1) or 1)
+            intercept = float(ds.get("RescaleIntercept", 0) or 0)
+            if slope != 1 or intercept != 0:
+                pixels = pixels * slope + intercept
+            planes.append(pixels)
+    except MemoryError:
+        raise ConversionError(path, "the image does not fit in memory") from None
+    except Exception as exc:  # pydicom raises many types for damaged files
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConversionError(
+            path, f"SimpleITK decodes {why} wrongly and pydicom cannot decode them: {reason}"
+        ) from None
+    pixels = np.stack(planes) if len(planes) > 1 else planes[0]
+    if pixels.size != data.size:
+        raise ConversionError(
+            path,
+            f"SimpleITK decodes {why} wrongly, and pydicom decodes {pixels.shape} values "
+            f"where SimpleITK reads {data.shape}; the file cannot be converted safely",
+        )
+    pixels = pixels.reshape(data.shape)
+    if segment is not None:
+        pixels = pixels * np.uint8(segment) if segment < 256 else pixels * np.uint16(segment)
+    kept = pixels.astype(data.dtype)
+    if np.array_equal(kept, pixels):
+        return kept
+    return pixels.astype(pixels.dtype.newbyteorder("="))
+
+
 def _sitk_itemsize(sitk: Any, reader: Any) -> int:
     """Bytes per pixel component of the image a SimpleITK reader is about to read."""
     name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower()
@@ -783,6 +876,8 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                         checked()  # raises what the check found, before ITK's error
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
+            if fmt == "dicom":
+                data = _pydicom_pixels(path, files if path.is_dir() else [str(path)], data)
         except ConversionError:
             raise
         except RuntimeError as exc:
