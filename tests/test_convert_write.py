@@ -78,6 +78,36 @@ def test_slightly_sheared_nifti_keeps_a_qform_itk_reads(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours_), sitk.GetArrayFromImage(theirs))
 
 
+def test_dicom_written_from_nrrd_places_voxels_by_its_own_tags(tmp_path):
+    """A DICOM series written from a non-DICOM image (a Secondary Capture) holds the
+    in-plane voxel size in PixelSpacing: the world of every voxel computed from the
+    tags alone (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), as
+    pydicom-based readers do, is the source's, and nibabel's DICOM reader sees it."""
+    import pydicom
+    from nibabel.nicom import dicomwrappers
+
+    src = from_file(oblique_sitk(tmp_path, ".nrrd"))  # spacing 0.7 (x), 0.8 (y), 2 (z)
+    to_file(src, tmp_path / "series", format="dicom")
+    headers = sorted(
+        (pydicom.dcmread(f) for f in (tmp_path / "series").iterdir()),
+        key=lambda h: int(h.InstanceNumber),
+    )
+    first = headers[0]
+    assert [float(v) for v in first.PixelSpacing] == pytest.approx([0.8, 0.7])
+    iop = np.array(first.ImageOrientationPatient, dtype=np.float64)
+    ipp = np.array([h.ImagePositionPatient for h in headers], dtype=np.float64)
+    affine = np.eye(4)  # (column i, row j, slice k) -> LPS, from the tags only
+    affine[:3, 0] = iop[:3] * float(first.PixelSpacing[1])
+    affine[:3, 1] = iop[3:] * float(first.PixelSpacing[0])
+    affine[:3, 2] = ipp[1] - ipp[0]
+    affine[:3, 3] = ipp[0]
+    values = np.stack([h.pixel_array.T for h in headers], axis=2)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    assert_same_world(*ours(src), values, lps_to_ras @ affine, atol=1e-4)
+    wrapper = dicomwrappers.wrapper_from_data(first)
+    np.testing.assert_allclose(wrapper.voxel_sizes[:2], [0.8, 0.7])
+
+
 def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_slice_value(tmp_path):
     """PET-like: slope 1 on the first slice, 0.37 on the others; SimpleITK would pick int16
     from the first slice and truncate the rest."""

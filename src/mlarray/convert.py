@@ -1575,6 +1575,10 @@ def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: P
             "0020|000e": _new_uid(),
             "0020|0037": "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1])),
             "0018|0050": f"{spacing[2]:.10g}",
+            # rows apart (j), then columns apart (i): without it GDCM keeps the in-plane
+            # size of a Secondary Capture only as NominalScannedPixelSpacing, which
+            # readers other than GDCM (nibabel, dcm2niix, viewers) do not take
+            "0028|0030": f"{spacing[1]:.10g}\\{spacing[0]:.10g}",
         }
     )
     with _quiet_itk(sitk):
