@@ -26,6 +26,7 @@ from tests._worldcheck import (
     make_dicom_series,
     oblique_sitk,
     ours,
+    ras_affine_of,
     sitk_world,
 )
 
@@ -137,6 +138,34 @@ def test_ras_frame_requested_for_nrrd_flips_only_signs(tmp_path):
     d1, a1 = ours(lps)
     d2, a2 = ours(ras)
     assert_same_world(d1, a1, d2, a2, atol=1e-9)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("fields", ["RGB", "RGBA"])
+def test_rgb_nifti_becomes_a_channel_axis_as_simpleitk_reads_it(tmp_path, fields, suffix):
+    """An RGB24/RGBA32 NIfTI (ITK-SNAP's and FSL's colour overlays) converts as SimpleITK
+    reads it, a vector image: one channel axis of the colour components, each at its
+    world point; it was refused with an error naming neither the file nor a way out."""
+    rng = np.random.default_rng(5)
+    rgb = np.zeros((6, 5, 4), dtype=[(c, "u1") for c in fields])
+    for c in fields:
+        rgb[c] = rng.integers(0, 256, rgb.shape)
+    affine = np.array([[0, -0.8, 0, 20], [0.7, 0, 0, -3], [0, 0, 2.5, 9], [0, 0, 0, 1]])
+    path = tmp_path / f"overlay{suffix}"
+    nib.save(nib.Nifti1Image(rgb, affine), path)
+    assert int(nib.load(path).header["datatype"]) == (128 if fields == "RGB" else 2304)
+    img = from_file(path, is_seg=False)
+    assert img.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    assert img.dtype == np.uint8 and img.shape == (len(fields), 4, 5, 6)
+    theirs = sitk.ReadImage(str(path))
+    assert theirs.GetNumberOfComponentsPerPixel() == len(fields)
+    np.testing.assert_array_equal(
+        np.moveaxis(img.to_numpy(), 0, -1), sitk.GetArrayFromImage(theirs)
+    )
+    ras, spatial = ras_affine_of(img)
+    assert spatial == [1, 2, 3]
+    for k, c in enumerate(fields):
+        assert_same_world(rgb[c], affine, img.to_numpy()[k], ras, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- DICOM

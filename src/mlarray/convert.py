@@ -339,6 +339,12 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
     elif data.ndim >= 4:
         extra = [fourth_axis or "temporal", *["channel", "non_spatial"][: data.ndim - 4]]
         extra += ["non_spatial"] * (data.ndim - 3 - len(extra))
+    if data.dtype.names:  # RGB24/RGBA32: colour components as a last channel axis, as ITK
+        extra = ["non_spatial" if label == "channel" else label for label in extra]
+        data = np.stack([data[name] for name in data.dtype.names], axis=-1)
+        extra.append("channel")
+        if data.dtype.kind not in "iuf":
+            raise ConversionError(path, f"colour components of type {data.dtype} are not numbers")
     nonspatial = [(3 + i, label) for i, label in enumerate(extra)]
     if not np.all(np.isfinite(affine)):
         raise ConversionError(path, "the NIfTI header holds a non-finite affine")
