@@ -50,7 +50,7 @@ def test_nibabel_anatomical_every_voxel_in_place(order, frame):
     assert img.meta.source.data["dim"][:4] == [3, 33, 41, 25]
 
 
-def test_sheared_nifti_keeps_its_affine_and_refuses_nrrd(tmp_path):
+def test_sheared_nifti_keeps_its_affine_in_nrrd_and_metaimage(tmp_path):
     a = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     affine = np.array([[1.5, 0.3, 0, -10], [0, 2.0, 0.2, 5], [0.1, 0, 3.0, 7], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(a, affine), tmp_path / "shear.nii.gz")
@@ -64,9 +64,10 @@ def test_sheared_nifti_keeps_its_affine_and_refuses_nrrd(tmp_path):
     back = nib.load(tmp_path / "back.nii")
     np.testing.assert_allclose(back.affine, stored, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(back.dataobj), a)
-    with pytest.raises(ConversionError, match="sheared"):
-        to_file(tmp_path / "shear.mla", tmp_path / "back.nrrd")
-    assert not (tmp_path / "back.nrrd").exists()
+    for suffix in (".nrrd", ".mha"):  # both store any direction, as SimpleITK reads it
+        to_file(tmp_path / "shear.mla", tmp_path / f"back{suffix}")
+        theirs = sitk.ReadImage(str(tmp_path / f"back{suffix}"))
+        assert_same_world(a, stored, *sitk_world(theirs), atol=1e-5)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -406,12 +407,12 @@ def test_simpleitk_read_errors_say_what_is_wrong(tmp_path, capfd):
 
 def test_write_errors_name_the_output_not_its_temporary_file(tmp_path):
     affine = np.eye(4)
-    affine[0, 1] = 0.3  # sheared: NRRD cannot hold it
+    affine[0, 1] = 0.3  # sheared: DICOM cannot hold it
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), tmp_path / "shear.nii.gz")
     from_file(tmp_path / "shear.nii.gz").save(tmp_path / "shear.mla")
-    with pytest.raises(ConversionError, match="sheared") as err:
-        to_file(tmp_path / "shear.mla", tmp_path / "out.nrrd")
-    assert str(err.value).startswith(f"{tmp_path / 'out.nrrd'}: the geometry"), str(err.value)
+    with pytest.raises(ConversionError, match="sheared; DICOM slices cannot") as err:
+        to_file(tmp_path / "shear.mla", tmp_path / "out", format="dicom")
+    assert str(err.value).startswith(f"{tmp_path / 'out'}: the geometry"), str(err.value)
     long = tmp_path / ("x" * 240 + ".nii.gz")  # a valid name; its temporary name is too long
     with pytest.raises(ConversionError, match="cannot write: File name too long") as err:
         to_file(tmp_path / "shear.mla", long)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from mlarray import MLArray
 from mlarray.convert import ConversionError, convert_file, from_file, to_file
 from tests._worldcheck import (
     assert_same_world,
@@ -106,6 +107,27 @@ def test_dicom_written_from_nrrd_places_voxels_by_its_own_tags(tmp_path):
     assert_same_world(*ours(src), values, lps_to_ras @ affine, atol=1e-4)
     wrapper = dicomwrappers.wrapper_from_data(first)
     np.testing.assert_allclose(wrapper.voxel_sizes[:2], [0.8, 0.7])
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_sheared_nrrd_goes_back_to_nrrd_and_metaimage(tmp_path, suffix):
+    """A NRRD with non-orthogonal space directions (a tilted CT kept unresampled, as Slicer
+    writes it) converts to .mla and back to NRRD and MetaImage with SimpleITK's own
+    geometry and every voxel; writing it back was refused ("cannot store shear")."""
+    (tmp_path / "tilt.nrrd").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+        "sizes: 4 3 2\nspace directions: (0.5,0,0) (0,1.5,0) (0,0.3,2)\n"
+        "kinds: domain domain domain\nendian: little\nencoding: ascii\n"
+        "space origin: (10,20,30)\n\n" + " ".join(str(v) for v in range(24)) + "\n"
+    )
+    source = sitk.ReadImage(str(tmp_path / "tilt.nrrd"))
+    convert_file(tmp_path / "tilt.nrrd", tmp_path / "tilt.mla")
+    convert_file(tmp_path / "tilt.mla", tmp_path / f"back{suffix}")
+    back = sitk.ReadImage(str(tmp_path / f"back{suffix}"))
+    for get in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, get)(), getattr(source, get)(), atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(source))
+    assert_same_world(*sitk_world(source), *ours(MLArray.open(tmp_path / "tilt.mla")), atol=1e-9)
 
 
 def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_slice_value(tmp_path):

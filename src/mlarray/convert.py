@@ -1025,16 +1025,33 @@ def _voxel_sizes(linear: np.ndarray, path: Any) -> np.ndarray:
     return spacing
 
 
-def _spacing_origin_direction(affine: np.ndarray, path: Any) -> tuple[np.ndarray, ...]:
-    """Column norms and unit columns of an affine whose axes are orthogonal, else an error."""
+def _spacing_origin_direction(
+    affine: np.ndarray, path: Any, *, sheared: str | None = None
+) -> tuple[np.ndarray, ...]:
+    """Column norms and unit columns of an affine.
+
+    Its axes must be orthogonal unless ``sheared`` names the output format that
+    stores any direction (NRRD ``space directions``, a MetaImage
+    ``TransformMatrix``: SimpleITK writes and reads unit columns that are not
+    orthogonal as they are); they must then still span the space.
+    """
     n = affine.shape[0] - 1
     linear = affine[:n, :n]
     spacing = _voxel_sizes(linear, path)
     direction = linear / spacing[np.newaxis, :]
-    if not geometry.is_orthonormal(direction, atol=1e-5):
+    if geometry.is_orthonormal(direction, atol=1e-5):
+        return spacing, affine[:n, n].copy(), direction
+    if sheared is None:
         raise ConversionError(
             path,
-            "the geometry is sheared; NRRD and MetaImage cannot store shear, write NIfTI instead",
+            "the geometry is sheared; DICOM slices cannot store shear, write NIfTI, NRRD or "
+            "MetaImage instead",
+        )
+    if abs(np.linalg.det(direction)) < 1e-6:
+        raise ConversionError(
+            path,
+            f"the voxel axes do not span the space (they are parallel); {sheared} cannot "
+            "place such voxels",
         )
     return spacing, affine[:n, n].copy(), direction
 
@@ -1512,7 +1529,9 @@ def _write_sitk(
 ) -> None:
     sitk = _require("SimpleITK", target)
     n_sp = affine_lps.shape[0] - 1
-    spacing, origin, direction = _spacing_origin_direction(affine_lps, target)
+    spacing, origin, direction = _spacing_origin_direction(
+        affine_lps, target, sheared={"nrrd": "NRRD"}.get(fmt, "MetaImage")
+    )
     full_dir = np.eye(n_sp + (time is not None))
     full_dir[:n_sp, :n_sp] = direction
     sp = list(spacing) + ([time[0]] if time is not None else [])
