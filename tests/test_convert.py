@@ -243,20 +243,21 @@ def test_single_dicom_file():
     assert img.meta.spatial.coord_system == "LPS"
 
 
+_GDCM_WRONG = (
+    "rtdose_expb.dcm",  # 32-bit Explicit VR Big Endian: GDCM swapped the 16-bit halves
+    "SC_rgb_rle_16bit.dcm",  # RLE colour of more than 8 bits: GDCM mixed the planes
+    "SC_rgb_rle_16bit_2frame.dcm",
+    "SC_rgb_rle_32bit.dcm",
+    "SC_rgb_rle_32bit_2frame.dcm",
+    "liver_1frame.dcm",  # 1-bit DICOM SEG: GDCM gave 255 for segment 1
+    "liver_expb_1frame.dcm",
+)
+
+
 @pytest.mark.parametrize(
     "name",
-    [
-        "rtdose_expb.dcm",  # 32-bit Explicit VR Big Endian: GDCM swapped the 16-bit halves
-        "SC_rgb_rle_16bit.dcm",  # RLE colour of more than 8 bits: GDCM mixed the planes
-        "SC_rgb_rle_16bit_2frame.dcm",
-        "SC_rgb_rle_32bit.dcm",
-        "SC_rgb_rle_32bit_2frame.dcm",
-        "liver_1frame.dcm",  # 1-bit DICOM SEG: GDCM gave 255 for segment 1
-        "liver_expb_1frame.dcm",
-        "rtdose.dcm",  # and files GDCM decodes right stay as they were
-        "SC_rgb_rle.dcm",
-        "MR_small_bigendian.dcm",
-    ],
+    # and files GDCM decodes right, decoded by it as before
+    [*_GDCM_WRONG, "rtdose.dcm", "SC_rgb_rle.dcm", "MR_small_bigendian.dcm"],
 )
 def test_dicom_values_equal_pydicoms_pixel_array(name):
     """Every voxel of pydicom's own test files equals pydicom's pixel_array, in the layouts
@@ -268,7 +269,9 @@ def test_dicom_values_equal_pydicoms_pixel_array(name):
     expected = ds.pixel_array
     if int(ds.get("NumberOfFrames", 1) or 1) == 1:
         expected = expected[np.newaxis]  # the single plane is a z axis of one slice
-    img = from_file(get_testdata_file(name), is_seg=False)
+    notes: list[str] = []
+    img = from_file(get_testdata_file(name), is_seg=False, notes=notes)
+    assert any("decoded with pydicom" in n for n in notes) == (name in _GDCM_WRONG)
     got = img.to_numpy()
     if int(ds.SamplesPerPixel) == 3:
         got = np.moveaxis(got, 0, -1)  # channel first in .mla, last in pydicom

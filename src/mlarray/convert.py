@@ -644,7 +644,7 @@ def _gdcm_miscodes(ds: Any) -> str | None:
     return None
 
 
-def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray) -> np.ndarray:
+def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray, notes: list[str]) -> np.ndarray:
     """The voxels of DICOM ``files`` decoded by pydicom instead of GDCM where GDCM gets
     them wrong (:func:`_gdcm_miscodes`); ``data`` (GDCM's decode) otherwise.
 
@@ -705,6 +705,7 @@ def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray) -> np.ndarra
             f"where SimpleITK reads {data.shape}; the file cannot be converted safely",
         )
     pixels = pixels.reshape(data.shape)
+    notes.append(f"its {why} were decoded with pydicom (SimpleITK decodes them wrongly)")
     if segment is not None:
         pixels = pixels * np.uint8(segment) if segment < 256 else pixels * np.uint16(segment)
     kept = pixels.astype(data.dtype)
@@ -883,7 +884,8 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
             if fmt == "dicom":
-                data = _pydicom_pixels(path, files if path.is_dir() else [str(path)], data)
+                files = files if path.is_dir() else [str(path)]
+                data = _pydicom_pixels(path, files, data, notes)
         except ConversionError:
             raise
         except RuntimeError as exc:
