@@ -105,8 +105,9 @@ def test_dicom_written_from_nrrd_places_voxels_by_its_own_tags(tmp_path):
     values = np.stack([h.pixel_array.T for h in headers], axis=2)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     assert_same_world(*ours(src), values, lps_to_ras @ affine, atol=1e-4)
-    wrapper = dicomwrappers.wrapper_from_data(first)
+    wrapper = dicomwrappers.wrapper_from_data(first)  # (row j, column i) -> LPS
     np.testing.assert_allclose(wrapper.voxel_sizes[:2], [0.8, 0.7])
+    np.testing.assert_allclose(wrapper.affine[:3, [0, 1, 3]], affine[:3, [1, 0, 3]], atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
