@@ -620,21 +620,18 @@ def _rescaled_per_slice(sitk: Any, reader: Any, img: Any, n: int) -> Any:
     return reader.Execute()
 
 
-def _gdcm_miscodes(ds: Any) -> str | None:
-    """Why GDCM (SimpleITK's DICOM reader) decodes the pixels of a file with header ``ds``
-    into wrong values without an error, or ``None`` when it decodes them right.
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+
+
+def _gdcm_miscodes(syntax: str, bits: int, samples: int) -> str | None:
+    """Why GDCM (SimpleITK's DICOM reader) decodes pixels of this transfer syntax, bits
+    allocated and samples per pixel into wrong values without an error, or ``None``.
 
     Found against pydicom's ``pixel_array`` on pydicom's test files: 32-bit
     Explicit VR Big Endian data come out with their 16-bit halves swapped, RLE
     colour data of more than 8 bits with the bytes of the colour planes mixed up,
     and 1-bit (BINARY) data as 0/255 instead of 0/1.
     """
-    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    try:
-        bits = int(ds.get("BitsAllocated") or 0)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-    except (TypeError, ValueError):
-        return None
     if bits == 1:
         return "1-bit pixels"
     if syntax == "1.2.840.10008.1.2.2" and bits > 16:  # Explicit VR Big Endian
@@ -644,9 +641,59 @@ def _gdcm_miscodes(ds: Any) -> str | None:
     return None
 
 
-def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray, notes: list[str]) -> np.ndarray:
-    """The voxels of DICOM ``files`` decoded by pydicom instead of GDCM where GDCM gets
-    them wrong (:func:`_gdcm_miscodes`); ``data`` (GDCM's decode) otherwise.
+def _miscoded(files: list[str], layout: Callable[[int], tuple[str, str]]) -> str | None:
+    """Why GDCM decodes one of DICOM ``files`` wrongly (:func:`_gdcm_miscodes`), else
+    ``None``; ``layout(i)`` gives file i's BitsAllocated and SamplesPerPixel as GDCM read
+    them, and only the small file meta group of each file is read again for its syntax."""
+    pydicom = _require("pydicom", files[0])
+    from pydicom.filereader import read_file_meta_info
+
+    for i, name in enumerate(files):
+        try:
+            bits, samples = (int(v) for v in layout(i))
+        except (RuntimeError, ValueError):
+            continue  # no such tags: GDCM made up a layout, not one of those it gets wrong
+        if bits != 1 and bits <= 8:
+            continue  # GDCM decodes every syntax of these right: no need to look
+        try:
+            syntax = str(read_file_meta_info(name).get("TransferSyntaxUID", ""))
+        except Exception:  # no file meta group: the syntax is in the data set
+            try:
+                ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
+                syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+            except Exception:  # GDCM read it; pydicom's view is only a second opinion
+                continue
+        why = _gdcm_miscodes(syntax, bits, samples)
+        if why is not None:
+            return why
+    return None
+
+
+def _seg_number(ds: Any, path: Path) -> int | None:
+    """The segment number of a one-segment BINARY DICOM SEG, else ``None``; one of several
+    segments, each frame a mask of one of them, is not one image volume: refused."""
+    if str(ds.get("SOPClassUID", "")) != _SEG_SOP_CLASS:
+        return None
+    segments = ds.get("SegmentSequence") or []
+    if len(segments) > 1:
+        raise ConversionError(
+            path,
+            f"a DICOM SEG of {len(segments)} segments, each frame a mask of one segment: not "
+            "one image volume; convert it with a SEG tool (e.g. dcmqi's segimage2itkimage)",
+        )
+    if segments and str(ds.get("SegmentationType", "")).upper() == "BINARY":
+        return int(segments[0].get("SegmentNumber") or 1)
+    return None
+
+
+def _sitk_layout(get: Callable[..., str], *slice_: int) -> tuple[str, str]:
+    """BitsAllocated and SamplesPerPixel from a SimpleITK reader's (or image's) tags."""
+    return get(*slice_, "0028|0100"), get(*slice_, "0028|0002")
+
+
+def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray, why: str) -> np.ndarray:
+    """The voxels of DICOM ``files`` decoded by pydicom, for a series or file GDCM decodes
+    wrongly (``why``); ``data`` is GDCM's decode, for its shape and dtype.
 
     Each file's RescaleSlope/Intercept is applied as SimpleITK does; the result
     keeps GDCM's dtype when it holds the values exactly. A layout pydicom cannot
@@ -654,42 +701,29 @@ def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray, notes: list[
     of several segments) is refused rather than converted wrong.
     """
     pydicom = _require("pydicom", path)
-    try:
-        first = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
-    except Exception:  # GDCM read it; pydicom's header check is only a second opinion
-        return data
-    why = _gdcm_miscodes(first)
-    if why is None:
-        return data
-    photometric = str(first.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in ("MONOCHROME2", "RGB"):
-        raise ConversionError(
-            path,
-            f"SimpleITK decodes {why} wrongly, and in {photometric or 'its'} colour space "
-            "they are not decoded here otherwise; convert the file to a plain layout first "
-            "(e.g. dcmdjpeg/dcmconv +te)",
-        )
-    segment = None
-    if str(first.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.66.4":  # Segmentation
-        segments = first.get("SegmentSequence") or []
-        if len(segments) > 1:
-            raise ConversionError(
-                path,
-                f"a DICOM SEG of {len(segments)} segments, each frame a mask of one segment: "
-                "not one image volume; convert it with a SEG tool (e.g. dcmqi's segimage2itkimage)",
-            )
-        if segments and str(first.get("SegmentationType", "")).upper() == "BINARY":
-            segment = int(segments[0].get("SegmentNumber") or 1)
     planes = []
     try:
         for name in files:
             ds = pydicom.dcmread(name, force=True)
+            photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+            if photometric not in ("MONOCHROME2", "RGB"):
+                raise ConversionError(
+                    path,
+                    f"SimpleITK decodes {why} wrongly, and in {photometric or 'this'} colour "
+                    "space they are not decoded here otherwise; write the file in another "
+                    "transfer syntax first (e.g. dcmconv +te)",
+                )
+            segment = _seg_number(ds, path)
             pixels = np.asarray(ds.pixel_array)
             slope = float(ds.get("RescaleSlope", 1) or 1)
             intercept = float(ds.get("RescaleIntercept", 0) or 0)
-            if slope != 1 or intercept != 0:
+            if segment is not None:
+                pixels = pixels * np.asarray(segment, np.min_scalar_type(segment))
+            elif slope != 1 or intercept != 0:
                 pixels = pixels * slope + intercept
             planes.append(pixels)
+    except ConversionError:
+        raise
     except MemoryError:
         raise ConversionError(path, "the image does not fit in memory") from None
     except Exception as exc:  # pydicom raises many types for damaged files
@@ -705,9 +739,6 @@ def _pydicom_pixels(path: Path, files: list[str], data: np.ndarray, notes: list[
             f"where SimpleITK reads {data.shape}; the file cannot be converted safely",
         )
     pixels = pixels.reshape(data.shape)
-    notes.append(f"its {why} were decoded with pydicom (SimpleITK decodes them wrongly)")
-    if segment is not None:
-        pixels = pixels * np.uint8(segment) if segment < 256 else pixels * np.uint16(segment)
     kept = pixels.astype(data.dtype)
     if np.array_equal(kept, pixels):
         return kept
@@ -884,8 +915,16 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
             data = sitk.GetArrayFromImage(img)
             if fmt == "dicom":
-                files = files if path.is_dir() else [str(path)]
-                data = _pydicom_pixels(path, files, data, notes)
+                if path.is_dir():
+                    why = _miscoded(files, lambda i: _sitk_layout(reader.GetMetaData, i))
+                else:
+                    files = [str(path)]
+                    why = _miscoded(files, lambda i: _sitk_layout(img.GetMetaData))
+                if why is not None:
+                    data = _pydicom_pixels(path, files, data, why)
+                    notes.append(
+                        f"its {why} were decoded with pydicom (SimpleITK decodes them wrongly)"
+                    )
         except ConversionError:
             raise
         except RuntimeError as exc:
