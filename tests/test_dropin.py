@@ -841,3 +841,63 @@ def test_storage_requests_write_what_the_reference_writes(tmp_path):
     want = _reference(_STORAGE_REQUESTS, tmp_path / "ref").strip().splitlines()[-1]
     ours = run_python(f"import os; os.chdir({str(tmp_path / 'ours')!r})\n{_STORAGE_REQUESTS}")
     assert ours.strip().splitlines()[-1] == want
+
+
+# ----------------------------------------------------------------------------- r17 review
+
+
+_CZYX = ["channel", "spatial_z", "spatial_y", "spatial_x"]
+_SPATIAL_BOXES = [[[0, 4], [1, 5], [2, 6]]]  # [min, max] per spatial axis (z, y, x)
+
+
+def test_boxes_per_spatial_axis_of_a_channel_image_are_saved(tmp_path):
+    # a (C, Z, Y, X) image with one [min, max] per spatial axis: the setter, Meta(bbox=),
+    # and create() accepted them, then save() refused them (the reference writes them)
+    a = MLArray(np.zeros((2, 8, 8, 8), np.float32), spacing=[1, 1, 1], axis_labels=_CZYX)
+    a.meta.bbox = {"bboxes": _SPATIAL_BOXES, "labels": ["tumor"]}
+    a.save(tmp_path / "set.mla")
+    b = MLArray(
+        np.zeros((2, 8, 8, 8), np.float32), axis_labels=_CZYX,
+        meta=Meta(bbox={"bboxes": _SPATIAL_BOXES}),
+    )
+    b.save(tmp_path / "ctor.mla")
+    c = MLArray.create(
+        tmp_path / "create.mla",
+        (2, 8, 8, 8),
+        np.float32,
+        meta=Meta(spatial={"axis_labels": _CZYX}, bbox={"bboxes": _SPATIAL_BOXES}),
+    )
+    c[...] = 1
+    c.close()
+    for name in ("set", "ctor", "create"):
+        assert MLArray.open(tmp_path / f"{name}.mla").meta.bbox.bboxes == _SPATIAL_BOXES
+    assert MLArray.open(tmp_path / "set.mla").meta.bbox.labels == ["tumor"]
+    # a count that is neither the array's nor its spatial axes' is still refused
+    a.meta.bbox = {"bboxes": [[[0, 4], [1, 5]]]}
+    with pytest.raises(MetaValidationError, match=r"bbox\.bboxes.*2 axes.*4 axes.*3 spatial"):
+        a.save(tmp_path / "two.mla")
+    assert not (tmp_path / "two.mla").exists()
+
+
+@needs_reference
+def test_reference_file_with_boxes_per_spatial_axis_is_resaved_and_edited(tmp_path):
+    _reference(
+        f"""
+        import numpy as np; from mlarray import MLArray
+        img = MLArray(np.zeros((2, 8, 8, 8), np.float32), axis_labels={_CZYX!r})
+        img.meta.bbox = {{"bboxes": {_SPATIAL_BOXES!r}, "labels": ["tumor"]}}
+        img.save("ref.mla")
+        """,
+        tmp_path,
+    )
+    ref = tmp_path / "ref.mla"
+    MLArray.load(ref).save(tmp_path / "resaved.mla")
+    assert MLArray.open(tmp_path / "resaved.mla").meta.bbox.bboxes == _SPATIAL_BOXES
+    # an r+ session keeps both its voxel writes and its metadata edits
+    h = MLArray.open(ref, mmap_mode="r+")
+    h[0, 0, 0, 0] = 5
+    h.meta.source["reviewed"] = True
+    h.close()
+    back = MLArray.open(ref)
+    assert back[0, 0, 0, 0] == 5 and back.meta.source.data == {"reviewed": True}
+    assert back.meta.bbox.bboxes == _SPATIAL_BOXES and back.meta.bbox.labels == ["tumor"]

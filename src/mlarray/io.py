@@ -794,14 +794,12 @@ def _prepare_meta(
             meta.spatial.shape = None if shape is None else list(shape)
     except MetaValidationError as exc:
         raise MetaValidationError(exc.field, f"{exc} (saving {path})") from None
-    boxes = meta.bbox.bboxes
-    if shape is not None and boxes and len(boxes[0]) != len(shape):
-        # Boxes are [min, max] per array axis; the reference package would read them
-        # back, but a viewer or a training pipeline would index the wrong axes.
-        raise MetaValidationError(
-            "bbox.bboxes",
-            f"boxes have {len(boxes[0])} axes but the array has {len(shape)} (saving {path})",
-        )
+    # Boxes are [min, max] per array axis or per spatial axis (MetaBbox.axes_problem, as
+    # the read path accepts them); the reference package would write any other count,
+    # but a viewer or a training pipeline would index the wrong axes.
+    problem = meta.bbox.axes_problem(meta.spatial) if shape is not None else None
+    if problem is not None:
+        raise MetaValidationError("bbox.bboxes", f"{problem} (saving {path})")
     return meta
 
 
