@@ -7,6 +7,9 @@ written for the reference rely on, with real files in ``tmp_path``.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -302,6 +305,35 @@ def test_meta_attribute_and_internal_fields_are_read_only():
     assert isinstance(img.meta.source, MetaSource) and isinstance(img.meta.bbox, MetaBbox)
     with pytest.raises(ValueError):
         img.meta.spatial.spacing = [0.1, 0.2]  # the array has three spatial axes
+
+
+@pytest.mark.parametrize("how", ["opened", "loaded", "r+", "deepcopy", "pickled"])
+def test_internal_lists_are_read_only_on_files_and_copies(tmp_path, how):
+    # the metadata handed to each handle of a file (and a copied or unpickled meta) kept
+    # spatial.shape / blosc2.*_size as plain lists: a stray edit changed the handle's
+    # metadata, or was written into the file (r+), or made close() fail
+    p = tmp_path / "a.mla"
+    MLArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=[1, 2, 3]).save(p)
+    before = p.read_bytes()
+    if how in ("opened", "loaded", "r+"):
+        h = MLArray.load(p) if how == "loaded" else MLArray.open(p, mmap_mode="r+" if how == "r+" else "r")
+        meta = h.meta
+    else:
+        h = MLArray.open(p)
+        copy_ = copy.deepcopy if how == "deepcopy" else (lambda m: pickle.loads(pickle.dumps(m)))
+        meta = copy_(h.meta)
+    for attempt in (
+        lambda m: m.spatial.shape.__setitem__(0, 99),
+        lambda m: m.spatial.shape.clear(),
+        lambda m: m.blosc2.chunk_size.append(1),
+        lambda m: m.blosc2.block_size.__setitem__(0, 1),
+    ):
+        with pytest.raises(AttributeError, match="read-only"):
+            attempt(meta)
+    assert meta.spatial.shape == [2, 3, 4] == list(h.shape)
+    assert meta.blosc2.chunk_size == list(h.chunks)
+    h.close()
+    assert p.read_bytes() == before
 
 
 def test_copy_from_skips_internal_fields_for_users():

@@ -131,7 +131,9 @@ class _ReadOnlyList(list):
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
 
     def __reduce__(self) -> tuple:
-        return (list, (list(self),))
+        # rebuilt from a plain list in one call (the default would extend() it), and
+        # read-only again in a copy or an unpickled meta
+        return (_ReadOnlyList, (list(self),))
 
 
 # --------------------------------------------------------------------------- parsers
@@ -680,6 +682,8 @@ def _clone_value(v: Any) -> Any:
         return v
     if isinstance(v, BaseMeta):
         return v._clone()
+    if type(v) is _ReadOnlyList:  # of ints, immutable: shared, and stays read-only
+        return v
     if isinstance(v, dict):
         return {k: _clone_value(x) for k, x in v.items()}
     if isinstance(v, list):
