@@ -316,7 +316,8 @@ def test_internal_lists_are_read_only_on_files_and_copies(tmp_path, how):
     MLArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=[1, 2, 3]).save(p)
     before = p.read_bytes()
     if how in ("opened", "loaded", "r+"):
-        h = MLArray.load(p) if how == "loaded" else MLArray.open(p, mmap_mode="r+" if how == "r+" else "r")
+        mmap_mode = "r+" if how == "r+" else "r"
+        h = MLArray.load(p) if how == "loaded" else MLArray.open(p, mmap_mode=mmap_mode)
         meta = h.meta
     else:
         h = MLArray.open(p)
