@@ -857,7 +857,8 @@ def test_boxes_per_spatial_axis_of_a_channel_image_are_saved(tmp_path):
     a.meta.bbox = {"bboxes": _SPATIAL_BOXES, "labels": ["tumor"]}
     a.save(tmp_path / "set.mla")
     b = MLArray(
-        np.zeros((2, 8, 8, 8), np.float32), axis_labels=_CZYX,
+        np.zeros((2, 8, 8, 8), np.float32),
+        axis_labels=_CZYX,
         meta=Meta(bbox={"bboxes": _SPATIAL_BOXES}),
     )
     b.save(tmp_path / "ctor.mla")
@@ -901,3 +902,79 @@ def test_reference_file_with_boxes_per_spatial_axis_is_resaved_and_edited(tmp_pa
     back = MLArray.open(ref)
     assert back[0, 0, 0, 0] == 5 and back.meta.source.data == {"reviewed": True}
     assert back.meta.bbox.bboxes == _SPATIAL_BOXES and back.meta.bbox.labels == ["tumor"]
+
+
+_PUBLIC_NAMES = """
+import json, numpy as np, mlarray.meta as mm
+from mlarray import MLArray
+img = MLArray(np.zeros((2, 3, 4), np.int16))
+def methods(x):
+    return sorted(n for n in dir(x) if not n.startswith("_") and callable(getattr(x, n)))
+out = {"MLArray": methods(img)}
+m = img.meta
+for name in ("", "source", "extra", "spatial", "stats", "bbox", "is_seg", "blosc2",
+             "_has_array", "_image_meta_format"):
+    part = getattr(m, name) if name else m
+    out[name or "meta"] = methods(part)
+print(json.dumps(out))
+"""
+
+
+@needs_reference
+def test_every_public_method_of_the_reference_s_classes_exists(tmp_path):
+    # code written for mlarray 0.0.54 may call any of them (Meta.update_source,
+    # meta.is_seg.set(...), meta.stats.reset() were missing)
+    want = json.loads(_reference(_PUBLIC_NAMES, tmp_path).strip().splitlines()[-1])
+    ours = json.loads(run_python(_PUBLIC_NAMES).strip().splitlines()[-1])
+    missing = {c: sorted(set(names) - set(ours[c])) for c, names in want.items()}
+    assert not any(missing.values()), missing
+
+
+def test_update_source_set_and_reset_on_the_metadata_parts(tmp_path):
+    p = tmp_path / "case.mla"
+    img = MLArray(np.zeros((4, 4, 4), np.int16), spacing=[1, 1, 2])
+    img.meta.source = {"PatientID": "p1"}
+    img.meta.is_seg = True
+    img.meta.stats = {"min": 0, "max": 1}
+    img.meta.bbox = {"bboxes": [[[0, 1], [0, 1], [0, 1]]], "labels": ["a"]}
+    # update_source merges, as update_extra; both refuse what is not a mapping, atomically
+    assert img.meta.update_source({"Modality": "CT"}) is img.meta
+    assert img.meta.source == {"PatientID": "p1", "Modality": "CT"}
+    for update in (img.meta.update_source, img.meta.update_extra):
+        with pytest.raises(TypeError, match="mapping"):
+            update([("a", 1)])
+        with pytest.raises(TypeError):
+            update({"ok": 1, "bad": object()})
+    assert img.meta.source == {"PatientID": "p1", "Modality": "CT"} and img.meta.extra == {}
+    # set() on the one-value parts: validated as an assignment, returns None
+    assert img.meta.is_seg.set(False) is None and img.meta.is_seg.is_seg is False
+    with pytest.raises(TypeError):
+        img.meta.is_seg.set("yes")
+    img.meta.extra.set({"fold": 2})
+    assert img.meta.extra == {"fold": 2}
+    with pytest.raises(TypeError):
+        img.meta.source.set(5)
+    # reset() on a part: user fields to their defaults, what mlarray maintains kept
+    for part in ("stats", "bbox", "is_seg", "extra"):
+        assert getattr(img.meta, part).reset() is None
+        assert getattr(img.meta, part).is_default(), part
+    img.meta.spatial.reset()
+    assert img.spacing is None and img.meta.spatial.shape == [4, 4, 4]
+    for internal in (img.meta.blosc2, img.meta._has_array, img.meta._mlarray_version):
+        with pytest.raises(AttributeError, match="read-only"):
+            internal.reset()
+    with pytest.raises(AttributeError, match="read-only"):
+        img.meta._has_array.set(False)
+    img.save(p)
+    back = MLArray.open(p).meta
+    assert back.source == {"PatientID": "p1", "Modality": "CT"}
+    assert back.stats.is_default() and back.bbox.is_default() and back.is_seg.is_seg is None
+    # on an r+ handle the edits are written at close()
+    h = MLArray.open(p, mmap_mode="r+")
+    h.meta.update_source({"reviewed": True})
+    h.meta.source.reset()
+    h.meta.update_source({"again": 1})
+    h.meta.is_seg.set(True)
+    h.close()
+    back = MLArray.open(p).meta
+    assert back.source == {"again": 1} and back.is_seg.is_seg is True

@@ -638,6 +638,36 @@ class BaseMeta:
         """Return whether every field equals its default."""
         return self == type(self)()
 
+    def reset(self) -> None:
+        """Reset every user field to its default, in place.
+
+        Fields mlarray maintains (``spatial.shape``, the storage layout, ...) are
+        kept, as :meth:`Meta.reset` keeps them; fields derived from the user
+        fields follow them.
+
+        Raises
+        ------
+        AttributeError
+            If every field of this part is maintained by mlarray (``blosc2``,
+            ``_has_array``, ...): there is nothing a user may reset.
+        """
+        every = fields(self)
+        if all(f.metadata.get("internal") for f in every):
+            _refuse_internal(self._field_name(every[0].name))
+        # kept: what mlarray maintains; reset: the user fields and the counts derived
+        # from them (spatial's _num_spatial_axes follows axis_labels)
+        names = [f.name for f in every if not f.metadata.get("internal") or f.name[0] == "_"]
+        fresh = type(self)()
+        old = {n: getattr(self, n) for n in names}
+        for n in names:
+            object.__setattr__(self, n, getattr(fresh, n))
+        try:
+            self._validate_and_cast()
+        except MetaValidationError:
+            for n, v in old.items():
+                object.__setattr__(self, n, v)
+            raise
+
     # -- serialisation ----------------------------------------------------
     def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
         """Serialize to a mapping, recursively expanding nested metas.
@@ -745,6 +775,20 @@ class SingleKeyBaseMeta(BaseMeta):
     def value(self) -> Any:
         """The wrapped value."""
         return getattr(self, self._key())
+
+    def set(self, value: Any) -> None:
+        """Replace the wrapped value (``meta.is_seg.set(True)``), parsed and validated as
+        an assignment to the field is.
+
+        Raises
+        ------
+        MetaValidationError
+            If ``value`` is not a valid value of the field (:class:`MetaTypeError`
+            for a value of the wrong type).
+        AttributeError
+            If mlarray maintains the field (``_has_array``, ``_mlarray_version``, ...).
+        """
+        setattr(self, self._key(), value)
 
     def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
         """Serialize to ``{key: value}`` (an empty dict for None unless ``include_none``)."""
@@ -1164,9 +1208,30 @@ class Meta(BaseMeta):
         self.extra = value
         return self
 
+    def update_source(self, value: Mapping[str, Any]) -> Meta:
+        """Add or replace entries of ``source``; returns ``self``.
+
+        Raises
+        ------
+        MetaTypeError
+            If ``value`` is not a mapping, or holds a value metadata cannot hold.
+        """
+        return self._update("source", value)
+
     def update_extra(self, value: Mapping[str, Any]) -> Meta:
-        """Add or replace entries of ``extra``; returns ``self``."""
-        self.extra.update(value)
+        """Add or replace entries of ``extra``; returns ``self``.
+
+        Raises
+        ------
+        MetaTypeError
+            If ``value`` is not a mapping, or holds a value metadata cannot hold.
+        """
+        return self._update("extra", value)
+
+    def _update(self, name: str, value: Mapping[str, Any]) -> Meta:
+        if not isinstance(value, Mapping):
+            raise MetaTypeError(name, f"update value must be a mapping, got {type(value).__name__}")
+        getattr(self, name).data.update(parse_json_dict(name, value))  # all checked first
         return self
 
     def set_is_seg(self, value: MetaIsSeg | bool | None) -> Meta:
