@@ -978,3 +978,41 @@ def test_update_source_set_and_reset_on_the_metadata_parts(tmp_path):
     h.close()
     back = MLArray.open(p).meta
     assert back.source == {"again": 1} and back.is_seg.is_seg is True
+
+
+_LAYOUT_ERRORS = """
+import numpy as np
+from mlarray import MLArray
+a = np.zeros((20, 30, 40), np.float32)
+cases = [
+    dict(patch_size=[8, 8]),
+    dict(patch_size=[8, 8, 8, 8]),
+    dict(chunk_size=(10, 10, 10)),
+    dict(patch_size=None, chunk_size=(10, 10), block_size=(5, 5)),
+    dict(patch_size=None, chunk_size=(5, 5, 5), block_size=(10, 10, 10)),
+    dict(patch_size="big"),
+]
+out = []
+for kw in cases:
+    for make in (lambda: MLArray(a, **kw), lambda: MLArray.zeros(a.shape, a.dtype, **kw),
+                 lambda: MLArray(a, compressed=False).compress(**kw)):
+        try:
+            make()
+            out.append([])
+        except Exception as e:
+            out.append([c.__name__ for c in (RuntimeError, ValueError, TypeError)
+                        if isinstance(e, c)])
+print(out)
+"""
+
+
+@needs_reference
+def test_layout_errors_are_caught_by_the_reference_s_except_clauses(tmp_path):
+    # a patch size of the wrong length is a RuntimeError there, chunk/block shapes that do
+    # not fit a ValueError (Blosc2's): ours raise LayoutError, both (and MLArrayError)
+    (tmp_path / "ref").mkdir()
+    want = eval(_reference(_LAYOUT_ERRORS, tmp_path / "ref").strip().splitlines()[-1])
+    ours = eval(run_python(_LAYOUT_ERRORS).strip().splitlines()[-1])
+    assert len(ours) == len(want) == 18
+    for i, (o, w) in enumerate(zip(ours, want, strict=True)):
+        assert w and set(w) <= set(o), (i, o, w)

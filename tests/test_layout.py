@@ -160,7 +160,7 @@ def test_comp_blosc2_params_errors(kwargs, error):
 
 
 def test_layout_error_is_a_runtime_error():
-    assert issubclass(LayoutError, RuntimeError)
+    assert issubclass(LayoutError, RuntimeError) and issubclass(LayoutError, ValueError)
     assert issubclass(LayoutError, MLArrayError)
 
 
@@ -201,12 +201,21 @@ def test_explicit_patch_size_with_chunk_and_block_is_refused_as_in_the_reference
     assert (opts.chunk_size, opts.block_size, opts.patch_size) == ((64, 64), (16, 16), None)
 
 
-@pytest.mark.parametrize("patch_size", [[1, 2, 3, 4], [192], "big", 0, -5, [192, 0, 1], 1.5, True])
+@pytest.mark.parametrize("patch_size", ["big", 0, -5, [192, 0, 1], 1.5, True])
 def test_bad_patch_size(patch_size):
     with pytest.raises(MetaValidationError) as info:
         resolve_storage((10, 20, 30), "f4", patch_size=patch_size)
     assert info.value.field == "patch_size"
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("patch_size", [[1, 2, 3, 4], [192], [8, 8]])
+def test_patch_size_of_the_wrong_length_is_a_layout_error(patch_size):
+    # the reference raises RuntimeError ("Patch size dimensionality must match ..."); a
+    # LayoutError is one, and a ValueError as Blosc2's errors for chunks and blocks
+    with pytest.raises(LayoutError, match=r"patch_size.*entries for 3 spatial axes") as info:
+        resolve_storage((10, 20, 30), "f4", patch_size=patch_size)
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, ValueError)
 
 
 def test_explicit_chunks_and_blocks():

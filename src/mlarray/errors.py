@@ -166,11 +166,15 @@ class MetaTypeError(MetaValidationError, TypeError):
     """
 
 
-class LayoutError(MLArrayError, RuntimeError):
+class LayoutError(MLArrayError, RuntimeError, ValueError):
     """Storage keywords that are each well formed but do not fit together.
 
-    For example a block larger than its chunk, or a ``chunk_size`` with a
-    different number of entries than the array has axes.
+    For example a block larger than its chunk, a ``chunk_size`` or a
+    ``patch_size`` with a different number of entries than the array has
+    (spatial) axes. Both a ``RuntimeError`` (what the API reference documents
+    for inconsistent patch/chunk/block arguments, and what the reference
+    package raises for a patch size of the wrong length) and a ``ValueError``
+    (what it raises, from Blosc2, for chunk and block shapes that do not fit).
     """
 
 

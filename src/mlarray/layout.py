@@ -22,8 +22,10 @@ chunk_size, block_size : int, sequence of int or None
     package, giving both (with ``patch_size`` left at ``"default"``) uses
     them, and giving only one of them, or either with an explicit
     ``patch_size``, raises :class:`~mlarray.errors.LayoutError` (a
-    RuntimeError). With ``patch_size=None``, one of them alone may be given
-    and None leaves that choice to Blosc2.
+    RuntimeError and a ValueError, as are the other layout errors: a
+    ``patch_size``, ``chunk_size`` or ``block_size`` with the wrong number of
+    entries, a block larger than its chunk). With ``patch_size=None``, one
+    of them alone may be given and None leaves that choice to Blosc2.
 cparams : dict, blosc2.CParams or None
     Compression parameters. A dict may use enum members, ints or enum names
     as values (``{"codec": "zstd", "filters": [blosc2.Filter.SHUFFLE]}``);
@@ -627,10 +629,9 @@ def _patch_per_spatial_axis(patch_size: Any, mask: list[bool]) -> tuple[int, ...
     if len(values) == len(mask) and len(values) != n_spatial:
         values = [v for v, m in zip(values, mask, strict=True) if m]
     elif len(values) != n_spatial:
-        raise MetaValidationError(
-            "patch_size",
-            f"got {len(values)} entries for {n_spatial} spatial axes ({len(mask)} array axes); "
-            "give one entry per spatial axis",
+        raise LayoutError(
+            f"patch_size: got {len(values)} entries for {n_spatial} spatial axes "
+            f"({len(mask)} array axes); give one entry per spatial axis"
         )
     return tuple(values)
 
