@@ -1016,3 +1016,18 @@ def test_layout_errors_are_caught_by_the_reference_s_except_clauses(tmp_path):
     assert len(ours) == len(want) == 18
     for i, (o, w) in enumerate(zip(ours, want, strict=True)):
         assert w and set(w) <= set(o), (i, o, w)
+
+
+@needs_reference
+def test_to_plain_with_include_none_has_the_reference_s_keys(tmp_path):
+    code = """
+        import numpy as np; from mlarray import MLArray
+        if not __import__("os").path.exists("ct.mla"):
+            MLArray(np.zeros((4, 4, 4), np.int16), spacing=[1, 1, 2]).save("ct.mla")
+        row = MLArray.open("ct.mla").meta.to_plain(include_none=True)
+        print(sorted((k, v is None) for k, v in row.items()))
+        """
+    want = _reference(code, tmp_path).strip().splitlines()[-1]
+    row = MLArray.open(tmp_path / "ct.mla").meta.to_plain(include_none=True)
+    assert str(sorted((k, v is None) for k, v in row.items())) == want
+    assert row["is_seg"] is None and row["bbox"] is None and row["source"] is None

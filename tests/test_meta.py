@@ -7,6 +7,7 @@ import pytest
 
 from mlarray.errors import MetaValidationError
 from mlarray.meta import (
+    META_PARTS,
     AxisLabelEnum,
     Meta,
     MetaBbox,
@@ -162,6 +163,14 @@ def test_to_plain_suppresses_default_parts_and_unwraps_single_keys():
     m = Meta(source={"case": "c1"}, is_seg=True)
     assert m.to_plain() == {"source": {"case": "c1"}, "is_seg": True, "_mlarray_version": "v0"}
     assert Meta().to_plain() == {"_mlarray_version": "v0"}
+
+
+def test_to_plain_with_include_none_lists_every_part():
+    # fixed-column rows per case: a default part is None, not a missing key
+    row = Meta(source={"case": "c1"}).to_plain(include_none=True)
+    assert set(row) == set(META_PARTS)
+    assert row["source"] == {"case": "c1"} and row["_mlarray_version"] == "v0"
+    assert all(row[k] is None for k in META_PARTS if k not in ("source", "_mlarray_version"))
 
 
 def test_copy_from_fills_only_unset_fields_unless_overwrite():

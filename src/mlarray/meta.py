@@ -1302,11 +1302,21 @@ class Meta(BaseMeta):
         return out
 
     def to_plain(self, *, include_none: bool = False) -> Any:
-        """Convert to plain values, leaving out sub-metas that are entirely default."""
+        """Convert to plain values; sub-metas that are entirely default are None.
+
+        Parameters
+        ----------
+        include_none : bool
+            Keep the None values: every part is then a key (None for a default
+            part), so rows of different files have the same keys. Otherwise
+            None values and default parts are left out.
+        """
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if v.is_default() and f.name != "_mlarray_version":
+                if include_none:
+                    out[f.name] = None
                 continue
             plain = v.to_plain(include_none=include_none)
             if plain is None and not include_none:
