@@ -1031,3 +1031,43 @@ def test_to_plain_with_include_none_has_the_reference_s_keys(tmp_path):
     row = MLArray.open(tmp_path / "ct.mla").meta.to_plain(include_none=True)
     assert str(sorted((k, v is None) for k, v in row.items())) == want
     assert row["is_seg"] is None and row["bbox"] is None and row["source"] is None
+
+
+_ODD_DTYPES = {
+    "U": ("np.array(['liver', 'spleen'], 'U6')", "'<U6' (strings)"),
+    "S": ("np.array([b'ab', b'cd'], 'S2')", "'|S2' (byte strings)"),
+    "M8": ("np.array(['2020-01-01', '2021-06-30'], 'datetime64[D]')", "'<M8[D]' (dates and times)"),
+    "rec": (
+        "np.zeros(3, [('label', 'i4'), ('score', 'f4')])",
+        "\"[('label', '<i4'), ('score', '<f4')]\" (a structured (record) dtype)",
+    ),
+    "c32": ("np.zeros(3, np.clongdouble)", "'<c32' (32-byte complex256)"),
+}
+
+
+def _check_unsupported_dtype_files(folder: Path) -> None:
+    for name, (_, shown) in _ODD_DTYPES.items():
+        p = folder / f"{name}.mla"
+        for read in (MLArray.open, MLArray.load):
+            with pytest.raises(MLArrayFormatError) as info:
+                read(p)
+            msg = str(info.value)
+            assert f"dtype {shown} is not supported" in msg and str(p) in msg, msg
+            assert "damaged" not in msg and "forged" not in msg, msg
+
+
+def test_frames_of_dtypes_this_version_does_not_read_are_not_called_damaged(tmp_path):
+    # such intact files (written by Blosc2 or the reference) were "damaged or forged
+    # Blosc2 frame: type size 24", "string of 36 bytes in a metalayer"
+    for name, (make, _) in _ODD_DTYPES.items():
+        blosc2.asarray(eval(make), urlpath=str(tmp_path / f"{name}.mla"), mode="w")
+    _check_unsupported_dtype_files(tmp_path)
+    with pytest.raises(MetaValidationError, match="complex256 cannot be stored"):
+        MLArray(np.zeros(3, np.clongdouble))  # not written, then refused on reading
+
+
+@needs_reference
+def test_reference_files_of_dtypes_this_version_does_not_read(tmp_path):
+    lines = "\n".join(f"MLArray({make}).save('{n}.mla')" for n, (make, _) in _ODD_DTYPES.items())
+    _reference(f"import numpy as np\nfrom mlarray import MLArray\n{lines}\n", tmp_path)
+    _check_unsupported_dtype_files(tmp_path)

@@ -15,7 +15,9 @@ The checks, in order:
   file size, a contiguous frame with 64-bit offsets and fixed-size chunks;
 * ``b2nd`` metalayer: ndim, shape, chunk and block shapes, and a plain numeric
   dtype (never object, void or structured), all consistent with the frame's
-  typesize, chunksize, blocksize and uncompressed size;
+  typesize, chunksize, blocksize and uncompressed size (another dtype, such as a
+  string or record array the reference package writes, is reported as not
+  supported, naming it, rather than as damage);
 * chunk offsets: one per chunk, special values (zeros, NaN, uninitialized)
   only of the known kinds, regular offsets inside the data section, regular
   chunks not overlapping each other;
@@ -159,6 +161,11 @@ class _Bad(Exception):
     """Internal: a structural problem, turned into MLArrayFormatError with the path."""
 
 
+class _UnsupportedDtype(_Bad):
+    """Internal: a frame of a dtype this version does not read (strings, dates, records):
+    a file another program (the reference package) may well have written intact."""
+
+
 def _need(cond: bool, message: str) -> None:
     if not cond:
         raise _Bad(message)
@@ -182,6 +189,8 @@ def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
     """
     try:
         return _inspect(memoryview(buf).cast("B"), path)
+    except _UnsupportedDtype as exc:
+        raise MLArrayFormatError(path, str(exc)) from None
     except _Bad as exc:
         raise MLArrayFormatError(path, f"damaged or forged Blosc2 frame: {exc}") from None
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
@@ -214,10 +223,11 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
     typesize, blocksize, chunksize = _be(mv, 48, "i"), _be(mv, 53, "i"), _be(mv, 58, "i")
     _need(0 <= nbytes <= MAX_ARRAY_BYTES, f"uncompressed size {nbytes}")
     _need(0 <= cbytes <= size - header_len, f"compressed size {cbytes}")
-    _need(1 <= typesize <= 16, f"type size {typesize}")
     _need(blocksize >= 0 and chunksize >= 0, "negative block or chunk size")
 
+    # the dtype first: a string or record array's type size is beyond what is checked next
     shape, chunks, blocks, dtype, b2nd_span = _b2nd_meta(mv, header_len)
+    _need(1 <= typesize <= 16, f"type size {typesize}")
     _need(dtype.itemsize == typesize, f"dtype {dtype} does not match type size {typesize}")
     ndim = len(shape)
     _need(len(chunks) == ndim and len(blocks) == ndim, "shape, chunks and blocks differ in ndim")
@@ -366,14 +376,35 @@ def _b2nd_meta(
     _need(all(0 <= s < 1 << 48 for s in shape), f"shape {shape}")
     _need(all(0 <= c < 1 << 31 for c in chunks + blocks), "chunk or block shape out of range")
     _need(m.int() == 0, "dtype is not in NumPy format")
-    text = m.str(limit=32)
-    _need(bool(_DTYPE_RE.match(text)), f"dtype {text!r} is not a plain numeric or bool dtype")
+    text = m.str(limit=length)  # a record dtype is spelt out, field by field
+    if not _DTYPE_RE.match(text):
+        _unsupported(text, _dtype_kind(text))
     try:
         dtype = np.dtype(text)
     except TypeError:
         raise _Bad(f"dtype {text!r} is not a numpy dtype") from None
     _need(dtype.kind in "biufc" and not dtype.hasobject, f"dtype {dtype} cannot be an image")
+    if dtype.itemsize > 16:  # complex256: Blosc2 writes it, the readers here stop at 16 bytes
+        _unsupported(text, f"{dtype.itemsize}-byte {dtype.name}")
     return shape, chunks, blocks, dtype, (where + 5, where + 5 + length)
+
+
+def _unsupported(text: str, kind: str) -> None:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise _UnsupportedDtype(
+        f"dtype {shown!r} ({kind}) is not supported by this version of mlarray, which reads "
+        "numeric and bool arrays (up to 16 bytes per value) only"
+    )
+
+
+def _dtype_kind(text: str) -> str:
+    """What kind of array a dtype string of the b2nd metalayer stands for, in words."""
+    if text.startswith("["):
+        return "a structured (record) dtype"
+    kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "V": "raw bytes"}
+    kinds |= {"M": "dates and times", "m": "time intervals"}
+    kind = text.lstrip("<>|=")[:1]
+    return kinds.get(kind, "not a numeric dtype")
 
 
 # ---------------------------------------------------------------- chunks

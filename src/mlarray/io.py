@@ -108,11 +108,12 @@ def check_path(path: str | os.PathLike, *, must_exist: bool) -> Path:
 def check_dtype(dtype: Any, where: Any = None) -> np.dtype:
     """Return ``np.dtype(dtype)``; refuse dtypes an ``.mla`` file cannot hold."""
     dt = np.dtype(dtype)
-    if dt.hasobject or dt.kind in "OUSVMm" or dt.fields is not None:
+    if dt.hasobject or dt.kind in "OUSVMm" or dt.fields is not None or dt.itemsize > 16:
+        # > 16 bytes: complex256, which the frame check (mlarray.frame) does not read back
         raise MetaValidationError(
             "dtype",
-            f"{dt} cannot be stored in an .mla file (use a numeric or bool dtype)"
-            + (f" [{where}]" if where else ""),
+            f"{dt} cannot be stored in an .mla file (use a numeric or bool dtype of at most "
+            "16 bytes per value)" + (f" [{where}]" if where else ""),
         )
     return dt
 
