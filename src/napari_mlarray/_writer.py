@@ -21,16 +21,18 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlarray.errors import MLArrayError
-from mlarray.meta import MetaStatistics
+from mlarray.meta import Meta, MetaStatistics
 from napari_mlarray import _mapping
-from napari_mlarray._boxes import boxes_from_shapes
-from napari_mlarray._layer_common import KEY
+from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
+from napari_mlarray._layer_common import KEY, common_layer_kwargs, with_metadata
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._orientation import as_meta, layer_matrix
 
@@ -101,7 +103,9 @@ def save_layers(
         Target ``.mla`` file (may be the file the image was opened from).
     layer_data : list of (data, meta, layer_type)
         As napari's ``layer.as_layer_data_tuple()``. Shapes layers become the
-        file's boxes; Shapes alone give a boxes-only file. Without Shapes, an
+        file's boxes; Shapes alone give a boxes-only file, except over an
+        ``.mla`` file holding an array: that array is kept as it is and the
+        Shapes become its boxes (see :func:`_file_array_layer`). Without Shapes, an
         opened layer keeps the boxes its file had. A multiscale layer is saved
         at full resolution; an RGB(A) layer with its colours as a trailing
         ``channel`` axis. An opened layer is stored in its file's dtype unless
@@ -162,6 +166,9 @@ def save_layers(
             }
             record["bbox"], _ = boxes_from_shapes(shapes, target=target)
     else:
+        kept = _file_array_layer(path, shapes)
+        if kept is not None:  # the file holds an array: keep it, replace only its boxes
+            return save_layers(path, kept, storage=storage, progress=progress)
         bbox, record = boxes_from_shapes(shapes)
         if record is None:  # Shapes made in napari: geometry from the layer itself
             _, m = shapes[0]
@@ -177,6 +184,90 @@ def save_layers(
         storage = _stored_layout(record, out.shape)
     save_mla(path, out, record, progress=progress, **storage)
     return [os.fspath(path)]
+
+
+def _file_array_layer(path: str | os.PathLike, shapes: list[tuple]) -> list[tuple] | None:
+    """The layers to save for Shapes saved alone over ``path``, when it holds an array.
+
+    An annotator saving only a boxes layer over the file it came from (or new
+    boxes over the image they were drawn on) means "update the boxes in this
+    file": the file's array, metadata and layout stay, and its boxes become the
+    Shapes' (mapped into its voxels as the reader shows the file). When none of
+    the Shapes layers was read from that file, the boxes it has are kept too and
+    the new ones added after them. ``None`` when ``path`` does not exist or holds
+    no array (a boxes-only file, replaced as napari asked).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The save target.
+    shapes : list of (data, meta)
+        The Shapes layers saved.
+
+    Returns
+    -------
+    list of (data, meta, layer_type) or None
+        The file's array as an image layer the way the reader opens it, then the
+        Shapes layers.
+
+    Raises
+    ------
+    LayerSaveError
+        When ``path`` exists but cannot be read as an ``.mla`` file: saving the
+        boxes there would replace a file whose content cannot be kept.
+    """
+    from mlarray import MLArray
+    from mlarray.io import read_meta
+
+    target = os.fspath(path)
+    if not os.path.isfile(target):
+        return None
+    try:
+        stored = read_meta(target)
+        if not stored._has_array.has_array or stored.spatial.shape is None:
+            return None
+        arr = MLArray.open(target)
+    except MLArrayError as exc:
+        raise LayerSaveError(
+            f"{target}: saving only boxes over this file would replace it, but it cannot be "
+            f"read to keep its image ({exc}); save the boxes to a new .mla file"
+        ) from exc
+    own = [(d, m) for d, m in shapes if _shapes_block_path(m, target) is not None]
+    shown = Meta.from_mapping(stored.to_mapping())
+    if own:
+        block = ((own[0][1].get("metadata") or {}).get(KEY)) or {}
+        source = block["path"]  # the file as the Shapes name it: their boxes are its own
+        if stored.spatial.world_frame is None and block.get("world_frame") in ("RAS", "LPS"):
+            shown.spatial.coord_system = block["world_frame"]  # the reader showed it so
+    else:
+        source = target
+    kw, _, block = common_layer_kwargs(
+        shown, arr.ndim, name=Path(target).stem, path=source, layer="image"
+    )
+    block["record"] = stored.to_mapping()
+    with_metadata(kw, block)
+    layers: list[tuple] = [(LazyView(arr, perm=block["perm"], path=target), kw, "image")]
+    if not own and stored.bbox.bboxes:  # keep the file's boxes, as the reader draws them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # boxes not drawn are kept as stored anyway
+            drawn = shapes_layer_data(shown, arr.ndim, name="", path=source, shape=arr.shape)
+        if drawn is not None:
+            data, skw = drawn
+            skw["metadata"][KEY]["record"] = stored.to_mapping()
+            layers.append((data, skw, "shapes"))
+    return layers + [(d, m, "shapes") for d, m in shapes]
+
+
+def _shapes_block_path(meta: dict, path: str) -> str | None:
+    """The path of the file a Shapes layer was read from, when that is ``path`` (samefile)."""
+    block = (meta.get("metadata") or {}).get(KEY) or {}
+    source = block.get("path") if block.get("layer") == "shapes" else None
+    if source is None:
+        return None
+    try:
+        return source if os.path.samefile(source, path) else None
+    except OSError:  # one of them does not exist: not the same file
+        return None
 
 
 #: Elements compared at a time when checking that a cast back to the stored dtype is exact.

@@ -387,3 +387,65 @@ def test_recompressing_a_channel_layer_in_place_recompresses_every_channel(
     assert back.shape == (2, 6, 7, 8) and np.array_equal(back[...], data)
     assert back.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
     assert blosc2.open(str(path)).schunk.cparams.codec == blosc2.Codec.ZSTD
+
+
+def test_boxes_layer_saved_alone_over_its_file_keeps_the_label_map(make_napari_viewer, tmp_path):
+    import shutil
+
+    from mlarray import MLArray
+
+    path = tmp_path / "case.mla"
+    shutil.copy(DATA / "upstream-0.0.54" / "d_seg_uint8_bboxes.mla", path)
+    before = MLArray.open(path)
+    labels_before, boxes_before = before[...], before.meta.bbox.bboxes
+    chunks_before = before.meta.blosc2.chunk_size
+    viewer = make_napari_viewer()
+    labels, boxes = viewer.open(str(path), plugin=None)
+    assert (labels._type_string, boxes._type_string) == ("labels", "shapes")
+    # the annotator moves the first box's rectangle on one slice down two rows
+    moved = [d + np.array([0, 2, 0]) if i == 0 else d for i, d in enumerate(boxes.data)]
+    boxes.data = moved
+    viewer.layers.selection = {boxes}
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]
+
+    after = MLArray.open(path)
+    assert after.shape == (48, 64, 64) and after.meta.is_seg.is_seg is True
+    assert np.array_equal(after[...], labels_before)  # the label map is still there
+    assert after.meta.blosc2.chunk_size == chunks_before
+    first = boxes_before[0]
+    assert after.meta.bbox.bboxes == [
+        [first[0], [first[1][0] + 2, first[1][1] + 2], first[2]],
+        boxes_before[1],
+    ]
+
+
+def test_new_boxes_saved_alone_over_an_image_file_are_added_to_it(make_napari_viewer, tmp_path):
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    data = np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14)
+    spatial = {
+        "spacing": [2.0, 0.5, 0.5],
+        "axis_labels": ["spatial_z", "spatial_y", "spatial_x"],
+        "coord_system": "LPS",
+    }
+    record = {"spatial": spatial, "bbox": {"bboxes": [[[1, 3], [2, 5], [4, 9]]], "labels": ["a"]}}
+    path = save_mla(tmp_path / "ct.mla", data, Meta.from_mapping(record))
+    viewer = make_napari_viewer()
+    image = viewer.open(str(path), plugin=None)[0]
+    # a lesion drawn on a new Shapes layer over the image: slice 4, rows 2..5, columns 3..7
+    corners = np.array([[4, 1.5, 2.5], [4, 1.5, 7.5], [4, 5.5, 7.5], [4, 5.5, 2.5]])
+    world = np.array([image.data_to_world(c) for c in corners])
+    lesion = viewer.add_shapes([world], shape_type="rectangle", name="lesions")
+    viewer.layers.selection = {lesion}
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]
+
+    back = MLArray.open(path)
+    assert np.array_equal(back[...], data)  # the image is kept
+    assert back.meta.spatial.spacing == [2.0, 0.5, 0.5]
+    bboxes = back.meta.bbox.bboxes
+    assert bboxes[0] == [[1, 3], [2, 5], [4, 9]] and back.meta.bbox.labels[0] == "a"
+    assert len(bboxes) == 2
+    shown = [[4, 5], [2, 6], [3, 8]]  # per layer axis; layer axis k shows stored axis perm[k]
+    stored = [shown[list(image.data.perm).index(a)] for a in range(3)]
+    np.testing.assert_allclose(np.asarray(bboxes[1], float), stored)

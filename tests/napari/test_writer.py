@@ -268,3 +268,30 @@ def test_rgb_and_multiscale_layers_save_what_napari_shows(tmp_path):
     back = MLArray.open(out)
     np.testing.assert_array_equal(back[...], levels[0])  # the full resolution
     np.testing.assert_allclose(np.asarray(back.affine), np.diag([0.5, 0.5, 1.0]))
+
+
+def test_boxes_saved_alone_over_an_unreadable_file_are_refused(tmp_path):
+    from napari.layers import Shapes
+
+    path = tmp_path / "broken.mla"
+    path.write_bytes(b"not an mla file at all")
+    rect = np.array([[0.0, 0.0], [0.0, 4.0], [3.0, 4.0], [3.0, 0.0]])
+    shapes = Shapes([rect], shape_type="rectangle")
+    with pytest.raises(LayerSaveError, match=r"broken.mla.*cannot be read to keep"):
+        write_layers(str(path), [shapes.as_layer_data_tuple()])
+    assert path.read_bytes() == b"not an mla file at all"
+
+
+def test_boxes_saved_alone_over_a_boxes_only_file_replace_it(tmp_path):
+    from napari.layers import Shapes
+
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    record = {"bbox": {"bboxes": [[[0, 2], [0, 2]]]}, "spatial": {"spacing": [1.0, 1.0]}}
+    path = save_mla(tmp_path / "boxes.mla", None, Meta.from_mapping(record))
+    rect = np.array([[0.5, 0.5], [0.5, 4.5], [3.5, 4.5], [3.5, 0.5]])
+    shapes = Shapes([rect], shape_type="rectangle")
+    assert write_layers(str(path), [shapes.as_layer_data_tuple()]) == [str(path)]
+    back = MLArray.open(path)
+    assert back.shape is None and back.meta.bbox.bboxes == [[[1, 4], [1, 5]]]
