@@ -152,6 +152,7 @@ def save_layers(
             meta = _rgb_as_channel_axis(meta, len(data.shape))
         _refuse_channel_over_its_file(path, meta)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
+        _follow_own_file(path, meta, record, keep_boxes=not shapes)
         if undo.dtype is not None and not _casts_losslessly(data, undo.dtype):
             undo = dataclasses.replace(undo, dtype=None)  # values the file's dtype cannot hold
         out = data if undo.identity else LazyView(data, **undo.view_kwargs)
@@ -298,6 +299,40 @@ def _casts_losslessly(data: Any, dtype: str) -> bool:
         if not np.array_equal(back, slab, equal_nan=src.kind == "f"):
             return False
     return True
+
+
+def _follow_own_file(path: str | os.PathLike, meta: dict, record: dict, keep_boxes: bool) -> None:
+    """Take the storage (and, with ``keep_boxes``, the boxes) ``path`` holds now into ``record``
+    when ``path`` is the file the layer was read from and still holds an array of its shape.
+
+    The layer's ``.mla`` block keeps the record as first read; since then the file may have
+    been recompressed in place (Recompress .mla, "Overwrite the source file") or got new
+    boxes (its boxes layer saved over it alone). Saving the layer over that file keeps
+    what the file is now instead of putting the read record's codec, layout and boxes back.
+    A file that cannot be read now leaves ``record`` as it is (the layer still saves).
+    """
+    from mlarray.io import read_meta
+
+    block = (meta.get("metadata") or {}).get(KEY) or {}
+    source = block.get("path")
+    if source is None:
+        return
+    try:
+        if not os.path.samefile(path, source):
+            return
+        now = read_meta(path)
+    except (OSError, MLArrayError):  # gone, or unreadable: the layer's record stays
+        return
+    shape = record["spatial"].get("shape")
+    stored = now.spatial.shape
+    if not now._has_array.has_array or shape is None or stored is None:
+        return
+    if [int(n) for n in stored] != [int(n) for n in shape]:
+        return  # another array there now: nothing of it applies to this layer
+    current = now.to_mapping()
+    record["blosc2"] = current["blosc2"]
+    if keep_boxes:
+        record["bbox"] = current["bbox"]
 
 
 def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:

@@ -449,3 +449,60 @@ def test_new_boxes_saved_alone_over_an_image_file_are_added_to_it(make_napari_vi
     shown = [[4, 5], [2, 6], [3, 8]]  # per layer axis; layer axis k shows stored axis perm[k]
     stored = [shown[list(image.data.perm).index(a)] for a in range(3)]
     np.testing.assert_allclose(np.asarray(bboxes[1], float), stored)
+
+
+def test_save_after_an_in_place_recompress_keeps_the_new_compression(
+    make_napari_viewer, qtbot, tmp_path
+):
+    import blosc2
+
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    seg = np.zeros((20, 24, 28), np.uint8)
+    seg[5:12, 6:15, 7:20] = 1
+    record = {"is_seg": {"is_seg": True}, "spatial": {"spacing": [2.0, 1.0, 1.0]}}
+    path = save_mla(tmp_path / "seg.mla", seg, Meta.from_mapping(record), cparams={"codec": 1})
+    viewer = make_napari_viewer()
+    labels = viewer.open(str(path), plugin=None)[0]
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-mlarray", "Recompress .mla")
+    widget.layer.value = labels
+    widget.in_place.value = True
+    widget.preset.value = "archive"
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30_000)
+    assert widget.result is not None and widget.result.path == path, widget.status.value
+    recompressed = MLArray.open(path).meta.blosc2
+    assert blosc2.open(str(path)).schunk.cparams.codec == blosc2.Codec.ZSTD
+
+    labels.paint((3, 3, 3), 2, refresh=True)  # keeps annotating, then saves over the file
+    viewer.layers.selection = {labels}
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]
+
+    back = MLArray.open(path)
+    assert back[3, 3, 3] == 2 and back[8, 10, 10] == 1
+    assert blosc2.open(str(path)).schunk.cparams.codec == blosc2.Codec.ZSTD
+    assert back.meta.blosc2.chunk_size == recompressed.chunk_size
+    assert back.meta.blosc2.cparams == recompressed.cparams
+
+
+def test_labels_saved_after_their_boxes_keep_the_edited_boxes(make_napari_viewer, tmp_path):
+    import shutil
+
+    from mlarray import MLArray
+
+    path = tmp_path / "case.mla"
+    shutil.copy(DATA / "upstream-0.0.54" / "d_seg_uint8_bboxes.mla", path)
+    viewer = make_napari_viewer()
+    labels, boxes = viewer.open(str(path), plugin=None)
+    boxes.data = [d + np.array([0, 2, 0]) if i == 0 else d for i, d in enumerate(boxes.data)]
+    viewer.layers.selection = {boxes}
+    viewer.layers.save(str(path), selected=True)  # the boxes first
+    edited = MLArray.open(path).meta.bbox.bboxes
+    labels.paint((10, 30, 30), 7, refresh=True)  # then the label map, alone
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(path), selected=True)
+
+    back = MLArray.open(path)
+    assert back[10, 30, 30] == 7
+    assert back.meta.bbox.bboxes == edited
