@@ -42,6 +42,7 @@ __all__ = [
     "image_layer_kwargs",
     "label_dtype",
     "labels_layer_kwargs",
+    "read_layer_axes",
     "record_from_layer",
     "short_unit",
 ]
@@ -541,6 +542,24 @@ def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None
     sp["_num_spatial_axes"] = sp["_num_non_spatial_axes"] = None
 
 
+def read_layer_axes(block: dict) -> int:
+    """Number of axes of the layer the reader made from ``block`` (an image/labels block).
+
+    A layer napari derives from it (a projection, Split Stack, Merge to Stack) copies
+    the block but has another number of axes: it is no longer that file's array.
+
+    Parameters
+    ----------
+    block : dict
+        The layer's ``metadata["mlarray"]``.
+
+    Returns
+    -------
+    int
+    """
+    return len(block["perm"]) - (block.get("channel") is not None)
+
+
 def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Undo]:
     rec = as_meta(block["record"]).to_mapping()
     perm = list(block["perm"])
@@ -551,7 +570,10 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
     if channel is not None:
         view_axes.remove(channel["view_axis"])
     if len(view_axes) != ndim:
-        raise ValueError(f"layer has {ndim} axes, its .mla record {stored_ndim}")
+        raise ValueError(
+            f"layer has {ndim} axes, its .mla record {stored_ndim}; a layer derived in napari "
+            "is saved without the record (napari_mlarray._writer.save_layers)"
+        )
     geom_same, labels_same, units_same = _unchanged(meta, block["as_read"], ndim)
     sp = rec["spatial"]
     spatial_stored = spatial_mask(rec, stored_ndim)

@@ -150,6 +150,7 @@ def save_layers(
             data = data[0]
         if meta.get("rgb"):
             meta = _rgb_as_channel_axis(meta, len(data.shape))
+        meta = _without_record_if_derived(path, len(data.shape), meta)
         _refuse_channel_over_its_file(path, meta)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         _follow_own_file(path, meta, record, keep_boxes=not shapes)
@@ -335,6 +336,37 @@ def _follow_own_file(path: str | os.PathLike, meta: dict, record: dict, keep_box
         record["bbox"] = current["bbox"]
 
 
+def _without_record_if_derived(path: str | os.PathLike | None, ndim: int, meta: dict) -> dict:
+    """``meta`` without its ``.mla`` block when the layer was derived in napari from an opened
+    layer (Make Projection, Split Stack, Merge to Stack copy the block but change the axes).
+
+    Such a layer is saved as a layer made in napari (its own transforms; the reader's anatomy
+    labels keep its anatomy, see :func:`napari_mlarray._mapping.record_from_layer`). Saving
+    it over the file it was derived from would replace that file's array: refused.
+    """
+    metadata = meta.get("metadata") or {}
+    block = metadata.get(KEY)
+    if not isinstance(block, dict) or block.get("layer") not in ("image", "labels"):
+        return meta
+    n = _mapping.read_layer_axes(block)
+    if n == ndim:
+        return meta
+    source = block.get("path")
+    if path is not None and source is not None:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:  # one of them does not exist: not the same file
+            same = False
+        if same:
+            raise LayerSaveError(
+                f"{os.fspath(path)}: layer {meta.get('name')!r} has {ndim} axes, but it was "
+                f"made in napari from this file's {n}-axis layer (a projection, a split or a "
+                "merged stack); saving it over the file would replace the file's array. "
+                "Save it to a new .mla file."
+            )
+    return {**meta, "metadata": {k: v for k, v in metadata.items() if k != KEY}}
+
+
 def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:
     """Raise when ``meta`` is one channel of a multi-channel file and ``path`` is that file.
 
@@ -398,6 +430,9 @@ def stored_axes(layer_data: tuple) -> list[int | None]:
         not have (a channel split into layers).
     """
     data, meta, kind = layer_data
+    if meta.get("rgb"):
+        meta = _rgb_as_channel_axis(meta, len(data.shape))
+    meta = _without_record_if_derived(None, len(data.shape), meta)
     _, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
     layer_axes = iter(undo.perm)
     n = len(undo.perm) + len(undo.insert)

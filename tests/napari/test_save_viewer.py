@@ -506,3 +506,68 @@ def test_labels_saved_after_their_boxes_keep_the_edited_boxes(make_napari_viewer
     back = MLArray.open(path)
     assert back[10, 30, 30] == 7
     assert back.meta.bbox.bboxes == edited
+
+
+def test_projection_of_an_opened_volume_saves_to_a_new_file_not_over_it(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from napari.layers import _layer_actions
+
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+    from napari_mlarray._writer import LayerSaveError
+
+    spatial = {"spacing": [2.5, 0.8, 0.7], "origin": [3.0, -4.0, 5.0], "coord_system": "LPS"}
+    path = save_mla(tmp_path / "ct.mla", ct_volume, Meta.from_mapping({"spatial": spatial}))
+    before = path.read_bytes()
+    viewer = make_napari_viewer()
+    image = viewer.open(str(path), plugin=None)[0]
+    viewer.layers.selection = {image}
+    viewer.layers.selection.active = image
+    _layer_actions._project(viewer.layers, axis=0, mode="max")  # Layers > Projections > Max
+    mip = viewer.layers[-1]
+    assert mip.ndim == 2
+    viewer.layers.selection = {mip}
+    with pytest.raises(LayerSaveError, match=r"ct.mla.*2 axes.*3-axis.*new .mla file"):
+        viewer.layers.save(str(path), selected=True)
+    assert path.read_bytes() == before
+
+    out = tmp_path / "mip.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    assert MLArray.open(out).shape == mip.data.shape
+    back = viewer.open(str(out), plugin=None)[0]
+    np.testing.assert_array_equal(np.asarray(back.data), np.asarray(mip.data))
+    for idx in ([0, 0], [10, 20]):
+        np.testing.assert_allclose(back.data_to_world(idx), mip.data_to_world(idx))
+
+
+def test_one_time_point_split_from_a_series_saves_to_a_new_file(make_napari_viewer, tmp_path):
+    from napari.layers import _layer_actions
+
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    series = np.arange(3 * 4 * 5 * 6, dtype=np.float32).reshape(3, 4, 5, 6)
+    spatial = {
+        "axis_labels": ["temporal", "spatial_z", "spatial_y", "spatial_x"],
+        "spacing": [3.0, 2.0, 1.0],
+        "coord_system": "RAS",
+    }
+    path = save_mla(tmp_path / "series.mla", series, Meta.from_mapping({"spatial": spatial}))
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(path), plugin=None)[0]
+    assert layer.ndim == 4
+    viewer.layers.selection = {layer}
+    viewer.layers.selection.active = layer
+    _layer_actions._split_stack(viewer.layers, axis=0)  # Layers > Split Stack
+    point = next(
+        x for x in viewer.layers if x is not layer and x.ndim == 3 and x.name.endswith("1")
+    )
+    viewer.layers.selection = {point}
+    out = tmp_path / "t1.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    back = viewer.open(str(out), plugin=None)[0]
+    np.testing.assert_array_equal(np.asarray(back.data), np.asarray(point.data))
+    for idx in ([0, 0, 0], [1, 2, 3]):
+        np.testing.assert_allclose(back.data_to_world(idx), point.data_to_world(idx))
+    assert MLArray.open(out).shape == point.data.shape  # stored as napari holds it
