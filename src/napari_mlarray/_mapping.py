@@ -201,6 +201,8 @@ def image_layer_kwargs(
     if labels is not None:
         channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
     shape = spatial.shape
+    if channel is not None and shape is not None and _is_rgb(shape, orient.perm[channel], dtype):
+        return _rgb_kwargs(kw, block, channel)
     if (
         channel is not None
         and shape is not None
@@ -238,6 +240,48 @@ def image_layer_kwargs(
     if contrast_limits is not None:
         contrast_limits = [tuple(c) for c in contrast_limits]
     out["contrast_limits"] = contrast_limits
+    return out
+
+
+def _is_rgb(shape, axis: int, dtype: str | None) -> bool:
+    """Whether stored ``channel`` axis ``axis`` holds the colours of an RGB(A) picture.
+
+    As the plugin's writer stores an RGB(A) layer (and picture converters store colour
+    images): the last axis, 3 or 4 long, of 8-bit data over at least two other axes.
+    """
+    return (
+        axis == len(shape) - 1
+        and len(shape) >= 3
+        and int(shape[axis]) in (3, 4)
+        and dtype is not None
+        and np.dtype(dtype) == np.uint8
+    )
+
+
+def _rgb_kwargs(kw: dict, block: dict, channel: int) -> dict:
+    """``viewer.add_image`` keywords of an RGB(A) layer: the ``channel`` view axis moved last,
+    as napari's colour axis (the layer's transforms then cover the other axes).
+
+    The block records the full keywords with the colour axis last (``as_read``, ``perm``),
+    which is what the writer turns an RGB layer back into
+    (:func:`napari_mlarray._writer.save_layers`).
+    """
+    ndim = len(block["perm"])
+    order = [k for k in range(ndim) if k != channel] + [channel]
+    full = dict(kw)
+    for key in ("scale", "translate"):
+        full[key] = np.asarray(kw[key])[order]
+    for key in ("rotate", "shear"):
+        full[key] = np.asarray(kw[key])[np.ix_(order, order)]
+    for key in ("axis_labels", "units"):
+        if kw.get(key) is not None:
+            full[key] = [kw[key][k] for k in order]
+    block["perm"] = [block["perm"][k] for k in order]
+    block["rgb"] = True
+    block["as_read"] = as_read(full)
+    out = drop_axes(full, [ndim - 1])
+    out.pop("rendering", None)
+    out.update(rgb=True, contrast_limits=None, metadata={KEY: block})
     return out
 
 

@@ -214,7 +214,10 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             kw = _mapping.image_layer_kwargs(record, ndim, **args)
             channel = kw.get("channel_axis")
             labels = record.spatial.axis_labels or ()
-            if channel is None and "channel" in labels:
+            rgb = bool(kw.get("rgb"))
+            if rgb:  # the colour axis last, as napari's RGB layers hold it
+                view = LazyView(arr, perm=kw["metadata"][KEY]["perm"], path=path)
+            if channel is None and not rgb and "channel" in labels:
                 n = arr.shape[list(labels).index("channel")]
                 _notify(
                     [
@@ -223,9 +226,9 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
                         "shown as one layer with a channel slider"
                     ]
                 )
-            if channel is None:  # stored stats span every channel: no use for one channel
+            if channel is None and not rgb:  # stats span every channel: no use for one
                 kw["contrast_limits"] = _mapping.contrast_limits_from_stats(record)
-            if kw["contrast_limits"] is None:
+            if kw["contrast_limits"] is None and not rgb:  # RGB: napari's 8-bit range
                 # from the plane napari shows first (its decoded block layer is then
                 # cached for the first frame)
                 planes = [view] if channel is None else _channels(view, channel)

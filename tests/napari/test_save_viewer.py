@@ -571,3 +571,39 @@ def test_one_time_point_split_from_a_series_saves_to_a_new_file(make_napari_view
     for idx in ([0, 0, 0], [1, 2, 3]):
         np.testing.assert_allclose(back.data_to_world(idx), point.data_to_world(idx))
     assert MLArray.open(out).shape == point.data.shape  # stored as napari holds it
+
+
+def test_rgb_layer_saved_reopens_as_one_rgb_layer(make_napari_viewer, tmp_path):
+    from mlarray import MLArray
+    from napari_mlarray._writer import stored_axes
+
+    picture = np.zeros((40, 60, 3), np.uint8)
+    picture[:, :20, 0] = 255  # red | green | blue stripes
+    picture[:, 20:40, 1] = 255
+    picture[:, 40:, 2] = 255
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(
+        picture, rgb=True, name="photo", scale=(0.5, 0.25), translate=(3.0, -2.0)
+    )
+    path = tmp_path / "photo.mla"
+    viewer.layers.selection = {photo}
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]
+
+    (back,) = viewer.open(str(path), plugin=None)
+    assert back.rgb and back.data.shape == (40, 60, 3)
+    np.testing.assert_array_equal(np.asarray(back.data), picture)
+    assert tuple(back.contrast_limits) == (0, 255)
+    for idx in ([0, 0], [10, 30]):
+        np.testing.assert_allclose(back.data_to_world(idx), photo.data_to_world(idx))
+    assert stored_axes(back.as_layer_data_tuple()) == [0, 1, 2]
+
+    # saved again, moved: still one RGB picture where it was put
+    back.translate = (5.0, 1.0)
+    again = tmp_path / "again.mla"
+    viewer.layers.selection = {back}
+    assert viewer.layers.save(str(again), selected=True) == [str(again)]
+    arr = MLArray.open(again)
+    assert arr.shape == (40, 60, 3) and np.array_equal(arr[...], picture)
+    (third,) = viewer.open(str(again), plugin=None)
+    assert third.rgb
+    np.testing.assert_allclose(third.data_to_world([10, 30]), back.data_to_world([10, 30]))
