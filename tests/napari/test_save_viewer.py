@@ -607,3 +607,28 @@ def test_rgb_layer_saved_reopens_as_one_rgb_layer(make_napari_viewer, tmp_path):
     (third,) = viewer.open(str(again), plugin=None)
     assert third.rgb
     np.testing.assert_allclose(third.data_to_world([10, 30]), back.data_to_world([10, 30]))
+
+
+def test_two_opened_volumes_merged_to_a_stack_save_to_a_new_file(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from napari.layers import _layer_actions
+
+    from mlarray import Meta, MLArray
+    from mlarray.io import save_mla
+
+    record = Meta.from_mapping({"spatial": {"spacing": [2.5, 0.8, 0.7], "coord_system": "LPS"}})
+    a = save_mla(tmp_path / "a.mla", ct_volume, record)
+    b = save_mla(tmp_path / "b.mla", ct_volume + 1, record)
+    viewer = make_napari_viewer()
+    first, second = viewer.open(str(a), plugin=None)[0], viewer.open(str(b), plugin=None)[0]
+    viewer.layers.selection = {first, second}
+    _layer_actions._merge_stack(viewer.layers)  # Layers > Merge to Stack
+    stack = viewer.layers[-1]
+    assert stack.ndim == 4
+    viewer.layers.selection = {stack}
+    out = tmp_path / "stack.mla"
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
+    arr = MLArray.open(out)
+    assert arr.shape == stack.data.shape
+    np.testing.assert_array_equal(arr[...], np.asarray(stack.data))
