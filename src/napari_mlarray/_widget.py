@@ -299,10 +299,15 @@ class RecompressWidget(Container):
             raise ValueError("layer: add an image or labels layer to the viewer first")
         layer_data = self.layer.value.as_layer_data_tuple()
         axes = stored_axes(layer_data)  # layer axis of each stored axis
-        for key in ("chunk_size", "block_size"):
-            if isinstance(storage.get(key), list):
-                storage[key] = [1 if a is None else storage[key][a] for a in axes]
         data = layer_data[0]
+        for key in ("chunk_size", "block_size"):
+            sizes = storage.get(key)
+            if isinstance(sizes, list):
+                # an RGB layer's colour axis has no field (napari's ndim leaves it out): whole
+                storage[key] = [
+                    1 if a is None else sizes[a] if a < len(sizes) else int(data.shape[a])
+                    for a in axes
+                ]
         shape = [1 if a is None else data.shape[a] for a in axes]
         resolve_storage(shape, data.dtype, **storage)
         if self.in_place.value and (self.layer.value.metadata.get(KEY) or {}).get("channel"):

@@ -343,3 +343,24 @@ def test_sample_data_output_is_proposed_where_it_outlives_napari(
     assert widget.result is not None, widget.status.value
     assert widget.result.path == tmp_path / "ct_seg_recompressed.mla"
     np.testing.assert_array_equal(MLArray.open(widget.result.path)[...], seg.data[...])
+
+
+def test_recompress_rgb_layer_with_chunks_per_shown_axis(viewer, qtbot, tmp_path):
+    from mlarray import MLArray
+
+    picture = np.random.default_rng(0).integers(0, 255, (40, 60, 3)).astype(np.uint8)
+    layer = viewer.add_image(picture, rgb=True, name="photo")
+    widget = _add_widget(viewer)
+    widget.layer.value = layer
+    widget.layout_mode.value = "chunks"
+    assert len(widget.chunk_size.value) == 2  # the picture's axes; the colours stay whole
+    widget.chunk_size.value = (16, 32)
+    widget.block_size.value = (8, 16)
+    widget.output.value = tmp_path / "photo.mla"
+
+    _run(widget, qtbot)
+
+    assert widget.result is not None, widget.status.value
+    back = MLArray.open(tmp_path / "photo.mla")
+    assert np.array_equal(back[...], picture)
+    assert back.chunks == (16, 32, 3) and back.blocks == (8, 16, 3)
