@@ -276,7 +276,9 @@ def _rgb_kwargs(kw: dict, block: dict, channel: int) -> dict:
     for key in ("axis_labels", "units"):
         if kw.get(key) is not None:
             full[key] = [kw[key][k] for k in order]
-    block["perm"] = [block["perm"][k] for k in order]
+    for key in ("perm", "flip"):  # per view axis
+        if block.get(key) is not None:
+            block[key] = [block[key][k] for k in order]
     block["rgb"] = True
     block["as_read"] = as_read(full)
     out = drop_axes(full, [ndim - 1])

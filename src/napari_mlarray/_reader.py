@@ -216,7 +216,8 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             labels = record.spatial.axis_labels or ()
             rgb = bool(kw.get("rgb"))
             if rgb:  # the colour axis last, as napari's RGB layers hold it
-                view = LazyView(arr, perm=kw["metadata"][KEY]["perm"], path=path)
+                block = kw["metadata"][KEY]
+                view = LazyView(arr, perm=block["perm"], flip=block.get("flip"), path=path)
             if channel is None and not rgb and "channel" in labels:
                 n = arr.shape[list(labels).index("channel")]
                 _notify(

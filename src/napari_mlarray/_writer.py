@@ -248,7 +248,8 @@ def _file_array_layer(path: str | os.PathLike, shapes: list[tuple]) -> list[tupl
     )
     block["record"] = stored.to_mapping()
     with_metadata(kw, block)
-    layers: list[tuple] = [(LazyView(arr, perm=block["perm"], path=target), kw, "image")]
+    view = LazyView(arr, perm=block["perm"], flip=block.get("flip"), path=target)  # as read
+    layers: list[tuple] = [(view, kw, "image")]
     if not own and stored.bbox.bboxes:  # keep the file's boxes, as the reader draws them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # boxes not drawn are kept as stored anyway
