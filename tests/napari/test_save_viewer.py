@@ -446,8 +446,10 @@ def test_new_boxes_saved_alone_over_an_image_file_are_added_to_it(make_napari_vi
     bboxes = back.meta.bbox.bboxes
     assert bboxes[0] == [[1, 3], [2, 5], [4, 9]] and back.meta.bbox.labels[0] == "a"
     assert len(bboxes) == 2
-    shown = [[4, 5], [2, 6], [3, 8]]  # per layer axis; layer axis k shows stored axis perm[k]
-    stored = [shown[list(image.data.perm).index(a)] for a in range(3)]
+    # the voxels under the rectangle, found in the stored array by their (unique) values
+    under = np.asarray(image.data[4:5, 2:6, 3:8]).ravel()
+    where = np.unravel_index(np.searchsorted(data.ravel(), under), data.shape)
+    stored = [[int(w.min()), int(w.max()) + 1] for w in where]
     np.testing.assert_allclose(np.asarray(bboxes[1], float), stored)
 
 
