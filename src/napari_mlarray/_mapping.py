@@ -616,10 +616,7 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
     if channel is not None:
         view_axes.remove(channel["view_axis"])
     if len(view_axes) != ndim:
-        raise ValueError(
-            f"layer has {ndim} axes, its .mla record {stored_ndim}; a layer derived in napari "
-            "is saved without the record (napari_mlarray._writer.save_layers)"
-        )
+        raise ValueError(f"layer has {ndim} axes, its .mla record {stored_ndim}")
     geom_same, labels_same, units_same = _unchanged(meta, block["as_read"], ndim)
     sp = rec["spatial"]
     spatial_stored = spatial_mask(rec, stored_ndim)

@@ -229,7 +229,7 @@ def _file_array_layer(path: str | os.PathLike, shapes: list[tuple]) -> list[tupl
         if not stored._has_array.has_array or stored.spatial.shape is None:
             return None
         arr = MLArray.open(target)
-    except MLArrayError as exc:
+    except (MLArrayError, OSError) as exc:
         raise LayerSaveError(
             f"{target}: saving only boxes over this file would replace it, but it cannot be "
             f"read to keep its image ({exc}); save the boxes to a new .mla file"
