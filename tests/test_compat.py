@@ -145,6 +145,9 @@ def test_names_scripts_import():
     lps_array_in_ras = [[-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     assert MetaSpatial(coord_system="LPS+", affine=lps_array_in_ras).world_frame == "RAS"
     assert MetaSpatial(coord_system="LPS", affine=lps_array_in_ras).world_frame == "LPS"
+    # with spacing/origin/direction (SimpleITK's geometry of an R,A,S array) LPS+ is LPS
+    sitk_geometry = {"spacing": [1, 1, 1], "direction": np.diag([-1.0, -1, 1]).tolist()}
+    assert MetaSpatial(coord_system="LPS+", **sitk_geometry).world_frame == "LPS"
     # submodules export only public names
     import importlib
 

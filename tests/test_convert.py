@@ -705,3 +705,33 @@ def test_reference_converted_files_go_out_to_the_right_world(tmp_path, stem):
     to_file(src, tmp_path / "out.nrrd")
     data, ras = sitk_world(sitk.ReadImage(str(tmp_path / "out.nrrd")))
     assert_same_world(phantom(), ras_affine(), data, ras, atol=1e-4)
+
+
+def test_lps_plus_over_simpleitk_geometry_is_lps(tmp_path):
+    """``coord_system`` ``LPS+`` (``MetaSpatial.CoordSystem.LPS_PLUS``) with spacing, origin and
+    direction names the LPS world, also for an array stored R,A,S (x, y, z) whose axis codes read
+    in RAS happen to be ``LPS``: the MNI152 template read by SimpleITK and saved x, y, z is
+    exported with every voxel at nibabel's world point (it was mirrored left-right and front-back
+    as a RAS world before)."""
+    from mlarray import Meta, MetaSpatial
+
+    path = Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz"
+    src, itk = nib.load(path), sitk.ReadImage(str(path))
+    xyz = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
+    geo = {
+        "spacing": list(itk.GetSpacing()),
+        "origin": list(itk.GetOrigin()),
+        "direction": np.asarray(itk.GetDirection()).reshape(3, 3).tolist(),
+        "axis_labels": ["spatial_x", "spatial_y", "spatial_z"],
+    }
+    assert np.allclose(geo["direction"], np.diag([-1.0, -1.0, 1.0]))  # R,A,S array in LPS
+    for cs in (MetaSpatial.CoordSystem.LPS_PLUS, "lps+", "LPS"):
+        meta = Meta(spatial={"coord_system": cs})
+        MLArray(np.ascontiguousarray(xyz), meta=meta, **geo).save(tmp_path / "mni.mla")
+        img = MLArray.open(tmp_path / "mni.mla")
+        assert img.meta.spatial.world_frame == "LPS", cs
+        notes: list[str] = []
+        to_file(img, tmp_path / "out.nii.gz", notes=notes, overwrite=True)
+        out = nib.load(tmp_path / "out.nii.gz")
+        assert_same_world(np.asarray(src.dataobj), src.affine, np.asarray(out.dataobj), out.affine)
+        assert notes == []

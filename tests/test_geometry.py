@@ -414,6 +414,9 @@ def test_anatomical_frame_reads_world_frames_and_the_converters_axis_codes():
     assert anatomical_frame("LPS+", np.eye(4)) == "LPS"
     # an A, L, S NIfTI through the converter: an L, P, S array, "LPS+", affine into RAS
     assert anatomical_frame("LPS+", np.diag([-1.0, -1, 1, 1])) == "RAS"
+    # ... but a record with spacing/origin/direction names its frame: LPS+ is LPS
+    assert anatomical_frame("LPS+", np.diag([-1.0, -1, 1, 1]), geometry_as_affine=False) == "LPS"
+    assert anatomical_frame("SLP+", slp, geometry_as_affine=False) == "SLP"
     # a bare LPS names the world, also when the voxels run L, P, S in RAS terms
     assert anatomical_frame("LPS", np.diag([-1.0, -1, 1, 1])) == "LPS"
     assert anatomical_frame("lps", np.diag([-1.0, -1, 1, 1])) == "LPS"

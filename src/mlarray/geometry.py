@@ -582,19 +582,24 @@ def axis_codes(linear: ArrayLike, frame: str = "RAS") -> str:
     return "".join(_RAS_NAMES[axis][0 if sign > 0 else 1] for axis, sign in mapping)
 
 
-def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> str | None:
+def anatomical_frame(
+    coord_system: object, affine: ArrayLike | None = None, *, geometry_as_affine: bool = True
+) -> str | None:
     """The anatomical world frame a record's geometry maps into.
 
     ``coord_system`` normally names the world frame (FORMAT.md section 4):
-    ``"RAS"`` and ``"LPS"`` as written. The reference converter
-    (``mlarray_convert`` via medvol) instead stores the *array's* axis codes
-    with a ``+`` while its affine maps into RAS world: converting NIfTI files
-    in all 48 storage orders gives ``RAS+``, ``LPS+``, ``RPI+``, ``SLP+``,
-    ``PIR+``, ... (an A,L,S NIfTI becomes an L,P,S array with
-    ``coord_system="LPS+"`` and an affine into RAS). Every code other than a
-    bare ``RAS``/``LPS`` that equals the affine's own axis codes in RAS world
-    therefore means RAS; otherwise the code names the world frame
-    (``"RAS+"`` and ``"LPS+"`` are then RAS and LPS).
+    ``"RAS"`` and ``"LPS"`` as written, ``"RAS+"`` and ``"LPS+"`` as RAS and
+    LPS. The reference converter (``mlarray_convert`` via medvol) instead
+    stores the *array's* axis codes with a ``+`` while its affine maps into
+    RAS world: converting NIfTI files in all 48 storage orders gives
+    ``RAS+``, ``LPS+``, ``RPI+``, ``SLP+``, ``PIR+``, ... (an A,L,S NIfTI
+    becomes an L,P,S array with ``coord_system="LPS+"`` and an affine into
+    RAS). That converter always stores its geometry as an ``affine``, so for
+    such a record (``geometry_as_affine``) every code other than a bare
+    ``RAS``/``LPS`` that equals the affine's own axis codes in RAS world
+    means RAS. A record with ``spacing``/``origin``/``direction`` names its
+    world frame: ``"LPS+"`` over SimpleITK's geometry of an R,A,S-ordered
+    array is LPS, although its axis codes read in RAS are ``LPS`` too.
 
     Parameters
     ----------
@@ -603,6 +608,12 @@ def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> s
     affine : array_like, optional
         The record's homogeneous affine (its first three spatial axes are
         used when it has more).
+    geometry_as_affine : bool, optional
+        Whether the record stores its geometry as ``affine`` (True, the
+        default, the reference converter's form) rather than as ``spacing``,
+        ``origin`` and ``direction`` (False: ``coord_system`` is always read
+        as the frame it names). :attr:`mlarray.MetaSpatial.world_frame` passes
+        the record's own form.
 
     Returns
     -------
@@ -611,7 +622,7 @@ def anatomical_frame(coord_system: object, affine: ArrayLike | None = None) -> s
         ``None`` when ``coord_system`` is missing or not anatomical.
     """
     letters = parse_axis_codes(coord_system)
-    if letters is None or affine is None:
+    if letters is None or affine is None or not geometry_as_affine:
         return letters
     if letters in ("RAS", "LPS") and coord_system.strip().upper() == letters:
         return letters  # a bare world-frame name (FORMAT.md)

@@ -903,7 +903,10 @@ class MetaSpatial(BaseMeta):
 
         ``RAS``/``RAS+`` read as RAS and ``LPS``/``LPS+`` as LPS, except that the
         reference converter's array axis codes (``"SLP+"``, and ``"LPS+"`` over
-        a RAS-world affine) read as RAS: :func:`mlarray.geometry.anatomical_frame`.
+        a RAS-world affine) read as RAS in a record whose geometry is an
+        ``affine`` (the form that converter writes; with ``spacing``/``origin``/
+        ``direction`` the code names the frame):
+        :func:`mlarray.geometry.anatomical_frame`.
         """
         from mlarray import geometry
 
@@ -911,7 +914,9 @@ class MetaSpatial(BaseMeta):
         if affine is None and any(v is not None for v in sod):
             n = self.spatial_ndim or len(next(v for v in sod if v is not None))
             affine = geometry.compose_affine(*sod, ndim=n)
-        return geometry.anatomical_frame(self.coord_system, affine)
+        return geometry.anatomical_frame(
+            self.coord_system, affine, geometry_as_affine=self.affine is not None
+        )
 
     def _validate_and_cast(self) -> None:
         if self.axis_labels is not None:

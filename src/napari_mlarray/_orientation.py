@@ -394,7 +394,11 @@ def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Ori
     full = record_affine(meta, n) if n else np.eye(1)
     who = f"{name}: " if name else ""
     notes: list[str] = []
-    frame = geometry.anatomical_frame(sp.coord_system, full) if n else None
+    frame = (
+        geometry.anatomical_frame(sp.coord_system, full, geometry_as_affine=sp.affine is not None)
+        if n
+        else None
+    )
     world_labels = None
     if frame is not None:
         if n > 3:  # world axes 3.. are not anatomy: show their array axes as non-spatial

@@ -49,6 +49,36 @@ def test_display_frame_is_right_handed_inferior_posterior_left():
     assert labels2 == ["A-P", "R-L"] and np.allclose(D2, [[0, 1], [1, 0]])
 
 
+def test_lps_plus_with_spacing_origin_direction_is_shown_in_lps():
+    """An R,A,S-stored (x, y, z) MNI152 with SimpleITK's LPS geometry and ``coord_system``
+    ``LPS+`` is placed with every voxel at (-S, -A, -R) of nibabel's world (mirrored
+    left-right and front-back before: ``LPS+`` was read as the array's own axis codes)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from napari_mlarray._orientation import napari_transforms
+
+    path = Path(__file__).parents[1] / "data" / "mni152_t1_2mm.nii.gz"
+    src, itk = nib.load(path), sitk.ReadImage(str(path))
+    meta = Meta(
+        spatial={
+            "spacing": list(itk.GetSpacing()),
+            "origin": list(itk.GetOrigin()),
+            "direction": np.asarray(itk.GetDirection()).reshape(3, 3).tolist(),
+            "axis_labels": ["spatial_x", "spatial_y", "spatial_z"],
+            "coord_system": "LPS+",
+        }
+    )
+    orient = orientation_for(meta, 3)
+    assert orient.world_frame == "LPS"
+    t = napari_transforms(orient, 3)
+    idx = np.array([[0, 0, 0], [90, 10, 5], [3, 100, 80], [97, 115, 93]], float).T  # x, y, z
+    view = idx[list(orient.perm)]
+    world = t["rotate"] @ t["shear"] @ (t["scale"][:, None] * view) + t["translate"][:, None]
+    ras = src.affine[:3, :3] @ idx + src.affine[:3, 3:]
+    np.testing.assert_allclose(world, -ras[::-1], atol=1e-6)
+
+
 @pytest.mark.parametrize("code", ORDERS)
 def test_converted_files_show_the_axial_slider_first(code):
     arr = MLArray.open(CONVERTED / f"phantom_{code}.mla")
