@@ -247,7 +247,11 @@ def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)
     header = json.loads(run_cli(tmp_path / "a.mla", exe=BIN / "mlarray_header", check_rc=0).stdout)
-    assert header["spatial"]["coord_system"] == "LPS"
+    # the reference converter's layout: an affine into RAS, the array's axis codes
+    affine = np.asarray(header["spatial"]["affine"])
+    from mlarray.geometry import axis_codes
+
+    assert header["spatial"]["coord_system"] == axis_codes(affine) + "+"
     assert header["_image_meta_format"] == {"image_meta_format": "nrrd"} or header[
         "_image_meta_format"
     ] in ("nrrd",)

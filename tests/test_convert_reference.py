@@ -9,8 +9,10 @@ world frame.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +30,9 @@ def _reference_converter() -> Path:
     if not REFERENCE_PYTHON:
         pytest.skip("set MLARRAY_REFERENCE_PYTHON to the reference venv's python (.ci/run does)")
     exe = Path(REFERENCE_PYTHON).parent / "mlarray_convert"
-    probe = subprocess.run([REFERENCE_PYTHON, "-c", "import medvol"], capture_output=True)
+    probe = subprocess.run(
+        [REFERENCE_PYTHON, "-c", "import medvol"], capture_output=True, env=_reference_env()
+    )
     if probe.returncode != 0 or not exe.exists():
         pytest.skip("the reference venv has no medvol (.ci/run installs it)")
     return exe
@@ -62,7 +66,10 @@ def test_same_voxels_at_the_same_world_points_as_the_reference(tmp_path, kind):
     else:
         src = oblique_sitk(tmp_path, ".nrrd")
     proc = subprocess.run(
-        [str(ref_convert), str(src), str(tmp_path / "ref.mla")], capture_output=True, text=True
+        [str(ref_convert), str(src), str(tmp_path / "ref.mla")],
+        capture_output=True,
+        text=True,
+        env=_reference_env(),
     )
     assert proc.returncode == 0, proc.stderr
     run_cli("convert", src, tmp_path / "ours.mla", check_rc=0)
@@ -88,3 +95,82 @@ def test_same_voxels_at_the_same_world_points_as_the_reference(tmp_path, kind):
     to_file(tmp_path / "ref.mla", tmp_path / "from_ref.nii.gz")
     back = nib.load(tmp_path / "from_ref.nii.gz")
     assert_same_world(our_data, our_aff, np.asarray(back.dataobj), back.affine, atol=1e-3)
+
+
+def _reference_env() -> dict[str, str]:
+    """The environment for the reference venv's python: without a PYTHONPATH that would
+    import this package in its place."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def test_reference_named_converters_store_the_reference_s_array(tmp_path):
+    """``mlarray.cli.convert_to_mlarray`` and ``mlarray_convert`` (the reference's names) store
+    the array the reference's ``mlarray_convert`` stores: same shape and axis order, the same
+    value at every index (code written for reference-converted files, ``a[x, y, z]``, reads the
+    same voxel), the same affine and ``coord_system``; for NIfTI in all 48 storage orders, a 2-D
+    NIfTI, the MNI152 template and NRRDs with and without an anatomical space. It used to
+    write z, y, x (``a[5, 3, 1]`` read another voxel). ``mlarray convert`` stays z, y, x."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from mlarray.cli import convert_to_mlarray
+    from tests.data.make_converted import phantom, ras_affine
+
+    _reference_converter()
+    srcs = []
+    names = ("RL", "AP", "SI")
+    for perm in itertools.permutations(range(3)):
+        for ends in itertools.product((0, 1), repeat=3):
+            code = "".join(names[perm[j]][ends[j]] for j in range(3))
+            turn = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(code)))
+            nii = nib.Nifti1Image(phantom()[::2, ::2, ::2], ras_affine()).as_reoriented(turn)
+            nib.save(nii, tmp_path / f"{code}.nii.gz")
+            srcs.append(tmp_path / f"{code}.nii.gz")
+    flat = np.arange(6 * 5, dtype=np.int16).reshape(6, 5)
+    nib.save(nib.Nifti1Image(flat, np.diag([0.8, -0.9, 1.0, 1.0])), tmp_path / "flat.nii.gz")
+    srcs += [tmp_path / "flat.nii.gz", Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz"]
+    import SimpleITK as sitk
+
+    vol = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
+    vol.SetSpacing((0.8, 0.9, 2.5))
+    vol.SetOrigin((3.0, -4.0, 5.0))
+    vol.SetDirection((0, -1, 0, 1, 0, 0, 0, 0, 1))  # rows A,L: an LPS-space NRRD
+    sitk.WriteImage(vol, str(tmp_path / "lps.nrrd"))
+    (tmp_path / "nospace.raw").write_bytes(np.arange(24, dtype="<i2").tobytes())
+    (tmp_path / "nospace.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace dimension: 3\nsizes: 4 3 2\n"
+        "space directions: (0,-0.8,0) (0.9,0,0) (0,0,2)\nkinds: domain domain domain\n"
+        "endian: little\nencoding: raw\nspace origin: (1,2,3)\ndata file: nospace.raw\n"
+    )
+    srcs += [tmp_path / "lps.nrrd", tmp_path / "nospace.nhdr"]
+    code = (
+        "import sys\nfrom mlarray.cli import convert_to_mlarray\n"
+        "for s in sys.argv[1:]:\n    convert_to_mlarray(s, s + '.ref.mla')\n"
+    )
+    proc = subprocess.run(
+        [REFERENCE_PYTHON, "-c", code, *map(str, srcs)],
+        capture_output=True,
+        text=True,
+        env=_reference_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    for src in srcs:
+        convert_to_mlarray(src, f"{src}.ours.mla")
+        ref, ours_ = MLArray.open(f"{src}.ref.mla"), MLArray.open(f"{src}.ours.mla")
+        assert ours_.shape == ref.shape, src.name
+        np.testing.assert_array_equal(ours_[...], ref[...], err_msg=src.name)
+        np.testing.assert_allclose(ours_.affine, ref.affine, atol=1e-5, err_msg=src.name)
+        if src.name == "nospace.nhdr":  # the reference keeps the raw (ITK: LPS) geometry
+            assert ref.meta.spatial.coord_system is None
+            assert ours_.meta.spatial.coord_system == "LPS"
+        else:
+            assert ours_.meta.spatial.coord_system == ref.meta.spatial.coord_system, src.name
+    # the command too; our own `mlarray convert` keeps its z, y, x layout
+    mni = srcs[-3]
+    run_cli("convert", mni, tmp_path / "zyx.mla", check_rc=0)
+    run_cli(
+        mni, tmp_path / "xyz.mla", exe=Path(sys.executable).parent / "mlarray_convert", check_rc=0
+    )
+    xyz, zyx = MLArray.open(tmp_path / "xyz.mla"), MLArray.open(tmp_path / "zyx.mla")
+    assert xyz.shape == nib.load(mni).shape == zyx.shape[::-1]
+    np.testing.assert_array_equal(xyz[...], MLArray.open(f"{mni}.ref.mla")[...])
+    np.testing.assert_array_equal(xyz[...], np.asarray(nib.load(mni).dataobj))

@@ -805,9 +805,14 @@ MedVol: Any = None
 def convert_to_mlarray(load_filepath: str | os.PathLike, save_filepath: str | os.PathLike) -> None:
     """Convert a NIfTI/NRRD/MetaImage/DICOM image to ``.mla`` (reference signature).
 
-    The source header goes to ``meta.source``; the geometry is kept exactly
-    in the file's world frame, recorded in ``meta.spatial.coord_system``. An
-    existing output is replaced. See :func:`mlarray.convert.convert_file`.
+    The array is stored as the reference's ``mlarray_convert`` stores it, so
+    code written for its files reads the same voxel at the same index: x, y, z
+    (a NIfTI in nibabel's R,A,S, L,A,S or L,P,S order keeps its array; other
+    orders are reordered as the reference reorders them), the geometry an
+    ``affine`` into RAS world and ``coord_system`` the array's axis codes
+    (``"RAS+"``, FORMAT.md section 4). ``mlarray convert`` (z, y, x) is
+    :func:`mlarray.convert.convert_file`. The source header goes to
+    ``meta.source``. An existing output is replaced.
     """
     if MedVol is not None:
         from mlarray import _medvol
@@ -816,7 +821,8 @@ def convert_to_mlarray(load_filepath: str | os.PathLike, save_filepath: str | os
         return
     from mlarray.convert import convert_file
 
-    convert_file(load_filepath, save_filepath, overwrite=True)
+    # the reference's array layout, so code written for its files reads the same voxels
+    convert_file(load_filepath, save_filepath, overwrite=True, axis_order="reference")
 
 
 def convert_from_mlarray(

@@ -1149,7 +1149,8 @@ def _prepare(
     p = Path(path)
     frame = _frame_name(coord_system, p)
     loaded = _read(p, series=series, fourth_axis=fourth_axis)
-    data, labels, affine, index_order = _arranged(loaded, axis_order)
+    reference = axis_order == "reference"
+    data, labels, affine, index_order = _arranged(loaded, "xyz" if reference else axis_order)
     notes = list(loaded.notes)
     if frame is not None and frame != loaded.frame:
         affine = _flip_frame(affine, loaded.frame, frame)
@@ -1186,6 +1187,8 @@ def _prepare(
             )
         except ConversionError:  # sheared: keep the affine as stored
             spatial = MetaSpatial(affine=affine.tolist(), axis_labels=labels, coord_system=frame)
+    if reference:
+        data, spatial = _reference_layout(data, spatial, loaded)
     meta = Meta(
         source=MetaSource(data=loaded.source),
         spatial=spatial,
@@ -1193,6 +1196,44 @@ def _prepare(
         _image_meta_format=MetaImageFormat(image_meta_format=loaded.fmt),
     )
     return data, meta, notes
+
+
+def _reference_layout(data: Any, spatial: MetaSpatial, loaded: _Loaded) -> tuple[Any, MetaSpatial]:
+    """The array and geometry the reference ``mlarray_convert`` stores (FORMAT.md section 4),
+    from an x, y, z arranged image: for 2 or 3 spatial axes and nothing else, reordered by
+    :func:`mlarray.geometry.converter_reorientation` in RAS world, the geometry an ``affine``
+    into RAS and ``coord_system`` the array's axis codes with ``+`` (``RAS+``); a NRRD without
+    an anatomical ``space``, and a 2-D ITK image, keep their voxel order and LPS geometry, as
+    the reference keeps them raw. Other images stay x, y, z as arranged."""
+    n = len(loaded.index_axes)
+    if loaded.nonspatial or n not in (2, 3):
+        return data, spatial
+    affine = geometry.compose_affine(spatial.spacing, spatial.origin, spatial.direction, ndim=n)
+    if spatial.affine is not None:
+        affine = np.asarray(spatial.affine, dtype=np.float64)
+    dim = loaded.source.get("dim") if loaded.fmt == "nifti" else None
+    if n == 3 and isinstance(dim, list) and dim[:1] == [2] and data.shape[2] == 1:
+        n, data, affine = 2, data[:, :, 0], affine[np.ix_([0, 1, 3], [0, 1, 3])]  # 2-D NIfTI
+    labels = ["spatial_x", "spatial_y", "spatial_z"][:n]
+    frame = spatial.coord_system or loaded.frame
+    no_space = loaded.fmt == "nrrd" and "NRRD_space" not in loaded.source
+    if loaded.fmt != "nifti" and (n == 2 or no_space):
+        return data, MetaSpatial(affine=affine.tolist(), axis_labels=labels, coord_system=frame)
+    ras = _into_frame(affine, frame, "RAS")
+    axes, flips = geometry.converter_reorientation(ras[:n, :n])
+    shape = [data.shape[a] for a in axes]
+    out = data.transpose(axes)[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    new = np.eye(n + 1)
+    new[:n, n] = ras[:n, n]
+    for i, (a, f) in enumerate(zip(axes, flips, strict=True)):
+        new[:n, i] = -ras[:n, a] if f else ras[:n, a]
+        if f:
+            new[:n, n] += ras[:n, a] * (shape[i] - 1)
+    codes = "".join(
+        ("RL", "AP", "SI")[w][0 if sign > 0 else 1]
+        for w, sign in geometry.axis_world_map(new[:n, :n] / np.linalg.norm(new[:n, :n], axis=0))
+    )
+    return out, MetaSpatial(affine=new.tolist(), axis_labels=labels, coord_system=codes + "+")
 
 
 def from_file(

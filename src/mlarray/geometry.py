@@ -32,6 +32,7 @@ __all__ = [
     "axis_codes",
     "axis_world_map",
     "compose_affine",
+    "converter_reorientation",
     "decompose_affine",
     "frame_matrix",
     "frame_with_axes",
@@ -580,6 +581,36 @@ def axis_codes(linear: ArrayLike, frame: str = "RAS") -> str:
     norms = np.linalg.norm(ras, axis=0)
     mapping = axis_world_map(ras / np.where(norms == 0, 1.0, norms)[np.newaxis, :])
     return "".join(_RAS_NAMES[axis][0 if sign > 0 else 1] for axis, sign in mapping)
+
+
+def converter_reorientation(linear: ArrayLike) -> tuple[list[int], list[bool]]:
+    """Axis order and flips the reference converter gives an image of RAS-world ``linear``.
+
+    The reference ``mlarray_convert`` (0.0.54, via medvol) reorders a NIfTI
+    (or an anatomical NRRD, taken into RAS world) before storing it: with
+    ``(world_axis[j], sign[j])`` of each stored axis ``j`` (RAS world, see
+    :func:`axis_world_map`), the array becomes ``data.transpose(world_axis)``
+    with axis ``i`` then reversed where ``sign[i]`` is negative. Measured on
+    all 48 NIfTI storage orders (and 2-D): an R,A,S, L,A,S or L,P,S NIfTI stays
+    x, y, z (RAS+, as nibabel's canonical order), an A,L,S one becomes an
+    L,P,S array, a P,I,R one S,L,P.
+
+    Parameters
+    ----------
+    linear : (n, n) array_like
+        Linear part of the image's affine into RAS world (n = 2 or 3).
+
+    Returns
+    -------
+    axes : list of int
+        ``out = data.transpose(axes)`` ...
+    flips : list of bool
+        ... then ``out`` axis ``i`` reversed where ``flips[i]``.
+    """
+    m = _as_square("affine", linear)
+    norms = np.linalg.norm(m, axis=0)
+    mapping = axis_world_map(m / np.where(norms == 0, 1.0, norms)[np.newaxis, :])
+    return [w for w, _ in mapping], [sign < 0 for _, sign in mapping]
 
 
 def anatomical_frame(
