@@ -174,3 +174,85 @@ def test_reference_named_converters_store_the_reference_s_array(tmp_path):
     assert xyz.shape == nib.load(mni).shape == zyx.shape[::-1]
     np.testing.assert_array_equal(xyz[...], MLArray.open(f"{mni}.ref.mla")[...])
     np.testing.assert_array_equal(xyz[...], np.asarray(nib.load(mni).dataobj))
+
+
+def _world_2d(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World points (2, n) of every index of a 2-D grid, C order."""
+    idx = np.indices(shape).reshape(2, -1).astype(np.float64)
+    return affine[:2, :2] @ idx + affine[:2, 2:3]
+
+
+def _sitk_affine_2d(img) -> np.ndarray:
+    a = np.eye(3)
+    a[:2, :2] = np.asarray(img.GetDirection()).reshape(2, 2) * np.asarray(img.GetSpacing())
+    a[:2, 2] = img.GetOrigin()
+    return a
+
+
+def _same_world_2d(data_a, affine_a, data_b, affine_b) -> None:
+    """Every voxel of A is the voxel of B at the same world point (index order i, j)."""
+    world = _world_2d(affine_a, data_a.shape)
+    inv = np.linalg.inv(affine_b)
+    idx = inv[:2, :2] @ world + inv[:2, 2:3]
+    assert np.abs(idx - np.rint(idx)).max() < 1e-4
+    r = np.rint(idx).astype(int)
+    np.testing.assert_array_equal(data_a.reshape(-1), data_b[r[0], r[1]])
+
+
+def test_reference_converted_2d_files_keep_their_world(tmp_path):
+    """2-D files converted by the reference: a NRRD (stored with its own LPS geometry and no
+    coord_system) is exported to the source's world, not mirrored as if RAS; a NIfTI
+    (coord_system ``RA+``/``LP+``, the 2-D array's codes over a RAS affine) is recognised as
+    RAS, by the exporter and in napari (it was "not an anatomical frame")."""
+    import SimpleITK as sitk
+
+    from mlarray import geometry
+    from napari_mlarray._orientation import orientation_for
+
+    ref_convert = _reference_converter()
+    im = sitk.GetImageFromArray(np.arange(99, dtype=np.float32).reshape(9, 11))
+    im.SetSpacing((0.5, 2.0))
+    im.SetOrigin((3.0, -4.0))
+    im.SetDirection((0, -1, 1, 0))
+    sitk.WriteImage(im, str(tmp_path / "xray.nrrd"))
+    flat = np.arange(6 * 5, dtype=np.int16).reshape(6, 5)
+    aff = np.array([[0, -0.9, 0, 3], [0.8, 0, 0, -4], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(flat, aff), tmp_path / "flat.nii.gz")
+    for name in ("xray.nrrd", "flat.nii.gz"):
+        proc = subprocess.run(
+            [str(ref_convert), str(tmp_path / name), str(tmp_path / f"{name}.mla")],
+            capture_output=True,
+            text=True,
+            env=_reference_env(),
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    xray = MLArray.open(tmp_path / "xray.nrrd.mla")
+    assert xray.meta.spatial.coord_system is None  # as the reference writes a 2-D NRRD
+    assert orientation_for(xray.meta, 2).world_frame == "LPS"
+    for out in ("back.nrrd", "back.mha"):
+        notes: list[str] = []
+        to_file(xray, tmp_path / out, notes=notes)
+        assert any("taken as LPS" in n for n in notes), notes
+        back = sitk.ReadImage(str(tmp_path / out))
+        _same_world_2d(
+            sitk.GetArrayFromImage(im).T,
+            _sitk_affine_2d(im),
+            sitk.GetArrayFromImage(back).T,
+            _sitk_affine_2d(back),
+        )
+
+    flat_ref = MLArray.open(tmp_path / "flat.nii.gz.mla")
+    assert flat_ref.meta.spatial.coord_system == "LP+"  # the 2-D array's own axis codes
+    assert flat_ref.meta.spatial.world_frame == "RAS"
+    assert geometry.anatomical_frame("RA+", np.eye(3)) == "RAS"
+    orient = orientation_for(flat_ref.meta, 2)
+    assert orient.world_frame == "RAS" and not orient.notes
+    notes = []
+    to_file(flat_ref, tmp_path / "flat_back.nii.gz", notes=notes)
+    assert notes == []  # recognised, not assumed
+    back = nib.load(tmp_path / "flat_back.nii.gz")
+    assert back.shape[:2] in (flat.shape, flat.shape[::-1])
+    back_aff = back.affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    back_data = np.asarray(back.dataobj).reshape(back.shape[:2])
+    _same_world_2d(flat, aff[np.ix_([0, 1, 3], [0, 1, 3])], back_data, back_aff)

@@ -1325,15 +1325,27 @@ def _index_axes_of(labels: list[str] | None, spatial: list[int]) -> list[int]:
     return spatial[::-1]
 
 
-def _world_frame(spatial: MetaSpatial, notes: list[str]) -> str:
+def _world_frame(spatial: MetaSpatial, notes: list[str], source_format: str | None = None) -> str:
     """The anatomical frame an MLArray's geometry lives in (FORMAT.md section 4).
 
     :attr:`MetaSpatial.world_frame` decides (the reference converter's array
-    codes over a RAS affine read as RAS); without one, RAS is assumed and said.
+    codes over a RAS affine read as RAS); a reference-converted NRRD without
+    ``coord_system`` is in its own (LPS) space; otherwise RAS is assumed. The
+    last two are said.
     """
     frame = spatial.world_frame
     if frame is not None:
         return frame
+    if spatial.affine is not None:
+        frame = geometry.anatomical_frame(
+            spatial.coord_system, spatial.affine, source_format=source_format
+        )
+        if frame is not None:
+            notes.append(
+                f"the file has no coord_system; its geometry was taken as {frame}, the space of "
+                "the NRRD it was converted from"
+            )
+            return frame
     if spatial.coord_system:
         notes.append(
             f"coord_system {spatial.coord_system!r} is not an anatomical frame; its geometry "
@@ -1811,7 +1823,7 @@ def to_file(
     affine[:n, :n] = a[:n, :n][:, cols]
     # any format, before a voxel is read; the file whose geometry it is named if any
     _voxel_sizes(affine[:n, :n], getattr(img, "_path", None) or target)
-    frame = _world_frame(meta.spatial, told)
+    frame = _world_frame(meta.spatial, told, meta._image_meta_format.image_meta_format)
     data = img.to_numpy()
     tmpdir = _tmp_dir_for(target)
     written = _written_name(target)

@@ -614,7 +614,11 @@ def converter_reorientation(linear: ArrayLike) -> tuple[list[int], list[bool]]:
 
 
 def anatomical_frame(
-    coord_system: object, affine: ArrayLike | None = None, *, geometry_as_affine: bool = True
+    coord_system: object,
+    affine: ArrayLike | None = None,
+    *,
+    geometry_as_affine: bool = True,
+    source_format: str | None = None,
 ) -> str | None:
     """The anatomical world frame a record's geometry maps into.
 
@@ -632,6 +636,13 @@ def anatomical_frame(
     world frame: ``"LPS+"`` over SimpleITK's geometry of an R,A,S-ordered
     array is LPS, although its axis codes read in RAS are ``LPS`` too.
 
+    Two more of that converter's forms: a 2-D NIfTI gets the 2-D array's
+    codes (``"RA+"``, ``"LP+"``) over an affine into the R-L, A-P plane of
+    RAS, read as RAS like three letters; a NRRD without an anatomical
+    ``space`` (every 2-D NRRD) is stored with its own geometry and no
+    ``coord_system``, read (``source_format="nrrd"``) as LPS, the world
+    SimpleITK and ITK-based tools give such a file.
+
     Parameters
     ----------
     coord_system : object
@@ -645,6 +656,9 @@ def anatomical_frame(
         ``origin`` and ``direction`` (False: ``coord_system`` is always read
         as the frame it names). :attr:`mlarray.MetaSpatial.world_frame` passes
         the record's own form.
+    source_format : str, optional
+        The record's ``_image_meta_format`` (``"nifti"``, ``"nrrd"``, ...),
+        when known.
 
     Returns
     -------
@@ -653,6 +667,10 @@ def anatomical_frame(
         ``None`` when ``coord_system`` is missing or not anatomical.
     """
     letters = parse_axis_codes(coord_system)
+    if coord_system is None and geometry_as_affine and source_format == "nrrd":
+        return "LPS"  # the reference converter's raw NRRD geometry (SimpleITK's world)
+    if letters is None and affine is not None and geometry_as_affine:
+        return _plane_codes_frame(coord_system, affine)
     if letters is None or affine is None or not geometry_as_affine:
         return letters
     if letters in ("RAS", "LPS") and coord_system.strip().upper() == letters:
@@ -665,3 +683,23 @@ def anatomical_frame(
     except MetaValidationError:
         return letters
     return "RAS" if own == letters else letters
+
+
+def _plane_codes_frame(coord_system: object, affine: ArrayLike) -> str | None:
+    """``"RAS"`` when ``coord_system`` holds the 1-D or 2-D array's own axis codes (``"RA+"``)
+    over an affine into the first world axes of RAS (the reference converter's 2-D NIfTI),
+    else None."""
+    if not isinstance(coord_system, str):
+        return None
+    code = coord_system.strip().upper().removesuffix("+")
+    a = _as_square("affine", affine)
+    n = a.shape[0] - 1
+    if n not in (1, 2) or len(code) != n:
+        return None
+    norms = np.linalg.norm(a[:n, :n], axis=0)
+    if not norms.all():
+        return None
+    own = "".join(
+        _RAS_NAMES[w][0 if sign > 0 else 1] for w, sign in axis_world_map(a[:n, :n] / norms)
+    )
+    return "RAS" if own == code else None

@@ -395,7 +395,12 @@ def orientation_for(record: Meta | Mapping, ndim: int, *, name: str = "") -> Ori
     who = f"{name}: " if name else ""
     notes: list[str] = []
     frame = (
-        geometry.anatomical_frame(sp.coord_system, full, geometry_as_affine=sp.affine is not None)
+        geometry.anatomical_frame(
+            sp.coord_system,
+            full,
+            geometry_as_affine=sp.affine is not None,
+            source_format=meta._image_meta_format.image_meta_format,
+        )
         if n
         else None
     )
