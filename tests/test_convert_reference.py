@@ -107,8 +107,8 @@ def test_reference_named_converters_store_the_reference_s_array(tmp_path):
     """``mlarray.cli.convert_to_mlarray`` and ``mlarray_convert`` (the reference's names) store
     the array the reference's ``mlarray_convert`` stores: same shape and axis order, the same
     value at every index (code written for reference-converted files, ``a[x, y, z]``, reads the
-    same voxel), the same affine and ``coord_system``; for NIfTI in all 48 storage orders, a 2-D
-    NIfTI, the MNI152 template and NRRDs with and without an anatomical space. It used to
+    same voxel), the same affine and ``coord_system``; for NIfTI in all 48 storage orders, a 4-D
+    and a 2-D NIfTI, the MNI152 template and NRRDs with and without an anatomical space. It used to
     write z, y, x (``a[5, 3, 1]`` read another voxel). ``mlarray convert`` stays z, y, x."""
     from nibabel.orientations import axcodes2ornt, ornt_transform
 
@@ -127,7 +127,15 @@ def test_reference_named_converters_store_the_reference_s_array(tmp_path):
             srcs.append(tmp_path / f"{code}.nii.gz")
     flat = np.arange(6 * 5, dtype=np.int16).reshape(6, 5)
     nib.save(nib.Nifti1Image(flat, np.diag([0.8, -0.9, 1.0, 1.0])), tmp_path / "flat.nii.gz")
-    srcs += [tmp_path / "flat.nii.gz", Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz"]
+    series = nib.Nifti1Image(
+        np.arange(4 * 5 * 6 * 3, dtype=np.int16).reshape(4, 5, 6, 3),
+        np.array([[0, -0.9, 0, 1], [0.8, 0, 0, 2], [0, 0, 2.5, 3], [0, 0, 0, 1.0]]),  # A,L,S
+    )
+    series.header.set_xyzt_units("mm", "sec")
+    series.header["pixdim"][4], series.header["toffset"] = 1.5, 7.0
+    nib.save(series, tmp_path / "series.nii.gz")
+    srcs += [tmp_path / "series.nii.gz", tmp_path / "flat.nii.gz"]
+    srcs += [Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz"]
     import SimpleITK as sitk
 
     vol = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))

@@ -1204,15 +1204,21 @@ def _reference_layout(data: Any, spatial: MetaSpatial, loaded: _Loaded) -> tuple
     :func:`mlarray.geometry.converter_reorientation` in RAS world, the geometry an ``affine``
     into RAS and ``coord_system`` the array's axis codes with ``+`` (``RAS+``); a NRRD without
     an anatomical ``space``, and a 2-D ITK image, keep their voxel order and LPS geometry, as
-    the reference keeps them raw. Other images stay x, y, z as arranged."""
+    the reference keeps them raw. A 4-D NIfTI becomes x, y, z, t as the reference stores it
+    (no axis labels, time a fourth axis of the affine: ``pixdim[4]``, ``toffset``). Other
+    images stay as arranged."""
     n = len(loaded.index_axes)
-    if loaded.nonspatial or n not in (2, 3):
+    dim = loaded.source.get("dim") if loaded.fmt == "nifti" else None
+    dim0 = dim[0] if isinstance(dim, list) and dim else None
+    timed = dim0 == 4 and n == 3 and len(loaded.nonspatial) == 1 and data.ndim == 4
+    if (loaded.nonspatial and not timed) or n not in (2, 3):
         return data, spatial
+    if timed:
+        data = np.moveaxis(data, 0, -1)  # arranged t, x, y, z
     affine = geometry.compose_affine(spatial.spacing, spatial.origin, spatial.direction, ndim=n)
     if spatial.affine is not None:
         affine = np.asarray(spatial.affine, dtype=np.float64)
-    dim = loaded.source.get("dim") if loaded.fmt == "nifti" else None
-    if n == 3 and isinstance(dim, list) and dim[:1] == [2] and data.shape[2] == 1:
+    if n == 3 and dim0 == 2 and data.shape[2] == 1:
         n, data, affine = 2, data[:, :, 0], affine[np.ix_([0, 1, 3], [0, 1, 3])]  # 2-D NIfTI
     labels = ["spatial_x", "spatial_y", "spatial_z"][:n]
     frame = spatial.coord_system or loaded.frame
@@ -1222,7 +1228,9 @@ def _reference_layout(data: Any, spatial: MetaSpatial, loaded: _Loaded) -> tuple
     ras = _into_frame(affine, frame, "RAS")
     axes, flips = geometry.converter_reorientation(ras[:n, :n])
     shape = [data.shape[a] for a in axes]
-    out = data.transpose(axes)[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    extra = list(range(n, data.ndim))
+    out = data.transpose(axes + extra)
+    out = out[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
     new = np.eye(n + 1)
     new[:n, n] = ras[:n, n]
     for i, (a, f) in enumerate(zip(axes, flips, strict=True)):
@@ -1233,6 +1241,13 @@ def _reference_layout(data: Any, spatial: MetaSpatial, loaded: _Loaded) -> tuple
         ("RL", "AP", "SI")[w][0 if sign > 0 else 1]
         for w, sign in geometry.axis_world_map(new[:n, :n] / np.linalg.norm(new[:n, :n], axis=0))
     )
+    if timed:
+        pixdim, toffset = loaded.source.get("pixdim"), loaded.source.get("toffset")
+        step = _positive(pixdim[4] if isinstance(pixdim, list) and len(pixdim) > 4 else 1.0, 1.0)
+        timed_affine = np.eye(5)
+        timed_affine[:3, :3], timed_affine[:3, 4] = new[:3, :3], new[:3, 3]
+        timed_affine[3, 3], timed_affine[3, 4] = step, _finite(toffset, 0.0)
+        return out, MetaSpatial(affine=timed_affine.tolist(), coord_system=codes + "+")
     return out, MetaSpatial(affine=new.tolist(), axis_labels=labels, coord_system=codes + "+")
 
 
