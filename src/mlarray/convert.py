@@ -1279,9 +1279,12 @@ def from_file(
     coord_system : {"RAS", "LPS"}, optional
         World frame to store the geometry in. ``None`` keeps the file's own:
         RAS for NIfTI, LPS for the others.
-    axis_order : {"zyx", "xyz"}
+    axis_order : {"zyx", "xyz", "reference"}
         Order of the spatial array axes: ``zyx`` (SimpleITK's numpy order, the
-        default) or ``xyz`` (NIfTI's own order).
+        default) or ``xyz`` (NIfTI's own order); ``reference`` stores what the
+        reference ``mlarray_convert`` stores (its x, y, z layout and RAS
+        affine with axis codes, as ``mlarray_convert`` here does; then
+        ``coord_system`` is not used).
     fourth_axis : {"temporal", "channel"}, optional
         What a fourth image dimension is (NIfTI ``dim[4]``, a 4-D NRRD or
         MetaImage). ``None`` means time, as the formats define it.
