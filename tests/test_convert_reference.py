@@ -150,20 +150,24 @@ def test_reference_named_converters_store_the_reference_s_array(tmp_path):
         "endian: little\nencoding: raw\nspace origin: (1,2,3)\ndata file: nospace.raw\n"
     )
     srcs += [tmp_path / "lps.nrrd", tmp_path / "nospace.nhdr"]
+    (tmp_path / "out").mkdir()
     code = (
         "import sys\nfrom mlarray.cli import convert_to_mlarray\n"
-        "for s in sys.argv[1:]:\n    convert_to_mlarray(s, s + '.ref.mla')\n"
+        "out = sys.argv[1]\nfor s in sys.argv[2:]:\n"
+        "    convert_to_mlarray(s, out + '/' + s.rsplit('/', 1)[-1] + '.ref.mla')\n"
     )
     proc = subprocess.run(
-        [REFERENCE_PYTHON, "-c", code, *map(str, srcs)],
+        [REFERENCE_PYTHON, "-c", code, str(tmp_path / "out"), *map(str, srcs)],
         capture_output=True,
         text=True,
         env=_reference_env(),
     )
     assert proc.returncode == 0, proc.stderr
     for src in srcs:
-        convert_to_mlarray(src, f"{src}.ours.mla")
-        ref, ours_ = MLArray.open(f"{src}.ref.mla"), MLArray.open(f"{src}.ours.mla")
+        out = tmp_path / "out"  # none beside the sources (the MNI template is test data)
+        convert_to_mlarray(src, out / f"{src.name}.ours.mla")
+        ref = MLArray.open(out / f"{src.name}.ref.mla")
+        ours_ = MLArray.open(out / f"{src.name}.ours.mla")
         assert ours_.shape == ref.shape, src.name
         np.testing.assert_array_equal(ours_[...], ref[...], err_msg=src.name)
         np.testing.assert_allclose(ours_.affine, ref.affine, atol=1e-5, err_msg=src.name)
@@ -173,14 +177,15 @@ def test_reference_named_converters_store_the_reference_s_array(tmp_path):
         else:
             assert ours_.meta.spatial.coord_system == ref.meta.spatial.coord_system, src.name
     # the command too; our own `mlarray convert` keeps its z, y, x layout
-    mni = srcs[-3]
+    mni = Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz"
     run_cli("convert", mni, tmp_path / "zyx.mla", check_rc=0)
     run_cli(
         mni, tmp_path / "xyz.mla", exe=Path(sys.executable).parent / "mlarray_convert", check_rc=0
     )
     xyz, zyx = MLArray.open(tmp_path / "xyz.mla"), MLArray.open(tmp_path / "zyx.mla")
     assert xyz.shape == nib.load(mni).shape == zyx.shape[::-1]
-    np.testing.assert_array_equal(xyz[...], MLArray.open(f"{mni}.ref.mla")[...])
+    ref_mni = MLArray.open(tmp_path / "out" / f"{mni.name}.ref.mla")
+    np.testing.assert_array_equal(xyz[...], ref_mni[...])
     np.testing.assert_array_equal(xyz[...], np.asarray(nib.load(mni).dataobj))
 
 
