@@ -70,6 +70,23 @@ class FileSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __copy__(self) -> FileSource:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> FileSource:
+        # read-only: a copy shares it, mapping and decoded planes included (napari's
+        # Duplicate Layer deep-copies the layer's data; a LazyView copies its own edits)
+        return self
+
+    def __reduce__(self) -> tuple:
+        """Pickle support: the path, reopened on unpickling (its ctypes handles into the
+        C library cannot travel); :class:`~mlarray.errors.FileChangedError` there if the
+        file is no longer the version this source reads."""
+        from mlarray import _maps
+
+        where = _maps.absolute(self.path)
+        return (_unpickle_source, (where, self._nthreads, _maps.identity(self._cstore)))
+
     def _replaced(self) -> bool:
         """Whether the path names another file than the one this source maps (or none)."""
         from mlarray import _maps
@@ -124,6 +141,28 @@ class FileSource:
             _maps.check(self._cstore)  # unless it was rewritten in place
             raise AttributeError(name)
         return getattr(self.full(), name)
+
+
+def _unpickle_source(path: str, nthreads: int, version: tuple | None) -> Any:
+    """The pickled :class:`FileSource` of ``path`` reopened: another ``FileSource``, or an
+    ``MLArray`` where the C library cannot read it."""
+    from mlarray import MLArray, _maps
+    from mlarray.errors import FileChangedError
+
+    opened = open_source(path, nthreads)
+    if opened is not None and opened[0] is not None:
+        out, store = opened[0], opened[0]._cstore
+    else:
+        out = MLArray.open(path, dparams={"nthreads": nthreads})
+        store = out._store
+    now = _maps.identity(store)
+    if version is not None and now is not None and tuple(now) != tuple(version):
+        raise FileChangedError(
+            path,
+            "changed on disk since this layer's data was pickled (replaced or rewritten); "
+            "open the file again",
+        )
+    return out
 
 
 def open_source(path: str, nthreads: int) -> tuple[FileSource | None, Any] | None:

@@ -1,0 +1,74 @@
+"""Viewer tier: napari's own layer actions (Duplicate Layer, Convert to Labels, Convert
+datatype, thick slices, opening a folder) on layers read from ``.mla`` files."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+try:  # pytest.importorskip does not skip when no binding is installed (NAPARI_NOTES)
+    from qtpy import QtWidgets  # noqa: F401
+except Exception as exc:  # qtpy raises its own error types for a missing binding
+    pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
+
+from tests.napari._helpers import write_mla
+
+pytestmark = pytest.mark.qt
+
+
+def _select(viewer, layer) -> None:
+    viewer.layers.selection = {layer}
+    viewer.layers.selection.active = layer
+
+
+def test_duplicate_layer_of_an_image_read_through_the_c_library(
+    make_napari_viewer, tmp_path, ct_volume
+):
+    from napari.layers import _layer_actions
+
+    from napari_mlarray._source import FileSource
+
+    path = write_mla(tmp_path / "ct.mla", ct_volume, spacing=[2.0, 1.0, 1.0])
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    assert isinstance(image.data.source, FileSource)  # the default (C) read path
+    _select(viewer, image)
+    _layer_actions._duplicate_layer(viewer.layers)  # Layers > Duplicate Layer
+    assert [layer.name for layer in viewer.layers] == ["ct", "ct copy"]
+    dup = viewer.layers["ct copy"]
+    np.testing.assert_array_equal(np.asarray(dup.data), np.asarray(image.data))
+    assert dup.scale.tolist() == image.scale.tolist()
+
+
+def test_a_duplicated_view_keeps_its_own_edits(tmp_path, ct_volume):
+    from napari_mlarray._lazy import LazyView
+    from napari_mlarray._source import open_source
+
+    path = write_mla(tmp_path / "ct.mla", ct_volume)
+    source, _ = open_source(str(path), 1)
+    view = LazyView(source, perm=(2, 0, 1))
+    view[0, 0, 0] = 7
+    dup = copy.deepcopy(view)
+    assert dup.source is source  # read-only: shared, not reopened
+    dup[0, 0, 0] = 9
+    assert view[0, 0, 0] == 7 and dup[0, 0, 0] == 9
+    np.testing.assert_array_equal(np.asarray(dup)[1:], ct_volume.transpose(2, 0, 1)[1:])
+
+
+def test_a_source_pickles_as_its_path_and_refuses_a_changed_file(tmp_path, ct_volume):
+    from mlarray.errors import FileChangedError
+    from napari_mlarray._source import open_source
+
+    path = write_mla(tmp_path / "ct.mla", ct_volume)
+    source, _ = open_source(str(path), 1)
+    blob = pickle.dumps(source)
+    assert len(blob) < 1000
+    np.testing.assert_array_equal(pickle.loads(blob)[3:5, :, 2], ct_volume[3:5, :, 2])
+    write_mla(tmp_path / "new.mla", ct_volume + 1)
+    os.replace(tmp_path / "new.mla", path)
+    with pytest.raises(FileChangedError, match=r"ct\.mla"):
+        pickle.loads(blob)
