@@ -192,6 +192,32 @@ class LazyView:
             out = self[(slice(None),) * self.ndim] if self.ndim else self._read(())
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    def astype(self, dtype, order="K", casting="unsafe", subok=True, copy=True):
+        """The view cast to ``dtype`` as numpy's ``astype`` casts, read lazily.
+
+        napari's Convert to Labels (``data.astype(int)`` for a float image) and
+        Convert datatype of a Labels layer call this. Nothing is read: the result is
+        another view casting each read (a view already written to casts its numpy
+        copy instead, as numpy does). ``order`` and ``subok`` are accepted for
+        numpy's signature; reads are C-contiguous numpy arrays.
+
+        Raises
+        ------
+        TypeError
+            When ``casting`` does not allow the cast (as numpy).
+        """
+        dtype = np.dtype(dtype)
+        if self._written is not None:
+            return self._written.astype(dtype, order=order, casting=casting, copy=copy)
+        if not np.can_cast(self.dtype, dtype, casting=casting):
+            raise TypeError(
+                f"Cannot cast array data from {self.dtype!r} to {dtype!r} "
+                f"according to the rule {casting!r}"
+            )
+        if dtype == self.dtype and not copy:
+            return self
+        return LazyView(self, dtype=dtype)
+
     @property
     def writable(self) -> bool:
         """True once written to: the data is then a numpy copy (see :meth:`__setitem__`)."""

@@ -72,3 +72,57 @@ def test_a_source_pickles_as_its_path_and_refuses_a_changed_file(tmp_path, ct_vo
     os.replace(tmp_path / "new.mla", path)
     with pytest.raises(FileChangedError, match=r"ct\.mla"):
         pickle.loads(blob)
+
+
+def test_convert_to_labels_of_a_float_label_map_then_paint_and_save(
+    make_napari_viewer, tmp_path, read_counter
+):
+    from napari.layers import Labels, _layer_actions
+
+    from mlarray import MLArray
+
+    seg = np.zeros((40, 30, 20), np.float32)  # as SPM/FSL write masks: float, no is_seg
+    seg[10:30, 5:25, 4:16] = 1.0
+    seg[15:20, 10:15, 6:9] = 2.0
+    path = write_mla(tmp_path / "mask.mla", seg, spacing=[1.0, 1.0, 1.0])
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    assert image._type_string == "image"
+    _select(viewer, image)
+    read_counter.total = 0
+    _layer_actions._convert(viewer.layers, "labels")  # right-click > Convert to Labels
+    (labels,) = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    assert read_counter.total < seg.size  # a plane or two for the first frame, not the volume
+    perm = labels.metadata["mlarray"]["perm"]
+    np.testing.assert_array_equal(np.asarray(labels.data), seg.transpose(perm).astype(int))
+    labels.data[(0, 0, 0)] = 5
+    out = tmp_path / "painted.mla"
+    _select(viewer, labels)
+    viewer.layers.save(str(out), selected=True, plugin="napari-mlarray")
+    back = MLArray.open(out)
+    assert back.meta.is_seg
+    np.testing.assert_array_equal(np.unique(back[...]), [0, 1, 2, 5])
+
+
+def test_convert_datatype_of_a_converted_uint8_label_map(make_napari_viewer, tmp_path):
+    from napari.layers import Labels, _layer_actions
+
+    from mlarray import MLArray
+
+    seg = np.zeros((20, 30, 40), np.uint8)  # converted by the reference tools: no is_seg
+    seg[5:15, 10:20, 10:30] = 255
+    path = write_mla(tmp_path / "seg.mla", seg, spacing=[1.0, 1.0, 1.0])
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin=None)
+    _select(viewer, image)
+    _layer_actions._convert(viewer.layers, "labels")
+    (labels,) = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    _select(viewer, labels)
+    _layer_actions._convert_dtype(viewer.layers, "uint16")  # to paint a label above 255
+    assert labels.data.dtype == np.uint16
+    labels.data[(0, 0, 0)] = 300
+    out = tmp_path / "u16.mla"
+    viewer.layers.save(str(out), selected=True, plugin="napari-mlarray")
+    back = MLArray.open(out)
+    assert back.dtype == np.uint16 and back.meta.is_seg
+    assert back[...].max() == 300 and int((back[...] == 255).sum()) == int((seg == 255).sum())

@@ -171,3 +171,22 @@ def test_a_view_larger_than_the_budget_refuses_writes_naming_the_file(arr, monke
     monkeypatch.setattr(_lazy, "MAX_EAGER_LABELS_BYTES", arr.nbytes)
     view[0, 0, 0, 0] = 5000
     assert view[0, 0, 0, 0] == 5000 and arr.max() < 1000
+
+
+def test_astype_casts_each_read_as_numpy_and_reads_nothing():
+    data = np.array([[-2.7, -0.5, 0.0], [0.5, 2.9, 300.2]], np.float32)
+    source = CountingArray(data[None].repeat(4, axis=0))
+    view = LazyView(source, perm=(2, 0, 1), flip=(True, False, False), path="/data/seg.mla")
+    ref = np.flip(np.transpose(source.data, (2, 0, 1)), axis=0)
+    cast = view.astype(int)  # napari's Convert to Labels of a float image
+    assert source.reads == [] and cast.shape == view.shape and cast.dtype == np.dtype(int)
+    assert cast.path == "/data/seg.mla"
+    np.testing.assert_array_equal(cast[1:, 2], ref[1:, 2].astype(int))
+    np.testing.assert_array_equal(np.asarray(cast.astype(np.uint16)), ref.astype(int).astype("u2"))
+    assert view.astype(np.float32, copy=False) is view
+    with pytest.raises(TypeError, match="according to the rule 'safe'"):
+        view.astype(np.int16, casting="safe")
+    cast[0, 0, 0] = 9  # painting the cast copies it; the view it came from is untouched
+    assert cast[0, 0, 0] == 9 and view[0, 0, 0] == ref[0, 0, 0]
+    widened = cast.astype(np.int64)  # a written view casts its copy, as numpy
+    assert isinstance(widened, np.ndarray) and widened[0, 0, 0] == 9
