@@ -2,7 +2,7 @@
 
 The transforms, axis labels, units and name of a layer, and its
 ``metadata["mlarray"]`` block: the full record plus what the reader did
-(``perm``, the napari ``frame``, the keywords it handed napari as
+(``perm``, ``flip``, the napari ``frame``, the keywords it handed napari as
 ``as_read``), so a save can undo it exactly. Pure: no napari or Qt import.
 """
 
@@ -43,7 +43,13 @@ def common_layer_kwargs(
     meta = as_meta(record)
     spatial = meta.spatial
     orient = orientation_for(meta, ndim, name=name)
-    kw: dict[str, Any] = napari_transforms(orient, ndim)
+    shape = spatial.shape
+    if layer == "shapes" or shape is None or len(shape) != ndim:
+        shape = None  # boxes: flips stay negative scales
+    else:  # image, labels: the flips go into the data (see napari_transforms)
+        shape = [int(shape[a]) for a in orient.perm]
+    kw: dict[str, Any] = napari_transforms(orient, ndim, shape)
+    flip = kw.pop("flip")
     kw["axis_labels"] = orient.view_labels(spatial.axis_labels)
     units = spatial.units_per_axis(ndim)
     if units is not None:
@@ -60,6 +66,7 @@ def common_layer_kwargs(
         "path": path,
         "layer": layer,
         "perm": list(orient.perm),
+        "flip": list(flip),  # per view axis: shown reversed (the data's LazyView flip)
         "spatial": list(orient.spatial),
         "frame": orient.frame.tolist(),
         "frame_source": orient.frame_source,

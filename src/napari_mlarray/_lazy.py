@@ -140,16 +140,20 @@ class LazyView:
         return tuple(out)
 
     def _is_plain_transpose(self) -> bool:
+        return self._is_reordering() and not any(self.flip)
+
+    def _is_reordering(self) -> bool:
+        """Whether the view only transposes and reverses axes of its source."""
         return (
             self._written is None
             and not self.fixed
             and not self.insert
-            and not any(self.flip)
             and (self.dtype == np.dtype(self.source.dtype))
         )
 
     def simplified(self):
-        """The same data with stacked transposes merged, or the source itself for an identity.
+        """The same data with stacked transposes (and reversals) merged, or the source
+        itself for an identity.
 
         Saving an unchanged layer then hands the writer the opened file's own
         array, whose compressed chunks can be copied as they are. A view that
@@ -169,11 +173,15 @@ class LazyView:
             )
         while (
             isinstance(view.source, LazyView)
-            and view._is_plain_transpose()
-            and view.source._is_plain_transpose()
+            and view._is_reordering()
+            and view.source._is_reordering()
         ):
             inner = view.source
-            view = LazyView(inner.source, perm=[inner.perm[p] for p in view.perm])
+            view = LazyView(
+                inner.source,
+                perm=[inner.perm[p] for p in view.perm],
+                flip=[inner.flip[p] != f for p, f in zip(view.perm, view.flip, strict=True)],
+            )
         if view._is_plain_transpose() and view.perm == tuple(range(len(view.perm))):
             return view.source
         return view

@@ -355,16 +355,55 @@ class Undo:
     perm: tuple[int, ...]
     insert: tuple[int, ...] = ()
     dtype: str | None = None
+    flip: tuple[bool, ...] = ()
 
     @property
     def identity(self) -> bool:
         """True when the data can be saved as it is."""
-        return self.perm == tuple(range(len(self.perm))) and not self.insert and self.dtype is None
+        return (
+            self.perm == tuple(range(len(self.perm)))
+            and not self.insert
+            and self.dtype is None
+            and not any(self.flip)
+        )
 
     @property
     def view_kwargs(self) -> dict:
         """Keyword arguments of :class:`napari_mlarray._lazy.LazyView`."""
-        return {"perm": self.perm, "insert": self.insert, "dtype": self.dtype}
+        flip = self.flip or (False,) * len(self.perm)
+        return {"perm": self.perm, "insert": self.insert, "dtype": self.dtype, "flip": flip}
+
+    def stored_matrix(self, T: np.ndarray, shape) -> np.ndarray:
+        """The layer's data-to-world matrix ``T`` for its data with the reversed axes
+        put back (as stored): index ``v`` of a reversed layer axis of length ``N`` is
+        layer index ``N - 1 - v``.
+
+        Parameters
+        ----------
+        T : numpy.ndarray
+            ``(ndim + 1, ndim + 1)`` data-to-world matrix of the layer.
+        shape : sequence of int
+            The layer data's shape.
+        """
+        return T @ _unflip_matrix(_layer_flips(self.perm, self.flip), shape)
+
+
+def _layer_flips(perm, flip) -> list[bool]:
+    """Per layer axis: reversed (``flip`` is given per stored axis of ``perm``)."""
+    out = [False] * len(perm)
+    for j, f in enumerate(flip or ()):
+        out[perm[j]] = bool(f)
+    return out
+
+
+def _unflip_matrix(flips, shape) -> np.ndarray:
+    """Index ``v`` -> ``N - 1 - v`` along the reversed axes, as a homogeneous matrix."""
+    n = len(flips)
+    G = np.eye(n + 1)
+    for k, f in enumerate(flips):
+        if f:
+            G[k, k], G[k, n] = -1.0, float(shape[k]) - 1.0
+    return G
 
 
 def short_unit(unit: Any) -> str | None:
@@ -578,6 +617,8 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
 def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None:
     """Remove stored axis ``axis`` (view position ``view_axis``) from ``block`` and ``rec``."""
     block["perm"] = [a - (a > axis) for k, a in enumerate(block["perm"]) if k != view_axis]
+    if block.get("flip") is not None:
+        block["flip"] = [f for k, f in enumerate(block["flip"]) if k != view_axis]
     if block.get("spatial") is not None:
         block["spatial"] = [s for a, s in enumerate(block["spatial"]) if a != axis]
     sp = rec["spatial"]
@@ -618,6 +659,9 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
     if len(view_axes) != ndim:
         raise ValueError(f"layer has {ndim} axes, its .mla record {stored_ndim}")
     geom_same, labels_same, units_same = _unchanged(meta, block["as_read"], ndim)
+    shown_flip = list(block.get("flip") or [False] * stored_ndim)  # per view position
+    flips = [shown_flip[k] for k in view_axes]  # per layer axis
+    T = T @ _unflip_matrix(flips, shape)  # the layer's world of the data as stored
     sp = rec["spatial"]
     spatial_stored = spatial_mask(rec, stored_ndim)
     if not geom_same and list(block.get("spatial", spatial_stored)) != spatial_stored:
@@ -654,12 +698,13 @@ def _record_from_read_layer(shape, meta, layer_type, block, T) -> tuple[dict, Un
         rec["stats"] = MetaStatistics().to_mapping()  # painted data: stored stats may be stale
     # stored axis a <- layer axis: view position of a, minus the split channel
     stored_to_view = {perm[k]: k for k in range(stored_ndim)}
-    undo_perm, insert = [], []
+    undo_perm, insert, undo_flip = [], [], []
     for a in range(stored_ndim):
         k = stored_to_view[a]
         if channel is not None and k == channel["view_axis"]:
             insert.append(a)
             continue
         undo_perm.append(view_axes.index(k))
+        undo_flip.append(shown_flip[k])
     dtype = block.get("dtype")
-    return rec, Undo(tuple(undo_perm), tuple(insert), dtype)
+    return rec, Undo(tuple(undo_perm), tuple(insert), dtype, tuple(undo_flip))

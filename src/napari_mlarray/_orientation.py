@@ -20,8 +20,10 @@ the right, a right-handed set. Hence, with the default axis order:
   the front, the patient's right is on the viewer's left).
 
 The frame is right-handed, so no view is a mirror image. Flips and axis
-permutations go into a lazy transpose of the data and into the sign of
-``scale``; napari gets at most the residual rotation of an oblique acquisition
+permutations go into a lazy transpose of the data, the flips as reversed axes
+(napari's thick slices need positive scales along the sliders; a Shapes layer of
+boxes keeps them as negative scales); napari gets at most the residual rotation
+of an oblique acquisition
 and a shear (its 3D view is then exact; its 2-D slicing of a rotated layer is
 not: see the README on oblique acquisitions).
 
@@ -529,12 +531,18 @@ def frame_by_geometry(record: Meta | Mapping, ndim: int, others) -> tuple[str, s
     return None
 
 
-def napari_transforms(orient: Orientation, ndim: int) -> dict:
+def napari_transforms(orient: Orientation, ndim: int, shape=None) -> dict:
     """napari ``scale``/``translate``/``rotate``/``shear`` of an orientation (view order).
 
     The linear part in view order is ``M = rotate @ shear @ diag(scale)``:
     :func:`mlarray.geometry.decompose_affine` of ``M`` with its flips taken
-    out, the flips then put back as negative scales.
+    out. Given the data's ``shape``, the flips go into the data: ``flip`` names
+    the view axes the layer's data must show reversed (a
+    :class:`~napari_mlarray._lazy.LazyView` ``flip``), the scales stay positive
+    and ``translate`` places the first voxel of a reversed axis where its last
+    one was. napari's thick slices (slider margins: slab projections) need a
+    positive scale along the slider axes. Without a shape (boxes) the flips are
+    put back as negative scales.
 
     Parameters
     ----------
@@ -542,16 +550,20 @@ def napari_transforms(orient: Orientation, ndim: int) -> dict:
         From :func:`orientation_for`.
     ndim : int
         Number of axes (all of them, spatial or not).
+    shape : sequence of int, optional
+        The data's shape in view order.
 
     Returns
     -------
     dict
-        One entry per keyword; non-spatial axes get the identity.
+        One entry per keyword (non-spatial axes get the identity), and ``flip``:
+        a bool per view axis.
     """
     n = orient.n_spatial
     k0 = ndim - n
     scale, translate = np.ones(ndim), np.zeros(ndim)
     rotate, shear = np.eye(ndim), np.eye(ndim)
+    flip = np.zeros(ndim, dtype=bool)
     if n:
         M = (orient.frame @ orient.affine[:n, :n])[:, orient.spatial_order]
         flips = np.where(np.diag(M) < 0, -1.0, 1.0)
@@ -565,8 +577,21 @@ def napari_transforms(orient: Orientation, ndim: int) -> dict:
             rot, sh, flips = rot * f[np.newaxis, :], sh * f[:, None] * f[None, :], flips * f
         rot = np.where(np.abs(rot - np.eye(n)) < 1e-12, np.eye(n), rot)
         sh = np.where(np.abs(sh - np.eye(n)) < 1e-12, np.eye(n), sh)
-        scale[k0:] = sc * flips
         translate[k0:] = orient.frame @ orient.affine[:n, n]
         rotate[k0:, k0:] = rot
         shear[k0:, k0:] = sh
-    return {"scale": scale, "translate": translate, "rotate": rotate, "shear": shear}
+        if shape is None:
+            scale[k0:] = sc * flips
+        else:
+            # voxel v of a reversed axis of length N is shown as voxel N - 1 - v
+            last = np.asarray(shape, dtype=float)[k0:] - 1
+            translate[k0:] += rot @ sh @ (sc * flips * np.where(flips < 0, last, 0.0))
+            scale[k0:] = sc
+            flip[k0:] = flips < 0
+    return {
+        "scale": scale,
+        "translate": translate,
+        "rotate": rotate,
+        "shear": shear,
+        "flip": tuple(bool(f) for f in flip),
+    }

@@ -24,7 +24,13 @@ from napari_mlarray import _lazy, _mapping
 from napari_mlarray._boxes import shapes_layer_data
 from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
-from napari_mlarray._orientation import as_meta, frame_by_geometry, geometry_key, orientation_for
+from napari_mlarray._orientation import (
+    as_meta,
+    frame_by_geometry,
+    geometry_key,
+    napari_transforms,
+    orientation_for,
+)
 
 __all__ = ["get_reader", "read_mla"]
 
@@ -235,7 +241,9 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
                 ]
             )
         _notify(orient.notes)
-        view = LazyView(arr, perm=orient.perm, path=path)
+        # flips go into the data, napari gets positive scales (napari_transforms)
+        flip = napari_transforms(orient, ndim, [arr.shape[a] for a in orient.perm])["flip"]
+        view = LazyView(arr, perm=orient.perm, flip=flip, path=path)
         args = {"name": name, "path": path, "dtype": np.dtype(arr.dtype).str, "unit_ok": _unit_ok}
         labels = _labels_data(view) if record.is_seg else None
         if labels is not None:
@@ -339,13 +347,23 @@ def _reorient_open_layers(name: str, frame: str, key) -> None:
         new = kw["metadata"][KEY]
         new["record"] = stored.to_mapping()
         axes = [block["perm"].index(a) for a in new["perm"]]
+        was = list(block.get("flip") or [False] * ndim)
+        # reverse the axes shown reversed before or now, not both
+        flip = [f != was[a] for a, f in zip(axes, new["flip"], strict=True)]
         data = layer.data
         if isinstance(data, np.ndarray):
             data = data.transpose(axes)
-        elif isinstance(data, LazyView) and data._is_plain_transpose():
-            data = LazyView(data.source, perm=[data.perm[a] for a in axes], path=data.path)
+            if any(flip):  # a view: what was painted stays, and stays paintable
+                data = np.flip(data, [k for k, f in enumerate(flip) if f])
+        elif isinstance(data, LazyView) and data._is_reordering():
+            data = LazyView(
+                data.source,
+                perm=[data.perm[a] for a in axes],
+                flip=[data.flip[a] != f for a, f in zip(axes, flip, strict=True)],
+                path=data.path,
+            )
         else:
-            data = LazyView(data, perm=axes)
+            data = LazyView(data, perm=axes, flip=flip)
         layer.data = data
         for attr in ("scale", "translate", "rotate", "shear", "axis_labels", "units"):
             if kw.get(attr) is not None:

@@ -163,7 +163,8 @@ def save_layers(
             target = {
                 "axes": _layer_axes(undo),
                 "shape": out.shape,
-                "matrix": layer_matrix(meta, data.ndim),
+                # the boxes are in stored index order: the data's reversed axes put back
+                "matrix": undo.stored_matrix(layer_matrix(meta, data.ndim), data.shape),
                 "path": ((meta.get("metadata") or {}).get(KEY) or {}).get("path"),
             }
             record["bbox"], _ = boxes_from_shapes(shapes, target=target)

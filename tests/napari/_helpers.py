@@ -53,3 +53,30 @@ class ReadCounter:
 
         monkeypatch.setattr(MLArray, "__getitem__", counting)
         monkeypatch.setattr(_cstore, "read", counting_read)
+
+
+def view_index(block: dict, stored, shape):
+    """Layer data index of the stored index ``stored`` (a point, possibly fractional) of an
+    array of ``shape``, for a layer whose ``.mla`` metadata block is ``block``: its axes
+    in ``perm`` order, those in ``flip`` reversed (``N - 1 - i``)."""
+    import numpy as np
+
+    perm = block["perm"]
+    flip = block.get("flip") or [False] * len(perm)
+    stored = np.asarray(stored, dtype=float)
+    out = stored[list(perm)]
+    for k, f in enumerate(flip):
+        if f:
+            out[k] = shape[perm[k]] - 1 - out[k]
+    return out
+
+
+def view_index_inverse(block: dict, view, shape) -> tuple[int, ...]:
+    """Stored index of the layer data index ``view`` (see :func:`view_index`); ``shape``
+    is the stored shape."""
+    perm = block["perm"]
+    flip = block.get("flip") or [False] * len(perm)
+    out = [0] * len(perm)
+    for k, (a, f) in enumerate(zip(perm, flip, strict=True)):
+        out[a] = shape[a] - 1 - int(view[k]) if f else int(view[k])
+    return tuple(out)

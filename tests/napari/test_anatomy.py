@@ -27,6 +27,7 @@ from tests.data.make_converted import (
     phantom,
     ras_affine,
 )
+from tests.napari._helpers import view_index
 
 pytestmark = pytest.mark.qt
 
@@ -273,8 +274,13 @@ def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
     (prob_layer,) = viewer.open(str(probs), plugin=None)
     (labels,) = viewer.open(str(pred), plugin=None)
     assert labels.axis_labels != ("S-I", "A-P", "R-L")  # shown as stored, for now
-    painted = tuple(np.argwhere(np.asarray(labels.data) == 1)[0])
-    labels.data[painted] = 2
+    shown = tuple(np.argwhere(np.asarray(labels.data) == 1)[0])
+    labels.data[shown] = 2
+    block = labels.metadata["mlarray"]  # shown as stored, axes reversed into the data
+    painted = [0] * 3
+    for k, (a, f) in enumerate(zip(block["perm"], block["flip"], strict=True)):
+        painted[a] = mask.shape[a] - 1 - shown[k] if f else shown[k]
+    painted = tuple(painted)
     (image,) = viewer.open(str(mni), plugin=None)
     assert labels.axis_labels == ("S-I", "A-P", "R-L")
     at_image, _ = centres(image, labels)
@@ -290,7 +296,7 @@ def test_mask_saved_with_the_image_geometry_but_no_coord_system_overlays_it(
     viewer.layers.save(str(tmp_path / "painted.mla"), selected=True)
     saved = MLArray.open(tmp_path / "painted.mla")
     expected = mask.copy()
-    expected[painted] = 2  # shown as stored: layer index = stored index
+    expected[painted] = 2
     np.testing.assert_array_equal(saved[...], expected)
     assert saved.meta.spatial.coord_system is None
     world = (np.asarray(img.affine) @ np.r_[painted, 1.0])[:3]  # RAS
@@ -322,7 +328,8 @@ def test_status_bar_reads_millimetres_along_inferior_posterior_left(make_napari_
     (layer,) = viewer.open(str(path), plugin=None)
     voxel = np.array([15, 10, 12])  # stored x, y, z
     ras = (ras_affine() @ np.r_[voxel, 1])[:3]
-    view = voxel[layer.metadata["mlarray"]["perm"]]
+    block = layer.metadata["mlarray"]
+    view = view_index(block, voxel, block["record"]["spatial"]["shape"])
     world = np.asarray(layer.data_to_world(view))
     assert np.allclose(world, [-ras[2], -ras[1], -ras[0]])
     status = layer.get_status(world, world=True)

@@ -15,7 +15,7 @@ from napari_mlarray._lazy import LazyView
 from napari_mlarray._reader import get_reader, read_mla
 from napari_mlarray._writer import save_layers
 from tests.conftest import FIXTURES, fixture_names
-from tests.napari._helpers import write_mla
+from tests.napari._helpers import view_index_inverse, write_mla
 
 
 def as_layer_meta(kw: dict) -> dict:
@@ -167,9 +167,11 @@ def test_ras_xyz_file_is_transposed_lazily_and_saved_back_in_its_order(tmp_path,
     )
     ((view, kw, _),) = read_mla(str(path))
     assert view.shape == ct_volume.shape
-    assert np.array_equal(np.asarray(view), ct_volume)
-    # RAS with x, y negated is plain LPS; napari's first axis runs toward inferior
-    assert np.allclose(kw["scale"], [-2.5, 0.8, 0.7])
+    # RAS with x, y negated is plain LPS; napari's first axis runs toward inferior: the
+    # z axis is shown reversed, in the data (napari gets positive scales)
+    assert np.array_equal(np.asarray(view), ct_volume[::-1])
+    assert np.allclose(kw["scale"], [2.5, 0.8, 0.7])
+    assert kw["metadata"][KEY]["flip"] == [True, False, False]
     assert kw["axis_labels"] == ["S-I", "A-P", "R-L"]
     assert kw["units"] == ["mm", "mm", "mm"]
     meta = kw["metadata"][KEY]
@@ -313,7 +315,8 @@ def test_ras_file_with_several_chunks_saves_back(tmp_path, ct_volume):
     out = tmp_path / "ras_seg2.mla"
     assert save_layers(out, [(data, as_layer_meta(kw), kind)]) == [str(out)]
     expected = xyz.copy()
-    expected[30, 20, 12] = 7
+    stored = view_index_inverse(kw["metadata"][KEY], (12, 20, 30), xyz.shape)
+    expected[stored] = 7
     back = MLArray.open(out)
     assert back.chunks == (16, 16, 8)
     assert np.array_equal(back[...], expected)
@@ -377,6 +380,7 @@ def test_new_layer_adopting_an_opened_image_saves_in_its_stored_order(tmp_path):
     new_meta = {k: v for k, v in as_layer_meta(kw).items() if k != "metadata"}
     labels = np.zeros(img.shape, np.uint8)
     labels[3, 5, 7] = 2  # view order (z, y, x)
+    painted = view_index_inverse(kw["metadata"]["mlarray"], (3, 5, 7), xyz.shape)
     meta = adopt_template(new_meta, kw["metadata"]["mlarray"], "labels", labels.dtype)
     out = tmp_path / "seg.mla"
     assert save_layers(out, [(labels, meta, "labels")]) == [str(out)]
@@ -386,7 +390,8 @@ def test_new_layer_adopting_an_opened_image_saves_in_its_stored_order(tmp_path):
     assert seg.meta.spatial.axis_labels == geometry["axis_labels"]
     np.testing.assert_allclose(seg.affine, image.affine)
     assert seg.meta.bbox.bboxes is None and seg.meta.stats.min is None
-    assert np.argwhere(seg.to_numpy() == 2).tolist() == [[7, 5, 3]]  # stored (x, y, z)
+    assert np.argwhere(seg.to_numpy() == 2).tolist() == [list(painted)]  # stored (x, y, z)
+    assert painted == (12 - 1 - 7, 14 - 1 - 5, 10 - 1 - 3)  # RAS: every axis shown reversed
 
 
 def test_reader_scrolls_planes_from_the_chunk_cache(tmp_path):

@@ -155,6 +155,38 @@ def test_a_folder_opens_its_mla_files_images_first(make_napari_viewer, tmp_path,
         ("a_seg", "labels"),
         ("0_boxes boxes", "shapes"),
     ]
-    np.testing.assert_array_equal(
-        np.asarray(layers[1].data), seg.transpose(layers[1].metadata["mlarray"]["perm"])
-    )
+    # the label map overlays its image voxel for voxel
+    np.testing.assert_array_equal(np.asarray(layers[1].data), np.asarray(layers[0].data) > 500)
+    assert layers[1].scale.tolist() == layers[0].scale.tolist()
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_thick_slices_project_the_slab_around_the_slider(make_napari_viewer, tmp_path, mode):
+    """napari's thick slices (slider margins, the layer's projection mode: a slab MIP) on a
+    file whose S-I axis runs against napari's (every LPS or RAS file): the slab of planes
+    within the margins of the slider position, in millimetres (black or an error before)."""
+    from mlarray import MLArray
+
+    # stored z, y, x; LPS z = 30 + 3 * i mm: napari's S-I (inferior) axis is -z, reversed
+    affine = [[0, 0, 1, 0], [0, 1, 0, 0], [3, 0, 0, 30], [0, 0, 0, 1]]
+    planes = 10 * np.arange(20, dtype=np.int16)
+    data = np.broadcast_to(planes[:, None, None], (20, 16, 24)).copy()
+    data[:, 4, 5] += 1  # a voxel brighter in every plane
+    path = write_mla(tmp_path / "ct.mla", data, affine=affine, coord_system="LPS")
+    assert np.allclose(MLArray.open(path).affine, affine)
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(path), plugin=None)
+    assert viewer.dims.axis_labels[0] == "S-I"
+    layer.projection_mode = mode
+    layer.contrast_limits = (0, 200)
+    i0 = 8
+    viewer.dims.set_point(0, -(30 + 3 * i0))  # napari world: inferior = -z
+    viewer.dims.margin_left = (6, 0, 0)  # 6 mm: two planes each side
+    viewer.dims.margin_right = (6, 0, 0)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    slab = np.asarray(layer._slice.image.raw)
+    slab_planes = data[i0 - 2 : i0 + 3]
+    expected = slab_planes.max(0) if mode == "max" else slab_planes.mean(0)
+    # in view order: y (A-P) down, x (R-L) across, as stored here
+    np.testing.assert_allclose(slab, expected, rtol=1e-6)
+    assert shot[..., :3].max() > 0

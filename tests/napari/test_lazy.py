@@ -190,3 +190,15 @@ def test_astype_casts_each_read_as_numpy_and_reads_nothing():
     assert cast[0, 0, 0] == 9 and view[0, 0, 0] == ref[0, 0, 0]
     widened = cast.astype(np.int64)  # a written view casts its copy, as numpy
     assert isinstance(widened, np.ndarray) and widened[0, 0, 0] == 9
+
+
+def test_simplified_undoes_reversed_axes_too(arr):
+    """The reader shows axes reversed in the data; saving puts them back: the two views
+    merge to the file's own array (whose chunks a save copies as they are)."""
+    perm, flip = (2, 0, 3, 1), (True, False, True, False)
+    shown = LazyView(arr, perm=perm, flip=flip)
+    back = LazyView(shown, perm=np.argsort(perm), flip=[flip[k] for k in np.argsort(perm)])
+    assert back.simplified() is arr
+    partly = LazyView(shown, perm=np.argsort(perm)).simplified()  # reversals left: one view
+    assert isinstance(partly, LazyView) and partly.source is arr
+    np.testing.assert_array_equal(np.asarray(partly), arr[:, :, ::-1, ::-1])

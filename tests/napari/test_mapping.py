@@ -22,6 +22,7 @@ from napari_mlarray._orientation import (
     orientation_for,
     record_affine,
 )
+from tests.napari._helpers import view_index
 
 
 def default_record() -> dict:
@@ -191,7 +192,7 @@ def test_record_layer_record_roundtrip_and_world(n, extra, cs, reflect, affine_f
     world_pts = []
     for c in corners:
         stored = c
-        view = stored[list(perm)]
+        view = view_index(kw["metadata"]["mlarray"], stored, [4] * ndim)
         world = (T @ np.r_[view, 1])[:ndim]
         file_world = (A @ np.r_[stored[sp_axes], 1])[:m]
         assert np.allclose(world[ndim - m :], D @ file_world, atol=1e-8)
@@ -361,7 +362,7 @@ def test_channel_axis_for_images_and_writer_reinserts_it():
     from napari_mlarray._lazy import LazyView
 
     data = np.arange(5 * 3 * 6 * 7).reshape(5, 3, 6, 7)
-    shown = np.transpose(data, perm)[1]
+    shown = np.asarray(LazyView(data, perm=perm, flip=kw["metadata"][1]["mlarray"]["flip"]))[1]
     stored = LazyView(shown, **undo.view_kwargs)
     assert np.array_equal(np.asarray(stored), data[:, 1:2])
     # Labels keep every axis as a slider axis
@@ -518,6 +519,10 @@ def test_box_edges_land_on_voxel_edges_in_world():
     img = _mapping.image_layer_kwargs(rec, 3, name="i")
     data, kw = shapes_layer_data(rec, 3, name="b")
     T_img, T_box = napari_matrix(img, 3), napari_matrix(kw, 3)
+    # same world; the image shows its reversed axes reversed in its data (positive scales)
+    block = img["metadata"]["mlarray"]
+    assert np.all(np.asarray(img["scale"]) > 0) and block["flip"] == [True, False, False]
+    T_img = T_img @ _mapping._unflip_matrix(block["flip"], [10, 10, 10])
     assert np.allclose(T_img, T_box)
     assert len(data) == 2 and sorted(d[0, 0] for d in data) == [1, 2]
     rect = data[0]

@@ -168,7 +168,10 @@ def test_every_storage_order_shows_axial_first(perm, signs):
         # napari world of view axis k runs along napari axis k: inferior, posterior, left
         napari_from_ras = np.array([[0, 0, -1], [0, -1, 0], [-1, 0, 0]])
         M = napari_from_ras @ linear[:, list(orient.perm)]
-        assert np.allclose(M, np.diag(kw["scale"]))
+        # the reversed axes are reversed in the data, napari gets positive scales
+        flip = np.where(kw["metadata"]["mlarray"]["flip"], -1.0, 1.0)
+        assert np.all(np.asarray(kw["scale"]) > 0)
+        assert np.allclose(M, np.diag(kw["scale"] * flip))
 
 
 def _tilted(deg: float) -> dict:

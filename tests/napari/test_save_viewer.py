@@ -12,7 +12,7 @@ try:  # pytest.importorskip does not skip when no binding is installed (NAPARI_N
 except Exception as exc:  # qtpy raises its own error types for a missing binding
     pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
 
-from tests.napari._helpers import write_mla
+from tests.napari._helpers import view_index, view_index_inverse, write_mla
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -75,7 +75,10 @@ def test_new_labels_for_this_image_from_the_menu_pairs_with_the_image(
     mask, img = MLArray.open(out), MLArray.open(path)
     assert mask.meta.is_seg.is_seg is True and mask.meta.bbox.bboxes is None
     # stored like the image: same axis order (x, y, z), frame and geometry
-    assert mask.shape == img.shape and mask[12, 10, 5] == 3 and mask[3, 3, 7] == 2
+    block = image.metadata["mlarray"]  # the labels layer shows the image's grid
+    assert mask.shape == img.shape
+    assert mask[view_index_inverse(block, (5, 10, 12), img.shape)] == 3
+    assert mask[view_index_inverse(block, (7, 3, 3), img.shape)] == 2
     assert mask.meta.spatial.coord_system == "RAS"
     assert mask.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
     np.testing.assert_allclose(np.asarray(mask.affine), np.asarray(img.affine))
@@ -180,10 +183,9 @@ def test_integer_image_converted_to_labels_paints_with_the_brush_and_saves(
     out = tmp_path / "painted.mla"
     assert viewer.layers.save(str(out), selected=True) == [str(out)]
     saved = MLArray.open(out)
-    stored = np.empty(3, int)
-    stored[labels.metadata["mlarray"]["perm"]] = index  # view axis k is stored axis perm[k]
+    stored = view_index_inverse(labels.metadata["mlarray"], index, before.shape)
     expected = before.copy()
-    expected[tuple(stored)] = 7
+    expected[stored] = 7
     np.testing.assert_array_equal(saved[...], expected)
     assert saved.meta.is_seg.is_seg is True
 
@@ -208,8 +210,9 @@ def test_new_labels_over_one_channel_pair_with_the_image_spatial_axes(make_napar
     out = tmp_path / "mask.mla"
     viewer.layers.save(str(out), selected=True)
     mask = MLArray.open(out)
-    # stored like the image's spatial axes (x, y, z), without the channel axis
-    assert mask.shape == (6, 7, 5) and mask[3, 2, 1] == 4
+    # stored like the image's spatial axes (x, y, z), without the channel axis; x and y
+    # (RAS with x, y negated: LPS) as shown, z reversed (napari's first axis: inferior)
+    assert mask.shape == (6, 7, 5) and mask[3, 2, 5 - 1 - 1] == 4
     assert mask.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
     assert mask.meta.spatial.coord_system == "RAS"
     np.testing.assert_allclose(np.asarray(mask.affine), affine)
@@ -245,8 +248,9 @@ def test_image_added_with_an_affine_saves_that_affine(make_napari_viewer, tmp_pa
     np.testing.assert_array_equal(back[...], data)
     np.testing.assert_allclose(np.asarray(back.affine), A, atol=1e-12)
     (again,) = viewer.open(str(out), plugin=None)
-    for idx in ([0, 0, 0], [3, 4, 5]):
-        np.testing.assert_allclose(again.data_to_world(idx), layer.data_to_world(idx), atol=1e-9)
+    for idx in ([0, 0, 0], [3, 4, 5]):  # the same voxel at the same world position
+        shown = view_index(again.metadata["mlarray"], idx, data.shape)
+        np.testing.assert_allclose(again.data_to_world(shown), layer.data_to_world(idx), atol=1e-9)
 
 
 def test_saving_image_and_labels_together_shows_our_message(

@@ -14,6 +14,7 @@ from mlarray.io import save_mla
 from napari_mlarray import _boxes
 from napari_mlarray._boxes import boxes_from_shapes, shapes_layer_data
 from napari_mlarray._orientation import layer_matrix
+from tests.napari._helpers import view_index_inverse
 
 
 def _boxes_file(path, shape, boxes, *, labels=None, scores=None):
@@ -394,7 +395,10 @@ def test_viewer_saves_painted_labels_the_file_dtype_cannot_hold_in_a_wider_dtype
     viewer.layers.selection = {labels}
     viewer.layers.save(str(path), selected=True)
     back = MLArray.open(path)
-    assert back.dtype == np.uint16 and back[1, 1, 1] == 300 and back[4, 4, 4] == 256
+    block = labels.metadata["mlarray"]  # LPS: an axis shown reversed (napari's S-I)
+    assert any(block["flip"])
+    assert back.dtype == np.uint16 and back[view_index_inverse(block, (1, 1, 1), back.shape)] == 300
+    assert back[view_index_inverse(block, (4, 4, 4), back.shape)] == 256
     # values that fit: the file keeps its dtype
     path = _mask_file(tmp_path / "fits.mla", np.zeros((6, 7, 8), bool))
     [labels] = viewer.open(str(path), plugin=None)
@@ -416,11 +420,12 @@ def test_labels_cast_back_to_a_float_file_dtype_only_when_exact(tmp_path):
     data[0, 0, 0] = 2**24 + 1  # not a float32
     save_layers(tmp_path / "out.mla", [(data, kw, "labels")])
     back = MLArray.open(tmp_path / "out.mla")
-    assert back.dtype == np.int32 and back[0, 0, 0] == 2**24 + 1
+    corner = view_index_inverse(kw["metadata"]["mlarray"], (0, 0, 0), back.shape)
+    assert back.dtype == np.int32 and back[corner] == 2**24 + 1
     data[0, 0, 0] = 7
     save_layers(tmp_path / "out.mla", [(data, kw, "labels")])
     back = MLArray.open(tmp_path / "out.mla")
-    assert back.dtype == np.float32 and back[0, 0, 0] == 7
+    assert back.dtype == np.float32 and back[corner] == 7
 
 
 @pytest.mark.qt

@@ -15,7 +15,7 @@ except Exception as exc:  # qtpy raises its own error types for a missing bindin
     pytest.skip(f"no usable Qt binding: {exc}", allow_module_level=True)
 
 from tests.conftest import FIXTURES, fixture_names
-from tests.napari._helpers import write_mla
+from tests.napari._helpers import view_index, write_mla
 
 pytestmark = pytest.mark.qt
 
@@ -83,11 +83,12 @@ def test_oblique_ct_matches_its_affine_in_world(make_napari_viewer):
     (layer,) = viewer.open(str(FIXTURES / "a_ct3d_int16.mla"), plugin=None)
     expected = json.loads((FIXTURES / "a_ct3d_int16.json").read_text())
     A = np.asarray(expected["affine_property"])
-    perm = layer.metadata["mlarray"]["perm"]
     # napari world axes point inferior, posterior, left: (-z, y, x) of LPS
     lps_rev = np.array([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]])
     for idx in ([0, 0, 0], [63, 0, 0], [10, 20, 30]):
-        view = np.asarray(idx, float)[perm]
+        view = view_index(
+            layer.metadata["mlarray"], idx, expected["meta_to_mapping"]["spatial"]["shape"]
+        )
         world = np.asarray(layer.data_to_world(view))
         assert np.allclose(world, lps_rev @ (A @ np.r_[idx, 1])[:3], atol=1e-9)
     viewer.dims.ndisplay = 3
@@ -162,11 +163,13 @@ def test_contrast_comes_from_the_plane_napari_shows_first(make_napari_viewer, tm
     assert MLArray.open(path).blocks == blocks
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin=None)
-    assert layer.data.perm[0] == axis and (layer.scale[0] < 0) == flipped
+    # a flipped axis is reversed in the data: napari gets a positive scale
+    assert layer.data.perm[0] == axis and layer.data.flip[0] == flipped and layer.scale[0] > 0
     shown = round(float(layer.world_to_data(viewer.dims.point)[0]))  # napari's first plane
-    assert shown == first_plane(layer.data.shape, layer.scale)[0] == (32 if flipped else 31)
-    assert list(layer.contrast_limits) == [shown, shown + 1]  # a constant plane: (v, v + 1)
+    assert shown == first_plane(layer.data.shape, layer.scale)[0] == 31
+    stored = 63 - shown if flipped else shown
+    assert list(layer.contrast_limits) == [stored, stored + 1]  # a constant plane: (v, v + 1)
     decoded = {key for key in layer.data.source._chunk_cache._chunks if key[:2] == ("layer", axis)}
-    assert ("layer", axis, 0, shown // 16) in decoded
-    other = 63 - shown  # the middle plane in the other block layer
+    assert ("layer", axis, 0, stored // 16) in decoded
+    other = 63 - stored  # the middle plane in the other block layer
     assert ("layer", axis, 0, other // 16) not in decoded

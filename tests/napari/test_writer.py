@@ -17,7 +17,7 @@ from napari_mlarray._writer import (
     write_layers,
     write_single_image,
 )
-from tests.napari._helpers import write_mla
+from tests.napari._helpers import view_index, write_mla
 
 # an oblique affine whose data axes run along other world axes, with a flip and an offset
 OBLIQUE = np.array(
@@ -83,7 +83,8 @@ def test_layer_made_in_napari_saves_the_geometry_it_was_given(tmp_path, transfor
     ids=["affine", "scale-translate", "rotate"],
 )
 def test_layer_made_in_napari_reopens_where_it_was(tmp_path, transform):
-    """Data axes that run mostly along their own world axis: napari shows the file as stored."""
+    """Data axes that run mostly along their own world axis: napari shows the file as stored
+    (an axis running against its world axis reversed in the data)."""
     from napari.layers import Image
 
     layer = Image(np.ones((4, 5, 6), np.float32), **transform)
@@ -91,8 +92,11 @@ def test_layer_made_in_napari_reopens_where_it_was(tmp_path, transform):
     _save(layer, out)
     (d2, kw, _), *_ = read_mla(str(out))
     again = Image(d2, **{k: kw[k] for k in ("scale", "translate", "rotate", "shear")})
+    block = kw["metadata"]["mlarray"]
+    assert block["perm"] == [0, 1, 2] and np.all(np.asarray(kw["scale"]) > 0)
     for idx in ([0, 0, 0], [3, 4, 5], [1, 2, 3]):
-        np.testing.assert_allclose(again.data_to_world(idx), layer.data_to_world(idx), atol=1e-9)
+        shown = view_index(block, idx, (4, 5, 6))
+        np.testing.assert_allclose(again.data_to_world(shown), layer.data_to_world(idx), atol=1e-9)
 
 
 def _ras_of_display(world) -> np.ndarray:
@@ -187,7 +191,8 @@ def test_labels_made_for_an_opened_image_save_like_the_image(tmp_path):
     save_layers(out, [labels.as_layer_data_tuple()])
     seg, img = MLArray.open(out), MLArray.open(src)
     assert seg.shape == img.shape and seg.dtype == np.uint8
-    assert np.argwhere(seg[...] == 2).tolist() == [[7, 5, 3]]  # stored (x, y, z)
+    # stored (x, y, z); RAS with x, y negated is LPS: z shown reversed (S-I)
+    assert np.argwhere(seg[...] == 2).tolist() == [[7, 5, 10 - 1 - 3]]
     assert seg.meta.spatial.coord_system == "RAS" and seg.meta.is_seg.is_seg is True
     assert seg.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z"]
     np.testing.assert_allclose(np.asarray(seg.affine), np.asarray(img.affine))
