@@ -100,7 +100,7 @@ def test_convert_to_labels_of_a_float_label_map_then_paint_and_save(
     _select(viewer, labels)
     viewer.layers.save(str(out), selected=True, plugin="napari-mlarray")
     back = MLArray.open(out)
-    assert back.meta.is_seg
+    assert back.meta.is_seg and back.dtype == np.float32  # the file's dtype: the values fit
     np.testing.assert_array_equal(np.unique(back[...]), [0, 1, 2, 5])
 
 
