@@ -35,38 +35,21 @@ from napari_mlarray._orientation import (
 __all__ = ["get_reader", "read_mla"]
 
 
-def _mla_files(folder: str) -> list[str]:
-    """The ``.mla`` files directly in ``folder``, sorted by name (none if unreadable)."""
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return []
-    out = [os.path.join(folder, n) for n in names if n.lower().endswith(".mla")]
-    return [p for p in out if not os.path.isdir(p)]
-
-
 def _paths(path) -> list[str] | None:
-    """The ``.mla`` files to open: the paths given, a folder's ``.mla`` files in its place;
-    None when one of them is neither (another reader's file, a folder without any)."""
     items = [path] if isinstance(path, str | os.PathLike) else path
     if not isinstance(items, list | tuple) or not items:
         return None
     try:
-        given = [os.fspath(p) for p in items]
+        out = [os.fspath(p) for p in items]
     except TypeError:
         return None
-    out = []
-    for p in given:
-        found = _mla_files(p) if os.path.isdir(p) else [p] if p.lower().endswith(".mla") else []
-        if not found:
-            return None
-        out.extend(found)
+    if not all(p.lower().endswith(".mla") and not os.path.isdir(p) for p in out):
+        return None
     return out
 
 
 def get_reader(path):
-    """Return :func:`read_mla` for a ``.mla`` path, a folder holding ``.mla`` files, or a
-    list of them; else ``None``.
+    """Return :func:`read_mla` for a ``.mla`` path (or list of them), else ``None``.
 
     Parameters
     ----------
@@ -81,10 +64,6 @@ def get_reader(path):
 
 def read_mla(path) -> list[tuple]:
     """Read ``.mla`` files into napari layer data tuples.
-
-    A folder stands for the ``.mla`` files directly in it (a case dropped on napari):
-    its images come first, then its label maps, then files holding only boxes, each
-    group in name order (layers added later are drawn on top).
 
     Parameters
     ----------
@@ -101,9 +80,6 @@ def read_mla(path) -> list[tuple]:
     """
     paths = _paths(path) or []
     opened = [_open(p) for p in paths]
-    if any(os.path.isdir(p) for p in ([path] if isinstance(path, str | os.PathLike) else path)):
-        order = sorted(range(len(paths)), key=lambda i: _draw_order(*opened[i]))
-        paths, opened = [paths[i] for i in order], [opened[i] for i in order]
     # files opened together, and layers already in the viewer, with an anatomical world:
     # a file without one on the same grid (a mask saved with its image's geometry) is
     # shown in that world
@@ -113,13 +89,6 @@ def read_mla(path) -> list[tuple]:
         if frame is not None:
             framed.append((Path(p).stem, *frame))
     return [layer for p, o in zip(paths, opened, strict=True) for layer in _read_one(p, o, framed)]
-
-
-def _draw_order(arr, record) -> int:
-    """0 for an image, 1 for a label map, 2 for a file without an array (boxes only)."""
-    if arr is None or not record._has_array:
-        return 2
-    return 1 if record.is_seg else 0
 
 
 def _framed(record, ndim: int | None, frame: str | None = None):

@@ -128,38 +128,6 @@ def test_convert_datatype_of_a_converted_uint8_label_map(make_napari_viewer, tmp
     assert back[...].max() == 300 and int((back[...] == 255).sum()) == int((seg == 255).sum())
 
 
-def test_a_folder_opens_its_mla_files_images_first(make_napari_viewer, tmp_path, ct_volume):
-    from napari.errors import MultipleReaderError
-
-    from mlarray.io import save_mla
-    from napari_mlarray._reader import get_reader
-
-    case = tmp_path / "case_001"
-    case.mkdir()
-    lps = {"spacing": [2.0, 1.0, 1.0], "coord_system": "LPS"}
-    seg = (ct_volume > 500).astype(np.uint8)
-    write_mla(case / "a_seg.mla", seg, meta={"is_seg": True}, **lps)
-    write_mla(case / "ct.mla", ct_volume, **lps)
-    save_mla(case / "0_boxes.mla", None, {"bbox": {"bboxes": [[[1, 4], [2, 9], [3, 7]]]}})
-    (case / "notes.txt").write_text("not an .mla file")
-    (case / "sub.mla").mkdir()  # a folder named like a file: not opened
-    assert get_reader(str(tmp_path)) is None  # no .mla file directly in it
-    viewer = make_napari_viewer()
-    # a folder drop offers napari's builtin reader too: napari asks which one (the GUI's
-    # "Choose reader" dialog), naming ours
-    with pytest.raises(MultipleReaderError, match="napari-mlarray"):
-        viewer.open(str(case), plugin=None)
-    layers = viewer.open(str(case), plugin="napari-mlarray")  # the dialog's choice
-    assert [(layer.name, layer._type_string) for layer in layers] == [
-        ("ct", "image"),
-        ("a_seg", "labels"),
-        ("0_boxes boxes", "shapes"),
-    ]
-    # the label map overlays its image voxel for voxel
-    np.testing.assert_array_equal(np.asarray(layers[1].data), np.asarray(layers[0].data) > 500)
-    assert layers[1].scale.tolist() == layers[0].scale.tolist()
-
-
 @pytest.mark.parametrize("mode", ["max", "mean"])
 def test_thick_slices_project_the_slab_around_the_slider(make_napari_viewer, tmp_path, mode):
     """napari's thick slices (slider margins, the layer's projection mode: a slab MIP) on a
