@@ -1599,6 +1599,58 @@ def reopen_store(store: Any, path: str | os.PathLike, mmap_mode: str | None, wri
     return new
 
 
+def reopen_in_child(
+    store: Any, path: str | os.PathLike, mmap_mode: str | None, writable: bool
+) -> Any:
+    """In a forked child: a one-thread handle of the very file version the parent's
+    handle ``store`` (whose thread pools are gone) reads, or
+    :class:`~mlarray.errors.FileChangedError`.
+
+    The parent's handle keeps reading the version it opened after a save replaced the
+    file (by a rename) or deleted it; reopening ``path`` would read the new file with
+    the old handle's shape and metadata. A read-only handle is rebuilt on the mapping
+    of its version, which the child inherited (its checks carry over); a writable one
+    reopens ``path``, which must still be that version (written in place by this
+    process at most), or its use raises.
+    """
+    w = _maps.watch_of(store)
+    if w is None:
+        return reopen_store(store, path, mmap_mode, writable)
+    read_only = not writable and mmap_mode in ("r", "c", None) and w.buf is not None
+    # a writable handle reopens a file another handle of the parent wrote, as it would there
+    own = not read_only and w.changed_by_this_process()
+    if not own:
+        w.check()  # changed in place since the parent opened it: as the parent would see
+    if read_only:
+        new = _store_in(w.buf, {"nthreads": 1})
+        for attr in (_maps._WATCH, integrity._VERIFIER_ATTR, _prefetch._ATTR, "_mlarray_pin"):
+            found = getattr(store, attr, None)
+            if found is not None:
+                setattr(new, attr, found)
+        new._mlarray_threads = 1
+        return _direct.guard_like(new, store)
+    p = Path(os.fspath(path))
+    changed = FileChangedError(
+        p,
+        "replaced, deleted or written since this handle was opened in the parent "
+        "process; a forked process cannot reach the version it opened for writing: "
+        "reopen the file",
+    )
+    try:
+        st = os.stat(p)
+    except OSError:
+        raise changed from None
+    if (st.st_dev, st.st_ino) != (w.dev, w.ino):
+        raise changed
+    new = reopen_store(store, p, mmap_mode, writable)
+    nw = _maps.watch_of(new)
+    if not own and (
+        nw is None or (nw.dev, nw.ino, nw.size, nw.mtime) != (w.dev, w.ino, w.size, w.mtime)
+    ):
+        raise changed
+    return new
+
+
 def store_may_run_threads(store: Any) -> bool:
     """Whether ``store`` (any store) is a Blosc2 array whose contexts may run threads."""
     if not isinstance(store, blosc2.NDArray):

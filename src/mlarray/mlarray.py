@@ -450,7 +450,7 @@ class MLArray:
                 return d[name]
             old = d["_fork_reopen"]
             writable = _file_writable(self._mode, self._mmap_mode)
-            store = io.reopen_store(old, self._path, self._mmap_mode, writable)
+            store = io.reopen_in_child(old, self._path, self._mmap_mode, writable)
             d.update(_store=store, _file_store=store)
             del d["_fork_reopen"]
             return store
