@@ -580,7 +580,7 @@ def flush_meta(
     store: blosc2.NDArray,
     path: Any,
     meta: Meta,
-    reopen: Callable[[], None] | None = None,
+    reopen: Callable[[], Any] | None = None,
     checksums: bool = False,
 ) -> None:
     """Write ``meta`` into an open file, validated as :func:`save_mla` validates it.
@@ -1528,13 +1528,18 @@ def write_in_place(
     store: Any,
     path: str | os.PathLike,
     bounds: Any,
-    write: Callable[[], None] | None,
+    write: Callable[[Any], None] | None,
     *,
     vlmeta: dict[str, bytes] | None = None,
     refresh: bool = False,
-    reopen: Callable[[], None] | None = None,
+    reopen: Callable[[], Any] | None = None,
 ) -> None:
     """Run ``write`` (which writes into ``store``'s file) as one all-or-nothing write.
+
+    Writers of one file take turns: each holds the file's writer lock (``flock`` on
+    the file) from before it reads the frame until its write is committed, and waits
+    up to 10 s for another's. A handle whose view of the file is stale then (another
+    process or handle wrote it in place since) writes through a fresh one (``reopen``).
 
     Parameters
     ----------
@@ -1547,37 +1552,150 @@ def write_in_place(
         whose one chunk it covers); None: anywhere (every chunk is journaled and
         its checksum refreshed). Ignored without ``write``.
     write : callable or None
-        Writes through ``store``.
+        Writes through the store it is given (``store``, or the fresh one).
     vlmeta : dict, optional
         vlmeta entries to store in the same transaction.
     refresh : bool
         Recompute every chunk digest (a file written without keeping them).
     reopen : callable, optional
-        Called after a rollback: the store's view of the file is stale then.
+        Makes and returns a fresh store of the file, replacing ``store`` in its
+        owner: called when ``store``'s view of the file is stale, and after a rollback.
 
     Raises
     ------
     DiskFullError
         If the space the write may need is not free; nothing was written.
+    FileChangedError
+        If the file changed in place since ``store`` was opened and no fresh view
+        can be had (no ``reopen``, or the file now holds another array).
     MLArrayIOError
-        If the write failed; the file was restored to its state before it.
+        If the write failed (the file was restored to its state before it), or
+        another process's write did not end within 10 s (errno ``EBUSY``).
     """
     _maps.refuse_write(store, path)
     p = Path(os.fspath(path))
     integrity.check_identity(store)
-    _maps.check(store)  # c-blosc2 reads (and rewrites) the chunks it keeps mapped
     vlmeta = dict(vlmeta or {})
     with os_errors(p, "cannot write in place"):
         fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    try:
+    try:  # closing the descriptor releases the writer lock
+        _lock_writer(p, fd)
+        store, buf, info = _current_view(store, p, fd, reopen)
         with _maps.writing(store):  # its readers on other threads see the file change
             try:
-                _transaction(store, p, fd, bounds, write, vlmeta, refresh, reopen)
+                _transaction(store, p, fd, buf, info, bounds, write, vlmeta, refresh, reopen)
             finally:
                 with contextlib.suppress(OSError):
                     _maps.resync(store, os.fstat(fd))  # this handle's own change of its file
     finally:
         os.close(fd)
+
+
+_WRITER_WAIT = 10.0  # seconds a write waits for another process's write to the file
+_FRAME_PRINT = "_mlarray_frame_print"  # (size, digest) of the frame a store's last write left
+
+
+def _lock_writer(p: Path, fd: int) -> None:
+    """Take the writer lock of the file open as ``fd``, waiting up to
+    :data:`_WRITER_WAIT` for another writer's write to end."""
+    deadline = time.monotonic() + _WRITER_WAIT
+    pause = 0.0005
+    while not _lock(fd, wait=False):
+        if time.monotonic() > deadline:
+            raise MLArrayIOError(
+                p,
+                f"another process is writing to it in place and did not finish within "
+                f"{_WRITER_WAIT:g} s; not writing",
+                errno.EBUSY,
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
+def _frame_print(buf: Any, info: Any, size: int) -> int:
+    """XXH3-64 of the frame's header and trailer (the chunk index and the metadata,
+    checksums included): what every in-place write changes. The same digest as
+    :class:`mlarray._maps.Watch` takes of the file it opened."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with memoryview(buf) as view:
+        h.update(view[: info.header_len])
+        h.update(view[info.header_len + info.cbytes : size])
+    return h.intdigest()
+
+
+def _view_is_current(store: Any, st: os.stat_result, buf: Any, info: Any) -> bool:
+    """Whether ``store``'s view of its file (open as ``st``, mapped as ``buf``, its frame
+    ``info``) is the file as it is: as the store opened it or its own last write left it."""
+    w = _maps.watch_of(store)
+    if w is None:
+        return True
+    if (st.st_dev, st.st_ino) != (w.dev, w.ino):
+        return False
+    known = getattr(store, _FRAME_PRINT, None)
+    if known is not None:  # the frame its last write left (within one clock tick too)
+        return known == (st.st_size, _frame_print(buf, info, st.st_size))
+    if (st.st_size, st.st_mtime_ns) != (w.size, w.mtime):
+        return False
+    # as it opened it: the same header and trailer (a write within one clock tick)
+    return w._print is None or w._print == _frame_print(buf, info, st.st_size)
+
+
+def _current_view(store: Any, p: Path, fd: int, reopen: Callable[[], Any] | None) -> tuple:
+    """With the writer lock held: the store to write through (``store``, or a fresh one
+    if the file changed since ``store`` looked at it), the file's mapping and frame."""
+    integrity.check_identity(store)  # replaced while this writer waited
+    st = os.fstat(fd)
+    with contextlib.suppress(OSError):
+        if not os.path.samestat(st, os.stat(p)):  # this descriptor: a file since replaced
+            raise MLArrayIOError(
+                p,
+                "was replaced by another file since it was opened (saved by another "
+                "process?); not writing to it. Reopen it to modify the new version.",
+            )
+    if _recover(p, wait=True):  # a killed writer's write was rolled back
+        st = os.fstat(fd)
+    for attempt in range(2):
+        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        try:
+            info = _frame.inspect_frame(buf, p)
+        except MLArrayFormatError:
+            # no writer of mlarray holds the file: damage, or another program's change
+            _maps.check(store)  # changed since the handle looked: FileChangedError
+            if _maps.changed_since(p, _maps.version_of(st)):
+                raise FileChangedError(
+                    p, "changed on disk while it was being written (by another program)"
+                ) from None
+            raise
+        if _view_is_current(store, st, buf, info):
+            w = _maps.watch_of(store)
+            if w is not None and (w.size, w.mtime) != (st.st_size, st.st_mtime_ns):
+                # the frame it knows (a touch, or another writer's write that changed no
+                # byte): its reads expect the file as it is
+                w.resync(st)
+            return store, buf, info
+        del buf
+        if reopen is None or attempt:
+            raise FileChangedError(
+                p,
+                "changed on disk since this handle last looked at it (written in place by "
+                "another program or handle); reopen it to write to the new version",
+            )
+        old = store
+        store = reopen()
+        if (
+            tuple(store.shape) != tuple(old.shape)
+            or store.dtype != old.dtype
+            or tuple(store.chunks) != tuple(old.chunks)
+        ):
+            raise FileChangedError(
+                p,
+                "holds another array since this handle opened it (written in place by "
+                "another program); reopen it to write to the new version",
+            )
+        st = os.fstat(fd)
+    raise AssertionError("unreachable")
 
 
 def reopen_store(store: Any, path: str | os.PathLike, mmap_mode: str | None, writable: bool) -> Any:
@@ -1686,15 +1804,15 @@ def _transaction(
     store: Any,
     p: Path,
     fd: int,
+    buf: Any,
+    info: Any,
     bounds: Any,
-    write: Callable[[], None] | None,
+    write: Callable[[Any], None] | None,
     vlmeta: dict[str, bytes],
     refresh: bool,
-    reopen: Callable[[], None] | None,
+    reopen: Callable[[], Any] | None,
 ) -> None:
     st = os.fstat(fd)
-    buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    info = _frame.inspect_frame(buf, p)
     ids = (
         np.zeros(0, dtype=np.int64)
         if write is None  # metadata only: no chunk changes
@@ -1722,7 +1840,7 @@ def _transaction(
     del buf
     try:
         if write is not None:
-            write()
+            write(store)
         schunk = store.schunk
         for key, value in vlmeta.items():
             schunk.vlmeta[key] = value
@@ -1743,6 +1861,10 @@ def _transaction(
         raise AssertionError("unreachable") from None  # _fail always raises
     _drop_journal(jpath, jfd)
     _release(fd, reserve)
+    with contextlib.suppress(Exception):  # the frame this write left, as the next one checks
+        size = os.fstat(fd).st_size
+        new = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        setattr(store, _FRAME_PRINT, (size, _frame_print(new, _frame.inspect_frame(new, p), size)))
 
 
 def _fail(

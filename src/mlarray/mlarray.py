@@ -960,8 +960,9 @@ class MLArray:
                 fs = self._file_store
             io.flush_meta(fs, self._path, self.meta, reopen=self._reopen_file, checksums=checksums)
 
-    def _reopen_file(self) -> None:
-        """After a failed in-place write was rolled back: a fresh store of the file."""
+    def _reopen_file(self) -> Any:
+        """A fresh store of the file, which it returns (after a failed in-place write was
+        rolled back, or when another handle or process wrote the file in place)."""
         keep = self._store is self._file_store
         self._file_store = io.reopen_store(self._file_store, self._path, self._mmap_mode, True)
         if keep:
@@ -969,6 +970,7 @@ class MLArray:
         if self._chunk_cache is not None:  # decoded from the old view of the file
             self._chunk_cache.clear()
         self._track_threads()
+        return self._file_store
 
     def save(self, filepath: str | os.PathLike) -> None:
         """Save to an ``.mla`` file, atomically (temporary file, then replace).
@@ -1343,7 +1345,8 @@ class MLArray:
             if self._mmap_mode != "c" and _maps.changed_by_this_process(store):
                 self._reopen_file()  # another handle of this process wrote the file in place:
                 store = self._file_store  # this one writes through a fresh view of it
-            _maps.check(store)  # a file cut short by another program: an error, not SIGBUS
+            if self._mmap_mode == "c":  # (an in-place write checks under the writer lock)
+                _maps.check(store)  # a file cut short by another program: an error, not SIGBUS
         if store is self._file_store and self._mmap_mode == "c":
             # Copy-on-write edits go into a copy of the frame in memory: c-blosc2 grows a
             # frame it rewrites past the end of the private mapping (SIGBUS, as in the
@@ -1362,25 +1365,25 @@ class MLArray:
                 key = tuple(k for k in items if k is not None)
                 values = values.reshape(_probe(shape)[key].shape)  # drops length-1 axes only
 
-            def write() -> None:
+            def write(store: Any) -> None:
                 store[key] = values
 
         elif values.size:
 
-            def write() -> None:
+            def write(store: Any) -> None:
                 _write_advanced(store, key, values)
 
         else:
             return
         bounds = _write_bounds(key, shape)
-        if _direct.is_guarded(store):
-            write_values = write
+        write_values = write
 
-            def write() -> None:
+        def write(store: Any) -> None:  # the handle's store, or a fresh one of its file
+            if _direct.is_guarded(store):
                 # c-blosc2 fills the rest of an uninitialised chunk it writes into with
                 # whatever its scratch memory held: zero those chunks first
                 _direct.zero_uninit_chunks(store, bounds)
-                write_values()
+            write_values(store)
 
         try:
             if in_place:
@@ -1388,7 +1391,7 @@ class MLArray:
                 if values.size:
                     io.write_in_place(store, self._path, bounds, write, reopen=self._reopen_file)
             else:
-                write()
+                write(store)
         finally:
             if self._chunk_cache is not None:
                 self._chunk_cache.clear()
