@@ -636,12 +636,41 @@ def test_stale_temp_files_of_killed_saves_are_removed(tmp_path):
     ).stdout.strip()
     from mlarray.io import _temp_prefix
 
-    stale = tmp_path / f"{_temp_prefix(p)}{dead}-abcd1234.tmp.mla"
+    stale = tmp_path / f"{_temp_prefix(p)}{dead}-abcd1234.partial"
     stale.write_bytes(b"half a save")
-    mine = tmp_path / f"{_temp_prefix(p)}{os.getpid()}-abcd1234.tmp.mla"
+    older = tmp_path / f"{_temp_prefix(p)}{dead}-abcd5678.tmp.mla"  # an earlier version's
+    older.write_bytes(b"half a save")
+    mine = tmp_path / f"{_temp_prefix(p)}{os.getpid()}-abcd1234.partial"
     mine.write_bytes(b"a save in progress")
     MLArray(np.ones(3)).save(p)
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and not older.exists() and mine.exists()
+
+
+def test_a_killed_saves_temp_file_is_not_listed_as_a_case(tmp_path):
+    """A save killed mid-way (SIGKILL, the OOM killer) leaves its temporary file: its name
+    does not end in ``.mla``, so a dataset listing (nnU-Net's ``endswith(".mla")``) does
+    not take it for a case (training died on it: 'damaged or forged Blosc2 frame'), and
+    the next save of that path removes it."""
+    p = tmp_path / "case_000.mla"
+    MLArray(np.zeros((4, 8, 8), np.float32)).save(p)
+    code = (
+        "import os, sys, numpy as np\nimport mlarray.io as io\nfrom mlarray import MLArray\n"
+        "real = io._write_frame\n"
+        "def killed(tmp, *args):\n"
+        "    open(tmp, 'wb').write(b'b2frame half')\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "io._write_frame = killed\n"
+        "MLArray(np.ones((4, 8, 8), np.float32)).save(sys.argv[1])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, os.fspath(p)], timeout=120)
+    assert out.returncode == -9
+    left = [n for n in os.listdir(tmp_path) if n != p.name]
+    assert len(left) == 1 and left[0].startswith(".mla-"), left  # the killed save's
+    cases = [n for n in os.listdir(tmp_path) if n.endswith(".mla")]
+    assert cases == [p.name]
+    assert np.array_equal(MLArray.open(p)[...], np.zeros((4, 8, 8), np.float32))
+    MLArray(np.ones((4, 8, 8), np.float32)).save(p)
+    assert os.listdir(tmp_path) == [p.name]
 
 
 def test_new_files_get_the_umask_mode_without_touching_the_umask(tmp_path):

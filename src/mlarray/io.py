@@ -657,7 +657,11 @@ def _save_target(target: Path) -> Path:
     return target
 
 
-_TEMP_SUFFIX = ".tmp.mla"
+# Temporary files do not end in ".mla": a dataset listing (``endswith(".mla")``, nnU-Net's
+# ``subfiles(folder, suffix=".mla")``) must not take a killed save's for a case. Earlier
+# versions named them ``.tmp.mla``: those are cleaned up too.
+_TEMP_SUFFIX = ".partial"
+_TEMP_SUFFIXES = (_TEMP_SUFFIX, ".tmp.mla")
 
 
 def _temp_path(target: Path, clean: bool = True) -> Path:
@@ -690,7 +694,7 @@ def _remove_stale_temps(target: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(target.parent):
             name = entry.name
-            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIXES)):
                 continue
             pid_text = name[len(prefix) :].split("-", 1)[0]
             if not pid_text.isdigit() or _process_alive(int(pid_text)):
