@@ -106,3 +106,55 @@ def test_a_write_through_a_handle_whose_file_another_process_wrote_lands(tmp_pat
     expect[0:4], expect[8:12] = 5, 7
     np.testing.assert_array_equal(x, expect)
     assert MLArray.open(p).verify().ok
+
+
+_FORK_MID_WRITE = """
+import os, sys
+import numpy as np
+from mlarray import MLArray, io
+
+path = sys.argv[1]
+a = MLArray.open(path, mmap_mode="r+")
+go_r, go_w = os.pipe()
+child = []
+
+
+def write(store):  # a loader forks its workers while a thread of it writes
+    store[0:4] = 1
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.read(go_r, 1)  # the parent's write is done
+        try:
+            b = MLArray.open(path, mmap_mode="r+")
+            b[8:12] = 2  # waited up to 10 s for the lock the child itself held, then failed
+            b.close()
+            os._exit(0)
+        except BaseException as exc:
+            print("child:", type(exc).__name__, exc, flush=True)
+            os._exit(3)
+    child.append(pid)
+
+
+io.write_in_place(a._file_store, path, [(0, 4), (0, 32), (0, 32)], write)
+os.write(go_w, b"x")
+status = os.waitpid(child[0], 0)[1]
+x = MLArray.open(path)[...]
+print("ok" if status == 0 and (x[0:4] == 1).all() and (x[8:12] == 2).all() else f"WRONG {status}")
+"""
+
+
+def test_a_child_forked_during_a_write_does_not_hold_the_files_writer_lock(tmp_path):
+    """A process forked while its parent writes a file in place does not keep the
+    file's writer lock: its own later write (or another process's) goes through."""
+    p = tmp_path / "fork_lock.mla"
+    MLArray(np.zeros((16, 32, 32), np.int16), patch_size=(4, 32, 32)).save(p)
+    script = tmp_path / "fork_lock.py"
+    script.write_text(_FORK_MID_WRITE)
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.split()[-1:] == ["ok"], proc.stdout + proc.stderr[-2000:]

@@ -147,28 +147,58 @@ def open_store(
         )
     p = check_path(path, must_exist=False)  # the stat of the mapping below: missing, a folder
     for attempt in range(_OPEN_ATTEMPTS):
-        buf, version = _map_versioned(p)
-        try:
-            return _open_mapped(p, buf, version, mmap_mode, writable, dparams)
-        except MLArrayFormatError as exc:  # damaged, or read while another program wrote it
-            if not _maps.changed_since(p, version):
-                raise
-            _forget_version(version)  # what was learned from a frame changing meanwhile
-            if attempt + 1 == _OPEN_ATTEMPTS:
-                if isinstance(exc, FileChangedError):
+        # after an attempt that saw the file change: with in-place writes of mlarray held off
+        with _writes_held_off(p) if attempt else contextlib.nullcontext():
+            buf, version = _map_versioned(p)
+            try:
+                return _open_mapped(p, buf, version, mmap_mode, writable, dparams)
+            except MLArrayFormatError as exc:  # damaged, or read while another program wrote it
+                if not _maps.changed_since(p, version):
                     raise
-                raise FileChangedError(
-                    p,
-                    "changed on disk while it was being opened (another program or handle "
-                    "is writing it in place); open it again once the write is done",
-                ) from exc
-            # the next attempt waits for an in-place write of mlarray under way to end
+                _forget_version(version)  # what was learned from a frame changing meanwhile
+                if attempt + 1 == _OPEN_ATTEMPTS:
+                    if isinstance(exc, FileChangedError):
+                        raise
+                    raise FileChangedError(
+                        p,
+                        "changed on disk while it was being opened (another program or "
+                        "handle is writing it in place); open it again once the write is done",
+                    ) from exc
     raise AssertionError("unreachable")
 
 
 # Opens of a file found changing while it was being opened (another process writing it in
 # place): the last one that fails raises FileChangedError, not the damage it saw.
 _OPEN_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _writes_held_off(p: Path) -> Iterator[None]:
+    """Hold the writer lock of ``p`` shared (see :func:`write_in_place`), waiting up to
+    :data:`_WRITER_WAIT` for a write under way to end: no in-place write of mlarray
+    starts meanwhile. Without the lock (none to be had in time, or no ``flock``) the
+    caller goes on all the same."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        yield
+        return
+    try:
+        if _fcntl is not None:
+            deadline = time.monotonic() + _WRITER_WAIT
+            pause = 0.0005
+            while time.monotonic() < deadline:
+                try:
+                    _fcntl.flock(fd, _fcntl.LOCK_SH | _fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.01)
+                except OSError:  # a file system without locks
+                    break
+        yield
+    finally:
+        os.close(fd)
 
 
 def _open_mapped(
@@ -1582,6 +1612,7 @@ def write_in_place(
     vlmeta = dict(vlmeta or {})
     with os_errors(p, "cannot write in place"):
         fd = os.open(p, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    _WRITER_FDS.add(fd)
     try:  # closing the descriptor releases the writer lock
         _lock_writer(p, fd)
         store, buf, info = _current_view(store, p, fd, reopen)
@@ -1592,7 +1623,40 @@ def write_in_place(
                 with contextlib.suppress(OSError):
                     _maps.resync(store, os.fstat(fd))  # this handle's own change of its file
     finally:
+        _WRITER_FDS.discard(fd)
         os.close(fd)
+
+
+# Descriptors of the writes under way in this process, which hold their files' writer
+# locks. A child forked meanwhile closes its copies: a lock is held until every copy of
+# its descriptor is closed, and the child would hold it, and stall every writer of the
+# file, for as long as it lives (the parent's copy keeps the lock for its write).
+_WRITER_FDS: set[int] = set()
+
+
+def _close_writer_fds_in_child() -> None:
+    for fd in list(_WRITER_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _WRITER_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_writer_fds_in_child)
+
+
+def _map_of(fd: int) -> mmap.mmap:
+    """A read-only mapping of the file open as ``fd`` (a write's, holding the writer
+    lock), made on a descriptor of its own: ``mmap`` keeps a duplicate of the
+    descriptor it maps, which would share ``fd``'s lock (see :data:`_WRITER_FDS`)."""
+    try:
+        own = os.open(f"{_FD_DIR}/{fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # no /proc
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    try:
+        return mmap.mmap(own, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(own)
 
 
 _WRITER_WAIT = 10.0  # seconds a write waits for another process's write to the file
@@ -1661,7 +1725,7 @@ def _current_view(store: Any, p: Path, fd: int, reopen: Callable[[], Any] | None
     if _recover(p, wait=True):  # a killed writer's write was rolled back
         st = os.fstat(fd)
     for attempt in range(2):
-        buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        buf = _map_of(fd)
         try:
             info = _frame.inspect_frame(buf, p)
         except MLArrayFormatError:
@@ -1853,7 +1917,7 @@ def _transaction(
         elif digests is None and len(ids):
             integrity.mark_stale(store)  # a file without checksums: all of them on close()
         elif len(ids):
-            new = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            new = _map_of(fd)
             info_new = _frame.inspect_frame(new, p)  # c-blosc2 left a valid frame
             entries = integrity.updated_entry(new, info_new, digests, ids)
             del new, info_new
@@ -1867,7 +1931,7 @@ def _transaction(
     _release(fd, reserve)
     with contextlib.suppress(Exception):  # the frame this write left, as the next one checks
         size = os.fstat(fd).st_size
-        new = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        new = _map_of(fd)
         setattr(store, _FRAME_PRINT, (size, _frame_print(new, _frame.inspect_frame(new, p), size)))
 
 
