@@ -853,6 +853,9 @@ class MLArray:
         chunk checksums; if it fails (a full disk, a crash), the file is as it
         was before it (:func:`mlarray.io.write_in_place`). Opening a file
         whose writer was killed in the middle of a write first restores it.
+        Processes and handles writing one file take turns: a write waits up to
+        10 s for another's to end, and goes through a fresh view of the file if
+        another one wrote it since this handle looked.
 
         The file is read through a memory mapping. If another program cuts it
         short or rewrites it in place while it is open (``truncate``,
