@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from mlarray import MLArray
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 
 _SLABS = """
-import multiprocessing as mp, sys, time
+import json, multiprocessing as mp, sys
 from collections import Counter
 import numpy as np
 from mlarray import MLArray
@@ -60,7 +61,7 @@ if __name__ == "__main__":
         missing = [i for i in range(32) if not (x[i * 4 : (i + 1) * 4] == i + 1).all()]
         out[f"missing slabs {missing}" if missing else "all slabs"] += 1
         out["verifies" if not b.verify().damaged else "DAMAGED"] += 1
-    print(dict(out))
+    print(json.dumps(dict(out)))
 """
 
 
@@ -81,7 +82,7 @@ def test_processes_writing_one_file_at_once_all_write(tmp_path, mode):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = eval(proc.stdout.strip().splitlines()[-1])  # the script's own dict
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
     tasks = 32 * (rounds // 2) + 4 * (rounds // 2)
     assert got == {"ok": tasks, "all slabs": rounds, "verifies": rounds}, got
     assert not list(tmp_path.glob(".mla-*")), "a journal or temp file was left"
