@@ -28,6 +28,7 @@ import pytest
 from mlarray import MLArray
 from mlarray.errors import (
     CorruptChunkError,
+    FileChangedError,
     InvalidPathError,
     MetaValidationError,
     MLArrayError,
@@ -697,6 +698,21 @@ def test_writable_handle_refuses_a_file_replaced_meanwhile(tmp_path):
     with pytest.raises(MLArrayIOError, match="replaced"):
         a.close()
     assert np.array_equal(MLArray.open(p)[...], np.ones((20, 20), np.float32))
+
+
+def test_writable_plain_file_handle_does_not_read_a_file_saved_over_it(tmp_path):
+    """A writable handle without a mapping (mode="a", mmap_mode=None) reads through the
+    path: after another process saved a new file there, its reads returned the new
+    file's voxels (paired with the old metadata), silently. Now FileChangedError; its
+    own in-place writes still read back."""
+    p = tmp_path / "w.mla"
+    MLArray(np.zeros((30, 40, 50), np.float32)).save(p)
+    a = MLArray.open(p, mode="a", mmap_mode=None)
+    a[1, 2, 3] = 7
+    assert float(a[...].sum()) == 7.0
+    MLArray(np.full((30, 40, 50), 3, np.float32)).save(p)  # another writer's new version
+    with pytest.raises(FileChangedError, match=r"w\.mla"):
+        a[0:10, 0:10, 0:10]
 
 
 def test_close_validates_metadata_like_save(tmp_path):

@@ -299,9 +299,10 @@ def _open_mapped(
     if pin is not None:
         store._mlarray_pin = pin  # the descriptor lives as long as the handle
     _direct.guard(store, info)
-    # every read checks the file was not cut short (nor, for a read-only handle reading
-    # by the path, replaced: where no descriptor name could be given to c-blosc2)
-    by_path = mmap_mode is None and not writable and pin is None
+    # every read checks the file was not cut short (nor, for a handle reading by the
+    # path, replaced: a writable one, or where no descriptor name could be given to
+    # c-blosc2)
+    by_path = mmap_mode is None and pin is None
     _maps.watch(store, p, buf, version, info, by_path=by_path)
     integrity.attach(store, p, buf, info, version, verify=verify)
     if writable or mmap_mode in ("r+",):
