@@ -41,7 +41,7 @@ from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
 from mlarray._read import ChunkCache, _basic_key, read_cached, read_memory_error
 from mlarray._sidefiles import SUFFIX, journal_path
-from mlarray.errors import FileChangedError, IndexingError, MLArrayError
+from mlarray.errors import IndexingError, MLArrayError
 from mlarray.frame import (
     FRAME_MAGIC,
     FrameInfo,
@@ -294,12 +294,7 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
             store.path,
             f"cannot decompress the requested data, the file may be corrupt ({exc})",
         ) from None
-    try:  # the file did not change while the read decoded from it
-        _maps.check_read(store, touched)
-    except FileChangedError:
-        if cache is not None:  # it may hold blocks of both versions
-            cache.clear()
-        raise
+    _maps.check_read(store, touched, cache)  # the file did not change meanwhile
     return out
 
 

@@ -553,13 +553,20 @@ def touched_count(store: Any) -> int:
     return 0 if w is None else w.touched
 
 
-def check_read(store: Any, touched: int) -> None:
+def check_read(store: Any, touched: int, cache: Any = None) -> None:
     """:meth:`Watch.check_read` of ``store``'s file (nothing for a store without one):
     called after a read that decoded from the file, with the :func:`touched_count`
-    taken after the check before it."""
+    taken after the check before it. The read's chunk cache ``cache`` (if any) is
+    emptied when the check fails: it may hold blocks of both versions."""
     w = getattr(store, _WATCH, None)
-    if w is not None:
+    if w is None:
+        return
+    try:
         w.check_read(touched)
+    except Exception:
+        if cache is not None:
+            cache.clear()
+        raise
 
 
 def changed_error(store: Any) -> Exception | None:

@@ -1292,12 +1292,7 @@ class MLArray:
                 self._path,
                 f"cannot decompress the requested data, the file may be corrupt ({exc})",
             ) from None
-        try:  # the file did not change while the read decoded from it
-            _maps.check_read(store, touched)
-        except FileChangedError:
-            if cache is not None:  # it may hold blocks of both versions
-                cache.clear()
-            raise
+        _maps.check_read(store, touched, cache)  # the file did not change meanwhile
         return out
 
     def _decode(self, store: Any, key: Any, box: Any, cache: Any) -> Any:
