@@ -178,7 +178,7 @@ def _read_one(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
 def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     arr, stored = opened
     name = Path(path).stem
-    layers, skip = [], ()
+    layers, skip, rgb = [], (), False
     has_array = bool(stored._has_array) and arr is not None and arr.shape is not None
     ndim = arr.ndim if has_array else None
     if has_array and np.dtype(arr.dtype).kind == "c":
@@ -226,6 +226,7 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             if rgb:  # the colour axis last, as napari's RGB layers hold it
                 block = kw["metadata"][KEY]
                 view = LazyView(arr, perm=block["perm"], flip=block.get("flip"), path=path)
+                skip = (view.perm[-1],)  # boxes over the layer's spatial axes only
             if channel is None and not rgb and "channel" in labels:
                 n = arr.shape[list(labels).index("channel")]
                 _notify(
@@ -249,9 +250,10 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
             layers.append((view, kw, "image"))
         n = orient.n_spatial
         names = orient.view_labels(record.spatial.axis_labels)
+        shown = view.shape[:-1] if rgb else view.shape  # an RGB layer's axes
         _notify(
             _edge_on_notes(
-                view.shape[ndim - n :],
+                shown[len(shown) - n :],
                 None if names is None else names[ndim - n :],
                 ndim - n - (1 if skip else 0),  # non-spatial dims of the layer
                 name,

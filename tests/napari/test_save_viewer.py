@@ -638,3 +638,32 @@ def test_two_opened_volumes_merged_to_a_stack_save_to_a_new_file(
     arr = MLArray.open(out)
     assert arr.shape == stack.data.shape
     np.testing.assert_array_equal(arr[...], np.asarray(stack.data))
+
+
+def test_boxes_of_an_rgb_volume_open_over_its_spatial_axes(make_napari_viewer, tmp_path):
+    """An RGB volume (colour axis last) opens as one 3-D RGB layer: its boxes opened as a
+    4-D Shapes layer with a 'channel' slider the image does not have. They open over the
+    layer's spatial axes, where the same boxes of a grey volume open."""
+    from mlarray import Meta, MLArray
+
+    rgb = np.zeros((20, 30, 40, 3), np.uint8)
+    rgb[5:10, 10:20, 10:30] = (255, 0, 0)
+    paths = {}
+    for kind, data, labels, box in (
+        ("rgb", rgb, ["spatial_z", "spatial_y", "spatial_x", "channel"], [[0, 3]]),
+        ("grey", rgb[..., 0], ["spatial_z", "spatial_y", "spatial_x"], []),
+    ):
+        lps = Meta(spatial={"coord_system": "LPS"})
+        m = MLArray(data, spacing=[2.0, 1.0, 1.0], axis_labels=labels, meta=lps)
+        m.meta.bbox.bboxes = [[[5, 10], [10, 20], [10, 30], *box]]
+        paths[kind] = tmp_path / f"{kind}.mla"
+        m.save(paths[kind])
+    viewer = make_napari_viewer()
+    image, boxes = viewer.open(str(paths["rgb"]), plugin=None)
+    assert image.rgb and boxes.ndim == 3 and viewer.dims.ndim == 3
+    assert tuple(boxes.axis_labels) == tuple(image.axis_labels)
+    _, grey_boxes = viewer.open(str(paths["grey"]), plugin=None)
+    for rect, grey in zip(boxes.data, grey_boxes.data, strict=True):
+        np.testing.assert_allclose(
+            [boxes.data_to_world(p) for p in rect], [grey_boxes.data_to_world(p) for p in grey]
+        )
