@@ -152,6 +152,7 @@ def save_layers(
             meta = _rgb_as_channel_axis(meta, len(data.shape))
         meta = _without_record_if_derived(path, len(data.shape), meta)
         _refuse_channel_over_its_file(path, meta)
+        _refuse_new_labels_over_their_image(path, meta)
         record, undo = _mapping.record_from_layer(data.shape, data.dtype, meta, kind)
         _follow_own_file(path, meta, record, keep_boxes=not shapes)
         if undo.dtype is not None and not _casts_losslessly(data, undo.dtype):
@@ -266,12 +267,7 @@ def _shapes_block_path(meta: dict, path: str) -> str | None:
     """The path of the file a Shapes layer was read from, when that is ``path`` (samefile)."""
     block = (meta.get("metadata") or {}).get(KEY) or {}
     source = block.get("path") if block.get("layer") == "shapes" else None
-    if source is None:
-        return None
-    try:
-        return source if os.path.samefile(source, path) else None
-    except OSError:  # one of them does not exist: not the same file
-        return None
+    return source if source is not None and _same_file(source, path) else None
 
 
 #: Elements compared at a time when checking that a cast back to the stored dtype is exact.
@@ -354,18 +350,13 @@ def _without_record_if_derived(path: str | os.PathLike | None, ndim: int, meta: 
     if n == ndim:
         return meta
     source = block.get("path")
-    if path is not None and source is not None:
-        try:
-            same = os.path.samefile(path, source)
-        except OSError:  # one of them does not exist: not the same file
-            same = False
-        if same:
-            raise LayerSaveError(
-                f"{os.fspath(path)}: layer {meta.get('name')!r} has {ndim} axes, but it was "
-                f"made in napari from this file's {n}-axis layer (a projection, a split or a "
-                "merged stack); saving it over the file would replace the file's array. "
-                "Save it to a new .mla file."
-            )
+    if path is not None and source is not None and _same_file(path, source):
+        raise LayerSaveError(
+            f"{os.fspath(path)}: layer {meta.get('name')!r} has {ndim} axes, but it was "
+            f"made in napari from this file's {n}-axis layer (a projection, a split or a "
+            "merged stack); saving it over the file would replace the file's array. "
+            "Save it to a new .mla file."
+        )
     return {**meta, "metadata": {k: v for k, v in metadata.items() if k != KEY}}
 
 
@@ -381,17 +372,36 @@ def _refuse_channel_over_its_file(path: str | os.PathLike, meta: dict) -> None:
         return
     shape = as_meta(block["record"]).spatial.shape
     n = None if shape is None else int(shape[channel["axis"]])
-    try:
-        same = os.path.samefile(path, source)
-    except OSError:  # one of them does not exist: not the same file
-        return
-    if same and n != 1:
+    if _same_file(path, source) and n != 1:
         count = "" if n is None else f"{n} "
         raise LayerSaveError(
             f"{os.fspath(path)}: layer {meta.get('name')!r} is channel {channel['index']} of "
             f"the {count}channels in this file; saving it over the file would delete the "
             "other channels. Save it to a new .mla file."
         )
+
+
+def _refuse_new_labels_over_their_image(path: str | os.PathLike, meta: dict) -> None:
+    """Raise when ``meta`` is a labels layer made in napari for an opened file's layer
+    (the plugin's "New labels layer") and ``path`` is that file: written there it would
+    replace the file's image with the label map."""
+    block = (meta.get("metadata") or {}).get(KEY) or {}
+    made_for = block.get("made_for")
+    if made_for is None or not _same_file(path, made_for):
+        return
+    raise LayerSaveError(
+        f"{os.fspath(path)}: layer {meta.get('name')!r} was made in napari for this file's "
+        "layer; saving it over the file would replace the file's array with the label map. "
+        "Save it to a new .mla file."
+    )
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: not the same file
+        return False
 
 
 def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:

@@ -41,6 +41,7 @@ def test_new_labels_for_this_image_from_the_menu_pairs_with_the_image(
 ):
     from mlarray import Meta, MLArray
     from mlarray.io import save_mla
+    from napari_mlarray._writer import LayerSaveError
 
     spatial = {
         "spacing": [0.7, 0.8, 2.5],
@@ -85,6 +86,12 @@ def test_new_labels_for_this_image_from_the_menu_pairs_with_the_image(
     (again,) = viewer.open(str(out), plugin=None)
     assert again._type_string == "labels"
     np.testing.assert_allclose(again.data_to_world([5, 10, 12]), image.data_to_world([5, 10, 12]))
+    # saved over the image's own file it would replace the image with the mask: refused
+    before = path.read_bytes()
+    viewer.layers.selection = {labels}
+    with pytest.raises(LayerSaveError, match="made in napari for this file"):
+        labels.save(str(path), plugin="napari-mlarray")
+    assert path.read_bytes() == before
 
 
 def test_napari_new_labels_button_mask_exports_over_the_image_anatomy(make_napari_viewer, tmp_path):
