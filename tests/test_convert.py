@@ -280,6 +280,22 @@ def test_dicom_values_equal_pydicoms_pixel_array(name):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "SC_rgb_small_odd.dcm"])
+def test_a_colour_image_with_few_colours_is_not_guessed_a_label_map(name):
+    """A colour secondary capture with a handful of colours (pydicom's test files: 5 and
+    7 distinct values) was guessed a segmentation ("integer data with only 5 distinct
+    values"), so napari showed a 3-channel label map: several components per voxel make
+    a colour image. A name saying seg still makes one."""
+    from pydicom.data import get_testdata_file
+
+    notes: list[str] = []
+    img = from_file(get_testdata_file(name), notes=notes)
+    assert img.meta.spatial.axis_labels[0] == "channel"
+    assert img.meta.is_seg.is_seg is not True
+    assert not any("segmentation" in n for n in notes)
+    assert guess_seg("case_seg.dcm", img.to_numpy(), components=True)[0] is True
+
+
 def test_dicom_seg_keeps_its_segment_number(tmp_path):
     """A one-segment BINARY DICOM SEG becomes a label map holding the segment's number;
     one of several segments (a mask per frame, not one volume) is refused naming the file."""

@@ -996,13 +996,15 @@ def _read(path: Path, series: str | None = None, fourth_axis: str | None = None)
 # ----------------------------------------------------------------------------- segmentation guess
 
 
-def guess_seg(path: str | os.PathLike, data: Any) -> tuple[bool, str]:
+def guess_seg(path: str | os.PathLike, data: Any, components: bool = False) -> tuple[bool, str]:
     """Guess whether an image is a label map, and say why.
 
     A file or folder name with a word such as ``seg``, ``label(s)``,
     ``mask`` or ``gt`` makes a segmentation when the data are integers;
     otherwise integer data with few distinct non-negative values (at most 32
-    in a sample) does. Floating-point data never is.
+    in a sample) does, unless its voxels have several components
+    (``components``: an RGB or vector image, e.g. a colour DICOM secondary
+    capture with a handful of colours). Floating-point data never is.
 
     Returns
     -------
@@ -1022,6 +1024,8 @@ def guess_seg(path: str | os.PathLike, data: Any) -> tuple[bool, str]:
         return False, f"the name contains '{hit}' but the data are {dtype} (not integers)"
     if not integer:
         return False, f"the data are {dtype}"
+    if components:
+        return False, "its voxels have several components (a colour or vector image)"
     flat = np.asarray(data).reshape(-1)
     sample = flat[:: max(1, flat.size // 1_000_000)]
     if sample.size and sample.min() >= 0:
@@ -1161,7 +1165,7 @@ def _prepare(
     elif not data.dtype.isnative:  # e.g. a big-endian NIfTI: store native byte order
         data = data.astype(data.dtype.newbyteorder("="))
     if is_seg is None:
-        is_seg, why = guess_seg(p, data)
+        is_seg, why = guess_seg(p, data, components=bool(labels) and "channel" in labels)
         if is_seg:
             notes.append(f"treated as a segmentation: {why} (pass --no-seg if it is an image)")
     elif is_seg and data.dtype.kind not in "iu":
