@@ -159,3 +159,53 @@ def test_a_child_forked_during_a_write_does_not_hold_the_files_writer_lock(tmp_p
         timeout=120,
     )
     assert proc.stdout.split()[-1:] == ["ok"], proc.stdout + proc.stderr[-2000:]
+
+
+_FORK_JOURNAL = """
+import os, sys
+import numpy as np
+from mlarray import MLArray, io
+from mlarray._sidefiles import journal_path
+
+path = sys.argv[1]
+a = MLArray.open(path, mmap_mode="r+")
+child = []
+
+
+def write(store):  # a loader forks its workers while a thread of it writes
+    store[0:4] = 1
+    journal = os.stat(journal_path(path))  # the write's undo journal, locked
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.path.samestat(os.fstat(int(name)), journal):
+                    held.append(name)
+            except OSError:
+                pass
+        os._exit(3 if held else 0)
+    child.append(pid)
+
+
+io.write_in_place(a._file_store, path, [(0, 4), (0, 32), (0, 32)], write)
+status = os.waitpid(child[0], 0)[1]
+print("ok" if status == 0 else f"the child holds the journal ({status})")
+"""
+
+
+def test_a_child_forked_during_a_write_does_not_hold_its_journal(tmp_path):
+    """A process forked while its parent writes a file in place does not keep the
+    write's locked undo journal: its opens of the file waited 10 s for a lock it held
+    itself, and the journal's space stayed in use for the child's life."""
+    p = tmp_path / "fork_journal.mla"
+    MLArray(np.zeros((16, 32, 32), np.int16), patch_size=(4, 32, 32)).save(p)
+    script = tmp_path / "fork_journal.py"
+    script.write_text(_FORK_JOURNAL)
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(p)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.split()[-1:] == ["ok"], proc.stdout + proc.stderr[-2000:]

@@ -1316,6 +1316,7 @@ def _write_journal(
 
     jpath = journal_path(p)
     jfd, tmp = _journal_file(p)
+    _WRITER_FDS.add(jfd)  # a child forked meanwhile closes its copy (and its lock)
     try:
         _lock(jfd, wait=True)
         size = st.st_size
@@ -1372,7 +1373,7 @@ def _write_journal(
                 tmp.unlink()
         _fsync_path(p.parent, directory=True)
     except BaseException:
-        os.close(jfd)
+        _close_locked(jfd)
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -1455,7 +1456,7 @@ def _drop_journal(jpath: Path, jfd: int) -> None:
     with contextlib.suppress(OSError):
         if os.path.samestat(os.fstat(jfd), os.stat(jpath)):
             os.unlink(jpath)
-    os.close(jfd)
+    _close_locked(jfd)
 
 
 def recover(path: str | os.PathLike, wait: bool = True) -> bool:
@@ -1488,6 +1489,7 @@ def _recover(path: str | os.PathLike, wait: bool = True) -> bool | None:
         raise MLArrayIOError(
             path, f"cannot read the journal of an interrupted write ({name}): {exc.strerror}"
         ) from None
+    _WRITER_FDS.add(jfd)  # locked while it is rolled back: not held by forked children
     p = Path(os.fspath(path))
     jpath = Path(name)
     try:
@@ -1539,7 +1541,7 @@ def _recover(path: str | os.PathLike, wait: bool = True) -> bool | None:
         return applies
     finally:
         if jfd >= 0:
-            os.close(jfd)
+            _close_locked(jfd)
 
 
 def _growth_bound(info: Any, ids: np.ndarray, vlmeta_bytes: int) -> int:
@@ -1629,10 +1631,18 @@ def write_in_place(
 
 
 # Descriptors of the writes under way in this process, which hold their files' writer
-# locks. A child forked meanwhile closes its copies: a lock is held until every copy of
-# its descriptor is closed, and the child would hold it, and stall every writer of the
-# file, for as long as it lives (the parent's copy keeps the lock for its write).
+# locks, and of their undo journals (locked while a write or a roll-back runs). A child
+# forked meanwhile closes its copies: a lock is held until every copy of its descriptor
+# is closed, and the child would hold it, and stall every writer (and every open waiting
+# for the journal) of the file, for as long as it lives, and keep a removed journal's
+# space in use (the parent's copy keeps the lock for its write).
 _WRITER_FDS: set[int] = set()
+
+
+def _close_locked(fd: int) -> None:
+    """Close ``fd``, a descriptor of :data:`_WRITER_FDS` (its lock goes with it)."""
+    _WRITER_FDS.discard(fd)
+    os.close(fd)
 
 
 def _close_writer_fds_in_child() -> None:
@@ -1943,7 +1953,7 @@ def _fail(
     try:
         _roll_back(p, fd, jfd, _read_journal_fields(jfd))
     except OSError as err:
-        os.close(jfd)
+        _close_locked(jfd)
         raise MLArrayIOError(
             p,
             f"an in-place write failed ({exc}) and the file could not be restored yet "
