@@ -148,10 +148,16 @@ print("ok" if status == 0 and (x[0:4] == 1).all() and (x[8:12] == 2).all() else 
 def test_a_child_forked_during_a_write_does_not_hold_the_files_writer_lock(tmp_path):
     """A process forked while its parent writes a file in place does not keep the
     file's writer lock: its own later write (or another process's) goes through."""
-    p = tmp_path / "fork_lock.mla"
+    _run_on_a_fresh_file(tmp_path, "fork_lock", _FORK_MID_WRITE)
+
+
+def _run_on_a_fresh_file(tmp_path, name: str, code: str) -> None:
+    """Run the script ``code`` in a fresh interpreter on a new 16 x 32 x 32 file (its
+    path the script's argument); it prints "ok" last when all went as expected."""
+    p = tmp_path / f"{name}.mla"
     MLArray(np.zeros((16, 32, 32), np.int16), patch_size=(4, 32, 32)).save(p)
-    script = tmp_path / "fork_lock.py"
-    script.write_text(_FORK_MID_WRITE)
+    script = tmp_path / f"{name}.py"
+    script.write_text(code)
     proc = subprocess.run(
         [sys.executable, os.fspath(script), os.fspath(p)],
         capture_output=True,
@@ -198,14 +204,4 @@ def test_a_child_forked_during_a_write_does_not_hold_its_journal(tmp_path):
     """A process forked while its parent writes a file in place does not keep the
     write's locked undo journal: its opens of the file waited 10 s for a lock it held
     itself, and the journal's space stayed in use for the child's life."""
-    p = tmp_path / "fork_journal.mla"
-    MLArray(np.zeros((16, 32, 32), np.int16), patch_size=(4, 32, 32)).save(p)
-    script = tmp_path / "fork_journal.py"
-    script.write_text(_FORK_JOURNAL)
-    proc = subprocess.run(
-        [sys.executable, os.fspath(script), os.fspath(p)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.stdout.split()[-1:] == ["ok"], proc.stdout + proc.stderr[-2000:]
+    _run_on_a_fresh_file(tmp_path, "fork_journal", _FORK_JOURNAL)
