@@ -52,6 +52,8 @@ __all__ = [
     "check",
     "check_read",
     "forget",
+    "frame_print",
+    "frame_spans",
     "identity",
     "map_file",
     "map_private",
@@ -458,15 +460,7 @@ class Watch:
 
     def _fingerprint(self) -> int | None:
         """XXH3-64 of the frame's header and trailer in the mapping (None without them)."""
-        if not self._spans:
-            return None
-        import xxhash
-
-        h = xxhash.xxh3_64()
-        with memoryview(self.buf) as view:
-            for a, b in self._spans:
-                h.update(view[a:b])
-        return h.intdigest()
+        return frame_print(self.buf, self._spans) if self._spans else None
 
     def _changed(self, now: int) -> None:
         from mlarray.errors import FileChangedError
@@ -510,9 +504,7 @@ def watch(
     frame's :class:`~mlarray.frame.FrameInfo`) lets it tell a touched file from a
     rewritten one. ``by_path``: the store's reads open ``path`` itself, so once ``path``
     names another file or none its reads raise instead of reading that file."""
-    spans = None
-    if info is not None:
-        spans = ((0, info.header_len), (info.header_len + info.cbytes, version[2]))
+    spans = None if info is None else frame_spans(info, version[2])
     with contextlib.suppress(AttributeError):
         setattr(store, _WATCH, Watch(path, buf, version, spans, by_path))
 
@@ -544,6 +536,24 @@ def check(store: Any) -> None:
     w = getattr(store, _WATCH, None)
     if w is not None:
         w.check()
+
+
+def frame_spans(info: Any, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The byte ranges of a frame (:class:`~mlarray.frame.FrameInfo` ``info``, in a file
+    of ``size`` bytes) that describe it: its header, and its trailer (the chunk index and
+    the metadata, checksums included). Every in-place write changes them."""
+    return ((0, info.header_len), (info.header_len + info.cbytes, size))
+
+
+def frame_print(buf: Any, spans: Any) -> int:
+    """XXH3-64 of the byte ranges ``spans`` (:func:`frame_spans`) of the mapping ``buf``."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with memoryview(buf) as view:
+        for a, b in spans:
+            h.update(view[a:b])
+    return h.intdigest()
 
 
 def touched_count(store: Any) -> int:

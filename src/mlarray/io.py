@@ -1692,16 +1692,9 @@ def _lock_writer(p: Path, fd: int) -> None:
 
 
 def _frame_print(buf: Any, info: Any, size: int) -> int:
-    """XXH3-64 of the frame's header and trailer (the chunk index and the metadata,
-    checksums included): what every in-place write changes. The same digest as
-    :class:`mlarray._maps.Watch` takes of the file it opened."""
-    import xxhash
-
-    h = xxhash.xxh3_64()
-    with memoryview(buf) as view:
-        h.update(view[: info.header_len])
-        h.update(view[info.header_len + info.cbytes : size])
-    return h.intdigest()
+    """The digest of the frame's header and trailer that :class:`mlarray._maps.Watch`
+    takes of the file it opened (:func:`mlarray._maps.frame_print`)."""
+    return _maps.frame_print(buf, _maps.frame_spans(info, size))
 
 
 def _view_is_current(store: Any, st: os.stat_result, buf: Any, info: Any) -> bool:
