@@ -367,28 +367,24 @@ class Watch:
         :class:`~mlarray.errors.FileChangedError` if the file changed while it did
         (:meth:`check`, found touched since ``touched`` was this watch's count, or its
         frame's header and trailer differ), or an in-place write of mlarray is under way
-        (its undo journal exists), for the read may hold voxels of two versions. The
-        modification time alone does not tell: it moves at most once per tick of the
-        kernel's clock, and not for every write through a shared mapping."""
+        (its undo journal exists), for the read may hold voxels of two versions
+        (:meth:`changed_error`, and the touched count). The modification time alone does
+        not tell: it moves at most once per tick of the kernel's clock, and not for every
+        write through a shared mapping."""
         if self.writing:
             return  # this handle's own write: its reads are not told about it
-        self.check()
-        if self.writing:
-            return
-        if (
-            self.touched != touched
-            or self._journal_exists()
-            # a write that ended meanwhile within one tick of the file's clock
-            or (self._print is not None and self._fingerprint() != self._print)
-        ):
+        changed = self.changed_error()
+        if changed is None and self.touched != touched:  # found touched meanwhile
             from mlarray.errors import FileChangedError
 
-            raise FileChangedError(
+            changed = FileChangedError(
                 self.path,
                 "changed on disk while it was being read (written in place by another "
-                "program or handle); read it again, or reopen it to read the new version",
+                "program or handle); reopen it to read the new version",
                 was=self.size,
             )
+        if changed is not None:
+            raise changed
 
     def check(self) -> None:
         """Raise :class:`~mlarray.errors.FileChangedError` if the file changed in place."""
@@ -449,7 +445,7 @@ class Watch:
         if self.writing:
             return None  # this handle's own write: its reads are not told about it
         rewritten = self._print is not None and self._fingerprint() != self._print
-        if rewritten or write_under_way(self.path):
+        if rewritten or self._journal_exists():
             return FileChangedError(
                 self.path,
                 "changed on disk while it was being read (written in place by another "
