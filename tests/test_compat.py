@@ -420,6 +420,7 @@ def test_mode_mmap_mode_and_filepath_are_read_only_properties(tmp_path):
     p = tmp_path / "m.mla"
     mem = MLArray(np.zeros(SHAPE))
     assert (mem.mode, mem.mmap_mode, mem.filepath) == (None, None, None)
+    assert mem.support_metadata is True
     mem.save(p)
     cases = {
         "load": (MLArray.load(p), (None, None, str(p))),
@@ -434,6 +435,7 @@ def test_mode_mmap_mode_and_filepath_are_read_only_properties(tmp_path):
     }
     for name, (a, expected) in cases.items():
         assert (a.mode, a.mmap_mode, a.filepath) == expected, name
+        assert a.support_metadata is True, name  # the reference's attribute, always True
         for attr in ("mode", "mmap_mode", "filepath"):
             with pytest.raises(AttributeError):
                 setattr(a, attr, "x")

@@ -1461,6 +1461,15 @@ class MLArray:
         return self._mmap_mode
 
     @property
+    def support_metadata(self) -> bool:
+        """Always True: every MLArray (in memory or a ``.mla`` file) carries metadata.
+
+        The reference package 0.0.54 sets this attribute on every instance; kept for
+        scripts that test it.
+        """
+        return True
+
+    @property
     def spatial_axis_mask(self) -> list[bool] | None:
         """Per array axis, whether it is spatial (None if no array is loaded)."""
         return None if self._store is None else self.meta.spatial.spatial_axis_mask
