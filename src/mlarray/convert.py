@@ -548,31 +548,41 @@ def _check_left_out(folder: Path, files: list[str], series: str | None) -> list[
     return kinds
 
 
+def _decimal_unit(texts: Iterator[str]) -> float:
+    """Half a unit of the last decimal the decimal strings ``texts`` (DICOM DS values) are
+    typically written to (the median count of decimals; a writer trimming zeros writes
+    some with fewer): how far rounding moved them. 0 when none is a plain decimal."""
+    decimals = [len(text.strip().partition(".")[2]) for text in texts if "e" not in text.lower()]
+    return 0.5 * 10.0 ** -float(np.median(decimals)) if decimals else 0.0
+
+
 def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     """Refuse a series whose slices are not evenly spaced (a missing or repeated slice) or
     do not lie on one line along the slice normal (gantry tilt)."""
     if n < 2:
         return
     try:
-        pos = np.array(
-            [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
-        )
+        texts = [reader.GetMetaData(i, "0020|0032").split("\\") for i in range(n)]
+        pos = np.array([[float(v) for v in text] for text in texts])
         cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
     except (RuntimeError, ValueError):
         return  # no positions (e.g. secondary capture): nothing to check against
+    # how far two written positions may differ from the true ones by the decimals written
+    # alone (an oblique series written to one decimal drifts ~0.1 mm from rounding alone)
+    rounding = np.sqrt(3.0) * _decimal_unit(v for text in texts for v in text)
     normal = np.cross(cosines[:3], cosines[3:])
     normal = normal / (np.linalg.norm(normal) or 1.0)
     along = pos @ normal
     gaps = np.diff(along)
     # in-plane drift of each slice from the line through the first along the normal; up to
-    # a tenth of a pixel is rounding of the header values, not a tilt
+    # a tenth of a pixel, or the rounding of the written positions, is not a tilt
     drift = np.linalg.norm((pos - pos[0]) - np.outer(along - along[0], normal), axis=1)
     try:
         pixel = min(float(v) for v in reader.GetMetaData(0, "0028|0030").split("\\"))
     except (RuntimeError, ValueError):
         pixel = 0.0
     worst = int(np.argmax(drift))
-    if drift[worst] > max(1e-2, 0.1 * pixel):
+    if drift[worst] > max(1e-2, 0.1 * pixel, 1.01 * rounding):
         raise ConversionError(
             path,
             f"the DICOM slices do not lie on a line along the slice normal (slice {worst + 1} "
@@ -583,7 +593,7 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     if n < 3:
         return
     step = float(np.median(gaps))
-    if step == 0 or np.any(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step))):
+    if step == 0 or np.any(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step), 2.02 * rounding)):
         worst = int(np.argmax(np.abs(gaps - step)))
         raise ConversionError(
             path,
