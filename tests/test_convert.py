@@ -143,10 +143,13 @@ def test_ras_frame_requested_for_nrrd_flips_only_signs(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("fields", ["RGB", "RGBA"])
-def test_rgb_nifti_becomes_a_channel_axis_as_simpleitk_reads_it(tmp_path, fields, suffix):
+def test_rgb_nifti_becomes_a_last_colour_axis_and_goes_back_as_rgb(tmp_path, fields, suffix):
     """An RGB24/RGBA32 NIfTI (ITK-SNAP's and FSL's colour overlays) converts as SimpleITK
-    reads it, a vector image: one channel axis of the colour components, each at its
-    world point; it was refused with an error naming neither the file nor a way out."""
+    reads it, a vector image: one channel axis of the colour components, after the spatial
+    axes (as ITK, PIL and napari hold a colour picture: napari shows one RGB layer), each
+    at its world point; it was refused with an error naming neither the file nor a way
+    out, then stored channel-first (three channel layers in napari). Written back to NIfTI
+    it is RGB24/RGBA32 again, not a 5-D vector image."""
     rng = np.random.default_rng(5)
     rgb = np.zeros((6, 5, 4), dtype=[(c, "u1") for c in fields])
     for c in fields:
@@ -156,17 +159,25 @@ def test_rgb_nifti_becomes_a_channel_axis_as_simpleitk_reads_it(tmp_path, fields
     nib.save(nib.Nifti1Image(rgb, affine), path)
     assert int(nib.load(path).header["datatype"]) == (128 if fields == "RGB" else 2304)
     img = from_file(path, is_seg=False)
-    assert img.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
-    assert img.dtype == np.uint8 and img.shape == (len(fields), 4, 5, 6)
+    assert img.meta.spatial.axis_labels == ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    assert img.dtype == np.uint8 and img.shape == (4, 5, 6, len(fields))
     theirs = sitk.ReadImage(str(path))
     assert theirs.GetNumberOfComponentsPerPixel() == len(fields)
-    np.testing.assert_array_equal(
-        np.moveaxis(img.to_numpy(), 0, -1), sitk.GetArrayFromImage(theirs)
-    )
+    np.testing.assert_array_equal(img.to_numpy(), sitk.GetArrayFromImage(theirs))
     ras, spatial = ras_affine_of(img)
-    assert spatial == [1, 2, 3]
+    assert spatial == [0, 1, 2]
     for k, c in enumerate(fields):
-        assert_same_world(rgb[c], affine, img.to_numpy()[k], ras, atol=1e-5)
+        assert_same_world(rgb[c], affine, img.to_numpy()[..., k], ras, atol=1e-5)
+    xyz = from_file(path, is_seg=False, axis_order="xyz")  # NIfTI's order: colours still last
+    assert xyz.meta.spatial.axis_labels == ["spatial_x", "spatial_y", "spatial_z", "channel"]
+    assert xyz.shape == (6, 5, 4, len(fields))
+    img.save(tmp_path / "overlay.mla")
+    out = convert_file(tmp_path / "overlay.mla", tmp_path / "back.nii.gz").output
+    back = nib.load(out)
+    assert int(back.header["datatype"]) == (128 if fields == "RGB" else 2304)
+    assert back.shape == rgb.shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), rgb)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -273,9 +284,8 @@ def test_dicom_values_equal_pydicoms_pixel_array(name):
     img = from_file(get_testdata_file(name), is_seg=False, notes=notes)
     assert any("decoded with pydicom" in n for n in notes) == (name in _GDCM_WRONG)
     got = img.to_numpy()
-    if int(ds.SamplesPerPixel) == 3:
-        got = np.moveaxis(got, 0, -1)  # channel first in .mla, last in pydicom
-        assert img.meta.spatial.axis_labels[0] == "channel"
+    if int(ds.SamplesPerPixel) == 3:  # colours last, as pydicom gives them
+        assert img.meta.spatial.axis_labels[-1] == "channel"
     assert got.dtype == expected.dtype.newbyteorder("=")
     np.testing.assert_array_equal(got, expected)
 
@@ -290,10 +300,124 @@ def test_a_colour_image_with_few_colours_is_not_guessed_a_label_map(name):
 
     notes: list[str] = []
     img = from_file(get_testdata_file(name), notes=notes)
-    assert img.meta.spatial.axis_labels[0] == "channel"
+    assert img.meta.spatial.axis_labels[-1] == "channel"
     assert img.meta.is_seg.is_seg is not True
     assert not any("segmentation" in n for n in notes)
     assert guess_seg("case_seg.dcm", img.to_numpy(), components=True)[0] is True
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "examples_rgb_color.dcm",  # RGB, uncompressed
+        "SC_rgb_rle_2frame.dcm",  # RLE, two frames
+        "examples_ybr_color.dcm",  # YBR_FULL_422 JPEG of 30 frames (ultrasound)
+        "SC_rgb_rle_16bit.dcm",  # 16-bit colour (decoded with pydicom)
+    ],
+)
+def test_colour_dicom_is_stored_colours_last(tmp_path, name):
+    """A colour DICOM (secondary capture, photo, endoscopy, ultrasound) converts to
+    (z, y, x, colour) with its colours on a last ``channel`` axis, as pydicom, ITK and
+    napari hold a colour picture: napari shows one RGB layer. It was stored
+    (colour, z, y, x), which napari showed as three channel layers in false colours.
+    Every value equals pydicom's pixel_array in RGB, the geometry is SimpleITK's, it is
+    not guessed a label map; the reference-named converter keeps the reference layout."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from mlarray.meta import is_colour_axis
+
+    src = get_testdata_file(name)
+    ds = pydicom.dcmread(src)
+    expected = ds.pixel_array  # RGB: pydicom converts YBR itself
+    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+        expected = expected[np.newaxis]
+    notes = convert_file(src, tmp_path / "c.mla").notes
+    img = MLArray.open(tmp_path / "c.mla")
+    assert img.meta.spatial.axis_labels == ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    assert img.meta.is_seg.is_seg is not True
+    assert not any("segmentation" in n for n in notes)
+    np.testing.assert_array_equal(img.to_numpy(), expected)
+    # the 8-bit ones are what the napari plugin shows as one RGB layer; 16-bit stays channels
+    assert is_colour_axis(img.shape, 3, img.dtype) == (expected.dtype == np.uint8)
+    theirs = sitk.ReadImage(src)
+    np.testing.assert_allclose(img.meta.spatial.spacing, theirs.GetSpacing()[::-1])
+    np.testing.assert_allclose(img.meta.spatial.origin, theirs.GetOrigin())
+    direction = np.array(theirs.GetDirection()).reshape(3, 3)[:, ::-1]
+    np.testing.assert_allclose(img.meta.spatial.direction, direction)
+    z, y, x = expected.shape[:3]
+    convert_to_mlarray(src, tmp_path / "ref.mla")  # the reference's layout: colours first
+    assert MLArray.open(tmp_path / "ref.mla").shape == (3, x, y, z)
+
+
+def test_colour_picture_goes_back_to_dicom_nrrd_and_metaimage_as_colour(tmp_path):
+    """A colour picture converted to .mla (an oblique RGB NRRD, as ITK writes one) goes back
+    to NRRD and MetaImage as SimpleITK vector pixels and to DICOM as RGB slices (3 samples
+    per pixel; DICOM output refused any channel axis before), every value and the geometry
+    unchanged; RGBA, which DICOM cannot hold, is refused naming the output."""
+    import pydicom
+
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (3, 7, 8, 3), dtype=np.uint8)
+    picture = sitk.GetImageFromArray(rgb, isVector=True)
+    picture.SetSpacing((0.7, 0.8, 2.0))
+    picture.SetOrigin((10.0, -20.0, 5.0))
+    th = 0.3
+    r = np.array([[np.cos(th), 0, -np.sin(th)], [0, 1, 0], [np.sin(th), 0, np.cos(th)]])
+    picture.SetDirection(r.ravel().tolist())
+    sitk.WriteImage(picture, str(tmp_path / "photo.nrrd"))
+    convert_file(tmp_path / "photo.nrrd", tmp_path / "photo.mla")
+    img = MLArray.open(tmp_path / "photo.mla")
+    assert img.meta.spatial.axis_labels == ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    np.testing.assert_array_equal(img.to_numpy(), rgb)
+    for out in ("back.nrrd", "back.mha"):
+        convert_file(tmp_path / "photo.mla", tmp_path / out)
+        back = sitk.ReadImage(str(tmp_path / out))
+        assert back.GetNumberOfComponentsPerPixel() == 3
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), rgb)
+        np.testing.assert_allclose(back.GetSpacing(), picture.GetSpacing())
+        np.testing.assert_allclose(back.GetOrigin(), picture.GetOrigin(), atol=1e-9)
+        np.testing.assert_allclose(back.GetDirection(), picture.GetDirection(), atol=1e-9)
+    convert_file(tmp_path / "photo.mla", tmp_path / "dicom", to="dicom")
+    slices = sorted((tmp_path / "dicom").iterdir())
+    assert len(slices) == 3
+    for k, path in enumerate(slices):
+        ds = pydicom.dcmread(path)
+        assert ds.PhotometricInterpretation == "RGB" and int(ds.SamplesPerPixel) == 3
+        np.testing.assert_array_equal(ds.pixel_array, rgb[k])
+    again = from_file(tmp_path / "dicom")
+    assert again.meta.spatial.axis_labels[-1] == "channel"
+    np.testing.assert_array_equal(again.to_numpy(), rgb)
+    np.testing.assert_allclose(again.meta.spatial.spacing, img.meta.spatial.spacing)
+    np.testing.assert_allclose(again.meta.spatial.origin, img.meta.spatial.origin, atol=1e-6)
+    np.testing.assert_allclose(again.meta.spatial.direction, img.meta.spatial.direction, atol=1e-6)
+
+    rgba = sitk.GetImageFromArray(rng.integers(0, 256, (3, 7, 8, 4), dtype=np.uint8), True)
+    sitk.WriteImage(rgba, str(tmp_path / "rgba.nrrd"))
+    convert_file(tmp_path / "rgba.nrrd", tmp_path / "rgba.mla")
+    assert MLArray.open(tmp_path / "rgba.mla").shape == (3, 7, 8, 4)
+    with pytest.raises(ConversionError, match="not 4 colour components") as err:
+        convert_file(tmp_path / "rgba.mla", tmp_path / "rgba_dicom", to="dicom")
+    assert str(err.value).startswith(str(tmp_path / "rgba_dicom"))
+    assert not (tmp_path / "rgba_dicom").exists()
+
+
+def test_vectors_and_modalities_keep_their_channels_first(tmp_path):
+    """Only colour pictures move their channel axis last: three float components (a
+    displacement field), 16-bit vectors of a NRRD, and a 4-D NIfTI of three 8-bit
+    modalities (``--fourth-axis channel``) keep it first, as nnU-Net stores channels."""
+    field_ = sitk.GetImageFromArray(np.zeros((2, 3, 4, 3), np.float32), isVector=True)
+    sitk.WriteImage(field_, str(tmp_path / "field.nrrd"))
+    vectors = sitk.GetImageFromArray(np.zeros((2, 3, 4, 3), np.uint16), isVector=True)
+    sitk.WriteImage(vectors, str(tmp_path / "vectors.nrrd"))
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2, 3), np.uint8), np.eye(4)), tmp_path / "m.nii")
+    for img in (
+        from_file(tmp_path / "field.nrrd"),
+        from_file(tmp_path / "vectors.nrrd"),
+        from_file(tmp_path / "m.nii", fourth_axis="channel"),
+    ):
+        assert img.meta.spatial.axis_labels[0] == "channel"
+        assert img.shape == (3, 2, 3, 4)
 
 
 def test_dicom_seg_keeps_its_segment_number(tmp_path):

@@ -51,6 +51,7 @@ from mlarray.meta import (
     MetaSource,
     MetaSpatial,
     _meta_internal_write,
+    is_colour_axis,
 )
 from mlarray.mlarray import MLArray
 
@@ -191,7 +192,9 @@ class _Loaded:
 
     ``index_axes`` are the data axes of voxel index ``i, j, k`` (x, y, z in
     ITK/NIfTI naming) and ``affine`` maps ``(i, j, k)`` to ``frame`` world
-    coordinates; ``nonspatial`` pairs data axes with their labels.
+    coordinates; ``nonspatial`` pairs data axes with their labels. ``colour``: its
+    ``channel`` axis holds the colour components of a picture (an RGB NIfTI, a colour
+    DICOM, an 8-bit RGB(A) NRRD or MetaImage), not channels such as modalities.
     """
 
     data: Any
@@ -203,6 +206,7 @@ class _Loaded:
     fmt: str
     notes: list[str] = field(default_factory=list)
     sod: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    colour: bool = False
 
 
 def _memory_budget() -> int:
@@ -339,7 +343,8 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
     elif data.ndim >= 4:
         extra = [fourth_axis or "temporal", *["channel", "non_spatial"][: data.ndim - 4]]
         extra += ["non_spatial"] * (data.ndim - 3 - len(extra))
-    if data.dtype.names:  # RGB24/RGBA32: colour components as a last channel axis, as ITK
+    colour = bool(data.dtype.names)
+    if colour:  # RGB24/RGBA32: colour components as a last channel axis, as ITK
         extra = ["non_spatial" if label == "channel" else label for label in extra]
         data = np.stack([data[name] for name in data.dtype.names], axis=-1)
         extra.append("channel")
@@ -358,6 +363,7 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
         source=source,
         fmt="nifti",
         notes=notes,
+        colour=colour,
     )
 
 
@@ -964,6 +970,10 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
     nonspatial = [(dim - 1 - d, fourth_axis or "temporal") for d in range(n_sp, dim)]
     if vector:
         nonspatial.append((dim, "channel"))
+    # a DICOM's samples per pixel are colours (RGB, YBR decoded to RGB by GDCM, a palette
+    # expanded); elsewhere 3 or 4 components of 8 bits are an RGB(A) picture, as ITK writes one
+    n_comp = img.GetNumberOfComponentsPerPixel()
+    colour = vector and (fmt == "dicom" or (n_comp in (3, 4) and data.dtype == np.uint8))
     if dim > 3:
         source["time_spacing"] = float(spacing[3])
         source["time_origin"] = float(origin[3])
@@ -977,6 +987,7 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
         fmt=fmt,
         notes=notes,
         sod=(spacing[:n_sp], origin[:n_sp], direction[:n_sp, :n_sp]),
+        colour=colour,
     )
 
 
@@ -1111,8 +1122,15 @@ def _spacing_origin_direction(
     return spacing, affine[:n, n].copy(), direction
 
 
-def _arranged(loaded: _Loaded, axis_order: str) -> tuple[Any, list[str], np.ndarray, list[int]]:
-    """Transpose to (non-spatial..., spatial in ``axis_order``) and permute the affine to match."""
+def _arranged(
+    loaded: _Loaded, axis_order: str, colour_last: bool = False
+) -> tuple[Any, list[str], np.ndarray, list[int]]:
+    """Transpose to (non-spatial..., spatial in ``axis_order``) and permute the affine to match.
+
+    With ``colour_last``, the ``channel`` axis of a colour picture goes after the spatial
+    axes instead (:func:`mlarray.meta.is_colour_axis`: as ITK, PIL and napari hold colour
+    pictures, and as the napari plugin shows one RGB layer).
+    """
     n_sp = len(loaded.index_axes)
     if axis_order == "zyx":
         index_order = list(range(n_sp))[::-1]
@@ -1122,9 +1140,13 @@ def _arranged(loaded: _Loaded, axis_order: str) -> tuple[Any, list[str], np.ndar
         raise ValueError(f"axis_order must be 'zyx' or 'xyz', not {axis_order!r}")
     rank = {"channel": 0, "temporal": 1}
     ns = sorted(loaded.nonspatial, key=lambda al: (rank.get(al[1], 2), al[0]))
+    after = [al for al in ns if colour_last and loaded.colour and al[1] == "channel"]
+    ns = [al for al in ns if al not in after]
     perm = [ax for ax, _ in ns] + [loaded.index_axes[d] for d in index_order]
+    perm += [ax for ax, _ in after]
     names = ["spatial_x", "spatial_y", "spatial_z"]
     labels = [lab for _, lab in ns] + [names[d] if n_sp == 3 else "spatial" for d in index_order]
+    labels += [lab for _, lab in after]
     affine = loaded.affine.copy()
     affine[:n_sp, :n_sp] = loaded.affine[:n_sp, :n_sp][:, index_order]
     return loaded.data.transpose(perm), labels, affine, index_order
@@ -1164,7 +1186,9 @@ def _prepare(
     frame = _frame_name(coord_system, p)
     loaded = _read(p, series=series, fourth_axis=fourth_axis)
     reference = axis_order == "reference"
-    data, labels, affine, index_order = _arranged(loaded, "xyz" if reference else axis_order)
+    data, labels, affine, index_order = _arranged(
+        loaded, "xyz" if reference else axis_order, colour_last=not reference
+    )
     notes = list(loaded.notes)
     if frame is not None and frame != loaded.frame:
         affine = _flip_frame(affine, loaded.frame, frame)
@@ -1527,6 +1551,16 @@ def _common_dtype(data: np.ndarray) -> np.ndarray:
     return data
 
 
+def _nifti_colours(data: np.ndarray) -> np.ndarray:
+    """8-bit colour components on the last axis as NIfTI's RGB24 (3) or RGBA32 (4) voxels,
+    the structured dtype nibabel reads and writes them as."""
+    names = "RGBA"[: data.shape[-1]]
+    out = np.empty(data.shape[:-1], dtype=[(c, np.uint8) for c in names])
+    for k, c in enumerate(names):
+        out[c] = data[..., k]
+    return out
+
+
 def _write_nifti(
     data: np.ndarray,
     affine_ras: np.ndarray,
@@ -1534,9 +1568,10 @@ def _write_nifti(
     target: Path,
     time: tuple[float, float] | None,
     vector: bool,
+    colour: bool = False,
 ) -> None:
     nib = _require("nibabel", target)
-    data = _common_dtype(data)
+    data = _nifti_colours(data) if colour else _common_dtype(data)
     if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
         data = data.astype(np.int32)
     elif data.dtype == np.uint64 and data.size and data.max() < 2**32:
@@ -1706,12 +1741,19 @@ def _new_uid() -> str:
 
 
 def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: Path) -> None:
-    """Write a 3-D (k, j, i) array as a DICOM series, one file per slice, into ``folder``."""
+    """Write a 3-D (k, j, i) array as a DICOM series, one file per slice, into ``folder``;
+    a (k, j, i, c) array of 8-bit colours as RGB slices (3 samples per pixel)."""
     sitk = _require("SimpleITK", folder)
     data = _common_dtype(data)
     if data.dtype.kind not in "iu" or data.dtype.itemsize > 4:
         raise ConversionError(
             folder, f"DICOM output needs 8, 16 or 32-bit integers; the image is {data.dtype}"
+        )
+    if data.ndim == 4 and data.shape[-1] != 3:
+        raise ConversionError(
+            folder,
+            f"DICOM output holds RGB colour pictures, not {data.shape[-1]} colour components "
+            "(RGBA); write NIfTI, NRRD or MetaImage instead",
         )
     spacing, origin, direction = _spacing_origin_direction(affine_lps, folder)
     src = _source_for(meta, "dicom")
@@ -1734,7 +1776,7 @@ def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: P
     )
     with _quiet_itk(sitk):
         try:
-            img = sitk.GetImageFromArray(np.ascontiguousarray(data))
+            img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=data.ndim == 4)
             img.SetSpacing([float(v) for v in spacing])
             img.SetOrigin([float(v) for v in origin])
             img.SetDirection([float(v) for v in direction.ravel()])
@@ -1834,8 +1876,19 @@ def to_file(
     spatial, time_axes, time_in_space = _time_from_space(target, meta, spatial, a)
     if time_in_space is not None:
         a = time_in_space.pop("affine")
-    if fmt == "dicom" and (len(spatial) != 3 or len(spatial) != len(mask)):
-        raise ConversionError(target, "DICOM output needs a 3-D image without channels or time")
+    # a colour picture (8-bit colours on a last channel axis) goes out as RGB(A) slices
+    colour_dicom = (
+        len(mask) == 4
+        and labels is not None
+        and labels[-1] == "channel"
+        and is_colour_axis(img.shape, 3, img.dtype)
+    )
+    if fmt == "dicom" and (len(spatial) != 3 or (len(spatial) != len(mask) and not colour_dicom)):
+        raise ConversionError(
+            target,
+            "DICOM output needs a 3-D image without channels or time (or an 8-bit colour "
+            "picture, its colours on a last channel axis)",
+        )
     if not 1 <= len(spatial) <= 3:
         raise ConversionError(target, f"{len(spatial)} spatial axes; NIfTI/NRRD/MHA hold 1 to 3")
     nonspatial = [ax for ax, m in enumerate(mask) if not m]
@@ -1861,7 +1914,7 @@ def to_file(
     written = _written_name(target)
     try:
         if fmt == "dicom":
-            data = data.transpose(index_axes[::-1])
+            data = data.transpose(index_axes[::-1] + chan_axes)
             _write_dicom(data, _into_frame(affine, frame, "LPS"), meta, tmpdir)
             _publish_folder(tmpdir, target)
             return target
@@ -1870,7 +1923,11 @@ def to_file(
             data = data.transpose(index_axes + time_axes + chan_axes)
             if pad:
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
-            vector = bool(chan_axes) and not (not time_axes and _nifti_4d_source(meta))
+            # a colour picture goes out as RGB24/RGBA32 voxels, as ITK and nibabel write one
+            colour = bool(chan_axes) and _colour_axis(img, meta, chan_axes[0])
+            vector = (
+                bool(chan_axes) and not colour and not (not time_axes and _nifti_4d_source(meta))
+            )
             if vector and not time_axes:  # NIfTI keeps vector components in dim 5
                 data = data.reshape((*data.shape[:3], 1, *data.shape[3:]))
             affine3 = np.eye(4)
@@ -1879,7 +1936,7 @@ def to_file(
             affine3 = _into_frame(affine3, frame, "RAS")
             if not time_axes and not chan_axes:
                 data = data.reshape(_nifti_shape(meta, data.shape))
-            _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
+            _write_nifti(data, affine3, meta, tmpdir / written, time, vector, colour)
         else:
             singleton = time_axes and data.shape[time_axes[0]] == 1 and _nifti_4d_source(meta)
             if singleton:  # SimpleITK reads a NIfTI whose dim[4] is 1 as 3-D: so is its copy
@@ -1909,6 +1966,16 @@ def to_file(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target
+
+
+def _colour_axis(img: MLArray, meta: Meta, axis: int) -> bool:
+    """Whether channel ``axis`` of ``img`` holds the 8-bit colours of a picture: stored last
+    (:func:`mlarray.meta.is_colour_axis`, as ``mlarray convert`` and the napari plugin store
+    colour pictures), or 3 or 4 of them converted from an RGB24/RGBA32 NIfTI."""
+    if is_colour_axis(img.shape, axis, img.dtype):
+        return True
+    datatype = _source_for(meta, "nifti").get("datatype")
+    return datatype in (128, 2304) and img.dtype == np.uint8 and img.shape[axis] in (3, 4)
 
 
 # ----------------------------------------------------------------------------- one file, any way

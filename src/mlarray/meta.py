@@ -41,6 +41,7 @@ __all__ = [
     "MetaStatistics",
     "MetaVersion",
     "SingleKeyBaseMeta",
+    "is_colour_axis",
     "is_spatial_label",
 ]
 
@@ -95,6 +96,25 @@ _SPATIAL_LABELS = frozenset({"spatial", "spatial_x", "spatial_y", "spatial_z"})
 def is_spatial_label(label: str | AxisLabelEnum) -> bool:
     """Return whether an axis label names a spatial axis."""
     return str(label) in _SPATIAL_LABELS
+
+
+def is_colour_axis(shape: Sequence[int], axis: int, dtype: Any) -> bool:
+    """Whether ``channel`` axis ``axis`` of an array of ``shape`` holds the colours of an
+    RGB(A) picture.
+
+    The layout of colour pictures in ``.mla`` files (as ITK, PIL and napari hold
+    them): the last axis, 3 or 4 long, of 8-bit unsigned data, after at least two
+    other axes. ``mlarray convert`` stores colour images so, the napari plugin
+    shows such a file as one RGB(A) layer and saves an RGB(A) layer so; a channel
+    axis anywhere else (a one-hot map of three classes first) stays channels.
+    """
+    return (
+        len(shape) >= 3
+        and axis in (len(shape) - 1, -1)
+        and int(shape[-1]) in (3, 4)
+        and dtype is not None
+        and np.dtype(dtype) == np.uint8
+    )
 
 
 # --------------------------------------------------------------------------- internal fields

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray.meta import Meta, MetaStatistics, is_spatial_label
+from mlarray.meta import Meta, MetaStatistics, is_colour_axis, is_spatial_label
 from napari_mlarray._layer_common import KEY, as_read, common_layer_kwargs, drop_axes, with_metadata
 from napari_mlarray._orientation import (
     ANATOMY_LABELS,
@@ -244,18 +244,10 @@ def image_layer_kwargs(
 
 
 def _is_rgb(shape, axis: int, dtype: str | None) -> bool:
-    """Whether stored ``channel`` axis ``axis`` holds the colours of an RGB(A) picture.
-
-    As the plugin's writer stores an RGB(A) layer (and picture converters store colour
-    images): the last axis, 3 or 4 long, of 8-bit data over at least two other axes.
-    """
-    return (
-        axis == len(shape) - 1
-        and len(shape) >= 3
-        and int(shape[axis]) in (3, 4)
-        and dtype is not None
-        and np.dtype(dtype) == np.uint8
-    )
+    """Whether stored ``channel`` axis ``axis`` holds the colours of an RGB(A) picture:
+    :func:`mlarray.meta.is_colour_axis` (as the plugin's writer and ``mlarray convert``
+    store colour pictures, the last axis, 3 or 4 long, of 8-bit data)."""
+    return is_colour_axis(shape, axis, dtype)
 
 
 def _rgb_kwargs(kw: dict, block: dict, channel: int) -> dict:
