@@ -18,7 +18,10 @@ frame is recorded in ``meta.spatial.coord_system`` (FORMAT.md section 4):
 ``coord_system=`` converts to the other frame (a sign flip of the first two
 world axes; the voxels do not move). The array is stored in the order
 SimpleITK and nnU-Net use, ``(channel, time, z, y, x)``, with matching
-``axis_labels``; ``axis_order="xyz"`` keeps NIfTI's own ``x, y, z`` order.
+``axis_labels``; ``axis_order="xyz"`` keeps NIfTI's own ``x, y, z`` order. A colour
+picture (a colour DICOM, an RGB24/RGBA32 NIfTI, an 8-bit RGB(A) NRRD or MetaImage) keeps
+its colours last, ``(z, y, x, channel)``, as ITK, PIL and napari hold colour pictures
+(:func:`mlarray.meta.is_colour_axis`); ``axis_order="reference"`` keeps the reference's layout.
 
 >>> from mlarray.convert import from_file, to_file
 >>> img = from_file("case_0001.nii.gz")           # an in-memory MLArray
@@ -1341,7 +1344,8 @@ def from_file(
     -------
     MLArray
         With the source header in ``meta.source`` and the geometry in
-        ``meta.spatial`` (``coord_system`` set).
+        ``meta.spatial`` (``coord_system`` set); non-spatial axes first, except the
+        colours of a colour picture, last (``axis_order`` ``zyx`` or ``xyz``).
 
     Raises
     ------
@@ -1836,8 +1840,10 @@ def to_file(
         Receives what the user should be told (an assumed world frame).
     format : {"dicom"}, optional
         ``"dicom"`` writes a series folder at ``path`` (one file per slice,
-        integer data, patient and study tags from a DICOM source kept, new
-        series and instance UIDs).
+        integer data or an 8-bit RGB picture with its colours on a last
+        ``channel`` axis, patient and study tags from a DICOM source kept, new
+        series and instance UIDs). An 8-bit colour picture goes to NIfTI as
+        RGB24/RGBA32 voxels, to NRRD/MetaImage as vector pixels.
 
     Returns
     -------
