@@ -180,6 +180,27 @@ def test_rgb_nifti_becomes_a_last_colour_axis_and_goes_back_as_rgb(tmp_path, fie
     np.testing.assert_allclose(back.affine, affine, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(6, 5), (6, 5, 4, 2)], ids=["2-D", "4-D"])
+def test_rgb_nifti_of_2_or_4_dimensions_goes_back_with_its_dimensions(tmp_path, shape):
+    """A 2-D RGB NIfTI (a picture) and a 4-D one (colour over time) keep their colours last
+    in .mla and go back as RGB24 NIfTI of their own dimensions (not 3-D, not 5-D vectors)."""
+    rng = np.random.default_rng(9)
+    rgb = np.zeros(shape, dtype=[(c, "u1") for c in "RGB"])
+    for c in "RGB":
+        rgb[c] = rng.integers(0, 256, shape)
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(rgb, affine), tmp_path / "in.nii.gz")
+    convert_file(tmp_path / "in.nii.gz", tmp_path / "in.mla")
+    img = MLArray.open(tmp_path / "in.mla")
+    assert img.meta.spatial.axis_labels[-1] == "channel" and img.shape[-1] == 3
+    if len(shape) == 4:
+        assert img.meta.spatial.axis_labels[0] == "temporal"
+    convert_file(tmp_path / "in.mla", tmp_path / "out.nii.gz")
+    back = nib.load(tmp_path / "out.nii.gz")
+    assert int(back.header["datatype"]) == 128 and back.shape == shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), rgb)
+
+
 # ----------------------------------------------------------------------------- DICOM
 
 

@@ -1572,10 +1572,9 @@ def _write_nifti(
     target: Path,
     time: tuple[float, float] | None,
     vector: bool,
-    colour: bool = False,
 ) -> None:
     nib = _require("nibabel", target)
-    data = _nifti_colours(data) if colour else _common_dtype(data)
+    data = _common_dtype(data)
     if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
         data = data.astype(np.int32)
     elif data.dtype == np.uint64 and data.size and data.max() < 2**32:
@@ -1931,6 +1930,8 @@ def to_file(
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
             # a colour picture goes out as RGB24/RGBA32 voxels, as ITK and nibabel write one
             colour = bool(chan_axes) and _colour_axis(img, meta, chan_axes[0])
+            if colour:
+                data = _nifti_colours(data)
             vector = (
                 bool(chan_axes) and not colour and not (not time_axes and _nifti_4d_source(meta))
             )
@@ -1940,9 +1941,9 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            if not time_axes and not chan_axes:
+            if not time_axes and (not chan_axes or colour):
                 data = data.reshape(_nifti_shape(meta, data.shape))
-            _write_nifti(data, affine3, meta, tmpdir / written, time, vector, colour)
+            _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
         else:
             singleton = time_axes and data.shape[time_axes[0]] == 1 and _nifti_4d_source(meta)
             if singleton:  # SimpleITK reads a NIfTI whose dim[4] is 1 as 3-D: so is its copy
