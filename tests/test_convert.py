@@ -371,6 +371,25 @@ def test_colour_dicom_is_stored_colours_last(tmp_path, name):
     assert MLArray.open(tmp_path / "ref.mla").shape == (3, x, y, z)
 
 
+def test_palette_colour_dicom_is_an_rgb_picture():
+    """A PALETTE COLOR DICOM is read as its colours (the 16-bit lookup table's high bytes,
+    as GDCM expands it), colours last: one RGB picture in napari, not three channels."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+
+    src = get_testdata_file("examples_palette.dcm")
+    ds = pydicom.dcmread(src)
+    img = from_file(src)
+    assert img.meta.spatial.axis_labels[-1] == "channel" and img.dtype == np.uint8
+    expected = apply_color_lut(ds.pixel_array, ds) >> 8
+    np.testing.assert_array_equal(img.to_numpy(), expected[np.newaxis])
+
+
 def test_colour_picture_goes_back_to_dicom_nrrd_and_metaimage_as_colour(tmp_path):
     """A colour picture converted to .mla (an oblique RGB NRRD, as ITK writes one) goes back
     to NRRD and MetaImage as SimpleITK vector pixels and to DICOM as RGB slices (3 samples
