@@ -442,6 +442,21 @@ def test_colour_picture_goes_back_to_dicom_nrrd_and_metaimage_as_colour(tmp_path
     assert not (tmp_path / "rgba_dicom").exists()
 
 
+def test_rgb_picture_simpleitk_wrote_to_nifti_is_colours_last(tmp_path):
+    """SimpleITK writes an 8-bit RGB picture to NIfTI as 3 vector components (dim 5, intent
+    vector): it converts colours last like the same picture in NRRD; float vectors in
+    NIfTI (a displacement field) keep their channel axis first."""
+    rgb = np.random.default_rng(2).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb.nii.gz"))
+    assert nib.load(tmp_path / "rgb.nii.gz").shape == (4, 3, 2, 1, 3)
+    img = from_file(tmp_path / "rgb.nii.gz")
+    assert img.meta.spatial.axis_labels == ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    np.testing.assert_array_equal(img.to_numpy(), rgb)
+    field_ = sitk.GetImageFromArray(rgb.astype(np.float32), isVector=True)
+    sitk.WriteImage(field_, str(tmp_path / "field.nii.gz"))
+    assert from_file(tmp_path / "field.nii.gz").meta.spatial.axis_labels[0] == "channel"
+
+
 def test_vectors_and_modalities_keep_their_channels_first(tmp_path):
     """Only colour pictures move their channel axis last: three float components (a
     displacement field), 16-bit vectors of a NRRD, and a 4-D NIfTI of three 8-bit

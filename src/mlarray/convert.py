@@ -19,7 +19,7 @@ frame is recorded in ``meta.spatial.coord_system`` (FORMAT.md section 4):
 world axes; the voxels do not move). The array is stored in the order
 SimpleITK and nnU-Net use, ``(channel, time, z, y, x)``, with matching
 ``axis_labels``; ``axis_order="xyz"`` keeps NIfTI's own ``x, y, z`` order. A colour
-picture (a colour DICOM, an RGB24/RGBA32 NIfTI, an 8-bit RGB(A) NRRD or MetaImage) keeps
+picture (a colour DICOM, an RGB24/RGBA32 NIfTI, 3 or 4 8-bit vector components) keeps
 its colours last, ``(z, y, x, channel)``, as ITK, PIL and napari hold colour pictures
 (:func:`mlarray.meta.is_colour_axis`); ``axis_order="reference"`` keeps the reference's layout.
 
@@ -197,7 +197,7 @@ class _Loaded:
     ITK/NIfTI naming) and ``affine`` maps ``(i, j, k)`` to ``frame`` world
     coordinates; ``nonspatial`` pairs data axes with their labels. ``colour``: its
     ``channel`` axis holds the colour components of a picture (an RGB NIfTI, a colour
-    DICOM, an 8-bit RGB(A) NRRD or MetaImage), not channels such as modalities.
+    DICOM, 3 or 4 8-bit vector components), not channels such as modalities.
     """
 
     data: Any
@@ -340,14 +340,17 @@ def _read_nifti(path: Path, fourth_axis: str | None) -> _Loaded:
     if data.ndim < 3:  # NIfTI is 3-D at heart: pad to three spatial axes
         data = data.reshape(data.shape + (1,) * (3 - data.ndim))
     extra: list[str] = []
-    if data.ndim >= 5 and data.shape[3] == 1:
+    vectors = data.ndim >= 5 and data.shape[3] == 1
+    if vectors:
         data = data[:, :, :, 0]  # NIfTI puts vector components in dim 5, with dim 4 = 1
         extra = ["channel"] + ["non_spatial"] * (data.ndim - 4)
     elif data.ndim >= 4:
         extra = [fourth_axis or "temporal", *["channel", "non_spatial"][: data.ndim - 4]]
         extra += ["non_spatial"] * (data.ndim - 3 - len(extra))
-    colour = bool(data.dtype.names)
-    if colour:  # RGB24/RGBA32: colour components as a last channel axis, as ITK
+    # 3 or 4 vector components of 8 bits: the RGB(A) picture SimpleITK writes as a vector
+    rgb_vectors = vectors and data.ndim == 4 and data.shape[3] in (3, 4)
+    colour = bool(data.dtype.names) or (rgb_vectors and data.dtype == np.uint8)
+    if data.dtype.names:  # RGB24/RGBA32: colour components as a last channel axis, as ITK
         extra = ["non_spatial" if label == "channel" else label for label in extra]
         data = np.stack([data[name] for name in data.dtype.names], axis=-1)
         extra.append("channel")
