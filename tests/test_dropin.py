@@ -1071,3 +1071,63 @@ def test_reference_files_of_dtypes_this_version_does_not_read(tmp_path):
     lines = "\n".join(f"MLArray({make}).save('{n}.mla')" for n, (make, _) in _ODD_DTYPES.items())
     _reference(f"import numpy as np\nfrom mlarray import MLArray\n{lines}\n", tmp_path)
     _check_unsupported_dtype_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------- r18 review
+# nthreads 0 or -1 (a loader's computed thread count, a joblib-style "all"): Blosc2 and
+# the reference take them (c-blosc2 then runs one thread); the reference records them.
+
+_X3 = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_nthreads_below_one_are_accepted_as_blosc2_and_the_reference_do(tmp_path, n):
+    p = tmp_path / "d.mla"
+    MLArray(_X3).save(p)
+    for read in (MLArray.open, MLArray.load):
+        a = read(p, dparams={"nthreads": n})
+        assert np.array_equal(a[...], _X3)
+    given = MLArray(_X3, dparams={"nthreads": n}, cparams={"clevel": 5, "nthreads": n})
+    assert np.array_equal(given[...], _X3)
+    assert given.meta.blosc2.dparams == {"nthreads": n}  # recorded as given, as the reference
+    given.save(tmp_path / "g.mla")
+    back = MLArray.open(tmp_path / "g.mla")
+    assert np.array_equal(back[...], _X3) and back.meta.blosc2.dparams == {"nthreads": n}
+    assert back.meta.blosc2.cparams["nthreads"] == n and back.meta.blosc2.cparams["clevel"] == 5
+    # a numpy-backed array written with them
+    MLArray(_X3, compressed=False, dparams={"nthreads": n}).save(tmp_path / "u.mla")
+    assert np.array_equal(MLArray.load(tmp_path / "u.mla")[...], _X3)
+
+
+@needs_reference
+def test_reference_files_recording_nthreads_below_one_resave_and_recompress(tmp_path):
+    from mlarray.cli import main
+
+    _reference(
+        """
+        import numpy as np; from mlarray import MLArray
+        x = np.arange(512, dtype=np.float32).reshape(8, 8, 8)
+        MLArray(x, dparams={"nthreads": 0}).save("d0.mla")
+        MLArray(x, cparams={"clevel": 5, "nthreads": -1}).save("c1.mla")
+        """,
+        tmp_path,
+    )
+    x = np.arange(512, dtype=np.float32).reshape(8, 8, 8)
+    assert MLArray.open(tmp_path / "d0.mla").meta.blosc2.dparams == {"nthreads": 0}
+    assert MLArray.open(tmp_path / "c1.mla").meta.blosc2.cparams["nthreads"] == -1
+    for name in ("d0", "c1"):
+        MLArray.load(tmp_path / f"{name}.mla").save(tmp_path / f"re_{name}.mla")
+        assert np.array_equal(MLArray.open(tmp_path / f"re_{name}.mla")[...], x)
+        assert main(["recompress", str(tmp_path / f"{name}.mla"), "--codec", "lz4hc"]) == 0
+        done = MLArray.open(tmp_path / f"{name}.mla")
+        assert done.meta.blosc2.cparams["codec"] == blosc2.Codec.LZ4HC.value
+        assert np.array_equal(done[...], x)
+    # and the reference reads what we re-saved
+    out = _reference(
+        """
+        from mlarray import MLArray
+        print(float(MLArray.open("re_d0.mla")[...].sum()), float(MLArray.open("c1.mla")[...].sum()))
+        """,
+        tmp_path,
+    )
+    assert out.split() == [str(float(x.sum()))] * 2

@@ -390,7 +390,7 @@ def test_normalize_cparams_from_dataclass():
         ({"filters": 1}, "filters"),
         ({"filters": [1] * 7}, "filters"),
         ({"use_dict": 1}, "use_dict"),
-        ({"nthreads": 0}, "nthreads"),
+        ({"nthreads": 2.0}, "nthreads"),
         ({"tuner": 99}, "tuner"),
         ({"tuner": 5}, "tuner"),
         ({"splitmode": 0}, "splitmode"),
@@ -413,6 +413,12 @@ def test_normalize_dparams():
     assert info.value.field == "dparams"
     with pytest.raises(MetaValidationError):
         normalize_dparams({"nthreads": "2"})
+    # any int, as Blosc2 takes it (below 1 runs one thread: StorageOptions.blosc2_dparams)
+    for n in (0, -1):
+        assert normalize_dparams({"nthreads": n}) == {"nthreads": n}
+        asked = {"nthreads": n}
+        opts = resolve_storage((8, 9, 10), np.int16, cparams=asked, dparams=asked)
+        assert opts.blosc2_dparams().nthreads == 1 and opts.blosc2_cparams(np.int16).nthreads == 1
 
 
 def test_normalize_dparams_repeated_calls_check_and_copy_every_time():
@@ -421,7 +427,7 @@ def test_normalize_dparams_repeated_calls_check_and_copy_every_time():
     first = normalize_dparams({"nthreads": 2})
     first["nthreads"] = 99
     assert normalize_dparams({"nthreads": 2}) == {"nthreads": 2}
-    for bad in ({"nthreads": True}, {"nthreads": -1}, {"nthreads": 2.0}):
+    for bad in ({"nthreads": True}, {"nthreads": "-1"}, {"nthreads": 2.0}):
         for _ in range(2):
             with pytest.raises(MetaValidationError):
                 normalize_dparams(bad)

@@ -37,7 +37,8 @@ cparams : dict, blosc2.CParams or None
     :data:`DEFAULT_SEG_CPARAMS` (LZ4HC level 9 + shuffle) for label maps
     (``meta.is_seg``), and no filter for one-byte dtypes
     (:data:`NO_FILTER`). Compression runs on every usable core unless
-    ``nthreads`` is given (not recorded).
+    ``nthreads`` is given (not recorded); any int is accepted, as by
+    Blosc2, and one below 1 (0, or -1) runs one thread, as c-blosc2 does.
     ``codec`` must be a :class:`blosc2.Codec` or a codec registered in this
     process with :func:`blosc2.register_codec`; another id raises
     :class:`~mlarray.errors.MetaValidationError` (a ValueError, as the
@@ -45,7 +46,8 @@ cparams : dict, blosc2.CParams or None
 dparams : dict, blosc2.DParams or None
     Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
     (``{"nthreads": 1}``: right for data loaders, which run one process per
-    core). Whole-volume reads and viewers decode faster on every core:
+    core; ``nthreads`` below 1, e.g. 0 or -1, also means one thread, as in
+    Blosc2). Whole-volume reads and viewers decode faster on every core:
     ``MLArray.open(path, dparams={"nthreads": usable_cores()})`` (the napari
     reader does this); see benchmarks/RESULTS.md, "Full load".
 compressed : bool
@@ -339,13 +341,15 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "tuner": blosc2.Tuner,
     "filters": blosc2.Filter,
 }
-#: Integer fields and their allowed range (None: no upper bound).
+#: Integer fields and their allowed range (None: no bound on that side).
 _INT_RANGES = {
     "codec": (0, 255),  # and a blosc2.Codec member or a registered user codec
     "codec_meta": (0, 255),
     "clevel": (0, 9),
     "typesize": (1, 255),
-    "nthreads": (1, None),
+    # any int, as Blosc2 and the reference take it: below 1 (a loader's computed 0, a
+    # joblib-style -1) runs one thread, as c-blosc2 does (StorageOptions, io.clamp_dparams)
+    "nthreads": (None, None),
     "blocksize": (0, None),
     "splitmode": (0, 255),
     "tuner": (0, 255),
@@ -392,7 +396,7 @@ def _check_value(field: str, key: str, value: Any) -> None:
         lo, hi = _INT_RANGES[key]
         if isinstance(v, bool) or not isinstance(v, int):
             raise MetaTypeError(field, f"{key}: expected an int, got {v!r}")
-        if v < lo or (hi is not None and v > hi):
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
             bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
             raise MetaValidationError(field, f"{key}: expected an int {bound}, got {v!r}")
         if key in _MEMBERS_ONLY and v not in _MEMBERS_ONLY[key]:
@@ -567,18 +571,20 @@ class StorageOptions:
         """``cparams`` as a :class:`blosc2.CParams`, ``typesize`` from ``dtype`` unless set."""
         kwargs = {k: list(v) if isinstance(v, list) else v for k, v in self.cparams.items()}
         kwargs.setdefault("typesize", max(1, min(255, np.dtype(dtype).itemsize)))
-        kwargs.setdefault("nthreads", usable_cores())
-        if _fork.forked():  # c-blosc2's thread pools do not survive fork (mlarray._fork)
-            kwargs["nthreads"] = 1
+        # nthreads < 1 runs one thread, as in Blosc2; 1 in a forked child: c-blosc2's
+        # thread pools do not survive fork (mlarray._fork)
+        n = kwargs.get("nthreads", usable_cores())
+        kwargs["nthreads"] = 1 if _fork.forked() else max(1, int(n))
         if "filters" in kwargs:
             kwargs.setdefault("filters_meta", [0] * len(kwargs["filters"]))
         return blosc2.CParams(**kwargs)
 
     def blosc2_dparams(self) -> blosc2.DParams:
-        """``dparams`` as a :class:`blosc2.DParams` (one thread in a forked child)."""
+        """``dparams`` as a :class:`blosc2.DParams` (``nthreads`` below 1 runs one thread,
+        as in Blosc2; one thread in a forked child)."""
         kwargs = dict(self.dparams)
-        if _fork.forked():
-            kwargs["nthreads"] = 1
+        n = kwargs.get("nthreads", 1)
+        kwargs["nthreads"] = 1 if _fork.forked() else max(1, int(n))
         return blosc2.DParams(**kwargs)
 
     def blosc2_kwargs(self, dtype: Any) -> dict[str, Any]:
