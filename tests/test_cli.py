@@ -600,3 +600,30 @@ def test_stats_command_names_a_damaged_chunk_and_leaves_the_file(tmp_path, capsy
     out = capsys.readouterr().out
     assert "chunk 3" in out and "checksum" in out
     assert p.read_bytes() == bytes(raw)
+
+
+def test_stats_with_other_percentiles_recomputes_them(tmp_path, capsys):
+    # a file with 0.5/99.5 statistics was skipped for --percentiles 1 99 (exit 0), keeping
+    # the old window
+    p = tmp_path / "case.mla"
+    data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    MLArray(data).save(p)
+    assert main(["stats", str(p)]) == 0
+    assert MLArray.open(p).meta.stats.percentile_max_key == 99.5
+    capsys.readouterr()
+    assert main(["stats", str(p), "--percentiles", "1", "99"]) == 0
+    assert "1 done" in capsys.readouterr().out
+    s = MLArray.open(p).meta.stats
+    assert (s.percentile_min_key, s.percentile_max_key) == (1.0, 99.0)
+    assert s.percentile_min == pytest.approx(np.percentile(data, 1), abs=1.0)
+    assert s.percentile_max == pytest.approx(np.percentile(data, 99), abs=1.0)
+    np.testing.assert_array_equal(MLArray.open(p)[...], data)
+    # the same percentiles again, or none asked: statistics kept, file untouched
+    before = p.read_bytes()
+    for extra in (["--percentiles", "1", "99"], []):
+        assert main(["stats", str(p), *extra]) == 0
+        out = capsys.readouterr().out
+        assert "skipped" in out and "percentiles 1 99 already computed" in out, out
+    assert p.read_bytes() == before
+    assert main(["stats", str(p), "--percentiles", "0.5", "99.5"]) == 0  # back to the default
+    assert MLArray.open(p).meta.stats.percentile_max_key == 99.5

@@ -272,10 +272,17 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
     if not meta._has_array.has_array:
         row.status, row.message = "skipped", "no array (metadata only)"
         return
-    if meta.stats.min is not None and not task.overwrite:
-        row.status, row.message = "skipped", "stats already computed (--overwrite to redo)"
+    asked = task.options.get("percentiles")
+    stored = (meta.stats.percentile_min_key, meta.stats.percentile_max_key)
+    if (
+        meta.stats.min is not None
+        and not task.overwrite
+        and (asked is None or tuple(map(float, asked)) == stored)
+    ):
+        had = f"percentiles {stored[0]:g} {stored[1]:g}" if None not in stored else "stats"
+        row.status, row.message = "skipped", f"{had} already computed (--overwrite to redo)"
         return
-    pct = tuple(task.options.get("percentiles") or (0.5, 99.5))
+    pct = tuple(asked or (0.5, 99.5))
     values = file_stats(store, task.src, pct)
     meta.stats = MetaStatistics(**values)
     io.save_mla(

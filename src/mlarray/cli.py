@@ -565,6 +565,8 @@ def _cmd_recompress(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    if args.percentiles is None:  # not asked: existing statistics of any percentiles stay
+        return _run_many(args, _mla_tasks(args, "stats", {"percentiles": None}))
     lo, hi = args.percentiles
     if not 0 <= lo < hi <= 100:
         raise UsageError(f"--percentiles {lo} {hi}: need 0 <= low < high <= 100")
@@ -701,9 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--percentiles",
         nargs=2,
         type=float,
-        default=(0.5, 99.5),
         metavar=("LOW", "HIGH"),
-        help="percentiles to store (default 0.5 99.5)",
+        help="percentiles to store (default 0.5 99.5); a file whose statistics have other "
+        "percentiles is recomputed, one with these (or, without this option, any) is skipped "
+        "unless --overwrite",
     )
     _add_parallel_options(p)
     p.set_defaults(func=_cmd_stats)
