@@ -627,3 +627,32 @@ def test_stats_with_other_percentiles_recomputes_them(tmp_path, capsys):
     assert p.read_bytes() == before
     assert main(["stats", str(p), "--percentiles", "0.5", "99.5"]) == 0  # back to the default
     assert MLArray.open(p).meta.stats.percentile_max_key == 99.5
+
+
+def test_preview_size_out_of_range_is_a_usage_error_naming_the_limits(tmp_path, capsys):
+    # 0 or -5 wrote an 8-pixel-high PNG with exit 0; --size 100000 allocated until the
+    # OOM killer ended it
+    from PIL import Image
+
+    from mlarray._preview import PreviewError, write_preview
+
+    p = tmp_path / "pv.mla"
+    MLArray(np.random.default_rng(0).random((40, 50, 60), np.float32), spacing=[2, 1, 1]).save(p)
+    out = tmp_path / "p.png"
+    for size in ("0", "-5", "15", "4097", "100000", "1e3"):
+        with pytest.raises(SystemExit) as done:
+            main(["preview", str(p), "-o", str(out), "--size", size])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "--size" in err and ("16 to 4096" in err or "integer" in err), err
+        assert not out.exists()
+    with pytest.raises(PreviewError, match="16 to 4096"):
+        write_preview(p, out, size=0)
+    assert not out.exists()
+    assert main(["preview", str(p), "-o", str(out), "--size", "16"]) == 0
+    assert Image.open(out).height == 16
+    # a long, thin volume: no panel wider than 4096 pixels at the default size
+    MLArray(np.zeros((10, 10, 3000), np.float32), spacing=[1, 1, 1]).save(tmp_path / "w.mla")
+    assert main(["preview", str(tmp_path / "w.mla"), "-o", str(tmp_path / "w.png")]) == 0
+    w = Image.open(tmp_path / "w.png")
+    assert w.width <= 2 * 4096 + 8 + 4096 and w.height >= 8

@@ -21,7 +21,18 @@ from mlarray import geometry
 from mlarray.errors import MLArrayError
 from mlarray.mlarray import MLArray
 
-__all__ = ["PreviewError", "anatomical_axes", "plane_views", "write_preview"]
+__all__ = [
+    "MAX_SIZE",
+    "MIN_SIZE",
+    "PreviewError",
+    "anatomical_axes",
+    "plane_views",
+    "write_preview",
+]
+
+#: Allowed ``size`` (height of the tallest panel, pixels); no panel side exceeds MAX_SIZE,
+#: so a PNG holds at most three 4096 x 4096 panels (~150 MB of RGB while drawn).
+MIN_SIZE, MAX_SIZE = 16, 4096
 
 # letters at the (start, end) of each LPS world axis, i.e. the - and + ends
 _ENDS = {0: ("R", "L"), 1: ("A", "P"), 2: ("I", "S")}
@@ -198,8 +209,11 @@ def write_preview(
     index : int
         Position along non-spatial axes (channel, time).
     size : int
-        Height in pixels of the tallest panel; all panels share one scale
-        (pixels per millimetre), so the three views are comparable.
+        Height in pixels of the tallest panel, :data:`MIN_SIZE` to
+        :data:`MAX_SIZE`; all panels share one scale (pixels per
+        millimetre), so the three views are comparable. A panel wider than
+        :data:`MAX_SIZE` at that scale (a long, thin volume) lowers the scale
+        of all of them so that none is.
     boxes : bool
         Draw the boxes of ``meta.bbox`` that cross each plane.
 
@@ -207,7 +221,17 @@ def write_preview(
     -------
     list of str
         Notes for the user (an assumed orientation).
+
+    Raises
+    ------
+    PreviewError
+        For a ``size`` out of range (before the file is read), a file without
+        three spatial axes, a mask on another grid.
     """
+    if isinstance(size, bool) or not isinstance(size, int | np.integer):
+        raise PreviewError(f"size: expected an int, got {size!r}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise PreviewError(f"size {size}: expected {MIN_SIZE} to {MAX_SIZE} pixels")
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
@@ -248,7 +272,9 @@ def write_preview(
         (plane.shape[0] * spacing[v.rows], plane.shape[1] * spacing[v.cols])
         for v, plane in zip(views, planes, strict=True)
     ]
-    px_per_mm = max(8, int(size)) / max(h for h, _ in extents)  # one scale for all panels
+    px_per_mm = min(  # one scale for all panels; no side longer than MAX_SIZE
+        int(size) / max(h for h, _ in extents), MAX_SIZE / max(w for _, w in extents)
+    )
     panels = []
     for v, plane, labels, (h_mm, w_mm) in zip(views, planes, label_planes, extents, strict=True):
         rgb = _render(None, plane, lo, hi) if seg_img else _render(plane, labels, lo, hi)

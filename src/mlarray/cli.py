@@ -573,6 +573,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return _run_many(args, _mla_tasks(args, "stats", {"percentiles": [lo, hi]}))
 
 
+def _preview_size(text: str) -> int:
+    """``--size``: an int in the range :func:`mlarray._preview.write_preview` draws."""
+    from mlarray._preview import MAX_SIZE, MIN_SIZE
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not MIN_SIZE <= n <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{n} pixels: expected {MIN_SIZE} to {MAX_SIZE}")
+    return n
+
+
 def _cmd_preview(args: argparse.Namespace) -> int:
     from mlarray._preview import PreviewError, write_preview
 
@@ -727,7 +740,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", metavar="SEG.mla", help="a label map on the same grid to overlay")
     p.add_argument("--index", type=int, default=0, help="index along non-spatial axes (default 0)")
     p.add_argument(
-        "--size", type=int, default=256, help="height of the tallest panel in pixels (default 256)"
+        "--size",
+        type=_preview_size,
+        default=256,
+        help="height of the tallest panel in pixels, 16 to 4096 (default 256); no panel is "
+        "wider than 4096",
     )
     p.add_argument("--no-boxes", action="store_true", help="do not draw the file's boxes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
