@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -656,3 +657,32 @@ def test_preview_size_out_of_range_is_a_usage_error_naming_the_limits(tmp_path, 
     assert main(["preview", str(tmp_path / "w.mla"), "-o", str(tmp_path / "w.png")]) == 0
     w = Image.open(tmp_path / "w.png")
     assert w.width <= 2 * 4096 + 8 + 4096 and w.height >= 8
+
+
+def test_info_json_is_a_list_for_a_folder_or_glob_even_of_one_file(tmp_path, capsys):
+    # a folder or glob matching one file printed a bare object: `for rec in json.load(...)`
+    # iterated over its keys
+    for name in ("one/a.mla", "two/a.mla", "two/b.mla"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        MLArray(np.zeros((4, 5, 6), np.uint8)).save(tmp_path / name)
+
+    def info(*files: object) -> Any:
+        assert main(["info", "--json", *map(str, files)]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    for files in (
+        [tmp_path / "one"],
+        [str(tmp_path / "one" / "*.mla")],
+        [tmp_path / "two"],
+        [tmp_path / "one" / "a.mla", tmp_path / "two" / "a.mla"],
+    ):
+        got = info(*files)
+        assert isinstance(got, list) and all(r["shape"] == [4, 5, 6] for r in got), files
+    assert len(info(tmp_path / "one")) == 1 and len(info(tmp_path / "two")) == 2
+    single = info(tmp_path / "one" / "a.mla")  # one file named: its object
+    assert isinstance(single, dict) and single["shape"] == [4, 5, 6]
+    # a damaged single file: the error on stderr, no JSON on stdout, exit 1
+    (tmp_path / "bad.mla").write_bytes(b"not a frame")
+    assert main(["info", "--json", str(tmp_path / "bad.mla")]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "bad.mla" in out.err

@@ -346,8 +346,12 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from mlarray._dataset import expand_inputs
+    from mlarray._dataset import _has_glob, expand_inputs
 
+    # --json: one object for one FILE argument naming a file, else a list (also when a
+    # folder or glob matches one file), so the shape depends on the arguments only
+    one = len(args.files) == 1 and not _has_glob(args.files[0])
+    one = one and not Path(args.files[0]).is_dir()
     items, unmatched = expand_inputs(args.files, lambda p: p.name.lower().endswith(".mla"))
     for pattern in unmatched:
         raise UsageError(f"{pattern}: no such .mla file")
@@ -364,8 +368,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             out.append(info)
         else:
             _write(format_info(info))
-    if args.json:
-        _write(json.dumps(out if len(args.files) > 1 or len(out) != 1 else out[0], indent=2))
+    if args.json and not (one and failed):
+        _write(json.dumps(out[0] if one else out, indent=2))
     return EXIT_FAILED if failed else 0
 
 
@@ -638,7 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show what an .mla file holds, from its header alone (no data is read).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".mla files, folders or globs")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of text: one object for a single FILE argument naming a "
+        "file, otherwise (several arguments, a folder, a quoted glob) a list, even of one",
+    )
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(
