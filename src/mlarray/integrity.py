@@ -17,8 +17,9 @@ value. A second entry, ``vlmeta["mlarray_checksums_frame"]`` (:data:`FRAME_KEY`)
 names the frame the digests were computed for: the 8-byte tag
 ``b"MLAFRM\\x00\\x02"``, the little-endian ``uint64`` digest of the frame's
 chunk index (every chunk's offset and compressed size, :func:`frame_binding`)
-and every chunk's offset (little-endian ``int64``: a chunk now pointing where
-another chunk's data were is a damaged index, not a rewrite).
+and every chunk's offset (little-endian ``int64``: a chunk now pointing at
+another chunk's data, still there, is a damaged index, not a rewrite; see
+:func:`_index_damaged`).
 It is a separate entry so that mlarray versions that predate it still read and
 verify new files; files without it (written before it existed) are verified as
 they always were.
@@ -218,24 +219,53 @@ def encode_binding(info: FrameInfo) -> bytes:
     return _FRAME_TAG + frame_binding(info).to_bytes(8, "little") + offsets
 
 
-def _index_damaged(bound: bytes, info: FrameInfo) -> int | None:
-    """A chunk whose offset is now another stored chunk's offset of the frame the
-    checksums were computed for (``bound``, a :data:`_FRAME_TAG` entry), or None.
+def _index_damaged(bound: bytes, info: FrameInfo, buf: Any, raw: Any) -> int | None:
+    """The first chunk whose index entry now points at another chunk's data (a damaged
+    chunk index), or None.
 
-    A Blosc2 writer rewriting chunks puts them at new places (appended, or a new file
-    written in order); a chunk pointing where another chunk was is a damaged index (a
-    swapped or copied offset): its data would be the other chunk's."""
+    ``bound`` is the :data:`FRAME_KEY` entry naming the frame the checksums were
+    computed for (its chunk offsets), ``raw`` the checksum entry (its digests). A
+    Blosc2 writer rewriting chunks puts them at new places: appended, in a new file
+    written in order, or moved down when it compacts the frame (a chunk that became a
+    special value, e.g. all zeros, frees its bytes and every later chunk moves into
+    them). So a chunk whose offset is now one another chunk had is a rewrite when its
+    bytes there are its own (they hash to its digest) or new ones (rewritten), and a
+    damaged index (a swapped offset: its data would be the other chunk's) when they
+    are still the other chunk's. (Two chunks sharing bytes are refused by
+    :func:`~mlarray.frame.inspect_frame`.) Only chunks at such an offset are hashed,
+    at open, and only for a frame whose index changed."""
     old = np.frombuffer(bound[16:], dtype="<i8")
     new = np.asarray(info.raw_offsets, dtype=np.int64)
     if len(old) != len(new):
         return None
-    data = old >= 0  # special values (zeros, NaNs, ...) are shared by many chunks
-    where = dict(zip(old[data].tolist(), np.flatnonzero(data).tolist(), strict=True))
+    live = old >= 0  # special values (zeros, NaNs, ...) are shared by many chunks
+    owner = dict(zip(old[live].tolist(), np.flatnonzero(live).tolist(), strict=True))
+    suspects = []  # (chunk, the chunk whose offset it now has)
     for i in np.flatnonzero((new != old) & (new >= 0)).tolist():
-        j = where.get(int(new[i]))
+        j = owner.get(int(new[i]))
         if j is not None and j != i:
+            suspects.append((i, j))
+    if not suspects:
+        return None
+    digests = _entry_digests(raw, info)
+    if digests is None:
+        return None
+    for i, j in suspects:
+        got = int(chunk_digests(buf, info, [i])[0])
+        if got != int(digests[i]) and got == int(digests[j]):
             return i
     return None
+
+
+def _entry_digests(raw: Any, info: FrameInfo) -> np.ndarray | None:
+    """The chunk digests the checksum entry ``raw`` holds (None if it is not a valid
+    entry for ``info``'s number of chunks)."""
+    if not isinstance(raw, bytes) or not raw.startswith(_TAG):
+        return None
+    body = raw[len(_TAG) + 8 :]
+    if len(body) != 8 * info.nchunks:
+        return None
+    return np.frombuffer(body, dtype="<u8")
 
 
 def _head(buf: Any, info: FrameInfo) -> bytes:
@@ -308,7 +338,7 @@ def _read_entry(
                 "(MLARRAY_VERIFY=0 reads the file unverified)",
             )
         if int.from_bytes(bound[8:16], "little") != frame_binding(info):
-            i = _index_damaged(bound, info)
+            i = _index_damaged(bound, info, buf, raw)
             if i is not None:
                 raise CorruptChunkError(
                     path,
