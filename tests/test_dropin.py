@@ -28,6 +28,7 @@ from mlarray.errors import (
     MetaValidationError,
     MLArrayFormatError,
 )
+from mlarray.integrity import RECORD_KEY, record_binding
 from mlarray.record import decode_record
 from tests._children import run_python, run_reference
 
@@ -102,7 +103,8 @@ def _record_file(tmp_path: Path, record: dict) -> Path:
     p = tmp_path / "forged.mla"
     MLArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)).save(p)
     s = blosc2.open(os.fspath(p), mode="a")
-    s.schunk.vlmeta["mlarray"] = gzip.compress(pickle.dumps(record, 4), mtime=0)
+    s.schunk.vlmeta["mlarray"] = forged = gzip.compress(pickle.dumps(record, 4), mtime=0)
+    s.schunk.vlmeta[RECORD_KEY] = record_binding(forged)  # as mlarray names its record
     del s
     return p
 

@@ -38,7 +38,14 @@ from mlarray.errors import (
     UnsafeRecordError,
 )
 from mlarray.frame import inspect_frame
-from mlarray.integrity import CHECKSUM_KEY, FRAME_KEY, StaleChecksumsWarning, verify_file
+from mlarray.integrity import (
+    CHECKSUM_KEY,
+    FRAME_KEY,
+    RECORD_KEY,
+    StaleChecksumsWarning,
+    record_binding,
+    verify_file,
+)
 from tests._children import run_python, run_reference
 
 HARNESS = Path(__file__).with_name("reliability_harness.py")
@@ -99,9 +106,12 @@ def b2nd_pos(buf: bytes) -> int:
 
 
 def set_record(path: Path, record_bytes) -> None:
-    """Replace vlmeta['mlarray'] of a file in place (forging a record)."""
+    """Replace vlmeta['mlarray'] of a file in place (forging a record), naming it in the
+    checksum entries as mlarray does (else the checksums read as stale: another tool's)."""
     s = blosc2.open(os.fspath(path), mode="a")
     s.schunk.vlmeta["mlarray"] = record_bytes
+    if RECORD_KEY in s.schunk.vlmeta and isinstance(record_bytes, bytes):
+        s.schunk.vlmeta[RECORD_KEY] = record_binding(record_bytes)
     del s
 
 
@@ -516,6 +526,115 @@ def test_chunks_zeroed_in_place_by_the_reference_read_here(tmp_path):
     )
     for name in _ZEROED:
         _reads_unverified_with_one_warning(tmp_path / f"{name}.mla", expected[name])
+
+
+def test_a_rewrite_keeping_the_chunk_index_reads_stale_when_the_record_was_rewritten(tmp_path):
+    """A chunk another tool rewrites in place at its offset with its compressed size (a
+    memcpyed chunk stays the same size) leaves the chunk index as we wrote it. The
+    reference rewrites the metadata record with every such write: a record that is not the
+    one our checksums were stored with makes the file read unverified, with the warning.
+    The same change of chunk bytes with the record as we wrote it is damage."""
+    data = np.random.default_rng(5).integers(0, 256, (8, 32, 32), dtype=np.uint8)
+    edited = data.copy()  # random bytes do not compress: the chunks are stored memcpyed
+    edited[1, 2, 3] = data[1, 2, 3] ^ 0xFF
+    p = tmp_path / "base.mla"
+    MLArray(data, patch_size=None, chunk_size=(4, 32, 32), block_size=(4, 16, 16)).save(p)
+    for name in ("record_rewritten", "record_kept"):
+        q = tmp_path / f"{name}.mla"
+        q.write_bytes(p.read_bytes())
+        b = blosc2.open(os.fspath(q), mode="a")
+        b[1, 2, 3] = edited[1, 2, 3]
+        if name == "record_rewritten":  # what the reference's close() and save() do
+            record = b.schunk.vlmeta["mlarray"]
+            b.schunk.vlmeta["mlarray"] = gzip.compress(gzip.decompress(record), mtime=1)
+        del b
+        before, after = inspect_frame(p.read_bytes()), inspect_frame(q.read_bytes())
+        assert np.array_equal(before.raw_offsets, after.raw_offsets)
+        assert np.array_equal(before.chunk_cbytes, after.chunk_cbytes)
+    _reads_unverified_with_one_warning(tmp_path / "record_rewritten.mla", edited)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleChecksumsWarning)
+        with pytest.raises(CorruptChunkError, match=r"chunk 0 .*the file is damaged"):
+            MLArray.open(tmp_path / "record_kept.mla")[...]
+
+
+@pytest.mark.skipif(
+    not REFERENCE_PYTHON,
+    reason="set MLARRAY_REFERENCE_PYTHON to a python with mlarray==0.0.54 (.ci/run does)",
+)
+def test_small_corrections_by_the_reference_on_real_data_read_here(tmp_path):
+    """The reference setting 2 voxels of real data (MNI T1, one 64^3 chunk) in our file,
+    in place (``open`` r+ ... ``close``) or by ``load`` ... ``save``: LZ4 often keeps the
+    chunk's compressed size, so c-blosc2 rewrites it at its offset and the chunk index is
+    unchanged; the reference's record rewrite tells it apart from damage."""
+    nib = pytest.importorskip("nibabel")
+    img = nib.load(Path(__file__).parent / "data" / "mni152_t1_2mm.nii.gz")
+    data = np.asarray(img.dataobj)[14:78, 20:84, 10:74].astype(np.int16)
+    rng = np.random.default_rng(0)
+    edits, expected, lines = {}, {}, []
+    for t in range(8):
+        z, y, x = (int(v) for v in rng.integers(0, 60, 3))
+        v = int(rng.integers(0, 100))
+        for how in ("rplus", "save"):
+            name = f"{how}{t}.mla"
+            MLArray(data, patch_size=(32, 32, 32)).save(tmp_path / name)
+            edits[name] = inspect_frame((tmp_path / name).read_bytes())
+            expected[name] = data.copy()
+            expected[name][z : z + 2, y, x] = v
+            if how == "rplus":
+                lines.append(f"a = MLArray.open({name!r}, mmap_mode='r+')")
+                lines.append(f"a[{z}:{z + 2}, {y}, {x}] = {v}; a.close()")
+            else:
+                lines.append(f"a = MLArray.load({name!r})")
+                lines.append(f"a[{z}:{z + 2}, {y}, {x}] = {v}; a.save({name!r})")
+    run_reference("from mlarray import MLArray\n" + "\n".join(lines), tmp_path)
+    same_index = 0
+    for name, want in expected.items():
+        after = inspect_frame((tmp_path / name).read_bytes())
+        same_index += bool(
+            np.array_equal(after.raw_offsets, edits[name].raw_offsets)
+            and np.array_equal(after.chunk_cbytes, edits[name].chunk_cbytes)
+        )
+        _reads_unverified_with_one_warning(tmp_path / name, want)
+    assert same_index  # the case the record tells apart happened
+
+
+def test_our_metadata_writes_keep_the_record_named_by_the_checksums(tmp_path):
+    """Our own record rewrites (a metadata-only ``close()``, an in-place write) name the
+    new record in the checksum entries: the file stays verified. A file whose entries name
+    no record (written before that entry existed) is verified as before."""
+    p = tmp_path / "ours.mla"
+    truth = good_file(p)
+    a = MLArray.open(p, mmap_mode="r+")
+    a.meta.spatial.spacing = [2.0, 3.0, 4.0]
+    a.close()
+    s = blosc2.open(os.fspath(p))
+    assert s.schunk.vlmeta[RECORD_KEY] == record_binding(s.schunk.vlmeta["mlarray"])
+    del s
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleChecksumsWarning)
+        report = verify_file(p)
+        assert report.has_checksums and report.ok
+        assert MLArray.open(p).meta.spatial.spacing == [2.0, 3.0, 4.0]
+    s = blosc2.open(os.fspath(p), mode="a")
+    del s.schunk.vlmeta[RECORD_KEY]
+    del s
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    i = int(np.flatnonzero(info.chunk_pos >= 0)[0])
+    buf[int(info.chunk_pos[i]) + 40] ^= 0xFF
+    q = tmp_path / "damaged.mla"
+    q.write_bytes(bytes(buf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleChecksumsWarning)
+        assert np.array_equal(MLArray.open(p)[...], truth)
+        with pytest.raises(CorruptChunkError, match=rf"chunk {i} "):
+            MLArray.open(q)[...]
+        a = MLArray.open(p, mmap_mode="r+")
+        a[0, 0, 0] = 3
+        a.close()
+        assert RECORD_KEY in blosc2.open(os.fspath(p)).schunk.vlmeta
+        assert verify_file(p).has_checksums and verify_file(p).ok
 
 
 def test_compute_stats_on_a_damaged_chunk_raises_ours(tmp_path):

@@ -20,18 +20,26 @@ chunk index (every chunk's offset and compressed size, :func:`frame_binding`)
 and every chunk's offset (little-endian ``int64``: a chunk now pointing at
 another chunk's data, still there, is a damaged index, not a rewrite; see
 :func:`_index_damaged`).
-It is a separate entry so that mlarray versions that predate it still read and
-verify new files; files without it (written before it existed) are verified as
-they always were.
+A third entry, ``vlmeta["mlarray_checksums_record"]`` (:data:`RECORD_KEY`),
+names the metadata record the digests were stored with: the 8-byte tag
+``b"MLAREC\x00\x01"`` and the little-endian ``uint64`` digest of the bytes of
+``vlmeta["mlarray"]`` (:func:`record_binding`).
+They are separate entries so that mlarray versions that predate them still read
+and verify new files; files without them (written before they existed) are
+verified as they always were.
 
-Other tools copy the entry without updating it (the reference package's
+Other tools copy the entries without updating them (the reference package's
 ``save`` of a file it read from ours, its in-place writes). Their rewrite moves
-or resizes chunks, so the chunk index no longer matches the entry's binding:
+or resizes chunks, so the chunk index no longer matches the frame binding, or
+leaves a rewritten chunk at its offset with its size (often, for a small edit
+of real data) but rewrites the record (the reference package does on every
+in-place write and save), so the record no longer matches the record binding:
 the digests are stale, and the file is read unverified, with one
 :class:`StaleChecksumsWarning` naming it, instead of being reported damaged.
-Damage to the data of a file we wrote leaves its chunk index as it was: the
-binding matches and the damaged chunk raises
-:class:`~mlarray.errors.CorruptChunkError`.
+Damage to the data of a file we wrote leaves its chunk index and its record as
+they were: the bindings match and the damaged chunk raises
+:class:`~mlarray.errors.CorruptChunkError`. Both bindings are checked once per
+file version, when it is opened (:func:`attach`); reads pay nothing for them.
 
 How it is used:
 
@@ -86,10 +94,12 @@ from mlarray.errors import (
 )
 from mlarray.frame import FrameInfo, check_chunk_blocks, inspect_frame, read_vlmeta_bytes
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
+from mlarray.record import VLMETA_KEY
 
 __all__ = [
     "CHECKSUM_KEY",
     "FRAME_KEY",
+    "RECORD_KEY",
     "ChunkDecodeCheck",
     "ChunkVerifier",
     "StaleChecksumsWarning",
@@ -102,6 +112,7 @@ __all__ = [
     "encode_digests",
     "frame_binding",
     "note_write",
+    "record_binding",
     "refresh_file",
     "set_verify_on_read",
     "stored_digests",
@@ -117,6 +128,9 @@ _TAG = b"MLAXXH3\x01"
 #: vlmeta entry naming the frame the checksums were computed for (:func:`frame_binding`)
 FRAME_KEY = "mlarray_checksums_frame"
 _FRAME_TAG = b"MLAFRM\x00\x02"  # digest + every chunk's offset
+#: vlmeta entry naming the metadata record the checksums were stored with (:func:`record_binding`)
+RECORD_KEY = "mlarray_checksums_record"
+_RECORD_TAG = b"MLAREC\x00\x01"  # digest of the record's bytes
 _VERIFIER_ATTR = "_mlarray_verifier"
 
 _verify_on_read = os.environ.get("MLARRAY_VERIFY", "1").strip().lower() not in ("0", "false", "no")
@@ -272,24 +286,45 @@ def _head(buf: Any, info: FrameInfo) -> bytes:
     return _TAG + np.array([layout_digest(buf, info)], dtype="<u8").tobytes()
 
 
+def record_binding(record: bytes) -> bytes:
+    """The value of :data:`RECORD_KEY` for the metadata record ``record`` (the bytes of
+    ``vlmeta["mlarray"]``): the tag and the record's XXH3-64 digest.
+
+    Other tools that write our file rewrite its record (the reference package does on
+    every ``close()`` of a writable handle and every ``save``, even when only voxels
+    changed) but copy this entry: a record that no longer fits it tells such a rewrite
+    apart from damage when the rewritten chunks kept their offsets and sizes."""
+    return _RECORD_TAG + xxhash.xxh3_64_intdigest(record).to_bytes(8, "little")
+
+
+def _record_entry(buf: Any, info: FrameInfo) -> dict[str, bytes]:
+    """``{RECORD_KEY: ...}`` for the record the frame in ``buf`` holds (empty without one)."""
+    record = read_vlmeta_bytes(buf, info, VLMETA_KEY)
+    return {RECORD_KEY: record_binding(record)} if isinstance(record, bytes) else {}
+
+
 def encode_digests(buf: Any, info: FrameInfo) -> dict[str, bytes]:
     """The checksum entries of the frame in ``buf``: :data:`CHECKSUM_KEY` (tag, layout
-    and chunk digests) and :data:`FRAME_KEY` (which frame they were computed for)."""
+    and chunk digests), :data:`FRAME_KEY` (which frame they were computed for) and
+    :data:`RECORD_KEY` (which metadata record they were stored with)."""
     entry = _head(buf, info) + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
-    return {CHECKSUM_KEY: entry, FRAME_KEY: encode_binding(info)}
+    return {CHECKSUM_KEY: entry, FRAME_KEY: encode_binding(info), **_record_entry(buf, info)}
 
 
-def _stored(buf: Any, info: FrameInfo, path: Any) -> tuple[Any, Any]:
-    """The raw values of the checksum entry and of its frame binding (None if absent)."""
+def _stored(buf: Any, info: FrameInfo, path: Any) -> tuple[Any, Any, Any]:
+    """The raw values of the checksum entry, of its frame binding and of its record
+    binding (None if absent)."""
     raw = read_vlmeta_bytes(buf, info, CHECKSUM_KEY, path)
-    bound = read_vlmeta_bytes(buf, info, FRAME_KEY, path) if raw is not None else None
-    return raw, bound
+    if raw is None:
+        return None, None, None
+    bound = read_vlmeta_bytes(buf, info, FRAME_KEY, path)
+    return raw, bound, read_vlmeta_bytes(buf, info, RECORD_KEY, path)
 
 
-def _decode_digests(raw: Any, bound: Any, buf: Any, info: FrameInfo, path: Any) -> Any:
+def _decode_digests(raw: Any, bound: Any, rec: Any, buf: Any, info: FrameInfo, path: Any) -> Any:
     """The stored chunk digests (None without a checksum entry of ours, or with one
     another tool left stale: a :class:`StaleChecksumsWarning` says so); checks the layout."""
-    digests, stale = _read_entry(raw, bound, buf, info, path)
+    digests, stale = _read_entry(raw, bound, rec, buf, info, path)
     if stale:
         if _maps.write_under_way(path):  # chunks moved by a write of mlarray under way
             raise FileChangedError(
@@ -317,12 +352,13 @@ def _warn_stale(path: Any) -> None:
 
 
 def _read_entry(
-    raw: Any, bound: Any, buf: Any, info: FrameInfo, path: Any
+    raw: Any, bound: Any, rec: Any, buf: Any, info: FrameInfo, path: Any
 ) -> tuple[np.ndarray | None, bool]:
-    """``(chunk digests, stale)`` of the entry ``raw`` and its binding ``bound``:
-    ``(None, False)`` without an entry, ``(None, True)`` for an entry bound to another
-    frame (see :func:`frame_binding`). An entry without a binding (written before it
-    existed) is used as it is."""
+    """``(chunk digests, stale)`` of the entry ``raw`` and its bindings ``bound`` (frame)
+    and ``rec`` (record): ``(None, False)`` without an entry, ``(None, True)`` for an
+    entry bound to another frame (see :func:`frame_binding`) or stored with another
+    metadata record (see :func:`record_binding`). An entry without a binding (written
+    before it existed) is used as it is."""
     if raw is None:
         return None, False
     if bound is not None:
@@ -347,6 +383,16 @@ def _read_entry(
                     chunk=i,
                 )
             return None, True
+    if rec is not None:
+        if not (isinstance(rec, bytes) and len(rec) == 16 and rec.startswith(_RECORD_TAG)):
+            raise CorruptChunkError(
+                path,
+                f"the checksum entry {RECORD_KEY!r} is damaged or of a newer mlarray "
+                "(MLARRAY_VERIFY=0 reads the file unverified)",
+            )
+        record = read_vlmeta_bytes(buf, info, VLMETA_KEY, path)
+        if not isinstance(record, bytes) or record_binding(record) != rec:
+            return None, True  # another tool rewrote the record, and maybe chunks
     if not isinstance(raw, bytes) or not raw.startswith(_TAG):
         # Anything else under our key is damage (or a newer format this version cannot
         # check): never fall back to reading unverified data silently.
@@ -407,6 +453,7 @@ def updated_entry(
     return {
         CHECKSUM_KEY: _head(buf, info) + out.astype("<u8").tobytes(),
         FRAME_KEY: encode_binding(info),
+        **_record_entry(buf, info),
     }
 
 
@@ -860,8 +907,8 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
     """
     buf, watch = _map(path)
     info = inspect_frame(buf, path)
-    raw, bound = _stored(buf, info, path)
-    expected = _decode_digests(raw, bound, buf, info, path)
+    raw, bound, rec = _stored(buf, info, path)
+    expected = _decode_digests(raw, bound, rec, buf, info, path)
     stale = raw is not None and expected is None
     damaged: list[int] = []
     if expected is None:

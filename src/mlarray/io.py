@@ -1104,7 +1104,7 @@ def _other_vlmeta(src: Any) -> dict[str, Any]:
         return {}
 
 
-_OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY, integrity.FRAME_KEY)
+_OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY, integrity.FRAME_KEY, integrity.RECORD_KEY)
 
 
 # ------------------------------------------------------------------ in-place writes
@@ -1558,6 +1558,8 @@ def _growth_bound(info: Any, ids: np.ndarray, vlmeta_bytes: int) -> int:
     digests = 8 * info.nchunks + 16 + _BLOSC2_MAX_OVERHEAD
     # the entry naming the frame (integrity.FRAME_KEY): tag, digest, every chunk's offset
     digests += 16 + 8 * info.nchunks + _BLOSC2_MAX_OVERHEAD
+    # the entry naming the record (integrity.RECORD_KEY): tag, digest
+    digests += 16 + _BLOSC2_MAX_OVERHEAD
     return grow + offsets + 2 * (vlmeta_bytes + digests) + 4096
 
 
@@ -1927,6 +1929,8 @@ def _transaction(
             del new, info_new
             for key, value in entries.items():
                 schunk.vlmeta[key] = value
+        elif digests is not None and VLMETA_KEY in vlmeta:  # metadata only: name the record
+            schunk.vlmeta[integrity.RECORD_KEY] = integrity.record_binding(vlmeta[VLMETA_KEY])
         _datasync(fd)  # the write is on disk before its journal goes
     except BaseException as exc:
         _fail(p, fd, jfd, jpath, exc, reopen)

@@ -12,6 +12,7 @@ import pytest
 
 from mlarray import MLArray
 from mlarray.errors import MLArrayFormatError, ReadOnlyError
+from mlarray.integrity import RECORD_KEY, record_binding
 from napari_mlarray import _boxes, _lazy, _mapping
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._reader import read_mla
@@ -24,7 +25,8 @@ def _forge(path, **parts):
         rec[key] = value
     s = blosc2.open(os.fspath(path), mode="a")
     schunk = s.schunk
-    schunk.vlmeta["mlarray"] = gzip.compress(pickle.dumps(rec, 4), mtime=0)
+    schunk.vlmeta["mlarray"] = forged = gzip.compress(pickle.dumps(rec, 4), mtime=0)
+    schunk.vlmeta[RECORD_KEY] = record_binding(forged)  # as mlarray names its record
     del s, schunk
 
 
