@@ -215,7 +215,8 @@ def layout_digest(buf: Any, info: FrameInfo) -> int:
 
 class StaleChecksumsWarning(UserWarning):
     """A file's checksum entry was computed for another version of its frame: another
-    tool rewrote chunks and copied the entry unchanged. The file is read unverified."""
+    tool rewrote chunks or the metadata record and copied the entries unchanged. The file
+    is read unverified."""
 
 
 def frame_binding(info: FrameInfo) -> int:
@@ -344,7 +345,8 @@ def _warn_stale(path: Any) -> None:
         frame, level = frame.f_back, level + 1
     warnings.warn(
         f"{os.fspath(path)}: its chunk checksums were written for another version of "
-        "the file (another tool rewrote chunks and kept mlarray's checksum entry); "
+        "the file (another tool rewrote its chunks or its metadata and kept mlarray's "
+        "checksum entries); "
         "reading it unverified. Saving it with mlarray writes current checksums.",
         StaleChecksumsWarning,
         stacklevel=level,
