@@ -337,8 +337,22 @@ def updated_entry(*args):
     return real_entry(*args)
 
 
+real_note = io._note_state
+
+
+def note_state(fd, jfd):
+    # "unnoted": c-blosc2 wrote the chunks, their state is not in the journal yet;
+    # "noted": it is.
+    if when == "unnoted":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_note(fd, jfd)
+    if when == "noted":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 io._datasync = datasync
 integrity.updated_entry = updated_entry
+io._note_state = note_state
 if where == "write":
     a[0:25, 10:50, 5:60] = np.random.default_rng(2).integers(-9, 9, (25, 40, 55))
 elif where == "tail":  # the last chunk only: the chunks before it are never touched
@@ -424,6 +438,85 @@ def test_a_journal_does_not_undo_content_put_into_the_file_after_the_crash(tmp_p
     assert not io.journal_path(p).exists()
 
 
+def _save_plain(p: Path, data: np.ndarray) -> None:
+    """As :func:`_save`, without checksums (as the reference package and other tools write)."""
+    import blosc2
+
+    from mlarray.integrity import CHECKSUM_KEY, FRAME_KEY
+
+    _save(p, data)
+    store = blosc2.open(os.fspath(p), mode="a")
+    del store.schunk.vlmeta[CHECKSUM_KEY]
+    del store.schunk.vlmeta[FRAME_KEY]
+    del store
+
+
+def _new_version() -> np.ndarray:
+    """The volume of another version of the case: only the chunk "tail" writes differs."""
+    v = _volume()
+    v[20:40, 32:64, 32:64] = 42
+    return v
+
+
+def _aside(p: Path) -> list[Path]:
+    return sorted(p.parent.glob(io.journal_path(p).name + "-unapplied-*"))
+
+
+@pytest.mark.parametrize(
+    "plain, when",
+    [(True, "noted"), (True, "unnoted"), (False, "unnoted"), (False, "digests")],
+    ids=["plain-noted", "plain-mid-step", "checksums-mid-step", "checksums-noted"],
+)
+def test_a_journal_is_not_applied_to_a_new_version_copied_onto_the_file(tmp_path, plain, when):
+    """Killed mid-write, then ``cp new.mla case.mla`` (same inode) puts another version of
+    the case in place whose bytes before the written chunk are the old file's (the guard
+    holds) and which has no checksums (as the reference package writes): the journal must
+    not roll the new version's chunk back to the old file's. It is kept aside, with a
+    warning naming it and the file."""
+    p = tmp_path / "case.mla"
+    (_save_plain if plain else _save)(p, _volume())
+    _kill_writer(tmp_path, p, "r+", "tail", when)
+    new = tmp_path / "new" / "case.mla"
+    new.parent.mkdir()
+    _save_plain(new, _new_version())
+    ino = p.stat().st_ino
+    shutil.copyfile(new, p)
+    assert p.stat().st_ino == ino
+    with pytest.warns(io.JournalNotAppliedWarning) as got:
+        a = MLArray.open(p)
+    assert np.array_equal(a[...], _new_version())
+    assert p.read_bytes() == new.read_bytes()
+    journal = io.journal_path(p)
+    aside = _aside(p)
+    assert not journal.exists() and len(aside) == 1
+    text = str(got[0].message)
+    assert os.fspath(p) in text and os.fspath(aside[0]) in text
+    assert MLArray.open(p)[...].tolist() == _new_version().tolist()  # and stays so
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "checksums"])
+@pytest.mark.parametrize("when", ["noted", "unnoted"])
+def test_a_killed_write_of_the_file_itself_is_rolled_back(tmp_path, plain, when):
+    """The stricter recognition still rolls the interrupted file back: its state is the
+    one the writer noted, or (killed within a step) it keeps its checksum entry. Only a
+    file without checksums killed within a step, whose frame c-blosc2 left readable,
+    cannot be told from another file put in its place: it is left as it is (the write
+    was complete there) and the journal kept aside."""
+    p = tmp_path / "case.mla"
+    (_save_plain if plain else _save)(p, _volume())
+    before = p.read_bytes()
+    _kill_writer(tmp_path, p, "r+", "tail", when)
+    assert p.read_bytes() != before
+    if plain and when == "unnoted":
+        with pytest.warns(io.JournalNotAppliedWarning):
+            a = MLArray.open(p)
+        assert np.array_equal(a[...], _after("tail")) and len(_aside(p)) == 1
+        return
+    a = MLArray.open(p)
+    assert p.read_bytes() == before and np.array_equal(a[...], _volume())
+    assert not io.journal_path(p).exists() and _left_behind(p) == []
+
+
 def test_writers_through_a_symbolic_link_share_the_real_files_journal(tmp_path):
     real_dir, link_dir = tmp_path / "real", tmp_path / "links"
     real_dir.mkdir()
@@ -495,7 +588,7 @@ def test_a_journal_is_not_applied_to_other_content_put_into_the_file(tmp_path):
     ino = p.stat().st_ino
     assert np.array_equal(MLArray.open(p)[...], _volume(seed=3))
     assert p.read_bytes() == other.read_bytes() and p.stat().st_ino == ino
-    assert not journal.exists()
+    assert not journal.exists()  # a whole file with its checksums: the journal is dropped
 
 
 _WRITE_LOOP = r"""

@@ -1134,10 +1134,15 @@ _OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY, integrity.FRAME_KEY, integrit
 # that returned survives a power loss too; that costs most of the overhead measured in
 # benchmarks/bench_inplace.py.
 
-_JOURNAL_MAGIC = b"MLAJRNL\x01"
+_JOURNAL_MAGIC = b"MLAJRNL\x02"
 # magic, device, inode, old file length, header length, tail start, writer pid,
-# guard length, guard digest, digest (of the fields before it and of the saved bytes)
-_JOURNAL_HEAD = struct.Struct("<8sQQQQQQQQQ")
+# guard length, guard digest, checksum-entry digest (0: the file had none),
+# digest (of the fields before it and of the saved bytes)
+_JOURNAL_HEAD = struct.Struct("<8sQQQQQQQQQQ")
+# After the saved bytes: the state the write has left the file in so far (see
+# :func:`_note_state`): magic, digest of the file's state, check (ties it to the journal).
+_STATE_MAGIC = b"MLAJSTA\x01"
+_JOURNAL_STATE = struct.Struct("<8sQQ")
 _GUARD_MAX = 1 << 20
 _BLOSC2_MAX_OVERHEAD = 32  # a compressed chunk is at most its data plus this
 _RECOVER_WAIT = 10.0  # seconds an open waits for another process's write to finish
@@ -1303,7 +1308,7 @@ def _link(jfd: int, tmp: Path | None, jpath: Path) -> None:
 
 
 def _write_journal(
-    p: Path, fd: int, buf: Any, st: os.stat_result, head_len: int, low: int
+    p: Path, fd: int, buf: Any, st: os.stat_result, info: Any, low: int
 ) -> tuple[int, Path]:
     """Save the header and ``[low, end)`` of the file open as ``fd`` (mapped as ``buf``).
 
@@ -1315,6 +1320,8 @@ def _write_journal(
     import xxhash
 
     jpath = journal_path(p)
+    head_len = info.header_len
+    entry = _entry_digest(buf, info, p)
     jfd, tmp = _journal_file(p)
     _WRITER_FDS.add(jfd)  # a child forked meanwhile closes its copy (and its lock)
     try:
@@ -1329,7 +1336,7 @@ def _write_journal(
         guard_len = min(low - head_len, _GUARD_MAX)
         guard = xxhash.xxh3_64_intdigest(mv[head_len : head_len + guard_len])
         fields = (_JOURNAL_MAGIC, st.st_dev, st.st_ino, size, head_len, low, os.getpid())
-        fields += (guard_len, guard)
+        fields += (guard_len, guard, entry)
         h = xxhash.xxh3_64(_JOURNAL_HEAD.pack(*fields, 0)[:-8])
         h.update(mv[:head_len])  # the saved bytes, read through the file's map (page cache)
         for pos in range(low, size, 1 << 24):
@@ -1389,19 +1396,97 @@ def _read_journal(jfd: int) -> tuple | None:
         head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
         if len(head) != _JOURNAL_HEAD.size:
             return None
-        magic, dev, ino, size, head_len, low, _pid, guard_len, guard, digest = _JOURNAL_HEAD.unpack(
-            head
+        magic, dev, ino, size, head_len, low, _pid, guard_len, guard, entry, digest = (
+            _JOURNAL_HEAD.unpack(head)
         )
         length = os.fstat(jfd).st_size - _JOURNAL_HEAD.size
-        if magic != _JOURNAL_MAGIC or low > size or length != head_len + size - low:
+        saved = head_len + size - low
+        if (
+            magic != _JOURNAL_MAGIC
+            or low > size
+            or length not in (saved, saved + _JOURNAL_STATE.size)
+        ):
             return None
         h = xxhash.xxh3_64(head[:-8])
-        _hash_range(jfd, _JOURNAL_HEAD.size, _JOURNAL_HEAD.size + length, h)
+        _hash_range(jfd, _JOURNAL_HEAD.size, _JOURNAL_HEAD.size + saved, h)
     except OSError:
         return None
     if h.intdigest() != digest or guard_len > low - head_len:
         return None
-    return dev, ino, size, head_len, low, guard_len, guard
+    return dev, ino, size, head_len, low, guard_len, guard, entry, digest
+
+
+def _entry_digest(buf: Any, info: Any, p: Path) -> int:
+    """A digest of the frame's checksum entry (:data:`integrity.CHECKSUM_KEY`), 0 if it
+    has none (or an unreadable one)."""
+    import xxhash
+
+    try:
+        raw = _frame.read_vlmeta_bytes(buf, info, integrity.CHECKSUM_KEY, p)
+    except Exception:
+        return 0
+    if not isinstance(raw, bytes | bytearray):
+        return 0
+    return xxhash.xxh3_64_intdigest(bytes(raw)) or 1
+
+
+def _state_digest(fd: int, size: int, head_len: int, low: int) -> int:
+    """A digest of the parts of a file of ``size`` bytes an in-place write may change:
+    its length, its header and everything from ``low`` on."""
+    import xxhash
+
+    h = xxhash.xxh3_64(size.to_bytes(8, "little"))
+    _hash_range(fd, 0, head_len, h)
+    _hash_range(fd, low, size, h)
+    return h.intdigest()
+
+
+def _state_check(state: int, jdigest: int) -> int:
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(_STATE_MAGIC + struct.pack("<QQ", state, jdigest))
+
+
+def _note_state(fd: int, jfd: int) -> None:
+    """Store in the journal ``jfd`` the state the write has left the file ``fd`` in.
+
+    Called after each step of a write (c-blosc2's chunk writes, the vlmeta entries),
+    so that a writer killed between steps leaves a journal that knows the file's exact
+    bytes, and :func:`recover` restores that file and no other content put into it.
+    Not synced: after a power loss the journal falls back on its other checks.
+    """
+    head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
+    fields = _JOURNAL_HEAD.unpack(head)
+    size, head_len, low, jdigest = fields[3], fields[4], fields[5], fields[10]
+    state = _state_digest(fd, os.fstat(fd).st_size, head_len, low)
+    record = _JOURNAL_STATE.pack(_STATE_MAGIC, state, _state_check(state, jdigest))
+    os.pwrite(jfd, record, _JOURNAL_HEAD.size + head_len + size - low)
+
+
+def _noted_state(jfd: int, fields: tuple) -> int | None:
+    """The file state last noted in the journal (:func:`_note_state`), or None."""
+    size, head_len, low, jdigest = fields[2], fields[3], fields[4], fields[8]
+    try:
+        raw = os.pread(jfd, _JOURNAL_STATE.size, _JOURNAL_HEAD.size + head_len + size - low)
+    except OSError:
+        return None
+    if len(raw) != _JOURNAL_STATE.size:
+        return None
+    magic, state, check = _JOURNAL_STATE.unpack(raw)
+    if magic != _STATE_MAGIC or check != _state_check(state, jdigest):
+        return None
+    return state
+
+
+def _saved_state(jfd: int, fields: tuple) -> int:
+    """The digest :func:`_state_digest` gave the file before the write (from the
+    journal's saved bytes)."""
+    import xxhash
+
+    size, head_len, low = fields[2], fields[3], fields[4]
+    h = xxhash.xxh3_64(size.to_bytes(8, "little"))
+    _hash_range(jfd, _JOURNAL_HEAD.size, _JOURNAL_HEAD.size + head_len + size - low, h)
+    return h.intdigest()
 
 
 def _guard_holds(fd: int, fields: tuple) -> bool:
@@ -1439,6 +1524,98 @@ def _whole(p: Path) -> bool:
             buf.close()
 
 
+def _left_by_the_write(p: Path, fd: int, jfd: int, fields: tuple) -> bool:
+    """Whether the file open as ``fd`` holds what the journal's interrupted write can
+    have left in it (so the journal applies), rather than other content put into it
+    since (``cp`` onto it, another tool's write).
+
+    The file's state (its length, header and the bytes from the first one the write
+    may change on) must be the one before the write or the one its writer last noted
+    (:func:`_note_state`, after each step). A writer killed within a step leaves a
+    part-written state nobody noted: then the bytes the write never changes must be
+    there (the guard) and either the checksum entry the file had (the write's digests
+    were not stored yet), or, for a file without checksums, a frame that c-blosc2
+    left unreadable (a readable one cannot be told from a file put in its place).
+    """
+    head_len, low, entry = fields[3], fields[4], fields[7]
+    try:
+        cur_size = os.fstat(fd).st_size
+        if cur_size >= low:
+            state = _state_digest(fd, cur_size, head_len, low)
+            if state == _saved_state(jfd, fields) or state == _noted_state(jfd, fields):
+                return True
+    except OSError:
+        return False
+    if not _guard_holds(fd, fields):
+        return False
+    current = _current_entry(p)
+    if entry:
+        return current is None or current == entry
+    return current is None or not _sound(p)
+
+
+def _current_entry(p: Path) -> int | None:
+    """:func:`_entry_digest` of the file ``p``, None if it is no readable frame."""
+    try:
+        buf = map_regular_file(p)
+    except Exception:
+        return None
+    try:
+        info = _frame.inspect_frame(buf, p)
+        return _entry_digest(buf, info, p)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.close()
+
+
+def _sound(p: Path) -> bool:
+    """Whether ``p`` is a frame with valid metadata whose every chunk decompresses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buf = map_regular_file(p)
+            try:
+                info = _frame.inspect_frame(buf, p)
+                _meta_from_raw(_frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
+            finally:
+                with contextlib.suppress(BufferError):
+                    buf.close()
+            return integrity.verify_file(p, raise_on_error=True).ok
+    except Exception:
+        return False
+
+
+class JournalNotAppliedWarning(UserWarning):
+    """An interrupted in-place write's undo journal was not applied: its file holds
+    other content now. The file was left as it is; the journal was kept aside."""
+
+
+def _set_aside(p: Path, jpath: Path, jfd: int) -> None:
+    """Keep a journal that does not apply under another name, and warn naming both."""
+    aside = jpath.with_name(f"{jpath.name}-unapplied-{time.time_ns()}")
+    try:
+        if os.path.samestat(os.fstat(jfd), os.stat(jpath)):
+            os.rename(jpath, aside)
+        else:
+            aside = None
+    except OSError:
+        aside = None
+    finally:
+        _close_locked(jfd)
+    if aside is None:
+        return
+    warnings.warn(
+        f"{os.fspath(p)}: an in-place write to this file was interrupted, and the file "
+        "now holds content that write cannot have left (another file was copied onto "
+        "it, or another program wrote it): the file was left as it is, and the write's "
+        f"undo journal was not applied but kept as {os.fspath(aside)}",
+        JournalNotAppliedWarning,
+        stacklevel=3,
+    )
+
+
 def _roll_back(p: Path, fd: int, jfd: int, fields: tuple) -> None:
     """Put the saved bytes of the journal ``jfd`` back into the file open as ``fd``."""
     size, head_len, low = fields[2:5]
@@ -1466,7 +1643,10 @@ def recover(path: str | os.PathLike, wait: bool = True) -> bool:
     journal held by a live writer (another process in the middle of a write)
     is left alone, after waiting up to 10 s for that write to end (``wait``).
     A journal of a file that was replaced or deleted since, or an incomplete
-    one, is removed.
+    one, is removed. A journal whose file (the same one) now holds content the
+    interrupted write cannot have left (another file copied onto it) is not
+    applied: it is kept aside (renamed ``<journal>-unapplied-<time>``) with a
+    :class:`JournalNotAppliedWarning` naming both.
 
     Raises
     ------
@@ -1530,13 +1710,15 @@ def _recover(path: str | os.PathLike, wait: bool = True) -> bool | None:
                     errno.EACCES,
                 ) from None
             try:
-                # The journal applies if the bytes its write never changes are still there.
-                applies = _guard_holds(fd, fields)
+                applies = _left_by_the_write(p, fd, jfd, fields)
                 if applies:
                     _roll_back(p, fd, jfd, fields)
             finally:
                 os.close(fd)
-        _drop_journal(jpath, jfd)
+        if not applies:
+            _set_aside(p, jpath, jfd)
+        else:
+            _drop_journal(jpath, jfd)
         jfd = -1
         return applies
     finally:
@@ -1907,18 +2089,23 @@ def _transaction(
         _reserve(fd, st.st_size, reserve)
     try:
         with os_errors(p, "cannot write in place: cannot create its undo journal in its folder"):
-            jfd, jpath = _write_journal(p, fd, buf, st, info.header_len, low)
+            jfd, jpath = _write_journal(p, fd, buf, st, info, low)
     except BaseException:
         _release(fd, reserve)
         raise
     del buf
     try:
+        noted = False
         if write is not None:
             write(store)
+            _note_state(fd, jfd)
+            noted = True
         schunk = store.schunk
         for key, value in vlmeta.items():
             schunk.vlmeta[key] = value
+            noted = False
         if refresh:
+            noted = False
             integrity.refresh_file(store, p)
         elif digests is None and len(ids):
             integrity.mark_stale(store)  # a file without checksums: all of them on close()
@@ -1929,8 +2116,12 @@ def _transaction(
             del new, info_new
             for key, value in entries.items():
                 schunk.vlmeta[key] = value
+            noted = False
         elif digests is not None and VLMETA_KEY in vlmeta:  # metadata only: name the record
             schunk.vlmeta[integrity.RECORD_KEY] = integrity.record_binding(vlmeta[VLMETA_KEY])
+            noted = False
+        if not noted:
+            _note_state(fd, jfd)
         _datasync(fd)  # the write is on disk before its journal goes
     except BaseException as exc:
         _fail(p, fd, jfd, jpath, exc, reopen)
