@@ -711,3 +711,83 @@ def test_streaming_a_lazily_opened_file_keeps_it_out_of_resident_memory(tmp_path
     assert grown < size / 3, (
         f"{what} grew the peak RSS by {grown / 1e6:.0f} MB ({size / 1e6:.0f} MB file)"
     )
+
+
+_SAVE_OVER_A_LIMIT = r"""
+import json, os, resource, sys, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+from mlarray import MLArray, cli
+from mlarray.errors import MLArrayError
+from mlarray.io import save_mla
+
+d = sys.argv[1]
+p, big = os.path.join(d, "case.mla"), os.path.join(d, "big.mla")
+noise = np.random.default_rng(0).random((32, 128, 128)).astype(np.float32)  # 2 MB, incompressible
+MLArray(np.zeros((8, 8, 8), np.int16)).save(p)
+MLArray(noise, patch_size=None, chunk_size=(4, 128, 128), block_size=(1, 128, 128)).save(big)
+src = os.path.join(d, "src.nii.gz")
+import nibabel
+
+nibabel.save(nibabel.Nifti1Image(noise, np.eye(4)), src)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+rows = {}
+
+
+def attempt(name, fn):
+    try:
+        fn()
+        rows[name] = ["saved"]
+    except MLArrayError as exc:
+        rows[name] = [type(exc).__name__, str(exc), exc.errno]
+    except Exception as exc:
+        rows[name] = ["foreign", f"{type(exc).__module__}.{type(exc).__name__}: {exc!r}"]
+
+
+attempt("save", lambda: MLArray(noise).save(p))  # over an existing file
+attempt("save-as", lambda: MLArray.open(big).save(os.path.join(d, "copy.mla")))  # chunks copied
+attempt(  # another codec: recompressed chunk by chunk
+    "save-as-codec",
+    lambda: save_mla(d + "/zstd.mla", MLArray.open(big), None, cparams={"codec": "zstd"}),
+)
+rows["convert-rc"] = cli.main(["convert", src, os.path.join(d, "conv.mla")])
+rows["recompress-rc"] = cli.main(["recompress", big, "--codec", "zstd", "--clevel", "5"])
+print(json.dumps(rows))
+"""
+
+
+def test_a_save_over_the_file_size_limit_is_our_error_naming_the_file(tmp_path, capfd):
+    """c-blosc2 reports a write that failed (disk full, ``RLIMIT_FSIZE``) as a bare
+    ``RuntimeError('Could not update the desired chunk')``: every writer of a new file
+    (save, save-as, convert, recompress) turns it into our error naming the file and
+    saying why, and leaves the existing files as they were."""
+    script = tmp_path / "limit.py"
+    script.write_text(_SAVE_OVER_A_LIMIT)
+    d = tmp_path / "d"
+    d.mkdir()
+    repo = os.fspath(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo + "/src", repo]))
+    proc = subprocess.run(
+        [sys.executable, os.fspath(script), os.fspath(d)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    for name, target in [
+        ("save", "case.mla"),
+        ("save-as", "copy.mla"),
+        ("save-as-codec", "zstd.mla"),
+    ]:
+        kind, text, err = rows[name]
+        assert kind == "MLArrayIOError" and err == 27, rows[name]
+        assert target in text and "File too large" in text and "300000 bytes" in text, text
+    assert rows["convert-rc"] != 0 and rows["recompress-rc"] != 0
+    out = proc.stdout + proc.stderr
+    assert out.count("File too large") >= 2 and "conv.mla" in out, out[-3000:]
+    assert "RuntimeError" not in out and "unexpected" not in out, out[-3000:]
+    assert sorted(x.name for x in d.iterdir()) == ["big.mla", "case.mla", "src.nii.gz"]
+    assert np.array_equal(MLArray.open(d / "case.mla")[...], np.zeros((8, 8, 8), np.int16))
+    assert MLArray.open(d / "big.mla").shape == (32, 128, 128)

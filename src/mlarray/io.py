@@ -930,7 +930,12 @@ def save_mla(
         tmp = _temp_path(target)
     try:
         with os_errors(target, "cannot write"):
-            _write_frame(tmp, src, shape, dtype, opts, record, progress, _path_of(data))
+            try:
+                _write_frame(tmp, src, shape, dtype, opts, record, progress, _path_of(data))
+            except RuntimeError as exc:
+                if isinstance(exc, MLArrayError) or not _raised_by_blosc2(exc):
+                    raise
+                raise _write_failure(target, tmp, _write_room(opts, dtype, record), exc) from exc
         _fsync_path(tmp)
         if target.exists():
             with contextlib.suppress(OSError):
@@ -945,6 +950,75 @@ def save_mla(
             tmp.unlink()
         raise
     return target
+
+
+def _raised_by_blosc2(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside python-blosc2 (its innermost frame is there)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/blosc2/" in name or "blosc2_ext" in name
+
+
+def _write_room(opts: StorageOptions | None, dtype: Any, record: bytes) -> int:
+    """Bytes a single write of a save may need at once: a compressed chunk at most, the
+    metadata, and some room for the frame's index and trailer."""
+    chunk = 0
+    if opts is not None and opts.chunk_size is not None and dtype is not None:
+        chunk = int(np.prod(opts.chunk_size, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return chunk + _BLOSC2_MAX_OVERHEAD + len(record) + (1 << 20)
+
+
+def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> MLArrayError:
+    """Our error for c-blosc2 failing to write the temporary file ``tmp`` of a save of
+    ``target``: c-blosc2 reports a failed write as a bare ``RuntimeError``, without its
+    ``errno``. Whether the disk is full (or the process's file-size limit reached) is
+    found out by reserving ``room`` more bytes at the end of ``tmp`` (removed after)."""
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    err = None
+    try:
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        err = e.errno
+    else:
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                os.posix_fallocate(fd, size, room)
+            except OSError as e:
+                err = e.errno
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+        except (OSError, AttributeError):
+            pass
+        finally:
+            os.close(fd)
+    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return DiskFullError(
+            target,
+            f"cannot write: {os.strerror(err)} (a file that was there is unchanged)",
+            err,
+        )
+    if err == errno.EFBIG:
+        limit = ""
+        with contextlib.suppress(ImportError, OSError, ValueError):
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if soft != resource.RLIM_INFINITY:
+                limit = f"; this process may write {soft} bytes per file"
+        return MLArrayIOError(
+            target,
+            f"cannot write: {os.strerror(err)}{limit} (a file that was there is unchanged)",
+            err,
+        )
+    return MLArrayIOError(
+        target,
+        f"cannot write: c-blosc2 failed ({why}); a file that was there is unchanged",
+    )
 
 
 _ENCODING_FIELDS = (
