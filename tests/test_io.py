@@ -791,3 +791,47 @@ def test_a_save_over_the_file_size_limit_is_our_error_naming_the_file(tmp_path, 
     assert sorted(x.name for x in d.iterdir()) == ["big.mla", "case.mla", "src.nii.gz"]
     assert np.array_equal(MLArray.open(d / "case.mla")[...], np.zeros((8, 8, 8), np.int16))
     assert MLArray.open(d / "big.mla").shape == (32, 128, 128)
+
+
+def _with_foreign_entries(p: Path, data: np.ndarray, n: int) -> None:
+    """An ``.mla`` file without checksums (as other tools write it) holding ``n`` vlmeta
+    entries of another tool: with ours, 15 of the 16 a Blosc2 frame holds for ``n=14``."""
+    from mlarray.integrity import CHECKSUM_KEY, FRAME_KEY
+
+    MLArray(data).save(p)
+    store = blosc2.open(os.fspath(p), mode="a")
+    del store.schunk.vlmeta[CHECKSUM_KEY]
+    del store.schunk.vlmeta[FRAME_KEY]
+    for i in range(n):
+        store.schunk.vlmeta[f"tool_{i}"] = b"x" * i
+    del store
+
+
+def test_files_with_many_entries_of_other_tools_save_and_close_without_checksums(tmp_path):
+    """A frame holds at most 16 vlmeta entries: a file with 14 of another tool's has no
+    room for our two checksum entries. Saving it elsewhere, and closing an ``r+`` handle
+    that wrote to it, store the data, the metadata and the other tool's entries, without
+    checksums (a warning names the file), instead of c-blosc2's message-less
+    RuntimeError and a close() claiming the file was restored."""
+    from mlarray.io import ChecksumsNotStoredWarning
+
+    p, q = tmp_path / "case.mla", tmp_path / "copy.mla"
+    data = np.arange(12 * 16 * 20, dtype=np.int16).reshape(12, 16, 20)
+    _with_foreign_entries(p, data, 14)
+    with pytest.warns(ChecksumsNotStoredWarning, match="copy.mla"):
+        MLArray.open(p).save(q)
+    assert np.array_equal(MLArray.open(q)[...], data)
+    store = blosc2.open(os.fspath(q))
+    kept = store.schunk.vlmeta
+    assert [kept[f"tool_{i}"] for i in range(14)] == [b"x" * i for i in range(14)]
+
+    m = MLArray.open(p, mmap_mode="r+")
+    m[0, 0, 0] = 1234
+    m.meta.is_seg = True
+    with pytest.warns(ChecksumsNotStoredWarning, match="case.mla"):
+        m.close()
+    again = MLArray.open(p)
+    assert again[0, 0, 0] == 1234 and bool(again.meta.is_seg)
+    assert np.array_equal(again[...].ravel()[1:], data.ravel()[1:])
+    store = blosc2.open(os.fspath(p))
+    assert store.schunk.vlmeta["tool_13"] == b"x" * 13

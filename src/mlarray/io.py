@@ -931,7 +931,7 @@ def save_mla(
     try:
         with os_errors(target, "cannot write"):
             try:
-                _write_frame(tmp, src, shape, dtype, opts, record, progress, _path_of(data))
+                _write_frame(tmp, src, shape, dtype, opts, record, progress, _path_of(data), target)
             except RuntimeError as exc:
                 if isinstance(exc, MLArrayError) or not _raised_by_blosc2(exc):
                     raise
@@ -1066,7 +1066,10 @@ def _write_frame(
     record: bytes,
     progress: Progress | None,
     src_path: Any = None,
-) -> None:
+    target: Path | None = None,
+) -> bool:
+    """Write the frame of a save into ``tmp``; False if its checksums were left out
+    (the entries of other tools it keeps leave no room for them, see :data:`_MAX_VLMETA`)."""
     urlpath = os.fspath(tmp)
     if src is None:
         dst = blosc2.empty((0,), dtype=np.float64, urlpath=urlpath, contiguous=True, mode="w")
@@ -1074,7 +1077,14 @@ def _write_frame(
         if progress is not None:
             progress(1, 1)
         del dst
-        return
+        return True
+    others = _other_vlmeta(src)
+    if 1 + len(others) > _MAX_VLMETA:
+        raise MLArrayFormatError(
+            target or tmp,
+            f"cannot save: the source holds {len(others)} variable-length metadata entries of "
+            f"other tools, and a Blosc2 frame holds at most {_MAX_VLMETA} with mlarray's own",
+        )
     kwargs = opts.blosc2_kwargs(dtype)
     kwargs.update(urlpath=urlpath, contiguous=True, mode="w")
     if isinstance(src, np.ndarray):
@@ -1111,11 +1121,16 @@ def _write_frame(
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         copy_by_chunks(dst, src, progress, src_path=src_path)
     dst.schunk.vlmeta[VLMETA_KEY] = record
-    for key, value in _other_vlmeta(src).items():
+    for key, value in others.items():
         dst.schunk.vlmeta[key] = value
+    if 1 + len(others) + len(_CHECKSUM_KEYS) > _MAX_VLMETA:
+        del dst
+        _warn_no_checksums(target or tmp, len(others))
+        return False
     for key, value in integrity.digest_file(tmp).items():
         dst.schunk.vlmeta[key] = value
     del dst
+    return True
 
 
 def _source_path(src: Any, given: Any = None) -> Any:
@@ -1179,6 +1194,27 @@ def _other_vlmeta(src: Any) -> dict[str, Any]:
 
 
 _OWN_VLMETA = (VLMETA_KEY, integrity.CHECKSUM_KEY, integrity.FRAME_KEY, integrity.RECORD_KEY)
+_CHECKSUM_KEYS = (integrity.CHECKSUM_KEY, integrity.FRAME_KEY, integrity.RECORD_KEY)
+# c-blosc2 stores at most this many variable-length metadata entries in a frame on disk
+# (BLOSC2_MAX_VLMETALAYERS); one more fails with a RuntimeError without a message.
+_MAX_VLMETA = 16
+
+
+class ChecksumsNotStoredWarning(UserWarning):
+    """A file was written without its chunk checksums: the variable-length metadata
+    entries of other tools it holds leave no room for them in its Blosc2 frame. It is
+    read unverified, as files of other tools are."""
+
+
+def _warn_no_checksums(path: Path, others: int) -> None:
+    warnings.warn(
+        f"{os.fspath(path)}: written without chunk checksums: it holds {others} "
+        "variable-length metadata entries of other tools, and a Blosc2 frame holds at "
+        f"most {_MAX_VLMETA} (with mlarray's record and its {len(_CHECKSUM_KEYS)} checksum "
+        "entries); it is read unverified, like files of other tools",
+        ChecksumsNotStoredWarning,
+        stacklevel=4,
+    )
 
 
 # ------------------------------------------------------------------ in-place writes
@@ -2158,6 +2194,22 @@ def _transaction(
             digests = integrity.stored_digests(buf, info, p)
         except MLArrayError:  # a damaged entry: recompute all of them
             refresh = True
+    names = set(info.vlmeta) | set(vlmeta)
+    if len(names) > _MAX_VLMETA:
+        raise MLArrayFormatError(
+            p,
+            f"cannot store its metadata in place: it holds {len(info.vlmeta)} variable-length "
+            f"metadata entries (of other tools), and a Blosc2 frame holds at most "
+            f"{_MAX_VLMETA}; nothing was written",
+        )
+    if refresh and len(names | set(_CHECKSUM_KEYS)) > _MAX_VLMETA:
+        refresh = False  # no room for the checksums: the file stays without them
+        if write is not None:
+            integrity.mark_stale(store)
+        _warn_no_checksums(p, len(names - {VLMETA_KEY, *_CHECKSUM_KEYS}))
+    # a file checksummed before the record entry existed, full of other tools' entries, keeps
+    # its checksums without one (verified as before)
+    record_fits = integrity.RECORD_KEY in names or len(names) < _MAX_VLMETA
     reserve = st.st_size + _growth_bound(info, ids, sum(map(len, vlmeta.values())))
     with os_errors(p, "cannot write in place"):
         _reserve(fd, st.st_size, reserve)
@@ -2189,16 +2241,18 @@ def _transaction(
             entries = integrity.updated_entry(new, info_new, digests, ids)
             del new, info_new
             for key, value in entries.items():
-                schunk.vlmeta[key] = value
+                if key != integrity.RECORD_KEY or record_fits:
+                    schunk.vlmeta[key] = value
             noted = False
-        elif digests is not None and VLMETA_KEY in vlmeta:  # metadata only: name the record
+        elif digests is not None and VLMETA_KEY in vlmeta and record_fits:
+            # metadata only: name the record the checksums now go with
             schunk.vlmeta[integrity.RECORD_KEY] = integrity.record_binding(vlmeta[VLMETA_KEY])
             noted = False
         if not noted:
             _note_state(fd, jfd)
         _datasync(fd)  # the write is on disk before its journal goes
     except BaseException as exc:
-        _fail(p, fd, jfd, jpath, exc, reopen)
+        _fail(p, fd, jfd, jpath, exc, reopen, data=write is not None)
         raise AssertionError("unreachable") from None  # _fail always raises
     _drop_journal(jpath, jfd)
     _release(fd, reserve)
@@ -2209,9 +2263,16 @@ def _transaction(
 
 
 def _fail(
-    p: Path, fd: int, jfd: int, jpath: Path, exc: BaseException, reopen: Callable | None
+    p: Path,
+    fd: int,
+    jfd: int,
+    jpath: Path,
+    exc: BaseException,
+    reopen: Callable | None,
+    data: bool = True,
 ) -> None:
-    """Roll a failed transaction back, reopen the store, and raise what went wrong."""
+    """Roll a failed transaction back, reopen the store, and raise what went wrong
+    (``data``: the transaction wrote array data, not only metadata and checksums)."""
     try:
         _roll_back(p, fd, jfd, _read_journal_fields(jfd))
     except OSError as err:
@@ -2237,12 +2298,15 @@ def _fail(
             "its state before this write)",
             err_no,
         ) from exc
-    raise MLArrayIOError(
-        p,
-        f"in-place write failed ({type(exc).__name__}: {exc}); the file was restored to "
-        "its state before this write",
-        err_no,
-    ) from exc
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} without a message"
+    if data:
+        what = "in-place write failed ({}); the file was restored to its state before this write"
+    else:  # closing or flushing a handle: its metadata and checksums, not its array writes
+        what = (
+            "storing its metadata and checksums in place failed ({}); they were not stored "
+            "and the file is as it was before (array data written earlier stays in it)"
+        )
+    raise MLArrayIOError(p, what.format(why), err_no) from exc
 
 
 def _read_journal_fields(jfd: int) -> tuple:
