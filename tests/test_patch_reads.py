@@ -185,7 +185,7 @@ def test_prefetch_asks_for_evicted_chunks_only(tmp_path):
     box = ([20, 60, 10], [50, 150, 180])
     grid = tuple(-(-n // c) for n, c in zip(ref.shape, (16, 48, 96), strict=True))
     first = int(np.ravel_multi_index((1, 1, 0), grid))  # the box's first chunk
-    mid = (pre.starts[first] + pre.ends[first]) // 2
+    mid = int(pre.pos[first]) + int(pre.cbytes[first]) // 2
     mid -= mid % 4096
     _evict(p)
     if not _resident(pre.addr, mid):  # evicted (a file system kept in RAM keeps it)

@@ -67,18 +67,19 @@ class _CSchunk:
         self.typesize = int(info.typesize)
         self.chunksize = int(info.chunksize)
         self._citems = self.chunksize // self.typesize if self.typesize else 0
-        self._pos = info.chunk_pos.tolist()
-        self._cbytes = info.chunk_cbytes.tolist()
-        self._raw = info.raw_offsets.tolist()
+        # the frame's arrays, read one chunk at a time (no Python int per chunk)
+        self._pos = info.chunk_pos
+        self._cbytes = info.chunk_cbytes
+        self._raw = info.raw_offsets
         self._frame: np.ndarray | None = None  # set by CStore: the mapped file's bytes
         self._checked = bytearray(self.nchunks)  # chunks whose block starts were checked
 
     def _src(self, n: int) -> int:
         """The address of regular chunk ``n``, after checking (once) what c-blosc2 trusts
         in it: its block starts (a damaged one makes it read outside the chunk)."""
-        pos = self._pos[n]
+        pos = int(self._pos[n])
         if not self._checked[n]:
-            chunk = self._frame[pos : pos + self._cbytes[n]]
+            chunk = self._frame[pos : pos + int(self._cbytes[n])]
             try:
                 check_chunk_blocks(chunk, f"chunk {n}", self.chunksize)
             except Exception as exc:  # frame._Bad: a damaged chunk
@@ -88,7 +89,7 @@ class _CSchunk:
 
     def _special(self, n: int, out: np.ndarray) -> None:
         """Fill ``out`` as the special-value chunk ``n`` (no bytes stored) decodes."""
-        kind = (self._raw[n] >> 56) & 0x7F
+        kind = (int(self._raw[n]) >> 56) & 0x7F
         if kind == 2:  # NaN (only in float arrays: checked by inspect_frame)
             out.view(f"<f{self.typesize}").fill(np.nan)
         else:  # zeros; an uninitialized chunk reads as zeros too
@@ -101,11 +102,13 @@ class _CSchunk:
             raise IndexError(f"chunk {n} of {self.nchunks}")
         if dst.nbytes != self.chunksize or not dst.flags.c_contiguous or not dst.flags.writeable:
             raise ValueError(f"a chunk needs a writable contiguous {self.chunksize}-byte buffer")
-        pos = self._pos[n]
+        pos = int(self._pos[n])
         if pos < 0:
             self._special(n, dst)
             return
-        got = self._lib.decompress(self._src(n), self._cbytes[n], dst.ctypes.data, self.chunksize)
+        got = self._lib.decompress(
+            self._src(n), int(self._cbytes[n]), dst.ctypes.data, self.chunksize
+        )
         if got != self.chunksize:
             raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
 
@@ -124,13 +127,13 @@ class _CSchunk:
             n, first = divmod(start, self._citems)
             k = min(stop - start, self._citems - first)
             part = flat[done * self.typesize : (done + k) * self.typesize]
-            pos = self._pos[n]
+            pos = int(self._pos[n])
             if pos < 0:
                 self._special(n, part)
             else:
                 nbytes = k * self.typesize
                 got = self._lib.getitem(
-                    self._src(n), self._cbytes[n], first, k, part.ctypes.data, nbytes
+                    self._src(n), int(self._cbytes[n]), first, k, part.ctypes.data, nbytes
                 )
                 if got != nbytes:
                     raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")

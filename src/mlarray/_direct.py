@@ -80,7 +80,7 @@ _GUARD_ATTR = "_mlarray_guard"
 
 
 class _Guard(NamedTuple):
-    uninit: frozenset
+    uninit: Any  # the frame's ChunkSet (or an empty frozenset): supports ``in``
     whole_chunks: bool
     geometry: Any
 
@@ -167,7 +167,7 @@ def guard(store: Any, info: Any = None) -> Any:
     """
     if not isinstance(store, blosc2.NDArray) or _GET_SLICE is None:
         return store
-    uninit = frozenset(info.uninit) if info is not None else frozenset()
+    uninit = info.uninit if info is not None else frozenset()
     whole = bool(info is not None and info.delta) or _writes_delta(store)
     if uninit or whole:
         geometry = info.geometry() if info is not None else _chunk_geometry(store)

@@ -76,7 +76,7 @@ def _resident(addr: int | None, offset: int) -> bool:
 class Prefetcher:
     """The file positions of one opened frame's chunks, and its read-only mapping."""
 
-    __slots__ = ("addr", "buf", "ends", "geometry", "samples", "shape", "size", "starts")
+    __slots__ = ("addr", "buf", "cbytes", "end", "geometry", "pos", "samples", "shape", "size")
 
     def __init__(self, buf: mmap.mmap, info: FrameInfo) -> None:
         self.buf = buf
@@ -84,14 +84,20 @@ class Prefetcher:
         self.addr = _address(buf)
         self.geometry = info.geometry()
         self.shape = self.geometry.shape
-        pos = np.asarray(info.chunk_pos, dtype=np.int64)
-        cb = np.asarray(info.chunk_cbytes, dtype=np.int64)
-        # special chunks (zeros, NaNs: no bytes in the file) get an empty range
-        self.starts = np.where(pos >= 0, pos, 0).tolist()
-        self.ends = np.where(pos >= 0, pos + cb, 0).tolist()
-        stored = pos[pos >= 0]  # the pages of a few chunk headers (headers_resident)
-        picks = (stored[0], stored[len(stored) // 2], stored[-1]) if len(stored) else ()
-        self.samples = sorted({int(a) - int(a) % _PAGE for a in picks})
+        # the frame's own arrays (no copy: a frame may have millions of chunks); a
+        # special chunk (zeros, NaNs: no bytes in the file) has position -1
+        self.pos = np.asarray(info.chunk_pos, dtype=np.int64)
+        self.cbytes = np.asarray(info.chunk_cbytes, dtype=np.int64)
+        last = int(np.argmax(self.pos)) if len(self.pos) else 0  # chunks do not overlap
+        self.end = int(self.pos[last] + self.cbytes[last]) if len(self.pos) else 0
+        self.end = max(self.end, 0)
+        stored = np.flatnonzero(self.pos >= 0)  # the pages of a few chunk headers
+        picks = (
+            [int(self.pos[i]) for i in (stored[0], stored[len(stored) // 2], stored[-1])]
+            if len(stored)
+            else ()
+        )
+        self.samples = sorted({a - a % _PAGE for a in picks})
 
     def _ask(self, a: int, b: int, check: bool) -> bool:
         """madvise(WILLNEED) ``[a, b)`` unless ``check`` and its first page is cached."""
@@ -120,7 +126,7 @@ class Prefetcher:
         """Ask for the frame's header and its trailer (chunk offsets, metadata): what
         opening the file reads before any chunk."""
         self._ask(0, header_len, True)
-        self._ask(max(self.ends, default=0), self.size, True)
+        self._ask(self.end, self.size, True)
 
     def region(self, start: Sequence[int], stop: Sequence[int]) -> int:
         """Ask for the chunks overlapping the box ``start:stop`` that are not cached;
@@ -140,14 +146,19 @@ class Prefetcher:
         if any(hi <= lo for lo, hi in box):
             return 0
         # the first chunk alone first: on a cached file that is all a read pays for
-        first = geo.chunks_in_box([(lo, lo + 1) for lo, _ in box])
-        a, b = self.starts[first[0]], self.ends[first[0]]
-        mid = (a + b) // 2  # a page of this chunk alone (its ends may share a page)
-        if b > a and _resident(self.addr, mid - mid % _PAGE):
-            return 0
+        first = geo.chunks_in_box([(lo, lo + 1) for lo, _ in box])[0]
+        a = int(self.pos[first])
+        if a >= 0:
+            b = a + int(self.cbytes[first])
+            mid = (a + b) // 2  # a page of this chunk alone (its ends may share a page)
+            if _resident(self.addr, mid - mid % _PAGE):
+                return 0
+        ids = np.asarray(geo.chunks_in_box(box), dtype=np.intp)
+        starts = self.pos[ids]
+        ids, starts = ids[starts >= 0], starts[starts >= 0]
         spans: list[list[int]] = []
-        for n in geo.chunks_in_box(box):
-            a, b = self.starts[n], self.ends[n]
+        for a, n in zip(starts.tolist(), self.cbytes[ids].tolist(), strict=True):
+            b = a + n
             if b <= a:
                 continue
             if spans and spans[-1][0] - _GAP <= a <= spans[-1][1] + _GAP:

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mlarray.errors import MLArrayFormatError
+from mlarray.errors import MLArrayFormatError, MLArrayMemoryError
 
 __all__ = [
     "MAX_ARRAY_BYTES",
@@ -83,6 +83,43 @@ _SPECIAL_IN_CHUNKS = np.array([0, 1, 2, 3, 4], dtype=np.uint8)
 _DTYPE_RE = re.compile(r"^[<>|=]?[biufc][0-9]{1,2}$")
 
 
+class ChunkSet:
+    """An immutable set of chunk numbers kept as a sorted numpy array (8 bytes a chunk,
+    no Python object per chunk: a frame may mark millions of chunks)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Any = ()) -> None:
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if len(ids) > 1 and bool(np.any(ids[1:] < ids[:-1])):
+            ids = np.sort(ids)
+        self._ids = ids
+
+    def __contains__(self, n: object) -> bool:
+        if not isinstance(n, (int, np.integer)):
+            return False
+        i = int(np.searchsorted(self._ids, n))
+        return i < len(self._ids) and int(self._ids[i]) == n
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Any:
+        return iter(self._ids.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkSet):
+            return np.array_equal(self._ids, other._ids)
+        if isinstance(other, (tuple, list, set, frozenset)):
+            return sorted(other) == self._ids.tolist()
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ChunkSet({self._ids.tolist() if len(self._ids) <= 8 else len(self._ids)})"
+
+
 @dataclass
 class FrameInfo:
     """What :func:`inspect_frame` learned about a valid frame.
@@ -110,7 +147,7 @@ class FrameInfo:
     b2nd_span: tuple[int, int] = (0, 0)
     #: Chunks Blosc2 marks uninitialised (``blosc2.uninit`` and never written): decoding
     #: them writes nothing, so a reader must zero them itself (mlarray reads them as 0).
-    uninit: tuple[int, ...] = ()
+    uninit: ChunkSet = field(default_factory=lambda: ChunkSet())
     #: Whether a chunk's filters include DELTA: c-blosc2 decodes a block of such a chunk
     #: alone against the wrong reference, so readers must decode whole chunks.
     delta: bool = False
@@ -197,6 +234,20 @@ def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
         raise MLArrayFormatError(
             path, f"damaged or forged Blosc2 frame ({type(exc).__name__}: {exc})"
         ) from None
+    except MemoryError as exc:  # the bookkeeping of a frame of very many chunks
+        raise open_memory_error(path, exc, "to check its chunk index") from None
+
+
+def open_memory_error(path: Any, exc: MemoryError, doing: str = "") -> MLArrayMemoryError:
+    """The error for opening the file ``path`` when memory ran out (``exc``) while
+    ``doing`` something."""
+    if isinstance(exc, MLArrayMemoryError):
+        return exc
+    where = f" {doing}" if doing else " to open it"
+    return MLArrayMemoryError(
+        f"{path if path is not None else 'a Blosc2 frame'}: not enough memory"
+        f"{where} ({exc or 'MemoryError'})"
+    )
 
 
 def _be(mv: memoryview, pos: int, fmt: str) -> int:
@@ -267,7 +318,7 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
         raw = np.zeros(0, dtype=np.int64)
         pos = np.zeros(0, dtype=np.int64)
         cb = np.zeros(0, dtype=np.int64)
-        uninit, delta = (), False
+        uninit, delta = ChunkSet(), False
     vlmeta = _vlmeta_index(mv, trailer_start, trailer_len)
     return FrameInfo(
         frame_len=frame_len,
@@ -446,7 +497,7 @@ def _offsets(mv: memoryview, start: int, trailer_start: int, nchunks: int) -> np
     _need(_CHUNK_HEADER <= cb <= trailer_start - start, "chunk offsets run past their room")
     try:
         return decode_offsets(bytes(mv[start : start + cb]), nchunks)
-    except _Bad:
+    except (_Bad, MemoryError):  # out of memory is not damage
         raise
     except Exception as exc:
         raise _Bad(f"chunk offsets cannot be decompressed ({exc})") from None
@@ -500,15 +551,23 @@ def _chunks(
     dtype: np.dtype,
     chunksize: int,
     blocksize: int,
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]:
+) -> tuple[np.ndarray, np.ndarray, ChunkSet, bool]:
     typesize = dtype.itemsize
+    # Few temporaries, none of Python objects: a frame may have up to MAX_CHUNKS chunks
+    # (a tiny file of special-value chunks, too), each of which costs its bookkeeping.
+    # The special value of each chunk (0: data; a regular offset is far below 2**56).
+    kind = raw.view(np.uint64) >> np.uint64(56)
+    kind &= np.uint64(0x7F)
+    kind = kind.astype(np.uint8)
     special = raw < 0
-    kinds = ((raw[special].view(np.uint64) >> np.uint64(56)) & np.uint64(0x7F)).astype(np.int64)
-    for k in set(kinds.tolist()):  # not np.unique: it imports numpy.ma (~50 ms per process)
-        _need(k in _SPECIAL_IN_OFFSETS, f"chunk offset with special value {k}")
-    if 2 in kinds:
+    seen = np.flatnonzero(np.bincount(kind, minlength=1)).tolist()  # not np.unique: numpy.ma
+    for k in seen:
+        _need(k == 0 or k in _SPECIAL_IN_OFFSETS, f"chunk offset with special value {k}")
+    _need(not np.any(special & (kind == 0)), "chunk offset with special value 0")
+    if 2 in seen:
         _need(dtype.kind == "f" and typesize in (4, 8), "NaN chunks in a non-float array")
     regular = ~special
+    del special
     offs = raw[regular]
     _need(
         bool(np.all((offs >= 0) & (offs <= cbytes - _CHUNK_HEADER))),
@@ -516,8 +575,6 @@ def _chunks(
     )
     pos = np.full(raw.shape, -1, dtype=np.int64)
     cb = np.zeros(raw.shape, dtype=np.int64)
-    kind = np.zeros(raw.shape, dtype=np.int64)  # special value per chunk (0: data)
-    kind[special] = kinds
     delta = False
     if offs.size:
         arr = np.frombuffer(mv, dtype=np.uint8)
@@ -554,7 +611,7 @@ def _chunks(
         cb[regular] = ccb
         kind[regular] = spec
         delta = bool(np.any(hdr[:, 16:22] == _DELTA))
-    return pos, cb, tuple(int(i) for i in np.flatnonzero(kind == _UNINIT)), delta
+    return pos, cb, ChunkSet(np.flatnonzero(kind == _UNINIT)), delta
 
 
 # ---------------------------------------------------------------- trailer

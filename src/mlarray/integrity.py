@@ -997,19 +997,23 @@ def _undecodable(
         return []
     decoder = ChunkDecodeCheck(info.chunksize, path)
     mv = memoryview(buf).cast("B")
-    pos, cb = info.chunk_pos.tolist(), info.chunk_cbytes.tolist()
+    # only chunks with bytes in the file (special values: nothing stored to decode); no
+    # Python int for each of the millions of special chunks a tiny file may have
+    stored = np.flatnonzero(info.chunk_pos >= 0)
     bad: list[tuple[int, str]] = []
     due = _CHECK_EVERY
-    for i in range(info.nchunks):
-        p = pos[i]
-        if p < 0:  # a special value in the chunk index: nothing stored to decode
-            continue
+    for i, p, n in zip(
+        stored.tolist(),
+        info.chunk_pos[stored].tolist(),
+        info.chunk_cbytes[stored].tolist(),
+        strict=True,
+    ):
         if watch is not None and due >= _CHECK_EVERY:
             watch.check()
             due = 0
-        due += cb[i]
-        why = decoder.problem(mv[p : p + cb[i]])
-        _release(buf, p, p + cb[i])
+        due += n
+        why = decoder.problem(mv[p : p + n])
+        _release(buf, p, p + n)
         if why is not None:
             bad.append((i, why))
             if first_only:

@@ -152,6 +152,8 @@ def open_store(
             buf, version = _map_versioned(p)
             try:
                 return _open_mapped(p, buf, version, mmap_mode, writable, dparams)
+            except MemoryError as exc:  # a frame of millions of chunks, under a memory limit
+                raise _frame.open_memory_error(p, exc) from None
             except MLArrayFormatError as exc:  # damaged, or read while another program wrote it
                 if not _maps.changed_since(p, version):
                     raise
