@@ -63,6 +63,11 @@ _LABEL_ALIASES = {
 # --------------------------------------------------------------------------- reading
 
 
+def _finite(v: Any) -> bool:
+    """Whether ``v`` is a finite number (a statistic that was computed)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | None:
     """Initial contrast limits from ``stats`` (percentile window first, then min/max).
 
@@ -75,15 +80,52 @@ def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | Non
     tuple of float or None
     """
     stats = as_meta(record).stats
-
-    def num(v):
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
     for lo_key, hi_key in (("percentile_min", "percentile_max"), ("min", "max")):
         lo, hi = getattr(stats, lo_key), getattr(stats, hi_key)
-        if num(lo) and num(hi) and hi > lo:
+        if _finite(lo) and _finite(hi) and hi > lo:
             return float(lo), float(hi)
     return None
+
+
+def contrast_range(record: Meta | dict, dtype, window) -> tuple[float, float] | None:
+    """The span the layer controls' contrast slider offers, around the initial window.
+
+    napari makes a layer's ``contrast_limits_range`` (the slider's ends) the
+    ``contrast_limits`` it was given, so a percentile window would also be the widest
+    window one can drag to. The slider spans the data instead: the ``stats`` min/max
+    when the file holds them, else the dtype's range for integers of at most 16 bits;
+    always at least the window. None: no wider span is known (the window's, as napari
+    does).
+
+    Parameters
+    ----------
+    record : Meta or dict
+    dtype : numpy dtype
+        The stored data's dtype.
+    window : tuple of float, or a list of them (one per channel layer)
+        The initial contrast limits.
+
+    Returns
+    -------
+    tuple of float or None
+    """
+    windows = [window] if window and not isinstance(window[0], tuple | list) else list(window)
+    if not windows:
+        return None
+    stats = as_meta(record).stats
+    lo, hi = stats.min, stats.max
+    span = None
+    if _finite(lo) and _finite(hi) and hi > lo:
+        span = (float(lo), float(hi))
+    dtype = np.dtype(dtype)
+    if span is None and dtype.kind in "iu" and dtype.itemsize <= 2:
+        info = np.iinfo(dtype)
+        span = (float(info.min), float(info.max))
+    if span is None:
+        return None
+    lo = min(span[0], *(float(w[0]) for w in windows))
+    hi = max(span[1], *(float(w[1]) for w in windows))
+    return lo, hi
 
 
 def first_plane(shape, scale=None) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +117,32 @@ def _viewer_layers() -> list[tuple]:
         if isinstance(block, dict):
             out.append((layer, block))
     return out
+
+
+def _widen_contrast_when_added() -> None:
+    """Have the current napari viewer widen the contrast slider of the layers it adds
+    that carry a ``contrast_range`` (see :func:`_mapping.contrast_range`).
+
+    napari's ``add_image`` takes no ``contrast_limits_range``: it is set once the layer
+    is in the viewer, the initial window (``contrast_limits``) kept. Connecting again is
+    a no-op (napari ignores a callback already connected)."""
+    napari = sys.modules.get("napari")
+    viewer = None if napari is None else napari.current_viewer()
+    if viewer is not None:
+        viewer.layers.events.inserted.connect(_widen_contrast_range)
+
+
+def _widen_contrast_range(event: Any) -> None:
+    """``layers.events.inserted``: the added layer's slider spans its ``contrast_range``."""
+    layer = event.value
+    block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+    span = block.get("contrast_range") if isinstance(block, dict) else None
+    if span is None or getattr(layer, "rgb", True):  # an image layer of ours only
+        return
+    window = list(layer.contrast_limits)
+    lo, hi = min(float(span[0]), window[0]), max(float(span[1]), window[1])
+    if [lo, hi] != list(layer.contrast_limits_range):
+        layer.contrast_limits_range = (lo, hi)  # holds the window: the window is kept
 
 
 def _viewer_frames() -> list[tuple]:
@@ -245,6 +272,13 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
                 scale = kw.get("scale") if channel is None else (kw.get("scale") or [None])[0]
                 limits = [_mapping.contrast_limits_from_sample(p, scale=scale) for p in planes]
                 kw["contrast_limits"] = limits[0] if channel is None else limits
+            if not rgb:  # the slider spans the data, not only the initial window
+                span = _mapping.contrast_range(record, arr.dtype, kw["contrast_limits"])
+                if span is not None:
+                    metadata = kw["metadata"]  # one per channel layer, or the layer's
+                    for one in metadata if isinstance(metadata, list) else [metadata]:
+                        one[KEY]["contrast_range"] = list(span)
+                    _widen_contrast_when_added()
             if channel is not None:
                 skip = (view.perm[channel],)
             layers.append((view, kw, "image"))

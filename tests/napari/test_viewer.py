@@ -173,3 +173,54 @@ def test_contrast_comes_from_the_plane_napari_shows_first(make_napari_viewer, tm
     assert ("layer", axis, 0, stored // 16) in decoded
     other = 63 - stored  # the middle plane in the other block layer
     assert ("layer", axis, 0, other // 16) not in decoded
+
+
+@pytest.mark.parametrize("stored", ["stats", "int16", "float32"])
+def test_contrast_slider_spans_the_data_not_only_the_initial_window(
+    make_napari_viewer, tmp_path, stored
+):
+    """The initial window stays the reader's (stats percentiles, else the first plane's
+    range) while the layer controls' slider reaches the data's min/max from ``stats``
+    (a CT's bone window above the 99.5 % percentile), else the dtype's range for a small
+    integer type; a float volume without stats keeps napari's (the window)."""
+    from mlarray.io import save_mla
+
+    data = np.zeros((8, 32, 32), np.int16 if stored != "float32" else np.float32)
+    data[:, 8:24, 8:24] = 40
+    data[4, 12:16, 12:16] = 1500  # bone
+    data[0, 0, 0] = -1000  # air
+    meta = {}
+    if stored == "stats":
+        meta = {"stats": {"min": -1000, "max": 1500, "percentile_min": 0, "percentile_max": 40}}
+    path = save_mla(tmp_path / "ct.mla", data, meta)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=None)
+    expected = {
+        "stats": ([0.0, 40.0], [-1000.0, 1500.0]),
+        "int16": ([0.0, 40.0], [-32768.0, 32767.0]),  # window: the first plane's range
+        "float32": ([0.0, 40.0], [0.0, 40.0]),
+    }[stored]
+    assert list(layer.contrast_limits) == expected[0]
+    assert list(layer.contrast_limits_range) == expected[1]
+    slider = viewer.window._qt_viewer.controls.widgets[layer]._contrast_limits_control
+    slider = slider.contrast_limits_slider
+    assert (slider.minimum(), slider.maximum()) == tuple(expected[1])
+    slider.setValue((0.0, 1500.0))  # the top handle dragged to a bone window's top
+    assert list(layer.contrast_limits) == ([0.0, 1500.0] if stored != "float32" else [0.0, 40.0])
+
+
+def test_contrast_slider_of_each_channel_layer_spans_the_data(make_napari_viewer, tmp_path):
+    from mlarray import MLArray
+
+    data = np.zeros((2, 6, 16, 16), np.int16)
+    data[0, :, 4:8] = 100
+    data[1, :, 4:8] = 7
+    data[1, 0, 0, 0] = 3000  # outside the first plane shown
+    a = MLArray(data, axis_labels=["channel", "spatial_z", "spatial_y", "spatial_x"])
+    a.meta.stats.min, a.meta.stats.max = 0, 3000
+    path = tmp_path / "two.mla"
+    a.save(path)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=None)
+    assert [list(layer.contrast_limits) for layer in layers] == [[0.0, 100.0], [0.0, 7.0]]
+    assert [list(layer.contrast_limits_range) for layer in layers] == [[0.0, 3000.0]] * 2
