@@ -480,10 +480,26 @@ def decompress_chunk_bytes(chunk: bytes) -> bytes:
     return blosc2.decompress(chunk)
 
 
+def _decompress_chunk_array(chunk: bytes) -> np.ndarray:
+    """:func:`decompress_chunk_bytes` into a new uint8 array (of up to 128 MiB for the
+    chunk offsets): no zero-filled buffer first, no copy of it after."""
+    from mlarray import _clib
+
+    lib = _clib.get()
+    if lib is None:
+        return np.frombuffer(decompress_chunk_bytes(chunk), dtype=np.uint8)
+    nbytes = int.from_bytes(chunk[4:8], "little", signed=True)  # checked: 0 <= nbytes
+    out = np.empty(max(nbytes, 1), dtype=np.uint8)
+    got = lib.decompress(chunk, len(chunk), out.ctypes.data, nbytes)
+    if got != nbytes:
+        raise ValueError(f"the chunk decompressed to {got} bytes, its header says {nbytes}")
+    return out[:nbytes]
+
+
 def decode_offsets(chunk: bytes, nchunks: int) -> np.ndarray:
     """Decompress the (already header-checked) chunk of chunk offsets."""
     check_chunk_blocks(chunk, "the chunk offsets", 8 * nchunks)
-    out = np.frombuffer(decompress_chunk_bytes(chunk), dtype="<i8")
+    out = _decompress_chunk_array(chunk).view("<i8")
     _need(out.size == nchunks, f"{out.size} chunk offsets for {nchunks} chunks")
     return out.astype(np.int64, copy=False)
 
