@@ -1548,14 +1548,22 @@ def _as_2d_source(
     return data, affine
 
 
+def _out_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype an image of ``dtype`` is written in, one every output format holds: a bool
+    mask as uint8, float16 as float32 (neither NIfTI nor ITK stores them), a big-endian
+    array (the reference's conversion of a big-endian NIfTI) in native byte order (ITK
+    takes no other); others unchanged."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    if dtype.kind == "f" and dtype.itemsize == 2:
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=") if dtype.fields is None else dtype
+
+
 def _common_dtype(data: np.ndarray) -> np.ndarray:
-    """``data`` in a dtype every output format holds: a bool mask as uint8, float16 as
-    float32 (neither NIfTI nor ITK stores them); others unchanged."""
-    if data.dtype == np.bool_:
-        return data.astype(np.uint8)
-    if data.dtype == np.float16:
-        return data.astype(np.float32)
-    return data
+    """``data`` in :func:`_out_dtype` (the same array when it is that already)."""
+    return data.astype(_out_dtype(data.dtype), copy=False)
 
 
 def _nifti_colours(data: np.ndarray) -> np.ndarray:
@@ -1718,7 +1726,7 @@ def _write_sitk(
                 ):
                     img.SetMetaData(key, value)
             sitk.WriteImage(img, str(target), useCompression=True)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError) as exc:
             raise _sitk_error(target, exc, f"cannot write {fmt.upper()}") from None
 
 
@@ -1798,7 +1806,7 @@ def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: P
                 plane.SetMetaData("0008|0018", _new_uid())
                 writer.SetFileName(str(folder / f"IM{k + 1:05d}.dcm"))
                 writer.Execute(plane)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError) as exc:
             raise _sitk_error(folder, exc, "cannot write DICOM") from None
 
 
