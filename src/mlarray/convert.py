@@ -1536,16 +1536,139 @@ def _nifti_shape(meta: Meta, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _as_2d_source(
-    meta: Meta, data: np.ndarray, affine: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _as_2d_source(meta: Meta, data: _Layout, affine: np.ndarray) -> tuple[_Layout, np.ndarray]:
     """A ``(1, j, i)`` image of a 2-D NIfTI as the 2-D image SimpleITK reads from that NIfTI
     (when its third axis is apart from the other two), else unchanged."""
     dim = _source_for(meta, "nifti").get("dim")
     separate = not np.any(affine[:2, 2]) and not np.any(affine[2, :2])
     if isinstance(dim, list) and dim and dim[0] == 2 and data.shape[0] == 1 and separate:
-        return data[0], affine[np.ix_([0, 1, 3], [0, 1, 3])]
+        return data.reshape(data.shape[1:]), affine[np.ix_([0, 1, 3], [0, 1, 3])]
     return data, affine
+
+
+#: bytes of voxels an export reads and writes at a time (a slab of whole chunks if they fit)
+_SLAB_BYTES = 64 * 2**20
+
+
+class _Layout:
+    """An image's voxels in the layout a writer puts them in (a transpose of the stored
+    axes, with axes of length 1 added or dropped), read from the file a slab at a time.
+
+    ``transpose`` and ``reshape`` (which may only add or drop axes of length 1) change
+    the layout without reading anything; :meth:`slabs` reads it slab by slab in a file's
+    order, :meth:`to_array` into one array. Only a slab is held at once.
+    """
+
+    def __init__(self, img: MLArray):
+        self._img = img
+        self._store = io.streaming_store(img)  # read once: no map held resident
+        self._src_shape = tuple(int(n) for n in img.shape)
+        self.shape = self._src_shape
+        self.dtype = np.dtype(img.dtype)
+        # the stored axis of each output axis longer than 1, in output order
+        self._order = [a for a, n in enumerate(self._src_shape) if n != 1]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def _with(self, shape: tuple[int, ...], order: list[int]) -> _Layout:
+        new = object.__new__(_Layout)
+        new.__dict__.update(self.__dict__)
+        new.shape, new._order = tuple(int(n) for n in shape), order
+        return new
+
+    def transpose(self, axes: Sequence[int]) -> _Layout:
+        axes = list(axes)
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"axes {axes} do not permute {self.ndim} axes")
+        long = [a for a in range(self.ndim) if self.shape[a] != 1]
+        order = [self._order[long.index(a)] for a in axes if self.shape[a] != 1]
+        return self._with(tuple(self.shape[a] for a in axes), order)
+
+    def reshape(self, shape: Sequence[int]) -> _Layout:
+        if [n for n in shape if n != 1] != [n for n in self.shape if n != 1]:
+            raise ValueError(f"cannot lay out {self.shape} as {tuple(shape)}")
+        return self._with(tuple(shape), self._order)
+
+    def read(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The voxels of ``box`` (a (start, stop) per output axis) in the output layout."""
+        long_out = [a for a in range(self.ndim) if self.shape[a] != 1]
+        of_src = dict(zip(self._order, long_out, strict=True))
+        key = tuple(
+            slice(*box[of_src[a]]) if a in of_src else slice(0, 1)
+            for a in range(len(self._src_shape))
+        )
+        block = np.asarray(self._img._read(self._store, key))
+        block = block.reshape([block.shape[a] for a in range(block.ndim) if a in of_src])
+        src_long = sorted(of_src)
+        block = block.transpose([src_long.index(a) for a in self._order])
+        return block.reshape([stop - start for start, stop in box])
+
+    def _step(self, axis: int, inner: int) -> int:
+        """How many indices of output ``axis`` a slab takes, ``inner`` bytes each: whole
+        chunks (else blocks) of the stored axis under it, within the slab budget."""
+        step = max(1, _SLAB_BYTES // max(inner, 1))
+        long_out = [a for a in range(self.ndim) if self.shape[a] != 1]
+        src = self._order[long_out.index(axis)]
+        for grid in ("chunks", "blocks"):
+            c = getattr(self._store, grid, None)
+            if c is not None and 1 < c[src] <= step:
+                return step // c[src] * c[src]
+        blocks = getattr(self._store, "blocks", None)
+        if blocks is not None and blocks[src] * inner <= 4 * _SLAB_BYTES:
+            return blocks[src]  # a block decoded for part of it would be decoded again
+        return step
+
+    def boxes(self, fortran: bool, whole_last: bool = False) -> Iterator[list[tuple[int, int]]]:
+        """The slabs that cover the image in a file's order: C order (the first axis
+        slowest, as ITK's arrays) or Fortran order (the last slowest, as NIfTI's);
+        ``whole_last`` keeps the last axis whole and fastest (the colours of a voxel)."""
+        n = self.ndim - whole_last
+        slow = [a for a in (range(n)[::-1] if fortran else range(n)) if self.shape[a] != 1]
+        box = [(0, s) for s in self.shape]
+        item = self.dtype.itemsize * (self.shape[-1] if whole_last else 1)
+        if self.size == 0:
+            return
+
+        def walk(level: int) -> Iterator[list[tuple[int, int]]]:
+            if level == len(slow):
+                yield list(box)
+                return
+            a = slow[level]
+            inner = item * math.prod(self.shape[b] for b in slow[level + 1 :])
+            if inner > _SLAB_BYTES and level + 1 < len(slow):
+                for i in range(self.shape[a]):  # one index at a time, finer below
+                    box[a] = (i, i + 1)
+                    yield from walk(level + 1)
+            else:
+                step = self._step(a, inner)
+                for start in range(0, self.shape[a], step):
+                    box[a] = (start, min(start + step, self.shape[a]))
+                    yield list(box)
+            box[a] = (0, self.shape[a])
+
+        yield from walk(0)
+
+    def to_array(self, dtype: np.dtype) -> np.ndarray:
+        """The whole image as one C-order array of ``dtype``, filled a slab at a time."""
+        out = np.empty(self.shape, dtype=dtype)
+        for box in self.boxes(fortran=False):
+            out[tuple(slice(*b) for b in box)] = self.read(box)
+        return out
+
+    def extrema(self) -> tuple[Any, Any]:
+        """(min, max) of the voxels, read a slab at a time (None, None when empty)."""
+        lo = hi = None
+        for box in self.boxes(fortran=False):
+            block = self.read(box)
+            lo = block.min() if lo is None else min(lo, block.min())
+            hi = block.max() if hi is None else max(hi, block.max())
+        return lo, hi
 
 
 def _out_dtype(dtype: np.dtype) -> np.dtype:
@@ -1566,6 +1689,14 @@ def _common_dtype(data: np.ndarray) -> np.ndarray:
     return data.astype(_out_dtype(data.dtype), copy=False)
 
 
+def _one_array(data: _Layout | np.ndarray) -> np.ndarray:
+    """``data`` as the one C-order array in :func:`_out_dtype` that SimpleITK copies from:
+    a layout read into it a slab at a time (no whole-volume read, transpose and copy)."""
+    if isinstance(data, _Layout):
+        return data.to_array(_out_dtype(data.dtype))
+    return np.ascontiguousarray(_common_dtype(data))
+
+
 def _nifti_colours(data: np.ndarray) -> np.ndarray:
     """8-bit colour components on the last axis as NIfTI's RGB24 (3) or RGBA32 (4) voxels,
     the structured dtype nibabel reads and writes them as."""
@@ -1576,21 +1707,39 @@ def _nifti_colours(data: np.ndarray) -> np.ndarray:
     return out
 
 
+class _Shape:
+    """What nibabel needs of an image to fill its header: a shape and a dtype."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+
+
 def _write_nifti(
-    data: np.ndarray,
+    data: _Layout,
     affine_ras: np.ndarray,
     meta: Meta,
     target: Path,
     time: tuple[float, float] | None,
     vector: bool,
+    colour: bool,
 ) -> None:
+    """Write ``data`` (its colours on a last axis when ``colour``) as a NIfTI-1 file, the
+    header by nibabel, the voxels a slab at a time (through gzip for ``.nii.gz``)."""
     nib = _require("nibabel", target)
-    data = _common_dtype(data)
-    if data.dtype == np.int64 and data.size and data.min() >= -(2**31) and data.max() < 2**31:
-        data = data.astype(np.int32)
-    elif data.dtype == np.uint64 and data.size and data.max() < 2**32:
-        data = data.astype(np.uint32)
-    img = nib.Nifti1Image(data, affine_ras, dtype=data.dtype)
+    from nibabel.openers import Opener
+    from nibabel.volumeutils import seek_tell
+
+    dtype = _out_dtype(data.dtype)
+    shape = data.shape[:-1] if colour else data.shape
+    if colour:  # NIfTI's RGB24 / RGBA32 voxels, as nibabel reads and writes them
+        dtype = np.dtype([(c, np.uint8) for c in "RGBA"[: data.shape[-1]]])
+    elif dtype.kind in "iu" and dtype.itemsize == 8 and data.size:
+        lo, hi = data.extrema()  # int64 in int32 when the values fit (more readers take it)
+        if dtype.kind == "i" and lo >= -(2**31) and hi < 2**31:
+            dtype = np.dtype(np.int32)
+        elif dtype.kind == "u" and hi < 2**32:
+            dtype = np.dtype(np.uint32)
+    img = nib.Nifti1Image(_Shape(shape, dtype), affine_ras, dtype=dtype)
     hdr = img.header
     src = _source_for(meta, "nifti")
     for key in _NIFTI_KEEP:
@@ -1617,7 +1766,18 @@ def _write_nifti(
         img.set_qform(affine_ras, code=qform, strip_shears=True)
     except (nib.spatialimages.HeaderDataError, np.linalg.LinAlgError):
         img.set_qform(None, code=0)  # an affine nibabel cannot decompose: sform only
-    nib.save(img, str(target))
+    img.update_header()
+    hdr = img.header
+    hdr.set_slope_inter(1.0, 0.0)  # unscaled, as nibabel's writer records such an array
+    on_disk = hdr.get_data_dtype()  # dtype in the header's byte order
+    with Opener(str(target), "wb") as f:
+        hdr.write_to(f)
+        seek_tell(f, hdr.get_data_offset(), write0=True)
+        for box in data.boxes(fortran=True, whole_last=colour):
+            block = data.read(box)
+            block = _nifti_colours(block) if colour else block.astype(on_disk, copy=False)
+            f.write(block.astype(on_disk, copy=False).tobytes(order="F"))
+            del block
 
 
 # NIfTI xyzt_units time codes (bits 0x38) in seconds: sec, msec, usec
@@ -1694,7 +1854,7 @@ def _time_axis(meta: Meta, in_space: dict[str, Any] | None) -> tuple[float, floa
 
 
 def _write_sitk(
-    data: np.ndarray,
+    data: _Layout | np.ndarray,
     affine_lps: np.ndarray,
     time: tuple[float, float] | None,
     vector: bool,
@@ -1711,10 +1871,10 @@ def _write_sitk(
     full_dir[:n_sp, :n_sp] = direction
     sp = list(spacing) + ([time[0]] if time is not None else [])
     og = list(origin) + ([time[1]] if time is not None else [])
-    data = _common_dtype(data)
     with _quiet_itk(sitk):
         try:
-            img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
+            img = sitk.GetImageFromArray(_one_array(data), isVector=vector)
+            del data  # the caller's layout reads from the file: ITK's copy is all there is
             img.SetSpacing([float(v) for v in sp])
             img.SetOrigin([float(v) for v in og])
             img.SetDirection([float(v) for v in full_dir.ravel()])
@@ -1754,14 +1914,16 @@ def _new_uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
-def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: Path) -> None:
+def _write_dicom(
+    data: _Layout | np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: Path
+) -> None:
     """Write a 3-D (k, j, i) array as a DICOM series, one file per slice, into ``folder``;
     a (k, j, i, c) array of 8-bit colours as RGB slices (3 samples per pixel)."""
     sitk = _require("SimpleITK", folder)
-    data = _common_dtype(data)
-    if data.dtype.kind not in "iu" or data.dtype.itemsize > 4:
+    dtype = _out_dtype(data.dtype)
+    if dtype.kind not in "iu" or dtype.itemsize > 4:
         raise ConversionError(
-            folder, f"DICOM output needs 8, 16 or 32-bit integers; the image is {data.dtype}"
+            folder, f"DICOM output needs 8, 16 or 32-bit integers; the image is {dtype}"
         )
     if data.ndim == 4 and data.shape[-1] != 3:
         raise ConversionError(
@@ -1790,7 +1952,8 @@ def _write_dicom(data: np.ndarray, affine_lps: np.ndarray, meta: Meta, folder: P
     )
     with _quiet_itk(sitk):
         try:
-            img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=data.ndim == 4)
+            img = sitk.GetImageFromArray(_one_array(data), isVector=data.ndim == 4)
+            del data
             img.SetSpacing([float(v) for v in spacing])
             img.SetOrigin([float(v) for v in origin])
             img.SetDirection([float(v) for v in direction.ravel()])
@@ -1925,7 +2088,7 @@ def to_file(
     # any format, before a voxel is read; the file whose geometry it is named if any
     _voxel_sizes(affine[:n, :n], getattr(img, "_path", None) or target)
     frame = _world_frame(meta.spatial, told, meta._image_meta_format.image_meta_format)
-    data = img.to_numpy()
+    data = _Layout(img)  # read a slab at a time as each writer lays the voxels out
     tmpdir = _tmp_dir_for(target)
     written = _written_name(target)
     try:
@@ -1941,8 +2104,6 @@ def to_file(
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
             # a colour picture goes out as RGB24/RGBA32 voxels, as ITK and nibabel write one
             colour = bool(chan_axes) and _colour_axis(img, meta, chan_axes[0])
-            if colour:
-                data = _nifti_colours(data)
             vector = (
                 bool(chan_axes) and not colour and not (not time_axes and _nifti_4d_source(meta))
             )
@@ -1952,9 +2113,11 @@ def to_file(
             affine3[:n, :n] = affine[:n, :n]
             affine3[:n, 3] = affine[:n, n]
             affine3 = _into_frame(affine3, frame, "RAS")
-            if not time_axes and (not chan_axes or colour):
+            if not time_axes and not chan_axes:
                 data = data.reshape(_nifti_shape(meta, data.shape))
-            _write_nifti(data, affine3, meta, tmpdir / written, time, vector)
+            elif not time_axes and colour:  # the colours stay on their last axis
+                data = data.reshape((*_nifti_shape(meta, data.shape[:-1]), data.shape[-1]))
+            _write_nifti(data, affine3, meta, tmpdir / written, time, vector, colour)
         else:
             singleton = time_axes and data.shape[time_axes[0]] == 1 and _nifti_4d_source(meta)
             if singleton:  # SimpleITK reads a NIfTI whose dim[4] is 1 as 3-D: so is its copy
