@@ -1873,8 +1873,13 @@ def _write_sitk(
     og = list(origin) + ([time[1]] if time is not None else [])
     with _quiet_itk(sitk):
         try:
-            img = sitk.GetImageFromArray(_one_array(data), isVector=vector)
-            del data  # the caller's layout reads from the file: ITK's copy is all there is
+            if isinstance(data, _Layout) and data.size:
+                # SimpleITK writes the header of a one-voxel image of the same kind,
+                # the voxels follow a slab at a time
+                tiny = np.zeros((1,) * (data.ndim - vector) + data.shape[data.ndim - vector :])
+                img = sitk.GetImageFromArray(tiny.astype(_out_dtype(data.dtype)), isVector=vector)
+            else:
+                img = sitk.GetImageFromArray(_one_array(data), isVector=vector)
             img.SetSpacing([float(v) for v in sp])
             img.SetOrigin([float(v) for v in og])
             img.SetDirection([float(v) for v in full_dir.ravel()])
@@ -1888,6 +1893,76 @@ def _write_sitk(
             sitk.WriteImage(img, str(target), useCompression=True)
         except (RuntimeError, TypeError) as exc:
             raise _sitk_error(target, exc, f"cannot write {fmt.upper()}") from None
+    if isinstance(data, _Layout) and data.size:
+        _stream_itk_voxels(data, vector, fmt, target)
+
+
+#: zlib level of the voxels of a NRRD / MetaImage export (as ITK's writers compress them)
+_ITK_ZLIB_LEVEL = 2
+
+
+def _stream_itk_voxels(data: _Layout, vector: bool, fmt: str, target: Path) -> None:
+    """Put the voxels of ``data`` in the NRRD / MetaImage ``target`` that SimpleITK wrote
+    for one voxel: its sizes become the image's, its gzip (NRRD) or zlib (MetaImage) data
+    the whole image, compressed a slab at a time (the data file beside a ``.nhdr`` /
+    ``.mhd``, else after the header)."""
+    import zlib
+
+    dtype = _out_dtype(data.dtype)
+    itk_sizes = [str(n) for n in data.shape[: data.ndim - vector][::-1]]
+    raw = target.read_bytes()
+    nrrd = fmt == "nrrd"
+    try:  # the header: up to its blank line (NRRD), its ElementDataFile line (MetaImage)
+        end = (
+            raw.index(b"\n\n") + 2
+            if nrrd
+            else raw.index(b"\n", raw.index(b"ElementDataFile = ")) + 1
+        )
+    except ValueError:
+        end = len(raw)  # a detached NRRD header (.nhdr) may end without a blank line
+    header = raw[:end].decode("latin-1")
+    lines = header.split("\n")
+    comps = [str(data.shape[-1])] if vector else []
+    if nrrd:
+        want, key = "sizes: " + " ".join(comps + ["1"] * len(itk_sizes)), "sizes: "
+        new = "sizes: " + " ".join(comps + itk_sizes)
+        data_key = "data file: "
+    else:
+        want, key = "DimSize = " + " ".join(["1"] * len(itk_sizes)), "DimSize = "
+        new = "DimSize = " + " ".join(itk_sizes)
+        data_key = "ElementDataFile = "
+    at = [i for i, line in enumerate(lines) if line.startswith(key)]
+    if len(at) != 1 or lines[at[0]] != want:
+        raise ConversionError(target, f"cannot write {fmt.upper()}: unexpected header from ITK")
+    lines[at[0]] = new
+    named = [line[len(data_key) :] for line in lines if line.startswith(data_key)]
+    beside = named[0] if named and named[0] != "LOCAL" else None
+    packer = zlib.compressobj(_ITK_ZLIB_LEVEL, zlib.DEFLATED, 31 if nrrd else 15)
+    # the voxels: into the data file beside the header, else (MetaImage needs their
+    # compressed size in its header) a scratch file copied after the header
+    body = target.parent / (beside if beside else f".{target.name}.voxels")
+    size = 0
+    with open(body, "wb") as f:
+        for box in data.boxes(fortran=False, whole_last=vector):
+            packed = packer.compress(data.read(box).astype(dtype, copy=False).tobytes())
+            size += len(packed)
+            f.write(packed)
+            del packed
+        tail = packer.flush()
+        size += len(tail)
+        f.write(tail)
+    if not nrrd:
+        at = [i for i, line in enumerate(lines) if line.startswith("CompressedDataSize = ")]
+        if len(at) != 1:
+            raise ConversionError(target, "cannot write MetaImage: unexpected header from ITK")
+        lines[at[0]] = f"CompressedDataSize = {size}"
+    with open(target, "wb") as f:
+        f.write("\n".join(lines).encode("latin-1"))
+        if beside is None:
+            with open(body, "rb") as voxels:
+                shutil.copyfileobj(voxels, f, 2**22)
+    if beside is None:
+        body.unlink()
 
 
 # DICOM tags copied from a DICOM source into a written series: patient and study only
