@@ -1897,8 +1897,8 @@ def _write_sitk(
         _stream_itk_voxels(data, vector, fmt, target)
 
 
-#: zlib level of the voxels of a NRRD / MetaImage export (as ITK's writers compress them)
-_ITK_ZLIB_LEVEL = 2
+#: zlib level of the voxels of a NRRD / MetaImage export (fast, as nibabel writes .nii.gz)
+_ITK_ZLIB_LEVEL = 1
 
 
 def _stream_itk_voxels(data: _Layout, vector: bool, fmt: str, target: Path) -> None:
@@ -2027,18 +2027,23 @@ def _write_dicom(
     )
     with _quiet_itk(sitk):
         try:
-            img = sitk.GetImageFromArray(_one_array(data), isVector=data.ndim == 4)
-            del data
-            img.SetSpacing([float(v) for v in spacing])
-            img.SetOrigin([float(v) for v in origin])
-            img.SetDirection([float(v) for v in direction.ravel()])
+            vector = data.ndim == 4
+            # the geometry of the volume (one voxel of it: only its index -> point is used)
+            grid = sitk.GetImageFromArray(np.zeros((1,) * 3 + data.shape[3:], np.uint8), vector)
+            grid.SetSpacing([float(v) for v in spacing])
+            grid.SetOrigin([float(v) for v in origin])
+            grid.SetDirection([float(v) for v in direction.ravel()])
             writer = sitk.ImageFileWriter()
             writer.KeepOriginalImageUIDOn()
-            for k in range(img.GetDepth()):
-                plane = img[:, :, k]
+            for k, values in _slices(data, dtype):  # a slab of slices read at a time
+                position = grid.TransformIndexToPhysicalPoint((0, 0, k))
+                one = sitk.GetImageFromArray(values[np.newaxis], isVector=vector)
+                one.SetSpacing(grid.GetSpacing())
+                one.SetDirection(grid.GetDirection())
+                one.SetOrigin(position)
+                plane = one[:, :, 0]
                 for tag, value in common.items():
                     plane.SetMetaData(tag, value)
-                position = img.TransformIndexToPhysicalPoint((0, 0, k))
                 plane.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position))
                 plane.SetMetaData("0020|0013", str(k + 1))
                 plane.SetMetaData("0008|0018", _new_uid())
@@ -2046,6 +2051,22 @@ def _write_dicom(
                 writer.Execute(plane)
         except (RuntimeError, TypeError) as exc:
             raise _sitk_error(folder, exc, "cannot write DICOM") from None
+
+
+def _slices(data: _Layout | np.ndarray, dtype: np.dtype) -> Iterator[tuple[int, np.ndarray]]:
+    """(k, slice k) of a (k, j, i[, c]) image in ``dtype``, read a slab at a time."""
+    if not isinstance(data, _Layout):
+        for k in range(data.shape[0]):
+            yield k, np.ascontiguousarray(data[k], dtype=dtype)
+        return
+    n = data.shape[0]
+    step = data._step(0, math.prod(data.shape[1:]) * data.dtype.itemsize) if n > 1 else 1
+    for k0 in range(0, n, step):
+        box = [(k0, min(k0 + step, n))] + [(0, m) for m in data.shape[1:]]
+        slab = data.read(box).astype(dtype, copy=False)
+        for k in range(box[0][0], box[0][1]):
+            yield k, np.ascontiguousarray(slab[k - k0])
+        del slab
 
 
 def _publish_folder(tmpdir: Path, target: Path) -> None:
