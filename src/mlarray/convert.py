@@ -1555,8 +1555,8 @@ class _Layout:
     axes, with axes of length 1 added or dropped), read from the file a slab at a time.
 
     ``transpose`` and ``reshape`` (which may only add or drop axes of length 1) change
-    the layout without reading anything; :meth:`slabs` reads it slab by slab in a file's
-    order, :meth:`to_array` into one array. Only a slab is held at once.
+    the layout without reading anything; :meth:`boxes` gives its slabs in a file's order,
+    :meth:`read` reads one, :meth:`to_array` all into one array.
     """
 
     def __init__(self, img: MLArray):
@@ -1775,7 +1775,8 @@ def _write_nifti(
         seek_tell(f, hdr.get_data_offset(), write0=True)
         for box in data.boxes(fortran=True, whole_last=colour):
             block = data.read(box)
-            block = _nifti_colours(block) if colour else block.astype(on_disk, copy=False)
+            if colour:
+                block = _nifti_colours(block)
             f.write(block.astype(on_disk, copy=False).tobytes(order="F"))
             del block
 
