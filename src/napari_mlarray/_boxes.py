@@ -223,14 +223,47 @@ def shapes_layer_data(
 # --------------------------------------------------------------------------- writing
 
 
+#: A Shapes dim whose vertex coordinates differ by less than this (voxels) is constant.
+_FLAT = 1e-3
+
+
+def _plane(vertices: np.ndarray) -> tuple[int, int]:
+    """The two Shapes dims a shape was drawn in.
+
+    napari's shape tools draw in the two displayed dims, whichever
+    ``viewer.dims.order`` shows (axial, sagittal or coronal), and give every
+    other dim the slider's position: a shape varying in exactly two dims lies
+    in them. Any other shape (a box's spanning vertices, a degenerate
+    rectangle) counts as drawn in the last two dims, the reader's plane.
+    """
+    v = np.asarray(vertices, dtype=float)
+    m = v.shape[1]
+    varying = [d for d in range(m) if float(np.ptp(v[:, d])) > _FLAT] if len(v) else []
+    return (varying[0], varying[1]) if len(varying) == 2 else (m - 2, m - 1)
+
+
+def _slice_position(vertices: np.ndarray) -> tuple:
+    """The drawn plane of a shape and the slice it is on (index along each other dim)."""
+    plane = _plane(vertices)
+    v = np.asarray(vertices, dtype=float)
+    return plane, tuple(
+        math.floor(float(v[0, d]) + 0.5) for d in range(v.shape[1]) if d not in plane
+    )
+
+
 def _shape_bounds(vertices: np.ndarray) -> list[tuple[float, float]]:
-    """Box ``[min, max)`` (index coordinates) of one shape; leading axes are slices."""
+    """Box ``[min, max)`` (index coordinates) of one shape.
+
+    The dims it was drawn in (:func:`_plane`) keep the drawn extent; along
+    every other dim it covers the slices its vertices are on (one slice for a
+    shape drawn with napari's tools).
+    """
     v = np.asarray(vertices, dtype=float)
     out = []
-    m = v.shape[1]
-    for d in range(m):
+    plane = _plane(v)
+    for d in range(v.shape[1]):
         lo, hi = float(v[:, d].min()), float(v[:, d].max())
-        if d < m - 2:
+        if d not in plane:
             s = math.floor(lo + 0.5)
             out.append((float(s), float(math.floor(hi + 0.5) + 1)))
         else:
@@ -414,14 +447,12 @@ def _copies_are_new_boxes(data, col: dict[str, list], sboxes, block: dict, exten
     at: dict[tuple, list[int]] = {}
     for i, bid in enumerate(col["box"]):
         if bid is not None and 0 <= bid < len(sboxes):
-            pos = tuple(math.floor(float(v) + 0.5) for v in data[i][0, :-2])
-            at.setdefault((bid, pos), []).append(i)
+            at.setdefault((bid, _slice_position(data[i])), []).append(i)
     for (bid, pos), idx in at.items():
         if len(idx) < 2:
             continue
         drawn = {
-            tuple(math.floor(float(v) + 0.5) for v in r[0, :-2]): r
-            for r in _rectangles(_stored_view(sboxes[bid], block, extent))
+            _slice_position(r): r for r in _rectangles(_stored_view(sboxes[bid], block, extent))
         }.get(pos)
         keep = next(
             (
