@@ -368,10 +368,9 @@ def boxes_from_shapes(
             if kind == "file":
                 sboxes, sscores, slabels = stored
                 original = sboxes[bid]
-                if slabels is not None and label == _label_text(slabels[bid]):
-                    label = slabels[bid]
-                if sscores is not None and _same_score(score, sscores[bid]):
-                    score = sscores[bid]
+                label, score = _edited_features(
+                    col, idx, stored, bid, _box_name(meta.get("name"), bid, slabels)
+                )
                 view = _stored_view(original, block, extent)
                 rects = _rectangles(view)  # as the reader drew it
                 same = len(rects) == len(idx) and all(
@@ -440,6 +439,40 @@ def _box_name(layer: str | None, bid: int, labels) -> str:
     return who
 
 
+def _edited_features(col: dict[str, list], idx: list[int], stored, bid: int, who: str):
+    """Label and score of stored box ``bid`` from its rectangles ``idx`` (rows of ``col``).
+
+    napari's features table edits the row of the rectangle selected (on the slice shown),
+    so the rectangle whose label (score) differs from the stored one gives the box's; when
+    edited rectangles disagree, the first of them wins, with a warning. Unchanged values
+    are returned as stored (their type kept: a number label stays a number).
+    """
+    _, sscores, slabels = stored
+    stored_label = None if slabels is None else slabels[bid]
+    stored_score = None if sscores is None else sscores[bid]
+    labels = [col["label"][i] for i in idx if col["label"][i] != _label_text(stored_label)]
+    scores = [col["score"][i] for i in idx if not _same_score(col["score"][i], stored_score)]
+    for what, values, same in (
+        ("label", labels, lambda a, b: a == b),
+        ("score", scores, lambda a, b: _same_score(a, None if math.isnan(b) else b)),
+    ):
+        if any(not same(v, values[0]) for v in values[1:]):
+            shown = ", ".join(repr(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+            warnings.warn(
+                f"{who}: its rectangles were given different {what}s ({shown}); a box has one "
+                f"{what}, so it is saved with {values[0]!r}",
+                UserWarning,
+                stacklevel=4,
+            )
+    label = labels[0] if labels else stored_label
+    score = scores[0] if scores else stored_score
+    if label is None:
+        label = col["label"][idx[0]]
+    if score is None:
+        score = col["score"][idx[0]]
+    return label, score
+
+
 def _copies_are_new_boxes(data, col: dict[str, list], sboxes, block: dict, extent) -> None:
     """A second rectangle of a stored box on one slice (a copy pasted there: napari copies the
     ``box`` feature too) is a new box: its ``box`` entry is set to ``None``, in place. The
@@ -482,17 +515,21 @@ def _one_shape_per_box(
     out_col: dict[str, list] = {k: [] for k in col}
     for i, shape in enumerate(data):
         bid = col["box"][i]
+        row = {k: col[k][i] for k in col}
         if bid in members:
             idx = members[bid]
             if i != idx[0]:
                 continue
             view = _stored_view(sboxes[bid], block, extent)
             bounds = [_shape_bounds(data[j]) for j in idx]
-            edit = _edited_box(view, bounds, _box_name(layer, bid, slabels))
+            who = _box_name(layer, bid, slabels)
+            edit = _edited_box(view, bounds, who)
             shape = _box_vertices([v if e is None else e for e, v in zip(edit, view, strict=True)])
+            label, score = _edited_features(col, idx, stored, bid, who)
+            row["label"], row["score"] = _label_text(label), _score_value(score)
         out.append(shape)
         for k in col:
-            out_col[k].append(col[k][i])
+            out_col[k].append(row[k])
     return out, out_col
 
 

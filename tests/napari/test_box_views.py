@@ -100,3 +100,69 @@ def test_rectangle_drawn_in_any_view_saves_a_one_slice_thick_box(
     assert max(hi - lo for lo, hi in expected) > 1  # (the drawn extent is not one slice)
     np.testing.assert_allclose(np.asarray(drawn, float), expected, atol=1e-4)
     assert back.meta.bbox.labels == ["lesion", ""]
+
+
+def _rectangle_shown(viewer, shapes, slice_index: int) -> int:
+    """Go to the Shapes layer's axial slice ``slice_index``; the box's rectangle shown there."""
+    [slider] = viewer.dims.not_displayed
+    point = list(viewer.dims.point)
+    point[slider] = shapes.data_to_world([slice_index] * 3)[slider]
+    viewer.dims.point = point
+    [shown] = np.flatnonzero(shapes._data_view._displayed)
+    return int(shown)
+
+
+def _edit_features(shapes, row: int, **values) -> None:
+    """Type new values into napari's features table (the row of the rectangle selected)."""
+    features = shapes.features.copy()
+    for key, value in values.items():
+        features.loc[row, key] = value
+    shapes.features = features
+    shapes.refresh_text()
+
+
+@pytest.mark.parametrize("into", ["its file", "another file"])
+def test_box_relabelled_on_any_of_its_slices_saves_the_new_label_and_score(
+    make_napari_viewer, tmp_path, into
+):
+    path, _ = _ct_with_a_box(tmp_path / "ct.mla", scores=[0.9])
+    viewer = make_napari_viewer()
+    image, shapes = _open(viewer, path)
+    assert len(shapes.data) > 3  # one rectangle per slice of the box
+    first_slice = min(round(float(d[0, 0])) for d in shapes.data)
+    row = _rectangle_shown(viewer, shapes, first_slice + 3)  # a middle slice
+    _edit_features(shapes, row, label="metastasis", score=0.4)
+    assert shapes.text.values[row] == "metastasis 0.40"  # what the annotator sees
+    if into == "its file":
+        back = _save_and_read(viewer, [image, shapes], path)
+        box = BOX
+    else:  # the boxes saved with a new label map over the image (stored as napari shows it)
+        other = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="mask")
+        other.scale, other.translate = image.scale, image.translate
+        back = _save_and_read(viewer, [other, shapes], tmp_path / "mask.mla")
+        stored = np.unravel_index(np.asarray(image.data), SHAPE)  # per voxel shown
+        inside = np.all(
+            [(lo <= i) & (i < hi) for i, (lo, hi) in zip(stored, BOX, strict=True)], axis=0
+        )
+        where = np.argwhere(inside)
+        box = np.c_[where.min(0), where.max(0) + 1]
+    assert back.meta.bbox.labels == ["metastasis"]
+    assert back.meta.bbox.scores == [pytest.approx(0.4)]
+    np.testing.assert_allclose(np.asarray(back.meta.bbox.bboxes[0], float), box, atol=1e-4)
+
+
+def test_box_given_different_labels_on_two_slices_warns_and_keeps_the_first(
+    make_napari_viewer, tmp_path
+):
+    path, _ = _ct_with_a_box(tmp_path / "ct.mla")
+    viewer = make_napari_viewer()
+    image, shapes = _open(viewer, path)
+    first_slice = min(round(float(d[0, 0])) for d in shapes.data)
+    rows = [_rectangle_shown(viewer, shapes, first_slice + k) for k in (1, 2)]
+    _edit_features(shapes, rows[0], label="metastasis")
+    _edit_features(shapes, rows[1], label="cyst")
+    first = "metastasis" if rows[0] < rows[1] else "cyst"
+    with pytest.warns(UserWarning, match="different labels"):
+        back = _save_and_read(viewer, [image, shapes], path)
+    assert back.meta.bbox.labels == [first]
+    assert back.meta.bbox.bboxes == [BOX]
