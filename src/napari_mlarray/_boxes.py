@@ -161,6 +161,9 @@ def shapes_layer_data(
     )
     block["record"] = meta.to_mapping()
     shown = [k for k, p in enumerate(orient.perm) if axes[p] not in set(skip_axes)]
+    # a reversed axis (positive scale, as for the file's image): vertex i drawn at N - 1 - i
+    view_shape = sub["spatial"]["shape"]
+    flip_last = [float(view_shape[orient.perm[k]] - 1) if block["flip"][k] else None for k in shown]
     if len(shown) < 2:
         return None
     if len(shown) != len(orient.perm):
@@ -175,7 +178,7 @@ def shapes_layer_data(
         if len(data) + _rectangle_count(view) > MAX_RECTANGLES:
             left_out.append(i)
             continue
-        rects = _rectangles(view)
+        rects = [_flipped(r, flip_last) for r in _rectangles(view)]
         data += rects
         box_id += [i] * len(rects)
         lab = None if bbox.labels is None else bbox.labels[i]
@@ -194,6 +197,7 @@ def shapes_layer_data(
     block["shown_axes"] = [axes[orient.perm[k]] for k in shown]  # stored axis per Shapes dim
     block["extent"] = extent  # what the boxes were clipped to (per Shapes dim)
     block["left_out"] = left_out  # boxes not drawn: the writer adds them back
+    block["flip_last"] = flip_last  # per Shapes dim: N - 1 of a reversed axis, else None
     with_metadata(kw, block)
     kw.update(
         shape_type="rectangle",
@@ -271,6 +275,28 @@ def _shape_bounds(vertices: np.ndarray) -> list[tuple[float, float]]:
     return out
 
 
+def _flipped(vertices: np.ndarray, flip_last: list[float | None] | None) -> np.ndarray:
+    """Vertices with each reversed Shapes dim ``d`` mirrored (``x -> flip_last[d] - x``; its
+    own inverse): between the reader's drawing and stored index order."""
+    if not flip_last or all(last is None for last in flip_last):
+        return vertices
+    out = np.array(vertices, dtype=float)
+    for d, last in enumerate(flip_last):
+        if last is not None:
+            out[:, d] = last - out[:, d]
+    return out
+
+
+def _flip_matrix(flip_last: list[float | None]) -> np.ndarray:
+    """:func:`_flipped` as a homogeneous matrix."""
+    m = len(flip_last)
+    out = np.eye(m + 1)
+    for d, last in enumerate(flip_last):
+        if last is not None:
+            out[d, d], out[d, m] = -1.0, last
+    return out
+
+
 def _clean_number(x: float) -> float | int:
     r = round(x)
     return int(r) if abs(x - r) < 1e-6 else float(x)
@@ -312,6 +338,11 @@ def boxes_from_shapes(
             block = None
         data = [np.asarray(d, dtype=float) for d in data]
         m = int(meta.get("ndim") or (data[0].shape[1] if data else 0))
+        matrix = layer_matrix(meta, m)  # data to world
+        flip_last = None if block is None else block.get("flip_last")
+        if flip_last is not None and len(flip_last) == m:  # back to stored index order
+            data = [_flipped(d, flip_last) for d in data]
+            matrix = matrix @ _flip_matrix(flip_last)
         stored = None
         if block is not None:
             file_meta = as_meta(block["record"])
@@ -349,7 +380,7 @@ def boxes_from_shapes(
         else:
             box_axes, dims = list(range(m)), list(range(m))
         if target is not None:
-            data = _to_target(data, meta, m, np.asarray(target["matrix"], dtype=float))
+            data = _to_target(data, matrix, m, np.asarray(target["matrix"], dtype=float))
         layer_entries = []  # (order, entry): a file's boxes in file order, then new ones
         groups: dict[tuple, list[int]] = {}
         for i in range(len(data)):
@@ -642,14 +673,15 @@ def _full_extent(shape, axis: int) -> list[int]:
     return [0, int(shape[axis])] if shape is not None and axis < len(shape) else [0, 1]
 
 
-def _to_target(data: list[np.ndarray], meta: dict, m: int, T_img: np.ndarray) -> list:
-    """Map Shapes data coordinates into the target layer's data coordinates (trailing dims)."""
+def _to_target(data: list[np.ndarray], matrix: np.ndarray, m: int, T_img: np.ndarray) -> list:
+    """Map Shapes data coordinates (``matrix``: to world) into the target layer's data
+    coordinates (trailing dims)."""
     nd = T_img.shape[0] - 1
     sub = list(range(nd - m, nd))
     T_sub = np.eye(m + 1)
     T_sub[:m, :m] = T_img[np.ix_(sub, sub)]
     T_sub[:m, m] = T_img[sub, -1]
-    to_img = np.linalg.solve(T_sub, layer_matrix(meta, m))
+    to_img = np.linalg.solve(T_sub, matrix)
     if np.allclose(to_img, np.eye(m + 1), atol=1e-9):
         return data
     return [(to_img @ np.c_[d, np.ones(len(d))].T).T[:, :m] for d in data]

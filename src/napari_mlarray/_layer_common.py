@@ -44,10 +44,10 @@ def common_layer_kwargs(
     spatial = meta.spatial
     orient = orientation_for(meta, ndim, name=name)
     shape = spatial.shape
-    if layer == "shapes" or shape is None or len(shape) != ndim:
-        shape = None  # boxes: flips stay negative scales
-    else:  # image, labels: the flips go into the data (see napari_transforms)
-        shape = [int(shape[a]) for a in orient.perm]
+    # the flips go into the data (see napari_transforms): positive scales, for napari's
+    # thick slices (images) and Convert to Labels (boxes) alike; without a shape they stay
+    # negative scales
+    shape = None if shape is None or len(shape) != ndim else [int(shape[a]) for a in orient.perm]
     kw: dict[str, Any] = napari_transforms(orient, ndim, shape)
     flip = kw.pop("flip")
     kw["axis_labels"] = orient.view_labels(spatial.axis_labels)

@@ -22,8 +22,9 @@ the right, a right-handed set. Hence, with the default axis order:
 The frame is right-handed, so no view is a mirror image. Flips and axis
 permutations go into a lazy transpose of the data, the flips as reversed axes
 (napari's thick slices need positive scales along the sliders; a Shapes layer of
-boxes keeps them as negative scales); napari gets at most the residual rotation
-of an oblique acquisition
+boxes draws its rectangles mirrored the same way, so every layer of a file has one
+data-to-world transform and napari's Convert to Labels works on it); napari gets at
+most the residual rotation of an oblique acquisition
 and a shear (its 3D view is then exact; its 2-D slicing of a rotated layer is
 not: see the README on oblique acquisitions).
 
@@ -541,8 +542,8 @@ def napari_transforms(orient: Orientation, ndim: int, shape=None) -> dict:
     :class:`~napari_mlarray._lazy.LazyView` ``flip``), the scales stay positive
     and ``translate`` places the first voxel of a reversed axis where its last
     one was. napari's thick slices (slider margins: slab projections) need a
-    positive scale along the slider axes. Without a shape (boxes) the flips are
-    put back as negative scales.
+    positive scale along the slider axes. Without a shape the flips are put back
+    as negative scales.
 
     Parameters
     ----------

@@ -166,3 +166,41 @@ def test_box_given_different_labels_on_two_slices_warns_and_keeps_the_first(
         back = _save_and_read(viewer, [image, shapes], path)
     assert back.meta.bbox.labels == [first]
     assert back.meta.bbox.bboxes == [BOX]
+
+
+def test_convert_to_labels_of_a_boxes_layer_masks_the_boxes_voxels(make_napari_viewer, tmp_path):
+    from napari._app_model import get_app_model
+
+    record = Meta().to_mapping()
+    # (napari sizes the mask from the world's extent counted from 0: a world containing 0)
+    record["spatial"].update(
+        spacing=[5.0, 0.7, 0.7], origin=[-30.0, -5.0, -5.0], coord_system="LPS"
+    )
+    record["is_seg"] = {"is_seg": True}
+    record["bbox"] = {"bboxes": [BOX], "labels": ["lesion"], "scores": None}
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[tuple(slice(lo, hi) for lo, hi in BOX)] = 1  # the box is the lesion
+    path = save_mla(tmp_path / "seg.mla", seg, Meta.from_mapping(record))
+    viewer = make_napari_viewer()
+    labels, shapes = viewer.open(str(path), plugin=None)
+    assert (labels._type_string, shapes._type_string) == ("labels", "shapes")
+    viewer.layers.selection = {shapes}
+    get_app_model().commands.execute_command("napari.layer.convert_to_labels").result()
+    [mask] = [lay for lay in viewer.layers if lay not in (labels, shapes)]
+    assert mask._type_string == "labels"
+
+    def world(layer, where):
+        return np.array([layer.data_to_world(p) for p in np.argwhere(where)])
+
+    filled, lesion = world(mask, np.asarray(mask.data) > 0), world(labels, np.asarray(labels.data))
+    assert len(filled) == len(lesion) == math.prod(hi - lo for lo, hi in BOX)
+    np.testing.assert_allclose(np.sort(filled, axis=0), np.sort(lesion, axis=0), atol=1e-6)
+    # the boxes still save as stored, and an edit still lands on the stored axes
+    back = _save_and_read(viewer, [labels, shapes], tmp_path / "out.mla")
+    assert back.meta.bbox.bboxes == [BOX] and np.array_equal(back[...], seg)
+    # moved one voxel towards the feet (napari's S-I runs head to feet): stored S-I index - 1
+    step = np.zeros(3)
+    step[list(shapes.axis_labels).index("S-I")] = 1.0
+    shapes.data = [d + step for d in shapes.data]
+    back = _save_and_read(viewer, [labels, shapes], tmp_path / "out2.mla")
+    assert back.meta.bbox.bboxes == [[BOX[0], BOX[1], [BOX[2][0] - 1, BOX[2][1] - 1]]]

@@ -480,8 +480,12 @@ def test_boxes_shapes_boxes(ndim):
             moved[i][:, -1] += 1
     bbox2, _ = boxes_from_shapes([(moved, _shapes_meta(moved, kw))])
     col_axis = orientation_for(rec, ndim).perm[-1]
+    # drawn as the image shows the data: a reversed axis mirrored (N - 1 - i), positive scales
+    flip_last = kw["metadata"]["mlarray"]["flip_last"]
+    assert all(v > 0 for v in kw["scale"])
+    step = -1 if flip_last[-1] is not None else 1
     expect = copy.deepcopy(boxes[1])
-    expect[col_axis] = [expect[col_axis][0] + 1, expect[col_axis][1] + 1]
+    expect[col_axis] = [expect[col_axis][0] + step, expect[col_axis][1] + step]
     assert bbox2["bboxes"][1] == expect
     assert bbox2["bboxes"][0] == boxes[0]
     # a rectangle drawn by the user becomes a new box
@@ -500,7 +504,12 @@ def test_boxes_shapes_boxes(ndim):
     assert len(bbox3["bboxes"]) == 5
     perm = orientation_for(rec, ndim).perm
     added = bbox3["bboxes"][4]
-    view_box = [added[p] for p in perm]
+    view_box = [
+        [added[p][0], added[p][1]]
+        if last is None
+        else [last + 1 - added[p][1], last + 1 - added[p][0]]
+        for p, last in zip(perm, flip_last, strict=True)
+    ]  # in the Shapes layer's data coordinates
     assert view_box[-2:] == [[3, 6], [4, 8]]
     assert all(v == [1, 2] for v in view_box[:-2])
     assert bbox3["labels"][4] == "new" and math.isnan(bbox3["scores"][4])
@@ -519,12 +528,13 @@ def test_box_edges_land_on_voxel_edges_in_world():
     img = _mapping.image_layer_kwargs(rec, 3, name="i")
     data, kw = shapes_layer_data(rec, 3, name="b")
     T_img, T_box = napari_matrix(img, 3), napari_matrix(kw, 3)
-    # same world; the image shows its reversed axes reversed in its data (positive scales)
+    # same data-to-world as the image: its reversed axis reversed in the data (positive
+    # scales, which napari's Convert to Labels needs), the rectangles drawn on slices 9 - z
     block = img["metadata"]["mlarray"]
     assert np.all(np.asarray(img["scale"]) > 0) and block["flip"] == [True, False, False]
-    T_img = T_img @ _mapping._unflip_matrix(block["flip"], [10, 10, 10])
+    assert np.all(np.asarray(kw["scale"]) > 0)
     assert np.allclose(T_img, T_box)
-    assert len(data) == 2 and sorted(d[0, 0] for d in data) == [1, 2]
+    assert len(data) == 2 and sorted(d[0, 0] for d in data) == [9 - 2, 9 - 1]
     rect = data[0]
     # world corner of voxel (z, 2, 4) on its low side == world of the rectangle corner
     voxel_corner = T_img @ np.array([rect[0, 0], 2 - 0.5, 4 - 0.5, 1])

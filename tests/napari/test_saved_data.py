@@ -325,12 +325,14 @@ def test_viewer_edit_of_a_box_on_the_shown_slice_is_saved(make_napari_viewer, tm
     np.testing.assert_allclose(np.array(saved[0], float), np.array(expected, float))
     # its first slice's rectangle deleted: the box starts one slice later
     image, shapes, shown, i = open_box0()
-    first = min(d[0, 0] for d, b in zip(shapes.data, shapes.features["box"], strict=True) if b == 0)
-    shapes.selected_data = {
-        k
-        for k, (d, b) in enumerate(zip(shapes.data, shapes.features["box"], strict=True))
-        if b == 0 and d[0, 0] == first
-    }
+    last = shapes.metadata[KEY]["flip_last"][0]  # drawn as the image shows it (S-I reversed)
+
+    def stored_slice(d):
+        return d[0, 0] if last is None else last - d[0, 0]
+
+    own = [k for k, b in enumerate(shapes.features["box"]) if b == 0]
+    first = min(stored_slice(shapes.data[k]) for k in own)
+    shapes.selected_data = {k for k in own if stored_slice(shapes.data[k]) == first}
     shapes.remove_selected()
     expected[shown[0]] = [expected[shown[0]][0] + 1, expected[shown[0]][1]]
     saved = save_and_reload(image, shapes)
