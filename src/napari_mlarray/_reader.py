@@ -304,6 +304,7 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     )
     if shapes is not None:
         layers.append((*shapes, "shapes"))
+        _notify(_box_view_notes(*shapes))
     if adopted is not None:
         for _, kw, _ in layers:
             metas = kw["metadata"] if isinstance(kw["metadata"], list) else [kw["metadata"]]
@@ -392,6 +393,25 @@ def _notify(notes) -> None:
 
 
 _PLANES = {"R-L": "sagittal ", "A-P": "coronal ", "S-I": "axial "}
+
+
+def _box_view_notes(data: list, kw: dict) -> list[str]:
+    """A note that a volume's boxes are shown only in the view they are drawn in.
+
+    The reader draws each box as one rectangle per slice of the Shapes layer's
+    last two dims (napari's default view); napari shows a shape only in a view
+    whose displayed dims it lies in, so after a roll to the other views they vanish.
+    """
+    if not data or int(kw.get("ndim") or 0) < 3:
+        return []
+    labels = kw.get("axis_labels") or ()
+    plane = _PLANES.get(labels[-3], "") if len(labels) >= 3 else ""
+    return [
+        f"{kw.get('name')}: each box is drawn as one rectangle per slice in the {plane}view "
+        "napari opens with; rolled to another view (sagittal, coronal) the boxes are not "
+        "shown, as napari shows a shape only in the plane it lies in. A rectangle drawn "
+        "there is saved as a box one slice thick."
+    ]
 
 
 def _edge_on_notes(shape, labels, m: int, name: str) -> list[str]:

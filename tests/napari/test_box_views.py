@@ -204,3 +204,19 @@ def test_convert_to_labels_of_a_boxes_layer_masks_the_boxes_voxels(make_napari_v
     shapes.data = [d + step for d in shapes.data]
     back = _save_and_read(viewer, [labels, shapes], tmp_path / "out2.mla")
     assert back.meta.bbox.bboxes == [[BOX[0], BOX[1], [BOX[2][0] - 1, BOX[2][1] - 1]]]
+
+
+def test_opening_boxes_says_they_are_shown_in_the_axial_view_only(make_napari_viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    path, _ = _ct_with_a_box(tmp_path / "ct.mla")
+    heard = []
+    notification_manager.notification_ready.connect(heard.append)
+    try:
+        viewer = make_napari_viewer()
+        _image, shapes = _open(viewer, path)
+    finally:
+        notification_manager.notification_ready.disconnect(heard.append)
+    notes = [str(n.message) for n in heard if str(n.message).startswith(shapes.name)]
+    assert len(notes) == 1
+    assert "axial view" in notes[0] and "not shown" in notes[0]
