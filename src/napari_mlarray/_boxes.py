@@ -81,25 +81,42 @@ def _geometry_ndim(meta: Meta) -> int:
     return max(2, len(sp.affine) - 1) if sp.affine else 2
 
 
-def _rectangle_count(box_view: list[tuple[float, float]]) -> int:
-    *lead, _, _ = box_view
-    return math.prod(max(math.ceil(hi), math.floor(lo) + 1) - math.floor(lo) for lo, hi in lead)
+def _slice_dims(m: int, plane: tuple[int, int] | None) -> tuple[list[int], tuple[int, int]]:
+    """The slice dims and the plane (default: the last two dims) of an ``m``-d Shapes layer."""
+    plane = (m - 2, m - 1) if plane is None else (int(plane[0]), int(plane[1]))
+    return [d for d in range(m) if d not in plane], plane
 
 
-def _rectangles(box_view: list[tuple[float, float]]) -> list[np.ndarray]:
+def _slice_range(lo: float, hi: float) -> range:
+    return range(math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1))
+
+
+def _rectangle_count(box_view: list[tuple[float, float]], plane=None) -> int:
+    lead, _ = _slice_dims(len(box_view), plane)
+    return math.prod(len(_slice_range(*box_view[d])) for d in lead)
+
+
+def _rectangles(box_view: list[tuple[float, float]], plane=None) -> list[np.ndarray]:
     """Rectangles (4 x m vertices, data coordinates) drawing one box in view order.
 
     Voxel ``i`` spans ``[i - 0.5, i + 0.5]`` in napari data coordinates, so a box
-    ``[min, max)`` has edges at ``min - 0.5`` and ``max - 0.5`` in the displayed
-    axes, and a rectangle on every slice it overlaps in the leading axes.
+    ``[min, max)`` has edges at ``min - 0.5`` and ``max - 0.5`` in the ``plane``
+    dims (default: the last two), and a rectangle on every slice it overlaps in
+    the other dims.
     """
-    *lead, (r0, r1), (c0, c1) = box_view
-    ranges = [range(math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)) for lo, hi in lead]
+    m = len(box_view)
+    lead, (pr, pc) = _slice_dims(m, plane)
+    (r0, r1), (c0, c1) = box_view[pr], box_view[pc]
+    ranges = [_slice_range(*box_view[d]) for d in lead]
     corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]
     out = []
-    for idx in np.ndindex(*[len(r) for r in ranges]) if ranges else [()]:
-        lead_pos = [ranges[i][j] for i, j in enumerate(idx)]
-        out.append(np.array([[*lead_pos, r - 0.5, c - 0.5] for r, c in corners], dtype=float))
+    for pos in itertools.product(*ranges):
+        rect = np.empty((4, m), dtype=float)
+        for d, v in zip(lead, pos, strict=True):
+            rect[:, d] = v
+        for k, (r, c) in enumerate(corners):
+            rect[k, pr], rect[k, pc] = r - 0.5, c - 0.5
+        out.append(rect)
     return out
 
 
@@ -402,15 +419,18 @@ def boxes_from_shapes(
                 label, score = _edited_features(
                     col, idx, stored, bid, _box_name(meta.get("name"), bid, slabels)
                 )
-                view = _stored_view(original, block, extent)
-                rects = _rectangles(view)  # as the reader drew it
-                same = len(rects) == len(idx) and all(
+                view = _drawn_view(original, block, extent, bid)
+                plane = block.get("plane")
+                rects = _rectangles(view, plane)  # as the reader (or a redraw) drew it
+                unchanged = len(rects) == len(idx) and all(
                     np.allclose(np.sort(r, axis=0), np.sort(data[i], axis=0), atol=1e-6)
                     for r, i in zip(rects, idx, strict=True)
                 )
+                who = _box_name(meta.get("name"), bid, slabels)
+                stored_view = _stored_view(original, block, extent)
+                merged = _box_state(view, stored_view, [] if unchanged else bounds, who, plane)
+                same = all(e is None for e in merged)
                 box = copy.deepcopy(list(original)) if same else [list(p) for p in original]
-                if not same:
-                    merged = _edited_box(view, bounds, _box_name(meta.get("name"), bid, slabels))
             else:
                 box = [_full_extent(full_shape, a) for a in box_axes]
             if not same:
@@ -515,9 +535,8 @@ def _copies_are_new_boxes(data, col: dict[str, list], sboxes, block: dict, exten
     for (bid, pos), idx in at.items():
         if len(idx) < 2:
             continue
-        drawn = {
-            _slice_position(r): r for r in _rectangles(_stored_view(sboxes[bid], block, extent))
-        }.get(pos)
+        view = _drawn_view(sboxes[bid], block, extent, bid)
+        drawn = {_slice_position(r): r for r in _rectangles(view, block.get("plane"))}.get(pos)
         keep = next(
             (
                 i
@@ -551,11 +570,14 @@ def _one_shape_per_box(
             idx = members[bid]
             if i != idx[0]:
                 continue
-            view = _stored_view(sboxes[bid], block, extent)
+            view = _drawn_view(sboxes[bid], block, extent, bid)
+            stored_view = _stored_view(sboxes[bid], block, extent)
             bounds = [_shape_bounds(data[j]) for j in idx]
             who = _box_name(layer, bid, slabels)
-            edit = _edited_box(view, bounds, who)
-            shape = _box_vertices([v if e is None else e for e, v in zip(edit, view, strict=True)])
+            edit = _box_state(view, stored_view, bounds, who, block.get("plane"))
+            shape = _box_vertices(
+                [v if e is None else e for e, v in zip(edit, stored_view, strict=True)]
+            )
             label, score = _edited_features(col, idx, stored, bid, who)
             row["label"], row["score"] = _label_text(label), _score_value(score)
         out.append(shape)
@@ -565,7 +587,10 @@ def _one_shape_per_box(
 
 
 def _edited_box(
-    view: list[tuple[float, float]], bounds: list[list[tuple[float, float]]], who: str
+    view: list[tuple[float, float]],
+    bounds: list[list[tuple[float, float]]],
+    who: str,
+    plane: tuple[int, int] | None = None,
 ) -> list[tuple[float, float] | None]:
     """A stored box after the user edited some of its rectangles (one per slice).
 
@@ -579,11 +604,13 @@ def _edited_box(
     Parameters
     ----------
     view : list of (float, float)
-        The stored box as the reader drew it (Shapes dims, clipped).
+        The box as its rectangles were drawn (Shapes dims, clipped).
     bounds : list of list of (float, float)
         :func:`_shape_bounds` of each rectangle of the box in the layer.
     who : str
         The box, for the warnings.
+    plane : (int, int), optional
+        The Shapes dims the rectangles were drawn in (default: the last two).
 
     Returns
     -------
@@ -591,15 +618,16 @@ def _edited_box(
         Per Shapes dim.
     """
     m = len(view)
-    out: list[tuple[float, float] | None] = []
+    lead, plane = _slice_dims(m, plane)
+    out: list[tuple[float, float] | None] = [None] * m
     span = []  # slices covered per slice axis, after the edit
-    for d in range(m - 2):  # slice axes: the range of the rectangles present
-        lo, hi = view[d]
-        drawn = (float(math.floor(lo)), float(max(math.ceil(hi), math.floor(lo) + 1)))
+    for d in lead:  # slice axes: the range of the rectangles present
+        r = _slice_range(*view[d])
+        drawn = (float(r.start), float(r.stop))
         present = (min(b[d][0] for b in bounds), max(b[d][1] for b in bounds))
-        out.append(None if present == drawn else present)
+        out[d] = None if present == drawn else present
         span.append(range(int(present[0]), int(present[1])))
-    have = {tuple(int(b[d][0]) for d in range(m - 2)) for b in bounds}
+    have = {tuple(int(b[d][0]) for d in lead) for b in bounds}
     holes = [p for p in itertools.product(*span) if p not in have] if span else []
     if holes:
         where = ", ".join(str(p[0] if len(p) == 1 else p) for p in holes[:8])
@@ -612,30 +640,22 @@ def _edited_box(
             UserWarning,
             stacklevel=3,
         )
-    plane = view[m - 2 :]
     edited = [
         b
         for b in bounds
-        if not all(
-            math.isclose(b[m - 2 + k][e], plane[k][e], abs_tol=1e-6)
-            for k in range(2)
-            for e in (0, 1)
-        )
+        if not all(math.isclose(b[d][e], view[d][e], abs_tol=1e-6) for d in plane for e in (0, 1))
     ]
     if not edited:
-        return [*out, None, None]
-    union = [
-        (min(b[m - 2 + k][0] for b in edited), max(b[m - 2 + k][1] for b in edited))
-        for k in range(2)
-    ]
+        return out
+    union = [(min(b[d][0] for b in edited), max(b[d][1] for b in edited)) for d in plane]
     differ = any(
-        not math.isclose(b[m - 2 + k][e], edited[0][m - 2 + k][e], abs_tol=1e-6)
+        not math.isclose(b[d][e], edited[0][d][e], abs_tol=1e-6)
         for b in edited
-        for k in range(2)
+        for d in plane
         for e in (0, 1)
     )
     if differ:
-        slices = sorted({b[0][0] for b in edited}) if m > 2 else []
+        slices = sorted({b[lead[0]][0] for b in edited}) if lead else []
         on = ", ".join(str(int(s)) for s in slices[:8]) + (" ..." if len(slices) > 8 else "")
         warnings.warn(
             f"{who}: its rectangles were edited differently on slices {on}; a box has one "
@@ -645,7 +665,31 @@ def _edited_box(
             UserWarning,
             stacklevel=3,
         )
-    return [*out, *union]
+    for d, extent in zip(plane, union, strict=True):
+        out[d] = extent
+    return out
+
+
+def _drawn_view(stored_box, block: dict, extent, bid: int) -> list[tuple[float, float]]:
+    """Stored box ``bid`` as its rectangles are drawn now: as stored, or as edited before
+    they were redrawn in another view (``block["drawn"]``)."""
+    drawn = (block.get("drawn") or {}).get(bid)
+    if drawn is not None:
+        return [tuple(float(v) for v in p) for p in drawn]
+    return _stored_view(stored_box, block, extent)
+
+
+def _box_state(view, stored_view, bounds, who, plane) -> list[tuple[float, float] | None]:
+    """A box's extents after the edit of its rectangles (drawn from ``view``): ``None`` where
+    they are still the stored box's (``stored_view``)."""
+    edit = _edited_box(view, bounds, who, plane) if bounds else [None] * len(view)
+    out = []
+    for e, v, sv in zip(edit, view, stored_view, strict=True):
+        if e is None:  # as drawn: the stored extent, or one edited before a redraw
+            same = all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(v, sv, strict=True))
+            e = None if same else v
+        out.append(e)
+    return out
 
 
 def _stored_view(box, block: dict, extent) -> list[tuple[float, float]]:
@@ -715,3 +759,90 @@ def _feature_columns(features, n: int) -> dict[str, list]:
         else:
             out[key] = [math.nan if v is None else float(v) for v in values]
     return out
+
+
+def redrawn_in_plane(
+    data: list[np.ndarray], features, block: dict, plane: tuple[int, int], name: str | None = None
+) -> tuple[list[int], list[np.ndarray], dict[str, list], dict] | None:
+    """A file's boxes redrawn as rectangles in another ``plane`` of their Shapes layer.
+
+    napari shows a shape only in the view whose displayed dims it lies in, so
+    the plugin redraws the stored boxes in the plane shown when the view is
+    rolled (sagittal, coronal). Each box is redrawn as edited so far (its
+    rectangles' edits and label/score applied as a save would); shapes that are
+    not a stored box's (drawn by the user, pasted copies) stay as they are.
+
+    Parameters
+    ----------
+    data : list of numpy.ndarray
+        The layer's vertices (data coordinates).
+    features : DataFrame or dict
+        The layer's ``box``/``label``/``score`` features.
+    block : dict
+        The layer's ``metadata["mlarray"]`` block.
+    plane : (int, int)
+        The two Shapes dims shown.
+    name : str, optional
+        The layer's name, for warnings.
+
+    Returns
+    -------
+    (list of int, list of numpy.ndarray, dict, dict) or None
+        The rows to remove, the rectangles to add, the features of the whole
+        layer afterwards (remaining rows first, then the added ones), and the
+        block's new ``plane``/``drawn`` entries; ``None`` when nothing is to be
+        redrawn (the plane is already drawn, or more than
+        :data:`MAX_RECTANGLES` rectangles would be needed).
+    """
+    m = len(block["shown_axes"])
+    old_plane = _slice_dims(m, block.get("plane"))[1]
+    plane = _slice_dims(m, tuple(sorted(plane)))[1]
+    if plane == old_plane:
+        return None
+    flip_last = block.get("flip_last")
+    if flip_last is None or len(flip_last) != m:
+        flip_last = [None] * m
+    udata = [_flipped(np.asarray(d, dtype=float), flip_last) for d in data]
+    col = _feature_columns(features, len(udata))
+    rb = as_meta(block["record"]).bbox
+    stored = (rb.bboxes or [], rb.scores, rb.labels)
+    sboxes = stored[0]
+    extent = block.get("extent")
+    box_col = list(col["box"])
+    _copies_are_new_boxes(udata, col, sboxes, block, extent)
+    members: dict[int, list[int]] = {}
+    for i, bid in enumerate(col["box"]):
+        if bid is not None and 0 <= bid < len(sboxes):
+            members.setdefault(bid, []).append(i)
+    remove = sorted(i for idx in members.values() for i in idx)
+    removed = set(remove)
+    keep = [i for i in range(len(udata)) if i not in removed]
+    added: list[np.ndarray] = []
+    out_col: dict[str, list] = {
+        "box": [
+            -1 if col["box"][i] is None and box_col[i] is not None else box_col[i] for i in keep
+        ],
+        "label": [col["label"][i] for i in keep],
+        "score": [col["score"][i] for i in keep],
+    }
+    drawn: dict[int, list[list[float]]] = {}
+    for bid in sorted(members):
+        idx = members[bid]
+        who = _box_name(name, bid, stored[2])
+        view = _drawn_view(sboxes[bid], block, extent, bid)
+        stored_view = _stored_view(sboxes[bid], block, extent)
+        bounds = [_shape_bounds(udata[i]) for i in idx]
+        state = _box_state(view, stored_view, bounds, who, old_plane)
+        new_view = [sv if e is None else e for e, sv in zip(state, stored_view, strict=True)]
+        label, score = _edited_features(col, idx, stored, bid, who)
+        rects = [_flipped(r, flip_last) for r in _rectangles(new_view, plane)]
+        added += rects
+        out_col["box"] += [bid] * len(rects)
+        out_col["label"] += [_label_text(label)] * len(rects)
+        out_col["score"] += [_score_value(score)] * len(rects)
+        if any(e is not None for e in state):
+            drawn[bid] = [[float(lo), float(hi)] for lo, hi in new_view]
+    if len(keep) + len(added) > MAX_RECTANGLES:
+        return None
+    out_col["box"] = [-1 if b is None else int(b) for b in out_col["box"]]
+    return remove, added, out_col, {"plane": list(plane), "drawn": drawn}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from mlarray.meta import Meta
 from napari_mlarray import _lazy, _mapping
-from napari_mlarray._boxes import shapes_layer_data
+from napari_mlarray._boxes import redrawn_in_plane, shapes_layer_data
 from napari_mlarray._layer_common import KEY
 from napari_mlarray._lazy import LazyView
 from napari_mlarray._orientation import (
@@ -305,6 +306,7 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     if shapes is not None:
         layers.append((*shapes, "shapes"))
         _notify(_box_view_notes(*shapes))
+        _follow_view_of_current_viewer()
     if adopted is not None:
         for _, kw, _ in layers:
             metas = kw["metadata"] if isinstance(kw["metadata"], list) else [kw["metadata"]]
@@ -394,23 +396,82 @@ def _notify(notes) -> None:
 
 _PLANES = {"R-L": "sagittal ", "A-P": "coronal ", "S-I": "axial "}
 
+_FOLLOWED: list[weakref.ref] = []  # viewers whose view changes redraw the boxes
+
+
+def _follow_view_of_current_viewer() -> None:
+    """Redraw the boxes of the current viewer's ``.mla`` boxes layers in the plane shown
+    whenever the view is rolled (``viewer.dims.order``) or a layer is added, once per
+    viewer."""
+    napari = sys.modules.get("napari")
+    viewer = None if napari is None else napari.current_viewer()
+    if viewer is None or any(ref() is viewer for ref in _FOLLOWED):
+        return
+    _FOLLOWED[:] = [ref for ref in _FOLLOWED if ref() is not None]
+    ref = weakref.ref(viewer)
+    _FOLLOWED.append(ref)
+
+    def on_order(event=None) -> None:
+        v = ref()
+        if v is not None:
+            redraw_boxes_in_view(v)
+
+    viewer.dims.events.order.connect(on_order)
+    viewer.dims.events.ndisplay.connect(on_order)
+    viewer.layers.events.inserted.connect(on_order)  # a file opened in a rolled view
+
+
+def redraw_boxes_in_view(viewer) -> None:
+    """Draw the stored boxes of ``viewer``'s ``.mla`` boxes layers in the plane it shows.
+
+    See :func:`napari_mlarray._boxes.redrawn_in_plane`; in a 3D view nothing changes.
+    """
+    import pandas as pd
+
+    if viewer.dims.ndisplay != 2:
+        return
+    for layer in list(viewer.layers):
+        block = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+        if not isinstance(block, dict) or block.get("layer") != "shapes" or layer.ndim < 3:
+            continue
+        offset = viewer.dims.ndim - layer.ndim
+        plane = [d - offset for d in viewer.dims.displayed if d >= offset]
+        if len(plane) != 2:
+            continue
+        with warnings.catch_warnings(record=True) as heard:
+            warnings.simplefilter("always")
+            redrawn = redrawn_in_plane(
+                list(layer.data), layer.features, block, tuple(plane), layer.name
+            )
+        _notify([str(w.message) for w in heard])
+        if redrawn is None:
+            continue
+        remove, added, features, update = redrawn
+        defaults = {k: layer.feature_defaults[k][0] for k in layer.feature_defaults}
+        layer.selected_data = set()
+        if remove:
+            layer.selected_data = set(remove)
+            layer.remove_selected()
+        if added:
+            layer.add(added, shape_type="rectangle")
+        layer.features = pd.DataFrame(features)
+        layer.feature_defaults = defaults  # a new rectangle: no box, no label, no score
+        layer.refresh_colors(update_color_mapping=False)  # each label keeps its colour
+        layer.refresh_text()
+        layer.refresh()
+        block.update(update)
+
 
 def _box_view_notes(data: list, kw: dict) -> list[str]:
-    """A note that a volume's boxes are shown only in the view they are drawn in.
-
-    The reader draws each box as one rectangle per slice of the Shapes layer's
-    last two dims (napari's default view); napari shows a shape only in a view
-    whose displayed dims it lies in, so after a roll to the other views they vanish.
-    """
+    """A note on how a volume's boxes are drawn: as rectangles in the plane shown, redrawn
+    when the view is rolled (napari shows a shape only in the plane it lies in)."""
     if not data or int(kw.get("ndim") or 0) < 3:
         return []
-    labels = kw.get("axis_labels") or ()
-    plane = _PLANES.get(labels[-3], "") if len(labels) >= 3 else ""
     return [
-        f"{kw.get('name')}: each box is drawn as one rectangle per slice in the {plane}view "
-        "napari opens with; rolled to another view (sagittal, coronal) the boxes are not "
-        "shown, as napari shows a shape only in the plane it lies in. A rectangle drawn "
-        "there is saved as a box one slice thick."
+        f"{kw.get('name')}: each box is drawn as one rectangle per slice in the view shown "
+        "(axial, sagittal or coronal: rolling the view redraws them); an edit of the "
+        "rectangle on the slice shown applies to the whole box, and a rectangle drawn in "
+        "any view is saved as a box one slice thick. In the 3D view they stay as last drawn."
     ]
 
 

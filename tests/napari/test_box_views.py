@@ -206,7 +206,7 @@ def test_convert_to_labels_of_a_boxes_layer_masks_the_boxes_voxels(make_napari_v
     assert back.meta.bbox.bboxes == [[BOX[0], BOX[1], [BOX[2][0] - 1, BOX[2][1] - 1]]]
 
 
-def test_opening_boxes_says_they_are_shown_in_the_axial_view_only(make_napari_viewer, tmp_path):
+def test_opening_boxes_says_how_they_are_drawn(make_napari_viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 
     path, _ = _ct_with_a_box(tmp_path / "ct.mla")
@@ -219,4 +219,58 @@ def test_opening_boxes_says_they_are_shown_in_the_axial_view_only(make_napari_vi
         notification_manager.notification_ready.disconnect(heard.append)
     notes = [str(n.message) for n in heard if str(n.message).startswith(shapes.name)]
     assert len(notes) == 1
-    assert "axial view" in notes[0] and "not shown" in notes[0]
+    assert "rolling the view redraws them" in notes[0]
+
+
+@pytest.mark.parametrize(("view", "order"), [("sagittal", (2, 0, 1)), ("coronal", (1, 0, 2))])
+def test_boxes_follow_the_view_and_an_edit_there_is_saved(
+    make_napari_viewer, tmp_path, view, order
+):
+    path, data = _ct_with_a_box(tmp_path / "ct.mla", scores=[0.9])
+    viewer = make_napari_viewer()
+    image, shapes = _open(viewer, path)
+    viewer.dims.order = order
+    rows, cols = viewer.dims.displayed
+    [slider] = viewer.dims.not_displayed
+    # the slider on an image slice through the middle of the box: its rectangle is shown
+    inside = np.unravel_index(np.asarray(image.data), SHAPE)
+    in_box = np.all([(lo <= i) & (i < hi) for i, (lo, hi) in zip(inside, BOX, strict=True)], 0)
+    where = np.argwhere(in_box)
+    middle = (where.min(0) + where.max(0)) // 2
+    point = list(viewer.dims.point)
+    point[slider] = image.data_to_world(middle)[slider]
+    viewer.dims.point = point
+    [shown] = np.flatnonzero(shapes._data_view._displayed)
+    rect = np.array([image.world_to_data(shapes.data_to_world(p)) for p in shapes.data[shown]])
+    for d in (rows, cols):  # its edges are the box's voxel edges in the image's data
+        assert rect[:, d].min() == pytest.approx(where[:, d].min() - 0.5)
+        assert rect[:, d].max() == pytest.approx(where[:, d].max() + 0.5)
+    assert shapes.text.values[shown] == "lesion 0.90"
+    # unchanged: saved as stored, after a roll back too
+    back = _save_and_read(viewer, [image, shapes], tmp_path / "same.mla")
+    assert back.meta.bbox.bboxes == [BOX] and back.meta.bbox.labels == ["lesion"]
+    # moved by 2 voxels along the shown rows there, relabelled, then rolled back to axial
+    shapes._data_view.shift(shown, np.array([2.0, 0.0]))
+    shapes.refresh()
+    _edit_features(shapes, shown, label="metastasis")
+    viewer.dims.order = (0, 1, 2)
+    index = [slice(int(lo), int(hi) + 1) for lo, hi in zip(where.min(0), where.max(0), strict=True)]
+    index[rows] = slice(index[rows].start + 2, index[rows].stop + 2)
+    back = _save_and_read(viewer, [image, shapes], tmp_path / "moved.mla")
+    assert back.meta.bbox.bboxes == [_stored_extent(image, data, tuple(index))]
+    assert back.meta.bbox.labels == ["metastasis"]
+    assert back.meta.bbox.scores == [pytest.approx(0.9)]
+
+
+def test_boxes_opened_in_a_rolled_view_are_drawn_there(make_napari_viewer, tmp_path):
+    path, _ = _ct_with_a_box(tmp_path / "ct.mla")
+    other, _ = _ct_with_a_box(tmp_path / "other.mla")
+    viewer = make_napari_viewer()
+    _open(viewer, other)
+    viewer.dims.order = (2, 0, 1)  # sagittal, before the file is opened
+    _image, shapes = _open(viewer, path)
+    shown = set(viewer.dims.displayed)
+    for rect in shapes.data:  # every rectangle lies in the plane shown
+        assert {d for d in range(3) if np.ptp(rect[:, d]) > 0} == shown
+    back = _save_and_read(viewer, [_image, shapes], tmp_path / "out.mla")
+    assert back.meta.bbox.bboxes == [BOX]
