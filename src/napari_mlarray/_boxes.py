@@ -843,6 +843,12 @@ def redrawn_in_plane(
         if any(e is not None for e in state):
             drawn[bid] = [[float(lo), float(hi)] for lo, hi in new_view]
     if len(keep) + len(added) > MAX_RECTANGLES:
+        warnings.warn(
+            f"{name or 'boxes'}: drawing the boxes in the view shown takes more than "
+            f"{MAX_RECTANGLES} rectangles; they stay drawn in the view they were in",
+            UserWarning,
+            stacklevel=2,
+        )
         return None
     out_col["box"] = [-1 if b is None else int(b) for b in out_col["box"]]
     return remove, added, out_col, {"plane": list(plane), "drawn": drawn}

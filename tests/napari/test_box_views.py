@@ -274,3 +274,23 @@ def test_boxes_opened_in_a_rolled_view_are_drawn_there(make_napari_viewer, tmp_p
         assert {d for d in range(3) if np.ptp(rect[:, d]) > 0} == shown
     back = _save_and_read(viewer, [_image, shapes], tmp_path / "out.mla")
     assert back.meta.bbox.bboxes == [BOX]
+
+
+def test_box_edited_then_rolled_keeps_its_edited_extents(make_napari_viewer, tmp_path):
+    path, data = _ct_with_a_box(tmp_path / "ct.mla")
+    viewer = make_napari_viewer()
+    image, shapes = _open(viewer, path)
+    a_p = list(shapes.axis_labels).index("A-P")
+    [first] = [i for i, b in enumerate(shapes.features["box"]) if b == 0][:1]
+    step = np.zeros(2)
+    step[viewer.dims.displayed.index(a_p)] = 0.25  # a quarter voxel along A-P
+    shapes._data_view.shift(first, step)
+    shapes.refresh()
+    for order in [(1, 0, 2), (2, 0, 1), (0, 1, 2)]:  # coronal (A-P on the slider), sagittal
+        viewer.dims.order = order
+    back = _save_and_read(viewer, [image, shapes], tmp_path / "out.mla")
+    expected = [list(map(float, p)) for p in BOX]
+    stored_a_p = 1  # stored axis 1 is A-P (LPS, identity direction)
+    expected[stored_a_p] = [v + 0.25 for v in expected[stored_a_p]]
+    np.testing.assert_allclose(np.asarray(back.meta.bbox.bboxes[0], float), expected, atol=1e-6)
+    assert np.array_equal(back[...], data)
