@@ -53,6 +53,15 @@ def _box_axes(record: Meta | dict, ndim: int, n_box_axes: int) -> list[int]:
     raise ValueError(f"bbox has {n_box_axes} axes but the array has {ndim} ({sum(mask)} spatial)")
 
 
+def _boxes_reach(boxes: list, axes: list[int], axis: int) -> int:
+    """Voxels along stored ``axis`` up to the farthest (finite) box end; at least 1."""
+    if axis not in axes:
+        return 1
+    k = axes.index(axis)
+    ends = [float(b[k][1]) for b in boxes if len(b) > k and math.isfinite(float(b[k][1]))]
+    return max([1, *(math.ceil(e) for e in ends)])
+
+
 def _label_text(label: Any) -> str:
     return "" if label is None else str(label)
 
@@ -165,7 +174,9 @@ def shapes_layer_data(
     axes = _box_axes(meta, ndim, n_box)
     sub = meta.to_mapping()
     if meta.spatial.shape is None:
-        sub["spatial"]["shape"] = [1] * ndim  # a boxes-only file: the boxes give the axes
+        # a boxes-only file: the boxes give the axes, and the extent a reversed axis is
+        # mirrored over (as an image reaching their ends would be)
+        sub["spatial"]["shape"] = [_boxes_reach(boxes, axes, a) for a in range(ndim)]
     if len(axes) != ndim:  # geometry is over the spatial axes only: show those
         sp = sub["spatial"]
         sp["axis_labels"] = None

@@ -19,6 +19,7 @@ except Exception as exc:  # qtpy raises its own error types for a missing bindin
 
 from mlarray import Meta, MLArray
 from mlarray.io import save_mla
+from tests.napari._helpers import view_index_inverse
 
 pytestmark = pytest.mark.qt
 
@@ -294,3 +295,28 @@ def test_box_edited_then_rolled_keeps_its_edited_extents(make_napari_viewer, tmp
     expected[stored_a_p] = [v + 0.25 for v in expected[stored_a_p]]
     np.testing.assert_allclose(np.asarray(back.meta.bbox.bboxes[0], float), expected, atol=1e-6)
     assert np.array_equal(back[...], data)
+
+
+def test_convert_to_labels_of_the_sample_boxes_only_file_masks_every_box(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    from napari_mlarray._sample_data import make_ct_sample
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mlarray", "ct_sample")
+    [shapes] = [lay for lay in viewer.layers if lay._type_string == "shapes"]
+    [seg] = [lay for lay in viewer.layers if lay._type_string == "labels"]
+    viewer.layers.selection = {shapes}
+    get_app_model().commands.execute_command("napari.layer.convert_to_labels").result()
+    [mask] = [lay for lay in viewer.layers if lay._type_string == "labels" and lay is not seg]
+    sample = make_ct_sample()
+    union = np.zeros(sample.seg.shape, bool)
+    for box in sample.boxes["bboxes"]:
+        union[tuple(slice(lo, hi) for lo, hi in box)] = True
+    filled = np.argwhere(np.asarray(mask.data) > 0)
+    assert len(filled) == int(union.sum())  # every box's voxels, none cut off
+    # each masked voxel lies over a voxel of the segmentation's file inside a box
+    block = seg.metadata["mlarray"]
+    for p in filled[:: max(1, len(filled) // 200)]:
+        at = np.round(seg.world_to_data(mask.data_to_world(p))).astype(int)
+        assert union[view_index_inverse(block, at, sample.seg.shape)]
