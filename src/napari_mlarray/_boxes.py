@@ -1,7 +1,10 @@
 """Pure mapping between a record's ``bbox`` section and napari Shapes layers.
 
 Reading: :func:`shapes_layer_data` draws each box as rectangles (one per slice
-it overlaps), with ``box``/``label``/``score`` features. Writing:
+it overlaps), with ``box``/``label``/``score`` features, in the image's data
+coordinates (a reversed axis mirrored); :func:`redrawn_in_plane` redraws them in
+the plane a rolled view shows. A shape's plane is found from its vertices
+(:func:`_plane`), so rectangles drawn in any view are boxes one slice thick. Writing:
 :func:`boxes_from_shapes` groups the rectangles back into boxes, keeps a box
 exactly as stored when its rectangles did not change, and applies an edit of
 some of its rectangles (napari edits the one on the shown slice) to the whole
@@ -22,7 +25,13 @@ from mlarray.meta import Meta
 from napari_mlarray._layer_common import KEY, common_layer_kwargs, drop_axes, with_metadata
 from napari_mlarray._orientation import as_meta, layer_matrix, spatial_mask
 
-__all__ = ["BOX_COLORS", "MAX_RECTANGLES", "boxes_from_shapes", "shapes_layer_data"]
+__all__ = [
+    "BOX_COLORS",
+    "MAX_RECTANGLES",
+    "boxes_from_shapes",
+    "redrawn_in_plane",
+    "shapes_layer_data",
+]
 
 #: Most rectangles the reader draws for a file's boxes (one per box and slice);
 #: beyond it the remaining boxes are left out with a warning (a notification in napari).
