@@ -446,3 +446,28 @@ def test_export_holds_a_few_slabs_never_the_volume(tmp_path, suffix):
         back = sitk.ReadImage(str(out))
     assert back.GetSize() == (512, 256, 96)
     np.testing.assert_allclose(back.GetSpacing(), [0.7, 0.7, 1.5])
+
+
+@pytest.mark.parametrize("step", [0.625, 1.0])
+@pytest.mark.parametrize("fault", ["missing", "repeated"])
+def test_series_with_whole_mm_positions_and_a_missing_or_repeated_slice_is_refused(
+    tmp_path, step, fault
+):
+    """x and y written as whole millimetres (``-250\\-250\\-100.625``, as many scanners and
+    our own DICOM export of a 1 mm grid write them) must not widen the rounding tolerance:
+    a slice missing or repeated (a whole step) converted silently with a wrong z spacing."""
+    import pydicom
+
+    make_dicom_series(tmp_path / "ct", n_slices=12, step=step)
+    for f in sorted((tmp_path / "ct").iterdir()):
+        ds = pydicom.dcmread(f)
+        k = int(ds.InstanceNumber) - 1
+        if fault == "missing" and k == 6:
+            f.unlink()
+            continue
+        z = -100 - (6 if fault == "repeated" and k == 7 else k) * step
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.ImagePositionPatient = ["-250", "-250", f"{z:g}"]
+        ds.save_as(f)
+    with pytest.raises(ConversionError, match="not evenly spaced"):
+        from_file(tmp_path / "ct")

@@ -560,12 +560,21 @@ def _check_left_out(folder: Path, files: list[str], series: str | None) -> list[
     return kinds
 
 
-def _decimal_unit(texts: Iterator[str]) -> float:
-    """Half a unit of the last decimal the decimal strings ``texts`` (DICOM DS values) are
-    typically written to (the median count of decimals; a writer trimming zeros writes
-    some with fewer): how far rounding moved them. 0 when none is a plain decimal."""
-    decimals = [len(text.strip().partition(".")[2]) for text in texts if "e" not in text.lower()]
-    return 0.5 * 10.0 ** -float(np.median(decimals)) if decimals else 0.0
+def _rounding_units(texts: list[list[str]]) -> np.ndarray:
+    """Per world axis, half a unit of the last decimal the positions ``texts`` (one
+    ImagePositionPatient's x, y, z strings per slice) are written to: how far rounding
+    may have moved each. The most decimals any slice shows on an axis is the writer's
+    precision (a writer trimming zeros writes some with fewer); an axis whose strings are
+    the same on every slice has the same rounding on all, which differences cancel: 0."""
+    units = np.zeros(3)
+    for axis, column in enumerate(zip(*texts, strict=False)):
+        if axis >= 3 or len(set(column)) == 1:
+            continue
+        if any("e" in text.lower() for text in column):
+            continue  # exponent notation: no decimals to count
+        decimals = max(len(text.strip().partition(".")[2]) for text in column)
+        units[axis] = 0.5 * 10.0**-decimals
+    return units
 
 
 def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
@@ -579,11 +588,15 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
         cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
     except (RuntimeError, ValueError):
         return  # no positions (e.g. secondary capture): nothing to check against
-    # how far two written positions may differ from the true ones by the decimals written
-    # alone (an oblique series written to one decimal drifts ~0.1 mm from rounding alone)
-    rounding = np.sqrt(3.0) * _decimal_unit(v for text in texts for v in text)
     normal = np.cross(cosines[:3], cosines[3:])
     normal = normal / (np.linalg.norm(normal) or 1.0)
+    # how far the decimals written alone can move a difference of two positions in-plane
+    # (an oblique series written to one decimal drifts ~0.1 mm from rounding alone) and a
+    # gap from the typical one along the normal; never near a whole step or pixel, so a
+    # missing or repeated slice and a real tilt are refused however the positions are written
+    units = _rounding_units(texts)
+    drift_rounding = 2.0 * float(np.linalg.norm(units))
+    gap_rounding = 4.0 * float(np.abs(normal) @ units)
     along = pos @ normal
     gaps = np.diff(along)
     # in-plane drift of each slice from the line through the first along the normal; up to
@@ -594,7 +607,7 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     except (RuntimeError, ValueError):
         pixel = 0.0
     worst = int(np.argmax(drift))
-    if drift[worst] > max(1e-2, 0.1 * pixel, 1.01 * rounding):
+    if drift[worst] > max(1e-2, 0.1 * pixel, min(1.01 * drift_rounding, 0.5 * pixel)):
         raise ConversionError(
             path,
             f"the DICOM slices do not lie on a line along the slice normal (slice {worst + 1} "
@@ -605,7 +618,8 @@ def _check_dicom_spacing(path: Path, reader: Any, n: int) -> None:
     if n < 3:
         return
     step = float(np.median(gaps))
-    if step == 0 or np.any(np.abs(gaps - step) > max(1e-3, 0.01 * abs(step), 2.02 * rounding)):
+    tolerance = max(1e-3, 0.01 * abs(step), min(1.01 * gap_rounding, 0.25 * abs(step)))
+    if step == 0 or np.any(np.abs(gaps - step) > tolerance):
         worst = int(np.argmax(np.abs(gaps - step)))
         raise ConversionError(
             path,
