@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from mlarray import MLArray
 from mlarray.errors import (
+    DiskFullError,
     InvalidPathError,
     MetaValidationError,
     MLArrayError,
@@ -835,3 +836,37 @@ def test_files_with_many_entries_of_other_tools_save_and_close_without_checksums
     assert np.array_equal(again[...].ravel()[1:], data.ravel()[1:])
     store = blosc2.open(os.fspath(p))
     assert store.schunk.vlmeta["tool_13"] == b"x" * 13
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EIO"])
+def test_a_save_whose_fsync_fails_keeps_the_old_file(tmp_path, monkeypatch, code):
+    """NFS and quota file systems report a failed writeback only at fsync: the save must
+    not rename its temporary over the user's file then (it returned normally before). The
+    OS's answer is simulated (fault injection at os.fsync; the save itself is real)."""
+    import errno
+
+    p = tmp_path / "case.mla"
+    MLArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)).save(p)
+    before = p.read_bytes()
+
+    def failing_fsync(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(DiskFullError if code == "ENOSPC" else MLArrayIOError) as err:
+        MLArray(np.zeros((2, 3, 4), dtype=np.int16)).save(p)
+    assert str(p) in str(err.value)
+    assert p.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["case.mla"]
+
+
+def test_a_save_on_a_file_system_without_fsync_still_saves(tmp_path, monkeypatch):
+    import errno
+
+    def unsupported(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", unsupported)
+    p = tmp_path / "case.mla"
+    MLArray(np.ones((2, 3, 4), dtype=np.int16)).save(p)
+    np.testing.assert_array_equal(MLArray.open(p)[...], np.ones((2, 3, 4), dtype=np.int16))

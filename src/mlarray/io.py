@@ -749,16 +749,26 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_path(p: Path, directory: bool = False) -> None:
+#: fsync errors saying only that the file system does not sync this kind of file
+_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS})
+
+
+def _fsync_path(p: Path, directory: bool = False, strict: bool = False) -> None:
+    """fsync ``p`` (best effort). ``strict``: an fsync that reports the data did not reach
+    the disk (ENOSPC, EDQUOT, EIO: NFS and quota file systems report a failed writeback
+    only here) raises it, so a save never replaces a file with one the OS lost."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     try:
         fd = os.open(p, flags)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if strict and exc.errno not in _FSYNC_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 
@@ -938,7 +948,8 @@ def save_mla(
                 if isinstance(exc, MLArrayError) or not _raised_by_blosc2(exc):
                     raise
                 raise _write_failure(target, tmp, _write_room(opts, dtype, record), exc) from exc
-        _fsync_path(tmp)
+        with os_errors(target, "cannot write (the file system reports the data not written)"):
+            _fsync_path(tmp, strict=True)
         if target.exists():
             with contextlib.suppress(OSError):
                 os.chmod(tmp, target.stat().st_mode & 0o7777)
