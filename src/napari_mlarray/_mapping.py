@@ -87,15 +87,24 @@ def contrast_limits_from_stats(record: Meta | dict) -> tuple[float, float] | Non
     return None
 
 
-def contrast_range(record: Meta | dict, dtype, window) -> tuple[float, float] | None:
+def contrast_range(record: Meta | dict, dtype, window, *, whole: bool = False):
     """The span the layer controls' contrast slider offers, around the initial window.
 
     napari makes a layer's ``contrast_limits_range`` (the slider's ends) the
-    ``contrast_limits`` it was given, so a percentile window would also be the widest
-    window one can drag to. The slider spans the data instead: the ``stats`` min/max
-    when the file holds them, else the dtype's range for integers of at most 16 bits;
-    always at least the window. None: no wider span is known (the window's, as napari
-    does).
+    ``contrast_limits`` it was given, so a percentile window, or the range of the one
+    plane sampled, would also be the widest window one can drag to. The slider spans:
+
+    - the ``stats`` min/max when the file holds them (every channel alike);
+    - else, for 8-bit integers, the type's range (256 grey values);
+    - else nothing wider when ``whole`` (the window is the min/max of every value:
+      napari's own range);
+    - else the window widened by its own width on each side (not below 0 when the
+      window's low end is not negative, never past an integer type's range): the data
+      sampled fill at least a third of the slider, and values up to twice as far from
+      the window as its width can be reached by dragging. A 16-bit type's whole range
+      would leave a CT or MR a few slider pixels (hundreds of grey values per pixel).
+
+    Always at least the window. None: no wider span (the window's, as napari does).
 
     Parameters
     ----------
@@ -104,28 +113,55 @@ def contrast_range(record: Meta | dict, dtype, window) -> tuple[float, float] | 
         The stored data's dtype.
     window : tuple of float, or a list of them (one per channel layer)
         The initial contrast limits.
+    whole : bool
+        Whether the window is the min/max of every value of the data (a plane read
+        whole, not subsampled, and the layer has no slider axes).
 
     Returns
     -------
-    tuple of float or None
+    tuple of float or None, or a list of them (one per window given as a list)
     """
-    windows = [window] if window and not isinstance(window[0], tuple | list) else list(window)
-    if not windows:
+    if not window:
         return None
+    several = isinstance(window[0], tuple | list)
+    windows = [(float(w[0]), float(w[1])) for w in (window if several else [window])]
     stats = as_meta(record).stats
-    lo, hi = stats.min, stats.max
-    span = None
-    if _finite(lo) and _finite(hi) and hi > lo:
-        span = (float(lo), float(hi))
     dtype = np.dtype(dtype)
-    if span is None and dtype.kind in "iu" and dtype.itemsize <= 2:
+    if _finite(stats.min) and _finite(stats.max) and stats.max > stats.min:
+        span = (float(stats.min), float(stats.max))
+        spans = [span] * len(windows)
+    elif dtype.kind in "iu" and dtype.itemsize == 1:
         info = np.iinfo(dtype)
-        span = (float(info.min), float(info.max))
-    if span is None:
-        return None
-    lo = min(span[0], *(float(w[0]) for w in windows))
-    hi = max(span[1], *(float(w[1]) for w in windows))
-    return lo, hi
+        spans = [(float(info.min), float(info.max))] * len(windows)
+    elif whole or dtype.kind not in "iuf":
+        spans = [None] * len(windows)
+    else:
+        spans = [_widened(w, dtype) for w in windows]
+    out = [
+        None if s is None else (min(s[0], w[0]), max(s[1], w[1]))
+        for s, w in zip(spans, windows, strict=True)
+    ]
+    return out if several else out[0]
+
+
+def _widened(window: tuple[float, float], dtype: np.dtype) -> tuple[float, float]:
+    """``window`` widened by its width on each side, within the dtype (see
+    :func:`contrast_range`)."""
+    lo, hi = window
+    width = hi - lo
+    low = lo - width if lo < 0 else max(0.0, lo - width)
+    high = hi + width
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = max(low, float(info.min)), min(high, float(info.max))
+    return low, high
+
+
+def sample_is_whole(shape, max_elements: int = 1_000_000) -> bool:
+    """Whether :func:`contrast_limits_from_sample` of data of ``shape`` reads every value
+    (one plane: every slider axis 1 long; not subsampled)."""
+    shape = [int(n) for n in shape]
+    return math.prod(shape[:-2]) == 1 and math.prod(shape[-2:]) <= max_elements
 
 
 def first_plane(shape, scale=None) -> tuple[int, ...]:

@@ -266,6 +266,7 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
                 )
             if channel is None and not rgb:  # stats span every channel: no use for one
                 kw["contrast_limits"] = _mapping.contrast_limits_from_stats(record)
+            whole = False  # whether the window is the min/max of every value
             if kw["contrast_limits"] is None and not rgb:  # RGB: napari's 8-bit range
                 # from the plane napari shows first (its decoded block layer is then
                 # cached for the first frame)
@@ -273,12 +274,18 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
                 scale = kw.get("scale") if channel is None else (kw.get("scale") or [None])[0]
                 limits = [_mapping.contrast_limits_from_sample(p, scale=scale) for p in planes]
                 kw["contrast_limits"] = limits[0] if channel is None else limits
+                whole = all(_mapping.sample_is_whole(p.shape) for p in planes)
             if not rgb:  # the slider spans the data, not only the initial window
-                span = _mapping.contrast_range(record, arr.dtype, kw["contrast_limits"])
-                if span is not None:
-                    metadata = kw["metadata"]  # one per channel layer, or the layer's
-                    for one in metadata if isinstance(metadata, list) else [metadata]:
+                spans = _mapping.contrast_range(
+                    record, arr.dtype, kw["contrast_limits"], whole=whole
+                )
+                metadata = kw["metadata"]  # one per channel layer, or the layer's
+                metadata = metadata if isinstance(metadata, list) else [metadata]
+                spans = spans if isinstance(spans, list) else [spans] * len(metadata)
+                for one, span in zip(metadata, spans, strict=True):
+                    if span is not None:
                         one[KEY]["contrast_range"] = list(span)
+                if any(span is not None for span in spans):
                     _widen_contrast_when_added()
             if channel is not None:
                 skip = (view.perm[channel],)

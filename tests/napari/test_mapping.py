@@ -407,6 +407,32 @@ def test_stats_window_and_sample_limits():
     assert _mapping.contrast_limits_from_sample(np.full((4, 4), np.nan)) == (0.0, 1.0)
 
 
+def test_contrast_slider_span_without_stats_is_never_a_whole_16_bit_range():
+    """With stats the slider spans their min/max; without, an 8-bit type's range, the
+    window itself when it holds every value, else the window widened by its width on each
+    side (not below 0 for a non-negative window, within the type) -- never the 65536
+    grey values of a 16-bit type, which leave an MR a few slider pixels."""
+    rec = default_record()
+    span = _mapping.contrast_range
+    mr = (127.0, 2145.0)  # pydicom's MR_small
+    assert span(rec, np.int16, mr) == (0.0, 4163.0)
+    assert span(rec, np.uint16, mr) == (0.0, 4163.0)
+    assert span(rec, np.int16, mr, whole=True) is None  # napari's: the window
+    assert span(rec, np.int16, (-1024.0, 1000.0)) == (-3048.0, 3024.0)  # a CT plane
+    assert span(rec, np.int16, (-30000.0, 30000.0)) == (-32768.0, 32767.0)  # within int16
+    assert span(rec, np.float32, (0.0, 1.0)) == (0.0, 2.0)
+    assert span(rec, np.uint8, (3.0, 40.0)) == (0.0, 255.0)
+    assert span(rec, np.int8, (3.0, 40.0), whole=True) == (-128.0, 127.0)
+    assert span(rec, np.int16, [(0.0, 100.0), (0.0, 7.0)]) == [(0.0, 200.0), (0.0, 14.0)]
+    assert span(rec, np.int16, [(0.0, 100.0)], whole=True) == [None]
+    rec["stats"].update(min=-1024, max=3000)
+    assert span(rec, np.int16, (-1000.0, 1500.0)) == (-1024.0, 3000.0)
+    assert span(rec, np.int16, [(0.0, 100.0), (0.0, 7.0)]) == [(-1024.0, 3000.0)] * 2
+    assert _mapping.sample_is_whole((1, 64, 64))
+    assert not _mapping.sample_is_whole((2, 64, 64))
+    assert not _mapping.sample_is_whole((2000, 2000))  # subsampled
+
+
 @pytest.mark.parametrize(
     ("shape", "scale", "plane"),
     [

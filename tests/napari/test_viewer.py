@@ -175,38 +175,46 @@ def test_contrast_comes_from_the_plane_napari_shows_first(make_napari_viewer, tm
     assert ("layer", axis, 0, other // 16) not in decoded
 
 
-@pytest.mark.parametrize("stored", ["stats", "int16", "float32"])
+@pytest.mark.parametrize("stored", ["stats", "int16", "float32", "uint8", "int16 2-D"])
 def test_contrast_slider_spans_the_data_not_only_the_initial_window(
     make_napari_viewer, tmp_path, stored
 ):
     """The initial window stays the reader's (stats percentiles, else the first plane's
     range) while the layer controls' slider reaches the data's min/max from ``stats``
-    (a CT's bone window above the 99.5 % percentile), else the dtype's range for a small
-    integer type; a float volume without stats keeps napari's (the window)."""
+    (a CT's bone window above the 99.5 % percentile); without stats an 8-bit type's range,
+    else the window widened by its width (never a 16-bit type's 65536 grey values: the
+    data would take a few slider pixels), and the window itself when it was read from
+    every value (a 2-D image)."""
     from mlarray.io import save_mla
 
-    data = np.zeros((8, 32, 32), np.int16 if stored != "float32" else np.float32)
+    dtype = {"float32": np.float32, "uint8": np.uint8}.get(stored, np.int16)
+    data = np.zeros((8, 32, 32), dtype)
     data[:, 8:24, 8:24] = 40
-    data[4, 12:16, 12:16] = 1500  # bone
-    data[0, 0, 0] = -1000  # air
+    data[4, 12:16, 12:16] = 1500 if stored != "uint8" else 200  # bone
+    if stored != "uint8":
+        data[0, 0, 0] = -1000  # air
+    if stored == "int16 2-D":
+        data = data[3]
     meta = {}
     if stored == "stats":
         meta = {"stats": {"min": -1000, "max": 1500, "percentile_min": 0, "percentile_max": 40}}
     path = save_mla(tmp_path / "ct.mla", data, meta)
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin=None)
-    expected = {
+    expected = {  # window: the first plane's range (plane 3), without stats
         "stats": ([0.0, 40.0], [-1000.0, 1500.0]),
-        "int16": ([0.0, 40.0], [-32768.0, 32767.0]),  # window: the first plane's range
-        "float32": ([0.0, 40.0], [0.0, 40.0]),
+        "int16": ([0.0, 40.0], [0.0, 80.0]),
+        "float32": ([0.0, 40.0], [0.0, 80.0]),
+        "uint8": ([0.0, 40.0], [0.0, 255.0]),
+        "int16 2-D": ([0.0, 40.0], [0.0, 40.0]),
     }[stored]
     assert list(layer.contrast_limits) == expected[0]
     assert list(layer.contrast_limits_range) == expected[1]
     slider = viewer.window._qt_viewer.controls.widgets[layer]._contrast_limits_control
     slider = slider.contrast_limits_slider
     assert (slider.minimum(), slider.maximum()) == tuple(expected[1])
-    slider.setValue((0.0, 1500.0))  # the top handle dragged to a bone window's top
-    assert list(layer.contrast_limits) == ([0.0, 1500.0] if stored != "float32" else [0.0, 40.0])
+    slider.setValue((0.0, 1500.0))  # the top handle dragged towards a bone window's top
+    assert list(layer.contrast_limits) == [0.0, min(1500.0, expected[1][1])]
 
 
 def test_contrast_slider_of_each_channel_layer_spans_the_data(make_napari_viewer, tmp_path):
