@@ -121,15 +121,22 @@ def _viewer_layers() -> list[tuple]:
 
 
 def _widen_contrast_when_added() -> None:
-    """Have the current napari viewer widen the contrast slider of the layers it adds
+    """Have every open napari viewer widen the contrast slider of the layers it adds
     that carry a ``contrast_range`` (see :func:`_mapping.contrast_range`).
 
     napari's ``add_image`` takes no ``contrast_limits_range``: it is set once the layer
-    is in the viewer, the initial window (``contrast_limits``) kept. Connecting again is
-    a no-op (napari ignores a callback already connected)."""
+    is in the viewer, the initial window (``contrast_limits``) kept. The reader is not
+    told which viewer it reads for (a script may open into one that is not napari's
+    current viewer), but that viewer exists when it reads: every live ``napari.Viewer``
+    is connected. Connecting again is a no-op (napari ignores a callback already
+    connected)."""
     napari = sys.modules.get("napari")
-    viewer = None if napari is None else napari.current_viewer()
-    if viewer is not None:
+    module = sys.modules.get("napari.viewer")  # not imported: no viewer exists
+    viewers = list(getattr(getattr(module, "Viewer", None), "_instances", None) or ())
+    current = None if napari is None else napari.current_viewer()
+    if current is not None and current not in viewers:
+        viewers.append(current)
+    for viewer in viewers:
         viewer.layers.events.inserted.connect(_widen_contrast_range)
 
 

@@ -217,6 +217,30 @@ def test_contrast_slider_spans_the_data_not_only_the_initial_window(
     assert list(layer.contrast_limits) == [0.0, min(1500.0, expected[1][1])]
 
 
+def test_contrast_slider_widened_in_a_viewer_that_is_not_the_current_one(
+    make_napari_viewer, tmp_path
+):
+    """A script with two viewers opening a file into the one napari does not call
+    current gets the same slider as in the current one."""
+    from mlarray.io import save_mla
+
+    data = np.zeros((5, 40, 40), np.int16)
+    data[2, 20:] = 1000
+    data[4, 5, 5] = 3000
+    stats = {"min": 0, "max": 3000, "percentile_min": 0, "percentile_max": 1000}
+    path = save_mla(tmp_path / "ct.mla", data, {"stats": stats})
+    first = make_napari_viewer()
+    second = make_napari_viewer()
+    import napari
+
+    assert napari.current_viewer() is second
+    (layer,) = first.open(str(path), plugin=None)
+    assert list(layer.contrast_limits) == [0.0, 1000.0]  # the percentile window
+    assert list(layer.contrast_limits_range) == [0.0, 3000.0]
+    (other,) = second.open(str(path), plugin=None)
+    assert list(other.contrast_limits_range) == [0.0, 3000.0]
+
+
 def test_contrast_slider_of_each_channel_layer_spans_the_data(make_napari_viewer, tmp_path):
     from mlarray import MLArray
 
