@@ -686,3 +686,23 @@ def test_info_json_is_a_list_for_a_folder_or_glob_even_of_one_file(tmp_path, cap
     assert main(["info", "--json", str(tmp_path / "bad.mla")]) == 1
     out = capsys.readouterr()
     assert out.out == "" and "bad.mla" in out.err
+
+
+def test_existing_files_whose_names_hold_glob_characters_are_those_files(tmp_path):
+    """``scan[1].nii.gz`` that exists is that file (as a shell passes it on): it was taken
+    for a pattern only and refused ("no input files match", a wrong "output folder" reason)."""
+    nib.save(
+        nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)),
+        tmp_path / "scan[1].nii.gz",
+    )
+    MLArray(np.ones((4, 4, 4), np.float32)).save(tmp_path / "case[1].mla")
+    run_cli("convert", tmp_path / "scan[1].nii.gz", tmp_path / "scan1.mla", "--no-seg", check_rc=0)
+    assert MLArray.open(tmp_path / "scan1.mla").shape == (4, 4, 4)
+    proc = run_cli("info", "--json", tmp_path / "case[1].mla", check_rc=0)
+    assert isinstance(json.loads(proc.stdout), dict)  # one FILE argument: one object
+    run_cli("stats", tmp_path / "case[1].mla", check_rc=0)
+    assert MLArray.open(tmp_path / "case[1].mla").meta.stats.max == 1
+    # a pattern that names no file is still a pattern
+    MLArray(np.ones((2, 2, 2), np.float32)).save(tmp_path / "case2.mla")
+    proc = run_cli("info", "--json", tmp_path / "case[2-3].mla", check_rc=0)
+    assert [item["path"] for item in json.loads(proc.stdout)] == [str(tmp_path / "case2.mla")]

@@ -73,6 +73,13 @@ def _has_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
+def is_pattern(arg: str) -> bool:
+    """Whether the command-line argument ``arg`` is a glob pattern: it holds ``*``, ``?`` or
+    ``[`` and names no existing file or folder (``scan[1].nii.gz`` that exists is that
+    file, as a shell passes it on when nothing matches the pattern)."""
+    return _has_glob(arg) and not os.path.lexists(arg)
+
+
 def _glob_root(pattern: str) -> Path:
     parts = Path(pattern).parts
     fixed = []
@@ -161,16 +168,16 @@ def expand_inputs(
         before = len(items)
         matches = (
             [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
-            if _has_glob(pattern)
+            if is_pattern(pattern)
             else ([Path(pattern)] if Path(pattern).exists() else [])
         )
         root_of_glob = _glob_root(pattern)
         for m in matches:
-            own_root = m.parent if not _has_glob(pattern) else root_of_glob
+            own_root = m.parent if not is_pattern(pattern) else root_of_glob
             if m.is_dir():
                 for p in _walk(m, accept, dicom):
                     add(p, own_root if p == m else m)
-            elif m.is_file() and (accept(m) or not _has_glob(pattern)):
+            elif m.is_file() and (accept(m) or not is_pattern(pattern)):
                 add(m, own_root)
         if len(items) == before:
             unmatched.append(pattern)

@@ -346,11 +346,11 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from mlarray._dataset import _has_glob, expand_inputs
+    from mlarray._dataset import expand_inputs, is_pattern
 
     # --json: one object for one FILE argument naming a file, else a list (also when a
     # folder or glob matches one file), so the shape depends on the arguments only
-    one = len(args.files) == 1 and not _has_glob(args.files[0])
+    one = len(args.files) == 1 and not is_pattern(args.files[0])
     one = one and not Path(args.files[0]).is_dir()
     items, unmatched = expand_inputs(args.files, lambda p: p.name.lower().endswith(".mla"))
     for pattern in unmatched:
@@ -435,14 +435,14 @@ def _dataset_target(item: Path, root: Path, out: Path, to_suffix: str) -> Path:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from mlarray._dataset import Task, dicom_files_in, expand_inputs
+    from mlarray._dataset import Task, dicom_files_in, expand_inputs, is_pattern
     from mlarray.convert import image_format
 
     if len(args.paths) < 2:
         raise UsageError("convert needs an input and an output: mlarray convert IN... OUT")
     *inputs, out_arg = args.paths
     out = Path(out_arg)
-    one = Path(inputs[0]) if len(inputs) == 1 and not any(c in inputs[0] for c in "*?[") else None
+    one = Path(inputs[0]) if len(inputs) == 1 and not is_pattern(inputs[0]) else None
     if one is not None and not out.is_dir():
         if not one.exists():
             raise UsageError(f"{one}: no such file or folder")
