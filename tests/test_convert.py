@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -455,6 +457,36 @@ def test_rgb_picture_simpleitk_wrote_to_nifti_is_colours_last(tmp_path):
     field_ = sitk.GetImageFromArray(rgb.astype(np.float32), isVector=True)
     sitk.WriteImage(field_, str(tmp_path / "field.nii.gz"))
     assert from_file(tmp_path / "field.nii.gz").meta.spatial.axis_labels[0] == "channel"
+
+
+@pytest.mark.parametrize("n_colours", [3, 4])
+def test_rgb_picture_simpleitk_wrote_to_nifti_goes_back_readable_by_simpleitk(tmp_path, n_colours):
+    """An RGB(A) picture SimpleITK wrote to NIfTI (vector intent, components in dim 5)
+    goes back to NIfTI as RGB24/RGBA32 voxels without the source's vector intent: ITK
+    believed both and overran its buffer (the process ended with SIGSEGV/SIGABRT). Read
+    in a child process, which such a crash ends instead of the test run."""
+    rgb = np.random.default_rng(3).integers(0, 256, (4, 5, 6, n_colours), dtype=np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb.nii.gz"))
+    assert int(nib.load(tmp_path / "rgb.nii.gz").header["intent_code"]) == 1007
+    convert_file(tmp_path / "rgb.nii.gz", tmp_path / "rgb.mla")
+    convert_file(tmp_path / "rgb.mla", tmp_path / "back.nii.gz")
+    hdr = nib.load(tmp_path / "back.nii.gz").header
+    assert int(hdr["datatype"]) == (128 if n_colours == 3 else 2304)
+    assert int(hdr["intent_code"]) == 0
+    code = (
+        "import sys, numpy, SimpleITK as s; "
+        "i = s.ReadImage(sys.argv[1]); "
+        "numpy.save(sys.argv[2], s.GetArrayFromImage(i))"
+    )
+    out = tmp_path / "read.npy"
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "back.nii.gz"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-500:]
+    np.testing.assert_array_equal(np.load(out), rgb)
 
 
 def test_vectors_and_modalities_keep_their_channels_first(tmp_path):

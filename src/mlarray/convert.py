@@ -1771,6 +1771,9 @@ def _write_nifti(
         hdr["toffset"] = time[1] / unit
     if vector:  # as SimpleITK writes a vector image (and reads it back as one)
         hdr.set_intent("vector")
+    elif colour:  # RGB24/RGBA32 as nibabel writes them: a source's vector intent (SimpleITK's
+        # RGB picture) on them made ITK overrun its buffer and end the process
+        hdr.set_intent("none")
     sform = int(src.get("sform_code") or 1)
     qform = int(src.get("qform_code") or 1)
     img.set_sform(affine_ras, code=sform)
