@@ -21,6 +21,7 @@ from mlarray.cli import (
     convert_to_mlarray,
 )
 from mlarray.convert import ConversionError, convert_file, from_file, guess_seg, to_file
+from mlarray.meta import Meta, MetaIsSeg, MetaSpatial
 from tests._worldcheck import (
     LPS_TO_RAS,
     NIB_DATA,
@@ -582,6 +583,70 @@ def test_segmentation_guessed_from_name_and_dtype(tmp_path):
     assert img.meta.is_seg.is_seg is True
     assert any("mask" in n for n in notes)
     assert from_file(tmp_path / "liver_mask.nii.gz", is_seg=False).meta.is_seg.is_seg is False
+
+
+def _slicer_seg_nrrd(path: Path) -> np.ndarray:
+    """A 3D Slicer segmentation of 3 overlapping segment layers (4-D uint8 NRRD, kinds
+    ``list domain domain domain``, as Slicer writes one); returns its (layer, z, y, x)."""
+    layers = np.zeros((3, 6, 7, 8), np.uint8)
+    layers[0, 1:4, 1:4, 1:4] = 1
+    layers[1, 2:5, 2:6, 2:6] = 2
+    layers[2, 0:2, 0:3, 5:8] = 1
+    header = (
+        "NRRD0004\ntype: unsigned char\ndimension: 4\nspace: left-posterior-superior\n"
+        "sizes: 3 8 7 6\nspace directions: none (0.8,0,0) (0,0.8,0) (0,0,1.5)\n"
+        "kinds: list domain domain domain\nencoding: raw\nspace origin: (-10,-20,30)\n"
+        "Segment0_Name:=liver\nSegment1_Name:=tumour\nSegment2_Name:=vessel\n\n"
+    )
+    path.write_bytes(header.encode() + layers.transpose(1, 2, 3, 0).tobytes())
+    return layers
+
+
+def test_segmentation_of_3_layers_is_channels_first_never_a_colour_picture(tmp_path):
+    """A label map with 3 uint8 components (a Slicer .seg.nrrd of overlapping layers,
+    guessed from its name; an RGB-like vector image given ``is_seg=True``) keeps its
+    channel axis first, as every multi-channel segmentation, and goes to NIfTI as uint8
+    vectors (not RGB24 colour voxels, which label tools read as a picture)."""
+    layers = _slicer_seg_nrrd(tmp_path / "Segmentation.seg.nrrd")
+    convert_file(tmp_path / "Segmentation.seg.nrrd", tmp_path / "seg.mla")
+    seg = MLArray.open(tmp_path / "seg.mla")
+    assert seg.meta.is_seg.is_seg is True
+    assert seg.meta.spatial.axis_labels[0] == "channel"
+    np.testing.assert_array_equal(seg.to_numpy(), layers)
+    convert_file(tmp_path / "seg.mla", tmp_path / "seg.nii.gz")
+    back = nib.load(tmp_path / "seg.nii.gz")
+    assert back.get_data_dtype() == np.uint8
+    assert back.shape == (8, 7, 6, 1, 3)
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz"))),
+        layers.transpose(1, 2, 3, 0),
+    )
+    rgb_like = sitk.GetImageFromArray(layers.transpose(1, 2, 3, 0), isVector=True)
+    sitk.WriteImage(rgb_like, str(tmp_path / "case.nrrd"))
+    given = from_file(tmp_path / "case.nrrd", is_seg=True)
+    assert given.meta.spatial.axis_labels[0] == "channel"
+    np.testing.assert_array_equal(given.to_numpy(), layers)
+    assert from_file(tmp_path / "case.nrrd").meta.spatial.axis_labels[-1] == "channel"
+
+
+def test_segmentation_stored_channels_last_goes_to_nifti_as_vectors_not_colours(tmp_path):
+    """A label map whose 3 uint8 channels are stored last (as ``mlarray convert`` stored a
+    .seg.nrrd of 3 layers for a while, or a user saves one) goes to NIfTI as uint8 vectors,
+    not RGB24 colour voxels, and is refused by DICOM output like any channel image."""
+    layers = np.random.default_rng(4).integers(0, 3, (6, 7, 8, 3), dtype=np.uint8)
+    labels = ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    meta = Meta(is_seg=MetaIsSeg(is_seg=True), spatial=MetaSpatial(axis_labels=labels))
+    MLArray(layers, meta=meta).save(tmp_path / "seg.mla")
+    assert MLArray.open(tmp_path / "seg.mla").meta.is_seg.is_seg is True
+    convert_file(tmp_path / "seg.mla", tmp_path / "seg.nii.gz")
+    back = nib.load(tmp_path / "seg.nii.gz")
+    assert back.get_data_dtype() == np.uint8
+    assert back.shape == (8, 7, 6, 1, 3)
+    np.testing.assert_array_equal(
+        np.asarray(back.dataobj)[:, :, :, 0].transpose(2, 1, 0, 3), layers
+    )
+    with pytest.raises(ConversionError, match="without channels"):
+        convert_file(tmp_path / "seg.mla", tmp_path / "seg_dicom", to="dicom")
 
 
 def test_bad_inputs_name_the_file(tmp_path):

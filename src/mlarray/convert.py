@@ -1206,10 +1206,16 @@ def _prepare(
     frame = _frame_name(coord_system, p)
     loaded = _read(p, series=series, fourth_axis=fourth_axis)
     reference = axis_order == "reference"
-    data, labels, affine, index_order = _arranged(
-        loaded, "xyz" if reference else axis_order, colour_last=not reference
-    )
     notes = list(loaded.notes)
+    if is_seg is None and loaded.colour:  # guessed from its name and type alone (components)
+        is_seg, why = guess_seg(p, loaded.data, components=True)
+        if is_seg:
+            notes.append(f"treated as a segmentation: {why} (pass --no-seg if it is an image)")
+    # a label map (a 3D Slicer .seg.nrrd of 3 overlapping layers) is never a colour
+    # picture: its channels stay first, as every multi-channel segmentation's
+    data, labels, affine, index_order = _arranged(
+        loaded, "xyz" if reference else axis_order, colour_last=not reference and not is_seg
+    )
     if frame is not None and frame != loaded.frame:
         affine = _flip_frame(affine, loaded.frame, frame)
     signs = _frame_signs(loaded.frame, frame or loaded.frame, affine.shape[0] - 1)
@@ -2169,9 +2175,12 @@ def to_file(
     spatial, time_axes, time_in_space = _time_from_space(target, meta, spatial, a)
     if time_in_space is not None:
         a = time_in_space.pop("affine")
-    # a colour picture (8-bit colours on a last channel axis) goes out as RGB(A) slices
+    # a colour picture (8-bit colours on a last channel axis) goes out as RGB(A) slices;
+    # a label map's channels never are colours (--seg, a .seg.nrrd of overlapping layers)
+    seg = bool(meta.is_seg)
     colour_dicom = (
-        len(mask) == 4
+        not seg
+        and len(mask) == 4
         and labels is not None
         and labels[-1] == "channel"
         and is_colour_axis(img.shape, 3, img.dtype)
@@ -2217,7 +2226,7 @@ def to_file(
             if pad:
                 data = data.reshape(data.shape[:n] + (1,) * pad + data.shape[n:])
             # a colour picture goes out as RGB24/RGBA32 voxels, as ITK and nibabel write one
-            colour = bool(chan_axes) and _colour_axis(img, meta, chan_axes[0])
+            colour = bool(chan_axes) and not seg and _colour_axis(img, meta, chan_axes[0])
             vector = (
                 bool(chan_axes) and not colour and not (not time_axes and _nifti_4d_source(meta))
             )
