@@ -629,6 +629,19 @@ def test_segmentation_of_3_layers_is_channels_first_never_a_colour_picture(tmp_p
     assert from_file(tmp_path / "case.nrrd").meta.spatial.axis_labels[-1] == "channel"
 
 
+def test_nrrd_of_listed_components_is_not_a_colour_picture(tmp_path):
+    """3 uint8 components a NRRD's kinds call a ``list`` (3D Slicer's segment layers, in a
+    file whose name does not say seg) are channels, stored first; the same components
+    of kind ``vector`` (as SimpleITK writes an RGB picture) are colours, stored last."""
+    layers = _slicer_seg_nrrd(tmp_path / "case_0001.nrrd")
+    img = from_file(tmp_path / "case_0001.nrrd", is_seg=False)
+    assert img.meta.spatial.axis_labels == ["channel", "spatial_z", "spatial_y", "spatial_x"]
+    np.testing.assert_array_equal(img.to_numpy(), layers)
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "case_0001.nrrd")), str(tmp_path / "v.nrrd"))
+    assert b"kinds: vector" in (tmp_path / "v.nrrd").read_bytes()[:400]
+    assert from_file(tmp_path / "v.nrrd").meta.spatial.axis_labels[-1] == "channel"
+
+
 def test_segmentation_stored_channels_last_goes_to_nifti_as_vectors_not_colours(tmp_path):
     """A label map whose 3 uint8 channels are stored last (as ``mlarray convert`` stored a
     .seg.nrrd of 3 layers for a while, or a user saves one) goes to NIfTI as uint8 vectors,

@@ -21,7 +21,8 @@ SimpleITK and nnU-Net use, ``(channel, time, z, y, x)``, with matching
 ``axis_labels``; ``axis_order="xyz"`` keeps NIfTI's own ``x, y, z`` order. A colour
 picture (a colour DICOM, an RGB24/RGBA32 NIfTI, 3 or 4 8-bit vector components) keeps
 its colours last, ``(z, y, x, channel)``, as ITK, PIL and napari hold colour pictures
-(:func:`mlarray.meta.is_colour_axis`); ``axis_order="reference"`` keeps the reference's layout.
+(:func:`mlarray.meta.is_colour_axis`); a segmentation never is one (its channels stay
+first). ``axis_order="reference"`` keeps the reference's layout.
 
 >>> from mlarray.convert import from_file, to_file
 >>> img = from_file("case_0001.nii.gz")           # an in-memory MLArray
@@ -991,9 +992,13 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
     if vector:
         nonspatial.append((dim, "channel"))
     # a DICOM's samples per pixel are colours (RGB, YBR decoded to RGB by GDCM, a palette
-    # expanded); elsewhere 3 or 4 components of 8 bits are an RGB(A) picture, as ITK writes one
+    # expanded); elsewhere 3 or 4 components of 8 bits are an RGB(A) picture, as ITK writes
+    # one, unless a NRRD calls them a "list" (3D Slicer's layers of overlapping segments)
     n_comp = img.GetNumberOfComponentsPerPixel()
-    colour = vector and (fmt == "dicom" or (n_comp in (3, 4) and data.dtype == np.uint8))
+    listed = str(source.get("NRRD_kinds[pixel]", "")).strip().lower() == "list"
+    colour = vector and (
+        fmt == "dicom" or (n_comp in (3, 4) and data.dtype == np.uint8 and not listed)
+    )
     if dim > 3:
         source["time_spacing"] = float(spacing[3])
         source["time_origin"] = float(origin[3])
