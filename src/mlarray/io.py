@@ -1263,9 +1263,10 @@ _JOURNAL_MAGIC = b"MLAJRNL\x02"
 # digest (of the fields before it and of the saved bytes)
 _JOURNAL_HEAD = struct.Struct("<8sQQQQQQQQQQ")
 # After the saved bytes: the state the write has left the file in so far (see
-# :func:`_note_state`): magic, digest of the file's state, check (ties it to the journal).
-_STATE_MAGIC = b"MLAJSTA\x01"
-_JOURNAL_STATE = struct.Struct("<8sQQ")
+# :func:`_note_state`): magic, digest of the file's state, digest of the checksum entry
+# the write is storing next (0: none), check (ties it to the journal).
+_STATE_MAGIC = b"MLAJSTA\x02"
+_JOURNAL_STATE = struct.Struct("<8sQQQ")
 _GUARD_MAX = 1 << 20
 _BLOSC2_MAX_OVERHEAD = 32  # a compressed chunk is at most its data plus this
 _RECOVER_WAIT = 10.0  # seconds an open waits for another process's write to finish
@@ -1527,7 +1528,8 @@ def _read_journal(jfd: int) -> tuple | None:
         if (
             magic != _JOURNAL_MAGIC
             or low > size
-            or length not in (saved, saved + _JOURNAL_STATE.size)
+            # a state record, or one of 24 bytes (no pending entry: an earlier layout)
+            or length not in (saved, saved + _JOURNAL_STATE.size, saved + 24)
         ):
             return None
         h = xxhash.xxh3_64(head[:-8])
@@ -1542,15 +1544,20 @@ def _read_journal(jfd: int) -> tuple | None:
 def _entry_digest(buf: Any, info: Any, p: Path) -> int:
     """A digest of the frame's checksum entry (:data:`integrity.CHECKSUM_KEY`), 0 if it
     has none (or an unreadable one)."""
-    import xxhash
-
     try:
         raw = _frame.read_vlmeta_bytes(buf, info, integrity.CHECKSUM_KEY, p)
     except Exception:
         return 0
     if not isinstance(raw, bytes | bytearray):
         return 0
-    return xxhash.xxh3_64_intdigest(bytes(raw)) or 1
+    return _value_digest(bytes(raw))
+
+
+def _value_digest(raw: bytes) -> int:
+    """:func:`_entry_digest` of a checksum entry holding ``raw``."""
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(raw) or 1
 
 
 def _state_digest(fd: int, size: int, head_len: int, low: int) -> int:
@@ -1564,30 +1571,37 @@ def _state_digest(fd: int, size: int, head_len: int, low: int) -> int:
     return h.intdigest()
 
 
-def _state_check(state: int, jdigest: int) -> int:
+def _state_check(state: int, pending: int, jdigest: int) -> int:
     import xxhash
 
-    return xxhash.xxh3_64_intdigest(_STATE_MAGIC + struct.pack("<QQ", state, jdigest))
+    return xxhash.xxh3_64_intdigest(_STATE_MAGIC + struct.pack("<QQQ", state, pending, jdigest))
 
 
-def _note_state(fd: int, jfd: int) -> None:
-    """Store in the journal ``jfd`` the state the write has left the file ``fd`` in.
+def _note_state(fd: int, jfd: int, pending: int = 0, state: int | None = None) -> int:
+    """Store in the journal ``jfd`` the state the write has left the file ``fd`` in
+    (``state``: its digest, when known), and returns that digest.
 
     Called after each step of a write (c-blosc2's chunk writes, the vlmeta entries),
     so that a writer killed between steps leaves a journal that knows the file's exact
     bytes, and :func:`recover` restores that file and no other content put into it.
+    ``pending``: the digest (:func:`_value_digest`) of the checksum entry the write
+    stores next, so that a writer killed after storing it is still recognised.
     Not synced: after a power loss the journal falls back on its other checks.
     """
     head = os.pread(jfd, _JOURNAL_HEAD.size, 0)
     fields = _JOURNAL_HEAD.unpack(head)
     size, head_len, low, jdigest = fields[3], fields[4], fields[5], fields[10]
-    state = _state_digest(fd, os.fstat(fd).st_size, head_len, low)
-    record = _JOURNAL_STATE.pack(_STATE_MAGIC, state, _state_check(state, jdigest))
+    if state is None:
+        state = _state_digest(fd, os.fstat(fd).st_size, head_len, low)
+    check = _state_check(state, pending, jdigest)
+    record = _JOURNAL_STATE.pack(_STATE_MAGIC, state, pending, check)
     os.pwrite(jfd, record, _JOURNAL_HEAD.size + head_len + size - low)
+    return state
 
 
-def _noted_state(jfd: int, fields: tuple) -> int | None:
-    """The file state last noted in the journal (:func:`_note_state`), or None."""
+def _noted_state(jfd: int, fields: tuple) -> tuple[int, int] | None:
+    """The file state last noted in the journal (:func:`_note_state`) and the digest of
+    the checksum entry the write was about to store (0: none), or None."""
     size, head_len, low, jdigest = fields[2], fields[3], fields[4], fields[8]
     try:
         raw = os.pread(jfd, _JOURNAL_STATE.size, _JOURNAL_HEAD.size + head_len + size - low)
@@ -1595,10 +1609,10 @@ def _noted_state(jfd: int, fields: tuple) -> int | None:
         return None
     if len(raw) != _JOURNAL_STATE.size:
         return None
-    magic, state, check = _JOURNAL_STATE.unpack(raw)
-    if magic != _STATE_MAGIC or check != _state_check(state, jdigest):
+    magic, state, pending, check = _JOURNAL_STATE.unpack(raw)
+    if magic != _STATE_MAGIC or check != _state_check(state, pending, jdigest):
         return None
-    return state
+    return state, pending
 
 
 def _saved_state(jfd: int, fields: tuple) -> int:
@@ -1656,25 +1670,30 @@ def _left_by_the_write(p: Path, fd: int, jfd: int, fields: tuple) -> bool:
     may change on) must be the one before the write or the one its writer last noted
     (:func:`_note_state`, after each step). A writer killed within a step leaves a
     part-written state nobody noted: then the bytes the write never changes must be
-    there (the guard) and either the checksum entry the file had (the write's digests
-    were not stored yet), or, for a file without checksums, a frame that c-blosc2
-    left unreadable (a readable one cannot be told from a file put in its place).
+    there (the guard), and, for a file that had checksums, either the checksum entry
+    it had (the write's digests were not stored yet), the one the write was storing,
+    or no readable frame. A file without checksums is rolled back whenever the guard
+    holds: c-blosc2 leaves a readable frame after each chunk it rewrites, so nothing
+    tells a write killed between two chunks from another such file put in its place
+    (the limit: ``cp`` of another version without checksums that keeps the old bytes
+    before the written chunks, while the killed write's journal waits, is rolled back).
     """
     head_len, low, entry = fields[3], fields[4], fields[7]
+    noted = _noted_state(jfd, fields)
     try:
         cur_size = os.fstat(fd).st_size
         if cur_size >= low:
             state = _state_digest(fd, cur_size, head_len, low)
-            if state == _saved_state(jfd, fields) or state == _noted_state(jfd, fields):
+            if state == _saved_state(jfd, fields) or (noted and state == noted[0]):
                 return True
     except OSError:
         return False
     if not _guard_holds(fd, fields):
         return False
+    if not entry:
+        return True
     current = _current_entry(p)
-    if entry:
-        return current is None or current == entry
-    return current is None or not _sound(p)
+    return current is None or current == entry or (noted is not None and current == noted[1] != 0)
 
 
 def _current_entry(p: Path) -> int | None:
@@ -1691,23 +1710,6 @@ def _current_entry(p: Path) -> int | None:
     finally:
         with contextlib.suppress(BufferError):
             buf.close()
-
-
-def _sound(p: Path) -> bool:
-    """Whether ``p`` is a frame with valid metadata whose every chunk decompresses."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            buf = map_regular_file(p)
-            try:
-                info = _frame.inspect_frame(buf, p)
-                _meta_from_raw(_frame.read_vlmeta_bytes(buf, info, VLMETA_KEY, p), info.shape, p)
-            finally:
-                with contextlib.suppress(BufferError):
-                    buf.close()
-            return integrity.verify_file(p, raise_on_error=True).ok
-    except Exception:
-        return False
 
 
 class JournalNotAppliedWarning(UserWarning):
@@ -1838,11 +1840,11 @@ def _recover(path: str | os.PathLike, wait: bool = True) -> bool | None:
                     _roll_back(p, fd, jfd, fields)
             finally:
                 os.close(fd)
+        jfd, held = -1, jfd  # closed by either (a warning turned into an error too)
         if not applies:
-            _set_aside(p, jpath, jfd)
+            _set_aside(p, jpath, held)
         else:
-            _drop_journal(jpath, jfd)
-        jfd = -1
+            _drop_journal(jpath, held)
         return applies
     finally:
         if jfd >= 0:
@@ -2235,14 +2237,15 @@ def _transaction(
     del buf
     try:
         noted = False
+        state = None  # the digest of the state noted last, while it is the file's
         if write is not None:
             write(store)
-            _note_state(fd, jfd)
+            state = _note_state(fd, jfd)
             noted = True
         schunk = store.schunk
         for key, value in vlmeta.items():
             schunk.vlmeta[key] = value
-            noted = False
+            noted, state = False, None
         if refresh:
             noted = False
             integrity.refresh_file(store, p)
@@ -2253,6 +2256,9 @@ def _transaction(
             info_new = _frame.inspect_frame(new, p)  # c-blosc2 left a valid frame
             entries = integrity.updated_entry(new, info_new, digests, ids)
             del new, info_new
+            # the entry it stores next: a writer killed after storing it is recognised
+            pending = _value_digest(entries[integrity.CHECKSUM_KEY])
+            _note_state(fd, jfd, pending, state)
             for key, value in entries.items():
                 if key != integrity.RECORD_KEY or record_fits:
                     schunk.vlmeta[key] = value
