@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -120,23 +119,30 @@ def _viewer_layers() -> list[tuple]:
     return out
 
 
-def _widen_contrast_when_added() -> None:
-    """Have every open napari viewer widen the contrast slider of the layers it adds
-    that carry a ``contrast_range`` (see :func:`_mapping.contrast_range`).
+def _live_viewers() -> list:
+    """The napari viewers a read may serve: every live ``napari.Viewer`` and napari's
+    current viewer; none when napari was not imported.
 
-    napari's ``add_image`` takes no ``contrast_limits_range``: it is set once the layer
-    is in the viewer, the initial window (``contrast_limits``) kept. The reader is not
-    told which viewer it reads for (a script may open into one that is not napari's
-    current viewer), but that viewer exists when it reads: every live ``napari.Viewer``
-    is connected. Connecting again is a no-op (napari ignores a callback already
-    connected)."""
+    The reader is not told which viewer it reads for (a script may open into one that
+    is not the current viewer), but that viewer exists when it reads."""
     napari = sys.modules.get("napari")
     module = sys.modules.get("napari.viewer")  # not imported: no viewer exists
     viewers = list(getattr(getattr(module, "Viewer", None), "_instances", None) or ())
     current = None if napari is None else napari.current_viewer()
     if current is not None and current not in viewers:
         viewers.append(current)
-    for viewer in viewers:
+    return viewers
+
+
+def _widen_contrast_when_added() -> None:
+    """Have every live napari viewer (:func:`_live_viewers`) widen the contrast slider of
+    the layers it adds that carry a ``contrast_range`` (see
+    :func:`_mapping.contrast_range`).
+
+    napari's ``add_image`` takes no ``contrast_limits_range``: it is set once the layer
+    is in the viewer, the initial window (``contrast_limits``) kept. Connecting again is
+    a no-op (napari ignores a callback already connected)."""
+    for viewer in _live_viewers():
         viewer.layers.events.inserted.connect(_widen_contrast_range)
 
 
@@ -320,7 +326,7 @@ def _layers(path: str, opened: tuple, framed: list[tuple]) -> list[tuple]:
     if shapes is not None:
         layers.append((*shapes, "shapes"))
         _notify(_box_view_notes(*shapes))
-        _follow_view_of_current_viewer()
+        _follow_view()
     if adopted is not None:
         for _, kw, _ in layers:
             metas = kw["metadata"] if isinstance(kw["metadata"], list) else [kw["metadata"]]
@@ -410,29 +416,25 @@ def _notify(notes) -> None:
 
 _PLANES = {"R-L": "sagittal ", "A-P": "coronal ", "S-I": "axial "}
 
-_FOLLOWED: list[weakref.ref] = []  # viewers whose view changes redraw the boxes
+
+def _follow_view() -> None:
+    """Have every live napari viewer (:func:`_live_viewers`) redraw the boxes of its
+    ``.mla`` boxes layers in the plane shown whenever the view is rolled
+    (``viewer.dims.order``), switched to 2D, or a layer is added (a file opened in a
+    rolled view). Connecting again is a no-op (napari ignores a callback already
+    connected)."""
+    for viewer in _live_viewers():
+        viewer.dims.events.order.connect(_redraw_boxes_of_source)
+        viewer.dims.events.ndisplay.connect(_redraw_boxes_of_source)
+        viewer.layers.events.inserted.connect(_redraw_boxes_of_source)
 
 
-def _follow_view_of_current_viewer() -> None:
-    """Redraw the boxes of the current viewer's ``.mla`` boxes layers in the plane shown
-    whenever the view is rolled (``viewer.dims.order``) or a layer is added, once per
-    viewer."""
-    napari = sys.modules.get("napari")
-    viewer = None if napari is None else napari.current_viewer()
-    if viewer is None or any(ref() is viewer for ref in _FOLLOWED):
-        return
-    _FOLLOWED[:] = [ref for ref in _FOLLOWED if ref() is not None]
-    ref = weakref.ref(viewer)
-    _FOLLOWED.append(ref)
-
-    def on_order(event=None) -> None:
-        v = ref()
-        if v is not None:
-            redraw_boxes_in_view(v)
-
-    viewer.dims.events.order.connect(on_order)
-    viewer.dims.events.ndisplay.connect(on_order)
-    viewer.layers.events.inserted.connect(on_order)  # a file opened in a rolled view
+def _redraw_boxes_of_source(event: Any) -> None:
+    """A view or layer-list event of a viewer: redraw that viewer's boxes."""
+    for viewer in _live_viewers():
+        if event.source is viewer.dims or event.source is viewer.layers:
+            redraw_boxes_in_view(viewer)
+            return
 
 
 def redraw_boxes_in_view(viewer) -> None:

@@ -320,3 +320,27 @@ def test_convert_to_labels_of_the_sample_boxes_only_file_masks_every_box(make_na
     for p in filled[:: max(1, len(filled) // 200)]:
         at = np.round(seg.world_to_data(mask.data_to_world(p))).astype(int)
         assert union[view_index_inverse(block, at, sample.seg.shape)]
+
+
+def test_boxes_follow_the_view_of_a_viewer_that_is_not_the_current_one(
+    make_napari_viewer, tmp_path
+):
+    """A script with two viewers: the boxes of a file opened into the one napari does not
+    call current are redrawn when that viewer's view is rolled, and the other viewer's
+    boxes stay as they were."""
+    import napari
+
+    path, _ = _ct_with_a_box(tmp_path / "ct.mla")
+    first = make_napari_viewer()
+    second = make_napari_viewer()
+    assert napari.current_viewer() is second
+    _image, shapes = _open(first, path)
+    _image2, shapes2 = _open(second, path)
+    before = [np.array(r) for r in shapes2.data]
+    first.dims.order = (2, 0, 1)  # sagittal in the first viewer only
+    shown = set(first.dims.displayed)
+    for rect in shapes.data:  # every rectangle lies in the plane the first viewer shows
+        assert {d for d in range(3) if np.ptp(rect[:, d]) > 0} == shown
+    assert all(np.array_equal(a, b) for a, b in zip(before, shapes2.data, strict=True))
+    back = _save_and_read(first, [_image, shapes], tmp_path / "out.mla")
+    assert back.meta.bbox.bboxes == [BOX]
