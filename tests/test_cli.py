@@ -244,6 +244,31 @@ def test_preview_radiological_orientation_and_overlays(tmp_path, frame, order):
     one_line_error(proc, "o.png")
 
 
+def test_preview_of_a_colour_picture_draws_its_colours(tmp_path):
+    """An RGB picture stored as ``mlarray convert`` stores colour DICOM/NIfTI (8-bit
+    colours on the last axis) is previewed in its colours, not one component in grey."""
+    from PIL import Image
+
+    from mlarray import Meta
+    from mlarray.meta import MetaSpatial
+
+    rgb = np.zeros((10, 30, 30, 3), np.uint8)
+    rgb[:, :, :15, 0] = 220  # the stored half x < 15 red, the other half green
+    rgb[:, :, 15:, 1] = 200
+    meta = Meta(
+        spatial=MetaSpatial(
+            axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"], coord_system="LPS"
+        )
+    )
+    MLArray(rgb, spacing=[1, 1, 1], meta=meta).save(tmp_path / "c.mla")
+    run_cli("preview", tmp_path / "c.mla", "-o", tmp_path / "c.png", "--size", "64", check_rc=0)
+    png = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"), dtype=np.int64)
+    axial = png[10:54, 5:59]  # the axial panel (30 x 30 mm at 64 px per 30 mm)
+    red = (axial[..., 0] > 150) & (axial[..., 1] < 60) & (axial[..., 2] < 60)
+    green = (axial[..., 1] > 150) & (axial[..., 0] < 60) & (axial[..., 2] < 60)
+    assert red.sum() > 300 and green.sum() > 300, (red.sum(), green.sum())
+
+
 def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)

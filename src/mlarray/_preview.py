@@ -19,6 +19,7 @@ import numpy as np
 
 from mlarray import geometry
 from mlarray.errors import MLArrayError
+from mlarray.meta import is_colour_axis
 from mlarray.mlarray import MLArray
 
 __all__ = [
@@ -134,11 +135,26 @@ def _spacing_of(img: MLArray, spatial: list[int]) -> dict[int, float]:
     return {ax: float(sc[j]) for j, ax in enumerate(spatial)}
 
 
-def _plane(img: MLArray, v: PlaneView, index: int, shape: tuple[int, ...]) -> np.ndarray:
+def _colour_axis(img: MLArray, shape: tuple[int, ...]) -> int | None:
+    """The axis holding the colours of an RGB(A) picture (:func:`mlarray.meta.is_colour_axis`),
+    when it is the file's only non-spatial axis; else None."""
+    other = [ax for ax, m in enumerate(img.spatial_axis_mask) if not m]
+    if len(other) == 1 and is_colour_axis(shape, other[0], img.dtype):
+        return other[0]
+    return None
+
+
+def _plane(
+    img: MLArray, v: PlaneView, index: int, shape: tuple[int, ...], colour: int | None = None
+) -> np.ndarray:
+    """The mid-plane ``v`` of ``img`` as shown (rows down, columns right); the colours
+    of a picture (axis ``colour``) kept as its last axis."""
     mask = img.spatial_axis_mask
     key: list[Any] = []
     for ax, n in enumerate(shape):
-        if not mask[ax]:
+        if ax == colour:
+            key.append(slice(None))
+        elif not mask[ax]:
             key.append(min(max(index, 0), n - 1))
         elif ax == v.fixed:
             key.append(n // 2)
@@ -147,7 +163,7 @@ def _plane(img: MLArray, v: PlaneView, index: int, shape: tuple[int, ...]) -> np
     plane = np.asarray(img[tuple(key)])
     remaining = [ax for ax in range(len(shape)) if mask[ax] and ax != v.fixed]
     if remaining.index(v.rows) != 0:
-        plane = plane.T
+        plane = np.swapaxes(plane, 0, 1)
     if v.flip_rows:
         plane = plane[::-1]
     if v.flip_cols:
@@ -178,8 +194,13 @@ def _labels_rgb(labels: np.ndarray) -> np.ndarray:
 def _render(gray: np.ndarray | None, labels: np.ndarray | None, lo: float, hi: float) -> np.ndarray:
     if gray is None:
         return _labels_rgb(labels).astype(np.uint8)
-    g = np.clip((gray.astype(np.float64) - lo) / (hi - lo), 0, 1) * 255
-    rgb = np.repeat(g[..., np.newaxis], 3, axis=2)
+    if gray.ndim == 3:  # an RGB(A) picture, drawn as it is (over black where transparent)
+        rgb = gray[..., :3].astype(np.float64)
+        if gray.shape[-1] == 4:
+            rgb *= gray[..., 3:4] / 255.0
+    else:
+        g = np.clip((gray.astype(np.float64) - lo) / (hi - lo), 0, 1) * 255
+        rgb = np.repeat(g[..., np.newaxis], 3, axis=2)
     if labels is not None:
         on = labels > 0
         rgb[on] = 0.55 * rgb[on] + 0.45 * _labels_rgb(labels)[on]
@@ -200,7 +221,9 @@ def write_preview(
     Parameters
     ----------
     path : str or Path
-        An ``.mla`` file with three spatial axes.
+        An ``.mla`` file with three spatial axes. An RGB(A) picture (8-bit colours on
+        its last axis, as ``mlarray convert`` stores colour DICOM and NIfTI) is drawn
+        in its colours.
     output : str or Path
         The PNG to write (atomically).
     mask : str or Path, optional
@@ -252,7 +275,8 @@ def write_preview(
     notes = [note] if note else []
     views = plane_views(axes, spatial)
     seg_img = bool(img.meta.is_seg.is_seg)
-    planes = [_plane(img, v, index, shape) for v in views]
+    colour = None if seg_img else _colour_axis(img, shape)
+    planes = [_plane(img, v, index, shape, colour) for v in views]
     label_planes: list[np.ndarray | None] = [None] * 3
     if mask is not None:
         m = MLArray.open(mask)
@@ -284,7 +308,7 @@ def write_preview(
         panel = Image.fromarray(rgb, "RGB").resize((width, height), resample)
         draw = ImageDraw.Draw(panel)
         if boxes and img.meta.bbox.bboxes:
-            _draw_boxes(draw, img.meta.bbox.bboxes, v, plane.shape, shape, width, height)
+            _draw_boxes(draw, img.meta.bbox.bboxes, v, plane.shape[:2], shape, width, height)
         draw.text((width // 2 - 3, 2), v.top, fill=(255, 255, 0), font=font)
         draw.text((width // 2 - 3, height - 12), v.bottom, fill=(255, 255, 0), font=font)
         draw.text((2, height // 2 - 5), v.left, fill=(255, 255, 0), font=font)
