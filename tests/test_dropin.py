@@ -1133,3 +1133,37 @@ def test_reference_files_recording_nthreads_below_one_resave_and_recompress(tmp_
         tmp_path,
     )
     assert out.split() == [str(float(x.sum()))] * 2
+
+
+def test_meta_module_helpers_the_reference_exports():
+    """``mlarray.meta.is_serializable`` and ``validate_and_cast_axis_labels`` exist and
+    give the reference 0.0.54's results (recorded from it)."""
+    import numpy as np
+    import pytest
+
+    from mlarray.meta import AxisLabelEnum, is_serializable, validate_and_cast_axis_labels
+
+    assert is_serializable({"a": [1, 2.5, "x"]}) and not is_serializable({"a": object()})
+    v = validate_and_cast_axis_labels
+    assert v(None, "axis_labels") == (None, 0, 0)
+    assert v([], "axis_labels", 0) == ([], 0, 0)
+    assert v(("channel", "spatial_y", "spatial_x"), "axis_labels") == (
+        ["channel", "spatial_y", "spatial_x"],
+        2,
+        1,
+    )
+    assert v(["temporal", "channel", "spatial"], "axis_labels") == (
+        ["temporal", "channel", "spatial"],
+        1,
+        2,
+    )
+    assert v(["foo", "spatial_x"], "axis_labels") == (["foo", "spatial_x"], 1, 1)
+    labels, n_sp, n_other = v(np.array([AxisLabelEnum.spatial_z, "channel"]), "lab")
+    assert (labels, n_sp, n_other) == (["spatial_z", "channel"], 1, 1)
+    assert all(type(x) is str for x in labels)
+    with pytest.raises(ValueError, match="axis_labels must have length 3"):
+        v(["spatial_z", "spatial_y"], "axis_labels", 3)
+    with pytest.raises(TypeError, match="must be a list, tuple, or numpy array"):
+        v("spatial_x", "axis_labels")
+    with pytest.raises(TypeError, match=r"axis_labels\[0\] must be a str or AxisLabelEnum"):
+        v([1, 2], "axis_labels")

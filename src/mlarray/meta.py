@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from mlarray.errors import MetaTypeError, MetaValidationError
+from mlarray.utils import is_serializable  # the reference exports it here too
 
 __all__ = [
     "AxisLabel",
@@ -42,7 +43,9 @@ __all__ = [
     "MetaVersion",
     "SingleKeyBaseMeta",
     "is_colour_axis",
+    "is_serializable",
     "is_spatial_label",
+    "validate_and_cast_axis_labels",
 ]
 
 FORMAT_VERSION = "v0"
@@ -96,6 +99,48 @@ _SPATIAL_LABELS = frozenset({"spatial", "spatial_x", "spatial_y", "spatial_z"})
 def is_spatial_label(label: str | AxisLabelEnum) -> bool:
     """Return whether an axis label names a spatial axis."""
     return str(label) in _SPATIAL_LABELS
+
+
+def validate_and_cast_axis_labels(
+    value: Any, label: str, ndims: int | None = None
+) -> tuple[list[str] | None, int, int]:
+    """Validate axis labels and count the spatial and non-spatial axes.
+
+    Parameters
+    ----------
+    value : list, tuple, numpy array or None
+        Axis labels (strings or :class:`AxisLabelEnum` members).
+    label : str
+        The name used in error messages.
+    ndims : int, optional
+        The number of labels required.
+
+    Returns
+    -------
+    tuple
+        ``(labels, n_spatial, n_non_spatial)``: the labels as a list of str (None for
+        None) and how many of them are spatial (:func:`is_spatial_label`) and not.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a list, tuple or array, or a label is not a str.
+    ValueError
+        If ``ndims`` is given and the number of labels differs.
+    """
+    if value is None:
+        return None, 0, 0
+    if not isinstance(value, list | tuple | np.ndarray):
+        raise TypeError(f"{label} must be a list, tuple, or numpy array")
+    labels = []
+    for i, v in enumerate(list(value)):
+        if not isinstance(v, str):  # AxisLabelEnum members are str too
+            raise TypeError(f"{label}[{i}] must be a str or AxisLabelEnum (got {type(v).__name__})")
+        labels.append(str(v))
+    if ndims is not None and len(labels) != ndims:
+        raise ValueError(f"{label} must have length {ndims}")
+    n_spatial = sum(is_spatial_label(v) for v in labels)
+    return labels, n_spatial, len(labels) - n_spatial
 
 
 def is_colour_axis(shape: Sequence[int], axis: int, dtype: Any) -> bool:
