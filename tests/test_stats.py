@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import blosc2
 import numpy as np
@@ -310,3 +311,130 @@ def test_small_types_need_a_single_pass():
     wrapped = RecordingArray(data)
     compute_stats(wrapped, chunk_shape=(10, 10, 10))
     assert wrapped.elements_read == data.size
+
+
+# ----------------------------------------------------------------------------- big chunks
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks", "dtype"),
+    [
+        ((37, 41, 23), (37, 41, 23), (8, 16, 8), "int16"),  # one chunk, ragged blocks
+        ((37, 41, 23), (20, 30, 23), (8, 16, 8), "float64"),  # chunks ragged too: 4 passes
+        ((50, 60), (50, 60), (7, 60), "uint8"),  # blocks of whole rows, ragged
+        ((30, 40, 50), (16, 40, 50), (4, 40, 50), "float32"),  # whole rows of blocks
+        ((1000,), (999,), (100,), "int64"),
+    ],
+)
+def test_blosc2_arrays_in_pieces_smaller_than_their_chunks(
+    shape, chunks, blocks, dtype, monkeypatch
+):
+    """A Blosc2 array is read a few blocks at a time, whatever its chunks: with pieces
+    much smaller than a chunk (and blocks whose padding must be left out), the
+    statistics are numpy's."""
+    monkeypatch.setattr(mlarray.stats, "_SLAB_ELEMENTS", 3 * math.prod(blocks) + 5)
+    data = random_volume(np.random.default_rng(21), dtype, shape)
+    if dtype.startswith("float"):
+        data[data > 600] = np.nan
+    arr = blosc2.asarray(data, chunks=chunks, blocks=blocks)
+    assert_stats_close(compute_stats(arr), numpy_stats(data), rtol=1e-12)
+
+
+def test_arrays_with_big_chunks_are_read_in_slabs():
+    """Another array with a ``chunks`` attribute bigger than a slab is read in slabs of
+    at most ``_SLAB_ELEMENTS`` elements inside each chunk."""
+    data = random_volume(np.random.default_rng(22), "int16", (40, 256, 512))
+    wrapped = RecordingArray(data, chunks=(40, 256, 512))  # 5 Mi elements, one chunk
+    got = compute_stats(wrapped)
+    assert wrapped.largest_read <= mlarray.stats._SLAB_ELEMENTS
+    assert wrapped.elements_read == data.size
+    assert_stats_close(got, numpy_stats(data))
+
+
+STATS_OF_FILE = """
+import resource, sys, numpy as np
+from mlarray import MLArray
+m = MLArray.open(sys.argv[1])
+vm = status("VmSize") << 10  # a regression fails here instead of taking gigabytes
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))
+before = status("VmRSS")
+st = m.compute_stats()
+print(st.min, st.max, st.mean, st.median, st.std)
+"""
+
+
+def test_a_file_stored_as_one_chunk_needs_no_chunk_sized_memory(tmp_path):
+    """A 128 MiB int16 volume stored as one chunk (``chunk_size`` = the shape: one chunk
+    per case) is summarised with less extra memory than half the volume (a few slabs of
+    2**21 values); it used to take ~13 times the volume (a 1 GiB chunk of a 259-byte
+    file: 24 GB)."""
+    from mlarray import MLArray
+    from tests._children import peak_rss_growth
+
+    shape = (128, 512, 1024)
+    data = np.resize(np.arange(-1000, 2001, dtype=np.int16), shape)
+    path = tmp_path / "onechunk.mla"
+    MLArray(data, patch_size=None, chunk_size=shape, block_size=(8, 128, 128)).save(path)
+    assert MLArray.open(path).meta.blosc2.chunk_size == list(shape)
+    growth = peak_rss_growth(STATS_OF_FILE.replace("print(", 'print("stats", '), path)
+    assert growth < data.nbytes // 2, growth
+    got = MLArray.open(path).compute_stats()
+    values = data.reshape(-1)
+    assert (got.min, got.max) == (values.min(), values.max())
+    assert got.mean == pytest.approx(values.mean(dtype=np.float64), rel=1e-12)
+    assert got.median == np.median(values)
+    assert got.percentile_min == np.percentile(values, 0.5)
+    assert got.percentile_max == np.percentile(values, 99.5)
+
+
+UNDER_LIMIT = """
+import os
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+import resource, sys, numpy as np
+np.ones((2, 2)) @ np.ones((2, 2))
+from mlarray import MLArray
+from mlarray.errors import CorruptChunkError, MLArrayMemoryError
+from napari_mlarray import _console
+path = sys.argv[1]
+m = MLArray.open(path)
+vm = next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[2]), vm + int(sys.argv[2])))
+try:
+    m.compute_stats()
+    print("ok")
+except MLArrayMemoryError as exc:
+    print("memory", path in str(exc), str(exc))
+except Exception as exc:
+    print("other", type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize("headroom", [64 << 20, 320 << 20])
+def test_a_block_too_big_for_memory_is_our_error_naming_the_file(tmp_path, headroom):
+    """A valid file whose one block (256 MiB) cannot be decoded in the memory left: an
+    MLArrayMemoryError naming the file, whether our buffer or c-blosc2's own cannot be
+    had, never a CorruptChunkError calling the file corrupt."""
+    from tests._children import run_python
+
+    path = os.fspath(tmp_path / "bigblock.mla")
+    shape = (256, 1024, 1024)
+    blosc2.full(shape, 7, dtype=np.uint8, chunks=shape, blocks=shape, urlpath=path, mode="w")
+    assert os.path.getsize(path) < 4096
+    out = run_python(UNDER_LIMIT, path, headroom).strip()
+    assert out.startswith("memory True"), out
+
+
+def test_blosc2_arrays_whose_blocks_do_not_decode_alone(monkeypatch):
+    """With the DELTA filter a block decoded alone comes out wrong, and a chunk marked
+    uninitialised decodes to nothing: such arrays are still numpy's statistics (the
+    never-written chunks count as zeros, as mlarray reads them)."""
+    monkeypatch.setattr(mlarray.stats, "_SLAB_ELEMENTS", 5000)
+    data = random_volume(np.random.default_rng(23), "int32", (40, 50, 60))
+    cparams = {"filters": [blosc2.Filter.DELTA, blosc2.Filter.SHUFFLE], "filters_meta": [0, 0]}
+    delta = blosc2.asarray(data, chunks=(20, 50, 60), blocks=(5, 25, 30), cparams=cparams)
+    assert_stats_close(compute_stats(delta), numpy_stats(data), rtol=1e-12)
+    fresh = blosc2.uninit(data.shape, dtype=np.int32, chunks=(10, 50, 60), blocks=(5, 25, 30))
+    fresh[0:10] = data[0:10]
+    want = np.zeros_like(data)
+    want[0:10] = data[0:10]
+    assert_stats_close(compute_stats(fresh), numpy_stats(want), rtol=1e-12)

@@ -1,12 +1,15 @@
-"""Streaming summary statistics of an array, chunk by chunk.
+"""Streaming summary statistics of an array, a bounded piece at a time.
 
-:func:`compute_stats` never holds the whole volume: it reads one chunk at a
-time, several times. Order statistics (median, percentiles) are exact. Every
-value is mapped to an unsigned integer *key* that sorts like the value
-(floats through their bit pattern), and the keys holding the wanted ranks
-are found by histogram refinement: a streaming pass splits the candidate
-key range into 65536 bins and keeps the bin holding the rank; once that bin
-holds at most 2**20 values, the next pass collects them and sorts them.
+:func:`compute_stats` never holds the whole volume: it reads the array in
+pieces of at most ``_SLAB_ELEMENTS`` elements, several times, whatever the
+array's chunk size (a Blosc2 array is decoded a run of whole blocks at a time,
+so a file stored as one big chunk costs no more than one in small chunks).
+Order statistics (median, percentiles) are exact. Every value is mapped to
+an unsigned integer *key* that sorts like the value (floats through their
+bit pattern), and the keys holding the wanted ranks are found by histogram
+refinement: a streaming pass splits the candidate key range into 65536 bins
+and keeps the bin holding the rank; once that bin holds at most 2**20
+values, the next pass collects them and sorts them.
 Types of at most 16 bits (bool, int8/uint8, int16/uint16, float16) are
 resolved by the first pass alone, so everything costs a single pass; wider
 types typically need four passes (statistics, percentiles, values between
@@ -16,6 +19,7 @@ in float64 with the pairwise update of Chan, Golub and LeVeque.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from mlarray import _maps
-from mlarray.errors import MetaValidationError, MLArrayError
+from mlarray import _direct, _maps
+from mlarray._read import DecodeMemoryError
+from mlarray.errors import MetaValidationError, MLArrayError, MLArrayMemoryError
 
 __all__ = ["STAT_KEYS", "compute_stats"]
 
@@ -50,6 +55,8 @@ _BIN_BITS = 16  # 65536 bins per histogram
 _COLLECT_LIMIT = 2**20
 #: Elements per default slab: 16 MiB of float64 working copy.
 _SLAB_ELEMENTS = 2**21
+#: Buffers of a block's size c-blosc2 may need to decode a block (see :func:`_decode`).
+_DECODER_BUFFERS = 4
 
 
 # ----------------------------------------------------------------------------- keys
@@ -75,7 +82,9 @@ class _KeyCodec:
         if self.kind == "u":
             return values.astype(np.uint64)
         if self.kind == "i":
-            return values.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+            keys = values.astype(np.int64).view(np.uint64)
+            keys ^= np.uint64(1 << 63)
+            return keys
         raw = values.view(self._uint)
         negative = (raw & self._sign) != 0
         return np.where(negative, ~raw, raw | self._sign).astype(np.uint64)
@@ -112,8 +121,11 @@ class _Hist:
         if not inside:
             keys = keys[(keys >= np.uint64(self.lo)) & (keys <= np.uint64(self.hi))]
         if keys.size:
-            bins = ((keys - np.uint64(self.lo)) >> np.uint64(self.shift)).astype(np.intp)
-            self.counts += np.bincount(bins, minlength=self.counts.size)
+            bins = keys - np.uint64(self.lo)
+            if self.shift:
+                bins >>= np.uint64(self.shift)
+            # at most 2**16 + 1 bins: the same numbers as int64
+            self.counts += np.bincount(bins.view(np.int64), minlength=self.counts.size)
 
 
 @dataclass
@@ -194,7 +206,9 @@ class _Moments:
             return
         v = values.astype(np.float64, copy=False)
         mean_b = float(v.mean())
-        m2_b = float(np.square(v - mean_b).sum())
+        d = v - mean_b
+        np.square(d, out=d)
+        m2_b = float(d.sum())
         self.add_summary(nb, mean_b, m2_b)
 
     def add_summary(self, nb: int, mean_b: float, m2_b: float) -> None:
@@ -227,28 +241,215 @@ def _default_chunk(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(chunk)
 
 
-def _chunk_shape(shape: tuple[int, ...], chunk_shape: Any, array: Any) -> tuple[int, ...]:
-    if chunk_shape is not None:
-        try:
-            chunk = tuple(int(c) for c in chunk_shape)
-        except (TypeError, ValueError) as exc:
-            raise MetaValidationError(
-                "chunk_shape", f"expected integers, got {chunk_shape!r}"
-            ) from exc
-        if len(chunk) != len(shape) or any(c < 1 for c in chunk):
-            raise MetaValidationError(
-                "chunk_shape",
-                f"expected {len(shape)} integers >= 1 (one per array axis), got {chunk_shape!r}",
-            )
-        return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
+def _chunk_shape(shape: tuple[int, ...], chunk_shape: Any) -> tuple[int, ...] | None:
+    """The checked ``chunk_shape`` a caller asked for, clipped to ``shape``; None if none."""
+    if chunk_shape is None:
+        return None
+    try:
+        chunk = tuple(int(c) for c in chunk_shape)
+    except (TypeError, ValueError) as exc:
+        raise MetaValidationError("chunk_shape", f"expected integers, got {chunk_shape!r}") from exc
+    if len(chunk) != len(shape) or any(c < 1 for c in chunk):
+        raise MetaValidationError(
+            "chunk_shape",
+            f"expected {len(shape)} integers >= 1 (one per array axis), got {chunk_shape!r}",
+        )
+    return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
+
+
+def _native_chunks(shape: tuple[int, ...], array: Any) -> tuple[int, ...] | None:
+    """``array.chunks`` clipped to ``shape``, if it has usable ones."""
     native = getattr(array, "chunks", None)
     try:
         chunk = tuple(int(c) for c in native) if native is not None else None
     except (TypeError, ValueError):
-        chunk = None
-    if chunk is not None and len(chunk) == len(shape) and all(c >= 1 for c in chunk):
-        return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
-    return _default_chunk(shape)
+        return None
+    if chunk is None or len(chunk) != len(shape) or any(c < 1 for c in chunk):
+        return None
+    return tuple(min(c, n) for c, n in zip(chunk, shape, strict=True))
+
+
+def _regions(
+    shape: tuple[int, ...], chunk: tuple[int, ...], sub: tuple[int, ...]
+) -> Iterator[tuple[slice, ...]]:
+    """The pieces of ``shape`` in chunks of ``chunk``, each chunk in pieces of ``sub``."""
+    for starts in itertools.product(*(range(0, n, c) for n, c in zip(shape, chunk, strict=True))):
+        ends = [min(s + c, n) for s, c, n in zip(starts, chunk, shape, strict=True)]
+        inner = (range(s, e, b) for s, e, b in zip(starts, ends, sub, strict=True))
+        for firsts in itertools.product(*inner):
+            yield tuple(slice(f, min(f + b, e)) for f, b, e in zip(firsts, sub, ends, strict=True))
+
+
+def _array_reads(
+    array: Any, shape: tuple[int, ...], chunk_shape: tuple[int, ...] | None
+) -> Iterator[np.ndarray]:
+    """One pass over any array-like, as numpy arrays read with ``array[slices]``.
+
+    The pieces are ``chunk_shape`` if given, else the array's own chunks cut into
+    slabs of at most ``_SLAB_ELEMENTS`` elements (a piece never spans two chunks),
+    else slabs of ``_SLAB_ELEMENTS`` along axis 0.
+    """
+    chunk = chunk_shape
+    sub = chunk
+    if chunk is None:
+        chunk = _native_chunks(shape, array)
+        if chunk is None:
+            chunk = sub = _default_chunk(shape)
+        elif math.prod(chunk) <= _SLAB_ELEMENTS or _whole_chunks(array):
+            sub = chunk
+        else:
+            sub = _default_chunk(chunk)
+    for index in _regions(shape, chunk, sub):
+        _maps.check(array)  # an opened file cut short by another program: an error
+        yield np.asarray(array[index])
+
+
+def _whole_chunks(array: Any) -> bool:
+    """Whether ``array`` is a Blosc2 NDArray whose chunks decode right only whole (the
+    DELTA filter, chunks marked uninitialised: see :mod:`mlarray._direct`): every read
+    decodes its chunks whole, so reading less than a chunk at a time only costs time."""
+    import blosc2
+
+    return isinstance(array, blosc2.NDArray) and (
+        _direct.is_guarded(array) or _direct._writes_delta(array)
+    )
+
+
+def _is_blocked(array: Any, shape: tuple[int, ...]) -> bool:
+    """Whether ``array`` is a Blosc2 NDArray whose chunks can be decoded block by block."""
+    import blosc2
+
+    if not isinstance(array, blosc2.NDArray) or not shape or _whole_chunks(array):
+        return False
+    try:
+        chunks = tuple(int(c) for c in array.chunks)
+        blocks = tuple(int(b) for b in array.blocks)
+        ext = tuple(int(e) for e in array.ext_chunks)
+        schunk = array.schunk
+        itemsize = np.dtype(array.dtype).itemsize
+        fits = int(schunk.typesize) == itemsize and int(schunk.chunksize) == math.prod(ext) * (
+            itemsize
+        )
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return (
+        fits
+        and len(chunks) == len(blocks) == len(ext) == len(shape)
+        and all(
+            b >= 1 and e % b == 0 and e >= c >= 1
+            for c, b, e in zip(chunks, blocks, ext, strict=True)
+        )
+    )
+
+
+def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """One pass over a Blosc2 NDArray, in whatever order its data are stored.
+
+    Each chunk holds its blocks one after the other (C order over the block grid of
+    the padded chunk), each block in C order. Runs of the blocks that hold array
+    elements are decoded (``SChunk.get_slice``) into one reused buffer of about
+    ``_SLAB_ELEMENTS`` items (at least one block), and the padding of edge blocks is
+    left out. Memory: that buffer and c-blosc2's own block buffers, whatever the
+    chunk size. Not for arrays whose chunks decode right only whole
+    (:func:`_whole_chunks`); a chunk marked uninitialised reads as zeros, as
+    mlarray reads it everywhere.
+    """
+    chunks = tuple(int(c) for c in array.chunks)
+    blocks = tuple(int(b) for b in array.blocks)
+    ext = tuple(int(e) for e in array.ext_chunks)
+    nb = tuple(e // b for e, b in zip(ext, blocks, strict=True))  # blocks per chunk axis
+    bitems, citems = math.prod(blocks), math.prod(ext)
+    dtype = np.dtype(array.dtype)
+    group = max(1, _SLAB_ELEMENTS // bitems)  # blocks per read
+    buf = _decode_buffer(group * bitems, dtype)
+    get_slice = array.schunk.get_slice
+    grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
+    for nchunk, cidx in enumerate(itertools.product(*grid)):
+        valid = [min(c, n - i * c) for i, c, n in zip(cidx, chunks, shape, strict=True)]
+        used = [-(-v // b) for v, b in zip(valid, blocks, strict=True)]  # blocks holding data
+        ragged = [v % b != 0 for v, b in zip(valid, blocks, strict=True)]
+        # the blocks holding data are runs in C order: along the axes after ``k``
+        # every block is used, so a run is ``used[k]`` rows of those axes
+        k = max((a for a in range(len(nb)) if used[a] < nb[a]), default=-1)
+        run = math.prod(nb[k + 1 :]) * (used[k] if k >= 0 else 1)
+        uninit = _direct._still_uninit(array, nchunk)  # never written: zeros, as read
+        leads = itertools.product(*(range(u) for u in used[: max(k, 0)]))
+        firsts = (
+            int(np.ravel_multi_index(lead + (0,) * (len(nb) - len(lead)), nb)) for lead in leads
+        )
+        filled: list[tuple[int, int]] = []  # (first block, blocks) in the buffer
+        n = 0
+        for first in firsts:
+            for offset in range(0, run, group):
+                count = min(group, run - offset)
+                if n + count > group:
+                    yield _without_padding(buf[: n * bitems], filled, nb, blocks, valid, ragged)
+                    filled, n = [], 0
+                base = nchunk * citems + (first + offset) * bitems
+                _maps.check(array)
+                if uninit:  # c-blosc2 would leave the buffer as it was
+                    buf[n * bitems : (n + count) * bitems] = 0
+                else:
+                    _decode(get_slice, base, count * bitems, buf[n * bitems :], blocks, dtype)
+                filled.append((first + offset, count))
+                n += count
+        if n:
+            yield _without_padding(buf[: n * bitems], filled, nb, blocks, valid, ragged)
+
+
+def _without_padding(
+    flat: np.ndarray,
+    filled: list[tuple[int, int]],
+    nb: tuple[int, ...],
+    blocks: tuple[int, ...],
+    valid: list[int],
+    ragged: list[bool],
+) -> np.ndarray:
+    """The decoded blocks ``filled`` in ``flat`` without the elements outside the array."""
+    if not any(ragged):
+        return flat
+    ids = np.concatenate([np.arange(f, f + c) for f, c in filled])
+    idx = np.unravel_index(ids, nb)
+    mask = None
+    for a, (j, b, v) in enumerate(zip(idx, blocks, valid, strict=True)):
+        if not ragged[a]:
+            continue
+        inside = np.minimum(v - j * b, b)  # elements of each block along axis ``a``
+        if (inside >= b).all():
+            continue
+        shape = [1] * (len(blocks) + 1)
+        shape[a + 1] = b
+        keep = np.arange(b).reshape(shape) < inside.reshape((-1,) + (1,) * len(blocks))
+        mask = keep if mask is None else mask & keep
+    if mask is None:
+        return flat
+    full = (len(ids), *blocks)
+    return flat.reshape(full)[np.broadcast_to(mask, full)]
+
+
+def _decode_buffer(items: int, dtype: np.dtype) -> np.ndarray:
+    try:
+        return np.empty(items, dtype=dtype)
+    except MemoryError:
+        raise DecodeMemoryError(items * dtype.itemsize, "a decode buffer") from None
+
+
+def _decode(
+    get_slice: Any, start: int, items: int, out: np.ndarray, blocks: tuple, dtype: np.dtype
+) -> None:
+    """``get_slice`` of ``items`` items from ``start`` into ``out``; a failure for want of
+    memory (c-blosc2 says only that it failed) is a :class:`DecodeMemoryError`."""
+    try:
+        get_slice(start, start + items, out=out[:items])
+    except RuntimeError:
+        # c-blosc2 needs a few buffers of a block per decoding thread: if that much
+        # memory cannot be had now, that is what failed; else the data are bad
+        need = _DECODER_BUFFERS * math.prod(blocks) * dtype.itemsize
+        try:
+            np.empty(need, dtype=np.uint8)  # reserved, never touched
+        except MemoryError:
+            raise DecodeMemoryError(need, "decoding the blocks") from None
+        raise
 
 
 def _working_dtype(dtype: np.dtype) -> np.dtype:
@@ -310,6 +511,8 @@ def file_stats(
     checksums first, and a chunk Blosc2 cannot decode is a
     :class:`~mlarray.errors.CorruptChunkError` naming ``path`` (or a
     :class:`~mlarray.errors.FileChangedError` if the file was written meanwhile).
+    Running out of memory (a file made of huge blocks) is an
+    :class:`~mlarray.errors.MLArrayMemoryError` naming ``path``.
 
     ``read`` gives the store to stream the values from, once the checks passed
     (default: ``store``).
@@ -319,15 +522,28 @@ def file_stats(
     integrity.verify_all(store)
     source = store if read is None else read()
     try:
-        return compute_stats(
-            source, percentiles=percentiles, chunk_shape=getattr(source, "chunks", None)
-        )
+        return compute_stats(source, percentiles=percentiles)
     except MLArrayError:  # ours (also RuntimeErrors): as they are
         raise
+    except MemoryError as exc:
+        raise _memory_error(path, source, exc) from None
     except RuntimeError as exc:
         raise integrity.damage_error(
             store, path, f"cannot decompress the data, the file may be corrupt ({exc})"
         ) from None
+
+
+def _memory_error(path: Any, array: Any, exc: MemoryError) -> MLArrayMemoryError:
+    """The error for statistics of the file ``path`` that ran out of memory."""
+    message = f"{path or 'MLArray'}: not enough memory to compute statistics"
+    if isinstance(exc, DecodeMemoryError):
+        message += f" ({exc.what}: {exc.nbytes} bytes)"
+    blocks = getattr(array, "blocks", None)
+    if blocks is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            size = math.prod(int(b) for b in blocks) * np.dtype(array.dtype).itemsize
+            message += f"; its data are stored in blocks of {size} bytes"
+    return MLArrayMemoryError(message)
 
 
 def compute_stats(
@@ -348,8 +564,13 @@ def compute_stats(
     percentiles : (float, float), optional
         The low and high percentile, in ``[0, 100]``.
     chunk_shape : sequence of int, optional
-        Shape of the pieces read at a time. Defaults to ``array.chunks`` when
-        the array has it, else slabs of about 2**21 elements along axis 0.
+        Shape of the pieces read at a time. By default a Blosc2 NDArray is
+        decoded whole blocks at a time, about 2**21 elements per read
+        whatever its chunk size; another array with a ``chunks`` attribute is
+        read chunk by chunk, a chunk of more than 2**21 elements in slabs of
+        about that many; anything else in slabs of about 2**21 elements along
+        axis 0. Values are processed at most 2**21 at a time, so the working
+        memory does not grow with the chunk size.
 
     Returns
     -------
@@ -368,7 +589,7 @@ def compute_stats(
     NaNs are ignored, like ``numpy.nanpercentile``. Medians and percentiles
     follow ``numpy.median`` and ``numpy.percentile(..., method="linear")``;
     the order statistics they interpolate are exact, interpolation is in
-    float64. The array is read in several passes, one chunk at a time: one
+    float64. The array is read in several passes, a piece at a time: one
     pass for types of at most 16 bits, typically four for wider types.
 
     Raises
@@ -376,6 +597,10 @@ def compute_stats(
     MetaValidationError
         For bad ``percentiles`` or ``chunk_shape``, or a dtype without an
         order (complex, strings, objects).
+    MemoryError
+        If a piece cannot be decoded for want of memory (a Blosc2 array made of
+        huge blocks); :meth:`MLArray.compute_stats` and ``mlarray stats`` say
+        so with an :class:`~mlarray.errors.MLArrayMemoryError` naming the file.
     """
     p_lo, p_hi = _check_percentiles(percentiles)
     shape = tuple(int(n) for n in array.shape)
@@ -383,21 +608,24 @@ def compute_stats(
     empty: dict[str, float | None] = dict.fromkeys(STAT_KEYS)
     if math.prod(shape) == 0:
         return empty
-    chunk = _chunk_shape(shape, chunk_shape, array)
-    grid = [range(0, n, c) for n, c in zip(shape, chunk, strict=True)]
+    chunk = _chunk_shape(shape, chunk_shape)
     codec = _KeyCodec(work)
 
+    def reads() -> Iterator[np.ndarray]:
+        if chunk is None and _is_blocked(array, shape):
+            return _block_reads(array, shape)
+        return _array_reads(array, shape, chunk)
+
     def pieces() -> Iterator[np.ndarray]:
-        """One streaming pass: the non-NaN values of each chunk, flat, in ``work`` dtype."""
-        for starts in itertools.product(*grid):
-            index = tuple(
-                slice(s, min(s + c, n)) for s, c, n in zip(starts, chunk, shape, strict=True)
-            )
-            _maps.check(array)  # an opened file cut short by another program: an error
-            values = np.asarray(array[index]).reshape(-1).astype(work, copy=False)
-            if work.kind == "f":
-                values = values[~np.isnan(values)]
-            yield values
+        """One streaming pass: the non-NaN values, flat, in ``work`` dtype, at most
+        ``_SLAB_ELEMENTS`` at a time (views of a buffer the next piece reuses)."""
+        for data in reads():
+            flat = data.reshape(-1)
+            for start in range(0, flat.size, _SLAB_ELEMENTS):
+                values = flat[start : start + _SLAB_ELEMENTS].astype(work, copy=False)
+                if work.kind == "f":
+                    values = values[~np.isnan(values)]
+                yield values
 
     # pass 1: moments, extremes and a first histogram over the whole key range
     moments = _Moments()
