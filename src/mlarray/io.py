@@ -49,6 +49,7 @@ from mlarray.errors import (
     MLArrayFileNotFoundError,
     MLArrayFormatError,
     MLArrayIOError,
+    MLArrayMemoryError,
     os_errors,
 )
 from mlarray.frame import FRAME_MAGIC
@@ -989,7 +990,8 @@ def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> ML
     """Our error for c-blosc2 failing to write the temporary file ``tmp`` of a save of
     ``target``: c-blosc2 reports a failed write as a bare ``RuntimeError``, without its
     ``errno``. Whether the disk is full (or the process's file-size limit reached) is
-    found out by reserving ``room`` more bytes at the end of ``tmp`` (removed after)."""
+    found out by reserving ``room`` more bytes at the end of ``tmp`` (removed after);
+    whether memory ran out, by reserving ``room`` bytes of memory."""
     why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     err = None
     try:
@@ -1027,6 +1029,11 @@ def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> ML
             target,
             f"cannot write: {os.strerror(err)}{limit} (a file that was there is unchanged)",
             err,
+        )
+    if _short_of_memory(room):  # compressing a chunk needs about that much
+        return MLArrayMemoryError(
+            f"{target}: not enough memory to write a chunk of up to {room} bytes "
+            "compressed (a file that was there is unchanged); a smaller chunk size needs less"
         )
     return MLArrayIOError(
         target,
@@ -1171,20 +1178,27 @@ def copy_by_chunks(
     slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
     for i, slc in enumerate(slices, 1):
         integrity.verify_region(src, [(s.start, s.stop) for s in slc])
+        box = tuple((s.start, s.stop) for s in slc)
         try:
             data = src[slc]
+            # C order and the stored dtype: lazy views (transposes, casts) may return
+            # strided blocks, which Blosc2 refuses.
+            block = np.asarray(data).astype(dtype, order="C", copy=False)
+        except MemoryError as exc:
+            if isinstance(exc, MLArrayMemoryError):
+                raise
+            raise _copy_memory_error(src, src_path, box, dtype) from None
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, MLArrayError) or not isinstance(src, blosc2.NDArray):
                 raise
-            box = tuple((s.start, s.stop) for s in slc)
+            if _short_of_memory(_read_room(src, box)):  # c-blosc2 says only that it failed
+                raise _copy_memory_error(src, src_path, box, dtype) from None
             raise integrity.damage_error(
                 src,
                 _source_path(src, src_path),
                 f"cannot decompress the data in {box}, the file may be corrupt ({exc})",
             ) from None
-        # C order and the stored dtype: lazy views (transposes, casts) may return
-        # strided blocks, which Blosc2 refuses.
-        block = np.asarray(data).astype(dtype, order="C", copy=False)
+        del data
         if block.shape != tuple(s.stop - s.start for s in slc):
             raise MLArrayFormatError(
                 None, f"source returned shape {block.shape} for slice {slc}; cannot save"
@@ -1192,6 +1206,33 @@ def copy_by_chunks(
         dst[slc] = block
         if progress is not None:
             progress(i, len(slices))
+
+
+def _short_of_memory(nbytes: int) -> bool:
+    """Whether ``nbytes`` of memory cannot be had now (reserved, never touched)."""
+    try:
+        np.empty(max(int(nbytes), 1), dtype=np.uint8)
+    except MemoryError:
+        return True
+    return False
+
+
+def _read_room(src: Any, box: tuple) -> int:
+    """Bytes a read of ``box`` of the Blosc2 array ``src`` may need: the output and a
+    decoded chunk of c-blosc2's own."""
+    itemsize = np.dtype(src.dtype).itemsize
+    out = int(np.prod([b - a for a, b in box], dtype=np.int64)) * itemsize
+    return out + int(np.prod(src.ext_chunks, dtype=np.int64)) * itemsize
+
+
+def _copy_memory_error(src: Any, src_path: Any, box: tuple, dtype: np.dtype) -> MLArrayMemoryError:
+    """The error for a save whose piece ``box`` of ``src`` does not fit in memory."""
+    nbytes = int(np.prod([b - a for a, b in box], dtype=np.int64)) * dtype.itemsize
+    path = _source_path(src, src_path)
+    return MLArrayMemoryError(
+        f"{path or 'MLArray'}: not enough memory to save: the data in {box} ({nbytes} bytes, "
+        "a chunk of the new file) do not fit; a smaller chunk size needs less"
+    )
 
 
 def _other_vlmeta(src: Any) -> dict[str, Any]:
