@@ -324,6 +324,8 @@ def test_small_types_need_a_single_pass():
         ((50, 60), (50, 60), (7, 60), "uint8"),  # blocks of whole rows, ragged
         ((30, 40, 50), (16, 40, 50), (4, 40, 50), "float32"),  # whole rows of blocks
         ((1000,), (999,), (100,), "int64"),
+        ((64, 30, 8), (8, 30, 8), (4, 30, 8), "int16"),  # pieces spanning chunks
+        ((66, 30, 8), (8, 30, 8), (4, 30, 8), "float32"),  # ... then a ragged one
     ],
 )
 def test_blosc2_arrays_in_pieces_smaller_than_their_chunks(
