@@ -62,3 +62,29 @@ def test_saving_a_chunk_bigger_than_memory_is_our_error_naming_the_file(
     if names_source is not None:
         assert named_source, result
     assert sorted(os.listdir(tmp_path)) == ["onechunk.mla"]  # nothing half-written left
+
+
+def test_stats_command_keeps_another_tools_chunks_as_they_are(tmp_path, capsys):
+    """``mlarray stats`` rewrites a file with its chunks copied as they are: a file of
+    another Blosc2 tool (no record of its codec) was compressed again with mlarray's
+    defaults, which for a file stored as one big chunk holds that chunk decoded and
+    compressed at once."""
+    from mlarray import MLArray
+    from mlarray.cli import main
+
+    path = tmp_path / "other.mla"
+    data = np.random.default_rng(1).integers(-1000, 3000, (30, 40, 50)).astype(np.int16)
+    cparams = blosc2.CParams(codec=blosc2.Codec.ZLIB, clevel=3)
+    blosc2.asarray(
+        data, chunks=(30, 40, 50), blocks=(10, 20, 50), cparams=cparams, urlpath=os.fspath(path)
+    )
+    before = blosc2.open(os.fspath(path))
+    chunks = [before.schunk.get_chunk(i) for i in range(before.schunk.nchunks)]
+    assert main(["stats", os.fspath(path)]) == 0
+    assert "1 done" in capsys.readouterr().out
+    after = blosc2.open(os.fspath(path))
+    assert after.schunk.cparams.codec == blosc2.Codec.ZLIB and after.schunk.cparams.clevel == 3
+    assert [after.schunk.get_chunk(i) for i in range(after.schunk.nchunks)] == chunks
+    m = MLArray.open(path)
+    np.testing.assert_array_equal(m[...], data)
+    assert m.meta.stats.median == np.median(data) and m.meta.stats.max == data.max()

@@ -270,6 +270,25 @@ def _do_recompress(task: Task, row: Row, progress: Callable[[int, int], None] | 
     )
 
 
+def _stored_cparams(store: Any, meta: Any) -> Any:
+    """The codec settings the chunks of ``store`` are stored with: its record's, or for
+    another tool's file (no record of them) the frame's own, so that the chunks are
+    copied as they are instead of compressed again."""
+    if meta.blosc2.cparams:
+        return meta.blosc2.cparams
+    import dataclasses
+
+    from mlarray import layout
+
+    own = dataclasses.replace(store.schunk.cparams, blocksize=0)  # blocks: the layout's
+    try:
+        cparams = layout.normalize_cparams(own)
+    except MLArrayError:  # settings mlarray does not store: its defaults
+        return None
+    cparams.pop("nthreads", None)  # how the file was written, not how it is stored
+    return cparams
+
+
 def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None) -> None:
     from mlarray import io
     from mlarray.meta import MetaStatistics
@@ -299,7 +318,7 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
         patch_size=None,
         chunk_size=list(store.chunks),
         block_size=list(store.blocks),
-        cparams=meta.blosc2.cparams,
+        cparams=_stored_cparams(store, meta),
         dparams=meta.blosc2.dparams,
         progress=progress,
     )
