@@ -270,6 +270,125 @@ def test_dicom_folder_with_two_series_asks_which(tmp_path):
         from_file(tmp_path / "two" / "a")
 
 
+def _ct_small_with(path: Path, **tags):
+    """pydicom's CT_small.dcm (128 x 128 int16) with ``tags`` changed, saved at ``path``."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+    return path
+
+
+def test_dicom_file_whose_pixel_data_are_short_is_refused_not_filled_with_air(tmp_path):
+    """GDCM fills the voxels a cut-short slice lacks with zeros (-1024 after the rescale)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    pixels = pydicom.dcmread(get_testdata_file("CT_small.dcm")).PixelData
+    half = _ct_small_with(tmp_path / "half.dcm", PixelData=pixels[: len(pixels) // 2])
+    with pytest.raises(ConversionError, match=r"hold 16384 bytes .* need 32768") as err:
+        from_file(half)
+    assert str(err.value).startswith(str(half)) and "cut short" in str(err.value)
+    # the element's length says 32768 bytes but the file ends before them
+    whole = _ct_small_with(tmp_path / "whole.dcm")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-1000])
+    with pytest.raises(ConversionError, match="claims 32768 bytes but the file ends after") as err:
+        from_file(cut)
+    assert str(err.value).startswith(str(cut))
+    assert from_file(whole).shape == (1, 128, 128)  # the intact file still converts
+
+
+_DICOM_CLAIM = r"""
+import resource, sys
+from pathlib import Path
+import pydicom
+from pydicom.data import get_testdata_file
+from mlarray.convert import ConversionError, from_file
+
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a claim honoured fails
+folder = Path(sys.argv[1])
+ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+ds.Rows = ds.Columns = 40000  # 3.2 GB claimed by a 39 kB file
+ds.save_as(folder / "huge.dcm")
+try:
+    from_file(folder / "huge.dcm")
+except ConversionError as exc:
+    print(exc)
+"""
+
+
+def test_small_dicom_file_claiming_gigabytes_is_refused_before_allocating(tmp_path):
+    """Read under a 3 GiB address-space limit: GDCM allocating the 3.2 GB claimed would fail."""
+    from tests._children import run_python
+
+    line = run_python(_DICOM_CLAIM, tmp_path).strip()
+    assert line.startswith(str(tmp_path / "huge.dcm")), line
+    assert "hold 32768 bytes" in line and "need 3200000000" in line, line
+
+
+def test_dicom_series_with_a_slice_cut_short_names_the_slice(tmp_path):
+    import pydicom
+
+    make_dicom_series(tmp_path / "ct", n_slices=4)
+    assert from_file(tmp_path / "ct").shape == (4, 128, 128)
+    third = tmp_path / "ct" / "IM0002.dcm"
+    ds = pydicom.dcmread(third)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 4]
+    ds.save_as(third)
+    with pytest.raises(ConversionError, match=r"hold 8192 bytes .* need 32768") as err:
+        from_file(tmp_path / "ct")
+    assert str(err.value).startswith(str(third))
+
+
+def test_compressed_dicom_with_fewer_frames_than_it_claims_is_refused(tmp_path):
+    """Encapsulated (RLE) pixel data: each frame needs a fragment of its own, and the
+    fragments must be in the file."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    ds = pydicom.dcmread(src)
+    ds.NumberOfFrames = 5
+    ds.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(ConversionError, match="claims 5 compressed frames but holds 2") as err:
+        from_file(tmp_path / "frames.dcm")
+    assert str(err.value).startswith(str(tmp_path / "frames.dcm"))
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(Path(src).read_bytes()[:-500])
+    with pytest.raises(ConversionError, match=r"ends inside .* compressed pixel data") as err:
+        from_file(cut)
+    assert str(err.value).startswith(str(cut))
+    assert from_file(src).shape == (2, 100, 100, 3)  # the intact file still converts
+
+
+def test_pydicoms_test_files_pass_the_pixel_data_check():
+    """Every file of pydicom's test data whose pixels pydicom decodes passes the check
+    (only MR_truncated.dcm, which pydicom refuses too, is refused)."""
+    import os
+    import warnings
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from mlarray.convert import _dicom_pixel_bytes
+
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    refused = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            _dicom_pixel_bytes(os.fspath(path))
+        except ConversionError:
+            refused.append(path.name)
+            with warnings.catch_warnings(), pytest.raises(ValueError):
+                warnings.simplefilter("ignore")
+                _ = pydicom.dcmread(path).pixel_array
+    assert refused == ["MR_truncated.dcm"]
+
+
 def test_single_dicom_file():
     from pydicom.data import get_testdata_file
 

@@ -484,6 +484,120 @@ def _dicom_not_an_image(path: Path) -> str | None:
     return f"not an image: a DICOM {kind} without pixel data"
 
 
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
+_DICOM_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _dicom_fragments(fh: Any, start: int, size: int) -> int:
+    """The number of fragments of encapsulated pixel data starting at ``start``
+    (the offset table item first, not counted); -1 when the items run past the
+    file's ``size`` bytes or the sequence does not end."""
+    import struct
+
+    at, count = start, -1
+    while at + 8 <= size:
+        fh.seek(at)
+        group, elem, length = struct.unpack("<HHI", fh.read(8))
+        if (group, elem) == (0xFFFE, 0xE0DD):  # sequence delimiter: the end
+            return max(count, 0)
+        if (group, elem) != (0xFFFE, 0xE000) or at + 8 + length > size:
+            return -1
+        count += 1
+        at += 8 + length
+    return -1
+
+
+def _dicom_pixel_bytes(name: str) -> int | None:
+    """Bytes the voxels of DICOM file ``name`` decode to, checked against its pixel data.
+
+    Refuses (:class:`ConversionError` naming the file) pixel data that are shorter
+    than Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated claim
+    (uncompressed syntaxes), run past the end of the file, or, encapsulated, hold
+    fewer fragments than frames; GDCM fills the missing voxels with zeros without
+    a word. ``None`` when pydicom cannot parse the file (GDCM's own checks only).
+    """
+    import warnings
+
+    import pydicom
+
+    path = Path(name)
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(name, force=True, defer_size=1024)
+        if any("End of file reached before delimiter" in str(w.message) for w in said):
+            raise ConversionError(
+                path,
+                "the file ends inside a sequence or its compressed pixel data: it is cut short",
+            )
+        syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
+        try:
+            element = next(
+                (ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None
+            )
+        except TypeError:  # pydicom < 3: deferred values stay raw anyway
+            element = next((ds.get_item(t) for t in _PIXEL_TAGS if t in ds), None)
+        if element is None:
+            return None
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        length, tell = int(element.length), getattr(element, "value_tell", None)
+    except ConversionError:
+        raise
+    except Exception:  # pydicom raises many types for damaged files
+        return None
+    if rows <= 0 or cols <= 0 or bits <= 0 or frames <= 0 or samples <= 0:
+        return None  # GDCM refuses or makes up its own layout
+    claimed = (rows * cols * samples * frames * bits + 7) // 8
+    size = path.stat().st_size
+    undefined = length == 0xFFFFFFFF
+    if syntax == _DICOM_DEFLATED:  # the whole data set is deflated: only its ratio bounds it
+        _check_claimed_size(path, claimed, size * _DEFLATE_MAX_RATIO)
+        return claimed
+    if undefined:  # encapsulated (compressed) frames
+        if tell is not None:
+            with open(name, "rb") as fh:
+                fragments = _dicom_fragments(fh, int(tell), size)
+            if fragments < 0:
+                raise ConversionError(
+                    path, "its compressed pixel data run past the end of the file: it is cut short"
+                )
+            if fragments < frames:
+                raise ConversionError(
+                    path,
+                    f"it claims {frames} compressed frames but holds {fragments} fragments of "
+                    "pixel data: it is cut short or damaged",
+                )
+        _check_claimed_size(path, claimed, None)
+        return claimed
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422" and samples == 3:
+        claimed = (rows * cols * 2 * frames * bits + 7) // 8  # two values a pixel
+    if tell is not None and int(tell) + length > size:
+        raise ConversionError(
+            path,
+            f"its pixel data element claims {length} bytes but the file ends after "
+            f"{max(0, size - int(tell))}: it is cut short",
+        )
+    if length < claimed:
+        raise ConversionError(
+            path,
+            f"its pixel data hold {length} bytes but Rows x Columns x SamplesPerPixel x frames "
+            f"x BitsAllocated ({rows} x {cols} x {samples} x {frames} x {bits} bits) need "
+            f"{claimed}: it is cut short or its header is damaged",
+        )
+    return claimed
+
+
+def _check_dicom_pixels(path: Path, files: list[str]) -> None:
+    """Check every file's pixel data (:func:`_dicom_pixel_bytes`) and the series'
+    total against memory, before GDCM allocates what the headers claim."""
+    _require("pydicom", path)
+    total = sum(_dicom_pixel_bytes(name) or 0 for name in files)
+    _check_claimed_size(path, total, None)
+
+
 def _dicom_series(sitk: Any, folder: Path, series: str | None) -> tuple[list[str], str]:
     reader = sitk.ImageSeriesReader
     ids = list(reader.GetGDCMSeriesIDs(str(folder)))
@@ -924,6 +1038,7 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames(files)
                 reader.MetaDataDictionaryArrayUpdateOn()
+                _check_dicom_pixels(path, files)
                 img = reader.Execute()
                 _check_dicom_spacing(path, reader, len(files))
                 img = _rescaled_per_slice(sitk, reader, img, len(files))
@@ -935,6 +1050,8 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                 reader.SetFileName(str(path))
                 if fmt == "metaimage":  # ITK finds it by the lower-case suffix only
                     reader.SetImageIO("MetaImageIO")
+                if fmt == "dicom":
+                    _check_dicom_pixels(path, [str(path)])
                 with _printed_by_readers(said) if fmt == "metaimage" else contextlib.nullcontext():
                     reader.ReadImageInformation()
                 n_voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
