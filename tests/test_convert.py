@@ -389,6 +389,45 @@ def test_pydicoms_test_files_pass_the_pixel_data_check():
     assert refused == ["MR_truncated.dcm"]
 
 
+_SERIES_PEAK = r"""
+import sys
+from pathlib import Path
+import pydicom, SimpleITK  # imported before the baseline is taken
+from mlarray import MLArray
+from mlarray.convert import convert_file
+
+
+def high_water():  # this process's peak RSS (ru_maxrss would carry the parent's over exec)
+    with open("/proc/self/status") as fh:
+        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith("VmHWM"))
+
+
+folder = Path(sys.argv[1])
+before = high_water()
+convert_file(folder / "ct", folder / "ct.mla")
+peak = high_water() - before
+print(peak, *MLArray.open(folder / "ct.mla").shape)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS read from /proc")
+def test_dicom_series_import_holds_about_one_volume(tmp_path):
+    """A 128 MiB series imported in a child process: its peak RSS grows by about one
+    volume (SimpleITK's), not four (GDCM's folder scan kept in the heap, a copy of the
+    image as an array, another one while copying)."""
+    from mlarray.convert import to_file
+    from tests._children import run_python
+
+    shape = (64, 1024, 1024)  # 128 MiB of int16
+    a = np.broadcast_to(np.arange(1024, dtype=np.int16), shape)
+    a = a + np.arange(64, dtype=np.int16)[:, None, None]
+    MLArray(a).save(tmp_path / "v.mla")
+    to_file(tmp_path / "v.mla", tmp_path / "ct", format="dicom")
+    grown, *stored = (int(v) for v in run_python(_SERIES_PEAK, tmp_path).split())
+    assert tuple(stored) == shape
+    assert grown < 1.6 * a.nbytes, f"the peak grew by {grown / a.nbytes:.2f} volumes"
+
+
 def test_single_dicom_file():
     from pydicom.data import get_testdata_file
 

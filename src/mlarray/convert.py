@@ -1027,6 +1027,30 @@ def _check_metaimage_zlib(path: Path) -> None:
         raise ConversionError(path, "the compressed voxel data end early: the file is cut short")
 
 
+def _release_freed_memory() -> None:
+    """Give memory freed by C code back to the system (glibc keeps what GDCM's scan of a
+    folder freed, about the size of the series, in its heap, and the volume read next
+    does not reuse it); nothing where the C library has no ``malloc_trim``."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+class _ImageBuffer:
+    """The voxel buffer of a SimpleITK image, kept alive as long as an array on it."""
+
+    def __init__(self, image: Any, view: np.ndarray) -> None:
+        self.image = image  # SimpleITK's own view does not keep the image alive
+        self.__array_interface__ = view.__array_interface__
+
+
+def _image_voxels(sitk: Any, img: Any) -> np.ndarray:
+    """The voxels of SimpleITK image ``img`` as an array on its own buffer, not a copy
+    (``GetArrayFromImage`` held the volume twice, and briefly three times)."""
+    return np.asarray(_ImageBuffer(img, sitk.GetArrayViewFromImage(img)))
+
+
 def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None) -> _Loaded:
     sitk = _require("SimpleITK", path)
     notes: list[str] = []
@@ -1035,6 +1059,7 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
         try:
             if path.is_dir():
                 files, uid = _dicom_series(sitk, path, series)
+                _release_freed_memory()  # GDCM's scan of the folder leaves ~the series behind
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames(files)
                 reader.MetaDataDictionaryArrayUpdateOn()
@@ -1067,18 +1092,20 @@ def _read_sitk(path: Path, fmt: str, series: str | None, fourth_axis: str | None
                     if checked is not None:
                         checked()  # raises what the check found, before ITK's error
                 source = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
-            data = sitk.GetArrayFromImage(img)
+            why = None
             if fmt == "dicom":
                 if path.is_dir():
                     why = _miscoded(files, lambda i: _sitk_layout(reader.GetMetaData, i))
                 else:
                     files = [str(path)]
                     why = _miscoded(files, lambda i: _sitk_layout(img.GetMetaData))
-                if why is not None:
-                    data = _pydicom_pixels(path, files, data, why)
-                    notes.append(
-                        f"its {why} were decoded with pydicom (SimpleITK decodes them wrongly)"
-                    )
+            reader = None  # a series reader shares its output's buffer: the view would copy it
+            data = _image_voxels(sitk, img)
+            if fmt == "dicom" and why is not None:
+                data = _pydicom_pixels(path, files, data, why)
+                notes.append(
+                    f"its {why} were decoded with pydicom (SimpleITK decodes them wrongly)"
+                )
         except ConversionError:
             raise
         except RuntimeError as exc:
