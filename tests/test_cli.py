@@ -269,6 +269,28 @@ def test_preview_of_a_colour_picture_draws_its_colours(tmp_path):
     assert red.sum() > 300 and green.sum() > 300, (red.sum(), green.sum())
 
 
+def test_an_input_named_twice_is_processed_once_not_refused(tmp_path):
+    """A folder and a file in it, a glob and a file it matches, one file twice: every
+    file is processed once (was: the whole run refused, "no such .mla file")."""
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    for name in ("data/a.mla", "data/sub/b.mla"):
+        MLArray(np.ones((4, 8, 8), np.int16)).save(tmp_path / name)
+    a, b, data = tmp_path / "data" / "a.mla", tmp_path / "data" / "sub" / "b.mla", tmp_path / "data"
+    out = run_cli("info", "--json", a, a, check_rc=0).stdout
+    assert len(json.loads(out)) == 1
+    out = run_cli("info", "--json", data, b, a, check_rc=0).stdout
+    assert sorted(Path(x["path"]).name for x in json.loads(out)) == ["a.mla", "b.mla"]
+    run_cli("stats", data, data / "sub", check_rc=0)
+    assert MLArray.open(b).meta.stats.max == 1
+    run_cli("recompress", str(data / "*.mla"), a, "--codec", "zstd", check_rc=0)
+    (tmp_path / "out").mkdir()
+    run_cli("convert", data, b, tmp_path / "out", check_rc=0)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "a.nii.gz",
+        "b.nii.gz",
+    ]
+
+
 def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)

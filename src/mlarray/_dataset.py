@@ -158,14 +158,18 @@ def expand_inputs(
     unmatched: list[str] = []
     seen: set[Path] = set()
 
+    found = False  # whether the current pattern matched a file (listed before or not)
+
     def add(p: Path, root: Path) -> None:
+        nonlocal found
+        found = True
         key = p.resolve()
         if key not in seen:
             seen.add(key)
             items.append((p, root))
 
     for pattern in patterns:
-        before = len(items)
+        found = False
         matches = (
             [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
             if is_pattern(pattern)
@@ -179,7 +183,7 @@ def expand_inputs(
                     add(p, own_root if p == m else m)
             elif m.is_file() and (accept(m) or not is_pattern(pattern)):
                 add(m, own_root)
-        if len(items) == before:
+        if not found:  # a pattern whose files an earlier one named did match
             unmatched.append(pattern)
     return items, unmatched
 
