@@ -291,6 +291,24 @@ def test_an_input_named_twice_is_processed_once_not_refused(tmp_path):
     ]
 
 
+def test_convert_of_one_file_with_json_prints_its_row_as_json(tmp_path):
+    """``mlarray convert IN OUT --json`` prints the JSON object of the row folder mode
+    prints for that file (was: the text line ``IN -> OUT``), also for a failure."""
+    src = tmp_path / "one.mla"
+    MLArray(np.ones((4, 8, 8), np.int16)).save(src)
+    proc = run_cli("convert", src, tmp_path / "one.nii.gz", "--json", check_rc=0)
+    row = json.loads(proc.stdout)
+    assert row["status"] == "ok" and Path(row["dst"]) == tmp_path / "one.nii.gz"
+    assert row["in_bytes"] == src.stat().st_size
+    assert row["out_bytes"] == (tmp_path / "one.nii.gz").stat().st_size
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    proc = run_cli("convert", bad, tmp_path / "bad.mla", "--json", check_rc=1)
+    row = json.loads(proc.stdout)
+    assert row["status"] == "failed" and "bad.nii.gz" in row["message"]
+    assert not (tmp_path / "bad.mla").exists()
+
+
 def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)

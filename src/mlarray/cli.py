@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -400,7 +401,10 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         raise UsageError(f"{dst}: the output folder {dst.parent} does not exist")
     if dst.exists() and not args.overwrite:
         raise UsageError(f"{dst}: exists already (use --overwrite to replace it)")
+    from mlarray._dataset import Row, _size, as_json_rows
+
     progress, close = _chunk_progress(f"{src.name} -> {dst.name}")
+    t0 = time.perf_counter()
     try:
         result = convert_file(
             src,
@@ -414,12 +418,29 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         close()
         if args.debug:
             traceback.print_exc()
-        _write(f"mlarray: error: {_one_line(exc, src)}", err=True)
+        message = _one_line(exc, src)
+        _write(f"mlarray: error: {message}", err=True)
+        if args.json:  # the row folder mode prints for this file
+            row = Row(str(src), str(dst), "failed", message, time.perf_counter() - t0)
+            _write(json.dumps(as_json_rows([row])[0], indent=2))
         return EXIT_FAILED
     close()
     for note in result.notes:
         _write(f"{src}: {note}", err=True)
-    _write(f"{src} -> {dst}")
+    if args.json:  # one object, as `info --json` gives for one file argument
+        row = Row(
+            str(src),
+            str(dst),
+            "ok",
+            "",
+            time.perf_counter() - t0,
+            _size(src),
+            _size(dst),
+            list(result.notes),
+        )
+        _write(json.dumps(as_json_rows([row])[0], indent=2))
+    else:
+        _write(f"{src} -> {dst}")
     return 0
 
 
