@@ -309,6 +309,31 @@ def test_convert_of_one_file_with_json_prints_its_row_as_json(tmp_path):
     assert not (tmp_path / "bad.mla").exists()
 
 
+def test_dicom_export_run_again_says_exists_or_replaces_the_series(tmp_path):
+    """``mlarray convert case.mla case_dicom --to dicom`` run again: "exists already"
+    (exit 2), and with --overwrite the series is replaced (was: a second series nested
+    in case_dicom/case/, the old one left where converting back reads it). A folder
+    holding anything else still receives the series inside it."""
+    case, out = tmp_path / "case.mla", tmp_path / "case_dicom"
+    first = np.arange(4 * 16 * 16, dtype=np.int16).reshape(4, 16, 16)
+    MLArray(first, spacing=(2, 1, 1)).save(case)
+    run_cli("convert", case, out, "--to", "dicom", check_rc=0)
+    names = sorted(p.name for p in out.iterdir())
+    proc = run_cli("convert", case, out, "--to", "dicom", check_rc=2)
+    assert "exists already" in proc.stderr and "case_dicom" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == names  # nothing nested, nothing lost
+    MLArray(first[::-1].copy(), spacing=(2, 1, 1)).save(case)  # new content
+    run_cli("convert", case, out, "--to", "dicom", "--overwrite", check_rc=0)
+    assert all(p.is_file() for p in out.iterdir())
+    run_cli("convert", out, tmp_path / "back.mla", check_rc=0)
+    np.testing.assert_array_equal(MLArray.open(tmp_path / "back.mla")[...], first[::-1])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    run_cli("convert", case, mine, "--to", "dicom", check_rc=0)
+    assert (mine / "notes.txt").read_text() == "keep" and (mine / "case").is_dir()
+
+
 def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)

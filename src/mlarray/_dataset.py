@@ -115,6 +115,18 @@ def dicom_files_in(folder: Path) -> bool:
     return any(e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
 
 
+def is_series_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds one DICOM series folder's files only: DICOM files (see
+    :func:`dicom_files_in`), no subfolders, nothing else (what ``mlarray convert ...
+    --to dicom`` writes). Such a folder named as the output of one input is that
+    export's destination, not a folder to put the output into."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return bool(entries) and all(e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
+
+
 def _wanted(path: Path, accept: Callable[[Path], bool]) -> bool:
     return not path.name.startswith(".") and accept(path)
 

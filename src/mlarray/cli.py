@@ -456,7 +456,13 @@ def _dataset_target(item: Path, root: Path, out: Path, to_suffix: str) -> Path:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from mlarray._dataset import Task, dicom_files_in, expand_inputs, is_pattern
+    from mlarray._dataset import (
+        Task,
+        dicom_files_in,
+        expand_inputs,
+        is_pattern,
+        is_series_folder,
+    )
     from mlarray.convert import image_format
 
     if len(args.paths) < 2:
@@ -464,6 +470,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     *inputs, out_arg = args.paths
     out = Path(out_arg)
     one = Path(inputs[0]) if len(inputs) == 1 and not is_pattern(inputs[0]) else None
+    if one is not None and one.is_file() and args.to == "dicom" and is_series_folder(out):
+        # the series an earlier run wrote there: exists already, or --overwrite replaces it
+        return _single_convert(args, one, out)
     if one is not None and not out.is_dir():
         if not one.exists():
             raise UsageError(f"{one}: no such file or folder")
