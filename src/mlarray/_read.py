@@ -64,6 +64,7 @@ __all__ = [
     "read_cached",
     "read_memory_error",
     "read_plane_direct",
+    "short_of_memory",
     "take",
 ]
 
@@ -106,6 +107,16 @@ def _empty(shape: tuple[int, ...], dtype: Any, what: str) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
     except MemoryError:
         raise DecodeMemoryError(int(np.prod(shape)) * np.dtype(dtype).itemsize, what) from None
+
+
+def short_of_memory(nbytes: int) -> bool:
+    """Whether ``nbytes`` of memory cannot be had now (reserved, never touched): how a
+    failure c-blosc2 reports only as "failed" is told apart from bad data."""
+    try:
+        np.empty(max(int(nbytes), 1), dtype=np.uint8)
+    except MemoryError:
+        return True
+    return False
 
 
 #: Memory of decoded block layers that nothing references any more, kept for the next

@@ -1030,7 +1030,9 @@ def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> ML
             f"cannot write: {os.strerror(err)}{limit} (a file that was there is unchanged)",
             err,
         )
-    if _short_of_memory(room):  # compressing a chunk needs about that much
+    from mlarray._read import short_of_memory  # error path: not loaded at import
+
+    if short_of_memory(room):  # compressing a chunk needs about that much
         return MLArrayMemoryError(
             f"{target}: not enough memory to write a chunk of up to {room} bytes "
             "compressed (a file that was there is unchanged); a smaller chunk size needs less"
@@ -1191,7 +1193,9 @@ def copy_by_chunks(
         except (RuntimeError, ValueError) as exc:
             if isinstance(exc, MLArrayError) or not isinstance(src, blosc2.NDArray):
                 raise
-            if _short_of_memory(_read_room(src, box)):  # c-blosc2 says only that it failed
+            from mlarray._read import short_of_memory  # error path: not loaded at import
+
+            if short_of_memory(_read_room(src, box)):  # c-blosc2 says only that it failed
                 raise _copy_memory_error(src, src_path, box, dtype) from None
             raise integrity.damage_error(
                 src,
@@ -1206,15 +1210,6 @@ def copy_by_chunks(
         dst[slc] = block
         if progress is not None:
             progress(i, len(slices))
-
-
-def _short_of_memory(nbytes: int) -> bool:
-    """Whether ``nbytes`` of memory cannot be had now (reserved, never touched)."""
-    try:
-        np.empty(max(int(nbytes), 1), dtype=np.uint8)
-    except MemoryError:
-        return True
-    return False
 
 
 def _read_room(src: Any, box: tuple) -> int:

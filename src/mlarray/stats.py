@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mlarray import _direct, _maps
-from mlarray._read import DecodeMemoryError
+from mlarray._read import DecodeMemoryError, _empty, short_of_memory
 from mlarray.errors import MetaValidationError, MLArrayError, MLArrayMemoryError
 
 __all__ = ["STAT_KEYS", "compute_stats"]
@@ -361,7 +361,7 @@ def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     bitems, citems = math.prod(blocks), math.prod(ext)
     dtype = np.dtype(array.dtype)
     group = max(1, _SLAB_ELEMENTS // bitems)  # blocks per read
-    buf = _decode_buffer(group * bitems, dtype)
+    buf = _empty((group * bitems,), dtype, "a decode buffer")
     get_slice = array.schunk.get_slice
     grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
     for nchunk, cidx in enumerate(itertools.product(*grid)):
@@ -427,13 +427,6 @@ def _without_padding(
     return flat.reshape(full)[np.broadcast_to(mask, full)]
 
 
-def _decode_buffer(items: int, dtype: np.dtype) -> np.ndarray:
-    try:
-        return np.empty(items, dtype=dtype)
-    except MemoryError:
-        raise DecodeMemoryError(items * dtype.itemsize, "a decode buffer") from None
-
-
 def _decode(
     get_slice: Any, start: int, items: int, out: np.ndarray, blocks: tuple, dtype: np.dtype
 ) -> None:
@@ -445,9 +438,7 @@ def _decode(
         # c-blosc2 needs a few buffers of a block per decoding thread: if that much
         # memory cannot be had now, that is what failed; else the data are bad
         need = _DECODER_BUFFERS * math.prod(blocks) * dtype.itemsize
-        try:
-            np.empty(need, dtype=np.uint8)  # reserved, never touched
-        except MemoryError:
+        if short_of_memory(need):
             raise DecodeMemoryError(need, "decoding the blocks") from None
         raise
 
