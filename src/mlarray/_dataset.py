@@ -13,7 +13,7 @@ import glob
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +108,7 @@ def dicom_files_in(folder: Path) -> bool:
 
     A ``DICOMDIR`` (the index at the root of a CD or PACS export) does not count.
     """
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return False
-    return any(e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
+    return any(_dicom_entries(folder))
 
 
 def is_series_folder(folder: Path) -> bool:
@@ -120,11 +116,22 @@ def is_series_folder(folder: Path) -> bool:
     :func:`dicom_files_in`), no subfolders, nothing else (what ``mlarray convert ...
     --to dicom`` writes). Such a folder named as the output of one input is that
     export's destination, not a folder to put the output into."""
+    listed = False
+    for is_dicom in _dicom_entries(folder):
+        if not is_dicom:
+            return False
+        listed = True
+    return listed
+
+
+def _dicom_entries(folder: Path) -> Iterator[bool]:
+    """Per entry of ``folder``, lazily (callers stop at the answer): whether it is a DICOM
+    file (a ``DICOMDIR`` is not); nothing if the folder cannot be listed."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return False
-    return bool(entries) and all(e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
+        return iter(())
+    return (e.is_file() and _is_dicom_slice(Path(e.path)) for e in entries)
 
 
 def _wanted(path: Path, accept: Callable[[Path], bool]) -> bool:
