@@ -401,7 +401,7 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         raise UsageError(f"{dst}: the output folder {dst.parent} does not exist")
     if dst.exists() and not args.overwrite:
         raise UsageError(f"{dst}: exists already (use --overwrite to replace it)")
-    from mlarray._dataset import Row, _size, as_json_rows
+    from mlarray._dataset import Row, _size
 
     progress, close = _chunk_progress(f"{src.name} -> {dst.name}")
     t0 = time.perf_counter()
@@ -421,27 +421,25 @@ def _single_convert(args: argparse.Namespace, src: Path, dst: Path) -> int:
         message = _one_line(exc, src)
         _write(f"mlarray: error: {message}", err=True)
         if args.json:  # the row folder mode prints for this file
-            row = Row(str(src), str(dst), "failed", message, time.perf_counter() - t0)
-            _write(json.dumps(as_json_rows([row])[0], indent=2))
+            _write_row(Row(str(src), str(dst), "failed", message, time.perf_counter() - t0))
         return EXIT_FAILED
     close()
     for note in result.notes:
         _write(f"{src}: {note}", err=True)
     if args.json:  # one object, as `info --json` gives for one file argument
-        row = Row(
-            str(src),
-            str(dst),
-            "ok",
-            "",
-            time.perf_counter() - t0,
-            _size(src),
-            _size(dst),
-            list(result.notes),
-        )
-        _write(json.dumps(as_json_rows([row])[0], indent=2))
+        seconds = time.perf_counter() - t0
+        notes = list(result.notes)
+        _write_row(Row(str(src), str(dst), "ok", "", seconds, _size(src), _size(dst), notes))
     else:
         _write(f"{src} -> {dst}")
     return 0
+
+
+def _write_row(row: Any) -> None:
+    """Print one :class:`mlarray._dataset.Row` as the JSON object folder mode lists."""
+    from mlarray._dataset import as_json_rows
+
+    _write(json.dumps(as_json_rows([row])[0], indent=2))
 
 
 def _dataset_target(item: Path, root: Path, out: Path, to_suffix: str) -> Path:
