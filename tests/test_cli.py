@@ -334,6 +334,49 @@ def test_dicom_export_run_again_says_exists_or_replaces_the_series(tmp_path):
     assert (mine / "notes.txt").read_text() == "keep" and (mine / "case").is_dir()
 
 
+def test_dicom_export_overwrite_never_replaces_a_folder_holding_other_files(tmp_path):
+    """A DICOM export replaces an existing series folder, an empty folder, nothing else:
+    ``to_file(img, folder, format="dicom")`` (overwrite is its default) and ``mlarray
+    convert IN/ OUT/ --to dicom --overwrite`` deleted whatever the folder held (was: the
+    user's OUT/case/notes.txt gone, the folder replaced by the series)."""
+    from mlarray.convert import to_file
+
+    img = MLArray(np.arange(3 * 8 * 8, dtype=np.int16).reshape(3, 8, 8), spacing=(2, 1, 1))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConversionError, match=r"mine.*other than a DICOM series"):
+        to_file(img, mine, format="dicom")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    with pytest.raises(ConversionError, match="not a folder"):
+        to_file(img, afile, format="dicom")
+    assert afile.read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    to_file(img, empty, format="dicom")
+    assert len(list(empty.iterdir())) == 3
+    flipped = MLArray(img[...][::-1].copy(), spacing=(2, 1, 1))
+    to_file(flipped, empty, format="dicom")
+    # the new series, voxel for voxel at its world positions (GDCM may order the slices
+    # either way along the normal)
+    # (the image has no coord_system: its geometry is taken as RAS)
+    flipped_world = (flipped[...], np.asarray(flipped.affine, dtype=np.float64))
+    assert_same_world(*flipped_world, *ours(from_file(empty)), atol=1e-4)
+    # folder mode: OUT/case/ is the output of data/case.mla, the user's notes are in it
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    img.save(data / "case.mla")
+    (out / "case").mkdir()
+    (out / "case" / "notes.txt").write_text("keep")
+    proc = run_cli("convert", data, out, "--to", "dicom", "--overwrite", check_rc=1)
+    assert "other than a DICOM series" in proc.stdout + proc.stderr
+    assert [p.name for p in (out / "case").iterdir()] == ["notes.txt"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 def test_reference_named_commands(tmp_path):
     nrrd = oblique_sitk(tmp_path, ".nrrd")
     run_cli(nrrd, tmp_path / "a.mla", exe=BIN / "mlarray_convert", check_rc=0)

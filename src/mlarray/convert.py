@@ -2242,13 +2242,44 @@ def _slices(data: _Layout | np.ndarray, dtype: np.dtype) -> Iterator[tuple[int, 
         del slab
 
 
+def _check_replaceable_series(target: Path) -> None:
+    """Refuse to replace ``target`` unless it is an empty folder or a DICOM series folder
+    (DICOM files only, as a DICOM export writes): any other file or folder there is the
+    user's, and replacing the folder would delete it."""
+    from mlarray._dataset import is_series_folder
+
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ConversionError(
+            target, "exists and is not a folder; a DICOM series is written as a folder"
+        )
+    try:
+        empty = not any(os.scandir(target))
+    except OSError as exc:
+        raise ConversionError(target, f"cannot list the existing folder ({exc})") from None
+    if not empty and not is_series_folder(target):
+        raise ConversionError(
+            target,
+            "exists and holds files other than a DICOM series (or subfolders); it is not "
+            "replaced: write the series to a new folder",
+        )
+
+
 def _publish_folder(tmpdir: Path, target: Path) -> None:
-    """Put the folder written as ``tmpdir`` in place of ``target`` (an old one goes last)."""
+    """Put the folder written as ``tmpdir`` in place of ``target`` (an old series goes last;
+    it is put back if the new one cannot take its place)."""
+    _check_replaceable_series(target)
     old = None
-    if target.exists():
+    if os.path.lexists(target):
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-    os.replace(tmpdir, target)
+    try:
+        os.replace(tmpdir, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -2277,7 +2308,9 @@ def to_file(
     path : str or Path
         Output; the format follows the suffix, or ``format``.
     overwrite : bool
-        Replace an existing output (default True, as ``save`` does).
+        Replace an existing output (default True, as ``save`` does). A DICOM series
+        replaces only an empty folder or one holding DICOM files only; a folder holding
+        anything else is refused, never deleted.
     notes : list of str, optional
         Receives what the user should be told (an assumed world frame).
     format : {"dicom"}, optional
@@ -2309,6 +2342,8 @@ def to_file(
         raise ConversionError(target, f"the output folder {target.parent} does not exist")
     if target.exists() and not overwrite:
         raise ConversionError(target, "exists already (use --overwrite to replace it)")
+    if fmt == "dicom":
+        _check_replaceable_series(target)  # before a voxel is read
     img = mlarray if isinstance(mlarray, MLArray) else MLArray.open(mlarray)
     told: list[str] = [] if notes is None else notes
     if fmt == "mla":
