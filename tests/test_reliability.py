@@ -662,8 +662,9 @@ def _record_cases(tmp_path: Path) -> dict[str, Path]:
         set_record(p, value)
         cases[name] = p
 
-    # 454 bytes of gzip: tens of millions of one-byte "empty list" opcodes
+    # 39 KB of gzip: tens of millions of one-byte "empty list" opcodes
     make("opcode_bomb", gzip.compress(b"\x80\x04" + b"]" * 40_000_000, mtime=0))
+    # ints that all hash to 0; refused as keys (only ints below 2**61 - 1 in magnitude pass)
     colliding = {i * (2**61 - 1): 0 for i in range(2000)}
     make("colliding_keys", gzip.compress(pickle.dumps(colliding, 4), mtime=0))
     make("float_keys", gzip.compress(pickle.dumps({0.5: 1}, 4), mtime=0))
