@@ -1101,6 +1101,24 @@ def test_nthreads_below_one_are_accepted_as_blosc2_and_the_reference_do(tmp_path
     assert np.array_equal(MLArray.load(tmp_path / "u.mla")[...], _X3)
 
 
+def test_nthreads_beyond_the_cores_run_one_thread_per_core(tmp_path):
+    """nthreads of 40000 in cparams or dparams (over c-blosc2's int16) saved and read as
+    one thread per core, recorded as given (was: OverflowError 'value too large to
+    convert to int16_t' from inside Blosc2)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    given = MLArray(_X3, dparams={"nthreads": 40000}, cparams={"nthreads": 40000})
+    assert given._store.schunk.cparams.nthreads == cores
+    given.save(tmp_path / "g.mla")
+    back = MLArray.open(tmp_path / "g.mla")
+    assert np.array_equal(back[...], _X3) and back.meta.blosc2.dparams == {"nthreads": 40000}
+    assert back._store.schunk.dparams.nthreads <= cores
+    big = MLArray.open(tmp_path / "g.mla", dparams={"nthreads": 40000})
+    assert np.array_equal(big[...], _X3)
+    assert np.array_equal(MLArray.load(tmp_path / "g.mla", dparams={"nthreads": 1 << 20})[...], _X3)
+
+
 @needs_reference
 def test_reference_files_recording_nthreads_below_one_resave_and_recompress(tmp_path):
     from mlarray.cli import main

@@ -38,7 +38,8 @@ cparams : dict, blosc2.CParams or None
     (``meta.is_seg``), and no filter for one-byte dtypes
     (:data:`NO_FILTER`). Compression runs on every usable core unless
     ``nthreads`` is given (not recorded); any int is accepted, as by
-    Blosc2, and one below 1 (0, or -1) runs one thread, as c-blosc2 does.
+    Blosc2: one below 1 (0, or -1) runs one thread, as c-blosc2 does, and
+    one above the usable cores (up to any size) one thread per core.
     ``codec`` must be a :class:`blosc2.Codec` or a codec registered in this
     process with :func:`blosc2.register_codec`; another id raises
     :class:`~mlarray.errors.MetaValidationError` (a ValueError, as the
@@ -47,7 +48,8 @@ dparams : dict, blosc2.DParams or None
     Decompression parameters; unset keys take :data:`DEFAULT_DPARAMS`
     (``{"nthreads": 1}``: right for data loaders, which run one process per
     core; ``nthreads`` below 1, e.g. 0 or -1, also means one thread, as in
-    Blosc2). Whole-volume reads and viewers decode faster on every core:
+    Blosc2, and one above the usable cores one per core). Whole-volume
+    reads and viewers decode faster on every core:
     ``MLArray.open(path, dparams={"nthreads": usable_cores()})`` (the napari
     reader does this); see benchmarks/RESULTS.md, "Full load".
 compressed : bool
@@ -571,20 +573,19 @@ class StorageOptions:
         """``cparams`` as a :class:`blosc2.CParams`, ``typesize`` from ``dtype`` unless set."""
         kwargs = {k: list(v) if isinstance(v, list) else v for k, v in self.cparams.items()}
         kwargs.setdefault("typesize", max(1, min(255, np.dtype(dtype).itemsize)))
-        # nthreads < 1 runs one thread, as in Blosc2; 1 in a forked child: c-blosc2's
-        # thread pools do not survive fork (mlarray._fork)
-        n = kwargs.get("nthreads", usable_cores())
-        kwargs["nthreads"] = 1 if _fork.forked() else max(1, int(n))
+        # nthreads < 1 runs one thread, as in Blosc2, more than the cores runs one per core
+        # (c-blosc2 holds it in an int16: 40000 was an OverflowError); 1 in a forked
+        # child: c-blosc2's thread pools do not survive fork (mlarray._fork)
+        kwargs["nthreads"] = _fork.threads(kwargs.get("nthreads", usable_cores()))
         if "filters" in kwargs:
             kwargs.setdefault("filters_meta", [0] * len(kwargs["filters"]))
         return blosc2.CParams(**kwargs)
 
     def blosc2_dparams(self) -> blosc2.DParams:
-        """``dparams`` as a :class:`blosc2.DParams` (``nthreads`` below 1 runs one thread,
-        as in Blosc2; one thread in a forked child)."""
+        """``dparams`` as a :class:`blosc2.DParams` (``nthreads`` clamped to 1..cores as
+        for ``cparams``; one thread in a forked child)."""
         kwargs = dict(self.dparams)
-        n = kwargs.get("nthreads", 1)
-        kwargs["nthreads"] = 1 if _fork.forked() else max(1, int(n))
+        kwargs["nthreads"] = _fork.threads(kwargs.get("nthreads", 1))
         return blosc2.DParams(**kwargs)
 
     def blosc2_kwargs(self, dtype: Any) -> dict[str, Any]:
