@@ -428,6 +428,24 @@ def test_dicom_series_import_holds_about_one_volume(tmp_path):
     assert grown < 1.6 * a.nbytes, f"the peak grew by {grown / a.nbytes:.2f} volumes"
 
 
+def test_dicom_series_import_where_ctypes_cannot_load_the_c_library(tmp_path, monkeypatch):
+    """Where ``ctypes.CDLL(None)`` is a TypeError (Windows) a series still imports (was:
+    a bare TypeError from the memory release after GDCM's folder scan, every series)."""
+    import ctypes
+
+    real = ctypes.CDLL
+
+    class WindowsCDLL(real):  # ctypes on Windows: no handle for the process itself
+        def __init__(self, name, *args, **kwargs):
+            if name is None:
+                raise TypeError("LoadLibrary() argument 1 must be str, not None")
+            super().__init__(name, *args, **kwargs)
+
+    affine_lps, expected = make_dicom_series(tmp_path / "ct", n_slices=4)
+    monkeypatch.setattr(ctypes, "CDLL", WindowsCDLL)
+    assert_same_world(expected, LPS_TO_RAS @ affine_lps, *ours(from_file(tmp_path / "ct")))
+
+
 def test_single_dicom_file():
     from pydicom.data import get_testdata_file
 

@@ -39,6 +39,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1030,10 +1031,13 @@ def _check_metaimage_zlib(path: Path) -> None:
 def _release_freed_memory() -> None:
     """Give memory freed by C code back to the system (glibc keeps what GDCM's scan of a
     folder freed, about the size of the series, in its heap, and the volume read next
-    does not reuse it); nothing where the C library has no ``malloc_trim``."""
+    does not reuse it); nothing off Linux or where the C library has no ``malloc_trim``
+    (musl). ``ctypes.CDLL(None)`` is a TypeError on Windows."""
+    if not sys.platform.startswith("linux"):
+        return
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(None).malloc_trim(0)
 
 
