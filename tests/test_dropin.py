@@ -1185,3 +1185,17 @@ def test_meta_module_helpers_the_reference_exports():
         v("spatial_x", "axis_labels")
     with pytest.raises(TypeError, match=r"axis_labels\[0\] must be a str or AxisLabelEnum"):
         v([1, 2], "axis_labels")
+
+
+def test_the_format_version_on_a_meta_compares_and_prints_as_its_string(tmp_path):
+    """The reference holds ``meta._mlarray_version`` of an MLArray as the str "v0":
+    scripts compare it with a string and print it (was: never equal, printed as
+    ``MetaVersion(mlarray_version='v0')``)."""
+    from mlarray.meta import MetaVersion
+
+    a = MLArray(_X3)
+    a.save(tmp_path / "v.mla")
+    for meta in (a.meta, MLArray.open(tmp_path / "v.mla").meta):
+        assert meta._mlarray_version == "v0" and str(meta._mlarray_version) == "v0"
+        assert f"{meta._mlarray_version}" == "v0" and meta._mlarray_version != "v1"
+    assert MetaVersion("v0") == MetaVersion("v0") != MetaVersion("v1")

@@ -1203,11 +1203,27 @@ class MetaImageFormat(SingleKeyBaseMeta):
     image_meta_format: str | None = _parsed(parse_optional_str, internal=True)
 
 
-@dataclass
+@dataclass(eq=False)
 class MetaVersion(SingleKeyBaseMeta):
-    """Format version string (``"v0"``); read-only."""
+    """Format version string (``"v0"``); read-only.
+
+    Compares equal to that string and prints as it: the reference package holds a plain
+    ``str`` there on an MLArray's meta (``meta._mlarray_version == "v0"``).
+    """
 
     mlarray_version: str | None = _parsed(parse_optional_str, internal=True)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is type(self):
+            return self.value == other.value  # type: ignore[attr-defined]
+        if isinstance(other, str):
+            return self.value == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return self.value if self.value is not None else repr(self)
 
 
 def _default_version() -> MetaVersion:
