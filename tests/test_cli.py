@@ -736,6 +736,20 @@ def test_stats_command_names_a_damaged_chunk_and_leaves_the_file(tmp_path, capsy
     assert p.read_bytes() == bytes(raw)
 
 
+def test_stats_of_an_all_nan_or_empty_volume_is_done_with_nothing_to_summarise(tmp_path, capsys):
+    """``mlarray stats`` on an all-NaN or a size-0 volume: done, exit 0, the stats stored
+    unset (was: the file rewritten, then the row 'failed' with "unsupported format string
+    passed to NoneType.__format__", exit 1)."""
+    nan, empty = tmp_path / "allnan.mla", tmp_path / "empty.mla"
+    MLArray(np.full((4, 5), np.nan, np.float32), patch_size=None).save(nan)
+    MLArray(np.zeros((0, 5), np.float32), patch_size=None).save(empty)
+    assert main(["stats", str(nan), str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert "2 done" in out and "NoneType" not in out and out.count("no values") == 2, out
+    for p in (nan, empty):
+        assert MLArray.open(p).meta.stats.min is None
+
+
 def test_stats_with_other_percentiles_recomputes_them(tmp_path, capsys):
     # a file with 0.5/99.5 statistics was skipped for --percentiles 1 99 (exit 0), keeping
     # the old window

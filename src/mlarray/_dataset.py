@@ -345,7 +345,10 @@ def _do_stats(task: Task, row: Row, progress: Callable[[int, int], None] | None)
         dparams=meta.blosc2.dparams,
         progress=progress,
     )
-    row.message = f"min {values['min']:.6g}, max {values['max']:.6g}, mean {values['mean']:.6g}"
+    if values["min"] is None:  # an empty array, or floats that are all NaN
+        row.message = "no values to summarise (empty or all NaN): stats stored as unset"
+    else:
+        row.message = f"min {values['min']:.6g}, max {values['max']:.6g}, mean {values['mean']:.6g}"
 
 
 _JOBS = {"convert": _do_convert, "recompress": _do_recompress, "stats": _do_stats}
