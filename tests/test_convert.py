@@ -454,6 +454,25 @@ def test_single_dicom_file():
     assert img.meta.spatial.coord_system == "LPS"
 
 
+def test_dicom_with_pydicom_2_is_refused_not_converted_unchecked(tmp_path, monkeypatch):
+    """pydicom 2 gives a deferred pixel data element no length: the pixel-data checks
+    passed every file unchecked (a file missing 124 kB of pixels converted with heap
+    garbage in their place). A DICOM conversion with pydicom older than 3 is refused,
+    naming the file and the version, instead."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = get_testdata_file("CT_small.dcm")
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(ConversionError, match=r"CT_small\.dcm.*pydicom 3\.0 or newer.*2\.4\.4"):
+        from_file(src)
+    with pytest.raises(ConversionError, match=r"pydicom 3\.0 or newer"):
+        convert_file(src, tmp_path / "ct.mla")
+    assert not (tmp_path / "ct.mla").exists()
+    monkeypatch.setattr(pydicom, "__version__", "3.0.2")
+    assert from_file(src).shape[-2:] == (128, 128)
+
+
 _GDCM_WRONG = (
     "rtdose_expb.dcm",  # 32-bit Explicit VR Big Endian: GDCM swapped the 16-bit halves
     "SC_rgb_rle_16bit.dcm",  # RLE colour of more than 8 bits: GDCM mixed the planes

@@ -148,17 +148,34 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
+#: Oldest release of a converter dependency whose API the checks here rely on: pydicom 2
+#: gives a deferred pixel data element no length, and the pixel-data checks of
+#: :func:`_dicom_pixel_bytes` would pass every file unchecked.
+_MIN_VERSIONS = {"pydicom": (3, 0)}
+
+
 def _require(module: str, path: Any) -> Any:
     import importlib
 
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError:
         raise ConversionError(
             path,
             f"converting this format needs {module}; install the 'convert' extra "
             '(pip install "napari-mlarray[convert]")',
         ) from None
+    least = _MIN_VERSIONS.get(module)
+    if least is not None:
+        version = str(getattr(mod, "__version__", ""))
+        found = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+        if found < least:
+            raise ConversionError(
+                path,
+                f"converting this format needs {module} {'.'.join(map(str, least))} or newer "
+                f"(found {version or 'an unknown version'}); pip install -U {module}",
+            )
+    return mod
 
 
 def _plain_value(value: Any) -> Any:
@@ -532,12 +549,8 @@ def _dicom_pixel_bytes(name: str) -> int | None:
                 "the file ends inside a sequence or its compressed pixel data: it is cut short",
             )
         syntax = str(getattr(ds.get("file_meta"), "TransferSyntaxUID", "") or "")
-        try:
-            element = next(
-                (ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None
-            )
-        except TypeError:  # pydicom < 3: deferred values stay raw anyway
-            element = next((ds.get_item(t) for t in _PIXEL_TAGS if t in ds), None)
+        # pydicom 3 (see _MIN_VERSIONS): the element as read, its value still deferred
+        element = next((ds.get_item(t, keep_deferred=True) for t in _PIXEL_TAGS if t in ds), None)
         if element is None:
             return None
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
