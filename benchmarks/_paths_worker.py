@@ -397,7 +397,7 @@ def task_patches(t: dict) -> dict:
         try:
             cfloor = CBlocks(path)
         except (RuntimeError, OSError) as exc:
-            kinds = [k for k in kinds if k not in ("limit_blocks_c", "limit_place_c")]
+            kinds = [k for k in kinds if not k.startswith(("limit_blocks_c", "limit_place"))]
             extra["c_floor_error"] = str(exc)
         else:
             plans = [cfloor.plan(lo, lo + size) for lo in starts]
@@ -461,13 +461,17 @@ def task_patches(t: dict) -> dict:
     fns["limit_blocks_c"] = lambda lo: cfloor.run(plan_of[id(lo)])
     place_of = {id(lo): p for lo, p in zip(starts, places, strict=False)}
     fns["limit_place_c"] = lambda lo: cfloor.run_place(place_of[id(lo)], tuple(size))
+    # the same reader as it would run: its masks and copies worked out per read, in Python
+    fns["limit_place_planned"] = lambda lo: cfloor.run_place(
+        cfloor.plan_place(lo, lo + size), tuple(size)
+    )
     fns["npy_handle"] = lambda lo: np.array(mm[sl(lo)])
     fns["npy_open"] = lambda lo: np.array(np.load(npy, mmap_mode="r")[sl(lo)])
 
     ok = True
     if t.get("check"):
         ref = np.load(npy, mmap_mode="r")
-        for k in ("mla_handle", "mla_open", "limit_place_c"):
+        for k in ("mla_handle", "mla_open", "limit_place_c", "limit_place_planned"):
             if k in kinds:
                 ok = ok and bool(np.array_equal(fns[k](starts[0]), ref[sl(starts[0])]))
     times: dict[str, list[float]] = {k: [] for k in kinds}
