@@ -420,10 +420,83 @@ def test_a_block_too_big_for_memory_is_our_error_naming_the_file(tmp_path, headr
 
     path = os.fspath(tmp_path / "bigblock.mla")
     shape = (256, 1024, 1024)
-    blosc2.full(shape, 7, dtype=np.uint8, chunks=shape, blocks=shape, urlpath=path, mode="w")
-    assert os.path.getsize(path) < 4096
+    # stored data (not one repeated value, which is summed up without decoding)
+    pattern = np.arange(1024, dtype=np.uint8)[None, :, None] ^ np.arange(1024, dtype=np.uint8)
+    data = np.ascontiguousarray(np.broadcast_to(pattern, shape))
+    blosc2.asarray(data, chunks=shape, blocks=shape, urlpath=path, mode="w")
+    del data
+    assert os.path.getsize(path) < 64 << 20
     out = run_python(UNDER_LIMIT, path, headroom).strip()
     assert out.startswith("memory True"), out
+
+
+CONSTANT_CLAIM = """
+import sys
+from mlarray import MLArray
+s = MLArray.open(sys.argv[1]).compute_stats()
+keys = "min max mean std median percentile_min percentile_max percentile_median".split()
+# this process's peak RSS in kB (ru_maxrss would carry the parent's over exec)
+peak = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+print(*(getattr(s, k) for k in keys), peak)
+"""
+
+
+def test_chunks_stored_as_one_value_are_summed_up_not_decoded(tmp_path):
+    """A 4 KB file claiming 64 GiB of 7s (Blosc2 stores each chunk as the value): its
+    statistics come from the chunk count, in a child that would otherwise run for about
+    14 minutes (13 s per GiB claimed, every value decoded) and is stopped after 120 s."""
+    from tests._children import run_python
+
+    path = tmp_path / "claim.mla"
+    shape, chunks = (4096, 4096, 4096), (256, 1024, 1024)
+    blosc2.full(
+        shape,
+        7,
+        dtype=np.uint8,
+        chunks=chunks,
+        blocks=(16, 256, 256),
+        urlpath=os.fspath(path),
+        mode="w",
+    )
+    assert path.stat().st_size < 64 << 10
+    *stats, peak_kb = run_python(CONSTANT_CLAIM, path, timeout=120).split()
+    assert [float(v) for v in stats] == [7, 7, 7, 0, 7, 7, 7, 7]
+    assert int(peak_kb) < 400 << 10  # nothing the size of a chunk (256 MiB) was held
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_zero_nan_and_value_chunks_mixed_with_data_give_numpys_statistics(tmp_path, dtype):
+    """Chunks stored as zeros, NaN or a repeated value among chunks of data: every
+    statistic as numpy's on the decoded array (each such chunk counted as its elements
+    inside the array, edge chunks included)."""
+    rng = np.random.default_rng(3)
+    shape = (45, 37, 29)
+    path = os.fspath(tmp_path / "mixed.mla")
+    # every chunk the value 9 (stored as such), then zeros and data written over some
+    arr = blosc2.full(shape, 9, dtype=dtype, chunks=(16, 16, 16), blocks=(8, 8, 8), urlpath=path)
+    arr[:16] = 0
+    arr[32:] = rng.integers(-50, 200, size=(13, 37, 29)).astype(dtype)
+    if np.dtype(dtype).kind == "f":
+        arr[16:32, 16:32] = np.nan
+        arr[32:, :3, :3] = np.nan
+    specials = {(arr.schunk.get_lazychunk(i)[31] >> 4) & 7 for i in range(arr.schunk.nchunks)}
+    assert {0, 1, 3} <= specials  # data, zeros and a value
+    a = arr[...]
+    del arr
+    from mlarray import MLArray
+
+    got = MLArray.open(path).compute_stats().to_mapping()
+    v = a[~np.isnan(a)] if np.dtype(dtype).kind == "f" else a.ravel()
+    v = v.astype(np.float64)
+    lo, hi = np.percentile(v, 0.5), np.percentile(v, 99.5)
+    inside = v[(v >= lo) & (v <= hi)]
+    assert (got["min"], got["max"], got["median"]) == (v.min(), v.max(), np.median(v))
+    assert (got["percentile_min"], got["percentile_max"]) == (lo, hi)
+    assert got["mean"] == pytest.approx(v.mean(), rel=1e-12)
+    assert got["std"] == pytest.approx(v.std(), rel=1e-9)
+    assert got["percentile_median"] == np.median(inside)
+    assert got["percentile_mean"] == pytest.approx(inside.mean(), rel=1e-12)
+    assert got["percentile_std"] == pytest.approx(inside.std(), rel=1e-9)
 
 
 def test_blosc2_arrays_whose_blocks_do_not_decode_alone(monkeypatch):

@@ -59,6 +59,20 @@ _SLAB_ELEMENTS = 2**21
 _DECODER_BUFFERS = 4
 
 
+#: A piece of a streaming pass: values (or their keys), each counted ``repeat`` times (1,
+#: or the elements of a chunk stored as one repeated value).
+_Piece = tuple[np.ndarray, int]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A chunk stored as one value repeated (Blosc2's zeros, NaN, value and uninitialised
+    chunks): ``count`` elements of the array equal to ``value`` (a one-element array)."""
+
+    value: np.ndarray
+    count: int
+
+
 # ----------------------------------------------------------------------------- keys
 
 
@@ -116,8 +130,9 @@ class _Hist:
         self.shift = max(0, (self.hi - self.lo).bit_length() - _BIN_BITS)
         self.counts = np.zeros(((self.hi - self.lo) >> self.shift) + 1, dtype=np.int64)
 
-    def add(self, keys: np.ndarray, *, inside: bool = False) -> None:
-        """Count ``keys``; ``inside=True`` promises they all lie in ``[lo, hi]``."""
+    def add(self, keys: np.ndarray, *, inside: bool = False, repeat: int = 1) -> None:
+        """Count ``keys``, each ``repeat`` times; ``inside=True`` promises they all lie in
+        ``[lo, hi]``."""
         if not inside:
             keys = keys[(keys >= np.uint64(self.lo)) & (keys <= np.uint64(self.hi))]
         if keys.size:
@@ -125,7 +140,8 @@ class _Hist:
             if self.shift:
                 bins >>= np.uint64(self.shift)
             # at most 2**16 + 1 bins: the same numbers as int64
-            self.counts += np.bincount(bins.view(np.int64), minlength=self.counts.size)
+            counts = np.bincount(bins.view(np.int64), minlength=self.counts.size)
+            self.counts += counts * repeat if repeat != 1 else counts
 
 
 @dataclass
@@ -161,12 +177,13 @@ class _Target:
             self.key = self.lo
 
 
-def _resolve(targets: Sequence[_Target], stream: Callable[[], Iterator[np.ndarray]]) -> None:
-    """Refine every unresolved target, one streaming pass over ``stream()`` per round.
+def _resolve(targets: Sequence[_Target], stream: Callable[[], Iterator[_Piece]]) -> None:
+    """Refine every unresolved target, one streaming pass over ``stream()`` per round
+    (pieces of keys, each key counted ``repeat`` times).
 
     A target whose key range holds at most ``_COLLECT_LIMIT`` keys is finished
-    in one pass by collecting those keys; the others are narrowed by a
-    histogram.
+    in one pass by collecting those keys (a repeated key as often as it counts:
+    at most that many); the others are narrowed by a histogram.
     """
     while pending := [t for t in targets if t.key is None]:
         hists: dict[tuple[int, int], _Hist] = {}
@@ -176,11 +193,12 @@ def _resolve(targets: Sequence[_Target], stream: Callable[[], Iterator[np.ndarra
                 pools.setdefault((t.lo, t.hi), [])
             else:
                 hists.setdefault((t.lo, t.hi), _Hist(t.lo, t.hi))
-        for keys in stream():
+        for keys, repeat in stream():
             for (lo, hi), pool in pools.items():
-                pool.append(keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))])
+                got = keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))]
+                pool.append(np.repeat(got, repeat) if repeat != 1 and got.size else got)
             for hist in hists.values():
-                hist.add(keys)
+                hist.add(keys, repeat=repeat)
         collected = {interval: np.sort(np.concatenate(pool)) for interval, pool in pools.items()}
         for t in pending:
             if (t.lo, t.hi) in collected:
@@ -200,7 +218,8 @@ class _Moments:
     mean: float = 0.0
     m2: float = 0.0
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, repeat: int = 1) -> None:
+        """Merge ``values``, each counted ``repeat`` times."""
         nb = int(values.size)
         if nb == 0:
             return
@@ -209,7 +228,7 @@ class _Moments:
         d = v - mean_b
         np.square(d, out=d)
         m2_b = float(d.sum())
-        self.add_summary(nb, mean_b, m2_b)
+        self.add_summary(nb * repeat, mean_b, m2_b * repeat)
 
     def add_summary(self, nb: int, mean_b: float, m2_b: float) -> None:
         if self.n == 0:
@@ -342,7 +361,7 @@ def _is_blocked(array: Any, shape: tuple[int, ...]) -> bool:
     )
 
 
-def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray | _Run]:
     """One pass over a Blosc2 NDArray, in whatever order its data are stored.
 
     Each chunk holds its blocks one after the other (C order over the block grid of
@@ -352,7 +371,10 @@ def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     left out. Memory: that buffer and c-blosc2's own block buffers, whatever the
     chunk size. Not for arrays whose chunks decode right only whole
     (:func:`_whole_chunks`); a chunk marked uninitialised reads as zeros, as
-    mlarray reads it everywhere.
+    mlarray reads it everywhere. A chunk stored as one repeated value (zeros, NaN, a
+    value, uninitialised) is a :class:`_Run`, not decoded: a tiny file claiming
+    gigabytes of such chunks costs its chunk count, not the values it claims (it cost
+    about 13 s per GiB claimed), and so do the empty chunks of a label map.
     """
     chunks = tuple(int(c) for c in array.chunks)
     blocks = tuple(int(b) for b in array.blocks)
@@ -366,13 +388,17 @@ def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
     for nchunk, cidx in enumerate(itertools.product(*grid)):
         valid = [min(c, n - i * c) for i, c, n in zip(cidx, chunks, shape, strict=True)]
+        _maps.check(array)
+        run_of = _special_run(array.schunk.get_lazychunk(nchunk), dtype, math.prod(valid))
+        if run_of is not None:
+            yield run_of
+            continue
         used = [-(-v // b) for v, b in zip(valid, blocks, strict=True)]  # blocks holding data
         ragged = [v % b != 0 for v, b in zip(valid, blocks, strict=True)]
         # the blocks holding data are runs in C order: along the axes after ``k``
         # every block is used, so a run is ``used[k]`` rows of those axes
         k = max((a for a in range(len(nb)) if used[a] < nb[a]), default=-1)
         run = math.prod(nb[k + 1 :]) * (used[k] if k >= 0 else 1)
-        uninit = _direct._still_uninit(array, nchunk)  # never written: zeros, as read
         leads = itertools.product(*(range(u) for u in used[: max(k, 0)]))
         firsts = (
             int(np.ravel_multi_index(lead + (0,) * (len(nb) - len(lead)), nb)) for lead in leads
@@ -387,14 +413,26 @@ def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
                     filled, n = [], 0
                 base = nchunk * citems + (first + offset) * bitems
                 _maps.check(array)
-                if uninit:  # c-blosc2 would leave the buffer as it was
-                    buf[n * bitems : (n + count) * bitems] = 0
-                else:
-                    _decode(get_slice, base, count * bitems, buf[n * bitems :], blocks, dtype)
+                _decode(get_slice, base, count * bitems, buf[n * bitems :], blocks, dtype)
                 filled.append((first + offset, count))
                 n += count
         if n:
             yield _without_padding(buf[: n * bitems], filled, nb, blocks, valid, ragged)
+
+
+def _special_run(header: bytes, dtype: np.dtype, count: int) -> _Run | None:
+    """The :class:`_Run` of a chunk (its ``count`` elements in the array) whose header
+    (``get_lazychunk``) says it is stored as a special value; None for stored data."""
+    if len(header) < 32:
+        return None
+    special = (header[31] >> 4) & 0x07
+    if special in (1, 4):  # zeros; uninitialised, which mlarray reads as zeros
+        return _Run(np.zeros(1, dtype), count)
+    if special == 2:  # NaNs (c-blosc2 decodes them for float types only)
+        return _Run(np.full(1, np.nan, dtype), count) if dtype.kind == "f" else None
+    if special == 3 and len(header) >= 32 + dtype.itemsize:  # the value follows the header
+        return _Run(np.frombuffer(header, dtype, count=1, offset=32).copy(), count)
+    return None
 
 
 def _without_padding(
@@ -602,32 +640,38 @@ def compute_stats(
     chunk = _chunk_shape(shape, chunk_shape)
     codec = _KeyCodec(work)
 
-    def reads() -> Iterator[np.ndarray]:
+    def reads() -> Iterator[np.ndarray | _Run]:
         if chunk is None and _is_blocked(array, shape):
             return _block_reads(array, shape)
         return _array_reads(array, shape, chunk)
 
-    def pieces() -> Iterator[np.ndarray]:
+    def pieces() -> Iterator[_Piece]:
         """One streaming pass: the non-NaN values, flat, in ``work`` dtype, at most
-        ``_SLAB_ELEMENTS`` at a time (views of a buffer the next piece reuses)."""
+        ``_SLAB_ELEMENTS`` at a time (views of a buffer the next piece reuses), each
+        counted once; a chunk stored as one value is that value, counted ``count`` times."""
         for data in reads():
+            if isinstance(data, _Run):
+                values = data.value.astype(work)
+                if not (work.kind == "f" and np.isnan(values[0])):
+                    yield values, data.count
+                continue
             flat = data.reshape(-1)
             for start in range(0, flat.size, _SLAB_ELEMENTS):
                 values = flat[start : start + _SLAB_ELEMENTS].astype(work, copy=False)
                 if work.kind == "f":
                     values = values[~np.isnan(values)]
-                yield values
+                yield values, 1
 
     # pass 1: moments, extremes and a first histogram over the whole key range
     moments = _Moments()
     top = _Hist(codec.lo, codec.hi)
     kmin = kmax = None
-    for values in pieces():
+    for values, repeat in pieces():
         if not values.size:
             continue
-        moments.add(values)
+        moments.add(values, repeat)
         keys = codec.encode(values)
-        top.add(keys, inside=True)
+        top.add(keys, inside=True, repeat=repeat)
         lo, hi = int(keys.min()), int(keys.max())
         kmin = lo if kmin is None else min(kmin, lo)
         kmax = hi if kmax is None else max(kmax, hi)
@@ -635,9 +679,9 @@ def compute_stats(
     if n == 0:
         return empty
 
-    def keys_all() -> Iterator[np.ndarray]:
-        for values in pieces():
-            yield codec.encode(values)
+    def keys_all() -> Iterator[_Piece]:
+        for values, repeat in pieces():
+            yield codec.encode(values), repeat
 
     lo_a, lo_b, lo_t = _quantile_ranks(n, p_lo)
     hi_a, hi_b, hi_t = _quantile_ranks(n, p_hi)
@@ -698,7 +742,7 @@ def _subset_from_histogram(
 
 
 def _subset_streamed(
-    pieces: Callable[[], Iterator[np.ndarray]],
+    pieces: Callable[[], Iterator[_Piece]],
     codec: _KeyCodec,
     pmin: float,
     pmax: float,
@@ -707,20 +751,20 @@ def _subset_streamed(
 ) -> dict[str, float | None]:
     """Statistics of the values in ``[pmin, pmax]``, whose keys lie in ``[key_lo, key_hi]``."""
 
-    def subset() -> Iterator[np.ndarray]:
-        for values in pieces():
+    def subset() -> Iterator[_Piece]:
+        for values, repeat in pieces():
             as_float = values.astype(np.float64, copy=False)
-            yield values[(as_float >= pmin) & (as_float <= pmax)]
+            yield values[(as_float >= pmin) & (as_float <= pmax)], repeat
 
     moments = _Moments()
     first = _Hist(key_lo, key_hi)
     seen_lo, seen_hi = key_hi, key_lo
-    for values in subset():
+    for values, repeat in subset():
         if not values.size:
             continue
-        moments.add(values)
+        moments.add(values, repeat)
         keys = codec.encode(values)
-        first.add(keys)
+        first.add(keys, repeat=repeat)
         seen_lo, seen_hi = min(seen_lo, int(keys.min())), max(seen_hi, int(keys.max()))
     m = moments.n
     if m == 0:
@@ -736,9 +780,9 @@ def _subset_streamed(
     # else: int64 values beyond 2**53 compared as float64 fell outside the
     # expected key range; refine from the observed range instead
 
-    def keys_subset() -> Iterator[np.ndarray]:
-        for values in subset():
-            yield codec.encode(values)
+    def keys_subset() -> Iterator[_Piece]:
+        for values, repeat in subset():
+            yield codec.encode(values), repeat
 
     _resolve(list(targets.values()), keys_subset)
     median = (codec.decode(targets[a].key) + codec.decode(targets[b].key)) / 2.0
