@@ -51,10 +51,12 @@ def test_saving_a_chunk_bigger_than_memory_is_our_error_naming_the_file(
     path = os.fspath(tmp_path / "onechunk.mla")
     out = os.fspath(tmp_path / "copy.mla")
     shape = (256, 1024, 1024)  # 256 MiB in one chunk; another tool's codec settings
-    blosc2.full(
-        shape, 7, dtype=np.uint8, chunks=shape, blocks=(8, 256, 256), urlpath=path, mode="w"
-    )
-    assert os.path.getsize(path) < 4096
+    # stored data (a chunk stored as one value is copied as such, never decoded)
+    pattern = np.arange(1024, dtype=np.uint8)[None, :, None] ^ np.arange(1024, dtype=np.uint8)
+    data = np.ascontiguousarray(np.broadcast_to(pattern, shape))
+    blosc2.asarray(data, chunks=shape, blocks=(8, 256, 256), urlpath=path, mode="w")
+    del data
+    assert os.path.getsize(path) < 64 << 20
     result = run_python(SAVE_UNDER_LIMIT, path, out, headroom_mib << 20).split()
     assert result[0] == "memory", result
     named_source, named_target = result[1] == "True", result[2] == "True"

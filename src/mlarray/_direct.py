@@ -135,8 +135,9 @@ def zero_uninit_chunks(store: Any, bounds: Any) -> None:
 def _still_uninit(store: Any, n: int) -> bool:
     """Whether chunk ``n`` is (still: a write through a writable handle fills it)
     uninitialised: its header's special value."""
-    header = store.schunk.get_lazychunk(n)
-    return len(header) >= 32 and (header[31] >> 4) & 0x07 == 4
+    from mlarray.frame import chunk_special
+
+    return chunk_special(store.schunk.get_lazychunk(n), store.dtype.itemsize)[0] == 4
 
 
 class _GuardedNDArray(blosc2.NDArray):

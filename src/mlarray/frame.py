@@ -48,6 +48,7 @@ __all__ = [
     "MAX_ARRAY_BYTES",
     "MAX_VLMETA_BYTES",
     "FrameInfo",
+    "chunk_special",
     "decode_offsets",
     "inspect_frame",
 ]
@@ -459,6 +460,21 @@ def _dtype_kind(text: str) -> str:
 
 
 # ---------------------------------------------------------------- chunks
+def chunk_special(header: bytes, itemsize: int) -> tuple[int, bytes | None]:
+    """The special value of a chunk from its header (``SChunk.get_lazychunk``): ``(kind,
+    value)`` with kind 0 for stored data, 1 zeros, 2 NaN, 3 a repeated value (its
+    ``itemsize`` bytes, which follow the header), 4 uninitialised; kind 0 for a header
+    too short to tell (the chunk is then decoded, and checked, as any other)."""
+    if len(header) < _CHUNK_HEADER:
+        return 0, None
+    kind = (header[31] >> 4) & 0x07
+    if kind == 3:
+        if len(header) < _CHUNK_HEADER + itemsize:
+            return 0, None
+        return 3, bytes(header[_CHUNK_HEADER : _CHUNK_HEADER + itemsize])
+    return (kind, None) if kind in (1, 2, 4) else (0, None)
+
+
 def _chunk_header_sizes(mv: memoryview, pos: int) -> tuple[int, int, int, int]:
     """(typesize, nbytes, blocksize, cbytes) of the chunk header at ``pos``."""
     ts = mv[pos + 3]

@@ -1180,8 +1180,13 @@ def copy_by_chunks(
     shape, dtype = tuple(dst.shape), np.dtype(dst.dtype)
     slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
     computed = _dask_pieces(src, slices, dtype) if _is_dask(src) else None
+    same_chunks = _same_chunk_grid(src, dst)
     for i, slc in enumerate(slices, 1):
         integrity.verify_region(src, [(s.start, s.stop) for s in slc])
+        if same_chunks and _copy_special(src, dst, i - 1):
+            if progress is not None:
+                progress(i, len(slices))
+            continue
         box = tuple((s.start, s.stop) for s in slc)
         try:
             data = src[slc] if computed is None else next(computed)
@@ -1212,6 +1217,34 @@ def copy_by_chunks(
         dst[slc] = block
         if progress is not None:
             progress(i, len(slices))
+
+
+def _same_chunk_grid(src: Any, dst: blosc2.NDArray) -> bool:
+    """Whether chunk ``i`` of the Blosc2 array ``src`` holds the elements of chunk ``i`` of
+    ``dst``, of the same dtype (a plain Blosc2 array, not a guarded one)."""
+    return (
+        isinstance(src, blosc2.NDArray)
+        and not _direct.is_guarded(src)
+        and tuple(src.shape) == tuple(dst.shape)
+        and tuple(src.chunks) == tuple(dst.chunks)
+        and np.dtype(src.dtype) == np.dtype(dst.dtype)
+    )
+
+
+def _copy_special(src: blosc2.NDArray, dst: blosc2.NDArray, n: int) -> bool:
+    """Write chunk ``n`` of ``src`` into ``dst`` as the special value it is stored as
+    (zeros, NaN, a repeated value; an uninitialised chunk reads as zeros), without
+    decoding it; False for stored data. A chunk of a file claiming gigabytes of one value
+    costs nothing to recompress, instead of its decoded size."""
+    kind, value = _frame.chunk_special(src.schunk.get_lazychunk(n), np.dtype(src.dtype).itemsize)
+    if kind == 0 or (kind == 2 and np.dtype(src.dtype).kind != "f"):
+        return False
+    special = {1: blosc2.SpecialValue.ZERO, 2: blosc2.SpecialValue.NAN, 4: blosc2.SpecialValue.ZERO}
+    if kind == 3:
+        dst.schunk.update_special(n, blosc2.SpecialValue.VALUE, value)
+    else:
+        dst.schunk.update_special(n, special[kind])
+    return True
 
 
 #: Bytes of new chunks a dask source computes in one ``dask.compute`` (see :func:`_dask_pieces`).

@@ -423,15 +423,15 @@ def _block_reads(array: Any, shape: tuple[int, ...]) -> Iterator[np.ndarray | _R
 def _special_run(header: bytes, dtype: np.dtype, count: int) -> _Run | None:
     """The :class:`_Run` of a chunk (its ``count`` elements in the array) whose header
     (``get_lazychunk``) says it is stored as a special value; None for stored data."""
-    if len(header) < 32:
-        return None
-    special = (header[31] >> 4) & 0x07
-    if special in (1, 4):  # zeros; uninitialised, which mlarray reads as zeros
+    from mlarray.frame import chunk_special
+
+    kind, value = chunk_special(header, dtype.itemsize)
+    if kind in (1, 4):  # zeros; uninitialised, which mlarray reads as zeros
         return _Run(np.zeros(1, dtype), count)
-    if special == 2:  # NaNs (c-blosc2 decodes them for float types only)
+    if kind == 2:  # NaNs (c-blosc2 decodes them for float types only)
         return _Run(np.full(1, np.nan, dtype), count) if dtype.kind == "f" else None
-    if special == 3 and len(header) >= 32 + dtype.itemsize:  # the value follows the header
-        return _Run(np.frombuffer(header, dtype, count=1, offset=32).copy(), count)
+    if kind == 3:
+        return _Run(np.frombuffer(value, dtype, count=1).copy(), count)
     return None
 
 
