@@ -171,3 +171,26 @@ def test_a_damaged_file_the_reference_wrote_is_reported_and_not_saved(tmp_path):
     with pytest.raises(CorruptChunkError, match=r"ref\.mla: chunk 5 cannot be decompressed"):
         MLArray.open(p).save(tmp_path / "copy.mla")
     assert not (tmp_path / "copy.mla").exists()
+
+
+VERIFY_CLAIM = """
+import sys
+from mlarray import MLArray
+r = MLArray.open(sys.argv[1]).verify()
+print(r.ok, r.has_checksums, r.decode_checked, len(r.damaged), r.nchunks)
+"""
+
+
+def test_verify_of_a_file_claiming_a_terabyte_of_one_value_checks_its_chunks_quickly(tmp_path):
+    """Chunks stored as one repeated value (a 60 KB file claiming 1 TiB of 7s, no
+    checksums, as Blosc2 writes ``blosc2.full``): ``verify()`` has c-blosc2 decode the
+    first and last item of each, not every byte (about 55 s per TiB claimed; the child
+    is stopped after 30 s)."""
+    from tests._children import run_python
+
+    p = tmp_path / "claim.mla"
+    shape, chunks = (16384, 8192, 8192), (256, 1024, 1024)
+    blosc2.full(shape, 7, dtype=np.uint8, chunks=chunks, blocks=(16, 256, 256), urlpath=str(p))
+    assert p.stat().st_size < 1 << 20
+    out = run_python(VERIFY_CLAIM, p, timeout=30).split()
+    assert out == ["True", "False", "True", "0", str(64 * 8 * 8)]
