@@ -30,6 +30,7 @@ from tests._worldcheck import (
     oblique_sitk,
     ours,
     ras_affine_of,
+    run_cli,
     sitk_world,
 )
 
@@ -1264,3 +1265,27 @@ def test_lps_plus_over_simpleitk_geometry_is_lps(tmp_path):
         out = nib.load(tmp_path / "out.nii.gz")
         assert_same_world(np.asarray(src.dataobj), src.affine, np.asarray(out.dataobj), out.affine)
         assert notes == []
+
+
+@pytest.mark.parametrize("order", ["xyz", "zyx"])
+def test_a_2d_image_goes_back_in_its_own_index_order_whatever_the_stored_order(tmp_path, order):
+    """A 2-D MetaImage converted with ``--order xyz`` came back transposed (ITK size (6, 9)
+    for (9, 6), spacing and direction columns swapped, det -1: the x, y order was not
+    recorded, both axes labelled ``spatial``); now the axes are ``spatial_x``/``spatial_y``
+    as for 3-D, and both orders round-trip exactly."""
+    a2 = np.random.default_rng(5).integers(0, 1000, (6, 9)).astype(np.int16)
+    src = sitk.GetImageFromArray(a2)
+    th = 0.3
+    src.SetSpacing((0.5, 1.7))
+    src.SetOrigin((7.0, -2.0))
+    src.SetDirection([np.cos(th), -np.sin(th), np.sin(th), np.cos(th)])
+    sitk.WriteImage(src, str(tmp_path / "two.mha"))
+    run_cli("convert", tmp_path / "two.mha", tmp_path / "two.mla", "--order", order, check_rc=0)
+    labels = MLArray.open(tmp_path / "two.mla").meta.spatial.axis_labels
+    assert labels == (["spatial_x", "spatial_y"] if order == "xyz" else ["spatial_y", "spatial_x"])
+    run_cli("convert", tmp_path / "two.mla", tmp_path / "back.mha", check_rc=0)
+    back = sitk.ReadImage(str(tmp_path / "back.mha"))
+    assert back.GetSize() == (9, 6) and back.GetSpacing() == pytest.approx((0.5, 1.7))
+    np.testing.assert_allclose(back.GetDirection(), src.GetDirection(), atol=1e-9)
+    np.testing.assert_allclose(back.GetOrigin(), src.GetOrigin(), atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), a2)

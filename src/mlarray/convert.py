@@ -1331,7 +1331,8 @@ def _arranged(
     perm = [ax for ax, _ in ns] + [loaded.index_axes[d] for d in index_order]
     perm += [ax for ax, _ in after]
     names = ["spatial_x", "spatial_y", "spatial_z"]
-    labels = [lab for _, lab in ns] + [names[d] if n_sp == 3 else "spatial" for d in index_order]
+    # named for 2-D images too: the index order they were stored in is known on the way back
+    labels = [lab for _, lab in ns] + [names[d] if n_sp >= 2 else "spatial" for d in index_order]
     labels += [lab for _, lab in after]
     affine = loaded.affine.copy()
     affine[:n_sp, :n_sp] = loaded.affine[:n_sp, :n_sp][:, index_order]
@@ -1566,11 +1567,13 @@ def from_file(
 
 
 def _index_axes_of(labels: list[str] | None, spatial: list[int]) -> list[int]:
-    """Array axes of voxel index i, j, k (x, y, z) for writing; reversed order unless labelled."""
-    if labels is not None:
+    """Array axes of voxel index i, j[, k] (x, y[, z]) for writing; reversed order unless
+    labelled (``spatial_x``, ``spatial_y`` and, for 3-D, ``spatial_z`` on the spatial axes)."""
+    if labels is not None and len(spatial) in (2, 3):
         named = {lab: ax for ax, lab in enumerate(labels)}
-        if all(f"spatial_{c}" in named for c in "xyz"[: len(spatial)]) and len(spatial) == 3:
-            return [named["spatial_x"], named["spatial_y"], named["spatial_z"]]
+        wanted = [f"spatial_{c}" for c in "xyz"[: len(spatial)]]
+        if all(w in named for w in wanted) and sorted(named[w] for w in wanted) == spatial:
+            return [named[w] for w in wanted]
     return spatial[::-1]
 
 
