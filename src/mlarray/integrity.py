@@ -219,14 +219,16 @@ class StaleChecksumsWarning(UserWarning):
     is read unverified."""
 
 
-def frame_binding(info: FrameInfo) -> int:
+def frame_binding(info: Any) -> int:
     """XXH3-64 digest of the frame's chunk index: each chunk's offset (or special value)
-    and compressed size. Any rewrite of a chunk by a Blosc2 writer moves or resizes it."""
+    and compressed size. Any rewrite of a chunk by a Blosc2 writer moves or resizes it.
+    (``info`` is a :class:`~mlarray.frame.FrameInfo`, or anything with its
+    ``raw_offsets`` and ``chunk_cbytes``.)"""
     index = np.concatenate([info.raw_offsets, info.chunk_cbytes]).astype("<i8")
     return xxhash.xxh3_64_intdigest(index.tobytes())
 
 
-def encode_binding(info: FrameInfo) -> bytes:
+def encode_binding(info: Any) -> bytes:
     """The value of :data:`FRAME_KEY` for the frame ``info`` describes: the tag, the
     :func:`frame_binding` digest and every chunk's offset (raw, as the frame's index
     holds it), so a frame whose index differs can be told apart from a rewrite."""
@@ -310,6 +312,18 @@ def encode_digests(buf: Any, info: FrameInfo) -> dict[str, bytes]:
     :data:`RECORD_KEY` (which metadata record they were stored with)."""
     entry = _head(buf, info) + np.asarray(chunk_digests(buf, info), dtype="<u8").tobytes()
     return {CHECKSUM_KEY: entry, FRAME_KEY: encode_binding(info), **_record_entry(buf, info)}
+
+
+def encode_written(writer: Any, record: bytes | None) -> dict[str, bytes]:
+    """The checksum entries (as :func:`encode_digests` makes them) of the frame a
+    :class:`mlarray._framewrite.FrameWriter` wrote: from the layout and chunk digests it
+    took while writing, with the metadata record ``record`` (None: the frame has none)."""
+    head = _TAG + int(writer.layout_digest).to_bytes(8, "little")
+    entry = head + np.asarray(writer.digests, dtype="<u8").tobytes()
+    out = {CHECKSUM_KEY: entry, FRAME_KEY: encode_binding(writer)}
+    if record is not None:
+        out[RECORD_KEY] = record_binding(record)
+    return out
 
 
 def _stored(buf: Any, info: FrameInfo, path: Any) -> tuple[Any, Any, Any]:
