@@ -35,7 +35,7 @@ import xxhash
 
 from mlarray import frame as _frame
 
-__all__ = ["FrameWriter", "frame_template"]
+__all__ = ["FrameWriter", "Unsuitable", "frame_template"]
 
 # Header fields (positions of the values, after their msgpack markers; frame.py checks
 # the markers): header length, frame length, uncompressed size, compressed size, and
@@ -67,6 +67,11 @@ _OFFSETS_CPARAMS = {
     "filters": [blosc2.Filter.NOFILTER] * 5 + [blosc2.Filter.SHUFFLE],
     "filters_meta": [0] * 6,
 }
+
+
+class Unsuitable(ValueError):
+    """A chunk the frame cannot hold as it is (another size or type size than the
+    frame's chunks, not a whole Blosc2 chunk): the caller lets c-blosc2 write the frame."""
 
 
 def frame_template(shape: tuple[int, ...], dtype: np.dtype, kwargs: dict[str, Any]) -> bytes:
@@ -139,11 +144,11 @@ class FrameWriter:
         mv = memoryview(chunk).cast("B")
         n = len(mv)
         if n < _CHUNK_HEADER or struct.unpack_from("<i", mv, 12)[0] != n:
-            raise ValueError(f"chunk {i} is not a whole Blosc2 chunk")
+            raise Unsuitable(f"chunk {i} is not a whole Blosc2 chunk")
         if struct.unpack_from("<i", mv, 4)[0] != self._chunksize or mv[3] != min(
             self._typesize, 255
         ):
-            raise ValueError(f"chunk {i} has another size or type size than the frame")
+            raise Unsuitable(f"chunk {i} has another size or type size than the frame")
         special = (mv[31] >> 4) & 0x07
         if special in _OFFSET_SPECIALS:
             raw = (1 << 63) | (special << 56)

@@ -37,7 +37,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from mlarray import _direct, _fork, _maps, _prefetch, integrity
+from mlarray import _direct, _fork, _framewrite, _maps, _prefetch, integrity
 from mlarray import frame as _frame
 from mlarray._sidefiles import SUFFIX, _temp_prefix, journal_path
 from mlarray.errors import (
@@ -1012,25 +1012,8 @@ def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> ML
             pass
         finally:
             os.close(fd)
-    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return DiskFullError(
-            target,
-            f"cannot write: {os.strerror(err)} (a file that was there is unchanged)",
-            err,
-        )
-    if err == errno.EFBIG:
-        limit = ""
-        with contextlib.suppress(ImportError, OSError, ValueError):
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-            if soft != resource.RLIM_INFINITY:
-                limit = f"; this process may write {soft} bytes per file"
-        return MLArrayIOError(
-            target,
-            f"cannot write: {os.strerror(err)}{limit} (a file that was there is unchanged)",
-            err,
-        )
+    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+        return _errno_failure(target, err)
     from mlarray._read import short_of_memory  # error path: not loaded at import
 
     if short_of_memory(room):  # compressing a chunk needs about that much
@@ -1041,6 +1024,32 @@ def _write_failure(target: Path, tmp: Path, room: int, exc: BaseException) -> ML
     return MLArrayIOError(
         target,
         f"cannot write: c-blosc2 failed ({why}); a file that was there is unchanged",
+    )
+
+
+#: errnos of a write that failed for want of room (a full disk, a quota, the size limit)
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+
+
+def _errno_failure(target: Path, err: int | None, exc: OSError | None = None) -> MLArrayError:
+    """Our error for a write of a save of ``target`` that failed with ``err``: a full
+    disk is a :class:`DiskFullError`, a file over the process's size limit says the
+    limit, anything else is an :class:`MLArrayIOError`."""
+    why = os.strerror(err) if err else str(exc or "write failed")
+    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return DiskFullError(
+            target, f"cannot write: {why} (a file that was there is unchanged)", err
+        )
+    limit = ""
+    if err == errno.EFBIG:
+        with contextlib.suppress(ImportError, OSError, ValueError):
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if soft != resource.RLIM_INFINITY:
+                limit = f"; this process may write {soft} bytes per file"
+    return MLArrayIOError(
+        target, f"cannot write: {why}{limit} (a file that was there is unchanged)", err
     )
 
 
@@ -1109,6 +1118,26 @@ def _write_frame(
             f"other tools, and a Blosc2 frame holds at most {_MAX_VLMETA} with mlarray's own",
         )
     kwargs = opts.blosc2_kwargs(dtype)
+    if src.size and opts.chunk_size is not None and opts.block_size is not None:
+        if isinstance(src, np.ndarray):
+            chunks = _compressed_chunks(src, shape, kwargs)
+        elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
+            chunks = _verified_chunks(src, shape, src_path)
+        else:
+            chunks = None
+        if chunks is not None:
+            try:
+                stored = _stream_frame(tmp, chunks, shape, dtype, kwargs, record, others, progress)
+            except _framewrite.Unsuitable:
+                pass  # a chunk the writer does not take as it is: c-blosc2 writes them all
+            except OSError as exc:
+                if isinstance(exc, MLArrayError) or exc.errno not in _WRITE_ERRNOS:
+                    raise
+                raise _errno_failure(target or tmp, exc.errno, exc) from exc
+            else:
+                if not stored:
+                    _warn_no_checksums(target or tmp, len(others))
+                return stored
     kwargs.update(urlpath=urlpath, contiguous=True, mode="w")
     if isinstance(src, np.ndarray):
         dst = blosc2.asarray(np.asarray(src, order="C"), **kwargs)
@@ -1154,6 +1183,102 @@ def _write_frame(
         dst.schunk.vlmeta[key] = value
     del dst
     return True
+
+
+def _stream_frame(
+    tmp: Path,
+    chunks: Iterator[Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    kwargs: dict[str, Any],
+    record: bytes,
+    others: dict[str, Any],
+    progress: Progress | None,
+) -> bool:
+    """Write the frame of a save into ``tmp`` ourselves (:mod:`mlarray._framewrite`):
+    the compressed ``chunks`` (in chunk order) as they come, then the index and the
+    trailer with the record, the entries of other tools ``others`` and the checksums.
+    The file is the one c-blosc2 writes for them, byte for byte, in one pass.
+
+    Returns as :func:`_write_frame`; raises :class:`mlarray._framewrite.Unsuitable` for a
+    chunk it does not store as it is (the caller lets c-blosc2 write the frame)."""
+    header = _framewrite.frame_template(shape, dtype, kwargs)
+    nchunks = math.prod(-(-n // c) for n, c in zip(shape, kwargs["chunks"], strict=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0))
+    try:
+        writer = _framewrite.FrameWriter(fd, header, nchunks)
+        for i, chunk in enumerate(chunks, 1):
+            writer.add(chunk)
+            del chunk
+            if progress is not None:
+                progress(i, nchunks)
+        entries = [(VLMETA_KEY, record), *others.items()]
+        stored = 1 + len(others) + len(_CHECKSUM_KEYS) <= _MAX_VLMETA
+        if stored:
+            entries += integrity.encode_written(writer, record).items()
+        writer.finish(entries)
+    finally:
+        os.close(fd)
+    return stored
+
+
+def _compressed_chunks(src: np.ndarray, shape: tuple[int, ...], kwargs: dict) -> Iterator[Any]:
+    """The compressed chunks, in chunk order, of a save of the numpy array ``src`` with
+    the Blosc2 arguments ``kwargs``.
+
+    Runs of whole rows of chunks (along the first axis, up to :data:`_COMPRESS_BATCH_BYTES`
+    of data) are compressed by Blosc2 in memory at a time: such a run is an array whose
+    chunks are those of the whole array (the same boxes, edge chunks padded alike), and
+    only its compressed bytes are held."""
+    if not shape:  # a 0-d array is one chunk
+        yield from _schunk_chunks(blosc2.asarray(np.asarray(src, order="C"), **kwargs))
+        return
+    c0 = int(kwargs["chunks"][0])
+    row = c0 * math.prod(shape[1:]) * src.dtype.itemsize
+    step = c0 * max(1, _COMPRESS_BATCH_BYTES // max(1, row))
+    for lo in range(0, shape[0], step):
+        part = np.asarray(src[lo : lo + step], order="C")
+        store = blosc2.asarray(part, **kwargs)
+        del part
+        yield from _schunk_chunks(store)
+        del store
+
+
+#: Bytes of a numpy array compressed by one ``blosc2.asarray`` in a save (see
+#: :func:`_compressed_chunks`).
+_COMPRESS_BATCH_BYTES = 64 * 2**20
+
+
+def _schunk_chunks(store: blosc2.NDArray) -> Iterator[bytes]:
+    schunk = store.schunk  # keep it alive while its chunks are read
+    for i in range(schunk.nchunks):
+        yield schunk.get_chunk(i)
+
+
+def _verified_chunks(src: Any, shape: tuple[int, ...], src_path: Any) -> Iterator[bytes]:
+    """The compressed chunks of the Blosc2 array ``src``, in order, each verified first.
+
+    Each chunk read from a file is verified against its checksums, or, without any
+    (other tools' files), decompressed once (chunks this process compressed need
+    neither): the new file's checksums then vouch for them."""
+    n = src.schunk.nchunks
+    boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
+    decoder = None
+    src_path = _source_path(src, src_path)
+    if src_path is not None and not integrity.verifies(src):
+        decoder = integrity.ChunkDecodeCheck(src.schunk.chunksize, src_path)
+    for i in range(n):
+        integrity.verify_region(src, [(s.start, s.stop) for s in next(boxes)])
+        chunk = src.schunk.get_chunk(i)
+        why = None if decoder is None else decoder.problem(chunk)
+        if why is not None:
+            raise integrity.damage_error(
+                src,
+                src_path,
+                f"chunk {i} cannot be decompressed ({why}), the file is damaged; not saved",
+                chunk=i,
+            )
+        yield chunk
 
 
 def _source_path(src: Any, given: Any = None) -> Any:
