@@ -1118,7 +1118,7 @@ def _write_frame(
             f"other tools, and a Blosc2 frame holds at most {_MAX_VLMETA} with mlarray's own",
         )
     kwargs = opts.blosc2_kwargs(dtype)
-    if src.size and opts.chunk_size is not None and opts.block_size is not None:
+    if math.prod(shape) and opts.chunk_size is not None and opts.block_size is not None:
         if isinstance(src, np.ndarray):
             chunks = _compressed_chunks(src, shape, kwargs)
         elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
