@@ -210,7 +210,7 @@ def _reference_file(p, q):
     _by_cblosc2(q, src, kwargs, entries)
 
 
-@pytest.mark.parametrize("source", ["numpy", "copy"])
+@pytest.mark.parametrize("source", ["numpy", "copy", "recompress", "lazy"])
 def test_saved_file_is_the_one_cblosc2_writes(tmp_path, source):
     data = np.random.default_rng(3).integers(0, 2000, (40, 50, 60)).astype(np.int16)
     data[:8] = 0
@@ -221,10 +221,37 @@ def test_saved_file_is_the_one_cblosc2_writes(tmp_path, source):
         a = MLArray.open(p)
         p = tmp_path / "c.mla"
         save_mla(p, a, a.meta, **kw, cparams=a.meta.blosc2.cparams)
+    elif source == "recompress":  # another codec: read and compressed a chunk at a time
+        a = MLArray.open(p)
+        p = tmp_path / "c.mla"
+        save_mla(p, a, a.meta, **kw, cparams={"codec": "zstd", "clevel": 2})
+    elif source == "lazy":  # an array-like of another kind, read a chunk box at a time
+        p = tmp_path / "c.mla"
+        save_mla(p, _ArrayLike(data), None, **kw)
     _reference_file(p, q)
     assert p.read_bytes() == q.read_bytes()
     assert MLArray.open(p).verify().has_checksums
     np.testing.assert_array_equal(MLArray.open(p)[...], data)
+
+
+class _ArrayLike:
+    """An array-like (shape, dtype, indexing) that is not a numpy or Blosc2 array."""
+
+    def __init__(self, data):
+        self._data, self.shape, self.dtype = data, data.shape, data.dtype
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+
+def test_recompressed_chunks_are_those_blosc2_makes_of_the_whole_array():
+    data = np.random.default_rng(2).integers(0, 300, (19, 23, 9)).astype(np.int16)
+    cparams = blosc2.CParams(codec=blosc2.Codec.LZ4, clevel=5, nthreads=1, typesize=2)
+    kwargs = {"chunks": (8, 8, 4), "blocks": (4, 4, 2), "cparams": cparams}
+    whole = blosc2.asarray(data, **kwargs)
+    expected = [whole.schunk.get_chunk(i) for i in range(whole.schunk.nchunks)]
+    got = list(mio._recompressed_chunks(_ArrayLike(data), data.shape, data.dtype, kwargs, None))
+    assert got == expected
 
 
 def test_a_numpy_save_reports_progress_per_chunk(tmp_path):

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blosc2
 import numpy as np
@@ -1101,7 +1101,15 @@ def _write_frame(
     target: Path | None = None,
 ) -> bool:
     """Write the frame of a save into ``tmp``; False if its checksums were left out
-    (the entries of other tools it keeps leave no room for them, see :data:`_MAX_VLMETA`)."""
+    (the entries of other tools it keeps leave no room for them, see :data:`_MAX_VLMETA`).
+
+    An array of a chunk and block shape is written by :func:`_stream_frame`, in one
+    pass: a numpy array compressed in memory a run of chunk rows at a time, a Blosc2
+    array of the same layout and codec copied chunk by chunk as it is stored, anything
+    else read and compressed a chunk at a time. c-blosc2 writes the frame of a
+    metadata-only file, of an empty array, of a layout left to Blosc2, and of a source
+    whose chunks the writer does not take (:class:`mlarray._framewrite.Unsuitable`).
+    """
     urlpath = os.fspath(tmp)
     if src is None:
         dst = blosc2.empty((0,), dtype=np.float64, urlpath=urlpath, contiguous=True, mode="w")
@@ -1124,20 +1132,19 @@ def _write_frame(
         elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
             chunks = _verified_chunks(src, shape, src_path)
         else:
-            chunks = None
-        if chunks is not None:
-            try:
-                stored = _stream_frame(tmp, chunks, shape, dtype, kwargs, record, others, progress)
-            except _framewrite.Unsuitable:
-                pass  # a chunk the writer does not take as it is: c-blosc2 writes them all
-            except OSError as exc:
-                if isinstance(exc, MLArrayError) or exc.errno not in _WRITE_ERRNOS:
-                    raise
-                raise _errno_failure(target or tmp, exc.errno, exc) from exc
-            else:
-                if not stored:
-                    _warn_no_checksums(target or tmp, len(others))
-                return stored
+            chunks = _recompressed_chunks(src, shape, dtype, kwargs, src_path)
+        try:
+            stored = _stream_frame(tmp, chunks, shape, dtype, kwargs, record, others, progress)
+        except _framewrite.Unsuitable:
+            pass  # a chunk the writer does not take as it is: c-blosc2 writes them all
+        except OSError as exc:
+            if isinstance(exc, MLArrayError) or exc.errno not in _WRITE_ERRNOS:
+                raise
+            raise _errno_failure(target or tmp, exc.errno, exc) from exc
+        else:
+            if not stored:
+                _warn_no_checksums(target or tmp, len(others))
+            return stored
     kwargs.update(urlpath=urlpath, contiguous=True, mode="w")
     if isinstance(src, np.ndarray):
         dst = blosc2.asarray(np.asarray(src, order="C"), **kwargs)
@@ -1300,17 +1307,47 @@ def copy_by_chunks(
     checksums has the chunks under each piece verified before they are read; data of
     a Blosc2 source that cannot be decompressed is a
     :class:`~mlarray.errors.CorruptChunkError` naming its file (``src_path``, else the
-    store's own).
+    store's own). A chunk of a Blosc2 source of the same chunk grid stored as a special
+    value is written as that value, without decoding it (see :func:`_special_of`).
     """
-    shape, dtype = tuple(dst.shape), np.dtype(dst.dtype)
-    slices = list(iter_chunk_slices(shape, dst.chunks)) if dst.size else []
+    shape = tuple(dst.shape)
+    total = math.prod(-(-n // c) for n, c in zip(shape, dst.chunks, strict=True)) if dst.size else 0
+    pieces = _source_pieces(src, shape, tuple(dst.chunks), np.dtype(dst.dtype), src_path)
+    for i, (slc, block) in enumerate(pieces, 1):
+        if isinstance(block, _Special):
+            if block.value is None:
+                dst.schunk.update_special(i - 1, block.kind)
+            else:
+                dst.schunk.update_special(i - 1, block.kind, block.value)
+        else:
+            dst[slc] = block
+        if progress is not None:
+            progress(i, total)
+
+
+class _Special(NamedTuple):
+    """A chunk to be written as a special value (a ``blosc2.SpecialValue`` and, for a
+    repeated value, its bytes)."""
+
+    kind: Any
+    value: bytes | None
+
+
+def _source_pieces(
+    src: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, src_path: Any
+) -> Iterator[tuple[tuple[slice, ...], Any]]:
+    """``(slices, data)`` of each chunk box of a new array of ``shape`` in ``chunks``, in
+    chunk order: the data of ``src`` there, C-ordered, of ``dtype`` (see
+    :func:`copy_by_chunks`), or a :class:`_Special` for a chunk of a Blosc2 source of the
+    same chunk grid stored as a special value (not decoded)."""
+    slices = list(iter_chunk_slices(shape, chunks)) if math.prod(shape) else []
     computed = _dask_pieces(src, slices, dtype) if _is_dask(src) else None
-    same_chunks = _same_chunk_grid(src, dst)
-    for i, slc in enumerate(slices, 1):
+    same_chunks = _same_chunk_grid(src, shape, chunks, dtype)
+    for i, slc in enumerate(slices):
         integrity.verify_region(src, [(s.start, s.stop) for s in slc])
-        if same_chunks and _copy_special(src, dst, i - 1):
-            if progress is not None:
-                progress(i, len(slices))
+        special = _special_of(src, i) if same_chunks else None
+        if special is not None:
+            yield slc, special
             continue
         box = tuple((s.start, s.stop) for s in slc)
         try:
@@ -1339,37 +1376,66 @@ def copy_by_chunks(
             raise MLArrayFormatError(
                 None, f"source returned shape {block.shape} for slice {slc}; cannot save"
             )
-        dst[slc] = block
-        if progress is not None:
-            progress(i, len(slices))
+        yield slc, block
+        del block
 
 
-def _same_chunk_grid(src: Any, dst: blosc2.NDArray) -> bool:
+def _recompressed_chunks(
+    src: Any, shape: tuple[int, ...], dtype: np.dtype, kwargs: dict, src_path: Any
+) -> Iterator[bytes]:
+    """The compressed chunks, in chunk order, of a save of the array-like ``src`` with
+    the Blosc2 arguments ``kwargs``, one chunk of data read and compressed at a time.
+
+    Each chunk's data is compressed by Blosc2 as an array of its own in the same chunk
+    and block shapes: its one chunk is the chunk of the whole array (an edge chunk is
+    padded alike). A chunk the source stores as a special value is made by Blosc2 as
+    that special value (once per value), as ``update_special`` makes it."""
+    chunks = tuple(kwargs["chunks"])
+    made: dict[_Special, bytes] = {}
+    for _slc, block in _source_pieces(src, shape, chunks, dtype, src_path):
+        if isinstance(block, _Special):
+            if block not in made:
+                one = blosc2.empty(chunks, dtype=dtype, **kwargs)
+                if block.value is None:
+                    one.schunk.update_special(0, block.kind)
+                else:
+                    one.schunk.update_special(0, block.kind, block.value)
+                made[block] = one.schunk.get_chunk(0)
+            yield made[block]
+            continue
+        one = blosc2.asarray(block, **kwargs)
+        del block
+        yield one.schunk.get_chunk(0)
+        del one
+
+
+def _same_chunk_grid(
+    src: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype
+) -> bool:
     """Whether chunk ``i`` of the Blosc2 array ``src`` holds the elements of chunk ``i`` of
-    ``dst``, of the same dtype (a plain Blosc2 array, not a guarded one)."""
+    a new array of ``shape`` in ``chunks``, of the same ``dtype`` (a plain Blosc2 array,
+    not a guarded one)."""
     return (
         isinstance(src, blosc2.NDArray)
         and not _direct.is_guarded(src)
-        and tuple(src.shape) == tuple(dst.shape)
-        and tuple(src.chunks) == tuple(dst.chunks)
-        and np.dtype(src.dtype) == np.dtype(dst.dtype)
+        and tuple(src.shape) == tuple(shape)
+        and tuple(src.chunks) == tuple(chunks)
+        and np.dtype(src.dtype) == np.dtype(dtype)
     )
 
 
-def _copy_special(src: blosc2.NDArray, dst: blosc2.NDArray, n: int) -> bool:
-    """Write chunk ``n`` of ``src`` into ``dst`` as the special value it is stored as
-    (zeros, NaN, a repeated value; an uninitialised chunk reads as zeros), without
-    decoding it; False for stored data. A chunk of a file claiming gigabytes of one value
-    costs nothing to recompress, instead of its decoded size."""
+def _special_of(src: blosc2.NDArray, n: int) -> _Special | None:
+    """Chunk ``n`` of ``src`` as the special value it is stored as (zeros, NaN, a repeated
+    value; an uninitialised chunk reads as zeros), without decoding it; None for stored
+    data. A chunk of a file claiming gigabytes of one value costs nothing to recompress,
+    instead of its decoded size."""
     kind, value = _frame.chunk_special(src.schunk.get_lazychunk(n), np.dtype(src.dtype).itemsize)
     if kind == 0 or (kind == 2 and np.dtype(src.dtype).kind != "f"):
-        return False
-    special = {1: blosc2.SpecialValue.ZERO, 2: blosc2.SpecialValue.NAN, 4: blosc2.SpecialValue.ZERO}
+        return None
     if kind == 3:
-        dst.schunk.update_special(n, blosc2.SpecialValue.VALUE, value)
-    else:
-        dst.schunk.update_special(n, special[kind])
-    return True
+        return _Special(blosc2.SpecialValue.VALUE, value)
+    special = {1: blosc2.SpecialValue.ZERO, 2: blosc2.SpecialValue.NAN, 4: blosc2.SpecialValue.ZERO}
+    return _Special(special[kind], None)
 
 
 #: Bytes of new chunks a dask source computes in one ``dask.compute`` (see :func:`_dask_pieces`).
