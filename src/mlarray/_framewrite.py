@@ -52,7 +52,8 @@ _CHUNK_HEADER = 32
 # them) are stored as they are.
 _OFFSET_SPECIALS = frozenset({1, 2, 4})
 _TRAILER_VERSION = 1
-_WRITE_MIN = 1 << 20  # chunks smaller than this are gathered into writes of about this much
+_WRITE_MIN = 1 << 20  # chunks are gathered into writes of at least this much...
+_WRITE_MAX_PARTS = 256  # ...or of this many chunks (IOV_MAX is 1024 on Linux)
 
 # The parameters c-blosc2 compresses the chunk offsets with (frame.c, in every chunk
 # update: BLOSC2_CPARAMS_DEFAULTS with these changes); the thread count does not change
@@ -159,18 +160,16 @@ class FrameWriter:
             self.chunk_cbytes[i] = n
             self.digests[i] = xxhash.xxh3_64_intdigest(mv)
             self._cbytes += n
-            if n >= _WRITE_MIN and not self._pending:
-                _write_all(self._fd, mv)
-            else:
-                self._pending.append(bytes(mv))
-                self._pending_bytes += n
-                if self._pending_bytes >= _WRITE_MIN:
-                    self._flush()
+            # kept (not copied) until written: small chunks go down in one writev
+            self._pending.append(chunk if isinstance(chunk, bytes) else bytes(mv))
+            self._pending_bytes += n
+            if self._pending_bytes >= _WRITE_MIN or len(self._pending) >= _WRITE_MAX_PARTS:
+                self._flush()
         self._n = i + 1
 
     def _flush(self) -> None:
         if self._pending:
-            _write_all(self._fd, b"".join(self._pending))
+            _writev_all(self._fd, self._pending)
             self._pending, self._pending_bytes = [], 0
 
     @property
@@ -237,6 +236,19 @@ def _write_all(fd: int, data: Any) -> None:
     while len(mv):
         n = os.write(fd, mv)
         mv = mv[n:]
+
+
+def _writev_all(fd: int, parts: list[bytes]) -> None:
+    n = os.writev(fd, parts)
+    total = sum(len(x) for x in parts)
+    if n == total:
+        return
+    for part in parts:  # a short write (a signal, a nearly full disk): the rest one by one
+        if n >= len(part):
+            n -= len(part)
+            continue
+        _write_all(fd, memoryview(part)[n:])
+        n = 0
 
 
 def _pwrite_all(fd: int, data: Any, pos: int) -> None:
