@@ -1152,27 +1152,9 @@ def _write_frame(
             progress(1, 1)
     elif _same_encoding(src, dtype, opts, kwargs["cparams"]):
         # Same layout and codec: copy the compressed chunks as they are (no recompression).
-        # The new file's checksums vouch for them: each chunk read from a file is verified
-        # against its checksums first, or, without any (other tools' files), decompressed
-        # once (chunks this process compressed need neither).
         dst = blosc2.empty(shape, dtype=dtype, **kwargs)
         n = src.schunk.nchunks
-        boxes = iter_chunk_slices(shape, tuple(src.chunks))  # chunk i, in C order
-        decoder = None
-        src_path = _source_path(src, src_path)
-        if src_path is not None and not integrity.verifies(src):
-            decoder = integrity.ChunkDecodeCheck(src.schunk.chunksize, src_path)
-        for i in range(n):
-            integrity.verify_region(src, [(s.start, s.stop) for s in next(boxes)])
-            chunk = src.schunk.get_chunk(i)
-            why = None if decoder is None else decoder.problem(chunk)
-            if why is not None:
-                raise integrity.damage_error(
-                    src,
-                    src_path,
-                    f"chunk {i} cannot be decompressed ({why}), the file is damaged; not saved",
-                    chunk=i,
-                )
+        for i, chunk in enumerate(_verified_chunks(src, shape, src_path)):
             dst.schunk.update_chunk(i, chunk)
             if progress is not None:
                 progress(i + 1, n)
@@ -1263,7 +1245,9 @@ def _schunk_chunks(store: blosc2.NDArray) -> Iterator[bytes]:
 
 
 def _verified_chunks(src: Any, shape: tuple[int, ...], src_path: Any) -> Iterator[bytes]:
-    """The compressed chunks of the Blosc2 array ``src``, in order, each verified first.
+    """The compressed chunks of the Blosc2 array ``src``, in order, each verified first,
+    for a save of the same layout and codec that copies them as they are (no
+    recompression): the new file's checksums vouch for them.
 
     Each chunk read from a file is verified against its checksums, or, without any
     (other tools' files), decompressed once (chunks this process compressed need
