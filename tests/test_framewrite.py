@@ -254,6 +254,52 @@ def test_recompressed_chunks_are_those_blosc2_makes_of_the_whole_array():
     assert got == expected
 
 
+def test_recompressed_special_chunks_are_the_ones_cblosc2_writes(tmp_path):
+    """Chunks a source stores as special values (zeros, NaN, a repeated value,
+    uninitialised) are recompressed without decoding them: the streamed chunks are the
+    ones ``copy_by_chunks`` (``update_special``) leaves in a file c-blosc2 writes."""
+    shape, chunks, blocks = (12, 10, 9), (4, 5, 9), (2, 5, 3)
+    src = blosc2.uninit(shape, dtype=np.float32, chunks=chunks, blocks=blocks)
+    src.schunk.update_special(0, blosc2.SpecialValue.ZERO)  # chunks 0-3: rows 0-8
+    src[0:4, 5:] = 0.0  # zeros written as data: c-blosc2 stores a zero chunk
+    src.schunk.update_special(2, blosc2.SpecialValue.NAN)
+    src.schunk.update_special(3, blosc2.SpecialValue.VALUE, np.float32(2.5).tobytes())
+    src[8:12, :5] = np.arange(4 * 5 * 9, dtype=np.float32).reshape(4, 5, 9)  # data
+    cparams = blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=2, nthreads=1, typesize=4)
+    kwargs = {"chunks": chunks, "blocks": blocks, "cparams": cparams}
+    got = list(mio._recompressed_chunks(src, shape, np.dtype(np.float32), kwargs, None))
+    ref = blosc2.empty(
+        shape, dtype=np.float32, urlpath=os.fspath(tmp_path / "r.b2nd"), mode="w", **kwargs
+    )
+    mio.copy_by_chunks(ref, src)
+    specials = [(c[31] >> 4) & 7 for c in got]
+    assert specials == [1, 1, 2, 3, 0, 1]  # the uninitialised chunk reads as zeros
+    for i, chunk in enumerate(got):  # zeros and NaN live in the offsets: only their kind
+        stored = ref.schunk.get_chunk(i)
+        assert (stored[31] >> 4) & 7 == specials[i] and (specials[i] in (1, 2) or chunk == stored)
+    new = tmp_path / "n.b2nd"
+    _by_writer(new, _Chunks(shape, np.float32, got), kwargs, [("mlarray", b"r")])
+    ref2 = tmp_path / "r2.b2nd"
+    del ref
+    _by_cblosc2(ref2, blosc2.open(os.fspath(tmp_path / "r.b2nd")), kwargs, [("mlarray", b"r")])
+    assert new.read_bytes() == ref2.read_bytes()
+
+
+class _Chunks:
+    """Compressed chunks in the guise of a Blosc2 array (shape, dtype, schunk)."""
+
+    def __init__(self, shape, dtype, chunks):
+        self.shape, self.dtype, self._chunks = shape, np.dtype(dtype), chunks
+        self.schunk = self
+
+    @property
+    def nchunks(self):
+        return len(self._chunks)
+
+    def get_chunk(self, i):
+        return self._chunks[i]
+
+
 def test_a_numpy_save_reports_progress_per_chunk(tmp_path):
     data = np.zeros((20, 20, 20), np.uint8)
     calls = []
