@@ -131,6 +131,32 @@ def test_written_frame_is_byte_identical_to_cblosc2s(tmp_path, name, entries):
     np.testing.assert_array_equal(blosc2.open(os.fspath(new))[...], data)
 
 
+def test_an_index_of_many_chunks_holds_the_offsets_cblosc2s_does(tmp_path):
+    """More than 2048 chunks: the chunk offsets span several blocks, which c-blosc2's
+    four threads store in the order they finish (its bytes vary from run to run); the
+    frame is the same but for that order: header, chunks, decoded offsets, trailer."""
+    data = (np.arange(3000 * 4) % 200).astype(np.uint8)
+    kwargs = {"chunks": (4,), "blocks": (4,)}
+    src = blosc2.asarray(data, **kwargs)
+    ref, new = tmp_path / "ref.b2nd", tmp_path / "new.b2nd"
+    _by_cblosc2(ref, src, kwargs, [("mlarray", b"r")])
+    _by_writer(new, src, kwargs, [("mlarray", b"r")])
+    r, n = ref.read_bytes(), new.read_bytes()
+    ri, ni = inspect_frame(r, ref), inspect_frame(n, new)
+    assert len(r) == len(n) and ri.header_len == ni.header_len and ri.cbytes == ni.cbytes
+    data_end = ri.header_len + ri.cbytes
+    assert n[:data_end] == r[:data_end]
+    np.testing.assert_array_equal(ni.raw_offsets, ri.raw_offsets)
+    trailer = data_end + _offsets_len(r, data_end)
+    assert n[trailer:] == r[trailer:]  # vlmeta and checksums (of the same index)
+    np.testing.assert_array_equal(blosc2.open(os.fspath(new))[...], data)
+    assert integrity.verify_file(new).has_checksums
+
+
+def _offsets_len(buf, pos):
+    return int.from_bytes(buf[pos + 12 : pos + 16], "little")
+
+
 def test_special_chunks_are_kept_in_the_chunk_offsets(tmp_path):
     """Zeros, NaN and uninitialised chunks of a source (as other tools' files hold them)
     stay special values of the chunk offsets, as c-blosc2 stores them."""

@@ -56,8 +56,11 @@ _WRITE_MIN = 1 << 20  # chunks are gathered into writes of at least this much...
 _WRITE_MAX_PARTS = 256  # ...or of this many chunks (IOV_MAX is 1024 on Linux)
 
 # The parameters c-blosc2 compresses the chunk offsets with (frame.c, in every chunk
-# update: BLOSC2_CPARAMS_DEFAULTS with these changes); the thread count does not change
-# the bytes, so one thread suffices.
+# update: BLOSC2_CPARAMS_DEFAULTS with these changes). It uses four threads, which put
+# the 16 KiB blocks of an index of more than 2048 chunks in the order they finish (any
+# order is valid, so its bytes vary from run to run); one thread puts them in order:
+# the bytes c-blosc2 writes whenever its blocks finish in order, always for 2048 chunks
+# or fewer.
 _OFFSETS_CPARAMS = {
     "codec": blosc2.Codec.BLOSCLZ,
     "clevel": 5,
