@@ -148,7 +148,8 @@ def save_layers(
         data, meta, kind = mains[0]
         if meta.get("multiscale"):  # an .mla holds one resolution: the full one
             data = data[0]
-        if meta.get("rgb"):
+        rgb = bool(meta.get("rgb"))
+        if rgb:
             meta = _rgb_as_channel_axis(meta, len(data.shape))
         meta = _without_record_if_derived(path, len(data.shape), meta)
         _refuse_channel_over_its_file(path, meta)
@@ -168,6 +169,8 @@ def save_layers(
                 "matrix": undo.stored_matrix(layer_matrix(meta, data.ndim), data.shape),
                 "path": ((meta.get("metadata") or {}).get(KEY) or {}).get("path"),
             }
+            if rgb:  # the boxes are on the picture's spatial axes, not its colours
+                target = _without_colour_dim(target)
             record["bbox"], _ = boxes_from_shapes(shapes, target=target)
     else:
         kept = _file_array_layer(path, shapes)
@@ -424,6 +427,21 @@ def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:
         "axis_labels": [*labels, "channel"],
         "units": [*units, None],
         "rgb": False,
+    }
+
+
+def _without_colour_dim(target: dict) -> dict:
+    """The boxes' ``target`` of an RGB(A) layer saved with its colours as a ``channel``
+    axis (:func:`_rgb_as_channel_axis`) without that axis: the layer's last dim, whose
+    Shapes never had it (they align with the picture's spatial dims)."""
+    axes = list(target["axes"])
+    colour = axes.pop()  # the stored axis of the layer's last dim
+    matrix = np.delete(np.delete(target["matrix"], -2, axis=0), -2, axis=1)
+    return {
+        **target,
+        "axes": [a - (a > colour) for a in axes],
+        "shape": tuple(n for a, n in enumerate(target["shape"]) if a != colour),
+        "matrix": matrix,
     }
 
 

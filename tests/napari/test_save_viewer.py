@@ -674,3 +674,55 @@ def test_boxes_of_an_rgb_volume_open_over_its_spatial_axes(make_napari_viewer, t
         np.testing.assert_allclose(
             [boxes.data_to_world(p) for p in rect], [grey_boxes.data_to_world(p) for p in grey]
         )
+
+
+def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
+    make_napari_viewer, tmp_path
+):
+    """An RGB(A) file (colours on a last ``channel`` axis) opened by drag-and-drop and saved
+    with its boxes layer: the stored boxes are written as they were and a rectangle drawn
+    on slice z=2 becomes a box over exactly those voxels (was: every box rewritten on the
+    wrong axes, [[1, 4], [2, 6], [3, 9]] -> [[6.95, 15.65], [1.52, 3.31], [-14, -11]], also
+    over the file it came from)."""
+    import itertools
+
+    import napari
+
+    from mlarray import MLArray
+
+    rgb = np.zeros((6, 8, 10, 3), np.uint8)
+    rgb[..., 0] = np.arange(6 * 8 * 10).reshape(6, 8, 10) % 256  # each voxel's stored index
+    rgb[..., 1] = np.arange(6 * 8 * 10).reshape(6, 8, 10) // 256
+    m = MLArray(
+        rgb,
+        spacing=(2.9, 1.3, 0.7),
+        origin=(5, 6, 7),
+        axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"],
+    )
+    m.meta.spatial.coord_system = "LPS"
+    m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
+    path = tmp_path / "rgb.mla"
+    m.save(path)
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=None)
+    image, boxes = layers
+    assert image.rgb and type(boxes).__name__ == "Shapes"
+    napari.save_layers(str(path), layers, plugin="napari-mlarray")
+    back = MLArray.open(path)
+    assert back.meta.bbox.bboxes == [[[1, 4], [2, 6], [3, 9]]]
+    np.testing.assert_array_equal(back[...], rgb)
+    # a rectangle over rows 1..2 and columns 2..3 of the shown slice 2 (the Shapes layer
+    # shares the image layer's data coordinates); the voxels it covers, by their values
+    rect = [[2.0, r, c] for r, c in [(0.5, 1.5), (0.5, 3.5), (2.5, 3.5), (2.5, 1.5)]]
+    boxes.add_rectangles([np.array(rect)])
+    shown = np.asarray(image.data)
+    covered = {
+        np.unravel_index(int(shown[i][0]) + 256 * int(shown[i][1]), (6, 8, 10))
+        for i in itertools.product([2], range(1, 3), range(2, 4))
+    }
+    napari.save_layers(str(tmp_path / "drawn.mla"), [image, boxes], plugin="napari-mlarray")
+    drawn = MLArray.open(tmp_path / "drawn.mla")
+    assert drawn.meta.bbox.bboxes[0] == [[1, 4], [2, 6], [3, 9]]
+    box = drawn.meta.bbox.bboxes[1]
+    assert set(itertools.product(*(range(int(a), int(b)) for a, b in box))) == covered
+    np.testing.assert_array_equal(drawn[...], rgb)
