@@ -674,6 +674,10 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
     channel = block.pop("channel", None)
     if channel is not None:
         _drop_stored_axis(block, rec, channel["axis"], channel["view_axis"])
+    if block.pop("rgb", False):  # made over an RGB(A) picture: its grid, not its colours
+        view_axis = len(block["perm"]) - 1
+        _drop_stored_axis(block, rec, block["perm"][view_axis], view_axis)
+        _drop_last_layer_axis(block.get("as_read"))
     fresh = Meta().to_mapping()
     for key in ("stats", "bbox", "blosc2", "is_seg"):
         rec[key] = fresh[key]
@@ -682,6 +686,19 @@ def adopt_template(meta: dict, template: dict, layer_type: str, dtype: Any) -> d
     out = dict(meta)
     out["metadata"] = {**(meta.get("metadata") or {}), KEY: block}
     return out
+
+
+def _drop_last_layer_axis(as_read: dict | None) -> None:
+    """Remove the last layer axis (an RGB picture's colours) from the transforms a block
+    recorded as the layer was read."""
+    if not as_read:
+        return
+    for key in ("scale", "translate", "axis_labels", "units"):
+        if as_read.get(key) is not None:
+            as_read[key] = list(as_read[key])[:-1]
+    for key in ("rotate", "shear"):
+        if as_read.get(key) is not None:
+            as_read[key] = [list(row)[:-1] for row in list(as_read[key])[:-1]]
 
 
 def _drop_stored_axis(block: dict, rec: dict, axis: int, view_axis: int) -> None:

@@ -726,3 +726,41 @@ def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
     box = drawn.meta.bbox.bboxes[1]
     assert set(itertools.product(*(range(int(a), int(b)) for a, b in box))) == covered
     np.testing.assert_array_equal(drawn[...], rgb)
+
+
+def test_new_labels_for_an_rgb_picture_pair_voxel_for_voxel_with_it(make_napari_viewer, tmp_path):
+    """ "New labels for this image" over an RGB(A) picture saves a mask of the picture's
+    grid in its stored order: the voxel painted under the brush is the picture's voxel at
+    the same index, same affine and axis labels (was: stored as a layer made in napari,
+    z reversed for a zyx file, transposed for an xyz one, another affine, no labels)."""
+    import napari
+
+    from mlarray import MLArray
+    from napari_mlarray._new_labels import new_labels_for_image
+
+    rgb = np.zeros((6, 8, 10, 3), np.uint8)
+    rgb[..., 0] = np.arange(6 * 8 * 10).reshape(6, 8, 10) % 256
+    rgb[..., 1] = np.arange(6 * 8 * 10).reshape(6, 8, 10) // 256
+    for labels in (
+        ["spatial_z", "spatial_y", "spatial_x"],
+        ["spatial_x", "spatial_y", "spatial_z"],
+    ):
+        m = MLArray(
+            rgb, spacing=(2.9, 1.3, 0.7), origin=(5, 6, 7), axis_labels=[*labels, "channel"]
+        )
+        m.meta.spatial.coord_system = "LPS"
+        path = tmp_path / f"{labels[0]}.mla"
+        m.save(path)
+        viewer = make_napari_viewer()
+        image = viewer.open(path, plugin=None)[0]
+        mask = new_labels_for_image(viewer) or viewer.layers[-1]
+        mask.data[1, 2, 3] = 5
+        under = np.asarray(image.data)[1, 2, 3]
+        out = tmp_path / f"{labels[0]}_mask.mla"
+        napari.save_layers(str(out), [mask], plugin="napari-mlarray")
+        saved = MLArray.open(out)
+        assert saved.shape == rgb.shape[:-1] and saved.meta.spatial.axis_labels == labels
+        (painted,) = np.argwhere(saved[...] == 5)
+        np.testing.assert_array_equal(rgb[tuple(painted)], under)
+        img_affine = np.asarray(MLArray.open(path).affine, dtype=float)
+        np.testing.assert_allclose(np.asarray(saved.affine, dtype=float), img_affine)
