@@ -46,9 +46,20 @@ def _add_widget(viewer):
 
 
 def _run(widget, qtbot):
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
     widget.run_button.native.click()
     assert widget.worker is not None, widget.status.value
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30_000)
+    # Qt events processed by hand with a wall-clock deadline: in two clean-clone CI runs
+    # qtbot.waitUntil's own timers never fired (the main thread sat in glib's poll for
+    # minutes after the worker had finished), so a failure hung the suite
+    deadline = time.monotonic() + 60
+    while not widget.run_button.enabled:
+        assert time.monotonic() < deadline, f"the run did not finish: {widget.status.value}"
+        QApplication.processEvents()
+        time.sleep(0.01)
 
 
 def _ct(shape=(24, 64, 48)):
