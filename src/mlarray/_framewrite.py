@@ -45,12 +45,12 @@ _FRAME_LEN_AT = 16
 _NBYTES_AT = 30
 _CBYTES_AT = 39
 _HAS_VLMETA_AT = 68
-_FRAME_HEADER_MINLEN = 87
-_CHUNK_HEADER = 32
+_FRAME_HEADER_MINLEN = _frame._HEADER_MINLEN
+_CHUNK_HEADER = _frame._CHUNK_HEADER
 # Special values of whole chunks that c-blosc2 keeps in the chunk offsets instead of
 # storing the chunk (zeros, NaN, uninitialised); other chunks (a repeated value among
 # them) are stored as they are.
-_OFFSET_SPECIALS = frozenset({1, 2, 4})
+_OFFSET_SPECIALS = _frame._SPECIAL_IN_OFFSETS
 _TRAILER_VERSION = 1
 _WRITE_MIN = 1 << 20  # chunks are gathered into writes of at least this much...
 _WRITE_MAX_PARTS = 256  # ...or of this many chunks (IOV_MAX is 1024 on Linux)
@@ -153,7 +153,7 @@ class FrameWriter:
             self._typesize, 255
         ):
             raise Unsuitable(f"chunk {i} has another size or type size than the frame")
-        special = (mv[31] >> 4) & 0x07
+        special = _frame.chunk_special(mv, self._typesize)[0]
         if special in _OFFSET_SPECIALS:
             raw = (1 << 63) | (special << 56)
             self.raw_offsets[i] = raw - (1 << 64)  # as a signed int64

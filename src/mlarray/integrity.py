@@ -92,7 +92,13 @@ from mlarray.errors import (
     MLArrayMemoryError,
     os_errors,
 )
-from mlarray.frame import FrameInfo, check_chunk_blocks, inspect_frame, read_vlmeta_bytes
+from mlarray.frame import (
+    FrameInfo,
+    check_chunk_blocks,
+    chunk_special,
+    inspect_frame,
+    read_vlmeta_bytes,
+)
 from mlarray.indexing import Box, box_of_key, key_bounds, numpy_accepts
 from mlarray.record import VLMETA_KEY
 
@@ -989,7 +995,7 @@ class ChunkDecodeCheck:
         out = self._out
         if self._lib is not None:
             src = np.frombuffer(mv, dtype=np.uint8)
-            if (mv[31] >> 4) & 0x07 and nbytes > 0:  # a special value: no blocks stored
+            if chunk_special(mv, mv[3])[0] and nbytes > 0:  # a special value: no blocks stored
                 return self._special_problem(src, nbytes, mv[3])
             got = self._lib.decompress(src.ctypes.data, len(mv), out.ctypes.data, self.chunksize)
             return None if got == nbytes else f"c-blosc2 error {got}"

@@ -1301,10 +1301,7 @@ def copy_by_chunks(
     pieces = _source_pieces(src, shape, tuple(dst.chunks), np.dtype(dst.dtype), src_path)
     for i, (slc, block) in enumerate(pieces, 1):
         if isinstance(block, _Special):
-            if block.value is None:
-                dst.schunk.update_special(i - 1, block.kind)
-            else:
-                dst.schunk.update_special(i - 1, block.kind, block.value)
+            block.write(dst.schunk, i - 1)
         else:
             dst[slc] = block
         if progress is not None:
@@ -1317,6 +1314,13 @@ class _Special(NamedTuple):
 
     kind: Any
     value: bytes | None
+
+    def write(self, schunk: Any, n: int) -> None:
+        """Make chunk ``n`` of ``schunk`` this special value."""
+        if self.value is None:
+            schunk.update_special(n, self.kind)
+        else:
+            schunk.update_special(n, self.kind, self.value)
 
 
 def _source_pieces(
@@ -1382,10 +1386,7 @@ def _recompressed_chunks(
         if isinstance(block, _Special):
             if block not in made:
                 one = blosc2.empty(chunks, dtype=dtype, **kwargs)
-                if block.value is None:
-                    one.schunk.update_special(0, block.kind)
-                else:
-                    one.schunk.update_special(0, block.kind, block.value)
+                block.write(one.schunk, 0)
                 made[block] = one.schunk.get_chunk(0)
             yield made[block]
             continue
