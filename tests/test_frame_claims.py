@@ -63,3 +63,63 @@ def test_nan_chunks_are_refused_outside_float_arrays(tmp_path, dtype):
     p.write_bytes(_with_offsets(raw, offsets))
     with pytest.raises(MLArrayFormatError, match=r"nan\.mla.*NaN chunks"):
         MLArray.open(p)
+
+
+def _reader_of(buf: bytes, reads: list) -> object:
+    def read_at(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return buf[offset : offset + size]
+
+    return read_at
+
+
+def test_chunk_headers_are_read_from_the_file_in_bounded_runs(tmp_path):
+    """MLArray.open reads the chunk headers with pread (``read_at``), not through the
+    mapping: runs of nearby headers in one read of at most about 1 MiB, distant ones
+    alone, and the frame it finds is the one the bytes hold (special chunks, small
+    chunks, large ones)."""
+    from mlarray.frame import inspect_frame
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 50, (64, 64, 32), dtype=np.uint8)  # 4096 chunks of 32 bytes
+    small[:8] = 0  # chunks of zeros: special values, no header in the data
+    big = rng.integers(0, 2**16, (8, 256, 256), dtype=np.uint16)  # 8 chunks of 128 KiB
+    for name, data, chunks in (("small", small, (2, 2, 8)), ("big", big, (1, 256, 256))):
+        p = tmp_path / f"{name}.mla"
+        MLArray(data, patch_size=None, chunk_size=chunks, block_size=chunks).save(p)
+        buf = p.read_bytes()
+        reads: list = []
+        info = inspect_frame(buf, p, _reader_of(buf, reads))
+        plain = inspect_frame(buf, p)
+        for field in ("raw_offsets", "chunk_pos", "chunk_cbytes"):
+            np.testing.assert_array_equal(getattr(info, field), getattr(plain, field))
+        assert (info.uninit, info.delta) == (plain.uninit, plain.delta)
+        stored = int(np.count_nonzero(info.chunk_pos >= 0))
+        assert all(size <= (1 << 20) + 64 for _, size in reads)
+        if name == "small":
+            assert stored < info.nchunks  # the zero chunks are special
+            assert len(reads) <= -(-stored // 256) + 1 < stored / 100
+        else:
+            assert len(reads) == stored == 8  # 128 KiB apart: one read per header
+            assert all(size == 32 for _, size in reads)
+        np.testing.assert_array_equal(MLArray.open(p)[...], data)
+
+
+def test_a_failing_or_short_read_of_the_chunk_headers_is_an_error_naming_the_file(tmp_path):
+    import errno
+
+    from mlarray.errors import MLArrayIOError
+    from mlarray.frame import inspect_frame
+
+    p = tmp_path / "a.mla"
+    MLArray(np.arange(4096, dtype=np.int32).reshape(16, 16, 16), patch_size=None).save(p)
+    buf = p.read_bytes()
+
+    def failing(offset: int, size: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(MLArrayIOError, match=r"a\.mla.*could not be read") as exc:
+        inspect_frame(buf, p, failing)
+    assert exc.value.errno == errno.EIO
+    with pytest.raises(MLArrayFormatError, match=r"a\.mla.*ends within the chunk header"):
+        inspect_frame(buf, p, lambda offset, size: buf[offset : offset + size - 1])

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import pickle
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,3 +299,38 @@ def test_reads_of_any_numpy_key_give_numpys_result(counted_file, key):
             arr.set_chunk_cache()
         got = arr[key]
         assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def _inspection(buf: bytes, read_at: Any = None) -> Any:
+    """What inspect_frame says of ``buf``: its findings, or the error's message."""
+    try:
+        info = inspect_frame(buf, "f.mla", read_at)
+    except MLArrayError as exc:
+        return type(exc).__name__, str(exc)
+    arrays = (info.raw_offsets, info.chunk_pos, info.chunk_cbytes)
+    plain = {k: v for k, v in vars(info).items() if not isinstance(v, np.ndarray)}
+    return plain, [a.tolist() for a in arrays]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_chunk_headers_read_from_the_file_say_what_the_mapping_says(base_frame, data):
+    """inspect_frame reading the chunk headers through ``read_at`` (pread on the file, as
+    MLArray.open does) finds in a mutated frame exactly what it finds reading them
+    from the bytes: the same frame, or the same error."""
+    buf, hot = base_frame
+    edits = data.draw(
+        st.lists(st.tuples(st.sampled_from(hot), st.integers(0, 255)), min_size=1, max_size=3)
+    )
+    b = bytearray(buf)
+    for pos, val in edits:
+        b[pos] = val
+    b = bytes(b)
+    reads = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return b[offset : offset + size]
+
+    assert _inspection(b, read_at) == _inspection(b)
+    assert all(size <= (1 << 20) + 64 for _, size in reads)

@@ -222,7 +222,8 @@ def open_cstore(path: str | os.PathLike, nthreads: int = 1) -> tuple[CStore, Met
     if mapped is None:
         return None
     buf, version = mapped
-    info, meta = read_frame(buf, p)  # before c-blosc2 sees the frame
+    with _maps.reader(p, version) as read_at:
+        info, meta = read_frame(buf, p, read_at)  # before c-blosc2 sees the frame
     if info.uninit or info.delta:
         # chunks c-blosc2 leaves unwritten or decodes block by block against the wrong
         # reference: MLArray reads those files through its guarded path (mlarray._direct)

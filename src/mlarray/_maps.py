@@ -58,6 +58,8 @@ __all__ = [
     "map_file",
     "map_private",
     "map_private_watched",
+    "pread_at",
+    "reader",
     "rename",
     "resync",
     "same_file",
@@ -212,6 +214,38 @@ def _map_new(name: Any, p: Path, check: Any) -> tuple[Any, os.stat_result]:
         return (mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else b""), st
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def reader(p: Path, version: tuple | None) -> Iterator[Any]:
+    """``read_at(offset, size)`` (an ``os.pread``) on a descriptor of ``p`` while it is
+    the file of ``version`` (a :data:`Version`, or any tuple starting with the device
+    and inode: the same pages as a mapping of that version); None when it is another
+    file now, or cannot be opened. For :func:`mlarray.frame.inspect_frame`, which then
+    maps no page of the chunks."""
+    fd = -1
+    if version is not None:
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        with contextlib.suppress(OSError):
+            fd = os.open(p, flags)
+            if tuple(os.fstat(fd)[i] for i in (stat.ST_DEV, stat.ST_INO)) != version[:2]:
+                os.close(fd)
+                fd = -1
+    if fd < 0:
+        yield None
+        return
+    try:
+        yield pread_at(fd)
+    finally:
+        os.close(fd)
+
+
+def pread_at(fd: int) -> Any:
+    """``read_at(offset, size)`` on the open descriptor ``fd`` (None without
+    ``os.pread``), for :func:`mlarray.frame.inspect_frame`."""
+    if not hasattr(os, "pread"):
+        return None
+    return lambda offset, size: os.pread(fd, size, offset)
 
 
 def _drop(version: Version) -> None:

@@ -33,6 +33,7 @@ chunks is checked in well under a millisecond.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import struct
@@ -42,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mlarray.errors import MLArrayFormatError, MLArrayMemoryError
+from mlarray.errors import MLArrayFormatError, MLArrayIOError, MLArrayMemoryError
 
 __all__ = [
     "MAX_ARRAY_BYTES",
@@ -209,7 +210,7 @@ def _need(cond: bool, message: str) -> None:
         raise _Bad(message)
 
 
-def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
+def inspect_frame(buf: Any, path: Any = None, read_at: Any = None) -> FrameInfo:
     """Check the structure of the Blosc2 frame in ``buf``; return what it holds.
 
     Parameters
@@ -218,6 +219,13 @@ def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
         The whole file (``bytes`` or an ``mmap``).
     path : str or PathLike, optional
         Named in error messages.
+    read_at : callable, optional
+        ``read_at(offset, size) -> bytes`` reading the same file as ``buf`` (an
+        ``os.pread`` on a descriptor of it): the chunk headers, one per chunk spread
+        over the whole file, are read through it instead of through ``buf``. A
+        mapping touched once per chunk would map a page-cache folio per chunk into
+        the process (a kernel caches a freshly written file in folios of up to
+        megabytes): hundreds of megabytes of resident memory for a header check.
 
     Raises
     ------
@@ -226,7 +234,7 @@ def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
         an ``.mla`` file may hold; the message says what.
     """
     try:
-        return _inspect(memoryview(buf).cast("B"), path)
+        return _inspect(memoryview(buf).cast("B"), path, read_at)
     except _UnsupportedDtype as exc:
         raise MLArrayFormatError(path, str(exc)) from None
     except _Bad as exc:
@@ -237,6 +245,8 @@ def inspect_frame(buf: Any, path: Any = None) -> FrameInfo:
         ) from None
     except MemoryError as exc:  # the bookkeeping of a frame of very many chunks
         raise open_memory_error(path, exc, "to check its chunk index") from None
+    except OSError as exc:  # read_at: an I/O error of the disk
+        raise MLArrayIOError(path, f"could not be read ({exc})", exc.errno) from None
 
 
 def open_memory_error(path: Any, exc: MemoryError, doing: str = "") -> MLArrayMemoryError:
@@ -255,7 +265,7 @@ def _be(mv: memoryview, pos: int, fmt: str) -> int:
     return struct.unpack_from(">" + fmt, mv, pos)[0]
 
 
-def _inspect(mv: memoryview, path: Any) -> FrameInfo:
+def _inspect(mv: memoryview, path: Any, read_at: Any = None) -> FrameInfo:
     size = len(mv)
     _need(size >= _HEADER_MINLEN + _TRAILER_MINLEN, f"file of {size} bytes is too short")
     _need(bytes(mv[: len(FRAME_MAGIC)]) == FRAME_MAGIC, "no Blosc2 frame magic")
@@ -313,7 +323,9 @@ def _inspect(mv: memoryview, path: Any) -> FrameInfo:
 
     if nchunks:
         raw = _offsets(mv, data_end, trailer_start, nchunks)
-        pos, cb, uninit, delta = _chunks(mv, raw, header_len, cbytes, dtype, chunksize, blocksize)
+        pos, cb, uninit, delta = _chunks(
+            mv, raw, header_len, cbytes, dtype, chunksize, blocksize, read_at
+        )
     else:
         _need(cbytes == 0, "an empty array with compressed data")
         raw = np.zeros(0, dtype=np.int64)
@@ -583,6 +595,7 @@ def _chunks(
     dtype: np.dtype,
     chunksize: int,
     blocksize: int,
+    read_at: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, ChunkSet, bool]:
     typesize = dtype.itemsize
     # Few temporaries, none of Python objects: a frame may have up to MAX_CHUNKS chunks
@@ -609,9 +622,8 @@ def _chunks(
     cb = np.zeros(raw.shape, dtype=np.int64)
     delta = False
     if offs.size:
-        arr = np.frombuffer(mv, dtype=np.uint8)
         starts = offs + header_len
-        hdr = arr[starts[:, None] + np.arange(_CHUNK_HEADER)]
+        hdr = _chunk_headers(mv, starts, read_at)
         f = hdr[:, 2]
         _need(bool(np.all(f & 0x05 == 0x05)), "a chunk lacks the Blosc2 extended header")
         codecs = f >> 5
@@ -644,6 +656,36 @@ def _chunks(
         kind[regular] = spec
         delta = bool(np.any(hdr[:, 16:22] == _DELTA))
     return pos, cb, ChunkSet(np.flatnonzero(kind == _UNINIT)), delta
+
+
+# Chunk headers closer than this to the previous one are read with it in one read
+# (runs of small chunks); at most _RUN headers per read (a read stays near 1 MiB).
+_NEAR = 4096
+_RUN = 256
+
+
+def _chunk_headers(mv: memoryview, starts: np.ndarray, read_at: Any) -> np.ndarray:
+    """The :data:`_CHUNK_HEADER` bytes at each of ``starts`` (in bounds: checked), as
+    rows of a ``uint8`` array; through ``read_at`` when given (see inspect_frame)."""
+    span = np.arange(_CHUNK_HEADER)
+    if read_at is None:
+        return np.frombuffer(mv, dtype=np.uint8)[starts[:, None] + span]
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    n = len(s)
+    first = np.ones(n, dtype=bool)
+    first[1:] = s[1:] - s[:-1] > _NEAR
+    run = np.cumsum(first) - 1
+    first |= (np.arange(n) - np.flatnonzero(first)[run]) % _RUN == 0
+    bounds = np.append(np.flatnonzero(first), n).tolist()
+    out = np.empty((n, _CHUNK_HEADER), dtype=np.uint8)
+    for i, j in itertools.pairwise(bounds):
+        lo = int(s[i])
+        size = int(s[j - 1]) + _CHUNK_HEADER - lo
+        got = read_at(lo, size)
+        _need(len(got) == size, f"the file ends within the chunk header at {lo + len(got)}")
+        out[order[i:j]] = np.frombuffer(got, dtype=np.uint8)[(s[i:j] - lo)[:, None] + span]
+    return out
 
 
 # ---------------------------------------------------------------- trailer

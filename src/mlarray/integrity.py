@@ -157,17 +157,26 @@ def verifying() -> bool:
     return _verify_on_read
 
 
+# The largest page-cache folio a kernel maps for a file (a PMD: 2 MiB with 4 KiB pages).
+# Touching one byte of a file cached in large folios maps the whole folio, bytes before
+# the touched range too: a release must cover the folios it touched, not only its range.
+_FOLIO = 2 << 20
+
+
 def _release(buf: Any, lo: int, hi: int) -> None:
-    """Unmap the pages of ``buf[lo:hi]`` from this process (the page cache keeps them).
+    """Unmap the pages of ``buf[lo:hi]`` from this process (the page cache keeps them),
+    with the rest of the :data:`_FOLIO`-aligned span around them.
 
     Hashing a whole file through a read-only mapping would otherwise leave
     every page of it resident in the process: a streamed save of a 2 GB
-    volume would peak at gigabytes of RSS.
+    volume would peak at gigabytes of RSS. (Pages of that span another read of
+    this process uses are faulted back in when it touches them again.)
     """
     if hi > lo and isinstance(buf, mmap.mmap):
-        start = lo - lo % mmap.PAGESIZE
+        start = lo - lo % _FOLIO
+        end = min(-(-hi // _FOLIO) * _FOLIO, len(buf))
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            buf.madvise(mmap.MADV_DONTNEED, start, hi - start)
+            buf.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
@@ -894,9 +903,16 @@ def _map(path: Any) -> tuple[Any, Any]:
 def digest_file(path: Any) -> dict[str, bytes]:
     """Inspect the frame at ``path`` and return its checksum entries (name: value, see
     :func:`encode_digests`), for storing in its vlmeta."""
-    buf, _ = _map(path)
-    info = inspect_frame(buf, path)
+    buf, watch = _map(path)
+    info = _inspect_mapped(buf, path, watch)
     return encode_digests(buf, info)
+
+
+def _inspect_mapped(buf: Any, path: Any, watch: Any) -> FrameInfo:
+    """:func:`~mlarray.frame.inspect_frame` of the file ``path`` mapped as ``buf`` (its
+    :class:`~mlarray._maps.Watch` ``watch``), the chunk headers read with ``pread``."""
+    with _maps.reader(path, None if watch is None else (watch.dev, watch.ino)) as read_at:
+        return inspect_frame(buf, path, read_at)
 
 
 def refresh_file(store: Any, path: Any) -> None:
@@ -928,7 +944,7 @@ def verify_file(path: Any, *, raise_on_error: bool = True) -> VerifyReport:
         If the frame structure is invalid (always raised).
     """
     buf, watch = _map(path)
-    info = inspect_frame(buf, path)
+    info = _inspect_mapped(buf, path, watch)
     raw, bound, rec = _stored(buf, info, path)
     expected = _decode_digests(raw, bound, rec, buf, info, path)
     stale = raw is not None and expected is None

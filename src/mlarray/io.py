@@ -223,7 +223,8 @@ def _open_mapped(
             # into a Meta once per file version; every open gets its own copy of that
             # Meta. Then: whether blosc2.open accepted this version (see _store_in), and
             # whether it was seen without a journal.
-            checked = [*read_frame(buf, p), False, False]
+            with _maps.reader(p, version) as read_at:
+                checked = [*read_frame(buf, p, read_at), False, False]
             _CHECKED_FRAMES[version] = checked
             with contextlib.suppress(KeyError):  # emptied by another thread meanwhile
                 while len(_CHECKED_FRAMES) > _CHECKED_FRAMES_MAX:
@@ -577,7 +578,8 @@ def _verified_frame(p: Path, buf: Any, version: tuple | None = None) -> tuple[An
     :class:`CorruptChunkError`). Without digests, or with verification switched
     off, only the structure is checked.
     """
-    info = _frame.inspect_frame(buf, p)
+    with _maps.reader(p, version) as read_at:
+        info = _frame.inspect_frame(buf, p, read_at)
     store_like = _FrameBytes(tuple(info.shape))
     if version is not None:  # hashing a big file takes a while: checked as it goes
         _maps.watch(store_like, p, buf, version)
@@ -2317,7 +2319,7 @@ def _current_view(store: Any, p: Path, fd: int, reopen: Callable[[], Any] | None
     for attempt in range(2):
         buf = _map_of(fd)
         try:
-            info = _frame.inspect_frame(buf, p)
+            info = _frame.inspect_frame(buf, p, _maps.pread_at(fd))
         except MLArrayFormatError:
             # no writer of mlarray holds the file: damage, or another program's change
             _maps.check(store)  # changed since the handle looked: FileChangedError
@@ -2530,7 +2532,7 @@ def _transaction(
             integrity.mark_stale(store)  # a file without checksums: all of them on close()
         elif len(ids):
             new = _map_of(fd)
-            info_new = _frame.inspect_frame(new, p)  # c-blosc2 left a valid frame
+            info_new = _frame.inspect_frame(new, p, _maps.pread_at(fd))  # c-blosc2: valid?
             entries = integrity.updated_entry(new, info_new, digests, ids)
             del new, info_new
             # the entry it stores next: a writer killed after storing it is recognised
@@ -2555,7 +2557,8 @@ def _transaction(
     with contextlib.suppress(Exception):  # the frame this write left, as the next one checks
         size = os.fstat(fd).st_size
         new = _map_of(fd)
-        setattr(store, _FRAME_PRINT, (size, _frame_print(new, _frame.inspect_frame(new, p), size)))
+        info = _frame.inspect_frame(new, p, _maps.pread_at(fd))
+        setattr(store, _FRAME_PRINT, (size, _frame_print(new, info, size)))
 
 
 def _fail(

@@ -732,11 +732,13 @@ def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | No
     return meta
 
 
-def read_frame(buf: Any, path: Any) -> tuple[Any, Meta]:
+def read_frame(buf: Any, path: Any, read_at: Any = None) -> tuple[Any, Meta]:
     """Check the frame mapped as ``buf`` before c-blosc2 sees it and read its metadata:
     ``(FrameInfo, Meta)`` (the errors of :func:`mlarray.frame.inspect_frame` and of the
-    record). The pages the inspection touched (one per chunk) are unmapped from this
-    process afterwards: mappings are kept, and mapped pages cannot be evicted."""
+    record). The chunk headers are read through ``read_at`` when given (see
+    inspect_frame); otherwise the pages the inspection touched (one per chunk) are
+    unmapped from this process afterwards: mappings are kept, and mapped pages cannot
+    be evicted."""
     import contextlib
     import mmap
 
@@ -746,8 +748,9 @@ def read_frame(buf: Any, path: Any) -> tuple[Any, Meta]:
         raise MLArrayFormatError(
             path, "not an .mla file (it does not start with a Blosc2 frame header)"
         )
-    info = inspect_frame(buf, path)
+    info = inspect_frame(buf, path, read_at)
     meta = meta_of_frame(read_vlmeta_bytes(buf, info, VLMETA_KEY, path), info.shape, path)
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        buf.madvise(mmap.MADV_DONTNEED)
+    if read_at is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            buf.madvise(mmap.MADV_DONTNEED)
     return info, meta
