@@ -37,13 +37,20 @@ def wait_status(pid: int, seconds: float = 60) -> int | None:
     return None
 
 
+def reference_env() -> dict[str, str]:
+    """The environment for the reference package's Python: without a ``PYTHONPATH``
+    (set to run these tests on a source tree), which would import this tree in its
+    place."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def run_reference(code: str, cwd: os.PathLike | str, timeout: float = 300) -> str:
     """Run ``code`` (dedented) under the reference package's Python
     (``MLARRAY_REFERENCE_PYTHON``, a black box) in ``cwd``; its standard output. The
     child gets no ``PYTHONPATH``: it must import the reference, never this tree."""
     import textwrap
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = reference_env()
     r = subprocess.run(
         [os.environ["MLARRAY_REFERENCE_PYTHON"], "-c", textwrap.dedent(code)],
         capture_output=True,

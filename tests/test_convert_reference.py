@@ -21,6 +21,7 @@ import pytest
 
 from mlarray import MLArray
 from mlarray.convert import to_file
+from tests._children import reference_env
 from tests._worldcheck import NIB_DATA, assert_same_world, oblique_sitk, ours, run_cli
 
 REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
@@ -100,7 +101,7 @@ def test_same_voxels_at_the_same_world_points_as_the_reference(tmp_path, kind):
 def _reference_env() -> dict[str, str]:
     """The environment for the reference venv's python: without a PYTHONPATH that would
     import this package in its place."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return reference_env()
 
 
 def test_reference_named_converters_store_the_reference_s_array(tmp_path):

@@ -20,6 +20,7 @@ from mlarray.errors import CorruptChunkError, IndexingError, MLArrayFormatError
 from mlarray.frame import decompress_chunk_bytes, inspect_frame
 from mlarray.io import save_mla
 from mlarray.meta import Meta
+from tests._children import reference_env
 from tests.conftest import FIXTURES, fixture_names, plain_blosc2_file
 
 
@@ -393,7 +394,12 @@ MLArray(rng.normal(size=(3, 33, 40)).astype("float32"), axis_labels=["channel", 
         "spatial_y"]).save(d + "/chan.mla")
 """
     res = subprocess.run(
-        [REFERENCE_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [REFERENCE_PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=reference_env(),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     files = sorted(tmp_path.glob("*.mla"))

@@ -32,7 +32,7 @@ from mlarray.errors import (
 )
 from mlarray.io import FRAME_MAGIC, read_meta, save_mla
 from mlarray.meta import Meta
-from tests._children import peak_rss_growth
+from tests._children import peak_rss_growth, reference_env
 
 FORMAT_KEYS = {
     "source": {"data"},
@@ -373,6 +373,7 @@ def test_reference_package_reads_our_files(tmp_path):
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=reference_env(),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -412,6 +413,7 @@ def test_files_written_by_the_reference_package_open_here(tmp_path):
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=reference_env(),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     x = np.load(tmp_path / "x.npy")

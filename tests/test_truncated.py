@@ -27,7 +27,7 @@ import pytest
 
 from mlarray import MLArray
 from mlarray.errors import FileChangedError, MLArrayError, MLArrayFormatError
-from tests._children import wait_status
+from tests._children import reference_env, wait_status
 
 SHAPE = (48, 64, 80)
 
@@ -367,6 +367,7 @@ def test_a_file_replaced_or_deleted_keeps_its_old_version_readable(tmp_path, how
         elif how == "reference_save":  # another program: the reference package
             subprocess.run(
                 [REFERENCE_PYTHON, "-c", script, os.fspath(tmp_path / "y.npy"), os.fspath(p)],
+                env=reference_env(),
                 check=True,
                 capture_output=True,
                 timeout=120,

@@ -20,6 +20,7 @@ from napari_mlarray._orientation import (
     orientation_for,
     spatial_mask,
 )
+from tests._children import reference_env
 from tests.data.make_converted import CONVERTER_CODES, ORDERS
 
 CONVERTED = Path(__file__).parents[1] / "data" / "converted"
@@ -118,14 +119,17 @@ REFERENCE_PYTHON = os.environ.get("MLARRAY_REFERENCE_PYTHON")
 def test_vendored_conversions_are_what_the_reference_converter_writes(tmp_path):
     script = Path(__file__).parents[1] / "data" / "make_converted.py"
     has_converter = subprocess.run(
-        [REFERENCE_PYTHON, "-c", "import medvol, nibabel"], capture_output=True
+        [REFERENCE_PYTHON, "-c", "import medvol, nibabel"], capture_output=True, env=reference_env()
     )
     if has_converter.returncode != 0:
         pytest.skip("the reference environment has no medvol/nibabel (.ci/run installs them)")
     # three of them (each conversion starts the converter anew): reordered, NRRD, 4-D
     stems = ["phantom_PIR", "phantom_nrrd", "series_4d"]
     subprocess.run(
-        [REFERENCE_PYTHON, str(script), str(tmp_path), *stems], check=True, capture_output=True
+        [REFERENCE_PYTHON, str(script), str(tmp_path), *stems],
+        check=True,
+        capture_output=True,
+        env=reference_env(),
     )
     assert sorted(p.stem for p in tmp_path.glob("*.mla")) == sorted(stems)
     for name in [f"{stem}.mla" for stem in stems]:
