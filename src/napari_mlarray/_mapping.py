@@ -29,6 +29,7 @@ from mlarray.meta import Meta, MetaStatistics, is_colour_axis, is_spatial_label
 from napari_mlarray._layer_common import KEY, as_read, common_layer_kwargs, drop_axes, with_metadata
 from napari_mlarray._orientation import (
     ANATOMY_LABELS,
+    Orientation,
     as_meta,
     display_frame,
     layer_matrix,
@@ -44,6 +45,8 @@ __all__ = [
     "labels_layer_kwargs",
     "read_layer_axes",
     "record_from_layer",
+    "rgb_kwargs",
+    "rgb_view_axis",
     "short_unit",
 ]
 
@@ -279,8 +282,8 @@ def image_layer_kwargs(
     if labels is not None:
         channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
     shape = spatial.shape
-    if channel is not None and shape is not None and _is_rgb(shape, orient.perm[channel], dtype):
-        return _rgb_kwargs(kw, block, channel)
+    if channel is not None and rgb_view_axis(record, orient, dtype) == channel:
+        return rgb_kwargs(kw, block, channel)
     if (
         channel is not None
         and shape is not None
@@ -321,14 +324,25 @@ def image_layer_kwargs(
     return out
 
 
-def _is_rgb(shape, axis: int, dtype: str | None) -> bool:
-    """Whether stored ``channel`` axis ``axis`` holds the colours of an RGB(A) picture:
-    :func:`mlarray.meta.is_colour_axis` (as the plugin's writer and ``mlarray convert``
-    store colour pictures, the last axis, 3 or 4 long, of 8-bit data)."""
-    return is_colour_axis(shape, axis, dtype)
+def rgb_view_axis(record: Meta | dict, orient: Orientation, dtype: str | None) -> int | None:
+    """The view axis holding the colours of an RGB(A) picture, which napari shows as one
+    RGB layer; None for any other array.
+
+    The colours are a ``channel`` axis that :func:`mlarray.meta.is_colour_axis` accepts
+    (as the plugin's writer and ``mlarray convert`` store colour pictures: the last
+    axis, 3 or 4 long, of 8-bit data).
+    """
+    spatial = as_meta(record).spatial
+    labels, shape = spatial.axis_labels, spatial.shape
+    if labels is None or shape is None:
+        return None
+    channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
+    if channel is None or not is_colour_axis(shape, orient.perm[channel], dtype):
+        return None
+    return channel
 
 
-def _rgb_kwargs(kw: dict, block: dict, channel: int) -> dict:
+def rgb_kwargs(kw: dict, block: dict, channel: int) -> dict:
     """``viewer.add_image`` keywords of an RGB(A) layer: the ``channel`` view axis moved last,
     as napari's colour axis (the layer's transforms then cover the other axes).
 

@@ -248,17 +248,25 @@ def _file_array_layer(path: str | os.PathLike, shapes: list[tuple]) -> list[tupl
             shown.spatial.coord_system = block["world_frame"]  # the reader showed it so
     else:
         source = target
-    kw, _, block = common_layer_kwargs(
+    kw, orient, block = common_layer_kwargs(
         shown, arr.ndim, name=Path(target).stem, path=source, layer="image"
     )
     block["record"] = stored.to_mapping()
-    with_metadata(kw, block)
+    colour = _mapping.rgb_view_axis(shown, orient, np.dtype(arr.dtype).str)
+    skip: tuple[int, ...] = ()
+    if colour is None:
+        with_metadata(kw, block)
+    else:  # an RGB(A) picture: one RGB layer, its boxes over the spatial axes (as read)
+        skip = (orient.perm[colour],)
+        kw = _mapping.rgb_kwargs(kw, block, colour)
     view = LazyView(arr, perm=block["perm"], flip=block.get("flip"), path=target)  # as read
     layers: list[tuple] = [(view, kw, "image")]
     if not own and stored.bbox.bboxes:  # keep the file's boxes, as the reader draws them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # boxes not drawn are kept as stored anyway
-            drawn = shapes_layer_data(shown, arr.ndim, name="", path=source, shape=arr.shape)
+            drawn = shapes_layer_data(
+                shown, arr.ndim, name="", path=source, skip_axes=skip, shape=arr.shape
+            )
         if drawn is not None:
             data, skw = drawn
             skw["metadata"][KEY]["record"] = stored.to_mapping()

@@ -728,6 +728,54 @@ def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
     np.testing.assert_array_equal(drawn[...], rgb)
 
 
+def test_a_new_boxes_layer_saved_alone_over_an_rgb_picture_adds_boxes_on_its_spatial_axes(
+    make_napari_viewer, tmp_path
+):
+    """Shapes drawn in a new layer over an RGB(A) file opened by drag-and-drop and saved
+    alone over that file: the picture and its boxes stay, and the rectangle becomes a
+    box over exactly the voxels it covers, on the picture's three spatial axes (was:
+    every box written with a fourth, colour extent [0, 3])."""
+    import itertools
+
+    import napari
+
+    from mlarray import MLArray
+
+    rgb = np.zeros((6, 8, 10, 3), np.uint8)
+    rgb[..., 0] = np.arange(6 * 8 * 10).reshape(6, 8, 10) % 256  # each voxel's stored index
+    rgb[..., 1] = np.arange(6 * 8 * 10).reshape(6, 8, 10) // 256
+    m = MLArray(
+        rgb,
+        spacing=(2.9, 1.3, 0.7),
+        origin=(5, 6, 7),
+        axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"],
+    )
+    m.meta.spatial.coord_system = "LPS"
+    m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
+    path = tmp_path / "rgb.mla"
+    m.save(path)
+    viewer = make_napari_viewer()
+    image, _ = viewer.open(path, plugin=None)
+    assert image.rgb
+    corners = [[2.0, r, c] for r, c in [(0.5, 1.5), (0.5, 3.5), (2.5, 3.5), (2.5, 1.5)]]
+    drawn = viewer.add_shapes(
+        [np.array([image.data_to_world(p) for p in corners])], shape_type="rectangle", ndim=3
+    )
+    shown = np.asarray(image.data)
+    covered = {
+        np.unravel_index(int(shown[i][0]) + 256 * int(shown[i][1]), (6, 8, 10))
+        for i in itertools.product([2], range(1, 3), range(2, 4))
+    }
+    napari.save_layers(str(path), [drawn], plugin="napari-mlarray")
+    back = MLArray.open(path)
+    np.testing.assert_array_equal(back[...], rgb)
+    assert back.meta.spatial.axis_labels == ["spatial_z", "spatial_y", "spatial_x", "channel"]
+    kept, box = back.meta.bbox.bboxes
+    assert kept == [[1, 4], [2, 6], [3, 9]]
+    assert len(box) == 3
+    assert set(itertools.product(*(range(int(a), int(b)) for a, b in box))) == covered
+
+
 def test_new_labels_for_an_rgb_picture_pair_voxel_for_voxel_with_it(make_napari_viewer, tmp_path):
     """ "New labels for this image" over an RGB(A) picture saves a mask of the picture's
     grid in its stored order: the voxel painted under the brush is the picture's voxel at
