@@ -442,6 +442,7 @@ def test_files_written_by_the_reference_package_open_here(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env=reference_env(),
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(2, 20, 24, 28)" in res.stdout and "channel" in res.stdout
