@@ -361,6 +361,18 @@ def _open_mla(path: str, nthreads: int = 1, *, cache: bool = False) -> Any:
     return a
 
 
+def _open_napari_source(path: str) -> Any:
+    """The array the napari reader gives its layer (``napari_mlarray._reader._open``): the
+    file through the C library on every usable core, with its block-layer cache."""
+    from mlarray._fork import usable_cores
+    from napari_mlarray._source import open_source
+
+    opened = open_source(path, usable_cores())
+    if opened is None or opened[0] is None:
+        raise RuntimeError(f"{path}: the napari reader's source cannot open it")
+    return opened[0]
+
+
 def _open_unverified(path: str) -> Any:
     """Ours with checksum verification of reads switched off (to price the checks)."""
     from mlarray import integrity
@@ -738,8 +750,11 @@ def task_scroll(t: dict) -> dict:
                 c, s = _cpu(), time.perf_counter()
                 decode_layers(nd, axis, start, t["n"])
             else:
-                threads = len(os.sched_getaffinity(0)) if k == "mla_cache_threads" else 1
-                a = _open_mla(path, threads, cache=k.startswith("mla_cache"))
+                if k == "napari_source":  # as the napari reader opens a file
+                    a = _open_napari_source(path)
+                else:
+                    threads = len(os.sched_getaffinity(0)) if k == "mla_cache_threads" else 1
+                    a = _open_mla(path, threads, cache=k.startswith("mla_cache"))
                 c, s = _cpu(), time.perf_counter()
                 for i in range(start, start + t["n"]):
                     x = a[(slice(None),) * axis + (i,)]

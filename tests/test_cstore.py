@@ -186,6 +186,30 @@ def test_threads_share_the_store(tmp_path):
     assert not errors, errors[0]
 
 
+def test_planes_of_a_cached_layer_read_nothing_of_the_file(tmp_path):
+    """Scrolling through a decoded block layer (the napari reader's store) copies planes
+    out of the layer, as MLArray's cache does: no check of the file, no verification.
+    Seen from outside: once a layer is decoded, its planes still read (as ints and as
+    napari's length-1 slices) after the file was cut short in place, while a plane of
+    another layer raises FileChangedError."""
+    from mlarray.errors import FileChangedError
+
+    _lib_or_skip()
+    data = _values((32, 40, 48), np.int16, seed=5)
+    p = tmp_path / "scroll.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(16, 20, 24), block_size=(8, 10, 12))
+    store, _ = _cstore.open_cstore(p)
+    cache = ChunkCache()
+    np.testing.assert_array_equal(_cstore.read(store, (slice(3, 4),), cache), data[3:4])
+    os.truncate(p, 100)
+    for i in range(8):  # block layer 0 along axis 0: planes 0..7
+        np.testing.assert_array_equal(_cstore.read(store, (i,), cache), data[i])
+        got = _cstore.read(store, (slice(i, i + 1), slice(None), slice(None)), cache)
+        np.testing.assert_array_equal(got, data[i : i + 1])
+    with pytest.raises(FileChangedError, match=r"scroll\.mla"):
+        _cstore.read(store, (8,), cache)
+
+
 def test_in_memory_chunks_decompress_as_blosc2_does():
     _lib_or_skip()
     raw = np.arange(10_000, dtype=np.int32).tobytes()

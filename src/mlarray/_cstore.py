@@ -39,7 +39,14 @@ import numpy as np
 
 from mlarray import _clib, _maps, _prefetch, integrity
 from mlarray._fullread import read_all, selects_all
-from mlarray._read import ChunkCache, _basic_key, read_cached, read_memory_error
+from mlarray._read import (
+    ChunkCache,
+    _basic_key,
+    cached_plane,
+    plane_of,
+    read_cached,
+    read_memory_error,
+)
 from mlarray._sidefiles import SUFFIX, journal_path
 from mlarray.errors import IndexingError, MLArrayError
 from mlarray.frame import (
@@ -281,6 +288,10 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     norm = None if not store.ndim or 0 in store.shape else _basic_key(key, store.ndim)
     if norm is None:
         return None
+    if cache is not None:
+        out = _cached(store, norm, cache)
+        if out is not None:
+            return out
     _prefetch.prefetch_read(store, key)
     integrity.verify_read(store, key)
     touched = _maps.touched_count(store)
@@ -300,6 +311,20 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
         ) from None
     _maps.check_read(store, touched, cache)  # the file did not change meanwhile
     return out
+
+
+def _cached(store: CStore, norm: tuple, cache: ChunkCache) -> np.ndarray | None:
+    """The plane ``store[norm]`` (an int, or a length-1 slice as napari asks) when its
+    block layer is in ``cache`` already, else None. The layer's chunks were verified
+    and the file checked when it was decoded; a plane of it reads nothing of the file
+    (as :meth:`mlarray.MLArray.__getitem__` serves it)."""
+    axis = _one_plane(norm, store.shape)
+    if axis is None:
+        hit = cached_plane(store, norm, cache)
+        return None if hit is None else plane_of(*hit)
+    index = norm[axis].indices(store.shape[axis])[0]
+    hit = cached_plane(store, (*norm[:axis], index, *norm[axis + 1 :]), cache)
+    return None if hit is None else np.expand_dims(plane_of(*hit), axis)
 
 
 def _decode(store: CStore, key: Any, norm: tuple, cache: ChunkCache | None) -> np.ndarray:
