@@ -372,9 +372,9 @@ def test_forget_verified_applies_to_reopened_files(tmp_path, monkeypatch):
     hashed: list[int] = []
     real = integrity.chunk_digests
 
-    def spy(buf, info, ids=None):
+    def spy(buf, info, ids=None, release=True):
         hashed.extend([] if ids is None else list(ids))
-        return real(buf, info, ids)
+        return real(buf, info, ids, release)
 
     monkeypatch.setattr(integrity, "chunk_digests", spy)
     a = MLArray.open(p)

@@ -179,11 +179,15 @@ def _release(buf: Any, lo: int, hi: int) -> None:
             buf.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -> np.ndarray:
+def chunk_digests(
+    buf: Any, info: FrameInfo, ids: Sequence[int] | None = None, release: bool = True
+) -> np.ndarray:
     """XXH3-64 digest of each chunk (or of chunks ``ids``) of the frame in ``buf``.
 
-    The chunks are hashed where they are (a mapped file is not copied); a mapped
-    ``buf`` keeps no hashed page resident (see :func:`_release`).
+    The chunks are hashed where they are (a mapped file is not copied); with
+    ``release``, a mapped ``buf`` keeps no hashed page resident (see :func:`_release`).
+    A read that decodes those chunks from the mapping next passes False: it would map
+    them again at once.
     """
     mv = memoryview(buf).cast("B")
     idx = range(info.nchunks) if ids is None else ids
@@ -196,7 +200,8 @@ def chunk_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None = None) -
             out[j] = h(raw[i : i + 1].tobytes())
             continue
         out[j] = h(mv[p : p + int(cb[i])])
-        _release(buf, p, p + int(cb[i]))
+        if release:
+            _release(buf, p, p + int(cb[i]))
     return out
 
 
@@ -204,12 +209,14 @@ _CHECK_EVERY = 8 << 20  # bytes hashed between two checks of a mapped file
 _SETTLE = 0.02  # s: a chunk failing its checksum is hashed again after this (see _rewritten)
 
 
-def _watched_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch: Any) -> Any:
+def _watched_digests(
+    buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch: Any, release: bool = True
+) -> Any:
     """:func:`chunk_digests`, with ``watch`` (a :class:`mlarray._maps.Watch` of the mapped
     file, or None) checked before the first chunk and every few MiB hashed: a file cut
     short meanwhile raises :class:`~mlarray.errors.FileChangedError`, not a SIGBUS."""
     if watch is None:
-        return chunk_digests(buf, info, ids)
+        return chunk_digests(buf, info, ids, release)
     idx = list(range(info.nchunks) if ids is None else ids)
     cb = info.chunk_cbytes
     parts, start, due = [], 0, 0
@@ -217,7 +224,7 @@ def _watched_digests(buf: Any, info: FrameInfo, ids: Sequence[int] | None, watch
         due += max(int(cb[i]), 0)
         if due >= _CHECK_EVERY or j == len(idx) - 1:
             watch.check()
-            parts.append(chunk_digests(buf, info, idx[start : j + 1]))
+            parts.append(chunk_digests(buf, info, idx[start : j + 1], release))
             start, due = j + 1, 0
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
@@ -587,9 +594,10 @@ class ChunkVerifier:
         if todo:
             self._hash(todo)
 
-    def _hash(self, todo: list[int]) -> None:
-        """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests."""
-        got = _watched_digests(self.buf, self.info, todo, self.watch)
+    def _hash(self, todo: list[int], release: bool = True) -> None:
+        """Hash chunks ``todo`` (unverified, distinct) and compare them with their digests
+        (``release``: see :func:`chunk_digests`)."""
+        got = _watched_digests(self.buf, self.info, todo, self.watch, release)
         expected = self.expected
         bad = [i for i, g in zip(todo, got.tolist(), strict=True) if g != int(expected[i])]
         if bad:
@@ -634,18 +642,21 @@ class ChunkVerifier:
         time.sleep(_SETTLE)
         return chunk_digests(self.buf, self.info, bad).tolist() != got
 
-    def verify_region(self, bounds: Sequence[tuple[int, int]]) -> None:
-        """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)."""
+    def verify_region(self, bounds: Sequence[tuple[int, int]], release: bool = True) -> None:
+        """Verify the chunks overlapping the box ``[(start, stop), ...]`` (one pair per axis)
+        (``release``: see :func:`chunk_digests`)."""
         if not self.enabled or self.done or not self.info.nchunks:
             return
         checked = self.checked
         todo = [i for i in self.geometry.chunks_in_box(bounds) if not checked[i]]
         if todo:
-            self._hash(todo)
+            self._hash(todo, release)
 
     def verify_key(self, key: Any, box: Box | None = None) -> None:
         """Verify the chunks a read of ``key`` (valid for the shape) touches; ``box`` is
-        its :func:`~mlarray.indexing.box_of_key`, when the caller has it already."""
+        its :func:`~mlarray.indexing.box_of_key`, when the caller has it already. Their
+        pages stay mapped (the read decodes them from the mapping next), except when
+        the key's chunks are not known and every chunk is verified."""
         if not self.enabled or self.done:
             return
         if box is None:
@@ -661,7 +672,7 @@ class ChunkVerifier:
                 return  # a key numpy refuses: the read itself reports it
             if bounds is None:
                 return
-        self.verify_region(bounds)
+        self.verify_region(bounds, release=False)
 
     def verify_all(self) -> None:
         """Verify every chunk."""
