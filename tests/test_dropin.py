@@ -1187,6 +1187,44 @@ def test_meta_module_helpers_the_reference_exports():
         v([1, 2], "axis_labels")
 
 
+_PLAIN_CASES = """
+import json, os, sys
+import numpy as np
+from mlarray import Meta, MLArray
+
+m = Meta()
+m.bbox.bboxes = [[[0, 1], [0, 1]]]
+boxes = MLArray(meta=m)
+boxes.save(os.path.join(sys.argv[1], "boxes.mla"))
+metas = {
+    "Meta()": Meta(),
+    "Meta(spatial)": Meta(spatial={"spacing": [1.5, 2.0]}),
+    "Meta(is_seg, extra)": Meta(is_seg=True, extra={"a": 1}),
+    "from_mapping": Meta.from_mapping({"source": {"k": "v"}}),
+    "from_mapping with version": Meta.from_mapping({"_mlarray_version": "v0"}),
+    "MLArray()": MLArray().meta,
+    "MLArray(meta)": boxes.meta,
+    "reopened": MLArray.open(os.path.join(sys.argv[1], "boxes.mla")).meta,
+}
+print(json.dumps({k: [str(v._mlarray_version), v.to_plain()] for k, v in metas.items()}))
+"""
+
+
+@needs_reference
+def test_the_format_version_is_set_once_an_mlarray_holds_the_meta_as_in_the_reference(tmp_path):
+    """A Meta of its own has no format version (``to_plain()`` of ``Meta()`` is ``{}``);
+    the Meta an MLArray holds, or one read from a file, has "v0": what the reference
+    gives for each (was: every Meta had "v0", so ``Meta().to_plain()`` was not empty)."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ref").mkdir()
+    ours = json.loads(run_python(_PLAIN_CASES, tmp_path / "ours"))
+    ref = json.loads(
+        _reference(_PLAIN_CASES.replace("sys.argv[1]", repr(str(tmp_path / "ref"))), tmp_path)
+    )
+    assert ours == ref
+    assert ours["Meta()"][1] == {} and ours["reopened"][1]["_mlarray_version"] == "v0"
+
+
 def test_the_format_version_on_a_meta_compares_and_prints_as_its_string(tmp_path):
     """The reference holds ``meta._mlarray_version`` of an MLArray as the str "v0":
     scripts compare it with a string and print it (was: never equal, printed as

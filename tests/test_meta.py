@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlarray import MLArray
 from mlarray.errors import MetaValidationError
 from mlarray.meta import (
     META_PARTS,
@@ -39,7 +40,8 @@ FORMAT_KEYS = [
 def test_default_meta_mapping_has_the_format_key_set_in_order():
     m = Meta().to_mapping()
     assert list(m) == FORMAT_KEYS
-    assert m["_mlarray_version"] == "v0"
+    assert m["_mlarray_version"] is None  # a Meta of its own; "v0" once an MLArray holds it
+    assert MLArray(np.zeros(3)).meta.to_mapping()["_mlarray_version"] == "v0"
     assert m["is_seg"] == {"is_seg": None}
     assert m["_has_array"] == {"has_array": False}
     assert list(m["spatial"]) == [
@@ -161,16 +163,16 @@ def test_meta_accepts_plain_dicts_for_parts_and_on_assignment():
 
 def test_to_plain_suppresses_default_parts_and_unwraps_single_keys():
     m = Meta(source={"case": "c1"}, is_seg=True)
-    assert m.to_plain() == {"source": {"case": "c1"}, "is_seg": True, "_mlarray_version": "v0"}
-    assert Meta().to_plain() == {"_mlarray_version": "v0"}
+    assert m.to_plain() == {"source": {"case": "c1"}, "is_seg": True}
+    assert Meta().to_plain() == {}
 
 
 def test_to_plain_with_include_none_lists_every_part():
     # fixed-column rows per case: a default part is None, not a missing key
     row = Meta(source={"case": "c1"}).to_plain(include_none=True)
     assert set(row) == set(META_PARTS)
-    assert row["source"] == {"case": "c1"} and row["_mlarray_version"] == "v0"
-    assert all(row[k] is None for k in META_PARTS if k not in ("source", "_mlarray_version"))
+    assert row["source"] == {"case": "c1"}
+    assert all(row[k] is None for k in META_PARTS if k != "source")
 
 
 def test_copy_from_fills_only_unset_fields_unless_overwrite():

@@ -1223,11 +1223,7 @@ class MetaVersion(SingleKeyBaseMeta):
     __hash__ = None  # type: ignore[assignment]
 
     def __str__(self) -> str:
-        return self.value if self.value is not None else repr(self)
-
-
-def _default_version() -> MetaVersion:
-    return MetaVersion(FORMAT_VERSION)
+        return str(self.value)  # "None" for a Meta of its own, as the reference prints it
 
 
 @dataclass
@@ -1263,9 +1259,9 @@ class Meta(BaseMeta):
     _image_meta_format: MetaImageFormat = field(
         default_factory=MetaImageFormat, metadata={"internal": True}
     )
-    _mlarray_version: MetaVersion = field(
-        default_factory=_default_version, metadata={"internal": True}
-    )
+    #: None for a Meta of its own; the format version once an MLArray holds it (or read
+    #: from a file), as in the reference package
+    _mlarray_version: MetaVersion = field(default_factory=MetaVersion, metadata={"internal": True})
 
     def __setattr__(self, name: str, value: Any) -> None:
         sub = META_PARTS.get(name)
@@ -1400,7 +1396,7 @@ class Meta(BaseMeta):
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if v.is_default() and f.name != "_mlarray_version":
+            if v.is_default():
                 if include_none:
                     out[f.name] = None
                 continue

@@ -39,7 +39,14 @@ from mlarray.errors import (
 )
 from mlarray.frame import ChunkGeometry
 from mlarray.indexing import key_bounds, selection_box
-from mlarray.meta import Meta, MetaBlosc2, MetaStatistics, _meta_internal_write
+from mlarray.meta import (
+    FORMAT_VERSION,
+    Meta,
+    MetaBlosc2,
+    MetaStatistics,
+    MetaVersion,
+    _meta_internal_write,
+)
 
 __all__ = ["MLArray"]
 
@@ -129,10 +136,19 @@ def _compose_meta(
     for key in ("shape", "_num_spatial_axes", "_num_non_spatial_axes"):
         spatial.pop(key, None)
     with _meta_internal_write():
-        out = Meta.from_mapping(parts)
+        out = _owned(Meta.from_mapping(parts))
         out._has_array.has_array = shape is not None
         out.spatial.shape = None if shape is None else list(shape)
     return out
+
+
+def _owned(meta: Meta) -> Meta:
+    """``meta`` as an MLArray holds it: with the format version (a Meta of its own
+    has none, as in the reference package)."""
+    if meta._mlarray_version.value is None:
+        with _meta_internal_write():
+            meta._mlarray_version = MetaVersion(FORMAT_VERSION)
+    return meta
 
 
 def _recorded_patch(
@@ -329,7 +345,7 @@ class MLArray:
         self._mode: str | None = None
         self._mmap_mode: str | None = None
         self._chunk_cache: _read.ChunkCache | None = None
-        self._meta = Meta() if meta is None else meta
+        self._meta = _owned(Meta() if meta is None else meta)
 
     def _remeta(
         self,
@@ -366,7 +382,7 @@ class MLArray:
         if self._store is not None:
             with _meta_internal_write():
                 meta.spatial.shape = list(self._store.shape)
-        self._meta = meta
+        self._meta = _owned(meta)
 
     @classmethod
     def _bare(cls, meta: Meta) -> MLArray:
