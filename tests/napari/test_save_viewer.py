@@ -676,18 +676,9 @@ def test_boxes_of_an_rgb_volume_open_over_its_spatial_axes(make_napari_viewer, t
         )
 
 
-def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
-    make_napari_viewer, tmp_path
-):
-    """An RGB(A) file (colours on a last ``channel`` axis) opened by drag-and-drop and saved
-    with its boxes layer: the stored boxes are written as they were and a rectangle drawn
-    on slice z=2 becomes a box over exactly those voxels (was: every box rewritten on the
-    wrong axes, [[1, 4], [2, 6], [3, 9]] -> [[6.95, 15.65], [1.52, 3.31], [-14, -11]], also
-    over the file it came from)."""
-    import itertools
-
-    import napari
-
+def _indexed_rgb_file(tmp_path):
+    """An RGB(A) file (colours on a last ``channel`` axis, LPS, anisotropic) whose red and
+    green values hold each voxel's stored index, with one box: ``(array, path)``."""
     from mlarray import MLArray
 
     rgb = np.zeros((6, 8, 10, 3), np.uint8)
@@ -703,6 +694,24 @@ def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
     m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
     path = tmp_path / "rgb.mla"
     m.save(path)
+    return rgb, path
+
+
+def test_an_rgb_picture_saved_with_its_boxes_keeps_them_and_adds_the_ones_drawn(
+    make_napari_viewer, tmp_path
+):
+    """An RGB(A) file (colours on a last ``channel`` axis) opened by drag-and-drop and saved
+    with its boxes layer: the stored boxes are written as they were and a rectangle drawn
+    on slice z=2 becomes a box over exactly those voxels (was: every box rewritten on the
+    wrong axes, [[1, 4], [2, 6], [3, 9]] -> [[6.95, 15.65], [1.52, 3.31], [-14, -11]], also
+    over the file it came from)."""
+    import itertools
+
+    import napari
+
+    from mlarray import MLArray
+
+    rgb, path = _indexed_rgb_file(tmp_path)
     viewer = make_napari_viewer()
     layers = viewer.open(path, plugin=None)
     image, boxes = layers
@@ -741,19 +750,7 @@ def test_a_new_boxes_layer_saved_alone_over_an_rgb_picture_adds_boxes_on_its_spa
 
     from mlarray import MLArray
 
-    rgb = np.zeros((6, 8, 10, 3), np.uint8)
-    rgb[..., 0] = np.arange(6 * 8 * 10).reshape(6, 8, 10) % 256  # each voxel's stored index
-    rgb[..., 1] = np.arange(6 * 8 * 10).reshape(6, 8, 10) // 256
-    m = MLArray(
-        rgb,
-        spacing=(2.9, 1.3, 0.7),
-        origin=(5, 6, 7),
-        axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"],
-    )
-    m.meta.spatial.coord_system = "LPS"
-    m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
-    path = tmp_path / "rgb.mla"
-    m.save(path)
+    rgb, path = _indexed_rgb_file(tmp_path)
     viewer = make_napari_viewer()
     image, _ = viewer.open(path, plugin=None)
     assert image.rgb
