@@ -152,6 +152,9 @@ class CStore:
     """A read-only array over the mapping of a validated ``.mla`` frame, decoded through
     :mod:`mlarray._clib`; see the module docstring."""
 
+    #: its chunks are decoded from the file's shared mapping (see mlarray._maps)
+    decodes_from_mapping = True
+
     def __init__(
         self,
         path: Path,

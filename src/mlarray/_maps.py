@@ -51,6 +51,7 @@ __all__ = [
     "changed_since",
     "check",
     "check_read",
+    "decodes_from_mapping",
     "forget",
     "frame_print",
     "frame_spans",
@@ -299,6 +300,16 @@ def lend(store: Any, view: memoryview) -> None:
     """Record that ``store`` decodes from ``view`` (a shared mapping): the store keeps
     it alive, and :func:`refuse_write` refuses writes through the store."""
     setattr(store, _BORROWED, view)
+
+
+def decodes_from_mapping(store: Any) -> bool:
+    """Whether ``store`` decodes its chunks from the file's shared mapping (a read-only
+    handle made by :func:`lend`, or one that says so: the napari reader's C store), so
+    the pages of the chunks a read verifies are mapped again at once when it decodes
+    them (other stores read through c-blosc2's own file access)."""
+    return getattr(store, _BORROWED, None) is not None or bool(
+        getattr(store, "decodes_from_mapping", False)
+    )
 
 
 def refuse_write(store: Any, path: Any) -> None:

@@ -652,11 +652,11 @@ class ChunkVerifier:
         if todo:
             self._hash(todo, release)
 
-    def verify_key(self, key: Any, box: Box | None = None) -> None:
+    def verify_key(self, key: Any, box: Box | None = None, release: bool = True) -> None:
         """Verify the chunks a read of ``key`` (valid for the shape) touches; ``box`` is
-        its :func:`~mlarray.indexing.box_of_key`, when the caller has it already. Their
-        pages stay mapped (the read decodes them from the mapping next), except when
-        the key's chunks are not known and every chunk is verified."""
+        its :func:`~mlarray.indexing.box_of_key`, when the caller has it already.
+        ``release``: see :func:`chunk_digests` (every chunk verified, when the key's
+        chunks are not known, releases them all the same)."""
         if not self.enabled or self.done:
             return
         if box is None:
@@ -672,7 +672,7 @@ class ChunkVerifier:
                 return  # a key numpy refuses: the read itself reports it
             if bounds is None:
                 return
-        self.verify_region(bounds, release=False)
+        self.verify_region(bounds, release)
 
     def verify_all(self) -> None:
         """Verify every chunk."""
@@ -755,7 +755,8 @@ def verify_read(store: Any, key: Any, box: Box | None = None) -> None:
     if verifier is not None:
         _after_touch(verifier)
         if verifier.enabled and not verifier.done:
-            verifier.verify_key(key, box)
+            # a store decoding from the mapping maps those pages again at once
+            verifier.verify_key(key, box, release=not _maps.decodes_from_mapping(store))
 
 
 def _after_touch(verifier: ChunkVerifier) -> None:
