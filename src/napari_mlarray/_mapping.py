@@ -38,6 +38,7 @@ from napari_mlarray._orientation import (
 
 __all__ = [
     "Undo",
+    "channel_layers_axis",
     "contrast_limits_from_sample",
     "contrast_limits_from_stats",
     "image_layer_kwargs",
@@ -276,22 +277,11 @@ def image_layer_kwargs(
     block["dtype"] = dtype
     if orient.n_spatial >= 3:  # a CT/MR volume in 3D: surfaces, not a saturated MIP blob
         kw["rendering"] = "attenuated_mip"
-    spatial = as_meta(record).spatial
-    labels = spatial.axis_labels
-    channel = None
-    if labels is not None:
-        channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
-    shape = spatial.shape
-    if channel is not None and rgb_view_axis(record, orient, dtype) == channel:
-        return rgb_kwargs(kw, block, channel)
-    if (
-        channel is not None
-        and shape is not None
-        and int(shape[orient.perm[channel]]) > MAX_CHANNEL_LAYERS
-    ):
-        # napari's cost per added layer grows with the layers there are: thousands of
-        # one-channel layers freeze it for minutes. The channels stay a slider axis.
-        channel = None
+    colour = rgb_view_axis(record, orient, dtype)
+    if colour is not None:
+        return rgb_kwargs(kw, block, colour)
+    channel = channel_layers_axis(record, orient)
+    shape = as_meta(record).spatial.shape
     if channel is None or shape is None:
         with_metadata(kw, block)
         kw["contrast_limits"] = contrast_limits
@@ -324,6 +314,29 @@ def image_layer_kwargs(
     return out
 
 
+def _channel_view_axis(record: Meta | dict, orient: Orientation) -> int | None:
+    """The view axis of the record's ``channel`` axis (None without one)."""
+    labels = as_meta(record).spatial.axis_labels
+    if labels is None:
+        return None
+    return next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
+
+
+def channel_layers_axis(record: Meta | dict, orient: Orientation) -> int | None:
+    """The view axis the reader splits into one image layer per channel (the boxes then
+    open over the other axes); None when there is none (no ``channel`` axis, or more
+    than :data:`MAX_CHANNEL_LAYERS` channels: napari's cost per added layer grows with
+    the layers there are, thousands of one-channel layers freeze it for minutes, so
+    those channels stay a slider axis). Not for an RGB(A) picture (:func:`rgb_view_axis`)."""
+    channel = _channel_view_axis(record, orient)
+    shape = as_meta(record).spatial.shape
+    if channel is None or shape is None:
+        return None
+    if int(shape[orient.perm[channel]]) > MAX_CHANNEL_LAYERS:
+        return None
+    return channel
+
+
 def rgb_view_axis(record: Meta | dict, orient: Orientation, dtype: str | None) -> int | None:
     """The view axis holding the colours of an RGB(A) picture, which napari shows as one
     RGB layer; None for any other array.
@@ -332,12 +345,9 @@ def rgb_view_axis(record: Meta | dict, orient: Orientation, dtype: str | None) -
     (as the plugin's writer and ``mlarray convert`` store colour pictures: the last
     axis, 3 or 4 long, of 8-bit data).
     """
-    spatial = as_meta(record).spatial
-    labels, shape = spatial.axis_labels, spatial.shape
-    if labels is None or shape is None:
-        return None
-    channel = next((k for k, a in enumerate(orient.perm) if labels[a] == "channel"), None)
-    if channel is None or not is_colour_axis(shape, orient.perm[channel], dtype):
+    channel = _channel_view_axis(record, orient)
+    shape = as_meta(record).spatial.shape
+    if channel is None or shape is None or not is_colour_axis(shape, orient.perm[channel], dtype):
         return None
     return channel
 

@@ -169,8 +169,11 @@ def save_layers(
                 "matrix": undo.stored_matrix(layer_matrix(meta, data.ndim), data.shape),
                 "path": ((meta.get("metadata") or {}).get(KEY) or {}).get("path"),
             }
+            block = (meta.get("metadata") or {}).get(KEY) or {}
             if rgb:  # the boxes are on the picture's spatial axes, not its colours
-                target = _without_colour_dim(target)
+                target = _without_layer_dim(target, data.ndim - 1)
+            elif block.get("boxes_without_dim") is not None:  # nor on its channels
+                target = _without_layer_dim(target, int(block["boxes_without_dim"]))
             record["bbox"], _ = boxes_from_shapes(shapes, target=target)
     else:
         kept = _file_array_layer(path, shapes)
@@ -252,9 +255,16 @@ def _file_array_layer(path: str | os.PathLike, shapes: list[tuple]) -> list[tupl
         shown, arr.ndim, name=Path(target).stem, path=source, layer="image"
     )
     block["record"] = stored.to_mapping()
-    colour = _mapping.rgb_view_axis(shown, orient, np.dtype(arr.dtype).str)
+    # as the reader shows the file: a label map as one Labels layer over every axis; an
+    # image's colours or channels (one layer each) without its boxes
+    as_labels = bool(stored.is_seg.is_seg)
+    colour = None if as_labels else _mapping.rgb_view_axis(shown, orient, np.dtype(arr.dtype).str)
     skip: tuple[int, ...] = ()
     if colour is None:
+        split = None if as_labels else _mapping.channel_layers_axis(shown, orient)
+        if split is not None:  # read as one layer per channel, the boxes over the others
+            skip = (orient.perm[split],)
+            block["boxes_without_dim"] = split
         with_metadata(kw, block)
     else:  # an RGB(A) picture: one RGB layer, its boxes over the spatial axes (as read)
         skip = (orient.perm[colour],)
@@ -438,17 +448,18 @@ def _rgb_as_channel_axis(meta: dict, ndim: int) -> dict:
     }
 
 
-def _without_colour_dim(target: dict) -> dict:
-    """The boxes' ``target`` of an RGB(A) layer saved with its colours as a ``channel``
-    axis (:func:`_rgb_as_channel_axis`) without that axis: the layer's last dim, whose
-    Shapes never had it (they align with the picture's spatial dims)."""
+def _without_layer_dim(target: dict, dim: int) -> dict:
+    """The boxes' ``target`` without the layer's ``dim``, whose Shapes never had it: the
+    colours of an RGB(A) layer saved as a last ``channel`` axis
+    (:func:`_rgb_as_channel_axis`), or the channels the reader shows as one layer each
+    (the boxes align with the spatial dims)."""
     axes = list(target["axes"])
-    colour = axes.pop()  # the stored axis of the layer's last dim
-    matrix = np.delete(np.delete(target["matrix"], -2, axis=0), -2, axis=1)
+    gone = axes.pop(dim)  # the stored axis of the layer's dim
+    matrix = np.delete(np.delete(target["matrix"], dim, axis=0), dim, axis=1)
     return {
         **target,
-        "axes": [a - (a > colour) for a in axes],
-        "shape": tuple(n for a, n in enumerate(target["shape"]) if a != colour),
+        "axes": [a - (a > gone) for a in axes],
+        "shape": tuple(n for a, n in enumerate(target["shape"]) if a != gone),
         "matrix": matrix,
     }
 

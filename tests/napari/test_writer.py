@@ -300,3 +300,56 @@ def test_boxes_saved_alone_over_a_boxes_only_file_replace_it(tmp_path):
     assert write_layers(str(path), [shapes.as_layer_data_tuple()]) == [str(path)]
     back = MLArray.open(path)
     assert back.shape is None and back.meta.bbox.bboxes == [[[1, 4], [1, 5]]]
+
+
+_RECT_3D = np.array([[2.0, 0.5, 1.5], [2.0, 0.5, 3.5], [2.0, 2.5, 3.5], [2.0, 2.5, 1.5]])
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(2, np.uint8), (3, np.int16), (5, np.float32)])
+def test_boxes_saved_alone_over_a_multichannel_image_stay_on_its_spatial_axes(
+    tmp_path, channels, dtype
+):
+    """The reader shows a multichannel image as one layer per channel, its boxes over the
+    spatial axes: Shapes drawn there and saved alone over the file keep the file's
+    array and box, and add the drawn box on the spatial axes (was: every box rewritten
+    with an extra channel extent [0, channels])."""
+    from mlarray import MLArray
+
+    data = np.arange(6 * 8 * 10 * channels, dtype=dtype).reshape(6, 8, 10, channels)
+    m = MLArray(data, axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"])
+    m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
+    p = tmp_path / "mc.mla"
+    m.save(p)
+    shapes = {"ndim": 3, "name": "drawn", "shape_type": ["rectangle"], "metadata": {}}
+    save_layers(p, [([_RECT_3D], shapes, "shapes")])
+    back = MLArray.open(p)
+    np.testing.assert_array_equal(back[...], data)
+    kept, drawn = back.meta.bbox.bboxes
+    assert kept == [[1, 4], [2, 6], [3, 9]]
+    assert len(drawn) == 3
+
+
+def test_boxes_saved_alone_over_a_label_map_with_three_channels_box_every_axis(tmp_path):
+    """A label map (``is_seg``) with a 3-long uint8 channel axis opens as one Labels layer
+    over every axis (not as an RGB picture): 4-d Shapes drawn on it and saved alone over
+    the file box its four axes (was: "a 4-d Shapes layer cannot box a 3-d layer")."""
+    from mlarray import MLArray
+
+    data = np.zeros((6, 8, 10, 3), np.uint8)
+    data[1:3, 2:5, 3:7, 1] = 1
+    m = MLArray(data, axis_labels=["spatial_z", "spatial_y", "spatial_x", "channel"])
+    m.meta.is_seg.is_seg = True
+    m.meta.bbox.bboxes = [[[1, 4], [2, 6], [3, 9]]]
+    p = tmp_path / "seg.mla"
+    m.save(p)
+    layers = read_mla(p)
+    assert [kind for _, _, kind in layers] == ["labels", "shapes"]
+    rect = np.column_stack([np.ones(4), _RECT_3D])  # on channel 1
+    shapes = {"ndim": 4, "name": "drawn", "shape_type": ["rectangle"], "metadata": {}}
+    save_layers(p, [([rect], shapes, "shapes")])
+    back = MLArray.open(p)
+    np.testing.assert_array_equal(back[...], data)
+    assert back.meta.is_seg.is_seg is True
+    kept, drawn = back.meta.bbox.bboxes
+    assert kept[:3] == [[1, 4], [2, 6], [3, 9]]
+    assert len(drawn) == 4 and drawn[3] == [1, 2]
