@@ -765,6 +765,12 @@ class BaseMeta:
             out[f.name] = _deepcopy_plain(v)
         return out
 
+    def __str__(self) -> str:
+        """Its plain values (:meth:`to_plain`), as the reference package prints metadata:
+        ``print(meta)`` shows ``{'spatial': {'spacing': [1.0, 2.0]}, 'is_seg': True}``."""
+        plain = self.to_plain()
+        return str({} if plain is None else plain)
+
 
 _IMMUTABLE = (str, int, float, complex, bool, bytes, type(None), Enum)
 
@@ -1224,6 +1230,9 @@ class MetaVersion(SingleKeyBaseMeta):
 
     def __str__(self) -> str:
         return str(self.value)  # "None" for a Meta of its own, as the reference prints it
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
 
 
 @dataclass
