@@ -292,7 +292,10 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     if norm is None:
         return None
     if cache is not None:
-        out = _cached(store, norm, cache)
+        try:
+            out = _cached(store, norm, cache)
+        except MemoryError as exc:  # the plane's own array
+            raise read_memory_error(store.path, _nbytes(store, norm), exc) from None
         if out is not None:
             return out
     _prefetch.prefetch_read(store, key)
@@ -320,7 +323,8 @@ def _cached(store: CStore, norm: tuple, cache: ChunkCache) -> np.ndarray | None:
     """The plane ``store[norm]`` (an int, or a length-1 slice as napari asks) when its
     block layer is in ``cache`` already, else None. The layer's chunks were verified
     and the file checked when it was decoded; a plane of it reads nothing of the file
-    (as :meth:`mlarray.MLArray.__getitem__` serves it)."""
+    (as :meth:`mlarray.MLArray.__getitem__` serves it), so it stays readable, as the
+    version that was opened, after the file was rewritten in place."""
     axis = _one_plane(norm, store.shape)
     if axis is None:
         hit = cached_plane(store, norm, cache)

@@ -18,7 +18,9 @@ no ``MLArray`` of it can be opened by path any more: attributes of ``MLArray``
 then raise :class:`~mlarray.errors.FileChangedError` (nothing silently switches
 to the new file), while saving the layer still works, streaming the version on
 screen through :meth:`FileSource.__getitem__` (the user's only copy of it may be
-the one in the viewer). A file rewritten in place cannot be read at all.
+the one in the viewer). A file rewritten in place cannot be read any more, except
+the planes of block layers decoded before (the version that was opened), as
+``MLArray``'s chunk cache serves them.
 """
 
 from __future__ import annotations
