@@ -528,3 +528,25 @@ def test_paths_with_dotdot_through_a_symlinked_folder_name_what_the_os_finds(tmp
     monkeypatch.chdir(tmp_path / "other")
     np.testing.assert_array_equal(MLArray.open("link/../x.mla")[1:], vol[1:])
     assert not (tmp_path / "other" / "x.mla").exists()
+
+
+def test_chunk_headers_are_read_only_from_the_file_version_that_was_mapped(tmp_path):
+    """``_maps.reader`` gives a pread of the path only while it is the file of the version
+    mapped (device and inode); after a replace by rename, or for no version, none: the
+    header check then reads the mapping itself."""
+    from mlarray import _maps
+
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"0123456789")
+    st = os.stat(p)
+    with _maps.reader(p, _maps.version_of(st)) as read_at:
+        assert read_at(2, 3) == b"234"
+    with _maps.reader(p, None) as read_at:
+        assert read_at is None
+    other = tmp_path / "b.bin"
+    other.write_bytes(b"abcdefghij")
+    os.replace(other, p)  # another file at the path now
+    with _maps.reader(p, _maps.version_of(st)) as read_at:
+        assert read_at is None
+    with _maps.reader(tmp_path / "gone.bin", _maps.version_of(st)) as read_at:
+        assert read_at is None

@@ -206,9 +206,13 @@ def map_private_watched(p: Path, check: Any) -> tuple[mmap.mmap | bytes, Watch |
     return buf, (Watch(p, buf, version_of(st)) if st.st_size else None)
 
 
+# read-only, non-blocking (a FIFO named like an .mla file cannot hang the caller)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _map_new(name: Any, p: Path, check: Any) -> tuple[Any, os.stat_result]:
     """Map the file ``name`` (``p`` is how the caller names it); with its ``fstat``."""
-    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(name, _READ_FLAGS)
     try:
         st = os.fstat(fd)
         check(p, st)
@@ -224,19 +228,20 @@ def reader(p: Path, version: tuple | None) -> Iterator[Any]:
     and inode: the same pages as a mapping of that version); None when it is another
     file now, or cannot be opened. For :func:`mlarray.frame.inspect_frame`, which then
     maps no page of the chunks."""
-    fd = -1
-    if version is not None:
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        with contextlib.suppress(OSError):
-            fd = os.open(p, flags)
-            if tuple(os.fstat(fd)[i] for i in (stat.ST_DEV, stat.ST_INO)) != version[:2]:
-                os.close(fd)
-                fd = -1
+    try:
+        fd = os.open(p, _READ_FLAGS) if version is not None else -1
+    except OSError:
+        fd = -1
     if fd < 0:
         yield None
         return
     try:
-        yield pread_at(fd)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        same = st is not None and (st.st_dev, st.st_ino) == tuple(version[:2])
+        yield pread_at(fd) if same else None
     finally:
         os.close(fd)
 

@@ -280,13 +280,12 @@ def image_layer_kwargs(
     colour = rgb_view_axis(record, orient, dtype)
     if colour is not None:
         return rgb_kwargs(kw, block, colour)
-    channel = channel_layers_axis(record, orient)
-    shape = as_meta(record).spatial.shape
-    if channel is None or shape is None:
+    channel = channel_layers_axis(record, orient)  # None also without a known shape
+    if channel is None:
         with_metadata(kw, block)
         kw["contrast_limits"] = contrast_limits
         return kw
-    n_ch = int(shape[orient.perm[channel]])
+    n_ch = int(as_meta(record).spatial.shape[orient.perm[channel]])
     per = drop_axes(kw, [channel])
     out: dict[str, Any] = {"channel_axis": channel}
     for key in ("scale", "translate", "axis_labels", "units"):
