@@ -1206,8 +1206,14 @@ metas = {
     "MLArray(meta)": boxes.meta,
     "reopened": MLArray.open(os.path.join(sys.argv[1], "boxes.mla")).meta,
 }
+# (the version in to_mapping() of a Meta made from a mapping holding one: bare here,
+# wrapped in the reference, as its Meta() is; files hold it bare either way)
 print(json.dumps({k: [str(v._mlarray_version), bool(v._mlarray_version), v.to_plain(), str(v),
-                     str(v.spatial), str(v.bbox)] for k, v in metas.items()}))
+                     str(v.spatial), str(v.bbox)]
+                     + ([] if k == "from_mapping with version" else
+                        [v.to_mapping()["_mlarray_version"],
+                         v.to_mapping(include_none=False)["_mlarray_version"]])
+                  for k, v in metas.items()}))
 """
 
 
@@ -1216,7 +1222,9 @@ def test_the_format_version_is_set_once_an_mlarray_holds_the_meta_as_in_the_refe
     """A Meta of its own has no format version (``to_plain()`` of ``Meta()`` is ``{}``);
     the Meta an MLArray holds, or one read from a file, has "v0": what the reference
     gives for each (was: every Meta had "v0", so ``Meta().to_plain()`` was not empty).
-    ``print(meta)`` shows its plain values, as the reference's (was: the dataclass repr)."""
+    ``print(meta)`` shows its plain values, as the reference's (was: the dataclass repr).
+    ``to_mapping()`` of a Meta without a version holds ``{"mlarray_version": None}`` there,
+    as the reference's (was: None)."""
     (tmp_path / "ours").mkdir()
     (tmp_path / "ref").mkdir()
     ours = json.loads(run_python(_PLAIN_CASES, tmp_path / "ours"))
@@ -1239,3 +1247,105 @@ def test_the_format_version_on_a_meta_compares_and_prints_as_its_string(tmp_path
         assert meta._mlarray_version == "v0" and str(meta._mlarray_version) == "v0"
         assert f"{meta._mlarray_version}" == "v0" and meta._mlarray_version != "v1"
     assert MetaVersion("v0") == MetaVersion("v0") != MetaVersion("v1")
+
+
+_HELD_CASES = """
+import json, os, sys
+import numpy as np
+from mlarray import Meta, MLArray
+
+d = sys.argv[1]
+out = {}
+x = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+makers = {
+    "MLArray": lambda m: MLArray(x, meta=m, spacing=(2.0, 3.0, 4.0)),
+    "asarray": lambda m: MLArray.asarray(x, meta=m),
+    "zeros": lambda m: MLArray.zeros((3, 4, 5), np.float32, meta=m),
+    "full": lambda m: MLArray.full((3, 4, 5), 7, meta=m),
+    "arange": lambda m: MLArray.arange(6, meta=m),
+    "zeros_like": lambda m: MLArray.zeros_like(MLArray(x), meta=m),
+    "no array": lambda m: MLArray(None, meta=m),
+    "create": lambda m: MLArray.create(os.path.join(d, "c.mla"), (3, 4, 5), np.float32, meta=m),
+}
+for name, make in makers.items():
+    m = Meta(extra={"n": 1})
+    a = make(m)
+    m.extra["after"] = name  # an edit of the caller's Meta after construction
+    a.meta.source["via_array"] = 1
+    row = [a.meta is m, m.to_plain().get("extra"), m.to_plain().get("source"),
+           m.spatial.spacing, m.spatial.shape, str(m._mlarray_version)]
+    row = json.loads(json.dumps(row))  # the reference's to_plain() hands out its own dicts
+    if name != "no array":
+        p = os.path.join(d, name + ".mla")
+        a.save(p)
+        m.extra["after save"] = True  # still the array's Meta after a save
+        a.save(p)
+        back = MLArray.open(p).meta
+        row += [a.meta is m, back.to_plain().get("extra"), back.to_plain().get("source")]
+    out[name] = row
+print(json.dumps(out))
+"""
+
+
+@needs_reference
+def test_an_mlarray_holds_the_callers_meta_itself_as_in_the_reference(tmp_path):
+    """``MLArray(x, meta=m).meta is m`` for every constructor, as in the reference: an edit
+    of ``m`` after construction (or after a save) is the array's and is saved; ``m`` shows
+    the keyword geometry and the array's shape (was: the array held a new Meta composed
+    from ``m``, so such an edit was lost without a word)."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ref").mkdir()
+    ours = json.loads(run_python(_HELD_CASES, tmp_path / "ours"))
+    ref = json.loads(
+        _reference(_HELD_CASES.replace("sys.argv[1]", repr(str(tmp_path / "ref"))), tmp_path)
+    )
+    assert ours == ref
+    assert ours["MLArray"][:5] == [
+        True,
+        {"n": 1, "after": "MLArray"},
+        {"via_array": 1},
+        [2.0, 3.0, 4.0],
+        [3, 4, 5],
+    ]
+    assert ours["MLArray"][-2]["after save"] is True
+
+
+def test_a_meta_another_array_holds_is_copied_not_shared(tmp_path):
+    """``MLArray(seg, meta=img.meta)`` and a template Meta reused for a second array give
+    the new array its own metadata: flagging the label map leaves the image alone and each
+    array keeps its own shape and layout (the reference shares one object between them:
+    its ``img.meta.is_seg`` turns True and the first array's meta shows the second's
+    shape). A part shared between Metas is never written into."""
+    img = MLArray(np.zeros((4, 5, 6), np.float32), spacing=(1.0, 2.0, 3.0))
+    seg = MLArray(np.zeros((4, 5, 6), np.uint8), meta=img.meta)
+    assert seg.meta is not img.meta and seg.spacing == [1.0, 2.0, 3.0]
+    seg.meta.is_seg = True
+    assert not img.meta.is_seg
+
+    template = Meta(extra={"study": "s1"})
+    first = MLArray(np.zeros((4, 5, 6), np.float32), meta=template)
+    second = MLArray(np.zeros((8, 5, 6), np.uint8), meta=template)
+    assert first.meta is template and second.meta is not template
+    assert first.meta.spatial.shape == [4, 5, 6] and second.meta.spatial.shape == [8, 5, 6]
+    assert first.meta.blosc2.chunk_size != second.meta.blosc2.chunk_size
+    second.meta.extra["case"] = 2
+    assert "case" not in template.extra
+
+    shared = Meta(spatial=img.meta.spatial)  # one part object, two Metas
+    other = MLArray(np.zeros((2, 3, 4), np.float32), meta=shared, spacing=(5.0, 5.0, 5.0))
+    assert other.meta is shared and other.meta.spatial.shape == [2, 3, 4]
+    assert img.meta.spatial.shape == [4, 5, 6] and img.spacing == [1.0, 2.0, 3.0]
+    img.save(tmp_path / "img.mla")
+    assert MLArray.open(tmp_path / "img.mla").meta.spatial.shape == [4, 5, 6]
+
+
+def test_loading_with_a_meta_holds_it(tmp_path):
+    """``MLArray(path, meta=m)`` (an extension: the reference refuses it) holds ``m`` as
+    every other constructor does, with the file's layout."""
+    MLArray(np.ones((4, 5), np.float32)).save(tmp_path / "a.mla")
+    m = Meta(extra={"k": 1})
+    a = MLArray(tmp_path / "a.mla", meta=m)
+    m.extra["later"] = 2
+    assert a.meta is m and m.spatial.shape == [4, 5] and m.blosc2.chunk_size is not None
+    a.save(tmp_path / "b.mla")
+    assert MLArray.open(tmp_path / "b.mla").meta.extra == {"k": 1, "later": 2}

@@ -40,7 +40,8 @@ FORMAT_KEYS = [
 def test_default_meta_mapping_has_the_format_key_set_in_order():
     m = Meta().to_mapping()
     assert list(m) == FORMAT_KEYS
-    assert m["_mlarray_version"] is None  # a Meta of its own; "v0" once an MLArray holds it
+    # a Meta of its own holds it wrapped (as the reference); bare "v0" once an MLArray holds it
+    assert m["_mlarray_version"] == {"mlarray_version": None}
     assert MLArray(np.zeros(3)).meta.to_mapping()["_mlarray_version"] == "v0"
     assert m["is_seg"] == {"is_seg": None}
     assert m["_has_array"] == {"has_array": False}

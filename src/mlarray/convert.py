@@ -1553,13 +1553,14 @@ def from_file(
     )
     if notes is not None:
         notes.extend(told)
+    image_format = meta._image_meta_format.copy()  # the constructor keeps user fields only
     img = MLArray(
         np.ascontiguousarray(data),
         meta=meta,
         **_storage(patch_size, chunk_size, block_size, cparams, dparams, meta),
     )
-    with _meta_internal_write():  # the constructor keeps user fields only
-        img.meta._image_meta_format = meta._image_meta_format.copy()
+    with _meta_internal_write():
+        img.meta._image_meta_format = image_format
     return img
 
 

@@ -1271,6 +1271,9 @@ class Meta(BaseMeta):
     #: None for a Meta of its own; the format version once an MLArray holds it (or read
     #: from a file), as in the reference package
     _mlarray_version: MetaVersion = field(default_factory=MetaVersion, metadata={"internal": True})
+    #: True once an MLArray holds this Meta (set by the array; not a field, never saved):
+    #: a constructor given it makes a copy instead of sharing it between two arrays
+    _held: ClassVar[bool] = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         sub = META_PARTS.get(name)
@@ -1387,9 +1390,15 @@ class Meta(BaseMeta):
             setattr(self, name, META_PARTS[name]())
 
     def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
-        """Serialize to the record layout of FORMAT.md (``_mlarray_version`` stored bare)."""
+        """Serialize to the record layout of FORMAT.md (``_mlarray_version`` stored bare).
+
+        A Meta without a version (one of its own, as in the reference package) gives
+        ``{"mlarray_version": None}`` there (``{}`` without ``include_none``);
+        ``Meta.from_mapping`` takes either form.
+        """
         out = super().to_mapping(include_none=include_none)
-        out["_mlarray_version"] = self._mlarray_version.value
+        if self._mlarray_version.value is not None:
+            out["_mlarray_version"] = self._mlarray_version.value
         return out
 
     def to_plain(self, *, include_none: bool = False) -> Any:

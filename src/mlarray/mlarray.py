@@ -144,11 +144,36 @@ def _compose_meta(
 
 def _owned(meta: Meta) -> Meta:
     """``meta`` as an MLArray holds it: with the format version (a Meta of its own
-    has none, as in the reference package)."""
+    has none, as in the reference package), marked as held by an array."""
     if meta._mlarray_version.value is None:
         with _meta_internal_write():
             meta._mlarray_version = MetaVersion(FORMAT_VERSION)
+    meta._held = True
     return meta
+
+
+def _kept(composed: Meta, given: Meta | Mapping | None) -> Meta:
+    """The Meta a new array holds: the caller's own object when it is one no array holds.
+
+    As in the reference package, ``MLArray(x, meta=m).meta is m``: ``m`` takes the
+    composed metadata (the keyword geometry, the array's shape and layout) and later
+    edits of ``m`` are the array's. A Meta another array already holds
+    (``MLArray(seg, meta=img.meta)``, one template for a second array) is not shared:
+    the new array holds ``composed``, a copy (in the reference the two arrays would
+    share one metadata object, shape and layout included). ``composed`` is fully
+    built and valid: its parts replace ``given``'s (never written into, as a part
+    object may be shared with another Meta).
+    """
+    if not isinstance(given, Meta) or given._held:
+        return composed
+    return _owned(_transplant(given, composed))
+
+
+def _transplant(dst: Meta, src: Meta) -> Meta:
+    """``dst`` holding ``src``'s parts (``src`` is a private, valid Meta the caller drops)."""
+    for f in dataclasses.fields(Meta):
+        object.__setattr__(dst, f.name, getattr(src, f.name))
+    return dst
 
 
 def _recorded_patch(
@@ -285,7 +310,7 @@ class MLArray:
         """
         self._reset_state()
         if make is None:
-            self._meta = _compose_meta(None, base, base_parts, meta, spatial_args)
+            self._meta = _kept(_compose_meta(None, base, base_parts, meta, spatial_args), meta)
             return
         maker, shape, dtype = make
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
@@ -293,6 +318,7 @@ class MLArray:
         model = meta if isinstance(meta, Meta) else like
         request = _recorded_patch(request, model, self._meta)
         self._fill((maker, shape, dtype), request, compressed)
+        self._meta = _kept(self._meta, meta)
 
     def _fill(
         self,
@@ -364,7 +390,7 @@ class MLArray:
         composed = _compose_meta(self.shape, base, base_parts, meta, spatial_args)
         with _meta_internal_write():
             composed.blosc2 = self._meta.blosc2
-        self._meta = composed
+        self._meta = _kept(composed, meta)
 
     # ------------------------------------------------------------------ internals
     @property
@@ -378,11 +404,18 @@ class MLArray:
         return self._meta
 
     def _set_meta(self, meta: Meta) -> None:
-        """Replace the metadata (library use), fitting the shape to the array."""
+        """Replace the metadata (library use: ``meta`` is private to this call), fitting
+        the shape to the array.
+
+        The Meta object the array holds stays and takes ``meta``'s parts: the user's
+        ``m`` of ``MLArray(x, meta=m)`` goes on being ``a.meta`` after a save, as in the
+        reference package.
+        """
         if self._store is not None:
             with _meta_internal_write():
                 meta.spatial.shape = list(self._store.shape)
-        self._meta = _owned(meta)
+        held = self.__dict__.get("_meta")
+        self._meta = _owned(meta if held is None else _transplant(held, meta))
 
     @classmethod
     def _bare(cls, meta: Meta) -> MLArray:
