@@ -516,3 +516,90 @@ def test_uninitialised_and_delta_files_are_left_to_mlarray(tmp_path):
         np.testing.assert_array_equal(np.asarray(view), np.transpose(want, view.perm))
         for i in (0, 5, 15):
             np.testing.assert_array_equal(np.asarray(view[i]), np.transpose(want, view.perm)[i])
+
+
+def test_decode_blocks_decodes_only_the_blocks_asked_for(tmp_path):
+    """``decode_blocks`` (one c-blosc2 call per chunk for a block layer) writes exactly
+    the blocks not skipped, each at its place in the chunk, as the whole chunk decodes;
+    the skipped blocks' bytes stay as they were. A mask of another length than the
+    chunk's blocks, a mask that is not bools, a chunk out of range are refused; a
+    special (all-zero) chunk fills the buffer."""
+    _lib_or_skip()
+    data = _values((30, 40, 50), np.int16, seed=11)
+    p = tmp_path / "blocks.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    schunk = _cstore.open_cstore(p)[0].schunk
+    nblocks, size = 2 * 2 * 5, schunk.chunksize
+    whole = np.empty(size, np.uint8)
+    schunk.decompress_chunk(3, whole)
+    skip = np.ones(nblocks, np.bool_)
+    skip[[0, 7, 19]] = False
+    dst = np.full(size, 0xAB, np.uint8)
+    schunk.decode_blocks(3, skip, dst)
+    got, want = dst.reshape(nblocks, -1), whole.reshape(nblocks, -1)
+    np.testing.assert_array_equal(got[~skip], want[~skip])
+    assert (got[skip] == 0xAB).all()
+    with pytest.raises(RuntimeError, match="chunk 3"):
+        schunk.decode_blocks(3, np.zeros(nblocks - 1, np.bool_), dst)
+    with pytest.raises(ValueError, match="bool"):
+        schunk.decode_blocks(3, np.zeros(nblocks, np.uint8), dst)
+    with pytest.raises(IndexError):
+        schunk.decode_blocks(schunk.nchunks, skip, dst)
+    z = tmp_path / "zeros.mla"
+    blosc2.zeros((20, 30), dtype=np.float32, chunks=(10, 30), blocks=(5, 30)).save(str(z))
+    zs = _cstore.open_cstore(z)[0].schunk
+    out = np.full(zs.chunksize, 0xFF, np.uint8)
+    zs.decode_blocks(0, np.zeros(2, np.bool_), out)
+    assert not out.any()
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize(("shape", "chunks", "blocks"), LAYOUTS)
+def test_every_plane_of_every_axis_reads_right_on_one_and_two_threads(
+    tmp_path, shape, chunks, blocks, nthreads
+):
+    """Scrolling through every plane along every axis, as the napari reader does (its
+    block layers decoded one chunk per call, shared between two threads when the store
+    has two): the planes are the array's, edge chunks and blocks included, and special
+    (all-zero) chunks too."""
+    _lib_or_skip()
+    data = _values(shape, np.int16, seed=len(shape))
+    data[tuple(slice(0, c) for c in chunks)] = 0  # the first chunk: written as zeros
+    p = tmp_path / "planes.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=chunks, block_size=blocks)
+    store, _ = _cstore.open_cstore(p, nthreads=nthreads)
+    for axis in range(len(shape)):
+        cache = ChunkCache()
+        for i in range(shape[axis]):
+            key = (slice(None),) * axis + (i,)
+            np.testing.assert_array_equal(_cstore.read(store, key, cache), data[key])
+            napari_key = (slice(None),) * axis + (slice(i, i + 1),)
+            np.testing.assert_array_equal(_cstore.read(store, napari_key, cache), data[napari_key])
+
+
+def test_undecodable_chunks_raise_ours_from_either_thread(tmp_path):
+    """Every chunk of a file without checksums made undecodable: a plane along each axis
+    raises CorruptChunkError naming the file, whichever of the two decoding threads met
+    the damage first (nothing is returned, nothing hangs)."""
+    _lib_or_skip()
+    p = tmp_path / "undecodable.mla"
+    ref = _values((20, 30, 40), np.int32, seed=4)
+    blosc2.asarray(
+        ref,
+        urlpath=str(p),
+        mode="w",
+        chunks=(10, 10, 20),
+        blocks=(5, 5, 10),
+        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
+    )
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    for n in range(int(info.nchunks)):
+        pos, cb = int(info.chunk_pos[n]), int(info.chunk_cbytes[n])
+        start = pos + 32 + 4 * 8  # header and block starts (8 blocks) left intact
+        buf[start : pos + cb] = bytes(b ^ 0xFF for b in buf[start : pos + cb])
+    p.write_bytes(bytes(buf))
+    store, _ = _cstore.open_cstore(p, nthreads=2)
+    for key in ((3,), (slice(None), 12), (slice(None), slice(None), 25)):
+        with pytest.raises(CorruptChunkError, match=r"undecodable\.mla: cannot decompress"):
+            _cstore.read(store, key, ChunkCache())

@@ -119,6 +119,33 @@ class _CSchunk:
         if got != self.chunksize:
             raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
 
+    def decode_blocks(self, nchunk: int, skip: np.ndarray, dst: np.ndarray) -> None:
+        """Decode the blocks of chunk ``nchunk`` whose entry of the bool array ``skip`` (one
+        per block of the chunk) is false into the C-contiguous ``dst`` (one chunk's bytes),
+        each at its place in the chunk; the skipped blocks' bytes are left as they were.
+        One call into c-blosc2 per chunk (``blosc2_set_maskout``), without the GIL."""
+        n = int(nchunk)
+        if not 0 <= n < self.nchunks:
+            raise IndexError(f"chunk {n} of {self.nchunks}")
+        if dst.nbytes != self.chunksize or not dst.flags.c_contiguous or not dst.flags.writeable:
+            raise ValueError(f"a chunk needs a writable contiguous {self.chunksize}-byte buffer")
+        if skip.dtype != np.bool_ or not skip.flags.c_contiguous:
+            raise ValueError("skip must be a contiguous bool array")
+        pos = int(self._pos[n])
+        if pos < 0:
+            self._special(n, dst)
+            return
+        got = self._lib.decompress_masked(
+            skip.ctypes.data,
+            skip.size,
+            self._src(n),
+            int(self._cbytes[n]),
+            dst.ctypes.data,
+            self.chunksize,
+        )
+        if got != self.chunksize:  # also a mask not of the chunk's number of blocks
+            raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
+
     def get_slice(self, start: int, stop: int, out: np.ndarray) -> None:
         """Items ``start:stop`` of the chunks laid end to end (as ``SChunk.get_slice``),
         into the C-contiguous ``out``; only the blocks holding them are decoded."""

