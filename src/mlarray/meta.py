@@ -1271,9 +1271,6 @@ class Meta(BaseMeta):
     #: None for a Meta of its own; the format version once an MLArray holds it (or read
     #: from a file), as in the reference package
     _mlarray_version: MetaVersion = field(default_factory=MetaVersion, metadata={"internal": True})
-    #: True once an MLArray holds this Meta (set by the array; not a field, never saved):
-    #: a constructor given it makes a copy instead of sharing it between two arrays
-    _held: ClassVar[bool] = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         sub = META_PARTS.get(name)

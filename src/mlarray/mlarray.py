@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,29 +146,22 @@ def _compose_meta(
 
 def _owned(meta: Meta) -> Meta:
     """``meta`` as an MLArray holds it: with the format version (a Meta of its own
-    has none, as in the reference package), marked as held by an array."""
+    has none, as in the reference package)."""
     if meta._mlarray_version.value is None:
         with _meta_internal_write():
             meta._mlarray_version = MetaVersion(FORMAT_VERSION)
-    meta._held = True
     return meta
 
 
-def _kept(composed: Meta, given: Meta | Mapping | None) -> Meta:
-    """The Meta a new array holds: the caller's own object when it is one no array holds.
+#: The array holding each Meta an array holds (by the Meta's id; an entry goes with its
+#: array, and counts only while that array still holds that very object)
+_HOLDERS: weakref.WeakValueDictionary[int, MLArray] = weakref.WeakValueDictionary()
+_HOLD_LOCK = threading.Lock()
 
-    As in the reference package, ``MLArray(x, meta=m).meta is m``: ``m`` takes the
-    composed metadata (the keyword geometry, the array's shape and layout) and later
-    edits of ``m`` are the array's. A Meta another array already holds
-    (``MLArray(seg, meta=img.meta)``, one template for a second array) is not shared:
-    the new array holds ``composed``, a copy (in the reference the two arrays would
-    share one metadata object, shape and layout included). ``composed`` is fully
-    built and valid: its parts replace ``given``'s (never written into, as a part
-    object may be shared with another Meta).
-    """
-    if not isinstance(given, Meta) or given._held:
-        return composed
-    return _owned(_transplant(given, composed))
+
+def _held_elsewhere(meta: Meta, arr: MLArray) -> bool:
+    holder = _HOLDERS.get(id(meta))
+    return holder is not None and holder is not arr and holder.__dict__.get("_meta") is meta
 
 
 def _transplant(dst: Meta, src: Meta) -> Meta:
@@ -299,6 +294,7 @@ class MLArray:
         request: layout.StorageRequest,
         compressed: bool,
         like: Meta | None = None,
+        keep: bool = True,
     ) -> None:
         """The one path of every constructor.
 
@@ -307,18 +303,21 @@ class MLArray:
         storage keywords resolved by :func:`mlarray.layout.resolve_storage`.
         A default patch size is replaced by the one recorded in ``meta`` when it
         is a :class:`Meta`, else in ``like`` (a ``*_like`` model's metadata).
+        ``keep=False``: the caller holds a given Meta itself (:meth:`_keep`) once
+        nothing else can fail (:meth:`create`, after creating the file).
         """
         self._reset_state()
         if make is None:
-            self._meta = _kept(_compose_meta(None, base, base_parts, meta, spatial_args), meta)
+            self._keep(_compose_meta(None, base, base_parts, meta, spatial_args), meta)
             return
         maker, shape, dtype = make
         shape, dtype = _as_shape(shape), io.check_dtype(dtype)
-        self._meta = _compose_meta(shape, base, base_parts, meta, spatial_args)
+        self._hold(_compose_meta(shape, base, base_parts, meta, spatial_args))
         model = meta if isinstance(meta, Meta) else like
         request = _recorded_patch(request, model, self._meta)
         self._fill((maker, shape, dtype), request, compressed)
-        self._meta = _kept(self._meta, meta)
+        if keep:
+            self._keep(self._meta, meta)
 
     def _fill(
         self,
@@ -371,7 +370,30 @@ class MLArray:
         self._mode: str | None = None
         self._mmap_mode: str | None = None
         self._chunk_cache: _read.ChunkCache | None = None
-        self._meta = _owned(Meta() if meta is None else meta)
+        self._hold(Meta() if meta is None else meta)
+
+    def _hold(self, meta: Meta) -> None:
+        """Hold ``meta`` as this array's metadata (every assignment of it goes here)."""
+        self._meta = _owned(meta)
+        _HOLDERS[id(meta)] = self
+
+    def _keep(self, composed: Meta, given: Meta | Mapping | None) -> None:
+        """Hold the caller's own Meta ``given`` when no other array holds it, else ``composed``.
+
+        As in the reference package, ``MLArray(x, meta=m).meta is m``: ``m`` takes the
+        composed metadata (the keyword geometry, the array's shape and layout) and
+        later edits of ``m`` are the array's. A Meta another live array holds
+        (``MLArray(seg, meta=img.meta)``, one template given to a second array while
+        the first lives) is not shared: the new array holds ``composed``, a copy (in
+        the reference the two arrays would share one metadata object, shape and
+        layout included). ``composed`` is fully built and valid: its parts replace
+        ``given``'s (never written into, as a part object may be shared with
+        another Meta).
+        """
+        with _HOLD_LOCK:  # two threads given one fresh Meta: one holds it, one a copy
+            if isinstance(given, Meta) and not _held_elsewhere(given, self):
+                composed = _transplant(given, composed)
+            self._hold(composed)
 
     def _remeta(
         self,
@@ -390,7 +412,7 @@ class MLArray:
         composed = _compose_meta(self.shape, base, base_parts, meta, spatial_args)
         with _meta_internal_write():
             composed.blosc2 = self._meta.blosc2
-        self._meta = _kept(composed, meta)
+        self._keep(composed, meta)
 
     # ------------------------------------------------------------------ internals
     @property
@@ -407,15 +429,20 @@ class MLArray:
         """Replace the metadata (library use: ``meta`` is private to this call), fitting
         the shape to the array.
 
-        The Meta object the array holds stays and takes ``meta``'s parts: the user's
-        ``m`` of ``MLArray(x, meta=m)`` goes on being ``a.meta`` after a save, as in the
-        reference package.
+        The Meta the array holds stays, its parts too, and takes ``meta``'s values:
+        the user's ``m`` of ``MLArray(x, meta=m)`` (and ``sp = m.spatial``) go on
+        being the array's after a save, as in the reference package.
         """
         if self._store is not None:
             with _meta_internal_write():
                 meta.spatial.shape = list(self._store.shape)
         held = self.__dict__.get("_meta")
-        self._meta = _owned(meta if held is None else _transplant(held, meta))
+        if held is None:
+            self._hold(meta)
+            return
+        for f in dataclasses.fields(Meta):
+            getattr(held, f.name).__dict__.update(getattr(meta, f.name).__dict__)
+        self._hold(held)
 
     @classmethod
     def _bare(cls, meta: Meta) -> MLArray:
@@ -426,6 +453,7 @@ class MLArray:
 
     def _adopt(self, other: MLArray) -> None:
         self.__dict__.update(other.__dict__)
+        self._hold(self._meta)  # ``other`` goes: this array holds its Meta now
         self._track_threads()
 
     def _resolve(
@@ -992,7 +1020,7 @@ class MLArray:
 
         request = layout.StorageRequest(patch_size, chunk_size, block_size, cparams, dparams)
         out = cls.__new__(cls)
-        out._setup((make, shape, dtype), None, (), meta, {}, request, True)
+        out._setup((make, shape, dtype), None, (), meta, {}, request, True, keep=False)
         out._path, out._mode, out._mmap_mode = path, mode, mmap_mode
         out._given = os.fspath(filepath)
         out._file_store = out._store
@@ -1000,6 +1028,7 @@ class MLArray:
             _maps.watch(out._store, path, None, _maps.version_of(os.stat(path)))
         out._track_threads()
         out._flush_meta(checksums=True)  # then each write keeps them current
+        out._keep(out._meta, meta)  # the caller's Meta is left alone if creating failed
         return out
 
     def _flush_meta(self, checksums: bool = False) -> None:
