@@ -677,3 +677,71 @@ def test_scattered_points_read_their_chunks_only(tmp_path, key):
     tracemalloc.stop()
     np.testing.assert_array_equal(got, x[key])
     assert peak < 0.6 * x.nbytes, peak  # the bounding box (the volume) would be all of it
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "chunks", "blocks"),
+    [
+        ((30, 41, 52), (10, 21, 26), (5, 10, 13)),  # edge chunks, chunks padded to blocks
+        ((6, 7, 8, 9), (3, 4, 4, 5), (3, 2, 2, 5)),
+        ((9, 13, 11), (4, 13, 5), (4, 13, 1)),  # one-item blocks along the last axis
+        ((17, 23), (8, 8), (4, 2)),
+    ],
+)
+def test_planes_of_an_opened_file_decode_chosen_blocks_per_chunk(
+    tmp_path, shape, chunks, blocks, nthreads
+):
+    """A read-only MLArray decodes its block layers one C-library call per chunk (the
+    layer's blocks through a block mask, mlarray._cstore.block_decoder), on one thread or
+    shared with a second: every plane along every axis is the array's, edge chunks,
+    padded blocks and an all-zero (special) chunk included."""
+    ref = _values(shape, np.int16, seed=9)
+    ref[tuple(slice(0, c) for c in chunks)] = 0
+    p = tmp_path / "planes.mla"
+    save_mla(p, ref, Meta(), patch_size=None, chunk_size=chunks, block_size=blocks)
+    a = MLArray.open(p, dparams={"nthreads": nthreads})
+    a.set_chunk_cache()
+    if _clib_usable():
+        assert _read.blocks_of(a._store) is not None
+    for axis in range(len(shape)):
+        for i in range(shape[axis]):
+            key = (slice(None),) * axis + (i,)
+            np.testing.assert_array_equal(a[key], ref[key])
+
+
+def _clib_usable() -> bool:
+    from mlarray import _clib
+
+    return _clib.get() is not None
+
+
+def test_an_undecodable_chunk_of_an_opened_file_raises_ours_from_a_plane(tmp_path):
+    """A file without checksums whose chunks c-blosc2 cannot decode: planes along every
+    axis (their layers decoded a chunk per call, on two threads) raise CorruptChunkError
+    naming the file."""
+    from mlarray.errors import CorruptChunkError
+    from mlarray.frame import inspect_frame
+
+    p = tmp_path / "undecodable.mla"
+    ref = _values((20, 30, 40), np.int32, seed=4)
+    blosc2.asarray(
+        ref,
+        urlpath=str(p),
+        mode="w",
+        chunks=(10, 10, 20),
+        blocks=(5, 5, 10),
+        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
+    )
+    buf = bytearray(p.read_bytes())
+    info = inspect_frame(bytes(buf))
+    for n in range(int(info.nchunks)):
+        pos, cb = int(info.chunk_pos[n]), int(info.chunk_cbytes[n])
+        start = pos + 32 + 4 * 8  # header and block starts (8 blocks) left intact
+        buf[start : pos + cb] = bytes(b ^ 0xFF for b in buf[start : pos + cb])
+    p.write_bytes(bytes(buf))
+    for key in ((3,), (slice(None), 12), (slice(None), slice(None), 25)):
+        a = MLArray.open(p, dparams={"nthreads": 2})
+        a.set_chunk_cache()
+        with pytest.raises(CorruptChunkError, match=r"undecodable\.mla"):
+            a[key]

@@ -213,6 +213,20 @@ class CStore:
         return f"CStore({os.fspath(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+def block_decoder(buf: Any, info: FrameInfo) -> _CSchunk | None:
+    """A decoder of chosen blocks of the chunks (:meth:`_CSchunk.decode_blocks`) of the
+    validated frame ``info`` mapped as ``buf``, or None without the C library: what
+    ``MLArray``'s read-only handles on the shared mapping decode their block layers with
+    (:func:`mlarray._read.decode_layer`; python-blosc2 decodes a run of blocks per call)."""
+    lib = _clib.get()
+    if lib is None:
+        return None
+    frame = np.frombuffer(buf, dtype=np.uint8)  # its address; the export keeps it mapped
+    out = _CSchunk(lib, frame.ctypes.data, info, 1)
+    out._frame = frame
+    return out
+
+
 class _NotMappable(Exception):
     """Internal: not a file this path maps (``MLArray.open`` reports what it is)."""
 

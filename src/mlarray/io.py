@@ -269,7 +269,7 @@ def _open_mapped(
             and accepted
             and (prefetcher is None or prefetcher.headers_resident())
         ):
-            store = _store_in(buf, kwargs["dparams"])
+            store = _store_in(buf, kwargs["dparams"], info)
             pooled = True
         else:
             store = blosc2.open(source, **kwargs)
@@ -281,7 +281,7 @@ def _open_mapped(
             ):
                 # Blosc2 accepted this version: decode from the shared mapping instead of
                 # keeping Blosc2's own handle, and its file descriptor, for this one
-                store = _store_in(buf, kwargs["dparams"])
+                store = _store_in(buf, kwargs["dparams"], info)
                 pooled = True
     except MLArrayError:
         raise
@@ -448,7 +448,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_pool_lock_in_child)
 
 
-def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
+def _store_in(buf: Any, dparams: dict, info: Any = None) -> blosc2.NDArray:
     """A read-only handle decoding straight from the shared mapping ``buf`` of its file.
 
     Opening the file again (``blosc2.open``) would map it anew, and every page a read
@@ -462,7 +462,9 @@ def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
     frame is the one :func:`open_store` checked; the handle keeps the mapping alive
     (and, through a buffer export, open). Only read-only handles are made this way:
     c-blosc2 cannot write into a frame it does not own, and ``MLArray`` refuses
-    writes through them before they reach it.
+    writes through them before they reach it. Given the frame's ``info``, the handle
+    also decodes chosen blocks of a chunk in one call, through the C library
+    (:func:`mlarray._cstore.block_decoder`: the block layers of plane reads).
     """
     view = memoryview(buf)
     store = blosc2.ndarray_from_cframe(view, copy=False)
@@ -474,6 +476,12 @@ def _store_in(buf: Any, dparams: dict) -> blosc2.NDArray:
     if schunk.cparams.nthreads != 1:  # never compresses: one thread, no pool
         schunk.cparams = dataclasses.replace(schunk.cparams, nthreads=1)
     _maps.lend(store, view)
+    if info is not None:
+        from mlarray import _cstore, _read
+
+        decoder = _cstore.block_decoder(buf, info)
+        if decoder is not None:
+            setattr(store, _read.BLOCKS_ATTR, decoder)
     return store
 
 
@@ -2401,7 +2409,13 @@ def reopen_in_child(
         w.check()  # changed in place since the parent opened it: as the parent would see
     if read_only:
         new = _store_in(w.buf, {"nthreads": 1})
-        for attr in (_maps._WATCH, integrity._VERIFIER_ATTR, _prefetch._ATTR, "_mlarray_pin"):
+        for attr in (
+            _maps._WATCH,
+            integrity._VERIFIER_ATTR,
+            _prefetch._ATTR,
+            "_mlarray_pin",
+            "_mlarray_blocks",  # mlarray._read.BLOCKS_ATTR: it decodes from this same mapping
+        ):
             found = getattr(store, attr, None)
             if found is not None:
                 setattr(new, attr, found)
