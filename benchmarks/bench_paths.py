@@ -1097,9 +1097,11 @@ def scroll_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int
         "here), but the first scroll of a process writes its layers to fresh memory. The "
         "napari reader's row reads through its own source (napari_mlarray._source: the "
         "C library through ctypes, the file opened for every usable core as the reader "
-        "does); its layers decode on one thread (splitting a layer's chunks between two "
-        "threads measured slower along two of the three axes: each run of blocks is one "
-        "call that gives up and takes back the GIL)."
+        "does). Both decode a layer one C-library call per chunk (the layer's blocks "
+        "through c-blosc2's block mask; the limit row and Blosc2's own slicing make one "
+        "call per run of blocks, and along the last axis every block is a run); the "
+        "napari reader's source shares a layer's chunks between two threads (each call "
+        "decodes without the GIL)."
     )
     return out
 
