@@ -346,6 +346,15 @@ def _gil_released(wanted: bool) -> Iterator[None]:
                 blosc2.set_releasegil(_gil_before)
 
 
+def _new_pool_lock_in_child() -> None:
+    global _pool_lock
+    _pool_lock = threading.Lock()  # another thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pool_lock_in_child)
+
+
 def _executor(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of at least ``workers`` threads (made again after a fork)."""
     global _pool, _pool_size, _pool_pid

@@ -37,6 +37,7 @@ new check: :func:`cached_plane`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import math
@@ -595,7 +596,11 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
     decoder = blocks_of(store)
     threads = 2 if int(getattr(store.schunk.dparams, "nthreads", 1)) > 1 else 1
-    if decoder is not None and (geo.planes_first or threads > 1):
+    if (
+        decoder is not None
+        and geo.citems * np.dtype(store.dtype).itemsize <= _MASKED_CHUNK_BYTES
+        and (geo.planes_first or threads > 1)
+    ):
         # (on one thread, a layer of long runs decodes straight into its slots, below)
         _decode_layer_masked(decoder, geo, j, g, row, threads)
         return layer
@@ -624,6 +629,10 @@ def _put(geo: _LayerGeometry, decoded: np.ndarray, slot: np.ndarray) -> None:
         src, dst = decoded, slot
     np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
 
+
+#: Chunks up to this size have their block layers decoded a chunk per call (into a
+#: whole chunk's scratch per thread); bigger ones a run of blocks at a time
+_MASKED_CHUNK_BYTES = 8 * 2**20
 
 #: the attribute of a python-blosc2 handle holding its decoder of chosen blocks
 #: (:func:`mlarray._cstore.block_decoder`, set by :mod:`mlarray.io` on read-only handles)
@@ -669,7 +678,9 @@ def _decode_layer_masked(
 
     helper = None
     if threads > 1 and len(geo.row) > 1:
-        helper = _executor(1).submit(work)
+        # (no new work at interpreter shutdown: then this thread decodes it all)
+        with contextlib.suppress(RuntimeError):
+            helper = _executor(1).submit(work)
     work()
     if helper is not None and not helper.cancel():  # it took chunks: wait for them
         helper.result()
