@@ -21,7 +21,7 @@ from mlarray.frame import decompress_chunk_bytes, inspect_frame
 from mlarray.io import save_mla
 from mlarray.meta import Meta
 from tests._children import reference_env, run_python
-from tests.conftest import FIXTURES, fixture_names, plain_blosc2_file
+from tests.conftest import FIXTURES, fixture_names, plain_blosc2_file, undecodable_blosc2_file
 
 
 def _lib_or_skip() -> _clib.CLib:
@@ -584,21 +584,7 @@ def test_undecodable_chunks_raise_ours_from_either_thread(tmp_path):
     _lib_or_skip()
     p = tmp_path / "undecodable.mla"
     ref = _values((20, 30, 40), np.int32, seed=4)
-    blosc2.asarray(
-        ref,
-        urlpath=str(p),
-        mode="w",
-        chunks=(10, 10, 20),
-        blocks=(5, 5, 10),
-        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
-    )
-    buf = bytearray(p.read_bytes())
-    info = inspect_frame(bytes(buf))
-    for n in range(int(info.nchunks)):
-        pos, cb = int(info.chunk_pos[n]), int(info.chunk_cbytes[n])
-        start = pos + 32 + 4 * 8  # header and block starts (8 blocks) left intact
-        buf[start : pos + cb] = bytes(b ^ 0xFF for b in buf[start : pos + cb])
-    p.write_bytes(bytes(buf))
+    undecodable_blosc2_file(p, ref)
     store, _ = _cstore.open_cstore(p, nthreads=2)
     for key in ((3,), (slice(None), 12), (slice(None), slice(None), 25)):
         with pytest.raises(CorruptChunkError, match=r"undecodable\.mla: cannot decompress"):

@@ -15,6 +15,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import blosc2
 import numpy as np
@@ -1187,6 +1188,16 @@ def test_meta_module_helpers_the_reference_exports():
         v([1, 2], "axis_labels")
 
 
+def _ours_and_reference(code: str, tmp_path: Path) -> tuple[Any, Any]:
+    """The JSON ``code`` prints run here and under the reference, each given its own
+    folder as ``sys.argv[1]``."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ref").mkdir()
+    ours = json.loads(run_python(code, tmp_path / "ours"))
+    ref = json.loads(_reference(code.replace("sys.argv[1]", repr(str(tmp_path / "ref"))), tmp_path))
+    return ours, ref
+
+
 _PLAIN_CASES = """
 import json, os, sys
 import numpy as np
@@ -1225,12 +1236,7 @@ def test_the_format_version_is_set_once_an_mlarray_holds_the_meta_as_in_the_refe
     ``print(meta)`` shows its plain values, as the reference's (was: the dataclass repr).
     ``to_mapping()`` of a Meta without a version holds ``{"mlarray_version": None}`` there,
     as the reference's (was: None)."""
-    (tmp_path / "ours").mkdir()
-    (tmp_path / "ref").mkdir()
-    ours = json.loads(run_python(_PLAIN_CASES, tmp_path / "ours"))
-    ref = json.loads(
-        _reference(_PLAIN_CASES.replace("sys.argv[1]", repr(str(tmp_path / "ref"))), tmp_path)
-    )
+    ours, ref = _ours_and_reference(_PLAIN_CASES, tmp_path)
     assert ours == ref
     assert ours["Meta()"][2] == {} and ours["reopened"][2]["_mlarray_version"] == "v0"
 
@@ -1293,12 +1299,7 @@ def test_an_mlarray_holds_the_callers_meta_itself_as_in_the_reference(tmp_path):
     of ``m`` after construction (or after a save) is the array's and is saved; ``m`` shows
     the keyword geometry and the array's shape (was: the array held a new Meta composed
     from ``m``, so such an edit was lost without a word)."""
-    (tmp_path / "ours").mkdir()
-    (tmp_path / "ref").mkdir()
-    ours = json.loads(run_python(_HELD_CASES, tmp_path / "ours"))
-    ref = json.loads(
-        _reference(_HELD_CASES.replace("sys.argv[1]", repr(str(tmp_path / "ref"))), tmp_path)
-    )
+    ours, ref = _ours_and_reference(_HELD_CASES, tmp_path)
     assert ours == ref
     assert ours["MLArray"][:5] == [
         True,

@@ -23,6 +23,7 @@ from mlarray._read import (
 )
 from mlarray.io import save_mla
 from mlarray.meta import Meta
+from tests.conftest import undecodable_blosc2_file
 
 DTYPES = [
     np.bool_,
@@ -721,25 +722,10 @@ def test_an_undecodable_chunk_of_an_opened_file_raises_ours_from_a_plane(tmp_pat
     axis (their layers decoded a chunk per call, on two threads) raise CorruptChunkError
     naming the file."""
     from mlarray.errors import CorruptChunkError
-    from mlarray.frame import inspect_frame
 
     p = tmp_path / "undecodable.mla"
     ref = _values((20, 30, 40), np.int32, seed=4)
-    blosc2.asarray(
-        ref,
-        urlpath=str(p),
-        mode="w",
-        chunks=(10, 10, 20),
-        blocks=(5, 5, 10),
-        cparams={"codec": blosc2.Codec.LZ4, "clevel": 1},
-    )
-    buf = bytearray(p.read_bytes())
-    info = inspect_frame(bytes(buf))
-    for n in range(int(info.nchunks)):
-        pos, cb = int(info.chunk_pos[n]), int(info.chunk_cbytes[n])
-        start = pos + 32 + 4 * 8  # header and block starts (8 blocks) left intact
-        buf[start : pos + cb] = bytes(b ^ 0xFF for b in buf[start : pos + cb])
-    p.write_bytes(bytes(buf))
+    undecodable_blosc2_file(p, ref)
     for key in ((3,), (slice(None), 12), (slice(None), slice(None), 25)):
         a = MLArray.open(p, dparams={"nthreads": 2})
         a.set_chunk_cache()
