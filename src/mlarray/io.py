@@ -2408,13 +2408,15 @@ def reopen_in_child(
     if not own:
         w.check()  # changed in place since the parent opened it: as the parent would see
     if read_only:
+        from mlarray._read import BLOCKS_ATTR  # (its decoder reads this same mapping)
+
         new = _store_in(w.buf, {"nthreads": 1})
         for attr in (
             _maps._WATCH,
             integrity._VERIFIER_ATTR,
             _prefetch._ATTR,
             "_mlarray_pin",
-            "_mlarray_blocks",  # mlarray._read.BLOCKS_ATTR: it decodes from this same mapping
+            BLOCKS_ATTR,
         ):
             found = getattr(store, attr, None)
             if found is not None:
