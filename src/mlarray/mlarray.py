@@ -138,19 +138,10 @@ def _compose_meta(
     for key in ("shape", "_num_spatial_axes", "_num_non_spatial_axes"):
         spatial.pop(key, None)
     with _meta_internal_write():
-        out = _owned(Meta.from_mapping(parts))
+        out = Meta.from_mapping(parts)
         out._has_array.has_array = shape is not None
         out.spatial.shape = None if shape is None else list(shape)
     return out
-
-
-def _owned(meta: Meta) -> Meta:
-    """``meta`` as an MLArray holds it: with the format version (a Meta of its own
-    has none, as in the reference package)."""
-    if meta._mlarray_version.value is None:
-        with _meta_internal_write():
-            meta._mlarray_version = MetaVersion(FORMAT_VERSION)
-    return meta
 
 
 #: The array holding each Meta an array holds (by the Meta's id; an entry goes with its
@@ -373,8 +364,12 @@ class MLArray:
         self._hold(Meta() if meta is None else meta)
 
     def _hold(self, meta: Meta) -> None:
-        """Hold ``meta`` as this array's metadata (every assignment of it goes here)."""
-        self._meta = _owned(meta)
+        """Hold ``meta`` as this array's metadata (every assignment of it goes here),
+        with the format version (a Meta of its own has none, as in the reference)."""
+        if meta._mlarray_version.value is None:
+            with _meta_internal_write():
+                meta._mlarray_version = MetaVersion(FORMAT_VERSION)
+        self._meta = meta
         _HOLDERS[id(meta)] = self
 
     def _keep(self, composed: Meta, given: Meta | Mapping | None) -> None:

@@ -162,14 +162,14 @@ def save_layers(
         if isinstance(out, LazyView):
             out = out.simplified()  # an unchanged opened image: its own chunks are copied
         if shapes:
+            block = (meta.get("metadata") or {}).get(KEY) or {}
             target = {
                 "axes": _layer_axes(undo),
                 "shape": out.shape,
                 # the boxes are in stored index order: the data's reversed axes put back
                 "matrix": undo.stored_matrix(layer_matrix(meta, data.ndim), data.shape),
-                "path": ((meta.get("metadata") or {}).get(KEY) or {}).get("path"),
+                "path": block.get("path"),
             }
-            block = (meta.get("metadata") or {}).get(KEY) or {}
             if rgb:  # the boxes are on the picture's spatial axes, not its colours
                 target = _without_layer_dim(target, data.ndim - 1)
             elif block.get("boxes_without_dim") is not None:  # nor on its channels
