@@ -210,6 +210,79 @@ def test_planes_of_a_cached_layer_read_nothing_of_the_file(tmp_path):
         _cstore.read(store, (8,), cache)
 
 
+def test_every_way_of_asking_for_a_cached_plane_reads_the_layer(tmp_path):
+    """A plane of a decoded block layer is served from the layer however it is asked for
+    (ints, numpy ints, negative ints, napari's length-1 slices, ``...``, shorter keys):
+    after the file is cut short in place each form still reads the array's plane, and
+    its shape is numpy's. Keys that are not one plane are not taken for one (two rows,
+    a strided slice, a part of a plane) and go on to read the file (FileChangedError
+    now); a bool is left to ``MLArray``."""
+    from mlarray.errors import FileChangedError
+
+    _lib_or_skip()
+    data = _values((30, 41, 52), np.int16, seed=8)
+    p = tmp_path / "forms.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 20, 26), block_size=(5, 10, 13))
+    store, _ = _cstore.open_cstore(p, nthreads=2)
+    cache = ChunkCache()
+    for axis in range(3):  # the block layer holding planes 10..12 along each axis
+        _cstore.read(store, (slice(None),) * axis + (10,), cache)
+        with pytest.raises(IndexingError):  # out of range: not a plane of any layer
+            _cstore.read(store, (slice(None),) * axis + (data.shape[axis],), cache)
+    os.truncate(p, 100)
+    full = slice(None, None, None)
+    for axis in range(3):
+        n = data.shape[axis]
+        for i in range(10, 13):
+            pre = (full,) * axis
+            for key in (
+                (*pre, i),
+                (*pre, i, Ellipsis),
+                (*pre, np.int64(i)),
+                (*pre, i - n),
+                (*pre, slice(i, i + 1)),
+                (*pre, slice(i, i + 1, 1)),
+                (*pre, slice(i, i + 1), *(full,) * (2 - axis)),
+                (Ellipsis, i) if axis == 2 else (*pre, i),
+            ):
+                got = _cstore.read(store, key, cache)
+                want = data[key]
+                assert got.shape == want.shape, key
+                np.testing.assert_array_equal(got, want)
+        for key in (
+            (*pre, slice(10, 12)),
+            (*pre, slice(10, 11, 2)),
+            (*(full,) * axis, slice(10, 11), slice(0, 4)) if axis < 2 else (slice(0, 4), 1, 10),
+        ):
+            with pytest.raises(FileChangedError):
+                _cstore.read(store, key, cache)
+        assert _cstore.read(store, (*pre, True), cache) is None  # a mask: MLArray reads it
+
+
+def test_a_plane_copied_out_of_any_layer_layout_is_the_same():
+    """The copies of a plane out of a block layer are worked out once per layer shape
+    (raw views of the layer and the output): they give what slicing the layer gives,
+    for a C-order layer of every layout (planes first, in lanes, as decoded; the last,
+    thinner layer of an axis)."""
+    from mlarray._read import decode_layer, layer_plane
+
+    for shape, chunks, blocks, dtype in (
+        ((30, 41, 52), (10, 20, 26), (5, 10, 13), np.int16),
+        ((23, 17, 9), (9, 8, 8), (4, 4, 8), np.uint8),
+        ((13, 21), (13, 8), (5, 8), np.float64),
+    ):
+        ref = _values(shape, dtype, seed=3)
+        nd = blosc2.asarray(ref, chunks=chunks, blocks=blocks)
+        for axis in range(len(shape)):
+            last = (shape[axis] - 1) // chunks[axis]
+            for j, g in ((0, 0), (last, ((shape[axis] - 1) % chunks[axis]) // blocks[axis])):
+                layer = decode_layer(nd, axis, j, g)
+                first = j * chunks[axis] + g * blocks[axis]
+                for i in range(min(blocks[axis], shape[axis] - first)):
+                    want = np.take(ref, first + i, axis=axis)
+                    np.testing.assert_array_equal(layer_plane(nd, axis, layer, i), want)
+
+
 def test_in_memory_chunks_decompress_as_blosc2_does():
     _lib_or_skip()
     raw = np.arange(10_000, dtype=np.int32).tobytes()

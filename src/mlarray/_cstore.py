@@ -43,6 +43,8 @@ from mlarray._read import (
     ChunkCache,
     _basic_key,
     cached_plane,
+    layer_hit,
+    plane_in_key,
     plane_of,
     read_cached,
     read_memory_error,
@@ -330,6 +332,17 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     IndexingError
         For an index out of range (numpy's message).
     """
+    if cache is not None:  # napari scrolling: a plane of a decoded block layer
+        plane = plane_in_key(key, cache, store, thin=True)
+        hit = None if plane is None else layer_hit(store, cache, *plane)
+        if hit is not None:
+            try:
+                out = plane_of(*hit)
+            except MemoryError as exc:  # the plane's own array
+                norm = _basic_key(key, store.ndim)
+                raise read_memory_error(store.path, _nbytes(store, norm), exc) from None
+            axis = plane[0]
+            return np.expand_dims(out, axis) if type(key[axis]) is slice else out
     norm = None if not store.ndim or 0 in store.shape else _basic_key(key, store.ndim)
     if norm is None:
         return None

@@ -45,7 +45,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -60,7 +60,9 @@ __all__ = [
     "decode_chunk",
     "decode_layer",
     "layer_fits",
+    "layer_hit",
     "layer_plane",
+    "plane_in_key",
     "plane_of",
     "read_cached",
     "read_memory_error",
@@ -319,6 +321,10 @@ class ChunkCache:
             lambda: decode_layer(store, axis, j, g),
         )
 
+    def geometries(self, store: Any) -> dict[int, _LayerGeometry]:
+        """The layer geometries of ``store`` laid out so far, by axis."""
+        return self._geometries if self._store is store else {}
+
     def geometry(self, store: Any, axis: int) -> _LayerGeometry:
         """How block layers of ``store`` along ``axis`` are laid out (kept per axis)."""
         geo = self._geometries.get(axis) if self._store is store else None
@@ -448,6 +454,7 @@ class _LayerGeometry:
             self.row.append((part, k, runs[valid]))
             self.valid.append(valid)
         self._skips: dict[tuple, np.ndarray] = {}
+        self._plans: dict[tuple, _PlanePlan] = {}
         # A plane inside a block is a run of prod(blocks[axis+1:]) items, every
         # blocks[axis] * that items: long runs are copied out of the blocks as decoded;
         # short ones (the last axis: single items) would make every plane read the whole
@@ -524,6 +531,38 @@ class _LayerGeometry:
         if self.planes_first:
             return (*self.ogrid, planes, *self.bg_o, *self.b_o)
         return (*self.ogrid, *self.decoded)
+
+    def plan(self, shape: tuple[int, ...], dtype: np.dtype) -> _PlanePlan:
+        """How a plane of a C-order layer of ``shape`` is copied (see :func:`_plane`),
+        worked out once per layer shape on views of no memory."""
+        plan = self._plans.get((shape, dtype))
+        if plan is None:
+            plan = self._plans[(shape, dtype)] = self._make_plan(shape, np.dtype(dtype))
+        return plan
+
+    def _make_plan(self, shape: tuple[int, ...], dtype: np.dtype) -> _PlanePlan:
+        # on real but untouched buffers (views only: no page is written or read)
+        layer = np.empty(shape, dtype)
+        out = np.empty(tuple(self.shape[a] for a in self.others), dtype)
+
+        def raw(view: np.ndarray, base: np.ndarray) -> tuple:
+            if not np.may_share_memory(view, base):  # a copy: not a plan
+                raise AssertionError("a plane's copy is not a view")
+            start = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+            return start, view.shape, view.strides
+
+        src, copies = self.plane_view(layer, 0), []
+        for key, region, split, row in self.copies:
+            part = src[key].transpose(self.order)
+            dst = out[region]
+            if row is not None:
+                part, dst = part.view(row), dst.view(row)
+            dst = dst.reshape(split)
+            copies.append(((dst.dtype, *raw(dst, out)), raw(part, layer)))
+        m = len(self.others)
+        flat = self.lanes > 1 or self.planes_first  # planes (or groups) right after chunks
+        group = layer.strides[m if flat else 2 * m + self.axis]
+        return _PlanePlan(tuple(copies), group, dtype.itemsize if self.lanes > 1 else 0)
 
     def plane_view(self, layer: np.ndarray, i: int) -> np.ndarray:
         """Plane ``i`` of ``layer``: (chunks, blocks per chunk, block shape) of the others."""
@@ -696,17 +735,28 @@ def layer_plane(store: Any, axis: int, layer: np.ndarray, i: int) -> np.ndarray:
 
 
 def _plane(geo: _LayerGeometry, layer: np.ndarray, i: int) -> np.ndarray:
-    src = geo.plane_view(layer, i)
     if not geo.others:  # a 1-d array: its planes are single items
-        return np.array(src, dtype=layer.dtype)
+        return np.array(geo.plane_view(layer, i), dtype=layer.dtype)
     out = np.empty(tuple(geo.shape[a] for a in geo.others), dtype=layer.dtype)
-    for key, region, split, row in geo.copies:
-        if row is None:
-            np.copyto(out[region].reshape(split), src[key].transpose(geo.order))
-        else:
-            part = src[key].transpose(geo.order).view(row)
-            np.copyto(out[region].view(row).reshape(split), part)
+    plan = geo.plan(layer.shape, layer.dtype)  # (a layer is a C-order array)
+    first = (i // geo.lanes) * plan.group + (i % geo.lanes) * plan.lane
+    new = np.ndarray
+    for (dtype, off, shape, strides), (s_off, s_shape, s_strides) in plan.copies:
+        src = new(s_shape, dtype, layer, first + s_off, s_strides)
+        np.copyto(new(shape, dtype, out, off, strides), src)
     return out
+
+
+class _PlanePlan(NamedTuple):
+    """:func:`_plane`'s copies for layers of one shape, as raw views (offset in bytes,
+    shape, strides) of the output and of the layer: building a view that way costs a
+    third of slicing, transposing and viewing it (a plane is a few copies of short
+    rows, and scrolling reads one per frame). Plane ``i`` starts ``(i // lanes) *
+    group + (i % lanes) * lane`` bytes into the layer."""
+
+    copies: tuple
+    group: int
+    lane: int
 
 
 def _plane_key(
@@ -736,24 +786,64 @@ def cached_plane(store: Any, key: Any, cache: ChunkCache) -> tuple | None:
     of :func:`plane_of` (no decoding: nothing of the file is read); None for any other
     key, or if the layer is not cached (the key is then read as usual, which also
     reports a bad key)."""
-    shape = tuple(store.shape)
-    if not shape or 0 in shape:
-        return None
-    norm = _basic_key(key, len(shape))
-    if norm is None:
-        return None
-    try:
-        plane = _plane_key(store, norm, shape)
-    except (IndexError, ValueError):
-        return None
+    plane = plane_in_key(key, cache, store)
     if plane is None:
-        return None
-    axis, index = plane
+        shape = tuple(store.shape)
+        if not shape or 0 in shape:
+            return None
+        norm = _basic_key(key, len(shape))
+        if norm is None:
+            return None
+        try:
+            plane = _plane_key(store, norm, shape)
+        except (IndexError, ValueError):
+            return None
+        if plane is None:
+            return None
+    return layer_hit(store, cache, *plane)
+
+
+def layer_hit(store: Any, cache: ChunkCache, axis: int, index: int) -> tuple | None:
+    """Plane ``index`` along ``axis`` as the arguments of :func:`plane_of`, if its block
+    layer is in ``cache``; else None."""
     geo = cache.geometry(store, axis)
     j, local = divmod(index, geo.chunks[axis])
     g, i = divmod(local, geo.blocks[axis])
     layer = cache.peek(store, ("layer", axis, j, g))
     return None if layer is None else (geo, layer, i)
+
+
+def plane_in_key(
+    key: Any, cache: ChunkCache, store: Any, thin: bool = False
+) -> tuple[int, int] | None:
+    """``(axis, index)`` for the ways viewers and loops ask for a plane of ``store``: a
+    tuple of full slices and one in-range int (``a[:, 5]``, ``a[5, :, :]``; with ``thin``
+    also a slice ``5:6``), along an axis whose block layers ``cache`` has laid out
+    already; None for anything else (:func:`cached_plane` then looks closer). One pass
+    over the key: a cached plane is a few copies, its lookup should cost next to nothing."""
+    if type(key) is not tuple:
+        return None
+    axis = -1
+    for a, k in enumerate(key):
+        if type(k) is slice:
+            if k == _ALL:
+                continue
+            if not (thin and type(k.start) is int and k.stop == k.start + 1 and k.step in _UNIT):
+                return None
+            k = k.start
+        elif type(k) is not int:
+            return None
+        if axis >= 0:
+            return None
+        axis, index = a, k
+    geo = cache.geometries(store).get(axis) if axis >= 0 else None
+    if geo is None or len(key) > len(geo.shape) or not 0 <= index < geo.shape[axis]:
+        return None
+    return axis, index
+
+
+_UNIT = (None, 1)
+_ALL = slice(None)
 
 
 def plane_of(geo: _LayerGeometry, layer: np.ndarray, i: int) -> np.ndarray:
