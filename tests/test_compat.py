@@ -373,7 +373,7 @@ def test_meta_setters_as_in_the_reference():
     meta.set_spatial({"spacing": [1.0, 2.0, 3.0], "coord_system": "RAS"})
     assert meta.source == {"patient_id": "p-001"}
     assert meta.extra == {"pipeline": "v1", "stage": "train"}
-    assert meta.is_seg and len(meta.bbox) == 2 and meta.bbox.scores is None
+    assert meta.is_seg and len(meta.bbox.bboxes) == 2 and meta.bbox.scores is None
     assert meta.stats.max == 1.0 and meta.spatial.spacing == [1.0, 2.0, 3.0]
     scored = Meta().add_bbox([[0, 1]], score=0.9, label="lesion").add_bbox([[2, 3]], 0.5, "cyst")
     assert scored.bbox.scores == [0.9, 0.5] and scored.bbox.labels == ["lesion", "cyst"]

@@ -1217,13 +1217,9 @@ metas = {
     "MLArray(meta)": boxes.meta,
     "reopened": MLArray.open(os.path.join(sys.argv[1], "boxes.mla")).meta,
 }
-# (the version in to_mapping() of a Meta made from a mapping holding one: bare here,
-# wrapped in the reference, as its Meta() is; files hold it bare either way)
 print(json.dumps({k: [str(v._mlarray_version), bool(v._mlarray_version), v.to_plain(), str(v),
-                     str(v.spatial), str(v.bbox)]
-                     + ([] if k == "from_mapping with version" else
-                        [v.to_mapping()["_mlarray_version"],
-                         v.to_mapping(include_none=False)["_mlarray_version"]])
+                     str(v.spatial), str(v.bbox), v.to_mapping()["_mlarray_version"],
+                     v.to_mapping(include_none=False)["_mlarray_version"]]
                   for k, v in metas.items()}))
 """
 
@@ -1235,7 +1231,8 @@ def test_the_format_version_is_set_once_an_mlarray_holds_the_meta_as_in_the_refe
     gives for each (was: every Meta had "v0", so ``Meta().to_plain()`` was not empty).
     ``print(meta)`` shows its plain values, as the reference's (was: the dataclass repr).
     ``to_mapping()`` of a Meta without a version holds ``{"mlarray_version": None}`` there,
-    as the reference's (was: None)."""
+    as the reference's (was: None); of a Meta made from a mapping holding a version,
+    ``{"mlarray_version": ...}`` (was: bare), of an array's Meta the bare string."""
     ours, ref = _ours_and_reference(_PLAIN_CASES, tmp_path)
     assert ours == ref
     assert ours["Meta()"][2] == {} and ours["reopened"][2]["_mlarray_version"] == "v0"
@@ -1456,3 +1453,59 @@ def test_a_create_that_fails_leaves_the_callers_meta_alone(tmp_path):
     process's file size limit) leaves ``m`` as it was and free for the next array
     (review r22 F4: ``m`` took the shape and layout of the array that was never made)."""
     assert run_python(_CREATE_FAILS, tmp_path).split() == ["MLArrayIOError", "True", "True"]
+
+
+_PART_VALUES = """
+import json, sys
+import numpy as np
+from mlarray import Meta, MLArray
+from mlarray.meta import MetaBbox, MetaExtra, MetaHasArray, MetaImageFormat, MetaIsSeg, MetaVersion
+
+
+def probe(part):
+    out = []
+    for f in (bool, len, lambda x: list(iter(x)), str):
+        try:
+            out.append(f(part))
+        except TypeError:
+            out.append("TypeError")
+    return out
+
+
+parts = {
+    "format None": MetaImageFormat(None), "format nifti": MetaImageFormat("nifti"),
+    "format empty": MetaImageFormat(""), "version None": MetaVersion(None),
+    "version": MetaVersion("v0"), "is_seg None": MetaIsSeg(None), "is_seg": MetaIsSeg(True),
+    "not seg": MetaIsSeg(False), "has_array": MetaHasArray(True),
+    "no array": MetaHasArray(False), "boxes": MetaBbox(bboxes=[[[0, 1], [0, 1]]]),
+    "no boxes": MetaBbox(), "extra": MetaExtra({"a": 1}), "no extra": MetaExtra(),
+}
+x = np.zeros((4, 5, 6), np.float32)
+a = MLArray(x, spacing=[1, 2.5, 3], origin=np.array([0, 1, 2]),
+            direction=[[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+a.meta.stats.min = 1
+a.save(sys.argv[1] + "/numbers.mla")
+b = MLArray.open(sys.argv[1] + "/numbers.mla")
+b.meta.spatial.spacing = [4, 5, 6]
+numbers = [a.spacing, a.origin, a.direction, a.meta.stats.min, b.spacing, b.origin,
+           b.direction, b.meta.stats.min, b.meta.spatial.spacing]
+print(json.dumps({
+    "parts": {k: probe(v) for k, v in parts.items()},
+    "meta parts": {k: probe(getattr(Meta(), k)) for k in (
+        "_image_meta_format", "_mlarray_version", "_has_array", "is_seg", "bbox", "extra")},
+    "numbers": [repr(v) for v in numbers],
+    "mapping": a.meta.spatial.to_mapping(),
+}))
+"""
+
+
+@needs_reference
+def test_parts_behave_as_their_values_and_numbers_keep_their_type_as_in_the_reference(tmp_path):
+    """``bool``, ``len``, iteration and ``str`` of the metadata parts give what the
+    reference's give (a part holding None is empty: was, ``bool(Meta()._image_meta_format)``
+    True and ``str`` ``{}``; ``len`` and iteration refused; ``bool(Meta().bbox)`` False,
+    the reference's True), and ints given as spacing, origin, direction or statistics
+    stay ints, in memory, in ``to_mapping`` and in the saved file (were floats)."""
+    ours, ref = _ours_and_reference(_PART_VALUES, tmp_path)
+    assert ours == ref
+    assert ours["numbers"][0] == "[1, 2.5, 3]" and ours["parts"]["no boxes"][0] is True

@@ -129,7 +129,7 @@ def test_geometry_shapes_are_checked():
 
 def test_bbox_validation():
     b = MetaBbox(bboxes=np.array([[[1, 2], [3, 4]]]), scores=[0.5], labels=["a"])
-    assert b.bboxes == [[[1, 2], [3, 4]]] and len(b) == 1
+    assert b.bboxes == [[[1, 2], [3, 4]]] and len(b.bboxes) == 1 and bool(MetaBbox())
     with pytest.raises(MetaValidationError, match="min 5 > max 2"):
         MetaBbox(bboxes=[[[5, 2]]])
     with pytest.raises(MetaValidationError, match="scores"):

@@ -251,13 +251,19 @@ def _as_list(name: str, value: Any) -> list:
     return list(value)
 
 
-def parse_optional_float(name: str, value: Any) -> float | None:
+def parse_optional_float(name: str, value: Any) -> float | int | None:
+    """A real number: an int stays an int (``spacing=[1, 2, 3]`` reads back as given and
+    is saved so, as the reference package keeps it), anything else becomes a float."""
     if value is None:
         return None
     value = _plain_scalar(value)
     if not _is_number(value):
         raise MetaTypeError(name, f"expected a number or None, got {value!r}")
-    return float(value)
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise MetaValidationError(name, f"{value!r} is too large for a number") from None
+    return value if type(value) is int else as_float
 
 
 def parse_optional_bool(name: str, value: Any) -> bool | None:
@@ -872,6 +878,23 @@ class SingleKeyBaseMeta(BaseMeta):
         """Return the wrapped value (None when unset)."""
         return _deepcopy_plain(self.value)
 
+    # As the reference package: a part behaves as its value (None as an empty one) in
+    # ``if``, ``len``, ``for`` and ``print`` (``len(meta._mlarray_version)``, a flag's
+    # ``len`` raises as ``len(True)`` does).
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __len__(self) -> int:
+        value = self.value
+        return 0 if value is None else len(value)
+
+    def __iter__(self) -> Iterator[Any]:
+        value = self.value
+        return iter(() if value is None else value)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
 
 # --------------------------------------------------------------------------- the parts
 
@@ -1123,9 +1146,6 @@ class MetaBbox(BaseMeta):
             if v is not None and n is not None and len(v) != n:
                 raise MetaValidationError(f"bbox.{name}", f"has {len(v)} entries for {n} boxes")
 
-    def __len__(self) -> int:
-        return 0 if self.bboxes is None else len(self.bboxes)
-
     def axes_problem(self, spatial: MetaSpatial) -> str | None:
         """Why the boxes do not fit the array ``spatial`` describes, or ``None``.
 
@@ -1155,12 +1175,6 @@ class MetaBbox(BaseMeta):
 
 class _FlagMeta(SingleKeyBaseMeta):
     """A wrapped flag that behaves as its value: ``if meta.is_seg:`` tests the flag."""
-
-    def __bool__(self) -> bool:
-        return bool(self.value)
-
-    def __str__(self) -> str:
-        return str(self.value)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is type(self):
@@ -1219,6 +1233,12 @@ class MetaVersion(SingleKeyBaseMeta):
 
     mlarray_version: str | None = _parsed(parse_optional_str, internal=True)
 
+    #: Stamped on the Meta of an array or a file (``Meta._stamp_version``):
+    #: ``Meta.to_mapping`` then gives the version bare, as the reference's arrays hold a
+    #: plain ``str``; a Meta of its own (``Meta()``, ``Meta.from_mapping``) gives it
+    #: wrapped, as there.
+    _stamped = False
+
     def __eq__(self, other: object) -> bool:
         if type(other) is type(self):
             return self.value == other.value  # type: ignore[attr-defined]
@@ -1227,12 +1247,6 @@ class MetaVersion(SingleKeyBaseMeta):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
-
-    def __str__(self) -> str:
-        return str(self.value)  # "None" for a Meta of its own, as the reference prints it
-
-    def __bool__(self) -> bool:
-        return bool(self.value)
 
 
 @dataclass
@@ -1353,7 +1367,7 @@ class Meta(BaseMeta):
             some boxes and not for others.
         """
         old = self.bbox
-        n = len(old)
+        n = len(old.bboxes or ())
         parts: dict[str, Any] = {"bboxes": [*(old.bboxes or []), bbox]}
         for name, new in (("scores", score), ("labels", label)):
             have = getattr(old, name)
@@ -1386,15 +1400,24 @@ class Meta(BaseMeta):
         for name in ("source", "extra", "spatial", "stats", "bbox", "is_seg"):
             setattr(self, name, META_PARTS[name]())
 
+    def _stamp_version(self, version: str | None) -> None:
+        """Mark this Meta as an array's (one held by an MLArray or read from a file): its
+        format version, ``version`` when it has none, is then given bare by
+        :meth:`to_mapping`, as the reference's arrays hold a plain ``str``."""
+        if self._mlarray_version.value is None and version is not None:
+            with _meta_internal_write():
+                self._mlarray_version = MetaVersion(version)
+        self._mlarray_version._stamped = True
+
     def to_mapping(self, *, include_none: bool = True) -> dict[str, Any]:
         """Serialize to the record layout of FORMAT.md (``_mlarray_version`` stored bare).
 
-        A Meta without a version (one of its own, as in the reference package) gives
-        ``{"mlarray_version": None}`` there (``{}`` without ``include_none``);
-        ``Meta.from_mapping`` takes either form.
+        As in the reference package, the version is bare for an array's Meta and
+        wrapped for a Meta of its own (``{"mlarray_version": None}`` for ``Meta()``,
+        ``{}`` without ``include_none``); ``Meta.from_mapping`` takes either form.
         """
         out = super().to_mapping(include_none=include_none)
-        if self._mlarray_version.value is not None:
+        if self._mlarray_version._stamped and self._mlarray_version.value is not None:
             out["_mlarray_version"] = self._mlarray_version.value
         return out
 

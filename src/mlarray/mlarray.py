@@ -46,7 +46,6 @@ from mlarray.meta import (
     Meta,
     MetaBlosc2,
     MetaStatistics,
-    MetaVersion,
     _meta_internal_write,
 )
 
@@ -366,9 +365,7 @@ class MLArray:
     def _hold(self, meta: Meta) -> None:
         """Hold ``meta`` as this array's metadata (every assignment of it goes here),
         with the format version (a Meta of its own has none, as in the reference)."""
-        if meta._mlarray_version.value is None:
-            with _meta_internal_write():
-                meta._mlarray_version = MetaVersion(FORMAT_VERSION)
+        meta._stamp_version(FORMAT_VERSION)
         self._meta = meta
         _HOLDERS[id(meta)] = self
 

@@ -676,9 +676,11 @@ def meta_from_record(record: Mapping[str, Any], path: Any = None) -> Meta:
     if ignored:
         _warn(path, f"ignoring metadata values this version of mlarray refuses: {ignored}")
     try:
-        return Meta(**built)
+        meta = Meta(**built)
     except (MetaValidationError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise MLArrayFormatError(path, f"invalid metadata record: {exc}") from None
+    meta._stamp_version(None)  # a file's: its version as the reference's arrays show it
+    return meta
 
 
 def meta_of_frame(raw: Any, shape: tuple[int, ...], path: Any, record: dict | None = None) -> Meta:
