@@ -257,6 +257,8 @@ def test_every_way_of_asking_for_a_cached_plane_reads_the_layer(tmp_path):
             with pytest.raises(FileChangedError):
                 _cstore.read(store, key, cache)
         assert _cstore.read(store, (*pre, True), cache) is None  # a mask: MLArray reads it
+        for key in ((*pre, slice(10, 11.0)), (*pre, slice(10, 11, 1.0))):  # numpy refuses
+            assert _cstore.read(store, key, cache) is None  # left to MLArray, which raises
 
 
 def test_a_plane_copied_out_of_any_layer_layout_is_the_same():

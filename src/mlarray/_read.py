@@ -541,8 +541,10 @@ class _LayerGeometry:
         return plan
 
     def _make_plan(self, shape: tuple[int, ...], dtype: np.dtype) -> _PlanePlan:
-        # on real but untouched buffers (views only: no page is written or read)
-        layer = np.empty(shape, dtype)
+        # views only, of no memory for the layer (a layer-sized reservation could fail)
+        # and of an untouched plane: no page is written or read
+        strides = np.cumprod((1, *shape[:0:-1]))[::-1] * dtype.itemsize
+        layer = np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, tuple(strides))
         out = np.empty(tuple(self.shape[a] for a in self.others), dtype)
 
         def raw(view: np.ndarray, base: np.ndarray) -> tuple:
@@ -828,7 +830,10 @@ def plane_in_key(
         if type(k) is slice:
             if k == _ALL:
                 continue
-            if not (thin and type(k.start) is int and k.stop == k.start + 1 and k.step in _UNIT):
+            if not (thin and type(k.start) is int and type(k.stop) is int):
+                return None
+            step = k.step
+            if k.stop != k.start + 1 or not (step is None or (type(step) is int and step == 1)):
                 return None
             k = k.start
         elif type(k) is not int:
@@ -842,7 +847,6 @@ def plane_in_key(
     return axis, index
 
 
-_UNIT = (None, 1)
 _ALL = slice(None)
 
 
