@@ -332,9 +332,9 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     IndexingError
         For an index out of range (numpy's message).
     """
-    if cache is not None:  # napari scrolling: a plane of a decoded block layer
-        plane = plane_in_key(key, cache, store, thin=True)
-        hit = None if plane is None else layer_hit(store, cache, *plane)
+    plane = None if cache is None else plane_in_key(key, cache, store, thin=True)
+    if plane is not None:  # napari scrolling: a plane, maybe of a decoded block layer
+        hit = layer_hit(store, cache, *plane)
         if hit is not None:
             try:
                 out = plane_of(*hit)
@@ -346,7 +346,7 @@ def read(store: CStore, key: Any, cache: ChunkCache | None = None) -> np.ndarray
     norm = None if not store.ndim or 0 in store.shape else _basic_key(key, store.ndim)
     if norm is None:
         return None
-    if cache is not None:
+    if cache is not None and plane is None:  # (a plane found above is not cached)
         try:
             out = _cached(store, norm, cache)
         except MemoryError as exc:  # the plane's own array
