@@ -1211,11 +1211,12 @@ def scroll_section(run: Runner, files: dict, shape: tuple, plan: dict, seed: int
         "here), but the first scroll of a process writes its layers to fresh memory. The "
         "napari reader's row reads through its own source (napari_mlarray._source: the "
         "C library through ctypes, the file opened for every usable core as the reader "
-        "does). Both decode a layer one C-library call per chunk (the layer's blocks "
+        "does). Both decode a layer on one thread (split between two, the napari reader's "
+        "scrolling measured 0.23-0.24 ms per plane against 0.19-0.20 on one, at 1.5x the "
+        "CPU time): along the last axis one C-library call per chunk (the layer's blocks "
         "through c-blosc2's block mask; the limit row and Blosc2's own slicing make one "
-        "call per run of blocks, and along the last axis every block is a run); the "
-        "napari reader's source shares a layer's chunks between two threads (each call "
-        "decodes without the GIL)."
+        "call per run of blocks, and there every block is a run), along the others one "
+        "call per run of blocks, straight into the layer."
     )
     return out
 

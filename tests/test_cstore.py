@@ -635,9 +635,8 @@ def test_every_plane_of_every_axis_reads_right_on_one_and_two_threads(
     tmp_path, shape, chunks, blocks, nthreads
 ):
     """Scrolling through every plane along every axis, as the napari reader does (its
-    block layers decoded one chunk per call, shared between two threads when the store
-    has two): the planes are the array's, edge chunks and blocks included, and special
-    (all-zero) chunks too."""
+    block layers decoded on the reading thread, whatever the store's threads): the planes
+    are the array's, edge chunks and blocks included, and special (all-zero) chunks too."""
     _lib_or_skip()
     data = _values(shape, np.int16, seed=len(shape))
     data[tuple(slice(0, c) for c in chunks)] = 0  # the first chunk: written as zeros
@@ -654,9 +653,9 @@ def test_every_plane_of_every_axis_reads_right_on_one_and_two_threads(
 
 
 def test_undecodable_chunks_raise_ours_from_either_thread(tmp_path):
-    """Every chunk of a file without checksums made undecodable: a plane along each axis
-    raises CorruptChunkError naming the file, whichever of the two decoding threads met
-    the damage first (nothing is returned, nothing hangs)."""
+    """Every chunk of a file without checksums made undecodable, the store opened for two
+    threads: a plane along each axis raises CorruptChunkError naming the file (nothing
+    is returned, nothing hangs)."""
     _lib_or_skip()
     p = tmp_path / "undecodable.mla"
     ref = _values((20, 30, 40), np.int32, seed=4)

@@ -693,10 +693,11 @@ def test_scattered_points_read_their_chunks_only(tmp_path, key):
 def test_planes_of_an_opened_file_decode_chosen_blocks_per_chunk(
     tmp_path, shape, chunks, blocks, nthreads
 ):
-    """A read-only MLArray decodes its block layers one C-library call per chunk (the
-    layer's blocks through a block mask, mlarray._cstore.block_decoder), on one thread or
-    shared with a second: every plane along every axis is the array's, edge chunks,
-    padded blocks and an all-zero (special) chunk included."""
+    """A read-only MLArray, opened for one or two threads, decodes its block layers on
+    the reading thread (along the last axis one C-library call per chunk: the layer's
+    blocks through a block mask, mlarray._cstore.block_decoder): every plane along every
+    axis is the array's, edge chunks, padded blocks and an all-zero (special) chunk
+    included."""
     ref = _values(shape, np.int16, seed=9)
     ref[tuple(slice(0, c) for c in chunks)] = 0
     p = tmp_path / "planes.mla"
@@ -718,9 +719,8 @@ def _clib_usable() -> bool:
 
 
 def test_an_undecodable_chunk_of_an_opened_file_raises_ours_from_a_plane(tmp_path):
-    """A file without checksums whose chunks c-blosc2 cannot decode: planes along every
-    axis (their layers decoded a chunk per call, on two threads) raise CorruptChunkError
-    naming the file."""
+    """A file without checksums whose chunks c-blosc2 cannot decode, opened for two
+    threads: planes along every axis raise CorruptChunkError naming the file."""
     from mlarray.errors import CorruptChunkError
 
     p = tmp_path / "undecodable.mla"

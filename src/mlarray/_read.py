@@ -37,7 +37,6 @@ new check: :func:`cached_plane`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import itertools
 import math
@@ -49,7 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mlarray._fullread import _executor, _pieces
+from mlarray._fullread import _pieces
 from mlarray.errors import MLArrayMemoryError
 
 __all__ = [
@@ -627,8 +626,10 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     the chunk's blocks) when a plane's run inside a block is short, so that no plane
     read gathers single items from the whole layer.
 
-    One thread: ``SChunk.get_slice`` holds the GIL, and a second thread sharing the
-    chunks measured no faster (the copies it could overlap are short).
+    One thread, whatever the store's ``nthreads``: a layer is a few MB of fresh
+    memory written once, and splitting its chunks between two threads measured slower
+    end to end (the benchmark's scrolling, napari reader's source: 0.23-0.24 ms per
+    plane on two threads, 0.19-0.20 on one, at two thirds of the CPU time).
     """
     geo = _geometry(store, axis)
     first = j * geo.chunks[axis] + g * geo.blocks[axis]
@@ -636,14 +637,13 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     layer = _recycler.array(geo.layer_shape(planes), store.dtype)
     row = layer.reshape(-1, *layer.shape[len(geo.ogrid) :])  # one entry per chunk of the row
     decoder = blocks_of(store)
-    threads = 2 if int(getattr(store.schunk.dparams, "nthreads", 1)) > 1 else 1
     if (
         decoder is not None
         and geo.citems * np.dtype(store.dtype).itemsize <= _MASKED_CHUNK_BYTES
-        and (geo.planes_first or threads > 1)
+        and geo.planes_first
     ):
-        # (on one thread, a layer of long runs decodes straight into its slots, below)
-        _decode_layer_masked(decoder, geo, j, g, row, threads)
+        # (a layer of long runs decodes straight into its slots, below)
+        _decode_layer_masked(decoder, geo, j, g, row)
         return layer
     offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
     scratch = _recycler.array(geo.decoded, store.dtype) if geo.planes_first else None
@@ -661,9 +661,6 @@ def _put(geo: _LayerGeometry, decoded: np.ndarray, slot: np.ndarray) -> None:
     """One chunk's decoded blocks of a block layer (``geo.decoded``: blocks along the
     others, block shape) into its slot of the layer, planes first (see
     :func:`decode_layer`)."""
-    if not geo.planes_first:
-        np.copyto(slot, decoded)
-        return
     if geo.lanes > 1:  # ``lanes`` planes per item along the last axis
         src, dst = decoded.view(geo.unit), slot.view(geo.unit)[..., 0]
     else:
@@ -688,45 +685,20 @@ def blocks_of(store: Any) -> Any:
 
 
 def _decode_layer_masked(
-    decoder: Any, geo: _LayerGeometry, j: int, g: int, row: np.ndarray, threads: int
+    decoder: Any, geo: _LayerGeometry, j: int, g: int, row: np.ndarray
 ) -> None:
     """Fill ``row`` (one slot per chunk of chunk row ``j``) with block layer ``g`` through
-    ``decoder``, which decodes chosen blocks of a chunk in one call without the GIL
+    ``decoder``, which decodes chosen blocks of a chunk in one call
     (:meth:`mlarray._cstore._CSchunk.decode_blocks`): one call per chunk instead of one
-    per run of blocks (along the last axis every block is its own run), the chunks
-    shared between the calling thread and one more when ``threads`` > 1. A layer of the
-    benchmark's CT (3-D int16), one thread: axis 2 1.3 -> 0.95 ms; two threads (the
-    napari reader): 1.0-1.1 / 1.0 / 2.1-2.2 -> 0.85-0.9 / 0.6 / 0.9 ms along axes 0/1/2."""
+    per run of blocks (along the last axis every block is its own run), each chunk's
+    blocks then put planes first while still in cache. A layer of the benchmark's CT
+    (3-D int16) along axis 2: 1.3 -> 0.95 ms."""
     pick = (slice(None),) * geo.axis + (g,)  # the layer's blocks in a decoded chunk
-    todo = iter(range(len(geo.row)))
-    lock = threading.Lock()
-    failed: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            chunk = _recycler.array((*geo.bgrid, *geo.blocks), row.dtype)
-            flat = chunk.reshape(-1)
-            while not failed:
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                other, k, _ = geo.row[i]
-                decoder.decode_blocks(j * geo.row_stride + other, geo.skip(geo.valid[i], g), flat)
-                _put(geo, chunk[pick], row[k])
-        except BaseException as exc:  # raised in the calling thread
-            failed.append(exc)
-
-    helper = None
-    if threads > 1 and len(geo.row) > 1:
-        # (no new work at interpreter shutdown: then this thread decodes it all)
-        with contextlib.suppress(RuntimeError):
-            helper = _executor(1).submit(work)
-    work()
-    if helper is not None and not helper.cancel():  # it took chunks: wait for them
-        helper.result()
-    if failed:
-        raise failed[0]
+    chunk = _recycler.array((*geo.bgrid, *geo.blocks), row.dtype)
+    flat = chunk.reshape(-1)
+    for i, (other, k, _) in enumerate(geo.row):
+        decoder.decode_blocks(j * geo.row_stride + other, geo.skip(geo.valid[i], g), flat)
+        _put(geo, chunk[pick], row[k])
 
 
 def layer_plane(store: Any, axis: int, layer: np.ndarray, i: int) -> np.ndarray:
