@@ -718,12 +718,16 @@ def _cparams(cp: dict) -> dict:
     return out
 
 
-def decode_layers(nd: Any, axis: int, start: int, n: int) -> None:
+def decode_layers(nd: Any, axis: int, start: int, n: int, keep: bool = False) -> list:
     """Decode, with bare Blosc2 (``nd`` freshly opened), the blocks under planes ``start ..
     start + n - 1`` along ``axis``: every block layer (one block thickness) those planes
     cross, in every chunk (``SChunk.get_slice`` per run of blocks that lie one after the
     other in a chunk), into a scratch buffer; no output. The decoding a plane cache that
-    decodes only the needed blocks cannot avoid."""
+    decodes only the needed blocks cannot avoid. With ``keep`` each layer goes into new
+    memory of its own instead, returned (as a cache that keeps what it decoded must:
+    the first scroll of a process writes its layers to fresh memory); the caller then
+    copies each plane's bytes into a new array, contiguous (a block layer holds them
+    in pieces: a reader's strided copy costs more)."""
     shape, chunks, blocks = nd.shape, nd.chunks, nd.blocks
     bgrid = [e // b for e, b in zip(nd.ext_chunks, blocks, strict=True)]
     grid = [-(-a // c) for a, c in zip(shape, chunks, strict=True)]
@@ -733,14 +737,22 @@ def decode_layers(nd: Any, axis: int, start: int, n: int) -> None:
     layers = sorted({divmod(i, chunks[axis]) for i in range(start, start + n)})
     layers = sorted({(j, local // blocks[axis]) for j, local in layers})
     others = [a for a in range(len(shape)) if a != axis]
+    row = int(np.prod([grid[a] for a in others]))
+    kept = []
     for j, g in layers:
+        if keep:  # the layer's blocks, chunk after chunk
+            kept.append(np.empty(row * outer * run * bitems, dtype=nd.dtype))
+        at = 0
         for idx in np.ndindex(*(grid[a] for a in others)):
             cidx = list(idx)
             cidx.insert(axis, j)
             base = int(np.ravel_multi_index(tuple(cidx), tuple(grid))) * citems
             for r in range(outer):
                 first = base + (r * bgrid[axis] + g) * run * bitems
-                nd.schunk.get_slice(first, first + run * bitems, out=buf)
+                out = kept[-1][at : at + run * bitems] if keep else buf
+                nd.schunk.get_slice(first, first + run * bitems, out=out)
+                at += run * bitems
+    return kept
 
 
 def task_scroll(t: dict) -> dict:
@@ -752,10 +764,17 @@ def task_scroll(t: dict) -> dict:
     ok = True
     for axis, start in t["starts"]:
         for k in _rotated(t["kinds"], axis):
-            if k == "limit_layers":
+            kept = None
+            if k in ("limit_layers", "limit_layers_kept"):
                 nd = blosc2.open(path, mode="r", mmap_mode="r", dparams=blosc2.DParams(nthreads=1))
                 c, s = _cpu(), time.perf_counter()
-                decode_layers(nd, axis, start, t["n"])
+                kept = decode_layers(nd, axis, start, t["n"], keep=k == "limit_layers_kept")
+                if kept:  # and each plane as a new array: one contiguous copy of its bytes
+                    items = int(np.prod(nd.shape)) // nd.shape[axis]
+                    for i in range(t["n"]):
+                        src = kept[i * len(kept) // t["n"]][:items]
+                        x = np.empty(items, dtype=nd.dtype)
+                        np.copyto(x, src)
             else:
                 if k == "napari_source":  # as the napari reader opens a file
                     a = _open_napari_source(path)
@@ -769,6 +788,7 @@ def task_scroll(t: dict) -> dict:
                 ok = ok and bool(np.array_equal(x, last))
             times[k].append((time.perf_counter() - s) / t["n"])
             times.setdefault(f"cpu_{k}", []).append((_cpu() - c) / t["n"])
+            del kept  # (a kept layer is fresh memory for every round, never recycled)
     return {"times": times, "ok": ok}
 
 
