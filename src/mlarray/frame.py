@@ -680,14 +680,13 @@ def _chunk_headers(mv: memoryview, starts: np.ndarray, read_at: Any) -> np.ndarr
     bounds = np.append(np.flatnonzero(first), n).tolist()
     out = np.empty((n, _CHUNK_HEADER), dtype=np.uint8)
     rows = out.reshape(-1)  # (flat: a header is put in with one slice assignment)
-    lows, where = s.tolist(), order.tolist()
     for i, j in itertools.pairwise(bounds):
-        lo = lows[i]
-        size = lows[j - 1] + _CHUNK_HEADER - lo
+        lo = int(s[i])
+        size = int(s[j - 1]) + _CHUNK_HEADER - lo
         got = read_at(lo, size)
         _need(len(got) == size, f"the file ends within the chunk header at {lo + len(got)}")
         if j == i + 1:  # one header (chunks far apart: the usual case)
-            at = where[i] * _CHUNK_HEADER
+            at = int(order[i]) * _CHUNK_HEADER
             rows[at : at + _CHUNK_HEADER] = np.frombuffer(got, dtype=np.uint8)
             continue
         out[order[i:j]] = np.frombuffer(got, dtype=np.uint8)[(s[i:j] - lo)[:, None] + span]
