@@ -365,10 +365,9 @@ def patch_section(
         least = lim + o["patch_copy"] if lim is not None and "patch_copy" in o else None
         # what any reader of this layout must do: decode the touched blocks, place them
         place = med(o, "limit_place_c")
-        py = None
-        if place is not None and "place_copies" in o:
-            py = o["place_copies"] * o["copy_overhead"]  # numpy's Python per copy
         place_c = place_at_c_speed(o)  # the same at C speed
+        # numpy's Python per strided copy, which the C-speed figure leaves out
+        py = place - place_c if place is not None and "place_copies" in o else None
         h, op = med(o, "mla_handle"), med(o, "mla_open")
         rh, rop = med(rf, "mla_handle"), med(rf, "mla_open")
         title = f"{vol} patch {ps}, one handle"
@@ -574,9 +573,9 @@ def patch_section(
         )
     if theirs:
         out.append(
-            "\nThe same floors on the reference's own file (the same layout, its codec: "
-            "its LZ4HC decodes faster than our LZ4, which the save goal's time needs; see the "
-            "save and codec tables): ours and Blosc2's C slicer read it in our process, "
+            "\nThe same floors on the reference's own file (the same layout in the "
+            "reference's codec; ours is chosen for the save goal's time, see the save and "
+            "codec tables): ours and Blosc2's C slicer read it in our process, "
             "`least / reference` is the least of them and of decode + place at C speed, "
             "against the reference's own read of it.\n"
         )
@@ -619,7 +618,7 @@ def _their_codec_limit(theirs: dict, rh: float, path: Path) -> str:
     if least is None:
         return ": the reference reads below it (its file's codec), not a limit"
     how = (
-        f"; the reference's file ({codec_of(path)}, the same layout) decodes faster, and the "
+        f"; the reference's file ({codec_of(path)}, the same layout) reads faster, and the "
         f"least a reader of it takes (ours, Blosc2's C slicer, or decode + place at C speed,"
         f" in our process) is {ms(least)} ms = {least / rh:.2f}x the reference's read"
     )
