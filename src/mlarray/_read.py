@@ -668,8 +668,8 @@ def _put(geo: _LayerGeometry, decoded: np.ndarray, slot: np.ndarray) -> None:
     np.copyto(dst, src.transpose(geo.to_planes)[: len(dst)])
 
 
-#: Chunks up to this size have their block layers decoded a chunk per call (into a
-#: whole chunk's scratch per thread); bigger ones a run of blocks at a time
+#: Chunks up to this size have their planes-first block layers decoded a chunk per call
+#: (into a whole chunk's scratch); bigger ones a run of blocks at a time
 _MASKED_CHUNK_BYTES = 8 * 2**20
 
 #: the attribute of a python-blosc2 handle holding its decoder of chosen blocks

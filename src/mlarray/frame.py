@@ -679,15 +679,13 @@ def _chunk_headers(mv: memoryview, starts: np.ndarray, read_at: Any) -> np.ndarr
     first |= (np.arange(n) - np.flatnonzero(first)[run]) % _RUN == 0
     bounds = np.append(np.flatnonzero(first), n).tolist()
     out = np.empty((n, _CHUNK_HEADER), dtype=np.uint8)
-    rows = out.reshape(-1)  # (flat: a header is put in with one slice assignment)
     for i, j in itertools.pairwise(bounds):
         lo = int(s[i])
         size = int(s[j - 1]) + _CHUNK_HEADER - lo
         got = read_at(lo, size)
         _need(len(got) == size, f"the file ends within the chunk header at {lo + len(got)}")
-        if j == i + 1:  # one header (chunks far apart: the usual case)
-            at = int(order[i]) * _CHUNK_HEADER
-            rows[at : at + _CHUNK_HEADER] = np.frombuffer(got, dtype=np.uint8)
+        if j == i + 1:  # one header (chunks far apart: the usual case): one row
+            out[int(order[i])] = np.frombuffer(got, dtype=np.uint8)
             continue
         out[order[i:j]] = np.frombuffer(got, dtype=np.uint8)[(s[i:j] - lo)[:, None] + span]
     return out
