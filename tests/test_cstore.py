@@ -629,6 +629,48 @@ def test_decode_blocks_decodes_only_the_blocks_asked_for(tmp_path):
     assert not out.any()
 
 
+def test_decode_runs_writes_the_runs_get_slice_gives(tmp_path):
+    """``decode_runs`` (a block layer's runs of one chunk, one call) puts each run where
+    ``get_slice`` of the same items puts it, leaves the rest of the buffer alone, fills
+    a special (all-zero) chunk's runs with zeros, and refuses a chunk out of range, runs
+    past the chunk or the buffer, and a buffer of another item size, not contiguous or
+    read-only (nothing decoded then)."""
+    _lib_or_skip()
+    data = _values((30, 40, 50), np.int16, seed=12)
+    data[:10, :20, :25] = 0  # chunk 0: stored as a special zero chunk
+    p = tmp_path / "runs.mla"
+    save_mla(p, data, Meta(), patch_size=None, chunk_size=(10, 20, 25), block_size=(5, 10, 5))
+    schunk = _cstore.open_cstore(p)[0].schunk
+    assert int(schunk._pos[0]) < 0  # (the zero chunk has no bytes in the file)
+    citems, bitems = schunk.chunksize // 2, 5 * 10 * 5
+    runs = ((0, 0, bitems), (3 * bitems, bitems, 2 * bitems), (9 * bitems, 4 * bitems, bitems))
+    for nchunk in (0, 3, schunk.nchunks - 1):
+        for offset in (0, 10 * bitems):
+            got = np.full(6 * bitems, -7, np.int16)
+            schunk.decode_runs(nchunk, offset, runs, got)
+            want = np.full(6 * bitems, -7, np.int16)
+            for c, o, n in runs:
+                first = nchunk * citems + offset + c
+                schunk.get_slice(first, first + n, out=want[o : o + n])
+            np.testing.assert_array_equal(got, want)
+            assert (got[3 * bitems : 4 * bitems] == -7).all()  # no run there
+    out = np.full(6 * bitems, -7, np.int16)
+    for bad, exc in (
+        ((schunk.nchunks, 0, runs, out), IndexError),
+        ((3, citems - bitems, runs, out), IndexError),  # the last run ends past the chunk
+        ((3, 0, runs, out[: 5 * bitems - 1]), IndexError),  # past the buffer
+        ((3, 0, runs, out.view(np.uint8)), ValueError),
+        ((3, 0, runs, np.full(12 * bitems, -7, np.int16)[::2]), ValueError),
+        ((3, 0, runs, np.frombuffer(bytes(out.nbytes), np.int16)), ValueError),
+    ):
+        with pytest.raises(exc):
+            schunk.decode_runs(*bad)
+    assert (out == -7).all()
+    z = np.full(2 * bitems, 5, np.int16)
+    schunk.decode_runs(0, 0, ((0, 0, bitems), (bitems, bitems, bitems)), z)
+    assert not z.any()  # the special zero chunk
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize(("shape", "chunks", "blocks"), LAYOUTS)
 def test_every_plane_of_every_axis_reads_right_on_one_and_two_threads(

@@ -104,6 +104,21 @@ class CLib:
         bytes written, negative on error."""
         return self._lib.blosc2_getitem_ctx(self._ctx(), src, srcsize, start, nitems, dst, dstsize)
 
+    def getitem_runs(
+        self, src: Any, srcsize: int, offset: int, runs: Any, dst: int, itemsize: int
+    ) -> int | None:
+        """:meth:`getitem` for each ``(first item, first item at dst, items)`` of ``runs``
+        (the first shifted by ``offset`` items), into ``dst`` at the second: one context
+        and no Python between the calls but the loop. None, or what the first call that
+        did not write its run returned."""
+        ctx, getitem = self._ctx(), self._lib.blosc2_getitem_ctx
+        for c, o, n in runs:
+            nbytes = n * itemsize
+            got = getitem(ctx, src, srcsize, offset + c, n, dst + o * itemsize, nbytes)
+            if got != nbytes:
+                return got
+        return None
+
     def decompress_bytes(self, chunk: bytes) -> bytes:
         """A whole Blosc2 chunk held in ``chunk`` (header already checked), decompressed.
 

@@ -11,11 +11,12 @@ with ctypes (:mod:`mlarray._clib`) instead of python-blosc2, whose import alone
 :class:`CStore` offers the part of ``blosc2.NDArray`` that the library's own read
 paths use (``shape``, ``dtype``, ``chunks``, ``blocks``, ``ext_chunks`` and a
 ``schunk`` with ``nchunks``, ``dparams.nthreads``, ``decompress_chunk`` and
-``get_slice``), so :mod:`mlarray._read` (block layers for planes, the chunk cache)
-and :mod:`mlarray._fullread` (whole volumes) serve it unchanged; :func:`read` adds
-what :meth:`mlarray.MLArray.__getitem__` adds around them: cold-read prefetch,
-checksum verification of every chunk a read touches before any of it is decoded,
-and errors of mlarray's own types naming the file. Each chunk's block starts are
+``get_slice``, plus ``decode_blocks`` and ``decode_runs``: a chunk per call), so
+:mod:`mlarray._read` (block layers for planes, the chunk cache) and
+:mod:`mlarray._fullread` (whole volumes) serve it unchanged; :func:`read` adds what
+:meth:`mlarray.MLArray.__getitem__` adds around them: cold-read prefetch, checksum
+verification of every chunk a read touches before any of it is decoded, and errors
+of mlarray's own types naming the file. Each chunk's block starts are
 checked (:func:`mlarray.frame.check_chunk_blocks`) before c-blosc2 first decodes it,
 also in files without checksums: c-blosc2 reads a block wherever its start says.
 
@@ -147,6 +148,38 @@ class _CSchunk:
             # not masked by c-blosc2: decoded whole; a damaged one fails again
             got = self._lib.decompress(src, cbytes, dst.ctypes.data, self.chunksize)
         if got != self.chunksize:
+            raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
+
+    def decode_runs(self, nchunk: int, offset: int, runs: Any, out: np.ndarray) -> None:
+        """Decode runs of items of chunk ``nchunk`` into the flat C-contiguous ``out``: for
+        each ``(first item in the chunk, first item in out, items)`` of ``runs`` (in
+        increasing order of both starts, as :mod:`mlarray._read` lays them out), shifted
+        by ``offset`` items in the chunk; only the blocks holding them are decoded.
+
+        What :meth:`get_slice` does run by run, with the chunk's checks and addresses
+        worked out once: a block layer is one or a few runs in each of its chunks, and
+        per call Python costs about as much as decoding a small run."""
+        n = int(nchunk)
+        if not 0 <= n < self.nchunks:
+            raise IndexError(f"chunk {n} of {self.nchunks}")
+        if not runs:
+            return
+        c, o, k = runs[-1]
+        if offset < 0 or offset + c + k > self._citems or o + k > out.size:
+            raise IndexError(f"items {offset + c}:{offset + c + k} of chunk {n}")
+        if out.itemsize != self.typesize or not out.flags.c_contiguous:
+            raise ValueError("decode_runs needs a contiguous buffer of the chunk's items")
+        if not out.flags.writeable:
+            raise ValueError("decode_runs needs a writable buffer")
+        pos = int(self._pos[n])
+        if pos < 0:
+            flat = out.view(np.uint8)
+            for _, o, k in runs:
+                self._special(n, flat[o * self.typesize : (o + k) * self.typesize])
+            return
+        src, cbytes = self._src(n), int(self._cbytes[n])
+        got = self._lib.getitem_runs(src, cbytes, offset, runs, out.ctypes.data, self.typesize)
+        if got is not None:
             raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
 
     def get_slice(self, start: int, stop: int, out: np.ndarray) -> None:

