@@ -481,13 +481,15 @@ def test_files_replaced_or_deleted_by_another_program_are_let_go(tmp_path):
     from mlarray import _maps
 
     def deleted_files() -> list[str]:
-        gc.collect()
         return [line for line in _mapped("gone_") if "(deleted)" in line]
 
     def open_new_files_until(done: Any) -> None:
         # each new mapping looks at a few of the cached paths in turn (earlier tests of
         # this process cached others): within as many new mappings as there are cached
-        # paths, every one of them was looked at
+        # paths, every one of them was looked at. (One collection first, for handles a
+        # reference cycle kept; one per new file made this test take minutes late in a
+        # full run, where the process holds many objects and many cached paths.)
+        gc.collect()
         for i in range(len(_maps._PATHS) + 2):
             if done():
                 return
@@ -496,11 +498,13 @@ def test_files_replaced_or_deleted_by_another_program_are_let_go(tmp_path):
             MLArray.open(q)[0]
 
     open_new_files_until(lambda: not any("gone_deleted" in line for line in deleted_files()))
+    gc.collect()
     deleted = deleted_files()
     assert len(deleted) == 1 and "gone_replaced.mla" in deleted[0]  # only kept's
     np.testing.assert_array_equal(kept[...], x)
     del kept
     open_new_files_until(lambda: not deleted_files())
+    gc.collect()
     assert not deleted_files()
     np.testing.assert_array_equal(MLArray.open(a)[...], x + 1)
 
