@@ -629,6 +629,42 @@ def test_decode_blocks_decodes_only_the_blocks_asked_for(tmp_path):
     assert not out.any()
 
 
+def test_block_start_checks_are_shared_by_the_handles_of_one_file_version(tmp_path, monkeypatch):
+    """Opening a file again (the napari reader, ``MLArray``'s read-only handles, a data
+    loader) does not check its chunks' block starts again: the handles decoding from one
+    mapping share which chunks were checked. A new version of the file at the same path
+    (another program's save, here with a damaged block start) is checked anew: its bad
+    chunk is refused."""
+    _lib_or_skip()
+    p = tmp_path / "shared.mla"
+    ref = _values((20, 30, 40), np.int32, seed=6)
+    buf, info = plain_blosc2_file(p, ref, clevel=5)
+    first, _ = _cstore.open_cstore(p)
+    np.testing.assert_array_equal(_cstore.read(first, (...,), ChunkCache()), ref)
+    checks: list[str] = []
+    real = _cstore.check_chunk_blocks
+    monkeypatch.setattr(
+        _cstore, "check_chunk_blocks", lambda *a, **k: checks.append(a[1]) or real(*a, **k)
+    )
+    second, _ = _cstore.open_cstore(p)
+    np.testing.assert_array_equal(_cstore.read(second, (...,), ChunkCache()), ref)
+    a = MLArray.open(p)
+    a.set_chunk_cache()
+    for key in ((5,), (slice(None), 3), (slice(None), slice(None), 7)):
+        np.testing.assert_array_equal(a[key], ref[key])
+    assert checks == []  # every chunk was checked by the first handle
+    pos = int(info.chunk_pos[1])
+    buf[pos + 32 + 4 * 2 : pos + 32 + 4 * 3] = (2**31 - 16).to_bytes(4, "little")
+    (tmp_path / "new.mla").write_bytes(bytes(buf))
+    os.replace(tmp_path / "new.mla", p)
+    third, _ = _cstore.open_cstore(p)
+    np.testing.assert_array_equal(_cstore.read(third, (3,), ChunkCache()), ref[3])
+    with pytest.raises(CorruptChunkError, match=r"shared\.mla.*chunk 1 is damaged"):
+        _cstore.read(third, (15,), ChunkCache())
+    assert "chunk 1" in checks
+    np.testing.assert_array_equal(_cstore.read(second, (15,), ChunkCache()), ref[15])
+
+
 def test_decode_runs_writes_the_runs_get_slice_gives(tmp_path):
     """``decode_runs`` (a block layer's runs of one chunk, one call) puts each run where
     ``get_slice`` of the same items puts it, leaves the rest of the buffer alone, fills

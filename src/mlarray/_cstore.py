@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -69,7 +70,14 @@ class _CSchunk:
     #: each call releases the GIL (ctypes), so Python threads decode side by side
     releases_gil = True
 
-    def __init__(self, lib: _clib.CLib, base: int, info: FrameInfo, nthreads: int) -> None:
+    def __init__(
+        self,
+        lib: _clib.CLib,
+        base: int,
+        info: FrameInfo,
+        nthreads: int,
+        checked: bytearray | None = None,
+    ) -> None:
         self._lib = lib
         self._base = base
         self.nchunks = int(info.nchunks)
@@ -82,7 +90,8 @@ class _CSchunk:
         self._cbytes = info.chunk_cbytes
         self._raw = info.raw_offsets
         self._frame: np.ndarray | None = None  # set by CStore: the mapped file's bytes
-        self._checked = bytearray(self.nchunks)  # chunks whose block starts were checked
+        # chunks whose block starts were checked (shared by the handles of one mapping)
+        self._checked = bytearray(self.nchunks) if checked is None else checked
 
     def _src(self, n: int) -> int:
         """The address of regular chunk ``n``, after checking (once) what c-blosc2 trusts
@@ -242,25 +251,47 @@ class CStore:
         # a numpy view of the mapping: its address, and a buffer export that keeps the
         # mapping from being closed while this store decodes from it
         self._frame = np.frombuffer(buf, dtype=np.uint8)
-        self.schunk = _CSchunk(lib, self._frame.ctypes.data, info, nthreads)
+        checked = checked_chunks(buf, info, version)
+        self.schunk = _CSchunk(lib, self._frame.ctypes.data, info, nthreads, checked)
         self.schunk._frame = self._frame
 
     def __repr__(self) -> str:
         return f"CStore({os.fspath(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def block_decoder(buf: Any, info: FrameInfo) -> _CSchunk | None:
+def block_decoder(buf: Any, info: FrameInfo, version: tuple | None = None) -> _CSchunk | None:
     """A decoder of chosen blocks of the chunks (:meth:`_CSchunk.decode_blocks`) of the
-    validated frame ``info`` mapped as ``buf``, or None without the C library: what
-    ``MLArray``'s read-only handles on the shared mapping decode their block layers with
-    (:func:`mlarray._read.decode_layer`; python-blosc2 decodes a run of blocks per call)."""
+    validated frame ``info`` mapped as ``buf`` (the file's ``version``), or None without
+    the C library: what ``MLArray``'s read-only handles on the shared mapping decode
+    their block layers with (:func:`mlarray._read.decode_layer`; python-blosc2 decodes a
+    run of blocks per call)."""
     lib = _clib.get()
     if lib is None:
         return None
     frame = np.frombuffer(buf, dtype=np.uint8)  # its address; the export keeps it mapped
-    out = _CSchunk(lib, frame.ctypes.data, info, 1)
+    out = _CSchunk(lib, frame.ctypes.data, info, 1, checked_chunks(buf, info, version))
     out._frame = frame
     return out
+
+
+def checked_chunks(buf: Any, info: FrameInfo, version: tuple | None) -> bytearray:
+    """Which chunks of the mapping ``buf`` of the file ``version`` had their block starts
+    checked, one byte per chunk: shared by every handle decoding from that mapping (kept
+    with it, :func:`mlarray._maps.attached`), so a file opened again, as a viewer and a
+    data loader do, is not checked again (8 us a chunk: 0.8 ms for the benchmark's CT, a
+    tenth of a scroll through 32 planes). A new one for a mapping no longer cached."""
+    extras = _maps.attached(version, buf) if version is not None else None
+    if extras is None:
+        return bytearray(int(info.nchunks))
+    with _CHECKED_LOCK:
+        checked = extras.get(_CHECKED_KEY)
+        if checked is None or len(checked) != int(info.nchunks):
+            checked = extras[_CHECKED_KEY] = bytearray(int(info.nchunks))
+    return checked
+
+
+_CHECKED_KEY = "_cstore_checked_chunks"
+_CHECKED_LOCK = threading.Lock()
 
 
 class _NotMappable(Exception):

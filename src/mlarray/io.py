@@ -269,7 +269,7 @@ def _open_mapped(
             and accepted
             and (prefetcher is None or prefetcher.headers_resident())
         ):
-            store = _store_in(buf, kwargs["dparams"], info)
+            store = _store_in(buf, kwargs["dparams"], info, version)
             pooled = True
         else:
             store = blosc2.open(source, **kwargs)
@@ -281,7 +281,7 @@ def _open_mapped(
             ):
                 # Blosc2 accepted this version: decode from the shared mapping instead of
                 # keeping Blosc2's own handle, and its file descriptor, for this one
-                store = _store_in(buf, kwargs["dparams"], info)
+                store = _store_in(buf, kwargs["dparams"], info, version)
                 pooled = True
     except MLArrayError:
         raise
@@ -448,7 +448,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_pool_lock_in_child)
 
 
-def _store_in(buf: Any, dparams: dict, info: Any = None) -> blosc2.NDArray:
+def _store_in(
+    buf: Any, dparams: dict, info: Any = None, version: tuple | None = None
+) -> blosc2.NDArray:
     """A read-only handle decoding straight from the shared mapping ``buf`` of its file.
 
     Opening the file again (``blosc2.open``) would map it anew, and every page a read
@@ -464,7 +466,9 @@ def _store_in(buf: Any, dparams: dict, info: Any = None) -> blosc2.NDArray:
     c-blosc2 cannot write into a frame it does not own, and ``MLArray`` refuses
     writes through them before they reach it. Given the frame's ``info``, the handle
     also decodes chosen blocks of a chunk in one call, through the C library
-    (:func:`mlarray._cstore.block_decoder`: the block layers of plane reads).
+    (:func:`mlarray._cstore.block_decoder`: the block layers of plane reads; given the
+    file's ``version`` too, it shares the mapping's record of chunks whose block starts
+    were checked).
     """
     view = memoryview(buf)
     store = blosc2.ndarray_from_cframe(view, copy=False)
@@ -479,7 +483,7 @@ def _store_in(buf: Any, dparams: dict, info: Any = None) -> blosc2.NDArray:
     if info is not None:
         from mlarray import _cstore, _read
 
-        decoder = _cstore.block_decoder(buf, info)
+        decoder = _cstore.block_decoder(buf, info, version)
         if decoder is not None:
             setattr(store, _read.BLOCKS_ATTR, decoder)
     return store
