@@ -670,7 +670,7 @@ def test_decode_runs_writes_the_runs_get_slice_gives(tmp_path):
     ``get_slice`` of the same items puts it, leaves the rest of the buffer alone, fills
     a special (all-zero) chunk's runs with zeros, and refuses a chunk out of range, runs
     past the chunk or the buffer, and a buffer of another item size, not contiguous or
-    read-only (nothing decoded then)."""
+    read-only (nothing decoded then), whichever run is out of bounds."""
     _lib_or_skip()
     data = _values((30, 40, 50), np.int16, seed=12)
     data[:10, :20, :25] = 0  # chunk 0: stored as a special zero chunk
@@ -695,6 +695,11 @@ def test_decode_runs_writes_the_runs_get_slice_gives(tmp_path):
         ((schunk.nchunks, 0, runs, out), IndexError),
         ((3, citems - bitems, runs, out), IndexError),  # the last run ends past the chunk
         ((3, 0, runs, out[: 5 * bitems - 1]), IndexError),  # past the buffer
+        # any run, not only the last: past the chunk, past the buffer, negative
+        ((3, 0, ((citems - bitems + 1, 0, bitems), (0, bitems, bitems)), out), IndexError),
+        ((3, 0, ((0, 5 * bitems + 1, bitems), (0, 0, 1)), out), IndexError),
+        ((3, 0, ((-1, 0, 2), (5, 2, 1)), out), IndexError),
+        ((3, 0, ((0, 0, -1), (5, 2, 1)), out), IndexError),
         ((3, 0, runs, out.view(np.uint8)), ValueError),
         ((3, 0, runs, np.full(12 * bitems, -7, np.int16)[::2]), ValueError),
         ((3, 0, runs, np.frombuffer(bytes(out.nbytes), np.int16)), ValueError),

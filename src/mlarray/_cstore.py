@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -161,9 +160,9 @@ class _CSchunk:
 
     def decode_runs(self, nchunk: int, offset: int, runs: Any, out: np.ndarray) -> None:
         """Decode runs of items of chunk ``nchunk`` into the flat C-contiguous ``out``: for
-        each ``(first item in the chunk, first item in out, items)`` of ``runs`` (in
-        increasing order of both starts, as :mod:`mlarray._read` lays them out), shifted
-        by ``offset`` items in the chunk; only the blocks holding them are decoded.
+        each ``(first item in the chunk, first item in out, items)`` of ``runs``, shifted
+        by ``offset`` items in the chunk; only the blocks holding them are decoded. Every
+        run is checked to lie inside the chunk and ``out`` before c-blosc2 writes any.
 
         What :meth:`get_slice` does run by run, with the chunk's checks and addresses
         worked out once: a block layer is one or a few runs in each of its chunks, and
@@ -171,11 +170,11 @@ class _CSchunk:
         n = int(nchunk)
         if not 0 <= n < self.nchunks:
             raise IndexError(f"chunk {n} of {self.nchunks}")
-        if not runs:
-            return
-        c, o, k = runs[-1]
-        if offset < 0 or offset + c + k > self._citems or o + k > out.size:
-            raise IndexError(f"items {offset + c}:{offset + c + k} of chunk {n}")
+        for c, o, k in runs:
+            if min(c, o, k) < 0 or offset + c < 0 or offset + c + k > self._citems:
+                raise IndexError(f"items {offset + c}:{offset + c + k} of chunk {n}")
+            if o + k > out.size:
+                raise IndexError(f"items {o}:{o + k} of a buffer of {out.size}")
         if out.itemsize != self.typesize or not out.flags.c_contiguous:
             raise ValueError("decode_runs needs a contiguous buffer of the chunk's items")
         if not out.flags.writeable:
@@ -281,17 +280,14 @@ def checked_chunks(buf: Any, info: FrameInfo, version: tuple | None) -> bytearra
     data loader do, is not checked again (8 us a chunk: 0.8 ms for the benchmark's CT, a
     tenth of a scroll through 32 planes). A new one for a mapping no longer cached."""
     extras = _maps.attached(version, buf) if version is not None else None
+    fresh = bytearray(int(info.nchunks))
     if extras is None:
-        return bytearray(int(info.nchunks))
-    with _CHECKED_LOCK:
-        checked = extras.get(_CHECKED_KEY)
-        if checked is None or len(checked) != int(info.nchunks):
-            checked = extras[_CHECKED_KEY] = bytearray(int(info.nchunks))
-    return checked
+        return fresh
+    checked = extras.setdefault(_CHECKED_KEY, fresh)  # (one step: no lock needed)
+    return checked if len(checked) == len(fresh) else fresh
 
 
 _CHECKED_KEY = "_cstore_checked_chunks"
-_CHECKED_LOCK = threading.Lock()
 
 
 class _NotMappable(Exception):
