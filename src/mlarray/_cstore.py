@@ -10,8 +10,8 @@ with ctypes (:mod:`mlarray._clib`) instead of python-blosc2, whose import alone
 
 :class:`CStore` offers the part of ``blosc2.NDArray`` that the library's own read
 paths use (``shape``, ``dtype``, ``chunks``, ``blocks``, ``ext_chunks`` and a
-``schunk`` with ``nchunks``, ``dparams.nthreads``, ``decompress_chunk`` and
-``get_slice``, plus ``decode_blocks`` and ``decode_runs``: a chunk per call), so
+``schunk`` with ``nchunks``, ``dparams.nthreads``, ``decompress_chunk``, and
+``decode_blocks`` / ``decode_runs`` for chosen blocks of a chunk in one call), so
 :mod:`mlarray._read` (block layers for planes, the chunk cache) and
 :mod:`mlarray._fullread` (whole volumes) serve it unchanged; :func:`read` adds what
 :meth:`mlarray.MLArray.__getitem__` adds around them: cold-read prefetch, checksum
@@ -164,7 +164,7 @@ class _CSchunk:
         by ``offset`` items in the chunk; only the blocks holding them are decoded. Every
         run is checked to lie inside the chunk and ``out`` before c-blosc2 writes any.
 
-        What :meth:`get_slice` does run by run, with the chunk's checks and addresses
+        What ``SChunk.get_slice`` does run by run, with the chunk's checks and addresses
         worked out once: a block layer is one or a few runs in each of its chunks, and
         per call Python costs about as much as decoding a small run."""
         n = int(nchunk)
@@ -189,34 +189,6 @@ class _CSchunk:
         got = self._lib.getitem_runs(src, cbytes, offset, runs, out.ctypes.data, self.typesize)
         if got is not None:
             raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
-
-    def get_slice(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Items ``start:stop`` of the chunks laid end to end (as ``SChunk.get_slice``),
-        into the C-contiguous ``out``; only the blocks holding them are decoded."""
-        start, stop = int(start), int(stop)
-        nitems = stop - start
-        if nitems < 0 or start < 0 or stop > self.nchunks * self._citems:
-            raise IndexError(f"items {start}:{stop} of {self.nchunks * self._citems}")
-        if out.nbytes != nitems * self.typesize or not out.flags.c_contiguous:
-            raise ValueError(f"get_slice needs a contiguous buffer of {nitems} items")
-        flat = out.reshape(-1).view(np.uint8)
-        done = 0
-        while start < stop:
-            n, first = divmod(start, self._citems)
-            k = min(stop - start, self._citems - first)
-            part = flat[done * self.typesize : (done + k) * self.typesize]
-            pos = int(self._pos[n])
-            if pos < 0:
-                self._special(n, part)
-            else:
-                nbytes = k * self.typesize
-                got = self._lib.getitem(
-                    self._src(n), int(self._cbytes[n]), first, k, part.ctypes.data, nbytes
-                )
-                if got != nbytes:
-                    raise RuntimeError(f"c-blosc2 could not decompress chunk {n} (code {got})")
-            start += k
-            done += k
 
 
 class CStore:

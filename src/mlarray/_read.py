@@ -606,13 +606,15 @@ def _geometry(store: Any, axis: int) -> _LayerGeometry:
     )
 
 
-def _decode_runs(store: Any, nchunk: int, offset: int, runs: Any, out: np.ndarray) -> None:
+def _decode_runs(
+    store: Any, decoder: Any, nchunk: int, offset: int, runs: Any, out: np.ndarray
+) -> None:
     """Decode ``runs`` (``(first item in the chunk, first item in out, items)``, each
     shifted by ``offset`` items in the chunk) of chunk ``nchunk`` into the flat ``out``:
-    through the C library's decoder of the store's mapped file when it has one (its
-    checks and addresses worked out once per chunk: a block layer along the first axes
-    decoded 10-25 % faster than by ``SChunk.get_slice`` per run), else run by run."""
-    decoder = blocks_of(store)  # the C library (mlarray._cstore)
+    through ``decoder``, the C library's decoder of the store's mapped file
+    (:func:`blocks_of`), when it has one (its checks and addresses worked out once per
+    chunk: a block layer along the first axes decoded 10-25 % faster than by
+    ``SChunk.get_slice`` per run), else run by run."""
     if decoder is not None:
         decoder.decode_runs(nchunk, offset, runs, out)
         return
@@ -660,9 +662,9 @@ def decode_layer(store: Any, axis: int, j: int, g: int) -> np.ndarray:
     for other, k, runs in geo.row:
         nchunk = j * geo.row_stride + other
         if scratch is None:
-            _decode_runs(store, nchunk, offset, runs, row[k].reshape(-1))
+            _decode_runs(store, decoder, nchunk, offset, runs, row[k].reshape(-1))
             continue
-        _decode_runs(store, nchunk, offset, runs, scratch.reshape(-1))
+        _decode_runs(store, decoder, nchunk, offset, runs, scratch.reshape(-1))
         _put(geo, scratch, row[k])
     return layer
 
@@ -885,8 +887,9 @@ def read_plane_direct(store: Any, axis: int, index: int) -> np.ndarray:
     view = scratch[(slice(None),) * (m + axis) + (i,)]
     order = [ax for k in range(m) for ax in (k, m + k)]
     offset = g * geo.bitems * int(np.prod(geo.bgrid[axis + 1 :]))  # block layer g
+    decoder = blocks_of(store)
     for other, k, runs in geo.row:
-        _decode_runs(store, j * geo.row_stride + other, offset, runs, flat)
+        _decode_runs(store, decoder, j * geo.row_stride + other, offset, runs, flat)
         idx = np.unravel_index(k, geo.ogrid)
         region = tuple(
             slice(int(x) * c, min(int(x) * c + c, n))
