@@ -655,8 +655,9 @@ def task_save(t: dict) -> dict:
         MLArray(arr, **kw).save(t["path"])
         times.append(time.perf_counter() - s)
         cpus.append(_cpu() - c0)
-    cp = blosc2.open(t["path"], mode="r").schunk.cparams
-    ok = bool(np.array_equal(blosc2.open(t["path"], mode="r")[...], arr))
+    stored = blosc2.open(t["path"], mode="r")  # (its schunk is a view: kept alive)
+    cp = stored.schunk.cparams
+    ok = bool(np.array_equal(stored[...], arr))
     return {
         "times": {"save": times},
         "cpu": cpus,

@@ -245,7 +245,8 @@ def codec_of(path: Path) -> str:
     """The codec and level of a .mla file's chunks, as ``LZ4HC-8``."""
     import blosc2
 
-    cp = blosc2.open(str(path), mode="r").schunk.cparams
+    stored = blosc2.open(str(path), mode="r")  # (its schunk is a view: kept alive)
+    cp = stored.schunk.cparams
     return f"{cp.codec.name}-{cp.clevel}"
 
 

@@ -421,7 +421,8 @@ def test_checksum_entries_from_before_the_frame_binding_still_verify(tmp_path):
     a = MLArray.open(q, mmap_mode="r+")
     a[0, 0, 0] = 9
     a.close()
-    assert FRAME_KEY in blosc2.open(os.fspath(q)).schunk.vlmeta
+    stored = blosc2.open(os.fspath(q))  # (its schunk is a view of it: kept alive)
+    assert FRAME_KEY in stored.schunk.vlmeta
     assert verify_file(q).ok and verify_file(q).has_checksums
 
 
@@ -633,7 +634,8 @@ def test_our_metadata_writes_keep_the_record_named_by_the_checksums(tmp_path):
         a = MLArray.open(p, mmap_mode="r+")
         a[0, 0, 0] = 3
         a.close()
-        assert RECORD_KEY in blosc2.open(os.fspath(p)).schunk.vlmeta
+        stored = blosc2.open(os.fspath(p))  # (its schunk is a view of it: kept alive)
+        assert RECORD_KEY in stored.schunk.vlmeta
         assert verify_file(p).has_checksums and verify_file(p).ok
 
 

@@ -90,7 +90,8 @@ def describe_file(path: str | os.PathLike) -> str:
     lines.append(f"  coord system : {sp.coord_system or '-'}")
     if arr.shape is not None:
         nbytes = math.prod(arr.shape) * arr.dtype.itemsize
-        cp = blosc2.open(os.fspath(path)).schunk.cparams
+        stored = blosc2.open(os.fspath(path))  # (its schunk is a view: kept alive)
+        cp = stored.schunk.cparams
         filters = [_FILTER_NAMES.get(_enum_int(f), str(f)) for f in cp.filters if _enum_int(f)]
         lines += [
             f"  chunks/blocks: {tuple(arr.chunks)} / {tuple(arr.blocks)}",
